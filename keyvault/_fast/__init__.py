@@ -1,0 +1,78 @@
+"""The hot path: the compiled core when it loaded, else its pure-Python twin.
+
+``KEYVAULT_NO_EXTENSIONS=1`` forces the pure module; ``KEYVAULT_REQUIRE_EXTENSIONS=1``
+turns a missing or broken compiled core into an ImportError (CI sets it), so a
+broken build cannot hide behind the slower path.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from . import _pure
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _select() -> ModuleType:
+    if _flag("KEYVAULT_NO_EXTENSIONS"):
+        if _flag("KEYVAULT_REQUIRE_EXTENSIONS"):
+            raise ImportError("KEYVAULT_NO_EXTENSIONS and KEYVAULT_REQUIRE_EXTENSIONS are both set: unset one")
+        return _pure
+    try:
+        from . import _core
+    except ImportError as exc:
+        if _flag("KEYVAULT_REQUIRE_EXTENSIONS"):
+            raise ImportError(
+                f"keyvault's compiled core did not load ({exc}); rebuild with `make install` "
+                "or unset KEYVAULT_REQUIRE_EXTENSIONS to run on the pure-Python path"
+            ) from exc
+        return _pure
+    return _core
+
+
+impl: ModuleType = _select()
+#: True when the compiled core is in use.
+COMPILED: bool = impl is not _pure
+
+normalize = impl.normalize
+parse_key = impl.parse_key
+parse_serial = impl.parse_serial
+format_serial = impl.format_serial
+encode_key = impl.encode_key
+check_symbols = impl.check_symbols
+verifier = impl.verifier
+tag = impl.tag
+locator = impl.locator
+store_locator = impl.store_locator
+tags_equal = impl.tags_equal
+issue_keys = impl.issue_keys
+
+# Constants come from the specification, whichever module runs.
+from ._pure import (  # noqa: E402
+    ALPHABET,
+    BAD_LENGTH,
+    BAD_SYMBOL,
+    BAD_VERSION,
+    CHECK_FAILED,
+    CHECK_SUBSTITUTION,
+    CHECK_TRANSPOSITION,
+    DIGEST_SIZE,
+    GROUP_SIZE,
+    KEY_SYMBOLS,
+    MAX_INPUT,
+    OK,
+    SECRET_BYTES,
+    SERIAL_SYMBOLS,
+)
+
+__all__ = [
+    "ALPHABET", "BAD_LENGTH", "BAD_SYMBOL", "BAD_VERSION", "CHECK_FAILED", "CHECK_SUBSTITUTION",
+    "CHECK_TRANSPOSITION", "COMPILED", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
+    "SECRET_BYTES", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
+    "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
+    "tags_equal", "verifier",
+]

@@ -1,0 +1,59 @@
+"""Build keyvault: the Cython core is compiled here; without it the package runs pure.
+
+Set KEYVAULT_REQUIRE_EXTENSIONS=1 (the Makefile and CI do) to make a failed
+compile fail the install instead of falling back silently.
+"""
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+REQUIRE = os.environ.get("KEYVAULT_REQUIRE_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
+SKIP = os.environ.get("KEYVAULT_NO_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class OptionalBuildExt(build_ext):
+    """Compile the core, but let the pure-Python path stand in if that fails (unless required)."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # compiler missing, Cython error, ...
+            self._fallback(exc)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._fallback(exc)
+
+    def _fallback(self, exc: Exception) -> None:
+        if REQUIRE:
+            raise
+        print(f"WARNING: keyvault's compiled core was not built ({exc}); the pure-Python path will be used",
+              file=sys.stderr)
+
+
+def extensions() -> list:
+    if SKIP:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE:
+            raise
+        print("WARNING: Cython is not installed; keyvault will run on its pure-Python path", file=sys.stderr)
+        return []
+    return cythonize(
+        ["keyvault/_fast/_core.pyx"],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
+                             "cdivision": True, "initializedcheck": False},
+    )
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+)
