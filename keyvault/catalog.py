@@ -1,0 +1,154 @@
+"""What verification reads from memory: batches, suppliers and blacklist entries.
+
+The catalog is reloaded whenever the store's generation counter moves (every
+change to these databases bumps it, in any process), so a blacklist entry
+takes effect on the next verify everywhere, at the cost of one small read per
+call instead of several lookups per key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .keyformat import batch_text, prefix_text, serial_text
+from .store import Txn
+from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC, e.g. 2026-11-25T06:00:00.000Z."""
+    if ms is None:
+        return None
+    moment = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """One batch as the store knows it. The salt is public (it is in the manifest)."""
+
+    key: int
+    supplier: str
+    supplier_name: str
+    product: str
+    kind: str  # native | code | pair
+    origin: str  # issued (made here) | upstream (CSV made here) | manifest (imported)
+    count: int
+    valid_from: int | None  # ms since the epoch
+    valid_until: int | None
+    created_at: int
+    added_at: int
+    manifest: str  # SHA-256 of the manifest file
+    salt: bytes = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        """The batch id as printed: PPPP-BBB."""
+        return batch_text(self.key)
+
+    @classmethod
+    def from_record(cls, key: int, doc: dict[str, Any]) -> BatchInfo:
+        """Rebuild from the JSON kept in the batches database."""
+        return cls(key=key, supplier=doc["supplier"], supplier_name=doc["supplier_name"], product=doc["product"],
+                   kind=doc["kind"], origin=doc["origin"], count=doc["count"], valid_from=doc["valid_from"],
+                   valid_until=doc["valid_until"], created_at=doc["created_at"], added_at=doc["added_at"],
+                   manifest=doc["manifest"], salt=bytes.fromhex(doc["salt"]))
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON kept in the batches database."""
+        return {"supplier": self.supplier, "supplier_name": self.supplier_name, "product": self.product,
+                "kind": self.kind, "origin": self.origin, "count": self.count, "valid_from": self.valid_from,
+                "valid_until": self.valid_until, "created_at": self.created_at, "added_at": self.added_at,
+                "manifest": self.manifest, "salt": self.salt.hex()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Public fields for JSON output."""
+        return {"batch": self.id, "supplier": self.supplier, "supplier_name": self.supplier_name,
+                "product": self.product, "kind": self.kind, "origin": self.origin, "count": self.count,
+                "valid_from": iso(self.valid_from), "valid_until": iso(self.valid_until),
+                "created_at": iso(self.created_at), "added_at": iso(self.added_at), "manifest": self.manifest}
+
+
+@dataclass(frozen=True)
+class BlacklistEntry:
+    """A refusal of a key, a batch or a supplier, with its reason."""
+
+    level: str  # key | batch | supplier
+    target: str  # serial, batch id or supplier id: never a key
+    reason: str
+    at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"level": self.level, "target": self.target, "reason": self.reason, "at": self.at}
+
+
+def blacklist_target(raw: bytes) -> tuple[str, str]:
+    """(level name, printed target) of a stored blacklist key."""
+    level, target = raw[:1], raw[1:]
+    if level == LEVEL_KEY:
+        return LEVEL_NAMES[level], serial_text(from_u64(target))
+    if level == LEVEL_BATCH:
+        return LEVEL_NAMES[level], batch_text(from_u64(target))
+    return LEVEL_NAMES[level], target.decode("ascii")
+
+
+@dataclass
+class Catalog:
+    """A snapshot of the store's configuration at one generation."""
+
+    generation: int = -1
+    batches: dict[int, BatchInfo] = field(default_factory=dict)
+    suppliers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prefixes: dict[int, str] = field(default_factory=dict)
+    keys_blocked: dict[int, BlacklistEntry] = field(default_factory=dict)
+    batches_blocked: dict[int, BlacklistEntry] = field(default_factory=dict)
+    suppliers_blocked: dict[str, BlacklistEntry] = field(default_factory=dict)
+    has_imported: bool = False
+
+    @classmethod
+    def load(cls, txn: Txn, generation: int) -> Catalog:
+        """Read the whole configuration in one transaction."""
+        cat = cls(generation=generation)
+        for key, value in txn.items("batches"):
+            info = BatchInfo.from_record(from_u64(key), load(value))
+            cat.batches[info.key] = info
+            cat.has_imported |= info.kind != "native"
+        for key, value in txn.items("suppliers"):
+            cat.suppliers[key.decode("ascii")] = load(value)
+        for key, value in txn.items("prefixes"):
+            cat.prefixes[from_u64(key)] = value.decode("ascii")
+        for key, value in txn.items("blacklist"):
+            doc = load(value)
+            level, target = blacklist_target(key)
+            entry = BlacklistEntry(level, target, doc["reason"], iso(doc["at"]))
+            if key[:1] == LEVEL_KEY:
+                cat.keys_blocked[from_u64(key[1:])] = entry
+            elif key[:1] == LEVEL_BATCH:
+                cat.batches_blocked[from_u64(key[1:])] = entry
+            elif key[:1] == LEVEL_SUPPLIER:
+                cat.suppliers_blocked[key[1:].decode("ascii")] = entry
+        return cat
+
+    def block_for(self, serial: int, batch: BatchInfo) -> BlacklistEntry | None:
+        """The broadest blacklist entry that refuses this key, if any."""
+        return (self.suppliers_blocked.get(batch.supplier) or self.batches_blocked.get(batch.key)
+                or self.keys_blocked.get(serial))
+
+    def supplier_by_ref(self, ref: str) -> str | None:
+        """A supplier id from an id, an issuer prefix, or a unique name."""
+        ref = ref.strip()
+        if ref.lower() in self.suppliers:
+            return ref.lower()
+        for sid, doc in self.suppliers.items():
+            if doc["prefix"] == ref.upper():
+                return sid
+        named = [sid for sid, doc in self.suppliers.items() if doc["name"] == ref]
+        return named[0] if len(named) == 1 else None
+
+    def prefix_owner(self, prefix: int) -> str | None:
+        """The supplier id that holds an issuer prefix."""
+        return self.prefixes.get(prefix)
+

@@ -1,0 +1,390 @@
+"""Issuing batches, importing upstream cards, and importing manifests.
+
+Both sides go through :func:`import_manifest`: a supplier's own store takes
+its records from the manifest it has just signed, exactly as a platform's
+does, so the two can never disagree about what was issued.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from . import _fast
+from .catalog import BatchInfo, Catalog, iso
+from .errors import ConflictError, ImportFileError, UsageError
+from .identity import Identity
+from .keyformat import (
+    MAX_BATCH_SIZE,
+    MAX_BATCHES,
+    MAX_IMPORTED,
+    batch_text,
+    display_key,
+    looks_native,
+    make_batch,
+    make_serial,
+    normalize_imported,
+    prefix_text,
+    serial_text,
+)
+from .manifest import PAYLOAD_TYPE, Manifest, record_size, write_manifest
+from .store import ACTIVE, Txn
+from .store.records import CARD, LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+
+if TYPE_CHECKING:
+    from .vault import Vault
+
+Progress = Callable[[str, int], None]
+
+CHUNK = 65536  # keys generated, hashed and written per step: bounds memory for any batch size
+EXPORT_WARNING = ("LIVE CARD KEYS: this file is the only plaintext copy, made once for printing. "
+                  "Whoever holds it holds the money. Deliver it encrypted, then destroy it.")
+_CODE_COLUMNS = ("code", "key", "card_key", "redeem_code", "cdkey")
+_CARD_COLUMNS = ("card_number", "card_no", "card", "number", "serial")
+_PASSWORD_COLUMNS = ("password", "pin", "secret", "pass", "card_password")
+
+
+def _nothing(stage: str, n: int) -> None:
+    pass
+
+
+def _check_batch_args(product: str, count: int, valid_from: int | None, valid_until: int | None) -> str:
+    from .vault import _check_text
+
+    name = _check_text(product, "product", MAX_IMPORTED)
+    if not isinstance(count, int) or not 0 < count <= MAX_BATCH_SIZE:
+        raise UsageError(f"a batch holds 1 to {MAX_BATCH_SIZE:,} keys")
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        raise UsageError("the validity window ends before it begins; check --valid-from and --valid-days")
+    return name
+
+
+def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
+                       now: int) -> dict[str, Any]:
+    """The supplier's record, registering it (and its prefix) on first sight; refuse prefix collisions."""
+    owner = cat.prefix_owner(prefix)
+    if owner is not None and owner != sid:
+        theirs = cat.suppliers[owner]["name"]
+        raise ConflictError(f"issuer prefix {prefix_text(prefix)} already belongs to supplier {theirs!r} "
+                            f"(id {owner}) in this store; the supplier must issue under another prefix "
+                            "(`keyvault supplier init --prefix`)")
+    blocked = cat.suppliers_blocked.get(sid)
+    if blocked is not None:
+        raise ConflictError(f"supplier {name!r} (id {sid}) is blacklisted ({blocked.reason}); "
+                            "its batches are refused until the entry is lifted")
+    doc = cat.suppliers.get(sid)
+    if doc is None:
+        doc = {"name": name, "prefix": prefix_text(prefix), "public_key": public_key.hex(), "first_seen": now,
+               "next_batch": 0}
+        txn.put("suppliers", sid.encode(), dump(doc))
+        txn.put("prefixes", u64(prefix), sid.encode())
+        txn.append_event({"type": "supplier", "at": now, "supplier": sid, "name": name,
+                          "prefix": prefix_text(prefix), "public_key": public_key.hex()},
+                         [LEVEL_SUPPLIER + sid.encode()])
+        txn.bump_generation()
+    return dict(doc)
+
+
+def _allocate_batch(vault: Vault, identity: Identity) -> int:
+    """Reserve this supplier's next batch number in this store."""
+    from .vault import now_ms
+
+    def work(txn: Txn) -> int:
+        cat = vault._current(txn)
+        doc = _register_supplier(txn, cat, identity.id, identity.name, identity.prefix, identity.public_key,
+                                 now_ms())
+        number = int(doc.get("next_batch", 0))
+        while make_batch(identity.prefix, number) in cat.batches:
+            number += 1
+        if number >= MAX_BATCHES:
+            raise ConflictError(f"issuer prefix {identity.prefix_text} has used all {MAX_BATCHES:,} batch numbers; "
+                                "create a new supplier identity with another prefix")
+        doc["next_batch"] = number + 1
+        txn.put("suppliers", identity.id.encode(), dump(doc))
+        txn.bump_generation()
+        return number
+
+    return vault._store.write(work)
+
+
+def _header(identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
+            valid_from: int | None, valid_until: int | None) -> dict[str, Any]:
+    from .vault import now_ms
+
+    return {
+        "format": PAYLOAD_TYPE,
+        "batch": batch_text(make_batch(identity.prefix, number)),
+        "batch_number": number,
+        "prefix": identity.prefix_text,
+        "prefix_value": identity.prefix,
+        "supplier": {"id": identity.id, "name": identity.name, "public_key": identity.public_key.hex()},
+        "product": product,
+        "count": count,
+        "kind": kind,
+        "salt": salt.hex(),
+        "valid_from": valid_from,
+        "valid_until": valid_until,
+        "created_at": now_ms(),
+    }
+
+
+class _Export:
+    """The one-time printable export: CSV (serial,key,...) or JSON, created 0600, never overwritten."""
+
+    def __init__(self, path: Path, batch: str, product: str, valid_until: int | None) -> None:
+        self.path = path
+        self._json = path.suffix.lower() == ".json"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UsageError(f"{path} already exists; choose another --keys-out (an export is never overwritten)") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+        self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        self._batch, self._product, self._until = batch, product, iso(valid_until) or ""
+        self._first = True
+        if self._json:
+            self._fh.write('{"warning": %s, "batch": "%s", "product": %s, "valid_until": %s, "keys": [\n' % (
+                _json(EXPORT_WARNING), batch, _json(product), _json(self._until or None)))
+        else:
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(["serial", "key", "batch", "product", "valid_until"])
+
+    def write(self, first_serial: int, keys: list[str]) -> None:
+        if self._json:
+            rows = ",\n".join('{"serial": "%s", "key": "%s"}' % (serial_text(first_serial + i), display_key(k))
+                              for i, k in enumerate(keys))
+            self._fh.write(("" if self._first else ",\n") + rows)
+        else:
+            self._csv.writerows([serial_text(first_serial + i), display_key(k), self._batch, self._product,
+                                 self._until] for i, k in enumerate(keys))
+        self._first = False
+
+    def close(self) -> None:
+        if self._json:
+            self._fh.write("\n]}\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def discard(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
+                valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
+    """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records."""
+    product = _check_batch_args(product, count, valid_from, valid_until)
+    report = progress or _nothing
+    if manifest_out.exists():
+        raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
+    number = _allocate_batch(vault, identity)
+    batch = make_batch(identity.prefix, number)
+    first = make_serial(batch, 0)
+    salt = os.urandom(16)
+    export = _Export(keys_out, batch_text(batch), product, valid_until)
+
+    def body() -> Iterator[bytes]:
+        done = 0
+        while done < count:
+            n = min(CHUNK, count - done)
+            keys, verifiers = _fast.issue_keys(first + done, n, salt, os.urandom(n * _fast.SECRET_BYTES))
+            export.write(first + done, keys)
+            del keys
+            yield verifiers
+            done += n
+            report("generate", n)
+
+    try:
+        manifest = write_manifest(manifest_out, identity,
+                                  _header(identity, number, product, count, "native", salt, valid_from, valid_until),
+                                  body())
+        export.close()
+    except BaseException:
+        export.discard()
+        raise
+    info, _ = import_manifest(vault, manifest, "issued", progress)
+    return info
+
+
+def read_cards_csv(path: Path) -> tuple[str, list[tuple[str, str]]]:
+    """Parse an upstream CSV: ("code", [(code, "")]) or ("pair", [(card number, password)])."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ImportFileError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
+    if not raw.strip():
+        raise ImportFileError(f"{path} is empty; it needs a header row (code, or card_number,password) and cards")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+    if "\0" in text:
+        raise ImportFileError(f"{path} contains NUL bytes: it is not a CSV file, or it is damaged")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except (StopIteration, csv.Error):
+        raise ImportFileError(f"{path} has no header row") from None
+
+    def column(names: tuple[str, ...]) -> int | None:
+        return next((header.index(n) for n in names if n in header), None)
+
+    code_col, card_col, pass_col = column(_CODE_COLUMNS), column(_CARD_COLUMNS), column(_PASSWORD_COLUMNS)
+    if pass_col is not None and card_col is not None:
+        kind, cols = "pair", (card_col, pass_col)
+    elif code_col is not None:
+        kind, cols = "code", (code_col,)
+    else:
+        raise ImportFileError(f"{path}: the header needs a 'code' column, or 'card_number' and 'password' columns "
+                              f"(found: {', '.join(header) or 'nothing'})")
+    rows: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    width = max(cols) + 1
+    try:
+        for fields in reader:
+            line = reader.line_num
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) < width:
+                raise ImportFileError(f"{path} line {line} has {len(fields)} fields, the header needs {width}: "
+                                      "the file may be truncated")
+            values = [_imported_value(path, line, fields[c], what) for c, what in
+                      zip(cols, ("card number", "password") if kind == "pair" else ("code",))]
+            ident = values[0]
+            if ident in seen:
+                what = "card number" if kind == "pair" else "code"
+                raise ImportFileError(f"{path} line {line} repeats the {what} of line {seen[ident]}; "
+                                      "each card may appear once")
+            seen[ident] = line
+            rows.append((values[0], values[1] if kind == "pair" else ""))
+    except csv.Error as exc:
+        raise ImportFileError(f"{path} line {reader.line_num} is not valid CSV ({exc})") from None
+    if not rows:
+        raise ImportFileError(f"{path} has a header but no cards")
+    if len(rows) > MAX_BATCH_SIZE:
+        raise ImportFileError(f"{path} has {len(rows):,} cards; a batch holds at most {MAX_BATCH_SIZE:,}: split it")
+    return kind, rows
+
+
+def _imported_value(path: Path, line: int, value: str, what: str) -> str:
+    """A folded upstream value, checked; errors name the line, never the value."""
+    folded = normalize_imported(value)
+    if not folded:
+        raise ImportFileError(f"{path} line {line}: the {what} is empty")
+    if len(folded) > MAX_IMPORTED or not folded.isascii() or not folded.isprintable():
+        raise ImportFileError(f"{path} line {line}: the {what} must be at most {MAX_IMPORTED} printable ASCII "
+                              "characters")
+    if ":" in folded:
+        raise ImportFileError(f"{path} line {line}: the {what} contains ':', which keyvault uses between a card "
+                              "number and its password")
+    if what != "password" and looks_native(folded):
+        raise ImportFileError(f"{path} line {line}: the {what} looks like a native keyvault key; native keys are "
+                              "issued with `keyvault batch issue`, not imported")
+    return folded
+
+
+def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path, manifest_out: Path,
+                 valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
+    """Turn an upstream CSV into a batch: locators and verifiers in a signed manifest, records stored."""
+    kind, rows = read_cards_csv(cards_csv)
+    product = _check_batch_args(product, len(rows), valid_from, valid_until)
+    if manifest_out.exists():
+        raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
+    number = _allocate_batch(vault, identity)
+    salt = os.urandom(16)
+    report = progress or _nothing
+
+    def body() -> Iterator[bytes]:
+        for start in range(0, len(rows), CHUNK):
+            part = bytearray()
+            for ident, password in rows[start:start + CHUNK]:
+                if kind == "pair":
+                    locator = _fast.locator(b"card:" + ident.encode())
+                    material = ident.encode() + b"\0" + password.encode()
+                else:
+                    locator, material = _fast.locator(b"code:" + ident.encode()), ident.encode()
+                part += locator + _fast.verifier(salt, material)
+            yield bytes(part)
+            report("generate", min(CHUNK, len(rows) - start))
+        if kind == "pair":  # public card numbers, length-prefixed, for support and trace
+            yield b"".join(bytes([len(ident)]) + ident.encode() for ident, _ in rows)
+
+    manifest = write_manifest(manifest_out, identity,
+                              _header(identity, number, product, len(rows), kind, salt, valid_from, valid_until),
+                              body())
+    info, _ = import_manifest(vault, manifest, "upstream", progress)
+    return info
+
+
+def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
+    """Store a verified manifest's batch in one transaction: all of it, or (on any refusal) none of it."""
+    from .vault import now_ms
+
+    header = manifest.header
+    supplier = header["supplier"]
+    sid, batch = supplier["id"], manifest.batch
+    report = progress or _nothing
+    tag, relocate = vault._tagger()
+
+    def work(txn: Txn) -> tuple[BatchInfo, bool]:
+        cat = vault._current(txn)
+        existing = cat.batches.get(batch)
+        if existing is not None:
+            if existing.manifest == manifest.digest:
+                return existing, False
+            raise ConflictError(f"batch {batch_text(batch)} is already in this store from a different manifest "
+                                f"(added {iso(existing.added_at)}); a batch id is never reused: ask the supplier "
+                                "which manifest is genuine")
+        now = now_ms()
+        _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
+                           bytes.fromhex(supplier["public_key"]), now)
+        info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
+                         kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
+                         valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,
+                         manifest=manifest.digest, salt=manifest.salt)
+        serial = make_serial(batch, 0)
+        size = record_size(manifest.kind)
+        for chunk in manifest.records():
+            n = len(chunk) // size
+            cards = [(u64(serial + i), CARD.pack(ACTIVE, tag(chunk[i * size + size - 16:(i + 1) * size])))
+                     for i in range(n)]
+            if txn.put_sorted("cards", cards) != n:
+                raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
+                                    "their batch: the store is inconsistent; run `keyvault check`")
+            if manifest.kind != "native":
+                for i in range(n):
+                    if not txn.put("locators", relocate(chunk[i * size:i * size + 16]), u64(serial + i),
+                                   overwrite=False):
+                        raise ConflictError(f"card {serial_text(serial + i)} of batch {batch_text(batch)} is already "
+                                            "in this store in another batch: the same card would be sold twice. "
+                                            "Nothing was imported")
+            serial += n
+            report("store", n)
+        if manifest.kind == "pair":
+            first = make_serial(batch, 0)
+            for i, number in enumerate(manifest.card_numbers()):
+                txn.put("upstream", u64(first + i), number.encode())
+        txn.put("batches", u64(batch), dump(info.to_record()))
+        txn.bump_generation()
+        txn.append_event({"type": "import" if origin == "manifest" else "issue", "at": now,
+                          "batch": batch_text(batch), "supplier": sid, "supplier_name": supplier["name"],
+                          "product": header["product"], "count": manifest.count, "kind": manifest.kind,
+                          "origin": origin, "manifest": manifest.digest},
+                         [LEVEL_BATCH + u64(batch), LEVEL_SUPPLIER + sid.encode()])
+        return info, True
+
+    return vault._store.write(work)

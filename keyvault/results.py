@@ -1,0 +1,61 @@
+"""What checks answer: a :class:`Status` and a small immutable :class:`Result`."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """The outcome of a verify, redeem or void; the value is the JSON/CLI name."""
+
+    VALID = "valid"  # verify: the key would redeem now
+    ACCEPTED = "accepted"  # redeem: this order holds the key (also the answer to its retries)
+    MALFORMED = "malformed"  # not a key: `group` names the group at fault when it can
+    UNKNOWN = "unknown"  # well-formed, but no such key in this store
+    REDEEMED = "redeemed"  # already redeemed, by `order_id` at `redeemed_at`
+    VOID = "void"  # withdrawn (refund, recall); `reason` says why
+    BLACKLISTED = "blacklisted"  # refused by a blacklist entry at `level`, with `reason`
+    EXPIRED = "expired"  # the batch's validity window has ended
+    NOT_YET_VALID = "not_yet_valid"  # the batch's validity window has not begun
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Statuses that let a key through (the CLI exits 0 only if every key has one).
+OK_STATUSES = frozenset({Status.VALID, Status.ACCEPTED})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One key's answer. Never holds the key itself: only its public serial."""
+
+    status: Status
+    serial: str | None = None
+    batch: str | None = None
+    supplier: str | None = None
+    supplier_name: str | None = None
+    product: str | None = None
+    order_id: str | None = None
+    redeemed_at: str | None = None
+    voided_at: str | None = None
+    reason: str | None = None
+    level: str | None = None
+    group: int | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for ``valid`` and ``accepted``."""
+        return self.status in OK_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, without the empty ones."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value.value if isinstance(value, Status) else value
+        return out

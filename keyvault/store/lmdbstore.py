@@ -1,0 +1,329 @@
+"""The LMDB environment: opening, growth, and short transactions behind a narrow interface.
+
+This module owns the environment: it is opened once per process (py-lmdb
+guards against a second open) and nothing else links liblmdb. Writes are
+serialised in-process by a lock (LMDB allows one writer; two in one process
+deadlock, py-lmdb #394) and across processes by LMDB's own lock. The map
+starts at 256 MiB (the file is sparse) and doubles on MapFullError; other
+processes pick the new size up on MapResizedError. ``set_mapsize`` needs no
+transaction open in the process (py-lmdb #97), so a gate holds new readers
+back while the map is resized.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from ..errors import ClosedError, NotAStoreError, StoreCorruptError, StoreError, StoreFullError, StoreVersionError
+from . import records
+from .records import u64
+
+T = TypeVar("T")
+
+FORMAT = b"keyvault-store/1"
+DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "suppliers", "prefixes",
+             "blacklist", "events", "subjects", "counters")
+INITIAL_MAP_SIZE = 256 << 20
+MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
+LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
+
+_CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+            lmdb.BadRslotError)
+
+
+class _Gate:
+    """Readers share the gate; a map resize waits for them to leave and keeps new ones out."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def resizing(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Txn:
+    """One transaction over the store's databases; the only way the engine touches LMDB."""
+
+    __slots__ = ("_txn", "_dbs")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        """The value under ``key``, or None."""
+        value: bytes | None = self._txn.get(key, db=self._dbs[db])
+        return value
+
+    def put(self, db: str, key: bytes, value: bytes, *, overwrite: bool = True) -> bool:
+        """Store a value; False when ``overwrite`` is off and the key exists."""
+        return bool(self._txn.put(key, value, db=self._dbs[db], overwrite=overwrite))
+
+    def delete(self, db: str, key: bytes) -> bool:
+        """Remove a key; False when it was not there."""
+        return bool(self._txn.delete(key, db=self._dbs[db]))
+
+    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def put_sorted(self, db: str, pairs: list[tuple[bytes, bytes]]) -> int:
+        """Insert pairs sorted by key, refusing duplicates; how many were added."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        last = cursor.key() if cursor.last() else b""
+        append = bool(pairs) and pairs[0][0] > last
+        _, added = cursor.putmulti(pairs, dupdata=False, overwrite=False, append=append)
+        return int(added)
+
+    def last_key(self, db: str) -> bytes | None:
+        """The greatest key in ``db``."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        return cursor.key() if cursor.last() else None
+
+    def counter(self, key: bytes) -> int:
+        """A counter's value (0 when never counted)."""
+        value = self.get("counters", key)
+        return records.from_u64(value) if value else 0
+
+    def add(self, key: bytes, delta: int) -> None:
+        """Add ``delta`` to a counter."""
+        self.put("counters", key, u64(self.counter(key) + delta))
+
+    def generation(self) -> int:
+        """Bumped by every change to batches, suppliers or the blacklist."""
+        value = self.get("meta", b"generation")
+        return records.from_u64(value) if value else 0
+
+    def bump_generation(self) -> None:
+        """Tell every process that cached configuration is stale."""
+        self.put("meta", b"generation", u64(self.generation() + 1))
+
+    def append_event(self, event: dict[str, object], subjects: list[bytes]) -> int:
+        """Append an event (its sequence number is the next one) and index it by subject."""
+        last = self.last_key("events")
+        seq = records.from_u64(last) + 1 if last else 1
+        if not self.put("events", u64(seq), records.dump({"seq": seq, **event}), overwrite=False):
+            raise StoreCorruptError(f"event {seq} already exists: the event log is damaged; run `keyvault check`")
+        for subject in subjects:
+            self.put("subjects", subject + u64(seq), b"")
+        return seq
+
+    def events_of(self, subject: bytes) -> Iterator[dict[str, object]]:
+        """The events indexed under a subject, oldest first."""
+        for key, _ in self.items("subjects", subject):
+            if len(key) == len(subject) + 8:
+                value = self.get("events", key[len(subject):])
+                if value is not None:
+                    yield records.load(value)
+
+
+class LmdbStore:
+    """One process's handle on a store directory's LMDB environment."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, lmdb._Database], path: Path) -> None:
+        self._env = env
+        self._dbs = dbs
+        self.path = path
+        self._pid = os.getpid()
+        self._write_lock = threading.Lock()
+        self._gate = _Gate()
+        self._closed = False
+
+    @classmethod
+    def create(cls, path: Path) -> LmdbStore:
+        """Make a new, empty store in ``path`` (which must hold no store)."""
+        env = _open_env(path, create=True)
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn, create=True) for name in DATABASES}
+            meta = dbs["meta"]
+            txn.put(b"format", FORMAT, db=meta)
+            txn.put(b"lmdb", LMDB_FORMAT.encode(), db=meta)
+        return cls(env, dbs, path)
+
+    @classmethod
+    def open(cls, path: Path) -> LmdbStore:
+        """Open an existing store, refusing other formats with a clear message."""
+        if not (path / "data.mdb").is_file():
+            raise NotAStoreError(f"{path} is not a keyvault store (no data.mdb); create one with "
+                                 f"`keyvault --store {path} init`")
+        env = _open_env(path, create=False)
+        try:
+            with env.begin() as txn:
+                if txn.get(b"meta") is None:
+                    raise NotAStoreError(f"{path} holds an LMDB database, but not a keyvault store")
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                fmt = txn.get(b"format", db=meta)
+                if fmt != FORMAT:
+                    shown = fmt.decode("ascii", "replace") if fmt else "none"
+                    raise StoreVersionError(
+                        f"{path} is a store in format {shown!r}; this keyvault reads {FORMAT.decode()!r}: "
+                        "open it with the keyvault version that wrote it"
+                    )
+                written = (txn.get(b"lmdb", db=meta) or b"?").decode("ascii", "replace")
+                if written != LMDB_FORMAT:
+                    raise StoreVersionError(f"{path} was written by LMDB {written}, whose on-disk format differs from "
+                                            f"LMDB {LMDB_FORMAT} used here: export it with the keyvault that wrote it")
+                dbs = {}
+                for name in DATABASES:
+                    if txn.get(name.encode()) is None:
+                        raise StoreVersionError(f"{path} lacks the {name!r} database: it is damaged or "
+                                                "from another keyvault version; run `keyvault check`")
+                    dbs[name] = env.open_db(name.encode(), txn=txn, create=False)
+        except _CORRUPT as exc:
+            env.close()
+            raise StoreCorruptError(f"{path} is damaged ({exc.__class__.__name__}); restore it from a backup") from None
+        except BaseException:
+            env.close()
+            raise
+        return cls(env, dbs, path)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("this vault is closed; open it again with Vault.open()")
+        if os.getpid() != self._pid:
+            raise ClosedError("this vault was opened before fork(); open it again in each worker process")
+
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A short read transaction (keep it short: long readers stop page reuse)."""
+        self._check()
+        for _ in range(8):
+            with self._gate.reading():
+                try:
+                    txn = self._env.begin(buffers=False)
+                except lmdb.MapResizedError:
+                    pass
+                else:
+                    try:
+                        yield Txn(txn, self._dbs)
+                    except _CORRUPT as exc:
+                        raise _corrupt(self.path, exc) from None
+                    finally:
+                        txn.abort()
+                    return
+            self._adopt_map_size()
+        raise StoreError(f"{self.path}: the map kept being resized by another process; try again")
+
+    def write(self, work: Callable[[Txn], T]) -> T:
+        """Run ``work`` in one write transaction and commit it durably; grow the map and retry when full.
+
+        ``work`` may run more than once (after a resize), so it must not act outside the transaction.
+        """
+        self._check()
+        for _ in range(32):
+            with self._write_lock:
+                try:
+                    with self._gate.reading():
+                        txn = self._env.begin(write=True)
+                        try:
+                            result = work(Txn(txn, self._dbs))
+                            txn.commit()
+                            return result
+                        except BaseException:
+                            txn.abort()
+                            raise
+                except lmdb.MapFullError:
+                    self._grow()
+                except lmdb.MapResizedError:
+                    self._adopt_map_size()
+                except lmdb.DiskError as exc:
+                    raise _disk_error(self.path, exc) from None
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise _disk_error(self.path, exc) from None
+                    raise
+                except _CORRUPT as exc:
+                    raise _corrupt(self.path, exc) from None
+        raise StoreError(f"{self.path}: could not complete a write after growing the map; check free disk space")
+
+    def _grow(self) -> None:
+        with self._gate.resizing():
+            size = self._env.info()["map_size"]
+            self._env.set_mapsize(size * 2)
+
+    def _adopt_map_size(self) -> None:
+        with self._gate.resizing():
+            self._env.set_mapsize(0)  # 0: take the size another process has set
+
+    def sync(self) -> None:
+        """Flush to disk (commits already are durable; this is for copies and tests)."""
+        self._env.sync(True)
+
+    def reader_check(self) -> int:
+        """Clear reader slots left by dead processes; how many were cleared."""
+        return int(self._env.reader_check())
+
+    def info(self) -> dict[str, int]:
+        """LMDB's environment info (map size, last page, readers)."""
+        info: dict[str, int] = self._env.info()
+        return info
+
+    def close(self) -> None:
+        """Close the environment; further use raises ClosedError."""
+        if not self._closed:
+            self._closed = True
+            if os.getpid() == self._pid:
+                self._env.close()
+
+
+def _open_env(path: Path, create: bool) -> lmdb.Environment:
+    try:
+        env = lmdb.open(str(path), subdir=True, create=create, map_size=INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 2,
+                        max_readers=MAX_READERS, readahead=False, lock=True, sync=True, metasync=True)
+    except _CORRUPT as exc:
+        raise _corrupt(path, exc) from None
+    except lmdb.Error as exc:
+        raise StoreError(f"cannot open the store at {path}: {exc}") from None
+    env.reader_check()
+    return env
+
+
+def _corrupt(path: Path, exc: Exception) -> StoreCorruptError:
+    return StoreCorruptError(f"the store at {path} is damaged ({exc.__class__.__name__}); "
+                             "restore it from a backup and run `keyvault check`")
+
+
+def _disk_error(path: Path, exc: Exception) -> StoreFullError:
+    return StoreFullError(f"the disk holding {path} has no room for this write ({exc}); nothing was changed: "
+                          "free some space and try again")

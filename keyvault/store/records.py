@@ -1,0 +1,69 @@
+"""How values are packed in the store's named databases (all integers big-endian).
+
+| database    | key                          | value                                   |
+|-------------|------------------------------|-----------------------------------------|
+| meta        | name                         | format, pepper check, generation, ...   |
+| cards       | serial (u64)                 | state (u8), tag (16 bytes)              |
+| outcomes    | serial (u64)                 | state (u8), at ms (u64), order id/reason|
+| locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
+| upstream    | serial (u64)                 | an imported card's public card number   |
+| batches     | batch key (u64)              | JSON                                    |
+| suppliers   | supplier id (ASCII)          | JSON                                    |
+| prefixes    | issuer prefix (u64)          | supplier id                             |
+| blacklist   | level (1) + target           | JSON {reason, at}                       |
+| events      | sequence (u64)               | JSON                                    |
+| subjects    | subject + sequence (u64)     | empty: the events of a key/batch/supplier|
+| counters    | scope + "/" + name           | u64                                     |
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+ACTIVE = 0
+REDEEMED = 1
+VOIDED = 2
+
+U64 = struct.Struct(">Q")
+CARD = struct.Struct(">B16s")
+OUTCOME = struct.Struct(">BQ")
+
+# Blacklist levels as stored (one byte in front of the target).
+LEVEL_KEY = b"K"  # target: serial (u64)
+LEVEL_BATCH = b"B"  # target: batch key (u64)
+LEVEL_SUPPLIER = b"S"  # target: supplier id (ASCII)
+LEVEL_NAMES = {LEVEL_KEY: "key", LEVEL_BATCH: "batch", LEVEL_SUPPLIER: "supplier"}
+
+
+def u64(value: int) -> bytes:
+    """An unsigned 64-bit big-endian key."""
+    return U64.pack(value)
+
+
+def from_u64(data: bytes) -> int:
+    """The integer of an 8-byte big-endian key."""
+    return U64.unpack(data)[0]
+
+
+def pack_outcome(state: int, at_ms: int, text: str) -> bytes:
+    """What became of a key: state, when, and the order id or reason."""
+    return OUTCOME.pack(state, at_ms) + text.encode("utf-8")
+
+
+def unpack_outcome(data: bytes) -> tuple[int, int, str]:
+    """The (state, at ms, text) of an outcome record."""
+    state, at_ms = OUTCOME.unpack_from(data)
+    return state, at_ms, bytes(data[OUTCOME.size :]).decode("utf-8")
+
+
+def dump(doc: dict[str, Any]) -> bytes:
+    """Compact JSON for a record."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def load(data: bytes) -> dict[str, Any]:
+    """A JSON record."""
+    result: dict[str, Any] = json.loads(bytes(data))
+    return result

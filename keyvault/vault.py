@@ -1,0 +1,541 @@
+"""The engine: :class:`Vault` opens a store and answers verify, redeem, void and blacklist.
+
+Every state change is one durable LMDB write transaction. Verification
+reads batch, supplier and blacklist state from the in-memory
+:class:`~keyvault.catalog.Catalog`, kept current through the store's
+generation counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from . import _fast
+from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target, iso
+from .errors import (
+    MalformedKeyError,
+    NotFoundError,
+    PepperError,
+    StoreError,
+    StoreExistsError,
+    UsageError,
+)
+from .identity import Identity, check_private_file, write_private_file
+from .keyformat import (
+    MAX_IMPORTED,
+    batch_key,
+    batch_text,
+    looks_like_serial,
+    looks_native,
+    malformed,
+    normalize_imported,
+    parse_batch,
+    parse_serial,
+    serial_text,
+)
+from .manifest import read_manifest
+from .results import Result, Status
+from .store import ACTIVE, REDEEMED, VOIDED, LmdbStore, Txn
+from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, pack_outcome, u64, unpack_outcome
+
+PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
+_PEPPER_CHECK = b"kv1/pepper-check"
+_MAX_ORDER_ID = 128
+_MAX_REASON = 500
+_FLUSH_SECONDS = 1.0  # refused-attempt counters are flushed at most this often (and on close)
+_DUMMY_SALT = bytes(16)  # hashed for unknown batches so unknown and wrong keys cost the same
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A key located in the store and matched against its tag."""
+
+    serial: int
+    batch: BatchInfo
+    state: int
+    tag: bytes
+
+
+def _counter_scopes(batch: BatchInfo | None) -> tuple[bytes, ...]:
+    if batch is None:
+        return (b"T",)
+    return (b"T", b"B:" + batch.id.encode(), b"S:" + batch.supplier.encode())
+
+
+def _check_text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"{what} must be a string")
+    text = value.strip()
+    if not text:
+        raise UsageError(f"{what} must not be empty")
+    if len(text) > limit or not text.isprintable():
+        raise UsageError(f"{what} must be at most {limit} printable characters")
+    return text
+
+
+class Vault:
+    """A keyvault store, opened. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, store: LmdbStore, pepper: bytes) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._catalog = Catalog()
+        self._pending: Counter[bytes] = Counter()
+        self._pending_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None) -> Vault:
+        """Create a new store in an empty or new directory, with a new 0600 pepper file."""
+        root = Path(path)
+        if (root / "data.mdb").exists():
+            raise StoreExistsError(f"{root} already holds a keyvault store; open it instead of creating one")
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is a file; choose a directory for the store")
+        if root.is_dir() and any(root.iterdir()):
+            raise StoreError(f"{root} is not empty; create the store in a new or empty directory")
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pepper_path = Path(pepper_file) if pepper_file else root / "pepper"
+        if pepper_path.exists():
+            pepper = _read_pepper(pepper_path)
+        else:
+            pepper = secrets.token_bytes(32)
+            write_private_file(pepper_path, pepper.hex().encode() + b"\n")
+        store = LmdbStore.create(root)
+
+        def setup(txn: Txn) -> None:
+            txn.put("meta", b"pepper_check", _pepper_check(pepper))
+            txn.put("meta", b"created_at", u64(now_ms()))
+
+        store.write(setup)
+        return cls(store, pepper)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
+             create: bool = False) -> Vault:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
+        root = Path(path)
+        if create and not (root / "data.mdb").exists():
+            return cls.init(root, pepper_file=pepper_file)
+        store = LmdbStore.open(root)
+        try:
+            pepper_path = Path(pepper_file or os.environ.get(PEPPER_ENV) or root / "pepper")
+            pepper = _read_pepper(pepper_path)
+            with store.read() as txn:
+                expected = txn.get("meta", b"pepper_check")
+            if expected is None or not _fast.tags_equal(expected, _pepper_check(pepper)):
+                raise PepperError(f"the pepper file {pepper_path} does not belong to this store (it was made with "
+                                  "another one); restore this store's own pepper file from your backup")
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, pepper)
+
+    @property
+    def path(self) -> Path:
+        """The store directory."""
+        return self._store.path
+
+    def close(self) -> None:
+        """Flush pending statistics and close the store."""
+        try:
+            self.flush_stats()
+        except StoreError:
+            pass  # closing must not fail because a statistics write could not be made
+        finally:
+            self._store.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Vault {str(self.path)!r}>"
+
+    # -- the catalog ---------------------------------------------------------------------------
+
+    def _current(self, txn: Txn) -> Catalog:
+        """The catalog, reloaded if any process changed the configuration since it was read."""
+        generation = txn.generation()
+        catalog = self._catalog
+        if catalog.generation != generation:
+            catalog = Catalog.load(txn, generation)
+            self._catalog = catalog
+        return catalog
+
+    def catalog(self) -> Catalog:
+        """A current snapshot of batches, suppliers and blacklist entries."""
+        with self._store.read() as txn:
+            return self._current(txn)
+
+    # -- locating keys -------------------------------------------------------------------------
+
+    def _locate(self, txn: Txn, cat: Catalog, key: str) -> _Found | Result:
+        """Find a typed key's record and check its tag; a Result when it cannot be found."""
+        outcome, serial, canonical, position = _fast.parse_key(key)
+        if outcome == _fast.OK:
+            batch = cat.batches.get(batch_key(serial))
+            material = canonical
+        else:
+            imported = self._imported_lookup(txn, cat, key)
+            if imported is None:
+                if looks_native(key) or not cat.has_imported:
+                    group, message = malformed(outcome, position, key)
+                    return Result(Status.MALFORMED, group=group, message=message)
+                return Result(Status.UNKNOWN, message="no such key in this store")
+            serial, material = imported
+            batch = cat.batches.get(batch_key(serial)) if serial >= 0 else None
+        expected = _fast.tag(self._pepper, _fast.verifier(batch.salt if batch else _DUMMY_SALT, material))
+        record = txn.get("cards", u64(serial)) if batch is not None else None
+        if record is None or batch is None:
+            return Result(Status.UNKNOWN, serial=serial_text(serial) if serial >= 0 else None,
+                          batch=batch.id if batch else None, message="no such key in this store")
+        state, tag = CARD.unpack(record)
+        if not _fast.tags_equal(tag, expected):
+            return Result(Status.UNKNOWN, serial=serial_text(serial), batch=batch.id,
+                          message="no such key in this store")
+        return _Found(serial, batch, state, tag)
+
+    def _imported_lookup(self, txn: Txn, cat: Catalog, key: str) -> tuple[int, bytes] | None:
+        """(serial or -1, verifier material) for an imported code or card:password, if it could be one."""
+        if not cat.has_imported or not isinstance(key, str) or len(key) > 2 * MAX_IMPORTED + 1:
+            return None
+        if ":" in key:
+            card, _, password = key.partition(":")
+            card, password = normalize_imported(card), normalize_imported(password)
+            if not card or not password:
+                return None
+            locator, material = _fast.locator(b"card:" + card.encode()), card.encode() + b"\0" + password.encode()
+        else:
+            code = normalize_imported(key)
+            if not code:
+                return None
+            locator, material = _fast.locator(b"code:" + code.encode()), code.encode()
+        found = txn.get("locators", _fast.store_locator(self._pepper, locator))
+        return (from_u64(found) if found else -1), material
+
+    def _judge(self, txn: Txn, cat: Catalog, found: _Found, now: int) -> Result:
+        """The status of a located key, by precedence: redeemed, void, blacklisted, window, valid."""
+        batch = found.batch
+        base = {"serial": serial_text(found.serial), "batch": batch.id, "supplier": batch.supplier,
+                "supplier_name": batch.supplier_name, "product": batch.product}
+        if found.state != ACTIVE:
+            raw = txn.get("outcomes", u64(found.serial))
+            _, at, text = unpack_outcome(raw) if raw else (found.state, 0, "")
+            if found.state == REDEEMED:
+                return Result(Status.REDEEMED, order_id=text, redeemed_at=iso(at),
+                              message=f"already redeemed by order {text} at {iso(at)}", **base)
+            return Result(Status.VOID, reason=text, voided_at=iso(at), message=f"void: {text}", **base)
+        block = cat.block_for(found.serial, batch)
+        if block is not None:
+            return Result(Status.BLACKLISTED, level=block.level, reason=block.reason,
+                          message=f"blacklisted ({block.level}): {block.reason}", **base)
+        if batch.valid_from is not None and now < batch.valid_from:
+            return Result(Status.NOT_YET_VALID, message=f"valid from {iso(batch.valid_from)}", **base)
+        if batch.valid_until is not None and now >= batch.valid_until:
+            return Result(Status.EXPIRED, message=f"expired at {iso(batch.valid_until)}", **base)
+        return Result(Status.VALID, **base)
+
+    # -- verify, redeem, void ------------------------------------------------------------------
+
+    def verify(self, key: str) -> Result:
+        """Check a key without changing anything: ``valid``, or why it would be refused."""
+        with self._store.read() as txn:
+            cat = self._current(txn)
+            found = self._locate(txn, cat, key)
+            result = found if isinstance(found, Result) else self._judge(txn, cat, found, now_ms())
+        self._note(result, cat)
+        return result
+
+    def verify_many(self, keys: Iterable[str]) -> list[Result]:
+        """Verify several keys in one read transaction; results in input order."""
+        now = now_ms()
+        out = []
+        with self._store.read() as txn:
+            cat = self._current(txn)
+            for key in keys:
+                found = self._locate(txn, cat, key)
+                out.append(found if isinstance(found, Result) else self._judge(txn, cat, found, now))
+        for result in out:
+            self._note(result, cat, flush=False)
+        self._maybe_flush()
+        return out
+
+    def redeem(self, key: str, order_id: str) -> Result:
+        """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer."""
+        order = _check_text(order_id, "order id", _MAX_ORDER_ID)
+
+        def work(txn: Txn) -> tuple[Result, Catalog]:
+            cat = self._current(txn)
+            found = self._locate(txn, cat, key)
+            if isinstance(found, Result):
+                return found, cat
+            if found.state == REDEEMED:
+                raw = txn.get("outcomes", u64(found.serial))
+                if raw is not None:
+                    _, at, first_order = unpack_outcome(raw)
+                    if first_order == order:  # a retry: the first answer again
+                        return self._accepted(found, order, at), cat
+            now = now_ms()
+            result = self._judge(txn, cat, found, now)
+            if result.status is not Status.VALID:
+                return result, cat
+            txn.put("cards", u64(found.serial), CARD.pack(REDEEMED, found.tag))
+            txn.put("outcomes", u64(found.serial), pack_outcome(REDEEMED, now, order))
+            self._count_change(txn, found.batch, b"redeemed")
+            txn.append_event({"type": "redeem", "at": now, "serial": serial_text(found.serial),
+                              "batch": found.batch.id, "order_id": order}, _subjects(found))
+            return self._accepted(found, order, now), cat
+
+        result, cat = self._store.write(work)
+        self._note(result, cat)
+        return result
+
+    @staticmethod
+    def _accepted(found: _Found, order: str, at: int) -> Result:
+        batch = found.batch
+        return Result(Status.ACCEPTED, serial=serial_text(found.serial), batch=batch.id, supplier=batch.supplier,
+                      supplier_name=batch.supplier_name, product=batch.product, order_id=order,
+                      redeemed_at=iso(at))
+
+    def void(self, key_or_serial: str, reason: str) -> Result:
+        """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
+        why = _check_text(reason, "reason", _MAX_REASON)
+
+        def work(txn: Txn) -> Result:
+            cat = self._current(txn)
+            found = self._find(txn, cat, key_or_serial)
+            if isinstance(found, Result):
+                return found
+            if found.state != ACTIVE:
+                return self._judge(txn, cat, found, now_ms())
+            now = now_ms()
+            txn.put("cards", u64(found.serial), CARD.pack(VOIDED, found.tag))
+            txn.put("outcomes", u64(found.serial), pack_outcome(VOIDED, now, why))
+            self._count_change(txn, found.batch, b"void")
+            txn.append_event({"type": "void", "at": now, "serial": serial_text(found.serial),
+                              "batch": found.batch.id, "reason": why}, _subjects(found))
+            return self._judge(txn, cat, _Found(found.serial, found.batch, VOIDED, found.tag), now)
+
+        return self._store.write(work)
+
+    def _find(self, txn: Txn, cat: Catalog, key_or_serial: str) -> _Found | Result:
+        """Locate by key (tag checked) or by public serial (for support staff, who hold no keys)."""
+        if isinstance(key_or_serial, str) and looks_like_serial(key_or_serial):
+            serial = parse_serial(key_or_serial)
+            batch = cat.batches.get(batch_key(serial))
+            record = txn.get("cards", u64(serial)) if batch else None
+            if record is None or batch is None:
+                return Result(Status.UNKNOWN, serial=serial_text(serial), message="no such serial in this store")
+            state, tag = CARD.unpack(record)
+            return _Found(serial, batch, state, tag)
+        if not isinstance(key_or_serial, str):
+            raise UsageError("a key or serial must be a string")
+        return self._locate(txn, cat, key_or_serial)
+
+    # -- blacklist -----------------------------------------------------------------------------
+
+    def blacklist(self, level: str, target: str, reason: str) -> BlacklistEntry:
+        """Refuse a key, serial, batch or supplier from the next verify on, in every process."""
+        why = _check_text(reason, "reason", _MAX_REASON)
+
+        def work(txn: Txn) -> BlacklistEntry:
+            cat = self._current(txn)
+            raw, batch = self._blacklist_key(txn, cat, level, target)
+            now = now_ms()
+            if txn.get("blacklist", raw) is None and batch is not None:
+                self._count_change(txn, batch, b"blacklisted")
+            txn.put("blacklist", raw, dump({"reason": why, "at": now}))
+            txn.bump_generation()
+            name, shown = blacklist_target(raw)
+            txn.append_event({"type": "blacklist", "at": now, "level": name, "target": shown, "reason": why}, [raw])
+            return BlacklistEntry(name, shown, why, iso(now))
+
+        return self._store.write(work)
+
+    def lift(self, level: str, target: str, reason: str) -> BlacklistEntry:
+        """Remove a blacklist entry; lifting needs a reason too."""
+        why = _check_text(reason, "reason", _MAX_REASON)
+
+        def work(txn: Txn) -> BlacklistEntry:
+            cat = self._current(txn)
+            raw, batch = self._blacklist_key(txn, cat, level, target)
+            name, shown = blacklist_target(raw)
+            if not txn.delete("blacklist", raw):
+                raise NotFoundError(f"{name} {shown} is not blacklisted; `keyvault blacklist list` shows what is")
+            if batch is not None:
+                self._count_change(txn, batch, b"blacklisted", -1)
+            txn.bump_generation()
+            now = now_ms()
+            txn.append_event({"type": "lift", "at": now, "level": name, "target": shown, "reason": why}, [raw])
+            return BlacklistEntry(name, shown, why, iso(now))
+
+        return self._store.write(work)
+
+    def blacklist_entries(self) -> list[BlacklistEntry]:
+        """Every blacklist entry: suppliers, then batches, then keys."""
+        cat = self.catalog()
+        return [*cat.suppliers_blocked.values(), *cat.batches_blocked.values(), *cat.keys_blocked.values()]
+
+    def _blacklist_key(self, txn: Txn, cat: Catalog, level: str, target: str) -> tuple[bytes, BatchInfo | None]:
+        """The stored key for a blacklist target, and its batch when the level is a key."""
+        if level in ("key", "serial"):
+            if level == "serial" and not looks_like_serial(target):
+                raise MalformedKeyError("that serial is not valid: a serial has 12 symbols, like 7KQ2-00A-0003F")
+            found = self._find(txn, cat, target)
+            if isinstance(found, Result):
+                what = "serial" if level == "serial" else "key"
+                raise NotFoundError(f"that {what} is not in this store ({found.status.value}); nothing was changed")
+            return LEVEL_KEY + u64(found.serial), found.batch
+        if level == "batch":
+            key = parse_batch(target)
+            if key not in cat.batches:
+                raise NotFoundError(f"batch {batch_text(key)} is not in this store; `keyvault stats` lists batches")
+            return LEVEL_BATCH + u64(key), None
+        if level == "supplier":
+            sid = cat.supplier_by_ref(target)
+            if sid is None:
+                raise NotFoundError("no such supplier in this store (give its id or issuer prefix); "
+                                    "`keyvault stats` lists suppliers")
+            return LEVEL_SUPPLIER + sid.encode("ascii"), None
+        raise UsageError(f"unknown blacklist level {level!r}: use key, serial, batch or supplier")
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _count_change(self, txn: Txn, batch: BatchInfo, name: bytes, delta: int = 1) -> None:
+        for scope in _counter_scopes(batch):
+            txn.add(scope + b"/" + name, delta)
+
+    def _note(self, result: Result, cat: Catalog, flush: bool = True) -> None:
+        """Count a refused attempt (buffered: verify must not write on every call)."""
+        if result.ok:
+            return
+        batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
+        name = b"/refused/" + result.status.value.encode()
+        with self._pending_lock:
+            for scope in _counter_scopes(batch):
+                self._pending[scope + name] += 1
+        if flush:
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if self._pending and time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
+            try:
+                self.flush_stats()
+            except StoreError:
+                pass  # counts stay pending; a verify never fails for want of a statistics write
+
+    def flush_stats(self) -> None:
+        """Write buffered refused-attempt counts to the store."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, Counter()
+            self._last_flush = time.monotonic()
+        if not pending:
+            return
+        try:
+            self._store.write(lambda txn: [txn.add(k, v) for k, v in pending.items()])
+        except BaseException:
+            with self._pending_lock:
+                self._pending.update(pending)
+            raise
+
+    def stats(self) -> dict[str, object]:
+        """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
+        from .reports import build_stats
+
+        self.flush_stats()
+        with self._store.read() as txn:
+            return build_stats(txn, self._current(txn))
+
+    def trace(self, key_or_serial: str) -> dict[str, object]:
+        """Where a key came from and what happened to it: supplier, batch, product, history."""
+        from .reports import build_trace
+
+        with self._store.read() as txn:
+            cat = self._current(txn)
+            found = self._find(txn, cat, key_or_serial)
+            if isinstance(found, Result):
+                what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
+                raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
+            return build_trace(txn, cat, found.serial, found.batch, self._judge(txn, cat, found, now_ms()))
+
+    def _tagger(self) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+        """The functions that re-key a verifier and a locator with this store's pepper."""
+        pepper = self._pepper
+        return (lambda v: _fast.tag(pepper, v)), (lambda loc: _fast.store_locator(pepper, loc))
+
+    # -- issuing and importing (the work is in issuing.py) ----------------------------------------
+
+    def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
+                    manifest_out: str | os.PathLike[str], valid_from: int | None = None,
+                    valid_until: int | None = None, progress: Callable[[int], None] | None = None) -> BatchInfo:
+        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
+        from .issuing import issue_batch
+
+        return issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
+                           valid_from, valid_until, progress)
+
+    def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
+                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
+                     valid_until: int | None = None, progress: Callable[[int], None] | None = None) -> BatchInfo:
+        """Make a batch of upstream cards (a CSV of codes, or card numbers and passwords)."""
+        from .issuing import import_cards
+
+        return import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
+                            valid_until, progress)
+
+    def import_manifest(self, path: str | os.PathLike[str], *,
+                        progress: Callable[[int], None] | None = None) -> tuple[BatchInfo, bool]:
+        """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
+        from .issuing import import_manifest
+
+        return import_manifest(self, read_manifest(path), "manifest", progress)
+
+
+def _subjects(found: _Found) -> list[bytes]:
+    return [LEVEL_KEY + u64(found.serial)]
+
+
+def _pepper_check(pepper: bytes) -> bytes:
+    return hashlib.blake2b(_PEPPER_CHECK, key=pepper, digest_size=16).digest()
+
+
+def _read_pepper(path: Path) -> bytes:
+    try:
+        check_private_file(path, "pepper file")
+        text = path.read_text("ascii").strip()
+        pepper = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise PepperError(f"the pepper file {path} is missing; the store cannot check keys without it: restore it "
+                          f"from your backup (or point {PEPPER_ENV} at it)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise PepperError(f"the pepper file {path} is damaged; restore it from your backup") from None
+    except PermissionError:
+        raise PepperError(f"the pepper file {path} cannot be read: permission denied") from None
+    except Exception as exc:  # IdentityError from check_private_file: re-raise as a pepper problem
+        if isinstance(exc, OSError):
+            raise PepperError(f"the pepper file {path} cannot be read: {exc.strerror}") from None
+        raise PepperError(str(exc)) from None
+    if len(pepper) != 32:
+        raise PepperError(f"the pepper file {path} is damaged (wrong length); restore it from your backup")
+    return pepper
+
