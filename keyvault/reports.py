@@ -66,9 +66,10 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
     """Supplier, batch, product, current status and the history of one key, oldest event first."""
     sid = batch.supplier
     supplier = cat.suppliers.get(sid, {})
-    events = [*txn.events_of(LEVEL_KEY + u64(serial)), *txn.events_of(LEVEL_BATCH + u64(batch.key)),
-              *txn.events_of(LEVEL_SUPPLIER + sid.encode())]
-    events.sort(key=lambda e: int(e["seq"]))  # type: ignore[call-overload]
+    subjects = (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key), LEVEL_SUPPLIER + sid.encode())
+    # An event indexed under several subjects (an import names batch and supplier) is told once.
+    by_seq = {int(e["seq"]): e for subject in subjects for e in txn.events_of(subject)}  # type: ignore[call-overload]
+    events = [by_seq[seq] for seq in sorted(by_seq)]
     for event in events:
         event["at"] = iso(event["at"])  # type: ignore[arg-type]
     card = txn.get("upstream", u64(serial))

@@ -244,7 +244,7 @@ class Vault:
             if found.state == REDEEMED:
                 return Result(Status.REDEEMED, order_id=text, redeemed_at=iso(at),
                               message=f"already redeemed by order {text} at {iso(at)}", **base)
-            return Result(Status.VOID, reason=text, voided_at=iso(at), message=f"void: {text}", **base)
+            return Result(Status.VOID, reason=text, voided_at=iso(at), message=f"voided at {iso(at)}: {text}", **base)
         block = cat.block_for(found.serial, batch)
         if block is not None:
             return Result(Status.BLACKLISTED, level=block.level, reason=block.reason,

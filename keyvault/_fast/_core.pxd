@@ -1,4 +1,3 @@
-# cython: language_level=3
 """C-level API of keyvault._fast._core for other Cython modules.
 
 ``from keyvault._fast._core cimport blake2b_state, blake2b_init_keyed, ...``
@@ -32,7 +31,7 @@ cdef enum:
 ctypedef struct blake2b_state:
     uint64_t h[8]  # chain value
     uint64_t t[2]  # bytes compressed so far (t[0] low word, t[1] high word)
-    unsigned char buf[128]  # BLAKE2B_BLOCKBYTES: input not yet compressed
+    unsigned char buf[BLAKE2B_BLOCKBYTES]  # input not yet compressed
     size_t buflen  # bytes used in buf; the last block is compressed by final only
     size_t outlen  # digest size, 1..BLAKE2B_OUTBYTES
     size_t keylen  # 0..BLAKE2B_KEYBYTES; with person, lets final redo the key block

@@ -1,0 +1,1 @@
+"""The ``keyvault`` command line (installed as ``keyvault.cli``)."""

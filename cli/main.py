@@ -1,0 +1,42 @@
+"""The root ``keyvault`` group: --store / KEYVAULT_STORE, and every command group under it.
+
+Exit codes: 0 done (every key accepted), 3 at least one key refused,
+1 error (the message says what to do), 2 usage error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import keyvault
+
+from . import batch, blacklist, demo, keys, store, supplier
+from .output import State
+
+
+@click.group(context_settings={"auto_envvar_prefix": "KEYVAULT", "help_option_names": ["-h", "--help"]})
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="KEYVAULT_STORE",
+              help="Store directory (or set KEYVAULT_STORE).")
+@click.option("--pepper-file", type=click.Path(dir_okay=False, path_type=Path), envvar="KEYVAULT_PEPPER_FILE",
+              help="The store's pepper, if kept outside the store directory (or set KEYVAULT_PEPPER_FILE).")
+@click.version_option(keyvault.__version__, prog_name="keyvault")
+@click.pass_context
+def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> None:
+    """keyvault: issue, verify and redeem card keys.
+
+    Exit codes: 0 done, 3 a key was refused, 1 error, 2 usage.
+    """
+    ctx.obj = State(store, pepper_file)
+
+
+for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo):
+    cli.add_command(command)
+for group in (supplier.supplier, batch.batch, batch.manifest, blacklist.blacklist):
+    cli.add_command(group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="keyvault")

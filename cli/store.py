@@ -1,0 +1,115 @@
+"""``keyvault init``, ``stats`` and ``trace``: the store itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keyvault import Vault
+
+from .output import State, emit, handle_errors, json_option
+
+
+@click.command()
+@json_option
+@click.pass_obj
+@handle_errors
+def init(state: State, as_json: bool) -> None:
+    """Create a new store (and its 0600 pepper file) in the --store directory."""
+    if state.store is None:
+        raise click.UsageError("no store given: pass --store DIR or set KEYVAULT_STORE")
+    with Vault.init(state.store, pepper_file=state.pepper_file) as vault:
+        pepper = state.pepper_file or Path(vault.path) / "pepper"
+        emit(as_json, {"store": str(vault.path), "pepper_file": str(pepper)},
+             f"created store {vault.path}\npepper {pepper} (mode 0600): back it up apart from the store; "
+             "without it no key can be checked")
+
+
+@click.command()
+@json_option
+@click.pass_obj
+@handle_errors
+def stats(state: State, as_json: bool) -> None:
+    """Counts per supplier and batch: issued, imported, redeemed, void, blacklisted, refused."""
+    doc = state.vault().stats()
+    if as_json:
+        emit(True, doc, "")
+        return
+    t: dict[str, Any] = doc["totals"]  # type: ignore[assignment]
+    click.echo(f"{t['keys']:,} keys in {t['batches']} batches from {t['suppliers']} suppliers: "
+               f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void; "
+               f"{t['blacklist_entries']} blacklist entries; {t['refused_total']:,} refused attempts")
+    for s in doc["suppliers"]:  # type: ignore[union-attr]
+        flag = "  BLACKLISTED" if s["supplier_blacklisted"] else ""
+        click.echo(f"\nsupplier {s['name']} (id {s['supplier']}, prefix {s['prefix']}){flag}\n"
+                   f"  {s['batches']} batches, {s['keys']:,} keys (issued here {s['issued']:,}, imported "
+                   f"{s['imported']:,}): redeemed {s['redeemed']:,}, void {s['void']:,}, keys blacklisted "
+                   f"{s['blacklisted']:,}, refused {_refused(s)}")
+    for b in doc["batches"]:  # type: ignore[union-attr]
+        flag = "  BLACKLISTED" if b["batch_blacklisted"] else ""
+        until = f", valid until {b['valid_until']}" if b["valid_until"] else ""
+        click.echo(f"\nbatch {b['batch']} {b['product']} ({b['supplier_name']}, {b['kind']}, {b['origin']}{until}){flag}\n"
+                   f"  {b['count']:,} keys: active {b['active']:,}, redeemed {b['redeemed']:,}, void {b['void']:,}, "
+                   f"keys blacklisted {b['blacklisted']:,}, refused {_refused(b)}")
+
+
+def _refused(row: dict[str, Any]) -> str:
+    if not row["refused_total"]:
+        return "0"
+    parts = ", ".join(f"{name} {n:,}" for name, n in row["refused"].items())
+    return f"{row['refused_total']:,} ({parts})"
+
+
+@click.command()
+@click.argument("key_or_serial")
+@json_option
+@click.pass_obj
+@handle_errors
+def trace(state: State, key_or_serial: str, as_json: bool) -> None:
+    """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
+    if key_or_serial == "-":
+        key_or_serial = click.get_text_stream("stdin").readline().strip()
+    doc = state.vault().trace(key_or_serial)
+    if as_json:
+        emit(True, doc, "")
+        return
+    click.echo(render_trace(doc))
+
+
+def render_trace(doc: dict[str, Any]) -> str:
+    """A trace told in plain words."""
+    s, b, st = doc["supplier"], doc["batch"], doc["status"]
+    lines = [f"key {doc['serial']} (index {doc['index']} of batch {b['batch']})"]
+    if doc["card_number"]:
+        lines.append(f"  upstream card number {doc['card_number']}")
+    lines += [f"  supplier  {s['name']} (id {s['id']}, issuer prefix {s['prefix']})",
+              f"  product   {b['product']}; batch of {b['count']:,} {b['kind']} keys, created {b['created_at']}, "
+              f"{'issued in' if b['origin'] != 'manifest' else 'imported into'} this store {b['added_at']}",
+              f"  validity  {b['valid_from'] or 'from issue'} .. {b['valid_until'] or 'no end'}",
+              f"  status    {st['status']}" + (f": {st['message']}" if st.get("message") else "")]
+    for entry in doc["blacklist"]:
+        lines.append(f"  blacklist {entry['level']} {entry['target']}: {entry['reason']} (since {entry['at']})")
+    lines.append("  history")
+    for e in doc["events"]:
+        lines.append(f"    {e['at']}  {_describe(e)}")
+    return "\n".join(lines)
+
+
+def _describe(e: dict[str, Any]) -> str:
+    kind = e["type"]
+    if kind == "supplier":
+        return f"supplier {e['name']} first seen (prefix {e['prefix']})"
+    if kind == "issue":
+        return f"batch {e['batch']} of {e['count']:,} issued by {e['supplier_name']} ({e['origin']})"
+    if kind == "import":
+        return f"batch {e['batch']} of {e['count']:,} imported from {e['supplier_name']}'s signed manifest"
+    if kind == "redeem":
+        return f"redeemed by order {e['order_id']}"
+    if kind == "void":
+        return f"voided: {e['reason']}"
+    if kind in ("blacklist", "lift"):
+        verb = "blacklisted" if kind == "blacklist" else "blacklist lifted"
+        return f"{verb} ({e['level']} {e['target']}): {e['reason']}"
+    return kind
