@@ -342,6 +342,10 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
 
     def work(txn: Txn) -> tuple[BatchInfo, bool]:
         cat = vault._current(txn)
+        now = now_ms()
+        # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
+        _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
+                           bytes.fromhex(supplier["public_key"]), now)
         existing = cat.batches.get(batch)
         if existing is not None:
             if existing.manifest == manifest.digest:
@@ -349,9 +353,6 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
             raise ConflictError(f"batch {batch_text(batch)} is already in this store from a different manifest "
                                 f"(added {iso(existing.added_at)}); a batch id is never reused: ask the supplier "
                                 "which manifest is genuine")
-        now = now_ms()
-        _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
-                           bytes.fromhex(supplier["public_key"]), now)
         info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
                          kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
                          valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,
@@ -364,7 +365,7 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
                      for i in range(n)]
             if txn.put_sorted("cards", cards) != n:
                 raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
-                                    "their batch: the store is inconsistent; run `keyvault check`")
+                                    "their batch: the store is inconsistent; restore it from a backup")
             if manifest.kind != "native":
                 for i in range(n):
                     if not txn.put("locators", relocate(chunk[i * size:i * size + 16]), u64(serial + i),

@@ -144,7 +144,7 @@ class Txn:
         last = self.last_key("events")
         seq = records.from_u64(last) + 1 if last else 1
         if not self.put("events", u64(seq), records.dump({"seq": seq, **event}), overwrite=False):
-            raise StoreCorruptError(f"event {seq} already exists: the event log is damaged; run `keyvault check`")
+            raise StoreCorruptError(f"event {seq} already exists: the event log is damaged; restore the store from a backup")
         for subject in subjects:
             self.put("subjects", subject + u64(seq), b"")
         return seq
@@ -204,12 +204,12 @@ class LmdbStore:
                 if written != LMDB_FORMAT:
                     raise StoreVersionError(f"{path} was written by LMDB {written}, whose on-disk format differs from "
                                             f"LMDB {LMDB_FORMAT} used here: export it with the keyvault that wrote it")
-                dbs = {}
-                for name in DATABASES:
-                    if txn.get(name.encode()) is None:
-                        raise StoreVersionError(f"{path} lacks the {name!r} database: it is damaged or "
-                                                "from another keyvault version; run `keyvault check`")
-                    dbs[name] = env.open_db(name.encode(), txn=txn, create=False)
+                missing = [name for name in DATABASES if txn.get(name.encode()) is None]
+            if missing:
+                raise StoreVersionError(f"{path} lacks the {missing[0]!r} database: it is damaged or "
+                                        "from another keyvault version; restore it from a backup")
+            # Handles opened inside a read transaction die with it: let py-lmdb open them in its own.
+            dbs = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
         except _CORRUPT as exc:
             env.close()
             raise StoreCorruptError(f"{path} is damaged ({exc.__class__.__name__}); restore it from a backup") from None
@@ -321,7 +321,7 @@ def _open_env(path: Path, create: bool) -> lmdb.Environment:
 
 def _corrupt(path: Path, exc: Exception) -> StoreCorruptError:
     return StoreCorruptError(f"the store at {path} is damaged ({exc.__class__.__name__}); "
-                             "restore it from a backup and run `keyvault check`")
+                             "restore it from a backup")
 
 
 def _disk_error(path: Path, exc: Exception) -> StoreFullError:

@@ -1,0 +1,67 @@
+"""Shared fixtures: stores, identities and small issued batches on temporary directories."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from keyvault import BatchInfo, Identity, Vault
+
+
+@dataclass
+class Issued:
+    """A batch issued by a supplier store and imported by a platform store."""
+
+    supplier: Identity
+    batch: BatchInfo
+    keys: list[str]
+    serials: list[str]
+    keys_csv: Path
+    manifest: Path
+
+
+def read_export(path: Path) -> tuple[list[str], list[str]]:
+    """(keys, serials) from a printable CSV export."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r["key"] for r in rows], [r["serial"] for r in rows]
+
+
+@pytest.fixture
+def supplier() -> Identity:
+    return Identity.generate("Acme Games")
+
+
+@pytest.fixture
+def supplier_store(tmp_path: Path) -> Iterator[Vault]:
+    with Vault.init(tmp_path / "supplier-store") as vault:
+        yield vault
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Vault]:
+    with Vault.init(tmp_path / "platform-store") as vault:
+        yield vault
+
+
+def issue(vault: Vault, identity: Identity, out: Path, count: int = 200, product: str = "POINTS-100",
+          **window: int | None) -> Issued:
+    """Issue a batch from ``vault`` into files under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(list(out.glob("*.kvm")))
+    keys_csv, manifest = out / f"keys{n}.csv", out / f"batch{n}.kvm"
+    info = vault.issue_batch(identity, product, count, keys_out=keys_csv, manifest_out=manifest, **window)
+    keys, serials = read_export(keys_csv)
+    return Issued(identity, info, keys, serials, keys_csv, manifest)
+
+
+@pytest.fixture
+def issued(tmp_path: Path, supplier: Identity, supplier_store: Vault, platform: Vault) -> Issued:
+    """200 keys issued by Acme Games and imported by the platform."""
+    batch = issue(supplier_store, supplier, tmp_path / "files")
+    platform.import_manifest(batch.manifest)
+    return batch
