@@ -72,6 +72,8 @@ def handle_errors(f: F) -> F:
 def progress(label: str, total: int) -> tuple[Callable[[str, int], None], Callable[[], None]]:
     """A progress bar on stderr for long work: (callback(stage, n), finish)."""
     bars: dict[str, Any] = {}
+    if not sys.stderr.isatty():  # scripts get no bar noise
+        return (lambda stage, n: None), (lambda: None)
 
     def report(stage: str, n: int) -> None:
         bar = bars.get(stage)
