@@ -121,7 +121,7 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     _say(as_json, "    " + render_trace(trace).replace("\n", "\n    "))
 
     stats = platform.stats()
-    totals: dict[str, Any] = stats["totals"]  # type: ignore[assignment]
+    totals: dict[str, Any] = stats["totals"]
     platform.close()
     _say(as_json, f"\n9. Summary (platform store): {totals['keys']:,} keys, {totals['redeemed']} redeemed, "
                   f"{totals['void']} void, {totals['blacklist_entries']} blacklist entry, "

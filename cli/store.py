@@ -37,17 +37,17 @@ def stats(state: State, as_json: bool) -> None:
     if as_json:
         emit(True, doc, "")
         return
-    t: dict[str, Any] = doc["totals"]  # type: ignore[assignment]
+    t: dict[str, Any] = doc["totals"]
     click.echo(f"{t['keys']:,} keys in {t['batches']} batches from {t['suppliers']} suppliers: "
                f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void; "
                f"{t['blacklist_entries']} blacklist entries; {t['refused_total']:,} refused attempts")
-    for s in doc["suppliers"]:  # type: ignore[union-attr]
+    for s in doc["suppliers"]:
         flag = "  BLACKLISTED" if s["supplier_blacklisted"] else ""
         click.echo(f"\nsupplier {s['name']} (id {s['supplier']}, prefix {s['prefix']}){flag}\n"
                    f"  {s['batches']} batches, {s['keys']:,} keys (issued here {s['issued']:,}, imported "
                    f"{s['imported']:,}): redeemed {s['redeemed']:,}, void {s['void']:,}, keys blacklisted "
                    f"{s['blacklisted']:,}, refused {_refused(s)}")
-    for b in doc["batches"]:  # type: ignore[union-attr]
+    for b in doc["batches"]:
         flag = "  BLACKLISTED" if b["batch_blacklisted"] else ""
         until = f", valid until {b['valid_until']}" if b["valid_until"] else ""
         click.echo(f"\nbatch {b['batch']} {b['product']} ({b['supplier_name']}, {b['kind']}, {b['origin']}{until}){flag}\n"

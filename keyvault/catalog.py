@@ -8,21 +8,13 @@ call instead of several lookups per key.
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from .clock import iso
 from .keyformat import batch_text, prefix_text, serial_text
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
-
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC, e.g. 2026-11-25T06:00:00.000Z."""
-    if ms is None:
-        return None
-    moment = _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

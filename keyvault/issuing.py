@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _fast
-from .catalog import BatchInfo, Catalog, iso
+from .catalog import BatchInfo, Catalog
+from .clock import iso, now_ms
 from .errors import ConflictError, ImportFileError, UsageError
+from .fields import check_text
 from .identity import Identity
 from .keyformat import (
     MAX_BATCH_SIZE,
@@ -38,6 +40,7 @@ from .store.records import CARD, LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
 if TYPE_CHECKING:
     from .vault import Vault
 
+#: Progress callbacks get the stage ("generate", "store") and how many keys it just finished.
 Progress = Callable[[str, int], None]
 
 CHUNK = 65536  # keys generated, hashed and written per step: bounds memory for any batch size
@@ -53,9 +56,7 @@ def _nothing(stage: str, n: int) -> None:
 
 
 def _check_batch_args(product: str, count: int, valid_from: int | None, valid_until: int | None) -> str:
-    from .vault import _check_text
-
-    name = _check_text(product, "product", MAX_IMPORTED)
+    name = check_text(product, "product", MAX_IMPORTED)
     if not isinstance(count, int) or not 0 < count <= MAX_BATCH_SIZE:
         raise UsageError(f"a batch holds 1 to {MAX_BATCH_SIZE:,} keys")
     if valid_from is not None and valid_until is not None and valid_until <= valid_from:
@@ -91,8 +92,6 @@ def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int,
 
 def _allocate_batch(vault: Vault, identity: Identity) -> int:
     """Reserve this supplier's next batch number in this store."""
-    from .vault import now_ms
-
     def work(txn: Txn) -> int:
         cat = vault._current(txn)
         doc = _register_supplier(txn, cat, identity.id, identity.name, identity.prefix, identity.public_key,
@@ -113,8 +112,6 @@ def _allocate_batch(vault: Vault, identity: Identity) -> int:
 
 def _header(identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
             valid_from: int | None, valid_until: int | None) -> dict[str, Any]:
-    from .vault import now_ms
-
     return {
         "format": PAYLOAD_TYPE,
         "batch": batch_text(make_batch(identity.prefix, number)),
@@ -244,6 +241,7 @@ def read_cards_csv(path: Path) -> tuple[str, list[tuple[str, str]]]:
         return next((header.index(n) for n in names if n in header), None)
 
     code_col, card_col, pass_col = column(_CODE_COLUMNS), column(_CARD_COLUMNS), column(_PASSWORD_COLUMNS)
+    cols: tuple[int, ...]
     if pass_col is not None and card_col is not None:
         kind, cols = "pair", (card_col, pass_col)
     elif code_col is not None:
@@ -332,8 +330,6 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
 
 def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
     """Store a verified manifest's batch in one transaction: all of it, or (on any refusal) none of it."""
-    from .vault import now_ms
-
     header = manifest.header
     supplier = header["supplier"]
     sid, batch = supplier["id"], manifest.batch

@@ -178,7 +178,7 @@ def _read(source: Path, fh: IO[bytes]) -> Manifest:
 def _parse_header(source: Path, header_bytes: bytes, public_key: bytes) -> dict[str, Any]:
     """Check every field a signed header must have; a supplier bug must not become a store bug."""
     try:
-        header = json.loads(header_bytes)
+        header: dict[str, Any] = json.loads(header_bytes)
         supplier = header["supplier"]
         kind = header["kind"]
         count = header["count"]

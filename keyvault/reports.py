@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from .catalog import BatchInfo, Catalog, iso
+from .catalog import BatchInfo, Catalog
+from .clock import iso
 from .keyformat import serial_index, serial_text
 from .results import Result
 from .store import Txn

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from . import _fast
-from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target, iso
+from . import _fast, issuing
+from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
+from .clock import iso, now_ms
 from .errors import (
     MalformedKeyError,
     NotFoundError,
@@ -29,7 +31,9 @@ from .errors import (
     StoreExistsError,
     UsageError,
 )
+from .fields import MAX_ORDER_ID, MAX_REASON, check_text
 from .identity import Identity, check_private_file, write_private_file
+from .issuing import Progress
 from .keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -43,21 +47,16 @@ from .keyformat import (
     serial_text,
 )
 from .manifest import read_manifest
+from .reports import build_stats, build_trace
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, LmdbStore, Txn
 from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, pack_outcome, u64, unpack_outcome
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
 _PEPPER_CHECK = b"kv1/pepper-check"
-_MAX_ORDER_ID = 128
-_MAX_REASON = 500
 _FLUSH_SECONDS = 1.0  # refused-attempt counters are flushed at most this often (and on close)
-_DUMMY_SALT = bytes(16)  # hashed for unknown batches so unknown and wrong keys cost the same
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch."""
-    return time.time_ns() // 1_000_000
+_DUMMY_SALT = bytes(16)
+  # hashed for unknown batches so unknown and wrong keys cost the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +73,6 @@ def _counter_scopes(batch: BatchInfo | None) -> tuple[bytes, ...]:
     if batch is None:
         return (b"T",)
     return (b"T", b"B:" + batch.id.encode(), b"S:" + batch.supplier.encode())
-
-
-def _check_text(value: object, what: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise UsageError(f"{what} must be a string")
-    text = value.strip()
-    if not text:
-        raise UsageError(f"{what} must not be empty")
-    if len(text) > limit or not text.isprintable():
-        raise UsageError(f"{what} must be at most {limit} printable characters")
-    return text
 
 
 class Vault:
@@ -191,6 +179,8 @@ class Vault:
 
     def _locate(self, txn: Txn, cat: Catalog, key: str) -> _Found | Result:
         """Find a typed key's record and check its tag; a Result when it cannot be found."""
+        if not isinstance(key, str):
+            raise UsageError("a key must be a string")
         outcome, serial, canonical, position = _fast.parse_key(key)
         if outcome == _fast.OK:
             batch = cat.batches.get(batch_key(serial))
@@ -217,7 +207,7 @@ class Vault:
 
     def _imported_lookup(self, txn: Txn, cat: Catalog, key: str) -> tuple[int, bytes] | None:
         """(serial or -1, verifier material) for an imported code or card:password, if it could be one."""
-        if not cat.has_imported or not isinstance(key, str) or len(key) > 2 * MAX_IMPORTED + 1:
+        if not cat.has_imported or len(key) > 2 * MAX_IMPORTED + 1:
             return None
         if ":" in key:
             card, _, password = key.partition(":")
@@ -236,8 +226,8 @@ class Vault:
     def _judge(self, txn: Txn, cat: Catalog, found: _Found, now: int) -> Result:
         """The status of a located key, by precedence: redeemed, void, blacklisted, window, valid."""
         batch = found.batch
-        base = {"serial": serial_text(found.serial), "batch": batch.id, "supplier": batch.supplier,
-                "supplier_name": batch.supplier_name, "product": batch.product}
+        base: dict[str, Any] = {"serial": serial_text(found.serial), "batch": batch.id, "supplier": batch.supplier,
+                                "supplier_name": batch.supplier_name, "product": batch.product}
         if found.state != ACTIVE:
             raw = txn.get("outcomes", u64(found.serial))
             _, at, text = unpack_outcome(raw) if raw else (found.state, 0, "")
@@ -282,7 +272,7 @@ class Vault:
 
     def redeem(self, key: str, order_id: str) -> Result:
         """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer."""
-        order = _check_text(order_id, "order id", _MAX_ORDER_ID)
+        order = check_text(order_id, "order id", MAX_ORDER_ID)
 
         def work(txn: Txn) -> tuple[Result, Catalog]:
             cat = self._current(txn)
@@ -319,7 +309,7 @@ class Vault:
 
     def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
-        why = _check_text(reason, "reason", _MAX_REASON)
+        why = check_text(reason, "reason", MAX_REASON)
 
         def work(txn: Txn) -> Result:
             cat = self._current(txn)
@@ -340,7 +330,9 @@ class Vault:
 
     def _find(self, txn: Txn, cat: Catalog, key_or_serial: str) -> _Found | Result:
         """Locate by key (tag checked) or by public serial (for support staff, who hold no keys)."""
-        if isinstance(key_or_serial, str) and looks_like_serial(key_or_serial):
+        if not isinstance(key_or_serial, str):
+            raise UsageError("a key or serial must be a string")
+        if looks_like_serial(key_or_serial):
             serial = parse_serial(key_or_serial)
             batch = cat.batches.get(batch_key(serial))
             record = txn.get("cards", u64(serial)) if batch else None
@@ -348,15 +340,13 @@ class Vault:
                 return Result(Status.UNKNOWN, serial=serial_text(serial), message="no such serial in this store")
             state, tag = CARD.unpack(record)
             return _Found(serial, batch, state, tag)
-        if not isinstance(key_or_serial, str):
-            raise UsageError("a key or serial must be a string")
         return self._locate(txn, cat, key_or_serial)
 
     # -- blacklist -----------------------------------------------------------------------------
 
     def blacklist(self, level: str, target: str, reason: str) -> BlacklistEntry:
         """Refuse a key, serial, batch or supplier from the next verify on, in every process."""
-        why = _check_text(reason, "reason", _MAX_REASON)
+        why = check_text(reason, "reason", MAX_REASON)
 
         def work(txn: Txn) -> BlacklistEntry:
             cat = self._current(txn)
@@ -374,7 +364,7 @@ class Vault:
 
     def lift(self, level: str, target: str, reason: str) -> BlacklistEntry:
         """Remove a blacklist entry; lifting needs a reason too."""
-        why = _check_text(reason, "reason", _MAX_REASON)
+        why = check_text(reason, "reason", MAX_REASON)
 
         def work(txn: Txn) -> BlacklistEntry:
             cat = self._current(txn)
@@ -452,24 +442,24 @@ class Vault:
         if not pending:
             return
         try:
-            self._store.write(lambda txn: [txn.add(k, v) for k, v in pending.items()])
+            def add_all(txn: Txn) -> None:
+                for key, n in pending.items():
+                    txn.add(key, n)
+
+            self._store.write(add_all)
         except BaseException:
             with self._pending_lock:
                 self._pending.update(pending)
             raise
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
-        from .reports import build_stats
-
         self.flush_stats()
         with self._store.read() as txn:
             return build_stats(txn, self._current(txn))
 
-    def trace(self, key_or_serial: str) -> dict[str, object]:
+    def trace(self, key_or_serial: str) -> dict[str, Any]:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
-        from .reports import build_trace
-
         with self._store.read() as txn:
             cat = self._current(txn)
             found = self._find(txn, cat, key_or_serial)
@@ -487,28 +477,22 @@ class Vault:
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Callable[[int], None] | None = None) -> BatchInfo:
+                    valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
         """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
-        from .issuing import issue_batch
-
-        return issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
+        return issuing.issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
                            valid_from, valid_until, progress)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                     valid_until: int | None = None, progress: Callable[[int], None] | None = None) -> BatchInfo:
+                     valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
         """Make a batch of upstream cards (a CSV of codes, or card numbers and passwords)."""
-        from .issuing import import_cards
-
-        return import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
+        return issuing.import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
                             valid_until, progress)
 
     def import_manifest(self, path: str | os.PathLike[str], *,
-                        progress: Callable[[int], None] | None = None) -> tuple[BatchInfo, bool]:
+                        progress: Progress | None = None) -> tuple[BatchInfo, bool]:
         """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
-        from .issuing import import_manifest
-
-        return import_manifest(self, read_manifest(path), "manifest", progress)
+        return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
 
 
 def _subjects(found: _Found) -> list[bytes]:

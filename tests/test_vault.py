@@ -409,3 +409,13 @@ def test_closed_vault_refuses_work(tmp_path: Path) -> None:
     vault.close()
     with pytest.raises(ClosedError):
         vault.verify("x")
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"1VSX-8000", ["key"]])
+def test_non_string_keys_are_usage_errors(platform: Vault, issued: Issued, bad: object) -> None:
+    for call in (platform.verify, lambda k: platform.redeem(k, "o"), lambda k: platform.void(k, "r"),
+                 platform.trace):
+        with pytest.raises(UsageError):
+            call(bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        platform.verify_many(["fine", bad])  # type: ignore[list-item]

@@ -8,6 +8,7 @@ broken build cannot hide behind the slower path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 from . import _pure
@@ -38,18 +39,19 @@ impl: ModuleType = _select()
 #: True when the compiled core is in use.
 COMPILED: bool = impl is not _pure
 
-normalize = impl.normalize
-parse_key = impl.parse_key
-parse_serial = impl.parse_serial
-format_serial = impl.format_serial
-encode_key = impl.encode_key
-check_symbols = impl.check_symbols
-verifier = impl.verifier
-tag = impl.tag
-locator = impl.locator
-store_locator = impl.store_locator
-tags_equal = impl.tags_equal
-issue_keys = impl.issue_keys
+# Typed here once, so callers are checked whichever module runs (see _core.pyi).
+normalize: Callable[[str], str] = impl.normalize
+parse_key: Callable[[str], tuple[int, int, bytes, int]] = impl.parse_key
+parse_serial: Callable[[str], int] = impl.parse_serial
+format_serial: Callable[[int], str] = impl.format_serial
+encode_key: Callable[[int, int], str] = impl.encode_key
+check_symbols: Callable[[str], str] = impl.check_symbols
+verifier: Callable[[bytes, bytes], bytes] = impl.verifier
+tag: Callable[[bytes, bytes], bytes] = impl.tag
+locator: Callable[[bytes], bytes] = impl.locator
+store_locator: Callable[[bytes, bytes], bytes] = impl.store_locator
+tags_equal: Callable[[bytes, bytes], bool] = impl.tags_equal
+issue_keys: Callable[[int, int, bytes, bytes], tuple[list[str], bytes]] = impl.issue_keys
 
 # Constants come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402

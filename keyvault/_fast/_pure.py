@@ -103,7 +103,7 @@ _POSITION_OF = {x: i for i, x in enumerate(LOCATORS)}
 _SWAP_AT = {_swap_value(LOCATORS[k], LOCATORS[k + 1]): k for k in range(31)}
 
 
-def _solve_checks() -> tuple[tuple[int, int, int], ...]:
+def _solve_checks() -> tuple[tuple[int, ...], ...]:
     """Inverse of the 3x3 matrix of the check positions' columns (1, x, x**3)."""
     m = [[1, 1, 1], [LOCATORS[29], LOCATORS[30], LOCATORS[31]], [_CUBES[29], _CUBES[30], _CUBES[31]]]
     inv = [[int(i == j) for j in range(3)] for i in range(3)]
