@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ def _target(key: str | None, serial: str | None, batch: str | None, supplier: st
         raise click.UsageError("give exactly one of --key, --serial, --batch or --supplier")
     level, value = given[0]
     if level == "key" and value == "-":
-        value = click.get_text_stream("stdin").readline().strip()
+        value = sys.stdin.readline().strip()
     return level, value
 
 

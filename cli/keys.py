@@ -47,7 +47,7 @@ def verify(state: State, keys: tuple[str, ...], key_file: IO[str] | None, as_jso
     Prefer --file or stdin: arguments show in process lists and shell history.
     """
     if keys == ("-",):
-        key_file, keys = click.get_text_stream("stdin"), ()
+        key_file, keys = sys.stdin, ()
     if bool(keys) == bool(key_file):
         raise click.UsageError("give keys as arguments, or --file FILE, or '-' for stdin (one of them)")
     vault = state.vault()
@@ -67,7 +67,7 @@ def verify(state: State, keys: tuple[str, ...], key_file: IO[str] | None, as_jso
 
 
 def _read_key(key: str) -> str:
-    return click.get_text_stream("stdin").readline().strip() if key == "-" else key
+    return sys.stdin.readline().strip() if key == "-" else key
 
 
 @click.command()

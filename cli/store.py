@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def _refused(row: dict[str, Any]) -> str:
 def trace(state: State, key_or_serial: str, as_json: bool) -> None:
     """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
     if key_or_serial == "-":
-        key_or_serial = click.get_text_stream("stdin").readline().strip()
+        key_or_serial = sys.stdin.readline().strip()
     doc = state.vault().trace(key_or_serial)
     if as_json:
         emit(True, doc, "")

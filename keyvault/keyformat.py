@@ -131,11 +131,11 @@ def malformed(outcome: int, position: int, text: str) -> tuple[int | None, str]:
         return 1, "this key's format version is not one this keyvault reads; check group 1 or upgrade keyvault"
     if outcome == _fast.CHECK_SUBSTITUTION:
         group = _group(position)
-        return group, f"group {group} is mistyped: one character in it is wrong"
+        return group, f"group {group} looks mistyped: check its characters"
     if outcome == _fast.CHECK_TRANSPOSITION:
         first, second = _group(position), _group(position + 1)
         where = f"group {first}" if first == second else f"groups {first} and {second}"
-        return first, f"two neighbouring characters in {where} are swapped"
+        return first, f"two neighbouring characters in {where} look swapped"
     return None, "more than one character is mistyped; check the whole key"
 
 

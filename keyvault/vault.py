@@ -186,13 +186,12 @@ class Vault:
             batch = cat.batches.get(batch_key(serial))
             material = canonical
         else:
-            imported = self._imported_lookup(txn, cat, key)
+            # Native-shaped input is a mistyped native key, never an imported code.
+            imported = None if looks_native(key) else self._imported_lookup(txn, cat, key)
             if imported is None:
-                if looks_native(key) or not cat.has_imported:
-                    group, message = malformed(outcome, position, key)
-                    return Result(Status.MALFORMED, group=group, message=message)
-                return Result(Status.UNKNOWN, message="no such key in this store")
-            serial, material = imported
+                group, message = malformed(outcome, position, key)
+                return Result(Status.MALFORMED, group=group, message=message)
+            serial, material = imported  # serial -1: not found, but hashed all the same
             batch = cat.batches.get(batch_key(serial)) if serial >= 0 else None
         expected = _fast.tag(self._pepper, _fast.verifier(batch.salt if batch else _DUMMY_SALT, material))
         record = txn.get("cards", u64(serial)) if batch is not None else None
@@ -407,7 +406,7 @@ class Vault:
                 raise NotFoundError("no such supplier in this store (give its id or issuer prefix); "
                                     "`keyvault stats` lists suppliers")
             return LEVEL_SUPPLIER + sid.encode("ascii"), None
-        raise UsageError(f"unknown blacklist level {level!r}: use key, serial, batch or supplier")
+        raise UsageError("unknown blacklist level: use key, serial, batch or supplier")  # never echo input
 
     # -- statistics ----------------------------------------------------------------------------
 

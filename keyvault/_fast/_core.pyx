@@ -126,13 +126,14 @@ cdef const char* PERSON_STORE_LOCATE = b"kv1/slocate"
 cdef enum:
     BLAKE2B_ROUNDS = 12  # rounds of G per compression
     BLAKE2B_WORDS = 16  # words per block and in the working vector
+    HASH_WORDS = 8  # words in the chain value h (and in the IV)
     BLAKE2B_SIGMA_ROWS = 10  # rounds 10 and 11 reuse the permutations of rounds 0 and 1
     WORD_BYTES = 8  # bytes per 64-bit word
     PARAM_FANOUT_DEPTH = 0x01010000  # parameter bytes 2 and 3: fanout 1, depth 1 (sequential)
     PARAM_KEY_SHIFT = 8  # parameter byte 1: key length
 
 # Initialisation vector (RFC 7693 section 2.6; the same as SHA-512's).
-cdef uint64_t[8] BLAKE2B_IV = [
+cdef uint64_t[HASH_WORDS] BLAKE2B_IV = [
     0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL, 0xA54FF53A5F1D36F1ULL,
     0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL, 0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL]
 
@@ -158,7 +159,7 @@ cdef inline uint64_t _load64(const unsigned char* p) noexcept nogil:
 
 
 cdef inline uint64_t _rotr64(uint64_t w, unsigned int c) noexcept nogil:
-    """w rotated right by c bits (0 < c < 64)."""
+    """w rotated right by c bits (0 < c < 64, the word size)."""
     return (w >> c) | (w << (64 - c))
 
 
@@ -185,9 +186,9 @@ cdef void _compress(blake2b_state* S, const unsigned char* block, bint last) noe
     cdef int i, r
     for i in range(BLAKE2B_WORDS):
         m[i] = _load64(block + i * WORD_BYTES)
-    for i in range(8):  # the upper half of v starts as the IV
+    for i in range(HASH_WORDS):  # v = h, then the IV
         v[i] = S.h[i]
-        v[i + 8] = BLAKE2B_IV[i]
+        v[i + HASH_WORDS] = BLAKE2B_IV[i]
     v[12] ^= S.t[0]  # v[12], v[13]: the byte counter
     v[13] ^= S.t[1]
     if last:
@@ -202,8 +203,8 @@ cdef void _compress(blake2b_state* S, const unsigned char* block, bint last) noe
         _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
         _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
         _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
-    for i in range(8):
-        S.h[i] ^= v[i] ^ v[i + 8]
+    for i in range(HASH_WORDS):
+        S.h[i] ^= v[i] ^ v[i + HASH_WORDS]
 
 
 cdef inline void _count(blake2b_state* S, size_t n) noexcept nogil:
@@ -221,7 +222,7 @@ cdef inline void _start(blake2b_state* S) noexcept nogil:
     depth, inner length, salt) are zero; words 6-7 are the personalisation.
     """
     cdef int i
-    for i in range(8):
+    for i in range(HASH_WORDS):
         S.h[i] = BLAKE2B_IV[i]
     S.h[0] ^= PARAM_FANOUT_DEPTH | (<uint64_t>S.keylen << PARAM_KEY_SHIFT) | <uint64_t>S.outlen
     S.h[6] ^= S.person[0]
@@ -297,7 +298,7 @@ cdef void blake2b_final(blake2b_state* S, unsigned char* out) noexcept nogil:
         _count(S, S.buflen)
         memset(S.buf + S.buflen, 0, BLAKE2B_BLOCKBYTES - S.buflen)  # zero padding
     _compress(S, S.buf, True)
-    for i in range(S.outlen):  # h as little-endian bytes, truncated
+    for i in range(S.outlen):  # h as little-endian bytes, truncated; 8 bits per byte
         out[i] = <unsigned char>(S.h[i // WORD_BYTES] >> (8 * (i % WORD_BYTES)))
 
 

@@ -219,7 +219,10 @@ def format_serial(serial: int) -> str:
 
 
 def encode_key(serial: int, secret: int) -> str:
-    """The canonical 32-symbol key for a 60-bit serial and an 85-bit secret."""
+    """The canonical 32-symbol key for a 60-bit serial and an 80-bit secret (higher bits are dropped).
+
+    Callers keep serials in range: batches and indices are bounded where batches are made.
+    """
     data = ALPHABET[VERSION] + _symbols(serial, SERIAL_SYMBOLS) + _symbols(secret, SECRET_SYMBOLS)
     return data + check_symbols(data)
 
@@ -250,7 +253,7 @@ def tags_equal(a: bytes, b: bytes) -> bool:
 
 
 def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tuple[list[str], bytes]:
-    """Make count keys with serials serial_base.. and secrets from entropy (11 bytes each).
+    """Make count keys with serials serial_base.. and secrets from entropy (10 bytes each).
 
     Returns the canonical keys and their verifiers concatenated (16 bytes each).
     """
@@ -258,10 +261,9 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
         raise ValueError(f"need {count * SECRET_BYTES} bytes of entropy, got {len(entropy)}")
     keys = []
     verifiers = bytearray()
-    mask = (1 << (5 * SECRET_SYMBOLS)) - 1
     for i in range(count):
         chunk = entropy[i * SECRET_BYTES : (i + 1) * SECRET_BYTES]
-        secret = int.from_bytes(chunk, "big") & mask
+        secret = int.from_bytes(chunk, "big")  # 10 bytes: exactly the 80-bit secret
         key = encode_key(serial_base + i, secret)
         keys.append(key)
         verifiers += verifier(salt, key.encode("ascii"))
