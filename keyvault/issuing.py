@@ -64,9 +64,8 @@ def _check_batch_args(product: str, count: int, valid_from: int | None, valid_un
     return name
 
 
-def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
-                       now: int) -> dict[str, Any]:
-    """The supplier's record, registering it (and its prefix) on first sight; refuse prefix collisions."""
+def _check_supplier(cat: Catalog, sid: str, name: str, prefix: int) -> None:
+    """Refuse a supplier whose prefix another supplier holds, or who is blacklisted."""
     owner = cat.prefix_owner(prefix)
     if owner is not None and owner != sid:
         theirs = cat.suppliers[owner]["name"]
@@ -77,37 +76,59 @@ def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int,
     if blocked is not None:
         raise ConflictError(f"supplier {name!r} (id {sid}) is blacklisted ({blocked.reason}); "
                             "its batches are refused until the entry is lifted")
+
+
+def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
+                       now: int) -> dict[str, Any]:
+    """The supplier's record, registering it (and its prefix) on first sight."""
+    _check_supplier(cat, sid, name, prefix)
     doc = cat.suppliers.get(sid)
     if doc is None:
         doc = {"name": name, "prefix": prefix_text(prefix), "public_key": public_key.hex(), "first_seen": now,
                "next_batch": 0}
-        txn.put("suppliers", sid.encode(), dump(doc))
         txn.put("prefixes", u64(prefix), sid.encode())
         txn.append_event({"type": "supplier", "at": now, "supplier": sid, "name": name,
                           "prefix": prefix_text(prefix), "public_key": public_key.hex()},
                          [LEVEL_SUPPLIER + sid.encode()])
-        txn.bump_generation()
     return dict(doc)
 
 
-def _allocate_batch(vault: Vault, identity: Identity) -> int:
-    """Reserve this supplier's next batch number in this store."""
-    def work(txn: Txn) -> int:
-        cat = vault._current(txn)
-        doc = _register_supplier(txn, cat, identity.id, identity.name, identity.prefix, identity.public_key,
-                                 now_ms())
-        number = int(doc.get("next_batch", 0))
-        while make_batch(identity.prefix, number) in cat.batches:
-            number += 1
-        if number >= MAX_BATCHES:
-            raise ConflictError(f"issuer prefix {identity.prefix_text} has used all {MAX_BATCHES:,} batch numbers; "
-                                "create a new supplier identity with another prefix")
-        doc["next_batch"] = number + 1
-        txn.put("suppliers", identity.id.encode(), dump(doc))
-        txn.bump_generation()
-        return number
+def _next_batch(vault: Vault, identity: Identity) -> int:
+    """This supplier's next batch number here; nothing is written until the batch is stored whole.
 
-    return vault._store.write(work)
+    Two issues racing in one store get the same number: the second one's import is then refused
+    as a conflicting batch, and its files are removed.
+    """
+    cat = vault.catalog()
+    _check_supplier(cat, identity.id, identity.name, identity.prefix)
+    number = int(cat.suppliers.get(identity.id, {}).get("next_batch", 0))
+    while make_batch(identity.prefix, number) in cat.batches:
+        number += 1
+    if number >= MAX_BATCHES:
+        raise ConflictError(f"issuer prefix {identity.prefix_text} has used all {MAX_BATCHES:,} batch numbers; "
+                            "create a new supplier identity with another prefix")
+    return number
+
+
+def _check_outputs(*paths: Path) -> None:
+    """Refuse before any work when an output exists or cannot be created."""
+    for path in paths:
+        if path.exists():
+            raise UsageError(f"{path} already exists; choose another file (outputs are never overwritten)")
+        if not path.parent.is_dir():
+            raise UsageError(f"cannot create {path}: {path.parent} is not a directory")
+
+
+def _store_own(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None,
+               *outputs: Path) -> BatchInfo:
+    """Import a batch this store just made; on refusal remove its files, so nothing is left half-done."""
+    try:
+        info, _ = import_manifest(vault, manifest, origin, progress)
+    except BaseException:
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
+    return info
 
 
 def _header(identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
@@ -184,9 +205,8 @@ def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys
     """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records."""
     product = _check_batch_args(product, count, valid_from, valid_until)
     report = progress or _nothing
-    if manifest_out.exists():
-        raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
-    number = _allocate_batch(vault, identity)
+    _check_outputs(keys_out, manifest_out)
+    number = _next_batch(vault, identity)
     batch = make_batch(identity.prefix, number)
     first = make_serial(batch, 0)
     salt = os.urandom(16)
@@ -211,8 +231,7 @@ def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys
     except BaseException:
         export.discard()
         raise
-    info, _ = import_manifest(vault, manifest, "issued", progress)
-    return info
+    return _store_own(vault, manifest, "issued", progress, manifest_out, keys_out)
 
 
 def read_cards_csv(path: Path) -> tuple[str, list[tuple[str, str]]]:
@@ -300,9 +319,8 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
     """Turn an upstream CSV into a batch: locators and verifiers in a signed manifest, records stored."""
     kind, rows = read_cards_csv(cards_csv)
     product = _check_batch_args(product, len(rows), valid_from, valid_until)
-    if manifest_out.exists():
-        raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
-    number = _allocate_batch(vault, identity)
+    _check_outputs(manifest_out)
+    number = _next_batch(vault, identity)
     salt = os.urandom(16)
     report = progress or _nothing
 
@@ -324,8 +342,7 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
     manifest = write_manifest(manifest_out, identity,
                               _header(identity, number, product, len(rows), kind, salt, valid_from, valid_until),
                               body())
-    info, _ = import_manifest(vault, manifest, "upstream", progress)
-    return info
+    return _store_own(vault, manifest, "upstream", progress, manifest_out)
 
 
 def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
@@ -340,8 +357,8 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
         cat = vault._current(txn)
         now = now_ms()
         # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
-        _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
-                           bytes.fromhex(supplier["public_key"]), now)
+        doc = _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
+                                 bytes.fromhex(supplier["public_key"]), now)
         existing = cat.batches.get(batch)
         if existing is not None:
             if existing.manifest == manifest.digest:
@@ -376,6 +393,8 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
             for i, number in enumerate(manifest.card_numbers()):
                 txn.put("upstream", u64(first + i), number.encode())
         txn.put("batches", u64(batch), dump(info.to_record()))
+        doc["next_batch"] = max(int(doc["next_batch"]), int(header["batch_number"]) + 1)
+        txn.put("suppliers", sid.encode(), dump(doc))
         txn.bump_generation()
         txn.append_event({"type": "import" if origin == "manifest" else "issue", "at": now,
                           "batch": batch_text(batch), "supplier": sid, "supplier_name": supplier["name"],

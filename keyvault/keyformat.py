@@ -10,6 +10,7 @@ import re
 import unicodedata
 
 from . import _fast
+from ._fast._pure import _SEPARATORS as _pure_separators
 from .errors import MalformedKeyError
 
 PREFIX_SYMBOLS = 4
@@ -22,8 +23,10 @@ MAX_BATCHES = 1 << BATCH_BITS
 #: Longest imported code, card number or password accepted (characters).
 MAX_IMPORTED = 128
 
-_GROUPS = re.compile(r"[^\s\-_\u2010-\u2015\u2212\u3000\ufe63\uff0d]+")
-_SEPARATORS = re.compile(r"[\s\-_\u2010-\u2015\u2212\u3000\ufe63\uff0d]+")
+# Exactly the separators the parser drops (one definition: _pure._SEPARATORS).
+_SEPARATOR_SET = "[" + re.escape(_pure_separators) + "]"
+_GROUPS = re.compile("[^" + _SEPARATOR_SET[1:-1] + "]+")
+_SEPARATORS = re.compile(_SEPARATOR_SET + "+")
 
 
 def display_key(canonical: str) -> str:

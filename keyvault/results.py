@@ -24,6 +24,8 @@ class Status(str, enum.Enum):
         return self.value
 
 
+_ALWAYS = frozenset({"serial", "batch", "supplier"})
+
 #: Statuses that let a key through (the CLI exits 0 only if every key has one).
 OK_STATUSES = frozenset({Status.VALID, Status.ACCEPTED})
 
@@ -52,10 +54,10 @@ class Result:
         return self.status in OK_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, without the empty ones."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
+        """JSON-ready fields: status, serial, batch and supplier always (null when unknown), others when set."""
+        out: dict[str, Any] = {"status": self.status.value}
+        for f in fields(self)[1:]:
             value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = value.value if isinstance(value, Status) else value
+            if value is not None or f.name in _ALWAYS:
+                out[f.name] = value
         return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -187,6 +188,17 @@ class LmdbStore:
         if not (path / "data.mdb").is_file():
             raise NotAStoreError(f"{path} is not a keyvault store (no data.mdb); create one with "
                                  f"`keyvault --store {path} init`")
+        _check_lmdb_file(path / "data.mdb")
+        had_lock = (path / "lock.mdb").exists()
+        try:
+            return cls._open_checked(path)
+        except BaseException:
+            if not had_lock:  # refusing a directory must leave it as it was
+                (path / "lock.mdb").unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def _open_checked(cls, path: Path) -> LmdbStore:
         env = _open_env(path, create=False)
         try:
             with env.begin() as txn:
@@ -305,6 +317,22 @@ class LmdbStore:
             self._closed = True
             if os.getpid() == self._pid:
                 self._env.close()
+
+
+_META = struct.Struct("<16xII")  # LMDB 0.9 meta page: 16-byte page header, then magic and format version
+_MAGIC = 0xBEEFC0DE
+
+
+def _check_lmdb_file(data: Path) -> None:
+    """Refuse a data.mdb that is not an LMDB file before LMDB touches the directory."""
+    try:
+        with open(data, "rb") as fh:
+            head = fh.read(_META.size)
+    except OSError as exc:
+        raise StoreError(f"cannot read {data}: {exc.strerror}") from None
+    if len(head) < _META.size or _META.unpack(head)[0] != _MAGIC:
+        raise NotAStoreError(f"{data.parent} is not a keyvault store: {data.name} is not an LMDB file "
+                             "(it is damaged, truncated or something else)")
 
 
 def _open_env(path: Path, create: bool) -> lmdb.Environment:
