@@ -65,3 +65,30 @@ def issued(tmp_path: Path, supplier: Identity, supplier_store: Vault, platform: 
     batch = issue(supplier_store, supplier, tmp_path / "files")
     platform.import_manifest(batch.manifest)
     return batch
+
+
+# -- the CLI tests (test_cli.py, test_bad_input.py): a clean environment and a CLI-made world ------
+
+import os  # noqa: E402
+
+from cli_support import World, make_world  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI reads KEYVAULT_* variables: none may leak in from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("KEYVAULT_") and name not in ("KEYVAULT_NO_EXTENSIONS", "KEYVAULT_REQUIRE_EXTENSIONS"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def world_keys() -> int:
+    """How many keys the ``world`` batch holds; a test module may override this fixture."""
+    return 40
+
+
+@pytest.fixture
+def world(tmp_path: Path, world_keys: int) -> World:
+    """A supplier store that issued ``world_keys`` keys through the CLI, and a platform store that imported them."""
+    return make_world(tmp_path / "w", count=world_keys)

@@ -9,21 +9,17 @@ was: byte for byte when nothing should have been written, or record for record
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import stat
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import pytest
-from click.testing import CliRunner
 from click.testing import Result as CliResult
 
 from keyvault import (
@@ -38,36 +34,12 @@ from keyvault import (
     Vault,
     _fast,
 )
-from keyvault.cli.main import cli
 from keyvault.keyformat import display_key, parse_serial
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+from cli_support import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, World, json_lines, kv, ok, swapped, typo
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("KEYVAULT_") and name not in ("KEYVAULT_NO_EXTENSIONS", "KEYVAULT_REQUIRE_EXTENSIONS"):
-            monkeypatch.delenv(name)
-
-
-# -- running the CLI -------------------------------------------------------------------------------
-
-
-def kv(*args: object, input: str | None = None) -> CliResult:
-    result = CliRunner().invoke(cli, [str(a) for a in args], input=input)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        assert result.exc_info is not None
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        raise AssertionError(f"keyvault {' '.join(map(str, args))} raised instead of exiting cleanly:\n{tb}")
-    assert "Traceback" not in result.output
-    return result
-
-
-def ok(*args: object, input: str | None = None) -> CliResult:
-    result = kv(*args, input=input)
-    assert result.exit_code == EXIT_OK, f"exit {result.exit_code}: {result.output}"
-    return result
+# -- a clean error ---------------------------------------------------------------------------------
 
 
 def refused(result: CliResult, *words: str, code: int = EXIT_ERROR) -> str:
@@ -83,10 +55,6 @@ def refused(result: CliResult, *words: str, code: int = EXIT_ERROR) -> str:
         assert word.lower() in lowered, f"{word!r} not in {message!r}"
     assert result.stdout == "", f"an error also printed on stdout: {result.stdout!r}"
     return message
-
-
-def json_lines(result: CliResult) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 # -- the state of a store --------------------------------------------------------------------------
@@ -137,57 +105,10 @@ def tree(path: Path) -> dict[str, str]:
 # -- a supplier store and a platform store, made with the CLI --------------------------------------
 
 
-@dataclass
-class World:
-    root: Path
-    identity: Path
-    supplier_store: Path
-    platform: Path
-    keys_csv: Path
-    manifest: Path
-    batch: str
-    supplier_id: str
-    keys: list[str]
-    serials: list[str]
-
-
-def make_world(root: Path, count: int = 30) -> World:
-    root.mkdir(parents=True, exist_ok=True)
-    identity = root / "acme.identity"
-    who = json.loads(ok("supplier", "init", "--name", "Acme Games", "--out", identity, "--json").stdout)
-    sup, plat = root / "supplier-store", root / "platform-store"
-    ok("--store", sup, "init")
-    ok("--store", plat, "init")
-    keys_csv, manifest = root / "keys.csv", root / "batch.kvm"
-    issued = json.loads(ok("--store", sup, "batch", "issue", "--supplier", identity, "--product", "POINTS-100",
-                           "--count", count, "--keys-out", keys_csv, "--manifest-out", manifest, "--json").stdout)
-    ok("--store", plat, "manifest", "import", manifest)
-    with open(keys_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return World(root, identity, sup, plat, keys_csv, manifest, issued["batch"], who["id"],
-                 [r["key"] for r in rows], [r["serial"] for r in rows])
-
-
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return make_world(tmp_path / "w")
-
-
-def substituted(key: str, group: int) -> str:
-    groups = key.split("-")
-    g = groups[group - 1]
-    groups[group - 1] = g[:2] + ("X" if g[2] != "X" else "Y") + g[3:]
-    return "-".join(groups)
-
-
-def transposed(key: str, group: int) -> str:
-    groups = key.split("-")
-    g = groups[group - 1]
-    for i in range(3):
-        if g[i] != g[i + 1]:
-            groups[group - 1] = g[:i] + g[i + 1] + g[i] + g[i + 2:]
-            return "-".join(groups)
-    raise AssertionError("no two different neighbours")
+def world_keys() -> int:
+    """The ``world`` fixture (conftest.py) issues 30 keys here: these cases need only a few."""
+    return 30
 
 
 # -- malformed keys --------------------------------------------------------------------------------
@@ -196,7 +117,7 @@ def transposed(key: str, group: int) -> str:
 @pytest.mark.parametrize("group", range(1, 9))
 def test_malformed_key_names_the_group(world: World, group: int) -> None:
     before = logical(world.platform)
-    key = substituted(world.keys[group], group)
+    key = typo(world.keys[group], group, pos=2, symbols="XY")
     result = kv("--store", world.platform, "verify", "--json", key)
     assert result.exit_code == EXIT_REFUSED
     (doc,) = json_lines(result)
@@ -208,7 +129,7 @@ def test_malformed_key_names_the_group(world: World, group: int) -> None:
 
 
 @pytest.mark.parametrize("make, group, words", [
-    (lambda k: transposed(k, 6), 6, "swapped"),
+    (lambda k: swapped(k, 6), 6, "swapped"),
     (lambda k: "-".join(g if i != 2 else g[:3] for i, g in enumerate(k.split("-"))), 3, "group 3 has 3 characters"),
     (lambda k: "-".join(g if i != 6 else "U" + g[1:] for i, g in enumerate(k.split("-"))), 7, "alphabet"),
     (lambda k: "-".join(g if i != 4 else g[:1] + "*" + g[2:] for i, g in enumerate(k.split("-"))), 5, "alphabet"),
@@ -232,15 +153,15 @@ def test_malformed_key_on_a_store_that_also_holds_imported_codes(world: World) -
     ok("--store", world.supplier_store, "batch", "import", "--supplier", world.identity, "--product", "UP", cards,
        "--manifest-out", world.root / "codes.kvm")
     ok("--store", world.platform, "manifest", "import", world.root / "codes.kvm")
-    result = kv("--store", world.platform, "verify", "--json", substituted(world.keys[0], 6),
-                transposed(world.keys[1], 7))
+    result = kv("--store", world.platform, "verify", "--json", typo(world.keys[0], 6, pos=2, symbols="XY"),
+                swapped(world.keys[1], 7))
     assert result.exit_code == EXIT_REFUSED
     docs = json_lines(result)
     assert [(d["status"], d.get("group")) for d in docs] == [("malformed", 6), ("malformed", 7)]
 
 
 def test_malformed_key_everywhere_else(world: World) -> None:
-    bad = substituted(world.keys[0], 5)
+    bad = typo(world.keys[0], 5, pos=2, symbols="XY")
     before = logical(world.platform)
     redeem = kv("--store", world.platform, "redeem", "--json", bad, "--order", "O-1")
     assert redeem.exit_code == EXIT_REFUSED and json.loads(redeem.stdout)["status"] == "malformed"

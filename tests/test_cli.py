@@ -17,136 +17,37 @@ import shutil
 import stat
 import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-from click.testing import CliRunner
-from click.testing import Result as CliResult
-
 from keyvault import Status, Vault, _fast
-from keyvault.cli.main import cli
 from keyvault.keyformat import display_key, parse_serial
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+from cli_support import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    World,
+    json_lines,
+    kv,
+    make_world,
+    ok,
+    one_json,
+    read_keys,
+    swapped,
+    typo,
+)
+
 BASE_FIELDS = ("status", "serial", "batch", "supplier")
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI reads KEYVAULT_* variables: none may leak in from the developer's shell."""
-    for name in list(os.environ):
-        if name.startswith("KEYVAULT_") and name not in ("KEYVAULT_NO_EXTENSIONS", "KEYVAULT_REQUIRE_EXTENSIONS"):
-            monkeypatch.delenv(name)
-
-
-def kv(*args: object, input: str | None = None, env: dict[str, str] | None = None) -> CliResult:
-    """Run ``keyvault ARGS`` in-process; a Python traceback is always a failure."""
-    result = CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        assert result.exc_info is not None
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        raise AssertionError(f"keyvault {' '.join(map(str, args))} raised instead of exiting cleanly:\n{tb}")
-    assert "Traceback" not in result.output
-    return result
-
-
-def ok(*args: object, input: str | None = None, env: dict[str, str] | None = None) -> CliResult:
-    """Run and require exit 0."""
-    result = kv(*args, input=input, env=env)
-    assert result.exit_code == EXIT_OK, f"exit {result.exit_code}: {result.output}"
-    return result
-
-
-def one_json(result: CliResult) -> Any:
-    """The single JSON document a --json command prints on stdout."""
-    return json.loads(result.stdout)
-
-
-def json_lines(result: CliResult) -> list[dict[str, Any]]:
-    """JSON Lines on stdout: one object per line, nothing else."""
-    lines = result.stdout.splitlines()
-    docs = [json.loads(line) for line in lines]
-    assert all(isinstance(d, dict) for d in docs)
-    return docs
-
-
-def read_keys(path: Path) -> tuple[list[str], list[str]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [r["key"] for r in rows], [r["serial"] for r in rows]
-
-
-def typo(key: str, group: int) -> str:
-    """``key`` with one character of ``group`` (1-based) replaced by another alphabet symbol."""
-    groups = key.split("-")
-    g = groups[group - 1]
-    pos = 1
-    old = g[pos]
-    new = next(c for c in "7KQ2XMZ" if c != old.upper())
-    groups[group - 1] = g[:pos] + new + g[pos + 1:]
-    return "-".join(groups)
-
-
-def swapped(key: str, group: int) -> str:
-    """``key`` with two different neighbouring characters of ``group`` swapped."""
-    groups = key.split("-")
-    g = groups[group - 1]
-    for i in range(len(g) - 1):
-        if g[i] != g[i + 1]:
-            groups[group - 1] = g[:i] + g[i + 1] + g[i] + g[i + 2:]
-            return "-".join(groups)
-    raise AssertionError("no two different neighbours in that group")
-
-
 def forged(serial: str) -> str:
     """A well-formed key (right check characters) for a real serial, with a guessed secret."""
     return display_key(_fast.encode_key(parse_serial(serial), secrets.randbits(80)))
-
-
-@dataclass
-class World:
-    """A supplier store that issued a batch, and a platform store that imported its manifest."""
-
-    root: Path
-    identity: Path
-    supplier_store: Path
-    platform: Path
-    keys_csv: Path
-    manifest: Path
-    batch: str
-    supplier_id: str
-    supplier_name: str
-    prefix: str
-    product: str
-    keys: list[str]
-    serials: list[str]
-
-
-def make_world(root: Path, count: int = 40, name: str = "Acme Games", product: str = "POINTS-100") -> World:
-    root.mkdir(parents=True, exist_ok=True)
-    identity = root / "acme.identity"
-    who = one_json(ok("supplier", "init", "--name", name, "--out", identity, "--json"))
-    sup, plat = root / "supplier-store", root / "platform-store"
-    ok("--store", sup, "init")
-    ok("--store", plat, "init")
-    keys_csv, manifest = root / "keys.csv", root / "batch.kvm"
-    issued = one_json(ok("--store", sup, "batch", "issue", "--supplier", identity, "--product", product,
-                         "--count", count, "--keys-out", keys_csv, "--manifest-out", manifest, "--json"))
-    ok("--store", plat, "manifest", "import", manifest)
-    keys, serials = read_keys(keys_csv)
-    return World(root, identity, sup, plat, keys_csv, manifest, issued["batch"], who["id"], name, who["prefix"],
-                 product, keys, serials)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return make_world(tmp_path / "w")
 
 
 def stats(store: Path) -> dict[str, Any]:
