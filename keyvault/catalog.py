@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import iso
-from .keyformat import batch_text, prefix_text, serial_text
+from .keyformat import batch_text, serial_text
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
 
@@ -99,6 +99,11 @@ class Catalog:
     batches_blocked: dict[int, BlacklistEntry] = field(default_factory=dict)
     suppliers_blocked: dict[str, BlacklistEntry] = field(default_factory=dict)
     has_imported: bool = False
+    #: What the hot path reads per batch: (salt, valid_from, valid_until, block, batch id, supplier id,
+    #: supplier name, product), block being the supplier's or the batch's (level, reason), or None.
+    rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    #: Key-level blacklist entries by serial: (level, reason).
+    key_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, txn: Txn, generation: int) -> Catalog:
@@ -122,6 +127,12 @@ class Catalog:
                 cat.batches_blocked[from_u64(key[1:])] = entry
             elif key[:1] == LEVEL_SUPPLIER:
                 cat.suppliers_blocked[key[1:].decode("ascii")] = entry
+        for info in cat.batches.values():
+            block = cat.suppliers_blocked.get(info.supplier) or cat.batches_blocked.get(info.key)
+            cat.rows[info.key] = (info.salt, info.valid_from, info.valid_until,
+                                  (block.level, block.reason) if block else None, info.id, info.supplier,
+                                  info.supplier_name, info.product)
+        cat.key_rows = {serial: (e.level, e.reason) for serial, e in cat.keys_blocked.items()}
         return cat
 
     def block_for(self, serial: int, batch: BatchInfo) -> BlacklistEntry | None:

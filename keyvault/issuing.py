@@ -34,8 +34,8 @@ from .keyformat import (
     serial_text,
 )
 from .manifest import PAYLOAD_TYPE, Manifest, record_size, write_manifest
-from .store import ACTIVE, Txn
-from .store.records import CARD, LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+from .store import Txn
+from .store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -169,8 +169,13 @@ class _Export:
             self._fh.write('{"warning": %s, "batch": "%s", "product": %s, "valid_until": %s, "keys": [\n' % (
                 _json(EXPORT_WARNING), batch, _json(product), _json(self._until or None)))
         else:
-            self._csv = csv.writer(self._fh)
-            self._csv.writerow(["serial", "key", "batch", "product", "valid_until"])
+            head = io.StringIO()
+            writer = csv.writer(head)
+            writer.writerow(["serial", "key", "batch", "product", "valid_until"])
+            self._fh.write(head.getvalue())
+            rest = io.StringIO()
+            csv.writer(rest).writerow([self._batch, self._product, self._until])
+            self._suffix = rest.getvalue()[:-2]  # the CSV-encoded batch, product, valid_until of every row
 
     def write(self, first_serial: int, keys: list[str]) -> None:
         if self._json:
@@ -178,8 +183,7 @@ class _Export:
                               for i, k in enumerate(keys))
             self._fh.write(("" if self._first else ",\n") + rows)
         else:
-            self._csv.writerows([serial_text(first_serial + i), display_key(k), self._batch, self._product,
-                                 self._until] for i, k in enumerate(keys))
+            self._fh.write(_fast.export_rows(first_serial, keys, self._suffix))
         self._first = False
 
     def close(self) -> None:
@@ -351,7 +355,6 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
     supplier = header["supplier"]
     sid, batch = supplier["id"], manifest.batch
     report = progress or _nothing
-    tag, relocate = vault._tagger()
 
     def work(txn: Txn) -> tuple[BatchInfo, bool]:
         cat = vault._current(txn)
@@ -374,14 +377,13 @@ def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Pro
         size = record_size(manifest.kind)
         for chunk in manifest.records():
             n = len(chunk) // size
-            cards = [(u64(serial + i), CARD.pack(ACTIVE, tag(chunk[i * size + size - 16:(i + 1) * size])))
-                     for i in range(n)]
-            if txn.put_sorted("cards", cards) != n:
+            if txn.put_sorted("cards", _fast.card_records(serial, chunk, size, vault._pepper)) != n:
                 raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
                                     "their batch: the store is inconsistent; restore it from a backup")
             if manifest.kind != "native":
                 for i in range(n):
-                    if not txn.put("locators", relocate(chunk[i * size:i * size + 16]), u64(serial + i),
+                    locator = _fast.store_locator(vault._pepper, chunk[i * size:i * size + 16])
+                    if not txn.put("locators", locator, u64(serial + i),
                                    overwrite=False):
                         raise ConflictError(f"card {serial_text(serial + i)} of batch {batch_text(batch)} is already "
                                             "in this store in another batch: the same card would be sold twice. "

@@ -62,8 +62,7 @@ def prefix_of(batch: int) -> int:
 
 def serial_text(serial: int) -> str:
     """A serial as printed: PPPP-BBB-IIIII."""
-    s = _fast.format_serial(serial)
-    return f"{s[:4]}-{s[4:7]}-{s[7:]}"
+    return _fast.format_serial_text(serial)
 
 
 def batch_text(batch: int) -> str:

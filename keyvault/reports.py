@@ -8,7 +8,7 @@ from typing import Any
 from .catalog import BatchInfo, Catalog
 from .clock import iso
 from .keyformat import serial_index, serial_text
-from .results import Result
+from .results import Result, Status
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, from_u64, u64
 
@@ -72,7 +72,14 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
     by_seq = {int(e["seq"]): e for subject in subjects for e in txn.events_of(subject)}  # type: ignore[call-overload]
     events = [by_seq[seq] for seq in sorted(by_seq)]
     for event in events:
-        event["at"] = iso(event["at"])  # type: ignore[arg-type]
+        event["at"] = iso(event["at"])
+    # Redeem and void live in the ledger (see ledger.py), not the event log: the status tells them.
+    if status.status is Status.REDEEMED:
+        events.append({"type": "redeem", "at": status.redeemed_at, "serial": status.serial,
+                       "order_id": status.order_id})
+    elif status.status is Status.VOID:
+        events.append({"type": "void", "at": status.voided_at, "serial": status.serial, "reason": status.reason})
+    events.sort(key=lambda e: (str(e["at"]), e["type"] not in ("redeem", "void")))  # on a tie, the state change first
     card = txn.get("upstream", u64(serial))
     blocks = [b.to_dict() for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
                                     cat.keys_blocked.get(serial)) if b is not None]

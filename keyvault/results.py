@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Status(str, enum.Enum):
@@ -30,9 +29,11 @@ _ALWAYS = frozenset({"serial", "batch", "supplier"})
 OK_STATUSES = frozenset({Status.VALID, Status.ACCEPTED})
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """One key's answer. Never holds the key itself: only its public serial."""
+class Result(NamedTuple):
+    """One key's answer (immutable; a tuple, so the compiled core builds it cheaply).
+
+    Never holds the key itself: only its public serial.
+    """
 
     status: Status
     serial: str | None = None
@@ -56,8 +57,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields: status, serial, batch and supplier always (null when unknown), others when set."""
         out: dict[str, Any] = {"status": self.status.value}
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            if value is not None or f.name in _ALWAYS:
-                out[f.name] = value
+        for name, value in zip(self._fields[1:], self[1:]):
+            if value is not None or name in _ALWAYS:
+                out[name] = value
         return out

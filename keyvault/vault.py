@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +34,8 @@ from .errors import (
 from .fields import MAX_ORDER_ID, MAX_REASON, check_text
 from .identity import Identity, check_private_file, write_private_file
 from .issuing import Progress
+from .ledger import FOLD_AT, Change, Ledger
+from .groupcommit import GroupCommit
 from .keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -50,7 +52,7 @@ from .manifest import read_manifest
 from .reports import build_stats, build_trace
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, LmdbStore, Txn
-from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, pack_outcome, u64, unpack_outcome
+from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
 _PEPPER_CHECK = b"kv1/pepper-check"
@@ -85,6 +87,8 @@ class Vault:
         self._pending: Counter[bytes] = Counter()
         self._pending_lock = threading.Lock()
         self._last_flush = time.monotonic()
+        self._ledger = Ledger()
+        self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -175,7 +179,7 @@ class Vault:
         with self._store.read() as txn:
             return self._current(txn)
 
-    # -- locating keys -------------------------------------------------------------------------
+    # -- locating keys: the slow paths (imported codes, serials) --------------------------------
 
     def _locate(self, txn: Txn, cat: Catalog, key: str) -> _Found | Result:
         """Find a typed key's record and check its tag; a Result when it cannot be found."""
@@ -222,89 +226,110 @@ class Vault:
         found = txn.get("locators", _fast.store_locator(self._pepper, locator))
         return (from_u64(found) if found else -1), material
 
-    def _judge(self, txn: Txn, cat: Catalog, found: _Found, now: int) -> Result:
-        """The status of a located key, by precedence: redeemed, void, blacklisted, window, valid."""
-        batch = found.batch
-        base: dict[str, Any] = {"serial": serial_text(found.serial), "batch": batch.id, "supplier": batch.supplier,
-                                "supplier_name": batch.supplier_name, "product": batch.product}
-        if found.state != ACTIVE:
-            raw = txn.get("outcomes", u64(found.serial))
-            _, at, text = unpack_outcome(raw) if raw else (found.state, 0, "")
-            if found.state == REDEEMED:
-                return Result(Status.REDEEMED, order_id=text, redeemed_at=iso(at),
-                              message=f"already redeemed by order {text} at {iso(at)}", **base)
-            return Result(Status.VOID, reason=text, voided_at=iso(at), message=f"voided at {iso(at)}: {text}", **base)
-        block = cat.block_for(found.serial, batch)
-        if block is not None:
-            return Result(Status.BLACKLISTED, level=block.level, reason=block.reason,
-                          message=f"blacklisted ({block.level}): {block.reason}", **base)
-        if batch.valid_from is not None and now < batch.valid_from:
-            return Result(Status.NOT_YET_VALID, message=f"valid from {iso(batch.valid_from)}", **base)
-        if batch.valid_until is not None and now >= batch.valid_until:
-            return Result(Status.EXPIRED, message=f"expired at {iso(batch.valid_until)}", **base)
-        return Result(Status.VALID, **base)
+    def _judge(self, txn: Txn, cat: Catalog, found: _Found, overlay: dict[int, Change], now: int) -> Result:
+        """The status of a located key (the same rules as the batch check: ``_fast.judge``)."""
+        change = overlay.get(found.serial)
+        outcome = txn.get("outcomes", u64(found.serial)) if change is None and found.state != ACTIVE else None
+        result: Result = _fast.judge(found.serial, found.state, cat.rows[found.batch.key], cat.key_rows, change,
+                                     outcome, now)
+        return result
+
+    def _check(self, txn: Txn, cat: Catalog, overlay: dict[int, Change], keys: list[str], now: int) -> list[Result]:
+        """Judge keys in one pass: native keys in the compiled batch check, the rest one by one."""
+        try:
+            results: list[Result] = _fast.check_keys(keys, self._pepper, cat.rows, cat.key_rows, overlay,
+                                                     txn.cursor("cards"), txn.cursor("outcomes"), now)
+        except TypeError:
+            raise UsageError("a key must be a string") from None
+        for i, result in enumerate(results):
+            if result is None:
+                found = self._locate(txn, cat, keys[i])
+                results[i] = found if isinstance(found, Result) else self._judge(txn, cat, found, overlay, now)
+        return results
 
     # -- verify, redeem, void ------------------------------------------------------------------
 
     def verify(self, key: str) -> Result:
         """Check a key without changing anything: ``valid``, or why it would be refused."""
-        with self._store.read() as txn:
-            cat = self._current(txn)
-            found = self._locate(txn, cat, key)
-            result = found if isinstance(found, Result) else self._judge(txn, cat, found, now_ms())
-        self._note(result, cat)
-        return result
+        return self.verify_many([key])[0]
 
     def verify_many(self, keys: Iterable[str]) -> list[Result]:
-        """Verify several keys in one read transaction; results in input order."""
+        """Verify many keys in one read transaction; one Result per key, in input order."""
+        batch = keys if isinstance(keys, list) else list(keys)
         now = now_ms()
-        out = []
         with self._store.read() as txn:
             cat = self._current(txn)
-            for key in keys:
-                found = self._locate(txn, cat, key)
-                out.append(found if isinstance(found, Result) else self._judge(txn, cat, found, now))
-        for result in out:
-            self._note(result, cat, flush=False)
-        self._maybe_flush()
-        return out
+            results = self._check(txn, cat, self._ledger.sync(txn), batch, now)
+        self._note(results, cat)
+        return results
 
     def redeem(self, key: str, order_id: str) -> Result:
-        """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer."""
-        order = check_text(order_id, "order id", MAX_ORDER_ID)
+        """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer.
 
-        def work(txn: Txn) -> tuple[Result, Catalog]:
-            cat = self._current(txn)
-            found = self._locate(txn, cat, key)
-            if isinstance(found, Result):
-                return found, cat
-            if found.state == REDEEMED:
-                raw = txn.get("outcomes", u64(found.serial))
-                if raw is not None:
-                    _, at, first_order = unpack_outcome(raw)
-                    if first_order == order:  # a retry: the first answer again
-                        return self._accepted(found, order, at), cat
-            now = now_ms()
-            result = self._judge(txn, cat, found, now)
-            if result.status is not Status.VALID:
-                return result, cat
-            txn.put("cards", u64(found.serial), CARD.pack(REDEEMED, found.tag))
-            txn.put("outcomes", u64(found.serial), pack_outcome(REDEEMED, now, order))
-            self._count_change(txn, found.batch, b"redeemed")
-            txn.append_event({"type": "redeem", "at": now, "serial": serial_text(found.serial),
-                              "batch": found.batch.id, "order_id": order}, _subjects(found))
-            return self._accepted(found, order, now), cat
+        Concurrent calls from many threads share commits (group commit): each returns once its
+        redemption is on disk.
+        """
+        if not isinstance(key, str):
+            raise UsageError("a key must be a string")
+        return self._group.submit((key, check_text(order_id, "order id", MAX_ORDER_ID)))
 
-        result, cat = self._store.write(work)
-        self._note(result, cat)
-        return result
+    def redeem_many(self, items: Iterable[tuple[str, str]]) -> list[Result]:
+        """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order."""
+        pairs = []
+        for item in items:
+            key, order = item
+            if not isinstance(key, str):
+                raise UsageError("a key must be a string")
+            pairs.append((key, check_text(order, "order id", MAX_ORDER_ID)))
+        return self._redeem_pairs(pairs)
 
-    @staticmethod
-    def _accepted(found: _Found, order: str, at: int) -> Result:
-        batch = found.batch
-        return Result(Status.ACCEPTED, serial=serial_text(found.serial), batch=batch.id, supplier=batch.supplier,
-                      supplier_name=batch.supplier_name, product=batch.product, order_id=order,
-                      redeemed_at=iso(at))
+    def _redeem_pairs(self, pairs: list[tuple[str, str]]) -> list[Result]:
+        results, cat = self._store.write(lambda txn: self._redeem_in(txn, pairs))
+        self._note(results, cat)
+        return results
+
+    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]]) -> tuple[list[Result], Catalog]:
+        cat = self._current(txn)
+        overlay = self._ledger.sync(txn)
+        now = now_ms()
+        when = iso(now)
+        results = self._check(txn, cat, overlay, [key for key, _ in pairs], now)
+        taken: dict[str | None, tuple[str, str | None]] = {}  # serial -> (order, time) accepted in this batch
+        changes = []
+        counts: Counter[tuple[str, str]] = Counter()
+        for i, ((_, order), result) in enumerate(zip(pairs, results)):
+            status = result.status
+            if status is Status.VALID:
+                first = taken.get(result.serial)
+                if first is None:
+                    taken[result.serial] = (order, when)
+                    changes.append((_fast.parse_serial(result.serial or ""), REDEEMED, now, order))
+                    counts[result.batch or "", result.supplier or ""] += 1
+                    results[i] = result._replace(status=Status.ACCEPTED, order_id=order, redeemed_at=when)
+                elif first[0] == order:  # the same pair twice in one call: the same answer
+                    results[i] = result._replace(status=Status.ACCEPTED, order_id=order, redeemed_at=first[1])
+                else:
+                    results[i] = result._replace(status=Status.REDEEMED, order_id=first[0], redeemed_at=first[1],
+                                                 message=f"already redeemed by order {first[0]} at {first[1]}")
+            elif status is Status.REDEEMED and result.order_id == order:  # a retry: the first answer again
+                results[i] = result._replace(status=Status.ACCEPTED, message=None)
+        self._record(txn, overlay, changes, counts, b"redeemed")
+        return results, cat
+
+    def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
+                counts: Counter[tuple[str, str]], name: bytes) -> None:
+        """Append state changes to the ledger, count them, and fold the ledger when it is due."""
+        if not changes:
+            return
+        seqs = self._ledger.append(txn, changes)
+        for (batch, supplier), n in counts.items():
+            for scope in (b"T", b"B:" + batch.encode(), b"S:" + supplier.encode()):
+                txn.add(scope + b"/" + name, n)
+        if len(overlay) + len(changes) >= FOLD_AT:
+            pending = dict(overlay)
+            for (serial, state, at, text), seq in zip(changes, seqs):
+                pending[serial] = (state, at, text, seq)
+            self._ledger.fold(txn, pending)
 
     def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
@@ -312,18 +337,19 @@ class Vault:
 
         def work(txn: Txn) -> Result:
             cat = self._current(txn)
+            overlay = self._ledger.sync(txn)
+            now = now_ms()
             found = self._find(txn, cat, key_or_serial)
             if isinstance(found, Result):
                 return found
-            if found.state != ACTIVE:
-                return self._judge(txn, cat, found, now_ms())
-            now = now_ms()
-            txn.put("cards", u64(found.serial), CARD.pack(VOIDED, found.tag))
-            txn.put("outcomes", u64(found.serial), pack_outcome(VOIDED, now, why))
-            self._count_change(txn, found.batch, b"void")
-            txn.append_event({"type": "void", "at": now, "serial": serial_text(found.serial),
-                              "batch": found.batch.id, "reason": why}, _subjects(found))
-            return self._judge(txn, cat, _Found(found.serial, found.batch, VOIDED, found.tag), now)
+            change = overlay.get(found.serial)
+            if (change[0] if change else found.state) != ACTIVE:
+                return self._judge(txn, cat, found, overlay, now)
+            self._record(txn, overlay, [(found.serial, VOIDED, now, why)],
+                         Counter({(found.batch.id, found.batch.supplier): 1}), b"void")
+            done = (VOIDED, now, why, 0)
+            result: Result = _fast.judge(found.serial, VOIDED, cat.rows[found.batch.key], cat.key_rows, done, None, now)
+            return result
 
         return self._store.write(work)
 
@@ -414,17 +440,18 @@ class Vault:
         for scope in _counter_scopes(batch):
             txn.add(scope + b"/" + name, delta)
 
-    def _note(self, result: Result, cat: Catalog, flush: bool = True) -> None:
-        """Count a refused attempt (buffered: verify must not write on every call)."""
-        if result.ok:
+    def _note(self, results: list[Result], cat: Catalog) -> None:
+        """Count refused attempts by batch and supplier (buffered: verify must not write on every call)."""
+        refused = [r for r in results if r.status is not Status.VALID and r.status is not Status.ACCEPTED]
+        if not refused:
             return
-        batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
-        name = b"/refused/" + result.status.value.encode()
         with self._pending_lock:
-            for scope in _counter_scopes(batch):
-                self._pending[scope + name] += 1
-        if flush:
-            self._maybe_flush()
+            for result in refused:
+                name = b"/refused/" + result.status.value.encode()
+                batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
+                for scope in _counter_scopes(batch):
+                    self._pending[scope + name] += 1
+        self._maybe_flush()
 
     def _maybe_flush(self) -> None:
         if self._pending and time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
@@ -465,12 +492,8 @@ class Vault:
             if isinstance(found, Result):
                 what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
                 raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
-            return build_trace(txn, cat, found.serial, found.batch, self._judge(txn, cat, found, now_ms()))
-
-    def _tagger(self) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-        """The functions that re-key a verifier and a locator with this store's pepper."""
-        pepper = self._pepper
-        return (lambda v: _fast.tag(pepper, v)), (lambda loc: _fast.store_locator(pepper, loc))
+            status = self._judge(txn, cat, found, self._ledger.sync(txn), now_ms())
+            return build_trace(txn, cat, found.serial, found.batch, status)
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------
 
@@ -492,10 +515,6 @@ class Vault:
                         progress: Progress | None = None) -> tuple[BatchInfo, bool]:
         """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
         return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
-
-
-def _subjects(found: _Found) -> list[bytes]:
-    return [LEVEL_KEY + u64(found.serial)]
 
 
 def _pepper_check(pepper: bytes) -> bytes:

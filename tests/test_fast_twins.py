@@ -129,15 +129,17 @@ def _pure_functions() -> dict:
             if not name.startswith("_") and inspect.isfunction(f) and f.__module__ == _pure.__name__}
 
 
+TWINS = ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
+         "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys"]
+
+
 def test_same_public_functions():
     public = {name for name in dir(_core) if not name.startswith("_")}
     assert public == set(_pure_functions())
-    assert len(public) == 12
+    assert public >= set(TWINS)
 
 
-@pytest.mark.parametrize("name", sorted(
-    ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
-     "tag", "locator", "store_locator", "tags_equal", "issue_keys"]))
+@pytest.mark.parametrize("name", sorted(TWINS))
 def test_same_signature(name):
     assert inspect.signature(getattr(_core, name)) == inspect.signature(getattr(_pure, name))
 
@@ -485,3 +487,462 @@ def test_issue_keys(serial_base, count, salt, data):
 ], ids=repr)
 def test_issue_keys_odd_arguments(args):
     same("issue_keys", *args)
+
+
+# ---------------------------------------------------------------------------
+# The batch check: format_serial_text, judge, check_keys
+
+import lmdb  # noqa: E402
+
+NOW = 1_780_000_000_000  # ms since the epoch
+HOUR = 3_600_000
+PEPPER = bytes(range(100, 132))
+ACTIVE, REDEEMED, VOIDED = 0, 1, 2
+
+
+def _batch_key(prefix: int, batch: int) -> int:
+    return (prefix << 15) | batch
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+class _Store:
+    """A tiny LMDB environment with the cards and outcomes databases as the store packs them,
+    plus the in-memory catalog check_keys reads (batch rows, key blocks, the ledger overlay)."""
+
+    def __init__(self, path: Path, pepper: bytes = PEPPER) -> None:
+        self.env = lmdb.open(str(path), max_dbs=4, map_size=64 << 20)
+        self.cards_db = self.env.open_db(b"cards")
+        self.outcomes_db = self.env.open_db(b"outcomes")
+        self.pepper = pepper
+        self.batches: dict = {}
+        self.key_blocks: dict = {}
+        self.overlay: dict = {}
+
+    def batch(self, key: int, count: int, *, salt: bytes | bytearray | None = None, valid_from=None,
+              valid_until=None, block=None, listed: bool = True, first: int = 0) -> list[str]:
+        """Issue count keys of batch key (serials key << 25 | first..), write their cards, list the row."""
+        salt = hashlib.sha256(b"salt%d" % key).digest()[:16] if salt is None else salt
+        entropy = hashlib.shake_256(b"entropy%d/%d" % (key, first)).digest(count * 10)
+        keys_, verifiers = _pure.issue_keys((key << 25) + first, count, bytes(salt), entropy)
+        with self.env.begin(write=True) as txn:
+            for i in range(count):
+                tag = _pure.tag(self.pepper, verifiers[16 * i:16 * i + 16])
+                txn.put(_u64((key << 25) + first + i), bytes([ACTIVE]) + tag, db=self.cards_db)
+        if listed:
+            self.batches[key] = (salt, valid_from, valid_until, block, f"BATCH-{key}", f"sup{key >> 15}",
+                                 f"Supplier {key >> 15}", f"product {key}")
+        return keys_
+
+    def state(self, serial: int, state: int, at: int | None = None, text: str = "") -> None:
+        """Set a card's state byte; with at, also write its outcome record."""
+        with self.env.begin(write=True) as txn:
+            record = txn.get(_u64(serial), db=self.cards_db)
+            txn.put(_u64(serial), bytes([state]) + record[1:], db=self.cards_db)
+            if at is not None:
+                txn.put(_u64(serial), bytes([state]) + at.to_bytes(8, "big") + text.encode(), db=self.outcomes_db)
+
+    def raw(self, db, serial: int, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(_u64(serial), value, db=db)
+
+    def check(self, keys, *, now=NOW, buffers: bool = False, pepper=None, batches=None, key_blocks=None,
+              overlay=None, wrap=None):
+        """check_keys through both twins in one read transaction; _pure's answer (or None if both raised)."""
+        with self.env.begin(buffers=buffers) as txn:
+            cards = txn.cursor(db=self.cards_db)
+            outcomes = txn.cursor(db=self.outcomes_db)
+            if wrap is not None:
+                cards, outcomes = wrap(cards), wrap(outcomes)
+            return same("check_keys", keys, self.pepper if pepper is None else pepper,
+                        self.batches if batches is None else batches,
+                        self.key_blocks if key_blocks is None else key_blocks,
+                        self.overlay if overlay is None else overlay, cards, outcomes, now)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _statuses(results) -> list:
+    return [None if r is None else r.status.value for r in results]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = _Store(tmp_path / "env")
+    yield s
+    s.close()
+
+
+def _fullwidth(key: str) -> str:
+    return "".join(FULLWIDTH[c] for c in key)
+
+
+@pytest.fixture
+def scene(store):
+    """A store with a key in every state check_keys can report, and the statuses they must get."""
+    live = store.batch(_batch_key(1, 1), 40)
+    later = store.batch(_batch_key(1, 2), 3, valid_from=NOW + HOUR)
+    ended = store.batch(_batch_key(1, 3), 3, valid_until=NOW - HOUR)
+    edges = store.batch(_batch_key(1, 4), 2, valid_from=NOW, valid_until=NOW + 1)
+    closed = store.batch(_batch_key(1, 5), 1, valid_from=NOW - HOUR, valid_until=NOW)
+    by_supplier = store.batch(_batch_key(2, 1), 3, block=("supplier", "fraud"))
+    by_batch = store.batch(_batch_key(2, 2), 3, block=("batch", "recalled"), valid_until=NOW - HOUR)
+    unlisted = store.batch(_batch_key(3, 1), 2, listed=False)  # cards, but no batch row
+    base = _batch_key(1, 1) << 25
+    at = NOW - 5 * HOUR
+    store.state(base + 1, REDEEMED, at, "order-1")
+    store.state(base + 2, VOIDED, at + 1, "refund: damaged box")
+    store.state(base + 3, REDEEMED)  # no outcome record
+    store.overlay[base + 4] = (REDEEMED, at + 2, "order-4", 11)
+    store.overlay[base + 5] = (VOIDED, at + 3, "chargeback", 12)
+    store.state(base + 6, REDEEMED, at, "order-6")
+    store.overlay[base + 6] = (ACTIVE, at + 4, "", 13)  # unfolded un-redeem: the overlay wins
+    store.state(base + 7, VOIDED, at, "old reason")
+    store.overlay[base + 7] = (REDEEMED, at + 5, "order-7 \u00e9\u4e2d", 14)
+    store.key_blocks[base + 8] = ("key", "stolen")
+    store.key_blocks[base + 3] = ("key", "redeemed wins")
+    store.state(base + 9, 7)  # an unknown state byte is judged as active
+    store.state(base + 10, REDEEMED, at, "")
+    store.key_blocks[(_batch_key(2, 1) << 25) + 0] = ("key", "supplier wins")
+    store.state(base + 12, VOIDED, at, "\u00e9" * 40)  # outcome text longer than a card record
+    keys_ = [
+        (live[0], "valid"), (live[1], "redeemed"), (live[2], "void"), (live[3], "redeemed"),
+        (live[4], "redeemed"), (live[5], "void"), (live[6], "valid"), (live[7], "redeemed"),
+        (live[8], "blacklisted"), (live[9], "valid"), (live[10], "redeemed"), (live[12], "void"),
+        (later[0], "not_yet_valid"), (ended[1], "expired"), (edges[0], "valid"), (edges[1], "valid"),
+        (closed[0], "expired"),
+        (by_supplier[0], "blacklisted"), (by_supplier[1], "blacklisted"), (by_batch[2], "blacklisted"),
+        (unlisted[0], "unknown"),
+        (_pure.encode_key(base + 11, 12345), "unknown"),  # wrong secret
+        (_pure.encode_key(base + 1000, 1), "unknown"),  # no card
+        (_pure.encode_key(_batch_key(9, 9) << 25, 5), "unknown"),  # unknown batch
+        ("", None), ("hello", None), (live[13][:-1], None), (live[14][:5] + "U" + live[14][6:], None),
+        (live[15][:3] + live[15][4] + live[15][3] + live[15][5:], None),
+        ("2" + live[16][1:], None), ("x" * 300, None), (live[17] + " " * 300, None),
+        ("0000-0000", None), ("\ud800" * 32, None),
+        (live[18].lower(), "valid"), (_grouped(live[19]), "valid"), (_fullwidth(live[20]), "valid"),
+        ("  " + _grouped(live[21].lower(), "\u2013") + "\n", "valid"),
+        (live[22].replace("1", "l").replace("0", "o"), "valid"),
+        (live[0], "valid"), (live[1], "redeemed"), (live[4], "redeemed"),  # duplicates
+        (_pure.encode_key(base + 11, 12345), "unknown"), (live[0], "valid"),
+    ]
+    return store, [k for k, _ in keys_], [s for _, s in keys_]
+
+
+def test_check_keys_every_status(scene):
+    store, keys_, expected = scene
+    results = store.check(keys_)
+    assert _statuses(results) == expected
+    assert {s for s in expected} == {None, "valid", "unknown", "redeemed", "void", "blacklisted", "expired",
+                                     "not_yet_valid"}
+    for shuffled in (keys_[::-1], keys_[1::2] + keys_[::2]):  # input order is kept, whatever it is
+        assert _statuses(store.check(shuffled)) == [expected[keys_.index(k)] for k in shuffled]
+
+
+def test_check_keys_results_in_detail(scene):
+    store, keys_, _ = scene
+    base = _batch_key(1, 1) << 25
+    r = store.check(keys_)
+    Result = type(r[0])
+    row = store.batches[_batch_key(1, 1)]
+    assert r[0] == Result(r[0].status, _pure.format_serial_text(base), *row[4:])
+    assert r[0].message is None and r[0].ok
+    assert r[1].order_id == "order-1" and r[1].message.startswith("already redeemed by order order-1 at ")
+    assert r[2].reason == "refund: damaged box" and r[2].voided_at.endswith("Z")
+    assert r[3].order_id == "" and r[3].redeemed_at == "1970-01-01T00:00:00.000Z"
+    assert r[7].order_id == "order-7 \u00e9\u4e2d"
+    assert (r[8].level, r[8].reason) == ("key", "stolen")
+    assert (r[17].level, r[17].reason) == ("supplier", "fraud")
+    assert r[12].message.startswith("valid from ") and r[13].message.startswith("expired at ")
+    assert r[20] == Result(r[20].status, _pure.format_serial_text(_batch_key(3, 1) << 25),
+                           message="no such key in this store")
+    assert r[21].batch == row[4] and r[21].supplier is None and r[21].message == "no such key in this store"
+
+
+@pytest.mark.parametrize("buffers", [False, True])
+def test_check_keys_each_key_alone(scene, buffers):
+    store, keys_, expected = scene
+    for key, status in zip(keys_, expected):
+        assert _statuses(store.check([key], buffers=buffers)) == [status]
+    store.check(keys_, buffers=buffers)
+
+
+def test_check_keys_empty_and_all_malformed(store):
+    store.batch(_batch_key(1, 1), 3)
+    assert store.check([]) == []
+    assert store.check(()) == []
+    assert store.check(["", "nope", "2" * 32]) == [None, None, None]
+    assert _statuses(store.check(["1" * 32])) == ["unknown"]  # (every symbol alike: the checks hold)
+
+
+@pytest.mark.parametrize("now", [NOW - 2 * HOUR, NOW - 1, NOW, NOW + 1, NOW + 2 * HOUR, 0, -1, 2**63 - 1, 2**63,
+                                 -(2**63) - 1, 10**30, 1.5, NOW + 0.5, True, None], ids=repr)
+def test_check_keys_at_any_time(scene, now):
+    store, keys_, _ = scene
+    store.check(keys_, now=now)
+
+
+def test_check_keys_non_str_key(scene):
+    store, keys_, _ = scene
+    for bad in (None, b"key", 1, ["k"], bytearray(b"x")):
+        for at in (0, 5, len(keys_)):
+            with pytest.raises(TypeError):
+                _core.check_keys(keys_[:at] + [bad] + keys_[at:], store.pepper, store.batches, {}, {}, None, None, NOW)
+            store.check(keys_[:at] + [bad] + keys_[at:])
+    store.check(["", bad])
+
+
+class _Text(str):
+    pass
+
+
+class _Shouting(str):
+    def upper(self):
+        return "Z" * 32
+
+
+def test_check_keys_str_subclasses(scene):
+    store, keys_, expected = scene
+    results = store.check([_Text(k) for k in keys_])
+    assert _statuses(results) == expected
+    store.check([_Shouting(k.lower()) for k in keys_[:5]])
+
+
+@pytest.mark.parametrize("salt", [b"", bytes(1), bytes(80), bytes(96), bytes(97), bytes(200), bytearray(b"s" * 16)],
+                         ids=lambda s: f"{type(s).__name__}{len(s)}")
+@pytest.mark.parametrize("pepper", [b"", b"p", bytes(64), bytearray(b"q" * 32)],
+                         ids=lambda p: f"{type(p).__name__}{len(p)}")
+def test_check_keys_salts_and_peppers(tmp_path, salt, pepper):
+    s = _Store(tmp_path / "env", pepper=pepper)
+    try:
+        keys_ = s.batch(_batch_key(4, 4), 5, salt=salt)
+        keys_ += s.batch(_batch_key(4, 5), 5)
+        assert _statuses(s.check(keys_ + [_pure.encode_key(1, 1)])) == ["valid"] * 10 + ["unknown"]
+    finally:
+        s.close()
+
+
+def test_check_keys_odd_arguments(scene):
+    """Types the compiled core does not read in C answer as the specification does."""
+    store, keys_, _ = scene
+    rows_as_lists = {k: list(v) for k, v in store.batches.items()}
+    store.check(keys_, batches=rows_as_lists)
+    store.check(keys_, batches={k: v[:5] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:3] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: ("salt",) + v[1:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: (memoryview(v[0]),) + v[1:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v + ("extra",) for k, v in store.batches.items()})
+    store.check(keys_, batches={k: ("",) * 8 for k in store.batches})
+    store.check(keys_, batches={k: None for k in store.batches})
+    store.check(keys_, batches={})
+    store.check(keys_, batches={k: v[:1] + (NOW + 1.5, None) + v[3:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:1] + (None, 10**40) + v[3:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:1] + (10**40, None) + v[3:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:3] + ((),) + v[4:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:3] + (0,) + v[4:] for k, v in store.batches.items()})
+    store.check(keys_, batches={k: v[:3] + ("xy",) + v[4:] for k, v in store.batches.items()})
+    store.check(keys_, key_blocks={k: None for k in store.key_blocks})
+    store.check(keys_, key_blocks={k: ("key",) for k in store.key_blocks})
+    store.check(keys_, overlay={k: None for k in store.overlay})
+    store.check(keys_, overlay={k: (REDEEMED, "not ms", "x", 1) for k in store.overlay})
+    store.check(keys_, overlay={k: (9, NOW, "x", 1) for k in store.overlay})
+    store.check(keys_, pepper="pepper")
+    store.check(keys_, pepper=bytes(65))  # hashlib's ValueError (keys to hash)
+    store.check(["", "nope"], pepper=bytes(65))  # no key to hash: no error
+    store.check(keys_, pepper=memoryview(PEPPER))
+    store.check(iter(keys_))
+    store.check(keys_, batches=_Rows(store.batches))
+    store.check(keys_, overlay=_Rows(store.overlay))
+    store.check(keys_, key_blocks=_Rows(store.key_blocks))
+
+
+class _Rows(dict):
+    def get(self, key, default=None):
+        return super().get(key, default)
+
+
+class _Cursor:
+    """A stand-in cursor whose getmulti answers in odd shapes."""
+
+    def __init__(self, cursor, shape: str) -> None:
+        self.cursor = cursor
+        self.shape = shape
+
+    def getmulti(self, keys):
+        pairs = self.cursor.getmulti(keys)
+        if self.shape == "reversed":
+            return pairs[::-1]
+        if self.shape == "iterator":
+            return iter(pairs)
+        if self.shape == "lists":
+            return [list(p) for p in pairs]
+        if self.shape == "bytearray":
+            return [(k, bytearray(v)) for k, v in pairs]
+        if self.shape == "memoryview":
+            return [(memoryview(k), memoryview(v)) for k, v in pairs]
+        if self.shape == "extra":  # keys nobody asked for, and a short record
+            return [(b"\x00" * 8, b"\x00" * 17), (b"xyz", b"")] + pairs + [(b"\xff" * 8, b"")]
+        if self.shape == "duplicates":  # a key answered twice: the last answer counts
+            return [p for p in pairs for _ in (0, 1)] + pairs[:1]
+        if self.shape == "none":
+            return [(k, None) for k, _ in pairs]
+        if self.shape == "str":
+            return [(k, v.decode("latin-1")) for k, v in pairs]
+        if self.shape == "triples":
+            return [(k, v, v) for k, v in pairs]
+        if self.shape == "empty":
+            return []
+        raise AssertionError(self.shape)
+
+
+@pytest.mark.parametrize("shape", ["reversed", "iterator", "lists", "bytearray", "memoryview", "extra",
+                                   "duplicates", "none", "str", "triples", "empty"])
+def test_check_keys_odd_cursor_answers(scene, shape):
+    store, keys_, _ = scene
+    store.check(keys_, wrap=lambda cursor: _Cursor(cursor, shape))
+
+
+def test_check_keys_odd_records(store):
+    keys_ = store.batch(_batch_key(5, 5), 8)
+    base = _batch_key(5, 5) << 25
+    with store.env.begin() as txn:
+        tag = txn.get(_u64(base), db=store.cards_db)[1:]
+    store.raw(store.cards_db, base + 0, b"")  # empty
+    store.raw(store.cards_db, base + 1, b"\x00" + tag[:-1])  # one byte short
+    store.raw(store.cards_db, base + 2, b"\x00" + tag + b"trailing")  # longer: the first 17 bytes count
+    store.raw(store.cards_db, base + 3, b"\x01" + tag)  # redeemed, no outcome record
+    store.raw(store.outcomes_db, base + 3, b"\x01\x00")  # ... an outcome record too short
+    store.raw(store.cards_db, base + 4, b"\x02" + tag)
+    store.raw(store.outcomes_db, base + 4, b"\x02" + bytes(8) + b"\xff\xfe")  # not UTF-8: UnicodeDecodeError
+    store.raw(store.cards_db, base + 5, b"\xff" + tag)
+    store.raw(store.outcomes_db, base + 5, b"\x01" + (2**63).to_bytes(8, "big") + b"x")
+    store.raw(store.cards_db, base + 6, b"\x01" + tag)
+    store.raw(store.outcomes_db, base + 6, b"\x01" + (2**62).to_bytes(8, "big") + b"x")  # a year iso refuses
+    for i in range(8):
+        store.check([keys_[i]])
+    store.check(keys_[:3] + keys_[5:6] + keys_[7:])
+    store.check(keys_)
+
+
+def test_check_keys_many_batches_and_duplicates(store):
+    """Enough keys for the radix sort, serials differing in every field, shuffled, repeated."""
+    import random
+
+    rnd = random.Random(7)
+    keys_ = []
+    for prefix in (1, 77, 4097, (1 << 20) - 1):
+        for batch in (0, 1, 600, (1 << 15) - 1):
+            keys_ += store.batch(_batch_key(prefix, batch), 40, first=rnd.randrange(1 << 24))
+    wrong = [_pure.encode_key(rnd.randrange(1 << 60), rnd.randrange(1 << 80)) for _ in range(300)]
+    del store.batches[_batch_key(77, 600)]
+    mixed = keys_ + wrong + rnd.sample(keys_, 500) + ["", "junk"] * 20
+    rnd.shuffle(mixed)
+    for serial in rnd.sample([int(_pure.parse_key(k)[1]) for k in keys_], 60):
+        choice = rnd.randrange(3)
+        if choice == 0:
+            store.overlay[serial] = (rnd.choice([0, 1, 2]), NOW - rnd.randrange(10**9), "o%d" % serial, serial)
+        elif choice == 1:
+            store.key_blocks[serial] = ("key", "k%d" % serial)
+        else:
+            store.state(serial, rnd.choice([1, 2]), NOW - rnd.randrange(10**9), "s%d" % serial)
+    results = store.check(mixed)
+    assert len(results) == len(mixed)
+    counts = {s: _statuses(results).count(s) for s in set(_statuses(results))}
+    assert counts["valid"] > 800 and counts["unknown"] >= 300 + 40 and counts[None] == 40
+    for i, key in enumerate(mixed):  # each answer is the one the key gets alone
+        if i % 97 == 0:
+            assert store.check([key]) == [results[i]]
+
+
+@pytest.fixture(scope="module")
+def shared_scene(tmp_path_factory):
+    s = _Store(tmp_path_factory.mktemp("twins") / "env")
+    live = s.batch(_batch_key(1, 1), 60)
+    other = s.batch(_batch_key(1, 2), 20, valid_from=NOW - HOUR, valid_until=NOW + HOUR)
+    blocked = s.batch(_batch_key(6, 3), 10, block=("batch", "recall"))
+    base = _batch_key(1, 1) << 25
+    for i in range(0, 60, 7):
+        s.state(base + i, REDEEMED if i % 2 else VOIDED, NOW - i * HOUR, f"text {i}")
+    yield s, live + other + blocked, base
+    s.close()
+
+
+@settings(deadline=None, max_examples=60)
+@given(data=st.data(), now=st.one_of(st.just(NOW), st.integers(NOW - 2 * HOUR, NOW + 2 * HOUR)))
+def test_check_keys_random_mixes(shared_scene, data, now):
+    s, pool, base = shared_scene
+    picked = data.draw(st.lists(st.one_of(
+        st.sampled_from(pool),
+        st.sampled_from(pool).map(str.lower),
+        st.sampled_from(pool).map(_grouped),
+        keys,  # random well-formed keys: unknown
+        keyish_text,
+    ), max_size=40))
+    overlay = data.draw(st.dictionaries(st.integers(base, base + 59), st.tuples(
+        st.sampled_from([0, 1, 2]), st.integers(0, NOW), st.text(max_size=8), st.integers(0, 99)), max_size=6))
+    key_blocks = data.draw(st.dictionaries(st.integers(base, base + 59), st.tuples(
+        st.just("key"), st.text(max_size=8)), max_size=6))
+    results = s.check(picked, now=now, overlay=overlay, key_blocks=key_blocks)
+    assert len(results) == len(picked)
+
+
+@given(serial=any_ints)
+@example(serial=0)
+@example(serial=(1 << 60) - 1)
+@example(serial=-1)
+def test_format_serial_text(serial):
+    text = same("format_serial_text", serial)
+    assert len(text) == 14 and text[4] == text[8] == "-"
+
+
+@pytest.mark.parametrize("value", [None, 1.0, True, "1", b"\x01", 2**200, -(2**200)], ids=repr)
+def test_format_serial_text_other_types(value):
+    same("format_serial_text", value)
+
+
+_ROW = (bytes(16), None, None, None, "BATCH", "sup", "Supplier", "product")
+_LEVELS = st.one_of(st.none(), st.tuples(st.sampled_from(["supplier", "batch", "key"]), st.text(max_size=12)),
+                    st.just(()), st.just(0), st.just(("x",)))
+_TIMES = st.one_of(st.none(), st.integers(NOW - HOUR, NOW + HOUR), st.just(NOW), st.integers(-(2**70), 2**70),
+                   st.just(1.5))
+
+
+@settings(deadline=None)
+@given(serial=st.one_of(serials, any_ints, st.just(None)), state=st.one_of(st.sampled_from([0, 1, 2, 3, 255]),
+       st.just(None), st.just(1.0)),
+       block=_LEVELS, key_block=_LEVELS, valid_from=_TIMES, valid_until=_TIMES,
+       change=st.one_of(st.none(), st.tuples(st.sampled_from([0, 1, 2, 7]), st.integers(-(2**60), 2**60),
+                                             st.text(max_size=10), st.integers(0, 9)),
+                        st.just(()), st.just((1, None, "x", 0))),
+       outcome=st.one_of(st.none(), st.binary(max_size=24),
+                         st.builds(lambda s, at, t: bytes([s]) + at.to_bytes(8, "big") + t.encode(),
+                                   st.sampled_from([0, 1, 2]), st.integers(0, 2**50), st.text(max_size=10))),
+       now=st.one_of(st.just(NOW), st.integers(NOW - 2 * HOUR, NOW + 2 * HOUR), st.just(1.5)))
+def test_judge(serial, state, block, key_block, valid_from, valid_until, change, outcome, now):
+    row = (bytes(16), valid_from, valid_until, block, "BATCH", "sup", "Supplier", "product")
+    key_blocks = {} if key_block is None else {serial: key_block}
+    same("judge", serial, state, row, key_blocks, change, outcome, now)
+
+
+@pytest.mark.parametrize("args", [
+    (1, 0, _ROW, {}, None, None, NOW),
+    (1, 0, _ROW[:4], {}, None, None, NOW),
+    (1, 0, None, {}, None, None, NOW),
+    (1, 1, _ROW, {}, None, "not bytes", NOW),
+    (1, 1, _ROW, {}, None, bytearray(b"\x01" + bytes(8) + b"order"), NOW),
+    (1, 2, _ROW, {}, None, memoryview(b"\x02" + bytes(8) + b"why"), NOW),
+    (1, 0, _ROW, None, None, None, NOW),
+    (1, 0, _ROW, {1: ("key", "r")}, None, None, NOW),
+    (1, 0, _ROW, [], None, None, NOW),
+    (1, 0, list(_ROW), {}, None, None, NOW),
+], ids=repr)
+def test_judge_odd_arguments(args):
+    same("judge", *args)
+
+
+def test_judge_keywords():
+    kwargs = dict(serial=5, state=1, row=_ROW, key_blocks={}, change=None, outcome=b"\x01" + bytes(8) + b"o", now=NOW)
+    assert _core.judge(**kwargs) == _pure.judge(**kwargs)

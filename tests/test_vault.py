@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import time
 from pathlib import Path
@@ -61,7 +60,7 @@ def test_valid_key_verifies_with_its_provenance(platform: Vault, issued: Issued)
     assert result.supplier == issued.supplier.id
     assert result.supplier_name == "Acme Games"
     assert result.product == "POINTS-100"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         result.status = Status.VOID  # type: ignore[misc]
 
 

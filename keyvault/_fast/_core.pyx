@@ -18,10 +18,16 @@ Cython modules.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.long cimport PyLong_AsUnsignedLongLongMask
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLongMask, PyLong_FromUnsignedLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DATA,
                               PyUnicode_GET_LENGTH, PyUnicode_KIND, PyUnicode_New, PyUnicode_READ)
+cimport cython
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset, strlen
 
@@ -106,6 +112,8 @@ cdef unsigned char[KEY_SYMBOLS] LOCATORS = [
 cdef unsigned char _EXP[2 * GF_ORDER]  # alpha**i, twice over so a sum of two logs needs no mod
 cdef unsigned char _LOG[FIELD_SIZE]  # log of a non-zero element (_LOG[0] unused, 0)
 cdef unsigned char _CUBES[KEY_SYMBOLS]  # x_i**3
+cdef unsigned char _TIMES_X[KEY_SYMBOLS][FIELD_SIZE]  # [i][v]: v * x_i (a syndrome term, by table)
+cdef unsigned char _TIMES_X3[KEY_SYMBOLS][FIELD_SIZE]  # [i][v]: v * x_i**3
 cdef signed char _POSITION_OF[FIELD_SIZE]  # position whose locator is x
 cdef signed char _SWAP_AT[FIELD_SIZE]  # k whose adjacent swap gives S3/S1 == x, or -1
 cdef unsigned char _CHECK_INVERSE[CHECKS][CHECKS]  # check symbols = this * syndromes
@@ -366,10 +374,10 @@ cdef inline Syndromes _syndromes(const unsigned char* values, Py_ssize_t n) noex
     cdef Syndromes s
     cdef Py_ssize_t i
     s.s0 = s.s1 = s.s3 = 0
-    for i in range(n):
+    for i in range(n):  # (values are 0..31)
         s.s0 ^= values[i]
-        s.s1 ^= _mul(values[i], LOCATORS[i])
-        s.s3 ^= _mul(values[i], _CUBES[i])
+        s.s1 ^= _TIMES_X[i][values[i]]
+        s.s3 ^= _TIMES_X3[i][values[i]]
     return s
 
 
@@ -573,6 +581,43 @@ def check_symbols(data: str) -> str:
     return result
 
 
+cdef int _parse(str text, unsigned char* values, Py_ssize_t* position) except -1:
+    """parse_key's work in C: its outcome, with *position as parse_key's.
+
+    On OK, values holds the KEY_SYMBOLS symbol values (0..31) of the key.
+    """
+    cdef signed char* symbols = <signed char*>values
+    cdef Py_ssize_t i
+    cdef int outcome
+    position[0] = -1
+    keyvault_unicode_ready(text)
+    if PyUnicode_GET_LENGTH(text) > MAX_INPUT:
+        return BAD_LENGTH
+    if _symbols_of(text, symbols, KEY_SYMBOLS) != KEY_SYMBOLS:
+        return BAD_LENGTH
+    for i in range(KEY_SYMBOLS):
+        if symbols[i] < 0:
+            position[0] = i
+            return BAD_SYMBOL
+    # All values are now 0..31: read them as unsigned.
+    outcome = _check_key(values, position)
+    if outcome != OK:
+        return outcome
+    if values[0] != VERSION:
+        position[0] = 0
+        return BAD_VERSION
+    return OK
+
+
+cdef inline uint64_t _serial_of(const unsigned char* values) noexcept nogil:
+    """The 60-bit serial of a parsed key's symbol values."""
+    cdef uint64_t serial = 0
+    cdef Py_ssize_t i
+    for i in range(SERIAL_START, SERIAL_START + SERIAL_SYMBOLS):
+        serial = (serial << SYMBOL_BITS) | values[i]
+    return serial
+
+
 def parse_key(text: str) -> tuple[int, int, bytes, int]:
     """Parse typed input as a v1 key: (outcome, serial, canonical bytes, position).
 
@@ -580,32 +625,18 @@ def parse_key(text: str) -> tuple[int, int, bytes, int]:
     any other outcome they are 0 and b"", and position is the 0-based symbol
     position at fault (-1 when no single position can be named).
     """
-    cdef signed char symbols[KEY_SYMBOLS]
+    cdef unsigned char values[KEY_SYMBOLS]
     cdef char canonical[KEY_SYMBOLS]
     cdef Py_ssize_t i, position = -1
-    cdef uint64_t serial = 0
     cdef int outcome
     if type(text) is not str:
         return _pure.parse_key(text)
-    keyvault_unicode_ready(text)
-    if PyUnicode_GET_LENGTH(text) > MAX_INPUT:
-        return BAD_LENGTH, 0, b"", -1
-    if _symbols_of(text, symbols, KEY_SYMBOLS) != KEY_SYMBOLS:
-        return BAD_LENGTH, 0, b"", -1
-    for i in range(KEY_SYMBOLS):
-        if symbols[i] < 0:
-            return BAD_SYMBOL, 0, b"", i
-    # All values are now 0..31: read them as unsigned.
-    outcome = _check_key(<unsigned char*>symbols, &position)
+    outcome = _parse(text, values, &position)
     if outcome != OK:
         return outcome, 0, b"", position
-    if symbols[0] != VERSION:
-        return BAD_VERSION, 0, b"", 0
-    for i in range(SERIAL_START, SERIAL_START + SERIAL_SYMBOLS):
-        serial = (serial << SYMBOL_BITS) | <uint64_t>symbols[i]
     for i in range(KEY_SYMBOLS):
-        canonical[i] = ALPHABET[symbols[i]]
-    return OK, serial, PyBytes_FromStringAndSize(canonical, KEY_SYMBOLS), -1
+        canonical[i] = ALPHABET[values[i]]
+    return OK, _serial_of(values), PyBytes_FromStringAndSize(canonical, KEY_SYMBOLS), -1
 
 
 def parse_serial(text: str) -> int:
@@ -741,6 +772,873 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
 
 
 # ---------------------------------------------------------------------------
+# BLAKE2b in lanes: one compression of several independent one-block messages at
+# once, in SIMD vectors of 64-bit words (GCC/Clang vector extensions). The same
+# RFC 7693 compression as _compress above, with every round unrolled; lane j
+# hashes blocks[j]. x86-64 picks AVX-512 (8 lanes) or AVX2 (4 lanes) at run
+# time, else 4 lanes in the baseline instruction set (SSE2, NEON); without GCC
+# vector extensions there are no lanes and every hash goes through _compress.
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ \\
+        && (defined(__x86_64__) || defined(__aarch64__))
+    #define KV_LANES_AVAILABLE 1
+    #else
+    #define KV_LANES_AVAILABLE 0
+    #endif
+    #define KV_MAX_LANES 8
+
+    /* Hash lanes one-block messages: lane j is the BLAKE2b state with chain value
+       h0 and byte counter t0 (nothing buffered), followed by the lens[j] bytes at
+       blocks[j] (zero-padded to 128 bytes) as the last block; its first outlen
+       (<= 64) digest bytes go to outs[j]. */
+    typedef void (*kv_lanes_fn)(const uint64_t* h0, uint64_t t0, const unsigned char* const* blocks,
+                                const uint64_t* lens, unsigned char* const* outs, size_t outlen);
+
+    #if KV_LANES_AVAILABLE
+    static const uint64_t kv_iv[8] = {
+        0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL, 0xA54FF53A5F1D36F1ULL,
+        0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL, 0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL};
+
+    #define KV_ROTR(x, c) (((x) >> (c)) | ((x) << (64 - (c))))
+    #define KV_G(a, b, c, d, x, y) do { \\
+        a = a + b + (x); d = KV_ROTR(d ^ a, 32); c = c + d; b = KV_ROTR(b ^ c, 24); \\
+        a = a + b + (y); d = KV_ROTR(d ^ a, 16); c = c + d; b = KV_ROTR(b ^ c, 63); } while (0)
+    #define KV_ROUND(s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15) do { \\
+        KV_G(v0, v4, v8, v12, m[s0], m[s1]); KV_G(v1, v5, v9, v13, m[s2], m[s3]); \\
+        KV_G(v2, v6, v10, v14, m[s4], m[s5]); KV_G(v3, v7, v11, v15, m[s6], m[s7]); \\
+        KV_G(v0, v5, v10, v15, m[s8], m[s9]); KV_G(v1, v6, v11, v12, m[s10], m[s11]); \\
+        KV_G(v2, v7, v8, v13, m[s12], m[s13]); KV_G(v3, v4, v9, v14, m[s14], m[s15]); } while (0)
+    /* The message schedule (RFC 7693 section 2.7), rounds 0-11. */
+    #define KV_ROUNDS do { \\
+        KV_ROUND(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); \\
+        KV_ROUND(14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3); \\
+        KV_ROUND(11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4); \\
+        KV_ROUND(7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8); \\
+        KV_ROUND(9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13); \\
+        KV_ROUND(2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9); \\
+        KV_ROUND(12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11); \\
+        KV_ROUND(13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10); \\
+        KV_ROUND(6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5); \\
+        KV_ROUND(10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0); \\
+        KV_ROUND(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); \\
+        KV_ROUND(14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3); } while (0)
+
+    /* dst (a vector) = expr for each lane j, through the array w. */
+    #define KV_SPLAT(dst, expr) do { \\
+        for (j = 0; j < sizeof(w) / sizeof(w[0]); j++) \\
+            w[j] = (expr); \\
+        memcpy(&(dst), w, sizeof(dst)); } while (0)
+
+    /* One lanes function: vectors of L words (type VT), compiled with ATTR. */
+    #define KV_DEFINE_LANES(NAME, VT, L, ATTR) \\
+    ATTR static void NAME(const uint64_t* h0, uint64_t t0, const unsigned char* const* blocks, \\
+                          const uint64_t* lens, unsigned char* const* outs, size_t outlen) { \\
+        VT m[16], h[8], v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15; \\
+        uint64_t w[L]; \\
+        size_t i, j; \\
+        for (i = 0; i < 16; i++) { \\
+            for (j = 0; j < L; j++) memcpy(&w[j], blocks[j] + 8 * i, 8); \\
+            memcpy(&m[i], w, sizeof(VT)); \\
+        } \\
+        for (i = 0; i < 8; i++) \\
+            KV_SPLAT(h[i], h0[i]); \\
+        v0 = h[0]; v1 = h[1]; v2 = h[2]; v3 = h[3]; v4 = h[4]; v5 = h[5]; v6 = h[6]; v7 = h[7]; \\
+        KV_SPLAT(v8, kv_iv[0]); KV_SPLAT(v9, kv_iv[1]); KV_SPLAT(v10, kv_iv[2]); KV_SPLAT(v11, kv_iv[3]); \\
+        KV_SPLAT(v12, kv_iv[4] ^ (t0 + lens[j])); /* the byte counter (its high word t1 is 0) */ \\
+        KV_SPLAT(v13, kv_iv[5]); KV_SPLAT(v14, ~kv_iv[6]); /* the last block */ KV_SPLAT(v15, kv_iv[7]); \\
+        KV_ROUNDS; \\
+        h[0] ^= v0 ^ v8; h[1] ^= v1 ^ v9; h[2] ^= v2 ^ v10; h[3] ^= v3 ^ v11; \\
+        h[4] ^= v4 ^ v12; h[5] ^= v5 ^ v13; h[6] ^= v6 ^ v14; h[7] ^= v7 ^ v15; \\
+        for (i = 0; i < (outlen + 7) / 8; i++) { \\
+            memcpy(w, &h[i], sizeof(VT)); \\
+            for (j = 0; j < L; j++) { \\
+                size_t k, n = outlen - 8 * i < 8 ? outlen - 8 * i : 8; \\
+                for (k = 0; k < n; k++) outs[j][8 * i + k] = (unsigned char)(w[j] >> (8 * k)); \\
+            } \\
+        } \\
+    }
+
+    typedef uint64_t kv_u64x4 __attribute__((vector_size(32)));
+    KV_DEFINE_LANES(kv_lanes4, kv_u64x4, 4, )
+    #if defined(__x86_64__)
+    typedef uint64_t kv_u64x8 __attribute__((vector_size(64)));
+    KV_DEFINE_LANES(kv_lanes4_avx2, kv_u64x4, 4, __attribute__((target("avx2"))))
+    KV_DEFINE_LANES(kv_lanes8_avx512, kv_u64x8, 8, __attribute__((target("avx512f"))))
+    #endif
+    #endif
+
+    static kv_lanes_fn kv_lanes = NULL;
+
+    /* Choose the lanes function: 0 none, 1 baseline (4 lanes), 2 AVX2 (4), 3 AVX-512 (8), -1 the best
+       this CPU runs. Returns the lanes of the choice, or -1 if this build or CPU lacks it. */
+    static int kv_lanes_select(int which) {
+    #if KV_LANES_AVAILABLE
+        int avx2 = 0, avx512 = 0;
+        #if defined(__x86_64__)
+        __builtin_cpu_init();
+        avx2 = __builtin_cpu_supports("avx2");
+        avx512 = __builtin_cpu_supports("avx512f");
+        #endif
+        if (which < 0)
+            which = avx512 ? 3 : avx2 ? 2 : 1;
+        switch (which) {
+        case 0: kv_lanes = NULL; return 0;
+        case 1: kv_lanes = kv_lanes4; return 4;
+        #if defined(__x86_64__)
+        case 2: if (!avx2) return -1; kv_lanes = kv_lanes4_avx2; return 4;
+        case 3: if (!avx512) return -1; kv_lanes = kv_lanes8_avx512; return 8;
+        #endif
+        default: return -1;
+        }
+    #else
+        if (which <= 0) { kv_lanes = NULL; return 0; }
+        return -1;
+    #endif
+    }
+    """
+    enum:
+        KV_MAX_LANES
+    ctypedef void (*kv_lanes_fn)(const uint64_t* h0, uint64_t t0, const unsigned char* const* blocks,
+                                 const uint64_t* lens, unsigned char* const* outs, size_t outlen) noexcept nogil
+    kv_lanes_fn kv_lanes
+    int kv_lanes_select(int which) noexcept
+
+
+cdef int _lane_count = kv_lanes_select(-1)
+
+
+def _select_lanes(which):
+    """Test hook: hash in lanes with 0 none, 1 baseline, 2 AVX2, 3 AVX-512, -1 the best; the lanes, -1 if unavailable."""
+    global _lane_count
+    cdef int lanes = kv_lanes_select(which)
+    if lanes >= 0:
+        _lane_count = lanes
+    return lanes
+
+
+def _blake2b_lanes(key, person, messages):
+    """Test hook: [blake2b(m, key=key, digest_size=16, person=person) for m in messages] through the
+    lanes function (each message 1..128 bytes; how many at once is the lane count)."""
+    cdef blake2b_state S
+    cdef unsigned char blocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]
+    cdef unsigned char outs[KV_MAX_LANES][DIGEST_SIZE]
+    cdef const unsigned char* bp[KV_MAX_LANES]
+    cdef unsigned char* op[KV_MAX_LANES]
+    cdef uint64_t lens[KV_MAX_LANES]
+    cdef bytes k = bytes(key), p = bytes(person), m
+    cdef int j
+    if _lane_count == 0:
+        raise ValueError("no lanes")
+    if blake2b_init_keyed(&S, DIGEST_SIZE, k, len(k), p, len(p)) < 0:
+        raise ValueError("key or person out of range")
+    messages = [bytes(x) for x in messages]
+    if len(messages) != _lane_count or not all(0 < len(x) <= BLAKE2B_BLOCKBYTES for x in messages):
+        raise ValueError(f"need {_lane_count} messages of 1..128 bytes")
+    for j in range(_lane_count):
+        m = messages[j]
+        memset(blocks[j], 0, BLAKE2B_BLOCKBYTES)
+        memcpy(blocks[j], <const char*>m, len(m))
+        lens[j] = len(m)
+        bp[j] = blocks[j]
+        op[j] = outs[j]
+    kv_lanes(S.h, S.t[0], bp, lens, op, DIGEST_SIZE)
+    return [PyBytes_FromStringAndSize(<char*>outs[j], DIGEST_SIZE) for j in range(_lane_count)]
+
+
+# ---------------------------------------------------------------------------
+# The batch check: format_serial_text, judge and check_keys.
+#
+# check_keys does per key, in C: parse, verifier and tag (one BLAKE2b block
+# each), the sort by serial, the merge of the cards cursor's one getmulti
+# answer, the constant-time tag comparison and, for the hot statuses (valid,
+# unknown), the Result itself. Rarer statuses go through judge, which is
+# _pure.judge compiled as it is written.
+
+cdef enum:
+    ACTIVE = 0  # card states (as keyvault.store.records)
+    REDEEMED = 1
+    VOIDED = 2
+    INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
+    CARD_SIZE = 17  # a cards record: state (1 byte) + tag (DIGEST_SIZE bytes)
+    OUTCOME_HEAD = 9  # an outcomes record: state (1 byte) + at ms (8 bytes), then UTF-8 text
+    SERIAL_KEY_BYTES = 8  # a serial as a store key: big-endian u64
+    SERIAL_TEXT_SIZE = 14  # PPPP-BBB-IIIII
+    SERIAL_TEXT_DASH1 = 4  # symbols before the first dash...
+    SERIAL_TEXT_DASH2 = 7  # ...and before the second
+
+    # A batch row: (salt, valid_from, valid_until, block, batch id, supplier id, supplier name, product).
+    ROW_SALT = 0
+    ROW_VALID_FROM = 1
+    ROW_VALID_UNTIL = 2
+    ROW_BLOCK = 3
+    ROW_BATCH = 4
+    ROW_SUPPLIER = 5
+    ROW_SUPPLIER_NAME = 6
+    ROW_PRODUCT = 7
+    ROW_FIELDS = 8
+
+    UNKNOWN_SALT_BYTES = 16  # the salt hashed for a key whose batch is unknown: 16 zero bytes
+    SMALL_SORT = 32  # fewer items than this are sorted by insertion
+    NOGIL_FROM = 512  # keys from which check_keys lets other threads run while it hashes
+    AHEAD = 8  # items prefetched ahead in check_keys' loops
+    RADIX_BITS = 11  # bits per pass of the radix sort
+    RADIX_SIZE = 2048  # 1 << RADIX_BITS
+    RADIX_MASK = 2047
+
+
+cdef extern from *:
+    """
+    /* A Result (a NamedTuple: a tuple subclass with no instance dict) made as
+       tuple.__new__(Result, items) makes it: allocated by the type, items set.
+       From Python 3.14 tuples cache their hash in a field tp_alloc leaves 0,
+       so there (and in free-threaded builds) tuple.__new__ itself is called. */
+    #if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    #define KEYVAULT_DIRECT_TUPLES 1
+    #else
+    #define KEYVAULT_DIRECT_TUPLES 0
+    #endif
+
+    static int keyvault_tuple_subtype(PyObject* type) {
+        PyTypeObject* t = (PyTypeObject*)type;
+        if (!KEYVAULT_DIRECT_TUPLES || !PyType_Check(type) || !PyType_IsSubtype(t, &PyTuple_Type))
+            return 0;
+        return t->tp_basicsize == PyTuple_Type.tp_basicsize && t->tp_itemsize == PyTuple_Type.tp_itemsize
+            && t->tp_alloc == PyType_GenericAlloc;
+    }
+
+    static PyObject* keyvault_result(PyObject* type, int direct, PyObject* status, PyObject* serial,
+                                     PyObject* batch, PyObject* supplier, PyObject* supplier_name,
+                                     PyObject* product, PyObject* message) {
+        PyObject* items[13] = {status, serial, batch, supplier, supplier_name, product,
+                               Py_None, Py_None, Py_None, Py_None, Py_None, Py_None, message};
+        PyObject *result, *plain, *args;
+        Py_ssize_t i;
+        int atomic = 1;
+        if (direct) {
+            result = ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, 13);
+            if (result == NULL)
+                return NULL;
+            for (i = 0; i < 13; i++) {
+                Py_INCREF(items[i]);
+                PyTuple_SET_ITEM(result, i, items[i]);
+            }
+        } else {
+            plain = PyTuple_New(13);
+            if (plain == NULL)
+                return NULL;
+            for (i = 0; i < 13; i++) {
+                Py_INCREF(items[i]);
+                PyTuple_SET_ITEM(plain, i, items[i]);
+            }
+            args = PyTuple_Pack(1, plain);
+            Py_DECREF(plain);
+            if (args == NULL)
+                return NULL;
+            result = PyTuple_Type.tp_new((PyTypeObject*)type, args, NULL);
+            Py_DECREF(args);
+            if (result == NULL)
+                return NULL;
+        }
+        /* A Result of str and None besides its status cannot be part of cyclic garbage: str and None
+           refer to nothing, and the status (a Status member, which this module also holds) is
+           never garbage. So the cycle collector need not track it (as CPython untracks tuples of
+           untracked items): a batch of results then costs the collector nothing. */
+        for (i = 1; i < 13; i++)
+            if (items[i] != Py_None && !PyUnicode_CheckExact(items[i]))
+                atomic = 0;
+        if (atomic && PyObject_GC_IsTracked(result))
+            PyObject_GC_UnTrack(result);
+        return result;
+    }
+    """
+    bint keyvault_tuple_subtype(object type) noexcept
+    object keyvault_result(object type, int direct, object status, object serial, object batch,
+                           object supplier, object supplier_name, object product, object message)
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__)
+    #define KV_PREFETCH(p) __builtin_prefetch((const void*)(p))
+    #else
+    #define KV_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void KV_PREFETCH(const void* p) noexcept nogil  # a hint: bring *p into the cache soon
+
+
+# keyvault.results and keyvault.clock, imported on first use (as _pure does).
+cdef object _Result = None
+cdef object _Status = None
+cdef object _VALID = None
+cdef object _UNKNOWN = None
+cdef object _iso = None
+cdef bint _direct_results = False
+cdef str _NO_SUCH_KEY = "no such key in this store"
+
+# check_keys' phase timings (perf_counter_ns), when _profile_check_keys(True).
+cdef bint _profiling = False
+cdef object _perf_counter_ns = None
+cdef object _last_profile = None
+
+
+cdef int _load_results() except -1:
+    global _Result, _Status, _VALID, _UNKNOWN, _iso, _direct_results
+    if _Result is None:
+        from keyvault.clock import iso
+        from keyvault.results import Result, Status
+        _iso = iso
+        _Status = Status
+        _VALID = Status.VALID
+        _UNKNOWN = Status.UNKNOWN
+        _direct_results = keyvault_tuple_subtype(Result)
+        _Result = Result
+    return 0
+
+
+cdef inline uint64_t _load_be64(const unsigned char* p) noexcept nogil:
+    """The big-endian 64-bit number at p."""
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(SERIAL_KEY_BYTES):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline bytes _serial_key(uint64_t serial):
+    """A serial as the store keys it: 8 bytes big-endian."""
+    cdef bytes key = PyBytes_FromStringAndSize(NULL, SERIAL_KEY_BYTES)
+    cdef unsigned char* p = <unsigned char*>PyBytes_AS_STRING(key)
+    cdef int i
+    for i in range(SERIAL_KEY_BYTES - 1, -1, -1):
+        p[i] = serial & 0xFF
+        serial >>= 8
+    return key
+
+
+cdef str _serial_text(uint64_t serial):
+    """PPPP-BBB-IIIII for the low 60 bits of serial."""
+    cdef unsigned char values[SERIAL_SYMBOLS]
+    cdef Py_ssize_t i, j = 0
+    _put_symbols(values, serial, SERIAL_SYMBOLS)
+    result = PyUnicode_New(SERIAL_TEXT_SIZE, ASCII_MAX)
+    cdef unsigned char* out = PyUnicode_1BYTE_DATA(result)
+    for i in range(SERIAL_SYMBOLS):
+        if i == SERIAL_TEXT_DASH1 or i == SERIAL_TEXT_DASH2:
+            out[j] = b'-'
+            j += 1
+        out[j] = ALPHABET[values[i]]
+        j += 1
+    return result
+
+
+cdef inline void _digest_block(const blake2b_state* S, const unsigned char* block, size_t n,
+                               unsigned char* out) noexcept nogil:
+    """blake2b_digest_from(S, block, n, out) for 0 < n <= BLAKE2B_BLOCKBYTES bytes, given zero-padded
+    to a whole block, when S has nothing buffered (fresh from blake2b_init or blake2b_init_keyed).
+
+    The message is the last block: one compression from S's chain value.
+    """
+    cdef blake2b_state fork
+    cdef size_t i
+    memcpy(fork.h, S.h, sizeof(fork.h))
+    fork.t[0] = S.t[0]
+    fork.t[1] = S.t[1]
+    _count(&fork, n)
+    _compress(&fork, block, True)
+    for i in range(S.outlen):
+        out[i] = <unsigned char>(fork.h[i // WORD_BYTES] >> (8 * (i % WORD_BYTES)))
+
+
+ctypedef struct _Found:
+    uint64_t serial
+    PyObject* row  # the batch row (kept alive by check_keys' rows list), NULL for an unknown batch
+    Py_ssize_t index  # position in the input
+    const unsigned char* salt  # the batch's salt (kept alive as the row), or the unknown batch's
+    size_t salt_len
+    unsigned char key[KEY_SYMBOLS]  # the canonical key
+    unsigned char tag[DIGEST_SIZE]  # the tag its card record must hold: tag(pepper, verifier(salt, key))
+
+
+cdef void _tag_one(const blake2b_state* salted, const blake2b_state* keyed, _Found* f) noexcept nogil:
+    """f.tag, one hash at a time."""
+    cdef unsigned char block[BLAKE2B_BLOCKBYTES]
+    cdef blake2b_state fork
+    memset(block, 0, BLAKE2B_BLOCKBYTES)
+    if f.salt_len + KEY_SYMBOLS <= BLAKE2B_BLOCKBYTES:
+        memcpy(block, f.salt, f.salt_len)
+        memcpy(block + f.salt_len, f.key, KEY_SYMBOLS)
+        _digest_block(salted, block, f.salt_len + KEY_SYMBOLS, block)
+        memset(block + DIGEST_SIZE, 0, BLAKE2B_BLOCKBYTES - DIGEST_SIZE)
+    else:
+        fork = salted[0]
+        blake2b_update(&fork, f.salt, f.salt_len)
+        blake2b_update(&fork, f.key, KEY_SYMBOLS)
+        blake2b_final(&fork, block)
+    _digest_block(keyed, block, DIGEST_SIZE, f.tag)
+
+
+cdef void _tag_all(const blake2b_state* salted, const blake2b_state* keyed, _Found* found, Py_ssize_t n,
+                   int lanes) noexcept nogil:
+    """Every found key's tag: lanes keys at a time when they fit one block (each key's salt || key),
+    the rest one by one."""
+    cdef unsigned char vblocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # salt || key, zero-padded
+    cdef unsigned char tblocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # the verifier, zero-padded
+    cdef const unsigned char* vptr[KV_MAX_LANES]
+    cdef const unsigned char* tptr[KV_MAX_LANES]
+    cdef unsigned char* tout[KV_MAX_LANES]
+    cdef unsigned char* out[KV_MAX_LANES]
+    cdef uint64_t vlen[KV_MAX_LANES]
+    cdef uint64_t tlen[KV_MAX_LANES]
+    cdef const unsigned char* held[KV_MAX_LANES]  # the salt each vblocks[j] holds
+    cdef size_t held_len[KV_MAX_LANES]
+    cdef Py_ssize_t group[KV_MAX_LANES]  # the found index in each lane
+    cdef Py_ssize_t k
+    cdef int j, filled = 0
+    cdef _Found* f
+    if lanes > KV_MAX_LANES:
+        lanes = 0
+    for j in range(lanes):
+        memset(vblocks[j], 0, BLAKE2B_BLOCKBYTES)
+        memset(tblocks[j], 0, BLAKE2B_BLOCKBYTES)
+        vptr[j] = vblocks[j]
+        tptr[j] = tblocks[j]
+        tout[j] = tblocks[j]
+        tlen[j] = DIGEST_SIZE
+        held[j] = NULL
+        held_len[j] = 0
+    for k in range(n):
+        f = &found[k]
+        if lanes == 0 or f.salt_len + KEY_SYMBOLS > BLAKE2B_BLOCKBYTES:
+            _tag_one(salted, keyed, f)
+            continue
+        j = filled
+        if held[j] != f.salt or held_len[j] != f.salt_len:
+            memset(vblocks[j], 0, BLAKE2B_BLOCKBYTES)
+            memcpy(vblocks[j], f.salt, f.salt_len)
+            held[j] = f.salt
+            held_len[j] = f.salt_len
+        memcpy(vblocks[j] + f.salt_len, f.key, KEY_SYMBOLS)
+        vlen[j] = f.salt_len + KEY_SYMBOLS
+        out[j] = f.tag
+        group[j] = k
+        filled += 1
+        if filled == lanes:
+            kv_lanes(salted.h, salted.t[0], vptr, vlen, tout, DIGEST_SIZE)
+            kv_lanes(keyed.h, keyed.t[0], tptr, tlen, out, DIGEST_SIZE)
+            filled = 0
+    for j in range(filled):  # fewer than lanes left over
+        _tag_one(salted, keyed, &found[group[j]])
+
+
+ctypedef struct _SortItem:
+    uint64_t serial
+    Py_ssize_t at  # index into the found array
+
+
+ctypedef struct _Record:
+    uint64_t serial  # the key of one getmulti answer
+    PyObject* value  # its value (borrowed from the answer list)
+
+
+cdef void _sort_items(_SortItem* a, _SortItem* scratch, Py_ssize_t n) noexcept nogil:
+    """Sort by serial, keeping the order of equal serials: insertion sort for a few items, else an
+    LSD radix sort over the low bits in which the serials differ (scratch holds n items)."""
+    cdef Py_ssize_t i, j, total, c
+    cdef Py_ssize_t counts[RADIX_SIZE]
+    cdef _SortItem x
+    cdef _SortItem* src = a
+    cdef _SortItem* dst = scratch
+    cdef _SortItem* swap
+    cdef uint64_t differ = 0
+    cdef unsigned int shift = 0, bits = 0, digit
+    if n < SMALL_SORT:
+        for i in range(1, n):
+            x = a[i]
+            j = i
+            while j > 0 and a[j - 1].serial > x.serial:
+                a[j] = a[j - 1]
+                j -= 1
+            a[j] = x
+        return
+    for i in range(1, n):
+        differ |= a[i].serial ^ a[0].serial
+    while differ:  # bits above the highest differing one are the same in every serial
+        bits += 1
+        differ >>= 1
+    while shift < bits:
+        memset(counts, 0, sizeof(counts))
+        for i in range(n):
+            counts[(src[i].serial >> shift) & RADIX_MASK] += 1
+        total = 0
+        for i in range(RADIX_SIZE):
+            c = counts[i]
+            counts[i] = total
+            total += c
+        for i in range(n):
+            digit = (src[i].serial >> shift) & RADIX_MASK
+            dst[counts[digit]] = src[i]
+            counts[digit] += 1
+        swap = src
+        src = dst
+        dst = swap
+        shift += RADIX_BITS
+    if src != a:
+        memcpy(a, src, <size_t>n * sizeof(_SortItem))
+
+
+cdef inline bint _int64_of(object value, long long* out) noexcept:
+    """Whether value is an int that fits 64 bits (stored in *out); no exception is left set."""
+    cdef int overflow = 0
+    if type(value) is not int:
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(value, &overflow)
+    return overflow == 0
+
+
+cdef object _NO_MATCH = object()  # _record_state: the tag did not match
+
+
+@cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
+@cython.wraparound(True)
+cdef object _record_state(object record, bytes expected):
+    """The state of a card record that is not bytes (a buffer, ...), read as _pure reads it, or _NO_MATCH."""
+    if not tags_equal(bytes(record[1:CARD_SIZE]), expected):
+        return _NO_MATCH
+    return record[0]
+
+
+def format_serial_text(serial: int) -> str:
+    """A serial as printed: PPPP-BBB-IIIII."""
+    if type(serial) is not int:
+        return _pure.format_serial_text(serial)
+    return _serial_text(PyLong_AsUnsignedLongLongMask(serial))
+
+
+@cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
+@cython.wraparound(True)
+def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple | None, outcome: bytes | None,
+          now: int) -> object:
+    """The Result for a located key whose tag matched.
+
+    ``state`` is the card record's; ``change`` an unfolded ledger entry (state, at ms, text, seq)
+    that overrides it; ``outcome`` the outcome record, read when the state is not active and no
+    change says why. Precedence: redeemed, void, blacklisted (supplier, batch, key),
+    not yet valid, expired, valid.
+    """
+    # _pure.judge as written: only valid and unknown are hot, and check_keys makes those itself.
+    _load_results()
+    iso = _iso
+    Result = _Result
+    Status = _Status
+    base = (format_serial_text(serial), row[4], row[5], row[6], row[7])
+    if change is not None:
+        state, at, text = change[0], change[1], change[2]
+    elif state != ACTIVE and outcome is not None:
+        at, text = int.from_bytes(outcome[1:OUTCOME_HEAD], "big"), bytes(outcome[OUTCOME_HEAD:]).decode("utf-8")
+    else:
+        at, text = 0, ""
+    if state == REDEEMED:
+        when = iso(at)
+        return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
+                      message=f"already redeemed by order {text} at {when}")
+    if state == VOIDED:
+        when = iso(at)
+        return Result(Status.VOID, *base, voided_at=when, reason=text, message=f"voided at {when}: {text}")
+    block = row[3] or key_blocks.get(serial)
+    if block is not None:
+        return Result(Status.BLACKLISTED, *base, level=block[0], reason=block[1],
+                      message=f"blacklisted ({block[0]}): {block[1]}")
+    if row[1] is not None and now < row[1]:
+        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row[1])}")
+    if row[2] is not None and now >= row[2]:
+        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row[2])}")
+    return Result(Status.VALID, *base)
+
+
+def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, cards: object,
+               outcomes: object, now: int) -> list:
+    """Judge many typed keys at once: one Result per key, in input order; None for non-native input.
+
+    batches maps a batch key to its row (salt, valid_from, valid_until, block, batch id,
+    supplier id, supplier name, product), block being the (level, reason) of a supplier or batch
+    blacklist entry, or None; key_blocks maps a serial to (level, reason); overlay maps a serial
+    to its unfolded ledger change (state, at ms, text, seq). cards and outcomes are py-lmdb
+    cursors, each read with one getmulti over the sorted serials. A key whose batch is unknown
+    is still hashed, so unknown and wrong keys cost the same. TypeError for a non-str key.
+    """
+    if (type(keys) is list or type(keys) is tuple) and _binary(pepper) \
+            and _binary_size(pepper) <= BLAKE2B_KEYBYTES and type(batches) is dict \
+            and type(key_blocks) is dict and type(overlay) is dict and type(now) is int:
+        out = _check_keys(keys if type(keys) is list else list(keys), pepper, batches, key_blocks, overlay,
+                          cards, outcomes, now)
+        if out is not None:
+            return out
+    # Other types, or a batch row that is not a tuple of 8 with a bytes salt: before any store read,
+    # so the specification can answer instead.
+    return _pure.check_keys(keys, pepper, batches, key_blocks, overlay, cards, outcomes, now)
+
+
+@cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
+@cython.wraparound(True)
+cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks, dict overlay, object cards,
+                        object outcomes, object now):
+    """check_keys for the types it reads in C; None (before any store read) for a batch row it does not."""
+    cdef Py_ssize_t n = len(keys), nfound = 0, nrecords = 0, i, k, r
+    cdef _Found* found = NULL
+    cdef _Found* f
+    cdef _SortItem* order = NULL
+    cdef _Record* records = NULL
+    cdef blake2b_state salted, keyed
+    cdef unsigned char values[KEY_SYMBOLS]
+    cdef unsigned char zero_salt[UNKNOWN_SALT_BYTES]
+    cdef const unsigned char* salt = NULL
+    cdef const unsigned char* data
+    cdef size_t salt_len = 0
+    cdef bint have_batch = False, fast_records, now_fits, valid, profiling = _profiling
+    cdef Py_ssize_t position
+    cdef uint64_t serial, batch_key = 0, previous
+    cdef PyObject* row = NULL
+    cdef PyObject* record
+    cdef PyObject* entry
+    cdef long long now_ms = 0, bound
+    cdef int state
+    cdef list out, rows, marks = None
+    cdef object change, serial_obj, state_obj, row_obj, text, answer, by_key = None
+
+    _load_results()
+    if _profiling:
+        marks = [_perf_counter_ns()]
+    now_fits = _int64_of(now, &now_ms)
+    out = [None] * n
+    rows = []  # every row pointed to by found: alive until the end, whatever getmulti does
+    memset(zero_salt, 0, UNKNOWN_SALT_BYTES)
+    blake2b_init(&salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
+    blake2b_init_keyed(&keyed, DIGEST_SIZE, _binary_data(pepper), _binary_size(pepper),
+                       <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+    if <size_t>n > (<size_t>PY_SSIZE_T_MAX) // sizeof(_Found):
+        raise MemoryError()
+    found = <_Found*>PyMem_Malloc(<size_t>max(n, 1) * sizeof(_Found))
+    order = <_SortItem*>PyMem_Malloc(<size_t>max(n, 1) * 2 * sizeof(_SortItem))
+    try:
+        if found == NULL or order == NULL:
+            raise MemoryError()
+
+        # Parse every key, in input order, and find its batch's row.
+        for i in range(n):
+            if i + AHEAD < n:  # the key AHEAD on: its object, and its characters in the next line
+                KV_PREFETCH(PyList_GET_ITEM(keys, i + AHEAD))
+                KV_PREFETCH(<char*>PyList_GET_ITEM(keys, i + AHEAD) + 64)
+            key = keys[i]
+            f = &found[nfound]
+            if type(key) is str:
+                if _parse(<str>key, values, &position) != OK:
+                    continue
+                serial = _serial_of(values)
+                for k in range(KEY_SYMBOLS):
+                    f.key[k] = ALPHABET[values[k]]
+            elif isinstance(key, str):  # a subclass: its own methods may normalise it
+                parsed = _pure.parse_key(key)
+                if parsed[0] != OK:
+                    continue
+                serial = parsed[1]
+                text = parsed[2]
+                if type(text) is not bytes or PyBytes_GET_SIZE(text) != KEY_SYMBOLS:
+                    return None
+                memcpy(f.key, PyBytes_AS_STRING(text), KEY_SYMBOLS)
+            else:
+                raise TypeError("a key must be a string")
+            if not have_batch or serial >> INDEX_BITS != batch_key:
+                batch_key = serial >> INDEX_BITS
+                have_batch = True
+                row = PyDict_GetItemWithError(batches, PyLong_FromUnsignedLongLong(batch_key))
+                if row == NULL:
+                    salt, salt_len = zero_salt, UNKNOWN_SALT_BYTES
+                else:
+                    row_obj = <object>row
+                    if type(row_obj) is not tuple or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
+                            or not _binary(row_obj[ROW_SALT]):
+                        return None
+                    rows.append(row_obj)
+                    salt_obj = bytes(row_obj[ROW_SALT])  # (a bytearray is copied: nothing can resize it then)
+                    rows.append(salt_obj)
+                    salt = <const unsigned char*>PyBytes_AS_STRING(salt_obj)
+                    salt_len = <size_t>PyBytes_GET_SIZE(salt_obj)
+            f.serial = serial
+            f.row = row
+            f.index = i
+            f.salt = salt
+            f.salt_len = salt_len
+            nfound += 1
+        if marks is not None:
+            marks.append(_perf_counter_ns())
+
+        # Hash (verifier, then tag) and sort by serial (equal serials in input order): C alone, so
+        # other threads may run meanwhile when there is much to do.
+        for k in range(nfound):
+            order[k].serial = found[k].serial
+            order[k].at = k
+        if nfound >= NOGIL_FROM:
+            with nogil:
+                _tag_all(&salted, &keyed, found, nfound, _lane_count)
+                if profiling:
+                    with gil:
+                        marks.append(_perf_counter_ns())
+                _sort_items(order, order + nfound, nfound)
+        else:
+            _tag_all(&salted, &keyed, found, nfound, _lane_count)
+            if marks is not None:
+                marks.append(_perf_counter_ns())
+            _sort_items(order, order + nfound, nfound)
+
+        # Read the cards in one getmulti.
+        wanted = [None] * nfound
+        for k in range(nfound):
+            wanted[k] = _serial_key(order[k].serial)
+        if marks is not None:
+            marks.append(_perf_counter_ns())
+        answer = cards.getmulti(wanted)
+        if marks is not None:
+            marks.append(_perf_counter_ns())
+
+        # The answer as a sorted C array when it is a list of (8 bytes, value) in key order (as a
+        # cursor's is); anything else is read as _pure reads it, through a dict.
+        fast_records = type(answer) is list
+        if fast_records:
+            nrecords = PyList_GET_SIZE(answer)
+            records = <_Record*>PyMem_Malloc(<size_t>max(nrecords, 1) * sizeof(_Record))
+            if records == NULL:
+                raise MemoryError()
+            previous = 0
+            for r in range(nrecords):
+                entry = PyList_GET_ITEM(answer, r)
+                if not PyTuple_CheckExact(<object>entry) or PyTuple_GET_SIZE(<object>entry) != 2:
+                    fast_records = False
+                    break
+                record = PyTuple_GET_ITEM(<object>entry, 0)
+                if not PyBytes_CheckExact(<object>record) or PyBytes_GET_SIZE(<object>record) != SERIAL_KEY_BYTES:
+                    fast_records = False
+                    break
+                serial = _load_be64(<const unsigned char*>PyBytes_AS_STRING(<object>record))
+                if serial < previous:
+                    fast_records = False
+                    break
+                previous = serial
+                records[r].serial = serial
+                records[r].value = PyTuple_GET_ITEM(<object>entry, 1)
+        if not fast_records:
+            by_key = dict(answer)
+
+        pending = []  # (serial, index, state, row): the outcome record says why the key is not active
+        r = 0
+        for k in range(nfound):
+            if k + AHEAD < nfound:
+                KV_PREFETCH(&found[order[k + AHEAD].at])
+                if fast_records and r + AHEAD < nrecords:
+                    KV_PREFETCH(records[r + AHEAD].value)
+            f = &found[order[k].at]
+            record = NULL
+            if f.row != NULL:
+                if fast_records:
+                    while r < nrecords and records[r].serial < f.serial:
+                        r += 1
+                    while r + 1 < nrecords and records[r + 1].serial == f.serial:
+                        r += 1  # a key asked for twice: a dict keeps the last answer
+                    if r < nrecords and records[r].serial == f.serial:
+                        record = records[r].value
+                else:
+                    record = PyDict_GetItemWithError(by_key, wanted[k])
+            # The tag: in constant time; state is the record's first byte, or state_obj for other types.
+            state = -1
+            state_obj = None
+            if record != NULL and <object>record is not None:
+                if PyBytes_CheckExact(<object>record):
+                    data = <const unsigned char*>PyBytes_AS_STRING(<object>record)
+                    if PyBytes_GET_SIZE(<object>record) >= CARD_SIZE and digests_equal(data + 1, f.tag, DIGEST_SIZE):
+                        state = data[0]
+                else:
+                    state_obj = _record_state(<object>record, PyBytes_FromStringAndSize(<char*>f.tag, DIGEST_SIZE))
+                    if state_obj is _NO_MATCH:
+                        state_obj = None
+                    else:
+                        state = -2  # matched; the state is state_obj
+            if state == -1:
+                out[f.index] = keyvault_result(
+                    _Result, _direct_results, _UNKNOWN, _serial_text(f.serial),
+                    (<tuple>f.row)[ROW_BATCH] if f.row != NULL else None, None, None, None, _NO_SUCH_KEY)
+                continue
+            row_obj = <object>f.row
+            serial_obj = PyLong_FromUnsignedLongLong(f.serial)
+            change = None
+            if len(overlay):
+                entry = PyDict_GetItemWithError(overlay, serial_obj)
+                if entry != NULL:
+                    change = <object>entry
+            if state >= 0:
+                state_obj = state  # a small int: no allocation
+                if state != ACTIVE and change is None:
+                    pending.append((serial_obj, f.index, state_obj, row_obj))
+                    continue
+            elif state_obj != ACTIVE and change is None:
+                pending.append((serial_obj, f.index, state_obj, row_obj))
+                continue
+            # Valid, decided here when nothing else can apply; anything else is judge's.
+            valid = state == ACTIVE and change is None and now_fits \
+                and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None
+            if valid and len(key_blocks):
+                entry = PyDict_GetItemWithError(key_blocks, serial_obj)
+                valid = entry == NULL or entry == <PyObject*>None
+            if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM) != <PyObject*>None:
+                valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM), &bound) and now_ms >= bound
+            if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
+                valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound
+            if valid:
+                out[f.index] = keyvault_result(
+                    _Result, _direct_results, _VALID, _serial_text(f.serial), <object>PyTuple_GET_ITEM(row_obj, ROW_BATCH),
+                    <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER), <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER_NAME),
+                    <object>PyTuple_GET_ITEM(row_obj, ROW_PRODUCT), None)
+            else:
+                out[f.index] = judge(serial_obj, state_obj, row_obj, key_blocks, change, None, now)
+        if pending:
+            details = dict(outcomes.getmulti([item[0].to_bytes(8, "big") for item in pending]))
+            for serial_obj, i, state_obj, row_obj in pending:
+                out[i] = judge(serial_obj, state_obj, row_obj, key_blocks, None,
+                               details.get(serial_obj.to_bytes(8, "big")), now)
+        if marks is not None:
+            marks.append(_perf_counter_ns())
+            _record_profile(marks, n, nfound)
+        return out
+    finally:
+        PyMem_Free(found)
+        PyMem_Free(order)
+        PyMem_Free(records)
+
+
+cdef void _record_profile(list marks, Py_ssize_t n, Py_ssize_t nfound) except *:
+    global _last_profile
+    names = ("parse_ns", "hash_ns", "sort_ns", "getmulti_ns", "results_ns")
+    _last_profile = {"keys": n, "found": nfound, "total_ns": marks[len(marks) - 1] - marks[0]}
+    for i, name in enumerate(names):
+        _last_profile[name] = marks[i + 1] - marks[i]
+
+
+def _profile_check_keys(enable):
+    """Test and benchmark hook: time check_keys' phases (see _check_keys_profile)."""
+    global _profiling, _perf_counter_ns
+    import time
+    _perf_counter_ns = time.perf_counter_ns
+    _profiling = bool(enable)
+
+
+def _check_keys_profile():
+    """The phase times (ns) of the last check_keys call made while profiling, or None."""
+    return _last_profile
+
+
+# ---------------------------------------------------------------------------
 # Tables, built at import as _pure builds its own.
 
 cdef void _init_tables() noexcept:
@@ -764,6 +1662,9 @@ cdef void _init_tables() noexcept:
         _SWAP_AT[i] = -1
     for i in range(KEY_SYMBOLS):
         _CUBES[i] = _cube(LOCATORS[i])
+        for j in range(FIELD_SIZE):
+            _TIMES_X[i][j] = _mul(j, LOCATORS[i])
+            _TIMES_X3[i][j] = _mul(j, _CUBES[i])
         _POSITION_OF[LOCATORS[i]] = i
     for k in range(KEY_SYMBOLS - 1):
         _SWAP_AT[_swap_value(LOCATORS[k], LOCATORS[k + 1])] = k
@@ -832,6 +1733,8 @@ def _constants():
         "OK": OK, "BAD_LENGTH": BAD_LENGTH, "BAD_SYMBOL": BAD_SYMBOL, "BAD_VERSION": BAD_VERSION,
         "CHECK_SUBSTITUTION": CHECK_SUBSTITUTION, "CHECK_TRANSPOSITION": CHECK_TRANSPOSITION,
         "CHECK_FAILED": CHECK_FAILED,
+        "ACTIVE": ACTIVE, "REDEEMED": REDEEMED, "VOIDED": VOIDED, "INDEX_BITS": INDEX_BITS,
+        "_CARD_SIZE": CARD_SIZE, "_OUTCOME_HEAD": OUTCOME_HEAD,
         "_POLY": POLY,
         "LOCATORS": tuple([LOCATORS[i] for i in range(KEY_SYMBOLS)]),
         "_EXP": [_EXP[i] for i in range(2 * GF_ORDER)],
@@ -873,3 +1776,92 @@ def _blake2b_forked(key, person, digest_size, messages):
         blake2b_digest_from(&S, m, len(m), out)
         results.append(PyBytes_FromStringAndSize(<char*>out, digest_size))
     return results
+
+
+# -- issuance in bulk: twins of _pure.export_rows and _pure.card_records ----------------------------
+
+cdef enum:
+    SERIAL_TEXT_LEN = 14  # PPPP-BBB-IIIII
+    KEY_TEXT_LEN = 39  # 32 symbols in 8 groups of 4, joined by 7 dashes
+    CARD_RECORD_LEN = 17  # state byte + 16-byte tag
+    DIGEST_LEN = 16  # every verifier and tag
+    PRINT_GROUP = 4  # symbols per printed group (_pure.GROUP_SIZE)
+
+
+cdef inline Py_ssize_t _put_serial_text(char* out, uint64_t serial) noexcept nogil:
+    """Write PPPP-BBB-IIIII for the low 60 bits of serial; the length written."""
+    cdef char symbols[SERIAL_SYMBOLS]
+    cdef int k
+    for k in range(SERIAL_SYMBOLS - 1, -1, -1):
+        symbols[k] = ALPHABET[serial & SYMBOL_MASK]
+        serial >>= SYMBOL_BITS
+    memcpy(out, symbols, 4)  # prefix
+    out[4] = b"-"
+    memcpy(out + 5, symbols + 4, 3)  # batch
+    out[8] = b"-"
+    memcpy(out + 9, symbols + 7, 5)  # index
+    return SERIAL_TEXT_LEN
+
+
+def export_rows(first_serial: int, keys: list[str], suffix: str) -> str:
+    """CSV lines ``serial,key,suffix`` for consecutive serials (see _pure.export_rows)."""
+    if type(first_serial) is not int or type(keys) is not list or type(suffix) is not str \
+            or first_serial < 0 or first_serial + len(keys) > 0xFFFFFFFFFFFFFFFF:
+        return _pure.export_rows(first_serial, keys, suffix)
+    for key in keys:  # anything but canonical ASCII keys takes the specification's path
+        if type(key) is not str or len(<str>key) != KEY_SYMBOLS or not (<str>key).isascii():
+            return _pure.export_rows(first_serial, keys, suffix)
+    cdef bytes tail = (suffix + "\r\n").encode("utf-8")
+    cdef Py_ssize_t tail_len = len(tail)
+    cdef Py_ssize_t n = len(keys)
+    cdef Py_ssize_t row = SERIAL_TEXT_LEN + 1 + KEY_TEXT_LEN + 1 + tail_len
+    cdef bytearray buf = bytearray(n * row)
+    cdef char* out = PyByteArray_AS_STRING(buf)
+    cdef const char* tail_data = PyBytes_AS_STRING(tail)
+    cdef const char* key_data
+    cdef uint64_t serial = <uint64_t>first_serial
+    cdef Py_ssize_t i, g, pos = 0
+    for i in range(n):
+        key_data = <const char*>PyUnicode_1BYTE_DATA(<str>keys[i])
+        pos += _put_serial_text(out + pos, serial + <uint64_t>i)
+        out[pos] = b","
+        pos += 1
+        for g in range(KEY_SYMBOLS // PRINT_GROUP):
+            if g:
+                out[pos] = b"-"
+                pos += 1
+            memcpy(out + pos, key_data + g * PRINT_GROUP, PRINT_GROUP)
+            pos += PRINT_GROUP
+        out[pos] = b","
+        pos += 1
+        memcpy(out + pos, tail_data, tail_len)
+        pos += tail_len
+    return buf.decode("utf-8")
+
+
+def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) -> list[tuple[bytes, bytes]]:
+    """(serial key, active card record) pairs from a manifest body chunk (see _pure.card_records)."""
+    if type(first_serial) is not int or type(records) is not bytes or type(size) is not int \
+            or type(pepper) is not bytes or size < DIGEST_LEN or len(pepper) > BLAKE2B_KEYBYTES \
+            or first_serial < 0 or first_serial + len(records) // max(size, 1) > 0xFFFFFFFFFFFFFFFF:
+        return _pure.card_records(first_serial, records, size, pepper)
+    cdef blake2b_state keyed
+    blake2b_init_keyed(&keyed, DIGEST_LEN, <const unsigned char*>PyBytes_AS_STRING(pepper), len(pepper),
+                       <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+    cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(records)
+    cdef Py_ssize_t width = size  # a C integer: the pointer arithmetic below must not be Python's
+    cdef Py_ssize_t n = len(records) // width
+    cdef Py_ssize_t i
+    cdef int b
+    cdef uint64_t serial
+    cdef unsigned char key[8]
+    cdef unsigned char value[CARD_RECORD_LEN]
+    cdef list out = []
+    value[0] = 0  # ACTIVE
+    for i in range(n):
+        serial = <uint64_t>first_serial + <uint64_t>i
+        for b in range(8):  # big-endian, so the store keeps serial order
+            key[7 - b] = <unsigned char>(serial >> (8 * b))
+        blake2b_digest_from(&keyed, data + (i + 1) * width - DIGEST_LEN, DIGEST_LEN, &value[1])
+        out.append((PyBytes_FromStringAndSize(<char*>key, 8), PyBytes_FromStringAndSize(<char*>value, CARD_RECORD_LEN)))
+    return out

@@ -268,3 +268,128 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
         keys.append(key)
         verifiers += verifier(salt, key.encode("ascii"))
     return keys, bytes(verifiers)
+
+
+# -- the batch check: verify, verify_many and redeem all judge keys here --------------------------
+
+ACTIVE, REDEEMED, VOIDED = 0, 1, 2  # card states (as keyvault.store.records)
+INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
+_CARD_SIZE = 17  # state (1 byte) + tag (16 bytes)
+_OUTCOME_HEAD = 9  # state (1 byte) + at ms (8 bytes big-endian), then the order id or reason in UTF-8
+
+
+def format_serial_text(serial: int) -> str:
+    """A serial as printed: PPPP-BBB-IIIII."""
+    s = format_serial(serial)
+    return f"{s[:4]}-{s[4:7]}-{s[7:]}"
+
+
+def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple | None, outcome: bytes | None,
+          now: int) -> object:
+    """The Result for a located key whose tag matched.
+
+    ``state`` is the card record's; ``change`` an unfolded ledger entry (state, at ms, text, seq)
+    that overrides it; ``outcome`` the outcome record, read when the state is not active and no
+    change says why. Precedence: redeemed, void, blacklisted (supplier, batch, key),
+    not yet valid, expired, valid.
+    """
+    from ..clock import iso
+    from ..results import Result, Status
+
+    base = (format_serial_text(serial), row[4], row[5], row[6], row[7])
+    if change is not None:
+        state, at, text = change[0], change[1], change[2]
+    elif state != ACTIVE and outcome is not None:
+        at, text = int.from_bytes(outcome[1:_OUTCOME_HEAD], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
+    else:
+        at, text = 0, ""
+    if state == REDEEMED:
+        when = iso(at)
+        return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
+                      message=f"already redeemed by order {text} at {when}")
+    if state == VOIDED:
+        when = iso(at)
+        return Result(Status.VOID, *base, voided_at=when, reason=text, message=f"voided at {when}: {text}")
+    block = row[3] or key_blocks.get(serial)
+    if block is not None:
+        return Result(Status.BLACKLISTED, *base, level=block[0], reason=block[1],
+                      message=f"blacklisted ({block[0]}): {block[1]}")
+    if row[1] is not None and now < row[1]:
+        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row[1])}")
+    if row[2] is not None and now >= row[2]:
+        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row[2])}")
+    return Result(Status.VALID, *base)
+
+
+def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, cards: object,
+               outcomes: object, now: int) -> list:
+    """Judge many typed keys at once: one Result per key, in input order; None for non-native input.
+
+    batches maps a batch key to its row (salt, valid_from, valid_until, block, batch id,
+    supplier id, supplier name, product), block being the (level, reason) of a supplier or batch
+    blacklist entry, or None; key_blocks maps a serial to (level, reason); overlay maps a serial
+    to its unfolded ledger change (state, at ms, text, seq). cards and outcomes are py-lmdb
+    cursors, each read with one getmulti over the sorted serials. A key whose batch is unknown
+    is still hashed, so unknown and wrong keys cost the same. TypeError for a non-str key.
+    """
+    from ..results import Result, Status
+
+    out: list = [None] * len(keys)
+    found = []  # (serial, index, expected tag, batch row)
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise TypeError("a key must be a string")
+        outcome, serial, canonical, _ = parse_key(key)
+        if outcome != OK:
+            continue
+        row = batches.get(serial >> INDEX_BITS)
+        expected = tag(pepper, verifier(row[0] if row is not None else bytes(16), canonical))
+        found.append((serial, i, expected, row))
+    found.sort(key=lambda item: item[0])
+    records = dict(cards.getmulti([item[0].to_bytes(8, "big") for item in found]))  # type: ignore[attr-defined]
+    pending = []  # (serial, index, state, row): the outcome record says why the key is not active
+    for serial, i, expected, row in found:
+        record = records.get(serial.to_bytes(8, "big")) if row is not None else None
+        if record is None or not tags_equal(bytes(record[1:_CARD_SIZE]), expected):
+            out[i] = Result(Status.UNKNOWN, format_serial_text(serial), row[4] if row is not None else None,
+                            message="no such key in this store")
+            continue
+        change = overlay.get(serial)
+        if record[0] != ACTIVE and change is None:
+            pending.append((serial, i, record[0], row))
+        else:
+            out[i] = judge(serial, record[0], row, key_blocks, change, None, now)
+    if pending:
+        details = dict(outcomes.getmulti([item[0].to_bytes(8, "big") for item in pending]))  # type: ignore[attr-defined]
+        for serial, i, state, row in pending:
+            out[i] = judge(serial, state, row, key_blocks, None, details.get(serial.to_bytes(8, "big")), now)
+    return out
+
+
+# -- issuance in bulk: the printable export and the card records, a chunk at a time ----------------
+
+
+def export_rows(first_serial: int, keys: list[str], suffix: str) -> str:
+    """CSV lines ``serial,key,suffix`` (CRLF-terminated, as the csv module writes) for consecutive serials.
+
+    Keys are canonical (32 symbols) and printed in groups of 4; ``suffix`` is the already
+    CSV-encoded rest of every row.
+    """
+    lines = []
+    for i, key in enumerate(keys):
+        shown = "-".join(key[j : j + GROUP_SIZE] for j in range(0, KEY_SYMBOLS, GROUP_SIZE))
+        lines.append(f"{format_serial_text(first_serial + i)},{shown},{suffix}\r\n")
+    return "".join(lines)
+
+
+def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) -> list[tuple[bytes, bytes]]:
+    """(serial key, active card record) pairs for consecutive serials from a manifest body chunk.
+
+    Each record is ``size`` bytes ending with the 16-byte verifier; the card record is the
+    active state byte and the verifier re-keyed with the pepper.
+    """
+    out = []
+    for i in range(len(records) // size):
+        verifier_ = bytes(records[(i + 1) * size - DIGEST_SIZE : (i + 1) * size])
+        out.append(((first_serial + i).to_bytes(8, "big"), bytes([ACTIVE]) + tag(pepper, verifier_)))
+    return out

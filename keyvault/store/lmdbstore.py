@@ -30,7 +30,7 @@ from .records import u64
 T = TypeVar("T")
 
 FORMAT = b"keyvault-store/1"
-DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "suppliers", "prefixes",
+DATABASES = ("meta", "cards", "outcomes", "ledger", "locators", "upstream", "batches", "suppliers", "prefixes",
              "blacklist", "events", "subjects", "counters")
 INITIAL_MAP_SIZE = 256 << 20
 MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
@@ -109,6 +109,12 @@ class Txn:
                 return
             yield key, value
 
+    def items_from(self, db: str, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) from ``start`` on, in key order."""
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if cursor.set_range(start):
+            yield from cursor
+
     def put_sorted(self, db: str, pairs: list[tuple[bytes, bytes]]) -> int:
         """Insert pairs sorted by key, refusing duplicates; how many were added."""
         cursor = self._txn.cursor(db=self._dbs[db])
@@ -116,6 +122,10 @@ class Txn:
         append = bool(pairs) and pairs[0][0] > last
         _, added = cursor.putmulti(pairs, dupdata=False, overwrite=False, append=append)
         return int(added)
+
+    def cursor(self, db: str) -> lmdb.Cursor:
+        """A raw py-lmdb cursor, for the compiled hot path's bulk reads."""
+        return self._txn.cursor(db=self._dbs[db])
 
     def last_key(self, db: str) -> bytes | None:
         """The greatest key in ``db``."""

@@ -5,6 +5,7 @@
 | meta        | name                         | format, pepper check, generation, ...   |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes)              |
 | outcomes    | serial (u64)                 | state (u8), at ms (u64), order id/reason|
+| ledger      | sequence (u64)               | serial (u64), state, at ms, order/reason|
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
 | upstream    | serial (u64)                 | an imported card's public card number   |
 | batches     | batch key (u64)              | JSON                                    |

@@ -1,0 +1,103 @@
+"""keyvault's own workloads: issue, verify, verify_many, redeem (1 and 32 callers), redeem_many.
+
+Rates are in each benchmark's extra_info ("keys_per_s"); see docs/benchmarks.md
+for the method and the figures.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from keyvault import Identity, Status, Vault, _fast
+
+from conftest import BenchStore
+
+
+def _rate(benchmark: pytest.FixtureRequest, keys: int) -> None:
+    benchmark.extra_info["compiled"] = _fast.COMPILED  # type: ignore[attr-defined]
+    benchmark.extra_info["keys_per_round"] = keys  # type: ignore[attr-defined]
+    stats = benchmark.stats  # type: ignore[attr-defined]
+    if stats is not None:
+        benchmark.extra_info["keys_per_s"] = round(keys / stats.stats.median)  # type: ignore[attr-defined]
+
+
+def test_issue_200k(benchmark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    supplier = Identity.generate("Issuer")
+    vault = Vault.init(tmp_path / "issue-store")
+    rounds = iter(range(100))
+
+    def one() -> None:
+        n = next(rounds)
+        vault.issue_batch(supplier, "P", 200_000, keys_out=tmp_path / f"k{n}.csv", manifest_out=tmp_path / f"m{n}.kvm")
+
+    benchmark.pedantic(one, rounds=3, iterations=1)
+    _rate(benchmark, 200_000)
+    vault.close()
+
+
+def test_verify_one_call_per_key(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    keys = store.keys[:20_000]
+    results = benchmark.pedantic(lambda: [store.vault.verify(k) for k in keys], rounds=5, iterations=1)
+    assert all(r.status is Status.VALID for r in results)
+    _rate(benchmark, len(keys))
+
+
+def test_verify_many_100k(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    keys = store.keys[:100_000]
+    results = benchmark.pedantic(store.vault.verify_many, args=(keys,), rounds=5, iterations=1)
+    assert sum(r.status is Status.VALID for r in results) == len(keys)
+    _rate(benchmark, len(keys))
+
+
+def test_redeem_one_caller(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    per_round = 500
+
+    def setup() -> tuple[tuple[list[str]], dict[str, object]]:
+        return (store.take(per_round),), {}
+
+    def one(keys: list[str]) -> None:
+        for i, key in enumerate(keys):
+            assert store.vault.redeem(key, f"solo-{i}").status is Status.ACCEPTED
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, per_round)
+
+
+def test_redeem_32_concurrent_callers(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    callers, each = 32, 100
+
+    def setup() -> tuple[tuple[list[str]], dict[str, object]]:
+        return (store.take(callers * each),), {}
+
+    def one(keys: list[str]) -> None:
+        def caller(c: int) -> None:
+            for i in range(each):
+                assert store.vault.redeem(keys[c * each + i], f"c{c}-{i}").status is Status.ACCEPTED
+
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, callers * each)
+
+
+def test_redeem_many_batches_of_1000(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    batches, size = 20, 1000
+
+    def setup() -> tuple[tuple[list[list[tuple[str, str]]]], dict[str, object]]:
+        keys = store.take(batches * size)
+        return ([[(k, f"bulk-{i}") for i, k in enumerate(keys[b * size:(b + 1) * size])] for b in range(batches)],), {}
+
+    def one(work: list[list[tuple[str, str]]]) -> None:
+        for items in work:
+            results = store.vault.redeem_many(items)
+            assert all(r.status is Status.ACCEPTED for r in results)
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, batches * size)

@@ -1,0 +1,162 @@
+"""The redemption ledger, redeem_many and group commit: exactly once, in order, folded without loss."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+
+from keyvault import Status, UsageError, Vault
+from keyvault import ledger
+from keyvault.groupcommit import GroupCommit
+
+from conftest import Issued
+
+
+def test_redeem_many_answers_each_pair_in_order(platform: Vault, issued: Issued) -> None:
+    keys = issued.keys
+    platform.redeem(keys[3], "earlier")
+    platform.void(keys[4], "refund")
+    forged = keys[5][:-1] + ("0" if keys[5][-1] != "0" else "1")
+    results = platform.redeem_many([
+        (keys[0], "A"), (keys[1], "B"), (keys[0], "A"), (keys[0], "C"), (keys[3], "earlier"), (keys[3], "D"),
+        (keys[4], "E"), ("not a key", "F"), (forged, "G"),
+    ])
+    assert [r.status for r in results] == [
+        Status.ACCEPTED, Status.ACCEPTED, Status.ACCEPTED, Status.REDEEMED, Status.ACCEPTED, Status.REDEEMED,
+        Status.VOID, Status.MALFORMED, Status.MALFORMED,
+    ]
+    assert results[0] == results[2]  # the same pair twice: the same answer
+    assert results[3].order_id == "A" and results[5].order_id == "earlier"
+    assert results[4] == platform.redeem(keys[3], "earlier")
+    assert [r.serial for r in results[:2]] == issued.serials[:2]
+    assert platform.verify(keys[1]).order_id == "B"
+    assert platform.redeem_many([]) == []
+
+
+def test_redeem_many_refuses_bad_arguments_before_touching_anything(platform: Vault, issued: Issued) -> None:
+    with pytest.raises(UsageError):
+        platform.redeem_many([(issued.keys[0], "A"), (issued.keys[1], "")])
+    with pytest.raises(UsageError):
+        platform.redeem_many([(issued.keys[0], "A"), (42, "B")])  # type: ignore[list-item]
+    assert platform.verify(issued.keys[0]).status is Status.VALID
+
+
+def test_ledger_folds_without_losing_a_change(tmp_path: Path, platform: Vault, issued: Issued,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("keyvault.vault.FOLD_AT", 7)
+    keys = issued.keys
+    first = {i: platform.redeem(keys[i], f"order-{i}") for i in range(0, 40, 2)}
+    for i in range(1, 12, 2):
+        platform.void(keys[i], f"refund {i}")
+    with platform._store.read() as txn:
+        left = sum(1 for _ in txn.items("ledger"))
+    assert left < 7  # folded along the way: the log stays bounded
+    for vault in (platform, None):
+        if vault is None:
+            platform.close()
+            vault = Vault.open(tmp_path / "platform-store")
+        for i, answer in first.items():
+            assert vault.redeem(keys[i], f"order-{i}") == answer
+            assert vault.verify(keys[i]).order_id == f"order-{i}"
+        for i in range(1, 12, 2):
+            assert vault.verify(keys[i]).reason == f"refund {i}"
+        assert vault.verify(keys[13]).status is Status.VALID
+    stats = vault.stats()["totals"]
+    assert (stats["redeemed"], stats["void"]) == (20, 6)
+    vault.close()
+
+
+def _redeem_range(path: str, keys: list[str], tag: str, fold_at: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    ledger_module = __import__("keyvault.vault", fromlist=["FOLD_AT"])
+    ledger_module.FOLD_AT = fold_at
+    with Vault.open(path) as vault:
+        queue.put([(r.serial, r.status.value, r.order_id) for r in
+                   (vault.redeem(key, f"{tag}-{i}") for i, key in enumerate(keys))])
+
+
+def test_processes_folding_under_each_other_keep_exactly_once(tmp_path: Path, platform: Vault,
+                                                               issued: Issued) -> None:
+    """Two processes redeem the same keys while folding every few entries: one winner per key."""
+    keys = issued.keys[:60]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_redeem_range, args=(str(tmp_path / "platform-store"), keys, tag, 5, queue))
+             for tag in ("p", "q")]
+    for p in procs:
+        p.start()
+    answers = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    for i, key in enumerate(keys):
+        winners = {a[i][2] for a in answers if a[i][1] == "accepted"}
+        assert len(winners) == 1, (i, answers[0][i], answers[1][i])
+        (winner,) = winners
+        assert all(a[i][2] == winner for a in answers)  # the loser was told who won
+        assert platform.verify(key).order_id == winner
+
+
+def test_concurrent_redeems_of_one_key_accept_exactly_one(platform: Vault, issued: Issued) -> None:
+    start = threading.Barrier(32)
+    answers: dict[int, object] = {}
+
+    def race(i: int) -> None:
+        start.wait()
+        answers[i] = platform.redeem(issued.keys[9], f"order-{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accepted = [a for a in answers.values() if a.status is Status.ACCEPTED]  # type: ignore[attr-defined]
+    assert len(accepted) == 1
+    winner = accepted[0].order_id  # type: ignore[attr-defined]
+    assert all(a.order_id == winner for a in answers.values())  # type: ignore[attr-defined]
+
+
+def test_group_commit_batches_the_callers_that_queue_during_a_commit() -> None:
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            release.wait(30)  # the first commit is slow: everyone else queues behind it
+        return [item * 10 for item in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    results: dict[int, int] = {}
+    first = threading.Thread(target=lambda: results.__setitem__(0, group.submit(0)))
+    first.start()
+    while not batches:
+        threading.Event().wait(0.001)
+    others = [threading.Thread(target=lambda i=i: results.__setitem__(i, group.submit(i))) for i in range(1, 32)]
+    for t in others:
+        t.start()
+    while len(group._queue) < 31:
+        threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(30)
+    assert results == {i: i * 10 for i in range(32)}
+    assert [len(b) for b in batches] == [1, 31]
+
+
+def test_group_commit_failure_reaches_every_caller_in_the_batch() -> None:
+    def run(items: list[int]) -> list[int]:
+        raise OSError("disk full")
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    with pytest.raises(OSError, match="disk full"):
+        group.submit(1)
+    with pytest.raises(OSError):  # the group is usable again: the next caller leads
+        group.submit(2)
+
+
+def test_ledger_entries_round_trip() -> None:
+    value = ledger.pack_entry(123456789, 1, 1_700_000_000_000, "ORDER-é")
+    assert ledger.unpack_entry(value) == (123456789, 1, 1_700_000_000_000, "ORDER-é")
