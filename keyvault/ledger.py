@@ -13,8 +13,10 @@ decision inside a write transaction sees every earlier redeem of every
 process: exactly once holds. When the ledger holds more than ``FOLD_AT``
 entries, the transaction that notices folds it: card states and outcome
 records are written in serial order (sequential, cheap), the entries are
-deleted, and ``meta/ledger_folded`` records the last folded sequence number so
-other processes drop those entries from their overlays.
+deleted, and the store's head records the last folded sequence number so
+other processes drop those entries from their overlays. The head (one
+24-byte record: configuration generation, ledger tail, fold mark) is what
+every check reads first, so keeping current costs one lookup per call.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ import struct
 import threading
 
 from .errors import StoreCorruptError
-from .store import Txn
+from .store import Head, Txn
 from .store.records import CARD, from_u64, pack_outcome, u64
 
 FOLD_AT = 100_000  # unfolded entries that trigger a fold: bounds the log and every overlay
 _ENTRY = struct.Struct(">QBQ")  # serial, state, at ms; then the order id or reason in UTF-8
-_FOLDED = b"ledger_folded"
 
 #: An overlay entry: (state, at ms, text, sequence number).
 Change = tuple[int, int, str, int]
@@ -54,12 +55,11 @@ class Ledger:
         self._seen = 0  # highest sequence number merged into the overlay
         self._folded = 0  # highest sequence number known to be folded
 
-    def sync(self, txn: Txn) -> dict[int, Change]:
-        """The overlay as of ``txn``: folded entries dropped, newer entries merged."""
-        raw = txn.get("meta", _FOLDED)
-        folded = from_u64(raw) if raw else 0
-        last = txn.last_key("ledger")
-        tail = from_u64(last) if last else folded
+    def sync(self, txn: Txn, head: Head) -> dict[int, Change]:
+        """The overlay as of ``txn`` (whose head is ``head``): folded entries dropped, newer entries merged."""
+        folded, tail = head.ledger_folded, head.ledger_tail
+        if tail <= self._seen and folded <= self._folded:
+            return self._overlay  # the common case: nothing new, no lock needed
         with self._lock:
             if folded > self._folded:
                 self._overlay = {s: c for s, c in self._overlay.items() if c[3] > folded}
@@ -73,29 +73,38 @@ class Ledger:
                     self._seen = seq
             return self._overlay
 
+    def learn(self, changes: list[tuple[int, int, int, str]], seqs: list[int]) -> None:
+        """Merge this process's own changes after their transaction committed, sparing the next sync
+        from reading them back; only when they follow on from what the overlay holds (no gap that
+        another process's entries could fill)."""
+        with self._lock:
+            if not seqs or seqs[0] != self._seen + 1:
+                return
+            for (serial, state, at_ms, text), seq in zip(changes, seqs):
+                self._overlay[serial] = (state, at_ms, text, seq)
+            self._seen = seqs[-1]
+
     def append(self, txn: Txn, changes: list[tuple[int, int, int, str]]) -> list[int]:
         """Append (serial, state, at ms, text) changes in order; their sequence numbers.
 
         The overlay learns them from the next transaction's sync, never from this one: it may abort.
         """
-        last = txn.last_key("ledger")
-        raw = txn.get("meta", _FOLDED)
-        seq = max(from_u64(last) if last else 0, from_u64(raw) if raw else 0)
+        head = txn.head()
+        seq = head.ledger_tail
         pairs = []
         for serial, state, at_ms, text in changes:
             seq += 1
             pairs.append((u64(seq), pack_entry(serial, state, at_ms, text)))
         if txn.put_sorted("ledger", pairs) != len(pairs):
             raise StoreCorruptError("ledger sequence numbers collided: the store is damaged; restore it from a backup")
+        txn.set_head(head._replace(ledger_tail=seq))
         return [from_u64(key) for key, _ in pairs]
 
     def fold(self, txn: Txn, pending: dict[int, Change]) -> int:
         """Write every unfolded change (``pending``: the overlay plus this transaction's) into card and
         outcome records in serial order, empty the ledger, and record how far it was folded."""
-        last = txn.last_key("ledger")
-        if last is None:
-            return 0
-        upto = from_u64(last)
+        head = txn.head()
+        upto = head.ledger_tail
         cards = []
         outcomes = []
         for serial in sorted(pending):
@@ -117,6 +126,6 @@ class Ledger:
                 break
             txn.delete("ledger", key)
             removed += 1
-        txn.put("meta", _FOLDED, u64(upto))
+        txn.set_head(head._replace(ledger_folded=upto))
         return removed
 

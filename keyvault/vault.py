@@ -51,7 +51,7 @@ from .keyformat import (
 from .manifest import read_manifest
 from .reports import build_stats, build_trace
 from .results import Result, Status
-from .store import ACTIVE, REDEEMED, VOIDED, LmdbStore, Txn
+from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
 from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
@@ -69,6 +69,10 @@ class _Found:
     batch: BatchInfo
     state: int
     tag: bytes
+
+
+#: Ledger changes a committed transaction wrote, and their sequence numbers.
+_Written = tuple[list[tuple[int, int, int, str]], list[int]]
 
 
 def _counter_scopes(batch: BatchInfo | None) -> tuple[bytes, ...]:
@@ -165,9 +169,9 @@ class Vault:
 
     # -- the catalog ---------------------------------------------------------------------------
 
-    def _current(self, txn: Txn) -> Catalog:
+    def _current(self, txn: Txn, head: Head | None = None) -> Catalog:
         """The catalog, reloaded if any process changed the configuration since it was read."""
-        generation = txn.generation()
+        generation = (head or txn.head()).generation
         catalog = self._catalog
         if catalog.generation != generation:
             catalog = Catalog.load(txn, generation)
@@ -258,8 +262,9 @@ class Vault:
         batch = keys if isinstance(keys, list) else list(keys)
         now = now_ms()
         with self._store.read() as txn:
-            cat = self._current(txn)
-            results = self._check(txn, cat, self._ledger.sync(txn), batch, now)
+            head = txn.head()
+            cat = self._current(txn, head)
+            results = self._check(txn, cat, self._ledger.sync(txn, head), batch, now)
         self._note(results, cat)
         return results
 
@@ -284,43 +289,49 @@ class Vault:
         return self._redeem_pairs(pairs)
 
     def _redeem_pairs(self, pairs: list[tuple[str, str]]) -> list[Result]:
-        results, cat = self._store.write(lambda txn: self._redeem_in(txn, pairs))
+        results, cat, written = self._store.write(lambda txn: self._redeem_in(txn, pairs))
+        self._ledger.learn(*written)  # committed: the overlay may take these without reading them back
         self._note(results, cat)
         return results
 
-    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]]) -> tuple[list[Result], Catalog]:
-        cat = self._current(txn)
-        overlay = self._ledger.sync(txn)
+    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]]) -> tuple[list[Result], Catalog, _Written]:
+        head = txn.head()
+        cat = self._current(txn, head)
+        overlay = self._ledger.sync(txn, head)
         now = now_ms()
         when = iso(now)
         results = self._check(txn, cat, overlay, [key for key, _ in pairs], now)
         taken: dict[str | None, tuple[str, str | None]] = {}  # serial -> (order, time) accepted in this batch
         changes = []
         counts: Counter[tuple[str, str]] = Counter()
+        accepted, redeemed = Status.ACCEPTED, Status.REDEEMED
         for i, ((_, order), result) in enumerate(zip(pairs, results)):
             status = result.status
             if status is Status.VALID:
-                first = taken.get(result.serial)
+                serial, batch, supplier, name, product = result[1:6]
+                first = taken.get(serial)
                 if first is None:
-                    taken[result.serial] = (order, when)
-                    changes.append((_fast.parse_serial(result.serial or ""), REDEEMED, now, order))
-                    counts[result.batch or "", result.supplier or ""] += 1
-                    results[i] = result._replace(status=Status.ACCEPTED, order_id=order, redeemed_at=when)
+                    taken[serial] = (order, when)
+                    changes.append((_fast.parse_serial(serial or ""), REDEEMED, now, order))
+                    counts[batch or "", supplier or ""] += 1
+                    results[i] = Result(accepted, serial, batch, supplier, name, product, order, when)
                 elif first[0] == order:  # the same pair twice in one call: the same answer
-                    results[i] = result._replace(status=Status.ACCEPTED, order_id=order, redeemed_at=first[1])
+                    results[i] = Result(accepted, serial, batch, supplier, name, product, order, first[1])
                 else:
-                    results[i] = result._replace(status=Status.REDEEMED, order_id=first[0], redeemed_at=first[1],
-                                                 message=f"already redeemed by order {first[0]} at {first[1]}")
-            elif status is Status.REDEEMED and result.order_id == order:  # a retry: the first answer again
-                results[i] = result._replace(status=Status.ACCEPTED, message=None)
-        self._record(txn, overlay, changes, counts, b"redeemed")
-        return results, cat
+                    results[i] = Result(redeemed, serial, batch, supplier, name, product, first[0], first[1],
+                                        message=f"already redeemed by order {first[0]} at {first[1]}")
+            elif status is redeemed and result.order_id == order:  # a retry: the first answer again
+                results[i] = result._replace(status=accepted, message=None)
+        return results, cat, self._record(txn, overlay, changes, counts, b"redeemed")
 
     def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
-                counts: Counter[tuple[str, str]], name: bytes) -> None:
-        """Append state changes to the ledger, count them, and fold the ledger when it is due."""
+                counts: Counter[tuple[str, str]], name: bytes) -> _Written:
+        """Append state changes to the ledger, count them, and fold the ledger when it is due.
+
+        Returns what the overlay may learn once the transaction has committed (nothing after a fold).
+        """
         if not changes:
-            return
+            return [], []
         seqs = self._ledger.append(txn, changes)
         for (batch, supplier), n in counts.items():
             for scope in (b"T", b"B:" + batch.encode(), b"S:" + supplier.encode()):
@@ -330,14 +341,17 @@ class Vault:
             for (serial, state, at, text), seq in zip(changes, seqs):
                 pending[serial] = (state, at, text, seq)
             self._ledger.fold(txn, pending)
+            return [], []
+        return changes, seqs
 
     def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
         why = check_text(reason, "reason", MAX_REASON)
 
         def work(txn: Txn) -> Result:
-            cat = self._current(txn)
-            overlay = self._ledger.sync(txn)
+            head = txn.head()
+            cat = self._current(txn, head)
+            overlay = self._ledger.sync(txn, head)
             now = now_ms()
             found = self._find(txn, cat, key_or_serial)
             if isinstance(found, Result):
@@ -346,7 +360,7 @@ class Vault:
             if (change[0] if change else found.state) != ACTIVE:
                 return self._judge(txn, cat, found, overlay, now)
             self._record(txn, overlay, [(found.serial, VOIDED, now, why)],
-                         Counter({(found.batch.id, found.batch.supplier): 1}), b"void")
+                         Counter({(found.batch.id, found.batch.supplier): 1}), b"void")  # next sync reads it
             done = (VOIDED, now, why, 0)
             result: Result = _fast.judge(found.serial, VOIDED, cat.rows[found.batch.key], cat.key_rows, done, None, now)
             return result
@@ -492,7 +506,7 @@ class Vault:
             if isinstance(found, Result):
                 what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
                 raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
-            status = self._judge(txn, cat, found, self._ledger.sync(txn), now_ms())
+            status = self._judge(txn, cat, found, self._ledger.sync(txn, txn.head()), now_ms())
             return build_trace(txn, cat, found.serial, found.batch, status)
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------

@@ -4,7 +4,7 @@ A later backend (the redeem state on a PostgreSQL-protocol database) takes
 the same shape, so the hot path's callers need not change.
 """
 
-from .lmdbstore import FORMAT, LmdbStore, Txn
+from .lmdbstore import FORMAT, Head, LmdbStore, Txn
 from .records import ACTIVE, REDEEMED, VOIDED
 
-__all__ = ["ACTIVE", "FORMAT", "REDEEMED", "VOIDED", "LmdbStore", "Txn"]
+__all__ = ["ACTIVE", "FORMAT", "Head", "REDEEMED", "VOIDED", "LmdbStore", "Txn"]

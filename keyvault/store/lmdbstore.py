@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import lmdb
 
@@ -41,40 +41,90 @@ _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb
 
 
 class _Gate:
-    """Readers share the gate; a map resize waits for them to leave and keeps new ones out."""
+    """Readers share the gate; a map resize waits for them to leave and keeps new ones out.
+
+    Entering and leaving take one uncontended lock; only a pending resize waits or wakes.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._readers = 0
         self._resizing = False
 
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
+    def enter(self) -> None:
+        with self._lock:
             while self._resizing:
-                self._cond.wait()
+                self._changed.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            if self._resizing and not self._readers:
+                self._changed.notify_all()
 
     @contextmanager
     def resizing(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             while self._resizing:
-                self._cond.wait()
+                self._changed.wait()
             self._resizing = True
             while self._readers:
-                self._cond.wait()
+                self._changed.wait()
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._resizing = False
-                self._cond.notify_all()
+                self._changed.notify_all()
+
+
+class _Reading:
+    """``with store.read() as txn``: a short read transaction inside the gate (a class: cheaper than a generator)."""
+
+    __slots__ = ("_store", "_txn")
+
+    def __init__(self, store: LmdbStore) -> None:
+        self._store = store
+        self._txn: lmdb.Transaction | None = None
+
+    def __enter__(self) -> Txn:
+        store = self._store
+        store._check()
+        for _ in range(8):
+            store._gate.enter()
+            try:
+                self._txn = store._env.begin(buffers=False)
+                return Txn(self._txn, store._dbs)
+            except lmdb.MapResizedError:
+                store._gate.leave()
+                store._adopt_map_size()
+            except BaseException:
+                store._gate.leave()
+                raise
+        raise StoreError(f"{store.path}: the map kept being resized by another process; try again")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        txn, self._txn = self._txn, None
+        try:
+            if txn is not None:
+                txn.abort()
+        finally:
+            self._store._gate.leave()
+        if exc is not None and isinstance(exc, _CORRUPT):
+            raise _corrupt(self._store.path, exc) from None
+
+
+_HEAD = struct.Struct(">QQQ")
+
+
+class Head(NamedTuple):
+    """The store's head record (meta/head)."""
+
+    generation: int  # bumped by every change to batches, suppliers or the blacklist
+    ledger_tail: int  # the last ledger sequence number written
+    ledger_folded: int  # the last ledger sequence number folded into the card records
 
 
 class Txn:
@@ -141,14 +191,19 @@ class Txn:
         """Add ``delta`` to a counter."""
         self.put("counters", key, u64(self.counter(key) + delta))
 
-    def generation(self) -> int:
-        """Bumped by every change to batches, suppliers or the blacklist."""
-        value = self.get("meta", b"generation")
-        return records.from_u64(value) if value else 0
+    def head(self) -> Head:
+        """What every check reads first, in one lookup: configuration generation, ledger tail and fold mark."""
+        value = self.get("meta", b"head")
+        return Head(*_HEAD.unpack(value)) if value else Head(0, 0, 0)
+
+    def set_head(self, head: Head) -> None:
+        """Record a new head (writers only, inside their transaction)."""
+        self.put("meta", b"head", _HEAD.pack(*head))
 
     def bump_generation(self) -> None:
-        """Tell every process that cached configuration is stale."""
-        self.put("meta", b"generation", u64(self.generation() + 1))
+        """Tell every process that cached configuration (batches, suppliers, blacklist) is stale."""
+        head = self.head()
+        self.set_head(head._replace(generation=head.generation + 1))
 
     def append_event(self, event: dict[str, object], subjects: list[bytes]) -> int:
         """Append an event (its sequence number is the next one) and index it by subject."""
@@ -246,26 +301,9 @@ class LmdbStore:
         if os.getpid() != self._pid:
             raise ClosedError("this vault was opened before fork(); open it again in each worker process")
 
-    @contextmanager
-    def read(self) -> Iterator[Txn]:
+    def read(self) -> _Reading:
         """A short read transaction (keep it short: long readers stop page reuse)."""
-        self._check()
-        for _ in range(8):
-            with self._gate.reading():
-                try:
-                    txn = self._env.begin(buffers=False)
-                except lmdb.MapResizedError:
-                    pass
-                else:
-                    try:
-                        yield Txn(txn, self._dbs)
-                    except _CORRUPT as exc:
-                        raise _corrupt(self.path, exc) from None
-                    finally:
-                        txn.abort()
-                    return
-            self._adopt_map_size()
-        raise StoreError(f"{self.path}: the map kept being resized by another process; try again")
+        return _Reading(self)
 
     def write(self, work: Callable[[Txn], T]) -> T:
         """Run ``work`` in one write transaction and commit it durably; grow the map and retry when full.
@@ -276,7 +314,8 @@ class LmdbStore:
         for _ in range(32):
             with self._write_lock:
                 try:
-                    with self._gate.reading():
+                    self._gate.enter()
+                    try:
                         txn = self._env.begin(write=True)
                         try:
                             result = work(Txn(txn, self._dbs))
@@ -285,6 +324,8 @@ class LmdbStore:
                         except BaseException:
                             txn.abort()
                             raise
+                    finally:
+                        self._gate.leave()
                 except lmdb.MapFullError:
                     self._grow()
                 except lmdb.MapResizedError:
