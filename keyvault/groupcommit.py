@@ -1,10 +1,12 @@
 """Group commit: concurrent single calls share one durable transaction.
 
 The first caller to arrive leads: it takes everything queued, runs it as one
-batch (one commit, one fsync), hands each caller its own answer, and stops
-leading once its own answer is in. Callers that arrived during that commit
-are batched together by the next leader. A lone caller pays one commit, as
-before; 32 concurrent callers pay about one commit per round instead of 32.
+batch (one commit, one fsync), wakes each caller in it with its own answer,
+and, once its own answer is in, hands the lead to the first caller still
+queued. Callers that arrived during a commit form the next batch. A lone
+caller pays one commit, as before; 32 concurrent callers pay about one commit
+per round instead of 32. Each caller waits on its own event, so a commit
+wakes only the callers it answered (and the next leader), never all of them.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("item", "done", "value", "error")
+    __slots__ = ("item", "done", "lead", "value", "error", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.done = False
+        self.done = False  # the answer (value or error) is in
+        self.lead = False  # woken to lead the next batch
         self.value: R | None = None
         self.error: BaseException | None = None
+        self.wake = threading.Event()
 
 
 class GroupCommit(Generic[T, R]):
@@ -32,32 +36,39 @@ class GroupCommit(Generic[T, R]):
 
     def __init__(self, run: Callable[[list[T]], list[R]]) -> None:
         self._run = run
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Slot[T, R]] = []
         self._leading = False
 
     def submit(self, item: T) -> R:
         """Queue ``item``, wait for (or lead) the commit that carries it, and return its result."""
         slot: _Slot[T, R] = _Slot(item)
-        with self._cond:
+        with self._lock:
             self._queue.append(slot)
-            while not slot.done and self._leading:
-                self._cond.wait()
-            if not slot.done:
-                self._leading = True
-        if not slot.done:
-            try:
-                while not slot.done:
-                    with self._cond:
-                        batch, self._queue = self._queue, []
-                    self._commit(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            slot.wake.wait()
+        if not slot.done:  # leading: either first to arrive, or handed the lead
+            self._lead(slot)
         if slot.error is not None:
             raise slot.error
         return slot.value  # type: ignore[return-value]
+
+    def _lead(self, own: _Slot[T, R]) -> None:
+        try:
+            while not own.done:
+                with self._lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        finally:
+            with self._lock:
+                if self._queue:  # hand over: the first caller still waiting leads next
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._leading = False
 
     def _commit(self, batch: list[_Slot[T, R]]) -> None:
         try:
@@ -68,7 +79,6 @@ class GroupCommit(Generic[T, R]):
         else:
             for slot, value in zip(batch, values):
                 slot.value = value
-        with self._cond:
-            for slot in batch:
-                slot.done = True
-            self._cond.notify_all()
+        for slot in batch:
+            slot.done = True
+            slot.wake.set()
