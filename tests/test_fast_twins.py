@@ -130,7 +130,8 @@ def _pure_functions() -> dict:
 
 
 TWINS = ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
-         "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys"]
+         "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys",
+         "export_rows", "card_records"]
 
 
 def test_same_public_functions():
@@ -636,6 +637,7 @@ def test_check_keys_every_status(scene):
     store, keys_, expected = scene
     results = store.check(keys_)
     assert _statuses(results) == expected
+    assert store.check(tuple(keys_)) == results
     assert {s for s in expected} == {None, "valid", "unknown", "redeemed", "void", "blacklisted", "expired",
                                      "not_yet_valid"}
     for shuffled in (keys_[::-1], keys_[1::2] + keys_[::2]):  # input order is kept, whatever it is
@@ -946,3 +948,133 @@ def test_judge_odd_arguments(args):
 def test_judge_keywords():
     kwargs = dict(serial=5, state=1, row=_ROW, key_blocks={}, change=None, outcome=b"\x01" + bytes(8) + b"o", now=NOW)
     assert _core.judge(**kwargs) == _pure.judge(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# check_keys' SIMD lanes (each implementation this machine runs) and hooks
+
+
+def _lane_choices() -> list:
+    """The lanes implementations this build and CPU run: 0 (none) and what _select_lanes accepts."""
+    choices = [w for w in (0, 1, 2, 3) if _core._select_lanes(w) >= 0]
+    _core._select_lanes(-1)
+    return choices
+
+
+@pytest.fixture
+def each_lanes():
+    def run(check):
+        try:
+            for which in _lane_choices():
+                _core._select_lanes(which)
+                check(which)
+        finally:
+            _core._select_lanes(-1)
+    return run
+
+
+def test_lanes_available():
+    assert 0 in _lane_choices()
+    assert _core._select_lanes(99) == -1
+    assert _core._select_lanes(-1) in (0, 4, 8)
+
+
+@settings(deadline=None, max_examples=30)
+@given(key=st.binary(max_size=64), person=st.binary(max_size=16), data=st.data())
+@example(key=b"", person=b"kv1/verifier", data=None)
+@example(key=bytes(range(32)), person=b"kv1/tag", data=None)
+def test_blake2b_lanes_match_hashlib(key, person, data):
+    try:
+        for which in _lane_choices():
+            lanes = _core._select_lanes(which)
+            if lanes == 0:
+                with pytest.raises(ValueError):
+                    _core._blake2b_lanes(key, person, [b"x"])
+                continue
+            if data is None:
+                messages = [bytes([i]) * (1 + (i * 41) % 128) for i in range(lanes)]
+            else:
+                messages = data.draw(st.lists(st.binary(min_size=1, max_size=128), min_size=lanes, max_size=lanes))
+            assert _core._blake2b_lanes(key, person, messages) == \
+                [hashlib.blake2b(m, key=key, digest_size=16, person=person).digest() for m in messages]
+    finally:
+        _core._select_lanes(-1)
+
+
+def test_check_keys_every_lane_implementation(scene, each_lanes, tmp_path):
+    store, keys_, expected = scene
+    more = _Store(tmp_path / "more")  # salts of every length around one block, many keys
+    try:
+        mixed = []
+        for size in (0, 1, 16, 95, 96, 97, 128):
+            mixed += more.batch(_batch_key(7, size), 13, salt=bytes(range(size)))
+        mixed += [_pure.encode_key(i << 25, i) for i in range(9)]
+
+        def check(which):
+            assert _statuses(store.check(keys_)) == expected, which
+            for i in range(len(keys_)):
+                store.check(keys_[i:i + 1 + i % 9])  # every group size and leftover
+            assert _statuses(more.check(mixed)) == ["valid"] * (7 * 13) + ["unknown"] * 9, which
+            more.check(mixed[::-1])
+        each_lanes(check)
+    finally:
+        more.close()
+
+
+def test_hot_results_are_not_tracked_by_the_cycle_collector(scene):
+    """Results made in C (valid, unknown: str, None and a Status) are left untracked."""
+    import gc
+
+    store, keys_, expected = scene
+    with store.env.begin() as txn:
+        results = _core.check_keys(keys_, store.pepper, store.batches, store.key_blocks, store.overlay,
+                                   txn.cursor(db=store.cards_db), txn.cursor(db=store.outcomes_db), NOW)
+    assert _statuses(results) == expected
+    assert not gc.is_tracked(results[0])  # valid, decided in C (keys judged through judge are Python's)
+    for result, status in zip(results, expected):
+        if status == "unknown":
+            assert not gc.is_tracked(result), result
+
+
+def test_profile_hook(scene):
+    import time
+
+    store, keys_, _ = scene
+    try:
+        _core._profile_check_keys(time.perf_counter_ns)
+        store.check(keys_)
+        profile = _core._check_keys_profile()
+    finally:
+        _core._profile_check_keys(None)
+    assert profile["keys"] == len(keys_) and 0 < profile["found"] < len(keys_)
+    assert profile["total_ns"] == sum(v for k, v in profile.items() if k.endswith("_ns") and k != "total_ns")
+
+
+# -- issuance in bulk: export_rows and card_records -------------------------------------------------
+
+
+@given(first=st.integers(min_value=0, max_value=(1 << 60) - 1000), n=st.integers(min_value=0, max_value=40),
+       suffix=st.text(max_size=30), seed=st.binary(min_size=16, max_size=16))
+@settings(max_examples=60, deadline=None)
+def test_export_rows_twins(first: int, n: int, suffix: str, seed: bytes) -> None:
+    keys, _ = _pure.issue_keys(first, n, seed, os.urandom(n * 10))
+    assert _core.export_rows(first, keys, suffix) == _pure.export_rows(first, keys, suffix)
+
+
+def test_export_rows_odd_input_takes_the_specification_path() -> None:
+    for keys in (["short"], ["1" * 32, 5], ["é" * 32]):
+        try:
+            expected: object = _pure.export_rows(7, keys, "x")
+        except Exception as exc:  # noqa: BLE001 - the twin must fail the same way
+            with pytest.raises(type(exc)):
+                _core.export_rows(7, keys, "x")
+        else:
+            assert _core.export_rows(7, keys, "x") == expected
+
+
+@given(first=st.integers(min_value=0, max_value=(1 << 63)), size=st.sampled_from([16, 32, 48]),
+       n=st.integers(min_value=0, max_value=50), pepper=st.binary(min_size=0, max_size=64))
+@settings(max_examples=60, deadline=None)
+def test_card_records_twins(first: int, size: int, n: int, pepper: bytes) -> None:
+    body = os.urandom(size * n + 3)  # a ragged tail is ignored by both
+    assert _core.card_records(first, body, size, pepper) == _pure.card_records(first, body, size, pepper)

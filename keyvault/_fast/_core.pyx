@@ -14,7 +14,8 @@ type is handed to the _pure function of the same name, so odd calls behave
 normalised by ``_pure.normalize`` (NFKC belongs to Python) and then read here.
 
 BLAKE2b is written below from RFC 7693; _core.pxd declares its C API for other
-Cython modules.
+Cython modules. check_keys, the batch check, also hashes several keys at once in
+SIMD lanes (same compression, vectorised) where the compiler and CPU allow.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -22,7 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLongMask, PyLong_FromUnsignedLongLong
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DATA,
@@ -981,20 +982,25 @@ cdef enum:
     ROW_FIELDS = 8
 
     UNKNOWN_SALT_BYTES = 16  # the salt hashed for a key whose batch is unknown: 16 zero bytes
-    SMALL_SORT = 32  # fewer items than this are sorted by insertion
-    NOGIL_FROM = 512  # keys from which check_keys lets other threads run while it hashes
     AHEAD = 8  # items prefetched ahead in check_keys' loops
+    SMALL_SORT = 32  # fewer items than this are sorted by insertion
     RADIX_BITS = 11  # bits per pass of the radix sort
     RADIX_SIZE = 2048  # 1 << RADIX_BITS
     RADIX_MASK = 2047
+
+    # What check_keys' pass A found for a key.
+    VERDICT_UNKNOWN = 0  # no such key (pass B makes the Result)
+    VERDICT_VALID = 1  # valid (pass B makes the Result)
+    VERDICT_JUDGED = 2  # judged in pass A, or left for its outcome record
 
 
 cdef extern from *:
     """
     /* A Result (a NamedTuple: a tuple subclass with no instance dict) made as
        tuple.__new__(Result, items) makes it: allocated by the type, items set.
-       From Python 3.14 tuples cache their hash in a field tp_alloc leaves 0,
-       so there (and in free-threaded builds) tuple.__new__ itself is called. */
+       From Python 3.14 a tuple caches its hash in a field tp_alloc would leave 0
+       (a valid hash) instead of -1, so there, and in free-threaded builds,
+       tuple.__new__ itself is called. */
     #if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
     #define KEYVAULT_DIRECT_TUPLES 1
     #else
@@ -1070,6 +1076,46 @@ cdef extern from *:
     void KV_PREFETCH(const void* p) noexcept nogil  # a hint: bring *p into the cache soon
 
 
+cdef extern from *:
+    """
+    /* check_keys' answers, held in a C array until the list is made: a list of 100 000 items,
+       made early, would be traversed by every collection the batch's allocations trigger. */
+    static void kv_slot_set(PyObject** slots, Py_ssize_t i, PyObject* o) {
+        Py_INCREF(o);
+        Py_XSETREF(slots[i], o);
+    }
+
+    /* The list of the n slots (None where empty), which takes over their references. */
+    static PyObject* kv_list_from_slots(PyObject** slots, Py_ssize_t n) {
+        PyObject* list = PyList_New(n);
+        PyObject* o;
+        Py_ssize_t i;
+        if (list == NULL)
+            return NULL;
+        for (i = 0; i < n; i++) {
+            o = slots[i];
+            if (o == NULL) {
+                o = Py_None;
+                Py_INCREF(o);
+            }
+            slots[i] = NULL;
+            PyList_SET_ITEM(list, i, o);
+        }
+        return list;
+    }
+
+    static void kv_slots_clear(PyObject** slots, Py_ssize_t n) {
+        Py_ssize_t i;
+        if (slots != NULL)
+            for (i = 0; i < n; i++)
+                Py_CLEAR(slots[i]);
+    }
+    """
+    void kv_slot_set(PyObject** slots, Py_ssize_t i, object o)
+    list kv_list_from_slots(PyObject** slots, Py_ssize_t n)
+    void kv_slots_clear(PyObject** slots, Py_ssize_t n)
+
+
 # keyvault.results and keyvault.clock, imported on first use (as _pure does).
 cdef object _Result = None
 cdef object _Status = None
@@ -1079,9 +1125,9 @@ cdef object _iso = None
 cdef bint _direct_results = False
 cdef str _NO_SUCH_KEY = "no such key in this store"
 
-# check_keys' phase timings (perf_counter_ns), when _profile_check_keys(True).
+# check_keys' phase timings (ns of the profiling clock), when _profile_check_keys(clock).
 cdef bint _profiling = False
-cdef object _perf_counter_ns = None
+cdef object _clock_ns = None
 cdef object _last_profile = None
 
 
@@ -1161,6 +1207,7 @@ ctypedef struct _Found:
     size_t salt_len
     unsigned char key[KEY_SYMBOLS]  # the canonical key
     unsigned char tag[DIGEST_SIZE]  # the tag its card record must hold: tag(pepper, verifier(salt, key))
+    int verdict  # VERDICT_*, once its card record is read
 
 
 cdef void _tag_one(const blake2b_state* salted, const blake2b_state* keyed, _Found* f) noexcept nogil:
@@ -1398,7 +1445,7 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
     cdef const unsigned char* salt = NULL
     cdef const unsigned char* data
     cdef size_t salt_len = 0
-    cdef bint have_batch = False, fast_records, now_fits, valid, profiling = _profiling
+    cdef bint have_batch = False, fast_records, now_fits, valid
     cdef Py_ssize_t position
     cdef uint64_t serial, batch_key = 0, previous
     cdef PyObject* row = NULL
@@ -1406,14 +1453,14 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
     cdef PyObject* entry
     cdef long long now_ms = 0, bound
     cdef int state
-    cdef list out, rows, marks = None
+    cdef list rows, marks = None
+    cdef PyObject** slots = NULL  # the answer for each key, or NULL (None)
     cdef object change, serial_obj, state_obj, row_obj, text, answer, by_key = None
 
     _load_results()
     if _profiling:
-        marks = [_perf_counter_ns()]
+        marks = [_clock_ns()]
     now_fits = _int64_of(now, &now_ms)
-    out = [None] * n
     rows = []  # every row pointed to by found: alive until the end, whatever getmulti does
     memset(zero_salt, 0, UNKNOWN_SALT_BYTES)
     blake2b_init(&salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
@@ -1423,8 +1470,9 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
         raise MemoryError()
     found = <_Found*>PyMem_Malloc(<size_t>max(n, 1) * sizeof(_Found))
     order = <_SortItem*>PyMem_Malloc(<size_t>max(n, 1) * 2 * sizeof(_SortItem))
+    slots = <PyObject**>PyMem_Calloc(<size_t>max(n, 1), sizeof(PyObject*))
     try:
-        if found == NULL or order == NULL:
+        if found == NULL or order == NULL or slots == NULL:
             raise MemoryError()
 
         # Parse every key, in input order, and find its batch's row.
@@ -1474,35 +1522,28 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
             f.salt_len = salt_len
             nfound += 1
         if marks is not None:
-            marks.append(_perf_counter_ns())
+            marks.append(_clock_ns())
 
-        # Hash (verifier, then tag) and sort by serial (equal serials in input order): C alone, so
-        # other threads may run meanwhile when there is much to do.
+        # Hash (verifier, then tag), and sort by serial (equal serials in input order). The GIL is
+        # kept: getting it back from a busy thread can take a whole switch interval (5 ms), more
+        # than hashing takes; getmulti lets other threads run three times per key anyway.
+        _tag_all(&salted, &keyed, found, nfound, _lane_count)
+        if marks is not None:
+            marks.append(_clock_ns())
         for k in range(nfound):
             order[k].serial = found[k].serial
             order[k].at = k
-        if nfound >= NOGIL_FROM:
-            with nogil:
-                _tag_all(&salted, &keyed, found, nfound, _lane_count)
-                if profiling:
-                    with gil:
-                        marks.append(_perf_counter_ns())
-                _sort_items(order, order + nfound, nfound)
-        else:
-            _tag_all(&salted, &keyed, found, nfound, _lane_count)
-            if marks is not None:
-                marks.append(_perf_counter_ns())
-            _sort_items(order, order + nfound, nfound)
+        _sort_items(order, order + nfound, nfound)
 
         # Read the cards in one getmulti.
         wanted = [None] * nfound
         for k in range(nfound):
             wanted[k] = _serial_key(order[k].serial)
         if marks is not None:
-            marks.append(_perf_counter_ns())
+            marks.append(_clock_ns())
         answer = cards.getmulti(wanted)
         if marks is not None:
-            marks.append(_perf_counter_ns())
+            marks.append(_clock_ns())
 
         # The answer as a sorted C array when it is a list of (8 bytes, value) in key order (as a
         # cursor's is); anything else is read as _pure reads it, through a dict.
@@ -1532,6 +1573,9 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
         if not fast_records:
             by_key = dict(answer)
 
+        # Pass A, in serial order (as _pure goes): match each key's card record, in constant time,
+        # and decide. judge (the rarer statuses) is called here, in _pure's order; the valid and
+        # unknown results, which cannot fail, are made in pass B.
         pending = []  # (serial, index, state, row): the outcome record says why the key is not active
         r = 0
         for k in range(nfound):
@@ -1551,7 +1595,8 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
                         record = records[r].value
                 else:
                     record = PyDict_GetItemWithError(by_key, wanted[k])
-            # The tag: in constant time; state is the record's first byte, or state_obj for other types.
+            # state: the record's first byte when its tag matched; -2 when the record (not bytes)
+            # matched and state_obj is its state; -1: no such key.
             state = -1
             state_obj = None
             if record != NULL and <object>record is not None:
@@ -1559,30 +1604,27 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
                     data = <const unsigned char*>PyBytes_AS_STRING(<object>record)
                     if PyBytes_GET_SIZE(<object>record) >= CARD_SIZE and digests_equal(data + 1, f.tag, DIGEST_SIZE):
                         state = data[0]
+                        state_obj = state  # a small int: no allocation
                 else:
                     state_obj = _record_state(<object>record, PyBytes_FromStringAndSize(<char*>f.tag, DIGEST_SIZE))
                     if state_obj is _NO_MATCH:
                         state_obj = None
                     else:
-                        state = -2  # matched; the state is state_obj
+                        state = -2
             if state == -1:
-                out[f.index] = keyvault_result(
-                    _Result, _direct_results, _UNKNOWN, _serial_text(f.serial),
-                    (<tuple>f.row)[ROW_BATCH] if f.row != NULL else None, None, None, None, _NO_SUCH_KEY)
+                f.verdict = VERDICT_UNKNOWN
                 continue
+            f.verdict = VERDICT_JUDGED
             row_obj = <object>f.row
-            serial_obj = PyLong_FromUnsignedLongLong(f.serial)
+            serial_obj = PyLong_FromUnsignedLongLong(f.serial) if len(overlay) or len(key_blocks) else None
             change = None
             if len(overlay):
                 entry = PyDict_GetItemWithError(overlay, serial_obj)
                 if entry != NULL:
                     change = <object>entry
-            if state >= 0:
-                state_obj = state  # a small int: no allocation
-                if state != ACTIVE and change is None:
-                    pending.append((serial_obj, f.index, state_obj, row_obj))
-                    continue
-            elif state_obj != ACTIVE and change is None:
+            if (state > ACTIVE or (state == -2 and state_obj != ACTIVE)) and change is None:
+                if serial_obj is None:
+                    serial_obj = PyLong_FromUnsignedLongLong(f.serial)
                 pending.append((serial_obj, f.index, state_obj, row_obj))
                 continue
             # Valid, decided here when nothing else can apply; anything else is judge's.
@@ -1596,22 +1638,48 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
             if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
                 valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound
             if valid:
-                out[f.index] = keyvault_result(
-                    _Result, _direct_results, _VALID, _serial_text(f.serial), <object>PyTuple_GET_ITEM(row_obj, ROW_BATCH),
-                    <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER), <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER_NAME),
-                    <object>PyTuple_GET_ITEM(row_obj, ROW_PRODUCT), None)
+                f.verdict = VERDICT_VALID
             else:
-                out[f.index] = judge(serial_obj, state_obj, row_obj, key_blocks, change, None, now)
+                if serial_obj is None:
+                    serial_obj = PyLong_FromUnsignedLongLong(f.serial)
+                kv_slot_set(slots, f.index, judge(serial_obj, state_obj, row_obj, key_blocks, change, None, now))
+        if marks is not None:
+            marks.append(_clock_ns())
+        # The store's answer is no longer needed (records pointed into it): let it go now.
+        PyMem_Free(records)
+        records = NULL
+        answer = by_key = wanted = None
+        if marks is not None:
+            marks.append(_clock_ns())
+
+        # Pass B, in input order: the valid and unknown results.
+        for k in range(nfound):
+            f = &found[k]
+            if f.verdict == VERDICT_VALID:
+                row_obj = <object>f.row
+                kv_slot_set(slots, f.index, keyvault_result(
+                    _Result, _direct_results, _VALID, _serial_text(f.serial),
+                    <object>PyTuple_GET_ITEM(row_obj, ROW_BATCH), <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER),
+                    <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER_NAME),
+                    <object>PyTuple_GET_ITEM(row_obj, ROW_PRODUCT), None))
+            elif f.verdict == VERDICT_UNKNOWN:
+                kv_slot_set(slots, f.index, keyvault_result(
+                    _Result, _direct_results, _UNKNOWN, _serial_text(f.serial),
+                    <object>PyTuple_GET_ITEM(<object>f.row, ROW_BATCH) if f.row != NULL else None,
+                    None, None, None, _NO_SUCH_KEY))
+
         if pending:
             details = dict(outcomes.getmulti([item[0].to_bytes(8, "big") for item in pending]))
             for serial_obj, i, state_obj, row_obj in pending:
-                out[i] = judge(serial_obj, state_obj, row_obj, key_blocks, None,
-                               details.get(serial_obj.to_bytes(8, "big")), now)
+                kv_slot_set(slots, i, judge(serial_obj, state_obj, row_obj, key_blocks, None,
+                                            details.get(serial_obj.to_bytes(8, "big")), now))
         if marks is not None:
-            marks.append(_perf_counter_ns())
+            marks.append(_clock_ns())
             _record_profile(marks, n, nfound)
-        return out
+        return kv_list_from_slots(slots, n)
     finally:
+        kv_slots_clear(slots, n)
+        PyMem_Free(slots)
         PyMem_Free(found)
         PyMem_Free(order)
         PyMem_Free(records)
@@ -1619,18 +1687,17 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
 
 cdef void _record_profile(list marks, Py_ssize_t n, Py_ssize_t nfound) except *:
     global _last_profile
-    names = ("parse_ns", "hash_ns", "sort_ns", "getmulti_ns", "results_ns")
+    names = ("parse_ns", "hash_ns", "sort_ns", "getmulti_ns", "match_ns", "release_ns", "results_ns")
     _last_profile = {"keys": n, "found": nfound, "total_ns": marks[len(marks) - 1] - marks[0]}
     for i, name in enumerate(names):
         _last_profile[name] = marks[i + 1] - marks[i]
 
 
-def _profile_check_keys(enable):
-    """Test and benchmark hook: time check_keys' phases (see _check_keys_profile)."""
-    global _profiling, _perf_counter_ns
-    import time
-    _perf_counter_ns = time.perf_counter_ns
-    _profiling = bool(enable)
+def _profile_check_keys(clock):
+    """Benchmark hook: time check_keys' phases with clock (e.g. time.perf_counter_ns), or stop (None)."""
+    global _profiling, _clock_ns
+    _clock_ns = clock
+    _profiling = clock is not None
 
 
 def _check_keys_profile():
