@@ -41,3 +41,27 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info keyvault/_fast/_core.c keyvault/_fast/*.so
+
+# keyvault side by side with plain py-lmdb, SQLite, Redis and PostgreSQL (docs/benchmarks.md).
+# Installs what is missing, quietly: the servers with apt-get (they are started by the runner on
+# the loopback, in a temporary directory, and stopped after), the client libraries into .venv.
+# A peer that still cannot start is reported as skipped. Extra options: BENCH_PEERS_ARGS="--keys 100000".
+BENCH_PEERS_ARGS ?=
+.PHONY: bench-peers
+bench-peers: install $(VENV)/.bench-peers
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+		echo "bench-peers: installing$$missing with apt-get"; log=$$(mktemp); \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		  $$sudo apt-get install -y -qq --no-install-recommends $$missing; } >"$$log" 2>&1 \
+		|| { tail -n 5 "$$log"; echo "bench-peers: could not install$$missing; reported as skipped below"; }; \
+		rm -f "$$log"; \
+	fi
+	$(BIN)/python benchmarks/run_peers.py --json-out .benchmarks/peers.json $(BENCH_PEERS_ARGS)
+
+$(VENV)/.bench-peers: benchmarks/requirements-peers.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements-peers.txt
+	touch $@
