@@ -26,7 +26,7 @@ import threading
 
 from .errors import StoreCorruptError
 from .store import Head, Txn
-from .store.records import CARD, from_u64, pack_outcome, u64
+from .store.records import from_u64, pack_outcome, u64
 
 FOLD_AT = 100_000  # unfolded entries that trigger a fold: bounds the log and every overlay
 _ENTRY = struct.Struct(">QBQ")  # serial, state, at ms; then the order id or reason in UTF-8
@@ -102,30 +102,22 @@ class Ledger:
 
     def fold(self, txn: Txn, pending: dict[int, Change]) -> int:
         """Write every unfolded change (``pending``: the overlay plus this transaction's) into card and
-        outcome records in serial order, empty the ledger, and record how far it was folded."""
+        outcome records in serial order, empty the ledger, and record how far it was folded.
+
+        Bulk calls only (one sorted read, two sorted writes, one drop): a fold of 100,000 changes
+        is a few hundred milliseconds of page writes, not a Python loop of LMDB calls.
+        """
         head = txn.head()
-        upto = head.ledger_tail
+        keys = [u64(serial) for serial in sorted(pending)]
         cards = []
         outcomes = []
-        for serial in sorted(pending):
-            state, at_ms, text, _ = pending[serial]
-            key = u64(serial)
-            record = txn.get("cards", key)
-            if record is None:
-                continue
-            _, tag = CARD.unpack(record)
-            cards.append((key, CARD.pack(state, tag)))
+        for key, record in txn.cursor("cards").getmulti(keys):
+            state, at_ms, text, _ = pending[from_u64(key)]
+            cards.append((key, bytes((state,)) + record[1:]))
             outcomes.append((key, pack_outcome(state, at_ms, text)))
-        for key, value in cards:
-            txn.put("cards", key, value)
-        for key, value in outcomes:
-            txn.put("outcomes", key, value)
-        removed = 0
-        for key, _ in list(txn.items("ledger")):
-            if from_u64(key) > upto:
-                break
-            txn.delete("ledger", key)
-            removed += 1
-        txn.set_head(head._replace(ledger_folded=upto))
-        return removed
+        txn.put_many("cards", cards)
+        txn.put_many("outcomes", outcomes)
+        txn.clear("ledger")  # every entry is folded: none can be newer than this transaction's own
+        txn.set_head(head._replace(ledger_folded=head.ledger_tail))
+        return len(cards)
 

@@ -177,6 +177,14 @@ class Txn:
         """A raw py-lmdb cursor, for the compiled hot path's bulk reads."""
         return self._txn.cursor(db=self._dbs[db])
 
+    def put_many(self, db: str, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Store many pairs (sorted by key for speed), overwriting what is there."""
+        self._txn.cursor(db=self._dbs[db]).putmulti(pairs, dupdata=False, overwrite=True)
+
+    def clear(self, db: str) -> None:
+        """Delete every key of ``db`` (the database itself stays)."""
+        self._txn.drop(self._dbs[db], delete=False)
+
     def last_key(self, db: str) -> bytes | None:
         """The greatest key in ``db``."""
         cursor = self._txn.cursor(db=self._dbs[db])
