@@ -13,6 +13,7 @@ from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, from_u64, u64
 
 _COUNTS = ("redeemed", "void", "blacklisted")
+_TIE_ORDER = {"supplier": 0, "issue": 0, "import": 0, "redeem": 1, "void": 1}
 
 
 def _counters(txn: Txn) -> dict[str, dict[str, int]]:
@@ -79,7 +80,9 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
                        "order_id": status.order_id})
     elif status.status is Status.VOID:
         events.append({"type": "void", "at": status.voided_at, "serial": status.serial, "reason": status.reason})
-    events.sort(key=lambda e: (str(e["at"]), e["type"] not in ("redeem", "void")))  # on a tie, the state change first
+    # On a tie (the same millisecond), the order things can happen in: a batch exists before its keys
+    # are spent, and a state change is told before a blacklist entry of the same instant.
+    events.sort(key=lambda e: (str(e["at"]), _TIE_ORDER.get(str(e["type"]), 2)))
     card = txn.get("upstream", u64(serial))
     blocks = [b.to_dict() for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
                                     cat.keys_blocked.get(serial)) if b is not None]

@@ -418,3 +418,17 @@ def test_non_string_keys_are_usage_errors(platform: Vault, issued: Issued, bad: 
             call(bad)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         platform.verify_many(["fine", bad])  # type: ignore[list-item]
+
+
+def test_trace_orders_events_of_the_same_millisecond(platform: Vault, issued: Issued,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import keyvault.vault as vault_module
+
+    frozen = vault_module.now_ms()
+    monkeypatch.setattr(vault_module, "now_ms", lambda: frozen)  # redeem and blacklist in one instant
+    platform.redeem(issued.keys[0], "ORDER-1")
+    platform.blacklist("key", issued.keys[0], "same instant")
+    trace = platform.trace(issued.keys[0])
+    kinds = [e["type"] for e in trace["events"]]  # type: ignore[union-attr]
+    assert kinds == ["supplier", "import", "redeem", "blacklist"]
+    assert trace["events"][2]["at"] == trace["events"][3]["at"]  # type: ignore[index]

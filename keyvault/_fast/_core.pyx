@@ -1365,45 +1365,9 @@ def format_serial_text(serial: int) -> str:
     return _serial_text(PyLong_AsUnsignedLongLongMask(serial))
 
 
-@cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
-@cython.wraparound(True)
-def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple | None, outcome: bytes | None,
-          now: int) -> object:
-    """The Result for a located key whose tag matched.
-
-    ``state`` is the card record's; ``change`` an unfolded ledger entry (state, at ms, text, seq)
-    that overrides it; ``outcome`` the outcome record, read when the state is not active and no
-    change says why. Precedence: redeemed, void, blacklisted (supplier, batch, key),
-    not yet valid, expired, valid.
-    """
-    # _pure.judge as written: only valid and unknown are hot, and check_keys makes those itself.
-    _load_results()
-    iso = _iso
-    Result = _Result
-    Status = _Status
-    base = (format_serial_text(serial), row[4], row[5], row[6], row[7])
-    if change is not None:
-        state, at, text = change[0], change[1], change[2]
-    elif state != ACTIVE and outcome is not None:
-        at, text = int.from_bytes(outcome[1:OUTCOME_HEAD], "big"), bytes(outcome[OUTCOME_HEAD:]).decode("utf-8")
-    else:
-        at, text = 0, ""
-    if state == REDEEMED:
-        when = iso(at)
-        return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
-                      message=f"already redeemed by order {text} at {when}")
-    if state == VOIDED:
-        when = iso(at)
-        return Result(Status.VOID, *base, voided_at=when, reason=text, message=f"voided at {when}: {text}")
-    block = row[3] or key_blocks.get(serial)
-    if block is not None:
-        return Result(Status.BLACKLISTED, *base, level=block[0], reason=block[1],
-                      message=f"blacklisted ({block[0]}): {block[1]}")
-    if row[1] is not None and now < row[1]:
-        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row[1])}")
-    if row[2] is not None and now >= row[2]:
-        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row[2])}")
-    return Result(Status.VALID, *base)
+# The rule book has one definition, the specification's: check_keys builds the hot results (valid,
+# unknown) itself, and every rarer status goes through this same function.
+judge = _pure.judge
 
 
 def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, cards: object,
