@@ -111,7 +111,7 @@ class Ledger:
         keys = [u64(serial) for serial in sorted(pending)]
         cards = []
         outcomes = []
-        for key, record in txn.cursor("cards").getmulti(keys):
+        for key, record in txn.get_many("cards", keys):
             state, at_ms, text, _ = pending[from_u64(key)]
             cards.append((key, bytes((state,)) + record[1:]))
             outcomes.append((key, pack_outcome(state, at_ms, text)))

@@ -73,7 +73,7 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
     by_seq = {int(e["seq"]): e for subject in subjects for e in txn.events_of(subject)}  # type: ignore[call-overload]
     events = [by_seq[seq] for seq in sorted(by_seq)]
     for event in events:
-        event["at"] = iso(event["at"])
+        event["at"] = iso(int(event["at"]))  # type: ignore[call-overload]
     # Redeem and void live in the ledger (see ledger.py), not the event log: the status tells them.
     if status.status is Status.REDEEMED:
         events.append({"type": "redeem", "at": status.redeemed_at, "serial": status.serial,

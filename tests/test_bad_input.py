@@ -360,6 +360,10 @@ def test_missing_or_damaged_pepper(world: World, content: bytes | None, words: s
         pepper.write_bytes(content)
     refused(kv("--store", world.platform, "stats"), "pepper", words)
     assert records(world.platform) == records_before
+    pepper.unlink(missing_ok=True)
+    pepper.write_bytes(saved)
+    pepper.chmod(0o600)
+    ok("--store", world.platform, "stats")  # with its own pepper back, the store works as before
 
 
 def _not_stores(root: Path) -> dict[str, Path]:
