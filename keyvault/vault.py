@@ -34,8 +34,8 @@ from .errors import (
 from .fields import MAX_ORDER_ID, MAX_REASON, check_text
 from .identity import Identity, check_private_file, write_private_file
 from .issuing import Progress
-from .ledger import FOLD_AT, Change, Ledger
 from .groupcommit import GroupCommit
+from .ledger import FOLD_AT, Change, Ledger
 from .keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -57,8 +57,7 @@ from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, f
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
 _PEPPER_CHECK = b"kv1/pepper-check"
 _FLUSH_SECONDS = 1.0  # refused-attempt counters are flushed at most this often (and on close)
-_DUMMY_SALT = bytes(16)
-  # hashed for unknown batches so unknown and wrong keys cost the same
+_DUMMY_SALT = bytes(16)  # hashed for unknown batches, so unknown and wrong keys cost the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +74,11 @@ class _Found:
 _Written = tuple[list[tuple[int, int, int, str]], list[int]]
 
 
-def _counter_scopes(batch: BatchInfo | None) -> tuple[bytes, ...]:
-    if batch is None:
+def _counter_scopes(batch_id: str | None, supplier: str | None) -> tuple[bytes, ...]:
+    """Where a count goes: the totals, and the batch and supplier when known."""
+    if batch_id is None or supplier is None:
         return (b"T",)
-    return (b"T", b"B:" + batch.id.encode(), b"S:" + batch.supplier.encode())
+    return (b"T", b"B:" + batch_id.encode(), b"S:" + supplier.encode())
 
 
 class Vault:
@@ -334,7 +334,7 @@ class Vault:
             return [], []
         seqs = self._ledger.append(txn, changes)
         for (batch, supplier), n in counts.items():
-            for scope in (b"T", b"B:" + batch.encode(), b"S:" + supplier.encode()):
+            for scope in _counter_scopes(batch, supplier):
                 txn.add(scope + b"/" + name, n)
         if len(overlay) + len(changes) >= FOLD_AT:
             pending = dict(overlay)
@@ -451,7 +451,7 @@ class Vault:
     # -- statistics ----------------------------------------------------------------------------
 
     def _count_change(self, txn: Txn, batch: BatchInfo, name: bytes, delta: int = 1) -> None:
-        for scope in _counter_scopes(batch):
+        for scope in _counter_scopes(batch.id, batch.supplier):
             txn.add(scope + b"/" + name, delta)
 
     def _note(self, results: list[Result], cat: Catalog) -> None:
@@ -463,7 +463,7 @@ class Vault:
             for result in refused:
                 name = b"/refused/" + result.status.value.encode()
                 batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
-                for scope in _counter_scopes(batch):
+                for scope in _counter_scopes(batch.id if batch else None, batch.supplier if batch else None):
                     self._pending[scope + name] += 1
         self._maybe_flush()
 
