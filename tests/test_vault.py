@@ -432,3 +432,19 @@ def test_trace_orders_events_of_the_same_millisecond(platform: Vault, issued: Is
     kinds = [e["type"] for e in trace["events"]]  # type: ignore[union-attr]
     assert kinds == ["supplier", "import", "redeem", "blacklist"]
     assert trace["events"][2]["at"] == trace["events"][3]["at"]  # type: ignore[index]
+
+
+def test_a_damaged_state_byte_is_refused_not_trusted(platform: Vault, issued: Issued) -> None:
+    from keyvault.store.records import CARD, u64
+
+    serial = _fast.parse_key(issued.keys[0])[1]
+
+    def damage(txn) -> None:  # type: ignore[no-untyped-def]
+        _, tag = CARD.unpack(txn.get("cards", u64(serial)))
+        txn.put("cards", u64(serial), CARD.pack(7, tag))
+
+    platform._store.write(damage)
+    for result in (platform.verify(issued.keys[0]), platform.verify_many([issued.keys[1], issued.keys[0]])[1],
+                   platform.redeem(issued.keys[0], "o-1")):
+        assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
+    assert platform.verify(issued.keys[1]).status is Status.VALID  # the rest of the batch is unharmed

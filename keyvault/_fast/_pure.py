@@ -290,8 +290,8 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
 
     ``state`` is the card record's; ``change`` an unfolded ledger entry (state, at ms, text, seq)
     that overrides it; ``outcome`` the outcome record, read when the state is not active and no
-    change says why. Precedence: redeemed, void, blacklisted (supplier, batch, key),
-    not yet valid, expired, valid.
+    change says why. Precedence: damaged (a state byte that is none of the three: unknown),
+    redeemed, void, blacklisted (supplier, batch, key), not yet valid, expired, valid.
     """
     from ..clock import iso
     from ..results import Result, Status
@@ -303,6 +303,9 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
         at, text = int.from_bytes(outcome[1:_OUTCOME_HEAD], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
     else:
         at, text = 0, ""
+    if state != ACTIVE and state != REDEEMED and state != VOIDED:  # a damaged record vouches for nothing
+        return Result(Status.UNKNOWN, base[0], base[1], message="this key's record is damaged: refused; "
+                      "restore the store from a backup")
     if state == REDEEMED:
         when = iso(at)
         return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
