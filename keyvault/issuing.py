@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,7 +156,7 @@ class _Export:
 
     def __init__(self, path: Path, batch: str, product: str, valid_until: int | None) -> None:
         self.path = path
-        self._json = path.suffix.lower() == ".json"
+        self._as_json = path.suffix.lower() == ".json"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -165,7 +166,7 @@ class _Export:
         self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline="")
         self._batch, self._product, self._until = batch, product, iso(valid_until) or ""
         self._first = True
-        if self._json:
+        if self._as_json:
             self._fh.write('{"warning": %s, "batch": "%s", "product": %s, "valid_until": %s, "keys": [\n' % (
                 _json(EXPORT_WARNING), batch, _json(product), _json(self._until or None)))
         else:
@@ -178,7 +179,7 @@ class _Export:
             self._suffix = rest.getvalue()[:-2]  # the CSV-encoded batch, product, valid_until of every row
 
     def write(self, first_serial: int, keys: list[str]) -> None:
-        if self._json:
+        if self._as_json:
             rows = ",\n".join('{"serial": "%s", "key": "%s"}' % (serial_text(first_serial + i), display_key(k))
                               for i, k in enumerate(keys))
             self._fh.write(("" if self._first else ",\n") + rows)
@@ -187,7 +188,7 @@ class _Export:
         self._first = False
 
     def close(self) -> None:
-        if self._json:
+        if self._as_json:
             self._fh.write("\n]}\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -199,8 +200,6 @@ class _Export:
 
 
 def _json(value: object) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 

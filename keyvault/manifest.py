@@ -146,7 +146,7 @@ def _read(source: Path, fh: IO[bytes]) -> Manifest:
     if size == 0:
         raise ManifestError(f"manifest {source} is empty; copy it from the supplier again")
     start = fh.read(len(MAGIC) + _FIXED.size)
-    if not start.startswith(MAGIC[: len(start)]) or not start.startswith(MAGIC):
+    if not start.startswith(MAGIC):
         if len(start) < len(MAGIC) and MAGIC.startswith(start):
             raise ManifestError(f"manifest {source} is truncated; copy it from the supplier again")
         raise ManifestError(f"{source} is not a keyvault manifest (a .kvm file written by `keyvault batch issue`)")

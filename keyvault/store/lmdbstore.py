@@ -362,10 +362,6 @@ class LmdbStore:
         with self._gate.resizing():
             self._env.set_mapsize(0)  # 0: take the size another process has set
 
-    def sync(self) -> None:
-        """Flush to disk (commits already are durable; this is for copies and tests)."""
-        self._env.sync(True)
-
     def reader_check(self) -> int:
         """Clear reader slots left by dead processes; how many were cleared."""
         return int(self._env.reader_check())

@@ -53,12 +53,6 @@ def pack_outcome(state: int, at_ms: int, text: str) -> bytes:
     return OUTCOME.pack(state, at_ms) + text.encode("utf-8")
 
 
-def unpack_outcome(data: bytes) -> tuple[int, int, str]:
-    """The (state, at ms, text) of an outcome record."""
-    state, at_ms = OUTCOME.unpack_from(data)
-    return state, at_ms, bytes(data[OUTCOME.size :]).decode("utf-8")
-
-
 def dump(doc: dict[str, Any]) -> bytes:
     """Compact JSON for a record."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
