@@ -75,3 +75,15 @@ class ConflictError(KeyvaultError):
 
 class ImportFileError(KeyvaultError, ValueError):
     """An upstream CSV of cards that cannot be imported as it is."""
+
+
+class ProofError(KeyvaultError, ValueError):
+    """A Merkle proof, checkpoint or bundle that does not verify or cannot be parsed."""
+
+
+class TrustError(KeyvaultError):
+    """A signer this store (or verifier) has not pinned, or a rotation it cannot accept."""
+
+
+class CustodyError(KeyvaultError, ValueError):
+    """A transfer or lot that is forged, out of chain, or a double sale."""
