@@ -12,7 +12,7 @@ import click
 
 import keyvault
 
-from . import batch, blacklist, demo, keys, store, supplier
+from . import batch, blacklist, demo, identity, keys, store, supplier
 from .output import State
 
 
@@ -33,7 +33,7 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
 
 for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo):
     cli.add_command(command)
-for group in (supplier.supplier, batch.batch, batch.manifest, blacklist.blacklist):
+for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist):
     cli.add_command(group)
 
 

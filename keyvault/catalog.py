@@ -32,7 +32,7 @@ class BatchInfo:
     valid_until: int | None
     created_at: int
     added_at: int
-    manifest: str  # SHA-256 of the manifest file
+    manifest: str  # the manifest id (SHA-256 over its signed header, tag kv1/manifest-id)
     salt: bytes = field(repr=False)
 
     @property
@@ -104,6 +104,8 @@ class Catalog:
     rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     #: Key-level blacklist entries by serial: (level, reason).
     key_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Pinned identities by public key: name, prefix, role, pinned_at, and rotated_to/rotated_from (hex) if any.
+    trusted: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, txn: Txn, generation: int) -> Catalog:
@@ -117,6 +119,8 @@ class Catalog:
             cat.suppliers[key.decode("ascii")] = load(value)
         for key, value in txn.items("prefixes"):
             cat.prefixes[from_u64(key)] = value.decode("ascii")
+        for key, value in txn.items("trust"):
+            cat.trusted[bytes(key)] = load(value)
         for key, value in txn.items("blacklist"):
             doc = load(value)
             level, target = blacklist_target(key)
@@ -150,6 +154,11 @@ class Catalog:
                 return sid
         named = [sid for sid, doc in self.suppliers.items() if doc["name"] == ref]
         return named[0] if len(named) == 1 else None
+
+    def trusts(self, public_key: bytes) -> bool:
+        """True when the key is pinned here and has not been rotated away."""
+        doc = self.trusted.get(public_key)
+        return doc is not None and not doc.get("rotated_to")
 
     def prefix_owner(self, prefix: int) -> str | None:
         """The supplier id that holds an issuer prefix."""

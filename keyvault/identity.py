@@ -1,8 +1,17 @@
-"""Identities: Ed25519 key pairs (pynacl) in 0600 files, and how bytes are signed.
+"""Identities: Ed25519 key pairs (pynacl) in 0600 files, their public parts, rotations, and how bytes are signed.
 
 Bytes are signed through DSSE's pre-authentication encoding, which binds a
 type string and both lengths, so a signature made for one kind of record can
 never be replayed as another.
+
+Three files (docs/provenance.md):
+
+* a secret identity (kind ``keyvault-identity``, mode 0600): name, prefix, public and secret key;
+* a public identity (kind ``keyvault-public-identity``, 0644): name, prefix, public key and its
+  fingerprint, which is a hint for people comparing keys by phone; a fingerprint that does not
+  match the key means the file was edited, and the file is refused;
+* a rotation (kind ``keyvault-rotation``, 0644): a record naming an old and a new key of the same
+  issuer prefix, signed by both keys over PAE(``keyvault/rotation/v1``, record bytes).
 """
 
 from __future__ import annotations
@@ -14,15 +23,26 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
 
+from .clock import now_ms
 from .errors import BadSignatureError, IdentityError
 from .keyformat import PREFIX_SYMBOLS, parse_prefix, prefix_text
 
 _FILE_KIND = "keyvault-identity"
+_PUBLIC_KIND = "keyvault-public-identity"
+_ROTATION_KIND = "keyvault-rotation"
+ROTATION_FORMAT = "keyvault/rotation/v1"  # the record's format field and the PAE type both keys sign under
 _MAX_NAME = 64
+_MAX_FILE = 64 * 1024  # a public identity or rotation is well under 1 KiB; refuse anything huge unread
+_PUBLIC_KEY_BYTES = 32
+_SIGNATURE_BYTES = 64
+_PUBLIC_FIELDS = frozenset({"kind", "version", "name", "prefix", "public_key", "fingerprint"})
+_ROTATION_FILE_FIELDS = frozenset({"kind", "record", "old_signature", "new_signature"})
+_ROTATION_RECORD_FIELDS = frozenset({"format", "name", "prefix", "old_public_key", "new_public_key", "at"})
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -45,6 +65,12 @@ def verify_signature(public_key: bytes, payload_type: str, body: bytes, signatur
 def supplier_id(public_key: bytes) -> str:
     """A supplier's short id: 16 hex digits of SHA-256 over its public key (tag kv1/supplier-id)."""
     return hashlib.sha256(b"kv1/supplier-id" + public_key).hexdigest()[:16]
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A public key's fingerprint: SHA-256(kv1/fingerprint || key), first 16 bytes, hex in groups of 4."""
+    digest = hashlib.sha256(b"kv1/fingerprint" + public_key).hexdigest()[:32]
+    return ":".join(digest[i:i + 4] for i in range(0, 32, 4))
 
 
 def default_prefix(public_key: bytes) -> int:
@@ -71,6 +97,197 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def write_public_file(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0644 and write ``data``; never overwrite an existing file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o644)  # whatever the umask: a public file is for others to read
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _check_name(name: str) -> str:
+    """``name`` stripped, or IdentityError unless it is 1-64 printable characters."""
+    name = name.strip()
+    if not name or len(name) > _MAX_NAME or not name.isprintable():
+        raise IdentityError(f"a supplier name must be 1-{_MAX_NAME} printable characters")
+    return name
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: object, what: str, size: int) -> bytes:
+    """Strict base64 (standard alphabet, padded, canonical) of exactly ``size`` bytes, or ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ValueError(f"{what} is not valid base64") from None
+    if _b64(raw) != value:
+        raise ValueError(f"{what} is not canonical base64")
+    if len(raw) != size:
+        raise ValueError(f"{what} is {len(raw)} bytes, not {size}")
+    return raw
+
+
+def _strict_name(value: object) -> str:
+    if not isinstance(value, str) or value != value.strip() or not value:
+        raise ValueError("name is not a non-empty string without surrounding spaces")
+    if len(value) > _MAX_NAME or not value.isprintable():
+        raise ValueError(f"name is not 1-{_MAX_NAME} printable characters")
+    return value
+
+
+def _strict_prefix(value: object) -> int:
+    if not isinstance(value, str) or len(value) != PREFIX_SYMBOLS:
+        raise ValueError(f"prefix is not {PREFIX_SYMBOLS} symbols")
+    number = parse_prefix(value)  # raises UsageError (a ValueError) on a bad symbol
+    if prefix_text(number) != value:
+        raise ValueError("prefix is not written in its canonical form")
+    return number
+
+
+def _read_small(path: Path, what: str) -> bytes:
+    """The bytes of ``path`` (at most 64 KiB), or IdentityError saying what to do."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_FILE + 1)
+    except FileNotFoundError:
+        raise IdentityError(f"{what} {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise IdentityError(f"{what} {path} is a directory; give the file itself") from None
+    except OSError as exc:
+        raise IdentityError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    if len(data) > _MAX_FILE:
+        raise IdentityError(f"{what} {path} is over {_MAX_FILE // 1024} KiB, so it is not a {what}; check the path")
+    return data
+
+
+def _json_object(data: bytes, source: str, what: str) -> dict[str, Any]:
+    """``data`` as a JSON object, or IdentityError naming ``source``."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise IdentityError(f"{what} {source} is not UTF-8 JSON; ask the sender for a fresh copy") from None
+    except RecursionError:
+        raise IdentityError(f"{what} {source} is not a {what} (JSON nested too deep); check the path") from None
+    except ValueError as exc:
+        raise IdentityError(f"{what} {source} is not valid JSON ({exc.__class__.__name__}: "
+                            f"{getattr(exc, 'msg', 'bad JSON')}); it may be truncated: "
+                            "ask the sender for a fresh copy") from None
+    if not isinstance(doc, dict):
+        raise IdentityError(f"{what} {source} is not a JSON object; ask the sender for a fresh copy")
+    return doc
+
+
+_SECRET_GIVEN = ("{source} is a secret identity file; give its public file "
+                 "(keyvault identity show --public {source} > NAME.pub), and never send the secret one")
+
+
+@dataclass(frozen=True)
+class PublicIdentity:
+    """The public part of an identity: what a platform pins and what a supplier may hand out."""
+
+    name: str
+    prefix: int
+    public_key: bytes
+
+    @property
+    def id(self) -> str:
+        """The short supplier id derived from the public key."""
+        return supplier_id(self.public_key)
+
+    @property
+    def fingerprint(self) -> str:
+        """The public key's fingerprint, for people to compare (e.g. 1a2b:3c4d:...)."""
+        return fingerprint(self.public_key)
+
+    @property
+    def prefix_text(self) -> str:
+        """The issuer prefix as printed."""
+        return prefix_text(self.prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public identity file's fields (public key in base64)."""
+        return {
+            "kind": _PUBLIC_KIND,
+            "version": 1,
+            "name": self.name,
+            "prefix": self.prefix_text,
+            "public_key": _b64(self.public_key),
+            "fingerprint": self.fingerprint,
+        }
+
+    def to_bytes(self) -> bytes:
+        """The public identity file's exact bytes (what ``save`` writes), e.g. for stdout."""
+        return (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this public identity to a new 0644 file (never overwriting one)."""
+        target = Path(path)
+        try:
+            write_public_file(target, self.to_bytes())
+        except FileExistsError:
+            raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
+        except OSError as exc:
+            raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PublicIdentity:
+        """Read a public identity file, refusing a secret one or anything malformed."""
+        source = Path(path)
+        return cls.from_bytes(_read_small(source, "public identity file"), str(source))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> PublicIdentity:
+        """Parse a public identity file's bytes strictly; ``source`` names it in errors."""
+        doc = _json_object(data, source, "public identity file")
+        if doc.get("kind") == _FILE_KIND or "secret_key" in doc:
+            raise IdentityError(_SECRET_GIVEN.format(source=source))
+        try:
+            if doc.get("kind") != _PUBLIC_KIND:
+                raise ValueError("it is not a keyvault public identity (kind is not keyvault-public-identity)")
+            version = doc.get("version")
+            if type(version) is not int or version != 1:
+                newer = type(version) is int and version > 1
+                raise ValueError("version is not 1" + (" (written by a newer keyvault? upgrade)" if newer else ""))
+            extra, missing = set(doc) - _PUBLIC_FIELDS, _PUBLIC_FIELDS - set(doc)
+            if missing:
+                raise ValueError(f"missing {', '.join(sorted(missing))}")
+            if extra:
+                raise ValueError(f"unexpected field {', '.join(sorted(extra))}")
+            name = _strict_name(doc["name"])
+            prefix = _strict_prefix(doc["prefix"])
+            key = _unb64(doc["public_key"], "public_key", _PUBLIC_KEY_BYTES)
+            nacl.signing.VerifyKey(key)
+        except (TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
+            raise IdentityError(f"public identity file {source} is not valid: {exc}; "
+                                "ask its owner for a fresh copy (keyvault identity show --public)") from None
+        if doc["fingerprint"] != fingerprint(key):
+            raise IdentityError(f"public identity file {source}: its fingerprint does not match its public key, "
+                                "so the file was edited; do not trust it: ask its owner for a fresh copy and "
+                                "compare the fingerprint with them")
+        return cls(name=name, prefix=prefix, public_key=key)
+
+
+def public_part(path: str | os.PathLike[str]) -> PublicIdentity:
+    """The public identity in ``path``: a public identity file, or a (0600) secret one's public part."""
+    source = Path(path)
+    data = _read_small(source, "identity file")
+    try:
+        kind = json.loads(data.decode("utf-8")).get("kind")
+    except (ValueError, AttributeError, RecursionError):
+        kind = None  # from_bytes says what is wrong
+    if kind == _FILE_KIND:
+        return Identity.load(source).public  # enforces 0600 and checks the key pair
+    return PublicIdentity.from_bytes(data, str(source))
+
+
 @dataclass(frozen=True)
 class Identity:
     """A named Ed25519 key pair with its issuer prefix. The secret key is never in the repr."""
@@ -94,12 +311,20 @@ class Identity:
         """The issuer prefix as printed."""
         return prefix_text(self.prefix)
 
+    @property
+    def fingerprint(self) -> str:
+        """The public key's fingerprint, for people to compare (e.g. 1a2b:3c4d:...)."""
+        return fingerprint(self.public_key)
+
+    @property
+    def public(self) -> PublicIdentity:
+        """The public part of this identity (safe to hand out)."""
+        return PublicIdentity(name=self.name, prefix=self.prefix, public_key=self.public_key)
+
     @classmethod
     def generate(cls, name: str, prefix: str | None = None) -> Identity:
         """A new identity with a fresh key from the OS CSPRNG."""
-        name = name.strip()
-        if not name or len(name) > _MAX_NAME or not name.isprintable():
-            raise IdentityError(f"a supplier name must be 1-{_MAX_NAME} printable characters")
+        name = _check_name(name)
         key = nacl.signing.SigningKey.generate()
         value = parse_prefix(prefix) if prefix else default_prefix(bytes(key.verify_key))
         return cls(name=name, prefix=value, signing_key=key)
@@ -139,6 +364,9 @@ class Identity:
         except (OSError, ValueError) as exc:
             raise IdentityError(f"identity file {source} cannot be read ({exc.__class__.__name__}); "
                                 "restore it from your backup") from None
+        if isinstance(doc, dict) and doc.get("kind") in (_PUBLIC_KIND, _ROTATION_KIND):
+            raise IdentityError(f"{source} is a {doc['kind'][9:].replace('-', ' ')} file, which cannot sign; "
+                                "give the secret identity file (from `keyvault supplier init`)")
         try:
             if doc["kind"] != _FILE_KIND or doc["version"] != 1:
                 raise ValueError("not a keyvault identity")
@@ -152,3 +380,131 @@ class Identity:
         except (KeyError, TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
             raise IdentityError(f"identity file {source} is not a valid keyvault identity ({exc}); "
                                 "restore it from your backup") from None
+
+    def rotate(self, new_name: str | None = None) -> tuple[Identity, Rotation]:
+        """A fresh key pair with the same prefix (and name unless given), and the rotation both keys sign."""
+        new = Identity(name=_check_name(new_name) if new_name is not None else self.name, prefix=self.prefix,
+                       signing_key=nacl.signing.SigningKey.generate())
+        record = json.dumps({
+            "format": ROTATION_FORMAT,
+            "name": new.name,
+            "prefix": new.prefix_text,
+            "old_public_key": _b64(self.public_key),
+            "new_public_key": _b64(new.public_key),
+            "at": now_ms(),
+        }, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        rotation = Rotation.from_bytes(Rotation.envelope(record, self.sign(ROTATION_FORMAT, record),
+                                                         new.sign(ROTATION_FORMAT, record)), "<new rotation>")
+        return new, rotation
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """An identity's move to a new key of the same issuer prefix, signed by the old key and by the new key.
+
+    The record carries one name: the one the identity goes by after the rotation (also set on ``old``).
+    """
+
+    old: PublicIdentity
+    new: PublicIdentity
+    at: int
+    record: bytes
+    old_signature: bytes
+    new_signature: bytes
+
+    @staticmethod
+    def envelope(record: bytes, old_signature: bytes, new_signature: bytes) -> bytes:
+        """A rotation file's bytes around an exact signed ``record``."""
+        doc = {
+            "kind": _ROTATION_KIND,
+            "record": _b64(record),
+            "old_signature": _b64(old_signature),
+            "new_signature": _b64(new_signature),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+    def to_bytes(self) -> bytes:
+        """The rotation file's exact bytes (what ``save`` writes)."""
+        return self.envelope(self.record, self.old_signature, self.new_signature)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this rotation to a new 0644 file (never overwriting one)."""
+        target = Path(path)
+        try:
+            write_public_file(target, self.to_bytes())
+        except FileExistsError:
+            raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
+        except OSError as exc:
+            raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Rotation:
+        """Read a rotation file: both signatures checked over the exact record, then the record parsed strictly."""
+        source = Path(path)
+        return cls.from_bytes(_read_small(source, "rotation file"), str(source))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Rotation:
+        """Parse a rotation file's bytes: verify both signatures (old key, then new), then the record."""
+        doc = _json_object(data, source, "rotation file")
+        try:
+            if doc.get("kind") != _ROTATION_KIND:
+                raise ValueError("it is not a keyvault rotation (kind is not keyvault-rotation)")
+            extra, missing = set(doc) - _ROTATION_FILE_FIELDS, _ROTATION_FILE_FIELDS - set(doc)
+            if missing:
+                raise ValueError(f"missing {', '.join(sorted(missing))}")
+            if extra:
+                raise ValueError(f"unexpected field {', '.join(sorted(extra))}")
+            if not isinstance(doc["record"], str):
+                raise ValueError("record is not a base64 string")
+            record = base64.b64decode(doc["record"], validate=True)
+            if _b64(record) != doc["record"] or not record:
+                raise ValueError("record is not canonical base64")
+            old_sig = _unb64(doc["old_signature"], "old_signature", _SIGNATURE_BYTES)
+            new_sig = _unb64(doc["new_signature"], "new_signature", _SIGNATURE_BYTES)
+        except (TypeError, ValueError) as exc:
+            raise IdentityError(f"rotation file {source} is not valid: {exc}; ask the sender for a fresh copy") from None
+        old_key, new_key = cls._signers(record, source)
+        verify_signature(old_key, ROTATION_FORMAT, record, old_sig,
+                         f"rotation file {source}: the OLD key's signature ({fingerprint(old_key)})")
+        verify_signature(new_key, ROTATION_FORMAT, record, new_sig,
+                         f"rotation file {source}: the NEW key's signature ({fingerprint(new_key)})")
+        # Both keys signed exactly these bytes: only now is the record read for what it says.
+        try:
+            body = json.loads(record.decode("utf-8"))
+            if json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") != record:
+                raise ValueError("the record is not compact sorted JSON")
+            extra, missing = set(body) - _ROTATION_RECORD_FIELDS, _ROTATION_RECORD_FIELDS - set(body)
+            if missing:
+                raise ValueError(f"the record lacks {', '.join(sorted(missing))}")
+            if extra:
+                raise ValueError(f"the record has unexpected field {', '.join(sorted(extra))}")
+            if body["format"] != ROTATION_FORMAT:
+                raise ValueError(f"the record's format is not {ROTATION_FORMAT}")
+            name = _strict_name(body["name"])
+            prefix = _strict_prefix(body["prefix"])
+            at = body["at"]
+            if type(at) is not int or at < 0:
+                raise ValueError("the record's time (at) is not a non-negative integer of milliseconds")
+            if old_key == new_key:
+                raise ValueError("the old and new keys are the same key, so nothing rotates")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise IdentityError(f"rotation file {source} is signed by both keys but refused: {exc}; "
+                                "ask the supplier to run `keyvault identity rotate` again") from None
+        return cls(old=PublicIdentity(name, prefix, old_key), new=PublicIdentity(name, prefix, new_key), at=at,
+                   record=record, old_signature=old_sig, new_signature=new_sig)
+
+    @staticmethod
+    def _signers(record: bytes, source: str) -> tuple[bytes, bytes]:
+        """The two keys a record names (read only to check the signatures); BadSignatureError if it names none."""
+        try:
+            body = json.loads(record.decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            return (_unb64(body.get("old_public_key"), "old_public_key", _PUBLIC_KEY_BYTES),
+                    _unb64(body.get("new_public_key"), "new_public_key", _PUBLIC_KEY_BYTES))
+        except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError and JSONDecodeError
+            raise BadSignatureError(
+                f"rotation file {source}: the signed record does not name two keys, so its signatures cannot "
+                "verify: the file was altered or damaged; ask the supplier for a fresh copy") from None

@@ -8,6 +8,7 @@ does, so the two can never disagree about what was issued.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -18,9 +19,9 @@ from typing import IO, TYPE_CHECKING, Any
 from . import _fast
 from .catalog import BatchInfo, Catalog
 from .clock import iso, now_ms
-from .errors import ConflictError, ImportFileError, UsageError
+from .errors import ConflictError, ImportFileError, TrustError, UsageError
 from .fields import check_text
-from .identity import Identity
+from .identity import Identity, fingerprint
 from .keyformat import (
     MAX_BATCH_SIZE,
     MAX_BATCHES,
@@ -34,9 +35,10 @@ from .keyformat import (
     prefix_text,
     serial_text,
 )
-from .manifest import PAYLOAD_TYPE, Manifest, record_size, write_manifest
+from .manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_manifest
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+from .trust import pin
 
 if TYPE_CHECKING:
     from .vault import Vault
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 #: Progress callbacks get the stage ("generate", "store") and how many keys it just finished.
 Progress = Callable[[str, int], None]
 
-CHUNK = 65536  # keys generated, hashed and written per step: bounds memory for any batch size
 EXPORT_WARNING = ("LIVE CARD KEYS: this file is the only plaintext copy, made once for printing. "
                   "Whoever holds it holds the money. Deliver it encrypted, then destroy it.")
 _CODE_COLUMNS = ("code", "key", "card_key", "redeem_code", "cdkey")
@@ -79,7 +80,7 @@ def _check_supplier(cat: Catalog, sid: str, name: str, prefix: int) -> None:
                             "its batches are refused until the entry is lifted")
 
 
-def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
+def _register_supplier(vault: Vault, txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
                        now: int) -> dict[str, Any]:
     """The supplier's record, registering it (and its prefix) on first sight."""
     _check_supplier(cat, sid, name, prefix)
@@ -88,9 +89,8 @@ def _register_supplier(txn: Txn, cat: Catalog, sid: str, name: str, prefix: int,
         doc = {"name": name, "prefix": prefix_text(prefix), "public_key": public_key.hex(), "first_seen": now,
                "next_batch": 0}
         txn.put("prefixes", u64(prefix), sid.encode())
-        txn.append_event({"type": "supplier", "at": now, "supplier": sid, "name": name,
-                          "prefix": prefix_text(prefix), "public_key": public_key.hex()},
-                         [LEVEL_SUPPLIER + sid.encode()])
+        vault._log.append(txn, "supplier", now, {"supplier": sid, "name": name, "prefix": prefix_text(prefix),
+                                                 "public_key": public_key.hex()}, [LEVEL_SUPPLIER + sid.encode()])
     return dict(doc)
 
 
@@ -132,9 +132,11 @@ def _store_own(vault: Vault, manifest: Manifest, origin: str, progress: Progress
     return info
 
 
-def _header(identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
+def _header(vault: Vault, identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
             valid_from: int | None, valid_until: int | None) -> dict[str, Any]:
+    previous = vault.catalog().suppliers.get(identity.id, {}).get("last_manifest")
     return {
+        "previous": previous,
         "format": PAYLOAD_TYPE,
         "batch": batch_text(make_batch(identity.prefix, number)),
         "batch_number": number,
@@ -212,24 +214,25 @@ def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys
     number = _next_batch(vault, identity)
     batch = make_batch(identity.prefix, number)
     first = make_serial(batch, 0)
-    salt = os.urandom(16)
+    salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
     export = _Export(keys_out, batch_text(batch), product, valid_until)
 
-    def body() -> Iterator[bytes]:
+    def body() -> Iterator[tuple[bytes, bytes]]:
         done = 0
         while done < count:
             n = min(CHUNK, count - done)
             keys, verifiers = _fast.issue_keys(first + done, n, salt, os.urandom(n * _fast.SECRET_BYTES))
             export.write(first + done, keys)
+            commitments = _fast.commitments(first + done, seed, keys)
             del keys
-            yield verifiers
+            yield verifiers, commitments
             done += n
             report("generate", n)
 
     try:
         manifest = write_manifest(manifest_out, identity,
-                                  _header(identity, number, product, count, "native", salt, valid_from, valid_until),
-                                  body())
+                                  _header(vault, identity, number, product, count, "native", salt, valid_from,
+                                          valid_until), seed, body())
         export.close()
     except BaseException:
         export.discard()
@@ -324,12 +327,14 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
     product = _check_batch_args(product, len(rows), valid_from, valid_until)
     _check_outputs(manifest_out)
     number = _next_batch(vault, identity)
-    salt = os.urandom(16)
+    first = make_serial(make_batch(identity.prefix, number), 0)
+    salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
     report = progress or _nothing
 
-    def body() -> Iterator[bytes]:
+    def body() -> Iterator[tuple[bytes, bytes]]:
         for start in range(0, len(rows), CHUNK):
             part = bytearray()
+            materials = []
             for ident, password in rows[start:start + CHUNK]:
                 if kind == "pair":
                     locator = _fast.locator(b"card:" + ident.encode())
@@ -337,71 +342,128 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
                 else:
                     locator, material = _fast.locator(b"code:" + ident.encode()), ident.encode()
                 part += locator + _fast.verifier(salt, material)
-            yield bytes(part)
-            report("generate", min(CHUNK, len(rows) - start))
-        if kind == "pair":  # public card numbers, length-prefixed, for support and trace
-            yield b"".join(bytes([len(ident)]) + ident.encode() for ident, _ in rows)
+                materials.append(material)
+            yield bytes(part), _fast.commitments(first + start, seed, materials)
+            report("generate", len(materials))
 
+    # Public card numbers, length-prefixed, for support and trace.
+    trailer = [b"".join(bytes([len(ident)]) + ident.encode() for ident, _ in rows)] if kind == "pair" else []
     manifest = write_manifest(manifest_out, identity,
-                              _header(identity, number, product, len(rows), kind, salt, valid_from, valid_until),
-                              body())
+                              _header(vault, identity, number, product, len(rows), kind, salt, valid_from,
+                                      valid_until), seed, body(), trailer)
     return _store_own(vault, manifest, "upstream", progress, manifest_out)
 
 
 def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
-    """Store a verified manifest's batch in one transaction: all of it, or (on any refusal) none of it."""
+    """Store a verified manifest's batch in one transaction: all of it, or (on any refusal) none of it.
+
+    A manifest from elsewhere (origin "manifest") must be signed by a supplier this store pins; a
+    store's own batches pin the identity that issued them.
+    """
+    return vault._store.write(lambda txn: import_in(vault, txn, manifest, origin, progress))
+
+
+def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
+              progress: Progress | None) -> tuple[BatchInfo, bool]:
+    """import_manifest's work, inside a caller's write transaction (a lot's receipt shares it)."""
     header = manifest.header
     supplier = header["supplier"]
     sid, batch = supplier["id"], manifest.batch
+    public_key = manifest.public_key
     report = progress or _nothing
-
-    def work(txn: Txn) -> tuple[BatchInfo, bool]:
+    cat = vault._current(txn)
+    now = now_ms()
+    if not cat.trusts(public_key):
+        if origin == "manifest":
+            pinned = cat.trusted.get(public_key)
+            if pinned is not None:
+                raise TrustError(f"manifest {manifest.path} is signed by a key of {supplier['name']!r} that was "
+                                 "rotated away; ask the supplier to sign it with their current key")
+            raise TrustError(f"manifest {manifest.path} is signed by {supplier['name']!r} (fingerprint "
+                             f"{fingerprint(public_key)}), whom this store does not trust yet: get their public "
+                             "identity file, check that fingerprint with them by another channel, then run "
+                             "`keyvault trust add SUPPLIER.pub`")
+        pin(vault, txn, cat, supplier["name"], header["prefix_value"], public_key, "own", now)
         cat = vault._current(txn)
-        now = now_ms()
-        # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
-        doc = _register_supplier(txn, cat, sid, supplier["name"], header["prefix_value"],
-                                 bytes.fromhex(supplier["public_key"]), now)
-        existing = cat.batches.get(batch)
-        if existing is not None:
-            if existing.manifest == manifest.digest:
-                return existing, False
-            raise ConflictError(f"batch {batch_text(batch)} is already in this store from a different manifest "
-                                f"(added {iso(existing.added_at)}); a batch id is never reused: ask the supplier "
-                                "which manifest is genuine")
-        info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
-                         kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
-                         valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,
-                         manifest=manifest.digest, salt=manifest.salt)
-        serial = make_serial(batch, 0)
-        size = record_size(manifest.kind)
-        for chunk in manifest.records():
-            n = len(chunk) // size
-            if txn.put_sorted("cards", _fast.card_records(serial, chunk, size, vault._pepper)) != n:
-                raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
-                                    "their batch: the store is inconsistent; restore it from a backup")
-            if manifest.kind != "native":
-                for i in range(n):
-                    locator = _fast.store_locator(vault._pepper, chunk[i * size:i * size + 16])
-                    if not txn.put("locators", locator, u64(serial + i),
-                                   overwrite=False):
-                        raise ConflictError(f"card {serial_text(serial + i)} of batch {batch_text(batch)} is already "
-                                            "in this store in another batch: the same card would be sold twice. "
-                                            "Nothing was imported")
-            serial += n
-            report("store", n)
-        if manifest.kind == "pair":
-            first = make_serial(batch, 0)
-            for i, number in enumerate(manifest.card_numbers()):
-                txn.put("upstream", u64(first + i), number.encode())
-        txn.put("batches", u64(batch), dump(info.to_record()))
-        doc["next_batch"] = max(int(doc["next_batch"]), int(header["batch_number"]) + 1)
-        txn.put("suppliers", sid.encode(), dump(doc))
-        txn.bump_generation()
-        txn.append_event({"type": "import" if origin == "manifest" else "issue", "at": now,
-                          "batch": batch_text(batch), "supplier": sid, "supplier_name": supplier["name"],
-                          "product": header["product"], "count": manifest.count, "kind": manifest.kind,
-                          "origin": origin, "manifest": manifest.digest},
-                         [LEVEL_BATCH + u64(batch), LEVEL_SUPPLIER + sid.encode()])
-        return info, True
+    # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
+    doc = _register_supplier(vault, txn, cat, sid, supplier["name"], header["prefix_value"], public_key, now)
+    existing = cat.batches.get(batch)
+    if existing is not None:
+        if existing.manifest == manifest.id:
+            return existing, False
+        raise ConflictError(f"batch {batch_text(batch)} is already in this store from a different manifest "
+                            f"(added {iso(existing.added_at)}); a batch id is never reused: ask the supplier "
+                            "which manifest is genuine")
+    info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
+                     kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
+                     valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,
+                     manifest=manifest.id, salt=manifest.salt)
+    serial = make_serial(batch, 0)
+    size = 16 if manifest.kind == "native" else 32
+    for chunk in manifest.records():
+        n = len(chunk) // size
+        if txn.put_sorted("cards", _fast.card_records(serial, chunk, size, vault._pepper)) != n:
+            raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
+                                "their batch: the store is inconsistent; restore it from a backup")
+        if manifest.kind != "native":
+            for i in range(n):
+                locator = _fast.store_locator(vault._pepper, chunk[i * size:i * size + 16])
+                if not txn.put("locators", locator, u64(serial + i),
+                               overwrite=False):
+                    raise ConflictError(f"card {serial_text(serial + i)} of batch {batch_text(batch)} is already "
+                                        "in this store in another batch: the same card would be sold twice. "
+                                        "Nothing was imported")
+        serial += n
+        report("store", n)
+    if manifest.kind == "pair":
+        first = make_serial(batch, 0)
+        for i, number in enumerate(manifest.card_numbers()):
+            txn.put("upstream", u64(first + i), number.encode())
+    store_commitments(txn, vault._pepper, manifest)
+    txn.put("batches", u64(batch), dump(info.to_record()))
+    if header["batch_number"] + 1 >= int(doc["next_batch"]):
+        doc["last_manifest"] = manifest.id
+    doc["next_batch"] = max(int(doc["next_batch"]), int(header["batch_number"]) + 1)
+    txn.put("suppliers", sid.encode(), dump(doc))
+    txn.bump_generation()
+    vault._log.append(txn, "import" if origin == "manifest" else "issue", now,
+                      {"batch": batch_text(batch), "supplier": sid, "supplier_name": supplier["name"],
+                       "product": header["product"], "count": manifest.count, "kind": manifest.kind,
+                       "origin": origin, "manifest": manifest.id, "merkle_root": header["merkle_root"],
+                       "previous": header["previous"]},
+                      [LEVEL_BATCH + u64(batch), LEVEL_SUPPLIER + sid.encode()])
+    return info, True
 
-    return vault._store.write(work)
+
+COMMIT_VALUES = 127  # commitments per stored value: 4,064 bytes, one overflow page of LMDB's 4 KiB
+
+
+def store_commitments(txn: Txn, pepper: bytes, manifest: Manifest) -> None:
+    """Keep what a trace bundle needs: the signed header, every commitment, the slice roots, the seed (wrapped)."""
+    batch = u64(manifest.batch)
+    txn.put("manifests", bytes.fromhex(manifest.id), manifest.signed)
+    pairs = []
+    buffered = b""
+    n = 0
+    for part in manifest.commitments():
+        buffered += part
+        while len(buffered) >= COMMIT_VALUES * 32:
+            pairs.append((batch + b"C" + n.to_bytes(4, "big"), buffered[:COMMIT_VALUES * 32]))
+            buffered = buffered[COMMIT_VALUES * 32:]
+            n += 1
+        txn.put_sorted("commitments", pairs)
+        pairs = []
+    if buffered:
+        txn.put_sorted("commitments", [(batch + b"C" + n.to_bytes(4, "big"), buffered)])
+    txn.put_sorted("commitments", [(batch + b"R" + i.to_bytes(4, "big"), root)
+                                   for i, root in enumerate(manifest.chunk_roots)])
+    txn.put("commitments", batch + b"S", _wrap_seed(pepper, manifest.batch, manifest.seed()))
+
+
+def _wrap_seed(pepper: bytes, batch: int, seed: bytes) -> bytes:
+    """The seed XOR a pepper-keyed pad: a stolen store file alone cannot derive any key's salt."""
+    pad = hashlib.blake2b(u64(batch), key=pepper, digest_size=SEED_BYTES, person=b"kv1/seed-wrap").digest()
+    return bytes(a ^ b for a, b in zip(seed, pad))
+
+
+unwrap_seed = _wrap_seed  # XOR is its own inverse

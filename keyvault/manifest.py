@@ -2,17 +2,23 @@
 
 File layout (all integers big-endian)::
 
-    "KVMANIFEST1\\n"      12 bytes, magic
+    "KVMANIFEST2\\n"      12 bytes, magic
     public key            32 bytes, the signer's Ed25519 key
-    signature             64 bytes, over PAE("keyvault/manifest/v1", header)
+    signature             64 bytes, over PAE("keyvault/manifest/v2", header)
     header length         4 bytes
-    header                UTF-8 JSON (fields below); names body_length and body_sha256
-    body                  count records of record_size bytes (+ card numbers for "pair")
+    header                UTF-8 JSON (fields below): the part that may be published
+    body                  commit seed (32) | count records | count commitments (32 each) | card numbers
 
 The signature is checked before the header is parsed, and the body is hashed
-and compared before any record is read. The body holds, per key, a 16-byte
-verifier (BLAKE2b of the batch salt and the key); imported cards also carry a
-16-byte locator. Nothing in it lets anyone recover a native key.
+and compared, and the Merkle root of the commitments recomputed, before any
+record is read. A record is a 16-byte verifier (BLAKE2b of the batch salt and
+the key), after a 16-byte locator for imported cards. A commitment is an
+RFC 9162 leaf hash of ``kv1/commit || serial || salt || key`` with a per-key
+salt derived from the seed (docs/provenance.md): the header's ``merkle_root``
+commits to every key, yet lets nobody who sees only the header test a guess.
+The body does let anyone test guesses against the verifiers, so it travels
+sealed (``keyvault lot send``) and is never published. The header names the
+supplier's previous manifest, so a withheld batch shows.
 """
 
 from __future__ import annotations
@@ -21,37 +27,54 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from . import _fast, merkle
 from .errors import ManifestError
 from .identity import Identity, supplier_id, verify_signature
 from .keyformat import MAX_BATCH_SIZE, MAX_IMPORTED, batch_text, make_batch, parse_batch, prefix_text
 
-MAGIC = b"KVMANIFEST1\n"
-PAYLOAD_TYPE = "keyvault/manifest/v1"
+MAGIC = b"KVMANIFEST2\n"
+OLD_MAGIC = b"KVMANIFEST1\n"
+PAYLOAD_TYPE = "keyvault/manifest/v2"
 KINDS = ("native", "code", "pair")
+CHUNK = 1 << 16  # keys per step when writing or reading a body: bounds memory, and aligns with the Merkle tree
+SEED_BYTES = 32
 _FIXED = struct.Struct(">32s64sI")  # public key, signature, header length
 _MAX_HEADER = 1 << 20  # a header is a few hundred bytes; refuse absurd lengths before reading them
-_CHUNK = 1 << 20
+_IO = 1 << 20
 
 
 def record_size(kind: str) -> int:
-    """Bytes per key in a manifest body: a verifier, plus a locator for imported cards."""
+    """Bytes per key in a manifest's records: a verifier, after a locator for imported cards."""
     return 16 if kind == "native" else 32
+
+
+def manifest_id(header_bytes: bytes) -> str:
+    """A manifest's identity: SHA-256 over its signed header under tag kv1/manifest-id, in hex."""
+    return hashlib.sha256(b"kv1/manifest-id" + header_bytes).hexdigest()
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A manifest whose signature and body hash have been verified."""
+    """A manifest whose signature, body hash and Merkle root have been verified."""
 
     path: Path
     header: dict[str, Any]
     header_bytes: bytes
+    public_key: bytes
+    signature: bytes
     body_offset: int
-    digest: str  # SHA-256 of the whole file: the manifest's identity
+    chunk_roots: tuple[bytes, ...]  # Merkle roots of each CHUNK of commitments (the tree's top, precomputed)
+
+    @property
+    def id(self) -> str:
+        """The manifest id (hex): what transfers and the supplier's next manifest name."""
+        return manifest_id(self.header_bytes)
 
     @property
     def batch(self) -> int:
@@ -73,62 +96,103 @@ class Manifest:
         """The batch salt that goes into every verifier."""
         return bytes.fromhex(self.header["salt"])
 
-    def records(self, chunk_keys: int = 65536) -> Iterator[bytes]:
-        """The fixed-size records, in chunks of up to ``chunk_keys`` keys."""
-        size = record_size(self.kind)
+    @property
+    def signed(self) -> bytes:
+        """The published part: magic, public key, signature, header length and header, exactly as signed."""
+        return MAGIC + _FIXED.pack(self.public_key, self.signature, len(self.header_bytes)) + self.header_bytes
+
+    def seed(self) -> bytes:
+        """The commit seed from which every key's salt is derived (secret: it lets guesses be tested)."""
         with open(self.path, "rb") as fh:
             fh.seek(self.body_offset)
-            left = self.count
-            while left:
-                n = min(left, chunk_keys)
-                data = fh.read(n * size)
-                if len(data) != n * size:  # the file changed under us since it was verified
-                    raise ManifestError(f"manifest {self.path} changed while being read; import it again")
-                yield data
-                left -= n
+            return self._exact(fh, SEED_BYTES)
+
+    def records(self) -> Iterator[bytes]:
+        """The fixed-size records, CHUNK keys at a time."""
+        yield from self._column(self.body_offset + SEED_BYTES, record_size(self.kind))
+
+    def commitments(self) -> Iterator[bytes]:
+        """The key commitments (32 bytes each), CHUNK keys at a time."""
+        yield from self._column(self.body_offset + SEED_BYTES + self.count * record_size(self.kind), 32)
 
     def card_numbers(self) -> Iterator[str]:
         """For a "pair" batch, each card's public card number, in index order."""
         with open(self.path, "rb") as fh:
-            fh.seek(self.body_offset + self.count * record_size(self.kind))
+            fh.seek(self.body_offset + SEED_BYTES + self.count * (record_size(self.kind) + 32))
             for _ in range(self.count):
-                n = fh.read(1)[0]
-                yield fh.read(n).decode("utf-8")
+                n = self._exact(fh, 1)[0]
+                yield self._exact(fh, n).decode("utf-8")
+
+    def _column(self, offset: int, size: int) -> Iterator[bytes]:
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            left = self.count
+            while left:
+                n = min(left, CHUNK)
+                yield self._exact(fh, n * size)
+                left -= n
+
+    def _exact(self, fh: IO[bytes], n: int) -> bytes:
+        data = fh.read(n)
+        if len(data) != n:  # the file changed under us since it was verified
+            raise ManifestError(f"manifest {self.path} changed while being read; import it again")
+        return data
 
 
-def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], body: Iterable[bytes]) -> Manifest:
-    """Sign and write a manifest atomically; ``body`` yields its bytes in order."""
+def tree_root(chunk_roots: Iterable[bytes]) -> bytes:
+    """The Merkle root over all commitments, from the roots of their CHUNK-key slices.
+
+    CHUNK is a power of two, so every full slice is a node of the RFC 9162 tree and the tree over
+    the slice roots (the last one partial) is the top of the tree over the keys.
+    """
+    return merkle.root(list(chunk_roots))
+
+
+def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed: bytes,
+                   body: Iterable[tuple[bytes, bytes]], trailer: Iterable[bytes] = ()) -> Manifest:
+    """Sign and write a manifest atomically. ``body`` yields (records, commitments) for each CHUNK of keys,
+    in order; ``trailer`` yields what follows the commitments (card numbers)."""
     if path.exists():
         raise ManifestError(f"{path} already exists; choose another --manifest-out")
-    body_tmp = path.with_name(path.name + ".body")
     tmp = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    length = 0
+    roots = []
     try:
-        # The header names the body's hash, so the body is spooled first.
-        with open(body_tmp, "w+b") as spool, open(tmp, "wb") as out:
-            for part in body:
-                spool.write(part)
-                digest.update(part)
-                length += len(part)
-            header = dict(fields, body_length=length, body_sha256=digest.hexdigest())
+        # The header names the body's hash and the tree's root, so the columns are spooled first.
+        with tempfile.TemporaryFile(dir=path.parent) as records, \
+                tempfile.TemporaryFile(dir=path.parent) as commits, \
+                tempfile.TemporaryFile(dir=path.parent) as tail, open(tmp, "wb") as out:
+            for part, commitments in body:
+                records.write(part)
+                commits.write(commitments)
+                roots.append(_fast.merkle_root(commitments))
+            for part in trailer:
+                tail.write(part)
+            digest = hashlib.sha256(seed)
+            length = len(seed)
+            for spool in (records, commits, tail):
+                spool.seek(0)
+                while block := spool.read(_IO):
+                    digest.update(block)
+                    length += len(block)
+            header = dict(fields, merkle_root=tree_root(roots).hex(), body_length=length,
+                          body_sha256=digest.hexdigest())
             header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
             signature = identity.sign(PAYLOAD_TYPE, header_bytes)
-            out.write(MAGIC + _FIXED.pack(identity.public_key, signature, len(header_bytes)) + header_bytes)
-            spool.seek(0)
-            while block := spool.read(_CHUNK):
-                out.write(block)
+            out.write(MAGIC + _FIXED.pack(identity.public_key, signature, len(header_bytes)) + header_bytes + seed)
+            for spool in (records, commits, tail):
+                spool.seek(0)
+                while block := spool.read(_IO):
+                    out.write(block)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     finally:
-        body_tmp.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     return read_manifest(path)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Open and verify a manifest: signature first, then header, then the body's hash."""
+    """Open and verify a manifest: signature first, then header, then the body's hash and Merkle root."""
     source = Path(path)
     try:
         with open(source, "rb") as fh:
@@ -146,6 +210,9 @@ def _read(source: Path, fh: IO[bytes]) -> Manifest:
     if size == 0:
         raise ManifestError(f"manifest {source} is empty; copy it from the supplier again")
     start = fh.read(len(MAGIC) + _FIXED.size)
+    if start.startswith(OLD_MAGIC):
+        raise ManifestError(f"manifest {source} was written by an older keyvault (format 1, without a Merkle root); "
+                            "ask the supplier to issue it again with this version")
     if not start.startswith(MAGIC):
         if len(start) < len(MAGIC) and MAGIC.startswith(start):
             raise ManifestError(f"manifest {source} is truncated; copy it from the supplier again")
@@ -164,15 +231,18 @@ def _read(source: Path, fh: IO[bytes]) -> Manifest:
     if size - body_offset != header["body_length"]:
         state = "truncated" if size - body_offset < header["body_length"] else "has extra bytes at its end"
         raise ManifestError(f"manifest {source} is {state}; copy it from the supplier again")
-    whole = hashlib.sha256(start + header_bytes)
     body = hashlib.sha256()
-    while block := fh.read(_CHUNK):
+    while block := fh.read(_IO):
         body.update(block)
-        whole.update(block)
     if body.hexdigest() != header["body_sha256"]:
         raise ManifestError(f"manifest {source} is damaged: its records do not match the signed hash; "
                             "ask the supplier for a fresh copy")
-    return Manifest(source, header, header_bytes, body_offset, whole.hexdigest())
+    manifest = Manifest(source, header, header_bytes, public_key, signature, body_offset, ())
+    roots = tuple(_fast.merkle_root(part) for part in manifest.commitments())
+    if tree_root(roots).hex() != header["merkle_root"]:
+        raise ManifestError(f"manifest {source} is signed, but its key commitments do not match its signed Merkle "
+                            "root: the supplier's keyvault wrote a bad file; ask them to re-issue it")
+    return Manifest(source, header, header_bytes, public_key, signature, body_offset, roots)
 
 
 def _parse_header(source: Path, header_bytes: bytes, public_key: bytes) -> dict[str, Any]:
@@ -193,7 +263,10 @@ def _parse_header(source: Path, header_bytes: bytes, public_key: bytes) -> dict[
             len(bytes.fromhex(header["salt"])) == 16,
             header["batch"] == batch_text(make_batch(int(header["prefix_value"]), int(header["batch_number"]))),
             header["prefix"] == prefix_text(int(header["prefix_value"])),
-            isinstance(header["body_length"], int) and header["body_length"] >= count * record_size(kind),
+            isinstance(header["body_length"], int)
+            and header["body_length"] >= SEED_BYTES + count * (record_size(kind) + 32),
+            len(bytes.fromhex(header["merkle_root"])) == 32,
+            header["previous"] is None or len(bytes.fromhex(header["previous"])) == 32,
             header["valid_from"] is None or isinstance(header["valid_from"], int),
             header["valid_until"] is None or isinstance(header["valid_until"], int),
             isinstance(header["created_at"], int),

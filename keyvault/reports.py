@@ -8,12 +8,11 @@ from typing import Any
 from .catalog import BatchInfo, Catalog
 from .clock import iso
 from .keyformat import serial_index, serial_text
-from .results import Result, Status
+from .results import Result
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, from_u64, u64
 
 _COUNTS = ("redeemed", "void", "blacklisted")
-_TIE_ORDER = {"supplier": 0, "issue": 0, "import": 0, "redeem": 1, "void": 1}
 
 
 def _counters(txn: Txn) -> dict[str, dict[str, int]]:
@@ -64,25 +63,26 @@ def build_stats(txn: Txn, cat: Catalog) -> dict[str, Any]:
     return {"totals": totals, "suppliers": suppliers, "batches": batches}
 
 
-def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: Result) -> dict[str, Any]:
+def key_events(txn: Txn, serial: int, batch: BatchInfo, change: tuple[int, int, str, int] | None) -> list[int]:
+    """Indices of the events that tell a key's story: its supplier's, its batch's and its own, oldest first.
+
+    ``change`` is the key's unfolded redeem or void (overlay entry), whose event is not indexed yet.
+    """
+    subjects = (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key), LEVEL_SUPPLIER + batch.supplier.encode())
+    indices = {from_u64(key[-8:]) for subject in subjects for key, _ in txn.items("subjects", subject)
+               if len(key) == len(subject) + 8}
+    if change is not None:
+        indices.add(change[3])
+    return sorted(indices)
+
+
+def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: Result,
+                events: list[dict[str, Any]]) -> dict[str, Any]:
     """Supplier, batch, product, current status and the history of one key, oldest event first."""
     sid = batch.supplier
     supplier = cat.suppliers.get(sid, {})
-    subjects = (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key), LEVEL_SUPPLIER + sid.encode())
-    # An event indexed under several subjects (an import names batch and supplier) is told once.
-    by_seq = {int(e["seq"]): e for subject in subjects for e in txn.events_of(subject)}  # type: ignore[call-overload]
-    events = [by_seq[seq] for seq in sorted(by_seq)]
     for event in events:
-        event["at"] = iso(int(event["at"]))  # type: ignore[call-overload]
-    # Redeem and void live in the ledger (see ledger.py), not the event log: the status tells them.
-    if status.status is Status.REDEEMED:
-        events.append({"type": "redeem", "at": status.redeemed_at, "serial": status.serial,
-                       "order_id": status.order_id})
-    elif status.status is Status.VOID:
-        events.append({"type": "void", "at": status.voided_at, "serial": status.serial, "reason": status.reason})
-    # On a tie (the same millisecond), the order things can happen in: a batch exists before its keys
-    # are spent, and a state change is told before a blacklist entry of the same instant.
-    events.sort(key=lambda e: (str(e["at"]), _TIE_ORDER.get(str(e["type"]), 2)))
+        event["at"] = iso(int(event.pop("at_ms")))
     card = txn.get("upstream", u64(serial))
     blocks = [b.to_dict() for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
                                     cat.keys_blocked.get(serial)) if b is not None]

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import _fast, issuing
+from . import _fast, bundle, issuing, lots, trust
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .clock import iso, now_ms
 from .errors import (
@@ -32,9 +32,12 @@ from .errors import (
     UsageError,
 )
 from .fields import MAX_ORDER_ID, MAX_REASON, check_text
-from .identity import Identity, check_private_file, write_private_file
+from .custody import parse_ranges
+from .identity import Identity, PublicIdentity, Rotation, check_private_file, write_private_file
+from .proofs import commitment_proof
 from .issuing import Progress
 from .groupcommit import GroupCommit
+from .eventlog import EventLog, Policy, parse_leaf
 from .ledger import FOLD_AT, Change, Ledger
 from .keyformat import (
     MAX_IMPORTED,
@@ -49,12 +52,14 @@ from .keyformat import (
     serial_text,
 )
 from .manifest import read_manifest
-from .reports import build_stats, build_trace
+from .reports import build_stats, build_trace, key_events
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
-from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, u64
+from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, load, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
+ENGINE_FILE = "engine.key"  # the store's own Ed25519 key: signs checkpoints (0600, beside the pepper)
+ENGINE_NAME = "keyvault-engine"
 _PEPPER_CHECK = b"kv1/pepper-check"
 _FLUSH_SECONDS = 1.0  # refused-attempt counters are flushed at most this often (and on close)
 _DUMMY_SALT = bytes(16)  # hashed for unknown batches, so unknown and wrong keys cost the same
@@ -84,14 +89,15 @@ def _counter_scopes(batch_id: str | None, supplier: str | None) -> tuple[bytes, 
 class Vault:
     """A keyvault store, opened. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, store: LmdbStore, pepper: bytes) -> None:
+    def __init__(self, store: LmdbStore, pepper: bytes, engine: Identity) -> None:
         self._store = store
         self._pepper = pepper
+        self._log = EventLog(engine)
         self._catalog = Catalog()
         self._pending: Counter[bytes] = Counter()
         self._pending_lock = threading.Lock()
         self._last_flush = time.monotonic()
-        self._ledger = Ledger()
+        self._ledger = Ledger(self._log)
         self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
 
     # -- opening -----------------------------------------------------------------------------
@@ -113,14 +119,22 @@ class Vault:
         else:
             pepper = secrets.token_bytes(32)
             write_private_file(pepper_path, pepper.hex().encode() + b"\n")
+        engine = Identity.generate(ENGINE_NAME)
+        engine.save(root / ENGINE_FILE)
         store = LmdbStore.create(root)
+        vault = cls(store, pepper, engine)
 
         def setup(txn: Txn) -> None:
+            now = now_ms()
             txn.put("meta", b"pepper_check", _pepper_check(pepper))
-            txn.put("meta", b"created_at", u64(now_ms()))
+            txn.put("meta", b"created_at", u64(now))
+            txn.put("meta", b"checkpoint_policy", Policy().to_record())
+            vault._log.append(txn, "trust", now, {"action": "engine", "name": engine.name,
+                                                  "public_key": engine.public_key.hex()}, [])
+            vault._log.maybe_checkpoint(txn, now, force=True)
 
         store.write(setup)
-        return cls(store, pepper)
+        return vault
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
@@ -138,10 +152,11 @@ class Vault:
             if expected is None or not _fast.tags_equal(expected, _pepper_check(pepper)):
                 raise PepperError(f"the pepper file {pepper_path} does not belong to this store (it was made with "
                                   "another one); restore this store's own pepper file from your backup")
+            engine = _read_engine(root / ENGINE_FILE)
         except BaseException:
             store.close()
             raise
-        return cls(store, pepper)
+        return cls(store, pepper, engine)
 
     @property
     def path(self) -> Path:
@@ -175,6 +190,10 @@ class Vault:
         catalog = self._catalog
         if catalog.generation != generation:
             catalog = Catalog.load(txn, generation)
+            policy = txn.get("meta", b"checkpoint_policy")
+            if policy is not None:
+                doc = load(policy)
+                self._log.policy = Policy(int(doc["every_events"]), int(doc["every_seconds"]))
             self._catalog = catalog
         return catalog
 
@@ -396,7 +415,7 @@ class Vault:
             txn.put("blacklist", raw, dump({"reason": why, "at": now}))
             txn.bump_generation()
             name, shown = blacklist_target(raw)
-            txn.append_event({"type": "blacklist", "at": now, "level": name, "target": shown, "reason": why}, [raw])
+            self._log.append(txn, "blacklist", now, {"level": name, "target": shown, "reason": why}, [raw])
             return BlacklistEntry(name, shown, why, iso(now))
 
         return self._store.write(work)
@@ -415,7 +434,7 @@ class Vault:
                 self._count_change(txn, batch, b"blacklisted", -1)
             txn.bump_generation()
             now = now_ms()
-            txn.append_event({"type": "lift", "at": now, "level": name, "target": shown, "reason": why}, [raw])
+            self._log.append(txn, "lift", now, {"level": name, "target": shown, "reason": why}, [raw])
             return BlacklistEntry(name, shown, why, iso(now))
 
         return self._store.write(work)
@@ -506,8 +525,114 @@ class Vault:
             if isinstance(found, Result):
                 what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
                 raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
-            status = self._judge(txn, cat, found, self._ledger.sync(txn, txn.head()), now_ms())
-            return build_trace(txn, cat, found.serial, found.batch, status)
+            overlay = self._ledger.sync(txn, txn.head())
+            status = self._judge(txn, cat, found, overlay, now_ms())
+            indices = key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+            events = [parse_leaf(self._log.leaf(txn, i)) for i in indices]
+            return build_trace(txn, cat, found.serial, found.batch, status, events)
+
+    # -- provenance: the event log, trust, lots, bundles ---------------------------------------------
+
+    @property
+    def engine_identity(self) -> PublicIdentity:
+        """This store's engine key (it signs the checkpoints): give its public file to bundle verifiers."""
+        return self._log.engine.public
+
+    def checkpoint(self) -> str:
+        """Sign a checkpoint of the event log now (or return the newest if it covers every event): the note."""
+        note = self._store.write(lambda txn: self._log.maybe_checkpoint(txn, now_ms(), force=True))
+        assert note is not None
+        return note.decode("utf-8")
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every checkpoint the engine signed, oldest first."""
+        with self._store.read() as txn:
+            return self._log.checkpoints(txn)
+
+    def set_checkpoint_policy(self, every_events: int, every_seconds: int) -> None:
+        """Sign checkpoints by themselves after this many events or seconds, whichever comes first."""
+        if every_events < 1 or every_seconds < 1:
+            raise UsageError("a checkpoint cadence needs at least 1 event and 1 second")
+
+        def work(txn: Txn) -> None:
+            txn.put("meta", b"checkpoint_policy", Policy(every_events, every_seconds).to_record())
+            txn.bump_generation()
+
+        self._store.write(work)
+
+    def verify_log(self) -> int:
+        """Walk the event log: chain, tree and checkpoints; how many events. StoreCorruptError if altered."""
+        with self._store.read() as txn:
+            return self._log.verify(txn)
+
+    def trust(self, identity: PublicIdentity, role: str = "supplier") -> dict[str, Any]:
+        """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
+        if role not in trust.ROLES:
+            raise UsageError(f"a role is one of {', '.join(trust.ROLES)}")
+        return self._store.write(lambda txn: trust.pin(self, txn, self._current(txn), identity.name, identity.prefix,
+                                                       identity.public_key, role, now_ms()))
+
+    def untrust(self, identity: PublicIdentity) -> dict[str, Any]:
+        """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
+        return self._store.write(lambda txn: trust.unpin(self, txn, self._current(txn), identity.public_key,
+                                                         now_ms()))
+
+    def trusted(self) -> list[dict[str, Any]]:
+        """Every pinned identity."""
+        return trust.entries(self.catalog())
+
+    def rotate_trust(self, rotation: Rotation) -> dict[str, Any]:
+        """Accept a key rotation signed by a pinned key and its successor."""
+        return self._store.write(lambda txn: trust.rotate(self, txn, self._current(txn), rotation, now_ms()))
+
+    def send_lot(self, sender: Identity, batch: str, recipient: PublicIdentity, *,
+                 manifest: str | os.PathLike[str], out: str | os.PathLike[str],
+                 ranges: str | None = None) -> dict[str, Any]:
+        """Transfer (part of) a batch you hold to ``recipient``: a signed record, and a lot sealed to them."""
+        info = self.catalog().batches.get(parse_batch(batch))
+        parsed = parse_ranges(ranges, info.count) if ranges and info else None
+        hop, info = lots.send(self, sender, batch, parsed, recipient, Path(manifest), Path(out))
+        return {"transfer": hop.id, "batch": info.id, "to": recipient.name, "to_fingerprint": recipient.fingerprint,
+                "ranges": [f"{a}-{b - 1}" for a, b in hop.ranges], "keys": sum(b - a for a, b in hop.ranges),
+                "lot": str(out)}
+
+    def receive_lot(self, lot: str | os.PathLike[str], recipient: Identity, *,
+                    manifest_out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
+        info, chain = lots.receive(self, Path(lot), recipient, Path(manifest_out) if manifest_out else None)
+        return {"batch": info.id, "count": info.count, "supplier": info.supplier_name,
+                "hops": [{"from": h.doc["from"]["name"], "to": h.doc["to"]["name"], "transfer": h.id,
+                          "ranges": [f"{a}-{b - 1}" for a, b in h.ranges]} for h in chain]}
+
+    def audit(self) -> dict[str, Any]:
+        """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
+        return lots.audit(self)
+
+    def trace_bundle(self, key_or_serial: str) -> dict[str, Any]:
+        """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""
+        for _ in range(5):
+            self.checkpoint()  # a signed checkpoint covering every event so far
+            with self._store.read() as txn:
+                cat = self._current(txn)
+                found = self._find(txn, cat, key_or_serial)
+                if isinstance(found, Result):
+                    what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
+                    raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
+                overlay = self._ledger.sync(txn, txn.head())
+                status = self._judge(txn, cat, found, overlay, now_ms())
+                last = txn.last_key("checkpoints")
+                assert last is not None
+                size = from_u64(last)
+                indices = key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+                if indices and indices[-1] >= size:
+                    continue  # another process changed this key after the checkpoint: sign again
+                events = [(i, self._log.leaf(txn, i), self._log.inclusion(txn, i, size)) for i in indices]
+                return bundle.build(**commitment_proof(txn, self._pepper, found.batch, found.serial,
+                                                       not looks_like_serial(key_or_serial)),
+                                    custody=lots.custody_of(txn, found.batch.key, found.serial),
+                                    checkpoint=self._log.note_at(txn, size), events=events, status=status.to_dict(),
+                                    generated_at=iso(now_ms()))
+        raise StoreError("this key kept changing while its bundle was made; try again")
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------
 
@@ -529,6 +654,13 @@ class Vault:
                         progress: Progress | None = None) -> tuple[BatchInfo, bool]:
         """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
         return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+
+
+def _read_engine(path: Path) -> Identity:
+    if not path.exists():
+        raise StoreError(f"the store's engine key {path} is missing; it signs the store's checkpoints: restore it "
+                         "from your backup")
+    return Identity.load(path)
 
 
 def _pepper_check(pepper: bytes) -> bytes:

@@ -58,6 +58,15 @@ check_keys: Callable[..., list[Any]] = impl.check_keys
 judge: Callable[..., Any] = impl.judge
 export_rows: Callable[[int, list[str], str], str] = impl.export_rows
 card_records: Callable[[int, bytes, int, bytes], list[tuple[bytes, bytes]]] = impl.card_records
+# Provenance (docs/provenance.md): commitments, event leaves, the Merkle tree.
+key_salt: Callable[[bytes, int], bytes] = impl.key_salt
+commitments: Callable[[int, bytes, list[Any]], bytes] = impl.commitments  # materials: bytes or ASCII str
+merkle_root: Callable[[bytes], bytes] = impl.merkle_root
+event_leaf: Callable[[int, bytes, int, int, bytes], bytes] = impl.event_leaf
+ledger_leaves: Callable[[int, bytes, list[tuple[int, int, int, str]]], tuple[list[tuple[bytes, bytes]], bytes]] = \
+    impl.ledger_leaves
+tree_append: Callable[[int, bytes, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = impl.tree_append
+node_key: Callable[[int, int], int] = impl.node_key
 
 # Constants come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402
@@ -70,10 +79,22 @@ from ._pure import (  # noqa: E402
     CHECK_TRANSPOSITION,
     DIGEST_SIZE,
     GROUP_SIZE,
+    HASH_SIZE,
     KEY_SYMBOLS,
+    KIND_BLACKLIST,
+    KIND_IMPORT,
+    KIND_ISSUE,
+    KIND_LIFT,
+    KIND_REDEEM,
+    KIND_SUPPLIER,
+    KIND_TRANSFER,
+    KIND_TRUST,
+    KIND_VOID,
     MAX_INPUT,
     OK,
+    SALT_SIZE,
     SECRET_BYTES,
+    SEED_SIZE,
     SERIAL_SYMBOLS,
 )
 
@@ -83,4 +104,7 @@ __all__ = [
     "SECRET_BYTES", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
     "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
     "tags_equal", "verifier",
+    "HASH_SIZE", "KIND_BLACKLIST", "KIND_IMPORT", "KIND_ISSUE", "KIND_LIFT", "KIND_REDEEM", "KIND_SUPPLIER",
+    "KIND_TRANSFER", "KIND_TRUST", "KIND_VOID", "SALT_SIZE", "SEED_SIZE", "commitments", "event_leaf", "key_salt",
+    "ledger_leaves", "merkle_root", "node_key", "tree_append",
 ]

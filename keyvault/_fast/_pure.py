@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 import unicodedata
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -396,3 +397,183 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
         verifier_ = bytes(records[(i + 1) * size - DIGEST_SIZE : (i + 1) * size])
         out.append(((first_serial + i).to_bytes(8, "big"), bytes([ACTIVE]) + tag(pepper, verifier_)))
     return out
+
+
+# -- provenance (docs/provenance.md): key commitments, event leaves, the RFC 9162 Merkle tree -------
+
+HASH_SIZE = 32  # bytes of a SHA-256 digest: every commitment, leaf hash and node
+SEED_SIZE = 32  # bytes of a batch's commit seed
+SALT_SIZE = 16  # bytes of a key salt (BLAKE2b-128)
+
+# Event kinds: the u8 after the at-ms field of an event leaf.
+KIND_SUPPLIER = 1
+KIND_ISSUE = 2
+KIND_IMPORT = 3
+KIND_REDEEM = 4
+KIND_VOID = 5
+KIND_BLACKLIST = 6
+KIND_LIFT = 7
+KIND_TRANSFER = 8
+KIND_TRUST = 9
+
+_LEAF_PREFIX = b"\x00"  # RFC 9162 domain separation: SHA-256(0x00 || leaf) is a leaf hash...
+_NODE_PREFIX = b"\x01"  # ...and SHA-256(0x01 || left || right) an interior node
+_SALT_PERSON = b"kv1/salt"
+_COMMIT_TAG = b"kv1/commit"
+_EVENT_TAG = b"kv1/event"
+_CHANGE_KINDS = {REDEEMED: KIND_REDEEM, VOIDED: KIND_VOID}  # a ledger change's state -> its event kind
+
+
+def _u64(value: int) -> bytes:
+    """u64(value): 8 bytes big-endian. TypeError for a non-integer, ValueError outside 0..2**64-1."""
+    value = operator.index(value)
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{value} does not fit an unsigned 64-bit integer")
+    return value.to_bytes(8, "big")
+
+
+def _check_bytes(value: object, what: str, size: int | None = None) -> None:
+    """TypeError unless value is bytes or a bytearray; ValueError unless it is size bytes long (if given)."""
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    if size is not None and len(value) != size:
+        raise ValueError(f"{what} must be {size} bytes, not {len(value)}")
+
+
+def _hashes(data: bytes, what: str) -> list[bytes]:
+    """Concatenated 32-byte hashes, one by one."""
+    _check_bytes(data, what)
+    if len(data) % HASH_SIZE:
+        raise ValueError(f"{what} must be a multiple of {HASH_SIZE} bytes, not {len(data)}")
+    return [bytes(data[i : i + HASH_SIZE]) for i in range(0, len(data), HASH_SIZE)]
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    """An RFC 9162 interior node: SHA-256(0x01 || left || right)."""
+    return _sha256(_NODE_PREFIX + left + right)
+
+
+def key_salt(seed: bytes, serial: int) -> bytes:
+    """A key's salt: BLAKE2b-128 of u64(serial), keyed with the batch's 32-byte commit seed, tag kv1/salt."""
+    _check_bytes(seed, "a commit seed", SEED_SIZE)
+    return hashlib.blake2b(_u64(serial), key=seed, digest_size=SALT_SIZE, person=_SALT_PERSON).digest()
+
+
+def commitments(first_serial: int, seed: bytes, materials: list) -> bytes:
+    """The manifest's commitment to each key, for serials first_serial, first_serial + 1, ...: concatenated.
+
+    A commitment is the RFC 9162 leaf hash of the commitment preimage:
+    SHA-256(0x00 || kv1/commit || u64(serial) || key_salt(seed, serial) || material), the material
+    being bytes or an ASCII str (a native key's 32 symbols).
+    """
+    _check_bytes(seed, "a commit seed", SEED_SIZE)
+    _u64(first_serial)
+    out = bytearray()
+    for i, material in enumerate(materials):
+        if isinstance(material, str):
+            material = material.encode("ascii")
+        else:
+            _check_bytes(material, "a key material")
+        serial = first_serial + i
+        out += _sha256(_LEAF_PREFIX + _COMMIT_TAG + _u64(serial) + key_salt(seed, serial) + material)
+    return bytes(out)
+
+
+def merkle_root(leaf_hashes: bytes) -> bytes:
+    """RFC 9162 MTH of n = len(leaf_hashes) // 32 leaf hashes given concatenated.
+
+    No leaves: SHA-256(""); one: that leaf hash; n > 1: node(MTH(first k), MTH(the rest)) for k the
+    largest power of two below n.
+    """
+    leaves = _hashes(leaf_hashes, "leaf hashes")
+
+    def mth(start: int, end: int) -> bytes:
+        n = end - start
+        if n == 1:
+            return leaves[start]
+        k = 1 << ((n - 1).bit_length() - 1)
+        return _node(mth(start, start + k), mth(start + k, end))
+
+    return mth(0, len(leaves)) if leaves else _sha256(b"")
+
+
+def event_leaf(index: int, prev: bytes, kind: int, at_ms: int, body: bytes) -> bytes:
+    """An event's leaf bytes: kv1/event || u64(index) || previous leaf hash (32) || u8(kind) || u64(at ms) || body."""
+    _check_bytes(prev, "the previous leaf hash", HASH_SIZE)
+    _check_bytes(body, "an event body")
+    kind = operator.index(kind)
+    if not 0 <= kind <= 255:
+        raise ValueError(f"an event kind is one byte, not {kind}")
+    return _EVENT_TAG + _u64(index) + bytes(prev) + bytes([kind]) + _u64(at_ms) + bytes(body)
+
+
+def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The event leaves of redeems and voids, (serial, state, at ms, text) each, from index first_index.
+
+    State 1 (redeemed) is a KIND_REDEEM event, 2 (voided) a KIND_VOID one; the body is
+    u64(serial) || text in UTF-8. Each leaf names the leaf hash (SHA-256(0x00 || leaf)) of the one
+    before; the first names ``prev``. Returns [(u64(index), leaf), ...] and the leaf hashes
+    concatenated (32 bytes each).
+    """
+    _check_bytes(prev, "the previous leaf hash", HASH_SIZE)
+    _u64(first_index)
+    pairs = []
+    hashes = bytearray()
+    for i, (serial, state, at_ms, text) in enumerate(changes):
+        kind = _CHANGE_KINDS.get(operator.index(state))
+        if kind is None:
+            raise ValueError(f"a change's state is {REDEEMED} (redeemed) or {VOIDED} (voided), not {state!r}")
+        if not isinstance(text, str):
+            raise TypeError(f"a change's text must be a str, not {type(text).__name__}")
+        leaf = event_leaf(first_index + i, prev, kind, at_ms, _u64(serial) + text.encode("utf-8"))
+        prev = _sha256(_LEAF_PREFIX + leaf)
+        pairs.append((_u64(first_index + i), leaf))
+        hashes += prev
+    return pairs, bytes(hashes)
+
+
+def node_key(level: int, index: int) -> int:
+    """Where the tree keeps internal node (level >= 1, index): its position among internal nodes in post-order.
+
+    With m = (index + 1) << level leaves up to the node's right end: (m - 1) - popcount(m - 1) +
+    (level - 1). A tree of k leaves has k - popcount(k) internal nodes, keyed 0, 1, 2, ... in the
+    order appends complete them.
+    """
+    level, index = operator.index(level), operator.index(index)
+    if level < 1 or index < 0:
+        raise ValueError(f"no internal node at level {level}, index {index}")
+    m = (index + 1) << level
+    return (m - 1) - (m - 1).bit_count() + (level - 1)
+
+
+def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Append leaves to an append-only RFC 9162 tree of ``size`` leaves.
+
+    The tree is stored as its internal nodes, keyed by node_key, and its frontier: the roots of
+    the perfect subtrees that make up ``size`` (its binary decomposition), largest first,
+    concatenated. Returns the internal nodes the new leaves (their hashes concatenated) complete,
+    as [(u64(node_key), hash), ...] in increasing key order, and the new frontier.
+    """
+    size = operator.index(size)
+    stack = _hashes(frontier, "a frontier")
+    leaves = _hashes(leaf_hashes, "leaf hashes")
+    if size < 0 or size + len(leaves) >= 1 << 64:
+        raise ValueError(f"a tree of {size} + {len(leaves)} leaves is out of range")
+    if len(stack) != size.bit_count():
+        raise ValueError(f"a tree of {size} leaves has a frontier of {size.bit_count()} hashes, not {len(stack)}")
+    nodes = []
+    for node in leaves:
+        # The new leaf is a perfect subtree (level 0, index size); while it is a right child, the
+        # frontier's last subtree is its sibling: the two make their parent.
+        level, index = 0, size
+        while index & 1:
+            node = _node(stack.pop(), node)
+            level, index = level + 1, index >> 1
+            nodes.append((_u64(node_key(level, index)), node))
+        stack.append(node)
+        size += 1
+    return nodes, b"".join(stack)

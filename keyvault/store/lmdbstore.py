@@ -29,9 +29,9 @@ from .records import u64
 
 T = TypeVar("T")
 
-FORMAT = b"keyvault-store/1"
-DATABASES = ("meta", "cards", "outcomes", "ledger", "locators", "upstream", "batches", "suppliers", "prefixes",
-             "blacklist", "events", "subjects", "counters")
+FORMAT = b"keyvault-store/2"
+DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "commitments", "manifests", "suppliers",
+             "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters")
 INITIAL_MAP_SIZE = 256 << 20
 MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
 LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
@@ -122,9 +122,9 @@ _HEAD = struct.Struct(">QQQ")
 class Head(NamedTuple):
     """The store's head record (meta/head)."""
 
-    generation: int  # bumped by every change to batches, suppliers or the blacklist
-    ledger_tail: int  # the last ledger sequence number written
-    ledger_folded: int  # the last ledger sequence number folded into the card records
+    generation: int  # bumped by every change to batches, suppliers, trust or the blacklist
+    log_size: int  # events in the event log (the next event's index)
+    folded: int  # log size at the last fold: redeems and voids before it are in the card records
 
 
 class Txn:
@@ -205,7 +205,7 @@ class Txn:
         self.put("counters", key, u64(self.counter(key) + delta))
 
     def head(self) -> Head:
-        """What every check reads first, in one lookup: configuration generation, ledger tail and fold mark."""
+        """What every check reads first, in one lookup: configuration generation, log size and fold mark."""
         value = self.get("meta", b"head")
         return Head(*_HEAD.unpack(value)) if value else Head(0, 0, 0)
 
@@ -217,24 +217,6 @@ class Txn:
         """Tell every process that cached configuration (batches, suppliers, blacklist) is stale."""
         head = self.head()
         self.set_head(head._replace(generation=head.generation + 1))
-
-    def append_event(self, event: dict[str, object], subjects: list[bytes]) -> int:
-        """Append an event (its sequence number is the next one) and index it by subject."""
-        last = self.last_key("events")
-        seq = records.from_u64(last) + 1 if last else 1
-        if not self.put("events", u64(seq), records.dump({"seq": seq, **event}), overwrite=False):
-            raise StoreCorruptError(f"event {seq} already exists: the event log is damaged; restore the store from a backup")
-        for subject in subjects:
-            self.put("subjects", subject + u64(seq), b"")
-        return seq
-
-    def events_of(self, subject: bytes) -> Iterator[dict[str, object]]:
-        """The events indexed under a subject, oldest first."""
-        for key, _ in self.items("subjects", subject):
-            if len(key) == len(subject) + 8:
-                value = self.get("events", key[len(subject):])
-                if value is not None:
-                    yield records.load(value)
 
 
 class LmdbStore:

@@ -1,0 +1,280 @@
+"""The event log: every state change of a store, hash-chained, in an append-only RFC 9162 Merkle tree.
+
+Each event is one leaf (docs/provenance.md): ``kv1/event || u64 index ||
+previous leaf hash || kind || u64 at ms || body``, stored verbatim under its
+index in ``events`` by the same transaction as the change it records. The
+tree's internal nodes go to ``tree`` under their post-order position, so
+appends are sequential; ``meta/log`` holds the last leaf hash and the tree's
+right-edge frontier, and the head holds the size. The engine signs
+checkpoints (C2SP tlog-checkpoint) at the store's cadence and on demand, in
+the transaction that decides to, after checking the new tree still holds the
+last signed root: it never signs two inconsistent checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from . import _fast, merkle
+from .checkpoint import Checkpoint, Verifier, open_note, sign
+from .clock import iso
+from .errors import ProofError, StoreCorruptError, UsageError
+from .identity import Identity
+from .keyformat import serial_text
+from .store import Txn
+from .store.records import dump, from_u64, u64
+
+KIND_NAMES = {_fast.KIND_SUPPLIER: "supplier", _fast.KIND_ISSUE: "issue", _fast.KIND_IMPORT: "import",
+              _fast.KIND_REDEEM: "redeem", _fast.KIND_VOID: "void", _fast.KIND_BLACKLIST: "blacklist",
+              _fast.KIND_LIFT: "lift", _fast.KIND_TRANSFER: "transfer", _fast.KIND_TRUST: "trust"}
+KINDS = {name: kind for kind, name in KIND_NAMES.items()}
+
+_HEAD = struct.Struct(">9sQ32sBQ")  # tag, index, previous leaf hash, kind, at ms: then the body
+_CHANGE = struct.Struct(">Q")  # a redeem or void body: serial, then the order id or reason in UTF-8
+_ZERO = bytes(32)
+_CHECKPOINT = struct.Struct(">Q32s")  # a stored checkpoint: signed at (ms), root; then the signed note
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When the engine signs a checkpoint by itself: after this many events or seconds, whichever first."""
+
+    every_events: int = 10_000
+    every_seconds: int = 10
+
+    def to_record(self) -> bytes:
+        """The stored form (meta/checkpoint_policy)."""
+        return dump({"every_events": self.every_events, "every_seconds": self.every_seconds})
+
+
+def parse_leaf(leaf: bytes) -> dict[str, Any]:
+    """An event leaf as a dict: index, kind, at (ms), previous (hex), and the body's fields."""
+    tag, index, previous, kind, at_ms = _HEAD.unpack_from(leaf)
+    if tag != b"kv1/event" or kind not in KIND_NAMES:
+        raise StoreCorruptError(f"event {index} is not an event leaf: the event log is damaged; run `keyvault check`")
+    body = bytes(leaf[_HEAD.size:])
+    event: dict[str, Any] = {"index": index, "type": KIND_NAMES[kind], "at_ms": at_ms, "previous": previous.hex()}
+    if kind in (_fast.KIND_REDEEM, _fast.KIND_VOID):
+        serial = _CHANGE.unpack_from(body)[0]
+        text = body[_CHANGE.size:].decode("utf-8", "replace")
+        event.update(serial=serial_text(serial), **({"order_id": text} if kind == _fast.KIND_REDEEM else {"reason": text}))
+    else:
+        event.update(json.loads(body))
+    return event
+
+
+def change_of(leaf: bytes) -> tuple[int, int, int, str] | None:
+    """(serial, state, at ms, text) of a redeem or void leaf; None for any other event."""
+    kind = leaf[_HEAD.size - 9]
+    if kind == _fast.KIND_REDEEM:
+        state = 1
+    elif kind == _fast.KIND_VOID:
+        state = 2
+    else:
+        return None
+    at_ms = from_u64(leaf[_HEAD.size - 8:_HEAD.size])
+    serial = _CHANGE.unpack_from(leaf, _HEAD.size)[0]
+    return serial, state, at_ms, bytes(leaf[_HEAD.size + _CHANGE.size:]).decode("utf-8", "replace")
+
+
+class EventLog:
+    """Appends events and signs checkpoints for one store, with its engine key."""
+
+    def __init__(self, engine: Identity) -> None:
+        self.engine = engine
+        self.origin = f"keyvault/{engine.id}"
+        self.policy = Policy()
+
+    # -- appending -------------------------------------------------------------------------------
+
+    def append(self, txn: Txn, kind: str, at_ms: int, doc: dict[str, Any], subjects: list[bytes]) -> int:
+        """Append one event (``doc`` is its body, as JSON) indexed under ``subjects``; its index."""
+        head = txn.head()
+        index = head.log_size
+        prev, frontier = self._tail(txn, index)
+        leaf = _fast.event_leaf(index, prev, KINDS[kind], at_ms, dump(doc))
+        self._store(txn, index, [(u64(index), leaf)], merkle.leaf_hash(leaf), frontier)
+        for subject in subjects:
+            txn.put("subjects", subject + u64(index), b"")
+        self.maybe_checkpoint(txn, at_ms)
+        return index
+
+    def append_changes(self, txn: Txn, changes: list[tuple[int, int, int, str]]) -> list[int]:
+        """Append redeems and voids, (serial, state, at ms, text) each, in one bulk step; their indices."""
+        head = txn.head()
+        first = head.log_size
+        prev, frontier = self._tail(txn, first)
+        pairs, hashes = _fast.ledger_leaves(first, prev, changes)
+        self._store(txn, first, pairs, hashes, frontier)
+        self.maybe_checkpoint(txn, changes[-1][2])
+        return list(range(first, first + len(changes)))
+
+    def _tail(self, txn: Txn, size: int) -> tuple[bytes, bytes]:
+        value = txn.get("meta", b"log")
+        if value is None:
+            if size:
+                raise StoreCorruptError("the event log has lost its tail record: the store is damaged; run "
+                                        "`keyvault check` and restore it from a backup")
+            return _ZERO, b""
+        return bytes(value[:32]), bytes(value[32:])
+
+    def _store(self, txn: Txn, first: int, pairs: list[tuple[bytes, bytes]], hashes: bytes, frontier: bytes) -> None:
+        if txn.put_sorted("events", pairs) != len(pairs):
+            raise StoreCorruptError(f"event {first} already exists: the event log is damaged; run `keyvault check`")
+        nodes, frontier = _fast.tree_append(first, frontier, hashes)
+        if nodes and txn.put_sorted("tree", nodes) != len(nodes):
+            raise StoreCorruptError("the event log's tree already holds a node being added: the store is damaged; "
+                                    "run `keyvault check`")
+        txn.put("meta", b"log", hashes[-32:] + frontier)
+        head = txn.head()
+        txn.set_head(head._replace(log_size=first + len(pairs)))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def size(self, txn: Txn) -> int:
+        """How many events the log holds."""
+        return txn.head().log_size
+
+    @staticmethod
+    def leaf(txn: Txn, index: int) -> bytes:
+        """The stored bytes of event ``index``."""
+        value = txn.get("events", u64(index))
+        if value is None:
+            raise StoreCorruptError(f"event {index} is missing from the event log: the store is damaged; "
+                                    "run `keyvault check`")
+        return bytes(value)
+
+    def perfect(self, txn: Txn) -> merkle.Perfect:
+        """The tree's perfect subtrees, read from the store (leaves hashed from their events)."""
+
+        def subtree(level: int, index: int) -> bytes:
+            if level == 0:
+                return merkle.leaf_hash(self.leaf(txn, index))
+            value = txn.get("tree", u64(_fast.node_key(level, index)))
+            if value is None:
+                raise StoreCorruptError(f"a node of the event log's tree is missing (level {level}, index {index}): "
+                                        "the store is damaged; run `keyvault check`")
+            return bytes(value)
+
+        return subtree
+
+    def root(self, txn: Txn, size: int | None = None) -> bytes:
+        """The tree's root at ``size`` events (now, by default)."""
+        now = self.size(txn)
+        size = now if size is None else size
+        if size > now:
+            raise UsageError(f"the event log holds {now} events, not {size}")
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        if size == now:
+            return merkle.frontier_root([bytes(f) for f in _chunks(self._tail(txn, now)[1])])
+        return merkle.range_root(self.perfect(txn), 0, size)
+
+    def inclusion(self, txn: Txn, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of event ``index`` in the tree of ``size`` events."""
+        return merkle.inclusion_proof(index, size, self.perfect(txn))
+
+    def consistency(self, txn: Txn, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two sizes of the log."""
+        return merkle.consistency_proof(old_size, new_size, self.perfect(txn))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def maybe_checkpoint(self, txn: Txn, now_ms: int, *, force: bool = False) -> bytes | None:
+        """Sign a checkpoint of the log as it stands if the policy says it is due (or ``force``): its note.
+
+        With ``force``, the newest checkpoint is returned when it already covers every event.
+        """
+        size = self.size(txn)
+        last = txn.last_key("checkpoints")
+        last_size = from_u64(last) if last is not None else 0
+        if last is not None and last_size == size:
+            return self.note_at(txn, last_size) if force else None
+        if not force:
+            stored = txn.get("checkpoints", last) if last is not None else None
+            at = _CHECKPOINT.unpack_from(stored)[0] if stored else 0
+            due = size - last_size >= self.policy.every_events or now_ms - at >= self.policy.every_seconds * 1000
+            if not due:
+                return None
+        root = self.root(txn, size)
+        if last is not None:
+            stored = txn.get("checkpoints", last)
+            assert stored is not None
+            signed_root = _CHECKPOINT.unpack_from(stored)[1]
+            if self.root(txn, last_size) != signed_root:
+                raise StoreCorruptError(f"the event log no longer matches its checkpoint at size {last_size}: it was "
+                                        "altered; nothing more will be signed. Run `keyvault check` and restore "
+                                        "the store from a backup")
+        note = sign(Checkpoint(self.origin, size, root), self.origin, self.engine.signing_key)
+        txn.put("checkpoints", u64(size), _CHECKPOINT.pack(now_ms, root) + note)
+        return note
+
+    @staticmethod
+    def note_at(txn: Txn, size: int) -> bytes:
+        """The signed note of the checkpoint at ``size``."""
+        stored = txn.get("checkpoints", u64(size))
+        if stored is None:
+            raise UsageError(f"no checkpoint was signed at size {size}")
+        return bytes(stored[_CHECKPOINT.size:])
+
+    def checkpoints(self, txn: Txn) -> list[dict[str, Any]]:
+        """Every checkpoint signed, oldest first: size, when, root (hex), and the note."""
+        out = []
+        for key, value in txn.items("checkpoints"):
+            at, root = _CHECKPOINT.unpack_from(value)
+            out.append({"size": from_u64(key), "at": iso(at), "root": root.hex(),
+                        "note": bytes(value[_CHECKPOINT.size:]).decode("utf-8")})
+        return out
+
+    def verify(self, txn: Txn) -> int:
+        """Walk the whole log: every event chained to the one before, the stored tree, and every checkpoint's
+        signature and root; how many events. StoreCorruptError names the first thing wrong."""
+        size = self.size(txn)
+        engine = Verifier(self.origin, self.engine.public_key)
+        signed: dict[int, bytes] = {}
+        for key, value in txn.items("checkpoints"):
+            at_size = from_u64(key)
+            try:
+                checkpoint = open_note(bytes(value[_CHECKPOINT.size:]), self.origin, [engine])
+            except ProofError as exc:
+                raise StoreCorruptError(f"the checkpoint at size {at_size} does not verify: {exc}") from None
+            if (checkpoint.size, checkpoint.root) != (at_size, _CHECKPOINT.unpack_from(value)[1]) or at_size > size:
+                raise StoreCorruptError(f"the checkpoint at size {at_size} does not match its record")
+            signed[at_size] = checkpoint.root
+        prev = _ZERO
+        frontier: list[tuple[int, bytes]] = []  # (level, root) of the perfect subtrees so far
+        count = 0
+        for key, leaf in txn.items("events"):
+            if from_u64(key) != count or _HEAD.unpack_from(leaf)[1] != count:
+                raise StoreCorruptError(f"event {count} is missing or out of place in the event log")
+            if bytes(leaf[17:49]) != prev:
+                raise StoreCorruptError(f"event {count} does not name the hash of event {count - 1}: "
+                                        "the chain is broken")
+            prev = merkle.leaf_hash(bytes(leaf))
+            frontier.append((0, prev))
+            while len(frontier) > 1 and frontier[-2][0] == frontier[-1][0]:
+                (level, left), (_, right) = frontier[-2], frontier.pop()
+                frontier[-1] = (level + 1, merkle.node_hash(left, right))
+            count += 1
+            if count in signed and merkle.frontier_root([h for _, h in frontier]) != signed[count]:
+                raise StoreCorruptError(f"the events do not match the checkpoint signed at size {count}: "
+                                        "the log was altered")
+        if count != size:
+            raise StoreCorruptError(f"the event log holds {count} events but its head says {size}")
+        if size and self.root(txn, size) != merkle.frontier_root([h for _, h in frontier]):
+            raise StoreCorruptError("the event log's stored tree does not match its events")
+        return size
+
+    def covering(self, txn: Txn, index: int) -> tuple[int, bytes] | None:
+        """The oldest checkpoint that covers event ``index``: (size, note), or None."""
+        for key, value in txn.items_from("checkpoints", u64(index + 1)):
+            return from_u64(key), bytes(value[_CHECKPOINT.size:])
+        return None
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    return [data[i:i + 32] for i in range(0, len(data), 32)]
+

@@ -1,0 +1,261 @@
+"""A store's side of custody: sending lots, receiving them, and the audit that reports double sales.
+
+The ``custody`` database holds (keys start with one letter):
+
+| key                              | value                                        |
+|----------------------------------|----------------------------------------------|
+| T + transfer id (32)             | the signed transfer file                     |
+| S + spent record id (32) + u64 first | transfer id (32) + u64 end: a spend of [first, end) |
+| H + u64 batch + transfer id      | empty: the transfers known for a batch       |
+| E + transfer id (32)             | JSON evidence: the transfer refused as a double sale, and the one it collides with |
+
+Sending refuses an overlap with an earlier spend before signing anything.
+Receiving stores every new hop of the incoming chain; a hop that spends
+what another known transfer already spent is a double sale: the lot is
+refused, and both signed records are kept, reported by ``keyvault audit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .catalog import BatchInfo
+from .clock import iso, now_ms
+from .custody import (
+    Ranges,
+    Transfer,
+    check_chain,
+    contains,
+    make_transfer,
+    open_lot,
+    overlaps,
+    read_transfer,
+    seal_lot,
+)
+from .errors import CustodyError, NotFoundError, UsageError
+from .identity import Identity, PublicIdentity, fingerprint
+from .issuing import import_in
+from .keyformat import batch_text, parse_batch, serial_index
+from .manifest import read_manifest
+from .store import Txn
+from .store.records import LEVEL_BATCH, dump, from_u64, load, u64
+
+if TYPE_CHECKING:
+    from .vault import Vault
+
+
+def _record(txn: Txn, tid: bytes) -> Transfer:
+    data = txn.get("custody", b"T" + tid)
+    if data is None:
+        raise NotFoundError(f"transfer {tid.hex()} is not in this store")
+    return read_transfer(bytes(data), f"stored transfer {tid.hex()[:16]}")
+
+
+def chain_of(txn: Txn, hop: Transfer, manifest_id: str) -> list[Transfer]:
+    """The stored chain that ends with ``hop``, oldest first."""
+    chain = [hop]
+    while chain[0].previous != manifest_id:
+        chain.insert(0, _record(txn, bytes.fromhex(chain[0].previous)))
+    return chain
+
+
+def batch_transfers(txn: Txn, batch: int) -> list[Transfer]:
+    """Every transfer this store knows for a batch, oldest first."""
+    prefix = b"H" + u64(batch)
+    hops = [_record(txn, key[len(prefix):]) for key, _ in txn.items("custody", prefix)]
+    return sorted(hops, key=lambda t: (t.doc["at"], t.id))
+
+
+def _spent_by(txn: Txn, previous: str, ranges: Ranges, tid: str) -> Transfer | None:
+    """A known transfer other than ``tid`` that spent an overlapping part of ``previous``."""
+    prefix = b"S" + bytes.fromhex(previous)
+    for key, value in txn.items("custody", prefix):
+        first, end = from_u64(key[-8:]), from_u64(value[32:])
+        if value[:32].hex() != tid and overlaps(((first, end),), ranges):
+            return _record(txn, bytes(value[:32]))
+    return None
+
+
+def _keep(vault: Vault, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
+    """Store a new hop, its spends, and its event."""
+    tid = bytes.fromhex(hop.id)
+    txn.put("custody", b"T" + tid, hop.data)
+    txn.put("custody", b"H" + u64(batch) + tid, b"")
+    for first, end in hop.ranges:
+        txn.put("custody", b"S" + bytes.fromhex(hop.previous) + u64(first), tid + u64(end))
+    vault._log.append(txn, "transfer", now, {"transfer": hop.id, "batch": hop.doc["batch"], "previous": hop.previous,
+                                             "from": hop.doc["from"], "to": hop.doc["to"],
+                                             "ranges": [list(r) for r in hop.ranges]},
+                      [LEVEL_BATCH + u64(batch)])
+
+
+def send(vault: Vault, sender: Identity, batch_ref: str, ranges: Ranges | None, recipient: PublicIdentity,
+         manifest_path: Path, out: Path) -> tuple[Transfer, BatchInfo]:
+    """Sign a transfer of a lot to ``recipient`` and write it sealed to ``out``."""
+    if out.exists():
+        raise UsageError(f"{out} already exists; choose another --out (a lot is never overwritten)")
+    manifest = read_manifest(manifest_path)
+    batch = parse_batch(batch_ref)
+    if manifest.batch != batch:
+        raise UsageError(f"{manifest_path} is the manifest of batch {batch_text(manifest.batch)}, not {batch_text(batch)}")
+
+    def work(txn: Txn) -> tuple[Transfer, list[Transfer], BatchInfo]:
+        cat = vault._current(txn)
+        info = cat.batches.get(batch)
+        if info is None or info.manifest != manifest.id:
+            raise NotFoundError(f"batch {batch_text(batch)} is not in this store from that manifest; only a lot "
+                                "you hold can be sent")
+        wanted = ranges or ((0, info.count),)
+        previous, chain = _holding(txn, sender, manifest.public_key, manifest.id, batch, wanted)
+        now = now_ms()
+        hop = make_transfer(sender, recipient.name, recipient.public_key, info.id, manifest.id, info.count, wanted,
+                            previous, now)
+        earlier = _spent_by(txn, previous, hop.ranges, hop.id)
+        if earlier is not None:
+            raise CustodyError(f"double sale refused: keys of this lot were already sent to "
+                               f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
+                               f"{earlier.id[:16]}); nothing was sent")
+        _keep(vault, txn, hop, batch, now)
+        return hop, chain + [hop], info
+
+    hop, chain, info = vault._store.write(work)
+    _write_new(out, seal_lot(sender, recipient.public_key, chain, manifest.path.read_bytes()))
+    return hop, info
+
+
+def _holding(txn: Txn, holder: Identity, supplier: bytes, manifest_id: str, batch: int,
+             wanted: Ranges) -> tuple[str, list[Transfer]]:
+    """The record through which ``holder`` holds ``wanted`` (its id) and the chain that led to it."""
+    if holder.public_key == supplier:
+        return manifest_id, []
+    for hop in reversed(batch_transfers(txn, batch)):
+        if hop.recipient == holder.public_key and all(
+                any(a <= x and y <= b for a, b in hop.ranges) for x, y in wanted):
+            return hop.id, chain_of(txn, hop, manifest_id)
+    raise CustodyError(f"{holder.name!r} does not hold those keys of batch {batch_text(batch)} here: no transfer "
+                       "to them covers the ranges (receive the lot with `keyvault lot receive` first)")
+
+
+def receive(vault: Vault, lot_path: Path, recipient: Identity,
+            manifest_out: Path | None = None) -> tuple[BatchInfo, list[Transfer]]:
+    """Open a lot sealed to ``recipient``, check its chain, record custody and import its batch, in one
+    transaction. A double sale is refused; both records are kept as evidence."""
+    try:
+        data = lot_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {lot_path}: {exc.strerror}") from None
+    sender, chain, manifest_bytes = open_lot(data, recipient, f"lot {lot_path}")
+    if manifest_out is not None and manifest_out.exists():
+        raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
+    fd, name = tempfile.mkstemp(dir=vault.path, prefix=".lot-", suffix=".kvm")
+    spool = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(manifest_bytes)
+        manifest = read_manifest(spool)
+        check_chain(manifest.public_key, manifest.id, manifest.count, chain)
+
+        def work(txn: Txn) -> tuple[BatchInfo | None, Transfer | None, Transfer | None]:
+            now = now_ms()
+            for hop in chain:
+                if txn.get("custody", b"T" + bytes.fromhex(hop.id)) is not None:
+                    continue
+                earlier = _spent_by(txn, hop.previous, hop.ranges, hop.id)
+                if earlier is not None:
+                    tid = bytes.fromhex(hop.id)
+                    txn.put("custody", b"T" + tid, hop.data)
+                    txn.put("custody", b"E" + tid, dump({"conflicts_with": earlier.id, "at": now,
+                                                         "batch": hop.doc["batch"], "previous": hop.previous}))
+                    return None, hop, earlier
+                _keep(vault, txn, hop, manifest.batch, now)
+            info, _ = import_in(vault, txn, manifest, "manifest", None)
+            return info, None, None
+
+        info, refused, earlier = vault._store.write(work)
+        if refused is not None and earlier is not None:
+            raise CustodyError(
+                f"double sale: {refused.doc['from']['name']!r} sold keys of batch {refused.doc['batch']} that "
+                f"{earlier.doc['from']['name']!r} had already transferred to {earlier.doc['to']['name']!r} "
+                f"(transfer {earlier.id[:16]}). The lot was refused and both signed records are kept: "
+                "`keyvault audit` shows them")
+        assert info is not None
+        if manifest_out is not None:
+            _write_new(manifest_out, manifest_bytes)
+        return info, chain
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; choose another file") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def audit(vault: Vault) -> dict[str, Any]:
+    """Double sales, withheld or forked manifests, and the event log's own check, in one report."""
+    with vault._store.read() as txn:
+        cat = vault._current(txn)
+        double_sales = []
+        for key, value in txn.items("custody", b"E"):
+            doc = load(value)
+            refused = _record(txn, key[1:])
+            earlier = _record(txn, bytes.fromhex(doc["conflicts_with"]))
+            double_sales.append({"batch": doc["batch"], "spent_record": doc["previous"], "detected_at": iso(doc["at"]),
+                                 "first": _hop_dict(earlier), "second": _hop_dict(refused)})
+        gaps, forks = [], []
+        by_supplier: dict[str, dict[str, dict[str, Any]]] = {}
+        for info in cat.batches.values():
+            signed = txn.get("manifests", bytes.fromhex(info.manifest))
+            header = _signed_header(signed) if signed is not None else {}
+            by_supplier.setdefault(info.supplier, {})[info.manifest] = {"batch": info.id,
+                                                                        "previous": header.get("previous")}
+        for sid, manifests in sorted(by_supplier.items()):
+            seen: dict[str, str] = {}
+            for mid, doc in sorted(manifests.items(), key=lambda item: item[1]["batch"]):
+                prev = doc["previous"]
+                if prev is not None and prev not in manifests:
+                    gaps.append({"supplier": sid, "batch": doc["batch"], "missing_previous": prev})
+                if prev is not None and prev in seen:
+                    forks.append({"supplier": sid, "previous": prev, "batches": [seen[prev], doc["batch"]]})
+                if prev is not None:
+                    seen[prev] = doc["batch"]
+        try:
+            events = vault._log.verify(txn)
+            log = {"ok": True, "events": events, "checkpoints": len(vault._log.checkpoints(txn))}
+        except Exception as exc:  # reported, not raised: an audit tells everything it finds
+            log = {"ok": False, "error": str(exc)}
+    return {"double_sales": double_sales, "manifest_gaps": gaps, "manifest_forks": forks, "event_log": log,
+            "clean": not double_sales and not gaps and not forks and log["ok"]}
+
+
+def _hop_dict(hop: Transfer) -> dict[str, Any]:
+    return {"transfer": hop.id, "from": hop.doc["from"]["name"], "from_fingerprint": fingerprint(hop.sender),
+            "to": hop.doc["to"]["name"], "to_fingerprint": fingerprint(hop.recipient), "at": iso(hop.doc["at"]),
+            "ranges": [f"{a}-{b - 1}" for a, b in hop.ranges], "record": hop.data.hex()}
+
+
+def _signed_header(signed: bytes) -> dict[str, Any]:
+    """The header JSON of a stored signed manifest (magic, key, signature, length, header)."""
+    return dict(json.loads(bytes(signed[12 + 32 + 64 + 4:])))
+
+
+def custody_of(txn: Txn, batch: int, serial: int) -> list[Transfer]:
+    """The longest chain of custody this store knows that moved this key, oldest first."""
+    index = serial_index(serial)
+    best: list[Transfer] = []
+    for hop in batch_transfers(txn, batch):
+        if contains(hop.ranges, index):
+            chain = chain_of(txn, hop, hop.manifest)
+            if len(chain) > len(best):
+                best = chain
+    return best
