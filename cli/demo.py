@@ -77,6 +77,7 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
 
     _say(as_json, "\n3. The platform imports the manifest (signature checked first)")
     platform = Vault.init(work / "platform-store")
+    platform.trust(acme.public)  # pinned after checking its fingerprint with the supplier
     started = time.perf_counter()
     platform.import_manifest(manifest)
     rates["import_keys_per_s"] = count / (time.perf_counter() - started)

@@ -12,7 +12,7 @@ import click
 
 import keyvault
 
-from . import batch, blacklist, demo, identity, keys, store, supplier
+from . import batch, blacklist, demo, identity, keys, provenance, store, supplier
 from .output import State
 
 
@@ -31,9 +31,11 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
     ctx.obj = State(store, pepper_file)
 
 
-for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo):
+for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
+                provenance.audit, provenance.checkpoint, provenance.verify_bundle):
     cli.add_command(command)
-for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist):
+for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
+              provenance.trust, provenance.lot):
     cli.add_command(group)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 import click
 
 from keyvault import Vault
+from keyvault.bundle import verify as verify_bundle
+from keyvault.identity import PublicIdentity
+from keyvault.keyformat import parse_prefix
 
 from .output import State, emit, handle_errors, json_option
 
@@ -65,18 +69,36 @@ def _refused(row: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("key_or_serial")
+@click.option("--bundle", "bundle_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained proof bundle here, for `keyvault verify-bundle`.")
 @json_option
 @click.pass_obj
 @handle_errors
-def trace(state: State, key_or_serial: str, as_json: bool) -> None:
+def trace(state: State, key_or_serial: str, bundle_out: Path | None, as_json: bool) -> None:
     """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
     if key_or_serial == "-":
         key_or_serial = sys.stdin.readline().strip()
-    doc = state.vault().trace(key_or_serial)
+    if bundle_out is not None and bundle_out.exists():
+        raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file")
+    vault = state.vault()
+    doc = vault.trace(key_or_serial)
+    # Every trace checks its own proof, as a verifier elsewhere would, with the keys this store pins.
+    proof = json.dumps(vault.trace_bundle(key_or_serial), indent=1) + "\n"
+    checks = verify_bundle(proof.encode(), [_supplier_identity(doc), vault.engine_identity])
+    doc["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
+    if bundle_out is not None:
+        bundle_out.write_text(proof, encoding="utf-8")
+        doc["bundle"] = {"path": str(bundle_out), "bytes": len(proof.encode())}
     if as_json:
         emit(True, doc, "")
         return
     click.echo(render_trace(doc))
+
+
+def _supplier_identity(doc: dict[str, Any]) -> PublicIdentity:
+    """The key's supplier as the store pinned it, for checking a fresh bundle here."""
+    s = doc["supplier"]
+    return PublicIdentity(name=s["name"], prefix=parse_prefix(s["prefix"]), public_key=bytes.fromhex(s["public_key"]))
 
 
 def render_trace(doc: dict[str, Any]) -> str:
@@ -92,9 +114,16 @@ def render_trace(doc: dict[str, Any]) -> str:
               f"  status    {st['status']}" + (f": {st['message']}" if st.get("message") else "")]
     for entry in doc["blacklist"]:
         lines.append(f"  blacklist {entry['level']} {entry['target']}: {entry['reason']} (since {entry['at']})")
-    lines.append("  history")
+    lines.append("  history (each event is in the store's signed, hash-chained log)")
     for e in doc["events"]:
         lines.append(f"    {e['at']}  {_describe(e)}")
+    if "verification" in doc:
+        ok = doc["verification"]["ok"]
+        lines.append(f"  signatures and proofs: {'every one holds' if ok else 'NOT ALL HOLD'}")
+        lines += [f"    {line}" for line in doc["verification"]["checks"]]
+    if "bundle" in doc:
+        lines.append(f"  proof bundle written to {doc['bundle']['path']} ({doc['bundle']['bytes']:,} bytes): check it "
+                     "anywhere with `keyvault verify-bundle`")
     return "\n".join(lines)
 
 
@@ -105,11 +134,22 @@ def _describe(e: dict[str, Any]) -> str:
     if kind == "issue":
         return f"batch {e['batch']} of {e['count']:,} issued by {e['supplier_name']} ({e['origin']})"
     if kind == "import":
-        return f"batch {e['batch']} of {e['count']:,} imported from {e['supplier_name']}'s signed manifest"
+        return (f"batch {e['batch']} of {e['count']:,} imported from {e['supplier_name']}'s signed manifest "
+                f"(Merkle root {e['merkle_root'][:16]}…)")
     if kind == "redeem":
         return f"redeemed by order {e['order_id']}"
     if kind == "void":
         return f"voided: {e['reason']}"
+    if kind == "transfer":
+        return (f"{e['from']['name']} transferred keys {', '.join(f'{a}-{b - 1}' for a, b in e['ranges'])} of "
+                f"batch {e['batch']} to {e['to']['name']} (signed transfer {e['transfer'][:16]})")
+    if kind == "trust":
+        action = e.get("action")
+        if action == "pin":
+            return f"{e['name']} trusted as {e['role']} (fingerprint {e['fingerprint']})"
+        if action == "rotate":
+            return f"{e['name']} rotated to a new key, signed by the old key and the new"
+        return f"trust {action}: {e.get('name')}"
     if kind in ("blacklist", "lift"):
         verb = "blacklisted" if kind == "blacklist" else "blacklist lifted"
         return f"{verb} ({e['level']} {e['target']}): {e['reason']}"

@@ -68,7 +68,7 @@ def _b64decode(text: str, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A tree head: which log, how many leaves, and the RFC 9162 root over them."""
+    """A tree head: which log, how many leaves, and the RFC 9162 root over them (checked when made)."""
 
     origin: str
     size: int
@@ -127,6 +127,13 @@ def _signature_line(text: bytes, name: str, signing_key: nacl.signing.SigningKey
     signature = signing_key.sign(text).signature
     blob = key_id(name, bytes(signing_key.verify_key)) + signature
     return f"{_SIG_PREFIX}{name} {base64.b64encode(blob).decode()}\n".encode("utf-8")
+
+
+def _sized(note: bytes) -> bytes:
+    """``note``, unless it is larger than :func:`open_note` accepts."""
+    if len(note) > MAX_NOTE_BYTES:
+        raise ProofError(f"the note would be {len(note)} bytes; a checkpoint note is at most {MAX_NOTE_BYTES}")
+    return note
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def _parse_body(text: bytes) -> Checkpoint:
 def sign(checkpoint: Checkpoint, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
     """The whole signed note: ``checkpoint``'s body, a blank line, and its signature under ``name``."""
     body = checkpoint.body()
-    return body + b"\n" + _signature_line(body, name, signing_key)
+    return _sized(body + b"\n" + _signature_line(body, name, signing_key))
 
 
 def add_signature(note: bytes, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
@@ -199,7 +206,7 @@ def add_signature(note: bytes, name: str, signing_key: nacl.signing.SigningKey) 
     """
     text, _ = _split(note)
     _parse_body(text)
-    return note + _signature_line(text, name, signing_key)
+    return _sized(note + _signature_line(text, name, signing_key))
 
 
 def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], required: int = 1) -> Checkpoint:

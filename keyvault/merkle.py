@@ -157,6 +157,7 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
     if len(proof) != need:
         raise ProofError(f"the proof has {len(proof)} hashes; a tree of {size} leaves needs {need} "
                          f"for index {index}")
+    # RFC 9162 2.1.3.2 from here on; its own length checks stay, though the one above answers first.
     fn, sn, r = index, size - 1, leaf
     for p in proof:
         if sn == 0:
@@ -206,6 +207,7 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
     need = _consistency_length(old_size, new_size)
     if len(proof) != need:
         raise ProofError(f"the proof has {len(proof)} hashes; from {old_size} to {new_size} leaves it needs {need}")
+    # RFC 9162 2.1.4.2 from here on.
     path = list(proof)
     if old_size & (old_size - 1) == 0:  # the old tree is a perfect subtree: its root starts the fold
         path.insert(0, old_root)

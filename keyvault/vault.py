@@ -549,6 +549,12 @@ class Vault:
         with self._store.read() as txn:
             return self._log.checkpoints(txn)
 
+    @property
+    def checkpoint_policy(self) -> Policy:
+        """When checkpoints are signed by themselves."""
+        self.catalog()  # the policy is reloaded with the catalog
+        return self._log.policy
+
     def set_checkpoint_policy(self, every_events: int, every_seconds: int) -> None:
         """Sign checkpoints by themselves after this many events or seconds, whichever comes first."""
         if every_events < 1 or every_seconds < 1:

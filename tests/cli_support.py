@@ -44,6 +44,13 @@ def ok(*args: object, input: str | None = None, env: dict[str, str] | None = Non
     return result
 
 
+def trust_cli(store: Path, identity: Path) -> None:
+    """Pin a supplier's identity in a store through the CLI (its public file written beside it)."""
+    public = identity.with_suffix(".pub")
+    public.write_bytes(ok("identity", "show", "--public", identity).stdout_bytes)
+    ok("--store", store, "trust", "add", public)
+
+
 def one_json(result: CliResult) -> Any:
     """The single JSON document a --json command prints on stdout."""
     return json.loads(result.stdout)
@@ -124,6 +131,7 @@ def make_world(root: Path, count: int = 40, name: str = "Acme Games", product: s
     keys_csv, manifest = root / "keys.csv", root / "batch.kvm"
     issued = one_json(ok("--store", sup, "batch", "issue", "--supplier", identity, "--product", product,
                          "--count", count, "--keys-out", keys_csv, "--manifest-out", manifest, "--json"))
+    trust_cli(plat, identity)
     ok("--store", plat, "manifest", "import", manifest)
     keys, serials = read_keys(keys_csv)
     return World(root, identity, sup, plat, keys_csv, manifest, issued["batch"], who["id"], name, who["prefix"],

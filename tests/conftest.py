@@ -43,8 +43,10 @@ def supplier_store(tmp_path: Path) -> Iterator[Vault]:
 
 
 @pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Vault]:
+def platform(tmp_path: Path, supplier: Identity) -> Iterator[Vault]:
+    """A platform store that pins the supplier (pinning itself is tested in test_provenance.py)."""
     with Vault.init(tmp_path / "platform-store") as vault:
+        vault.trust(supplier.public)
         yield vault
 
 

@@ -36,7 +36,7 @@ from keyvault import (
 )
 from keyvault.keyformat import display_key, parse_serial
 
-from cli_support import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, World, json_lines, kv, ok, swapped, typo
+from cli_support import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, World, json_lines, kv, ok, swapped, trust_cli, typo
 
 
 # -- a clean error ---------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _layout(manifest: Path) -> dict[str, int]:
 def test_manifest_layout_is_what_these_tests_assume(world: World) -> None:
     data = world.manifest.read_bytes()
     layout = _layout(world.manifest)
-    assert data[:12] == b"KVMANIFEST1\n"
+    assert data[:12] == b"KVMANIFEST2\n"
     header = json.loads(data[112:layout["body"]])
     assert header["batch"] == world.batch and len(data) - layout["body"] == header["body_length"]
 
@@ -297,6 +297,9 @@ def test_manifest_whose_prefix_belongs_to_another_supplier(tmp_path: Path, world
     for n in range(2):
         ok("--store", other_store, "batch", "issue", "--supplier", impostor, "--product", "FAKE", "--count", 5,
            "--keys-out", tmp_path / f"fake{n}.csv", "--manifest-out", tmp_path / f"fake{n}.kvm")
+    public = tmp_path / "impostor.pub"
+    public.write_bytes(ok("identity", "show", "--public", impostor).stdout_bytes)
+    ok("--store", world.platform, "trust", "add", public)  # even a pinned supplier cannot take another's prefix
     before = exact(world.platform)
     # Batch 000 exists here from Acme's manifest (either refusal will do); batch 001 is new but its prefix is Acme's.
     refused(kv("--store", world.platform, "manifest", "import", tmp_path / "fake0.kvm"), "already")
@@ -446,12 +449,12 @@ def test_store_of_another_format_version_is_refused(tmp_path: Path, world: World
     env = lmdb.open(str(copy), max_dbs=64)
     with env.begin(write=True) as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
-        assert txn.get(b"format", db=meta) == b"keyvault-store/1"
+        assert txn.get(b"format", db=meta) == b"keyvault-store/2"
         txn.put(b"format", b"keyvault-store/999", db=meta)
     env.close()
     before = exact(copy)
     for args in (("stats", "--json"), ("verify", world.keys[0]), ("redeem", world.keys[0], "--order", "O-1")):
-        refused(kv("--store", copy, *args), "keyvault-store/999", "keyvault-store/1")
+        refused(kv("--store", copy, *args), "keyvault-store/999", "keyvault-store/2")
     with pytest.raises(StoreVersionError):
         Vault.open(copy)
     assert exact(copy) == before
@@ -568,6 +571,8 @@ def test_platform_refuses_a_card_sold_in_two_batches(tmp_path: Path, world: Worl
         manifests.append(tmp_path / f"{name}.kvm")
         ok("--store", store, "batch", "import", "--supplier", identity, "--product", "P", cards,
            "--manifest-out", manifests[-1])
+    for name in ("alpha", "beta"):
+        trust_cli(world.platform, tmp_path / f"{name}.identity")
     ok("--store", world.platform, "manifest", "import", manifests[0])
     before = exact(world.platform)
     refused(kv("--store", world.platform, "manifest", "import", manifests[1]), "already in this store",

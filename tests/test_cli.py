@@ -36,6 +36,7 @@ from cli_support import (
     one_json,
     read_keys,
     swapped,
+    trust_cli,
     typo,
 )
 
@@ -242,6 +243,7 @@ def test_manifest_import_json_and_reimport_changes_nothing(world: World) -> None
 def test_manifest_import_human(tmp_path: Path, world: World) -> None:
     fresh = tmp_path / "fresh"
     ok("--store", fresh, "init")
+    trust_cli(fresh, world.identity)
     human = ok("--store", fresh, "manifest", "import", world.manifest)
     assert f"imported batch {world.batch}" in human.stdout
     assert world.supplier_name in human.stdout and world.supplier_id in human.stdout
@@ -589,7 +591,7 @@ def test_trace_by_key_and_by_serial(world: World) -> None:
     assert by_key["batch"]["batch"] == world.batch and by_key["batch"]["product"] == world.product
     assert by_key["status"]["status"] == "redeemed" and by_key["status"]["order_id"] == "T-77"
     types = [e["type"] for e in by_key["events"]]
-    assert types == ["supplier", "import", "redeem"]
+    assert types == ["trust", "supplier", "import", "redeem"]
     assert by_key["events"][-1]["order_id"] == "T-77"
     human = ok("--store", world.platform, "trace", world.serials[0]).stdout
     for text in (world.serials[0], world.supplier_name, world.supplier_id, world.product, world.batch,
@@ -599,7 +601,7 @@ def test_trace_by_key_and_by_serial(world: World) -> None:
 
     # The supplier's store tells its own side of the story.
     own = one_json(ok("--store", world.supplier_store, "trace", "--json", world.serials[1]))
-    assert [e["type"] for e in own["events"]] == ["supplier", "issue"]
+    assert [e["type"] for e in own["events"]] == ["trust", "supplier", "issue"]
     assert own["status"]["status"] == "valid"
 
 

@@ -30,6 +30,8 @@ from click.testing import CliRunner
 
 from keyvault import Identity, KeyvaultError, Result, Vault, _fast
 from keyvault.cli.main import cli
+
+from cli_support import ok, trust_cli
 from keyvault.keyformat import display_key, parse_batch, parse_prefix, parse_serial
 
 ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
@@ -214,6 +216,7 @@ def _run_everything(root: Path) -> Sweep:
     for store in (sup, plat):
         rec("--store", store, "init", expect=0)
         rec("--store", store, "init", "--json", expect=1)  # refused: already a store
+    trust_cli(plat, identity)
 
     # Native keys: a CSV export and a JSON export.
     keys_csv, keys_json = exports / "keys.csv", exports / "keys.json"
@@ -260,6 +263,19 @@ def _run_everything(root: Path) -> Sweep:
         rec("--store", plat, "manifest", "import", root / manifest, "--json", expect=0)
         rec("--store", plat, "manifest", "import", root / manifest, expect=0)  # again: nothing changes
     rec("--store", plat, "manifest", "import", keys_csv, expect=1)  # the export is not a manifest
+
+    # Provenance with a key in hand: a bundle made from the key, checked with the key.
+    engine = root / "platform-engine.pub"
+    engine.write_bytes(ok("--store", plat, "identity", "show", "--public").stdout_bytes)
+    rec("--store", plat, "redeem", keys[40], "--order", "ORDER-40", expect=0)
+    rec("--store", plat, "trace", keys[40], "--bundle", root / "bundle.json", expect=0)
+    rec("--store", plat, "trace", keys[41], "--json", expect=0)
+    rec("verify-bundle", root / "bundle.json", "--trust", identity.with_suffix(".pub"), "--trust", engine, "--key",
+        keys[40], expect=0)
+    rec("verify-bundle", root / "bundle.json", "--trust", identity.with_suffix(".pub"), "--trust", engine, "--key",
+        keys[41], "--json", expect=3)
+    rec("--store", plat, "audit", expect=0)
+    rec("--store", plat, "checkpoint", expect=0)
 
     # Key lists fed to --file and stdin.
     (inputs / "check.txt").write_text("\n".join(keys[:20] + [typo(keys[20]), keys[21].lower()]) + "\n")
@@ -334,6 +350,7 @@ def _run_everything(root: Path) -> Sweep:
     # A platform that holds native keys only (typos are told by group there).
     native_only = root / "native-only-store"
     rec("--store", native_only, "init", expect=0)
+    trust_cli(native_only, identity)
     rec("--store", native_only, "manifest", "import", root / "native.kvm", expect=0)
     rec("--store", native_only, "verify", typo(keys[1]), keys[2] + "7", keys[3][:-2], keys[4], expect=3)
     rec("--store", native_only, "verify", "--json", typo(keys[1]), keys[2] + "7", keys[3][:-2], keys[4], expect=3)

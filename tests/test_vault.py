@@ -270,7 +270,7 @@ def test_trace_tells_the_history(platform: Vault, issued: Issued) -> None:
     assert trace["batch"]["product"] == "POINTS-100"  # type: ignore[index]
     assert trace["status"]["status"] == "redeemed"  # type: ignore[index]
     kinds = [e["type"] for e in trace["events"]]  # type: ignore[union-attr]
-    assert kinds == ["supplier", "import", "redeem", "blacklist"]
+    assert kinds == ["trust", "supplier", "import", "redeem", "blacklist"]
     with pytest.raises(NotFoundError):
         platform.trace("ZZZZ-ZZZ-ZZZZZ")
 
@@ -292,6 +292,7 @@ def test_manifest_reimport_is_a_no_op_and_conflicts_are_refused(tmp_path: Path, 
 
 def test_colliding_prefix_is_refused(tmp_path: Path, platform: Vault, issued: Issued) -> None:
     impostor = Identity.generate("Impostor", issued.supplier.prefix_text)
+    platform.trust(impostor.public)  # even a pinned supplier cannot take another's prefix
     other_store = Vault.init(tmp_path / "impostor")
     batch = issue(other_store, impostor, tmp_path / "impostor-files", 10)
     other_store.close()
@@ -337,6 +338,7 @@ def test_imported_codes_and_pairs(tmp_path: Path, supplier: Identity, supplier_s
     again = _write_cards(tmp_path / "again.csv", "code", ["NEW-CODE-1", "GIFT-AAAA-1111"])
     other_store = Vault.init(tmp_path / "other-supplier-store")
     other = Identity.generate("Reseller")
+    platform.trust(other.public)
     other_store.import_cards(other, "STEAM-50", again, manifest_out=tmp_path / "again.kvm")
     other_store.close()
     with pytest.raises(ConflictError, match="sold twice"):
@@ -430,8 +432,8 @@ def test_trace_orders_events_of_the_same_millisecond(platform: Vault, issued: Is
     platform.blacklist("key", issued.keys[0], "same instant")
     trace = platform.trace(issued.keys[0])
     kinds = [e["type"] for e in trace["events"]]  # type: ignore[union-attr]
-    assert kinds == ["supplier", "import", "redeem", "blacklist"]
-    assert trace["events"][2]["at"] == trace["events"][3]["at"]  # type: ignore[index]
+    assert kinds == ["trust", "supplier", "import", "redeem", "blacklist"]
+    assert trace["events"][3]["at"] == trace["events"][4]["at"]  # type: ignore[index]
 
 
 def test_a_damaged_state_byte_is_refused_not_trusted(platform: Vault, issued: Issued) -> None:

@@ -26,10 +26,10 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLon
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_DATA,
+from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_AsUTF8AndSize, PyUnicode_DATA,
                               PyUnicode_GET_LENGTH, PyUnicode_KIND, PyUnicode_New, PyUnicode_READ)
 cimport cython
-from libc.stdint cimport uint64_t
+from libc.stdint cimport UINT64_MAX, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, strlen
 
 # Only for what C does not do here: NFKC, and arguments of unexpected types.
@@ -1776,6 +1776,10 @@ def _constants():
         "_CHECK_INVERSE": tuple([tuple([_CHECK_INVERSE[i][j] for j in range(CHECKS)]) for i in range(CHECKS)]),
         "_VALUE": {chr(i): _VALUE[i] for i in range(ASCII_SIZE) if _VALUE[i] >= 0},
         "ASCII_SEPARATORS": ASCII_SEPARATORS.decode("ascii"),
+        "HASH_SIZE": HASH_SIZE, "SEED_SIZE": SEED_SIZE, "SALT_SIZE": SALT_SIZE,
+        "KIND_SUPPLIER": KIND_SUPPLIER, "KIND_ISSUE": KIND_ISSUE, "KIND_IMPORT": KIND_IMPORT,
+        "KIND_REDEEM": KIND_REDEEM, "KIND_VOID": KIND_VOID, "KIND_BLACKLIST": KIND_BLACKLIST,
+        "KIND_LIFT": KIND_LIFT, "KIND_TRANSFER": KIND_TRANSFER, "KIND_TRUST": KIND_TRUST,
     }
 
 
@@ -1896,3 +1900,645 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
         blake2b_digest_from(&keyed, data + (i + 1) * width - DIGEST_LEN, DIGEST_LEN, &value[1])
         out.append((PyBytes_FromStringAndSize(<char*>key, 8), PyBytes_FromStringAndSize(<char*>value, CARD_RECORD_LEN)))
     return out
+
+
+# ---------------------------------------------------------------------------
+# SHA-256 (FIPS 180-4), for provenance (docs/provenance.md). A portable C
+# compression and, on x86-64, one with the SHA extensions (SHA-NI), chosen at
+# run time as the BLAKE2b lanes are; no libcrypto. kv_sha256_update and
+# kv_sha256_final stream any message; kv_sha256_node hashes an RFC 9162
+# interior node (65 bytes: exactly two padded blocks) without a state.
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+
+    #define KV_SHA256_BLOCK 64       /* bytes per block */
+    #define KV_SHA256_WORDS 8        /* 32-bit words in the chain value */
+    #define KV_SHA256_ROUNDS 64      /* rounds per block (one per message schedule word) */
+    #define KV_SHA256_LENGTH_AT 56   /* the last block ends with the message's bit count, u64 at bytes 56..63 */
+    #define KV_SHA256_PAD_BYTE 0x80  /* the 1 bit that starts the padding */
+    #define KV_HASH_BYTES 32         /* bytes of a digest: every leaf hash and node */
+    #define KV_NODE_PREFIX 0x01      /* RFC 9162: an interior node hashes 0x01 || left || right... */
+    #define KV_NODE_MESSAGE 65       /* ...65 bytes (1 + 2 * 32), padded to two blocks */
+
+    /* Compress count consecutive 64-byte blocks into the chain value h. */
+    typedef void (*kv_sha256_blocks_fn)(uint32_t* h, const unsigned char* blocks, size_t count);
+
+    typedef struct {
+        uint32_t h[KV_SHA256_WORDS];         /* chain value */
+        uint64_t length;                     /* bytes absorbed so far */
+        unsigned char buf[KV_SHA256_BLOCK];  /* input not yet compressed */
+        size_t buflen;                       /* bytes used in buf: fewer than a block between calls */
+        kv_sha256_blocks_fn blocks;          /* the compression this hash uses */
+    } kv_sha256_state;
+
+    /* Initial hash value (FIPS 180-4 5.3.3): the first 32 bits of the fractional parts of the square
+       roots of the first 8 primes. */
+    static const uint32_t kv_sha256_iv[KV_SHA256_WORDS] = {
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+    /* Round constants (4.2.2): the first 32 bits of the fractional parts of the cube roots of the first
+       64 primes. */
+    static const uint32_t kv_sha256_k[KV_SHA256_ROUNDS] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+    static inline uint32_t kv_rotr32(uint32_t x, unsigned int c) {  /* x rotated right by c, 0 < c < 32 */
+        return (x >> c) | (x << (32 - c));
+    }
+
+    static inline uint32_t kv_load_be32(const unsigned char* p) {
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+    }
+
+    static inline void kv_store_be32(unsigned char* p, uint32_t x) {
+        p[0] = (unsigned char)(x >> 24);
+        p[1] = (unsigned char)(x >> 16);
+        p[2] = (unsigned char)(x >> 8);
+        p[3] = (unsigned char)x;
+    }
+
+    /* u64(x): 8 bytes big-endian. */
+    static inline void kv_store_be64(unsigned char* p, uint64_t x) {
+        kv_store_be32(p, (uint32_t)(x >> 32));
+        kv_store_be32(p + 4, (uint32_t)x);
+    }
+
+    /* The compression, FIPS 180-4 6.2.2, in plain C. Rotation and shift counts are the standard's
+       (4.1.2): sigma0 7, 18, >>3; sigma1 17, 19, >>10; Sigma0 2, 13, 22; Sigma1 6, 11, 25. */
+    static void kv_sha256_blocks_portable(uint32_t* h, const unsigned char* p, size_t count) {
+        uint32_t w[KV_SHA256_ROUNDS];
+        uint32_t a, b, c, d, e, f, g, hh, s0, s1, t1, t2;
+        int i;
+        for (; count > 0; count--, p += KV_SHA256_BLOCK) {
+            for (i = 0; i < 16; i++)  /* the block's 16 words, big-endian */
+                w[i] = kv_load_be32(p + 4 * i);
+            for (i = 16; i < KV_SHA256_ROUNDS; i++) {  /* the message schedule */
+                s0 = kv_rotr32(w[i - 15], 7) ^ kv_rotr32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+                s1 = kv_rotr32(w[i - 2], 17) ^ kv_rotr32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+                w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+            }
+            a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; hh = h[7];
+            for (i = 0; i < KV_SHA256_ROUNDS; i++) {
+                t1 = hh + (kv_rotr32(e, 6) ^ kv_rotr32(e, 11) ^ kv_rotr32(e, 25)) + ((e & f) ^ (~e & g))
+                     + kv_sha256_k[i] + w[i];
+                t2 = (kv_rotr32(a, 2) ^ kv_rotr32(a, 13) ^ kv_rotr32(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+                hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+            }
+            h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+        }
+    }
+
+    #if defined(__x86_64__) && defined(__GNUC__)
+    #define KV_SHA_NI_AVAILABLE 1
+    #include <immintrin.h>
+    #if !(defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__))
+    #include <cpuid.h>  /* compilers whose __builtin_cpu_supports may not know "sha" */
+    #endif
+
+    /* The same compression with the SHA extensions. The state lives in two registers as
+       sha256rnds2 wants it: lanes (A, B, E, F) and (C, D, G, H), highest lane first. Each step does
+       four rounds (two per sha256rnds2) with message words m[step & 3], a ring of the last 16. */
+    __attribute__((target("sha,sse4.1")))
+    static void kv_sha256_blocks_shani(uint32_t* h, const unsigned char* p, size_t count) {
+        /* pshufb mask that reverses the bytes of each 32-bit word: the message is big-endian */
+        const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+        __m128i abef, cdgh, abef_saved, cdgh_saved, tmp, wk, m[4];
+        int step;
+        tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h[0]), 0xB1);  /* C D A B */
+        cdgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h[4]), 0x1B); /* E F G H */
+        abef = _mm_alignr_epi8(tmp, cdgh, 8);                                     /* A B E F */
+        cdgh = _mm_blend_epi16(cdgh, tmp, 0xF0);                                  /* C D G H */
+        for (; count > 0; count--, p += KV_SHA256_BLOCK) {
+            abef_saved = abef;
+            cdgh_saved = cdgh;
+            #pragma GCC unroll 16
+            for (step = 0; step < 16; step++) {  /* rounds 4 * step .. 4 * step + 3 */
+                if (step < 4) {
+                    m[step] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(p + 16 * step)), bswap);
+                } else {
+                    /* W[t..t+3] from the 16 before (6.2.2 step 1): msg1 adds sigma0 of W[t-15..t-12] to
+                       W[t-16..t-13], then W[t-7..t-4] is added and msg2 adds sigma1 of W[t-2], W[t-1]. */
+                    tmp = _mm_sha256msg1_epu32(m[step & 3], m[(step + 1) & 3]);
+                    tmp = _mm_add_epi32(tmp, _mm_alignr_epi8(m[(step + 3) & 3], m[(step + 2) & 3], 4));
+                    m[step & 3] = _mm_sha256msg2_epu32(tmp, m[(step + 3) & 3]);
+                }
+                wk = _mm_add_epi32(m[step & 3], _mm_loadu_si128((const __m128i*)&kv_sha256_k[4 * step]));
+                /* Two rounds with the low two words of wk, two with the high two (0x0E moves them down).
+                   The first call leaves the new A B E F in cdgh, and the old one is the new C D G H:
+                   the second call swaps them back. */
+                cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+                abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
+            }
+            abef = _mm_add_epi32(abef, abef_saved);
+            cdgh = _mm_add_epi32(cdgh, cdgh_saved);
+        }
+        tmp = _mm_shuffle_epi32(abef, 0x1B);                                    /* F E B A */
+        cdgh = _mm_shuffle_epi32(cdgh, 0xB1);                                   /* D C H G */
+        _mm_storeu_si128((__m128i*)&h[0], _mm_blend_epi16(tmp, cdgh, 0xF0));   /* D C B A */
+        _mm_storeu_si128((__m128i*)&h[4], _mm_alignr_epi8(cdgh, tmp, 8));      /* H G F E */
+    }
+
+    /* Whether this CPU has the SHA extensions (and SSE4.1, which the code above also uses). */
+    static int kv_cpu_has_sha(void) {
+    #if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    #else
+        unsigned int a, b, c, d;
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1))  /* leaf 1: SSE4.1 in ecx */
+            return 0;
+        return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_SHA);  /* leaf 7: SHA in ebx */
+    #endif
+    }
+    #else
+    #define KV_SHA_NI_AVAILABLE 0
+    #endif
+
+    static kv_sha256_blocks_fn kv_sha256_blocks = kv_sha256_blocks_portable;
+
+    /* Choose the compression: 0 portable, 1 SHA-NI, -1 the best this CPU runs. Returns the choice, or
+       -1 (nothing changed) if this build or CPU lacks it. */
+    static int kv_sha256_select(int which) {
+        int sha = 0;
+    #if KV_SHA_NI_AVAILABLE
+        sha = kv_cpu_has_sha();
+    #endif
+        if (which < 0)
+            which = sha ? 1 : 0;
+        switch (which) {
+        case 0: kv_sha256_blocks = kv_sha256_blocks_portable; return 0;
+    #if KV_SHA_NI_AVAILABLE
+        case 1: if (!sha) return -1; kv_sha256_blocks = kv_sha256_blocks_shani; return 1;
+    #endif
+        default: return -1;
+        }
+    }
+
+    static void kv_sha256_init(kv_sha256_state* S) {
+        memcpy(S->h, kv_sha256_iv, sizeof(S->h));
+        S->length = 0;
+        S->buflen = 0;
+        S->blocks = kv_sha256_blocks;
+    }
+
+    static void kv_sha256_update(kv_sha256_state* S, const unsigned char* data, size_t n) {
+        size_t take, whole;
+        if (n == 0)
+            return;
+        S->length += n;
+        if (S->buflen > 0) {  /* top up the partial block first */
+            take = KV_SHA256_BLOCK - S->buflen;
+            if (take > n)
+                take = n;
+            memcpy(S->buf + S->buflen, data, take);
+            S->buflen += take;
+            data += take;
+            n -= take;
+            if (S->buflen < KV_SHA256_BLOCK)
+                return;  /* (all of data is buffered) */
+            S->blocks(S->h, S->buf, 1);
+            S->buflen = 0;
+        }
+        whole = n / KV_SHA256_BLOCK;  /* whole blocks straight from data */
+        if (whole > 0) {
+            S->blocks(S->h, data, whole);
+            data += whole * KV_SHA256_BLOCK;
+            n -= whole * KV_SHA256_BLOCK;
+        }
+        if (n > 0)
+            memcpy(S->buf, data, n);
+        S->buflen = n;
+    }
+
+    /* Pad (5.1.1: a 1 bit, zeros, the bit count as a u64), compress, write the 32-byte digest. S is spent. */
+    static void kv_sha256_final(kv_sha256_state* S, unsigned char* out) {
+        size_t n = S->buflen;
+        int i;
+        S->buf[n++] = KV_SHA256_PAD_BYTE;
+        if (n > KV_SHA256_LENGTH_AT) {  /* no room for the length here: it goes in one more block */
+            memset(S->buf + n, 0, KV_SHA256_BLOCK - n);
+            S->blocks(S->h, S->buf, 1);
+            n = 0;
+        }
+        memset(S->buf + n, 0, KV_SHA256_LENGTH_AT - n);
+        kv_store_be64(S->buf + KV_SHA256_LENGTH_AT, S->length * 8);  /* 8 bits per byte */
+        S->blocks(S->h, S->buf, 1);
+        for (i = 0; i < KV_SHA256_WORDS; i++)
+            kv_store_be32(out + 4 * i, S->h[i]);
+    }
+
+    /* SHA-256(0x01 || left || right), an RFC 9162 interior node, from two 32-byte hashes; out may be
+       either of them. */
+    static void kv_sha256_node(const unsigned char* left, const unsigned char* right, unsigned char* out) {
+        unsigned char block[2 * KV_SHA256_BLOCK];
+        uint32_t h[KV_SHA256_WORDS];
+        int i;
+        block[0] = KV_NODE_PREFIX;
+        memcpy(block + 1, left, KV_HASH_BYTES);
+        memcpy(block + 1 + KV_HASH_BYTES, right, KV_HASH_BYTES);
+        block[KV_NODE_MESSAGE] = KV_SHA256_PAD_BYTE;
+        memset(block + KV_NODE_MESSAGE + 1, 0, KV_SHA256_BLOCK + KV_SHA256_LENGTH_AT - KV_NODE_MESSAGE - 1);
+        kv_store_be64(block + KV_SHA256_BLOCK + KV_SHA256_LENGTH_AT, KV_NODE_MESSAGE * 8);  /* bit count */
+        memcpy(h, kv_sha256_iv, sizeof(h));
+        kv_sha256_blocks(h, block, 2);
+        for (i = 0; i < KV_SHA256_WORDS; i++)
+            kv_store_be32(out + 4 * i, h[i]);
+    }
+
+    #if defined(__GNUC__)
+    #define kv_popcount64(x) ((unsigned int)__builtin_popcountll(x))
+    #else
+    static unsigned int kv_popcount64(uint64_t x) {
+        unsigned int n = 0;
+        for (; x; x &= x - 1)  /* clears the lowest set bit */
+            n++;
+        return n;
+    }
+    #endif
+
+    /* Whether value is an int in 0..2**64-1 (stored in *out); no exception is left set. */
+    static int kv_u64_of(PyObject* value, uint64_t* out) {
+        unsigned long long v;
+        if (!PyLong_CheckExact(value))
+            return 0;
+        v = PyLong_AsUnsignedLongLong(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = (uint64_t)v;
+        return 1;
+    }
+    """
+    ctypedef void (*kv_sha256_blocks_fn)(uint32_t* h, const unsigned char* blocks, size_t count) noexcept nogil
+    ctypedef struct kv_sha256_state:
+        kv_sha256_blocks_fn blocks
+    void kv_sha256_blocks_portable(uint32_t* h, const unsigned char* blocks, size_t count) noexcept nogil
+    int kv_sha256_select(int which) noexcept nogil
+    void kv_sha256_init(kv_sha256_state* S) noexcept nogil
+    void kv_sha256_update(kv_sha256_state* S, const unsigned char* data, size_t n) noexcept nogil
+    void kv_sha256_final(kv_sha256_state* S, unsigned char* out) noexcept nogil
+    void kv_sha256_node(const unsigned char* left, const unsigned char* right, unsigned char* out) noexcept nogil
+    void kv_store_be64(unsigned char* p, uint64_t x) noexcept nogil
+    unsigned int kv_popcount64(uint64_t x) noexcept nogil
+    bint kv_u64_of(object value, uint64_t* out) noexcept
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object text)  # an ASCII str: its 1-byte data is its UTF-8
+
+
+cdef int _sha256_choice = kv_sha256_select(-1)
+
+
+# ---------------------------------------------------------------------------
+# Provenance: twins of _pure's key_salt, commitments, merkle_root, ledger_leaves
+# and tree_append (docs/provenance.md). Per item they read the input in place
+# and make only the Python objects they return.
+
+cdef enum:
+    HASH_SIZE = 32  # bytes of a SHA-256 digest: every commitment, leaf hash and node
+    SEED_SIZE = 32  # bytes of a batch's commit seed (the salts' BLAKE2b key)
+    SALT_SIZE = 16  # bytes of a key salt (BLAKE2b-128)
+    U64_SIZE = 8  # u64(x): 8 bytes big-endian
+    LEAF_PREFIX = 0x00  # RFC 9162: SHA-256(0x00 || leaf) is a leaf hash
+    MAX_LEVELS = 64  # a tree of fewer than 2**64 leaves: at most 64 perfect subtrees, of levels 0..63
+
+    # A commitment's preimage, after its 0x00: kv1/commit || u64(serial) || salt (16) || material.
+    COMMIT_TAG_SIZE = 10  # len(b"kv1/commit")
+    COMMIT_SERIAL_AT = 11  # 1 + COMMIT_TAG_SIZE
+    COMMIT_SALT_AT = 19  # COMMIT_SERIAL_AT + U64_SIZE
+    COMMIT_HEAD = 35  # COMMIT_SALT_AT + SALT_SIZE: the bytes hashed before the material
+
+    # An event leaf: kv1/event || u64(index) || previous leaf hash || u8(kind) || u64(at ms) || body.
+    EVENT_TAG_SIZE = 9  # len(b"kv1/event")
+    EVENT_INDEX_AT = 9
+    EVENT_PREV_AT = 17  # EVENT_INDEX_AT + U64_SIZE
+    EVENT_KIND_AT = 49  # EVENT_PREV_AT + HASH_SIZE
+    EVENT_AT_MS_AT = 50  # EVENT_KIND_AT + 1
+    EVENT_BODY_AT = 58  # EVENT_AT_MS_AT + U64_SIZE
+    CHANGE_TEXT_AT = 66  # a redeem or void body: u64(serial), then the text in UTF-8
+
+    # Event kinds, as in _pure.
+    KIND_SUPPLIER = 1
+    KIND_ISSUE = 2
+    KIND_IMPORT = 3
+    KIND_REDEEM = 4
+    KIND_VOID = 5
+    KIND_BLACKLIST = 6
+    KIND_LIFT = 7
+    KIND_TRANSFER = 8
+    KIND_TRUST = 9
+
+cdef const char* PERSON_SALT = b"kv1/salt"
+cdef const char* COMMIT_TAG = b"kv1/commit"
+cdef const char* EVENT_TAG = b"kv1/event"
+
+
+cdef inline bytes _u64_bytes(uint64_t value):
+    """u64(value) as a bytes object (a store key)."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, U64_SIZE)
+    kv_store_be64(<unsigned char*>PyBytes_AS_STRING(out), value)
+    return out
+
+
+cdef inline bytes _hash_bytes(const unsigned char* digest):
+    return PyBytes_FromStringAndSize(<const char*>digest, HASH_SIZE)
+
+
+cdef inline void _leaf_hash(const unsigned char* leaf, size_t n, unsigned char* out) noexcept nogil:
+    """SHA-256(0x00 || leaf): an RFC 9162 leaf hash."""
+    cdef kv_sha256_state S
+    cdef unsigned char prefix = LEAF_PREFIX
+    kv_sha256_init(&S)
+    kv_sha256_update(&S, &prefix, 1)
+    kv_sha256_update(&S, leaf, n)
+    kv_sha256_final(&S, out)
+
+
+cdef inline uint64_t _node_key(unsigned int level, uint64_t index) noexcept nogil:
+    """_pure.node_key(level, index), for level >= 1 and (index + 1) << level < 2**64."""
+    cdef uint64_t m = (index + 1) << level
+    return (m - 1) - kv_popcount64(m - 1) + (level - 1)
+
+
+def key_salt(seed: bytes, serial: int) -> bytes:
+    """A key's salt: BLAKE2b-128 of u64(serial), keyed with the batch's 32-byte commit seed, tag kv1/salt."""
+    cdef uint64_t s
+    cdef unsigned char message[U64_SIZE]
+    cdef unsigned char out[SALT_SIZE]
+    if not (_binary(seed) and _binary_size(seed) == SEED_SIZE and kv_u64_of(serial, &s)):
+        return _pure.key_salt(seed, serial)
+    kv_store_be64(message, s)
+    blake2b_digest(out, SALT_SIZE, _binary_data(seed), SEED_SIZE,
+                   <const unsigned char*>PERSON_SALT, strlen(PERSON_SALT), message, U64_SIZE)
+    return PyBytes_FromStringAndSize(<char*>out, SALT_SIZE)
+
+
+ctypedef struct _Salts:
+    # key_salt for up to KV_MAX_LANES consecutive serials: in BLAKE2b lanes when there are lanes.
+    unsigned char blocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # u64(serial), zero-padded: the last block
+    unsigned char salts[KV_MAX_LANES][SALT_SIZE]
+    const unsigned char* block_at[KV_MAX_LANES]  # the lanes function's pointers to the above
+    unsigned char* salt_at[KV_MAX_LANES]
+    uint64_t lens[KV_MAX_LANES]
+
+
+cdef void _salts_init(_Salts* T) noexcept nogil:
+    cdef int j
+    memset(T.blocks, 0, sizeof(T.blocks))
+    for j in range(KV_MAX_LANES):
+        T.block_at[j] = T.blocks[j]
+        T.salt_at[j] = T.salts[j]
+        T.lens[j] = U64_SIZE
+
+
+cdef void _salts_from(_Salts* T, const blake2b_state* keyed, uint64_t first, int count, int lanes) noexcept nogil:
+    """T.salts[j] = key_salt(seed, first + j) for j < count <= KV_MAX_LANES; keyed has absorbed the seed
+    (blake2b_init_keyed), so each salt is one compression: count == lanes of them at once."""
+    cdef int j
+    for j in range(count):
+        kv_store_be64(T.blocks[j], first + <uint64_t>j)
+    if count == lanes:
+        kv_lanes(keyed.h, keyed.t[0], T.block_at, T.lens, T.salt_at, SALT_SIZE)
+    else:
+        for j in range(count):
+            _digest_block(keyed, T.blocks[j], U64_SIZE, T.salts[j])
+
+
+cdef inline bint _material_of(object material, const unsigned char** data, size_t* size) noexcept:
+    """A key material's bytes, read in place: bytes, a bytearray or an ASCII str (False for anything else)."""
+    if _binary(material):
+        data[0] = _binary_data(material)
+        size[0] = _binary_size(material)
+        return True
+    if type(material) is str and PyUnicode_IS_COMPACT_ASCII(material):
+        data[0] = PyUnicode_1BYTE_DATA(material)
+        size[0] = <size_t>PyUnicode_GET_LENGTH(material)
+        return True
+    return False
+
+
+def commitments(first_serial: int, seed: bytes, materials: list) -> bytes:
+    """The manifest's commitment to each key, for serials first_serial, first_serial + 1, ... (see _pure)."""
+    cdef uint64_t first
+    cdef Py_ssize_t i, n
+    cdef int j, count, group
+    cdef blake2b_state keyed
+    cdef kv_sha256_state S
+    cdef _Salts T
+    cdef unsigned char head[COMMIT_HEAD]
+    cdef const unsigned char* data
+    cdef size_t size
+    cdef unsigned char* out
+    if not (kv_u64_of(first_serial, &first) and _binary(seed) and _binary_size(seed) == SEED_SIZE
+            and type(materials) is list):
+        return _pure.commitments(first_serial, seed, materials)
+    n = PyList_GET_SIZE(materials)
+    if n > 0 and first > UINT64_MAX - <uint64_t>(n - 1):  # the last serial is past u64: the specification says how
+        return _pure.commitments(first_serial, seed, materials)
+    if n > PY_SSIZE_T_MAX // HASH_SIZE:
+        raise MemoryError()
+    result = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE)
+    out = <unsigned char*>PyBytes_AS_STRING(result)
+    blake2b_init_keyed(&keyed, SALT_SIZE, _binary_data(seed), SEED_SIZE,
+                       <const unsigned char*>PERSON_SALT, strlen(PERSON_SALT))
+    _salts_init(&T)
+    group = _lane_count if _lane_count > 0 else KV_MAX_LANES
+    head[0] = LEAF_PREFIX
+    memcpy(&head[1], COMMIT_TAG, COMMIT_TAG_SIZE)
+    # Nothing in this loop allocates or runs Python code: the list and its items hold still.
+    for i in range(n):
+        j = i % group
+        if j == 0:
+            count = group if n - i >= group else <int>(n - i)
+            _salts_from(&T, &keyed, first + <uint64_t>i, count, _lane_count)
+        if not _material_of(<object>PyList_GET_ITEM(materials, i), &data, &size):
+            return _pure.commitments(first_serial, seed, materials)  # (its TypeError or UnicodeEncodeError)
+        kv_store_be64(&head[COMMIT_SERIAL_AT], first + <uint64_t>i)
+        memcpy(&head[COMMIT_SALT_AT], T.salts[j], SALT_SIZE)
+        kv_sha256_init(&S)
+        kv_sha256_update(&S, head, COMMIT_HEAD)
+        kv_sha256_update(&S, data, size)
+        kv_sha256_final(&S, out + i * HASH_SIZE)
+    return result
+
+
+cdef void _merkle_root(const unsigned char* leaves, size_t n, unsigned char* out) noexcept nogil:
+    """RFC 9162 MTH of n leaf hashes, in O(n) hashes and O(log n) memory.
+
+    The leaves are folded left to right into perfect subtrees, as a binary counter counts: after
+    leaf i the stack holds the subtrees of i + 1's binary decomposition, largest first. MTH then
+    combines that right edge right to left (RFC 9162 splits at the largest power of two).
+    """
+    cdef unsigned char stack[MAX_LEVELS + 1][HASH_SIZE]
+    cdef int top = 1, j
+    cdef size_t i, k
+    cdef kv_sha256_state S
+    if n == 0:  # the empty tree: SHA-256("")
+        kv_sha256_init(&S)
+        kv_sha256_final(&S, out)
+        return
+    memcpy(stack[0], leaves, HASH_SIZE)
+    for i in range(1, n):
+        memcpy(stack[top], leaves + i * HASH_SIZE, HASH_SIZE)
+        top += 1
+        k = i + 1
+        while (k & 1) == 0:  # the top two subtrees are the same size: siblings
+            top -= 1
+            kv_sha256_node(stack[top - 1], stack[top], stack[top - 1])
+            k >>= 1
+    memcpy(out, stack[top - 1], HASH_SIZE)
+    for j in range(top - 2, -1, -1):
+        kv_sha256_node(stack[j], out, out)
+
+
+def merkle_root(leaf_hashes: bytes) -> bytes:
+    """RFC 9162 MTH of len(leaf_hashes) // 32 leaf hashes given concatenated (see _pure)."""
+    cdef unsigned char out[HASH_SIZE]
+    if not _binary(leaf_hashes) or _binary_size(leaf_hashes) % HASH_SIZE:
+        return _pure.merkle_root(leaf_hashes)
+    _merkle_root(_binary_data(leaf_hashes), _binary_size(leaf_hashes) // HASH_SIZE, out)
+    return _hash_bytes(out)
+
+
+# One definition, the specification's: both are called once per event or node, not per hash.
+event_leaf = _pure.event_leaf
+node_key = _pure.node_key
+
+
+@cython.boundscheck(True)  # the list is indexed between allocations: as Python does
+def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The event leaves of redeems and voids, (serial, state, at ms, text) each (see _pure)."""
+    cdef uint64_t first, serial, at_ms
+    cdef long long state
+    cdef Py_ssize_t i, n, text_size
+    cdef const unsigned char* text_data
+    cdef const unsigned char* previous
+    cdef unsigned char first_prev[HASH_SIZE]
+    cdef unsigned char* leaf_data
+    cdef unsigned char* hash_out
+    cdef list pairs = []
+    cdef tuple change
+    if not (kv_u64_of(first_index, &first) and _binary(prev) and _binary_size(prev) == HASH_SIZE
+            and type(changes) is list):
+        return _pure.ledger_leaves(first_index, prev, changes)
+    n = PyList_GET_SIZE(changes)
+    if n > 0 and first > UINT64_MAX - <uint64_t>(n - 1):
+        return _pure.ledger_leaves(first_index, prev, changes)
+    if n > PY_SSIZE_T_MAX // HASH_SIZE:
+        raise MemoryError()
+    hashes = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE)
+    hash_out = <unsigned char*>PyBytes_AS_STRING(hashes)
+    memcpy(first_prev, _binary_data(prev), HASH_SIZE)
+    previous = first_prev
+    for i in range(n):
+        item = changes[i]
+        # Anything but (int, 1 or 2, int, str) with u64 numbers: the specification's answer or error.
+        if type(item) is not tuple or PyTuple_GET_SIZE(item) != 4:
+            return _pure.ledger_leaves(first_index, prev, changes)
+        change = <tuple>item
+        if not (kv_u64_of(change[0], &serial) and _int64_of(change[1], &state) and (state == REDEEMED or state == VOIDED)
+                and kv_u64_of(change[2], &at_ms) and type(change[3]) is str):
+            return _pure.ledger_leaves(first_index, prev, changes)
+        text = change[3]
+        if PyUnicode_IS_COMPACT_ASCII(text):
+            text_data = PyUnicode_1BYTE_DATA(text)
+            text_size = PyUnicode_GET_LENGTH(text)
+        else:
+            try:
+                text_data = <const unsigned char*>PyUnicode_AsUTF8AndSize(text, &text_size)
+            except UnicodeEncodeError:  # a lone surrogate
+                return _pure.ledger_leaves(first_index, prev, changes)
+        leaf = PyBytes_FromStringAndSize(NULL, CHANGE_TEXT_AT + text_size)
+        leaf_data = <unsigned char*>PyBytes_AS_STRING(leaf)
+        memcpy(leaf_data, EVENT_TAG, EVENT_TAG_SIZE)
+        kv_store_be64(leaf_data + EVENT_INDEX_AT, first + <uint64_t>i)
+        memcpy(leaf_data + EVENT_PREV_AT, previous, HASH_SIZE)
+        leaf_data[EVENT_KIND_AT] = KIND_REDEEM if state == REDEEMED else KIND_VOID
+        kv_store_be64(leaf_data + EVENT_AT_MS_AT, at_ms)
+        kv_store_be64(leaf_data + EVENT_BODY_AT, serial)
+        memcpy(leaf_data + CHANGE_TEXT_AT, text_data, text_size)
+        _leaf_hash(leaf_data, CHANGE_TEXT_AT + text_size, hash_out)
+        previous = hash_out
+        hash_out += HASH_SIZE
+        pairs.append((_u64_bytes(first + <uint64_t>i), leaf))
+    return pairs, hashes
+
+
+def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Append leaves to an append-only RFC 9162 tree of ``size`` leaves: the internal nodes they complete,
+    [(u64(node_key), hash), ...] in key order, and the new frontier (see _pure)."""
+    cdef uint64_t tree_size, index
+    cdef unsigned char stack[MAX_LEVELS + 1][HASH_SIZE]  # the frontier, then the new one
+    cdef unsigned char node[HASH_SIZE]
+    cdef const unsigned char* leaves
+    cdef Py_ssize_t i, n
+    cdef int top
+    cdef unsigned int level
+    cdef list nodes = []
+    if not (kv_u64_of(size, &tree_size) and _binary(frontier) and _binary(leaf_hashes)) \
+            or _binary_size(leaf_hashes) % HASH_SIZE \
+            or _binary_size(frontier) != kv_popcount64(tree_size) * HASH_SIZE:
+        return _pure.tree_append(size, frontier, leaf_hashes)
+    n = _binary_size(leaf_hashes) // HASH_SIZE
+    if <uint64_t>n > UINT64_MAX - tree_size:  # the new size is past u64
+        return _pure.tree_append(size, frontier, leaf_hashes)
+    top = kv_popcount64(tree_size)
+    memcpy(stack, _binary_data(frontier), top * HASH_SIZE)
+    leaf_hashes = bytes(leaf_hashes)  # (a bytearray is copied: the loop allocates, which may run Python code)
+    leaves = <const unsigned char*>PyBytes_AS_STRING(leaf_hashes)
+    for i in range(n):
+        # The new leaf is a perfect subtree (level 0, index tree_size); while it is a right child,
+        # the frontier's last subtree is its sibling: the two make their parent.
+        memcpy(node, leaves + i * HASH_SIZE, HASH_SIZE)
+        level = 0
+        index = tree_size
+        while index & 1:
+            top -= 1
+            kv_sha256_node(stack[top], node, node)
+            level += 1
+            index >>= 1
+            nodes.append((_u64_bytes(_node_key(level, index)), _hash_bytes(node)))
+        memcpy(stack[top], node, HASH_SIZE)
+        top += 1
+        tree_size += 1
+    return nodes, PyBytes_FromStringAndSize(<char*>stack, top * HASH_SIZE)
+
+
+# -- test hooks (tests/test_fast_provenance.py): the SHA-256 compressions ----------------------------
+
+def _select_sha256(which):
+    """Test hook: compress SHA-256 with 0 the portable code, 1 SHA-NI, -1 the best this CPU runs; the
+    choice, -1 if this build or CPU lacks it (then nothing changes)."""
+    global _sha256_choice
+    cdef int choice = kv_sha256_select(which)
+    if choice >= 0:
+        _sha256_choice = choice
+    return choice
+
+
+def _sha256(data, force_portable=False, chunk=0):
+    """Test hook: hashlib.sha256(data).digest() through the C code, with the compression in use or, with
+    force_portable, the portable one; chunk > 0 feeds data in pieces of that size."""
+    cdef kv_sha256_state S
+    cdef unsigned char out[HASH_SIZE]
+    cdef bytes d = bytes(data)
+    cdef Py_ssize_t step = chunk if chunk > 0 else max(len(d), 1)
+    cdef Py_ssize_t i
+    kv_sha256_init(&S)
+    if force_portable:
+        S.blocks = kv_sha256_blocks_portable
+    for i in range(0, len(d), step):
+        kv_sha256_update(&S, <const unsigned char*>PyBytes_AS_STRING(d) + i, min(step, len(d) - i))
+    kv_sha256_final(&S, out)
+    return _hash_bytes(out)

@@ -1,0 +1,231 @@
+"""Provenance commands: ``trust``, ``lot``, ``audit``, ``checkpoint`` and ``verify-bundle``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keyvault import Identity, MalformedKeyError, _fast
+from keyvault.bundle import verify as verify_bundle_bytes
+from keyvault.identity import PublicIdentity, Rotation, public_part
+from keyvault.keyformat import looks_like_serial, looks_native, normalize_imported
+
+from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group()
+def trust() -> None:
+    """The identities this store trusts: suppliers, distributors, platforms."""
+
+
+@trust.command("add")
+@click.argument("public_file", type=_FILE)
+@click.option("--role", type=click.Choice(["supplier", "distributor", "platform"]), default="supplier",
+              show_default=True, help="What this identity is to you.")
+@json_option
+@click.pass_obj
+@handle_errors
+def trust_add(state: State, public_file: Path, role: str, as_json: bool) -> None:
+    """Pin a public identity file (check its fingerprint with its owner by another channel first)."""
+    who = PublicIdentity.load(public_file)
+    doc = state.vault().trust(who, role)
+    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "role": doc["role"]},
+         f"trusted {who.name!r} as {doc['role']} (fingerprint {who.fingerprint})")
+
+
+@trust.command("remove")
+@click.argument("public_file", type=_FILE)
+@json_option
+@click.pass_obj
+@handle_errors
+def trust_remove(state: State, public_file: Path, as_json: bool) -> None:
+    """Unpin an identity: nothing it signs is accepted from now on (what it signed before stays)."""
+    who = public_part(public_file)
+    state.vault().untrust(who)
+    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "removed": True},
+         f"no longer trusted: {who.name!r} (fingerprint {who.fingerprint})")
+
+
+@trust.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def trust_list(state: State, as_json: bool) -> None:
+    """Every pinned identity."""
+    rows = state.vault().trusted()
+    lines = [f"{r['name']:<24} {r['role']:<12} {r['prefix']}  {r['fingerprint']}"
+             + ("  (rotated away)" if r["rotated_to"] else "") for r in rows]
+    emit(as_json, rows, "\n".join(lines) or "no identity is trusted yet")
+
+
+@trust.command("rotate")
+@click.argument("rotation_file", type=_FILE)
+@json_option
+@click.pass_obj
+@handle_errors
+def trust_rotate(state: State, rotation_file: Path, as_json: bool) -> None:
+    """Accept a supplier's key rotation, signed by its old key and its new one."""
+    rotation = Rotation.load(rotation_file)
+    state.vault().rotate_trust(rotation)
+    emit(as_json, {"name": rotation.new.name, "old_fingerprint": rotation.old.fingerprint,
+                   "new_fingerprint": rotation.new.fingerprint},
+         f"{rotation.new.name!r} now signs with {rotation.new.fingerprint} "
+         f"(was {rotation.old.fingerprint}, which is no longer accepted)")
+
+
+@click.group()
+def lot() -> None:
+    """Lots: keys moved from holder to holder, sealed to the recipient and signed by the sender."""
+
+
+@lot.command("send")
+@click.option("--batch", required=True, help="The batch id, like 7KQ2-00A.")
+@click.option("--range", "ranges", help="Key indices to send, like 0-999,5000-5999 (default: the whole batch).")
+@click.option("--to", "recipient", required=True, type=_FILE, help="The recipient's public identity file.")
+@click.option("--identity", "sender", required=True, type=_FILE, help="Your identity file (0600).")
+@click.option("--manifest", required=True, type=_FILE, help="The batch's manifest file.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The lot file to write.")
+@json_option
+@click.pass_obj
+@handle_errors
+def lot_send(state: State, batch: str, ranges: str | None, recipient: Path, sender: Path, manifest: Path, out: Path,
+             as_json: bool) -> None:
+    """Transfer keys you hold: sign the transfer and write a lot only the recipient can open."""
+    doc = state.vault().send_lot(Identity.load(sender), batch, PublicIdentity.load(recipient), manifest=manifest,
+                                 out=out, ranges=ranges)
+    emit(as_json, doc, f"sent {doc['keys']:,} keys of batch {doc['batch']} ({', '.join(doc['ranges'])}) to "
+                       f"{doc['to']!r} (fingerprint {doc['to_fingerprint']}): {out}\n"
+                       f"transfer {doc['transfer']}")
+
+
+@lot.command("receive")
+@click.argument("lot_file", type=_FILE)
+@click.option("--identity", "recipient", required=True, type=_FILE, help="Your identity file (0600).")
+@click.option("--manifest-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the batch's manifest here (0600), to send the keys on later.")
+@json_option
+@click.pass_obj
+@handle_errors
+def lot_receive(state: State, lot_file: Path, recipient: Path, manifest_out: Path | None, as_json: bool) -> None:
+    """Open a lot sealed to you: check every signature and hop, record custody, import the batch."""
+    doc = state.vault().receive_lot(lot_file, Identity.load(recipient), manifest_out=manifest_out)
+    hops = "\n".join(f"  {h['from']} -> {h['to']} ({', '.join(h['ranges'])})" for h in doc["hops"])
+    emit(as_json, doc, f"received batch {doc['batch']} of {doc['count']:,} keys from {doc['supplier']}, through:\n"
+                       f"{hops}")
+
+
+@click.command()
+@json_option
+@click.pass_obj
+@handle_errors
+def audit(state: State, as_json: bool) -> None:
+    """Report double sales (both signed records), withheld or forked manifests, and the event log's check.
+
+    Exit 0 when clean, 3 when something was found.
+    """
+    doc = state.vault().audit()
+    if as_json:
+        emit(True, doc, "")
+    else:
+        click.echo(_render_audit(doc))
+    if not doc["clean"]:
+        sys.exit(EXIT_REFUSED)
+
+
+def _render_audit(doc: dict[str, Any]) -> str:
+    log = doc["event_log"]
+    lines = [f"event log: {'intact' if log['ok'] else 'DAMAGED'}"
+             + (f", {log['events']:,} events, {log['checkpoints']:,} signed checkpoints" if log["ok"]
+                else f": {log['error']}")]
+    for d in doc["double_sales"]:
+        first, second = d["first"], d["second"]
+        lines.append(f"DOUBLE SALE in batch {d['batch']}: {first['from']} sent {', '.join(first['ranges'])} to "
+                     f"{first['to']} on {first['at']} (transfer {first['transfer'][:16]}), then "
+                     f"{second['from']} sent {', '.join(second['ranges'])} to {second['to']} on {second['at']} "
+                     f"(transfer {second['transfer'][:16]}); both signed records are kept")
+    for g in doc["manifest_gaps"]:
+        lines.append(f"WITHHELD BATCH? {g['batch']} of supplier {g['supplier']} names a previous manifest "
+                     f"{g['missing_previous'][:16]} this store never received")
+    for f in doc["manifest_forks"]:
+        lines.append(f"FORK: supplier {f['supplier']} signed two manifests after {f['previous'][:16]}: "
+                     f"{', '.join(f['batches'])}")
+    if doc["clean"]:
+        lines.append("no double sale, no withheld or forked manifest")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--every-events", type=click.IntRange(min=1), help="Sign after this many new events.")
+@click.option("--every-seconds", type=click.IntRange(min=1), help="Sign after this many seconds with new events.")
+@click.option("--list", "list_all", is_flag=True, help="List every checkpoint signed so far.")
+@json_option
+@click.pass_obj
+@handle_errors
+def checkpoint(state: State, every_events: int | None, every_seconds: int | None, list_all: bool,
+               as_json: bool) -> None:
+    """Sign a checkpoint of the event log now and print it; or set the cadence, or list them."""
+    vault = state.vault()
+    if every_events or every_seconds:
+        policy = vault.checkpoint_policy
+        vault.set_checkpoint_policy(every_events or policy.every_events, every_seconds or policy.every_seconds)
+        emit(as_json, {"every_events": every_events or policy.every_events,
+                       "every_seconds": every_seconds or policy.every_seconds}, "checkpoint cadence set")
+        return
+    if list_all:
+        rows = vault.checkpoints()
+        emit(as_json, rows, "\n".join(f"{r['size']:>12,}  {r['at']}  {r['root']}" for r in rows))
+        return
+    note = vault.checkpoint()
+    emit(as_json, {"note": note}, note.rstrip("\n"))
+
+
+@click.command("verify-bundle")
+@click.argument("bundle_file", type=_FILE)
+@click.option("--trust", "trusted", multiple=True, required=True, type=_FILE,
+              help="A public identity file to trust (the supplier's, the store's engine key). Repeat.")
+@click.option("--key", help="The key itself, to check it opens the bundle's commitment ('-' reads stdin).")
+@json_option
+def verify_bundle(bundle_file: Path, trusted: tuple[Path, ...], key: str | None, as_json: bool) -> None:
+    """Check a trace bundle offline with pinned public keys only: one PASS/FAIL line per check.
+
+    Exit 0 only if every check passes, 3 otherwise.
+    """
+    try:
+        pins = [PublicIdentity.load(p) for p in trusted]
+        data = bundle_file.read_bytes()
+        material = _key_material(key)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except Exception as exc:  # a KeyvaultError from a bad trust file or key
+        raise click.ClickException(str(exc)) from None
+    checks = verify_bundle_bytes(data, pins, material)
+    passed = all(c.ok for c in checks)
+    if as_json:
+        emit(True, {"ok": passed, "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}, "")
+    else:
+        click.echo("\n".join(c.line() for c in checks))
+        click.echo("ALL CHECKS PASSED" if passed else "VERIFICATION FAILED")
+    if not passed:
+        sys.exit(EXIT_REFUSED)
+
+
+def _key_material(key: str | None) -> bytes | None:
+    """A key's canonical form (what its commitment hashes), or None."""
+    if key is None:
+        return None
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    outcome, _, canonical, _ = _fast.parse_key(key)
+    if outcome == _fast.OK:
+        return bytes(canonical)
+    if looks_like_serial(key) or looks_native(key):
+        raise MalformedKeyError("--key is not a valid key (give the key itself, not its serial)")
+    card, sep, password = key.partition(":")
+    if sep:
+        return normalize_imported(card).encode() + b"\0" + normalize_imported(password).encode()
+    return normalize_imported(key).encode()
