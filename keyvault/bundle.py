@@ -99,7 +99,7 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
         status = doc["status"]["status"]
         if not isinstance(index, int) or isinstance(index, bool):
             raise TypeError("index")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         return fail("bundle", f"cannot be read ({exc.__class__.__name__}): it is damaged or not a bundle")
     pinned = {p.public_key: p for p in trusted}
 
@@ -152,8 +152,10 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
             fail(f"custody hop {n}", str(exc))
             break
 
-    # 4. The checkpoint, signed by a pinned engine key; every event included under it.
-    verifiers = [Verifier(engine_origin(k), k) for k in pinned]
+    # 4. The checkpoint, signed by a pinned engine key; every event included under it. A key that signed
+    #    the manifest or a transfer in this bundle is a party to the story, never its log's witness.
+    parties = {public_key} | {hop.sender for hop in chain} | {hop.recipient for hop in chain}
+    verifiers = [Verifier(engine_origin(k), k) for k in pinned if k not in parties]
     try:
         origin = note.split(b"\n", 1)[0].decode("utf-8", "replace")
         checkpoint = open_note(note, None, verifiers)
@@ -161,7 +163,7 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
                                                           "trusted engine key"))
     except ProofError as exc:
         return fail("checkpoint signature", str(exc))
-    replayed = _Replay(serial_name, header)
+    replayed = _Replay(serial_name, header, index, {hop.id for hop in chain})
     for event_index, leaf, proof in events:
         name = f"event {event_index}"
         try:
@@ -192,8 +194,10 @@ def _opens(doc: dict[str, Any], header: dict[str, Any], index: int, commitment: 
 class _Replay:
     """The key's status replayed from the events in the bundle."""
 
-    def __init__(self, serial: str, header: dict[str, Any]) -> None:
+    def __init__(self, serial: str, header: dict[str, Any], index: int, hops: set[str]) -> None:
         self.serial = serial
+        self.index = index
+        self.hops = hops
         self.batch = header["batch"]
         self.supplier = header["supplier"]["id"]
         self.state = "active"
@@ -209,6 +213,13 @@ class _Replay:
                 raise ProofError(f"a second state change of this key ({kind} after {self.state}): exactly-once broken")
             self.state = "redeemed" if kind == "redeem" else "void"
             self.order = event.get("order_id")
+        elif kind == "transfer":
+            if event["batch"] != self.batch:
+                raise ProofError("a transfer event of another batch")
+            moved = any(first <= self.index < end for first, end in event["ranges"])
+            if moved and event["transfer"] not in self.hops:
+                raise ProofError(f"the log records transfer {event['transfer'][:16]} of this key, but the bundle's "
+                                 "custody chain leaves it out")
         elif kind in ("blacklist", "lift"):
             target = (event["level"], event["target"])
             if target not in (("key", self.serial), ("batch", self.batch), ("supplier", self.supplier)):

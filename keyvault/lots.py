@@ -162,11 +162,14 @@ def receive(vault: Vault, lot_path: Path, recipient: Identity,
         def work(txn: Txn) -> tuple[BatchInfo | None, Transfer | None, Transfer | None]:
             now = now_ms()
             for hop in chain:
-                if txn.get("custody", b"T" + bytes.fromhex(hop.id)) is not None:
+                tid = bytes.fromhex(hop.id)
+                evidence = txn.get("custody", b"E" + tid)
+                if evidence is not None:  # refused before: refused again
+                    return None, hop, _record(txn, bytes.fromhex(load(evidence)["conflicts_with"]))
+                if txn.get("custody", b"T" + tid) is not None:
                     continue
                 earlier = _spent_by(txn, hop.previous, hop.ranges, hop.id)
                 if earlier is not None:
-                    tid = bytes.fromhex(hop.id)
                     txn.put("custody", b"T" + tid, hop.data)
                     txn.put("custody", b"E" + tid, dump({"conflicts_with": earlier.id, "at": now,
                                                          "batch": hop.doc["batch"], "previous": hop.previous}))
