@@ -54,7 +54,7 @@ def parse_leaf(leaf: bytes) -> dict[str, Any]:
     """An event leaf as a dict: index, kind, at (ms), previous (hex), and the body's fields."""
     tag, index, previous, kind, at_ms = _HEAD.unpack_from(leaf)
     if tag != b"kv1/event" or kind not in KIND_NAMES:
-        raise StoreCorruptError(f"event {index} is not an event leaf: the event log is damaged; run `keyvault check`")
+        raise StoreCorruptError(f"event {index} is not an event leaf: the event log is damaged; run `keyvault audit`")
     body = bytes(leaf[_HEAD.size:])
     event: dict[str, Any] = {"index": index, "type": KIND_NAMES[kind], "at_ms": at_ms, "previous": previous.hex()}
     if kind in (_fast.KIND_REDEEM, _fast.KIND_VOID):
@@ -117,17 +117,17 @@ class EventLog:
         if value is None:
             if size:
                 raise StoreCorruptError("the event log has lost its tail record: the store is damaged; run "
-                                        "`keyvault check` and restore it from a backup")
+                                        "`keyvault audit` and restore it from a backup")
             return _ZERO, b""
         return bytes(value[:32]), bytes(value[32:])
 
     def _store(self, txn: Txn, first: int, pairs: list[tuple[bytes, bytes]], hashes: bytes, frontier: bytes) -> None:
         if txn.put_sorted("events", pairs) != len(pairs):
-            raise StoreCorruptError(f"event {first} already exists: the event log is damaged; run `keyvault check`")
+            raise StoreCorruptError(f"event {first} already exists: the event log is damaged; run `keyvault audit`")
         nodes, frontier = _fast.tree_append(first, frontier, hashes)
         if nodes and txn.put_sorted("tree", nodes) != len(nodes):
             raise StoreCorruptError("the event log's tree already holds a node being added: the store is damaged; "
-                                    "run `keyvault check`")
+                                    "run `keyvault audit`")
         txn.put("meta", b"log", hashes[-32:] + frontier)
         head = txn.head()
         txn.set_head(head._replace(log_size=first + len(pairs)))
@@ -144,7 +144,7 @@ class EventLog:
         value = txn.get("events", u64(index))
         if value is None:
             raise StoreCorruptError(f"event {index} is missing from the event log: the store is damaged; "
-                                    "run `keyvault check`")
+                                    "run `keyvault audit`")
         return bytes(value)
 
     def perfect(self, txn: Txn) -> merkle.Perfect:
@@ -156,7 +156,7 @@ class EventLog:
             value = txn.get("tree", u64(_fast.node_key(level, index)))
             if value is None:
                 raise StoreCorruptError(f"a node of the event log's tree is missing (level {level}, index {index}): "
-                                        "the store is damaged; run `keyvault check`")
+                                        "the store is damaged; run `keyvault audit`")
             return bytes(value)
 
         return subtree
@@ -193,20 +193,18 @@ class EventLog:
         last_size = from_u64(last) if last is not None else 0
         if last is not None and last_size == size:
             return self.note_at(txn, last_size) if force else None
+        stored = txn.get("checkpoints", last) if last is not None else None
+        at, signed_root = _CHECKPOINT.unpack_from(stored or bytes(_CHECKPOINT.size))
         if not force:
-            stored = txn.get("checkpoints", last) if last is not None else None
-            at = _CHECKPOINT.unpack_from(stored)[0] if stored else 0
             due = size - last_size >= self.policy.every_events or now_ms - at >= self.policy.every_seconds * 1000
             if not due:
                 return None
         root = self.root(txn, size)
         if last is not None:
-            stored = txn.get("checkpoints", last)
-            assert stored is not None
-            signed_root = _CHECKPOINT.unpack_from(stored)[1]
+            # The tree's nodes were hashed as events were appended: this proves the log has only grown.
             if self.root(txn, last_size) != signed_root:
                 raise StoreCorruptError(f"the event log no longer matches its checkpoint at size {last_size}: it was "
-                                        "altered; nothing more will be signed. Run `keyvault check` and restore "
+                                        "altered; nothing more will be signed. Run `keyvault audit` and restore "
                                         "the store from a backup")
         note = sign(Checkpoint(self.origin, size, root), self.origin, self.engine.signing_key)
         txn.put("checkpoints", u64(size), _CHECKPOINT.pack(now_ms, root) + note)

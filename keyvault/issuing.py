@@ -442,19 +442,19 @@ def store_commitments(txn: Txn, pepper: bytes, manifest: Manifest) -> None:
     """Keep what a trace bundle needs: the signed header, every commitment, the slice roots, the seed (wrapped)."""
     batch = u64(manifest.batch)
     txn.put("manifests", bytes.fromhex(manifest.id), manifest.signed)
-    pairs = []
-    buffered = b""
+    step = COMMIT_VALUES * 32
+    carry = b""  # commitments left over from the previous part: parts are not multiples of 127
     n = 0
     for part in manifest.commitments():
-        buffered += part
-        while len(buffered) >= COMMIT_VALUES * 32:
-            pairs.append((batch + b"C" + n.to_bytes(4, "big"), buffered[:COMMIT_VALUES * 32]))
-            buffered = buffered[COMMIT_VALUES * 32:]
-            n += 1
+        data = memoryview(carry + part)
+        whole = len(data) // step * step
+        pairs = [(batch + b"C" + (n + i).to_bytes(4, "big"), bytes(data[at:at + step]))
+                 for i, at in enumerate(range(0, whole, step))]
+        n += len(pairs)
         txn.put_sorted("commitments", pairs)
-        pairs = []
-    if buffered:
-        txn.put_sorted("commitments", [(batch + b"C" + n.to_bytes(4, "big"), buffered)])
+        carry = bytes(data[whole:])
+    if carry:
+        txn.put_sorted("commitments", [(batch + b"C" + n.to_bytes(4, "big"), carry)])
     txn.put_sorted("commitments", [(batch + b"R" + i.to_bytes(4, "big"), root)
                                    for i, root in enumerate(manifest.chunk_roots)])
     txn.put("commitments", batch + b"S", _wrap_seed(pepper, manifest.batch, manifest.seed()))
