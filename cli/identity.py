@@ -28,11 +28,7 @@ def _engine_identity(state: State) -> PublicIdentity:
     """The store's own engine key (public part)."""
     if state.store is None:
         raise click.UsageError("give an IDENTITY_FILE, or --store DIR (or KEYVAULT_STORE) for the store's engine key")
-    vault = state.vault()
-    if not hasattr(type(vault), "engine_identity"):
-        raise click.ClickException("this keyvault's stores have no engine key yet; give an IDENTITY_FILE")
-    who = vault.engine_identity  # type: ignore[attr-defined]
-    return who.public if isinstance(who, Identity) else who  # type: ignore[no-any-return]
+    return state.vault().engine_identity
 
 
 @identity.command("show")

@@ -581,14 +581,6 @@ def test_cli_show_the_store_engine_key(tmp_path: Path) -> None:
                 assert doc["secret_key"] not in all_output(result)
 
 
-@pytest.mark.skipif(hasattr(Vault, "engine_identity"), reason="the store has its engine key now")
-def test_cli_show_store_key_before_stores_have_one(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    ok("--store", store, "init")
-    result = kv("--store", store, "identity", "show")
-    assert result.exit_code == EXIT_ERROR and "IDENTITY_FILE" in result.output
-
-
 def test_cli_rotate(tmp_path: Path, acme_file: Path) -> None:
     old = Identity.load(acme_file)
     new_file, rot_file = tmp_path / "acme2.key", tmp_path / "acme.rot"
