@@ -16,6 +16,8 @@ normalised by ``_pure.normalize`` (NFKC belongs to Python) and then read here.
 BLAKE2b is written below from RFC 7693; _core.pxd declares its C API for other
 Cython modules. check_keys, the batch check, also hashes several keys at once in
 SIMD lanes (same compression, vectorised) where the compiler and CPU allow.
+SHA-256 (FIPS 180-4), portable and with the x86 SHA extensions, serves the
+provenance functions at the end: key commitments, event leaves, the Merkle tree.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -2013,6 +2015,9 @@ cdef extern from *:
         const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
         __m128i abef, cdgh, abef_saved, cdgh_saved, tmp, wk, m[4];
         int step;
+        /* Shuffle 0xB1 swaps adjacent words and 0x1B reverses all four; alignr by 8 bytes takes the
+           high half of its second operand and the low half of its first; blend 0xF0 takes the high
+           half of its second operand. */
         tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h[0]), 0xB1);  /* C D A B */
         cdgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h[4]), 0x1B); /* E F G H */
         abef = _mm_alignr_epi8(tmp, cdgh, 8);                                     /* A B E F */
@@ -2022,13 +2027,13 @@ cdef extern from *:
             cdgh_saved = cdgh;
             #pragma GCC unroll 16
             for (step = 0; step < 16; step++) {  /* rounds 4 * step .. 4 * step + 3 */
-                if (step < 4) {
+                if (step < 4) {  /* the block itself: 16 bytes (4 words) per step */
                     m[step] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(p + 16 * step)), bswap);
                 } else {
                     /* W[t..t+3] from the 16 before (6.2.2 step 1): msg1 adds sigma0 of W[t-15..t-12] to
                        W[t-16..t-13], then W[t-7..t-4] is added and msg2 adds sigma1 of W[t-2], W[t-1]. */
                     tmp = _mm_sha256msg1_epu32(m[step & 3], m[(step + 1) & 3]);
-                    tmp = _mm_add_epi32(tmp, _mm_alignr_epi8(m[(step + 3) & 3], m[(step + 2) & 3], 4));
+                    tmp = _mm_add_epi32(tmp, _mm_alignr_epi8(m[(step + 3) & 3], m[(step + 2) & 3], 4));  /* 1 word */
                     m[step & 3] = _mm_sha256msg2_epu32(tmp, m[(step + 3) & 3]);
                 }
                 wk = _mm_add_epi32(m[step & 3], _mm_loadu_si128((const __m128i*)&kv_sha256_k[4 * step]));
@@ -2167,15 +2172,24 @@ cdef extern from *:
 
     /* Whether value is an int in 0..2**64-1 (stored in *out); no exception is left set. */
     static int kv_u64_of(PyObject* value, uint64_t* out) {
-        unsigned long long v;
+        unsigned long long u;
+        long long v;
+        int overflow;
         if (!PyLong_CheckExact(value))
             return 0;
-        v = PyLong_AsUnsignedLongLong(value);
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        v = PyLong_AsLongLongAndOverflow(value, &overflow);  /* the quick way, for 0..2**63-1 (cannot fail on an int) */
+        if (overflow == 0) {
+            *out = (uint64_t)v;
+            return v >= 0;
+        }
+        if (overflow < 0)
+            return 0;
+        u = PyLong_AsUnsignedLongLong(value);  /* 2**63 and up */
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
             PyErr_Clear();
             return 0;
         }
-        *out = (uint64_t)v;
+        *out = (uint64_t)u;
         return 1;
     }
     """
@@ -2197,7 +2211,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object text)  # an ASCII str: its 1-byte data is its UTF-8
 
 
-cdef int _sha256_choice = kv_sha256_select(-1)
+kv_sha256_select(-1)  # the best compression this CPU runs
 
 
 # ---------------------------------------------------------------------------
@@ -2221,12 +2235,12 @@ cdef enum:
 
     # An event leaf: kv1/event || u64(index) || previous leaf hash || u8(kind) || u64(at ms) || body.
     EVENT_TAG_SIZE = 9  # len(b"kv1/event")
-    EVENT_INDEX_AT = 9
+    EVENT_INDEX_AT = 9  # EVENT_TAG_SIZE
     EVENT_PREV_AT = 17  # EVENT_INDEX_AT + U64_SIZE
     EVENT_KIND_AT = 49  # EVENT_PREV_AT + HASH_SIZE
     EVENT_AT_MS_AT = 50  # EVENT_KIND_AT + 1
     EVENT_BODY_AT = 58  # EVENT_AT_MS_AT + U64_SIZE
-    CHANGE_TEXT_AT = 66  # a redeem or void body: u64(serial), then the text in UTF-8
+    CHANGE_TEXT_AT = 66  # EVENT_BODY_AT + U64_SIZE: a redeem or void body is u64(serial), then the text in UTF-8
 
     # Event kinds, as in _pure.
     KIND_SUPPLIER = 1
@@ -2520,11 +2534,7 @@ def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tu
 def _select_sha256(which):
     """Test hook: compress SHA-256 with 0 the portable code, 1 SHA-NI, -1 the best this CPU runs; the
     choice, -1 if this build or CPU lacks it (then nothing changes)."""
-    global _sha256_choice
-    cdef int choice = kv_sha256_select(which)
-    if choice >= 0:
-        _sha256_choice = choice
-    return choice
+    return kv_sha256_select(which)
 
 
 def _sha256(data, force_portable=False, chunk=0):
