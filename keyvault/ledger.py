@@ -12,8 +12,8 @@ what it sees (events past the last one read; nothing to read when no one
 wrote), so a decision inside a write transaction sees every earlier redeem
 of every process: exactly once holds. When more than ``FOLD_AT`` changes are
 unfolded, the transaction that notices folds them: card states and outcome
-records are written in serial order (sequential, cheap), each key's event is
-indexed for its trace, and the head records the log size folded so other
+records are written in serial order (sequential, cheap), each naming its
+event in the log (for the key's trace), and the head records the log size folded so other
 processes drop those changes from their overlays. The events stay: the log
 is the store's permanent, signed history.
 """
@@ -24,7 +24,7 @@ import threading
 
 from .eventlog import EventLog, change_of
 from .store import Head, Txn
-from .store.records import LEVEL_KEY, from_u64, pack_outcome, u64
+from .store.records import from_u64, pack_outcome, u64
 
 FOLD_AT = 100_000  # unfolded changes that trigger a fold: bounds every overlay
 
@@ -85,23 +85,20 @@ class Ledger:
     @staticmethod
     def fold(txn: Txn, pending: dict[int, Change]) -> int:
         """Write every unfolded change (``pending``: the overlay plus this transaction's) into card and
-        outcome records in serial order, index each under its key, and record how far the log is folded.
+        outcome records (which name each change's event) in serial order, and record how far the log is folded.
 
-        Bulk calls only (one sorted read, three sorted writes): a fold of 100,000 changes is a few
+        Bulk calls only (one sorted read, two sorted writes): a fold of 100,000 changes is a few
         hundred milliseconds of page writes, not a Python loop of LMDB calls.
         """
         head = txn.head()
         keys = [u64(serial) for serial in sorted(pending)]
         cards = []
         outcomes = []
-        subjects = []
         for key, record in txn.get_many("cards", keys):
             state, at_ms, text, index = pending[from_u64(key)]
             cards.append((key, bytes((state,)) + record[1:]))
-            outcomes.append((key, pack_outcome(state, at_ms, text)))
-            subjects.append((LEVEL_KEY + key + u64(index), b""))
+            outcomes.append((key, pack_outcome(state, at_ms, index, text)))
         txn.put_many("cards", cards)
         txn.put_many("outcomes", outcomes)
-        txn.put_many("subjects", subjects)
         txn.set_head(head._replace(folded=head.log_size))
         return len(cards)

@@ -188,7 +188,9 @@ def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return read_manifest(path)
+    # Verified as it was made (from the spools just hashed): reading it back would hash it all again.
+    return Manifest(path, header, header_bytes, identity.public_key, signature,
+                    len(MAGIC) + _FIXED.size + len(header_bytes), tuple(roots))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

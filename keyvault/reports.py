@@ -10,7 +10,7 @@ from .clock import iso
 from .keyformat import serial_index, serial_text
 from .results import Result
 from .store import Txn
-from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, from_u64, u64
+from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, OUTCOME, from_u64, u64
 
 _COUNTS = ("redeemed", "void", "blacklisted")
 
@@ -66,13 +66,18 @@ def build_stats(txn: Txn, cat: Catalog) -> dict[str, Any]:
 def key_events(txn: Txn, serial: int, batch: BatchInfo, change: tuple[int, int, str, int] | None) -> list[int]:
     """Indices of the events that tell a key's story: its supplier's, its batch's and its own, oldest first.
 
-    ``change`` is the key's unfolded redeem or void (overlay entry), whose event is not indexed yet.
+    A redeem or void is found through the key's unfolded change (``change``, an overlay entry) or, once
+    folded, through its outcome record, which names the event.
     """
     subjects = (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key), LEVEL_SUPPLIER + batch.supplier.encode())
     indices = {from_u64(key[-8:]) for subject in subjects for key, _ in txn.items("subjects", subject)
                if len(key) == len(subject) + 8}
     if change is not None:
         indices.add(change[3])
+    else:
+        outcome = txn.get("outcomes", u64(serial))
+        if outcome is not None and len(outcome) >= OUTCOME.size:
+            indices.add(OUTCOME.unpack_from(outcome)[2])
     return sorted(indices)
 
 

@@ -543,7 +543,7 @@ class _Store:
             record = txn.get(_u64(serial), db=self.cards_db)
             txn.put(_u64(serial), bytes([state]) + record[1:], db=self.cards_db)
             if at is not None:
-                txn.put(_u64(serial), bytes([state]) + at.to_bytes(8, "big") + text.encode(), db=self.outcomes_db)
+                txn.put(_u64(serial), bytes([state]) + at.to_bytes(8, "big") + (7).to_bytes(8, "big") + text.encode(), db=self.outcomes_db)
 
     def raw(self, db, serial: int, value: bytes) -> None:
         with self.env.begin(write=True) as txn:

@@ -966,7 +966,7 @@ cdef enum:
     VOIDED = 2
     INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
     CARD_SIZE = 17  # a cards record: state (1 byte) + tag (DIGEST_SIZE bytes)
-    OUTCOME_HEAD = 9  # an outcomes record: state (1 byte) + at ms (8 bytes), then UTF-8 text
+    OUTCOME_HEAD = 17  # an outcomes record: state (1 byte) + at ms (8 bytes) + event index (8), then UTF-8 text
     SERIAL_KEY_BYTES = 8  # a serial as a store key: big-endian u64
     SERIAL_TEXT_SIZE = 14  # PPPP-BBB-IIIII
     SERIAL_TEXT_DASH1 = 4  # symbols before the first dash...

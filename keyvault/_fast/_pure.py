@@ -276,7 +276,7 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
 ACTIVE, REDEEMED, VOIDED = 0, 1, 2  # card states (as keyvault.store.records)
 INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
 _CARD_SIZE = 17  # state (1 byte) + tag (16 bytes)
-_OUTCOME_HEAD = 9  # state (1 byte) + at ms (8 bytes big-endian), then the order id or reason in UTF-8
+_OUTCOME_HEAD = 17  # state (1 byte), at ms and event index (8 bytes each), then the order id or reason in UTF-8
 
 
 def format_serial_text(serial: int) -> str:
@@ -301,7 +301,7 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
     if change is not None:
         state, at, text = change[0], change[1], change[2]
     elif state != ACTIVE and outcome is not None:
-        at, text = int.from_bytes(outcome[1:_OUTCOME_HEAD], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
+        at, text = int.from_bytes(outcome[1:9], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
     else:
         at, text = 0, ""
     if state != ACTIVE and state != REDEEMED and state != VOIDED:  # a damaged record vouches for nothing

@@ -4,7 +4,7 @@
 |-------------|------------------------------|-----------------------------------------|
 | meta        | name                         | format, pepper check, generation, ...   |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes)              |
-| outcomes    | serial (u64)                 | state (u8), at ms (u64), order id/reason|
+| outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason|
 | ledger      | sequence (u64)               | serial (u64), state, at ms, order/reason|
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
 | upstream    | serial (u64)                 | an imported card's public card number   |
@@ -29,7 +29,7 @@ VOIDED = 2
 
 U64 = struct.Struct(">Q")
 CARD = struct.Struct(">B16s")
-OUTCOME = struct.Struct(">BQ")
+OUTCOME = struct.Struct(">BQQ")
 
 # Blacklist levels as stored (one byte in front of the target).
 LEVEL_KEY = b"K"  # target: serial (u64)
@@ -48,9 +48,9 @@ def from_u64(data: bytes) -> int:
     return U64.unpack(data)[0]
 
 
-def pack_outcome(state: int, at_ms: int, text: str) -> bytes:
-    """What became of a key: state, when, and the order id or reason."""
-    return OUTCOME.pack(state, at_ms) + text.encode("utf-8")
+def pack_outcome(state: int, at_ms: int, index: int, text: str) -> bytes:
+    """What became of a key: state, when, its event's index in the log, and the order id or reason."""
+    return OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")
 
 
 def dump(doc: dict[str, Any]) -> bytes:
