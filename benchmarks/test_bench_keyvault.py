@@ -101,3 +101,29 @@ def test_redeem_many_batches_of_1000(benchmark, store: BenchStore) -> None:  # t
 
     benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
     _rate(benchmark, batches * size)
+
+
+def test_event_log_append_1000(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    """What the event log adds to one redeem_many of 1,000: leaves, chain, tree nodes, in one transaction.
+
+    Compare its rate with test_redeem_many_batches_of_1000 (docs/benchmarks.md: the 10 % budget). The
+    transaction is aborted, so the store is left as it was.
+    """
+    vault = store.vault
+    changes = [(i, 1, 1_700_000_000_000, f"bench-{i}") for i in range(1000)]
+
+    class Abort(Exception):
+        pass
+
+    def one() -> None:
+        def work(txn):  # type: ignore[no-untyped-def]
+            vault._log.append_changes(txn, changes)
+            raise Abort
+
+        try:
+            vault._store.write(work)
+        except Abort:
+            pass
+
+    benchmark.pedantic(one, rounds=20, iterations=1)
+    _rate(benchmark, len(changes))

@@ -186,7 +186,8 @@ def read_transfer(data: bytes, what: str = "transfer") -> Transfer:
 def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Transfer]) -> None:
     """Each hop spends the one before: the first the manifest, signed by its supplier; each next one
     signed by the previous recipient, within the ranges it received. CustodyError names the broken hop."""
-    holder, previous, held = supplier, manifest, ((0, count),)
+    held: Ranges = ((0, count),)
+    holder, previous = supplier, manifest
     for n, hop in enumerate(chain, 1):
         if hop.manifest != manifest or hop.doc["count"] != count:
             raise CustodyError(f"custody hop {n} moves keys of another batch")

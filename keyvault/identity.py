@@ -107,6 +107,17 @@ def write_public_file(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _save_public(target: Path, data: bytes) -> Path:
+    """Write a new 0644 file of public data, with keyvault's errors."""
+    try:
+        write_public_file(target, data)
+    except FileExistsError:
+        raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
+    except OSError as exc:
+        raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
+    return target
+
+
 def _check_name(name: str) -> str:
     """``name`` stripped, or IdentityError unless it is 1-64 printable characters."""
     name = name.strip()
@@ -228,14 +239,7 @@ class PublicIdentity:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this public identity to a new 0644 file (never overwriting one)."""
-        target = Path(path)
-        try:
-            write_public_file(target, self.to_bytes())
-        except FileExistsError:
-            raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
-        except OSError as exc:
-            raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
-        return target
+        return _save_public(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PublicIdentity:
@@ -429,14 +433,7 @@ class Rotation:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this rotation to a new 0644 file (never overwriting one)."""
-        target = Path(path)
-        try:
-            write_public_file(target, self.to_bytes())
-        except FileExistsError:
-            raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
-        except OSError as exc:
-            raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
-        return target
+        return _save_public(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Rotation:

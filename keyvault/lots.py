@@ -36,7 +36,7 @@ from .custody import (
     read_transfer,
     seal_lot,
 )
-from .errors import CustodyError, NotFoundError, UsageError
+from .errors import CustodyError, NotFoundError, StoreCorruptError, UsageError
 from .identity import Identity, PublicIdentity, fingerprint
 from .issuing import import_in
 from .keyformat import batch_text, parse_batch, serial_index
@@ -234,8 +234,8 @@ def audit(vault: Vault) -> dict[str, Any]:
                     seen[prev] = doc["batch"]
         try:
             events = vault._log.verify(txn)
-            log = {"ok": True, "events": events, "checkpoints": len(vault._log.checkpoints(txn))}
-        except Exception as exc:  # reported, not raised: an audit tells everything it finds
+            log: dict[str, Any] = {"ok": True, "events": events, "checkpoints": len(vault._log.checkpoints(txn))}
+        except StoreCorruptError as exc:  # reported, not raised: an audit tells everything it finds
             log = {"ok": False, "error": str(exc)}
     return {"double_sales": double_sales, "manifest_gaps": gaps, "manifest_forks": forks, "event_log": log,
             "clean": not double_sales and not gaps and not forks and log["ok"]}

@@ -517,17 +517,21 @@ class Vault:
         with self._store.read() as txn:
             return build_stats(txn, self._current(txn))
 
+    def _story(self, txn: Txn, key_or_serial: str) -> tuple[Catalog, _Found, Result, list[int]]:
+        """A key located for its trace: the catalog, the key, its status, and its events' indices."""
+        cat = self._current(txn)
+        found = self._find(txn, cat, key_or_serial)
+        if isinstance(found, Result):
+            what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
+            raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
+        overlay = self._ledger.sync(txn, txn.head())
+        status = self._judge(txn, cat, found, overlay, now_ms())
+        return cat, found, status, key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+
     def trace(self, key_or_serial: str) -> dict[str, Any]:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         with self._store.read() as txn:
-            cat = self._current(txn)
-            found = self._find(txn, cat, key_or_serial)
-            if isinstance(found, Result):
-                what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
-                raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
-            overlay = self._ledger.sync(txn, txn.head())
-            status = self._judge(txn, cat, found, overlay, now_ms())
-            indices = key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+            cat, found, status, indices = self._story(txn, key_or_serial)
             events = [parse_leaf(self._log.leaf(txn, i)) for i in indices]
             return build_trace(txn, cat, found.serial, found.batch, status, events)
 
@@ -619,17 +623,10 @@ class Vault:
         for _ in range(5):
             self.checkpoint()  # a signed checkpoint covering every event so far
             with self._store.read() as txn:
-                cat = self._current(txn)
-                found = self._find(txn, cat, key_or_serial)
-                if isinstance(found, Result):
-                    what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
-                    raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
-                overlay = self._ledger.sync(txn, txn.head())
-                status = self._judge(txn, cat, found, overlay, now_ms())
+                _, found, status, indices = self._story(txn, key_or_serial)
                 last = txn.last_key("checkpoints")
                 assert last is not None
                 size = from_u64(last)
-                indices = key_events(txn, found.serial, found.batch, overlay.get(found.serial))
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
                 events = [(i, self._log.leaf(txn, i), self._log.inclusion(txn, i, size)) for i in indices]
@@ -637,7 +634,7 @@ class Vault:
                                                        not looks_like_serial(key_or_serial)),
                                     custody=lots.custody_of(txn, found.batch.key, found.serial),
                                     checkpoint=self._log.note_at(txn, size), events=events, status=status.to_dict(),
-                                    generated_at=iso(now_ms()))
+                                    generated_at=str(iso(now_ms())))
         raise StoreError("this key kept changing while its bundle was made; try again")
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------

@@ -2,18 +2,23 @@
 
 | database    | key                          | value                                   |
 |-------------|------------------------------|-----------------------------------------|
-| meta        | name                         | format, pepper check, generation, ...   |
+| meta        | name                         | format, pepper check, head, log tail, checkpoint policy |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes)              |
-| outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason|
-| ledger      | sequence (u64)               | serial (u64), state, at ms, order/reason|
+| outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason |
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
 | upstream    | serial (u64)                 | an imported card's public card number   |
 | batches     | batch key (u64)              | JSON                                    |
+| commitments | batch key + C/R + u32, or + S | 127 key commitments; a 65,536-key slice root; the wrapped seed |
+| manifests   | manifest id (32)             | the signed manifest header              |
 | suppliers   | supplier id (ASCII)          | JSON                                    |
 | prefixes    | issuer prefix (u64)          | supplier id                             |
+| trust       | public key (32)              | JSON: the pinned identity               |
+| custody     | T/S/H/E + ids (lots.py)      | transfer records, spends, evidence      |
 | blacklist   | level (1) + target           | JSON {reason, at}                       |
-| events      | sequence (u64)               | JSON                                    |
-| subjects    | subject + sequence (u64)     | empty: the events of a key/batch/supplier|
+| events      | index (u64)                  | the event leaf, verbatim (eventlog.py)  |
+| tree        | post-order node key (u64)    | a 32-byte internal node of the log's tree |
+| checkpoints | tree size (u64)              | at ms (u64), root (32), the signed note |
+| subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier|
 | counters    | scope + "/" + name           | u64                                     |
 """
 
