@@ -163,13 +163,25 @@ def _render_audit(doc: dict[str, Any]) -> str:
 @click.option("--every-events", type=click.IntRange(min=1), help="Sign after this many new events.")
 @click.option("--every-seconds", type=click.IntRange(min=1), help="Sign after this many seconds with new events.")
 @click.option("--list", "list_all", is_flag=True, help="List every checkpoint signed so far.")
+@click.option("--since", type=_FILE, help="A checkpoint note saved earlier: prove the log only grew since (exit 3 if "
+                                          "it was rolled back or forked).")
 @json_option
 @click.pass_obj
 @handle_errors
 def checkpoint(state: State, every_events: int | None, every_seconds: int | None, list_all: bool,
-               as_json: bool) -> None:
-    """Sign a checkpoint of the event log now and print it; or set the cadence, or list them."""
+               since: Path | None, as_json: bool) -> None:
+    """Sign a checkpoint of the event log now and print it; or set the cadence, list them, or check one."""
     vault = state.vault()
+    if since is not None:
+        try:
+            old = since.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read the checkpoint {since}: {exc}") from None
+        check = vault.check_since(old)
+        emit(as_json, {"ok": check.ok, "detail": check.detail}, check.line())
+        if not check.ok:
+            sys.exit(EXIT_REFUSED)
+        return
     if every_events or every_seconds:
         policy = vault.checkpoint_policy
         vault.set_checkpoint_policy(every_events or policy.every_events, every_seconds or policy.every_seconds)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +177,23 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
             fail(name, str(exc) or exc.__class__.__name__)
     checks.append(replayed.check(status, doc["status"]))
     return checks
+
+
+def check_consistent(old_note: bytes, new_note: bytes, prove: Callable[[int, int], list[bytes]],
+                     trusted: Sequence[PublicIdentity]) -> Check:
+    """Whether a newer checkpoint extends an older one (both signed by a trusted engine key)."""
+    verifiers = [Verifier(engine_origin(p.public_key), p.public_key) for p in trusted]
+    name = "log consistent with the earlier checkpoint"
+    try:
+        old = open_note(old_note, None, verifiers)
+        new = open_note(new_note, old.origin, verifiers)
+        if old.size > new.size:
+            raise ProofError(f"the log now holds {new.size:,} events, fewer than the {old.size:,} signed earlier: "
+                             "it was rolled back")
+        merkle.verify_consistency(old.size, new.size, old.root, new.root, prove(old.size, new.size))
+    except ProofError as exc:
+        return Check(name, False, f"{exc}; the store was rolled back or forked since that checkpoint")
+    return Check(name, True, f"{old.size:,} events then, {new.size:,} now: the log only grew")
 
 
 def _opens(doc: dict[str, Any], header: dict[str, Any], index: int, commitment: bytes, material: bytes) -> Check:

@@ -559,6 +559,21 @@ class Vault:
         self.catalog()  # the policy is reloaded with the catalog
         return self._log.policy
 
+    def check_since(self, old_note: str) -> bundle.Check:
+        """Is this store's log an extension of the one ``old_note`` (a checkpoint it signed earlier) saw?
+
+        Fails when the store was rolled back (restored from an old backup and written to since) or
+        forked: the RFC 9162 consistency proof from the old size to now does not reach both roots.
+        """
+        new_note = self.checkpoint().encode()
+        with self._store.read() as txn:
+            def proof(old_size: int, new_size: int) -> list[bytes]:
+                if old_size > self._log.size(txn):
+                    return []  # the log is shorter than it was: nothing can prove it grew
+                return self._log.consistency(txn, old_size, new_size)
+
+            return bundle.check_consistent(old_note.encode(), new_note, proof, [self.engine_identity])
+
     def set_checkpoint_policy(self, every_events: int, every_seconds: int) -> None:
         """Sign checkpoints by themselves after this many events or seconds, whichever comes first."""
         if every_events < 1 or every_seconds < 1:

@@ -827,3 +827,35 @@ def test_cli_lot_round_trip(tmp_path: Path) -> None:
     ok("--store", other_store, "init")
     ok("--store", other_store, "trust", "add", w.root / "acme.pub")
     assert kv("--store", other_store, "lot", "receive", lot, "--identity", other).exit_code != EXIT_OK
+
+
+def test_a_rolled_back_store_is_caught_by_an_earlier_checkpoint(tmp_path: Path, supplier: Identity) -> None:
+    """A witness keeps a checkpoint; the store is restored from an older backup and written to again:
+    the next checkpoint cannot be proven to extend the one the witness kept."""
+    import shutil
+
+    store = tmp_path / "store"
+    with Vault.init(store) as vault:
+        batch = issue(vault, supplier, tmp_path / "files", 10)
+        vault.redeem(batch.keys[0], "ORD-0")
+    shutil.copytree(store, tmp_path / "backup")
+    with Vault.open(store) as vault:
+        vault.redeem(batch.keys[1], "ORD-1")
+        vault.redeem(batch.keys[2], "ORD-2")
+        kept = vault.checkpoint()  # what a witness or a customer saw
+        assert vault.check_since(kept).ok
+        vault.redeem(batch.keys[3], "ORD-3")
+        assert vault.check_since(kept).ok  # grown since: consistent
+    shutil.rmtree(store)
+    shutil.copytree(tmp_path / "backup", store)
+    with Vault.open(store) as vault:
+        check = vault.check_since(kept)  # fewer events than were signed: rolled back
+        assert not check.ok and "rolled back" in check.detail
+        for i in range(4, 9):
+            vault.redeem(batch.keys[i], f"ORD-{i}")  # now longer than before, but another history
+        check = vault.check_since(kept)
+        assert not check.ok, check.detail
+    note = tmp_path / "kept.note"
+    note.write_text(kept)
+    result = kv("--store", store, "checkpoint", "--since", note)
+    assert result.exit_code == EXIT_REFUSED and result.stdout.startswith("FAIL")
