@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import tempfile
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from keyvault import Identity, Result, Status, Vault, _fast
+from keyvault.bundle import verify as verify_bundle
 
 from .output import emit, handle_errors, json_option, progress
 from .store import render_trace
@@ -117,9 +119,14 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     platform.blacklist("batch", batch.id, "lot reported stolen in transit")
     _show(as_json, "a key of the batch:", platform.verify(keys[2]))
 
-    _say(as_json, "\n8. Trace of the redeemed key")
+    _say(as_json, "\n8. Trace of the redeemed key, and its proof checked as an outsider would")
     trace = platform.trace(keys[0])
+    proof = json.dumps(platform.trace_bundle(keys[0])).encode()
+    checks = verify_bundle(proof, [acme.public, platform.engine_identity], bytes(_fast.parse_key(keys[0])[2]))
+    trace["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
     _say(as_json, "    " + render_trace(trace).replace("\n", "\n    "))
+    _say(as_json, f"    the bundle is {len(proof):,} bytes: anyone holding Acme's and the platform's public keys "
+                  "can check it offline (`keyvault verify-bundle`)")
 
     stats = platform.stats()
     totals: dict[str, Any] = stats["totals"]
@@ -129,4 +136,4 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
                   f"{totals['refused_total']:,} refused attempts {totals['refused']}")
     _say(as_json, "    rates: " + ", ".join(f"{name} {value:,.0f}" for name, value in rates.items()))
     return {"count": count, "compiled": _fast.COMPILED, "batch": batch.id, "rates": rates, "totals": totals,
-            "retry_matches_first": retry == first}
+            "retry_matches_first": retry == first, "proof_checks_pass": trace["verification"]["ok"]}

@@ -632,7 +632,7 @@ def test_trace_of_unknown_key_is_an_error(world: World) -> None:
 def test_demo_json_summary(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
     doc = one_json(ok("demo", "--count", 30, "--json", "--dir", keep))
-    assert doc["count"] == 30 and doc["retry_matches_first"] is True
+    assert doc["count"] == 30 and doc["retry_matches_first"] is True and doc["proof_checks_pass"] is True
     assert doc["compiled"] is _fast.COMPILED
     t = doc["totals"]
     assert (t["keys"], t["redeemed"], t["void"], t["blacklist_entries"]) == (30, 1, 1, 1)
