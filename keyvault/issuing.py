@@ -205,6 +205,12 @@ def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _commit_chunk(first: int, seed: bytes, keys: list[str]) -> tuple[bytes, bytes]:
+    """A chunk's commitments and their Merkle root (issue_batch's second thread)."""
+    commitments = _fast.commitments(first, seed, keys)
+    return commitments, _fast.merkle_root(commitments)
+
+
 def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
                 valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
     """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records."""
@@ -217,17 +223,36 @@ def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
     export = _Export(keys_out, batch_text(batch), product, valid_until)
 
-    def body() -> Iterator[tuple[bytes, bytes]]:
-        done = 0
-        while done < count:
-            n = min(CHUNK, count - done)
-            keys, verifiers = _fast.issue_keys(first + done, n, salt, os.urandom(n * _fast.SECRET_BYTES))
-            export.write(first + done, keys)
-            commitments = _fast.commitments(first + done, seed, keys)
-            del keys
-            yield verifiers, commitments
-            done += n
-            report("generate", n)
+    def body() -> Iterator[tuple[bytes, bytes, bytes]]:
+        # Pipelined: a second thread hashes chunk i's commitments and their Merkle root (the compiled
+        # core lets go of the GIL meanwhile) while this one generates and exports chunk i + 1. At most
+        # two chunks are in flight, they come out in order, the thread's errors are raised here, and
+        # leaving (done, failed or closed) cancels what has not started and waits for what has.
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyvault-commit")
+        try:
+            done = 0
+            pending = None  # the previous chunk: (verifiers, future of (commitments, root), keys in it)
+            while done < count or pending is not None:
+                current = None
+                if done < count:
+                    n = min(CHUNK, count - done)
+                    keys, verifiers = _fast.issue_keys(first + done, n, salt, os.urandom(n * _fast.SECRET_BYTES))
+                    current = (verifiers, pool.submit(_commit_chunk, first + done, seed, keys), n)
+                    export.write(first + done, keys)
+                    del keys, verifiers
+                    done += n
+                if pending is not None:
+                    records, future, size = pending
+                    pending = None
+                    commitments, root = future.result()
+                    yield records, commitments, root
+                    del records, commitments
+                    report("generate", size)
+                pending = current
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     try:
         manifest = write_manifest(manifest_out, identity,

@@ -149,9 +149,11 @@ def tree_root(chunk_roots: Iterable[bytes]) -> bytes:
 
 
 def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed: bytes,
-                   body: Iterable[tuple[bytes, bytes]], trailer: Iterable[bytes] = ()) -> Manifest:
+                   body: Iterable[tuple[bytes, ...]], trailer: Iterable[bytes] = ()) -> Manifest:
     """Sign and write a manifest atomically. ``body`` yields (records, commitments) for each CHUNK of keys,
-    in order; ``trailer`` yields what follows the commitments (card numbers)."""
+    in order, or (records, commitments, root) with root ``_fast.merkle_root(commitments)`` already
+    computed; ``trailer`` yields what follows the commitments (card numbers). If this fails, ``body``
+    is closed (when it can be), so a generator's clean-up runs now."""
     if path.exists():
         raise ManifestError(f"{path} already exists; choose another --manifest-out")
     tmp = path.with_name(path.name + ".part")
@@ -161,10 +163,11 @@ def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed:
         with tempfile.TemporaryFile(dir=path.parent) as records, \
                 tempfile.TemporaryFile(dir=path.parent) as commits, \
                 tempfile.TemporaryFile(dir=path.parent) as tail, open(tmp, "wb") as out:
-            for part, commitments in body:
+            for chunk in body:
+                part, commitments = chunk[0], chunk[1]
                 records.write(part)
                 commits.write(commitments)
-                roots.append(_fast.merkle_root(commitments))
+                roots.append(chunk[2] if len(chunk) > 2 else _fast.merkle_root(commitments))
             for part in trailer:
                 tail.write(part)
             digest = hashlib.sha256(seed)
@@ -186,6 +189,11 @@ def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     # Verified as it was made (from the spools just hashed): reading it back would hash it all again.

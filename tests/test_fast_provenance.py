@@ -643,3 +643,207 @@ def test_bad_input(fast, name, args):
     if fast is _core:
         with pytest.raises((ValueError, TypeError)):
             same(name, *args)  # and the same exception, with the same message, from both
+
+
+# ---------------------------------------------------------------------------
+# Large inputs: the compiled core hashes them without the GIL (from 1,024 items), two SHA-256
+# chains at a time, and issue_keys' verifiers in BLAKE2b lanes
+
+
+@pytest.mark.parametrize("lanes", [0, -1])
+def test_large_commitments_on_every_path(sha_path, lanes):
+    assert sha_path._select_lanes(lanes) >= 0
+    rng = random.Random(1000 + lanes)
+    seed = rng.randbytes(32)
+    materials = _materials(rng, 3001)  # mixed sizes: pairs that pad alike, and pairs that do not
+    keys = _pure.issue_keys(7 << 20, 2051, b"", rng.randbytes(10 * 2051))[0]  # all pairs alike, one left over
+    for first, items in ((12345, materials), (7 << 20, keys), (U64_MAX - len(keys) + 1, keys)):
+        assert sha_path.commitments(first, seed, items) == _pure.commitments(first, seed, items) == \
+            _expected_commitments(first, seed, items)
+
+
+def test_large_commitments_refuse_a_bad_material_last(core):
+    materials = ["A" * 32] * 2000 + [5]
+    with pytest.raises(TypeError):
+        same("commitments", 0, SEED, materials)
+
+
+def test_large_merkle_roots_on_every_path(sha_path):
+    for n in (1024, 1279, 4096 + 255, 65536 + 3):
+        leaves = leaf_hashes(n, seed=n)
+        joined = b"".join(leaves)
+        assert sha_path.merkle_root(joined) == sha_path.merkle_root(bytearray(joined)) == mth(leaves), n
+
+
+@pytest.mark.parametrize("salt_size", [0, 16, 96, 97, 300])
+def test_large_issue_keys_on_every_lanes_path(core, salt_size):
+    """Lanes take salt || key when it fits one block (salts up to 96 bytes); the rest one at a time."""
+    rng = random.Random(salt_size)
+    salt = rng.randbytes(salt_size)
+    entropy = rng.randbytes(10 * 1031)  # 1,031 keys: 128 groups of 8 (or 257 of 4) and a few left over
+    expected = _pure.issue_keys((1 << 60) - 500, 1031, salt, entropy)
+    for which in (0, 1, 2, 3):
+        if core._select_lanes(which) < 0:
+            continue
+        assert core.issue_keys((1 << 60) - 500, 1031, salt, entropy) == expected, which
+
+
+def _runs_other_threads(call) -> bool:
+    """Whether another Python thread ran while call() did: only if call let go of the GIL.
+
+    The switch interval is made long, so this thread is never made to give the GIL up; the other
+    one gives it up at every step (sleep(0)), so this one is never kept waiting for it.
+    """
+    import sys
+    import threading
+    import time
+
+    started, stop = threading.Event(), threading.Event()
+    count = [0]
+
+    def spin() -> None:
+        started.set()
+        while not stop.is_set():
+            count[0] += 1
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        started.wait()
+        sys.setswitchinterval(30.0)
+        for _ in range(3):
+            before = count[0]
+            call()
+            if count[0] != before:
+                return True
+        return False
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        thread.join()
+
+
+def test_a_call_that_keeps_the_gil_lets_no_thread_run(core):
+    data = bytes(20_000_000)
+    assert not _runs_other_threads(lambda: core._sha256(data))  # (the test below means something)
+
+
+def test_large_inputs_let_other_threads_run(core):
+    keys, _ = core.issue_keys(1 << 40, 50_000, b"salt", bytes(500_000))
+    leaves = core.commitments(1 << 40, SEED, keys)
+    assert _runs_other_threads(lambda: core.issue_keys(1 << 40, 50_000, b"salt", bytes(500_000)))
+    assert _runs_other_threads(lambda: core.commitments(1 << 40, SEED, keys))
+    assert _runs_other_threads(lambda: core.merkle_root(leaves))
+
+
+def test_concurrent_calls_give_the_same_answers(fast):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(5)
+    jobs = []
+    for i in range(8):
+        entropy = rng.randbytes(10 * 3000)
+        materials = _materials(rng, 1500)
+        jobs.append((i << 30, entropy, materials))
+
+    def work(job):
+        first, entropy, materials = job
+        keys, verifiers = fast.issue_keys(first, 3000, b"salt", entropy)
+        commitments = fast.commitments(first, SEED, keys) + fast.commitments(first + 3000, SEED, materials)
+        return keys, verifiers, commitments, fast.merkle_root(commitments)
+
+    alone = [work(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(work, jobs)) == alone
+
+
+# ---------------------------------------------------------------------------
+# issue_batch's pipeline: commitments and chunk roots on a second thread
+
+
+def _commit_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("keyvault-commit")]
+
+
+def test_issue_batch_pipeline_output(tmp_path):
+    """Two chunks: the manifest's commitments and chunk roots are those of the exported keys, in order."""
+    import csv
+
+    from keyvault import Identity, Vault
+    from keyvault import _fast as selected
+    from keyvault.keyformat import make_serial
+    from keyvault.manifest import CHUNK, read_manifest
+
+    count = CHUNK + 37
+    stages: list = []
+    with Vault.init(tmp_path / "store") as vault:
+        vault.issue_batch(Identity.generate("Acme"), "P", count, keys_out=tmp_path / "k.csv",
+                          manifest_out=tmp_path / "b.kvm", progress=lambda stage, n: stages.append((stage, n)))
+    assert [s for s in stages if s[0] == "generate"] == [("generate", CHUNK), ("generate", 37)]
+    assert not _commit_threads()
+    with open(tmp_path / "k.csv", newline="") as fh:
+        keys = [_pure.normalize(row["key"]) for row in csv.DictReader(fh)]  # (printed in groups)
+    manifest = read_manifest(tmp_path / "b.kvm")  # (checks the body's hash and the Merkle root)
+    first = make_serial(manifest.batch, 0)
+    commitments = b"".join(manifest.commitments())
+    assert commitments == _pure.commitments(first, manifest.seed(), keys)
+    assert manifest.chunk_roots == (selected.merkle_root(commitments[:32 * CHUNK]),
+                                    selected.merkle_root(commitments[32 * CHUNK:]))
+    verifiers = b"".join(manifest.records())
+    assert verifiers[-16:] == hashlib.blake2b(manifest.salt + keys[-1].encode(), digest_size=16,
+                                              person=b"kv1/verifier").digest()
+
+
+@pytest.mark.parametrize("where", ["commit thread", "issuing thread"])
+def test_issue_batch_pipeline_failure(tmp_path, monkeypatch, where):
+    """An error on either thread stops the batch: raised to the caller, no files, no thread left behind."""
+    from keyvault import Identity, Vault, issuing
+
+    monkeypatch.setattr(issuing, "CHUNK", 64)  # many small chunks (nothing of this batch is kept)
+    calls = [0]
+
+    def failing(real):
+        def call(*args):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise RuntimeError("boom")
+            return real(*args)
+        return call
+
+    if where == "commit thread":
+        monkeypatch.setattr(issuing, "_commit_chunk", failing(issuing._commit_chunk))
+    else:
+        monkeypatch.setattr(issuing._fast, "issue_keys", failing(issuing._fast.issue_keys))
+    with Vault.init(tmp_path / "store") as vault:
+        with pytest.raises(RuntimeError, match="boom"):
+            vault.issue_batch(Identity.generate("Acme"), "P", 64 * 6 + 5, keys_out=tmp_path / "k.csv",
+                              manifest_out=tmp_path / "b.kvm")
+        assert not vault.catalog().batches
+    # (The next chunk may have started on the commit thread before its predecessor's error was seen.)
+    assert calls[0] in ((3, 4) if where == "commit thread" else (3,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    assert not _commit_threads()
+
+
+def test_write_manifest_closes_its_body_when_it_fails(tmp_path):
+    from keyvault import Identity
+    from keyvault.manifest import write_manifest
+
+    closed = []
+
+    def body():
+        try:
+            yield b"", b"", sha256(b"")
+            yield None, b"", sha256(b"")  # records must be bytes: write_manifest fails here
+            yield b"", b"", sha256(b"")
+        finally:
+            closed.append(True)
+
+    with pytest.raises(TypeError):
+        write_manifest(tmp_path / "b.kvm", Identity.generate("Acme"), {}, bytes(32), body())
+    assert closed == [True]
+    assert not list(tmp_path.iterdir())

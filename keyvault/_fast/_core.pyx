@@ -18,6 +18,10 @@ Cython modules. check_keys, the batch check, also hashes several keys at once in
 SIMD lanes (same compression, vectorised) where the compiler and CPU allow.
 SHA-256 (FIPS 180-4), portable and with the x86 SHA extensions, serves the
 provenance functions at the end: key commitments, event leaves, the Merkle tree.
+
+issue_keys, commitments and merkle_root do their hashing without the GIL when
+they are given NOGIL_ITEMS items or more (issue_batch runs the last two on a
+second thread while the first makes the next chunk).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -92,6 +96,7 @@ cdef enum:
     ASCII_SIZE = 128  # code points 0..127
     BYTE_SIZE = 256  # values of one byte of a 1-byte-kind str
     ASCII_MAX = 127  # largest ASCII code point (maxchar of a new ASCII str)
+    NOGIL_ITEMS = 1024  # keys or hashes from which a call's hashing lets other threads run (GIL released)
     DROP = 255  # in _FOLD: a separator, removed by normalize
     NOT_SYMBOL = -1  # in _VALUE and _SYMBOL: kept by normalize, but not in the alphabet
     SEPARATOR = -2  # in _SYMBOL: dropped by normalize
@@ -736,14 +741,19 @@ def tags_equal(a: bytes, b: bytes) -> bool:
 def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tuple[list[str], bytes]:
     """Make count keys with serials serial_base.. and secrets from entropy (10 bytes each).
 
-    Returns the canonical keys and their verifiers concatenated (16 bytes each).
+    Returns the canonical keys and their verifiers concatenated (16 bytes each). The keys and
+    verifiers are computed without the GIL (for NOGIL_ITEMS keys or more), the key strings made
+    after it.
     """
     cdef blake2b_state salted
-    cdef char key[KEY_SYMBOLS]
-    cdef const unsigned char* chunk
+    cdef const unsigned char* secrets
+    cdef const unsigned char* salt_data
+    cdef size_t salt_len
     cdef unsigned char* out
+    cdef char* symbols = NULL
     cdef uint64_t serial
     cdef Py_ssize_t i, n
+    cdef int lanes = _lane_count
     cdef list keys
     if not (type(serial_base) is int and type(count) is int and _binary(salt) and _binary(entropy)):
         return _pure.issue_keys(serial_base, count, salt, entropy)
@@ -756,22 +766,67 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
     if n > PY_SSIZE_T_MAX // DIGEST_SIZE:
         raise MemoryError()
     serial = PyLong_AsUnsignedLongLongMask(serial_base) & SERIAL_MASK  # serials are taken mod 2**60
-    keys = []
     verifiers = PyBytes_FromStringAndSize(NULL, n * DIGEST_SIZE)
     out = <unsigned char*>PyBytes_AS_STRING(verifiers)
-    chunk = <const unsigned char*>PyBytes_AS_STRING(entropy)
-    # Every verifier hashes salt || key: absorb the salt once, fork per key.
-    blake2b_init(&salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
-    blake2b_update(&salted, <const unsigned char*>PyBytes_AS_STRING(salt), <size_t>PyBytes_GET_SIZE(salt))
-    for i in range(n):
-        _encode_key(key, serial + <uint64_t>i, _load40(chunk), _load40(chunk + HALF_SECRET_BYTES))
-        blake2b_digest_from(&salted, <const unsigned char*>key, KEY_SYMBOLS, out)
-        text = PyUnicode_New(KEY_SYMBOLS, ASCII_MAX)
-        memcpy(PyUnicode_1BYTE_DATA(text), key, KEY_SYMBOLS)
-        keys.append(text)
-        chunk += SECRET_BYTES
-        out += DIGEST_SIZE
+    secrets = <const unsigned char*>PyBytes_AS_STRING(entropy)
+    salt_data = <const unsigned char*>PyBytes_AS_STRING(salt)
+    salt_len = <size_t>PyBytes_GET_SIZE(salt)
+    symbols = <char*>PyMem_Malloc(<size_t>n * KEY_SYMBOLS if n > 0 else 1)
+    if symbols == NULL:
+        raise MemoryError()
+    try:
+        # Every verifier hashes salt || key: in lanes, or one by one from the state after the salt.
+        blake2b_init(&salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
+        if n >= NOGIL_ITEMS:
+            with nogil:
+                _issue(&salted, salt_data, salt_len, serial, secrets, n, symbols, out, lanes)
+        else:
+            _issue(&salted, salt_data, salt_len, serial, secrets, n, symbols, out, lanes)
+        keys = []
+        for i in range(n):
+            text = PyUnicode_New(KEY_SYMBOLS, ASCII_MAX)
+            memcpy(PyUnicode_1BYTE_DATA(text), symbols + i * KEY_SYMBOLS, KEY_SYMBOLS)
+            keys.append(text)
+    finally:
+        PyMem_Free(symbols)
     return keys, verifiers
+
+
+cdef void _issue(blake2b_state* S, const unsigned char* salt, size_t salt_len, uint64_t serial,
+                 const unsigned char* secrets, Py_ssize_t n, char* symbols, unsigned char* out,
+                 int lanes) noexcept nogil:
+    """issue_keys' work: n keys' symbols (KEY_SYMBOLS each) and their verifiers (DIGEST_SIZE each).
+
+    S is fresh from blake2b_init (nothing absorbed). When salt || key fits one block, lanes
+    verifiers are one compression at once; what is left over (or everything, without lanes),
+    one at a time from S after the salt (as before lanes: the same hash).
+    """
+    cdef unsigned char blocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # salt || key, zero-padded
+    cdef const unsigned char* block_at[KV_MAX_LANES]
+    cdef unsigned char* out_at[KV_MAX_LANES]
+    cdef uint64_t lens[KV_MAX_LANES]
+    cdef Py_ssize_t i, done = 0
+    cdef int j
+    for i in range(n):
+        _encode_key(symbols + i * KEY_SYMBOLS, serial + <uint64_t>i, _load40(secrets + i * SECRET_BYTES),
+                    _load40(secrets + i * SECRET_BYTES + HALF_SECRET_BYTES))
+    if lanes > KV_MAX_LANES or salt_len + KEY_SYMBOLS > BLAKE2B_BLOCKBYTES:
+        lanes = 0
+    if lanes > 0:
+        for j in range(lanes):
+            memset(blocks[j], 0, BLAKE2B_BLOCKBYTES)
+            memcpy(blocks[j], salt, salt_len)
+            block_at[j] = blocks[j]
+            lens[j] = salt_len + KEY_SYMBOLS
+        while n - done >= lanes:
+            for j in range(lanes):
+                memcpy(blocks[j] + salt_len, symbols + (done + j) * KEY_SYMBOLS, KEY_SYMBOLS)
+                out_at[j] = out + (done + j) * DIGEST_SIZE
+            kv_lanes(S.h, S.t[0], block_at, lens, out_at, DIGEST_SIZE)
+            done += lanes
+    blake2b_update(S, salt, salt_len)
+    for i in range(done, n):
+        blake2b_digest_from(S, <const unsigned char*>symbols + i * KEY_SYMBOLS, KEY_SYMBOLS, out + i * DIGEST_SIZE)
 
 
 # ---------------------------------------------------------------------------
@@ -1909,7 +1964,8 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
 # compression and, on x86-64, one with the SHA extensions (SHA-NI), chosen at
 # run time as the BLAKE2b lanes are; no libcrypto. kv_sha256_update and
 # kv_sha256_final stream any message; kv_sha256_node hashes an RFC 9162
-# interior node (65 bytes: exactly two padded blocks) without a state.
+# interior node (65 bytes: exactly two padded blocks) without a state, and
+# kv_sha256_node2 and kv_sha256_padded2 two independent messages at once.
 
 cdef extern from *:
     """
@@ -1999,6 +2055,16 @@ cdef extern from *:
         }
     }
 
+    /* Two independent chains (h0 over p0, h1 over p1), count blocks each. */
+    typedef void (*kv_sha256_blocks2_fn)(uint32_t* h0, const unsigned char* p0, uint32_t* h1,
+                                         const unsigned char* p1, size_t count);
+
+    static void kv_sha256_blocks2_portable(uint32_t* h0, const unsigned char* p0, uint32_t* h1,
+                                           const unsigned char* p1, size_t count) {
+        kv_sha256_blocks_portable(h0, p0, count);
+        kv_sha256_blocks_portable(h1, p1, count);
+    }
+
     #if defined(__x86_64__) && defined(__GNUC__)
     #define KV_SHA_NI_AVAILABLE 1
     #include <immintrin.h>
@@ -2052,6 +2118,64 @@ cdef extern from *:
         _mm_storeu_si128((__m128i*)&h[4], _mm_alignr_epi8(cdgh, tmp, 8));      /* H G F E */
     }
 
+    /* kv_sha256_blocks_shani on two independent chains at once, their steps interleaved: one chain's
+       rounds wait on the previous round's result, so two chains keep the SHA unit busier. */
+    __attribute__((target("sha,sse4.1")))
+    static void kv_sha256_blocks2_shani(uint32_t* h0, const unsigned char* p0, uint32_t* h1,
+                                        const unsigned char* p1, size_t count) {
+        const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+        __m128i abef0, cdgh0, abef1, cdgh1, abef0_saved, cdgh0_saved, abef1_saved, cdgh1_saved;
+        __m128i tmp0, tmp1, k, wk0, wk1, m0[4], m1[4];
+        int step;
+        tmp0 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h0[0]), 0xB1);
+        cdgh0 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h0[4]), 0x1B);
+        abef0 = _mm_alignr_epi8(tmp0, cdgh0, 8);
+        cdgh0 = _mm_blend_epi16(cdgh0, tmp0, 0xF0);
+        tmp1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h1[0]), 0xB1);
+        cdgh1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i*)&h1[4]), 0x1B);
+        abef1 = _mm_alignr_epi8(tmp1, cdgh1, 8);
+        cdgh1 = _mm_blend_epi16(cdgh1, tmp1, 0xF0);
+        for (; count > 0; count--, p0 += KV_SHA256_BLOCK, p1 += KV_SHA256_BLOCK) {
+            abef0_saved = abef0;
+            cdgh0_saved = cdgh0;
+            abef1_saved = abef1;
+            cdgh1_saved = cdgh1;
+            #pragma GCC unroll 16
+            for (step = 0; step < 16; step++) {
+                if (step < 4) {
+                    m0[step] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(p0 + 16 * step)), bswap);
+                    m1[step] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(p1 + 16 * step)), bswap);
+                } else {
+                    tmp0 = _mm_sha256msg1_epu32(m0[step & 3], m0[(step + 1) & 3]);
+                    tmp1 = _mm_sha256msg1_epu32(m1[step & 3], m1[(step + 1) & 3]);
+                    tmp0 = _mm_add_epi32(tmp0, _mm_alignr_epi8(m0[(step + 3) & 3], m0[(step + 2) & 3], 4));
+                    tmp1 = _mm_add_epi32(tmp1, _mm_alignr_epi8(m1[(step + 3) & 3], m1[(step + 2) & 3], 4));
+                    m0[step & 3] = _mm_sha256msg2_epu32(tmp0, m0[(step + 3) & 3]);
+                    m1[step & 3] = _mm_sha256msg2_epu32(tmp1, m1[(step + 3) & 3]);
+                }
+                k = _mm_loadu_si128((const __m128i*)&kv_sha256_k[4 * step]);
+                wk0 = _mm_add_epi32(m0[step & 3], k);
+                wk1 = _mm_add_epi32(m1[step & 3], k);
+                cdgh0 = _mm_sha256rnds2_epu32(cdgh0, abef0, wk0);
+                cdgh1 = _mm_sha256rnds2_epu32(cdgh1, abef1, wk1);
+                abef0 = _mm_sha256rnds2_epu32(abef0, cdgh0, _mm_shuffle_epi32(wk0, 0x0E));
+                abef1 = _mm_sha256rnds2_epu32(abef1, cdgh1, _mm_shuffle_epi32(wk1, 0x0E));
+            }
+            abef0 = _mm_add_epi32(abef0, abef0_saved);
+            cdgh0 = _mm_add_epi32(cdgh0, cdgh0_saved);
+            abef1 = _mm_add_epi32(abef1, abef1_saved);
+            cdgh1 = _mm_add_epi32(cdgh1, cdgh1_saved);
+        }
+        tmp0 = _mm_shuffle_epi32(abef0, 0x1B);
+        cdgh0 = _mm_shuffle_epi32(cdgh0, 0xB1);
+        _mm_storeu_si128((__m128i*)&h0[0], _mm_blend_epi16(tmp0, cdgh0, 0xF0));
+        _mm_storeu_si128((__m128i*)&h0[4], _mm_alignr_epi8(cdgh0, tmp0, 8));
+        tmp1 = _mm_shuffle_epi32(abef1, 0x1B);
+        cdgh1 = _mm_shuffle_epi32(cdgh1, 0xB1);
+        _mm_storeu_si128((__m128i*)&h1[0], _mm_blend_epi16(tmp1, cdgh1, 0xF0));
+        _mm_storeu_si128((__m128i*)&h1[4], _mm_alignr_epi8(cdgh1, tmp1, 8));
+    }
+
     /* Whether this CPU has the SHA extensions (and SSE4.1, which the code above also uses). */
     static int kv_cpu_has_sha(void) {
     #if defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
@@ -2069,6 +2193,7 @@ cdef extern from *:
     #endif
 
     static kv_sha256_blocks_fn kv_sha256_blocks = kv_sha256_blocks_portable;
+    static kv_sha256_blocks2_fn kv_sha256_blocks2 = kv_sha256_blocks2_portable;  /* always the same kind */
 
     /* Choose the compression: 0 portable, 1 SHA-NI, -1 the best this CPU runs. Returns the choice, or
        -1 (nothing changed) if this build or CPU lacks it. */
@@ -2080,9 +2205,13 @@ cdef extern from *:
         if (which < 0)
             which = sha ? 1 : 0;
         switch (which) {
-        case 0: kv_sha256_blocks = kv_sha256_blocks_portable; return 0;
+        case 0: kv_sha256_blocks = kv_sha256_blocks_portable; kv_sha256_blocks2 = kv_sha256_blocks2_portable; return 0;
     #if KV_SHA_NI_AVAILABLE
-        case 1: if (!sha) return -1; kv_sha256_blocks = kv_sha256_blocks_shani; return 1;
+        case 1:
+            if (!sha) return -1;
+            kv_sha256_blocks = kv_sha256_blocks_shani;
+            kv_sha256_blocks2 = kv_sha256_blocks2_shani;
+            return 1;
     #endif
         default: return -1;
         }
@@ -2141,22 +2270,67 @@ cdef extern from *:
             kv_store_be32(out + 4 * i, S->h[i]);
     }
 
-    /* SHA-256(0x01 || left || right), an RFC 9162 interior node, from two 32-byte hashes; out may be
-       either of them. */
-    static void kv_sha256_node(const unsigned char* left, const unsigned char* right, unsigned char* out) {
-        unsigned char block[2 * KV_SHA256_BLOCK];
-        uint32_t h[KV_SHA256_WORDS];
-        int i;
+    /* The two padded blocks of an interior node: 0x01 || left || right, then the padding. */
+    static void kv_node_blocks(unsigned char* block, const unsigned char* left, const unsigned char* right) {
         block[0] = KV_NODE_PREFIX;
         memcpy(block + 1, left, KV_HASH_BYTES);
         memcpy(block + 1 + KV_HASH_BYTES, right, KV_HASH_BYTES);
         block[KV_NODE_MESSAGE] = KV_SHA256_PAD_BYTE;
         memset(block + KV_NODE_MESSAGE + 1, 0, KV_SHA256_BLOCK + KV_SHA256_LENGTH_AT - KV_NODE_MESSAGE - 1);
         kv_store_be64(block + KV_SHA256_BLOCK + KV_SHA256_LENGTH_AT, KV_NODE_MESSAGE * 8);  /* bit count */
-        memcpy(h, kv_sha256_iv, sizeof(h));
-        kv_sha256_blocks(h, block, 2);
+    }
+
+    static void kv_sha256_digest_out(const uint32_t* h, unsigned char* out) {
+        int i;
         for (i = 0; i < KV_SHA256_WORDS; i++)
             kv_store_be32(out + 4 * i, h[i]);
+    }
+
+    /* SHA-256(0x01 || left || right), an RFC 9162 interior node, from two 32-byte hashes; out may be
+       either of them. */
+    static void kv_sha256_node(const unsigned char* left, const unsigned char* right, unsigned char* out) {
+        unsigned char block[2 * KV_SHA256_BLOCK];
+        uint32_t h[KV_SHA256_WORDS];
+        kv_node_blocks(block, left, right);
+        memcpy(h, kv_sha256_iv, sizeof(h));
+        kv_sha256_blocks(h, block, 2);
+        kv_sha256_digest_out(h, out);
+    }
+
+    /* Two nodes at once: out0 = node(left0, right0), out1 = node(left1, right1). Every input is read
+       before an output is written, so an output may be any of the inputs. */
+    static void kv_sha256_node2(const unsigned char* left0, const unsigned char* right0, unsigned char* out0,
+                                const unsigned char* left1, const unsigned char* right1, unsigned char* out1) {
+        unsigned char block0[2 * KV_SHA256_BLOCK], block1[2 * KV_SHA256_BLOCK];
+        uint32_t h0[KV_SHA256_WORDS], h1[KV_SHA256_WORDS];
+        kv_node_blocks(block0, left0, right0);
+        kv_node_blocks(block1, left1, right1);
+        memcpy(h0, kv_sha256_iv, sizeof(h0));
+        memcpy(h1, kv_sha256_iv, sizeof(h1));
+        kv_sha256_blocks2(h0, block0, h1, block1, 2);
+        kv_sha256_digest_out(h0, out0);
+        kv_sha256_digest_out(h1, out1);
+    }
+
+    /* Pad the n-byte message at block in place (5.1.1); block must hold n + 9 bytes rounded up to a
+       whole block. Returns the blocks it now spans. */
+    static size_t kv_sha256_pad(unsigned char* block, size_t n) {
+        size_t blocks = (n + 1 + 8 + KV_SHA256_BLOCK - 1) / KV_SHA256_BLOCK;
+        block[n] = KV_SHA256_PAD_BYTE;
+        memset(block + n + 1, 0, blocks * KV_SHA256_BLOCK - 8 - n - 1);
+        kv_store_be64(block + blocks * KV_SHA256_BLOCK - 8, (uint64_t)n * 8);
+        return blocks;
+    }
+
+    /* SHA-256 of two padded messages of the same number of blocks, at once. */
+    static void kv_sha256_padded2(const unsigned char* block0, const unsigned char* block1, size_t blocks,
+                                  unsigned char* out0, unsigned char* out1) {
+        uint32_t h0[KV_SHA256_WORDS], h1[KV_SHA256_WORDS];
+        memcpy(h0, kv_sha256_iv, sizeof(h0));
+        memcpy(h1, kv_sha256_iv, sizeof(h1));
+        kv_sha256_blocks2(h0, block0, h1, block1, blocks);
+        kv_sha256_digest_out(h0, out0);
+        kv_sha256_digest_out(h1, out1);
     }
 
     #if defined(__GNUC__)
@@ -2202,6 +2376,11 @@ cdef extern from *:
     void kv_sha256_update(kv_sha256_state* S, const unsigned char* data, size_t n) noexcept nogil
     void kv_sha256_final(kv_sha256_state* S, unsigned char* out) noexcept nogil
     void kv_sha256_node(const unsigned char* left, const unsigned char* right, unsigned char* out) noexcept nogil
+    void kv_sha256_node2(const unsigned char* left0, const unsigned char* right0, unsigned char* out0,
+                         const unsigned char* left1, const unsigned char* right1, unsigned char* out1) noexcept nogil
+    size_t kv_sha256_pad(unsigned char* block, size_t n) noexcept nogil
+    void kv_sha256_padded2(const unsigned char* block0, const unsigned char* block1, size_t blocks,
+                           unsigned char* out0, unsigned char* out1) noexcept nogil
     void kv_store_be64(unsigned char* p, uint64_t x) noexcept nogil
     unsigned int kv_popcount64(uint64_t x) noexcept nogil
     bint kv_u64_of(object value, uint64_t* out) noexcept
@@ -2226,12 +2405,18 @@ cdef enum:
     U64_SIZE = 8  # u64(x): 8 bytes big-endian
     LEAF_PREFIX = 0x00  # RFC 9162: SHA-256(0x00 || leaf) is a leaf hash
     MAX_LEVELS = 64  # a tree of fewer than 2**64 leaves: at most 64 perfect subtrees, of levels 0..63
+    MERKLE_BLOCK_LEVEL = 8  # _merkle_root hashes perfect subtrees of up to 2**8 leaves level by level...
+    MERKLE_BLOCK = 256  # ...of this many leaves
+    MERKLE_SCRATCH = 4096  # MERKLE_BLOCK // 2 * HASH_SIZE: bytes of the level above a block's leaves
 
     # A commitment's preimage, after its 0x00: kv1/commit || u64(serial) || salt (16) || material.
     COMMIT_TAG_SIZE = 10  # len(b"kv1/commit")
     COMMIT_SERIAL_AT = 11  # 1 + COMMIT_TAG_SIZE
     COMMIT_SALT_AT = 19  # COMMIT_SERIAL_AT + U64_SIZE
     COMMIT_HEAD = 35  # COMMIT_SALT_AT + SALT_SIZE: the bytes hashed before the material
+    SHA256_BLOCK = 64  # bytes per SHA-256 block
+    COMMIT_BLOCKS = 2  # commitments of materials up to COMMIT_PAIR_MATERIAL bytes span 1 or 2 blocks...
+    COMMIT_PAIR_MATERIAL = 84  # ...COMMIT_BLOCKS * SHA256_BLOCK - 9 (the padding's 0x80 and length) - COMMIT_HEAD
 
     # An event leaf: kv1/event || u64(index) || previous leaf hash || u8(kind) || u64(at ms) || body.
     EVENT_TAG_SIZE = 9  # len(b"kv1/event")
@@ -2343,16 +2528,18 @@ cdef inline bint _material_of(object material, const unsigned char** data, size_
 
 
 def commitments(first_serial: int, seed: bytes, materials: list) -> bytes:
-    """The manifest's commitment to each key, for serials first_serial, first_serial + 1, ... (see _pure)."""
+    """The manifest's commitment to each key, for serials first_serial, first_serial + 1, ... (see _pure).
+
+    The materials are copied into one buffer while the GIL is held; the hashing, for NOGIL_ITEMS
+    keys or more, lets other threads run.
+    """
     cdef uint64_t first
     cdef Py_ssize_t i, n
-    cdef int j, count, group
     cdef blake2b_state keyed
-    cdef kv_sha256_state S
-    cdef _Salts T
-    cdef unsigned char head[COMMIT_HEAD]
     cdef const unsigned char* data
-    cdef size_t size
+    cdef size_t size, total = 0
+    cdef size_t* offsets = NULL  # material i is packed[offsets[i]:offsets[i + 1]]
+    cdef unsigned char* packed = NULL
     cdef unsigned char* out
     if not (kv_u64_of(first_serial, &first) and _binary(seed) and _binary_size(seed) == SEED_SIZE
             and type(materials) is list):
@@ -2362,51 +2549,148 @@ def commitments(first_serial: int, seed: bytes, materials: list) -> bytes:
         return _pure.commitments(first_serial, seed, materials)
     if n > PY_SSIZE_T_MAX // HASH_SIZE:
         raise MemoryError()
-    result = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE)
-    out = <unsigned char*>PyBytes_AS_STRING(result)
-    blake2b_init_keyed(&keyed, SALT_SIZE, _binary_data(seed), SEED_SIZE,
-                       <const unsigned char*>PERSON_SALT, strlen(PERSON_SALT))
+    offsets = <size_t*>PyMem_Malloc((<size_t>n + 1) * sizeof(size_t))
+    if offsets == NULL:
+        raise MemoryError()
+    try:
+        # Nothing from here to the copy allocates Python objects or runs Python code: the list and
+        # its items hold still. Afterwards the hashing reads only the copy.
+        offsets[0] = 0
+        for i in range(n):
+            if not _material_of(<object>PyList_GET_ITEM(materials, i), &data, &size):
+                return _pure.commitments(first_serial, seed, materials)  # (its TypeError or UnicodeEncodeError)
+            if size > <size_t>PY_SSIZE_T_MAX - total:
+                raise MemoryError()
+            total += size
+            offsets[i + 1] = total
+        packed = <unsigned char*>PyMem_Malloc(total if total > 0 else 1)
+        if packed == NULL:
+            raise MemoryError()
+        for i in range(n):
+            _material_of(<object>PyList_GET_ITEM(materials, i), &data, &size)
+            memcpy(packed + offsets[i], data, size)
+        result = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE)
+        out = <unsigned char*>PyBytes_AS_STRING(result)
+        blake2b_init_keyed(&keyed, SALT_SIZE, _binary_data(seed), SEED_SIZE,
+                           <const unsigned char*>PERSON_SALT, strlen(PERSON_SALT))
+        if n >= NOGIL_ITEMS:
+            with nogil:
+                _commit(&keyed, first, packed, offsets, n, out, _lane_count)
+        else:
+            _commit(&keyed, first, packed, offsets, n, out, _lane_count)
+    finally:
+        PyMem_Free(packed)
+        PyMem_Free(offsets)
+    return result
+
+
+cdef size_t _commit_message(unsigned char* block, uint64_t serial, const unsigned char* salt,
+                            const unsigned char* material, size_t size) noexcept nogil:
+    """A commitment's preimage, 0x00 || kv1/commit || u64(serial) || salt || material, padded in block
+    (COMMIT_BLOCKS SHA-256 blocks) for size <= COMMIT_PAIR_MATERIAL; the blocks it spans."""
+    block[0] = LEAF_PREFIX
+    memcpy(&block[1], COMMIT_TAG, COMMIT_TAG_SIZE)
+    kv_store_be64(&block[COMMIT_SERIAL_AT], serial)
+    memcpy(&block[COMMIT_SALT_AT], salt, SALT_SIZE)
+    memcpy(&block[COMMIT_HEAD], material, size)
+    return kv_sha256_pad(block, COMMIT_HEAD + size)
+
+
+cdef void _commit(const blake2b_state* keyed, uint64_t first, const unsigned char* packed, const size_t* offsets,
+                  Py_ssize_t n, unsigned char* out, int lanes) noexcept nogil:
+    """commitments' hashing: material i is packed[offsets[i]:offsets[i + 1]], its commitment goes to
+    out + i * HASH_SIZE; keyed has absorbed the seed (the salts' key). Two commitments whose
+    preimages pad to the same short length (every native key's) are hashed at once."""
+    cdef kv_sha256_state S
+    cdef _Salts T
+    cdef unsigned char head[COMMIT_HEAD]
+    cdef unsigned char pair[2][COMMIT_BLOCKS * SHA256_BLOCK]
+    cdef size_t size, blocks0, blocks1
+    cdef Py_ssize_t i, at = 0
+    cdef int j, count, group
     _salts_init(&T)
-    group = _lane_count if _lane_count > 0 else KV_MAX_LANES
+    group = lanes if lanes > 0 else KV_MAX_LANES
     head[0] = LEAF_PREFIX
     memcpy(&head[1], COMMIT_TAG, COMMIT_TAG_SIZE)
-    # Nothing in this loop allocates or runs Python code: the list and its items hold still.
-    for i in range(n):
-        j = i % group
-        if j == 0:
-            count = group if n - i >= group else <int>(n - i)
-            _salts_from(&T, &keyed, first + <uint64_t>i, count, _lane_count)
-        if not _material_of(<object>PyList_GET_ITEM(materials, i), &data, &size):
-            return _pure.commitments(first_serial, seed, materials)  # (its TypeError or UnicodeEncodeError)
-        kv_store_be64(&head[COMMIT_SERIAL_AT], first + <uint64_t>i)
-        memcpy(&head[COMMIT_SALT_AT], T.salts[j], SALT_SIZE)
-        kv_sha256_init(&S)
-        kv_sha256_update(&S, head, COMMIT_HEAD)
-        kv_sha256_update(&S, data, size)
-        kv_sha256_final(&S, out + i * HASH_SIZE)
-    return result
+    at = 0
+    while at < n:
+        count = group if n - at >= group else <int>(n - at)
+        _salts_from(&T, keyed, first + <uint64_t>at, count, lanes)
+        j = 0
+        while j < count:
+            i = at + j
+            if (j + 1 < count and offsets[i + 1] - offsets[i] <= COMMIT_PAIR_MATERIAL
+                    and offsets[i + 2] - offsets[i + 1] <= COMMIT_PAIR_MATERIAL):
+                blocks0 = _commit_message(pair[0], first + <uint64_t>i, T.salts[j], packed + offsets[i],
+                                          offsets[i + 1] - offsets[i])
+                blocks1 = _commit_message(pair[1], first + <uint64_t>i + 1, T.salts[j + 1],
+                                          packed + offsets[i + 1], offsets[i + 2] - offsets[i + 1])
+                if blocks0 == blocks1:
+                    kv_sha256_padded2(pair[0], pair[1], blocks0, out + i * HASH_SIZE, out + (i + 1) * HASH_SIZE)
+                    j += 2
+                    continue
+            size = offsets[i + 1] - offsets[i]
+            kv_store_be64(&head[COMMIT_SERIAL_AT], first + <uint64_t>i)
+            memcpy(&head[COMMIT_SALT_AT], T.salts[j], SALT_SIZE)
+            kv_sha256_init(&S)
+            kv_sha256_update(&S, head, COMMIT_HEAD)
+            kv_sha256_update(&S, packed + offsets[i], size)
+            kv_sha256_final(&S, out + i * HASH_SIZE)
+            j += 1
+        at += count
+
+
+cdef void _perfect_root(const unsigned char* leaves, unsigned int level, unsigned char* scratch,
+                        unsigned char* out) noexcept nogil:
+    """MTH of 2**level leaves (level <= MERKLE_BLOCK_LEVEL), level by level, two nodes at a time;
+    scratch holds MERKLE_SCRATCH bytes (MERKLE_BLOCK // 2 hashes)."""
+    cdef const unsigned char* below = leaves
+    cdef size_t count = <size_t>1 << level, half, j
+    while count > 1:
+        half = count >> 1
+        j = 0
+        while j + 1 < half:  # (node2 reads its inputs before it writes: scratch may be below)
+            kv_sha256_node2(below + 2 * j * HASH_SIZE, below + (2 * j + 1) * HASH_SIZE, scratch + j * HASH_SIZE,
+                            below + (2 * j + 2) * HASH_SIZE, below + (2 * j + 3) * HASH_SIZE,
+                            scratch + (j + 1) * HASH_SIZE)
+            j += 2
+        if j < half:
+            kv_sha256_node(below + 2 * j * HASH_SIZE, below + (2 * j + 1) * HASH_SIZE, scratch + j * HASH_SIZE)
+        below = scratch
+        count = half
+    memcpy(out, below, HASH_SIZE)
 
 
 cdef void _merkle_root(const unsigned char* leaves, size_t n, unsigned char* out) noexcept nogil:
     """RFC 9162 MTH of n leaf hashes, in O(n) hashes and O(log n) memory.
 
     The leaves are folded left to right into perfect subtrees, as a binary counter counts: after
-    leaf i the stack holds the subtrees of i + 1's binary decomposition, largest first. MTH then
-    combines that right edge right to left (RFC 9162 splits at the largest power of two).
+    each subtree the stack holds the subtrees of the leaf count's binary decomposition, largest
+    first. The subtrees pushed are of MERKLE_BLOCK leaves while that many are left, then of the
+    remainder's powers of two, largest first (each starts at a multiple of its size, as it must);
+    each is hashed by _perfect_root. MTH then combines the right edge right to left (RFC 9162
+    splits at the largest power of two).
     """
     cdef unsigned char stack[MAX_LEVELS + 1][HASH_SIZE]
-    cdef int top = 1, j
-    cdef size_t i, k
+    cdef unsigned char scratch[MERKLE_SCRATCH]
+    cdef int top = 0, j
+    cdef unsigned int level
+    cdef size_t i = 0, size, k
     cdef kv_sha256_state S
     if n == 0:  # the empty tree: SHA-256("")
         kv_sha256_init(&S)
         kv_sha256_final(&S, out)
         return
-    memcpy(stack[0], leaves, HASH_SIZE)
-    for i in range(1, n):
-        memcpy(stack[top], leaves + i * HASH_SIZE, HASH_SIZE)
+    while i < n:
+        size = MERKLE_BLOCK
+        level = MERKLE_BLOCK_LEVEL
+        while size > n - i:
+            size >>= 1
+            level -= 1
+        _perfect_root(leaves + i * HASH_SIZE, level, scratch, stack[top])
         top += 1
-        k = i + 1
+        i += size
+        k = i >> level
         while (k & 1) == 0:  # the top two subtrees are the same size: siblings
             top -= 1
             kv_sha256_node(stack[top - 1], stack[top], stack[top - 1])
@@ -2419,9 +2703,18 @@ cdef void _merkle_root(const unsigned char* leaves, size_t n, unsigned char* out
 def merkle_root(leaf_hashes: bytes) -> bytes:
     """RFC 9162 MTH of len(leaf_hashes) // 32 leaf hashes given concatenated (see _pure)."""
     cdef unsigned char out[HASH_SIZE]
+    cdef const unsigned char* leaves
+    cdef size_t n
     if not _binary(leaf_hashes) or _binary_size(leaf_hashes) % HASH_SIZE:
         return _pure.merkle_root(leaf_hashes)
-    _merkle_root(_binary_data(leaf_hashes), _binary_size(leaf_hashes) // HASH_SIZE, out)
+    leaves = _binary_data(leaf_hashes)
+    n = _binary_size(leaf_hashes) // HASH_SIZE
+    # bytes hold still without the GIL; a bytearray could be resized by another thread.
+    if type(leaf_hashes) is bytes and n >= NOGIL_ITEMS:
+        with nogil:
+            _merkle_root(leaves, n, out)
+    else:
+        _merkle_root(leaves, n, out)
     return _hash_bytes(out)
 
 
