@@ -38,10 +38,11 @@ def _lines(stream: IO[str]) -> Iterator[str]:
 @click.argument("keys", nargs=-1)
 @click.option("--file", "key_file", type=click.File("r", encoding="utf-8"),
               help="Read keys from a file, one per line ('-' for stdin).")
+@click.option("--client", help="Who is asking (an account, an IP): throttled after too many refusals.")
 @json_option
 @click.pass_obj
 @handle_errors
-def verify(state: State, keys: tuple[str, ...], key_file: IO[str] | None, as_json: bool) -> None:
+def verify(state: State, keys: tuple[str, ...], key_file: IO[str] | None, client: str | None, as_json: bool) -> None:
     """Check keys without spending them. Keys as arguments, from --file, or '-' for stdin.
 
     Prefer --file or stdin: arguments show in process lists and shell history.
@@ -55,7 +56,7 @@ def verify(state: State, keys: tuple[str, ...], key_file: IO[str] | None, as_jso
     refused = 0
     n = 0
     while chunk := list(islice(source, _CHUNK)):
-        for result in vault.verify_many(chunk):
+        for result in vault.verify_many(chunk, client=client):
             n += 1
             refused += not result.ok
             emit(as_json, result.to_dict(), _line(result, f"key {n}"))
@@ -73,12 +74,13 @@ def _read_key(key: str) -> str:
 @click.command()
 @click.argument("key")
 @click.option("--order", "order_id", required=True, help="The order this key pays for (retries use the same id).")
+@click.option("--client", help="Who is asking (an account, an IP): throttled after too many refusals.")
 @json_option
 @click.pass_obj
 @handle_errors
-def redeem(state: State, key: str, order_id: str, as_json: bool) -> None:
+def redeem(state: State, key: str, order_id: str, client: str | None, as_json: bool) -> None:
     """Spend a key for an order, durably ('-' reads the key from stdin). Retrying an order gets the same answer."""
-    result = state.vault().redeem(_read_key(key), order_id)
+    result = state.vault().redeem(_read_key(key), order_id, client=client)
     emit(as_json, result.to_dict(), _line(result, "key") + (f"  order {order_id}" if result.ok else ""))
     if not result.ok:
         sys.exit(EXIT_REFUSED)

@@ -12,7 +12,7 @@ import click
 
 import keyvault
 
-from . import batch, blacklist, demo, identity, keys, provenance, store, supplier
+from . import batch, blacklist, demo, identity, keys, provenance, store, supplier, throttle
 from .output import State
 
 
@@ -35,7 +35,7 @@ for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, 
                 provenance.audit, provenance.checkpoint, provenance.verify_bundle):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
-              provenance.trust, provenance.lot):
+              provenance.trust, provenance.lot, throttle.throttle):
     cli.add_command(group)
 
 

@@ -58,6 +58,12 @@ def stats(state: State, as_json: bool) -> None:
         click.echo(f"\nbatch {b['batch']} {b['product']} ({b['supplier_name']}, {b['kind']}, {b['origin']}{until}){flag}\n"
                    f"  {b['count']:,} keys: active {b['active']:,}, redeemed {b['redeemed']:,}, void {b['void']:,}, "
                    f"keys blacklisted {b['blacklisted']:,}, refused {_refused(b)}")
+    if doc["clients"]:
+        click.echo("\nclients with refused attempts (most first)")
+    for c in doc["clients"][:20]:
+        click.echo(f"  {c['client']}: refused {_refused(c)}, throttled answers {c['throttled']:,}")
+    if len(doc["clients"]) > 20:
+        click.echo(f"  ... and {len(doc['clients']) - 20:,} more (`keyvault stats --json` lists them all)")
 
 
 def _refused(row: dict[str, Any]) -> str:

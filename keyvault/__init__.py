@@ -9,6 +9,7 @@ from .errors import (
     BadSignatureError,
     ClosedError,
     ConflictError,
+    CustodyError,
     IdentityError,
     ImportFileError,
     KeyvaultError,
@@ -17,15 +18,18 @@ from .errors import (
     NotAStoreError,
     NotFoundError,
     PepperError,
+    ProofError,
     StoreCorruptError,
     StoreError,
     StoreExistsError,
     StoreFullError,
     StoreVersionError,
+    TrustError,
     UsageError,
 )
-from .identity import Identity
+from .identity import Identity, PublicIdentity, Rotation
 from .results import Result, Status
+from .throttling import ThrottlePolicy
 from .vault import Vault
 
 __version__ = "0.1.0"
@@ -36,6 +40,7 @@ __all__ = [
     "BlacklistEntry",
     "ClosedError",
     "ConflictError",
+    "CustodyError",
     "Identity",
     "IdentityError",
     "ImportFileError",
@@ -45,13 +50,18 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "PepperError",
+    "ProofError",
+    "PublicIdentity",
     "Result",
+    "Rotation",
     "Status",
     "StoreCorruptError",
     "StoreError",
     "StoreExistsError",
     "StoreFullError",
     "StoreVersionError",
+    "ThrottlePolicy",
+    "TrustError",
     "UsageError",
     "Vault",
     "__version__",

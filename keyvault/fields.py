@@ -6,6 +6,7 @@ from .errors import UsageError
 
 MAX_ORDER_ID = 128
 MAX_REASON = 500
+MAX_CLIENT = 128  # a client id: an account, an IP, a token name
 
 
 def check_text(value: object, what: str, limit: int) -> str:

@@ -19,7 +19,15 @@ def _counters(txn: Txn) -> dict[str, dict[str, int]]:
     """Every counter, grouped by scope (T, B:batch, S:supplier)."""
     out: dict[str, dict[str, int]] = defaultdict(dict)
     for key, value in txn.items("counters"):
-        scope, _, name = key.decode("ascii").partition("/")
+        text = key.decode("utf-8")
+        if text.startswith("C:"):  # a client id may hold "/": split from the right
+            if text.endswith("/throttled"):
+                scope, name = text[:-len("/throttled")], "throttled"
+            else:
+                scope, _, status = text.rpartition("/refused/")
+                name = "refused/" + status
+        else:
+            scope, _, name = text.partition("/")
         out[scope][name] = from_u64(value)
     return out
 
@@ -60,7 +68,14 @@ def build_stats(txn: Txn, cat: Catalog) -> dict[str, Any]:
               "imported": sum(b.count for b in cat.batches.values() if b.origin == "manifest")}
     totals.update(_figures(counters.get("T", {}), keys))
     totals["blacklist_entries"] = len(cat.keys_blocked) + len(cat.batches_blocked) + len(cat.suppliers_blocked)
-    return {"totals": totals, "suppliers": suppliers, "batches": batches}
+    clients = []
+    for scope, counts in counters.items():
+        if scope.startswith("C:"):
+            refused = {name.split("/", 1)[1]: n for name, n in sorted(counts.items()) if name.startswith("refused/")}
+            clients.append({"client": scope[2:], "refused": refused, "refused_total": sum(refused.values()),
+                            "throttled": counts.get("throttled", 0)})
+    clients.sort(key=lambda c: (-c["refused_total"] - c["throttled"], c["client"]))
+    return {"totals": totals, "suppliers": suppliers, "batches": batches, "clients": clients}
 
 
 def key_events(txn: Txn, serial: int, batch: BatchInfo, change: tuple[int, int, str, int] | None) -> list[int]:

@@ -31,7 +31,7 @@ from .errors import (
     StoreExistsError,
     UsageError,
 )
-from .fields import MAX_ORDER_ID, MAX_REASON, check_text
+from .fields import MAX_CLIENT, MAX_ORDER_ID, MAX_REASON, check_text
 from .custody import parse_ranges
 from .identity import Identity, PublicIdentity, Rotation, check_private_file, write_private_file
 from .proofs import commitment_proof
@@ -55,6 +55,8 @@ from .manifest import read_manifest
 from .reports import build_stats, build_trace, key_events
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
+from .store.throttle import ThrottleStore
+from .throttling import ThrottlePolicy
 from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, load, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
@@ -93,6 +95,8 @@ class Vault:
         self._store = store
         self._pepper = pepper
         self._log = EventLog(engine)
+        self._throttle_store: ThrottleStore | None = None  # opened when a client is first named
+        self._policies: dict[str, ThrottlePolicy] = {"": ThrottlePolicy()}
         self._catalog = Catalog()
         self._pending: Counter[bytes] = Counter()
         self._pending_lock = threading.Lock()
@@ -170,6 +174,8 @@ class Vault:
         except StoreError:
             pass  # closing must not fail because a statistics write could not be made
         finally:
+            if self._throttle_store is not None:
+                self._throttle_store.close()
             self._store.close()
 
     def __enter__(self) -> Vault:
@@ -194,6 +200,10 @@ class Vault:
             if policy is not None:
                 doc = load(policy)
                 self._log.policy = Policy(int(doc["every_events"]), int(doc["every_seconds"]))
+            throttling = txn.get("meta", b"throttle_policy")
+            self._policies = {"": ThrottlePolicy()}
+            if throttling is not None:
+                self._policies.update({who: ThrottlePolicy.from_dict(d) for who, d in load(throttling).items()})
             self._catalog = catalog
         return catalog
 
@@ -272,32 +282,46 @@ class Vault:
 
     # -- verify, redeem, void ------------------------------------------------------------------
 
-    def verify(self, key: str) -> Result:
-        """Check a key without changing anything: ``valid``, or why it would be refused."""
-        return self.verify_many([key])[0]
+    def verify(self, key: str, *, client: str | None = None) -> Result:
+        """Check a key without changing anything: ``valid``, or why it would be refused.
 
-    def verify_many(self, keys: Iterable[str]) -> list[Result]:
+        ``client`` (an account, an IP: whatever the caller uses) is throttled after too many refusals.
+        """
+        return self.verify_many([key], client=client)[0]
+
+    def verify_many(self, keys: Iterable[str], *, client: str | None = None) -> list[Result]:
         """Verify many keys in one read transaction; one Result per key, in input order."""
         batch = keys if isinstance(keys, list) else list(keys)
+        who = self._client(client)
+        throttled = self._throttled(who, len(batch))
+        if throttled is not None:
+            return throttled
         now = now_ms()
         with self._store.read() as txn:
             head = txn.head()
             cat = self._current(txn, head)
             results = self._check(txn, cat, self._ledger.sync(txn, head), batch, now)
-        self._note(results, cat)
+        self._note(results, cat, who)
         return results
 
-    def redeem(self, key: str, order_id: str) -> Result:
+    def redeem(self, key: str, order_id: str, *, client: str | None = None) -> Result:
         """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer.
 
         Concurrent calls from many threads share commits (group commit): each returns once its
-        redemption is on disk.
+        redemption is on disk. ``client`` is throttled after too many refusals, as for verify.
         """
         if not isinstance(key, str):
             raise UsageError("a key must be a string")
-        return self._group.submit((key, check_text(order_id, "order id", MAX_ORDER_ID)))
+        order = check_text(order_id, "order id", MAX_ORDER_ID)
+        who = self._client(client)
+        throttled = self._throttled(who, 1)
+        if throttled is not None:
+            return throttled[0]
+        result = self._group.submit((key, order))
+        self._note([result], self._catalog, who)
+        return result
 
-    def redeem_many(self, items: Iterable[tuple[str, str]]) -> list[Result]:
+    def redeem_many(self, items: Iterable[tuple[str, str]], *, client: str | None = None) -> list[Result]:
         """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order."""
         pairs = []
         for item in items:
@@ -305,13 +329,69 @@ class Vault:
             if not isinstance(key, str):
                 raise UsageError("a key must be a string")
             pairs.append((key, check_text(order, "order id", MAX_ORDER_ID)))
-        return self._redeem_pairs(pairs)
+        who = self._client(client)
+        throttled = self._throttled(who, len(pairs))
+        if throttled is not None:
+            return throttled
+        results = self._redeem_pairs(pairs)
+        self._note(results, self._catalog, who)
+        return results
 
     def _redeem_pairs(self, pairs: list[tuple[str, str]]) -> list[Result]:
-        results, cat, written = self._store.write(lambda txn: self._redeem_in(txn, pairs))
+        results, _, written = self._store.write(lambda txn: self._redeem_in(txn, pairs))
         self._ledger.learn(*written)  # committed: the overlay may take these without reading them back
-        self._note(results, cat)
         return results
+
+    # -- throttling guessing clients -------------------------------------------------------------
+
+    @property
+    def _throttle(self) -> ThrottleStore:
+        with self._pending_lock:
+            if self._throttle_store is None:
+                self._store.check_open()
+                self._throttle_store = ThrottleStore(self.path / "throttle.mdb")
+            return self._throttle_store
+
+    @staticmethod
+    def _client(client: str | None) -> str | None:
+        return None if client is None else check_text(client, "client id", MAX_CLIENT)
+
+    def _throttled(self, client: str | None, n: int) -> list[Result] | None:
+        """Throttled answers for a blocked client (the store is not read: nothing about the keys leaks)."""
+        if client is None:
+            return None
+        until = self._throttle.blocked_until(client.encode("utf-8"))
+        if until <= now_ms():
+            return None
+        with self._pending_lock:
+            self._pending[b"C:" + client.encode("utf-8") + b"/throttled"] += n
+        self._maybe_flush()
+        message = f"too many refused attempts from this client: try again after {iso(until)}"
+        return [Result(Status.THROTTLED, message=message)] * n
+
+    def throttle_policy(self, client: str | None = None) -> ThrottlePolicy:
+        """The policy that applies to ``client`` (its own, or the store's default)."""
+        self.catalog()  # policies are reloaded with the catalog
+        return self._policies.get(client or "", self._policies[""])
+
+    def set_throttle_policy(self, policy: ThrottlePolicy, client: str | None = None) -> None:
+        """Set the store's default policy, or one client's own (``ThrottlePolicy(None)``: never throttled)."""
+        who = self._client(client) or ""
+
+        def work(txn: Txn) -> None:
+            value = txn.get("meta", b"throttle_policy")
+            doc = load(value) if value else {}
+            doc[who] = policy.to_dict()
+            txn.put("meta", b"throttle_policy", dump(doc))
+            txn.bump_generation()
+
+        self._store.write(work)
+
+    def unblock(self, client: str) -> None:
+        """Lift a client's block now and restart its count (a support action)."""
+        who = self._client(client)
+        assert who is not None
+        self._throttle.clear(who.encode("utf-8"))
 
     def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]]) -> tuple[list[Result], Catalog, _Written]:
         head = txn.head()
@@ -473,17 +553,26 @@ class Vault:
         for scope in _counter_scopes(batch.id, batch.supplier):
             txn.add(scope + b"/" + name, delta)
 
-    def _note(self, results: list[Result], cat: Catalog) -> None:
-        """Count refused attempts by batch and supplier (buffered: verify must not write on every call)."""
+    def _note(self, results: list[Result], cat: Catalog, client: str | None = None) -> None:
+        """Count refused attempts by batch, supplier and client (buffered: verify must not write on every
+        call), and throttle a client that was refused too often (shared by every process at once)."""
         refused = [r for r in results if r.status is not Status.VALID and r.status is not Status.ACCEPTED]
         if not refused:
             return
+        who = client.encode("utf-8") if client is not None else None
         with self._pending_lock:
             for result in refused:
                 name = b"/refused/" + result.status.value.encode()
                 batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
                 for scope in _counter_scopes(batch.id if batch else None, batch.supplier if batch else None):
                     self._pending[scope + name] += 1
+                if who is not None:
+                    self._pending[b"C:" + who + name] += 1
+        if client is not None and who is not None:
+            policy = self.throttle_policy(client)
+            if policy.max_refused is not None:
+                self._throttle.add(who, len(refused), now_ms(), policy.max_refused, policy.window_seconds * 1000,
+                                   policy.block_seconds * 1000)
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:

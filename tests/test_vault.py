@@ -37,7 +37,8 @@ def test_public_surface_is_pinned() -> None:
         "BadSignatureError", "BatchInfo", "BlacklistEntry", "ClosedError", "ConflictError", "Identity",
         "IdentityError", "ImportFileError", "KeyvaultError", "MalformedKeyError", "ManifestError", "NotAStoreError",
         "NotFoundError", "PepperError", "Result", "Status", "StoreCorruptError", "StoreError", "StoreExistsError",
-        "StoreFullError", "StoreVersionError", "UsageError", "Vault", "__version__",
+        "StoreFullError", "StoreVersionError", "UsageError", "Vault", "__version__", "CustodyError", "ProofError",
+        "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy",
     ])
     for name in keyvault.__all__:
         assert hasattr(keyvault, name)
@@ -49,7 +50,7 @@ def test_public_surface_is_pinned() -> None:
 
 def test_status_names_are_the_contract() -> None:
     assert {s.value for s in Status} == {"valid", "accepted", "malformed", "unknown", "redeemed", "void",
-                                         "blacklisted", "expired", "not_yet_valid"}
+                                         "blacklisted", "expired", "not_yet_valid", "throttled"}
 
 
 def test_valid_key_verifies_with_its_provenance(platform: Vault, issued: Issued) -> None:

@@ -290,6 +290,10 @@ class LmdbStore:
             raise
         return cls(env, dbs, path)
 
+    def check_open(self) -> None:
+        """Raise ClosedError unless this handle is open, in the process that opened it."""
+        self._check()
+
     def _check(self) -> None:
         if self._closed:
             raise ClosedError("this vault is closed; open it again with Vault.open()")
