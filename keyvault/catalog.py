@@ -104,6 +104,8 @@ class Catalog:
     rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     #: Key-level blacklist entries by serial: (level, reason).
     key_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Batches by their printed id (how results name them).
+    by_id: dict[str, BatchInfo] = field(default_factory=dict)
     #: Pinned identities by public key: name, prefix, role, pinned_at, and rotated_to/rotated_from (hex) if any.
     trusted: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
@@ -114,6 +116,7 @@ class Catalog:
         for key, value in txn.items("batches"):
             info = BatchInfo.from_record(from_u64(key), load(value))
             cat.batches[info.key] = info
+            cat.by_id[info.id] = info
             cat.has_imported |= info.kind != "native"
         for key, value in txn.items("suppliers"):
             cat.suppliers[key.decode("ascii")] = load(value)

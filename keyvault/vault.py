@@ -563,7 +563,7 @@ class Vault:
         with self._pending_lock:
             for result in refused:
                 name = b"/refused/" + result.status.value.encode()
-                batch = cat.batches.get(parse_batch(result.batch)) if result.batch else None
+                batch = cat.by_id.get(result.batch) if result.batch else None
                 for scope in _counter_scopes(batch.id if batch else None, batch.supplier if batch else None):
                     self._pending[scope + name] += 1
                 if who is not None:
