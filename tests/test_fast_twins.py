@@ -596,7 +596,7 @@ def scene(store):
     at = NOW - 5 * HOUR
     store.state(base + 1, REDEEMED, at, "order-1")
     store.state(base + 2, VOIDED, at + 1, "refund: damaged box")
-    store.state(base + 3, REDEEMED)  # no outcome record
+    store.state(base + 3, REDEEMED)  # no outcome record: a damaged record, refused
     store.overlay[base + 4] = (REDEEMED, at + 2, "order-4", 11)
     store.overlay[base + 5] = (VOIDED, at + 3, "chargeback", 12)
     store.state(base + 6, REDEEMED, at, "order-6")
@@ -610,7 +610,7 @@ def scene(store):
     store.key_blocks[(_batch_key(2, 1) << 25) + 0] = ("key", "supplier wins")
     store.state(base + 12, VOIDED, at, "\u00e9" * 40)  # outcome text longer than a card record
     keys_ = [
-        (live[0], "valid"), (live[1], "redeemed"), (live[2], "void"), (live[3], "redeemed"),
+        (live[0], "valid"), (live[1], "redeemed"), (live[2], "void"), (live[3], "unknown"),  # redeemed without an outcome record: damaged
         (live[4], "redeemed"), (live[5], "void"), (live[6], "valid"), (live[7], "redeemed"),
         (live[8], "blacklisted"), (live[9], "unknown"), (live[10], "redeemed"), (live[12], "void"),
         (later[0], "not_yet_valid"), (ended[1], "expired"), (edges[0], "valid"), (edges[1], "valid"),
@@ -654,7 +654,7 @@ def test_check_keys_results_in_detail(scene):
     assert r[0].message is None and r[0].ok
     assert r[1].order_id == "order-1" and r[1].message.startswith("already redeemed by order order-1 at ")
     assert r[2].reason == "refund: damaged box" and r[2].voided_at.endswith("Z")
-    assert r[3].order_id == "" and r[3].redeemed_at == "1970-01-01T00:00:00.000Z"
+    assert r[3].status.value == "unknown" and r[3].redeemed_at is None and "damaged" in r[3].message  # no outcome
     assert r[7].order_id == "order-7 \u00e9\u4e2d"
     assert (r[8].level, r[8].reason) == ("key", "stolen")
     assert (r[17].level, r[17].reason) == ("supplier", "fraud")

@@ -451,3 +451,33 @@ def test_a_damaged_state_byte_is_refused_not_trusted(platform: Vault, issued: Is
                    platform.redeem(issued.keys[0], "o-1")):
         assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
     assert platform.verify(issued.keys[1]).status is Status.VALID  # the rest of the batch is unharmed
+
+
+@pytest.mark.parametrize("damage", ["missing", "bad utf-8", "short", "other state"])
+def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, monkeypatch: pytest.MonkeyPatch,
+                                            damage: str) -> None:
+    """A redeemed card whose outcome record is missing or damaged vouches for nothing (never the epoch as
+    its time), and the rest of a batch check is unharmed."""
+    from keyvault.store.records import OUTCOME, u64
+
+    monkeypatch.setattr("keyvault.vault.FOLD_AT", 2)
+    platform.redeem_many([(issued.keys[0], "o-0"), (issued.keys[1], "o-1")])  # folded: outcome records written
+    serial = _fast.parse_key(issued.keys[0])[1]
+    with platform._store.read() as txn:
+        assert txn.head().folded == txn.head().log_size
+        state, at, index = OUTCOME.unpack_from(txn.get("outcomes", u64(serial)))
+    broken = {"missing": None, "bad utf-8": OUTCOME.pack(state, at, index) + b"o-\xff\xfe",
+              "short": OUTCOME.pack(state, at, index)[:5], "other state": OUTCOME.pack(2, at, index) + b"o-0"}[damage]
+
+    def spoil(txn) -> None:  # type: ignore[no-untyped-def]
+        if broken is None:
+            txn.delete("outcomes", u64(serial))
+        else:
+            txn.put("outcomes", u64(serial), broken)
+
+    platform._store.write(spoil)
+    results = platform.verify_many([issued.keys[2], issued.keys[0], issued.keys[1]])
+    assert results[0].status is Status.VALID and results[2].status is Status.REDEEMED
+    for result in (results[1], platform.verify(issued.keys[0]), platform.redeem(issued.keys[0], "o-9")):
+        assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
+        assert result.redeemed_at is None

@@ -298,15 +298,20 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
     from ..results import Result, Status
 
     base = (format_serial_text(serial), row[4], row[5], row[6], row[7])
+    damaged = Result(Status.UNKNOWN, base[0], base[1], message="this key's record is damaged: refused; "
+                     "restore the store from a backup (`keyvault check` finds every damaged record)")
+    at, text = 0, ""
     if change is not None:
         state, at, text = change[0], change[1], change[2]
-    elif state != ACTIVE and outcome is not None:
-        at, text = int.from_bytes(outcome[1:9], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
-    else:
-        at, text = 0, ""
+    elif state != ACTIVE:  # the outcome record says when and why; without a sound one, nothing is vouched for
+        if outcome is None or len(outcome) < _OUTCOME_HEAD or outcome[0] != state:
+            return damaged
+        try:
+            at, text = int.from_bytes(outcome[1:9], "big"), bytes(outcome[_OUTCOME_HEAD:]).decode("utf-8")
+        except UnicodeDecodeError:
+            return damaged
     if state != ACTIVE and state != REDEEMED and state != VOIDED:  # a damaged record vouches for nothing
-        return Result(Status.UNKNOWN, base[0], base[1], message="this key's record is damaged: refused; "
-                      "restore the store from a backup")
+        return damaged
     if state == REDEEMED:
         when = iso(at)
         return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
