@@ -81,6 +81,9 @@ class _Found:
 _Written = tuple[list[tuple[int, int, int, str]], list[int]]
 
 
+_UNHELD = (b"T", b"B:?", b"S:?")  # where refusals of keys naming no batch held here are counted
+
+
 def _counter_scopes(batch_id: str | None, supplier: str | None) -> tuple[bytes, ...]:
     """Where a count goes: the totals, and the batch and supplier when known."""
     if batch_id is None or supplier is None:
@@ -564,7 +567,9 @@ class Vault:
             for result in refused:
                 name = b"/refused/" + result.status.value.encode()
                 batch = cat.by_id.get(result.batch) if result.batch else None
-                for scope in _counter_scopes(batch.id if batch else None, batch.supplier if batch else None):
+                # Keys naming no batch held here are counted under "?" scopes: the same work as any
+                # other refusal, so the time of an answer does not tell whether its batch is held.
+                for scope in (_counter_scopes(batch.id, batch.supplier) if batch else _UNHELD):
                     self._pending[scope + name] += 1
                 if who is not None:
                     self._pending[b"C:" + who + name] += 1
