@@ -491,11 +491,14 @@ def test_pepper_and_identity_secrets_appear_nowhere_else(sweep: Sweep) -> None:
     private = {"identity seed": seed}
     for store in sweep.stores:
         private[f"pepper of {store.name}"] = bytes.fromhex((store / "pepper").read_text().strip())
+        engine = json.loads((store / "engine.key").read_text())["secret_key"]
+        private[f"engine key of {store.name}"] = base64.b64decode(engine)
     text_forms_ = {raw.hex(): label for label, raw in private.items()}
     text_forms_.update({base64.b64encode(raw).decode(): label for label, raw in private.items()})
     for text in sweep.rec.texts:
         assert not text_leaks(text, text_forms_)
-    allowed = {identity_file.resolve(), *((s / "pepper").resolve() for s in sweep.stores)}
+    allowed = {identity_file.resolve(), *((s / "pepper").resolve() for s in sweep.stores),
+               *((s / "engine.key").resolve() for s in sweep.stores)}
     for path in files_under(sweep.root):
         if path.resolve() in allowed:
             continue
@@ -508,9 +511,23 @@ def test_pepper_and_identity_secrets_appear_nowhere_else(sweep: Sweep) -> None:
 
 
 def test_private_files_are_0600(sweep: Sweep) -> None:
-    for path in [sweep.root / "acme.identity", *(s / "pepper" for s in sweep.stores), *sweep.exports]:
+    for path in [sweep.root / "acme.identity", *(s / "pepper" for s in sweep.stores),
+                 *(s / "engine.key" for s in sweep.stores), *sweep.exports]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == 0o600, f"{path.name} has mode {mode:04o}"
+
+
+def test_an_unsafe_engine_key_is_refused(tmp_path: Path) -> None:
+    """The engine key signs the store's checkpoints: readable by others, it is refused like the pepper."""
+    Vault.init(tmp_path / "s").close()
+    engine = tmp_path / "s" / "engine.key"
+    engine.chmod(0o644)
+    with pytest.raises(KeyvaultError, match="chmod 600"):
+        Vault.open(tmp_path / "s")
+    engine.chmod(0o600)
+    engine.rename(tmp_path / "elsewhere.key")
+    with pytest.raises(KeyvaultError, match="engine key"):
+        Vault.open(tmp_path / "s")
 
 
 # -- reprs -------------------------------------------------------------------------------------------
