@@ -120,66 +120,7 @@ class KnownBug:
         return bool(frames) and frames[-1] in self.where
 
 
-KNOWN_BUGS: list[KnownBug] = [
-    KnownBug(
-        "verify-surrogate",
-        (UnicodeEncodeError,),
-        (("vault.py", "_imported_lookup"),),
-        "Vault.verify / verify_many / redeem raise UnicodeEncodeError for a str holding a lone surrogate "
-        "(e.g. '\\udcff', as surrogateescape'd bytes or a JSON '\\ud800' escape give) when the store holds "
-        "imported cards: Vault._imported_lookup encodes the folded code with strict UTF-8 (code.encode()). "
-        "Expected: a 'malformed' or 'unknown' result.",
-        ("verify/known-verify-surrogate", "verify/known-verify-surrogate-pair"),
-    ),
-    KnownBug(
-        "deep-json",
-        (RecursionError,),
-        (("custody.py", "read_transfer"), ("manifest.py", "_parse_header"), ("bundle.py", "verify")),
-        "Deeply nested JSON (thousands of '[') in a signed record makes json.loads raise RecursionError, "
-        "which escapes as is: custody.read_transfer (so open_lot, Vault.receive_lot and bundle.verify's custody "
-        "hops too) and manifest._parse_header catch only ValueError/KeyError/TypeError/AttributeError, and "
-        "bundle.verify's manifest-header step does not catch it either. The signature is checked first, but "
-        "with the public key the file itself carries, so anyone can make such a file.",
-        ("transfer/known-deep-json", "manifest/known-deep-json", "lot/known-deep-json", "bundle/known-deep-json"),
-    ),
-    KnownBug(
-        "manifest-infinity",
-        (OverflowError,),
-        (("manifest.py", "_parse_header"),),
-        "read_manifest (and so import_manifest, receive_lot) raises OverflowError when a signed header's "
-        "prefix_value or batch_number is a JSON Infinity (or 1e400): _parse_header calls int() on them and "
-        "catches ValueError but not OverflowError. Self-signed headers are enough (the trust check comes "
-        "later).",
-        ("manifest/known-manifest-infinity",),
-    ),
-    KnownBug(
-        "manifest-body-sha256",
-        (KeyError,),
-        (("manifest.py", "_read"),),
-        "read_manifest (and so import_manifest, receive_lot) raises KeyError('body_sha256') for a signed "
-        "header without a body_sha256 field: _parse_header checks every other field but not that one, and "
-        "_read then indexes it. Self-signed headers are enough. Found by the atheris manifest harness.",
-        ("manifest/known-manifest-body-sha256",),
-    ),
-    KnownBug(
-        "bundle-unchecked-fields",
-        (KeyError, TypeError, ValueError, OverflowError, AttributeError),
-        (("bundle.py", "verify"), ("bundle.py", "_opens"), ("bundle.py", "__init__"), ("bundle.py", "check")),
-        "bundle.verify, which must never raise, raises on fields it uses without checking them. In the "
-        "bundle's own (unsigned) JSON: a non-hex or non-string 'salt' when key material is given (_opens: "
-        "bytes.fromhex), an unhashable status (a list in status.status: _Replay.check). In the signed manifest "
-        "header inside it: OverflowError from int(header['count']) for count 1e400 (step 1 catches "
-        "ValueError only, and this is before any trust check, so any key will do); and, for a header signed "
-        "by a pinned supplier, a missing or mistyped 'batch', 'supplier', 'prefix_value' or 'batch_number' "
-        "(KeyError/TypeError/ValueError/OverflowError from header[...] and int() in step 2, which catches "
-        "only ProofError, in the Check line and in _Replay.__init__), and OverflowError from "
-        "serial.to_bytes(8) in _opens for a negative or oversized prefix/batch number.",
-        ("bundle/known-bundle-count-infinity", "bundle/known-bundle-prefix-string",
-         "bundle/known-bundle-batch-negative", "bundle/known-bundle-supplier-not-object",
-         "bundle/known-bundle-batch-missing", "bundle/known-bundle-salt-not-hex",
-         "bundle/known-bundle-status-unhashable"),
-    ),
-]
+KNOWN_BUGS: list[KnownBug] = []  # the five the first runs found are fixed; their inputs replay as regressions
 
 
 def known_bug(error: BaseException) -> KnownBug | None:

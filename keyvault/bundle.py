@@ -97,9 +97,10 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
         events = [(e["index"], base64.b64decode(e["leaf"], validate=True), [bytes.fromhex(h) for h in e["proof"]])
                   for e in doc["events"]]
         status = doc["status"]["status"]
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError("index")
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        salt = bytes.fromhex(doc["salt"]) if doc.get("salt") is not None else None
+        if not isinstance(index, int) or isinstance(index, bool) or not isinstance(status, str):
+            raise TypeError("index or status")
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         return fail("bundle", f"cannot be read ({exc.__class__.__name__}): it is damaged or not a bundle")
     pinned = {p.public_key: p for p in trusted}
 
@@ -114,9 +115,14 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
             raise ProofError("the header length does not match")
         verify_signature(public_key, MANIFEST_TYPE, header_bytes, signature, "the manifest")
         header = json.loads(header_bytes)
-        count, root = int(header["count"]), bytes.fromhex(header["merkle_root"])
-    except (ProofError, BadSignatureError, ValueError, KeyError, TypeError) as exc:
-        return fail("manifest signature", str(exc))
+        count, root = header["count"], bytes.fromhex(header["merkle_root"])
+        numbers = ((count, 1 << 25), (header["prefix_value"], 1 << 20), (header["batch_number"], 1 << 15))
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= top for n, top in numbers) or \
+                not isinstance(header["batch"], str) or not isinstance(header["supplier"]["id"], str):
+            raise ProofError("the signed manifest header is malformed")
+    except (ProofError, BadSignatureError, ValueError, KeyError, TypeError, AttributeError, OverflowError,
+            RecursionError) as exc:
+        return fail("manifest signature", str(exc) or exc.__class__.__name__)
     supplier = pinned.get(public_key)
     if supplier is None:
         return fail("manifest signature", f"signed by {header.get('supplier', {}).get('name')!r} (fingerprint "
@@ -135,7 +141,7 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
     except ProofError as exc:
         fail("key in manifest", str(exc))
     if key_material is not None:
-        checks.append(_opens(doc, header, index, commitment, key_material))
+        checks.append(_opens(salt, header, index, commitment, key_material))
 
     # 3. Each custody hop: signed by the holder, spending the hop before, covering this key.
     chain: list[Transfer] = []
@@ -196,13 +202,15 @@ def check_consistent(old_note: bytes, new_note: bytes, prove: Callable[[int, int
     return Check(name, True, f"{old.size:,} events then, {new.size:,} now: the log only grew")
 
 
-def _opens(doc: dict[str, Any], header: dict[str, Any], index: int, commitment: bytes, material: bytes) -> Check:
+def _opens(salt: bytes | None, header: dict[str, Any], index: int, commitment: bytes, material: bytes) -> Check:
     """The key opens the commitment: SHA-256(0x00 || kv1/commit || serial || salt || key)."""
-    if not doc.get("salt"):
+    if salt is None:
         return Check("key opens commitment", False, "the bundle carries no salt (it was made from a serial); "
                                                     "make it with `keyvault trace KEY --bundle`")
     serial = (int(header["prefix_value"]) << 15 | int(header["batch_number"])) << 25 | index
-    leaf = b"kv1/commit" + serial.to_bytes(8, "big") + bytes.fromhex(doc["salt"]) + material
+    if not 0 <= serial < 1 << 64:
+        return Check("key opens commitment", False, "the manifest names a serial out of range")
+    leaf = b"kv1/commit" + serial.to_bytes(8, "big") + salt + material
     ok = merkle.leaf_hash(leaf) == commitment
     return Check("key opens commitment", ok, "the key given is the one committed to" if ok else
                  "the key given is not the one this manifest committed to")

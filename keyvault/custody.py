@@ -176,7 +176,7 @@ def read_transfer(data: bytes, what: str = "transfer") -> Transfer:
             isinstance(doc["batch"], str) and isinstance(doc["at"], int) and isinstance(doc["count"], int),
         )
         check_ranges(doc["ranges"], doc["count"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise CustodyError(f"{what} is signed but malformed ({exc.__class__.__name__})") from None
     if not all(checks):
         raise CustodyError(f"{what} is signed but malformed (field check {checks.index(False) + 1} failed)")

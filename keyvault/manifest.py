@@ -276,12 +276,14 @@ def _parse_header(source: Path, header_bytes: bytes, public_key: bytes) -> dict[
             isinstance(header["body_length"], int)
             and header["body_length"] >= SEED_BYTES + count * (record_size(kind) + 32),
             len(bytes.fromhex(header["merkle_root"])) == 32,
+            isinstance(header["body_sha256"], str) and len(bytes.fromhex(header["body_sha256"])) == 32,
+            isinstance(header["prefix_value"], int) and isinstance(header["batch_number"], int),
             header["previous"] is None or len(bytes.fromhex(header["previous"])) == 32,
             header["valid_from"] is None or isinstance(header["valid_from"], int),
             header["valid_until"] is None or isinstance(header["valid_until"], int),
             isinstance(header["created_at"], int),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ManifestError(f"manifest {source} is signed but malformed ({exc.__class__.__name__}); "
                             "the supplier's keyvault wrote a bad file: ask them to re-issue it") from None
     if not all(checks):

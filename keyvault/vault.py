@@ -251,12 +251,12 @@ class Vault:
         if ":" in key:
             card, _, password = key.partition(":")
             card, password = normalize_imported(card), normalize_imported(password)
-            if not card or not password:
+            if not card or not password or not (card + password).isascii():  # imported cards are ASCII
                 return None
             locator, material = _fast.locator(b"card:" + card.encode()), card.encode() + b"\0" + password.encode()
         else:
             code = normalize_imported(key)
-            if not code:
+            if not code or not code.isascii():
                 return None
             locator, material = _fast.locator(b"code:" + code.encode()), code.encode()
         found = txn.get("locators", _fast.store_locator(self._pepper, locator))
