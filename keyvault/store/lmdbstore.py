@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar
 
 import lmdb
 
@@ -34,6 +34,9 @@ DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "co
              "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters")
 INITIAL_MAP_SIZE = 256 << 20
 MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
+# LMDB 0.9's lock file for MAX_READERS (64-bit): a 192-byte MDB_txninfo that holds the first 64-byte reader slot, then
+# one slot per further reader. A larger file would raise LMDB's reader limit to fit it; a smaller one, be extended.
+_LOCK_FILE_SIZE = 192 + 64 * (MAX_READERS - 1)
 LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
@@ -234,6 +237,7 @@ class LmdbStore:
     @classmethod
     def create(cls, path: Path) -> LmdbStore:
         """Make a new, empty store in ``path`` (which must hold no store)."""
+        _allocated_lock_file(path)
         env = _open_env(path, create=True)
         with env.begin(write=True) as txn:
             dbs = {name: env.open_db(name.encode(), txn=txn, create=True) for name in DATABASES}
@@ -263,7 +267,8 @@ class LmdbStore:
         try:
             with env.begin() as txn:
                 if txn.get(b"meta") is None:
-                    raise NotAStoreError(f"{path} holds an LMDB database, but not a keyvault store")
+                    raise NotAStoreError(f"{path} holds an LMDB database, but not a keyvault store (if it was one, "
+                                         "its data.mdb is damaged: restore it from a backup)")
                 meta = env.open_db(b"meta", txn=txn, create=False)
                 fmt = txn.get(b"format", db=meta)
                 if fmt != FORMAT:
@@ -337,6 +342,11 @@ class LmdbStore:
                     raise
                 except _CORRUPT as exc:
                     raise _corrupt(self.path, exc) from None
+                except lmdb.Error as exc:  # a full disk mid-write comes back as EIO (LMDB: "short write")
+                    failed = _write_failed(self.path, exc)
+                    if failed is None:
+                        raise
+                    raise failed from None
         raise StoreError(f"{self.path}: could not complete a write after growing the map; check free disk space")
 
     def _grow(self) -> None:
@@ -367,18 +377,57 @@ class LmdbStore:
 
 _META = struct.Struct("<16xII")  # LMDB 0.9 meta page: 16-byte page header, then magic and format version
 _MAGIC = 0xBEEFC0DE
+# The rest of an LMDB 0.9 meta page (data version 1) that says how much of the file is in use: the page size
+# (the free DB's md_pad), the last page used and the transaction id.
+_META_USE = struct.Struct("<16xII16xI92xQQ")
+_DATA_VERSION = 1
 
 
 def _check_lmdb_file(data: Path) -> None:
-    """Refuse a data.mdb that is not an LMDB file before LMDB touches the directory."""
+    """Refuse a data.mdb that is not an LMDB file, or is shorter than its pages in use, before LMDB maps it.
+
+    LMDB reads pages through a memory map: a page past the end of a truncated file is a SIGBUS that
+    kills the process, not an error, so a truncated file must be refused before it is opened.
+    """
     try:
         with open(data, "rb") as fh:
-            head = fh.read(_META.size)
+            head = fh.read(_META_USE.size)
+            if len(head) < _META.size or _META.unpack_from(head)[0] != _MAGIC:
+                raise NotAStoreError(f"{data.parent} is not a keyvault store: {data.name} is not an LMDB file "
+                                     "(it is damaged, truncated or something else)")
+            used = _bytes_in_use(fh, head)
+            size = os.fstat(fh.fileno()).st_size  # after the meta pages: a commit writes its pages first
     except OSError as exc:
         raise StoreError(f"cannot read {data}: {exc.strerror}") from None
-    if len(head) < _META.size or _META.unpack(head)[0] != _MAGIC:
-        raise NotAStoreError(f"{data.parent} is not a keyvault store: {data.name} is not an LMDB file "
-                             "(it is damaged, truncated or something else)")
+    if used is not None and size < used:
+        raise StoreCorruptError(f"the store at {data.parent} is damaged: {data.name} is shorter than its last "
+                                f"committed transaction says ({size:,} bytes, not {used:,}): it was truncated, or its "
+                                "header is damaged; restore it from a backup")
+
+
+def _bytes_in_use(fh: BinaryIO, first: bytes) -> int | None:
+    """Bytes of the file the newest meta page uses (the one LMDB will pick), or None when LMDB itself must judge
+    the meta pages (unreadable, another format: it refuses those with an error of its own). A page size no
+    LMDB writes is refused here."""
+    if len(first) < _META_USE.size:
+        return None
+    psize = int(_META_USE.unpack_from(first)[2])
+    if psize < 512 or psize > 65536 or psize & (psize - 1):  # LMDB would say only "Invalid argument"
+        raise StoreCorruptError(f"the store at {Path(fh.name).parent} is damaged: the header of "
+                                f"{Path(fh.name).name} names a page size of {psize:,} bytes; restore it from a backup")
+    fh.seek(psize)
+    second = fh.read(_META_USE.size)
+    best: tuple[int, int] | None = None
+    for page in (first, second):
+        if len(page) < _META_USE.size:
+            return None
+        magic, version, _, last_page, txnid = _META_USE.unpack_from(page)
+        if magic != _MAGIC or version != _DATA_VERSION:
+            return None
+        if best is None or txnid > best[1]:  # as LMDB chooses: the higher transaction id, the first on a tie
+            best = (last_page, txnid)
+    assert best is not None
+    return (best[0] + 1) * psize
 
 
 def _open_env(path: Path, create: bool) -> lmdb.Environment:
@@ -393,9 +442,60 @@ def _open_env(path: Path, create: bool) -> lmdb.Environment:
     return env
 
 
+def _allocated_lock_file(path: Path) -> None:
+    """Make a new store's lock.mdb with its disk blocks allocated, before LMDB first opens it.
+
+    LMDB sizes its lock file with ftruncate (a sparse file) and writes the reader table through a
+    memory map: on a full disk, the first reader whose slot lies in a page never written before
+    would kill the process with SIGBUS. LMDB takes a lock file of the size it wants as it is. Only
+    ever done here, before any process holds LMDB's fcntl lock on the file: closing a descriptor of
+    a lock file in use drops this process's lock on it, and the next opener would reset the table.
+    """
+    try:
+        fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the store at {path}: {exc.strerror}") from None
+    try:
+        os.posix_fallocate(fd, 0, _LOCK_FILE_SIZE)
+    except OSError as exc:
+        os.close(fd)
+        (path / "lock.mdb").unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_error(path, exc) from None
+        return  # no fallocate here: LMDB makes the file itself
+    os.close(fd)
+
+
 def _corrupt(path: Path, exc: Exception) -> StoreCorruptError:
     return StoreCorruptError(f"the store at {path} is damaged ({exc.__class__.__name__}); "
                              "restore it from a backup")
+
+
+_NEARLY_FULL = 4 << 20  # free bytes under which a write's I/O error is taken for a full disk
+
+
+def _write_failed(path: Path, exc: lmdb.Error) -> StoreError | None:
+    """A write that failed for want of space, or with an I/O error, as a keyvault error (None: neither).
+
+    LMDB reports a write cut short by a full disk as EIO, as it does a failing disk: the free space
+    left on the disk tells the two apart. Either way the transaction was not committed.
+    """
+    message = str(exc)
+    if any(message.endswith(os.strerror(code)) for code in (errno.ENOSPC, errno.EDQUOT)):
+        return _disk_error(path, exc)
+    if not message.endswith(os.strerror(errno.EIO)):
+        return None
+    try:
+        fs = os.statvfs(path)
+        full = fs.f_bavail * fs.f_frsize < _NEARLY_FULL
+    except OSError:
+        full = False
+    if full:
+        return _disk_error(path, exc)
+    return StoreError(f"writing the store at {path} failed ({exc}): the disk is failing, or was full for a "
+                      "moment; nothing was changed: check the disk and try again")
 
 
 def _disk_error(path: Path, exc: Exception) -> StoreFullError:
