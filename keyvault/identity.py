@@ -17,6 +17,7 @@ Three files (docs/provenance.md):
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import nacl.exceptions
 import nacl.signing
 
 from .clock import now_ms
-from .errors import BadSignatureError, IdentityError
+from .errors import BadSignatureError, IdentityError, StoreFullError
 from .keyformat import PREFIX_SYMBOLS, parse_prefix, prefix_text
 
 _FILE_KIND = "keyvault-identity"
@@ -353,6 +354,9 @@ class Identity:
         except FileExistsError:
             raise IdentityError(f"{target} already exists; choose another --out (an identity is never overwritten)") from None
         except OSError as exc:
+            target.unlink(missing_ok=True)  # a half-written secret file is worse than none
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFullError(f"no room on the disk to write {target}; free some space and try again") from None
             raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
         return target
 

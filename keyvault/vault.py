@@ -8,6 +8,7 @@ generation counter.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -24,11 +25,13 @@ from . import _fast, bundle, issuing, lots, trust
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .clock import iso, now_ms
 from .errors import (
+    KeyvaultError,
     MalformedKeyError,
     NotFoundError,
     PepperError,
     StoreError,
     StoreExistsError,
+    StoreFullError,
     UsageError,
 )
 from .fields import MAX_CLIENT, MAX_ORDER_ID, MAX_REASON, check_text
@@ -121,14 +124,29 @@ class Vault:
             raise StoreError(f"{root} is not empty; create the store in a new or empty directory")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         pepper_path = Path(pepper_file) if pepper_file else root / "pepper"
-        if pepper_path.exists():
-            pepper = _read_pepper(pepper_path)
-        else:
-            pepper = secrets.token_bytes(32)
-            write_private_file(pepper_path, pepper.hex().encode() + b"\n")
-        engine = Identity.generate(ENGINE_NAME)
-        engine.save(root / ENGINE_FILE)
-        store = LmdbStore.create(root)
+        made_pepper = not pepper_path.exists()
+        try:
+            if made_pepper:
+                pepper = secrets.token_bytes(32)
+                write_private_file(pepper_path, pepper.hex().encode() + b"\n")
+            else:
+                pepper = _read_pepper(pepper_path)
+            engine = Identity.generate(ENGINE_NAME)
+            engine.save(root / ENGINE_FILE)
+            store = LmdbStore.create(root)
+        except BaseException as exc:
+            # A store that could not be made leaves nothing behind: the directory is as it was.
+            for name in ("data.mdb", "lock.mdb", ENGINE_FILE):
+                (root / name).unlink(missing_ok=True)
+            if made_pepper:
+                pepper_path.unlink(missing_ok=True)
+            if isinstance(exc, StoreFullError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC,
+                                                                                                  errno.EDQUOT)):
+                raise StoreFullError(f"no room on the disk to create a store at {root}; nothing was left "
+                                     "behind: free some space and try again") from None
+            if isinstance(exc, OSError) and not isinstance(exc, KeyvaultError):
+                raise StoreError(f"cannot create a store at {root}: {exc.strerror}") from None
+            raise
         vault = cls(store, pepper, engine)
 
         def setup(txn: Txn) -> None:
@@ -363,7 +381,10 @@ class Vault:
         """Throttled answers for a blocked client (the store is not read: nothing about the keys leaks)."""
         if client is None:
             return None
-        until = self._throttle.blocked_until(client.encode("utf-8"))
+        try:
+            until = self._throttle.blocked_until(client.encode("utf-8"))
+        except StoreError:
+            return None  # throttling fails open: a full disk must not stop checkout (the counts stay pending)
         if until <= now_ms():
             return None
         with self._pending_lock:
@@ -576,8 +597,11 @@ class Vault:
         if client is not None and who is not None:
             policy = self.throttle_policy(client)
             if policy.max_refused is not None:
-                self._throttle.add(who, len(refused), now_ms(), policy.max_refused, policy.window_seconds * 1000,
-                                   policy.block_seconds * 1000)
+                try:
+                    self._throttle.add(who, len(refused), now_ms(), policy.max_refused,
+                                       policy.window_seconds * 1000, policy.block_seconds * 1000)
+                except StoreError:
+                    pass  # fails open, as above
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:

@@ -335,8 +335,6 @@ def test_store_files_created_on_a_full_disk_are_refused_not_a_crash(small_disk: 
     assert not (target / "lock.mdb").exists() and not (target / "data.mdb").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (vault.py, not the store): Vault.init on a full disk raises a bare "
-                   "OSError from writing the pepper file, not a KeyvaultError (the CLI shows a traceback)")
 def test_a_new_store_on_a_full_disk_is_refused_cleanly(small_disk: Path) -> None:
     _fill(small_disk, leave=0)
     proc = subprocess.run([sys.executable, "-c", _NEW_STORE, str(small_disk / "new")], capture_output=True,
@@ -353,9 +351,6 @@ with Vault.open(sys.argv[1]) as v:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (store/throttle.py, not the store): the first verify naming a "
-                   "client creates throttle.mdb; on a full disk LMDB writes the new environment's lock file through "
-                   "a memory map and the process dies of SIGBUS")
 def test_a_client_verify_on_a_full_disk_does_not_crash(small_disk: Path) -> None:
     store = small_disk / "store"
     Vault.init(store).close()

@@ -237,7 +237,7 @@ class LmdbStore:
     @classmethod
     def create(cls, path: Path) -> LmdbStore:
         """Make a new, empty store in ``path`` (which must hold no store)."""
-        _allocated_lock_file(path)
+        allocate_lock_file(path / "lock.mdb")
         env = _open_env(path, create=True)
         with env.begin(write=True) as txn:
             dbs = {name: env.open_db(name.encode(), txn=txn, create=True) for name in DATABASES}
@@ -442,8 +442,8 @@ def _open_env(path: Path, create: bool) -> lmdb.Environment:
     return env
 
 
-def _allocated_lock_file(path: Path) -> None:
-    """Make a new store's lock.mdb with its disk blocks allocated, before LMDB first opens it.
+def allocate_lock_file(lock: Path) -> None:
+    """Make a new LMDB lock file with its disk blocks allocated, before LMDB first opens it.
 
     LMDB sizes its lock file with ftruncate (a sparse file) and writes the reader table through a
     memory map: on a full disk, the first reader whose slot lies in a page never written before
@@ -451,8 +451,9 @@ def _allocated_lock_file(path: Path) -> None:
     ever done here, before any process holds LMDB's fcntl lock on the file: closing a descriptor of
     a lock file in use drops this process's lock on it, and the next opener would reset the table.
     """
+    path = lock.parent
     try:
-        fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return
     except OSError as exc:
@@ -461,7 +462,7 @@ def _allocated_lock_file(path: Path) -> None:
         os.posix_fallocate(fd, 0, _LOCK_FILE_SIZE)
     except OSError as exc:
         os.close(fd)
-        (path / "lock.mdb").unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_error(path, exc) from None
         return  # no fallocate here: LMDB makes the file itself

@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import ClosedError, StoreError
-from .lmdbstore import MAX_READERS
+from .lmdbstore import MAX_READERS, allocate_lock_file
 
 _RECORD = struct.Struct(">QIQ")  # window start (ms), refusals in the window, blocked until (ms)
 _INITIAL_MAP = 16 << 20  # about 150,000 clients at a time; doubles when full
@@ -30,6 +30,7 @@ class ThrottleStore:
     """One process's handle on a store's throttle environment."""
 
     def __init__(self, path: Path) -> None:
+        allocate_lock_file(path.with_name(path.name + "-lock"))  # a sparse lock file can SIGBUS on a full disk
         try:
             self._env = lmdb.open(str(path), map_size=_INITIAL_MAP, subdir=False, sync=False, metasync=False,
                                   max_readers=MAX_READERS, readahead=False, mode=0o600)
@@ -82,6 +83,9 @@ class ThrottleStore:
                         self._env.set_mapsize(self._env.info()["map_size"] * 2)
                 except lmdb.MapResizedError:
                     self._env.set_mapsize(0)
+                except lmdb.Error as exc:  # a full disk, most likely
+                    raise StoreError(f"could not record a refused attempt in the throttle state ({exc}); "
+                                     "check free disk space") from None
         raise StoreError("could not record a refused attempt in the throttle state; check free disk space")
 
     def clear(self, client: bytes) -> None:
