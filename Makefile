@@ -39,6 +39,23 @@ test-pure: install
 bench: install
 	$(BIN)/pytest benchmarks --benchmark-only
 
+# The heavy forms of the reliability tests (docs/reliability.md): SIGKILL crash loops and the
+# 32-caller race at KEYVAULT_CRASH_ITERATIONS (250 here; the normal suite runs 25), with their
+# figures printed; then every fuzz target for FUZZ_SECONDS each, once fuzz/run.py exists.
+# CI runs a short form: KEYVAULT_CRASH_ITERATIONS=40 make stress FUZZ_SECONDS=10
+KEYVAULT_CRASH_ITERATIONS ?= 250
+FUZZ_SECONDS ?= 60
+.PHONY: stress
+stress: install
+	KEYVAULT_CRASH_ITERATIONS=$(KEYVAULT_CRASH_ITERATIONS) $(BIN)/pytest tests/test_crash.py tests/test_concurrency.py \
+		-p no:cacheprovider -rA
+	@if [ -f fuzz/run.py ]; then \
+		echo "$(BIN)/python fuzz/run.py --seconds-per-target $(FUZZ_SECONDS)"; \
+		$(BIN)/python fuzz/run.py --seconds-per-target $(FUZZ_SECONDS); \
+	else \
+		echo "stress: no fuzz/run.py yet, so no fuzzing"; \
+	fi
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info keyvault/_fast/_core.c keyvault/_fast/*.so
 
