@@ -45,10 +45,15 @@ bench: install
 # CI runs a short form: KEYVAULT_CRASH_ITERATIONS=40 make stress FUZZ_SECONDS=10
 KEYVAULT_CRASH_ITERATIONS ?= 250
 FUZZ_SECONDS ?= 60
+CORRUPTION_SWEEP ?= all
 .PHONY: stress
 stress: install
 	KEYVAULT_CRASH_ITERATIONS=$(KEYVAULT_CRASH_ITERATIONS) $(BIN)/pytest tests/test_crash.py tests/test_concurrency.py \
 		-p no:cacheprovider -rA
+	@if [ -n "$(CORRUPTION_SWEEP)" ]; then \
+		KEYVAULT_CORRUPTION_SWEEP=$(CORRUPTION_SWEEP) $(BIN)/pytest tests/test_check.py -p no:cacheprovider -q \
+			-k "sweep or flipped"; \
+	fi
 	@if [ -f fuzz/run.py ]; then \
 		echo "$(BIN)/python fuzz/run.py --seconds-per-target $(FUZZ_SECONDS)"; \
 		$(BIN)/python fuzz/run.py --seconds-per-target $(FUZZ_SECONDS); \

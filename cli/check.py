@@ -49,7 +49,7 @@ def run_check(store: Path, pepper_file: Path | None) -> dict[str, Any]:
 
     Raises a StoreError (with the child's message) when the store cannot be opened.
     """
-    args = [sys.executable, "-c", _CHILD, str(store)] + ([str(pepper_file)] if pepper_file else [])
+    args = [sys.executable, "-P", "-c", _CHILD, str(store)] + ([str(pepper_file)] if pepper_file else [])
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     opened, rows, report, refused = False, [], None, None
     for line in proc.stdout.splitlines():
