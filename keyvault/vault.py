@@ -299,6 +299,9 @@ class Vault:
             if result is None:
                 found = self._locate(txn, cat, keys[i])
                 results[i] = found if isinstance(found, Result) else self._judge(txn, cat, found, overlay, now)
+        unknown = [r.serial for r in results if r.status is Status.UNKNOWN and r.serial is not None]
+        if unknown:
+            _as_costly_as_a_refusal(txn, unknown, now)
         return results
 
     # -- verify, redeem, void ------------------------------------------------------------------
@@ -790,6 +793,19 @@ class Vault:
                         progress: Progress | None = None) -> tuple[BatchInfo, bool]:
         """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
         return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+
+
+_PAD_ROW = (bytes(16), None, None, None, "0000-000", "0" * 16, "-", "-")
+_PAD_OUTCOME = bytes((REDEEMED,)) + bytes(16) + b"padding"
+
+
+def _as_costly_as_a_refusal(txn: Txn, serials: list[str], now: int) -> None:
+    """Spend on each ``unknown`` answer what refusing a spent key costs (read its outcome record, judge it),
+    so the time of an answer tells no more than its status (docs/reliability.md, Guessing)."""
+    numbers = sorted(_fast.parse_serial(s) for s in serials)
+    txn.get_many("outcomes", [u64(n) for n in numbers])
+    for number in numbers:
+        _fast.judge(number, REDEEMED, _PAD_ROW, {}, None, _PAD_OUTCOME, now)
 
 
 def _read_engine(path: Path) -> Identity:
