@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,13 @@ def run_check(store: Path, pepper_file: Path | None) -> dict[str, Any]:
 
     Raises a StoreError (with the child's message) when the store cannot be opened.
     """
-    args = [sys.executable, "-P", "-c", _CHILD, str(store)] + ([str(pepper_file)] if pepper_file else [])
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    # The child must import the installed keyvault, never a source tree in the working directory: -P
+    # (Python 3.11+) keeps the working directory off sys.path; before 3.11 it runs elsewhere.
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    args = [sys.executable, *safe, "-c", _CHILD, str(store.resolve())]
+    args += [str(pepper_file.resolve())] if pepper_file else []
+    proc = subprocess.run(args, capture_output=True, text=True, check=False,
+                          cwd=None if safe else tempfile.gettempdir())
     opened, rows, report, refused = False, [], None, None
     for line in proc.stdout.splitlines():
         message = json.loads(line)

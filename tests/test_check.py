@@ -387,7 +387,7 @@ PAGE_OFFSETS = {"page number": 0, "flags": 10, "lower and upper": 12, "first nod
 
 def _cli(store: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``keyvault --store STORE check --json`` in its own process: a crash shows as a signal, a hang as a timeout."""
-    command = [sys.executable, "-P", "-c", "from keyvault.cli.main import main; main()", "--store", str(store), "check",
+    command = [sys.executable, "-I", "-c", "from keyvault.cli.main import main; main()", "--store", str(store), "check",
                "--json", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
                           env={k: v for k, v in os.environ.items() if not k.startswith("KEYVAULT_")
@@ -406,7 +406,7 @@ except KeyvaultError as exc:
 
 
 def _library_open(store: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-P", "-c", _OPEN, str(store)], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-I", "-c", _OPEN, str(store)], capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, f"Vault.open died (exit {proc.returncode}): {proc.stderr[-2000:]}"
     return dict(json.loads(proc.stdout))
@@ -582,7 +582,7 @@ def test_a_page_pointing_outside_the_file_crashes_lmdb_but_not_check(tmp_path: P
         with open(copy / "data.mdb", "r+b") as fh:
             fh.seek(page * PAGE + 16)
             fh.write(struct.pack("<H", 0xFFF8))  # the first node "is" 65,528 bytes into a 4 KiB page
-        probe = subprocess.run([sys.executable, "-P", "-c", "import sys; from keyvault import Vault\n"
+        probe = subprocess.run([sys.executable, "-I", "-c", "import sys; from keyvault import Vault\n"
                                 "from keyvault.checkup import check_store\n"
                                 "v = Vault.open(sys.argv[1]); check_store(v)", str(copy)],
                                capture_output=True, text=True, timeout=120, check=False)

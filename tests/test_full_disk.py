@@ -105,7 +105,7 @@ def test_the_map_grows_without_losing_a_write(tmp_path: Path, monkeypatch: pytes
         # Another process imports a big batch and redeems from it, growing the map past the size this
         # process maps: our next transaction adopts the new size (MapResizedError) and reads what it wrote.
         child_keys = batches[2].keys[:3_000]
-        proc = subprocess.run([sys.executable, "-P", "-c", _CHILD, str(plat.path), str(batches[2].manifest),
+        proc = subprocess.run([sys.executable, "-I", "-c", _CHILD, str(plat.path), str(batches[2].manifest),
                                json.dumps(child_keys)], capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr
         child = json.loads(proc.stdout)
@@ -170,7 +170,7 @@ def _fill(path: Path, leave: int) -> Path:
 
 
 def _check_elsewhere(store: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-c", "from keyvault.cli.main import main; main()", "--store", str(store),
+    return subprocess.run([sys.executable, "-I", "-c", "from keyvault.cli.main import main; main()", "--store", str(store),
                            "check", "--json"], capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -289,7 +289,7 @@ def test_many_readers_on_a_full_disk(small_disk: Path) -> None:
     store = small_disk / "store"
     Vault.init(store).close()
     _fill(small_disk, leave=0)
-    proc = subprocess.run([sys.executable, "-P", "-c", _READERS, str(store), "200"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-I", "-c", _READERS, str(store), "200"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
     assert proc.stdout.strip() == "200"
@@ -327,7 +327,7 @@ def test_store_files_created_on_a_full_disk_are_refused_not_a_crash(small_disk: 
     target = small_disk / "new"
     target.mkdir()
     _fill(small_disk, leave=0)
-    proc = subprocess.run([sys.executable, "-P", "-c", _NEW_ENVIRONMENT, str(target)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-I", "-c", _NEW_ENVIRONMENT, str(target)], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
     assert proc.stdout.startswith("refused StoreFullError"), proc.stdout
@@ -337,7 +337,7 @@ def test_store_files_created_on_a_full_disk_are_refused_not_a_crash(small_disk: 
 
 def test_a_new_store_on_a_full_disk_is_refused_cleanly(small_disk: Path) -> None:
     _fill(small_disk, leave=0)
-    proc = subprocess.run([sys.executable, "-P", "-c", _NEW_STORE, str(small_disk / "new")], capture_output=True,
+    proc = subprocess.run([sys.executable, "-I", "-c", _NEW_STORE, str(small_disk / "new")], capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
     assert proc.stdout.startswith("refused StoreFullError"), proc.stdout
@@ -355,6 +355,6 @@ def test_a_client_verify_on_a_full_disk_does_not_crash(small_disk: Path) -> None
     store = small_disk / "store"
     Vault.init(store).close()
     _fill(small_disk, leave=0)
-    proc = subprocess.run([sys.executable, "-P", "-c", _THROTTLE, str(store)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-I", "-c", _THROTTLE, str(store)], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
