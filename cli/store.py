@@ -159,4 +159,4 @@ def _describe(e: dict[str, Any]) -> str:
     if kind in ("blacklist", "lift"):
         verb = "blacklisted" if kind == "blacklist" else "blacklist lifted"
         return f"{verb} ({e['level']} {e['target']}): {e['reason']}"
-    return kind
+    return str(kind)

@@ -68,7 +68,7 @@ def build_stats(txn: Txn, cat: Catalog) -> dict[str, Any]:
               "imported": sum(b.count for b in cat.batches.values() if b.origin == "manifest")}
     totals.update(_figures(counters.get("T", {}), keys))
     totals["blacklist_entries"] = len(cat.keys_blocked) + len(cat.batches_blocked) + len(cat.suppliers_blocked)
-    clients = []
+    clients: list[dict[str, Any]] = []
     for scope, counts in counters.items():
         if scope.startswith("C:"):
             refused = {name.split("/", 1)[1]: n for name, n in sorted(counts.items()) if name.startswith("refused/")}

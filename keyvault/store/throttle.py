@@ -70,7 +70,7 @@ class ThrottleStore:
                 try:
                     with self._env.begin(write=True) as txn:
                         value = txn.get(client)
-                        start, count, until = _RECORD.unpack(value) if value else (now, 0, 0)
+                        start, count, until = (int(v) for v in _RECORD.unpack(value)) if value else (now, 0, 0)
                         if now - start >= window_ms:
                             start, count = now, 0
                         count = min(count + refused, 0xFFFFFFFF)
