@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from test_fast_twins import _run, _typed  # the one comparison both twin suites use
 
 
 def _flag(name: str) -> bool:  # as keyvault._fast reads its environment
@@ -157,20 +158,6 @@ def commitment(seed: bytes, serial: int, material: bytes) -> bytes:
 
 def leaf_hashes(count: int, seed: int = 0) -> list[bytes]:
     return [sha256(b"leaf %d %d" % (seed, i)) for i in range(count)]
-
-
-def _run(func, *args):
-    try:
-        return "returned", func(*args)
-    except Exception as exc:  # the exception is part of the answer
-        return "raised", type(exc), exc.args
-
-
-def _typed(value):
-    """value with the type of everything in it made explicit (list != tuple, bytearray != bytes)."""
-    if isinstance(value, (tuple, list)):
-        return type(value), [_typed(v) for v in value]
-    return type(value), value
 
 
 def same(name: str, *args):
