@@ -201,8 +201,14 @@ def bystander(store: str) -> None:
     While it holds the environment, the next opener does not reset LMDB's lock file: a child killed
     holding the writer lock leaves it to be recovered (robust mutex), and its reader slot stays
     until ``reader_check``. Requests are JSON lines on stdin, each answered by one JSON line:
-    ``{"op": "redeem", "key": K, "order": O}``, ``{"op": "batch", "batch": B}`` (is it in the
-    catalog, and a checkpoint signed: a write), ``{"op": "quit"}``.
+    ``{"op": "redeem", "key": K, "order": O}``, ``{"op": "batch", "batch": B}`` (a checkpoint signed,
+    a write, then: is the batch in the catalog), ``{"op": "quit"}``.
+
+    The write comes first on purpose. A writer killed after writing its meta page but before
+    publishing the new transaction id in the lock file has committed, yet readers in processes that
+    kept the environment open go on reading the previous snapshot until the next writer recovers the
+    dead writer's mutex (LMDB then republishes the newest meta). keyvault takes every decision in a
+    write transaction, so this lag can never admit a second redemption; a read alone may lag.
     """
     from keyvault import Vault
 
@@ -216,8 +222,8 @@ def bystander(store: str) -> None:
             result = vault.redeem(request["key"], request["order"])
             answer = {"status": result.status.value, "order_id": result.order_id, "redeemed_at": result.redeemed_at}
         else:
-            info = vault.catalog().batches.get(int(request["batch"]))
             vault.checkpoint()
+            info = vault.catalog().batches.get(int(request["batch"]))
             answer = {"present": info is not None, "count": info.count if info else 0}
         _say(json.dumps(answer))
     vault.close()
