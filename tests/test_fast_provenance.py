@@ -20,23 +20,9 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from test_fast_twins import _run, _typed  # the one comparison both twin suites use
 
-
-def _flag(name: str) -> bool:  # as keyvault._fast reads its environment
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
-REQUIRE = _flag("KEYVAULT_REQUIRE_EXTENSIONS")
-
-_pure = _core = None
-IMPORT_ERROR: ImportError | None = None
-try:
-    # (Under KEYVAULT_REQUIRE_EXTENSIONS the package refuses to import without its core.)
-    from keyvault._fast import _pure
-    from keyvault._fast import _core
-except ImportError as exc:
-    IMPORT_ERROR = exc
+# One import of both twins and one comparison, shared with the older twin suite.
+from test_fast_twins import IMPORT_ERROR, REQUIRE, _core, _pure, _run, _typed
 
 U64_MAX = (1 << 64) - 1
 FUNCTIONS = ["key_salt", "commitments", "merkle_root", "event_leaf", "ledger_leaves", "node_key", "tree_append"]
