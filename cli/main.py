@@ -12,7 +12,7 @@ import click
 
 import keyvault
 
-from . import batch, blacklist, check, demo, identity, keys, provenance, store, supplier, throttle
+from . import batch, blacklist, check, demo, identity, keys, provenance, serve, store, supplier, throttle
 from .output import State
 
 
@@ -32,10 +32,10 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
 
 
 for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
-                provenance.audit, provenance.checkpoint, provenance.verify_bundle, check.check):
+                provenance.audit, provenance.checkpoint, provenance.verify_bundle, check.check, serve.serve):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
-              provenance.trust, provenance.lot, throttle.throttle):
+              provenance.trust, provenance.lot, throttle.throttle, serve.token):
     cli.add_command(group)
 
 

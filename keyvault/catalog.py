@@ -15,6 +15,7 @@ from .clock import iso
 from .keyformat import batch_text, serial_text
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
+from .tokens import Grant, grants
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ class Catalog:
     by_id: dict[str, BatchInfo] = field(default_factory=dict)
     #: Pinned identities by public key: name, prefix, role, pinned_at, and rotated_to/rotated_from (hex) if any.
     trusted: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    #: Service tokens by their hash.
+    grants: dict[bytes, Grant] = field(default_factory=dict)
 
     @classmethod
     def load(cls, txn: Txn, generation: int) -> Catalog:
@@ -140,6 +143,9 @@ class Catalog:
                                   (block.level, block.reason) if block else None, info.id, info.supplier,
                                   info.supplier_name, info.product)
         cat.key_rows = {serial: (e.level, e.reason) for serial, e in cat.keys_blocked.items()}
+        tokens = txn.get("meta", b"tokens")
+        if tokens is not None:
+            cat.grants = grants(load(tokens))
         return cat
 
     def block_for(self, serial: int, batch: BatchInfo) -> BlacklistEntry | None:

@@ -15,16 +15,17 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import _fast, bundle, issuing, lots, trust
+from . import _fast, bundle, issuing, lots, tokens, trust
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .clock import iso, now_ms
 from .errors import (
+    ConflictError,
     KeyvaultError,
     MalformedKeyError,
     NotFoundError,
@@ -107,6 +108,8 @@ class Vault:
         self._pending: Counter[bytes] = Counter()
         self._pending_lock = threading.Lock()
         self._last_flush = time.monotonic()
+        #: Seconds between automatic writes of refused-attempt counts (None: only flush_stats() and close()).
+        self.flush_every: float | None = _FLUSH_SECONDS
         self._ledger = Ledger(self._log)
         self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
 
@@ -361,6 +364,35 @@ class Vault:
         self._note(results, self._catalog, who)
         return results
 
+    def redeem_for(self, items: Sequence[tuple[str, str, str | None]]) -> list[Result]:
+        """Redeem (key, order id, client) triples from many callers in one durable transaction.
+
+        What a server's group commit calls: each client is throttled and counted on its own.
+        """
+        triples = []
+        for key, order, client in items:
+            if not isinstance(key, str):
+                raise UsageError("a key must be a string")
+            triples.append((key, check_text(order, "order id", MAX_ORDER_ID), self._client(client)))
+        by_client: dict[str | None, list[int]] = {}
+        for i, (_, _, client) in enumerate(triples):
+            by_client.setdefault(client, []).append(i)
+        results: list[Result] = [Result(Status.THROTTLED)] * len(triples)
+        todo: dict[str | None, list[int]] = {}
+        for client, where in by_client.items():
+            throttled = self._throttled(client, len(where))
+            if throttled is None:
+                todo[client] = where
+            else:
+                for i, result in zip(where, throttled):
+                    results[i] = result
+        order = sorted(i for where in todo.values() for i in where)
+        for i, result in zip(order, self._redeem_pairs([triples[i][:2] for i in order]) if order else []):
+            results[i] = result
+        for client, where in todo.items():
+            self._note([results[i] for i in where], self._catalog, client)
+        return results
+
     def _redeem_pairs(self, pairs: list[tuple[str, str]]) -> list[Result]:
         results, _, written = self._store.write(lambda txn: self._redeem_in(txn, pairs))
         self._ledger.learn(*written)  # committed: the overlay may take these without reading them back
@@ -574,6 +606,51 @@ class Vault:
             return LEVEL_SUPPLIER + sid.encode("ascii"), None
         raise UsageError("unknown blacklist level: use key, serial, batch or supplier")  # never echo input
 
+    # -- service tokens -------------------------------------------------------------------------
+
+    def create_token(self, name: str, scope: str) -> str:
+        """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
+        who, what = tokens.check_name(name), tokens.check_scope(scope)
+        token = tokens.new_token()
+
+        def work(txn: Txn) -> None:
+            value = txn.get("meta", b"tokens")
+            doc = load(value) if value else {}
+            if who in doc:
+                raise ConflictError(f"a token named {who} exists: revoke it first, or choose another name")
+            doc[who] = {"hash": tokens.token_hash(token).hex(), "scope": what, "created": now_ms()}
+            txn.put("meta", b"tokens", dump(doc))
+            txn.bump_generation()
+
+        self._store.write(work)
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke a token: every server process refuses it from its next request on."""
+        who = tokens.check_name(name)
+
+        def work(txn: Txn) -> None:
+            value = txn.get("meta", b"tokens")
+            doc = load(value) if value else {}
+            if doc.pop(who, None) is None:
+                raise NotFoundError(f"no token named {who}; `keyvault token list` shows the tokens")
+            txn.put("meta", b"tokens", dump(doc))
+            txn.bump_generation()
+
+        self._store.write(work)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Each token's name, scope and creation time (never the token or its hash)."""
+        with self._store.read() as txn:
+            value = txn.get("meta", b"tokens")
+        return tokens.listing(load(value) if value else {})
+
+    def authorize(self, token: str) -> tokens.Grant | None:
+        """The grant a presented token carries, or None when it is unknown or revoked."""
+        if not isinstance(token, str) or not token.startswith(tokens.PREFIX) or len(token) > 100:
+            return None
+        return self.catalog().grants.get(tokens.token_hash(token))
+
     # -- statistics ----------------------------------------------------------------------------
 
     def _count_change(self, txn: Txn, batch: BatchInfo, name: bytes, delta: int = 1) -> None:
@@ -608,7 +685,8 @@ class Vault:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if self._pending and time.monotonic() - self._last_flush >= _FLUSH_SECONDS:
+        every = self.flush_every
+        if every is not None and self._pending and time.monotonic() - self._last_flush >= every:
             try:
                 self.flush_stats()
             except StoreError:

@@ -1,0 +1,81 @@
+"""``keyvault serve`` and ``keyvault token``: the HTTP service for platforms (docs/service.md)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .output import State, emit, handle_errors, json_option
+
+
+def _bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise click.BadParameter("use HOST:PORT, like 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+@click.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (one per core is a good start).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log method, route, status and time of every request on stderr.")
+@click.pass_obj
+@handle_errors
+def serve(state: State, bind: str, workers: int, access_log: bool) -> None:
+    """Serve the HTTP JSON API until SIGTERM; put a TLS-terminating proxy in front of it."""
+    from keyvault.service import server
+
+    if state.store is None:
+        raise click.UsageError("no store given: pass --store DIR or set KEYVAULT_STORE")
+    host, port = _bind(bind)
+    tokens = server.check(state.store, state.pepper_file, host)
+    if tokens == 0:
+        click.echo("keyvault: no tokens yet, so every /v1 request will get 401: "
+                   "create one with `keyvault token create`", err=True)
+    click.echo(f"keyvault: serving {state.store} on http://{bind} with {workers} worker(s)", err=True)
+    if not server.serve(state.store, state.pepper_file, host, port, workers, access_log=access_log):
+        sys.exit(1)
+
+
+@click.group()
+def token() -> None:
+    """Bearer tokens for the HTTP service: create, list, revoke."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Who holds it (a platform, a service): used in logs and throttling.")
+@click.option("--scope", required=True, type=click.Choice(["verify", "redeem", "admin"]),
+              help="verify < redeem < admin: each allows the ones before it.")
+@json_option
+@click.pass_obj
+@handle_errors
+def create(state: State, name: str, scope: str, as_json: bool) -> None:
+    """Make a token and print it once: only its hash is stored, so keep it now."""
+    secret = state.vault().create_token(name, scope)
+    emit(as_json, {"name": name, "scope": scope, "token": secret}, secret)
+    if not as_json:
+        click.echo(f"token {name} ({scope}) created: this is the only time it is shown", err=True)
+
+
+@token.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def list_tokens(state: State, as_json: bool) -> None:
+    """Each token's name, scope and creation time (never the token)."""
+    rows = state.vault().tokens()
+    emit(as_json, rows, "\n".join(f"{r['name']}  {r['scope']}  created {r['created_at']}" for r in rows)
+         or "no tokens")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_obj
+@handle_errors
+def revoke(state: State, name: str) -> None:
+    """Revoke a token: every worker refuses it from its next request on."""
+    state.vault().revoke_token(name)
+    click.echo(f"token {name} revoked")

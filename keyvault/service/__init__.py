@@ -1,0 +1,4 @@
+"""The HTTP JSON service for platforms that cannot link the library (docs/service.md).
+
+Needs the ``service`` extra (uvicorn with uvloop and httptools): ``pip install 'keyvault[service]'``.
+"""

@@ -1,0 +1,434 @@
+"""The ASGI application: routes, bearer tokens, JSON in and out, a problem document for every error.
+
+Plain ASGI, no framework: a request is a dictionary lookup, a token check, one
+engine call and one JSON document. Verify runs on the event loop (it is a
+read, tens of microseconds); redeems go through the group commit's thread;
+everything else that writes (void, blacklist, manifests, statistics) runs in
+the loop's thread pool, so the loop never waits on a disk flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import Vault
+from ..errors import KeyvaultError
+from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
+from ..keyformat import looks_like_serial
+from ..results import Result
+from ..tokens import Grant
+from .committer import Committer
+from .metrics import Metrics
+from .openapi import document
+from .problems import Problem, from_error
+
+#: Limits a client can read in the OpenAPI document and docs/service.md.
+MAX_BODY = 4 << 20  # bytes of a JSON request body
+MAX_KEYS = 10_000  # keys in one /v1/verify
+MAX_ITEMS = 10_000  # items in one /v1/redeem-many
+MAX_CLIENT_ID = 63  # characters of the `client` a platform passes (it is keyed with the token name)
+MAX_MANIFEST = 1 << 30  # bytes of a manifest upload (streamed to a temporary file)
+
+access_log = logging.getLogger("keyvault.access")
+error_log = logging.getLogger("keyvault.service")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Answer = tuple[int, bytes, bytes]  # status, body, content type
+Handler = Callable[["Service", Scope, Receive, Grant | None], Awaitable[Answer]]
+
+_JSON = b"application/json"
+_PROBLEM = b"application/problem+json"
+_UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="keyvault"')]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a worker needs to open its store (passed through the environment to spawned workers)."""
+
+    store: Path
+    pepper_file: Path | None = None
+    run_dir: Path | None = None  # shared by the workers: their metrics files
+
+
+class _Gone(Exception):
+    """The client disconnected before it sent its whole body."""
+
+
+class Service:
+    """One worker's ASGI application over one store."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._vault: Vault | None = None
+        self._committer: Committer[tuple[str, str, str | None], Result] | None = None
+        self.metrics = Metrics(options.run_dir)
+        self._saver: asyncio.Task[None] | None = None
+        self._openapi = json.dumps(document()).encode()
+
+    @property
+    def vault(self) -> Vault:
+        """The open store (from lifespan startup to shutdown)."""
+        if self._vault is None:
+            raise Problem("store-unavailable", "the service is starting or stopping; retry in a moment")
+        return self._vault
+
+    # -- ASGI ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self._start()
+                except KeyvaultError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self._stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _start(self) -> None:
+        """Open the store in this process (after the worker started: never across fork)."""
+        vault = Vault.open(self.options.store, pepper_file=self.options.pepper_file)
+        vault.flush_every = None  # the committer thread flushes statistics, never the event loop
+        self._committer = Committer(vault.redeem_for, idle=vault.flush_stats)
+        self._committer.start()
+        self._vault = vault
+        self._saver = asyncio.get_running_loop().create_task(self._save_metrics())
+
+    def _stop(self) -> None:
+        """Called once the server has answered every request in flight: commit, flush and close."""
+        if self._saver is not None:
+            self._saver.cancel()
+        if self._committer is not None:
+            self._committer.stop()
+        if self._vault is not None:
+            self._vault.close()
+            self._vault = None
+        self._record_commits()
+        self.metrics.save()
+
+    async def _save_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._record_commits()
+            try:
+                self.metrics.save()
+            except OSError:
+                pass  # the next second tries again; metrics never stop the service
+
+    def _record_commits(self) -> None:
+        if self._committer is not None:
+            self.metrics.set_commits(self._committer.commits, self._committer.items)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        route = "(unknown)"
+        headers: list[tuple[bytes, bytes]] = []
+        try:
+            route, handler, needed = _route(scope)
+            grant = self._grant(scope, needed) if needed else None
+            status, body, kind = await handler(self, scope, receive, grant)
+        except _Gone:
+            return
+        except Problem as problem:
+            status, body, kind, headers = problem.status, problem.body(), _PROBLEM, problem.headers
+        except KeyvaultError as exc:
+            problem = from_error(exc)
+            status, body, kind = problem.status, problem.body(), _PROBLEM
+        except Exception:  # a bug: logged here (never a request body), answered without details
+            error_log.exception("internal error on %s %s", scope["method"], route)
+            status, kind = 500, _PROBLEM
+            body = json.dumps({"type": "urn:keyvault:problem:internal-error", "title": "Internal error",
+                               "status": 500, "detail": "the service failed on this request and changed "
+                               "nothing it did not report; it was logged: tell the operator"}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
+                                (b"cache-control", b"no-store"), *headers]})
+        await send({"type": "http.response.body", "body": body})
+        seconds = time.perf_counter() - start
+        self.metrics.request(route, status, seconds)
+        access_log.info("%s %s %d %.2fms", scope["method"], route, status, seconds * 1000)
+
+    def _grant(self, scope: Scope, needed: str) -> Grant:
+        """The caller's grant, or 401/403 (a token is never echoed or logged)."""
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, rest = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = rest.strip().decode("latin-1")
+        if token is None:
+            raise Problem("unauthorized", "send the header 'Authorization: Bearer TOKEN'; the store's operator "
+                          "makes tokens with `keyvault token create`", _UNAUTHORIZED)
+        grant = self.vault.authorize(token)
+        if grant is None:
+            raise Problem("unauthorized", "that token is unknown or was revoked: ask the store's operator for a "
+                          "new one (`keyvault token create`)", _UNAUTHORIZED)
+        if not grant.allows(needed):
+            raise Problem("forbidden", f"the token {grant.name} has scope {grant.scope}; this needs a token with "
+                          f"scope {needed} or above")
+        return grant
+
+    # -- request bodies ------------------------------------------------------------------------------
+
+    async def _body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The whole request body, refused with 413 as soon as it is known to exceed ``limit``."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise Problem("body-too-large", f"a request body here is at most {limit} bytes; send fewer items "
+                              "per request")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise Problem("body-too-large", f"a request body here is at most {limit} bytes; send fewer items "
+                              "per request")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """The request's JSON object."""
+        _content_type(scope, (b"application/json",), "application/json")
+        raw = await self._body(scope, receive, MAX_BODY)
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise Problem("malformed-json", "the body is not valid UTF-8 JSON; send a JSON object") from None
+        if not isinstance(doc, dict):
+            raise Problem("invalid-request", "the body must be a JSON object")
+        return doc
+
+    def _client(self, grant: Grant | None, doc: dict[str, Any]) -> str:
+        """Who is asking, for throttling: the token's name, and the client the platform names."""
+        assert grant is not None
+        client = doc.get("client")
+        if client is None:
+            return grant.name
+        return grant.name + "/" + _text(client, "client", MAX_CLIENT_ID)
+
+    # -- handlers -------------------------------------------------------------------------------------
+
+    async def verify(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/verify."""
+        doc = await self._json(scope, receive)
+        keys = _strings(doc, "keys", MAX_KEYS)
+        results = self.vault.verify_many(keys, client=self._client(grant, doc))
+        self.metrics.keys("verify", Counter(r.status.value for r in results))
+        return _ok({"results": [r.to_dict() for r in results]})
+
+    async def redeem(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/redeem: answered once the redemption is on disk."""
+        doc = await self._json(scope, receive)
+        item = (_key(doc.get("key"), "key"), _text(doc.get("order_id"), "order_id", MAX_ORDER_ID),
+                self._client(grant, doc))
+        result = (await self._redeems.submit([item]))[0]
+        self.metrics.keys("redeem", Counter((result.status.value,)))
+        return _ok(result.to_dict())
+
+    async def redeem_many(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/redeem-many: one durable commit carries the whole request (and others with it)."""
+        doc = await self._json(scope, receive)
+        items = doc.get("items")
+        if not isinstance(items, list):
+            raise Problem("invalid-request", "'items' must be a list of {\"key\": ..., \"order_id\": ...} objects")
+        if len(items) > MAX_ITEMS:
+            raise Problem("batch-too-large", f"at most {MAX_ITEMS} items per request; split the list")
+        client = self._client(grant, doc)
+        triples = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise Problem("invalid-request", f"items[{i}] must be an object with 'key' and 'order_id'")
+            triples.append((_key(item.get("key"), f"items[{i}].key"),
+                            _text(item.get("order_id"), f"items[{i}].order_id", MAX_ORDER_ID), client))
+        results = await self._redeems.submit(triples) if triples else []
+        self.metrics.keys("redeem", Counter(r.status.value for r in results))
+        return _ok({"results": [r.to_dict() for r in results]})
+
+    @property
+    def _redeems(self) -> Committer[tuple[str, str, str | None], Result]:
+        if self._committer is None:
+            raise Problem("store-unavailable", "the service is starting or stopping; retry in a moment")
+        return self._committer
+
+    async def void(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/void."""
+        doc = await self._json(scope, receive)
+        key = _key(doc.get("key"), "key")
+        reason = _text(doc.get("reason"), "reason", MAX_REASON)
+        result = await _off_loop(self.vault.void, key, reason)
+        return _ok(result.to_dict())
+
+    async def blacklist(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/blacklist (add) and DELETE /v1/blacklist (lift; it needs a reason too)."""
+        doc = await self._json(scope, receive)
+        level = doc.get("level")
+        if level not in ("key", "serial", "batch", "supplier"):
+            raise Problem("invalid-request", "'level' must be key, serial, batch or supplier")
+        target = _key(doc.get("target"), "target")
+        reason = _text(doc.get("reason"), "reason", MAX_REASON)
+        change = self.vault.blacklist if scope["method"] == "POST" else self.vault.lift
+        entry = await _off_loop(change, level, target, reason)
+        return _ok(entry.to_dict())
+
+    async def stats(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/stats."""
+        return _ok(await _off_loop(self.vault.stats))
+
+    async def trace(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/trace/{serial}, with ?bundle=1 the offline bundle (`keyvault verify-bundle` checks it)."""
+        serial = scope["path"][len("/v1/trace/"):]
+        if not looks_like_serial(serial):
+            raise Problem("invalid-request", "trace takes a key's public serial (like 7KQ2-00A-0003F), never the "
+                          "key: keys must not travel in URLs")
+        query = scope.get("query_string", b"").decode("latin-1")
+        bundle = any(part in ("bundle=1", "bundle=true") for part in query.split("&"))
+        story = self.vault.trace_bundle if bundle else self.vault.trace
+        return _ok(await _off_loop(story, serial))
+
+    async def manifests(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/manifests: a supplier's signed manifest file, imported all or nothing."""
+        _content_type(scope, (b"application/octet-stream",), "application/octet-stream")
+        handle, name = tempfile.mkstemp(prefix="manifest-", suffix=".upload")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                size = 0
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Gone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_MANIFEST:
+                        raise Problem("body-too-large", f"a manifest upload is at most {MAX_MANIFEST} bytes; "
+                                      "import bigger ones with `keyvault manifest import` on the store's host")
+                    out.write(chunk)
+                    if not message.get("more_body", False):
+                        break
+            info, new = await _off_loop(self.vault.import_manifest, name)
+        finally:
+            os.unlink(name)
+        return _ok({**info.to_dict(), "new": new})
+
+    async def healthz(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /healthz: 200 when the store answers reads."""
+        self.vault.catalog()
+        return _ok({"status": "ok"})
+
+    async def prometheus(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /metrics."""
+        self._record_commits()
+        return 200, self.metrics.render().encode(), b"text/plain; version=0.0.4; charset=utf-8"
+
+    async def openapi(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/openapi.json."""
+        return 200, self._openapi, _JSON
+
+
+#: path -> {method: (handler, scope needed or None for no token)}
+ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
+    "/v1/verify": {"POST": (Service.verify, "verify")},
+    "/v1/redeem": {"POST": (Service.redeem, "redeem")},
+    "/v1/redeem-many": {"POST": (Service.redeem_many, "redeem")},
+    "/v1/void": {"POST": (Service.void, "admin")},
+    "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin")},
+    "/v1/stats": {"GET": (Service.stats, "admin")},
+    "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
+    "/v1/manifests": {"POST": (Service.manifests, "admin")},
+    "/v1/openapi.json": {"GET": (Service.openapi, "verify")},
+    "/healthz": {"GET": (Service.healthz, None)},
+    "/metrics": {"GET": (Service.prometheus, None)},
+}
+
+
+def _route(scope: Scope) -> tuple[str, Handler, str | None]:
+    """(route template, handler, scope needed) for a request, or a 404/405 problem."""
+    path = scope["path"]
+    route = "/v1/trace/{serial}" if path.startswith("/v1/trace/") and path.count("/") == 3 else path
+    methods = ROUTES.get(route)
+    if methods is None:
+        raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")
+    entry = methods.get(scope["method"])
+    if entry is None:
+        allowed = ", ".join(methods)
+        raise Problem("method-not-allowed", f"use {allowed} on this path", [(b"allow", allowed.encode())])
+    return route, entry[0], entry[1]
+
+
+def _content_type(scope: Scope, accepted: tuple[bytes, ...], wanted: str) -> None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if value.split(b";", 1)[0].strip().lower() in accepted:
+                return
+            break
+    raise Problem("unsupported-media-type", f"send the body with 'Content-Type: {wanted}'")
+
+
+def _text(value: object, what: str, limit: int) -> str:
+    try:
+        return check_text(value, what, limit)
+    except KeyvaultError as exc:
+        raise Problem("invalid-request", str(exc)) from None
+
+
+def _key(value: object, what: str) -> str:
+    """A key (or serial) field: a string; whether it is a key at all is the engine's answer."""
+    if not isinstance(value, str):
+        raise Problem("invalid-request", f"'{what}' must be a string")
+    return value
+
+
+def _strings(doc: dict[str, Any], field: str, limit: int) -> list[str]:
+    keys = doc.get(field)
+    if not isinstance(keys, list):
+        raise Problem("invalid-request", f"'{field}' must be a list of strings")
+    if len(keys) > limit:
+        raise Problem("batch-too-large", f"at most {limit} {field} per request; split the list")
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise Problem("invalid-request", f"'{field}[{i}]' must be a string")
+    return keys
+
+
+def _ok(doc: Any) -> Answer:
+    return 200, json.dumps(doc, ensure_ascii=False).encode("utf-8"), _JSON
+
+
+async def _off_loop(work: Callable[..., Any], *args: Any) -> Any:
+    """Run a call that may write (and so fsync) on the loop's thread pool."""
+    return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+
+
+def create_app() -> Service:
+    """The application for a worker, configured from the environment the ``serve`` command set."""
+    store = os.environ.get("KEYVAULT_SERVICE_STORE")
+    if not store:
+        raise KeyvaultError("start the service with `keyvault --store DIR serve`")
+    pepper = os.environ.get("KEYVAULT_SERVICE_PEPPER_FILE")
+    run_dir = os.environ.get("KEYVAULT_SERVICE_RUN_DIR")
+    return Service(Options(Path(store), Path(pepper) if pepper else None, Path(run_dir) if run_dir else None))

@@ -1,0 +1,108 @@
+"""Prometheus metrics summed over every worker process of one service.
+
+Each worker counts in memory (no lock, no I/O per request) and writes its
+totals to ``<run dir>/<pid>.json`` about once a second; ``/metrics`` adds up
+every file in the run directory, its own counts taken live. Totals of a
+worker that died stay in its file, so counters only go up while the service
+runs. The run directory is made when the service starts and removed when it stops.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+#: Upper bounds (seconds) of the request latency histogram's buckets.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+_HELP = {
+    "keyvault_http_requests_total": ("counter", "HTTP requests answered, by route and status code."),
+    "keyvault_http_request_duration_seconds": ("histogram", "Time from request to answer, by route."),
+    "keyvault_keys_total": ("counter", "Keys answered, by operation and result status."),
+    "keyvault_redeem_commits_total": ("counter", "Durable commits made by the redeem group commit."),
+    "keyvault_redeem_commit_items_total": ("counter", "Redeem items carried by those commits."),
+}
+
+
+class Metrics:
+    """One worker's counts, and the sum over all workers."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self._dir = run_dir
+        self._counts: Counter[str] = Counter()  # sample line "name{labels}" -> value
+        self._file = run_dir / f"{os.getpid()}.json" if run_dir else None
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request."""
+        counts = self._counts
+        counts[f'keyvault_http_requests_total{{route="{route}",code="{status}"}}'] += 1
+        i = bisect.bisect_left(BUCKETS, seconds)
+        le = str(BUCKETS[i]) if i < len(BUCKETS) else "+Inf"
+        counts[f'keyvault_http_request_duration_seconds_bucket{{route="{route}",le="{le}"}}'] += 1
+        counts[f'keyvault_http_request_duration_seconds_sum{{route="{route}"}}'] += seconds
+
+    def keys(self, op: str, statuses: Counter[str]) -> None:
+        """Count answered keys by status."""
+        for status, n in statuses.items():
+            self._counts[f'keyvault_keys_total{{op="{op}",status="{status}"}}'] += n
+
+    def set_commits(self, commits: int, items: int) -> None:
+        """Record the group commit's totals (they are counted by the committer thread)."""
+        self._counts["keyvault_redeem_commits_total"] = commits
+        self._counts["keyvault_redeem_commit_items_total"] = items
+
+    def save(self) -> None:
+        """Write this worker's totals for the other workers' /metrics (atomically: write, then rename)."""
+        if self._file is None:
+            return
+        temp = self._file.with_suffix(".tmp")
+        temp.write_text(json.dumps(dict(self._counts)))
+        os.replace(temp, self._file)
+
+    def render(self) -> str:
+        """The Prometheus text exposition of every worker's totals."""
+        total: Counter[str] = Counter()
+        if self._dir is not None:
+            for path in self._dir.glob("*.json"):
+                if path != self._file:
+                    try:
+                        total.update(json.loads(path.read_text()))
+                    except (OSError, ValueError):
+                        continue  # a worker replaced it while we read: next scrape
+        total.update(self._counts)
+        return _exposition(total)
+
+
+def _exposition(samples: Counter[str]) -> str:
+    """Samples grouped by metric with HELP/TYPE lines; histogram buckets made cumulative."""
+    lines = []
+    for name, (kind, text) in _HELP.items():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        if kind == "histogram":
+            lines += _histogram(name, samples)
+        else:
+            own = sorted(s for s in samples if s == name or s.startswith(name + "{"))
+            lines += [f"{s} {_number(samples[s])}" for s in own]
+    return "\n".join(lines) + "\n"
+
+
+def _histogram(name: str, samples: Counter[str]) -> list[str]:
+    """Cumulative buckets, sum and count per route (workers keep each bucket on its own)."""
+    sums = {s: v for s, v in samples.items() if s.startswith(name + "_sum{")}
+    lines = []
+    for sample in sorted(sums):
+        labels = sample[len(name) + 4:]  # '{route="..."}'
+        running = 0
+        for bound in [*map(str, BUCKETS), "+Inf"]:
+            bucket = f'{labels[:-1]},le="{bound}"}}'
+            running += int(samples.get(f"{name}_bucket{bucket}", 0))
+            lines.append(f"{name}_bucket{bucket} {running}")
+        lines += [f"{name}_sum{labels} {_number(sums[sample])}", f"{name}_count{labels} {running}"]
+    return lines
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

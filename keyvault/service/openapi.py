@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 document the service serves at /v1/openapi.json (the contract of docs/service.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .problems import PROBLEMS, TYPE_PREFIX
+
+_STATUSES = ["valid", "accepted", "malformed", "unknown", "redeemed", "void", "blacklisted", "expired",
+             "not_yet_valid", "throttled"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _responses(ok: dict[str, Any], problems: tuple[int, ...], ok_text: str = "The answer") -> dict[str, Any]:
+    """A 200 with ``ok`` as its JSON schema, and a problem document for each status in ``problems``."""
+    out: dict[str, Any] = {"200": {"description": ok_text, "content": _json(ok)}}
+    for status in problems:
+        names = sorted(name for name, (code, _) in PROBLEMS.items() if code == status)
+        out[str(status)] = {"description": "A problem: " + ", ".join(names),
+                            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    return out
+
+
+_READ = (400, 401, 403, 413, 415, 422, 503)  # what any JSON request may answer besides 200
+_WRITE = (*_READ, 507)
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": _json(_ref(schema))}
+
+
+def _client() -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": 63,
+            "description": "Who is asking (an account, an IP): clients refused too often are throttled. "
+                           "Keyed together with the token's name."}
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    from .app import MAX_ITEMS, MAX_KEYS  # the limits are the application's own
+
+    result = {
+        "type": "object", "additionalProperties": False, "required": ["status", "serial", "batch", "supplier"],
+        "description": "One key's answer. Never holds the key: only its public serial.",
+        "properties": {
+            "status": {"type": "string", "enum": _STATUSES},
+            "serial": _nullable("string"), "batch": _nullable("string"), "supplier": _nullable("string"),
+            "supplier_name": {"type": "string"}, "product": {"type": "string"},
+            "order_id": {"type": "string"}, "redeemed_at": {"type": "string"}, "voided_at": {"type": "string"},
+            "reason": {"type": "string"}, "level": {"type": "string"}, "group": {"type": "integer"},
+            "message": {"type": "string"},
+        },
+    }
+    schemas: dict[str, Any] = {
+        "Result": result,
+        "Results": {"type": "object", "additionalProperties": False, "required": ["results"],
+                    "properties": {"results": {"type": "array", "items": _ref("Result")}}},
+        "Problem": {
+            "type": "object", "required": ["type", "title", "status", "detail"],
+            "description": f"RFC 9457 problem details; `type` is {TYPE_PREFIX}NAME, stable per class of error.",
+            "properties": {"type": {"type": "string", "enum": [TYPE_PREFIX + n for n in PROBLEMS]},
+                           "title": {"type": "string"}, "status": {"type": "integer"},
+                           "detail": {"type": "string"}},
+        },
+        "VerifyRequest": {
+            "type": "object", "required": ["keys"],
+            "properties": {"keys": {"type": "array", "maxItems": MAX_KEYS, "items": {"type": "string"}},
+                           "client": _client()},
+        },
+        "RedeemRequest": {
+            "type": "object", "required": ["key", "order_id"],
+            "properties": {"key": {"type": "string"},
+                           "order_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                                        "description": "The order this key pays for; a retry uses the same id."},
+                           "client": _client()},
+        },
+        "RedeemManyRequest": {
+            "type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "maxItems": MAX_ITEMS, "items": {
+                "type": "object", "required": ["key", "order_id"],
+                "properties": {"key": {"type": "string"},
+                               "order_id": {"type": "string", "minLength": 1, "maxLength": 128}}}},
+                "client": _client()},
+        },
+        "VoidRequest": {
+            "type": "object", "required": ["key", "reason"],
+            "properties": {"key": {"type": "string", "description": "The key, or its public serial."},
+                           "reason": {"type": "string", "minLength": 1, "maxLength": 500}},
+        },
+        "BlacklistRequest": {
+            "type": "object", "required": ["level", "target", "reason"],
+            "properties": {"level": {"type": "string", "enum": ["key", "serial", "batch", "supplier"]},
+                           "target": {"type": "string",
+                                      "description": "A key, a serial, a batch id or a supplier id."},
+                           "reason": {"type": "string", "minLength": 1, "maxLength": 500}},
+        },
+        "BlacklistEntry": {
+            "type": "object", "required": ["level", "target", "reason", "at"],
+            "properties": {"level": {"type": "string"}, "target": {"type": "string"},
+                           "reason": {"type": "string"}, "at": _nullable("string")},
+        },
+    }
+    free = {"type": "object"}
+    paths: dict[str, Any] = {
+        "/v1/verify": {"post": {
+            "summary": "Check keys without spending them (scope verify)", "operationId": "verify",
+            "requestBody": _body("VerifyRequest"), "responses": _responses(_ref("Results"), _READ)}},
+        "/v1/redeem": {"post": {
+            "summary": "Spend a key for an order, durably (scope redeem)", "operationId": "redeem",
+            "description": "Answered once the redemption is on disk. A retry of the same order gets the "
+                           "first answer; another order gets `redeemed` naming the first.",
+            "requestBody": _body("RedeemRequest"), "responses": _responses(_ref("Result"), _WRITE)}},
+        "/v1/redeem-many": {"post": {
+            "summary": "Redeem many (key, order) pairs in one durable commit (scope redeem)",
+            "operationId": "redeemMany", "requestBody": _body("RedeemManyRequest"),
+            "responses": _responses(_ref("Results"), _WRITE)}},
+        "/v1/void": {"post": {
+            "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
+            "requestBody": _body("VoidRequest"), "responses": _responses(_ref("Result"), _WRITE)}},
+        "/v1/blacklist": {
+            "post": {"summary": "Blacklist a key, serial, batch or supplier (scope admin)",
+                     "operationId": "blacklist", "requestBody": _body("BlacklistRequest"),
+                     "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))},
+            "delete": {"summary": "Lift a blacklist entry; lifting needs a reason too (scope admin)",
+                       "operationId": "lift", "requestBody": _body("BlacklistRequest"),
+                       "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
+        "/v1/stats": {"get": {
+            "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",
+            "responses": _responses(free, (401, 403, 503, 507))}},
+        "/v1/trace/{serial}": {"get": {
+            "summary": "Where a key came from and what happened to it (scope redeem)", "operationId": "trace",
+            "parameters": [
+                {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The key's public serial (never the key: keys do not go in URLs)."},
+                {"name": "bundle", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1"]},
+                 "description": "1: the offline bundle that `keyvault verify-bundle` checks."}],
+            "responses": _responses(free, (401, 403, 404, 422, 503, 507))}},
+        "/v1/manifests": {"post": {
+            "summary": "Import a supplier's signed manifest, all or nothing (scope admin)",
+            "operationId": "importManifest",
+            "requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": _responses(free, (401, 403, 409, 413, 415, 422, 503, 507))}},
+        "/v1/openapi.json": {"get": {
+            "summary": "This document (any scope)", "operationId": "openapi",
+            "responses": _responses(free, (401, 503))}},
+        "/healthz": {"get": {
+            "summary": "200 when the store answers reads (no token)", "operationId": "health", "security": [],
+            "responses": _responses({"type": "object", "required": ["status"],
+                                     "properties": {"status": {"const": "ok"}}}, (503,))}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics, summed over the workers (no token)", "operationId": "metrics",
+            "security": [],
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "keyvault", "version": __version__,
+                 "description": "Verify, redeem and trace card keys. Every /v1 request carries "
+                                "'Authorization: Bearer TOKEN'; scopes nest: verify < redeem < admin."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
