@@ -224,12 +224,15 @@ class Service:
             raise Problem("invalid-request", "the body must be a JSON object")
         return doc
 
-    def _client(self, grant: Grant | None, doc: dict[str, Any]) -> str:
-        """Who is asking, for throttling: the token's name, and the client the platform names."""
+    def _client(self, grant: Grant | None, doc: dict[str, Any]) -> str | None:
+        """Who is asking, for throttling: the token's name with the client the platform names.
+
+        No client, no throttling: a token is a whole platform, and blocking it would stop its checkout.
+        """
         assert grant is not None
         client = doc.get("client")
         if client is None:
-            return grant.name
+            return None
         return grant.name + "/" + _text(client, "client", MAX_CLIENT_ID)
 
     # -- handlers -------------------------------------------------------------------------------------
@@ -330,7 +333,11 @@ class Service:
                     out.write(chunk)
                     if not message.get("more_body", False):
                         break
-            info, new = await _off_loop(self.vault.import_manifest, name)
+            try:
+                info, new = await _off_loop(self.vault.import_manifest, name)
+            except KeyvaultError as exc:  # its message names the temporary file: name the upload instead
+                problem = from_error(exc)
+                raise Problem(problem.name, problem.detail.replace(name, "the uploaded manifest")) from None
         finally:
             os.unlink(name)
         return _ok({**info.to_dict(), "new": new})

@@ -42,7 +42,7 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 def _client() -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": 63,
+    return {"type": ["string", "null"], "minLength": 1, "maxLength": 63,
             "description": "Who is asking (an account, an IP): clients refused too often are throttled. "
                            "Keyed together with the token's name."}
 

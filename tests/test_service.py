@@ -1,0 +1,527 @@
+"""The HTTP service, driven over real HTTP: the real server on an ephemeral loopback port, two workers.
+
+Every endpoint and status, tokens and scopes, bad input (RFC 9457 problems,
+never a 5xx), idempotent retries, 64 concurrent redeems of one key, revocation,
+the access log, a SIGTERM drain, a worker killed under load, and a short
+schemathesis run against the served OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Issued, issue
+from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token
+
+from keyvault import Identity, PublicIdentity, Status, ThrottlePolicy, Vault, bundle
+
+PROBLEM = "urn:keyvault:problem:"
+
+
+@dataclass
+class World:
+    """A platform store with imported keys, its tokens, a running server, and a spare manifest."""
+
+    server: Server
+    keys: list[str]
+    serials: list[str]
+    tokens: dict[str, str]  # scope -> token
+    spare: Issued  # a batch issued but not yet imported: for /v1/manifests
+    supplier: Identity
+    root: Path
+
+    def take(self, n: int = 1) -> list[str]:
+        """Keys no other test uses."""
+        taken, self.keys[:n] = self.keys[:n], []
+        assert len(taken) == n, "the world ran out of keys: issue more"
+        return taken
+
+    def call(self, method: str, path: str, body: object = None, scope: str | None = "admin", **kw: object) -> Reply:
+        """A request with the token of ``scope`` (None: no token)."""
+        token = self.tokens[scope] if scope else None
+        return self.server.request(method, path, body, token=token, **kw)  # type: ignore[arg-type]
+
+
+def build_world(root: Path, count: int = 3000) -> tuple[Path, Issued, Issued, Identity]:
+    """A supplier issues two batches; a platform store pins it and imports the first."""
+    supplier = Identity.generate("Acme Games")
+    files = root / "files"
+    with Vault.init(root / "supplier") as made:
+        first = issue(made, supplier, files, count=count)
+        spare = issue(made, supplier, files, count=50, product="POINTS-50")
+    store = root / "platform"
+    with Vault.init(store) as platform:
+        platform.trust(supplier.public)
+        platform.import_manifest(first.manifest)
+    return store, first, spare, supplier
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("service")
+    store, first, spare, supplier = build_world(root)
+    tokens = {scope: make_token(store, f"{scope}-app", scope) for scope in ("verify", "redeem", "admin")}
+    server = Server(store, root / "server.log").start()
+    keys = list(first.keys)
+    random.Random(7).shuffle(keys)
+    try:
+        yield World(server, keys, first.serials, tokens, spare, supplier, root)
+    finally:
+        server.kill()
+
+
+def problem(reply: Reply, status: int, name: str) -> str:
+    """Assert an RFC 9457 answer of ``status`` and type ``name``; its detail."""
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers["content-type"] == "application/problem+json"
+    doc = reply.json()
+    assert doc["type"] == PROBLEM + name and doc["status"] == status and doc["title"]
+    assert "Traceback" not in doc["detail"]
+    return str(doc["detail"])
+
+
+# -- health, metrics, the document ---------------------------------------------------------------------
+
+
+def test_health_metrics_and_openapi(world: World) -> None:
+    assert world.call("GET", "/healthz", scope=None).json() == {"status": "ok"}
+    world.call("POST", "/v1/verify", {"keys": world.keys[-3:]}, scope="verify")
+    time.sleep(1.2)  # workers publish their totals every second
+    metrics = world.call("GET", "/metrics", scope=None)
+    assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.body.decode()
+    assert '# TYPE keyvault_http_requests_total counter' in text
+    assert 'keyvault_http_requests_total{route="/v1/verify",code="200"}' in text
+    assert 'keyvault_keys_total{op="verify",status="valid"}' in text
+    assert 'keyvault_http_request_duration_seconds_bucket{route="/v1/verify",le="+Inf"}' in text
+    doc = world.call("GET", "/v1/openapi.json", scope="verify").json()
+    assert doc["openapi"].startswith("3.1") and "/v1/redeem" in doc["paths"]
+    problem(world.call("GET", "/v1/openapi.json", scope=None), 401, "unauthorized")
+
+
+# -- tokens and scopes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "needed"), [
+    ("POST", "/v1/verify", "verify"), ("POST", "/v1/redeem", "redeem"), ("POST", "/v1/redeem-many", "redeem"),
+    ("GET", "/v1/trace/7KQ2-00A-0003F", "redeem"), ("POST", "/v1/void", "admin"), ("POST", "/v1/blacklist", "admin"),
+    ("DELETE", "/v1/blacklist", "admin"), ("GET", "/v1/stats", "admin"), ("POST", "/v1/manifests", "admin"),
+])
+def test_scopes(world: World, method: str, path: str, needed: str) -> None:
+    body = {} if method != "GET" else None
+    reply = world.call(method, path, body, scope=None)
+    problem(reply, 401, "unauthorized")
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+    problem(world.server.request(method, path, body, token="kvt_" + "A" * 43), 401, "unauthorized")
+    problem(world.server.request(method, path, body, headers={"Authorization": "Basic dXNlcjpwYXNz"}), 401,
+            "unauthorized")
+    scopes = ["verify", "redeem", "admin"]
+    for scope in scopes:
+        reply = world.call(method, path, body, scope=scope)
+        if scopes.index(scope) < scopes.index(needed):
+            detail = problem(reply, 403, "forbidden")
+            assert f"scope {needed}" in detail and world.tokens[scope] not in detail
+        else:
+            assert reply.status not in (401, 403), reply.body
+
+
+def test_revoked_token_is_refused_by_every_worker_on_its_next_request(world: World) -> None:
+    token = make_token(world.server.store, "short-lived", "verify")
+    conns = [world.server.connect() for _ in range(8)]  # kept alive: spread over both workers
+    try:
+        for conn in conns:
+            assert world.server.request("POST", "/v1/verify", {"keys": []}, token=token, conn=conn).status == 200
+        assert cli(world.server.store, "token", "revoke", "short-lived").returncode == 0
+        for conn in conns:
+            problem(world.server.request("POST", "/v1/verify", {"keys": []}, token=token, conn=conn), 401,
+                    "unauthorized")
+    finally:
+        for conn in conns:
+            conn.close()
+    listed = cli(world.server.store, "token", "list", "--json")
+    assert "short-lived" not in listed.stdout and token not in listed.stdout
+
+
+def test_token_cli_stores_only_a_hash(world: World, tmp_path: Path) -> None:
+    done = cli(world.server.store, "token", "create", "--name", "printer", "--scope", "verify")
+    token = done.stdout.strip()
+    assert token.startswith("kvt_") and "only time it is shown" in done.stderr
+    assert token.encode() not in (world.server.store / "data.mdb").read_bytes()
+    again = cli(world.server.store, "token", "create", "--name", "printer", "--scope", "admin")
+    assert again.returncode == 1 and "exists" in again.stderr
+    bad = cli(world.server.store, "token", "create", "--name", "no spaces", "--scope", "admin")
+    assert bad.returncode == 1 and "token name" in bad.stderr
+    assert cli(world.server.store, "token", "revoke", "nobody").returncode == 1
+
+
+# -- verify ------------------------------------------------------------------------------------------------
+
+
+def test_verify_answers_in_input_order_and_never_echoes_a_key(world: World) -> None:
+    keys = world.take(3)
+    typed = [keys[0], "not a key", keys[1].lower().replace("-", " "), "1" * 32, keys[2]]
+    reply = world.call("POST", "/v1/verify", {"keys": typed, "client": "till-4"}, scope="verify")
+    assert reply.status == 200 and reply.headers["content-type"] == "application/json"
+    results = reply.json()["results"]
+    assert [r["status"] for r in results] == ["valid", "malformed", "valid", "unknown", "valid"]
+    for result in results:
+        assert {"status", "serial", "batch", "supplier"} <= set(result)
+    for key in keys:
+        assert key not in reply.body.decode()
+    assert world.call("POST", "/v1/verify", {"keys": []}, scope="verify").json() == {"results": []}
+
+
+def test_throttling_keys_on_token_name_and_client(world: World) -> None:
+    with Vault.open(world.server.store) as vault:
+        vault.set_throttle_policy(ThrottlePolicy(3, 60, 300), client="verify-app/guesser")
+    wrong = ["1" + "0" * 31] * 2
+    for _ in range(3):
+        world.call("POST", "/v1/verify", {"keys": wrong, "client": "guesser"}, scope="verify")
+    blocked = world.call("POST", "/v1/verify", {"keys": world.keys[-1:], "client": "guesser"}, scope="verify")
+    assert blocked.json()["results"][0]["status"] == "throttled"
+    other_client = world.call("POST", "/v1/verify", {"keys": world.keys[-1:], "client": "honest"}, scope="verify")
+    assert other_client.json()["results"][0]["status"] == "valid"
+    other_token = world.call("POST", "/v1/verify", {"keys": world.keys[-1:], "client": "guesser"}, scope="redeem")
+    assert other_token.json()["results"][0]["status"] == "valid"
+    assert world.call("POST", "/v1/redeem", {"key": world.keys[-1], "order_id": "t-1", "client": "guesser"},
+                      scope="verify").status == 403
+    assert cli(world.server.store, "throttle", "unblock", "verify-app/guesser").returncode == 0
+    again = world.call("POST", "/v1/verify", {"keys": world.keys[-1:], "client": "guesser"}, scope="verify")
+    assert again.json()["results"][0]["status"] == "valid"
+
+
+# -- redeem ------------------------------------------------------------------------------------------------
+
+
+def test_redeem_retry_and_second_order(world: World) -> None:
+    [key] = world.take()
+    first = world.call("POST", "/v1/redeem", {"key": key, "order_id": "A-100", "client": "c"}, scope="redeem")
+    assert first.status == 200
+    doc = first.json()
+    assert doc["status"] == "accepted" and doc["order_id"] == "A-100" and doc["redeemed_at"]
+    retry = world.call("POST", "/v1/redeem", {"key": key, "order_id": "A-100"}, scope="redeem").json()
+    assert retry["status"] == "accepted" and retry["redeemed_at"] == doc["redeemed_at"]
+    other = world.call("POST", "/v1/redeem", {"key": key, "order_id": "B-200"}, scope="redeem").json()
+    assert other["status"] == "redeemed" and other["order_id"] == "A-100"
+    assert key not in json.dumps([doc, retry, other])
+    unknown = world.call("POST", "/v1/redeem", {"key": "1" + "0" * 31, "order_id": "C"}, scope="redeem").json()
+    assert unknown["status"] in ("malformed", "unknown")
+
+
+def test_redeem_many_in_input_order(world: World) -> None:
+    a, b, c = world.take(3)
+    items = [{"key": a, "order_id": "M-1"}, {"key": "junk", "order_id": "M-2"}, {"key": b, "order_id": "M-3"},
+             {"key": a, "order_id": "M-4"}, {"key": a, "order_id": "M-1"}, {"key": c, "order_id": "M-5"}]
+    reply = world.call("POST", "/v1/redeem-many", {"items": items, "client": "batch"}, scope="redeem")
+    results = reply.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "malformed", "accepted", "redeemed", "accepted",
+                                              "accepted"]
+    assert results[3]["order_id"] == "M-1"
+    assert world.call("POST", "/v1/redeem-many", {"items": []}, scope="redeem").json() == {"results": []}
+
+
+def test_64_concurrent_redeems_of_one_key_accept_exactly_one(world: World) -> None:
+    [key] = world.take()
+    barrier = threading.Barrier(64)
+
+    def attempt(i: int) -> dict[str, object]:
+        conn = world.server.connect()
+        conn.connect()
+        barrier.wait()
+        try:
+            return world.call("POST", "/v1/redeem", {"key": key, "order_id": f"race-{i}"}, scope="redeem",
+                              conn=conn).json()  # type: ignore[no-any-return]
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(attempt, range(64)))
+    statuses = Counter(a["status"] for a in answers)
+    assert statuses == {"accepted": 1, "redeemed": 63}, statuses
+    [winner] = [a["order_id"] for a in answers if a["status"] == "accepted"]
+    assert all(a["order_id"] == winner for a in answers)
+
+
+# -- void, blacklist, stats, trace, manifests ---------------------------------------------------------------
+
+
+def test_void(world: World) -> None:
+    [key] = world.take()
+    void = world.call("POST", "/v1/void", {"key": key, "reason": "refund R-1"}).json()
+    assert void["status"] == "void" and void["reason"] == "refund R-1"
+    assert world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["status"] == "void"
+    assert world.call("POST", "/v1/void", {"key": void["serial"], "reason": "again"}).json()["status"] == "void"
+    problem(world.call("POST", "/v1/void", {"key": key}), 422, "invalid-request")
+
+
+def test_blacklist_and_lift(world: World) -> None:
+    [key] = world.take()
+    entry = world.call("POST", "/v1/blacklist", {"level": "key", "target": key, "reason": "stolen"}).json()
+    assert entry["level"] == "key" and entry["reason"] == "stolen" and key not in json.dumps(entry)
+    refused = world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]
+    assert refused["status"] == "blacklisted"
+    problem(world.call("DELETE", "/v1/blacklist", {"level": "key", "target": key}), 422, "invalid-request")
+    lifted = world.call("DELETE", "/v1/blacklist", {"level": "serial", "target": entry["target"],
+                                                     "reason": "found"}).json()
+    assert lifted["target"] == entry["target"]
+    assert world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["status"] == "valid"
+    problem(world.call("DELETE", "/v1/blacklist", {"level": "serial", "target": entry["target"], "reason": "x"}),
+            404, "not-found")
+    problem(world.call("POST", "/v1/blacklist", {"level": "galaxy", "target": "x", "reason": "x"}), 422,
+            "invalid-request")
+
+
+def test_stats_and_trace_with_bundle(world: World, tmp_path: Path) -> None:
+    [key] = world.take()
+    redeemed = world.call("POST", "/v1/redeem", {"key": key, "order_id": "T-1"}, scope="redeem").json()
+    stats = world.call("GET", "/v1/stats").json()
+    assert stats["totals"]["redeemed"] >= 1
+    serial = redeemed["serial"]
+    trace = world.call("GET", f"/v1/trace/{serial}", scope="redeem")
+    assert trace.status == 200 and "T-1" in trace.body.decode() and key not in trace.body.decode()
+    got = world.call("GET", f"/v1/trace/{serial}?bundle=1", scope="redeem")
+    assert got.status == 200
+    with Vault.open(world.server.store) as vault:
+        engine = vault.engine_identity
+    checks = bundle.verify(got.body, [world.supplier.public, engine])
+    assert checks and all(c.ok for c in checks), [c.line() for c in checks]
+    detail = problem(world.call("GET", f"/v1/trace/{key}", scope="redeem"), 422, "invalid-request")
+    assert "serial" in detail
+    problem(world.call("GET", "/v1/trace/7KQ2-00A-0003F", scope="redeem"), 404, "not-found")
+
+
+def test_manifest_upload(world: World) -> None:
+    raw = world.spare.manifest.read_bytes()
+    octets = {"Content-Type": "application/octet-stream"}
+    reply = world.call("POST", "/v1/manifests", raw=raw, headers=octets)
+    assert reply.status == 200 and reply.json()["new"] is True
+    assert world.call("POST", "/v1/manifests", raw=raw, headers=octets).json()["new"] is False
+    spare_key = world.spare.keys[0]
+    assert world.call("POST", "/v1/verify", {"keys": [spare_key]}, scope="verify").json()["results"][0]["status"] \
+        == "valid"
+    flipped = bytearray(raw)
+    flipped[len(flipped) // 2] ^= 1
+    detail = problem(world.call("POST", "/v1/manifests", raw=bytes(flipped), headers=octets), 422,
+                     "rejected-manifest")
+    assert "/tmp" not in detail and ".upload" not in detail
+    problem(world.call("POST", "/v1/manifests", raw=raw[:100], headers=octets), 422, "rejected-manifest")
+    problem(world.call("POST", "/v1/manifests", raw=raw, headers={"Content-Type": "text/plain"}), 415,
+            "unsupported-media-type")
+
+
+def test_manifest_from_an_unpinned_supplier_is_refused(world: World, tmp_path: Path) -> None:
+    stranger = Identity.generate("Stranger Cards")
+    with Vault.init(tmp_path / "s") as made:
+        batch = issue(made, stranger, tmp_path / "f", count=10)
+    reply = world.call("POST", "/v1/manifests", raw=batch.manifest.read_bytes(),
+                       headers={"Content-Type": "application/octet-stream"})
+    problem(reply, 422, "untrusted-signer")
+    assert world.call("POST", "/v1/verify", {"keys": batch.keys[:1]}, scope="verify").json()["results"][0][
+        "status"] == "unknown"
+
+
+# -- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "status", "name"), [
+    (b"{", 400, "malformed-json"), (b"\xff\xfe", 400, "malformed-json"), (b"[" * 100_000, 400, "malformed-json"),
+    (b"[]", 422, "invalid-request"), (b'"keys"', 422, "invalid-request"), (b"{}", 422, "invalid-request"),
+    (b'{"keys": "ABC"}', 422, "invalid-request"), (b'{"keys": [1, 2]}', 422, "invalid-request"),
+    (b'{"keys": [null]}', 422, "invalid-request"), (b'{"keys": [], "client": 7}', 422, "invalid-request"),
+    (b'{"keys": [], "client": "' + b"x" * 64 + b'"}', 422, "invalid-request"),
+    (b'{"keys": [], "client": "tab\\there"}', 422, "invalid-request"),
+    (b'{"keys": [1e400]}', 422, "invalid-request"),
+])
+def test_bad_verify_bodies(world: World, body: bytes, status: int, name: str) -> None:
+    reply = world.call("POST", "/v1/verify", raw=body, scope="verify", headers={"Content-Type": "application/json"})
+    problem(reply, status, name)
+
+
+@pytest.mark.parametrize(("body", "name"), [
+    ({"key": 5, "order_id": "x"}, "invalid-request"), ({"key": "k"}, "invalid-request"),
+    ({"key": "k", "order_id": ""}, "invalid-request"), ({"key": "k", "order_id": "x" * 129}, "invalid-request"),
+    ({"key": "k", "order_id": "line\nbreak"}, "invalid-request"), ({"order_id": "x"}, "invalid-request"),
+])
+def test_bad_redeem_bodies(world: World, body: dict[str, object], name: str) -> None:
+    problem(world.call("POST", "/v1/redeem", body, scope="redeem"), 422, name)
+
+
+def test_bad_redeem_many_bodies(world: World) -> None:
+    for body in ({"items": "x"}, {"items": [5]}, {"items": [{"key": "k"}]}, {}):
+        problem(world.call("POST", "/v1/redeem-many", body, scope="redeem"), 422, "invalid-request")
+    too_many = {"items": [{"key": "k", "order_id": str(i)} for i in range(10_001)]}
+    problem(world.call("POST", "/v1/redeem-many", too_many, scope="redeem"), 422, "batch-too-large")
+
+
+def test_limits(world: World) -> None:
+    problem(world.call("POST", "/v1/verify", {"keys": ["k"] * 10_001}, scope="verify"), 422, "batch-too-large")
+    big = b'{"keys": ["' + b"A" * (5 << 20) + b'"]}'
+    problem(world.call("POST", "/v1/verify", raw=big, scope="verify", headers={"Content-Type": "application/json"}),
+            413, "body-too-large")
+    assert world.call("POST", "/v1/verify", {"keys": world.keys[-10:] * 1000}, scope="verify").status == 200
+
+
+def test_protocol_errors(world: World) -> None:
+    detail = problem(world.call("GET", "/v1/nothing-here"), 404, "not-found")
+    assert "openapi" in detail
+    problem(world.call("GET", "/", scope=None), 404, "not-found")
+    reply = world.call("GET", "/v1/redeem", scope="redeem")
+    problem(reply, 405, "method-not-allowed")
+    assert reply.headers["allow"] == "POST"
+    problem(world.call("POST", "/v1/verify", raw=b'{"keys": []}', scope="verify"), 415, "unsupported-media-type")
+    problem(world.call("POST", "/v1/verify", raw=b'{"keys": []}', scope="verify",
+                       headers={"Content-Type": "text/plain"}), 415, "unsupported-media-type")
+    ok = world.call("POST", "/v1/verify", raw=b'{"keys": []}', scope="verify",
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status == 200
+
+
+# -- logs ------------------------------------------------------------------------------------------------------
+
+
+def test_access_log_has_method_route_status_and_time_but_no_secret(world: World) -> None:
+    [key] = world.take()
+    world.call("POST", "/v1/redeem", {"key": key, "order_id": "LOG-1"}, scope="redeem")
+    world.call("GET", f"/v1/trace/{key}", scope="redeem")
+    time.sleep(0.3)
+    log = world.server.log.read_text()
+    lines = [line for line in log.splitlines() if "keyvault.access" in line]
+    assert any(" POST /v1/redeem 200 " in line and line.endswith("ms") for line in lines)
+    assert any(" GET /v1/trace/{serial} 422 " in line for line in lines)
+    for secret in [key, "LOG-1", *world.tokens.values()]:
+        assert secret not in log
+    assert "Traceback" not in log
+
+
+# -- start, stop, crash --------------------------------------------------------------------------------------
+
+
+def test_binding_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    store = tmp_path / "empty"
+    Vault.init(store).close()
+    done = cli(store, "serve", "--bind", f"0.0.0.0:{free_port()}")
+    assert done.returncode == 1 and "no token" in done.stderr and "token create" in done.stderr
+    bad = cli(store, "serve", "--bind", "nowhere")
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+    missing = cli(tmp_path / "absent", "serve", "--bind", f"127.0.0.1:{free_port()}")
+    assert missing.returncode == 1 and "init" in missing.stderr
+
+
+def _redeem_load(server: Server, token: str, keys: list[str], stop: threading.Event,
+                 acknowledged: list[tuple[str, str]], threads: int = 16) -> list[threading.Thread]:
+    """Threads that redeem ``keys`` one by one until told to stop, noting every acknowledged acceptance."""
+    lock = threading.Lock()
+    pending = iter(enumerate(keys))
+
+    def work() -> None:
+        conn = server.connect()
+        try:
+            while not stop.is_set():
+                with lock:
+                    item = next(pending, None)
+                if item is None:
+                    return
+                i, key = item
+                try:
+                    reply = server.request("POST", "/v1/redeem", {"key": key, "order_id": f"L-{i}"}, token=token,
+                                           conn=conn)
+                except (OSError, http.client.HTTPException):  # the worker went away: unanswered, so not counted
+                    conn.close()
+                    conn = server.connect()
+                    continue
+                if reply.status == 200 and reply.json()["status"] == "accepted":
+                    with lock:
+                        acknowledged.append((key, f"L-{i}"))
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    return workers
+
+
+def _all_redeemed(store: Path, acknowledged: list[tuple[str, str]]) -> None:
+    with Vault.open(store) as vault:
+        results = vault.verify_many([key for key, _ in acknowledged])
+    for (_, order), result in zip(acknowledged, results):
+        assert result.status is Status.REDEEMED and result.order_id == order
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    store, first, _, _ = build_world(tmp_path, count=4000)
+    token = make_token(store, "shop", "redeem")
+    server = Server(store, tmp_path / "log").start()
+    stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
+    threads = _redeem_load(server, token, first.keys, stop, acknowledged)
+    try:
+        time.sleep(1.0)
+        assert server.stop() == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.kill()
+    assert len(acknowledged) > 50
+    _all_redeemed(store, acknowledged)
+    assert "Application shutdown complete" in server.log.read_text()
+
+
+def test_a_worker_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
+    store, first, _, _ = build_world(tmp_path, count=30_000)
+    token = make_token(store, "shop", "redeem")
+    server = Server(store, tmp_path / "log").start()
+    stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
+    threads = _redeem_load(server, token, first.keys, stop, acknowledged)
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            victim = random.choice(server.worker_pids())
+            os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30  # the supervisor starts new workers; the load goes on
+        while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = len(acknowledged)
+        time.sleep(1.0)
+        assert len(acknowledged) > before, "the service did not recover from the killed workers"
+        assert len(acknowledged) < len(first.keys), "the load ran out of keys: the test proves less than it says"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert server.stop() == 0
+    _all_redeemed(store, acknowledged)
+
+
+# -- schemathesis -------------------------------------------------------------------------------------------
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(world: World, tmp_path: Path) -> None:
+    st = shutil.which("st", path=str(Path(KEYVAULT).parent))
+    if st is None:
+        pytest.fail("schemathesis is not installed: `make test` installs it from requirements-dev.txt")
+    examples = os.environ.get("KEYVAULT_SCHEMATHESIS_EXAMPLES", "15")
+    done = subprocess.run(
+        [st, "run", f"http://127.0.0.1:{world.server.port}/v1/openapi.json",
+         "-H", f"Authorization: Bearer {world.tokens['admin']}",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                     "response_schema_conformance,response_headers_conformance",
+         "--max-examples", examples, "--seed", os.environ.get("KEYVAULT_SCHEMATHESIS_SEED", "20261125"),
+         "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
