@@ -41,15 +41,19 @@ bench: install
 
 # The heavy forms of the reliability tests (docs/reliability.md): SIGKILL crash loops and the
 # 32-caller race at KEYVAULT_CRASH_ITERATIONS (250 here; the normal suite runs 25), with their
-# figures printed; then every fuzz target for FUZZ_SECONDS each, once fuzz/run.py exists.
+# figures printed; the service's schemathesis run at SCHEMATHESIS_EXAMPLES per operation (a new seed each
+# time) with its SIGTERM and killed-worker tests; then every fuzz target for FUZZ_SECONDS each.
 # CI runs a short form: KEYVAULT_CRASH_ITERATIONS=40 make stress FUZZ_SECONDS=10
 KEYVAULT_CRASH_ITERATIONS ?= 250
 FUZZ_SECONDS ?= 60
 CORRUPTION_SWEEP ?= all
+SCHEMATHESIS_EXAMPLES ?= 300
 .PHONY: stress
 stress: install
 	KEYVAULT_CRASH_ITERATIONS=$(KEYVAULT_CRASH_ITERATIONS) $(BIN)/pytest tests/test_crash.py tests/test_concurrency.py \
 		-p no:cacheprovider -rA
+	KEYVAULT_SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) KEYVAULT_SCHEMATHESIS_SEED=$$(date +%s) \
+		$(BIN)/pytest tests/test_service.py -p no:cacheprovider -q -k "schemathesis or killed or sigterm"
 	@if [ -n "$(CORRUPTION_SWEEP)" ]; then \
 		KEYVAULT_CORRUPTION_SWEEP=$(CORRUPTION_SWEEP) $(BIN)/pytest tests/test_check.py -p no:cacheprovider -q \
 			-k "sweep or flipped"; \
@@ -87,3 +91,19 @@ bench-peers: install $(VENV)/.bench-peers
 $(VENV)/.bench-peers: benchmarks/requirements-peers.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements-peers.txt
 	touch $@
+
+# The HTTP service under load (benchmarks/service/run.py): `keyvault serve` on the loopback driven
+# by wrk (installed with apt-get when missing, quietly), against a trivial app through the same
+# serve(). Out of the test suite. Extra options: BENCH_SERVICE_ARGS="--duration 20 --no-access-log".
+BENCH_SERVICE_ARGS ?=
+.PHONY: bench-service
+bench-service: install
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+		echo "bench-service: installing wrk with apt-get"; log=$$(mktemp); \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		  $$sudo apt-get install -y -qq --no-install-recommends wrk; } >"$$log" 2>&1 \
+		|| { tail -n 5 "$$log"; rm -f "$$log"; echo "bench-service: could not install wrk"; exit 1; }; \
+		rm -f "$$log"; \
+	fi
+	$(BIN)/python benchmarks/service/run.py $(BENCH_SERVICE_ARGS)

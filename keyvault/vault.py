@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import _fast, bundle, issuing, lots, tokens, trust
+from . import _fast, bundle, issuing, lots, trust
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .clock import iso, now_ms
 from .errors import (
@@ -61,6 +61,8 @@ from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
 from .store.throttle import ThrottleStore
 from .throttling import ThrottlePolicy
+from .tokens import PREFIX as TOKEN_PREFIX
+from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
 from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, load, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
@@ -386,8 +388,8 @@ class Vault:
             else:
                 for i, result in zip(where, throttled):
                     results[i] = result
-        order = sorted(i for where in todo.values() for i in where)
-        for i, result in zip(order, self._redeem_pairs([triples[i][:2] for i in order]) if order else []):
+        live = sorted(i for where in todo.values() for i in where)
+        for i, result in zip(live, self._redeem_pairs([triples[i][:2] for i in live]) if live else []):
             results[i] = result
         for client, where in todo.items():
             self._note([results[i] for i in where], self._catalog, client)
@@ -610,15 +612,15 @@ class Vault:
 
     def create_token(self, name: str, scope: str) -> str:
         """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
-        who, what = tokens.check_name(name), tokens.check_scope(scope)
-        token = tokens.new_token()
+        who, what = check_name(name), check_scope(scope)
+        token = new_token()
 
         def work(txn: Txn) -> None:
             value = txn.get("meta", b"tokens")
             doc = load(value) if value else {}
             if who in doc:
                 raise ConflictError(f"a token named {who} exists: revoke it first, or choose another name")
-            doc[who] = {"hash": tokens.token_hash(token).hex(), "scope": what, "created": now_ms()}
+            doc[who] = {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()}
             txn.put("meta", b"tokens", dump(doc))
             txn.bump_generation()
 
@@ -627,7 +629,7 @@ class Vault:
 
     def revoke_token(self, name: str) -> None:
         """Revoke a token: every server process refuses it from its next request on."""
-        who = tokens.check_name(name)
+        who = check_name(name)
 
         def work(txn: Txn) -> None:
             value = txn.get("meta", b"tokens")
@@ -643,13 +645,13 @@ class Vault:
         """Each token's name, scope and creation time (never the token or its hash)."""
         with self._store.read() as txn:
             value = txn.get("meta", b"tokens")
-        return tokens.listing(load(value) if value else {})
+        return listing(load(value) if value else {})
 
-    def authorize(self, token: str) -> tokens.Grant | None:
+    def authorize(self, token: str) -> Grant | None:
         """The grant a presented token carries, or None when it is unknown or revoked."""
-        if not isinstance(token, str) or not token.startswith(tokens.PREFIX) or len(token) > 100:
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
             return None
-        return self.catalog().grants.get(tokens.token_hash(token))
+        return self.catalog().grants.get(token_hash(token))
 
     # -- statistics ----------------------------------------------------------------------------
 

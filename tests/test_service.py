@@ -27,7 +27,7 @@ import pytest
 from conftest import Issued, issue
 from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token
 
-from keyvault import Identity, PublicIdentity, Status, ThrottlePolicy, Vault, bundle
+from keyvault import Identity, Status, ThrottlePolicy, Vault, bundle
 
 PROBLEM = "urn:keyvault:problem:"
 

@@ -154,8 +154,8 @@ class Service:
         except Problem as problem:
             status, body, kind, headers = problem.status, problem.body(), _PROBLEM, problem.headers
         except KeyvaultError as exc:
-            problem = from_error(exc)
-            status, body, kind = problem.status, problem.body(), _PROBLEM
+            answer = from_error(exc)
+            status, body, kind = answer.status, answer.body(), _PROBLEM
         except Exception:  # a bug: logged here (never a request body), answered without details
             error_log.exception("internal error on %s %s", scope["method"], route)
             status, kind = 500, _PROBLEM
@@ -336,8 +336,8 @@ class Service:
             try:
                 info, new = await _off_loop(self.vault.import_manifest, name)
             except KeyvaultError as exc:  # its message names the temporary file: name the upload instead
-                problem = from_error(exc)
-                raise Problem(problem.name, problem.detail.replace(name, "the uploaded manifest")) from None
+                refused = from_error(exc)
+                raise Problem(refused.name, refused.detail.replace(name, "the uploaded manifest")) from None
         finally:
             os.unlink(name)
         return _ok({**info.to_dict(), "new": new})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 #: Upper bounds (seconds) of the request latency histogram's buckets.
@@ -32,7 +32,7 @@ class Metrics:
 
     def __init__(self, run_dir: Path | None) -> None:
         self._dir = run_dir
-        self._counts: Counter[str] = Counter()  # sample line "name{labels}" -> value
+        self._counts: defaultdict[str, float] = defaultdict(float)  # sample "name{labels}" -> value
         self._file = run_dir / f"{os.getpid()}.json" if run_dir else None
 
     def request(self, route: str, status: int, seconds: float) -> None:
@@ -64,19 +64,22 @@ class Metrics:
 
     def render(self) -> str:
         """The Prometheus text exposition of every worker's totals."""
-        total: Counter[str] = Counter()
+        total: defaultdict[str, float] = defaultdict(float)
+        sources = [self._counts]
         if self._dir is not None:
             for path in self._dir.glob("*.json"):
                 if path != self._file:
                     try:
-                        total.update(json.loads(path.read_text()))
+                        sources.append(json.loads(path.read_text()))
                     except (OSError, ValueError):
                         continue  # a worker replaced it while we read: next scrape
-        total.update(self._counts)
+        for source in sources:
+            for sample, value in source.items():
+                total[sample] += value
         return _exposition(total)
 
 
-def _exposition(samples: Counter[str]) -> str:
+def _exposition(samples: dict[str, float]) -> str:
     """Samples grouped by metric with HELP/TYPE lines; histogram buckets made cumulative."""
     lines = []
     for name, (kind, text) in _HELP.items():
@@ -89,7 +92,7 @@ def _exposition(samples: Counter[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _histogram(name: str, samples: Counter[str]) -> list[str]:
+def _histogram(name: str, samples: dict[str, float]) -> list[str]:
     """Cumulative buckets, sum and count per route (workers keep each bucket on its own)."""
     sums = {s: v for s, v in samples.items() if s.startswith(name + "_sum{")}
     lines = []

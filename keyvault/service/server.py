@@ -64,8 +64,7 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
           access_log: bool = True, app: str = APP) -> bool:
     """Run the service until SIGTERM/SIGINT; False when a worker could not start."""
     try:
-        from uvicorn.config import Config
-        from uvicorn.server import STARTUP_FAILURE
+        from uvicorn.config import STARTUP_FAILURE, Config
         from uvicorn.supervisors.multiprocess import Multiprocess
     except ImportError:
         raise KeyvaultError("the service needs uvicorn, uvloop and httptools: pip install 'keyvault[service]'") \
