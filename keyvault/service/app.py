@@ -27,6 +27,7 @@ from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..keyformat import looks_like_serial
 from ..results import Result
 from ..tokens import Grant
+from .accesslog import AccessLog
 from .committer import Committer
 from .metrics import Metrics
 from .openapi import document
@@ -39,7 +40,6 @@ MAX_ITEMS = 10_000  # items in one /v1/redeem-many
 MAX_CLIENT_ID = 63  # characters of the `client` a platform passes (it is keyed with the token name)
 MAX_MANIFEST = 1 << 30  # bytes of a manifest upload (streamed to a temporary file)
 
-access_log = logging.getLogger("keyvault.access")
 error_log = logging.getLogger("keyvault.service")
 
 Scope = dict[str, Any]
@@ -60,6 +60,7 @@ class Options:
     store: Path
     pepper_file: Path | None = None
     run_dir: Path | None = None  # shared by the workers: their metrics files
+    access_log: bool = True
 
 
 class _Gone(Exception):
@@ -74,6 +75,7 @@ class Service:
         self._vault: Vault | None = None
         self._committer: Committer[tuple[str, str, str | None], Result] | None = None
         self.metrics = Metrics(options.run_dir)
+        self.access = AccessLog(enabled=options.access_log)
         self._saver: asyncio.Task[None] | None = None
         self._openapi = json.dumps(document()).encode()
 
@@ -127,6 +129,7 @@ class Service:
             self._vault = None
         self._record_commits()
         self.metrics.save()
+        self.access.flush()
 
     async def _save_metrics(self) -> None:
         while True:
@@ -168,7 +171,7 @@ class Service:
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - start
         self.metrics.request(route, status, seconds)
-        access_log.info("%s %s %d %.2fms", scope["method"], route, status, seconds * 1000)
+        self.access.add(scope["method"], route, status, seconds)
 
     def _grant(self, scope: Scope, needed: str) -> Grant:
         """The caller's grant, or 401/403 (a token is never echoed or logged)."""
@@ -438,4 +441,5 @@ def create_app() -> Service:
         raise KeyvaultError("start the service with `keyvault --store DIR serve`")
     pepper = os.environ.get("KEYVAULT_SERVICE_PEPPER_FILE")
     run_dir = os.environ.get("KEYVAULT_SERVICE_RUN_DIR")
-    return Service(Options(Path(store), Path(pepper) if pepper else None, Path(run_dir) if run_dir else None))
+    return Service(Options(Path(store), Path(pepper) if pepper else None, Path(run_dir) if run_dir else None,
+                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1"))

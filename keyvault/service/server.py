@@ -23,8 +23,8 @@ APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight
 
 
-def log_config(access_log: bool) -> dict[str, Any]:
-    """Logging for the workers: server and access lines on stderr (never a key, a token or a body)."""
+def log_config() -> dict[str, Any]:
+    """Logging for the workers: the server's lines on stderr (the access log writes there itself)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -34,7 +34,6 @@ def log_config(access_log: bool) -> dict[str, Any]:
             "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},  # it would log raw paths
             "keyvault": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "keyvault.access": {"level": "INFO" if access_log else "WARNING"},
         },
     }
 
@@ -70,12 +69,13 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
         raise KeyvaultError("the service needs uvicorn, uvloop and httptools: pip install 'keyvault[service]'") \
             from None
     run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))
-    os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir))
+    os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir),
+                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0")
     if pepper_file is not None:
         os.environ["KEYVAULT_SERVICE_PEPPER_FILE"] = str(pepper_file.resolve())
     try:
         config = Config(app, factory=True, host=host, port=port, workers=workers, loop="uvloop", http="httptools",
-                        lifespan="on", access_log=False, log_config=log_config(access_log), server_header=False,
+                        lifespan="on", access_log=False, log_config=log_config(), server_header=False,
                         timeout_graceful_shutdown=GRACE_SECONDS, backlog=4096, ws="none", interface="asgi3")
         sock = config.bind_socket()
         supervisor = Multiprocess(config, sockets=[sock])  # also for one worker: restarted if it dies
