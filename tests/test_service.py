@@ -94,6 +94,23 @@ def problem(reply: Reply, status: int, name: str) -> str:
     return str(doc["detail"])
 
 
+def test_results_body_is_exactly_the_json_of_each_result() -> None:
+    from keyvault.results import Result
+    from keyvault.service.app import _results_body
+
+    supplier = ("B1SH-000", "1d1715e71c69a0e3", "Acme \"Games\" 游戏", "POINTS-100")
+    results = [Result(Status.VALID, "B1SH-000-00001", *supplier), Result(Status.VALID, "B1SH-000-00002", *supplier),
+               Result(Status.UNKNOWN, "B1SH-001-00003", "B1SH-001", None, None, None, message="no such key"),
+               Result(Status.UNKNOWN, "B1SH-001-00004"), Result(Status.MALFORMED, group=3, message="group 3"),
+               Result(Status.ACCEPTED, "B1SH-000-00005", *supplier, order_id="o-1", redeemed_at="2026"),
+               Result(Status.VALID, 'odd"serial', *supplier), Result(Status.THROTTLED, message="wait"),
+               Result(Status.UNKNOWN, None), Result(Status.UNKNOWN, "B1SH-001-00007")]
+    assert json.loads(_results_body(results)) == {"results": [r.to_dict() for r in results]}
+    assert _results_body(results) == json.dumps({"results": [r.to_dict() for r in results]},
+                                                ensure_ascii=False).encode()
+    assert _results_body([]) == b'{"results": []}'
+
+
 # -- health, metrics, the document ---------------------------------------------------------------------
 
 

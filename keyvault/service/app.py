@@ -246,7 +246,7 @@ class Service:
         keys = _strings(doc, "keys", MAX_KEYS)
         results = self.vault.verify_many(keys, client=self._client(grant, doc))
         self.metrics.keys("verify", Counter(r.status.value for r in results))
-        return _ok({"results": [r.to_dict() for r in results]})
+        return 200, _results_body(results), _JSON
 
     async def redeem(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/redeem: answered once the redemption is on disk."""
@@ -274,7 +274,7 @@ class Service:
                             _text(item.get("order_id"), f"items[{i}].order_id", MAX_ORDER_ID), client))
         results = await self._redeems.submit(triples) if triples else []
         self.metrics.keys("redeem", Counter(r.status.value for r in results))
-        return _ok({"results": [r.to_dict() for r in results]})
+        return 200, _results_body(results), _JSON
 
     @property
     def _redeems(self) -> Committer[tuple[str, str, str | None], Result]:
@@ -423,6 +423,36 @@ def _strings(doc: dict[str, Any], field: str, limit: int) -> list[str]:
         if not isinstance(key, str):
             raise Problem("invalid-request", f"'{field}[{i}]' must be a string")
     return keys
+
+
+_MARK = "\x00"  # stands for the serial in a cached template (no serial holds it)
+_TEMPLATES_AT_MOST = 256  # shapes cached per answer (each costs one json.dumps)
+
+
+def _results_body(results: list[Result]) -> bytes:
+    """``{"results": [...]}``, each exactly ``json.dumps(result.to_dict())``.
+
+    Most results of a batch differ only in their serial: their JSON is built once per shape (every
+    other field) from a template, and the serial set in (serials are printed base32 and '-').
+    """
+    templates: dict[tuple[Any, ...], tuple[str, str]] = {}
+    parts = []
+    for result in results:
+        serial = result[1]
+        if serial is None or not serial.isascii() or not serial.replace("-", "").isalnum():
+            parts.append(json.dumps(result.to_dict(), ensure_ascii=False))
+            continue
+        shape = result[:1] + result[2:]
+        template = templates.get(shape)
+        if template is None:
+            if len(templates) >= _TEMPLATES_AT_MOST:
+                parts.append(json.dumps(result.to_dict(), ensure_ascii=False))
+                continue
+            text = json.dumps(result._replace(serial=_MARK).to_dict(), ensure_ascii=False)
+            head, _, tail = text.partition(json.dumps(_MARK))
+            template = templates[shape] = (head + '"', '"' + tail)
+        parts.append(template[0] + serial + template[1])
+    return ('{"results": [' + ", ".join(parts) + "]}").encode("utf-8")
 
 
 def _ok(doc: Any) -> Answer:

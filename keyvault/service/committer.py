@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -57,6 +58,7 @@ class Committer(Generic[T, R]):
             self._thread.join()
 
     def _serve(self) -> None:
+        last_idle = time.monotonic()
         while True:
             with self._wake:
                 if not self._queue and not self._stopping:
@@ -65,7 +67,8 @@ class Committer(Generic[T, R]):
                 stopping = self._stopping
             if batch:
                 self._commit(batch)
-            if self._idle is not None:
+            if self._idle is not None and (stopping or time.monotonic() - last_idle >= self._idle_seconds):
+                last_idle = time.monotonic()
                 try:
                     self._idle()
                 except Exception:  # noqa: BLE001 - statistics must never stop redeems
