@@ -59,6 +59,7 @@ from .manifest import read_manifest
 from .reports import build_stats, build_trace, key_events
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
+from .store.lmdbstore import LMDB_ERRORS
 from .store.throttle import ThrottleStore
 from .throttling import ThrottlePolicy
 from .tokens import PREFIX as TOKEN_PREFIX
@@ -114,6 +115,9 @@ class Vault:
         self.flush_every: float | None = _FLUSH_SECONDS
         self._ledger = Ledger(self._log)
         self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
+        self._cards = store.handle("cards")
+        #: (LMDB transaction id, catalog, overlay) as of the last single-key read that checked the head.
+        self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -316,7 +320,38 @@ class Vault:
 
         ``client`` (an account, an IP: whatever the caller uses) is throttled after too many refusals.
         """
-        return self.verify_many([key], client=client)[0]
+        who = None
+        if client is not None:
+            who = self._client(client)
+            throttled = self._throttled(who, 1)
+            if throttled is not None:
+                return throttled[0]
+        # The happy path, in one short read: the key's Result when it is valid now (check_one says None
+        # for anything else, and _verify then says why, so every refusal costs the same work).
+        store = self._store
+        now = now_ms()
+        txn = store.begin_read()
+        try:
+            fresh = self._fresh
+            if fresh[0] != txn.id():  # something was committed since: the head may have moved
+                fresh = self._refresh(txn)
+            cat = fresh[1]
+            result: Result | None = _fast.check_one(key, self._pepper, cat.rows, cat.key_rows, fresh[2], txn,
+                                                    self._cards, now)
+        except LMDB_ERRORS:
+            result = None  # the checked path reads again, and reports the store's fault as the store's error
+        finally:
+            store.end_read(txn)
+        return result if result is not None else self._verify([key], who)[0]
+
+    def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
+        """Catalog and overlay as of a begin_read transaction, remembered with its LMDB transaction id:
+        while no write commits, the id stays and the head (generation, log size, fold mark) cannot move."""
+        txn = self._store.wrap(raw)
+        head = txn.head()
+        fresh = (raw.id(), self._current(txn, head), self._ledger.sync(txn, head))
+        self._fresh = fresh
+        return fresh
 
     def verify_many(self, keys: Iterable[str], *, client: str | None = None) -> list[Result]:
         """Verify many keys in one read transaction; one Result per key, in input order."""
@@ -325,6 +360,10 @@ class Vault:
         throttled = self._throttled(who, len(batch))
         if throttled is not None:
             return throttled
+        return self._verify(batch, who)
+
+    def _verify(self, batch: list[str], who: str | None) -> list[Result]:
+        """verify_many past the throttle."""
         now = now_ms()
         with self._store.read() as txn:
             head = txn.head()

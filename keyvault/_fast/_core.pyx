@@ -1450,6 +1450,89 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     return _pure.check_keys(keys, pepper, batches, key_blocks, overlay, cards, outcomes, now)
 
 
+# check_one's hash states: the verifier's (unkeyed) and the tag's, keyed with the last pepper seen.
+cdef blake2b_state _one_salted
+cdef blake2b_state _one_keyed
+cdef object _one_pepper = None  # the bytes _one_keyed was keyed with (held: its identity stays its own)
+
+
+def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, txn: object, db: object,
+              now: int) -> object:
+    """One typed key's Result when its card says active and it is valid now, as check_keys gives it; else None.
+
+    The single-key hot path: the card record is read with ``txn.get(serial key, None, db)``. A None
+    says only "not for this path" (not a native key, not valid, or an unfolded ledger change for it):
+    check_keys then says what it is, so every refusal costs the same work whatever its cause.
+    """
+    global _one_pepper
+    cdef unsigned char values[KEY_SYMBOLS]
+    cdef _Found f
+    cdef Py_ssize_t position, k
+    cdef uint64_t serial
+    cdef PyObject* row
+    cdef PyObject* entry
+    cdef const unsigned char* data
+    cdef long long now_ms = 0, bound
+    cdef bint matched, valid
+    if type(key) is not str or type(pepper) is not bytes or PyBytes_GET_SIZE(pepper) > BLAKE2B_KEYBYTES \
+            or type(batches) is not dict or type(key_blocks) is not dict or type(overlay) is not dict:
+        return _pure.check_one(key, pepper, batches, key_blocks, overlay, txn, db, now)
+    if _parse(<str>key, values, &position) != OK:
+        return None
+    serial = _serial_of(values)
+    row = PyDict_GetItemWithError(batches, PyLong_FromUnsignedLongLong(serial >> INDEX_BITS))
+    if row == NULL:
+        return None
+    row_obj = <object>row
+    if type(row_obj) is not tuple or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
+            or type(<object>PyTuple_GET_ITEM(row_obj, ROW_SALT)) is not bytes:
+        return _pure.check_one(key, pepper, batches, key_blocks, overlay, txn, db, now)
+    salt_obj = <object>PyTuple_GET_ITEM(row_obj, ROW_SALT)
+    if pepper is not _one_pepper:
+        blake2b_init_keyed(&_one_keyed, DIGEST_SIZE, <const unsigned char*>PyBytes_AS_STRING(pepper),
+                           <size_t>PyBytes_GET_SIZE(pepper), <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+        _one_pepper = pepper
+    for k in range(KEY_SYMBOLS):
+        f.key[k] = ALPHABET[values[k]]
+    f.salt = <const unsigned char*>PyBytes_AS_STRING(salt_obj)
+    f.salt_len = <size_t>PyBytes_GET_SIZE(salt_obj)
+    _tag_one(&_one_salted, &_one_keyed, &f)
+    record = txn.get(_serial_key(serial), None, db)
+    if type(record) is not bytes:
+        if record is None:
+            return None
+        return _pure.check_one(key, pepper, batches, key_blocks, overlay, txn, db, now)
+    if PyBytes_GET_SIZE(record) < CARD_SIZE:
+        return None
+    data = <const unsigned char*>PyBytes_AS_STRING(record)
+    matched = digests_equal(data + 1, f.tag, DIGEST_SIZE)
+    if not matched or data[0] != ACTIVE:
+        return None
+    serial_obj = PyLong_FromUnsignedLongLong(serial)
+    if len(overlay):
+        entry = PyDict_GetItemWithError(overlay, serial_obj)
+        if entry != NULL and entry != <PyObject*>None:
+            return None
+    _load_results()
+    # Valid, decided here when nothing else can apply (as check_keys decides); anything else is judge's.
+    valid = _int64_of(now, &now_ms) and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None
+    if valid and len(key_blocks):
+        entry = PyDict_GetItemWithError(key_blocks, serial_obj)
+        valid = entry == NULL or entry == <PyObject*>None
+    if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM) != <PyObject*>None:
+        valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM), &bound) and now_ms >= bound
+    if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
+        valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound
+    if valid:
+        return keyvault_result(_Result, _direct_results, _VALID, _serial_text(serial),
+                               <object>PyTuple_GET_ITEM(row_obj, ROW_BATCH),
+                               <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER),
+                               <object>PyTuple_GET_ITEM(row_obj, ROW_SUPPLIER_NAME),
+                               <object>PyTuple_GET_ITEM(row_obj, ROW_PRODUCT), None)
+    result = judge(serial_obj, ACTIVE, row_obj, key_blocks, None, None, now)
+    return result if result.status is _VALID else None
+
+
 @cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
 @cython.wraparound(True)
 cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks, dict overlay, object cards,
@@ -1806,6 +1889,7 @@ cdef void _init_tables() noexcept:
 
 
 _init_tables()
+blake2b_init(&_one_salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
 
 
 # ---------------------------------------------------------------------------

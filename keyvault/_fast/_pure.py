@@ -375,6 +375,35 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     return out
 
 
+def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, txn: object, db: object,
+              now: int) -> object:
+    """One typed key's Result when its card says active and it is valid now, as check_keys gives it; else None.
+
+    The single-key hot path: the card record is read with ``txn.get(serial key, None, db)``. A None
+    says only "not for this path" (not a native key, not valid, or an unfolded ledger change for it):
+    check_keys then says what it is, so every refusal costs the same work whatever its cause.
+    """
+    if not isinstance(key, str):
+        return None
+    outcome, serial, canonical, _ = parse_key(key)
+    if outcome != OK:
+        return None
+    row = batches.get(serial >> INDEX_BITS)
+    if row is None:
+        return None
+    expected = tag(pepper, verifier(row[0], canonical))
+    record = txn.get(serial.to_bytes(8, "big"), None, db)  # type: ignore[attr-defined]
+    if record is None or len(record) < _CARD_SIZE:
+        return None
+    matched = tags_equal(bytes(record[1:_CARD_SIZE]), expected)
+    if not matched or record[0] != ACTIVE or overlay.get(serial) is not None:
+        return None
+    from ..results import Status
+
+    result = judge(serial, ACTIVE, row, key_blocks, None, None, now)
+    return result if result.status is Status.VALID else None  # type: ignore[attr-defined]
+
+
 # -- issuance in bulk: the printable export and the card records, a chunk at a time ----------------
 
 

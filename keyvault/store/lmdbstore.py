@@ -16,6 +16,7 @@ import errno
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,28 +44,44 @@ _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb
             lmdb.BadRslotError)
 
 
+_OPEN: weakref.WeakSet[LmdbStore] = weakref.WeakSet()  # open stores, made unusable in a child after fork()
+
+
+def _forked() -> None:
+    for store in list(_OPEN):
+        store._usable = False
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Gate:
     """Readers share the gate; a map resize waits for them to leave and keeps new ones out.
 
-    Entering and leaving take one uncontended lock; only a pending resize waits or wakes.
+    Entering and leaving are an append to and a pop from a list (atomic, no lock); only a pending
+    resize takes the lock, waits or wakes.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._readers = 0
+        self._inside: list[None] = []  # one item per reader inside
         self._resizing = False
 
     def enter(self) -> None:
-        with self._lock:
-            while self._resizing:
-                self._changed.wait()
-            self._readers += 1
+        self._inside.append(None)
+        if self._resizing:  # set before the resize counts readers: it waits for this one, or this one waits
+            with self._lock:
+                self._inside.pop()
+                self._changed.notify_all()
+                while self._resizing:
+                    self._changed.wait()
+                self._inside.append(None)
 
     def leave(self) -> None:
-        with self._lock:
-            self._readers -= 1
-            if self._resizing and not self._readers:
+        self._inside.pop()
+        if self._resizing:
+            with self._lock:
                 self._changed.notify_all()
 
     @contextmanager
@@ -73,7 +90,7 @@ class _Gate:
             while self._resizing:
                 self._changed.wait()
             self._resizing = True
-            while self._readers:
+            while self._inside:
                 self._changed.wait()
         try:
             yield
@@ -93,31 +110,19 @@ class _Reading:
         self._txn: lmdb.Transaction | None = None
 
     def __enter__(self) -> Txn:
-        store = self._store
-        store._check()
-        for _ in range(8):
-            store._gate.enter()
-            try:
-                self._txn = store._env.begin(buffers=False)
-                return Txn(self._txn, store._dbs)
-            except lmdb.MapResizedError:
-                store._gate.leave()
-                store._adopt_map_size()
-            except BaseException:
-                store._gate.leave()
-                raise
-        raise StoreError(f"{store.path}: the map kept being resized by another process; try again")
+        self._txn = self._store.begin_read()
+        return Txn(self._txn, self._store._dbs)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         txn, self._txn = self._txn, None
-        try:
-            if txn is not None:
-                txn.abort()
-        finally:
-            self._store._gate.leave()
+        if txn is not None:
+            self._store.end_read(txn)
         if exc is not None and isinstance(exc, _CORRUPT):
             raise _corrupt(self._store.path, exc) from None
 
+
+#: What a py-lmdb call can raise (the single-key hot path falls back to the checked path on any of them).
+LMDB_ERRORS = (lmdb.Error,)
 
 _HEAD = struct.Struct(">QQQ")
 
@@ -233,6 +238,8 @@ class LmdbStore:
         self._write_lock = threading.Lock()
         self._gate = _Gate()
         self._closed = False
+        self._usable = True  # False once closed, and in a child after fork(): _check() then says which
+        _OPEN.add(self)
 
     @classmethod
     def create(cls, path: Path) -> LmdbStore:
@@ -309,6 +316,45 @@ class LmdbStore:
         """A short read transaction (keep it short: long readers stop page reuse)."""
         return _Reading(self)
 
+    def begin_read(self) -> lmdb.Transaction:
+        """A raw py-lmdb read transaction inside the gate, for the single-key hot path; end it with end_read."""
+        if not self._usable:
+            self._check()
+        gate = self._gate
+        for _ in range(8):
+            gate._inside.append(None)  # gate.enter(), inlined: this is every verify's fixed cost
+            if gate._resizing:
+                gate._inside.pop()
+                gate.enter()
+            try:
+                return self._env.begin()
+            except lmdb.MapResizedError:
+                gate.leave()
+                self._adopt_map_size()
+            except BaseException:
+                gate.leave()
+                raise
+        raise StoreError(f"{self.path}: the map kept being resized by another process; try again")
+
+    def end_read(self, txn: lmdb.Transaction) -> None:
+        """End a transaction from begin_read."""
+        try:
+            txn.abort()
+        finally:
+            gate = self._gate
+            gate._inside.pop()  # gate.leave(), inlined
+            if gate._resizing:
+                with gate._lock:
+                    gate._changed.notify_all()
+
+    def wrap(self, txn: lmdb.Transaction) -> Txn:
+        """A begin_read transaction behind the store's Txn interface."""
+        return Txn(txn, self._dbs)
+
+    def handle(self, name: str) -> lmdb._Database:
+        """A named database's py-lmdb handle, for reads through a begin_read transaction."""
+        return self._dbs[name]
+
     def write(self, work: Callable[[Txn], T]) -> T:
         """Run ``work`` in one write transaction and commit it durably; grow the map and retry when full.
 
@@ -371,6 +417,7 @@ class LmdbStore:
         """Close the environment; further use raises ClosedError."""
         if not self._closed:
             self._closed = True
+            self._usable = False
             if os.getpid() == self._pid:
                 self._env.close()
 
