@@ -690,7 +690,15 @@ class Vault:
         """The grant a presented token carries, or None when it is unknown or revoked."""
         if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
             return None
-        return self.catalog().grants.get(token_hash(token))
+        store = self._store
+        txn = store.begin_read()
+        try:
+            fresh = self._fresh
+            if fresh[0] != txn.id():  # a commit since the last look: the grants may have changed
+                fresh = self._refresh(txn)
+        finally:
+            store.end_read(txn)
+        return fresh[1].grants.get(token_hash(token))
 
     # -- statistics ----------------------------------------------------------------------------
 

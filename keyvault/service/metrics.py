@@ -12,8 +12,11 @@ from __future__ import annotations
 import bisect
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+
+from ..results import Result, Status
 
 #: Upper bounds (seconds) of the request latency histogram's buckets.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -34,6 +37,7 @@ class Metrics:
         self._dir = run_dir
         self._counts: defaultdict[str, float] = defaultdict(float)  # sample "name{labels}" -> value
         self._file = run_dir / f"{os.getpid()}.json" if run_dir else None
+        self._names: dict[tuple[str, Status], str] = {}  # (operation, status) -> sample name
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
@@ -44,10 +48,14 @@ class Metrics:
         counts[f'keyvault_http_request_duration_seconds_bucket{{route="{route}",le="{le}"}}'] += 1
         counts[f'keyvault_http_request_duration_seconds_sum{{route="{route}"}}'] += seconds
 
-    def keys(self, op: str, statuses: Counter[str]) -> None:
+    def keys(self, op: str, results: Sequence[Result]) -> None:
         """Count answered keys by status."""
-        for status, n in statuses.items():
-            self._counts[f'keyvault_keys_total{{op="{op}",status="{status}"}}'] += n
+        counts, names = self._counts, self._names
+        for result in results:
+            name = names.get((op, result[0]))
+            if name is None:
+                name = names[op, result[0]] = f'keyvault_keys_total{{op="{op}",status="{result[0].value}"}}'
+            counts[name] += 1
 
     def set_commits(self, commits: int, items: int) -> None:
         """Record the group commit's totals (they are counted by the committer thread)."""
