@@ -446,7 +446,7 @@ def _check_lmdb_file(data: Path) -> None:
             size = os.fstat(fh.fileno()).st_size  # after the meta pages: a commit writes its pages first
     except OSError as exc:
         raise StoreError(f"cannot read {data}: {exc.strerror}") from None
-    if used is not None and size < used:
+    if used is not None and size < used and not _tail_unused(data, size):
         raise StoreCorruptError(f"the store at {data.parent} is damaged: {data.name} is shorter than its last "
                                 f"committed transaction says ({size:,} bytes, not {used:,}): it was truncated, or its "
                                 "header is damaged; restore it from a backup")
@@ -475,6 +475,68 @@ def _bytes_in_use(fh: BinaryIO, first: bytes) -> int | None:
             best = (last_page, txnid)
     assert best is not None
     return (best[0] + 1) * psize
+
+
+_PAGE_HEAD = struct.Struct("<QHHHH")  # pgno, pad, flags, lower, upper
+_NODE_HEAD = struct.Struct("<HHHH")  # lo, hi, flags, key size
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_LEAF2 = 0x01, 0x02, 0x04, 0x20
+_F_BIGDATA, _F_SUBDATA = 0x01, 0x02
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF
+_ROOTS = struct.Struct("<80xQ40xQ")  # in a meta page: the free DB's and the main DB's root pages
+
+
+def _tail_unused(data: Path, size: int) -> bool:
+    """True when every page LMDB can reach from the newest meta page lies inside the file.
+
+    A file may legitimately end before the last page a transaction allocated: pages allocated and
+    freed again in the same transaction go on the freelist without ever being written. Only pages
+    reachable from the roots are ever read, so walking them tells a short but healthy file from a
+    truncated one, without mapping it (a page past the end would be a SIGBUS). Only run in that
+    rare case; it reads every page in use once.
+    """
+    with open(data, "rb") as fh:
+        head = fh.read(_META_USE.size)
+        psize = int(_META_USE.unpack_from(head)[2])
+        if size % psize:
+            return False  # LMDB writes whole pages: a cut inside one is a truncation
+        pages = size // psize
+        fh.seek(psize)
+        second = fh.read(_META_USE.size)
+        newest = max((head, second), key=lambda meta: _META_USE.unpack_from(meta)[4])
+        todo = [root for root in _ROOTS.unpack_from(newest) if root != _NO_PAGE]
+        seen: set[int] = set()
+        while todo:
+            pgno = todo.pop()
+            if pgno >= pages:
+                return False
+            if pgno in seen:
+                continue
+            seen.add(pgno)
+            fh.seek(pgno * psize)
+            page = fh.read(psize)
+            _, _, flags, lower, _ = _PAGE_HEAD.unpack_from(page)
+            if flags & _P_OVERFLOW:  # its page count sits where lower and upper would be
+                count = int.from_bytes(page[12:16], "little")
+                if pgno + count > pages:
+                    return False
+                continue
+            if flags & _P_LEAF2 or not flags & (_P_BRANCH | _P_LEAF):
+                continue  # fixed-size keys hold no pointers; anything else is for LMDB itself to judge
+            for i in range((lower - _PAGE_HEAD.size) // 2):
+                at = int.from_bytes(page[_PAGE_HEAD.size + 2 * i:_PAGE_HEAD.size + 2 * i + 2], "little")
+                if at + _NODE_HEAD.size > psize:
+                    continue
+                lo, hi, nflags, ksize = _NODE_HEAD.unpack_from(page, at)
+                value = at + _NODE_HEAD.size + ksize
+                if flags & _P_BRANCH:
+                    todo.append(lo | hi << 16 | nflags << 32)
+                elif nflags & _F_BIGDATA and value + 8 <= psize:
+                    todo.append(int.from_bytes(page[value:value + 8], "little"))
+                elif nflags & _F_SUBDATA and value + 48 <= psize:
+                    root = int.from_bytes(page[value + 40:value + 48], "little")
+                    if root != _NO_PAGE:
+                        todo.append(root)
+    return True
 
 
 def _open_env(path: Path, create: bool) -> lmdb.Environment:
