@@ -563,16 +563,6 @@ def test_flipped_bytes_and_truncations_are_refused_or_reported(tmp_path: Path, s
 
 @pytest.mark.skipif(os.environ.get("KEYVAULT_CORRUPTION_SWEEP") != "all",
                     reason="the page-by-page sweep takes minutes: set KEYVAULT_CORRUPTION_SWEEP=all to run it")
-def _reachable_end(data: Path) -> int:
-    """The smallest file size that keeps every page LMDB can reach (found by cutting page by page)."""
-    from keyvault.store.lmdbstore import _tail_unused
-
-    size = data.stat().st_size
-    while size > PAGE and _tail_unused(data, size - PAGE):
-        size -= PAGE
-    return size
-
-
 @pytest.mark.parametrize("layout", ["as written", "compacted"])
 def test_every_page_flipped(tmp_path: Path, store: Path, layout: str) -> None:
     if layout == "compacted":
