@@ -500,31 +500,11 @@ class Vault:
         now = now_ms()
         when = iso(now)
         results = self._check(txn, cat, overlay, [key for key, _ in pairs], now)
-        taken: dict[str | None, tuple[str, str | None]] = {}  # serial -> (order, time) accepted in this batch
-        changes = []
-        counts: Counter[tuple[str, str]] = Counter()
-        accepted, redeemed = Status.ACCEPTED, Status.REDEEMED
-        for i, ((_, order), result) in enumerate(zip(pairs, results)):
-            status = result.status
-            if status is Status.VALID:
-                serial, batch, supplier, name, product = result[1:6]
-                first = taken.get(serial)
-                if first is None:
-                    taken[serial] = (order, when)
-                    changes.append((_fast.parse_serial(serial or ""), REDEEMED, now, order))
-                    counts[batch or "", supplier or ""] += 1
-                    results[i] = Result(accepted, serial, batch, supplier, name, product, order, when)
-                elif first[0] == order:  # the same pair twice in one call: the same answer
-                    results[i] = Result(accepted, serial, batch, supplier, name, product, order, first[1])
-                else:
-                    results[i] = Result(redeemed, serial, batch, supplier, name, product, first[0], first[1],
-                                        message=f"already redeemed by order {first[0]} at {first[1]}")
-            elif status is redeemed and result.order_id == order:  # a retry: the first answer again
-                results[i] = result._replace(status=accepted, message=None)
+        changes, counts = _fast.accept_redeems(results, [order for _, order in pairs], now, str(when))
         return results, cat, self._record(txn, overlay, changes, counts, b"redeemed")
 
     def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
-                counts: Counter[tuple[str, str]], name: bytes) -> _Written:
+                counts: dict[tuple[str, str], int], name: bytes) -> _Written:
         """Append state changes to the ledger, count them, and fold the ledger when it is due.
 
         Returns what the overlay may learn once the transaction has committed (nothing after a fold).

@@ -131,7 +131,7 @@ def _pure_functions() -> dict:
 
 TWINS = ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
          "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys",
-         "check_one", "export_rows", "card_records"]
+         "check_one", "accept_redeems", "export_rows", "card_records"]
 
 
 def test_same_public_functions():
@@ -903,6 +903,44 @@ def test_check_one_odd_records(store):
     store.raw(store.cards_db, base + 2, b"\x00" + tags[2] + b"trailing")  # longer: the first 17 bytes count
     store.raw(store.cards_db, base + 3, b"\xff" + tags[3])
     assert [a is not None for a in store.check_one(keys_)] == [False, False, True, False]
+
+
+# accept_redeems: check_keys' answers made redeem answers, in place
+
+
+def _accepted_alike(results, orders, now=NOW, when="2026-05-28T20:26:40.000Z"):
+    """accept_redeems through both twins, each on its own copy of results; the same answers and lists."""
+    mine, theirs = list(results), list(results)
+    expected = _run(_pure.accept_redeems, mine, orders, now, when)
+    actual = _run(_core.accept_redeems, theirs, orders, now, when)
+    assert _typed(actual) == _typed(expected)
+    assert _typed(theirs) == _typed(mine)
+    return mine, expected
+
+
+def test_accept_redeems_every_case(scene):
+    store, keys_, expected = scene
+    results = store.check(keys_)
+    answered = [r for r in results if r is not None]
+    live = [k for k, r in zip(keys_, results) if r is not None]
+    orders = [f"order-{i % 5}" for i in range(len(answered))]
+    orders[1] = "order-1"  # live[1] was redeemed by order-1: its retry is accepted again
+    out, (_, (changes, counts)) = _accepted_alike(answered, orders)
+    statuses = [r.status.value for r in out]
+    assert statuses.count("accepted") > 0 and statuses[1] == "accepted" and out[1].message is None
+    assert len(changes) == len({r.serial for r, o in zip(answered, orders) if r.status.value == "valid"})
+    assert sum(counts.values()) == len(changes)
+    # the same key twice: the same order gets the same answer, another order is refused
+    twice = [answered[0], answered[0], answered[0]]
+    out, (_, (changes, _)) = _accepted_alike(twice, ["A", "A", "B"])
+    assert [r.status.value for r in out] == ["accepted", "accepted", "redeemed"] and len(changes) == 1
+    assert out[2].order_id == "A" and out[2].message.startswith("already redeemed by order A at ")
+    _accepted_alike([], [])
+    _accepted_alike(answered, orders[:3])  # fewer orders: only those pairs
+    _accepted_alike(answered, [1] * len(answered))  # odd orders: the specification answers
+    _accepted_alike(tuple(answered), orders)
+    _accepted_alike(answered[:2] + [None], ["A", "B", "C"])
+    _accepted_alike(answered, orders, now="not a time", when=None)
 
 
 def test_check_keys_many_batches_and_duplicates(store):

@@ -649,11 +649,16 @@ def parse_key(text: str) -> tuple[int, int, bytes, int]:
 
 def parse_serial(text: str) -> int:
     """The 60-bit serial from typed serial text (12 symbols), or -1 if it is not one."""
+    if type(text) is not str:
+        return _pure.parse_serial(text)
+    return _parse_serial(<str>text)
+
+
+cdef object _parse_serial(str text):
+    """parse_serial for a str."""
     cdef signed char symbols[SERIAL_SYMBOLS]
     cdef Py_ssize_t i
     cdef uint64_t serial = 0
-    if type(text) is not str:
-        return _pure.parse_serial(text)
     keyvault_unicode_ready(text)
     if PyUnicode_GET_LENGTH(text) > MAX_INPUT:
         return -1
@@ -1072,11 +1077,18 @@ cdef extern from *:
             && t->tp_alloc == PyType_GenericAlloc;
     }
 
+    static PyObject* keyvault_result_items(PyObject* type, int direct, PyObject** items);
+
     static PyObject* keyvault_result(PyObject* type, int direct, PyObject* status, PyObject* serial,
                                      PyObject* batch, PyObject* supplier, PyObject* supplier_name,
                                      PyObject* product, PyObject* message) {
         PyObject* items[13] = {status, serial, batch, supplier, supplier_name, product,
                                Py_None, Py_None, Py_None, Py_None, Py_None, Py_None, message};
+        return keyvault_result_items(type, direct, items);
+    }
+
+    /* A Result of 13 items (borrowed references). */
+    static PyObject* keyvault_result_items(PyObject* type, int direct, PyObject** items) {
         PyObject *result, *plain, *args;
         Py_ssize_t i;
         int atomic = 1;
@@ -1120,6 +1132,7 @@ cdef extern from *:
     bint keyvault_tuple_subtype(object type) noexcept
     object keyvault_result(object type, int direct, object status, object serial, object batch,
                            object supplier, object supplier_name, object product, object message)
+    object keyvault_result_items(object type, int direct, PyObject** items)
 
 
 cdef extern from *:
@@ -1448,6 +1461,74 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     # Other types, or a batch row that is not a tuple of 8 with a bytes salt: before any store read,
     # so the specification can answer instead.
     return _pure.check_keys(keys, pepper, batches, key_blocks, overlay, cards, outcomes, now)
+
+
+def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[list, dict]:
+    """Turn check_keys' answers for keys to redeem into redeem answers, in place: (changes, counts).
+
+    ``orders[i]`` is the order id for ``results[i]``; ``when`` is ``now`` as ISO text. A valid key is
+    accepted for its order (once per serial: a later pair with the same order gets the same answer,
+    one with another order is refused as redeemed by the first); a key redeemed by the same order
+    before answers accepted again (a retry). changes are the ledger's (serial, REDEEMED, now, order)
+    for each key accepted here, counts the accepted keys by (batch id, supplier id).
+    """
+    cdef Py_ssize_t n, i, j
+    cdef PyObject* items[13]
+    cdef PyObject* found
+    _load_results()
+    if type(results) is not list or type(orders) is not list:
+        return _pure.accept_redeems(results, orders, now, when)
+    n = min(PyList_GET_SIZE(results), PyList_GET_SIZE(orders))
+    for i in range(n):  # Results and str orders only (as check_keys and redeem_many give): else the specification
+        if type(<object>PyList_GET_ITEM(results, i)) is not _Result \
+                or PyTuple_GET_SIZE(<object>PyList_GET_ITEM(results, i)) != 13 \
+                or type(<object>PyList_GET_ITEM(orders, i)) is not str:
+            return _pure.accept_redeems(results, orders, now, when)
+    accepted = _Status.ACCEPTED
+    redeemed = _Status.REDEEMED
+    taken = {}  # serial text -> (order, time) accepted in this call
+    changes = []
+    counts = {}
+    for i in range(n):
+        result = <object>PyList_GET_ITEM(results, i)
+        order = <object>PyList_GET_ITEM(orders, i)
+        status = <object>PyTuple_GET_ITEM(result, 0)
+        if status is _VALID:
+            for j in range(13):
+                items[j] = PyTuple_GET_ITEM(result, j)
+            serial = <object>items[1]
+            found = PyDict_GetItemWithError(taken, serial)
+            if found == NULL:
+                first = (order, when)
+                taken[serial] = first
+                changes.append((_parse_serial(serial) if type(serial) is str else parse_serial(serial or ""),
+                                REDEEMED, now, order))
+                scope = (<object>items[2] or "", <object>items[3] or "")
+                found = PyDict_GetItemWithError(counts, scope)
+                counts[scope] = (<object>found + 1) if found != NULL else 1
+                items[0] = <PyObject*>accepted
+                items[6] = <PyObject*>order
+                items[7] = <PyObject*>when
+            else:
+                first = <object>found
+                if first[0] == order:  # the same pair twice in one call: the same answer
+                    items[0] = <PyObject*>accepted
+                    items[6] = <PyObject*>order
+                    items[7] = PyTuple_GET_ITEM(first, 1)
+                else:
+                    message = f"already redeemed by order {first[0]} at {first[1]}"
+                    items[0] = <PyObject*>redeemed
+                    items[6] = PyTuple_GET_ITEM(first, 0)
+                    items[7] = PyTuple_GET_ITEM(first, 1)
+                    items[12] = <PyObject*>message
+            results[i] = keyvault_result_items(_Result, _direct_results, items)
+        elif status is redeemed and <object>PyTuple_GET_ITEM(result, 6) == order:  # a retry: the first answer
+            for j in range(13):
+                items[j] = PyTuple_GET_ITEM(result, j)
+            items[0] = <PyObject*>accepted
+            items[12] = <PyObject*>None
+            results[i] = keyvault_result_items(_Result, _direct_results, items)
+    return changes, counts
 
 
 # check_one's hash states: the verifier's (unkeyed) and the tag's, keyed with the last pepper seen.

@@ -404,6 +404,42 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
     return result if result.status is Status.VALID else None  # type: ignore[attr-defined]
 
 
+def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[list, dict]:
+    """Turn check_keys' answers for keys to redeem into redeem answers, in place: (changes, counts).
+
+    ``orders[i]`` is the order id for ``results[i]``; ``when`` is ``now`` as ISO text. A valid key is
+    accepted for its order (once per serial: a later pair with the same order gets the same answer,
+    one with another order is refused as redeemed by the first); a key redeemed by the same order
+    before answers accepted again (a retry). changes are the ledger's (serial, REDEEMED, now, order)
+    for each key accepted here, counts the accepted keys by (batch id, supplier id).
+    """
+    from ..results import Status
+
+    taken: dict = {}  # serial text -> (order, time) accepted in this call
+    changes = []
+    counts: dict = {}
+    accepted, redeemed = Status.ACCEPTED, Status.REDEEMED
+    for i, (order, result) in enumerate(zip(orders, results)):
+        status = result.status
+        if status is Status.VALID:
+            serial, batch, supplier, name, product = result[1:6]
+            first = taken.get(serial)
+            if first is None:
+                taken[serial] = (order, when)
+                changes.append((parse_serial(serial or ""), REDEEMED, now, order))
+                scope = (batch or "", supplier or "")
+                counts[scope] = counts.get(scope, 0) + 1
+                results[i] = type(result)(accepted, serial, batch, supplier, name, product, order, when)
+            elif first[0] == order:  # the same pair twice in one call: the same answer
+                results[i] = type(result)(accepted, serial, batch, supplier, name, product, order, first[1])
+            else:
+                results[i] = type(result)(redeemed, serial, batch, supplier, name, product, first[0], first[1],
+                                          message=f"already redeemed by order {first[0]} at {first[1]}")
+        elif status is redeemed and result.order_id == order:  # a retry: the first answer again
+            results[i] = result._replace(status=accepted, message=None)
+    return changes, counts
+
+
 # -- issuance in bulk: the printable export and the card records, a chunk at a time ----------------
 
 
