@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,11 +85,18 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"the server did not start: {self.log.read_text()[-2000:]}")
 
+    def commit_pid(self) -> int:
+        """The current commit process (its start is logged)."""
+        started = re.findall(r"commit process \[(\d+)\] started", self.log.read_text())
+        assert started, "no commit process was logged"
+        return int(started[-1])
+
     def worker_pids(self) -> list[int]:
-        """The worker processes' ids (children of the supervisor, but for multiprocessing's helper)."""
+        """The worker processes' ids (children of the supervisor but the commit process and a helper)."""
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [int(pid) for pid in children
+        commit = self.commit_pid()
+        return [int(pid) for pid in children if int(pid) != commit
                 if "multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                 and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
 
@@ -107,8 +115,11 @@ class Server:
         """SIGKILL the workers and the supervisor (a test that failed must not leave them running)."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            for pid in self.worker_pids():
-                os.kill(pid, signal.SIGKILL)
+            for pid in [*self.worker_pids(), self.commit_pid()]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.kill()
             self.proc.wait()
 

@@ -524,6 +524,34 @@ def test_a_worker_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path)
     _all_redeemed(store, acknowledged)
 
 
+def test_the_commit_process_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
+    store, first, _, _ = build_world(tmp_path, count=30_000)
+    token = make_token(store, "shop", "redeem")
+    server = Server(store, tmp_path / "log").start()
+    stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
+    threads = _redeem_load(server, token, first.keys, stop, acknowledged)
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            victim = server.commit_pid()
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while server.commit_pid() == victim and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.commit_pid() != victim, "no new commit process was started"
+        before = len(acknowledged)
+        time.sleep(1.0)
+        assert len(acknowledged) > before, "redeems did not resume after the commit process came back"
+        assert len(acknowledged) < len(first.keys), "the load ran out of keys: the test proves less than it says"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert server.stop() == 0
+    _all_redeemed(store, acknowledged)
+    assert "died" in server.log.read_text()
+
+
 # -- schemathesis -------------------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from ..keyformat import looks_like_serial
 from ..results import Result
 from ..tokens import Grant
 from .accesslog import AccessLog
+from .commitd import RemoteCommitter
 from .committer import Committer
 from .metrics import Metrics
 from .openapi import document
@@ -62,6 +63,7 @@ class Options:
     pepper_file: Path | None = None
     run_dir: Path | None = None  # shared by the workers: their metrics files
     access_log: bool = True
+    commit_socket: Path | None = None  # the commit process (None: this worker commits its own redeems)
 
 
 class _Gone(Exception):
@@ -74,7 +76,7 @@ class Service:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._vault: Vault | None = None
-        self._committer: Committer[tuple[str, str, str | None], Result] | None = None
+        self._committer: Committer[tuple[str, str, str | None], Result] | RemoteCommitter | None = None
         self.metrics = Metrics(options.run_dir)
         self.access = AccessLog(enabled=options.access_log)
         self._saver: asyncio.Task[None] | None = None
@@ -116,11 +118,15 @@ class Service:
         # default 5 ms slice: redeem latency is mostly that hand-over otherwise.
         sys.setswitchinterval(SWITCH_SECONDS)
         vault = Vault.open(self.options.store, pepper_file=self.options.pepper_file)
-        vault.flush_every = None  # the committer thread flushes statistics, never the event loop
-        self._committer = Committer(vault.redeem_for, idle=vault.flush_stats)
-        self._committer.start()
+        vault.flush_every = None  # flushed off the event loop: by the committer thread, or every second below
+        if self.options.commit_socket is not None:
+            self._committer = RemoteCommitter(self.options.commit_socket)
+        else:
+            local = Committer(vault.redeem_for, idle=vault.flush_stats)
+            local.start()
+            self._committer = local
         self._vault = vault
-        self._saver = asyncio.get_running_loop().create_task(self._save_metrics())
+        self._saver = asyncio.get_running_loop().create_task(self._every_second())
 
     def _stop(self) -> None:
         """Called once the server has answered every request in flight: commit, flush and close."""
@@ -135,17 +141,20 @@ class Service:
         self.metrics.save()
         self.access.flush()
 
-    async def _save_metrics(self) -> None:
+    async def _every_second(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             self._record_commits()
             try:
                 self.metrics.save()
-            except OSError:
-                pass  # the next second tries again; metrics never stop the service
+                if isinstance(self._committer, RemoteCommitter) and self._vault is not None:
+                    await loop.run_in_executor(None, self._vault.flush_stats)  # a write: never on the loop
+            except (OSError, KeyvaultError):
+                pass  # the next second tries again; metrics and statistics never stop the service
 
     def _record_commits(self) -> None:
-        if self._committer is not None:
+        if isinstance(self._committer, Committer):  # the commit process counts its own
             self.metrics.set_commits(self._committer.commits, self._committer.items)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -285,7 +294,7 @@ class Service:
         return 200, _results_body(results), _JSON
 
     @property
-    def _redeems(self) -> Committer[tuple[str, str, str | None], Result]:
+    def _redeems(self) -> Committer[tuple[str, str, str | None], Result] | RemoteCommitter:
         if self._committer is None:
             raise Problem("store-unavailable", "the service is starting or stopping; retry in a moment")
         return self._committer
@@ -480,5 +489,7 @@ def create_app() -> Service:
         raise KeyvaultError("start the service with `keyvault --store DIR serve`")
     pepper = os.environ.get("KEYVAULT_SERVICE_PEPPER_FILE")
     run_dir = os.environ.get("KEYVAULT_SERVICE_RUN_DIR")
+    commits = os.environ.get("KEYVAULT_SERVICE_COMMIT_SOCKET")
     return Service(Options(Path(store), Path(pepper) if pepper else None, Path(run_dir) if run_dir else None,
-                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1"))
+                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1",
+                           commit_socket=Path(commits) if commits else None))

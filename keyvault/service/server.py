@@ -1,23 +1,31 @@
 """Starting the service: checks first, then uvicorn (uvloop, httptools) with N worker processes.
 
-A supervisor process binds the socket and starts the workers; each worker
+A supervisor process binds the socket, starts the commit process (the one
+writer of every worker's redeems, service/commitd.py) and the workers; each
 opens the store itself once it runs (spawned, never forked with an open
-environment). The supervisor restarts a worker that dies, and on SIGTERM or
-SIGINT stops them all: each stops accepting, answers every request in flight
-(redeems included: each is durable before it is answered), flushes and closes.
+environment). The supervisor restarts a worker or the commit process that
+dies, and on SIGTERM or SIGINT stops the workers: each stops accepting,
+answers every request in flight (redeems included: each is durable before it
+is answered), flushes and closes; then the commit process stops.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
+from . import commitd
 
 APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight
@@ -68,9 +76,11 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
     except ImportError:
         raise KeyvaultError("the service needs uvicorn, uvloop and httptools: pip install 'keyvault[service]'") \
             from None
-    run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))
+    run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))  # 0700: the commit socket lives here
+    commits = CommitProcess(store, pepper_file, run_dir)
     os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir),
-                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0")
+                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0",
+                      KEYVAULT_SERVICE_COMMIT_SOCKET=str(commits.socket))
     if pepper_file is not None:
         os.environ["KEYVAULT_SERVICE_PEPPER_FILE"] = str(pepper_file.resolve())
     try:
@@ -78,10 +88,76 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
                         lifespan="on", access_log=False, log_config=log_config(), server_header=False,
                         timeout_graceful_shutdown=GRACE_SECONDS, backlog=4096, ws="none", interface="asgi3")
         sock = config.bind_socket()
-        supervisor = Multiprocess(config, sockets=[sock])  # also for one worker: restarted if it dies
-        supervisor.run()
+        commits.start()
+        try:
+            supervisor = Multiprocess(config, sockets=[sock])  # also for one worker: restarted if it dies
+            supervisor.run()
+        finally:
+            commits.stop()  # after the workers: they have answered every request in flight
         return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
     except OSError as exc:
         raise KeyvaultError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class CommitProcess:
+    """The commit process (service/commitd.py), started before the workers and restarted if it dies."""
+
+    def __init__(self, store: Path, pepper_file: Path | None, run_dir: Path) -> None:
+        self.socket = run_dir / "commit.sock"
+        self._args = (str(store.resolve()), str(pepper_file.resolve()) if pepper_file else None, str(self.socket),
+                      str(run_dir))
+        self._context = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._keep_alive, name="keyvault-commit-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start it, wait until it listens, and watch it."""
+        self._spawn()
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        ours, theirs = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=commitd.run, args=(*self._args, theirs), name="keyvault-commit",
+                                        daemon=False)
+        process.start()
+        theirs.close()
+        try:
+            said = ours.recv() if ours.poll(60) else "it did not start within 60 s"
+        except EOFError:
+            said = f"it exited with code {process.exitcode}"
+        finally:
+            ours.close()
+        self._process = process
+        if said == "ready":
+            logging.getLogger("keyvault.service").info("commit process [%s] started", process.pid)
+        else:
+            process.join(5)
+            raise KeyvaultError(f"the service's commit process could not start: {said}")
+
+    def _keep_alive(self) -> None:
+        while not self._stopping.wait(0.2):
+            process = self._process
+            if process is not None and not process.is_alive():
+                logging.getLogger("keyvault.service").error(
+                    "the commit process [%s] died (exit code %s); starting a new one", process.pid, process.exitcode)
+                try:
+                    self._spawn()
+                except KeyvaultError as exc:
+                    logging.getLogger("keyvault.service").error("%s; trying again", exc)
+                    time.sleep(1.0)
+
+    def stop(self) -> None:
+        """SIGTERM it once the workers are gone: it answers what it holds, flushes and closes."""
+        self._stopping.set()
+        if self._watch.is_alive():
+            self._watch.join()
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(GRACE_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
