@@ -176,8 +176,8 @@ class Service:
             error_log.exception("internal error on %s %s", scope["method"], route)
             status, kind = 500, _PROBLEM
             body = json.dumps({"type": "urn:keyvault:problem:internal-error", "title": "Internal error",
-                               "status": 500, "detail": "the service failed on this request and changed "
-                               "nothing it did not report; it was logged: tell the operator"}).encode()
+                               "status": 500, "detail": "the service failed on this request; it was logged "
+                               "for the operator. A redeem may be retried with the same order id"}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
                                 (b"cache-control", b"no-store"), *headers]})
@@ -233,8 +233,8 @@ class Service:
         _content_type(scope, (b"application/json",), "application/json")
         raw = await self._body(scope, receive, MAX_BODY)
         try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError):
+            doc = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise Problem("malformed-json", "the body is not valid UTF-8 JSON; send a JSON object") from None
         if not isinstance(doc, dict):
             raise Problem("invalid-request", "the body must be a JSON object")
