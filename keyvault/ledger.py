@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import threading
 
+from . import _fast
 from .eventlog import EventLog, change_of
 from .store import Head, Txn
-from .store.records import from_u64, pack_outcome, u64
+from .store.records import U64, from_u64, u64
 
 FOLD_AT = 100_000  # unfolded changes that trigger a fold: bounds every overlay
 
@@ -91,13 +92,8 @@ class Ledger:
         hundred milliseconds of page writes, not a Python loop of LMDB calls.
         """
         head = txn.head()
-        keys = [u64(serial) for serial in sorted(pending)]
-        cards = []
-        outcomes = []
-        for key, record in txn.get_many("cards", keys):
-            state, at_ms, text, index = pending[from_u64(key)]
-            cards.append((key, bytes((state,)) + record[1:]))
-            outcomes.append((key, pack_outcome(state, at_ms, index, text)))
+        keys = list(map(U64.pack, sorted(pending)))  # u64 of each, without a Python call per key
+        cards, outcomes = _fast.fold_records(pending, txn.get_many("cards", keys))  # records.pack_outcome's layout
         txn.put_many("cards", cards)
         txn.put_many("outcomes", outcomes)
         txn.set_head(head._replace(folded=head.log_size))

@@ -131,7 +131,7 @@ def _pure_functions() -> dict:
 
 TWINS = ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
          "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys",
-         "check_one", "accept_redeems", "export_rows", "card_records"]
+         "check_one", "accept_redeems", "fold_records", "export_rows", "card_records"]
 
 
 def test_same_public_functions():
@@ -941,6 +941,39 @@ def test_accept_redeems_every_case(scene):
     _accepted_alike(tuple(answered), orders)
     _accepted_alike(answered[:2] + [None], ["A", "B", "C"])
     _accepted_alike(answered, orders, now="not a time", when=None)
+
+
+# fold_records: the card and outcome records a ledger fold writes
+
+
+def _folded_alike(pending, cards):
+    return same("fold_records", pending, cards)
+
+
+def test_fold_records_every_shape():
+    base = _batch_key(1, 1) << 25
+    tag = bytes(range(16))
+    pending = {base: (REDEEMED, NOW, "order-1", 7), base + 1: (VOIDED, NOW + 1, "refund \u00e9\u4e2d", 2**63),
+               base + 2: (REDEEMED, 0, "", 0), base + 3: (REDEEMED, 2**64 - 1, "x" * 300, 2**64 - 1)}
+    cards = [(_u64(base + i), bytes([ACTIVE]) + tag) for i in range(4)]
+    new_cards, outcomes = _folded_alike(pending, cards)
+    assert new_cards[1] == (_u64(base + 1), bytes([VOIDED]) + tag)
+    assert outcomes[1] == (_u64(base + 1), bytes([VOIDED]) + (NOW + 1).to_bytes(8, "big") + (2**63).to_bytes(8, "big")
+                           + "refund \u00e9\u4e2d".encode())
+    _folded_alike({}, [])
+    _folded_alike(pending, cards[::-1])
+    _folded_alike(pending, [(_u64(base), b""), (_u64(base + 1), b"\x00"), (_u64(base + 2), b"\x00" + tag + b"++")])
+    _folded_alike(pending, cards + [(_u64(base + 9), bytes(17))])  # no change for it: KeyError
+    for odd in ((256, NOW, "o", 1), (-1, NOW, "o", 1), (REDEEMED, -1, "o", 1), (REDEEMED, 2**64, "o", 1),
+                (REDEEMED, NOW, "o", -1), (REDEEMED, NOW, b"o", 1), (REDEEMED, NOW, "\ud800", 1),
+                (REDEEMED, NOW, "o"), (True, NOW, "o", 1), (REDEEMED, 1.5, "o", 1), None):
+        _folded_alike({**pending, base + 2: odd}, cards)
+    _folded_alike(pending, [tuple(c) for c in cards] + [[_u64(base), bytes(17)]])
+    _folded_alike(pending, [(memoryview(_u64(base)), bytes(17))])
+    _folded_alike(pending, [(_u64(base), bytearray(17))])
+    _folded_alike(pending, [(b"\x00" * 7, bytes(17))])
+    _folded_alike(pending, tuple(cards))
+    _folded_alike(_Rows(pending), cards)
 
 
 def test_check_keys_many_batches_and_duplicates(store):

@@ -2947,6 +2947,93 @@ def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tu
     return pairs, hashes
 
 
+cdef inline void _put_be64(unsigned char* p, uint64_t v) noexcept nogil:
+    """v big-endian at p (8 bytes)."""
+    cdef int i
+    for i in range(SERIAL_KEY_BYTES - 1, -1, -1):
+        p[i] = v & 0xFF
+        v >>= 8
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)  # an ASCII str: its 1-byte data is its UTF-8
+
+
+cdef extern from *:
+    """
+    /* (a, b) of two bytes objects, which cannot be part of cyclic garbage: untracked, so a fold's
+       200,000 pairs cost the cycle collector nothing (CPython would untrack them itself, later). */
+    static PyObject* kv_untracked_pair(PyObject* a, PyObject* b) {
+        PyObject* pair = PyTuple_Pack(2, a, b);
+        if (pair != NULL && PyObject_GC_IsTracked(pair))
+            PyObject_GC_UnTrack(pair);
+        return pair;
+    }
+    """
+    object kv_untracked_pair(object a, object b)
+
+
+def fold_records(pending: dict, cards: list) -> tuple[list, list]:
+    """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
+
+    ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
+    serial to its unfolded change (state, at ms, text, event index). The card keeps its tag and takes
+    the change's state; the outcome record is the state, the time and the event index (big-endian u8,
+    u64, u64), then the text in UTF-8.
+    """
+    cdef Py_ssize_t n, i, size, tlen
+    cdef PyObject* entry
+    cdef uint64_t state, at_ms, index
+    cdef const char* utf8
+    cdef unsigned char* out
+    if type(pending) is not dict or type(cards) is not list:
+        return _pure.fold_records(pending, cards)
+    n = PyList_GET_SIZE(cards)
+    new_cards = []
+    outcomes = []
+    for i in range(n):  # any shape or value read otherwise than here: the specification answers (or raises)
+        item = <object>PyList_GET_ITEM(cards, i)
+        if type(item) is not tuple or PyTuple_GET_SIZE(item) != 2:
+            return _pure.fold_records(pending, cards)
+        key = <object>PyTuple_GET_ITEM(item, 0)
+        record = <object>PyTuple_GET_ITEM(item, 1)
+        if type(key) is not bytes or PyBytes_GET_SIZE(key) != SERIAL_KEY_BYTES or type(record) is not bytes:
+            return _pure.fold_records(pending, cards)
+        entry = PyDict_GetItemWithError(pending, PyLong_FromUnsignedLongLong(
+            _load_be64(<const unsigned char*>PyBytes_AS_STRING(key))))
+        if entry == NULL or type(<object>entry) is not tuple or PyTuple_GET_SIZE(<object>entry) != 4:
+            return _pure.fold_records(pending, cards)
+        change = <object>entry
+        text = <object>PyTuple_GET_ITEM(change, 2)
+        if not kv_u64_of(<object>PyTuple_GET_ITEM(change, 0), &state) or state > 255 \
+                or not kv_u64_of(<object>PyTuple_GET_ITEM(change, 1), &at_ms) \
+                or not kv_u64_of(<object>PyTuple_GET_ITEM(change, 3), &index) or type(text) is not str:
+            return _pure.fold_records(pending, cards)
+        if PyUnicode_IS_ASCII(text):
+            utf8 = <const char*>PyUnicode_1BYTE_DATA(text)
+            tlen = PyUnicode_GET_LENGTH(text)
+        else:
+            try:
+                utf8 = PyUnicode_AsUTF8AndSize(text, &tlen)
+            except UnicodeError:
+                return _pure.fold_records(pending, cards)
+        size = PyBytes_GET_SIZE(record)
+        card = PyBytes_FromStringAndSize(NULL, 1 + (size - 1 if size > 1 else 0))
+        out = <unsigned char*>PyBytes_AS_STRING(card)
+        out[0] = <unsigned char>state
+        if size > 1:
+            memcpy(out + 1, PyBytes_AS_STRING(record) + 1, <size_t>(size - 1))
+        outcome = PyBytes_FromStringAndSize(NULL, OUTCOME_HEAD + tlen)
+        out = <unsigned char*>PyBytes_AS_STRING(outcome)
+        out[0] = <unsigned char>state
+        _put_be64(out + 1, at_ms)
+        _put_be64(out + 9, index)
+        memcpy(out + OUTCOME_HEAD, utf8, <size_t>tlen)
+        new_cards.append(kv_untracked_pair(key, card))
+        outcomes.append(kv_untracked_pair(key, outcome))
+    return new_cards, outcomes
+
+
 def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Append leaves to an append-only RFC 9162 tree of ``size`` leaves: the internal nodes they complete,
     [(u64(node_key), hash), ...] in key order, and the new frontier (see _pure)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import operator
+import struct
 import unicodedata
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -438,6 +439,26 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
         elif status is redeemed and result.order_id == order:  # a retry: the first answer again
             results[i] = result._replace(status=accepted, message=None)
     return changes, counts
+
+
+_OUTCOME = struct.Struct(">BQQ")  # an outcome record's head: state, at ms, event index (then the text, UTF-8)
+
+
+def fold_records(pending: dict, cards: list) -> tuple[list, list]:
+    """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
+
+    ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
+    serial to its unfolded change (state, at ms, text, event index). The card keeps its tag and takes
+    the change's state; the outcome record is the state, the time and the event index (big-endian u8,
+    u64, u64), then the text in UTF-8.
+    """
+    new_cards = []
+    outcomes = []
+    for key, record in cards:
+        state, at_ms, text, index = pending[int.from_bytes(key, "big")]
+        new_cards.append((key, bytes((state,)) + record[1:]))
+        outcomes.append((key, _OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")))
+    return new_cards, outcomes
 
 
 # -- issuance in bulk: the printable export and the card records, a chunk at a time ----------------
