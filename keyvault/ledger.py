@@ -11,16 +11,19 @@ serial. Before deciding anything, a transaction brings the overlay up to
 what it sees (events past the last one read; nothing to read when no one
 wrote), so a decision inside a write transaction sees every earlier redeem
 of every process: exactly once holds. When more than ``FOLD_AT`` changes are
-unfolded, the transaction that notices folds them: card states and outcome
-records are written in serial order (sequential, cheap), each naming its
-event in the log (for the key's trace), and the head records the log size folded so other
-processes drop those changes from their overlays. The events stay: the log
+unfolded, the transaction that notices folds the oldest of them, leaving
+``FOLD_AT - FOLD_AT // FOLD_SLICES`` (a short pause, often, instead of a long
+one for every process's redeems): card states and outcome records are written in serial
+order (sequential, cheap), each naming its event in the log (for the key's
+trace), and the head records the log index before which every change is
+folded, so other processes drop those changes from their overlays. The events stay: the log
 is the store's permanent, signed history.
 """
 
 from __future__ import annotations
 
 import threading
+from itertools import islice
 
 from . import _fast
 from .eventlog import EventLog, change_of
@@ -28,6 +31,7 @@ from .store import Head, Txn
 from .store.records import U64, from_u64, u64
 
 FOLD_AT = 100_000  # unfolded changes that trigger a fold: bounds every overlay
+FOLD_SLICES = 10  # a fold writes the oldest FOLD_AT // FOLD_SLICES changes: a short pause, often
 
 #: An overlay entry: (state, at ms, text, event index).
 Change = tuple[int, int, str, int]
@@ -84,17 +88,37 @@ class Ledger:
         return self._log.append_changes(txn, changes)
 
     @staticmethod
-    def fold(txn: Txn, pending: dict[int, Change]) -> int:
-        """Write every unfolded change (``pending``: the overlay plus this transaction's) into card and
-        outcome records (which name each change's event) in serial order, and record how far the log is folded.
+    def fold(txn: Txn, pending: dict[int, Change], at_most: int | None = None) -> int:
+        """Write the oldest unfolded changes (at most ``at_most``; ``pending``: the overlay plus this
+        transaction's, in log order) into card and outcome records (which name each change's event) in
+        serial order, and record how far the log is folded: every change before the first one left.
 
-        Bulk calls only (one sorted read, two sorted writes): a fold of 100,000 changes is a few
-        hundred milliseconds of page writes, not a Python loop of LMDB calls.
+        Bulk calls only (one sorted read, two sorted writes). A fold of 100,000 changes is a few hundred
+        milliseconds of page writes, and every redeem of every process waits for it; folding a slice of
+        the oldest at a time keeps each pause short.
         """
         head = txn.head()
+        folded = head.log_size
+        if at_most is not None and len(pending) > at_most:
+            pending, folded = _oldest(pending, at_most)
         keys = list(map(U64.pack, sorted(pending)))  # u64 of each, without a Python call per key
         cards, outcomes = _fast.fold_records(pending, txn.get_many("cards", keys))  # records.pack_outcome's layout
         txn.put_many("cards", cards)
         txn.put_many("outcomes", outcomes)
-        txn.set_head(head._replace(folded=head.log_size))
+        txn.set_head(head._replace(folded=folded))
         return len(cards)
+
+
+def _oldest(pending: dict[int, Change], n: int) -> tuple[dict[int, Change], int]:
+    """The ``n`` changes earliest in the log, and the log index of the first change left after them.
+
+    The overlay holds its changes in log order (it reads and learns them in that order, one change
+    per serial), so they are its first ``n`` items; checked, and sorted when that ever fails to hold.
+    """
+    items = iter(pending.items())
+    oldest = dict(islice(items, n))
+    left = min(change[3] for _, change in items)
+    if max(change[3] for change in oldest.values()) < left:
+        return oldest, left
+    by_index = sorted(pending.items(), key=lambda item: item[1][3])
+    return dict(by_index[:n]), by_index[n][1][3]

@@ -42,7 +42,7 @@ from .proofs import commitment_proof
 from .issuing import Progress
 from .groupcommit import GroupCommit
 from .eventlog import EventLog, Policy, parse_leaf
-from .ledger import FOLD_AT, Change, Ledger
+from .ledger import FOLD_AT, FOLD_SLICES, Change, Ledger
 from .keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -519,7 +519,8 @@ class Vault:
             pending = dict(overlay)
             for (serial, state, at, text), seq in zip(changes, seqs):
                 pending[serial] = (state, at, text, seq)
-            self._ledger.fold(txn, pending)
+            keep = FOLD_AT - max(1, FOLD_AT // FOLD_SLICES)  # unfolded after this fold: the next is a slice away
+            self._ledger.fold(txn, pending, len(pending) - keep)
             return [], []
         return changes, seqs
 

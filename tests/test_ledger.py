@@ -168,3 +168,51 @@ def test_redeem_and_void_events_round_trip() -> None:
                                                                                1_700_000_000_000)
     (_, leaf), = _fast.ledger_leaves(0, bytes(32), [(5, 2, 7, "refund")])[0]
     assert change_of(leaf) == (5, 2, 7, "refund") and parse_leaf(leaf)["reason"] == "refund"
+
+
+def test_folds_take_the_oldest_slice_and_keep_every_answer(platform: Vault, issued: Issued,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past FOLD_AT unfolded changes, a fold writes the oldest ones and leaves FOLD_AT - FOLD_AT // FOLD_SLICES:
+    every earlier change is then in the card records, every later one in the log, and both answer alike."""
+    from keyvault.store.records import OUTCOME, u64
+
+    monkeypatch.setattr("keyvault.vault.FOLD_AT", 10)
+    monkeypatch.setattr("keyvault.vault.FOLD_SLICES", 5)
+    keys = issued.keys[:60]
+    for i in range(0, 39, 3):  # batches of 3, so a fold sometimes takes more than one slice
+        platform.redeem_many([(key, f"o-{i + j}") for j, key in enumerate(keys[i:i + 3])])
+        with platform._store.read() as txn:
+            folded = sum(1 for _ in txn.items("outcomes"))
+        redeemed = i + 3
+        assert redeemed - folded < 10, "a fold left FOLD_AT or more changes unfolded"
+        if redeemed >= 10:
+            assert redeemed - folded >= 8, "a fold took more than the oldest slice"
+    platform.void(keys[45], "recall")
+    with platform._store.read() as txn:
+        folded = txn.head().folded
+        for key in keys[:39]:  # each folded change holds its event's index below the mark
+            record = txn.get("outcomes", u64(_serial(key)))
+            if record is not None:
+                assert OUTCOME.unpack_from(record)[2] < folded
+    results = platform.verify_many(keys[:46])
+    assert [r.order_id for r in results[:39]] == [f"o-{i}" for i in range(39)]
+    assert all(r.status is Status.REDEEMED for r in results[:39]) and results[45].status is Status.VOID
+    assert all(r.status is Status.VALID for r in results[39:45])
+    retry = platform.redeem_many([(keys[0], "o-0"), (keys[1], "other")])
+    assert [r.status for r in retry] == [Status.ACCEPTED, Status.REDEEMED]
+
+
+def test_oldest_slice_falls_back_to_sorting_when_the_overlay_is_out_of_log_order() -> None:
+    from keyvault.ledger import _oldest
+
+    ordered = {serial: (2, 0, "", index) for index, serial in enumerate([50, 10, 40, 20, 30])}
+    assert _oldest(ordered, 2) == ({50: (2, 0, "", 0), 10: (2, 0, "", 1)}, 2)
+    shuffled = {40: (2, 0, "", 2), 10: (2, 0, "", 1), 20: (2, 0, "", 3), 50: (2, 0, "", 0)}
+    chosen, left = _oldest(shuffled, 2)
+    assert set(chosen) == {50, 10} and left == 2
+
+
+def _serial(key: str) -> int:
+    from keyvault import _fast
+
+    return int(_fast.parse_key(key)[1])

@@ -68,8 +68,11 @@ def check(store: Path, pepper_file: Path | None, host: str) -> int:
 
 
 def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: int, *,
-          access_log: bool = True, app: str = APP) -> bool:
-    """Run the service until SIGTERM/SIGINT; False when a worker could not start."""
+          access_log: bool = True, app: str = APP, commit_process: bool = True) -> bool:
+    """Run the service until SIGTERM/SIGINT; False when a worker could not start.
+
+    ``app`` and ``commit_process`` are for the benchmark's trivial application, which has no store.
+    """
     try:
         from uvicorn.config import STARTUP_FAILURE, Config
         from uvicorn.supervisors.multiprocess import Multiprocess
@@ -77,10 +80,11 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
         raise KeyvaultError("the service needs uvicorn, uvloop and httptools: pip install 'keyvault[service]'") \
             from None
     run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))  # 0700: the commit socket lives here
-    commits = CommitProcess(store, pepper_file, run_dir)
+    commits = CommitProcess(store, pepper_file, run_dir) if commit_process else None
     os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir),
-                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0",
-                      KEYVAULT_SERVICE_COMMIT_SOCKET=str(commits.socket))
+                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0")
+    if commits is not None:
+        os.environ["KEYVAULT_SERVICE_COMMIT_SOCKET"] = str(commits.socket)
     if pepper_file is not None:
         os.environ["KEYVAULT_SERVICE_PEPPER_FILE"] = str(pepper_file.resolve())
     try:
@@ -88,12 +92,14 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
                         lifespan="on", access_log=False, log_config=log_config(), server_header=False,
                         timeout_graceful_shutdown=GRACE_SECONDS, backlog=4096, ws="none", interface="asgi3")
         sock = config.bind_socket()
-        commits.start()
+        if commits is not None:
+            commits.start()
         try:
             supervisor = Multiprocess(config, sockets=[sock])  # also for one worker: restarted if it dies
             supervisor.run()
         finally:
-            commits.stop()  # after the workers: they have answered every request in flight
+            if commits is not None:
+                commits.stop()  # after the workers: they have answered every request in flight
         return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
     except OSError as exc:
         raise KeyvaultError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
