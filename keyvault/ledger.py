@@ -11,9 +11,10 @@ serial. Before deciding anything, a transaction brings the overlay up to
 what it sees (events past the last one read; nothing to read when no one
 wrote), so a decision inside a write transaction sees every earlier redeem
 of every process: exactly once holds. When more than ``FOLD_AT`` changes are
-unfolded, the transaction that notices folds the oldest of them, leaving
-``FOLD_AT - FOLD_AT // FOLD_SLICES`` (a short pause, often, instead of a long
-one for every process's redeems): card states and outcome records are written in serial
+unfolded, the transaction that notices folds them all, or, when the vault
+folds in slices (``Vault.fold_slices``), the oldest of them, leaving
+``FOLD_AT - FOLD_AT // fold_slices`` (a shorter pause for every process's
+redeems, more often, at a cost in throughput): card states and outcome records are written in serial
 order (sequential, cheap), each naming its event in the log (for the key's
 trace), and the head records the log index before which every change is
 folded, so other processes drop those changes from their overlays. The events stay: the log
@@ -31,7 +32,6 @@ from .store import Head, Txn
 from .store.records import U64, from_u64, u64
 
 FOLD_AT = 100_000  # unfolded changes that trigger a fold: bounds every overlay
-FOLD_SLICES = 10  # a fold writes the oldest FOLD_AT // FOLD_SLICES changes: a short pause, often
 
 #: An overlay entry: (state, at ms, text, event index).
 Change = tuple[int, int, str, int]

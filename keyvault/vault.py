@@ -42,7 +42,7 @@ from .proofs import commitment_proof
 from .issuing import Progress
 from .groupcommit import GroupCommit
 from .eventlog import EventLog, Policy, parse_leaf
-from .ledger import FOLD_AT, FOLD_SLICES, Change, Ledger
+from .ledger import FOLD_AT, Change, Ledger
 from .keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -113,6 +113,10 @@ class Vault:
         self._last_flush = time.monotonic()
         #: Seconds between automatic writes of refused-attempt counts (None: only flush_stats() and close()).
         self.flush_every: float | None = _FLUSH_SECONDS
+        #: How many folds a full overlay takes. 1: all at once, best for bulk redeems (1 M-key store:
+        #: 159 k/s, a 220 ms pause every 100,000); 10: the oldest tenth each time, for tail latency
+        #: (100 k/s, an 80 ms pause every 10,000: the service's commit process uses it).
+        self.fold_slices = 1
         self._ledger = Ledger(self._log)
         self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
         self._cards = store.handle("cards")
@@ -519,7 +523,7 @@ class Vault:
             pending = dict(overlay)
             for (serial, state, at, text), seq in zip(changes, seqs):
                 pending[serial] = (state, at, text, seq)
-            keep = FOLD_AT - max(1, FOLD_AT // FOLD_SLICES)  # unfolded after this fold: the next is a slice away
+            keep = FOLD_AT - max(1, FOLD_AT // self.fold_slices)  # unfolded after: the next fold a slice away
             self._ledger.fold(txn, pending, len(pending) - keep)
             return [], []
         return changes, seqs

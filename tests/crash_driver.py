@@ -94,6 +94,7 @@ def redeem_storm(store: str, work_path: str, acks_path: str) -> None:
     lock = threading.Lock()
     acks = _Acks(acks_path)
     vault = Vault.open(store)
+    vault.fold_slices = int(work.get("fold_slices", 1))  # whole folds, or the oldest slice (as the service)
     _say("ready")
 
     def take(rng: random.Random) -> tuple[int, str] | None:

@@ -59,8 +59,8 @@ class Template:
 def _build(root: Path) -> Template:
     """A supplier issues 300 keys and sends them to a platform as a sealed lot (custody records); the
     platform imports upstream card:password pairs, redeems 70 keys and one card, voids two keys,
-    blacklists one and lifts another, and is refused a few guesses. FOLD_AT is 25: a fold leaves the
-    newest 23 changes unfolded, so most are folded into card and outcome records and the last 24 are not."""
+    blacklists one and lifts another, and is refused a few guesses. FOLD_AT is 25, so most changes
+    are folded into card and outcome records and the last 13 are not."""
     files = root / "files"
     files.mkdir(parents=True)
     supplier, shop = Identity.generate("Acme Games"), Identity.generate("Shop")
@@ -126,7 +126,7 @@ def test_a_clean_store_passes_every_check(vault: Vault, template: Template) -> N
     counts = report["counts"]
     assert counts["batches"] == 2 and counts["keys"] == 303 and counts["cards"] == 303
     assert counts["redeemed"] == 71 and counts["void"] == 2 and counts["active"] == 303 - 73
-    assert counts["outcomes"] == 49 and counts["unfolded"] == 24  # both halves of the ledger are checked
+    assert counts["outcomes"] == 60 and counts["unfolded"] == 13  # both halves of the ledger are checked
     assert counts["transfers"] == 1 and counts["blacklist"] == 1 and counts["commitments"] == 303
     assert counts["events"] == vault.verify_log() and counts["checkpoints"] >= 2
     assert counts["tree_nodes"] == counts["events"] - counts["events"].bit_count()

@@ -364,7 +364,8 @@ def test_redeem_storm_killed_at_random_loses_nothing(tmp_path: Path, bystanders:
     for it in range(ITERATIONS):
         handed = [ledger.take(rng) for _ in range(min(BUDGET, len(ledger.pool)))]
         old = rng.sample(sorted(ledger.known), min(150, len(ledger.known)))
-        work = {"iteration": it, "seed": rng.randrange(1 << 30), "fold_at": FOLD_AT, "threads": 4, "pause": 0.01,
+        work = {"iteration": it, "seed": rng.randrange(1 << 30), "fold_at": FOLD_AT, "fold_slices": 1 + 4 * (it % 2),
+                "threads": 4, "pause": 0.01,
                 "retry_budget": 400, "fresh": [[idx, ledger.keys[idx]] for idx in handed],
                 "old": [[idx, ledger.keys[idx], *ledger.known[idx][:2]] for idx in old]}
         work_path, acks = tmp_path / f"work-{it}.json", tmp_path / f"acks-{it}"

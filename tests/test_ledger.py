@@ -172,12 +172,12 @@ def test_redeem_and_void_events_round_trip() -> None:
 
 def test_folds_take_the_oldest_slice_and_keep_every_answer(platform: Vault, issued: Issued,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past FOLD_AT unfolded changes, a fold writes the oldest ones and leaves FOLD_AT - FOLD_AT // FOLD_SLICES:
+    """Past FOLD_AT unfolded changes, a fold in slices writes the oldest ones and leaves FOLD_AT - FOLD_AT // slices:
     every earlier change is then in the card records, every later one in the log, and both answer alike."""
     from keyvault.store.records import OUTCOME, u64
 
     monkeypatch.setattr("keyvault.vault.FOLD_AT", 10)
-    monkeypatch.setattr("keyvault.vault.FOLD_SLICES", 5)
+    platform.fold_slices = 5
     keys = issued.keys[:60]
     for i in range(0, 39, 3):  # batches of 3, so a fold sometimes takes more than one slice
         platform.redeem_many([(key, f"o-{i + j}") for j, key in enumerate(keys[i:i + 3])])

@@ -461,7 +461,6 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
     from keyvault.store.records import OUTCOME, u64
 
     monkeypatch.setattr("keyvault.vault.FOLD_AT", 2)
-    monkeypatch.setattr("keyvault.vault.FOLD_SLICES", 1)  # a fold takes every change
     platform.redeem_many([(issued.keys[0], "o-0"), (issued.keys[1], "o-1")])  # folded: outcome records written
     serial = _fast.parse_key(issued.keys[0])[1]
     with platform._store.read() as txn:

@@ -28,7 +28,7 @@ from ..keyformat import looks_like_serial
 from ..results import Result
 from ..tokens import Grant
 from .accesslog import AccessLog
-from .commitd import RemoteCommitter
+from .commitd import FOLD_SLICES, RemoteCommitter
 from .committer import Committer
 from .metrics import Metrics
 from .openapi import document
@@ -122,6 +122,7 @@ class Service:
         if self.options.commit_socket is not None:
             self._committer = RemoteCommitter(self.options.commit_socket)
         else:
+            vault.fold_slices = FOLD_SLICES
             local = Committer(vault.redeem_for, idle=vault.flush_stats)
             local.start()
             self._committer = local

@@ -43,6 +43,7 @@ from .metrics import Metrics
 _LENGTH = struct.Struct("<I")
 _SEND_SECONDS = 10.0  # a worker that does not read its answers for this long is disconnected
 _IDLE_SECONDS = 1.0  # statistics and metrics are written at most this often
+FOLD_SLICES = 10  # shorter fold pauses for checkout's tail latency (redeem p99 26 ms, not 70 ms, at 14 k/s)
 
 Item = tuple[str, str, "str | None"]
 
@@ -73,6 +74,7 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
         ready.send(str(exc))
         return
     vault.flush_every = None  # flushed below, between commits
+    vault.fold_slices = FOLD_SLICES
     metrics = Metrics(Path(run_dir) if run_dir else None)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     Path(path).unlink(missing_ok=True)
