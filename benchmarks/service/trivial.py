@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workers import APP from here
     with tempfile.TemporaryDirectory(prefix="kv-trivial-") as unused_store:  # serve() wants one; unopened
-        ok = serve(Path(unused_store), None, host, int(port), args.workers, access_log=args.access_log, app=APP)
+        ok = serve(Path(unused_store), None, host, int(port), args.workers, access_log=args.access_log, app=APP,
+                   commit_process=False)
     return 0 if ok else 1
 
 
