@@ -227,6 +227,8 @@ class Vault:
     def _current(self, txn: Txn, head: Head | None = None) -> Catalog:
         """The catalog, reloaded if any process changed the configuration since it was read."""
         generation = (head or txn.head()).generation
+        if txn.bumped:  # this transaction's own changes: never cached, it may abort and its number be reused
+            return Catalog.load(txn, generation)
         catalog = self._catalog
         if catalog.generation != generation:
             catalog = Catalog.load(txn, generation)

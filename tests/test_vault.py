@@ -481,3 +481,28 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
     for result in (results[1], platform.verify(issued.keys[0]), platform.redeem(issued.keys[0], "o-9")):
         assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
         assert result.redeemed_at is None
+
+
+def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, issued: Issued) -> None:
+    """A transaction that changed the configuration and read the catalog, then aborted, must leave no cached
+    catalog behind: another writer's next change reuses its generation number (here, a blacklist entry)."""
+    from keyvault.store.records import LEVEL_KEY, dump, u64
+
+    class Abort(Exception):
+        pass
+
+    def change_then_abort(txn) -> None:  # type: ignore[no-untyped-def]
+        txn.bump_generation()
+        platform._current(txn)
+        raise Abort
+
+    with pytest.raises(Abort):
+        platform._store.write(change_then_abort)
+    serial = _fast.parse_key(issued.keys[0])[1]
+
+    def other_writer(txn) -> None:  # type: ignore[no-untyped-def]  # as another process would
+        txn.put("blacklist", LEVEL_KEY + u64(serial), dump({"reason": "stolen", "at": 0}))
+        txn.bump_generation()
+
+    platform._store.write(other_writer)
+    assert platform.verify(issued.keys[0]).status is Status.BLACKLISTED

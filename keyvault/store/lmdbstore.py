@@ -138,11 +138,12 @@ class Head(NamedTuple):
 class Txn:
     """One transaction over the store's databases; the only way the engine touches LMDB."""
 
-    __slots__ = ("_txn", "_dbs")
+    __slots__ = ("_txn", "_dbs", "bumped")
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
         self._txn = txn
         self._dbs = dbs
+        self.bumped = False  # this transaction changed the configuration (it may still abort)
 
     def get(self, db: str, key: bytes) -> bytes | None:
         """The value under ``key``, or None."""
@@ -225,6 +226,7 @@ class Txn:
         """Tell every process that cached configuration (batches, suppliers, blacklist) is stale."""
         head = self.head()
         self.set_head(head._replace(generation=head.generation + 1))
+        self.bumped = True
 
 
 class LmdbStore:
