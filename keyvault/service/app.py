@@ -2,7 +2,7 @@
 
 Plain ASGI, no framework: a request is a dictionary lookup, a token check, one
 engine call and one JSON document. Verify runs on the event loop (it is a
-read, tens of microseconds); redeems go through the group commit's thread;
+read, microseconds); redeems go to the commit process (commitd.py);
 everything else that writes (void, blacklist, manifests, statistics) runs in
 the loop's thread pool, so the loop never waits on a disk flush.
 """
@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,8 +27,7 @@ from ..keyformat import looks_like_serial
 from ..results import Result
 from ..tokens import Grant
 from .accesslog import AccessLog
-from .commitd import FOLD_SLICES, RemoteCommitter
-from .committer import Committer
+from .commitd import RemoteCommitter
 from .metrics import Metrics
 from .openapi import document
 from .problems import Problem, from_error
@@ -40,7 +38,6 @@ MAX_KEYS = 10_000  # keys in one /v1/verify
 MAX_ITEMS = 10_000  # items in one /v1/redeem-many
 MAX_CLIENT_ID = 63  # characters of the `client` a platform passes (it is keyed with the token name)
 MAX_MANIFEST = 1 << 30  # bytes of a manifest upload (streamed to a temporary file)
-SWITCH_SECONDS = 0.0005  # the GIL's switch interval in a worker
 
 error_log = logging.getLogger("keyvault.service")
 
@@ -60,10 +57,10 @@ class Options:
     """What a worker needs to open its store (passed through the environment to spawned workers)."""
 
     store: Path
+    commit_socket: Path  # the commit process's socket: it writes every worker's redeems
     pepper_file: Path | None = None
     run_dir: Path | None = None  # shared by the workers: their metrics files
     access_log: bool = True
-    commit_socket: Path | None = None  # the commit process (None: this worker commits its own redeems)
 
 
 class _Gone(Exception):
@@ -76,7 +73,7 @@ class Service:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._vault: Vault | None = None
-        self._committer: Committer[tuple[str, str, str | None], Result] | RemoteCommitter | None = None
+        self._committer: RemoteCommitter | None = None
         self.metrics = Metrics(options.run_dir)
         self.access = AccessLog(enabled=options.access_log)
         self._saver: asyncio.Task[None] | None = None
@@ -114,18 +111,9 @@ class Service:
 
     def _start(self) -> None:
         """Open the store in this process (after the worker started: never across fork)."""
-        # The committer thread must get the GIL as soon as its commit is due, not after the loop's
-        # default 5 ms slice: redeem latency is mostly that hand-over otherwise.
-        sys.setswitchinterval(SWITCH_SECONDS)
         vault = Vault.open(self.options.store, pepper_file=self.options.pepper_file)
-        vault.flush_every = None  # flushed off the event loop: by the committer thread, or every second below
-        if self.options.commit_socket is not None:
-            self._committer = RemoteCommitter(self.options.commit_socket)
-        else:
-            vault.fold_slices = FOLD_SLICES
-            local = Committer(vault.redeem_for, idle=vault.flush_stats)
-            local.start()
-            self._committer = local
+        vault.flush_every = None  # flushed every second below, off the event loop
+        self._committer = RemoteCommitter(self.options.commit_socket)
         self._vault = vault
         self._saver = asyncio.get_running_loop().create_task(self._every_second())
 
@@ -138,7 +126,6 @@ class Service:
         if self._vault is not None:
             self._vault.close()
             self._vault = None
-        self._record_commits()
         self.metrics.save()
         self.access.flush()
 
@@ -146,17 +133,12 @@ class Service:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
-            self._record_commits()
             try:
                 self.metrics.save()
-                if isinstance(self._committer, RemoteCommitter) and self._vault is not None:
+                if self._vault is not None:
                     await loop.run_in_executor(None, self._vault.flush_stats)  # a write: never on the loop
             except (OSError, KeyvaultError):
                 pass  # the next second tries again; metrics and statistics never stop the service
-
-    def _record_commits(self) -> None:
-        if isinstance(self._committer, Committer):  # the commit process counts its own
-            self.metrics.set_commits(self._committer.commits, self._committer.items)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -295,7 +277,7 @@ class Service:
         return 200, _results_body(results), _JSON
 
     @property
-    def _redeems(self) -> Committer[tuple[str, str, str | None], Result] | RemoteCommitter:
+    def _redeems(self) -> RemoteCommitter:
         if self._committer is None:
             raise Problem("store-unavailable", "the service is starting or stopping; retry in a moment")
         return self._committer
@@ -370,7 +352,6 @@ class Service:
 
     async def prometheus(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """GET /metrics."""
-        self._record_commits()
         return 200, self.metrics.render().encode(), b"text/plain; version=0.0.4; charset=utf-8"
 
     async def openapi(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
@@ -491,6 +472,8 @@ def create_app() -> Service:
     pepper = os.environ.get("KEYVAULT_SERVICE_PEPPER_FILE")
     run_dir = os.environ.get("KEYVAULT_SERVICE_RUN_DIR")
     commits = os.environ.get("KEYVAULT_SERVICE_COMMIT_SOCKET")
-    return Service(Options(Path(store), Path(pepper) if pepper else None, Path(run_dir) if run_dir else None,
-                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1",
-                           commit_socket=Path(commits) if commits else None))
+    if not commits:
+        raise KeyvaultError("start the service with `keyvault --store DIR serve`: it starts the commit process")
+    return Service(Options(Path(store), Path(commits), Path(pepper) if pepper else None,
+                           Path(run_dir) if run_dir else None,
+                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1"))

@@ -193,7 +193,7 @@ def _answer(work: list[tuple[socket.socket, list[tuple[int, list[Item]]]]], resu
 
 
 class RemoteCommitter:
-    """A worker's client of the commit process, with the interface of :class:`~.committer.Committer`."""
+    """A worker's client of the commit process: ``await submit(items)`` answers once they are durable."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
