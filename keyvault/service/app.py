@@ -146,7 +146,7 @@ class Service:
         headers: list[tuple[bytes, bytes]] = []
         try:
             route, handler, needed = _route(scope)
-            grant = self._grant(scope, needed) if needed else None
+            grant = self._grant(dict(scope["headers"]).get(b"authorization"), needed) if needed else None
             status, body, kind = await handler(self, scope, receive, grant)
         except _Gone:
             return
@@ -169,14 +169,13 @@ class Service:
         self.metrics.request(route, status, seconds)
         self.access.add(scope["method"], route, status, seconds)
 
-    def _grant(self, scope: Scope, needed: str) -> Grant:
-        """The caller's grant, or 401/403 (a token is never echoed or logged)."""
+    def _grant(self, authorization: bytes | None, needed: str) -> Grant:
+        """The grant of the request's Authorization header, or 401/403 (a token is never echoed or logged)."""
         token = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, rest = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    token = rest.strip().decode("latin-1")
+        if authorization is not None:
+            scheme, _, rest = authorization.partition(b" ")
+            if scheme.lower() == b"bearer":
+                token = rest.strip().decode("latin-1")
         if token is None:
             raise Problem("unauthorized", "send the header 'Authorization: Bearer TOKEN'; the store's operator "
                           "makes tokens with `keyvault token create`", _UNAUTHORIZED)

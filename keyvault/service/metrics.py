@@ -38,15 +38,17 @@ class Metrics:
         self._counts: defaultdict[str, float] = defaultdict(float)  # sample "name{labels}" -> value
         self._file = run_dir / f"{os.getpid()}.json" if run_dir else None
         self._names: dict[tuple[str, Status], str] = {}  # (operation, status) -> sample name
+        self._routes: dict[tuple[str, int], tuple[str, str, list[str]]] = {}  # (route, code) -> _route_names
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
+        names = self._routes.get((route, status))
+        if names is None:
+            names = self._routes[route, status] = _route_names(route, status)
         counts = self._counts
-        counts[f'keyvault_http_requests_total{{route="{route}",code="{status}"}}'] += 1
-        i = bisect.bisect_left(BUCKETS, seconds)
-        le = str(BUCKETS[i]) if i < len(BUCKETS) else "+Inf"
-        counts[f'keyvault_http_request_duration_seconds_bucket{{route="{route}",le="{le}"}}'] += 1
-        counts[f'keyvault_http_request_duration_seconds_sum{{route="{route}"}}'] += seconds
+        counts[names[0]] += 1
+        counts[names[1]] += seconds
+        counts[names[2][bisect.bisect_left(BUCKETS, seconds)]] += 1
 
     def keys(self, op: str, results: Sequence[Result]) -> None:
         """Count answered keys by status."""
@@ -85,6 +87,14 @@ class Metrics:
             for sample, value in source.items():
                 total[sample] += value
         return _exposition(total)
+
+
+def _route_names(route: str, status: int) -> tuple[str, str, list[str]]:
+    """Sample names of a route and status: its request count, its time sum, its buckets (the last +Inf)."""
+    bucket = 'keyvault_http_request_duration_seconds_bucket{route="%s",le="%s"}'
+    return (f'keyvault_http_requests_total{{route="{route}",code="{status}"}}',
+            f'keyvault_http_request_duration_seconds_sum{{route="{route}"}}',
+            [bucket % (route, le) for le in [*map(str, BUCKETS), "+Inf"]])
 
 
 def _exposition(samples: dict[str, float]) -> str:

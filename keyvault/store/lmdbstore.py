@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import lmdb
 
@@ -44,15 +44,20 @@ _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb
             lmdb.BadRslotError)
 
 
-_OPEN: weakref.WeakSet[LmdbStore] = weakref.WeakSet()  # open stores, made unusable in a child after fork()
+_OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
 
 
 def _forked() -> None:
-    for store in list(_OPEN):
-        store._usable = False
+    for handle in list(_OPEN):
+        handle._usable = False
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def unusable_after_fork(handle: Any) -> None:
+    """Set ``handle._usable`` to False in a child after fork(): a flag to check instead of getpid() per call."""
+    _OPEN.add(handle)
 
 
 class _Gate:
@@ -241,7 +246,7 @@ class LmdbStore:
         self._gate = _Gate()
         self._closed = False
         self._usable = True  # False once closed, and in a child after fork(): _check() then says which
-        _OPEN.add(self)
+        unusable_after_fork(self)
 
     @classmethod
     def create(cls, path: Path) -> LmdbStore:

@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import ClosedError, StoreError
-from .lmdbstore import MAX_READERS, allocate_lock_file
+from .lmdbstore import MAX_READERS, allocate_lock_file, unusable_after_fork
 
 _RECORD = struct.Struct(">QIQ")  # window start (ms), refusals in the window, blocked until (ms)
 _INITIAL_MAP = 16 << 20  # about 150,000 clients at a time; doubles when full
@@ -41,9 +41,11 @@ class ThrottleStore:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
+        self._usable = True  # False in a child after fork()
+        unusable_after_fork(self)
 
     def _check(self) -> None:
-        if self._closed or os.getpid() != self._pid:
+        if self._closed or not self._usable:
             raise ClosedError("this vault is closed (or was opened before fork()); open it again")
 
     def blocked_until(self, client: bytes) -> int:
