@@ -131,7 +131,7 @@ def _pure_functions() -> dict:
 
 TWINS = ["normalize", "check_symbols", "parse_key", "parse_serial", "format_serial", "encode_key", "verifier",
          "tag", "locator", "store_locator", "tags_equal", "issue_keys", "format_serial_text", "judge", "check_keys",
-         "check_one", "accept_redeems", "fold_records", "export_rows", "card_records"]
+         "check_one", "accept_redeems", "fold_records", "export_rows", "card_records", "results_json"]
 
 
 def test_same_public_functions():
@@ -1225,3 +1225,48 @@ def test_export_rows_odd_input_takes_the_specification_path() -> None:
 def test_card_records_twins(first: int, size: int, n: int, pepper: bytes) -> None:
     body = os.urandom(size * n + 3)  # a ragged tail is ignored by both
     assert _core.card_records(first, body, size, pepper) == _pure.card_records(first, body, size, pepper)
+
+
+# -- results_json: a template per result shape, the serial set in --------------------------------------
+
+_STATUSES = ["valid", "accepted", "malformed", "unknown", "redeemed", "void", "blacklisted", "expired"]
+_texts = st.one_of(st.none(), st.sampled_from(["7KQ2-00A", "Acme \"Games\" 游戏", "POINTS-100", "o-1", "\\\\"]),
+                   st.text(max_size=6))
+_serials = st.one_of(st.none(), st.sampled_from(["7KQ2-00A-0003F", "7KQ2-00A-0003G", "B1SH-000-00000"]),
+                     st.text(max_size=14))
+
+
+@st.composite
+def _result_lists(draw):  # type: ignore[no-untyped-def]
+    from keyvault.results import Result, Status
+
+    shared = (draw(st.sampled_from(_STATUSES)), draw(_texts), draw(_texts), draw(_texts), draw(_texts))
+    out = []
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.booleans()):  # the same field objects as others: the compiled twin's identity shortcut
+            status, batch, supplier, name, product = shared
+            out.append(Result(Status(status), draw(_serials), batch, supplier, name, product))
+        else:
+            out.append(Result(Status(draw(st.sampled_from(_STATUSES))), draw(_serials), draw(_texts), draw(_texts),
+                              draw(_texts), draw(_texts), draw(_texts), draw(_texts), None, draw(_texts),
+                              None, draw(st.one_of(st.none(), st.integers(1, 8))), draw(_texts)))
+    return out
+
+
+def _render(result, serial):  # type: ignore[no-untyped-def]
+    import json
+
+    return json.dumps((result if serial is None else result._replace(serial=serial)).to_dict(), ensure_ascii=False)
+
+
+@given(_result_lists(), _result_lists())
+@settings(max_examples=300, deadline=None)
+def test_results_json_twins_agree_and_equal_json_dumps(first, second) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    pure_templates: dict = {}
+    core_templates: dict = {}
+    for results in (first, second, first + second):  # templates carried from call to call
+        expected = ", ".join(json.dumps(r.to_dict(), ensure_ascii=False) for r in results)
+        assert _pure.results_json(results, pure_templates, _render) == expected
+        assert _core.results_json(results, core_templates, _render) == expected

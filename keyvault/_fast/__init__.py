@@ -61,6 +61,7 @@ fold_records: Callable[[dict[int, Any], list[tuple[bytes, bytes]]], tuple[list[t
 accept_redeems: Callable[[list[Any], list[str], int, str], tuple[list[Any], dict[tuple[str, str], int]]] = \
     impl.accept_redeems
 judge: Callable[..., Any] = impl.judge
+results_json: Callable[[list[Any], dict[Any, Any], Callable[[Any, str | None], str]], str] = impl.results_json
 export_rows: Callable[[int, list[str], str], str] = impl.export_rows
 card_records: Callable[[int, bytes, int, bytes], list[tuple[bytes, bytes]]] = impl.card_records
 # Provenance (docs/provenance.md): commitments, event leaves, the Merkle tree.

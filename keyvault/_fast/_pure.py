@@ -28,6 +28,8 @@ import hmac
 import operator
 import struct
 import unicodedata
+from collections.abc import Callable
+from typing import Any
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 KEY_SYMBOLS = 32  # symbols in a v1 key
@@ -668,3 +670,31 @@ def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tu
         stack.append(node)
         size += 1
     return nodes, b"".join(stack)
+
+
+def results_json(results: list, templates: dict, render: Callable[[Any, str | None], str]) -> str:
+    """The JSON texts of ``results`` joined with ", ", each exactly ``render(result, None)``.
+
+    ``render(result, serial)`` is a result's JSON with its serial replaced by ``serial`` when given.
+    Most results differ from another one only in their serial: the text of each shape (every field
+    but the serial, item 1) is rendered once with a marker, kept in ``templates``, and the serial set
+    in. Only canonical serials (ASCII letters, digits and '-') go through a template; anything else
+    is rendered whole.
+    """
+    parts = []
+    for result in results:
+        serial = result[1]
+        if type(serial) is not str or not serial.isascii() or not serial.replace("-", "").isalnum():
+            parts.append(render(result, None))
+            continue
+        shape = result[:1] + result[2:]
+        template = templates.get(shape)
+        if template is None:
+            head, _, tail = render(result, _MARK).partition(_MARK_JSON)
+            template = templates[shape] = (head + '"', '"' + tail)
+        parts.append(template[0] + serial + template[1])
+    return ", ".join(parts)
+
+
+_MARK = "\x00"  # stands for the serial while a template is rendered (no serial holds it)
+_MARK_JSON = '"\\u0000"'  # how json.dumps writes it

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import Vault
+from .. import Vault, _fast
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..keyformat import looks_like_serial
@@ -423,35 +423,20 @@ def _strings(doc: dict[str, Any], field: str, limit: int) -> list[str]:
     return keys
 
 
-_MARK = "\x00"  # stands for the serial in a cached template (no serial holds it)
 _TEMPLATES_AT_MOST = 4096  # result shapes remembered (cleared when full)
 _templates: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
-def _results_body(results: list[Result]) -> bytes:
-    """``{"results": [...]}``, each exactly ``json.dumps(result.to_dict())``.
+def _render(result: Result, serial: str | None) -> str:
+    """One result's JSON, exactly ``json.dumps(result.to_dict())`` (with ``serial`` in its place when given)."""
+    return json.dumps((result if serial is None else result._replace(serial=serial)).to_dict(), ensure_ascii=False)
 
-    Most results differ from another one only in their serial: the JSON of each shape (every
-    field but the serial) is made once from a template, and the serial set in (serials are
-    printed base32 and '-').
-    """
-    templates = _templates
-    parts = []
-    for result in results:
-        serial = result[1]
-        if serial is None or not serial.isascii() or not serial.replace("-", "").isalnum():
-            parts.append(json.dumps(result.to_dict(), ensure_ascii=False))
-            continue
-        shape = result[:1] + result[2:]
-        template = templates.get(shape)
-        if template is None:
-            if len(templates) >= _TEMPLATES_AT_MOST:
-                templates.clear()
-            text = json.dumps(result._replace(serial=_MARK).to_dict(), ensure_ascii=False)
-            head, _, tail = text.partition(json.dumps(_MARK))
-            template = templates[shape] = (head + '"', '"' + tail)
-        parts.append(template[0] + serial + template[1])
-    return ('{"results": [' + ", ".join(parts) + "]}").encode("utf-8")
+
+def _results_body(results: list[Result]) -> bytes:
+    """``{"results": [...]}``, each result's JSON made from a template per shape (_fast.results_json)."""
+    if len(_templates) >= _TEMPLATES_AT_MOST:
+        _templates.clear()
+    return ('{"results": [' + _fast.results_json(results, _templates, _render) + "]}").encode("utf-8")
 
 
 def _ok(doc: Any) -> Answer:
