@@ -922,9 +922,8 @@ def test_accept_redeems_every_case(scene):
     store, keys_, expected = scene
     results = store.check(keys_)
     answered = [r for r in results if r is not None]
-    live = [k for k, r in zip(keys_, results) if r is not None]
     orders = [f"order-{i % 5}" for i in range(len(answered))]
-    orders[1] = "order-1"  # live[1] was redeemed by order-1: its retry is accepted again
+    orders[1] = "order-1"  # answered[1]'s key was redeemed by order-1: its retry is accepted again
     out, (_, (changes, counts)) = _accepted_alike(answered, orders)
     statuses = [r.status.value for r in out]
     assert statuses.count("accepted") > 0 and statuses[1] == "accepted" and out[1].message is None
