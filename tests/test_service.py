@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,77 +480,78 @@ def _all_redeemed(store: Path, acknowledged: list[tuple[str, str]]) -> None:
         assert result.status is Status.REDEEMED and result.order_id == order
 
 
-def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
-    store, first, _, _ = build_world(tmp_path, count=4000)
+@dataclass
+class Load:
+    """A service of a test's own, under a load of redeems: what the load has seen acknowledged."""
+
+    server: Server
+    keys: list[str]
+    acknowledged: list[tuple[str, str]]
+
+
+@contextmanager
+def _under_load(tmp_path: Path, count: int) -> Iterator[Load]:
+    """Run the block under 16 threads of redeems. After it: the load stops, the server exits 0 on SIGTERM
+    (or already did), and every redeem acknowledged to the load is in the store."""
+    store, first, _, _ = build_world(tmp_path, count=count)
     token = make_token(store, "shop", "redeem")
     server = Server(store, tmp_path / "log").start()
     stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
     threads = _redeem_load(server, token, first.keys, stop, acknowledged)
     try:
-        time.sleep(1.0)
-        assert server.stop() == 0
-    finally:
+        yield Load(server, first.keys, acknowledged)
+    except BaseException:
         stop.set()
         for thread in threads:
             thread.join()
         server.kill()
-    assert len(acknowledged) > 50
+        raise
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert server.stop() == 0
     _all_redeemed(store, acknowledged)
-    assert "Application shutdown complete" in server.log.read_text()
+
+
+def _recovers(load: Load) -> None:
+    """Redeems are acknowledged again, and the load has keys left (else the test proves less than it says)."""
+    before = len(load.acknowledged)
+    time.sleep(1.0)
+    assert len(load.acknowledged) > before, "redeems did not resume"
+    assert len(load.acknowledged) < len(load.keys), "the load ran out of keys: the test proves less than it says"
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    with _under_load(tmp_path, count=4000) as load:
+        time.sleep(1.0)
+        assert load.server.stop() == 0
+    assert len(load.acknowledged) > 50
+    assert "Application shutdown complete" in load.server.log.read_text()
 
 
 def test_a_worker_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
-    store, first, _, _ = build_world(tmp_path, count=30_000)
-    token = make_token(store, "shop", "redeem")
-    server = Server(store, tmp_path / "log").start()
-    stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
-    threads = _redeem_load(server, token, first.keys, stop, acknowledged)
-    try:
+    with _under_load(tmp_path, count=30_000) as load:
         for _ in range(3):
             time.sleep(0.5)
-            victim = random.choice(server.worker_pids())
-            os.kill(victim, signal.SIGKILL)
+            os.kill(random.choice(load.server.worker_pids()), signal.SIGKILL)
         deadline = time.monotonic() + 30  # the supervisor starts new workers; the load goes on
-        while len(server.worker_pids()) < 2 and time.monotonic() < deadline:
+        while len(load.server.worker_pids()) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        before = len(acknowledged)
-        time.sleep(1.0)
-        assert len(acknowledged) > before, "the service did not recover from the killed workers"
-        assert len(acknowledged) < len(first.keys), "the load ran out of keys: the test proves less than it says"
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-        assert server.stop() == 0
-    _all_redeemed(store, acknowledged)
+        _recovers(load)
 
 
 def test_the_commit_process_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
-    store, first, _, _ = build_world(tmp_path, count=30_000)
-    token = make_token(store, "shop", "redeem")
-    server = Server(store, tmp_path / "log").start()
-    stop, acknowledged = threading.Event(), []  # type: ignore[var-annotated]
-    threads = _redeem_load(server, token, first.keys, stop, acknowledged)
-    try:
+    with _under_load(tmp_path, count=30_000) as load:
         for _ in range(3):
             time.sleep(0.5)
-            victim = server.commit_pid()
+            victim = load.server.commit_pid()
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 30
-            while server.commit_pid() == victim and time.monotonic() < deadline:
+            while load.server.commit_pid() == victim and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert server.commit_pid() != victim, "no new commit process was started"
-        before = len(acknowledged)
-        time.sleep(1.0)
-        assert len(acknowledged) > before, "redeems did not resume after the commit process came back"
-        assert len(acknowledged) < len(first.keys), "the load ran out of keys: the test proves less than it says"
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-        assert server.stop() == 0
-    _all_redeemed(store, acknowledged)
-    assert "died" in server.log.read_text()
+            assert load.server.commit_pid() != victim, "no new commit process was started"
+        _recovers(load)
+    assert "died" in load.server.log.read_text()
 
 
 # -- schemathesis -------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,23 +192,11 @@ class Service:
 
     async def _body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         """The whole request body, refused with 413 as soon as it is known to exceed ``limit``."""
+        too_large = f"a request body here is at most {limit} bytes; send fewer items per request"
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise Problem("body-too-large", f"a request body here is at most {limit} bytes; send fewer items "
-                              "per request")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Gone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise Problem("body-too-large", f"a request body here is at most {limit} bytes; send fewer items "
-                              "per request")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+                raise Problem("body-too-large", too_large)
+        return b"".join([chunk async for chunk in _chunks(receive, limit, too_large)])
 
     async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         """The request's JSON object."""
@@ -322,19 +310,10 @@ class Service:
         handle, name = tempfile.mkstemp(prefix="manifest-", suffix=".upload")
         try:
             with os.fdopen(handle, "wb") as out:
-                size = 0
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Gone
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_MANIFEST:
-                        raise Problem("body-too-large", f"a manifest upload is at most {MAX_MANIFEST} bytes; "
-                                      "import bigger ones with `keyvault manifest import` on the store's host")
+                async for chunk in _chunks(receive, MAX_MANIFEST, f"a manifest upload is at most {MAX_MANIFEST} "
+                                           "bytes; import bigger ones with `keyvault manifest import` on the "
+                                           "store's host"):
                     out.write(chunk)
-                    if not message.get("more_body", False):
-                        break
             try:
                 info, new = await _off_loop(self.vault.import_manifest, name)
             except KeyvaultError as exc:  # its message names the temporary file: name the upload instead
@@ -386,6 +365,22 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
         allowed = ", ".join(methods)
         raise Problem("method-not-allowed", f"use {allowed} on this path", [(b"allow", allowed.encode())])
     return route, entry[0], entry[1]
+
+
+async def _chunks(receive: Receive, limit: int, too_large: str) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive: 413 (``too_large``) past ``limit`` bytes, _Gone on a disconnect."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Problem("body-too-large", too_large)
+        yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 def _content_type(scope: Scope, accepted: tuple[bytes, ...], wanted: str) -> None:
