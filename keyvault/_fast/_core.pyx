@@ -1416,6 +1416,24 @@ cdef inline bint _int64_of(object value, long long* out) noexcept:
     return overflow == 0
 
 
+cdef bint _open_now(object row_obj, dict key_blocks, object serial_obj, long long now_ms) noexcept:
+    """No key-level blacklist entry for the serial, and now inside the batch row's validity window (the
+    row's own block is the caller's to check): the last rules of a valid answer."""
+    cdef long long bound
+    cdef PyObject* entry
+    if key_blocks:
+        entry = PyDict_GetItemWithError(key_blocks, serial_obj)
+        if entry != NULL and entry != <PyObject*>None:
+            return False
+    if PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM) != <PyObject*>None:
+        if not (_int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM), &bound) and now_ms >= bound):
+            return False
+    if PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
+        if not (_int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound):
+            return False
+    return True
+
+
 cdef object _NO_MATCH = object()  # _record_state: the tag did not match
 
 
@@ -1596,14 +1614,8 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
             return None
     _load_results()
     # Valid, decided here when nothing else can apply (as check_keys decides); anything else is judge's.
-    valid = _int64_of(now, &now_ms) and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None
-    if valid and len(key_blocks):
-        entry = PyDict_GetItemWithError(key_blocks, serial_obj)
-        valid = entry == NULL or entry == <PyObject*>None
-    if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM) != <PyObject*>None:
-        valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM), &bound) and now_ms >= bound
-    if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
-        valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound
+    valid = _int64_of(now, &now_ms) and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None \
+        and _open_now(row_obj, key_blocks, serial_obj, now_ms)
     if valid:
         return keyvault_result(_Result, _direct_results, _VALID, _serial_text(serial),
                                <object>PyTuple_GET_ITEM(row_obj, ROW_BATCH),
@@ -1814,14 +1826,8 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
                 continue
             # Valid, decided here when nothing else can apply; anything else is judge's.
             valid = state == ACTIVE and change is None and now_fits \
-                and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None
-            if valid and len(key_blocks):
-                entry = PyDict_GetItemWithError(key_blocks, serial_obj)
-                valid = entry == NULL or entry == <PyObject*>None
-            if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM) != <PyObject*>None:
-                valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_FROM), &bound) and now_ms >= bound
-            if valid and PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL) != <PyObject*>None:
-                valid = _int64_of(<object>PyTuple_GET_ITEM(row_obj, ROW_VALID_UNTIL), &bound) and now_ms < bound
+                and PyTuple_GET_ITEM(row_obj, ROW_BLOCK) == <PyObject*>None \
+                and _open_now(row_obj, key_blocks, serial_obj, now_ms)
             if valid:
                 f.verdict = VERDICT_VALID
             else:
