@@ -96,9 +96,15 @@ class Server:
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         commit = self.commit_pid()
-        return [int(pid) for pid in children if int(pid) != commit
-                if "multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                and "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        workers = []
+        for pid in map(int, children):
+            try:  # a child can exit between the listing and this read
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if pid != commit and "multiprocessing.spawn" in cmdline and "resource_tracker" not in cmdline:
+                workers.append(pid)
+        return workers
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, and the exit code."""

@@ -531,13 +531,23 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
 
 def test_a_worker_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
     with _under_load(tmp_path, count=30_000) as load:
+        killed: set[int] = set()
         for _ in range(3):
+            victim = random.choice(_two_workers(load.server, killed))
             time.sleep(0.5)
-            os.kill(random.choice(load.server.worker_pids()), signal.SIGKILL)
-        deadline = time.monotonic() + 30  # the supervisor starts new workers; the load goes on
-        while len(load.server.worker_pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+            os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+        _two_workers(load.server, killed)
         _recovers(load)
+
+
+def _two_workers(server: Server, killed: set[int]) -> list[int]:
+    """Wait until two workers that were not killed run (a killed one lingers a moment in /proc)."""
+    deadline = time.monotonic() + 30
+    while len(alive := [pid for pid in server.worker_pids() if pid not in killed]) < 2:
+        assert time.monotonic() < deadline, "the supervisor did not replace a killed worker"
+        time.sleep(0.1)
+    return alive
 
 
 def test_the_commit_process_killed_under_load_loses_no_acknowledged_redeem(tmp_path: Path) -> None:
