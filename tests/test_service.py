@@ -118,7 +118,7 @@ def test_metrics_sum_every_worker_file_with_the_live_counts(tmp_path: Path) -> N
     other = ("from pathlib import Path; from keyvault.service.metrics import Metrics; "
              f"m = Metrics(Path({str(tmp_path)!r})); m.request('/v1/verify', 200, 0.002); "
              "m.request('/v1/verify', 200, 0.002); m.save()")
-    subprocess.run([sys.executable, "-c", other], check=True)  # another worker: its own pid, its own file
+    subprocess.run([sys.executable, "-I", "-c", other], check=True)  # another worker: its own pid and file
     mine = Metrics(tmp_path)
     mine.request("/v1/verify", 200, 0.0001)  # live, never saved
     text = mine.render()
