@@ -5,7 +5,7 @@ batch (one commit, one fsync), wakes each caller in it with its own answer,
 and, once its own answer is in, hands the lead to the first caller still
 queued. Callers that arrived during a commit form the next batch. A lone
 caller pays one commit, as before; 32 concurrent callers pay about one commit
-per round instead of 32. Each caller waits on its own event, so a commit
+per round instead of 32. Each caller waits on its own lock, so a commit
 wakes only the callers it answered (and the next leader), never all of them.
 """
 
@@ -28,7 +28,8 @@ class _Slot(Generic[T, R]):
         self.lead = False  # woken to lead the next batch
         self.value: R | None = None
         self.error: BaseException | None = None
-        self.wake = threading.Event()
+        self.wake = threading.Lock()  # held until the answer or the lead is handed over: one futex, no Condition
+        self.wake.acquire()
 
 
 class GroupCommit(Generic[T, R]):
@@ -48,7 +49,7 @@ class GroupCommit(Generic[T, R]):
             lead = not self._leading
             self._leading = True
         if not lead:
-            slot.wake.wait()
+            slot.wake.acquire()
         if not slot.done:  # leading: either first to arrive, or handed the lead
             self._lead(slot)
         if slot.error is not None:
@@ -66,7 +67,7 @@ class GroupCommit(Generic[T, R]):
                 if self._queue:  # hand over: the first caller still waiting leads next
                     nxt = self._queue[0]
                     nxt.lead = True
-                    nxt.wake.set()
+                    nxt.wake.release()
                 else:
                     self._leading = False
 
@@ -81,4 +82,4 @@ class GroupCommit(Generic[T, R]):
                 slot.value = value
         for slot in batch:
             slot.done = True
-            slot.wake.set()
+            slot.wake.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,38 @@ def test_group_commit_batches_the_callers_that_queue_during_a_commit() -> None:
         t.join(30)
     assert results == {i: i * 10 for i in range(32)}
     assert [len(b) for b in batches] == [1, 31]
+
+
+def test_group_commit_hands_the_lead_over_many_times_and_answers_every_caller_its_own() -> None:
+    batches: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        batches.append(len(items))
+        time.sleep(0.0002)  # a commit takes time: callers queue, leaders hand over
+        if len(batches) % 7 == 0:
+            raise OSError(f"failed commit {len(batches)}")
+        return [-item for item in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    answers: dict[int, int | str] = {}
+
+    def caller(first: int) -> None:
+        for item in range(first, first + 300):
+            try:
+                answers[item] = group.submit(item)
+            except OSError as exc:
+                answers[item] = str(exc)
+
+    threads = [threading.Thread(target=caller, args=(1000 * t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 16 * 300 and sum(batches) == 16 * 300
+    assert max(batches) > 1 and len(batches) < 16 * 300  # shared commits
+    failed = [a for a in answers.values() if isinstance(a, str)]
+    assert failed and all(a.startswith("failed commit") for a in failed)
+    assert all(a == -item for item, a in answers.items() if not isinstance(a, str))
 
 
 def test_group_commit_failure_reaches_every_caller_in_the_batch() -> None:
