@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -440,8 +440,10 @@ class Vault:
             self._note([results[i] for i in where], self._catalog, client)
         return results
 
-    def _redeem_pairs(self, pairs: list[tuple[str, str]]) -> list[Result]:
-        results, _, written = self._store.write(lambda txn: self._redeem_in(txn, pairs))
+    def _redeem_pairs(self, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None = None
+                      ) -> list[Result]:
+        """Redeem in one durable write; ``before_wait`` is called before it waits on the disk (a fold, the fsync)."""
+        results, _, written = self._store.write(lambda txn: self._redeem_in(txn, pairs, before_wait), before_wait)
         self._ledger.learn(*written)  # committed: the overlay may take these without reading them back
         return results
 
@@ -499,7 +501,8 @@ class Vault:
         assert who is not None
         self._throttle.clear(who.encode("utf-8"))
 
-    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]]) -> tuple[list[Result], Catalog, _Written]:
+    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]], before_fold: Callable[[], None] | None = None
+                   ) -> tuple[list[Result], Catalog, _Written]:
         head = txn.head()
         cat = self._current(txn, head)
         overlay = self._ledger.sync(txn, head)
@@ -507,10 +510,11 @@ class Vault:
         when = iso(now)
         results = self._check(txn, cat, overlay, [key for key, _ in pairs], now)
         changes, counts = _fast.accept_redeems(results, [order for _, order in pairs], now, str(when))
-        return results, cat, self._record(txn, overlay, changes, counts, b"redeemed")
+        return results, cat, self._record(txn, overlay, changes, counts, b"redeemed", before_fold)
 
     def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
-                counts: dict[tuple[str, str], int], name: bytes) -> _Written:
+                counts: dict[tuple[str, str], int], name: bytes,
+                before_fold: Callable[[], None] | None = None) -> _Written:
         """Append state changes to the ledger, count them, and fold the ledger when it is due.
 
         Returns what the overlay may learn once the transaction has committed (nothing after a fold).
@@ -526,6 +530,8 @@ class Vault:
             for (serial, state, at, text), seq in zip(changes, seqs):
                 pending[serial] = (state, at, text, seq)
             keep = FOLD_AT - max(1, FOLD_AT // self.fold_slices)  # unfolded after: the next fold a slice away
+            if before_fold is not None:
+                before_fold()
             self._ledger.fold(txn, pending, len(pending) - keep)
             return [], []
         return changes, seqs

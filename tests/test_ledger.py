@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,7 @@ def test_group_commit_batches_the_callers_that_queue_during_a_commit() -> None:
     batches: list[list[int]] = []
     release = threading.Event()
 
-    def run(items: list[int]) -> list[int]:
+    def run(items: list[int], before_wait: Callable[[], None]) -> list[int]:
         batches.append(list(items))
         if len(batches) == 1:
             release.wait(30)  # the first commit is slow: everyone else queues behind it
@@ -150,7 +151,7 @@ def test_group_commit_batches_the_callers_that_queue_during_a_commit() -> None:
 def test_group_commit_hands_the_lead_over_many_times_and_answers_every_caller_its_own() -> None:
     batches: list[int] = []
 
-    def run(items: list[int]) -> list[int]:
+    def run(items: list[int], before_wait: Callable[[], None]) -> list[int]:
         batches.append(len(items))
         time.sleep(0.0002)  # a commit takes time: callers queue, leaders hand over
         if len(batches) % 7 == 0:
@@ -179,8 +180,54 @@ def test_group_commit_hands_the_lead_over_many_times_and_answers_every_caller_it
     assert all(a == -item for item, a in answers.items() if not isinstance(a, str))
 
 
+def test_group_commit_wakes_the_callers_of_a_commit_once_the_next_batch_waits_on_the_disk() -> None:
+    gates = {1: threading.Event(), 2: threading.Event(), 3: threading.Event()}
+    batches: list[list[int]] = []
+    returned: set[int] = set()
+
+    def run(items: list[int], before_wait: Callable[[], None]) -> list[int]:
+        batches.append(list(items))
+        gates[len(batches)].wait(30)  # each commit waits for the test
+        before_wait()
+        return [item * 10 for item in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+
+    def caller(item: int) -> None:
+        assert group.submit(item) == item * 10
+        returned.add(item)
+
+    def start(items: range, queued: int) -> list[threading.Thread]:
+        threads = [threading.Thread(target=caller, args=(i,)) for i in items]
+        for t in threads:
+            t.start()
+        while len(group._queue) < queued:
+            time.sleep(0.001)
+        return threads
+
+    threads = start(range(0, 1), 0)  # batch 1: [0]
+    while not batches:
+        time.sleep(0.001)
+    threads += start(range(1, 4), 3)  # batch 2: [1, 2, 3], queued behind it
+    gates[1].set()
+    while len(batches) < 2:
+        time.sleep(0.001)
+    threads += start(range(4, 6), 2)  # batch 3: [4, 5]
+    gates[2].set()
+    while len(batches) < 3:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert 1 in returned  # it led batch 2 and goes on at once
+    assert not returned & {2, 3}  # answered, durable, and still asleep: batch 3 has not reached the disk
+    gates[3].set()
+    for t in threads:
+        t.join(30)
+    assert batches == [[0], [1, 2, 3], [4, 5]]
+    assert returned == set(range(6))  # 2 and 3 woken by batch 3's before_wait; 5 with no batch after it
+
+
 def test_group_commit_failure_reaches_every_caller_in_the_batch() -> None:
-    def run(items: list[int]) -> list[int]:
+    def run(items: list[int], before_wait: Callable[[], None]) -> list[int]:
         raise OSError("disk full")
 
     group: GroupCommit[int, int] = GroupCommit(run)

@@ -362,10 +362,11 @@ class LmdbStore:
         """A named database's py-lmdb handle, for reads through a begin_read transaction."""
         return self._dbs[name]
 
-    def write(self, work: Callable[[Txn], T]) -> T:
+    def write(self, work: Callable[[Txn], T], before_commit: Callable[[], None] | None = None) -> T:
         """Run ``work`` in one write transaction and commit it durably; grow the map and retry when full.
 
         ``work`` may run more than once (after a resize), so it must not act outside the transaction.
+        ``before_commit`` is called just before the commit writes and flushes (the GIL is free then).
         """
         self._check()
         for _ in range(32):
@@ -376,6 +377,8 @@ class LmdbStore:
                         txn = self._env.begin(write=True)
                         try:
                             result = work(Txn(txn, self._dbs))
+                            if before_commit is not None:
+                                before_commit()
                             txn.commit()
                             return result
                         except BaseException:
