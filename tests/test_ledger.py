@@ -197,27 +197,28 @@ def test_group_commit_wakes_the_callers_of_a_commit_once_the_next_batch_waits_on
         assert group.submit(item) == item * 10
         returned.add(item)
 
+    def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, "the group commit stalled"
+            time.sleep(0.001)
+
     def start(items: range, queued: int) -> list[threading.Thread]:
         threads = [threading.Thread(target=caller, args=(i,)) for i in items]
         for t in threads:
             t.start()
-        while len(group._queue) < queued:
-            time.sleep(0.001)
+        until(lambda: len(group._queue) >= queued)
         return threads
 
     threads = start(range(0, 1), 0)  # batch 1: [0]
-    while not batches:
-        time.sleep(0.001)
+    until(lambda: len(batches) == 1)
     threads += start(range(1, 4), 3)  # batch 2: [1, 2, 3], queued behind it
     gates[1].set()
-    while len(batches) < 2:
-        time.sleep(0.001)
+    until(lambda: len(batches) == 2)
     threads += start(range(4, 6), 2)  # batch 3: [4, 5]
     gates[2].set()
-    while len(batches) < 3:
-        time.sleep(0.001)
+    until(lambda: len(batches) == 3 and 1 in returned)  # 1 led batch 2 and goes on at once
     time.sleep(0.05)
-    assert 1 in returned  # it led batch 2 and goes on at once
     assert not returned & {2, 3}  # answered, durable, and still asleep: batch 3 has not reached the disk
     gates[3].set()
     for t in threads:
