@@ -113,6 +113,9 @@ def test_results_body_is_exactly_the_json_of_each_result() -> None:
     assert _results_body([]) == b'{"results": []}'
 
 
+# -- health, metrics, the document ---------------------------------------------------------------------
+
+
 def test_metrics_sum_every_worker_file_with_the_live_counts(tmp_path: Path) -> None:
     from keyvault.service.metrics import Metrics
     other = ("from pathlib import Path; from keyvault.service.metrics import Metrics; "
@@ -127,9 +130,6 @@ def test_metrics_sum_every_worker_file_with_the_live_counts(tmp_path: Path) -> N
     assert 'keyvault_http_request_duration_seconds_bucket{route="/v1/verify",le="0.0025"} 3' in text
     (tmp_path / "torn.json").write_text("{")  # a file being replaced as we read: skipped, not a 500
     assert mine.render() == text
-
-
-# -- health, metrics, the document ---------------------------------------------------------------------
 
 
 def test_health_metrics_and_openapi(world: World) -> None:
