@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,14 @@ class Issued:
     serials: list[str]
     keys_csv: Path
     manifest: Path
+
+
+def eventually(check: Callable[[], bool], what: str, seconds: float = 30, step: float = 0.01) -> None:
+    """Wait until ``check()`` holds, failing with ``what`` after ``seconds`` (another thread or process acts)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(step)
 
 
 def read_export(path: Path) -> tuple[list[str], list[str]]:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,6 @@ def make_token(store: Path, name: str, scope: str) -> str:
     done = cli(store, "token", "create", "--name", name, "--scope", scope, "--json")
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout)["token"])
-
-
-def eventually(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    """Wait until ``check()`` holds (what a worker does every second, or after its answer, is not instant)."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from keyvault import Status, UsageError, Vault
 from keyvault.groupcommit import GroupCommit
 
-from conftest import Issued
+from conftest import Issued, eventually
 
 
 def test_redeem_many_answers_each_pair_in_order(platform: Vault, issued: Issued) -> None:
@@ -197,27 +197,21 @@ def test_group_commit_wakes_the_callers_of_a_commit_once_the_next_batch_waits_on
         assert group.submit(item) == item * 10
         returned.add(item)
 
-    def until(done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not done():
-            assert time.monotonic() < deadline, "the group commit stalled"
-            time.sleep(0.001)
-
     def start(items: range, queued: int) -> list[threading.Thread]:
         threads = [threading.Thread(target=caller, args=(i,)) for i in items]
         for t in threads:
             t.start()
-        until(lambda: len(group._queue) >= queued)
+        eventually(lambda: len(group._queue) >= queued, "the callers did not queue", step=0.001)
         return threads
 
     threads = start(range(0, 1), 0)  # batch 1: [0]
-    until(lambda: len(batches) == 1)
+    eventually(lambda: len(batches) == 1, "batch 1 did not start", step=0.001)
     threads += start(range(1, 4), 3)  # batch 2: [1, 2, 3], queued behind it
     gates[1].set()
-    until(lambda: len(batches) == 2)
+    eventually(lambda: len(batches) == 2, "batch 2 did not start", step=0.001)
     threads += start(range(4, 6), 2)  # batch 3: [4, 5]
     gates[2].set()
-    until(lambda: len(batches) == 3 and 1 in returned)  # 1 led batch 2 and goes on at once
+    eventually(lambda: len(batches) == 3 and 1 in returned, "batch 3 did not start", step=0.001)  # 1 led batch 2
     time.sleep(0.05)
     assert not returned & {2, 3}  # answered, durable, and still asleep: batch 3 has not reached the disk
     gates[3].set()

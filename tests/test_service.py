@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Issued, issue
-from service_support import KEYVAULT, Reply, Server, cli, eventually, free_port, make_token
+from conftest import Issued, eventually, issue
+from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token
 
 from keyvault import Identity, Status, ThrottlePolicy, Vault, bundle
 
