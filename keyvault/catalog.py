@@ -15,7 +15,7 @@ from .clock import iso
 from .keyformat import batch_text, serial_text
 from .store import Txn
 from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
-from .tokens import Grant, grants
+from .tokens import Grant, grants, stored
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,7 @@ class Catalog:
                                   (block.level, block.reason) if block else None, info.id, info.supplier,
                                   info.supplier_name, info.product)
         cat.key_rows = {serial: (e.level, e.reason) for serial, e in cat.keys_blocked.items()}
-        tokens = txn.get("meta", b"tokens")
-        if tokens is not None:
-            cat.grants = grants(load(tokens))
+        cat.grants = grants(stored(txn))
         return cat
 
     def block_for(self, serial: int, batch: BatchInfo) -> BlacklistEntry | None:

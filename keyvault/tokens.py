@@ -16,11 +16,14 @@ from typing import Any
 
 from .clock import iso
 from .errors import UsageError
+from .store import Txn
+from .store.records import dump, load
 
 SCOPES = ("verify", "redeem", "admin")
 PREFIX = "kvt_"  # so secret scanners and people recognise a keyvault token
 _TAG = b"kv1/token\x00"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY = b"tokens"  # in the meta database: {name: {"hash": hex, "scope": ..., "created": ms}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,18 @@ def check_scope(scope: object) -> str:
     if scope not in SCOPES:
         raise UsageError("a token scope is verify, redeem or admin")
     return str(scope)
+
+
+def stored(txn: Txn) -> dict[str, Any]:
+    """The token records by name (hash, scope, creation time)."""
+    value = txn.get("meta", _KEY)
+    return load(value) if value else {}
+
+
+def save(txn: Txn, doc: dict[str, Any]) -> None:
+    """Replace the token records; every process reloads its grants with the catalog."""
+    txn.put("meta", _KEY, dump(doc))
+    txn.bump_generation()
 
 
 def grants(doc: dict[str, Any]) -> dict[bytes, Grant]:

@@ -64,6 +64,8 @@ from .store.throttle import ThrottleStore
 from .throttling import ThrottlePolicy
 from .tokens import PREFIX as TOKEN_PREFIX
 from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
+from .tokens import save as save_tokens
+from .tokens import stored as stored_tokens
 from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, load, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
@@ -648,13 +650,11 @@ class Vault:
         token = new_token()
 
         def work(txn: Txn) -> None:
-            value = txn.get("meta", b"tokens")
-            doc = load(value) if value else {}
+            doc = stored_tokens(txn)
             if who in doc:
                 raise ConflictError(f"a token named {who} exists: revoke it first, or choose another name")
             doc[who] = {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()}
-            txn.put("meta", b"tokens", dump(doc))
-            txn.bump_generation()
+            save_tokens(txn, doc)
 
         self._store.write(work)
         return token
@@ -664,20 +664,17 @@ class Vault:
         who = check_name(name)
 
         def work(txn: Txn) -> None:
-            value = txn.get("meta", b"tokens")
-            doc = load(value) if value else {}
+            doc = stored_tokens(txn)
             if doc.pop(who, None) is None:
                 raise NotFoundError(f"no token named {who}; `keyvault token list` shows the tokens")
-            txn.put("meta", b"tokens", dump(doc))
-            txn.bump_generation()
+            save_tokens(txn, doc)
 
         self._store.write(work)
 
     def tokens(self) -> list[dict[str, Any]]:
         """Each token's name, scope and creation time (never the token or its hash)."""
         with self._store.read() as txn:
-            value = txn.get("meta", b"tokens")
-        return listing(load(value) if value else {})
+            return listing(stored_tokens(txn))
 
     def authorize(self, token: str) -> Grant | None:
         """The grant a presented token carries, or None when it is unknown or revoked."""

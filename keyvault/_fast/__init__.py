@@ -106,7 +106,7 @@ from ._pure import (  # noqa: E402
 
 __all__ = [
     "ALPHABET", "BAD_LENGTH", "BAD_SYMBOL", "BAD_VERSION", "CHECK_FAILED", "CHECK_SUBSTITUTION",
-    "CHECK_TRANSPOSITION", "COMPILED", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
+    "CHECK_TRANSPOSITION", "COMPILED", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
     "SECRET_BYTES", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
     "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
     "tags_equal", "verifier",
