@@ -93,6 +93,13 @@ _Written = tuple[list[tuple[int, int, int, str]], list[int]]
 _UNHELD = (b"T", b"B:?", b"S:?")  # where refusals of keys naming no batch held here are counted
 
 
+def _pair(key: object, order_id: object) -> tuple[str, str]:
+    """A (key, order id) to redeem, checked before anything is touched."""
+    if not isinstance(key, str):
+        raise UsageError("a key must be a string")
+    return key, check_text(order_id, "order id", MAX_ORDER_ID)
+
+
 def _counter_scopes(batch_id: str | None, supplier: str | None) -> tuple[bytes, ...]:
     """Where a count goes: the totals, and the batch and supplier when known."""
     if batch_id is None or supplier is None:
@@ -386,25 +393,18 @@ class Vault:
         Concurrent calls from many threads share commits (group commit): each returns once its
         redemption is on disk. ``client`` is throttled after too many refusals, as for verify.
         """
-        if not isinstance(key, str):
-            raise UsageError("a key must be a string")
-        order = check_text(order_id, "order id", MAX_ORDER_ID)
+        pair = _pair(key, order_id)
         who = self._client(client)
         throttled = self._throttled(who, 1)
         if throttled is not None:
             return throttled[0]
-        result = self._group.submit((key, order))
+        result = self._group.submit(pair)
         self._note([result], self._catalog, who)
         return result
 
     def redeem_many(self, items: Iterable[tuple[str, str]], *, client: str | None = None) -> list[Result]:
         """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order."""
-        pairs = []
-        for item in items:
-            key, order = item
-            if not isinstance(key, str):
-                raise UsageError("a key must be a string")
-            pairs.append((key, check_text(order, "order id", MAX_ORDER_ID)))
+        pairs = [_pair(key, order) for key, order in items]
         who = self._client(client)
         throttled = self._throttled(who, len(pairs))
         if throttled is not None:
@@ -418,11 +418,7 @@ class Vault:
 
         What a server's group commit calls: each client is throttled and counted on its own.
         """
-        triples = []
-        for key, order, client in items:
-            if not isinstance(key, str):
-                raise UsageError("a key must be a string")
-            triples.append((key, check_text(order, "order id", MAX_ORDER_ID), self._client(client)))
+        triples = [(*_pair(key, order), self._client(client)) for key, order, client in items]
         by_client: dict[str | None, list[int]] = {}
         for i, (_, _, client) in enumerate(triples):
             by_client.setdefault(client, []).append(i)
