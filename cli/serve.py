@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from keyvault.tokens import SCOPES
+
 from .output import State, emit, handle_errors, json_option
 
 
@@ -47,7 +49,7 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--name", required=True, help="Who holds it (a platform, a service): used in logs and throttling.")
-@click.option("--scope", required=True, type=click.Choice(["verify", "redeem", "admin"]),
+@click.option("--scope", required=True, type=click.Choice(SCOPES),
               help="verify < redeem < admin: each allows the ones before it.")
 @json_option
 @click.pass_obj
