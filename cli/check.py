@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from keyvault.checkup import CHECKS
+from keyvault.engine.checkup import CHECKS
 from keyvault.errors import StoreCorruptError, StoreError
 
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
@@ -97,7 +97,7 @@ def _signal_name(number: int) -> str:
 def child() -> None:
     """The child's side: open the store, run the checks, print one JSON line per step (flushed at once)."""
     from keyvault import KeyvaultError, Vault
-    from keyvault.checkup import check_store
+    from keyvault.engine.checkup import check_store
 
     def say(message: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(message) + "\n")

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from keyvault import Identity, Result, Status, Vault, _fast
-from keyvault.bundle import verify as verify_bundle
+from keyvault.formats.bundle import verify as verify_bundle
 
 from .output import emit, handle_errors, json_option, progress
 from .store import render_trace

@@ -9,7 +9,7 @@ import click
 
 from keyvault import Identity
 from keyvault.clock import iso
-from keyvault.identity import PublicIdentity, public_part
+from keyvault.formats.identity import PublicIdentity, public_part
 
 from .output import State, emit, handle_errors, json_option
 

@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from keyvault import Identity, MalformedKeyError, _fast
-from keyvault.bundle import verify as verify_bundle_bytes
-from keyvault.identity import PublicIdentity, Rotation, public_part
-from keyvault.keyformat import looks_like_serial, looks_native, normalize_imported
+from keyvault.formats.bundle import verify as verify_bundle_bytes
+from keyvault.formats.identity import PublicIdentity, Rotation, public_part
+from keyvault.formats.keyformat import looks_like_serial, looks_native, normalize_imported
 
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
 

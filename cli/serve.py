@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from keyvault.tokens import SCOPES
+from keyvault.engine.tokens import SCOPES
 
 from .output import State, emit, handle_errors, json_option
 

@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from keyvault import Vault
-from keyvault.bundle import verify as verify_bundle
-from keyvault.identity import PublicIdentity
-from keyvault.keyformat import parse_prefix
+from keyvault.formats.bundle import verify as verify_bundle
+from keyvault.formats.identity import PublicIdentity
+from keyvault.formats.keyformat import parse_prefix
 
 from .output import State, emit, handle_errors, json_option
 

@@ -32,7 +32,6 @@ import argparse
 import importlib.util
 import inspect
 import json
-import os
 import re
 import shutil
 import subprocess

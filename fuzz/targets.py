@@ -55,10 +55,10 @@ import nacl.signing
 
 import keyvault._fast as fast
 from keyvault import Identity, Status, Vault
-from keyvault import bundle as kv_bundle
-from keyvault import checkpoint as kv_checkpoint
-from keyvault import custody as kv_custody
-from keyvault import manifest as kv_manifest
+from keyvault.formats import bundle as kv_bundle
+from keyvault.formats import checkpoint as kv_checkpoint
+from keyvault.formats import custody as kv_custody
+from keyvault.formats import manifest as kv_manifest
 from keyvault.errors import (
     BadSignatureError,
     CustodyError,
@@ -68,8 +68,8 @@ from keyvault.errors import (
     ManifestError,
     ProofError,
 )
-from keyvault.identity import ROTATION_FORMAT, PublicIdentity, Rotation, default_prefix
-from keyvault.issuing import read_cards_csv
+from keyvault.formats.identity import ROTATION_FORMAT, PublicIdentity, Rotation, default_prefix
+from keyvault.engine.issuing import read_cards_csv
 from keyvault.results import Result
 
 from keyvault._fast import _pure  # always there
@@ -847,27 +847,27 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            "no change to the store"),
     Target("csv", check_csv,
            lambda fx: list(fx.csv_files.values()) + [b"code\r\n\"a,b\"\r\nx\r\n", b"\xef\xbb\xbfcode\nA\n"],
-           "keyvault.issuing.read_cards_csv (and Vault.import_cards when it refuses)"),
+           "keyvault.engine.issuing.read_cards_csv (and Vault.import_cards when it refuses)"),
     Target("manifest", check_manifest,
            lambda fx: [b"\x00" + m for m in fx.manifests.values()] + [b"\x01" + fx.manifest_parts[0],
                                                                          b'\x02{"count":3}'],
-           "keyvault.manifest.read_manifest and Vault.import_manifest (raw files; headers signed by a pinned "
+           "keyvault.formats.manifest.read_manifest and Vault.import_manifest (raw files; headers signed by a pinned "
            "supplier)"),
     Target("transfer", check_transfer,
            lambda fx: [b"\x00" + fx.transfer, b"\x01" + fx.transfer_record, b'\x02{"ranges":[[0,2]]}'],
-           "keyvault.custody.read_transfer (raw files; records signed by their own key)"),
+           "keyvault.formats.custody.read_transfer (raw files; records signed by their own key)"),
     Target("lot", check_lot,
            lambda fx: [b"\x00" + fx.lot, b"\x01" + fx.lot_payload],
-           "keyvault.custody.open_lot and Vault.receive_lot (raw lots; payloads sealed and signed by a real "
+           "keyvault.formats.custody.open_lot and Vault.receive_lot (raw lots; payloads sealed and signed by a real "
            "sender)"),
     Target("bundle", check_bundle,
            lambda fx: [b"\x00" + fx.bundle, b"\x01" + fx.manifest_parts[0], b'\x02{"batch_number":1}',
                        b'\x03{"index":1}'],
-           "keyvault.bundle.verify never raises (raw bundles; the real bundle with a manifest header signed by "
+           "keyvault.formats.bundle.verify never raises (raw bundles; the real bundle with a manifest header signed by "
            "a pinned supplier)"),
     Target("checkpoint", check_checkpoint,
            lambda fx: [b"\x00" + fx.note, b"\x01" + fx.note_text],
-           "keyvault.checkpoint.open_note (raw notes; note texts signed by a pinned key)"),
+           "keyvault.formats.checkpoint.open_note (raw notes; note texts signed by a pinned key)"),
     Target("identity", check_identity,
            lambda fx: [b"\x00" + fx.public_identity, b"\x01" + fx.rotation, b"\x02" + fx.rotation_record,
                        b'\x03{"at":1}'],

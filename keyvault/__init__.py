@@ -4,7 +4,7 @@ Open a store with :meth:`Vault.open`; every check answers a :class:`Result`
 whose :class:`Status` tells a checkout exactly why a key is refused.
 """
 
-from .catalog import BatchInfo, BlacklistEntry
+from .engine.catalog import BatchInfo, BlacklistEntry
 from .errors import (
     BadSignatureError,
     ClosedError,
@@ -27,9 +27,9 @@ from .errors import (
     TrustError,
     UsageError,
 )
-from .identity import Identity, PublicIdentity, Rotation
+from .formats.identity import Identity, PublicIdentity, Rotation
 from .results import Result, Status
-from .throttling import ThrottlePolicy
+from .engine.throttling import ThrottlePolicy
 from .vault import Vault
 
 __version__ = "0.1.0"

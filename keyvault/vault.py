@@ -21,9 +21,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import _fast, bundle, issuing, lots, trust
-from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
+from . import _fast
 from .clock import iso, now_ms
+from .engine import issuing, lots, trust
+from .engine.catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
+from .engine.eventlog import EventLog, Policy
+from .engine.groupcommit import GroupCommit
+from .engine.issuing import Progress
+from .engine.ledger import FOLD_AT, Change, Ledger
+from .engine.proofs import commitment_proof
+from .engine.reports import build_stats, build_trace, key_events
+from .engine.throttling import ThrottlePolicy
+from .engine.tokens import PREFIX as TOKEN_PREFIX
+from .engine.tokens import (
+    Grant,
+    check_name,
+    check_scope,
+    listing,
+    new_token,
+    token_hash,
+)
+from .engine.tokens import save as save_tokens
+from .engine.tokens import stored as stored_tokens
 from .errors import (
     ConflictError,
     KeyvaultError,
@@ -36,14 +55,17 @@ from .errors import (
     UsageError,
 )
 from .fields import MAX_CLIENT, MAX_ORDER_ID, MAX_REASON, check_text
-from .custody import parse_ranges
-from .identity import Identity, PublicIdentity, Rotation, check_private_file, write_private_file
-from .proofs import commitment_proof
-from .issuing import Progress
-from .groupcommit import GroupCommit
-from .eventlog import EventLog, Policy, parse_leaf
-from .ledger import FOLD_AT, Change, Ledger
-from .keyformat import (
+from .formats import bundle
+from .formats.custody import parse_ranges
+from .formats.events import parse_leaf
+from .formats.identity import (
+    Identity,
+    PublicIdentity,
+    Rotation,
+    check_private_file,
+    write_private_file,
+)
+from .formats.keyformat import (
     MAX_IMPORTED,
     batch_key,
     batch_text,
@@ -55,18 +77,21 @@ from .keyformat import (
     parse_serial,
     serial_text,
 )
-from .manifest import read_manifest
-from .reports import build_stats, build_trace, key_events
+from .formats.manifest import read_manifest
 from .results import Result, Status
 from .store import ACTIVE, REDEEMED, VOIDED, Head, LmdbStore, Txn
 from .store.lmdbstore import LMDB_ERRORS
+from .store.records import (
+    CARD,
+    LEVEL_BATCH,
+    LEVEL_KEY,
+    LEVEL_SUPPLIER,
+    dump,
+    from_u64,
+    load,
+    u64,
+)
 from .store.throttle import ThrottleStore
-from .throttling import ThrottlePolicy
-from .tokens import PREFIX as TOKEN_PREFIX
-from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
-from .tokens import save as save_tokens
-from .tokens import stored as stored_tokens
-from .store.records import CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, dump, from_u64, load, u64
 
 PEPPER_ENV = "KEYVAULT_PEPPER_FILE"
 ENGINE_FILE = "engine.key"  # the store's own Ed25519 key: signs checkpoints (0600, beside the pepper)

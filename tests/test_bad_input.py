@@ -34,7 +34,7 @@ from keyvault import (
     Vault,
     _fast,
 )
-from keyvault.keyformat import display_key, parse_serial
+from keyvault.formats.keyformat import display_key, parse_serial
 
 from cli_support import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, World, json_lines, kv, ok, swapped, trust_cli, typo
 

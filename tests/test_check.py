@@ -1,7 +1,7 @@
 """``keyvault check`` and damaged stores.
 
 Part one damages a store's records through the store's own write path (what a bug, a bad restore
-or a hand edit could leave behind) and shows that :func:`keyvault.checkup.check_store` names
+or a hand edit could leave behind) and shows that :func:`keyvault.engine.checkup.check_store` names
 exactly the checks that notice, and never raises. Part two runs the command itself. Part three
 damages the *file*: bytes flipped in LMDB's meta pages, in the first data pages, in the middle
 and at the end, and the file truncated; each copy is checked by ``keyvault check`` in a separate
@@ -32,9 +32,9 @@ import pytest
 from cli_support import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, kv
 from conftest import issue
 from keyvault import Identity, Status, StoreCorruptError, Vault
-from keyvault.checkup import CHECKS, check_store
-from keyvault.checkpoint import Checkpoint, sign
-from keyvault.keyformat import parse_serial
+from keyvault.engine.checkup import CHECKS, check_store
+from keyvault.formats.checkpoint import Checkpoint, sign
+from keyvault.formats.keyformat import parse_serial
 from keyvault.store import Txn
 from keyvault.store.records import from_u64, u64
 
@@ -598,7 +598,7 @@ def test_a_page_pointing_outside_the_file_crashes_lmdb_but_not_check(tmp_path: P
             fh.seek(page * PAGE + 16)
             fh.write(struct.pack("<H", 0xFFF8))  # the first node "is" 65,528 bytes into a 4 KiB page
         probe = subprocess.run([sys.executable, "-I", "-c", "import sys; from keyvault import Vault\n"
-                                "from keyvault.checkup import check_store\n"
+                                "from keyvault.engine.checkup import check_store\n"
                                 "v = Vault.open(sys.argv[1]); check_store(v)", str(copy)],
                                capture_output=True, text=True, timeout=120, check=False)
         if probe.returncode >= 0:

@@ -1,4 +1,4 @@
-"""keyvault.checkpoint: C2SP tlog-checkpoint signed notes with Ed25519.
+"""keyvault.formats.checkpoint: C2SP tlog-checkpoint signed notes with Ed25519.
 
 (a) known answers: the exact text of a checkpoint signed by a fixed key, the Go sumdb/note
     example (key id c74f20a3, byte-exact signature line) and the C2SP signed-note example;
@@ -17,8 +17,8 @@ import hashlib
 import nacl.signing
 import pytest
 
-from keyvault import checkpoint
-from keyvault.checkpoint import Checkpoint, Verifier, add_signature, key_id, open_note, sign
+from keyvault.formats import checkpoint
+from keyvault.formats.checkpoint import Checkpoint, Verifier, add_signature, key_id, open_note, sign
 from keyvault.errors import ProofError
 
 ZERO_KEY = nacl.signing.SigningKey(bytes(32))
@@ -43,7 +43,7 @@ EXPECTED_NOTE = (
 
 def hand_signed(text: str | bytes, name: str = ORIGIN, key: nacl.signing.SigningKey = ZERO_KEY,
                 body: bytes | None = None) -> bytes:
-    """A note signed without keyvault.checkpoint: ``text`` + blank line + one signature line."""
+    """A note signed without keyvault.formats.checkpoint: ``text`` + blank line + one signature line."""
     raw = text.encode() if isinstance(text, str) else text
     kid = hashlib.sha256(name.encode() + b"\n\x01" + bytes(key.verify_key)).digest()[:4]
     sig = key.sign(raw if body is None else body).signature

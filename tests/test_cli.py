@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keyvault import Status, Vault, _fast
-from keyvault.keyformat import display_key, parse_serial
+from keyvault.formats.keyformat import display_key, parse_serial
 
 from cli_support import (
     EXIT_ERROR,

@@ -41,8 +41,8 @@ from pathlib import Path
 import pytest
 
 from keyvault import Identity, Status, Vault, _fast
-from keyvault.issuing import _next_batch
-from keyvault.keyformat import batch_text, make_batch, make_serial
+from keyvault.engine.issuing import _next_batch
+from keyvault.formats.keyformat import batch_text, make_batch, make_serial
 from keyvault.store.records import LEVEL_BATCH, from_u64, u64
 
 ITERATIONS = int(os.environ.get("KEYVAULT_CRASH_ITERATIONS", "25"))

@@ -748,8 +748,8 @@ def test_issue_batch_pipeline_output(tmp_path):
 
     from keyvault import Identity, Vault
     from keyvault import _fast as selected
-    from keyvault.keyformat import make_serial
-    from keyvault.manifest import CHUNK, read_manifest
+    from keyvault.formats.keyformat import make_serial
+    from keyvault.formats.manifest import CHUNK, read_manifest
 
     count = CHUNK + 37
     stages: list = []
@@ -774,7 +774,8 @@ def test_issue_batch_pipeline_output(tmp_path):
 @pytest.mark.parametrize("where", ["commit thread", "issuing thread"])
 def test_issue_batch_pipeline_failure(tmp_path, monkeypatch, where):
     """An error on either thread stops the batch: raised to the caller, no files, no thread left behind."""
-    from keyvault import Identity, Vault, issuing
+    from keyvault import Identity, Vault
+    from keyvault.engine import issuing
 
     monkeypatch.setattr(issuing, "CHUNK", 64)  # many small chunks (nothing of this batch is kept)
     calls = [0]
@@ -804,7 +805,7 @@ def test_issue_batch_pipeline_failure(tmp_path, monkeypatch, where):
 
 def test_write_manifest_closes_its_body_when_it_fails(tmp_path):
     from keyvault import Identity
-    from keyvault.manifest import write_manifest
+    from keyvault.formats.manifest import write_manifest
 
     closed = []
 

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import issue
 from keyvault import Identity, KeyvaultError, Status, StoreFullError, Vault
-from keyvault.checkup import check_store
+from keyvault.engine.checkup import check_store
 from keyvault.store import lmdbstore
 
 SMALL_MAP = 1 << 20

@@ -66,11 +66,11 @@ def _load_targets():
 T = _load_targets()
 
 from keyvault import Status  # noqa: E402
-from keyvault import bundle as kv_bundle  # noqa: E402
-from keyvault import checkpoint as kv_checkpoint  # noqa: E402
-from keyvault import custody as kv_custody  # noqa: E402
-from keyvault import manifest as kv_manifest  # noqa: E402
-from keyvault.identity import PublicIdentity, Rotation  # noqa: E402
+from keyvault.formats import bundle as kv_bundle  # noqa: E402
+from keyvault.formats import checkpoint as kv_checkpoint  # noqa: E402
+from keyvault.formats import custody as kv_custody  # noqa: E402
+from keyvault.formats import manifest as kv_manifest  # noqa: E402
+from keyvault.formats.identity import PublicIdentity, Rotation  # noqa: E402
 
 
 def _impl(name: str) -> str:

@@ -21,7 +21,7 @@ import nacl.signing
 import pytest
 
 from keyvault import BadSignatureError, Identity, IdentityError, Vault
-from keyvault.identity import (
+from keyvault.formats.identity import (
     ROTATION_FORMAT,
     PublicIdentity,
     Rotation,

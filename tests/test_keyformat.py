@@ -28,7 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyvault import _fast, keyformat
+from keyvault import _fast
+from keyvault.formats import keyformat
 from keyvault._fast import _pure
 from keyvault.errors import MalformedKeyError
 

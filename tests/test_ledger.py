@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from keyvault import Status, UsageError, Vault
-from keyvault.groupcommit import GroupCommit
+from keyvault.engine.groupcommit import GroupCommit
 
 from conftest import Issued, eventually
 
@@ -234,7 +234,7 @@ def test_group_commit_failure_reaches_every_caller_in_the_batch() -> None:
 
 def test_redeem_and_void_events_round_trip() -> None:
     from keyvault import _fast
-    from keyvault.eventlog import change_of, parse_leaf
+    from keyvault.formats.events import change_of, parse_leaf
 
     (_, leaf), = _fast.ledger_leaves(41, bytes(32), [(123456789, 1, 1_700_000_000_000, "ORDER-é")])[0]
     assert change_of(leaf) == (123456789, 1, 1_700_000_000_000, "ORDER-é")
@@ -278,7 +278,7 @@ def test_folds_take_the_oldest_slice_and_keep_every_answer(platform: Vault, issu
 
 
 def test_oldest_slice_falls_back_to_sorting_when_the_overlay_is_out_of_log_order() -> None:
-    from keyvault.ledger import _oldest
+    from keyvault.engine.ledger import _oldest
 
     ordered = {serial: (2, 0, "", index) for index, serial in enumerate([50, 10, 40, 20, 30])}
     assert _oldest(ordered, 2) == ({50: (2, 0, "", 0), 10: (2, 0, "", 1)}, 2)

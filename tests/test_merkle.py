@@ -1,4 +1,4 @@
-"""keyvault.merkle against RFC 9162 section 2.1.
+"""keyvault.formats.merkle against RFC 9162 section 2.1.
 
 (a) the Certificate Transparency known vectors (RFC 6962 test data of certificate-transparency-go,
     Trillian and transparency-dev/merkle): roots of sizes 0..8, inclusion and consistency proofs;
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyvault import merkle
+from keyvault.formats import merkle
 from keyvault.errors import ProofError
-from keyvault.merkle import (
+from keyvault.formats.merkle import (
     EMPTY_ROOT,
     consistency_proof,
     frontier_root,

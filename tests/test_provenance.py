@@ -2,7 +2,7 @@
 (every field of one tampered with), chains of custody (forged hops, double sales) and the CLI.
 
 Every store here is a real LMDB store on a temporary directory; bundles are checked with
-:func:`keyvault.bundle.verify` exactly as ``keyvault verify-bundle`` does, with public keys only.
+:func:`keyvault.formats.bundle.verify` exactly as ``keyvault verify-bundle`` does, with public keys only.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import pytest
 
 from conftest import Issued, issue
 from cli_support import EXIT_OK, EXIT_REFUSED, kv, make_world, ok, one_json
-from keyvault import Identity, Vault, _fast, bundle, custody, merkle
-from keyvault.checkpoint import Checkpoint, Verifier, open_note, sign
+from keyvault import Identity, Vault, _fast
+from keyvault.formats import bundle, custody, merkle
+from keyvault.formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from keyvault.clock import now_ms
 from keyvault.errors import (
     BadSignatureError,
@@ -32,10 +33,10 @@ from keyvault.errors import (
     StoreCorruptError,
     TrustError,
 )
-from keyvault.eventlog import parse_leaf
-from keyvault.identity import PublicIdentity
-from keyvault.keyformat import make_serial, parse_serial, serial_text
-from keyvault.manifest import read_manifest
+from keyvault.formats.events import parse_leaf
+from keyvault.formats.identity import PublicIdentity
+from keyvault.formats.keyformat import make_serial, parse_serial, serial_text
+from keyvault.formats.manifest import read_manifest
 from keyvault.store.records import u64
 
 
@@ -434,7 +435,7 @@ def test_a_forged_hop_is_refused(chain: Chain, stores: Callable[[str], Vault]) -
         victim.receive_lot(lot, victim_id)
     # Second hop signed by Mallory, spending Dist Co's genuine hop.
     with chain.dist._store.read() as txn:
-        from keyvault.lots import batch_transfers
+        from keyvault.engine.lots import batch_transfers
         genuine = batch_transfers(txn, chain.batch.batch.key)
     first = next(h for h in genuine if h.sender == chain.supplier.public_key)
     hop2 = custody.make_transfer(mallory, "Victim", victim_id.public_key, chain.batch.batch.id, m.id, m.count,

@@ -32,7 +32,7 @@ from keyvault import Identity, KeyvaultError, Result, Vault, _fast
 from keyvault.cli.main import cli
 
 from cli_support import ok, trust_cli
-from keyvault.keyformat import display_key, parse_batch, parse_prefix, parse_serial
+from keyvault.formats.keyformat import display_key, parse_batch, parse_prefix, parse_serial
 
 ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be")
 

@@ -29,7 +29,8 @@ import pytest
 from conftest import Issued, eventually, issue
 from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token
 
-from keyvault import Identity, Status, ThrottlePolicy, Vault, bundle
+from keyvault import Identity, Status, ThrottlePolicy, Vault
+from keyvault.formats import bundle
 
 PROBLEM = "urn:keyvault:problem:"
 

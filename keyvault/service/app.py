@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import Vault, _fast
+from ..engine.tokens import Grant
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
-from ..keyformat import looks_like_serial
+from ..formats.keyformat import looks_like_serial
 from ..results import Result
-from ..tokens import Grant
 from .accesslog import AccessLog
 from .commitd import RemoteCommitter
 from .metrics import Metrics

@@ -34,7 +34,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from .errors import BadSignatureError, CustodyError
+from ..errors import BadSignatureError, CustodyError
 from .identity import Identity, verify_signature
 
 TRANSFER_MAGIC = b"KVTRANSFER1\n"

@@ -11,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import iso
-from .keyformat import batch_text, serial_text
-from .store import Txn
-from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_NAMES, LEVEL_SUPPLIER, from_u64, load
+from ..clock import iso
+from ..formats.keyformat import batch_text, serial_text
+from ..store import Txn
+from ..store.records import (
+    LEVEL_BATCH,
+    LEVEL_KEY,
+    LEVEL_NAMES,
+    LEVEL_SUPPLIER,
+    from_u64,
+    load,
+)
 from .tokens import Grant, grants, stored
 
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ..clock import iso
+from ..formats.keyformat import serial_index, serial_text
+from ..results import Result
+from ..store import Txn
+from ..store.records import (
+    LEVEL_BATCH,
+    LEVEL_KEY,
+    LEVEL_SUPPLIER,
+    OUTCOME,
+    from_u64,
+    u64,
+)
 from .catalog import BatchInfo, Catalog
-from .clock import iso
-from .keyformat import serial_index, serial_text
-from .results import Result
-from .store import Txn
-from .store.records import LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, OUTCOME, from_u64, u64
 
 _COUNTS = ("redeemed", "void", "blacklisted")
 

@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import BatchInfo
-from .clock import iso, now_ms
-from .custody import (
+from ..clock import iso, now_ms
+from ..errors import CustodyError, NotFoundError, StoreCorruptError, UsageError
+from ..formats.custody import (
     Ranges,
     Transfer,
     check_chain,
@@ -36,16 +36,16 @@ from .custody import (
     read_transfer,
     seal_lot,
 )
-from .errors import CustodyError, NotFoundError, StoreCorruptError, UsageError
-from .identity import Identity, PublicIdentity, fingerprint
+from ..formats.identity import Identity, PublicIdentity, fingerprint
+from ..formats.keyformat import batch_text, parse_batch, serial_index
+from ..formats.manifest import read_manifest
+from ..store import Txn
+from ..store.records import LEVEL_BATCH, dump, from_u64, load, u64
+from .catalog import BatchInfo
 from .issuing import import_in
-from .keyformat import batch_text, parse_batch, serial_index
-from .manifest import read_manifest
-from .store import Txn
-from .store.records import LEVEL_BATCH, dump, from_u64, load, u64
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from ..vault import Vault
 
 
 def _record(txn: Txn, tid: bytes) -> Transfer:

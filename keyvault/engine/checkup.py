@@ -36,23 +36,53 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from . import _fast, merkle
+from .. import _fast
+from ..errors import KeyvaultError
+from ..formats import merkle
+from ..formats.custody import read_transfer
+from ..formats.events import LEAF as _LEAF_HEAD
+from ..formats.events import change_of
+from ..formats.identity import supplier_id, verify_signature
+from ..formats.keyformat import (
+    INDEX_BITS,
+    MAX_BATCH_SIZE,
+    batch_text,
+    prefix_text,
+    serial_index,
+    serial_text,
+)
+from ..formats.manifest import _FIXED as _MANIFEST_FIXED
+from ..formats.manifest import (
+    CHUNK,
+    KINDS,
+    MAGIC,
+    PAYLOAD_TYPE,
+    _parse_header,
+    manifest_id,
+    tree_root,
+)
+from ..store import Head, Txn
+from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, _Reading
+from ..store.records import (
+    ACTIVE,
+    CARD,
+    LEVEL_BATCH,
+    LEVEL_KEY,
+    LEVEL_SUPPLIER,
+    OUTCOME,
+    REDEEMED,
+    VOIDED,
+    from_u64,
+    load,
+    pack_outcome,
+    u64,
+)
 from .catalog import BatchInfo
-from .custody import read_transfer
-from .errors import KeyvaultError
-from .eventlog import _HEAD as _LEAF_HEAD, change_of
-from .identity import supplier_id, verify_signature
 from .issuing import COMMIT_VALUES
-from .keyformat import INDEX_BITS, MAX_BATCH_SIZE, batch_text, prefix_text, serial_index, serial_text
-from .manifest import CHUNK, KINDS, MAGIC, PAYLOAD_TYPE, _FIXED as _MANIFEST_FIXED, _parse_header, manifest_id, tree_root
-from .store import Head, Txn
-from .store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, _Reading
-from .store.records import ACTIVE, CARD, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, OUTCOME, REDEEMED, VOIDED, \
-    from_u64, load, pack_outcome, u64
 from .throttling import ThrottlePolicy
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from ..vault import Vault
 
 __all__ = ["CHECKS", "check_store"]
 
@@ -167,7 +197,7 @@ class _Checkup:
         return f"{FORMAT.decode()}, LMDB {LMDB_FORMAT}, {len(DATABASES)} databases"
 
     def pepper(self, problems: _Problems) -> str:
-        from .vault import _pepper_check  # the one definition of the record
+        from ..vault import _pepper_check  # the one definition of the record
 
         stored = self.txn.get("meta", b"pepper_check")
         if stored is None:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import threading
 from itertools import islice
 
-from . import _fast
-from .eventlog import EventLog, change_of
-from .store import Head, Txn
-from .store.records import U64, from_u64, u64
+from .. import _fast
+from ..formats.events import change_of
+from ..store import Head, Txn
+from ..store.records import U64, from_u64, u64
+from .eventlog import EventLog
 
 FOLD_AT = 100_000  # unfolded changes that trigger a fold: bounds every overlay
 

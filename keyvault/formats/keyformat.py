@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from . import _fast
-from ._fast._pure import _SEPARATORS as _pure_separators
-from .errors import MalformedKeyError
+from .. import _fast
+from .._fast._pure import _SEPARATORS as _pure_separators
+from ..errors import MalformedKeyError
 
 PREFIX_SYMBOLS = 4
 BATCH_SYMBOLS = 3

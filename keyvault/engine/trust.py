@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..clock import iso
+from ..errors import NotFoundError, TrustError
+from ..formats.identity import PublicIdentity, Rotation, fingerprint, supplier_id
+from ..formats.keyformat import parse_prefix, prefix_text
+from ..store import Txn
+from ..store.records import LEVEL_SUPPLIER, dump, u64
 from .catalog import Catalog
-from .clock import iso
-from .errors import NotFoundError, TrustError
-from .identity import PublicIdentity, Rotation, fingerprint, supplier_id
-from .keyformat import parse_prefix, prefix_text
-from .store import Txn
-from .store.records import LEVEL_SUPPLIER, dump, u64
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from ..vault import Vault
 
 ROLES = ("supplier", "distributor", "platform", "own")
 

@@ -14,10 +14,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import iso
-from .errors import UsageError
-from .store import Txn
-from .store.records import dump, load
+from ..clock import iso
+from ..errors import UsageError
+from ..store import Txn
+from ..store.records import dump, load
 
 SCOPES = ("verify", "redeem", "admin")
 PREFIX = "kvt_"  # so secret scanners and people recognise a keyvault token

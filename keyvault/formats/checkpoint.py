@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from .errors import ProofError
+from ..errors import ProofError
 
 MAX_NOTE_BYTES = 64 * 1024
 MAX_TREE_SIZE = 2**63 - 1

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import _fast
-from .catalog import BatchInfo, Catalog
-from .clock import iso, now_ms
-from .errors import ConflictError, ImportFileError, TrustError, UsageError
-from .fields import check_text
-from .identity import Identity, fingerprint
-from .keyformat import (
+from .. import _fast
+from ..clock import iso, now_ms
+from ..errors import ConflictError, ImportFileError, TrustError, UsageError
+from ..fields import check_text
+from ..formats.identity import Identity, fingerprint
+from ..formats.keyformat import (
     MAX_BATCH_SIZE,
     MAX_BATCHES,
     MAX_IMPORTED,
@@ -35,13 +34,14 @@ from .keyformat import (
     prefix_text,
     serial_text,
 )
-from .manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_manifest
-from .store import Txn
-from .store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+from ..formats.manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_manifest
+from ..store import Txn
+from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+from .catalog import BatchInfo, Catalog
 from .trust import pin
 
 if TYPE_CHECKING:
-    from .vault import Vault
+    from ..vault import Vault
 
 #: Progress callbacks get the stage ("generate", "store") and how many keys it just finished.
 Progress = Callable[[str, int], None]

@@ -13,27 +13,20 @@ last signed root: it never signs two inconsistent checkpoints.
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from typing import Any
 
-from . import _fast, merkle
-from .checkpoint import Checkpoint, Verifier, open_note, sign
-from .clock import iso
-from .errors import ProofError, StoreCorruptError, UsageError
-from .identity import Identity
-from .keyformat import serial_text
-from .store import Txn
-from .store.records import dump, from_u64, u64
+from .. import _fast
+from ..clock import iso
+from ..errors import ProofError, StoreCorruptError, UsageError
+from ..formats import merkle
+from ..formats.checkpoint import Checkpoint, Verifier, open_note, sign
+from ..formats.events import KINDS, LEAF
+from ..formats.identity import Identity
+from ..store import Txn
+from ..store.records import dump, from_u64, u64
 
-KIND_NAMES = {_fast.KIND_SUPPLIER: "supplier", _fast.KIND_ISSUE: "issue", _fast.KIND_IMPORT: "import",
-              _fast.KIND_REDEEM: "redeem", _fast.KIND_VOID: "void", _fast.KIND_BLACKLIST: "blacklist",
-              _fast.KIND_LIFT: "lift", _fast.KIND_TRANSFER: "transfer", _fast.KIND_TRUST: "trust"}
-KINDS = {name: kind for kind, name in KIND_NAMES.items()}
-
-_HEAD = struct.Struct(">9sQ32sBQ")  # tag, index, previous leaf hash, kind, at ms: then the body
-_CHANGE = struct.Struct(">Q")  # a redeem or void body: serial, then the order id or reason in UTF-8
 _ZERO = bytes(32)
 _CHECKPOINT = struct.Struct(">Q32s")  # a stored checkpoint: signed at (ms), root; then the signed note
 
@@ -48,36 +41,6 @@ class Policy:
     def to_record(self) -> bytes:
         """The stored form (meta/checkpoint_policy)."""
         return dump({"every_events": self.every_events, "every_seconds": self.every_seconds})
-
-
-def parse_leaf(leaf: bytes) -> dict[str, Any]:
-    """An event leaf as a dict: index, kind, at (ms), previous (hex), and the body's fields."""
-    tag, index, previous, kind, at_ms = _HEAD.unpack_from(leaf)
-    if tag != b"kv1/event" or kind not in KIND_NAMES:
-        raise StoreCorruptError(f"event {index} is not an event leaf: the event log is damaged; run `keyvault audit`")
-    body = bytes(leaf[_HEAD.size:])
-    event: dict[str, Any] = {"index": index, "type": KIND_NAMES[kind], "at_ms": at_ms, "previous": previous.hex()}
-    if kind in (_fast.KIND_REDEEM, _fast.KIND_VOID):
-        serial = _CHANGE.unpack_from(body)[0]
-        text = body[_CHANGE.size:].decode("utf-8", "replace")
-        event.update(serial=serial_text(serial), **({"order_id": text} if kind == _fast.KIND_REDEEM else {"reason": text}))
-    else:
-        event.update(json.loads(body))
-    return event
-
-
-def change_of(leaf: bytes) -> tuple[int, int, int, str] | None:
-    """(serial, state, at ms, text) of a redeem or void leaf; None for any other event."""
-    kind = leaf[_HEAD.size - 9]
-    if kind == _fast.KIND_REDEEM:
-        state = 1
-    elif kind == _fast.KIND_VOID:
-        state = 2
-    else:
-        return None
-    at_ms = from_u64(leaf[_HEAD.size - 8:_HEAD.size])
-    serial = _CHANGE.unpack_from(leaf, _HEAD.size)[0]
-    return serial, state, at_ms, bytes(leaf[_HEAD.size + _CHANGE.size:]).decode("utf-8", "replace")
 
 
 class EventLog:
@@ -246,7 +209,7 @@ class EventLog:
         frontier: list[tuple[int, bytes]] = []  # (level, root) of the perfect subtrees so far
         count = 0
         for key, leaf in txn.items("events"):
-            if from_u64(key) != count or _HEAD.unpack_from(leaf)[1] != count:
+            if from_u64(key) != count or LEAF.unpack_from(leaf)[1] != count:
                 raise StoreCorruptError(f"event {count} is missing or out of place in the event log")
             if bytes(leaf[17:49]) != prev:
                 raise StoreCorruptError(f"event {count} does not name the hash of event {count - 1}: "

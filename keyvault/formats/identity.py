@@ -29,8 +29,8 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from .clock import now_ms
-from .errors import BadSignatureError, IdentityError, StoreFullError
+from ..clock import now_ms
+from ..errors import BadSignatureError, IdentityError, StoreFullError
 from .keyformat import PREFIX_SYMBOLS, parse_prefix, prefix_text
 
 _FILE_KIND = "keyvault-identity"

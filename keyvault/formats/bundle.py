@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import BadSignatureError, CustodyError, ProofError
 from . import merkle
 from .checkpoint import Verifier, open_note
 from .custody import Transfer, check_chain, contains, read_transfer
-from .errors import BadSignatureError, CustodyError, ProofError
-from .eventlog import parse_leaf
+from .events import parse_leaf
 from .identity import PublicIdentity, fingerprint, supplier_id, verify_signature
 from .keyformat import serial_text
 from .manifest import manifest_id

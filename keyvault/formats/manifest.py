@@ -33,10 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import _fast, merkle
-from .errors import ManifestError
+from .. import _fast
+from ..errors import ManifestError
+from . import merkle
 from .identity import Identity, supplier_id, verify_signature
-from .keyformat import MAX_BATCH_SIZE, MAX_IMPORTED, batch_text, make_batch, parse_batch, prefix_text
+from .keyformat import (
+    MAX_BATCH_SIZE,
+    MAX_IMPORTED,
+    batch_text,
+    make_batch,
+    parse_batch,
+    prefix_text,
+)
 
 MAGIC = b"KVMANIFEST2\n"
 OLD_MAGIC = b"KVMANIFEST1\n"

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _fast, merkle
+from .. import _fast
+from ..errors import StoreCorruptError
+from ..formats import merkle
+from ..formats.keyformat import serial_index
+from ..formats.manifest import CHUNK
+from ..store import Txn
+from ..store.records import u64
 from .catalog import BatchInfo
-from .errors import StoreCorruptError
 from .issuing import COMMIT_VALUES, unwrap_seed
-from .keyformat import serial_index
-from .manifest import CHUNK
-from .store import Txn
-from .store.records import u64
 
 _SLICE_LEVEL = CHUNK.bit_length() - 1  # 16: slices of 65,536 keys are perfect subtrees at this level
 
