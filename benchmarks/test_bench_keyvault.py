@@ -117,11 +117,11 @@ def test_event_log_append_1000(benchmark, store: BenchStore) -> None:  # type: i
 
     def one() -> None:
         def work(txn):  # type: ignore[no-untyped-def]
-            vault._log.append_changes(txn, changes)
+            vault.engine.log.append_changes(txn, changes)
             raise Abort
 
         try:
-            vault._store.write(work)
+            vault.engine.store.write(work)
         except Abort:
             pass
 

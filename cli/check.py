@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from keyvault.engine.checkup import CHECKS
+from keyvault.engine import CHECKS
 from keyvault.errors import StoreCorruptError, StoreError
 
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
@@ -46,7 +46,7 @@ def check(state: State, as_json: bool) -> None:
 
 
 def run_check(store: Path, pepper_file: Path | None) -> dict[str, Any]:
-    """``check_store`` on ``store`` in a child process: its report, a crash of LMDB included.
+    """``Vault.check`` on ``store`` in a child process: its report, a crash of LMDB included.
 
     Raises a StoreError (with the child's message) when the store cannot be opened.
     """
@@ -97,7 +97,6 @@ def _signal_name(number: int) -> str:
 def child() -> None:
     """The child's side: open the store, run the checks, print one JSON line per step (flushed at once)."""
     from keyvault import KeyvaultError, Vault
-    from keyvault.engine.checkup import check_store
 
     def say(message: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -112,7 +111,7 @@ def child() -> None:
         return
     say({"opened": True})
     try:
-        report = check_store(vault, lambda row: say({"row": row}))
+        report = vault.check(lambda row: say({"row": row}))
     finally:
         vault.close()
     say({"report": report})

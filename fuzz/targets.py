@@ -238,7 +238,7 @@ _UPSTREAM_PAIRS = b"card_number,password\n1000200030004000,s3cret-1\n10002000300
 
 
 def _head(vault: Vault) -> tuple[int, int]:
-    with vault._store.read() as txn:
+    with vault.engine.store.read() as txn:
         head = txn.head()
     return head.generation, head.log_size
 

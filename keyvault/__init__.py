@@ -4,7 +4,7 @@ Open a store with :meth:`Vault.open`; every check answers a :class:`Result`
 whose :class:`Status` tells a checkout exactly why a key is refused.
 """
 
-from .engine.catalog import BatchInfo, BlacklistEntry
+from .engine import BatchInfo, BlacklistEntry, ThrottlePolicy
 from .errors import (
     BadSignatureError,
     ClosedError,
@@ -29,8 +29,8 @@ from .errors import (
 )
 from .formats.identity import Identity, PublicIdentity, Rotation
 from .results import Result, Status
-from .engine.throttling import ThrottlePolicy
 from .vault import Vault
+from .vocabulary import Level, Role, Scope
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "IdentityError",
     "ImportFileError",
     "KeyvaultError",
+    "Level",
     "MalformedKeyError",
     "ManifestError",
     "NotAStoreError",
@@ -53,7 +54,9 @@ __all__ = [
     "ProofError",
     "PublicIdentity",
     "Result",
+    "Role",
     "Rotation",
+    "Scope",
     "Status",
     "StoreCorruptError",
     "StoreError",

@@ -80,12 +80,12 @@ def _line(idx: int, asked: str, result: Any) -> str:
 
 
 def redeem_storm(store: str, work_path: str, acks_path: str) -> None:
-    import keyvault.vault
+    import keyvault.engine.ledger
     from keyvault import Vault
 
     with open(work_path, encoding="utf-8") as fh:
         work = json.load(fh)
-    keyvault.vault.FOLD_AT = int(work["fold_at"])  # fold often: folds must survive a kill too
+    keyvault.engine.ledger.FOLD_AT = int(work["fold_at"])  # fold often: folds must survive a kill too
     it = int(work["iteration"])
     fresh: deque[tuple[int, str]] = deque((int(i), k) for i, k in work["fresh"])
     old = [(int(i), k, kind, text) for i, k, kind, text in work["old"]]

@@ -1,7 +1,7 @@
 """``keyvault check`` and damaged stores.
 
 Part one damages a store's records through the store's own write path (what a bug, a bad restore
-or a hand edit could leave behind) and shows that :func:`keyvault.engine.checkup.check_store` names
+or a hand edit could leave behind) and shows that :meth:`keyvault.Vault.check` names
 exactly the checks that notice, and never raises. Part two runs the command itself. Part three
 damages the *file*: bytes flipped in LMDB's meta pages, in the first data pages, in the middle
 and at the end, and the file truncated; each copy is checked by ``keyvault check`` in a separate
@@ -32,7 +32,7 @@ import pytest
 from cli_support import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, kv
 from conftest import issue
 from keyvault import Identity, Status, StoreCorruptError, Vault
-from keyvault.engine.checkup import CHECKS, check_store
+from keyvault.engine import CHECKS
 from keyvault.formats.checkpoint import Checkpoint, sign
 from keyvault.formats.keyformat import parse_serial
 from keyvault.store import Txn
@@ -65,7 +65,7 @@ def _build(root: Path) -> Template:
     files.mkdir(parents=True)
     supplier, shop = Identity.generate("Acme Games"), Identity.generate("Shop")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("keyvault.vault.FOLD_AT", 25)
+        mp.setattr("keyvault.engine.ledger.FOLD_AT", 25)
         with Vault.init(root / "supplier") as sup:
             batch = issue(sup, supplier, files, count=300)
             sup.send_lot(supplier, batch.batch.id, shop.public, manifest=batch.manifest, out=files / "lot.kvl")
@@ -120,7 +120,7 @@ def failed(report: dict[str, Any]) -> dict[str, str]:
 
 
 def test_a_clean_store_passes_every_check(vault: Vault, template: Template) -> None:
-    report = check_store(vault)
+    report = vault.check()
     assert report["ok"], failed(report)
     assert [c["check"] for c in report["checks"]] == list(CHECKS)
     counts = report["counts"]
@@ -171,7 +171,7 @@ def _forge_checkpoint(vault: Vault, txn: Txn) -> None:
     size = from_u64(key)
     root = bytes(value[8:40])
     forger = Identity.generate("keyvault-engine")
-    note = sign(Checkpoint(vault._log.origin, size, root), vault._log.origin, forger.signing_key)
+    note = sign(Checkpoint(vault.engine.log.origin, size, root), vault.engine.log.origin, forger.signing_key)
     txn.put("checkpoints", bytes(key), bytes(value[:40]) + note)
 
 
@@ -180,7 +180,7 @@ def _double_spend(vault: Vault, template: Template) -> Callable[[Txn], None]:
     serial = parse_serial(template.serials[0])
 
     def work(txn: Txn) -> None:
-        vault._log.append_changes(txn, [(serial, 1, int(time.time() * 1000), "order-again")])
+        vault.engine.log.append_changes(txn, [(serial, 1, int(time.time() * 1000), "order-again")])
 
     return work
 
@@ -248,8 +248,8 @@ DAMAGE: dict[str, tuple[Callable[[Vault, Template], Callable[[Txn], Any]], set[s
 def test_each_kind_of_damage_fails_exactly_the_checks_that_see_it(vault: Vault, template: Template,
                                                                   case: str) -> None:
     make, expected = DAMAGE[case]
-    vault._store.write(make(vault, template))
-    report = check_store(vault)
+    vault.engine.store.write(make(vault, template))
+    report = vault.check()
     assert not report["ok"]
     assert set(failed(report)) == expected, failed(report)
     for name, detail in failed(report).items():
@@ -258,12 +258,12 @@ def test_each_kind_of_damage_fails_exactly_the_checks_that_see_it(vault: Vault, 
 
 
 def test_the_details_name_the_problem(vault: Vault, template: Template) -> None:
-    vault._store.write(lambda txn: txn.delete("cards", _serial(template, 250)))
-    vault._store.write(lambda txn: txn.add(f"B:{template.batch}/redeemed".encode(), 1))
-    vault._store.write(lambda txn: txn.delete("tree", u64(0)))
-    vault._store.write(lambda txn: txn.delete("commitments", _batch_key(vault, template.batch) + b"R" + bytes(4)))
-    vault._store.write(lambda txn: _forge_checkpoint(vault, txn))
-    details = failed(check_store(vault))
+    vault.engine.store.write(lambda txn: txn.delete("cards", _serial(template, 250)))
+    vault.engine.store.write(lambda txn: txn.add(f"B:{template.batch}/redeemed".encode(), 1))
+    vault.engine.store.write(lambda txn: txn.delete("tree", u64(0)))
+    vault.engine.store.write(lambda txn: txn.delete("commitments", _batch_key(vault, template.batch) + b"R" + bytes(4)))
+    vault.engine.store.write(lambda txn: _forge_checkpoint(vault, txn))
+    details = failed(vault.check())
     assert f"batch {template.batch} holds 300 keys but 299 card records: 1 are missing" in details["cards"]
     assert f"batch {template.batch}: the redeemed counter says 71, the records say 70" in details["counters"]
     assert "node 0 of the log's tree is missing" in details["log tree"]
@@ -278,8 +278,8 @@ def test_records_that_do_not_parse_are_reported_not_raised(vault: Vault, templat
         txn.put("custody", b"E" + bytes(32), b"[]")
         txn.put("counters", b"T/redeemed", b"\x01")
 
-    vault._store.write(garble)
-    report = check_store(vault)
+    vault.engine.store.write(garble)
+    report = vault.check()
     assert not report["ok"]
     bad = failed(report)
     assert {"head", "batches and manifests", "custody", "counters"} <= set(bad)
@@ -288,8 +288,8 @@ def test_records_that_do_not_parse_are_reported_not_raised(vault: Vault, templat
 
 
 def test_a_missing_pepper_check_and_database_records(vault: Vault) -> None:
-    vault._store.write(lambda txn: (txn.delete("meta", b"pepper_check"), txn.delete("meta", b"checkpoint_policy")))
-    bad = failed(check_store(vault))
+    vault.engine.store.write(lambda txn: (txn.delete("meta", b"pepper_check"), txn.delete("meta", b"checkpoint_policy")))
+    bad = failed(vault.check())
     assert set(bad) == {"pepper", "format"}
     assert "pepper check record is missing" in bad["pepper"]
 
@@ -297,9 +297,9 @@ def test_a_missing_pepper_check_and_database_records(vault: Vault) -> None:
 def test_a_damaged_tree_node_is_what_the_next_checkpoint_trips_on(vault: Vault) -> None:
     """Why the tree gets its own check: EventLog.verify reads the log's root from its tail record, so it
     passes over a lost node that the next checkpoint then refuses to sign over."""
-    vault._store.write(lambda txn: txn.delete("tree", u64(0)))
+    vault.engine.store.write(lambda txn: txn.delete("tree", u64(0)))
     assert vault.verify_log() > 0
-    assert set(failed(check_store(vault))) == {"log tree"}
+    assert set(failed(vault.check())) == {"log tree"}
 
 
 def test_check_while_another_thread_redeems(vault: Vault, template: Template) -> None:
@@ -319,13 +319,13 @@ def test_check_while_another_thread_redeems(vault: Vault, template: Template) ->
     worker = threading.Thread(target=redeem)
     worker.start()
     try:
-        reports = [check_store(vault) for _ in range(5)]
+        reports = [vault.check() for _ in range(5)]
     finally:
         stop.set()
         worker.join()
     assert not errors
     assert all(r["ok"] for r in reports), [failed(r) for r in reports]
-    assert check_store(vault)["ok"]
+    assert vault.check()["ok"]
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -344,8 +344,8 @@ def test_check_command_on_a_clean_store(store: Path) -> None:
 
 def test_check_command_on_a_damaged_store(store: Path, template: Template) -> None:
     with Vault.open(store) as v:
-        v._store.write(lambda txn: txn.delete("cards", _serial(template, 250)))
-        v._store.write(lambda txn: _forge_checkpoint(v, txn))
+        v.engine.store.write(lambda txn: txn.delete("cards", _serial(template, 250)))
+        v.engine.store.write(lambda txn: _forge_checkpoint(v, txn))
     result = kv("--store", store, "check")
     assert result.exit_code == EXIT_REFUSED, result.output
     fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL  ")]
@@ -598,8 +598,7 @@ def test_a_page_pointing_outside_the_file_crashes_lmdb_but_not_check(tmp_path: P
             fh.seek(page * PAGE + 16)
             fh.write(struct.pack("<H", 0xFFF8))  # the first node "is" 65,528 bytes into a 4 KiB page
         probe = subprocess.run([sys.executable, "-I", "-c", "import sys; from keyvault import Vault\n"
-                                "from keyvault.engine.checkup import check_store\n"
-                                "v = Vault.open(sys.argv[1]); check_store(v)", str(copy)],
+                                "v = Vault.open(sys.argv[1]); v.check()", str(copy)],
                                capture_output=True, text=True, timeout=120, check=False)
         if probe.returncode >= 0:
             continue  # this page was not read, or the pointer landed inside the file: try the next one

@@ -399,7 +399,7 @@ def test_redeem_storm_killed_at_random_loses_nothing(tmp_path: Path, bystanders:
             # "mid-storm": the child was killed after it started and before it ran out of fresh keys
             figures["kills_mid_storm"] += child.alive_at_kill and child.ready_at is not None and unspent > 0
             figures["events"] = check_store(vault, ledger)
-            with vault._store.read() as txn:
+            with vault.engine.store.read() as txn:
                 head = txn.head()
             figures["folds"] += head.folded > folded
             folded = head.folded
@@ -431,7 +431,7 @@ def batch_state(vault: Vault, batch: int, count: int) -> bool:
     """True when the batch is wholly in the store, False when wholly absent; fails on anything between."""
     info = vault.catalog().batches.get(batch)
     first, last = make_serial(batch, 0), make_serial(batch, count - 1)
-    with vault._store.read() as txn:
+    with vault.engine.store.read() as txn:
         cards = [from_u64(key) for key, _ in islice(txn.items_from("cards", u64(first)), 2)]
         in_range = [s for s in cards if s <= last]
         commitments = list(islice(txn.items("commitments", u64(batch)), 1))
@@ -446,7 +446,7 @@ def batch_state(vault: Vault, batch: int, count: int) -> bool:
         return False
     assert info.count == count
     assert None not in ends and len(in_range) == 2 and commitments and events
-    with vault._store.read() as txn:
+    with vault.engine.store.read() as txn:
         n = sum(1 for key, _ in txn.items_from("cards", u64(first)) if from_u64(key) <= last)
     assert n == count, f"batch {batch_text(batch)} holds {n} card records of {count}"
     row = next(b for b in vault.stats()["batches"] if b["batch"] == batch_text(batch))

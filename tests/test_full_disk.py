@@ -23,7 +23,6 @@ import pytest
 
 from conftest import issue
 from keyvault import Identity, KeyvaultError, Status, StoreFullError, Vault
-from keyvault.engine.checkup import check_store
 from keyvault.store import lmdbstore
 
 SMALL_MAP = 1 << 20
@@ -54,11 +53,11 @@ from keyvault.store import lmdbstore
 lmdbstore.INITIAL_MAP_SIZE = 1 << 20  # start from the file's own size: this process must grow the map itself
 store, manifest, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 with Vault.open(store) as v:
-    before = v._store.info()["map_size"]
+    before = v.engine.store.info()["map_size"]
     v.import_manifest(manifest)
     acked = {k: f"child-{i}" for i, k in enumerate(keys)}
     assert all(r.status.value == "accepted" for r in v.redeem_many(list(acked.items())))
-    info = v._store.info()
+    info = v.engine.store.info()
     print(json.dumps({"before": before, "after": info["map_size"], "used": (info["last_pgno"] + 1) * 4096,
                       "acked": acked}))
 """
@@ -67,15 +66,15 @@ with Vault.open(store) as v:
 def test_the_map_grows_without_losing_a_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               supplier: Identity) -> None:
     monkeypatch.setattr(lmdbstore, "INITIAL_MAP_SIZE", SMALL_MAP)
-    monkeypatch.setattr("keyvault.vault.FOLD_AT", 8_000)  # folds (bulk rewrites of card records) happen too
+    monkeypatch.setattr("keyvault.engine.ledger.FOLD_AT", 8_000)  # folds (bulk rewrites of card records) happen too
     files = tmp_path / "files"
     acked: dict[str, str] = {}
     shop = Identity.generate("Shop")
     with Vault.init(tmp_path / "supplier") as sup, Vault.init(tmp_path / "platform") as plat:
-        assert plat._store.info()["map_size"] == SMALL_MAP
+        assert plat.engine.store.info()["map_size"] == SMALL_MAP
         plat.trust(supplier.public)
         batches = [issue(sup, supplier, files, count=n) for n in (20_000, 20_000, 200_000)]
-        assert sup._store.info()["map_size"] > 2 * SMALL_MAP  # issuing grew the supplier's map
+        assert sup.engine.store.info()["map_size"] > 2 * SMALL_MAP  # issuing grew the supplier's map
         for b in batches[:2]:
             plat.import_manifest(b.manifest)
         codes = files / "codes.csv"
@@ -100,7 +99,7 @@ def test_the_map_grows_without_losing_a_write(tmp_path: Path, monkeypatch: pytes
         assert set(answers.values()) == {Status.ACCEPTED}
         acked.update({k: f"single-{k[-4:]}" for k in singles})
         _accept(plat, [(f"UP-{i:06d}", f"code-{i}") for i in range(0, 5_000, 5)], acked)
-        grown = plat._store.info()["map_size"]
+        grown = plat.engine.store.info()["map_size"]
         assert grown >= 8 * SMALL_MAP and grown & (grown - 1) == 0, grown  # doubled, and doubled again
         # Another process imports a big batch and redeems from it, growing the map past the size this
         # process maps: our next transaction adopts the new size (MapResizedError) and reads what it wrote.
@@ -111,7 +110,7 @@ def test_the_map_grows_without_losing_a_write(tmp_path: Path, monkeypatch: pytes
         child = json.loads(proc.stdout)
         assert child["after"] > child["before"] and child["used"] > grown  # the data outgrew our map
         assert _redeemed_as(plat, child["acked"]) == []  # read through the larger map, adopted
-        assert plat._store.info()["map_size"] == child["after"]
+        assert plat.engine.store.info()["map_size"] == child["after"]
         _accept(plat, [(k, f"after-child-{i}") for i, k in enumerate(batches[2].keys[3_000:4_000])], acked)
         acked.update(child["acked"])
         assert _redeemed_as(plat, acked) == []
@@ -120,7 +119,7 @@ def test_the_map_grows_without_losing_a_write(tmp_path: Path, monkeypatch: pytes
         assert _redeemed_as(plat, acked) == []
         totals = plat.stats()["totals"]
         assert totals["redeemed"] == len(acked) and totals["keys"] == 245_000 and upstream.count == 5_000
-        report = check_store(plat)
+        report = plat.check()
         assert report["ok"], [c for c in report["checks"] if not c["ok"]]
         assert report["counts"]["outcomes"] > 0 and report["counts"]["unfolded"] > 0
 
@@ -202,7 +201,7 @@ def test_a_full_disk_fails_writes_cleanly_and_the_store_recovers(small_disk: Pat
         assert {r.status for r in vault.verify_many(refused)} == {Status.VALID}
         assert _redeemed_as(vault, acked) == []
         events = vault.verify_log()
-        report = check_store(vault)
+        report = vault.check()
         assert report["ok"], [c for c in report["checks"] if not c["ok"]]
         proc = _check_elsewhere(store)  # `keyvault check` in another process, on the full disk
         assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stdout + proc.stderr
@@ -221,7 +220,7 @@ def test_a_full_disk_fails_writes_cleanly_and_the_store_recovers(small_disk: Pat
             assert vault.verify("7KQ2-XMZ7-7KQ2-XMZ7-7KQ2-XMZ7-7KQ2-XMZ7").status is not Status.VALID
             time.sleep(1.1)  # past the flush interval of the refused-attempt counters
         assert _redeemed_as(vault, acked) == [] and vault.verify_log() >= events
-        assert check_store(vault)["ok"]
+        assert vault.check()["ok"]
         # Space returns: the store works again at once, in this process.
         os.truncate(filler, 0)
         state = {k: r.status for k, r in zip(refused, vault.verify_many(refused))}
@@ -230,10 +229,10 @@ def test_a_full_disk_fails_writes_cleanly_and_the_store_recovers(small_disk: Pat
         for start in range(at + 500, at + 5_500, 500):
             _accept(vault, [(k, f"later-{start + i}") for i, k in enumerate(keys[start:start + 500])], acked)
         assert vault.verify_log() > events
-        assert check_store(vault)["ok"]
+        assert vault.check()["ok"]
     with Vault.open(store) as vault:
         assert _redeemed_as(vault, acked) == []
-        assert check_store(vault)["ok"]
+        assert vault.check()["ok"]
     proc = _check_elsewhere(store)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -251,12 +250,12 @@ def test_an_import_on_a_full_disk_is_all_or_nothing(small_disk: Path, tmp_path: 
             vault.import_manifest(big.manifest)
         assert vault.catalog().batches == {}
         assert {r.status for r in vault.verify_many(big.keys[:50])} == {Status.UNKNOWN}
-        assert check_store(vault)["ok"]
+        assert vault.check()["ok"]
         os.truncate(filler, 0)
         info, new = vault.import_manifest(big.manifest)
         assert new and info.count == 100_000
         assert {r.status for r in vault.verify_many(big.keys[::997])} == {Status.VALID}
-        assert check_store(vault)["ok"]
+        assert vault.check()["ok"]
 
 
 _READERS = """
@@ -268,7 +267,7 @@ with Vault.open(sys.argv[1]) as v:
     sizes = []
 
     def read():
-        with v._store.read() as txn:
+        with v.engine.store.read() as txn:
             gate.wait()  # all n read transactions open at once: n reader slots in the lock file
             sizes.append(txn.head().log_size)
 

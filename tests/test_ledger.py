@@ -47,12 +47,12 @@ def test_redeem_many_refuses_bad_arguments_before_touching_anything(platform: Va
 
 def test_ledger_folds_without_losing_a_change(tmp_path: Path, platform: Vault, issued: Issued,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("keyvault.vault.FOLD_AT", 7)
+    monkeypatch.setattr("keyvault.engine.ledger.FOLD_AT", 7)
     keys = issued.keys
     first = {i: platform.redeem(keys[i], f"order-{i}") for i in range(0, 40, 2)}
     for i in range(1, 12, 2):
         platform.void(keys[i], f"refund {i}")
-    with platform._store.read() as txn:
+    with platform.engine.store.read() as txn:
         head = txn.head()
     assert head.log_size - head.folded < 7  # folded along the way: every overlay stays bounded
     assert platform.verify_log() == head.log_size  # the events stay, chained and signed
@@ -72,7 +72,7 @@ def test_ledger_folds_without_losing_a_change(tmp_path: Path, platform: Vault, i
 
 
 def _redeem_range(path: str, keys: list[str], tag: str, fold_at: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    ledger_module = __import__("keyvault.vault", fromlist=["FOLD_AT"])
+    ledger_module = __import__("keyvault.engine.ledger", fromlist=["FOLD_AT"])
     ledger_module.FOLD_AT = fold_at
     with Vault.open(path) as vault:
         queue.put([(r.serial, r.status.value, r.order_id) for r in
@@ -251,19 +251,19 @@ def test_folds_take_the_oldest_slice_and_keep_every_answer(platform: Vault, issu
     every earlier change is then in the card records, every later one in the log, and both answer alike."""
     from keyvault.store.records import OUTCOME, u64
 
-    monkeypatch.setattr("keyvault.vault.FOLD_AT", 10)
+    monkeypatch.setattr("keyvault.engine.ledger.FOLD_AT", 10)
     platform.fold_slices = 5
     keys = issued.keys[:60]
     for i in range(0, 39, 3):  # batches of 3, so a fold sometimes takes more than one slice
         platform.redeem_many([(key, f"o-{i + j}") for j, key in enumerate(keys[i:i + 3])])
-        with platform._store.read() as txn:
+        with platform.engine.store.read() as txn:
             folded = sum(1 for _ in txn.items("outcomes"))
         redeemed = i + 3
         assert redeemed - folded < 10, "a fold left FOLD_AT or more changes unfolded"
         if redeemed >= 10:
             assert redeemed - folded >= 8, "a fold took more than the oldest slice"
     platform.void(keys[45], "recall")
-    with platform._store.read() as txn:
+    with platform.engine.store.read() as txn:
         folded = txn.head().folded
         for key in keys[:39]:  # each folded change holds its event's index below the mark
             record = txn.get("outcomes", u64(_serial(key)))

@@ -86,7 +86,7 @@ def flip_hex(text: str, pos: int) -> str:
 
 def snapshot(vault: Vault) -> tuple[int, str, int, list[str]]:
     """What a refused operation must leave as it was: the log, the statistics, checkpoints and custody."""
-    with vault._store.read() as txn:
+    with vault.engine.store.read() as txn:
         custody_rows = sum(1 for _ in txn.items("custody"))
     return (vault.verify_log(), json.dumps(vault.stats(), sort_keys=True), custody_rows,
             sorted(b.id for b in vault.catalog().batches.values()))
@@ -216,7 +216,7 @@ def test_checkpoints_grow_and_are_consistent(tmp_path: Path, supplier: Identity,
     for i in range(5):
         supplier_store.redeem(b.keys[i], f"ORD-{i}")
     note = supplier_store.checkpoint()
-    assert note.startswith(supplier_store._log.origin + "\n")
+    assert note.startswith(supplier_store.engine.log.origin + "\n")
     assert supplier_store.checkpoint() == note  # nothing new: the newest is returned, not re-signed
     later = supplier_store.checkpoints()
     assert len(later) == len(first) + 1 and later[-1]["size"] == first[-1]["size"] + 5
@@ -225,9 +225,9 @@ def test_checkpoints_grow_and_are_consistent(tmp_path: Path, supplier: Identity,
                       supplier_store.engine_identity.public_key)
     signed = [open_note(c["note"].encode(), None, [engine]) for c in later]
     assert [(s.size, s.root.hex()) for s in signed] == [(c["size"], c["root"]) for c in later]
-    with supplier_store._store.read() as txn:
+    with supplier_store.engine.store.read() as txn:
         pairs = [(a, z) for a in signed for z in signed if a.size <= z.size]
-        proofs = {(a.size, z.size): supplier_store._log.consistency(txn, a.size, z.size) for a, z in pairs}
+        proofs = {(a.size, z.size): supplier_store.engine.log.consistency(txn, a.size, z.size) for a, z in pairs}
     for a, z in pairs:
         merkle.verify_consistency(a.size, z.size, a.root, z.root, proofs[(a.size, z.size)])
     old, new = signed[-2], signed[-1]
@@ -244,10 +244,10 @@ def test_checkpoints_grow_and_are_consistent(tmp_path: Path, supplier: Identity,
 
 
 def _alter(vault: Vault, index: int) -> None:
-    with vault._store.read() as txn:
-        leaf = bytearray(vault._log.leaf(txn, index))
+    with vault.engine.store.read() as txn:
+        leaf = bytearray(vault.engine.log.leaf(txn, index))
     leaf[-1] ^= 0x01  # the body's last byte: the event still parses as an event leaf
-    vault._store.write(lambda txn: txn.put("events", u64(index), bytes(leaf)))
+    vault.engine.store.write(lambda txn: txn.put("events", u64(index), bytes(leaf)))
 
 
 @pytest.mark.parametrize("where", ["last", "middle", "first"])
@@ -281,13 +281,13 @@ def test_an_altered_event_is_detected_and_can_never_be_proven(tmp_path: Path, su
         return
     supplier_store.checkpoint()
     after = supplier_store.checkpoints()[-1]
-    with supplier_store._store.read() as txn:
+    with supplier_store.engine.store.read() as txn:
         for old in signed:
-            proof = supplier_store._log.consistency(txn, old["size"], after["size"])
+            proof = supplier_store.engine.log.consistency(txn, old["size"], after["size"])
             merkle.verify_consistency(old["size"], after["size"], bytes.fromhex(old["root"]),
                                       bytes.fromhex(after["root"]), proof)
-        leaf = supplier_store._log.leaf(txn, index)
-        proof = supplier_store._log.inclusion(txn, index, after["size"])
+        leaf = supplier_store.engine.log.leaf(txn, index)
+        proof = supplier_store.engine.log.inclusion(txn, index, after["size"])
     with pytest.raises(ProofError):
         merkle.verify_inclusion(merkle.leaf_hash(leaf), index, after["size"], proof, bytes.fromhex(after["root"]))
 
@@ -297,7 +297,7 @@ def test_a_deleted_event_is_detected(tmp_path: Path, supplier: Identity, supplie
     supplier_store.redeem(b.keys[0], "ORD-0")
     supplier_store.checkpoint()
     last = supplier_store.verify_log() - 1
-    supplier_store._store.write(lambda txn: txn.delete("events", u64(last)))
+    supplier_store.engine.store.write(lambda txn: txn.delete("events", u64(last)))
     with pytest.raises(StoreCorruptError):
         supplier_store.verify_log()
     supplier_store.redeem(b.keys[1], "ORD-1")
@@ -355,7 +355,7 @@ def test_the_supplier_key_cannot_sign_a_checkpoint(tmp_path: Path, supplier: Ide
         return dict(doc, checkpoint=note, events=events, status=dict(doc["status"], status="valid", order_id=None))
 
     # Controls: signed by the real engine key the fabrication passes (so only the signer matters) ...
-    assert passed(check(forged(supplier_store._log.engine), trusted, material(b.keys[0])))
+    assert passed(check(forged(supplier_store.engine.log.engine), trusted, material(b.keys[0])))
     # ... and signed by an untrusted key it fails.
     assert not named(check(forged(Identity.generate("Mallory")), trusted), "checkpoint signature").ok
     # The supplier's key signs manifests; it is no engine key.
@@ -434,7 +434,7 @@ def test_a_forged_hop_is_refused(chain: Chain, stores: Callable[[str], Vault]) -
     with pytest.raises(CustodyError, match="forged"):
         victim.receive_lot(lot, victim_id)
     # Second hop signed by Mallory, spending Dist Co's genuine hop.
-    with chain.dist._store.read() as txn:
+    with chain.dist.engine.store.read() as txn:
         from keyvault.engine.lots import batch_transfers
         genuine = batch_transfers(txn, chain.batch.batch.key)
     first = next(h for h in genuine if h.sender == chain.supplier.public_key)

@@ -51,10 +51,12 @@ def test_throttled_redeems_spend_nothing(platform: Vault, issued: Issued) -> Non
 
 
 def test_the_window_and_the_block_expire(platform: Vault, issued: Issued, monkeypatch: pytest.MonkeyPatch) -> None:
-    import keyvault.vault as vault_module
+    import keyvault.engine.engine as engine_module
+    import keyvault.engine.guard as guard_module
 
-    clock = [vault_module.now_ms()]
-    monkeypatch.setattr(vault_module, "now_ms", lambda: clock[0])
+    clock = [engine_module.now_ms()]
+    for module in (engine_module, guard_module):  # the engine's clock, and the throttle's
+        monkeypatch.setattr(module, "now_ms", lambda: clock[0])
     platform.set_throttle_policy(ThrottlePolicy(max_refused=2, window_seconds=10, block_seconds=30))
     bad = _forged(issued.keys[0])
     platform.verify_many([bad, bad], client="ip")

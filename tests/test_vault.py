@@ -38,7 +38,7 @@ def test_public_surface_is_pinned() -> None:
         "IdentityError", "ImportFileError", "KeyvaultError", "MalformedKeyError", "ManifestError", "NotAStoreError",
         "NotFoundError", "PepperError", "Result", "Status", "StoreCorruptError", "StoreError", "StoreExistsError",
         "StoreFullError", "StoreVersionError", "UsageError", "Vault", "__version__", "CustodyError", "ProofError",
-        "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy",
+        "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy", "Level", "Role", "Scope",
     ])
     for name in keyvault.__all__:
         assert hasattr(keyvault, name)
@@ -399,9 +399,9 @@ def test_pepper_can_live_outside_the_store(tmp_path: Path) -> None:
 def test_map_grows_by_itself(tmp_path: Path, supplier: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lmdbstore, "INITIAL_MAP_SIZE", 64 << 10)  # 64 KiB: full after a few hundred keys
     with Vault.init(tmp_path / "small") as vault:
-        before = vault._store.info()["map_size"]
+        before = vault.engine.store.info()["map_size"]
         batch = issue(vault, supplier, tmp_path / "files", 5000)
-        assert vault._store.info()["map_size"] > before
+        assert vault.engine.store.info()["map_size"] > before
         assert vault.verify(batch.keys[-1]).status is Status.VALID
         assert vault.redeem(batch.keys[4999], "o").status is Status.ACCEPTED
 
@@ -425,10 +425,10 @@ def test_non_string_keys_are_usage_errors(platform: Vault, issued: Issued, bad: 
 
 def test_trace_orders_events_of_the_same_millisecond(platform: Vault, issued: Issued,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import keyvault.vault as vault_module
+    import keyvault.engine.engine as engine_module
 
-    frozen = vault_module.now_ms()
-    monkeypatch.setattr(vault_module, "now_ms", lambda: frozen)  # redeem and blacklist in one instant
+    frozen = engine_module.now_ms()
+    monkeypatch.setattr(engine_module, "now_ms", lambda: frozen)  # redeem and blacklist in one instant
     platform.redeem(issued.keys[0], "ORDER-1")
     platform.blacklist("key", issued.keys[0], "same instant")
     trace = platform.trace(issued.keys[0])
@@ -446,7 +446,7 @@ def test_a_damaged_state_byte_is_refused_not_trusted(platform: Vault, issued: Is
         _, tag = CARD.unpack(txn.get("cards", u64(serial)))
         txn.put("cards", u64(serial), CARD.pack(7, tag))
 
-    platform._store.write(damage)
+    platform.engine.store.write(damage)
     for result in (platform.verify(issued.keys[0]), platform.verify_many([issued.keys[1], issued.keys[0]])[1],
                    platform.redeem(issued.keys[0], "o-1")):
         assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
@@ -460,10 +460,10 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
     its time), and the rest of a batch check is unharmed."""
     from keyvault.store.records import OUTCOME, u64
 
-    monkeypatch.setattr("keyvault.vault.FOLD_AT", 2)
+    monkeypatch.setattr("keyvault.engine.ledger.FOLD_AT", 2)
     platform.redeem_many([(issued.keys[0], "o-0"), (issued.keys[1], "o-1")])  # folded: outcome records written
     serial = _fast.parse_key(issued.keys[0])[1]
-    with platform._store.read() as txn:
+    with platform.engine.store.read() as txn:
         assert txn.head().folded == txn.head().log_size
         state, at, index = OUTCOME.unpack_from(txn.get("outcomes", u64(serial)))
     broken = {"missing": None, "bad utf-8": OUTCOME.pack(state, at, index) + b"o-\xff\xfe",
@@ -475,7 +475,7 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
         else:
             txn.put("outcomes", u64(serial), broken)
 
-    platform._store.write(spoil)
+    platform.engine.store.write(spoil)
     results = platform.verify_many([issued.keys[2], issued.keys[0], issued.keys[1]])
     assert results[0].status is Status.VALID and results[2].status is Status.REDEEMED
     for result in (results[1], platform.verify(issued.keys[0]), platform.redeem(issued.keys[0], "o-9")):
@@ -493,16 +493,16 @@ def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, is
 
     def change_then_abort(txn) -> None:  # type: ignore[no-untyped-def]
         txn.bump_generation()
-        platform._current(txn)
+        platform.engine.current(txn)
         raise Abort
 
     with pytest.raises(Abort):
-        platform._store.write(change_then_abort)
+        platform.engine.store.write(change_then_abort)
     serial = _fast.parse_key(issued.keys[0])[1]
 
     def other_writer(txn) -> None:  # type: ignore[no-untyped-def]  # as another process would
         txn.put("blacklist", LEVEL_KEY + u64(serial), dump({"reason": "stolen", "at": 0}))
         txn.bump_generation()
 
-    platform._store.write(other_writer)
+    platform.engine.store.write(other_writer)
     assert platform.verify(issued.keys[0]).status is Status.BLACKLISTED

@@ -1,0 +1,20 @@
+"""The engine: an open store and every operation on it, behind :class:`~keyvault.vault.Vault`.
+
+``state.py`` holds what every operation works on (store, pepper, event log,
+overlay, catalog); ``engine.py`` the operations, with ``lookup.py`` (finding
+and judging keys), ``guard.py`` (refusals and throttling), ``issuing.py``,
+``lots.py``, ``trust.py``, ``reports.py``, ``proofs.py`` and ``checkup.py``
+(the store check) beside it; ``ledger.py``, ``eventlog.py`` and
+``groupcommit.py`` are how redeems are recorded and committed.
+"""
+
+from .catalog import BatchInfo, BlacklistEntry, Catalog
+from .checkup import CHECKS
+from .engine import Engine
+from .eventlog import Policy
+from .issuing import Progress, read_cards_csv
+from .throttling import ThrottlePolicy
+from .tokens import Grant
+
+__all__ = ["CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "Policy", "Progress",
+           "ThrottlePolicy", "read_cards_csv"]

@@ -32,7 +32,7 @@ import struct
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lmdb
 
@@ -62,7 +62,7 @@ from ..formats.manifest import (
     tree_root,
 )
 from ..store import Head, Txn
-from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, _Reading
+from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, Reading
 from ..store.records import (
     ACTIVE,
     CARD,
@@ -79,10 +79,9 @@ from ..store.records import (
 )
 from .catalog import BatchInfo
 from .issuing import COMMIT_VALUES
+from .keyfiles import pepper_check
+from .state import State
 from .throttling import ThrottlePolicy
-
-if TYPE_CHECKING:
-    from ..vault import Vault
 
 __all__ = ["CHECKS", "check_store"]
 
@@ -130,8 +129,8 @@ def _damage(exc: BaseException) -> str:
 class _Checkup:
     """One run of the checks over one read transaction; later checks use what earlier ones read."""
 
-    def __init__(self, vault: Vault, txn: Txn) -> None:
-        self.vault = vault
+    def __init__(self, state: State, txn: Txn) -> None:
+        self.state = state
         self.txn = txn
         self.checks: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
@@ -197,12 +196,10 @@ class _Checkup:
         return f"{FORMAT.decode()}, LMDB {LMDB_FORMAT}, {len(DATABASES)} databases"
 
     def pepper(self, problems: _Problems) -> str:
-        from ..vault import _pepper_check  # the one definition of the record
-
         stored = self.txn.get("meta", b"pepper_check")
         if stored is None:
             problems.add("the pepper check record is missing: no pepper can be confirmed for this store")
-        elif not _fast.tags_equal(bytes(stored), _pepper_check(self.vault._pepper)):
+        elif not _fast.tags_equal(bytes(stored), pepper_check(self.state.pepper)):
             problems.add("the pepper check record does not match the pepper this store was opened with")
         return "the pepper check record matches the pepper in use"
 
@@ -600,7 +597,7 @@ class _Checkup:
     # -- the event log ---------------------------------------------------------------------------------
 
     def event_log(self, problems: _Problems) -> str:
-        events = self.vault._log.verify(self.txn)
+        events = self.state.log.verify(self.txn)
         checkpoints = sum(1 for _ in self.txn.items("checkpoints"))
         self.counts.update(events=events, checkpoints=checkpoints)
         return (f"{events:,} events, each chained to the one before; {checkpoints:,} checkpoints, each signed by "
@@ -781,7 +778,7 @@ CHECKS = ("format", "pepper", "head", "suppliers and trust", "batches and manife
           "custody")
 
 
-def check_store(vault: Vault, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def check_store(state: State, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Verify every part of an open store and report; never raises for what it finds.
 
     Returns ``{"ok": bool, "checks": [{"check", "ok", "detail"}, ...], "counts": {...}}``: one row per
@@ -796,9 +793,9 @@ def check_store(vault: Vault, on_check: Callable[[dict[str, Any]], None] | None 
     therefore runs this in a child process and reports such a crash against the check that was
     running (``on_check`` tells it how far the checks got).
     """
-    first = vault._store.read()
-    run = _Checkup(vault, first.__enter__())
-    reading: _Reading | None = first  # the transaction to end: None between ending one and opening the next
+    first = state.store.read()
+    run = _Checkup(state, first.__enter__())
+    reading: Reading | None = first  # the transaction to end: None between ending one and opening the next
     try:
         steps = (run.format, run.pepper, run.head_record, run.suppliers_and_trust, run.batches_and_manifests,
                  run.commitments, run.cards, run.imported_cards, run.outcomes, run.ledger, run.blacklist,
@@ -811,7 +808,7 @@ def check_store(vault: Vault, on_check: Callable[[dict[str, Any]], None] | None 
                 # LMDB found a damaged page, and that transaction refuses every further read: go on in a new one.
                 done, reading = reading, None
                 done.__exit__(None, None, None)
-                fresh = vault._store.read()
+                fresh = state.store.read()
                 run.txn = fresh.__enter__()
                 reading = fresh
         counts = run.counts

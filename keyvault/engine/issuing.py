@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from .. import _fast
 from ..clock import iso, now_ms
@@ -38,10 +38,8 @@ from ..formats.manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_
 from ..store import Txn
 from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
 from .catalog import BatchInfo, Catalog
+from .state import State
 from .trust import pin
-
-if TYPE_CHECKING:
-    from ..vault import Vault
 
 #: Progress callbacks get the stage ("generate", "store") and how many keys it just finished.
 Progress = Callable[[str, int], None]
@@ -80,7 +78,7 @@ def _check_supplier(cat: Catalog, sid: str, name: str, prefix: int) -> None:
                             "its batches are refused until the entry is lifted")
 
 
-def _register_supplier(vault: Vault, txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
+def _register_supplier(state: State, txn: Txn, cat: Catalog, sid: str, name: str, prefix: int, public_key: bytes,
                        now: int) -> dict[str, Any]:
     """The supplier's record, registering it (and its prefix) on first sight."""
     _check_supplier(cat, sid, name, prefix)
@@ -89,18 +87,18 @@ def _register_supplier(vault: Vault, txn: Txn, cat: Catalog, sid: str, name: str
         doc = {"name": name, "prefix": prefix_text(prefix), "public_key": public_key.hex(), "first_seen": now,
                "next_batch": 0}
         txn.put("prefixes", u64(prefix), sid.encode())
-        vault._log.append(txn, "supplier", now, {"supplier": sid, "name": name, "prefix": prefix_text(prefix),
+        state.log.append(txn, "supplier", now, {"supplier": sid, "name": name, "prefix": prefix_text(prefix),
                                                  "public_key": public_key.hex()}, [LEVEL_SUPPLIER + sid.encode()])
     return dict(doc)
 
 
-def _next_batch(vault: Vault, identity: Identity) -> int:
+def _next_batch(state: State, identity: Identity) -> int:
     """This supplier's next batch number here; nothing is written until the batch is stored whole.
 
     Two issues racing in one store get the same number: the second one's import is then refused
     as a conflicting batch, and its files are removed.
     """
-    cat = vault.catalog()
+    cat = state.catalog()
     _check_supplier(cat, identity.id, identity.name, identity.prefix)
     number = int(cat.suppliers.get(identity.id, {}).get("next_batch", 0))
     while make_batch(identity.prefix, number) in cat.batches:
@@ -120,11 +118,11 @@ def _check_outputs(*paths: Path) -> None:
             raise UsageError(f"cannot create {path}: {path.parent} is not a directory")
 
 
-def _store_own(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None,
+def _store_own(state: State, manifest: Manifest, origin: str, progress: Progress | None,
                *outputs: Path) -> BatchInfo:
     """Import a batch this store just made; on refusal remove its files, so nothing is left half-done."""
     try:
-        info, _ = import_manifest(vault, manifest, origin, progress)
+        info, _ = import_manifest(state, manifest, origin, progress)
     except BaseException:
         for path in outputs:
             path.unlink(missing_ok=True)
@@ -132,9 +130,9 @@ def _store_own(vault: Vault, manifest: Manifest, origin: str, progress: Progress
     return info
 
 
-def _header(vault: Vault, identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
+def _header(state: State, identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
             valid_from: int | None, valid_until: int | None) -> dict[str, Any]:
-    previous = vault.catalog().suppliers.get(identity.id, {}).get("last_manifest")
+    previous = state.catalog().suppliers.get(identity.id, {}).get("last_manifest")
     return {
         "previous": previous,
         "format": PAYLOAD_TYPE,
@@ -211,13 +209,13 @@ def _commit_chunk(first: int, seed: bytes, keys: list[str]) -> tuple[bytes, byte
     return commitments, _fast.merkle_root(commitments)
 
 
-def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
+def issue_batch(state: State, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
                 valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
     """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records."""
     product = _check_batch_args(product, count, valid_from, valid_until)
     report = progress or _nothing
     _check_outputs(keys_out, manifest_out)
-    number = _next_batch(vault, identity)
+    number = _next_batch(state, identity)
     batch = make_batch(identity.prefix, number)
     first = make_serial(batch, 0)
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
@@ -256,13 +254,13 @@ def issue_batch(vault: Vault, identity: Identity, product: str, count: int, keys
 
     try:
         manifest = write_manifest(manifest_out, identity,
-                                  _header(vault, identity, number, product, count, "native", salt, valid_from,
+                                  _header(state, identity, number, product, count, "native", salt, valid_from,
                                           valid_until), seed, body())
         export.close()
     except BaseException:
         export.discard()
         raise
-    return _store_own(vault, manifest, "issued", progress, manifest_out, keys_out)
+    return _store_own(state, manifest, "issued", progress, manifest_out, keys_out)
 
 
 def read_cards_csv(path: Path) -> tuple[str, list[tuple[str, str]]]:
@@ -345,13 +343,13 @@ def _imported_value(path: Path, line: int, value: str, what: str) -> str:
     return folded
 
 
-def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path, manifest_out: Path,
+def import_cards(state: State, identity: Identity, product: str, cards_csv: Path, manifest_out: Path,
                  valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
     """Turn an upstream CSV into a batch: locators and verifiers in a signed manifest, records stored."""
     kind, rows = read_cards_csv(cards_csv)
     product = _check_batch_args(product, len(rows), valid_from, valid_until)
     _check_outputs(manifest_out)
-    number = _next_batch(vault, identity)
+    number = _next_batch(state, identity)
     first = make_serial(make_batch(identity.prefix, number), 0)
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
     report = progress or _nothing
@@ -374,21 +372,21 @@ def import_cards(vault: Vault, identity: Identity, product: str, cards_csv: Path
     # Public card numbers, length-prefixed, for support and trace.
     trailer = [b"".join(bytes([len(ident)]) + ident.encode() for ident, _ in rows)] if kind == "pair" else []
     manifest = write_manifest(manifest_out, identity,
-                              _header(vault, identity, number, product, len(rows), kind, salt, valid_from,
+                              _header(state, identity, number, product, len(rows), kind, salt, valid_from,
                                       valid_until), seed, body(), trailer)
-    return _store_own(vault, manifest, "upstream", progress, manifest_out)
+    return _store_own(state, manifest, "upstream", progress, manifest_out)
 
 
-def import_manifest(vault: Vault, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
+def import_manifest(state: State, manifest: Manifest, origin: str, progress: Progress | None) -> tuple[BatchInfo, bool]:
     """Store a verified manifest's batch in one transaction: all of it, or (on any refusal) none of it.
 
     A manifest from elsewhere (origin "manifest") must be signed by a supplier this store pins; a
     store's own batches pin the identity that issued them.
     """
-    return vault._store.write(lambda txn: import_in(vault, txn, manifest, origin, progress))
+    return state.store.write(lambda txn: import_in(state, txn, manifest, origin, progress))
 
 
-def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
+def import_in(state: State, txn: Txn, manifest: Manifest, origin: str,
               progress: Progress | None) -> tuple[BatchInfo, bool]:
     """import_manifest's work, inside a caller's write transaction (a lot's receipt shares it)."""
     header = manifest.header
@@ -396,7 +394,7 @@ def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
     sid, batch = supplier["id"], manifest.batch
     public_key = manifest.public_key
     report = progress or _nothing
-    cat = vault._current(txn)
+    cat = state.current(txn)
     now = now_ms()
     if not cat.trusts(public_key):
         if origin == "manifest":
@@ -408,10 +406,10 @@ def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
                              f"{fingerprint(public_key)}), whom this store does not trust yet: get their public "
                              "identity file, check that fingerprint with them by another channel, then run "
                              "`keyvault trust add SUPPLIER.pub`")
-        pin(vault, txn, cat, supplier["name"], header["prefix_value"], public_key, "own", now)
-        cat = vault._current(txn)
+        pin(state, txn, cat, supplier["name"], header["prefix_value"], public_key, "own", now)
+        cat = state.current(txn)
     # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
-    doc = _register_supplier(vault, txn, cat, sid, supplier["name"], header["prefix_value"], public_key, now)
+    doc = _register_supplier(state, txn, cat, sid, supplier["name"], header["prefix_value"], public_key, now)
     existing = cat.batches.get(batch)
     if existing is not None:
         if existing.manifest == manifest.id:
@@ -427,12 +425,12 @@ def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
     size = 16 if manifest.kind == "native" else 32
     for chunk in manifest.records():
         n = len(chunk) // size
-        if txn.put_sorted("cards", _fast.card_records(serial, chunk, size, vault._pepper)) != n:
+        if txn.put_sorted("cards", _fast.card_records(serial, chunk, size, state.pepper)) != n:
             raise ConflictError(f"serials of batch {batch_text(batch)} are already in this store without "
                                 "their batch: the store is inconsistent; restore it from a backup")
         if manifest.kind != "native":
             for i in range(n):
-                locator = _fast.store_locator(vault._pepper, chunk[i * size:i * size + 16])
+                locator = _fast.store_locator(state.pepper, chunk[i * size:i * size + 16])
                 if not txn.put("locators", locator, u64(serial + i),
                                overwrite=False):
                     raise ConflictError(f"card {serial_text(serial + i)} of batch {batch_text(batch)} is already "
@@ -444,14 +442,14 @@ def import_in(vault: Vault, txn: Txn, manifest: Manifest, origin: str,
         first = make_serial(batch, 0)
         for i, number in enumerate(manifest.card_numbers()):
             txn.put("upstream", u64(first + i), number.encode())
-    store_commitments(txn, vault._pepper, manifest)
+    store_commitments(txn, state.pepper, manifest)
     txn.put("batches", u64(batch), dump(info.to_record()))
     if header["batch_number"] + 1 >= int(doc["next_batch"]):
         doc["last_manifest"] = manifest.id
     doc["next_batch"] = max(int(doc["next_batch"]), int(header["batch_number"]) + 1)
     txn.put("suppliers", sid.encode(), dump(doc))
     txn.bump_generation()
-    vault._log.append(txn, "import" if origin == "manifest" else "issue", now,
+    state.log.append(txn, "import" if origin == "manifest" else "issue", now,
                       {"batch": batch_text(batch), "supplier": sid, "supplier_name": supplier["name"],
                        "product": header["product"], "count": manifest.count, "kind": manifest.kind,
                        "origin": origin, "manifest": manifest.id, "merkle_root": header["merkle_root"],

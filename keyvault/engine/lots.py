@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..clock import iso, now_ms
 from ..errors import CustodyError, NotFoundError, StoreCorruptError, UsageError
@@ -43,9 +43,7 @@ from ..store import Txn
 from ..store.records import LEVEL_BATCH, dump, from_u64, load, u64
 from .catalog import BatchInfo
 from .issuing import import_in
-
-if TYPE_CHECKING:
-    from ..vault import Vault
+from .state import State
 
 
 def _record(txn: Txn, tid: bytes) -> Transfer:
@@ -80,20 +78,20 @@ def _spent_by(txn: Txn, previous: str, ranges: Ranges, tid: str) -> Transfer | N
     return None
 
 
-def _keep(vault: Vault, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
+def _keep(state: State, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
     """Store a new hop, its spends, and its event."""
     tid = bytes.fromhex(hop.id)
     txn.put("custody", b"T" + tid, hop.data)
     txn.put("custody", b"H" + u64(batch) + tid, b"")
     for first, end in hop.ranges:
         txn.put("custody", b"S" + bytes.fromhex(hop.previous) + u64(first), tid + u64(end))
-    vault._log.append(txn, "transfer", now, {"transfer": hop.id, "batch": hop.doc["batch"], "previous": hop.previous,
+    state.log.append(txn, "transfer", now, {"transfer": hop.id, "batch": hop.doc["batch"], "previous": hop.previous,
                                              "from": hop.doc["from"], "to": hop.doc["to"],
                                              "ranges": [list(r) for r in hop.ranges]},
                       [LEVEL_BATCH + u64(batch)])
 
 
-def send(vault: Vault, sender: Identity, batch_ref: str, ranges: Ranges | None, recipient: PublicIdentity,
+def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, recipient: PublicIdentity,
          manifest_path: Path, out: Path) -> tuple[Transfer, BatchInfo]:
     """Sign a transfer of a lot to ``recipient`` and write it sealed to ``out``."""
     if out.exists():
@@ -104,7 +102,7 @@ def send(vault: Vault, sender: Identity, batch_ref: str, ranges: Ranges | None, 
         raise UsageError(f"{manifest_path} is the manifest of batch {batch_text(manifest.batch)}, not {batch_text(batch)}")
 
     def work(txn: Txn) -> tuple[Transfer, list[Transfer], BatchInfo]:
-        cat = vault._current(txn)
+        cat = state.current(txn)
         info = cat.batches.get(batch)
         if info is None or info.manifest != manifest.id:
             raise NotFoundError(f"batch {batch_text(batch)} is not in this store from that manifest; only a lot "
@@ -119,10 +117,10 @@ def send(vault: Vault, sender: Identity, batch_ref: str, ranges: Ranges | None, 
             raise CustodyError(f"double sale refused: keys of this lot were already sent to "
                                f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
                                f"{earlier.id[:16]}); nothing was sent")
-        _keep(vault, txn, hop, batch, now)
+        _keep(state, txn, hop, batch, now)
         return hop, chain + [hop], info
 
-    hop, chain, info = vault._store.write(work)
+    hop, chain, info = state.store.write(work)
     _write_new(out, seal_lot(sender, recipient.public_key, chain, manifest.path.read_bytes()))
     return hop, info
 
@@ -140,7 +138,7 @@ def _holding(txn: Txn, holder: Identity, supplier: bytes, manifest_id: str, batc
                        "to them covers the ranges (receive the lot with `keyvault lot receive` first)")
 
 
-def receive(vault: Vault, lot_path: Path, recipient: Identity,
+def receive(state: State, lot_path: Path, recipient: Identity,
             manifest_out: Path | None = None) -> tuple[BatchInfo, list[Transfer]]:
     """Open a lot sealed to ``recipient``, check its chain, record custody and import its batch, in one
     transaction. A double sale is refused; both records are kept as evidence."""
@@ -151,7 +149,7 @@ def receive(vault: Vault, lot_path: Path, recipient: Identity,
     sender, chain, manifest_bytes = open_lot(data, recipient, f"lot {lot_path}")
     if manifest_out is not None and manifest_out.exists():
         raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
-    fd, name = tempfile.mkstemp(dir=vault.path, prefix=".lot-", suffix=".kvm")
+    fd, name = tempfile.mkstemp(dir=state.path, prefix=".lot-", suffix=".kvm")
     spool = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -174,11 +172,11 @@ def receive(vault: Vault, lot_path: Path, recipient: Identity,
                     txn.put("custody", b"E" + tid, dump({"conflicts_with": earlier.id, "at": now,
                                                          "batch": hop.doc["batch"], "previous": hop.previous}))
                     return None, hop, earlier
-                _keep(vault, txn, hop, manifest.batch, now)
-            info, _ = import_in(vault, txn, manifest, "manifest", None)
+                _keep(state, txn, hop, manifest.batch, now)
+            info, _ = import_in(state, txn, manifest, "manifest", None)
             return info, None, None
 
-        info, refused, earlier = vault._store.write(work)
+        info, refused, earlier = state.store.write(work)
         if refused is not None and earlier is not None:
             raise CustodyError(
                 f"double sale: {refused.doc['from']['name']!r} sold keys of batch {refused.doc['batch']} that "
@@ -204,10 +202,10 @@ def _write_new(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def audit(vault: Vault) -> dict[str, Any]:
+def audit(state: State) -> dict[str, Any]:
     """Double sales, withheld or forked manifests, and the event log's own check, in one report."""
-    with vault._store.read() as txn:
-        cat = vault._current(txn)
+    with state.store.read() as txn:
+        cat = state.current(txn)
         double_sales = []
         for key, value in txn.items("custody", b"E"):
             doc = load(value)
@@ -233,8 +231,8 @@ def audit(vault: Vault) -> dict[str, Any]:
                 if prev is not None:
                     seen[prev] = doc["batch"]
         try:
-            events = vault._log.verify(txn)
-            log: dict[str, Any] = {"ok": True, "events": events, "checkpoints": len(vault._log.checkpoints(txn))}
+            events = state.log.verify(txn)
+            log: dict[str, Any] = {"ok": True, "events": events, "checkpoints": len(state.log.checkpoints(txn))}
         except StoreCorruptError as exc:  # reported, not raised: an audit tells everything it finds
             log = {"ok": False, "error": str(exc)}
     return {"double_sales": double_sales, "manifest_gaps": gaps, "manifest_forks": forks, "event_log": log,

@@ -18,8 +18,9 @@ from ..clock import iso
 from ..errors import UsageError
 from ..store import Txn
 from ..store.records import dump, load
+from ..vocabulary import Scope
 
-SCOPES = ("verify", "redeem", "admin")
+SCOPES = tuple(Scope.names())  # each includes the ones before it
 PREFIX = "kvt_"  # so secret scanners and people recognise a keyvault token
 _TAG = b"kv1/token\x00"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -57,9 +58,7 @@ def check_name(name: object) -> str:
 
 def check_scope(scope: object) -> str:
     """A valid scope, or UsageError naming the valid ones."""
-    if scope not in SCOPES:
-        raise UsageError("a token scope is verify, redeem or admin")
-    return str(scope)
+    return Scope.parse(scope).value
 
 
 def stored(txn: Txn) -> dict[str, Any]:

@@ -11,7 +11,7 @@ Every change is an event in the log.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..clock import iso
 from ..errors import NotFoundError, TrustError
@@ -19,15 +19,14 @@ from ..formats.identity import PublicIdentity, Rotation, fingerprint, supplier_i
 from ..formats.keyformat import parse_prefix, prefix_text
 from ..store import Txn
 from ..store.records import LEVEL_SUPPLIER, dump, u64
+from ..vocabulary import Role
 from .catalog import Catalog
+from .state import State
 
-if TYPE_CHECKING:
-    from ..vault import Vault
-
-ROLES = ("supplier", "distributor", "platform", "own")
+ROLES = tuple(Role.names())
 
 
-def pin(vault: Vault, txn: Txn, cat: Catalog, name: str, prefix: int, public_key: bytes, role: str,
+def pin(state: State, txn: Txn, cat: Catalog, name: str, prefix: int, public_key: bytes, role: str,
         now: int, rotated_from: bytes | None = None) -> dict[str, Any]:
     """Pin a public key (idempotent); its trust record."""
     doc = cat.trusted.get(public_key)
@@ -41,33 +40,33 @@ def pin(vault: Vault, txn: Txn, cat: Catalog, name: str, prefix: int, public_key
            "rotated_to": None}
     txn.put("trust", public_key, dump(doc))
     txn.bump_generation()
-    vault._log.append(txn, "trust", now, {"action": "pin", "name": name, "role": role, "public_key": public_key.hex(),
+    state.log.append(txn, "trust", now, {"action": "pin", "name": name, "role": role, "public_key": public_key.hex(),
                                           "fingerprint": doc["fingerprint"]},
                       [LEVEL_SUPPLIER + supplier_id(public_key).encode()])
     return doc
 
 
-def unpin(vault: Vault, txn: Txn, cat: Catalog, public_key: bytes, now: int) -> dict[str, Any]:
+def unpin(state: State, txn: Txn, cat: Catalog, public_key: bytes, now: int) -> dict[str, Any]:
     """Stop trusting a key: nothing it signs is accepted from now on (what it signed before stays)."""
     doc = cat.trusted.get(public_key)
     if doc is None:
         raise NotFoundError("that identity is not pinned in this store; `keyvault trust list` shows what is")
     txn.delete("trust", public_key)
     txn.bump_generation()
-    vault._log.append(txn, "trust", now, {"action": "remove", "name": doc["name"], "public_key": public_key.hex(),
+    state.log.append(txn, "trust", now, {"action": "remove", "name": doc["name"], "public_key": public_key.hex(),
                                           "fingerprint": doc["fingerprint"]},
                       [LEVEL_SUPPLIER + supplier_id(public_key).encode()])
     return doc
 
 
-def rotate(vault: Vault, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -> dict[str, Any]:
+def rotate(state: State, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -> dict[str, Any]:
     """Accept a rotation (both signatures already verified): the new key inherits trust and issuer prefix."""
     old, new = rotation.old, rotation.new
     doc = cat.trusted.get(old.public_key)
     if doc is None or doc.get("rotated_to"):
         raise TrustError(f"the rotation replaces a key of {old.name!r} (fingerprint {old.fingerprint}) that this "
                          "store does not trust (or that was already rotated): pin the current key instead")
-    new_doc = pin(vault, txn, cat, new.name, new.prefix, new.public_key, doc["role"], now, old.public_key)
+    new_doc = pin(state, txn, cat, new.name, new.prefix, new.public_key, doc["role"], now, old.public_key)
     doc = dict(doc, rotated_to=new.public_key.hex(), rotated_at=now)
     txn.put("trust", old.public_key, dump(doc))
     old_sid, new_sid = supplier_id(old.public_key), supplier_id(new.public_key)
@@ -77,7 +76,7 @@ def rotate(vault: Vault, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -
         txn.put("suppliers", new_sid.encode(), dump(moved))
         txn.put("prefixes", u64(old.prefix), new_sid.encode())
     txn.bump_generation()
-    vault._log.append(txn, "trust", now, {"action": "rotate", "name": new.name, "old_public_key": old.public_key.hex(),
+    state.log.append(txn, "trust", now, {"action": "rotate", "name": new.name, "old_public_key": old.public_key.hex(),
                                           "new_public_key": new.public_key.hex(), "record": rotation.record.hex()},
                       [LEVEL_SUPPLIER + old_sid.encode(), LEVEL_SUPPLIER + new_sid.encode()])
     return new_doc

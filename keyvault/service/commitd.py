@@ -58,7 +58,9 @@ def _frame(payload: Any) -> bytes:
 
 def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, ready: Connection) -> None:
     """Process entry: open the store, listen on ``path``, commit what workers send until SIGTERM."""
-    from ..vault import Vault  # imported here: the module is also imported by workers that never run this
+    from ..vault import (
+        Vault,  # imported here: the module is also imported by workers that never run this
+    )
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the workers first; the parent then stops this
     stopping = False

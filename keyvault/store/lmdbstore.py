@@ -24,7 +24,14 @@ from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import lmdb
 
-from ..errors import ClosedError, NotAStoreError, StoreCorruptError, StoreError, StoreFullError, StoreVersionError
+from ..errors import (
+    ClosedError,
+    NotAStoreError,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreVersionError,
+)
 from . import records
 from .records import u64
 
@@ -105,7 +112,7 @@ class _Gate:
                 self._changed.notify_all()
 
 
-class _Reading:
+class Reading:
     """``with store.read() as txn``: a short read transaction inside the gate (a class: cheaper than a generator)."""
 
     __slots__ = ("_store", "_txn")
@@ -319,9 +326,9 @@ class LmdbStore:
         if os.getpid() != self._pid:
             raise ClosedError("this vault was opened before fork(); open it again in each worker process")
 
-    def read(self) -> _Reading:
+    def read(self) -> Reading:
         """A short read transaction (keep it short: long readers stop page reuse)."""
-        return _Reading(self)
+        return Reading(self)
 
     def begin_read(self) -> lmdb.Transaction:
         """A raw py-lmdb read transaction inside the gate, for the single-key hot path; end it with end_read."""

@@ -28,6 +28,8 @@ import json
 import struct
 from typing import Any
 
+from ..errors import StoreCorruptError
+
 ACTIVE = 0
 REDEEMED = 1
 VOIDED = 2
@@ -51,6 +53,20 @@ def u64(value: int) -> bytes:
 def from_u64(data: bytes) -> int:
     """The integer of an 8-byte big-endian key."""
     return U64.unpack(data)[0]
+
+
+def pack_card(state: int, tag: bytes) -> bytes:
+    """A card record: its state and its pepper-keyed tag."""
+    return CARD.pack(state, tag)
+
+
+def unpack_card(value: bytes) -> tuple[int, bytes]:
+    """(state, tag) of a card record; StoreCorruptError when it is not one."""
+    if len(value) != CARD.size:
+        raise StoreCorruptError(f"a card record is damaged ({len(value)} bytes, not {CARD.size}): run `keyvault "
+                                "check` to find the damage and restore the store from a backup")
+    state, tag = CARD.unpack(value)
+    return state, tag
 
 
 def pack_outcome(state: int, at_ms: int, index: int, text: str) -> bytes:

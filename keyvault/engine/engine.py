@@ -1,0 +1,685 @@
+"""The engine: an open store and every operation on it (verify, redeem, void, blacklist, trust, lots, reports).
+
+Every state change is one durable LMDB write transaction. Verification reads
+batches, suppliers and blacklist entries from the in-memory catalog, kept
+current through the store's generation counter (``state.py``); keys are
+found and judged in ``lookup.py``; refusals are counted and clients throttled
+in ``guard.py``; issuing, importing, lots and trust have modules of their own.
+:class:`~keyvault.vault.Vault` is the typed facade users call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import _fast
+from ..clock import iso, now_ms
+from ..errors import (
+    ConflictError,
+    KeyvaultError,
+    MalformedKeyError,
+    NotFoundError,
+    PepperError,
+    StoreError,
+    StoreExistsError,
+    StoreFullError,
+    UsageError,
+)
+from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
+from ..formats import bundle
+from ..formats.custody import parse_ranges
+from ..formats.events import parse_leaf
+from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
+from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
+from ..formats.manifest import read_manifest
+from ..results import Result, Status
+from ..store import ACTIVE, VOIDED, LmdbStore, Txn
+from ..store.lmdbstore import LMDB_ERRORS
+from ..store.records import (
+    LEVEL_BATCH,
+    LEVEL_KEY,
+    LEVEL_SUPPLIER,
+    dump,
+    from_u64,
+    load,
+    u64,
+)
+from ..vocabulary import Level, Role
+from . import issuing, ledger, lots, trust
+from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
+from .checkup import check_store
+from .eventlog import Policy
+from .groupcommit import GroupCommit
+from .guard import Guard, client_id, counter_scopes
+from .issuing import Progress
+from .keyfiles import (
+    ENGINE_FILE,
+    ENGINE_NAME,
+    PEPPER_BYTES,
+    PEPPER_ENV,
+    pepper_check,
+    read_engine_key,
+    read_pepper,
+)
+from .ledger import Change
+from .lookup import Found, check, find, judge
+from .proofs import commitment_proof
+from .reports import build_stats, build_trace, key_events
+from .state import State
+from .throttling import ThrottlePolicy
+from .tokens import PREFIX as TOKEN_PREFIX
+from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
+from .tokens import save as save_tokens
+from .tokens import stored as stored_tokens
+
+#: Ledger changes a committed transaction wrote, and their sequence numbers.
+_Written = tuple[list[tuple[int, int, int, str]], list[int]]
+
+
+def _pair(key: object, order_id: object) -> tuple[str, str]:
+    """A (key, order id) to redeem, checked before anything is touched."""
+    if not isinstance(key, str):
+        raise UsageError("a key must be a string")
+    return key, check_text(order_id, "order id", MAX_ORDER_ID)
+
+
+class Engine(State):
+    """A keyvault store, opened, with every operation on it. Close it with :meth:`close`."""
+
+    def __init__(self, store: LmdbStore, pepper: bytes, engine: Identity) -> None:
+        super().__init__(store, pepper, engine)
+        #: Refused attempts counted, clients throttled.
+        self.guard = Guard(self)
+        #: How many folds a full overlay takes. 1: all at once, best for bulk redeems (1 M-key store:
+        #: 159 k/s, a 220 ms pause every 100,000); 10: the oldest tenth each time, for tail latency
+        #: (100 k/s, an 80 ms pause every 10,000: the service's commit process uses it).
+        self.fold_slices = 1
+        self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
+        self._cards = store.handle("cards")
+        #: (LMDB transaction id, catalog, overlay) as of the last single-key read that checked the head.
+        self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None) -> Engine:
+        """Create a new store in an empty or new directory, with a new 0600 pepper file."""
+        root = Path(path)
+        if (root / "data.mdb").exists():
+            raise StoreExistsError(f"{root} already holds a keyvault store; open it instead of creating one")
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is a file; choose a directory for the store")
+        if root.is_dir() and any(root.iterdir()):
+            raise StoreError(f"{root} is not empty; create the store in a new or empty directory")
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pepper_path = Path(pepper_file) if pepper_file else root / "pepper"
+        made_pepper = not pepper_path.exists()
+        try:
+            if made_pepper:
+                pepper = secrets.token_bytes(PEPPER_BYTES)
+                write_private_file(pepper_path, pepper.hex().encode() + b"\n")
+            else:
+                pepper = read_pepper(pepper_path)
+            engine = Identity.generate(ENGINE_NAME)
+            engine.save(root / ENGINE_FILE)
+            store = LmdbStore.create(root)
+        except BaseException as exc:
+            # A store that could not be made leaves nothing behind: the directory is as it was.
+            for name in ("data.mdb", "lock.mdb", ENGINE_FILE):
+                (root / name).unlink(missing_ok=True)
+            if made_pepper:
+                pepper_path.unlink(missing_ok=True)
+            if isinstance(exc, StoreFullError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC,
+                                                                                                  errno.EDQUOT)):
+                raise StoreFullError(f"no room on the disk to create a store at {root}; nothing was left "
+                                     "behind: free some space and try again") from None
+            if isinstance(exc, OSError) and not isinstance(exc, KeyvaultError):
+                raise StoreError(f"cannot create a store at {root}: {exc.strerror}") from None
+            raise
+        made = cls(store, pepper, engine)
+
+        def setup(txn: Txn) -> None:
+            now = now_ms()
+            txn.put("meta", b"pepper_check", pepper_check(pepper))
+            txn.put("meta", b"created_at", u64(now))
+            txn.put("meta", b"checkpoint_policy", Policy().to_record())
+            made.log.append(txn, "trust", now, {"action": "engine", "name": engine.name,
+                                                "public_key": engine.public_key.hex()}, [])
+            made.log.maybe_checkpoint(txn, now, force=True)
+
+        store.write(setup)
+        return made
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
+             create: bool = False) -> Engine:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
+        root = Path(path)
+        if create and not (root / "data.mdb").exists():
+            return cls.init(root, pepper_file=pepper_file)
+        store = LmdbStore.open(root)
+        try:
+            pepper_path = Path(pepper_file or os.environ.get(PEPPER_ENV) or root / "pepper")
+            pepper = read_pepper(pepper_path)
+            with store.read() as txn:
+                expected = txn.get("meta", b"pepper_check")
+            if expected is None or not _fast.tags_equal(expected, pepper_check(pepper)):
+                raise PepperError(f"the pepper file {pepper_path} does not belong to this store (it was made with "
+                                  "another one); restore this store's own pepper file from your backup")
+            engine = read_engine_key(root / ENGINE_FILE)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, pepper, engine)
+
+    def close(self) -> None:
+        """Flush pending statistics and close the store."""
+        try:
+            self.guard.flush()
+        except StoreError:
+            pass  # closing must not fail because a statistics write could not be made
+        finally:
+            self.guard.close()
+            self.store.close()
+
+    def __repr__(self) -> str:
+        return f"<Engine {str(self.path)!r}>"
+
+    # -- verify, redeem, void ------------------------------------------------------------------
+
+    def verify(self, key: str, *, client: str | None = None) -> Result:
+        """Check a key without changing anything: ``valid``, or why it would be refused.
+
+        ``client`` (an account, an IP: whatever the caller uses) is throttled after too many refusals.
+        """
+        who = None
+        if client is not None:
+            who = client_id(client)
+            throttled = self.guard.throttled(who, 1)
+            if throttled is not None:
+                return throttled[0]
+        # The happy path, in one short read: the key's Result when it is valid now (check_one says None
+        # for anything else, and _verify then says why, so every refusal costs the same work).
+        store = self.store
+        now = now_ms()
+        txn = store.begin_read()
+        try:
+            fresh = self._fresh
+            if fresh[0] != txn.id():  # something was committed since: the head may have moved
+                fresh = self._refresh(txn)
+            cat = fresh[1]
+            result: Result | None = _fast.check_one(key, self.pepper, cat.rows, cat.key_rows, fresh[2], txn,
+                                                    self._cards, now)
+        except LMDB_ERRORS:
+            result = None  # the checked path reads again, and reports the store's fault as the store's error
+        finally:
+            store.end_read(txn)
+        return result if result is not None else self._verify([key], who)[0]
+
+    def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
+        """Catalog and overlay as of a begin_read transaction, remembered with its LMDB transaction id:
+        while no write commits, the id stays and the head (generation, log size, fold mark) cannot move."""
+        txn = self.store.wrap(raw)
+        head = txn.head()
+        fresh = (raw.id(), self.current(txn, head), self.ledger.sync(txn, head))
+        self._fresh = fresh
+        return fresh
+
+    def verify_many(self, keys: Iterable[str], *, client: str | None = None) -> list[Result]:
+        """Verify many keys in one read transaction; one Result per key, in input order."""
+        batch = keys if isinstance(keys, list) else list(keys)
+        who = client_id(client)
+        throttled = self.guard.throttled(who, len(batch))
+        if throttled is not None:
+            return throttled
+        return self._verify(batch, who)
+
+    def _verify(self, batch: list[str], who: str | None) -> list[Result]:
+        """verify_many past the throttle."""
+        now = now_ms()
+        with self.store.read() as txn:
+            head = txn.head()
+            cat = self.current(txn, head)
+            results = check(txn, cat, self.pepper, self.ledger.sync(txn, head), batch, now)
+        self.guard.note(results, cat, who)
+        return results
+
+    def redeem(self, key: str, order_id: str, *, client: str | None = None) -> Result:
+        """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer.
+
+        Concurrent calls from many threads share commits (group commit): each returns once its
+        redemption is on disk. ``client`` is throttled after too many refusals, as for verify.
+        """
+        pair = _pair(key, order_id)
+        who = client_id(client)
+        throttled = self.guard.throttled(who, 1)
+        if throttled is not None:
+            return throttled[0]
+        result = self._group.submit(pair)
+        self.guard.note([result], self.cached, who)
+        return result
+
+    def redeem_many(self, items: Iterable[tuple[str, str]], *, client: str | None = None) -> list[Result]:
+        """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order."""
+        pairs = [_pair(key, order) for key, order in items]
+        who = client_id(client)
+        throttled = self.guard.throttled(who, len(pairs))
+        if throttled is not None:
+            return throttled
+        results = self._redeem_pairs(pairs)
+        self.guard.note(results, self.cached, who)
+        return results
+
+    def redeem_for(self, items: Sequence[tuple[str, str, str | None]]) -> list[Result]:
+        """Redeem (key, order id, client) triples from many callers in one durable transaction.
+
+        What a server's group commit calls: each client is throttled and counted on its own.
+        """
+        triples = [(*_pair(key, order), client_id(client)) for key, order, client in items]
+        by_client: dict[str | None, list[int]] = {}
+        for i, (_, _, client) in enumerate(triples):
+            by_client.setdefault(client, []).append(i)
+        results: list[Result] = [Result(Status.THROTTLED)] * len(triples)
+        todo: dict[str | None, list[int]] = {}
+        for client, where in by_client.items():
+            throttled = self.guard.throttled(client, len(where))
+            if throttled is None:
+                todo[client] = where
+            else:
+                for i, result in zip(where, throttled):
+                    results[i] = result
+        live = sorted(i for where in todo.values() for i in where)
+        for i, result in zip(live, self._redeem_pairs([triples[i][:2] for i in live]) if live else []):
+            results[i] = result
+        for client, where in todo.items():
+            self.guard.note([results[i] for i in where], self.cached, client)
+        return results
+
+    def _redeem_pairs(self, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None = None
+                      ) -> list[Result]:
+        """Redeem in one durable write; ``before_wait`` is called before it waits on the disk (a fold, the fsync)."""
+        results, _, written = self.store.write(lambda txn: self._redeem_in(txn, pairs, before_wait), before_wait)
+        self.ledger.learn(*written)  # committed: the overlay may take these without reading them back
+        return results
+
+    # -- throttling guessing clients -------------------------------------------------------------
+
+    def throttle_policy(self, client: str | None = None) -> ThrottlePolicy:
+        """The policy that applies to ``client`` (its own, or the store's default)."""
+        self.catalog()  # policies are reloaded with the catalog
+        return self.policies.get(client or "", self.policies[""])
+
+    def set_throttle_policy(self, policy: ThrottlePolicy, client: str | None = None) -> None:
+        """Set the store's default policy, or one client's own (``ThrottlePolicy(None)``: never throttled)."""
+        who = client_id(client) or ""
+
+        def work(txn: Txn) -> None:
+            value = txn.get("meta", b"throttle_policy")
+            doc = load(value) if value else {}
+            doc[who] = policy.to_dict()
+            txn.put("meta", b"throttle_policy", dump(doc))
+            txn.bump_generation()
+
+        self.store.write(work)
+
+    def unblock(self, client: str) -> None:
+        """Lift a client's block now and restart its count (a support action)."""
+        who = client_id(client)
+        assert who is not None
+        self.guard.unblock(who)
+
+    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]], before_fold: Callable[[], None] | None = None
+                   ) -> tuple[list[Result], Catalog, _Written]:
+        head = txn.head()
+        cat = self.current(txn, head)
+        overlay = self.ledger.sync(txn, head)
+        now = now_ms()
+        when = iso(now)
+        results = check(txn, cat, self.pepper, overlay, [key for key, _ in pairs], now)
+        changes, counts = _fast.accept_redeems(results, [order for _, order in pairs], now, str(when))
+        return results, cat, self._record(txn, overlay, changes, counts, b"redeemed", before_fold)
+
+    def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
+                counts: dict[tuple[str, str], int], name: bytes,
+                before_fold: Callable[[], None] | None = None) -> _Written:
+        """Append state changes to the ledger, count them, and fold the ledger when it is due.
+
+        Returns what the overlay may learn once the transaction has committed (nothing after a fold).
+        """
+        if not changes:
+            return [], []
+        seqs = self.ledger.append(txn, changes)
+        for (batch, supplier), n in counts.items():
+            for scope in counter_scopes(batch, supplier):
+                txn.add(scope + b"/" + name, n)
+        fold_at = ledger.FOLD_AT  # read at each call: tests lower it to fold often
+        if len(overlay) + len(changes) >= fold_at:
+            pending = dict(overlay)
+            for (serial, state, at, text), seq in zip(changes, seqs):
+                pending[serial] = (state, at, text, seq)
+            keep = fold_at - max(1, fold_at // self.fold_slices)  # unfolded after: the next fold a slice away
+            if before_fold is not None:
+                before_fold()
+            self.ledger.fold(txn, pending, len(pending) - keep)
+            return [], []
+        return changes, seqs
+
+    def void(self, key_or_serial: str, reason: str) -> Result:
+        """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
+        why = check_text(reason, "reason", MAX_REASON)
+
+        def work(txn: Txn) -> Result:
+            head = txn.head()
+            cat = self.current(txn, head)
+            overlay = self.ledger.sync(txn, head)
+            now = now_ms()
+            found = find(txn, cat, self.pepper, key_or_serial)
+            if isinstance(found, Result):
+                return found
+            change = overlay.get(found.serial)
+            if (change[0] if change else found.state) != ACTIVE:
+                return judge(txn, cat, found, overlay, now)
+            self._record(txn, overlay, [(found.serial, VOIDED, now, why)],
+                         Counter({(found.batch.id, found.batch.supplier): 1}), b"void")  # next sync reads it
+            done = (VOIDED, now, why, 0)
+            result: Result = _fast.judge(found.serial, VOIDED, cat.rows[found.batch.key], cat.key_rows, done, None, now)
+            return result
+
+        return self.store.write(work)
+
+    # -- blacklist -----------------------------------------------------------------------------
+
+    def blacklist(self, level: str, target: str, reason: str) -> BlacklistEntry:
+        """Refuse a key, serial, batch or supplier from the next verify on, in every process."""
+        why = check_text(reason, "reason", MAX_REASON)
+
+        def work(txn: Txn) -> BlacklistEntry:
+            cat = self.current(txn)
+            raw, batch = self._blacklist_key(txn, cat, level, target)
+            now = now_ms()
+            if txn.get("blacklist", raw) is None and batch is not None:
+                self._count_change(txn, batch, b"blacklisted")
+            txn.put("blacklist", raw, dump({"reason": why, "at": now}))
+            txn.bump_generation()
+            name, shown = blacklist_target(raw)
+            self.log.append(txn, "blacklist", now, {"level": name, "target": shown, "reason": why}, [raw])
+            return BlacklistEntry(name, shown, why, iso(now))
+
+        return self.store.write(work)
+
+    def lift(self, level: str, target: str, reason: str) -> BlacklistEntry:
+        """Remove a blacklist entry; lifting needs a reason too."""
+        why = check_text(reason, "reason", MAX_REASON)
+
+        def work(txn: Txn) -> BlacklistEntry:
+            cat = self.current(txn)
+            raw, batch = self._blacklist_key(txn, cat, level, target)
+            name, shown = blacklist_target(raw)
+            if not txn.delete("blacklist", raw):
+                raise NotFoundError(f"{name} {shown} is not blacklisted; `keyvault blacklist list` shows what is")
+            if batch is not None:
+                self._count_change(txn, batch, b"blacklisted", -1)
+            txn.bump_generation()
+            now = now_ms()
+            self.log.append(txn, "lift", now, {"level": name, "target": shown, "reason": why}, [raw])
+            return BlacklistEntry(name, shown, why, iso(now))
+
+        return self.store.write(work)
+
+    def blacklist_entries(self) -> list[BlacklistEntry]:
+        """Every blacklist entry: suppliers, then batches, then keys."""
+        cat = self.catalog()
+        return [*cat.suppliers_blocked.values(), *cat.batches_blocked.values(), *cat.keys_blocked.values()]
+
+    def _blacklist_key(self, txn: Txn, cat: Catalog, level: str, target: str) -> tuple[bytes, BatchInfo | None]:
+        """The stored key for a blacklist target, and its batch when the level is a key."""
+        level = Level.parse(level)
+        if level in (Level.KEY, Level.SERIAL):
+            if level is Level.SERIAL and not looks_like_serial(target):
+                raise MalformedKeyError("that serial is not valid: a serial has 12 symbols, like 7KQ2-00A-0003F")
+            found = find(txn, cat, self.pepper, target)
+            if isinstance(found, Result):
+                what = "serial" if level is Level.SERIAL else "key"
+                raise NotFoundError(f"that {what} is not in this store ({found.status.value}); nothing was changed")
+            return LEVEL_KEY + u64(found.serial), found.batch
+        if level is Level.BATCH:
+            key = parse_batch(target)
+            if key not in cat.batches:
+                raise NotFoundError(f"batch {batch_text(key)} is not in this store; `keyvault stats` lists batches")
+            return LEVEL_BATCH + u64(key), None
+        if level is Level.SUPPLIER:
+            sid = cat.supplier_by_ref(target)
+            if sid is None:
+                raise NotFoundError("no such supplier in this store (give its id or issuer prefix); "
+                                    "`keyvault stats` lists suppliers")
+            return LEVEL_SUPPLIER + sid.encode("ascii"), None
+        raise AssertionError(level)  # Level.parse admits only the four levels above
+
+    # -- service tokens -------------------------------------------------------------------------
+
+    def create_token(self, name: str, scope: str) -> str:
+        """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
+        who, what = check_name(name), check_scope(scope)
+        token = new_token()
+
+        def work(txn: Txn) -> None:
+            doc = stored_tokens(txn)
+            if who in doc:
+                raise ConflictError(f"a token named {who} exists: revoke it first, or choose another name")
+            doc[who] = {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()}
+            save_tokens(txn, doc)
+
+        self.store.write(work)
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke a token: every server process refuses it from its next request on."""
+        who = check_name(name)
+
+        def work(txn: Txn) -> None:
+            doc = stored_tokens(txn)
+            if doc.pop(who, None) is None:
+                raise NotFoundError(f"no token named {who}; `keyvault token list` shows the tokens")
+            save_tokens(txn, doc)
+
+        self.store.write(work)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Each token's name, scope and creation time (never the token or its hash)."""
+        with self.store.read() as txn:
+            return listing(stored_tokens(txn))
+
+    def authorize(self, token: str) -> Grant | None:
+        """The grant a presented token carries, or None when it is unknown or revoked."""
+        if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+            return None
+        store = self.store
+        txn = store.begin_read()
+        try:
+            fresh = self._fresh
+            if fresh[0] != txn.id():  # a commit since the last look: the grants may have changed
+                fresh = self._refresh(txn)
+        finally:
+            store.end_read(txn)
+        return fresh[1].grants.get(token_hash(token))
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    def _count_change(self, txn: Txn, batch: BatchInfo, name: bytes, delta: int = 1) -> None:
+        for scope in counter_scopes(batch.id, batch.supplier):
+            txn.add(scope + b"/" + name, delta)
+
+    def flush_stats(self) -> None:
+        """Write buffered refused-attempt counts to the store."""
+        self.guard.flush()
+
+    def stats(self) -> dict[str, Any]:
+        """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
+        self.guard.flush()
+        with self.store.read() as txn:
+            return build_stats(txn, self.current(txn))
+
+    def _story(self, txn: Txn, key_or_serial: str) -> tuple[Catalog, Found, Result, list[int]]:
+        """A key located for its trace: the catalog, the key, its status, and its events' indices."""
+        cat = self.current(txn)
+        found = find(txn, cat, self.pepper, key_or_serial)
+        if isinstance(found, Result):
+            what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
+            raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
+        overlay = self.ledger.sync(txn, txn.head())
+        status = judge(txn, cat, found, overlay, now_ms())
+        return cat, found, status, key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+
+    def trace(self, key_or_serial: str) -> dict[str, Any]:
+        """Where a key came from and what happened to it: supplier, batch, product, history."""
+        with self.store.read() as txn:
+            cat, found, status, indices = self._story(txn, key_or_serial)
+            events = [parse_leaf(self.log.leaf(txn, i)) for i in indices]
+            return build_trace(txn, cat, found.serial, found.batch, status, events)
+
+    # -- provenance: the event log, trust, lots, bundles ---------------------------------------------
+
+    @property
+    def engine_identity(self) -> PublicIdentity:
+        """This store's engine key (it signs the checkpoints): give its public file to bundle verifiers."""
+        return self.log.engine.public
+
+    def checkpoint(self) -> str:
+        """Sign a checkpoint of the event log now (or return the newest if it covers every event): the note."""
+        note = self.store.write(lambda txn: self.log.maybe_checkpoint(txn, now_ms(), force=True))
+        assert note is not None
+        return note.decode("utf-8")
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every checkpoint the engine signed, oldest first."""
+        with self.store.read() as txn:
+            return self.log.checkpoints(txn)
+
+    @property
+    def checkpoint_policy(self) -> Policy:
+        """When checkpoints are signed by themselves."""
+        self.catalog()  # the policy is reloaded with the catalog
+        return self.log.policy
+
+    def check_since(self, old_note: str) -> bundle.Check:
+        """Is this store's log an extension of the one ``old_note`` (a checkpoint it signed earlier) saw?
+
+        Fails when the store was rolled back (restored from an old backup and written to since) or
+        forked: the RFC 9162 consistency proof from the old size to now does not reach both roots.
+        """
+        new_note = self.checkpoint().encode()
+        with self.store.read() as txn:
+            def proof(old_size: int, new_size: int) -> list[bytes]:
+                if old_size > self.log.size(txn):
+                    return []  # the log is shorter than it was: nothing can prove it grew
+                return self.log.consistency(txn, old_size, new_size)
+
+            return bundle.check_consistent(old_note.encode(), new_note, proof, [self.engine_identity])
+
+    def set_checkpoint_policy(self, every_events: int, every_seconds: int) -> None:
+        """Sign checkpoints by themselves after this many events or seconds, whichever comes first."""
+        if every_events < 1 or every_seconds < 1:
+            raise UsageError("a checkpoint cadence needs at least 1 event and 1 second")
+
+        def work(txn: Txn) -> None:
+            txn.put("meta", b"checkpoint_policy", Policy(every_events, every_seconds).to_record())
+            txn.bump_generation()
+
+        self.store.write(work)
+
+    def check(self, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Verify every part of the store and report check by check; never raises for what it finds."""
+        return check_store(self, on_check)
+
+    def verify_log(self) -> int:
+        """Walk the event log: chain, tree and checkpoints; how many events. StoreCorruptError if altered."""
+        with self.store.read() as txn:
+            return self.log.verify(txn)
+
+    def trust(self, identity: PublicIdentity, role: str = "supplier") -> dict[str, Any]:
+        """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
+        role = Role.parse(role).value
+        return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
+                                                       identity.public_key, role, now_ms()))
+
+    def untrust(self, identity: PublicIdentity) -> dict[str, Any]:
+        """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
+        return self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
+                                                         now_ms()))
+
+    def trusted(self) -> list[dict[str, Any]]:
+        """Every pinned identity."""
+        return trust.entries(self.catalog())
+
+    def rotate_trust(self, rotation: Rotation) -> dict[str, Any]:
+        """Accept a key rotation signed by a pinned key and its successor."""
+        return self.store.write(lambda txn: trust.rotate(self, txn, self.current(txn), rotation, now_ms()))
+
+    def send_lot(self, sender: Identity, batch: str, recipient: PublicIdentity, *,
+                 manifest: str | os.PathLike[str], out: str | os.PathLike[str],
+                 ranges: str | None = None) -> dict[str, Any]:
+        """Transfer (part of) a batch you hold to ``recipient``: a signed record, and a lot sealed to them."""
+        info = self.catalog().batches.get(parse_batch(batch))
+        parsed = parse_ranges(ranges, info.count) if ranges and info else None
+        hop, info = lots.send(self, sender, batch, parsed, recipient, Path(manifest), Path(out))
+        return {"transfer": hop.id, "batch": info.id, "to": recipient.name, "to_fingerprint": recipient.fingerprint,
+                "ranges": [f"{a}-{b - 1}" for a, b in hop.ranges], "keys": sum(b - a for a, b in hop.ranges),
+                "lot": str(out)}
+
+    def receive_lot(self, lot: str | os.PathLike[str], recipient: Identity, *,
+                    manifest_out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
+        info, chain = lots.receive(self, Path(lot), recipient, Path(manifest_out) if manifest_out else None)
+        return {"batch": info.id, "count": info.count, "supplier": info.supplier_name,
+                "hops": [{"from": h.doc["from"]["name"], "to": h.doc["to"]["name"], "transfer": h.id,
+                          "ranges": [f"{a}-{b - 1}" for a, b in h.ranges]} for h in chain]}
+
+    def audit(self) -> dict[str, Any]:
+        """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
+        return lots.audit(self)
+
+    def trace_bundle(self, key_or_serial: str) -> dict[str, Any]:
+        """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""
+        for _ in range(5):
+            self.checkpoint()  # a signed checkpoint covering every event so far
+            with self.store.read() as txn:
+                _, found, status, indices = self._story(txn, key_or_serial)
+                last = txn.last_key("checkpoints")
+                assert last is not None
+                size = from_u64(last)
+                if indices and indices[-1] >= size:
+                    continue  # another process changed this key after the checkpoint: sign again
+                events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
+                return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
+                                                       not looks_like_serial(key_or_serial)),
+                                    custody=lots.custody_of(txn, found.batch.key, found.serial),
+                                    checkpoint=self.log.note_at(txn, size), events=events, status=status.to_dict(),
+                                    generated_at=str(iso(now_ms())))
+        raise StoreError("this key kept changing while its bundle was made; try again")
+
+    # -- issuing and importing (the work is in issuing.py) ----------------------------------------
+
+    def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
+                    manifest_out: str | os.PathLike[str], valid_from: int | None = None,
+                    valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
+        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
+        return issuing.issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
+                           valid_from, valid_until, progress)
+
+    def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
+                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
+                     valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
+        """Make a batch of upstream cards (a CSV of codes, or card numbers and passwords)."""
+        return issuing.import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
+                            valid_until, progress)
+
+    def import_manifest(self, path: str | os.PathLike[str], *,
+                        progress: Progress | None = None) -> tuple[BatchInfo, bool]:
+        """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
+        return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
