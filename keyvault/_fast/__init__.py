@@ -74,12 +74,14 @@ ledger_leaves: Callable[[int, bytes, list[tuple[int, int, int, str]]], tuple[lis
 tree_append: Callable[[int, bytes, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = impl.tree_append
 node_key: Callable[[int, int], int] = impl.node_key
 
-# Constants come from the specification, whichever module runs.
+# Constants and the named rows come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402
     ALPHABET,
     BAD_LENGTH,
     BAD_SYMBOL,
     BAD_VERSION,
+    BatchRow,
+    Change,
     CHECK_FAILED,
     CHECK_SUBSTITUTION,
     CHECK_TRANSPOSITION,
@@ -87,6 +89,7 @@ from ._pure import (  # noqa: E402
     GROUP_SIZE,
     HASH_SIZE,
     KEY_SYMBOLS,
+    KeyBlock,
     KIND_BLACKLIST,
     KIND_IMPORT,
     KIND_ISSUE,
@@ -113,4 +116,5 @@ __all__ = [
     "HASH_SIZE", "KIND_BLACKLIST", "KIND_IMPORT", "KIND_ISSUE", "KIND_LIFT", "KIND_REDEEM", "KIND_SUPPLIER",
     "KIND_TRANSFER", "KIND_TRUST", "KIND_VOID", "SALT_SIZE", "SEED_SIZE", "commitments", "event_leaf", "key_salt",
     "ledger_leaves", "merkle_root", "node_key", "tree_append",
+    "BatchRow", "Change", "KeyBlock",
 ]

@@ -20,7 +20,8 @@ cdef enum:
     SERIAL_TEXT_DASH1 = 4  # symbols before the first dash...
     SERIAL_TEXT_DASH2 = 7  # ...and before the second
 
-    # A batch row: (salt, valid_from, valid_until, block, batch id, supplier id, supplier name, product).
+    # A batch row (_pure.BatchRow, or a plain tuple of its fields), read by position here: (salt,
+    # valid_from, valid_until, block, batch id, supplier id, supplier name, product).
     ROW_SALT = 0
     ROW_VALID_FROM = 1
     ROW_VALID_UNTIL = 2
@@ -63,6 +64,12 @@ cdef object _UNKNOWN = None
 cdef object _iso = None
 cdef bint _direct_results = False
 cdef str _NO_SUCH_KEY = "no such key in this store"
+
+# The named rows of the specification: tuples with tuple's own item access (NamedTuple adds only
+# properties), so C reads them by position as it reads plain tuples. Subclasses of these or of
+# tuple, which could read otherwise, go to _pure.
+cdef object _BatchRow = _pure.BatchRow  # batches' values
+cdef object _Change = _pure.Change  # a fold's pending values (overlay entries are only passed on to judge)
 
 # check_keys' phase timings (ns of the profiling clock), when _profile_check_keys(clock).
 cdef bint _profiling = False
@@ -313,10 +320,10 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
                outcomes: object, now: int) -> list:
     """Judge many typed keys at once: one Result per key, in input order; None for non-native input.
 
-    batches maps a batch key to its row (salt, valid_from, valid_until, block, batch id,
-    supplier id, supplier name, product), block being the (level, reason) of a supplier or batch
-    blacklist entry, or None; key_blocks maps a serial to (level, reason); overlay maps a serial
-    to its unfolded ledger change (state, at ms, text, seq). cards and outcomes are py-lmdb
+    batches maps a batch key to its BatchRow (salt, valid_from, valid_until, block, batch id,
+    supplier id, supplier name, product), block being the KeyBlock (level, reason) of a supplier
+    or batch blacklist entry, or None; key_blocks maps a serial to its KeyBlock; overlay maps a
+    serial to its unfolded ledger Change (state, at ms, text, event index). cards and outcomes are py-lmdb
     cursors, each read with one getmulti over the sorted serials. A key whose batch is unknown
     is still hashed, so unknown and wrong keys cost the same. TypeError for a non-str key.
     """
@@ -327,7 +334,7 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
                           cards, outcomes, now)
         if out is not None:
             return out
-    # Other types, or a batch row that is not a tuple of 8 with a bytes salt: before any store read,
+    # Other types, or a batch row that is not a tuple or BatchRow of 8 with a bytes salt: before any store read,
     # so the specification can answer instead.
     return _pure.check_keys(keys, pepper, batches, key_blocks, overlay, cards, outcomes, now)
 
@@ -438,7 +445,7 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
     if row == NULL:
         return None
     row_obj = <object>row
-    if type(row_obj) is not tuple or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
+    if (type(row_obj) is not tuple and type(row_obj) is not _BatchRow) or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
             or type(<object>PyTuple_GET_ITEM(row_obj, ROW_SALT)) is not bytes:
         return _pure.check_one(key, pepper, batches, key_blocks, overlay, txn, db, now)
     salt_obj = <object>PyTuple_GET_ITEM(row_obj, ROW_SALT)
@@ -559,7 +566,8 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
                     salt, salt_len = zero_salt, UNKNOWN_SALT_BYTES
                 else:
                     row_obj = <object>row
-                    if type(row_obj) is not tuple or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
+                    if (type(row_obj) is not tuple and type(row_obj) is not _BatchRow) \
+                            or PyTuple_GET_SIZE(row_obj) < ROW_FIELDS \
                             or not _binary(row_obj[ROW_SALT]):
                         return None
                     rows.append(row_obj)
@@ -755,7 +763,7 @@ def fold_records(pending: dict, cards: list) -> tuple[list, list]:
     """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
 
     ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
-    serial to its unfolded change (state, at ms, text, event index). The card keeps its tag and takes
+    serial to its unfolded Change (state, at ms, text, event index). The card keeps its tag and takes
     the change's state; the outcome record is the state, the time and the event index (big-endian u8,
     u64, u64), then the text in UTF-8.
     """
@@ -779,7 +787,8 @@ def fold_records(pending: dict, cards: list) -> tuple[list, list]:
             return _pure.fold_records(pending, cards)
         entry = PyDict_GetItemWithError(pending, PyLong_FromUnsignedLongLong(
             _load_be64(<const unsigned char*>PyBytes_AS_STRING(key))))
-        if entry == NULL or type(<object>entry) is not tuple or PyTuple_GET_SIZE(<object>entry) != 4:
+        if entry == NULL or (type(<object>entry) is not tuple and type(<object>entry) is not _Change) \
+                or PyTuple_GET_SIZE(<object>entry) != 4:  # a Change: (state, at ms, text, event index)
             return _pure.fold_records(pending, cards)
         change = <object>entry
         text = <object>PyTuple_GET_ITEM(change, 2)
