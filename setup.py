@@ -11,8 +11,15 @@ from glob import glob
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-REQUIRE = os.environ.get("KEYVAULT_REQUIRE_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
-SKIP = os.environ.get("KEYVAULT_NO_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
+
+def env_flag(name: str) -> bool:
+    """keyvault._fast.env_flag, repeated: the build runs before the package exists to import (its
+    __init__ imports the modules being built), so the one parser cannot be shared with it."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+REQUIRE = env_flag("KEYVAULT_REQUIRE_EXTENSIONS")
+SKIP = env_flag("KEYVAULT_NO_EXTENSIONS")
 
 
 class OptionalBuildExt(build_ext):
