@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 # The compiled core is part of the product: a failed compile fails the build.
 export KEYVAULT_REQUIRE_EXTENSIONS ?= 1
 
-SOURCES := $(shell find keyvault cli -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pyi') setup.py pyproject.toml
+SOURCES := $(shell find keyvault cli -name '*.py' -o -name '*.pyx' -o -name '*.pxi' -o -name '*.pxd' -o -name '*.pyi' \
+	-o -name '*.h') setup.py pyproject.toml
 
 .PHONY: all install demo test test-pure bench clean
 

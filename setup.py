@@ -6,12 +6,20 @@ compile fail the install instead of falling back silently.
 
 import os
 import sys
+from glob import glob
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-REQUIRE = os.environ.get("KEYVAULT_REQUIRE_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
-SKIP = os.environ.get("KEYVAULT_NO_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
+
+def env_flag(name: str) -> bool:
+    """keyvault._fast.env_flag, repeated: the build runs before the package exists to import (its
+    __init__ imports the modules being built), so the one parser cannot be shared with it."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+REQUIRE = env_flag("KEYVAULT_REQUIRE_EXTENSIONS")
+SKIP = env_flag("KEYVAULT_NO_EXTENSIONS")
 
 
 class OptionalBuildExt(build_ext):
@@ -46,8 +54,16 @@ def extensions() -> list:
             raise
         print("WARNING: Cython is not installed; keyvault will run on its pure-Python path", file=sys.stderr)
         return []
-    return cythonize(
+    # _core.pyx includes its parts (*.pxi) and their C (kv_*.h) from its own directory: both are
+    # build inputs only (the installed package needs neither), listed so a change to one rebuilds.
+    core = Extension(
+        "keyvault._fast._core",
         ["keyvault/_fast/_core.pyx"],
+        include_dirs=["keyvault/_fast"],
+        depends=sorted(glob("keyvault/_fast/*.pxi") + glob("keyvault/_fast/kv_*.h")),
+    )
+    return cythonize(
+        [core],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False,
                              "cdivision": True, "initializedcheck": False},
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from keyvault import BatchInfo, Identity, Vault
+from keyvault._fast import _pure, env_flag
 
 
 @dataclass
@@ -103,3 +104,65 @@ def world_keys() -> int:
 def world(tmp_path: Path, world_keys: int) -> World:
     """A supplier store that issued ``world_keys`` keys through the CLI, and a platform store that imported them."""
     return make_world(tmp_path / "w", count=world_keys)
+
+
+# -- keyvault._fast's two implementations (test_fast_twins.py, test_fast_provenance.py) ------------
+#
+# The compiled core is imported directly, whatever keyvault._fast selected (so KEYVAULT_NO_EXTENSIONS
+# runs the comparisons too). Without a built core, what needs it is skipped, with the reason; under
+# KEYVAULT_REQUIRE_EXTENSIONS it fails instead, so a broken build cannot pass as a skip.
+
+from types import ModuleType  # noqa: E402
+
+CORE_IMPORT_ERROR: ImportError | None = None
+try:
+    from keyvault._fast import _core as _compiled
+except ImportError as exc:
+    _compiled, CORE_IMPORT_ERROR = None, exc
+
+
+def compiled_core() -> ModuleType:
+    """keyvault._fast._core; skips the test when it is not built (fails under KEYVAULT_REQUIRE_EXTENSIONS)."""
+    if _compiled is None:
+        if env_flag("KEYVAULT_REQUIRE_EXTENSIONS"):
+            pytest.fail(f"keyvault._fast._core did not import: {CORE_IMPORT_ERROR!r}")
+        pytest.skip(f"compiled core not built ({CORE_IMPORT_ERROR}); set KEYVAULT_REQUIRE_EXTENSIONS=1 to make this fail")
+    return _compiled
+
+
+@pytest.fixture(scope="session", params=["c", "py"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """Each implementation of keyvault._fast in turn: the compiled core (id c), then _pure (id py)."""
+    return compiled_core() if request.param == "c" else _pure
+
+
+@pytest.fixture(scope="session")
+def core() -> ModuleType:
+    """The compiled core alone (its test hooks, or what only it does)."""
+    return compiled_core()
+
+
+def run(func: Callable, *args: object) -> tuple:
+    """func(*args) as an answer to compare: ("returned", value) or ("raised", type, args)."""
+    try:
+        return "returned", func(*args)
+    except Exception as exc:  # the exception is part of the answer
+        return "raised", type(exc), exc.args
+
+
+def typed(value: object) -> object:
+    """value with the type of everything in it made explicit (True != 1, list != tuple)."""
+    if isinstance(value, (tuple, list)):
+        return type(value), [typed(v) for v in value]
+    return type(value), value
+
+
+def same(name: str, *args: object) -> object:
+    """name(*args) through the compiled core and _pure: the same answer (value and types, or exception
+    type and args) required. Returns _pure's value, or None if both raised."""
+    expected = run(getattr(_pure, name), *args)
+    actual = run(getattr(compiled_core(), name), *args)
+    text = repr(args)
+    shown = text if len(text) < 300 else text[:300] + "...)"
+    assert typed(actual) == typed(expected), f"{name}{shown}: _core {actual!r} != _pure {expected!r}"
+    return expected[1] if expected[0] == "returned" else None

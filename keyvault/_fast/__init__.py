@@ -15,19 +15,20 @@ from typing import Any
 from . import _pure
 
 
-def _flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to anything but "", "0", "false" or "no" (in any case)."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _select() -> ModuleType:
-    if _flag("KEYVAULT_NO_EXTENSIONS"):
-        if _flag("KEYVAULT_REQUIRE_EXTENSIONS"):
+    if env_flag("KEYVAULT_NO_EXTENSIONS"):
+        if env_flag("KEYVAULT_REQUIRE_EXTENSIONS"):
             raise ImportError("KEYVAULT_NO_EXTENSIONS and KEYVAULT_REQUIRE_EXTENSIONS are both set: unset one")
         return _pure
     try:
         from . import _core
     except ImportError as exc:
-        if _flag("KEYVAULT_REQUIRE_EXTENSIONS"):
+        if env_flag("KEYVAULT_REQUIRE_EXTENSIONS"):
             raise ImportError(
                 f"keyvault's compiled core did not load ({exc}); rebuild with `make install` "
                 "or unset KEYVAULT_REQUIRE_EXTENSIONS to run on the pure-Python path"
@@ -74,12 +75,14 @@ ledger_leaves: Callable[[int, bytes, list[tuple[int, int, int, str]]], tuple[lis
 tree_append: Callable[[int, bytes, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = impl.tree_append
 node_key: Callable[[int, int], int] = impl.node_key
 
-# Constants come from the specification, whichever module runs.
+# Constants and the named rows come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402
     ALPHABET,
     BAD_LENGTH,
     BAD_SYMBOL,
     BAD_VERSION,
+    BatchRow,
+    Change,
     CHECK_FAILED,
     CHECK_SUBSTITUTION,
     CHECK_TRANSPOSITION,
@@ -87,6 +90,7 @@ from ._pure import (  # noqa: E402
     GROUP_SIZE,
     HASH_SIZE,
     KEY_SYMBOLS,
+    KeyBlock,
     KIND_BLACKLIST,
     KIND_IMPORT,
     KIND_ISSUE,
@@ -106,11 +110,12 @@ from ._pure import (  # noqa: E402
 
 __all__ = [
     "ALPHABET", "BAD_LENGTH", "BAD_SYMBOL", "BAD_VERSION", "CHECK_FAILED", "CHECK_SUBSTITUTION",
-    "CHECK_TRANSPOSITION", "COMPILED", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
+    "CHECK_TRANSPOSITION", "COMPILED", "env_flag", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
     "SECRET_BYTES", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
     "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
     "tags_equal", "verifier",
     "HASH_SIZE", "KIND_BLACKLIST", "KIND_IMPORT", "KIND_ISSUE", "KIND_LIFT", "KIND_REDEEM", "KIND_SUPPLIER",
     "KIND_TRANSFER", "KIND_TRUST", "KIND_VOID", "SALT_SIZE", "SEED_SIZE", "commitments", "event_leaf", "key_salt",
     "ledger_leaves", "merkle_root", "node_key", "tree_append",
+    "BatchRow", "Change", "KeyBlock",
 ]

@@ -29,7 +29,7 @@ import operator
 import struct
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 KEY_SYMBOLS = 32  # symbols in a v1 key
@@ -282,6 +282,56 @@ _CARD_SIZE = 17  # state (1 byte) + tag (16 bytes)
 _OUTCOME_HEAD = 17  # state (1 byte), at ms and event index (8 bytes each), then the order id or reason in UTF-8
 
 
+class KeyBlock(NamedTuple):
+    """A blacklist entry as the batch check reads it: a batch row's block, or a value of key_blocks."""
+
+    level: str  # "supplier", "batch" or "key": what the entry blacklists
+    reason: str
+
+
+class BatchRow(NamedTuple):
+    """What the batch check knows of one batch: the value of ``batches[serial >> INDEX_BITS]``.
+
+    A plain tuple of the same eight fields, in this order, is read the same way (the compiled
+    core reads both by position).
+    """
+
+    salt: bytes  # the batch's verifier salt
+    valid_from: int | None  # ms since the epoch; None: no start
+    valid_until: int | None  # ms since the epoch, exclusive; None: no end
+    block: KeyBlock | None  # the supplier's or the batch's blacklist entry, if any (any (level, reason) pair)
+    batch: str  # the batch id
+    supplier: str  # the supplier id
+    supplier_name: str
+    product: str
+
+
+class Change(NamedTuple):
+    """An unfolded ledger change of one serial: an overlay entry, or an item of a fold's ``pending``.
+
+    A plain tuple of the same four fields, in this order, is read the same way.
+    """
+
+    state: int  # REDEEMED or VOIDED: the card's state from now on
+    at_ms: int  # when, in ms since the epoch
+    text: str  # the order id (redeemed) or the reason (voided)
+    index: int  # its event's index in the log
+
+
+# Plain tuples (or lists) of the fields are read by position, and fields past the last are ignored:
+# the compiled core reads them so.
+def _batch_row(row: tuple) -> BatchRow:
+    return row if type(row) is BatchRow else BatchRow._make(row[:8])  # type: ignore[return-value]
+
+
+def _key_block(block: tuple) -> KeyBlock:
+    return block if type(block) is KeyBlock else KeyBlock._make(block[:2])  # type: ignore[return-value]
+
+
+def _change(change: tuple) -> Change:
+    return change if type(change) is Change else Change._make(change[:4])  # type: ignore[return-value]
+
+
 def format_serial_text(serial: int) -> str:
     """A serial as printed: PPPP-BBB-IIIII."""
     s = format_serial(serial)
@@ -292,20 +342,22 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
           now: int) -> object:
     """The Result for a located key whose tag matched.
 
-    ``state`` is the card record's; ``change`` an unfolded ledger entry (state, at ms, text, seq)
-    that overrides it; ``outcome`` the outcome record, read when the state is not active and no
+    ``row`` is the key's BatchRow; ``state`` the card record's; ``change`` its unfolded Change, which
+    overrides that state; ``outcome`` the outcome record, read when the state is not active and no
     change says why. Precedence: damaged (a state byte that is none of the three: unknown),
     redeemed, void, blacklisted (supplier, batch, key), not yet valid, expired, valid.
     """
     from ..clock import iso
     from ..results import Result, Status
 
-    base = (format_serial_text(serial), row[4], row[5], row[6], row[7])
-    damaged = Result(Status.UNKNOWN, base[0], base[1], message="this key's record is damaged: refused; "
+    row = _batch_row(row)
+    base = (format_serial_text(serial), row.batch, row.supplier, row.supplier_name, row.product)
+    damaged = Result(Status.UNKNOWN, base[0], row.batch, message="this key's record is damaged: refused; "
                      "restore the store from a backup (`keyvault check` finds every damaged record)")
     at, text = 0, ""
     if change is not None:
-        state, at, text = change[0], change[1], change[2]
+        change = _change(change)
+        state, at, text = change.state, change.at_ms, change.text
     elif state != ACTIVE:  # the outcome record says when and why; without a sound one, nothing is vouched for
         if outcome is None or len(outcome) < _OUTCOME_HEAD or outcome[0] != state:
             return damaged
@@ -322,14 +374,15 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
     if state == VOIDED:
         when = iso(at)
         return Result(Status.VOID, *base, voided_at=when, reason=text, message=f"voided at {when}: {text}")
-    block = row[3] or key_blocks.get(serial)
+    block = row.block or key_blocks.get(serial)
     if block is not None:
-        return Result(Status.BLACKLISTED, *base, level=block[0], reason=block[1],
-                      message=f"blacklisted ({block[0]}): {block[1]}")
-    if row[1] is not None and now < row[1]:
-        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row[1])}")
-    if row[2] is not None and now >= row[2]:
-        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row[2])}")
+        block = _key_block(block)
+        return Result(Status.BLACKLISTED, *base, level=block.level, reason=block.reason,
+                      message=f"blacklisted ({block.level}): {block.reason}")
+    if row.valid_from is not None and now < row.valid_from:
+        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row.valid_from)}")
+    if row.valid_until is not None and now >= row.valid_until:
+        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row.valid_until)}")
     return Result(Status.VALID, *base)
 
 
@@ -337,10 +390,10 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
                outcomes: object, now: int) -> list:
     """Judge many typed keys at once: one Result per key, in input order; None for non-native input.
 
-    batches maps a batch key to its row (salt, valid_from, valid_until, block, batch id,
-    supplier id, supplier name, product), block being the (level, reason) of a supplier or batch
-    blacklist entry, or None; key_blocks maps a serial to (level, reason); overlay maps a serial
-    to its unfolded ledger change (state, at ms, text, seq). cards and outcomes are py-lmdb
+    batches maps a batch key to its BatchRow (salt, valid_from, valid_until, block, batch id,
+    supplier id, supplier name, product), block being the KeyBlock (level, reason) of a supplier
+    or batch blacklist entry, or None; key_blocks maps a serial to its KeyBlock; overlay maps a
+    serial to its unfolded ledger Change (state, at ms, text, event index). cards and outcomes are py-lmdb
     cursors, each read with one getmulti over the sorted serials. A key whose batch is unknown
     is still hashed, so unknown and wrong keys cost the same. TypeError for a non-str key.
     """
@@ -355,7 +408,9 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
         if outcome != OK:
             continue
         row = batches.get(serial >> INDEX_BITS)
-        expected = tag(pepper, verifier(row[0] if row is not None else bytes(16), canonical))
+        if row is not None:
+            row = _batch_row(row)
+        expected = tag(pepper, verifier(row.salt if row is not None else bytes(16), canonical))
         found.append((serial, i, expected, row))
     found.sort(key=lambda item: item[0])
     records = dict(cards.getmulti([item[0].to_bytes(8, "big") for item in found]))  # type: ignore[attr-defined]
@@ -363,7 +418,7 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     for serial, i, expected, row in found:
         record = records.get(serial.to_bytes(8, "big")) if row is not None else None
         if record is None or not tags_equal(bytes(record[1:_CARD_SIZE]), expected):
-            out[i] = Result(Status.UNKNOWN, format_serial_text(serial), row[4] if row is not None else None,
+            out[i] = Result(Status.UNKNOWN, format_serial_text(serial), row.batch if row is not None else None,
                             message="no such key in this store")
             continue
         change = overlay.get(serial)
@@ -394,7 +449,8 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
     row = batches.get(serial >> INDEX_BITS)
     if row is None:
         return None
-    expected = tag(pepper, verifier(row[0], canonical))
+    row = _batch_row(row)
+    expected = tag(pepper, verifier(row.salt, canonical))
     record = txn.get(serial.to_bytes(8, "big"), None, db)  # type: ignore[attr-defined]
     if record is None or len(record) < _CARD_SIZE:
         return None
@@ -450,7 +506,7 @@ def fold_records(pending: dict, cards: list) -> tuple[list, list]:
     """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
 
     ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
-    serial to its unfolded change (state, at ms, text, event index). The card keeps its tag and takes
+    serial to its unfolded Change (state, at ms, text, event index). The card keeps its tag and takes
     the change's state; the outcome record is the state, the time and the event index (big-endian u8,
     u64, u64), then the text in UTF-8.
     """
