@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -571,6 +572,27 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
     missing = cli(tmp_path / "absent", "serve", "--bind", f"127.0.0.1:{free_port()}")
     assert missing.returncode == 1 and "init" in missing.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    Vault.init(store).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = cli(store, "serve", "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert done.returncode == 1 and "choose another port" in done.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path) -> None:
+    """A worker whose application cannot load would fail again on every restart: serve() stops and says so."""
+    script = ("import sys; from pathlib import Path; from keyvault.service.server import serve; "
+              f"sys.exit(0 if serve(Path({str(tmp_path)!r}), None, '127.0.0.1', {free_port()}, 2, "
+              "app='no_such_module:create_app', commit_process=False) else 1)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "could not start" in done.stderr and "no_such_module" in done.stderr
 
 
 def _redeem_load(server: Server, token: str, keys: list[str], stop: threading.Event,
