@@ -438,6 +438,17 @@ def test_a_wrong_type_is_refused_with_where_it_is(world: World, path: str, body:
     assert f"at `{where}`" in detail
 
 
+def test_an_unknown_field_named_like_a_key_is_not_echoed(world: World) -> None:
+    [key] = world.take()
+    for body in ({"keys": [], key: "x"}, {"items": [{"key": "k", "order_id": "E-1", key.lower(): 1}]}):
+        path = "/v1/verify" if "keys" in body else "/v1/redeem-many"
+        detail = problem(world.call("POST", path, body), 422, "invalid-request")
+        assert "unknown field" in detail and key not in detail and key.lower() not in detail
+    nested = problem(world.call("POST", "/v1/redeem-many", {"items": [{"key": "k", "order_id": "E-2", "qty": 1}]}),
+                     422, "invalid-request")
+    assert "unknown field `qty` - at `$.items[0]`" in nested
+
+
 def test_a_bad_enum_value_is_refused_without_echoing_it(world: World) -> None:
     [key] = world.take()
     detail = problem(world.call("POST", "/v1/blacklist", {"level": key, "target": "x", "reason": "x"}), 422,

@@ -14,6 +14,7 @@ stripped, not empty, printable), which no JSON Schema keyword expresses.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
@@ -125,12 +126,25 @@ def decode(kind: type[Body], raw: bytes) -> Body:
     if batch is not None:
         limit = MAX_KEYS if batch == "keys" else MAX_ITEMS
         raise BodyError("batch-too-large", f"at most {limit} {batch} per request; split the list")
-    if error.startswith("Invalid enum value"):  # msgspec quotes the value: it could be a key
+    raise BodyError("invalid-request", f"{_no_values(error, kind)}: send a {kind.__name__} as GET /v1/openapi.json "
+                    "describes it")
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(.*?)`( - at `[^`]*`)?", re.DOTALL)
+_NAME = re.compile(r"[A-Za-z_]{1,16}")  # like the API's own names: no digits, no dashes, half a key at most
+
+
+def _no_values(error: str, kind: type[Struct]) -> str:
+    """msgspec's message without what the client sent: an enum value or an odd field name could be a key."""
+    if error.startswith("Invalid enum value"):
         at = error.rfind(" - at `")
         error = "Invalid enum value" + (error[at:] if at >= 0 else "")
         if kind is BlacklistRequest:  # its one enum
             error += f" ('level' is one of {', '.join(LEVELS)})"
-    raise BodyError("invalid-request", f"{error}: send a {kind.__name__} as GET /v1/openapi.json describes it")
+    unknown = _UNKNOWN.fullmatch(error)
+    if unknown is not None and not _NAME.fullmatch(unknown.group(1)):
+        error = "Object contains an unknown field (its name is not repeated here)" + (unknown.group(2) or "")
+    return error
 
 
 def text(value: str, what: str, limit: int) -> str:
