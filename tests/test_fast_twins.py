@@ -1104,7 +1104,7 @@ def test_core_judge_is_the_specification():
 def test_judge_rule_book(case, args, expected):
     args = {"row": _ROW, "key_blocks": {}, "change": None, "outcome": None, **args}
     assert _pure.judge(SERIAL, now=NOW, **args) == expected
-    # Plain tuples (as keyvault.catalog builds) answer as the named rows do.
+    # Plain tuples (as keyvault.engine.catalog used to build) answer as the named rows do.
     plain = {**args, "row": tuple(args["row"]), "change": None if args["change"] is None else tuple(args["change"])}
     assert _pure.judge(SERIAL, now=NOW, **plain) == expected
     assert _pure.judge(serial=SERIAL, now=NOW, **plain) == expected

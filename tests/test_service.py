@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -409,6 +410,127 @@ def test_bad_redeem_many_bodies(world: World) -> None:
     problem(world.call("POST", "/v1/redeem-many", too_many, scope="redeem"), 422, "batch-too-large")
 
 
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/v1/verify", {"keys": [], "clinet": "typo"}),
+    ("POST", "/v1/redeem", {"key": "k", "order_id": "U-1", "order": "U-1"}),
+    ("POST", "/v1/redeem-many", {"items": [{"key": "k", "order_id": "U-2", "qty": 1}]}),
+    ("POST", "/v1/void", {"key": "k", "reason": "r", "force": True}),
+    ("POST", "/v1/blacklist", {"level": "key", "target": "k", "reason": "r", "until": "never"}),
+    ("DELETE", "/v1/blacklist", {"level": "key", "target": "k", "reason": "r", "x": None}),
+])
+def test_an_unknown_field_is_refused_naming_it(world: World, method: str, path: str, body: dict[str, object]) -> None:
+    unknown = next(iter(set(body) - {"keys", "key", "order_id", "reason", "level", "target", "client", "items"}),
+                   "qty")
+    detail = problem(world.call(method, path, body), 422, "invalid-request")
+    assert f"unknown field `{unknown}`" in detail and "openapi" in detail
+
+
+@pytest.mark.parametrize(("path", "body", "where"), [
+    ("/v1/verify", {"keys": ["k", 7]}, "$.keys[1]"), ("/v1/verify", {"keys": {"k": 1}}, "$.keys"),
+    ("/v1/verify", {"keys": [], "client": ["a"]}, "$.client"), ("/v1/redeem", {"key": "k", "order_id": 5}, "$.order_id"),
+    ("/v1/redeem", {"key": None, "order_id": "W-1"}, "$.key"),
+    ("/v1/redeem-many", {"items": [{"key": "k", "order_id": "W-2"}, {"key": "k", "order_id": True}]},
+     "$.items[1].order_id"),
+    ("/v1/void", {"key": "k", "reason": 1.5}, "$.reason"),
+])
+def test_a_wrong_type_is_refused_with_where_it_is(world: World, path: str, body: dict[str, object],
+                                                  where: str) -> None:
+    detail = problem(world.call("POST", path, body), 422, "invalid-request")
+    assert f"at `{where}`" in detail
+
+
+def test_an_unknown_field_named_like_a_key_is_not_echoed(world: World) -> None:
+    [key] = world.take()
+    for body in ({"keys": [], key: "x"}, {"items": [{"key": "k", "order_id": "E-1", key.lower(): 1}]}):
+        path = "/v1/verify" if "keys" in body else "/v1/redeem-many"
+        detail = problem(world.call("POST", path, body), 422, "invalid-request")
+        assert "unknown field" in detail and key not in detail and key.lower() not in detail
+    nested = problem(world.call("POST", "/v1/redeem-many", {"items": [{"key": "k", "order_id": "E-2", "qty": 1}]}),
+                     422, "invalid-request")
+    assert "unknown field `qty` - at `$.items[0]`" in nested
+
+
+def test_a_bad_enum_value_is_refused_without_echoing_it(world: World) -> None:
+    [key] = world.take()
+    detail = problem(world.call("POST", "/v1/blacklist", {"level": key, "target": "x", "reason": "x"}), 422,
+                     "invalid-request")
+    assert key not in detail and "key, serial, batch, supplier" in detail
+
+
+def test_free_text_is_checked_after_decoding(world: World) -> None:
+    """Within the length the schema gives, keyvault's text rule still applies: stripped, printable, not blank."""
+    for order in (" ", "\u00a0\u00a0", "tab\there"):
+        problem(world.call("POST", "/v1/redeem", {"key": "k", "order_id": order}, scope="redeem"), 422,
+                "invalid-request")
+    problem(world.call("POST", "/v1/void", {"key": "k", "reason": "\x00"}), 422, "invalid-request")
+    problem(world.call("POST", "/v1/verify", {"keys": [], "client": "   "}, scope="verify"), 422, "invalid-request")
+    [key] = world.take()
+    padded = world.call("POST", "/v1/redeem", {"key": key, "order_id": "  P-1  "}, scope="redeem").json()
+    assert padded["status"] == "accepted" and padded["order_id"] == "P-1"
+
+
+def test_too_many_keys_or_items_is_batch_too_large(world: World) -> None:
+    detail = problem(world.call("POST", "/v1/verify", {"keys": ["k"] * 10_001}, scope="verify"), 422,
+                     "batch-too-large")
+    assert "10000 keys" in detail
+    detail = problem(world.call("POST", "/v1/redeem-many", {"items": [{"key": "k", "order_id": "B"}] * 10_001},
+                                scope="redeem"), 422, "batch-too-large")
+    assert "10000 items" in detail
+    assert world.call("POST", "/v1/verify", {"keys": ["k"] * 10_000}, scope="verify").status == 200
+    problem(world.call("POST", "/v1/verify", raw=b'{"keys": ' + b"[" * 50_000, scope="verify",
+                       headers={"Content-Type": "application/json"}), 400, "malformed-json")
+
+
+def test_openapi_request_schemas_are_the_decoders_types(world: World) -> None:
+    """The served document's request schemas are generated from the msgspec types the service decodes with."""
+    import msgspec
+
+    from keyvault.service import bodies
+
+    doc = world.call("GET", "/v1/openapi.json", scope="verify").json()
+    _, generated = msgspec.json.schema_components(bodies.REQUESTS, ref_template="#/components/schemas/{name}")
+    served = doc["components"]["schemas"]
+    assert {name: served[name] for name in generated} == json.loads(json.dumps(generated))
+    assert served["VerifyRequest"]["properties"]["keys"]["maxItems"] == bodies.MAX_KEYS == 10_000
+    assert served["RedeemManyRequest"]["properties"]["items"]["maxItems"] == bodies.MAX_ITEMS
+    assert served["VerifyRequest"]["additionalProperties"] is False
+    bodies_by_path = {(path, method): op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                      for path, ops in doc["paths"].items() for method, op in ops.items()
+                      if "application/json" in op.get("requestBody", {}).get("content", {})}
+    assert bodies_by_path == {
+        ("/v1/verify", "post"): "#/components/schemas/VerifyRequest",
+        ("/v1/redeem", "post"): "#/components/schemas/RedeemRequest",
+        ("/v1/redeem-many", "post"): "#/components/schemas/RedeemManyRequest",
+        ("/v1/void", "post"): "#/components/schemas/VoidRequest",
+        ("/v1/blacklist", "post"): "#/components/schemas/BlacklistRequest",
+        ("/v1/blacklist", "delete"): "#/components/schemas/BlacklistRequest",
+    }
+
+
+def test_the_service_package_has_no_import_cycle() -> None:
+    """Each module of keyvault/service imports its siblings at module level only in one direction."""
+    import ast
+
+    import keyvault.service
+
+    here = Path(keyvault.service.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for source in here.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.update([node.module] if node.module else [alias.name for alias in node.names])
+        graph[source.stem] = {name.split(".")[0] for name in names}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    assert [name for name in graph if reaches(name, name, {name})] == []
+
+
 def test_limits(world: World) -> None:
     problem(world.call("POST", "/v1/verify", {"keys": ["k"] * 10_001}, scope="verify"), 422, "batch-too-large")
     big = b'{"keys": ["' + b"A" * (5 << 20) + b'"]}'
@@ -462,6 +584,27 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
     missing = cli(tmp_path / "absent", "serve", "--bind", f"127.0.0.1:{free_port()}")
     assert missing.returncode == 1 and "init" in missing.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    Vault.init(store).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = cli(store, "serve", "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert done.returncode == 1 and "choose another port" in done.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path) -> None:
+    """A worker whose application cannot load would fail again on every restart: serve() stops and says so."""
+    script = ("import sys; from pathlib import Path; from keyvault.service.server import serve; "
+              f"sys.exit(0 if serve(Path({str(tmp_path)!r}), None, '127.0.0.1', {free_port()}, 2, "
+              "app='no_such_module:create_app', commit_process=False) else 1)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "could not start" in done.stderr and "no_such_module" in done.stderr
 
 
 def _redeem_load(server: Server, token: str, keys: list[str], stop: threading.Event,

@@ -1,4 +1,5 @@
 """The HTTP JSON service for platforms that cannot link the library (docs/service.md).
 
-Needs the ``service`` extra (uvicorn with uvloop and httptools): ``pip install 'keyvault[service]'``.
+Needs the ``service`` extra (uvicorn with uvloop and httptools, msgspec):
+``pip install 'keyvault[service]'``.
 """

@@ -23,21 +23,16 @@ from typing import Any
 from .. import Vault, _fast
 from ..engine.tokens import Grant
 from ..errors import KeyvaultError
-from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
+from ..fields import MAX_ORDER_ID, MAX_REASON
 from ..formats.keyformat import looks_like_serial
 from ..results import Result
+from . import bodies
 from .accesslog import AccessLog
+from .bodies import MAX_BODY, MAX_CLIENT_ID, MAX_MANIFEST, Body
 from .commitd import RemoteCommitter
 from .metrics import Metrics
 from .openapi import document
 from .problems import Problem, from_error
-
-#: Limits a client can read in the OpenAPI document and docs/service.md.
-MAX_BODY = 4 << 20  # bytes of a JSON request body
-MAX_KEYS = 10_000  # keys in one /v1/verify
-MAX_ITEMS = 10_000  # items in one /v1/redeem-many
-MAX_CLIENT_ID = 63  # characters of the `client` a platform passes (it is keyed with the token name)
-MAX_MANIFEST = 1 << 30  # bytes of a manifest upload (streamed to a temporary file)
 
 error_log = logging.getLogger("keyvault.service")
 
@@ -198,36 +193,30 @@ class Service:
                 raise Problem("body-too-large", too_large)
         return b"".join([chunk async for chunk in _chunks(receive, limit, too_large)])
 
-    async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        """The request's JSON object."""
+    async def _json(self, scope: Scope, receive: Receive, kind: type[Body]) -> Body:
+        """The request's JSON body decoded strictly as ``kind`` (bodies.py), or its problem."""
         _content_type(scope, (b"application/json",), "application/json")
         raw = await self._body(scope, receive, MAX_BODY)
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            raise Problem("malformed-json", "the body is not valid UTF-8 JSON; send a JSON object") from None
-        if not isinstance(doc, dict):
-            raise Problem("invalid-request", "the body must be a JSON object")
-        return doc
+        return bodies.decode(kind, raw)
 
-    def _client(self, grant: Grant | None, doc: dict[str, Any]) -> str | None:
+    @staticmethod
+    def _client(grant: Grant | None, client: str | None) -> str | None:
         """Who is asking, for throttling: the token's name with the client the platform names.
 
         No client, no throttling: a token is a whole platform, and blocking it would stop its checkout.
         """
         assert grant is not None
-        client = doc.get("client")
         if client is None:
             return None
-        return grant.name + "/" + _text(client, "client", MAX_CLIENT_ID)
+        return grant.name + "/" + bodies.text(client, "client", MAX_CLIENT_ID)
 
     # -- handlers -------------------------------------------------------------------------------------
 
     async def verify(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/verify."""
-        doc = await self._json(scope, receive)
-        keys = _strings(doc, "keys", MAX_KEYS)
-        client = self._client(grant, doc)
+        body = await self._json(scope, receive, bodies.VerifyRequest)
+        keys = body.keys
+        client = self._client(grant, body.client)
         if len(keys) == 1:  # the checkout case: the engine's single-key path
             results = [self.vault.verify(keys[0], client=client)]
         else:
@@ -237,28 +226,18 @@ class Service:
 
     async def redeem(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/redeem: answered once the redemption is on disk."""
-        doc = await self._json(scope, receive)
-        item = (_key(doc.get("key"), "key"), _text(doc.get("order_id"), "order_id", MAX_ORDER_ID),
-                self._client(grant, doc))
+        body = await self._json(scope, receive, bodies.RedeemRequest)
+        item = (body.key, bodies.text(body.order_id, "order_id", MAX_ORDER_ID), self._client(grant, body.client))
         result = (await self._redeems.submit([item]))[0]
         self.metrics.keys("redeem", [result])
         return _ok(result.to_dict())
 
     async def redeem_many(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/redeem-many: one durable commit carries the whole request (and others with it)."""
-        doc = await self._json(scope, receive)
-        items = doc.get("items")
-        if not isinstance(items, list):
-            raise Problem("invalid-request", "'items' must be a list of {\"key\": ..., \"order_id\": ...} objects")
-        if len(items) > MAX_ITEMS:
-            raise Problem("batch-too-large", f"at most {MAX_ITEMS} items per request; split the list")
-        client = self._client(grant, doc)
-        triples = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise Problem("invalid-request", f"items[{i}] must be an object with 'key' and 'order_id'")
-            triples.append((_key(item.get("key"), f"items[{i}].key"),
-                            _text(item.get("order_id"), f"items[{i}].order_id", MAX_ORDER_ID), client))
+        body = await self._json(scope, receive, bodies.RedeemManyRequest)
+        client = self._client(grant, body.client)
+        triples = [(item.key, bodies.text(item.order_id, f"items[{i}].order_id", MAX_ORDER_ID), client)
+                   for i, item in enumerate(body.items)]
         results = await self._redeems.submit(triples) if triples else []
         self.metrics.keys("redeem", results)
         return 200, _results_body(results), _JSON
@@ -271,22 +250,17 @@ class Service:
 
     async def void(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/void."""
-        doc = await self._json(scope, receive)
-        key = _key(doc.get("key"), "key")
-        reason = _text(doc.get("reason"), "reason", MAX_REASON)
-        result = await _off_loop(self.vault.void, key, reason)
+        body = await self._json(scope, receive, bodies.VoidRequest)
+        reason = bodies.text(body.reason, "reason", MAX_REASON)
+        result = await _off_loop(self.vault.void, body.key, reason)
         return _ok(result.to_dict())
 
     async def blacklist(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/blacklist (add) and DELETE /v1/blacklist (lift; it needs a reason too)."""
-        doc = await self._json(scope, receive)
-        level = doc.get("level")
-        if level not in ("key", "serial", "batch", "supplier"):
-            raise Problem("invalid-request", "'level' must be key, serial, batch or supplier")
-        target = _key(doc.get("target"), "target")
-        reason = _text(doc.get("reason"), "reason", MAX_REASON)
+        body = await self._json(scope, receive, bodies.BlacklistRequest)
+        reason = bodies.text(body.reason, "reason", MAX_REASON)
         change = self.vault.blacklist if scope["method"] == "POST" else self.vault.lift
-        entry = await _off_loop(change, level, target, reason)
+        entry = await _off_loop(change, body.level, body.target, reason)
         return _ok(entry.to_dict())
 
     async def stats(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
@@ -390,32 +364,6 @@ def _content_type(scope: Scope, accepted: tuple[bytes, ...], wanted: str) -> Non
                 return
             break
     raise Problem("unsupported-media-type", f"send the body with 'Content-Type: {wanted}'")
-
-
-def _text(value: object, what: str, limit: int) -> str:
-    try:
-        return check_text(value, what, limit)
-    except KeyvaultError as exc:
-        raise Problem("invalid-request", str(exc)) from None
-
-
-def _key(value: object, what: str) -> str:
-    """A key (or serial) field: a string; whether it is a key at all is the engine's answer."""
-    if not isinstance(value, str):
-        raise Problem("invalid-request", f"'{what}' must be a string")
-    return value
-
-
-def _strings(doc: dict[str, Any], field: str, limit: int) -> list[str]:
-    keys = doc.get(field)
-    if not isinstance(keys, list):
-        raise Problem("invalid-request", f"'{field}' must be a list of strings")
-    if len(keys) > limit:
-        raise Problem("batch-too-large", f"at most {limit} {field} per request; split the list")
-    for i, key in enumerate(keys):
-        if not isinstance(key, str):
-            raise Problem("invalid-request", f"'{field}[{i}]' must be a string")
-    return keys
 
 
 _TEMPLATES_AT_MOST = 4096  # result shapes remembered (cleared when full)

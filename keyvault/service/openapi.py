@@ -1,18 +1,35 @@
-"""The OpenAPI 3.1 document the service serves at /v1/openapi.json (the contract of docs/service.md)."""
+"""The OpenAPI 3.1 document the service serves at /v1/openapi.json (the contract of docs/service.md).
+
+The request bodies' schemas are generated from the msgspec types the service
+decodes them with (bodies.py), so the document cannot drift from what is
+enforced; the answers' schemas are written here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from .. import __version__
+from .bodies import (
+    REQUESTS,
+    BlacklistRequest,
+    RedeemManyRequest,
+    RedeemRequest,
+    VerifyRequest,
+    VoidRequest,
+)
 from .problems import PROBLEMS, TYPE_PREFIX
+
+REF_TEMPLATE = "#/components/schemas/{name}"
 
 _STATUSES = ["valid", "accepted", "malformed", "unknown", "redeemed", "void", "blacklisted", "expired",
              "not_yet_valid", "throttled"]
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF_TEMPLATE.format(name=name)}
 
 
 def _nullable(kind: str) -> dict[str, Any]:
@@ -37,20 +54,18 @@ _READ = (400, 401, 403, 413, 415, 422, 503)  # what any JSON request may answer 
 _WRITE = (*_READ, 507)
 
 
-def _body(schema: str) -> dict[str, Any]:
-    return {"required": True, "content": _json(_ref(schema))}
+def _body(kind: type[msgspec.Struct]) -> dict[str, Any]:
+    """A JSON request body of type ``kind`` (one of bodies.REQUESTS: its schema is generated)."""
+    return {"required": True, "content": _json(_ref(kind.__name__))}
 
 
-def _client() -> dict[str, Any]:
-    return {"type": ["string", "null"], "minLength": 1, "maxLength": 63,
-            "description": "Who is asking (an account, an IP): clients refused too often are throttled. "
-                           "Keyed together with the token's name."}
+def request_schemas() -> dict[str, Any]:
+    """The JSON Schemas of every request body (and the types they use), by name, from bodies.REQUESTS."""
+    return msgspec.json.schema_components(REQUESTS, ref_template=REF_TEMPLATE)[1]
 
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
-    from .app import MAX_ITEMS, MAX_KEYS  # the limits are the application's own
-
     result = {
         "type": "object", "additionalProperties": False, "required": ["status", "serial", "batch", "supplier"],
         "description": "One key's answer. Never holds the key: only its public serial.",
@@ -74,67 +89,39 @@ def document() -> dict[str, Any]:
                            "title": {"type": "string"}, "status": {"type": "integer"},
                            "detail": {"type": "string"}},
         },
-        "VerifyRequest": {
-            "type": "object", "required": ["keys"],
-            "properties": {"keys": {"type": "array", "maxItems": MAX_KEYS, "items": {"type": "string"}},
-                           "client": _client()},
-        },
-        "RedeemRequest": {
-            "type": "object", "required": ["key", "order_id"],
-            "properties": {"key": {"type": "string"},
-                           "order_id": {"type": "string", "minLength": 1, "maxLength": 128,
-                                        "description": "The order this key pays for; a retry uses the same id."},
-                           "client": _client()},
-        },
-        "RedeemManyRequest": {
-            "type": "object", "required": ["items"],
-            "properties": {"items": {"type": "array", "maxItems": MAX_ITEMS, "items": {
-                "type": "object", "required": ["key", "order_id"],
-                "properties": {"key": {"type": "string"},
-                               "order_id": {"type": "string", "minLength": 1, "maxLength": 128}}}},
-                "client": _client()},
-        },
-        "VoidRequest": {
-            "type": "object", "required": ["key", "reason"],
-            "properties": {"key": {"type": "string", "description": "The key, or its public serial."},
-                           "reason": {"type": "string", "minLength": 1, "maxLength": 500}},
-        },
-        "BlacklistRequest": {
-            "type": "object", "required": ["level", "target", "reason"],
-            "properties": {"level": {"type": "string", "enum": ["key", "serial", "batch", "supplier"]},
-                           "target": {"type": "string",
-                                      "description": "A key, a serial, a batch id or a supplier id."},
-                           "reason": {"type": "string", "minLength": 1, "maxLength": 500}},
-        },
         "BlacklistEntry": {
             "type": "object", "required": ["level", "target", "reason", "at"],
             "properties": {"level": {"type": "string"}, "target": {"type": "string"},
                            "reason": {"type": "string"}, "at": _nullable("string")},
         },
     }
+    requests = request_schemas()
+    clash = requests.keys() & schemas.keys()
+    assert not clash, f"a request type and an answer schema share a name: {clash}"
+    schemas.update(requests)
     free = {"type": "object"}
     paths: dict[str, Any] = {
         "/v1/verify": {"post": {
             "summary": "Check keys without spending them (scope verify)", "operationId": "verify",
-            "requestBody": _body("VerifyRequest"), "responses": _responses(_ref("Results"), _READ)}},
+            "requestBody": _body(VerifyRequest), "responses": _responses(_ref("Results"), _READ)}},
         "/v1/redeem": {"post": {
             "summary": "Spend a key for an order, durably (scope redeem)", "operationId": "redeem",
             "description": "Answered once the redemption is on disk. A retry of the same order gets the "
                            "first answer; another order gets `redeemed` naming the first.",
-            "requestBody": _body("RedeemRequest"), "responses": _responses(_ref("Result"), _WRITE)}},
+            "requestBody": _body(RedeemRequest), "responses": _responses(_ref("Result"), _WRITE)}},
         "/v1/redeem-many": {"post": {
             "summary": "Redeem many (key, order) pairs in one durable commit (scope redeem)",
-            "operationId": "redeemMany", "requestBody": _body("RedeemManyRequest"),
+            "operationId": "redeemMany", "requestBody": _body(RedeemManyRequest),
             "responses": _responses(_ref("Results"), _WRITE)}},
         "/v1/void": {"post": {
             "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
-            "requestBody": _body("VoidRequest"), "responses": _responses(_ref("Result"), _WRITE)}},
+            "requestBody": _body(VoidRequest), "responses": _responses(_ref("Result"), _WRITE)}},
         "/v1/blacklist": {
             "post": {"summary": "Blacklist a key, serial, batch or supplier (scope admin)",
-                     "operationId": "blacklist", "requestBody": _body("BlacklistRequest"),
+                     "operationId": "blacklist", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))},
             "delete": {"summary": "Lift a blacklist entry; lifting needs a reason too (scope admin)",
-                       "operationId": "lift", "requestBody": _body("BlacklistRequest"),
+                       "operationId": "lift", "requestBody": _body(BlacklistRequest),
                        "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
         "/v1/stats": {"get": {
             "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",

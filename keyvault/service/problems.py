@@ -17,6 +17,7 @@ from ..errors import (
     StoreFullError,
     TrustError,
 )
+from .bodies import BodyError
 
 TYPE_PREFIX = "urn:keyvault:problem:"
 
@@ -63,6 +64,8 @@ class Problem(Exception):
 def from_error(exc: KeyvaultError) -> Problem:
     """The problem for one of keyvault's own errors (their messages never hold a key)."""
     detail = str(exc)
+    if isinstance(exc, BodyError):
+        return Problem(exc.problem, detail)
     if isinstance(exc, StoreFullError):
         return Problem("store-full", detail)
     if isinstance(exc, NotFoundError):

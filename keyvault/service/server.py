@@ -1,18 +1,20 @@
-"""Starting the service: checks first, then uvicorn (uvloop, httptools) with N worker processes.
+"""Starting the service: checks first, then N worker processes, each a uvicorn server (uvloop, httptools).
 
-A supervisor process binds the socket, starts the commit process (the one
-writer of every worker's redeems, service/commitd.py) and the workers; each
-opens the store itself once it runs (spawned, never forked with an open
-environment). The supervisor restarts a worker or the commit process that
-dies, and on SIGTERM or SIGINT stops the workers: each stops accepting,
-answers every request in flight (redeems included: each is durable before it
-is answered), flushes and closes; then the commit process stops.
+A supervisor process (workers.py, keyvault's own) binds the socket, starts
+the commit process (the one writer of every worker's redeems,
+service/commitd.py) and the workers; each opens the store itself once it
+runs (spawned, never forked with an open environment). The supervisor
+restarts a worker or the commit process that dies, and on SIGTERM or SIGINT
+stops the workers: each stops accepting, answers every request in flight
+(redeems included: each is durable before it is answered), flushes and
+closes; then the commit process stops.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import logging.config
 import multiprocessing
 import os
 import shutil
@@ -26,9 +28,11 @@ from typing import Any
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
 from . import commitd
+from .workers import Workers, bind
 
 APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight
+BACKLOG = 4096  # connections the kernel queues for the workers
 
 
 def log_config() -> dict[str, Any]:
@@ -74,11 +78,14 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
     ``app`` and ``commit_process`` are for the benchmark's trivial application, which has no store.
     """
     try:
-        from uvicorn.config import STARTUP_FAILURE, Config
-        from uvicorn.supervisors.multiprocess import Multiprocess
+        import httptools  # noqa: F401
+        import msgspec  # noqa: F401
+        import uvicorn  # noqa: F401
+        import uvloop  # noqa: F401
     except ImportError:
-        raise KeyvaultError("the service needs uvicorn, uvloop and httptools: pip install 'keyvault[service]'") \
-            from None
+        raise KeyvaultError("the service needs uvicorn, uvloop, httptools and msgspec: "
+                            "pip install 'keyvault[service]'") from None
+    logging.config.dictConfig(log_config())  # the supervisor's own lines (workers, the commit process)
     run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))  # 0700: the commit socket lives here
     commits = CommitProcess(store, pepper_file, run_dir) if commit_process else None
     os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir),
@@ -87,22 +94,22 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
         os.environ["KEYVAULT_SERVICE_COMMIT_SOCKET"] = str(commits.socket)
     if pepper_file is not None:
         os.environ["KEYVAULT_SERVICE_PEPPER_FILE"] = str(pepper_file.resolve())
+    # uvicorn.Config's keyword arguments for each worker (its public API; built in the worker).
+    settings = dict(app=app, factory=True, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                    access_log=False, log_config=log_config(), server_header=False,
+                    timeout_graceful_shutdown=GRACE_SECONDS, backlog=BACKLOG, ws="none", interface="asgi3")
     try:
-        config = Config(app, factory=True, host=host, port=port, workers=workers, loop="uvloop", http="httptools",
-                        lifespan="on", access_log=False, log_config=log_config(), server_header=False,
-                        timeout_graceful_shutdown=GRACE_SECONDS, backlog=4096, ws="none", interface="asgi3")
-        sock = config.bind_socket()
-        if commits is not None:
-            commits.start()
+        sock = bind(host, port, BACKLOG)
         try:
-            supervisor = Multiprocess(config, sockets=[sock])  # also for one worker: restarted if it dies
-            supervisor.run()
-        finally:
             if commits is not None:
-                commits.stop()  # after the workers: they have answered every request in flight
-        return not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
-    except OSError as exc:
-        raise KeyvaultError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
+                commits.start()
+            try:
+                return Workers(settings, sock, workers).run()  # also for one worker: restarted if it dies
+            finally:
+                if commits is not None:
+                    commits.stop()  # after the workers: they have answered every request in flight
+        finally:
+            sock.close()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

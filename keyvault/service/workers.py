@@ -1,0 +1,150 @@
+"""keyvault's own worker supervision: N spawned processes, each running uvicorn's public ``Server`` on one socket.
+
+The supervisor (the ``keyvault serve`` process) binds the listening socket
+once and spawns the workers (``multiprocessing`` spawn: a fresh interpreter,
+no LMDB environment crosses a fork). Each worker builds a ``uvicorn.Config``
+and runs ``uvicorn.Server(config).run(sockets=[sock])``, the API uvicorn
+documents for running a server from code, so nothing here depends on
+uvicorn's own process supervisor (an internal class whose interface changed
+between releases). The supervisor restarts a worker that exits, stops
+everything if a worker cannot start (it would fail the same way again), and
+on SIGTERM or SIGINT sends every worker SIGTERM (uvicorn then stops
+accepting, answers every request in flight within the grace period, runs the
+lifespan shutdown) and waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ..errors import KeyvaultError
+
+#: A worker's exit code when its server never finished starting (the app, its lifespan or the store failed).
+FAILED_TO_START = 3
+RESTART_SECONDS = 1.0  # a worker slot is restarted at most this often (a crash loop does not spin)
+POLL_SECONDS = 0.2  # how often the supervisor looks at its workers
+KILL_AFTER_SECONDS = 10.0  # past the grace period, a worker still running is killed
+
+log = logging.getLogger("keyvault.service")
+
+
+def bind(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket every worker accepts on, or KeyvaultError saying what to change."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise KeyvaultError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check the host name") \
+            from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)  # connections queue while a worker restarts instead of being refused
+        sock.set_inheritable(True)
+    except OSError as exc:
+        sock.close()
+        raise KeyvaultError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port") \
+            from None
+    return sock
+
+
+def _worker(settings: dict[str, Any], sock: socket.socket) -> None:
+    """Process entry of one worker: uvicorn's Server on the supervisor's socket until SIGTERM or SIGINT."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(**settings))  # Config sets up the worker's logging
+    # uvicorn re-raises the signal that stopped it once it has drained: let that end the process with 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    except (SystemExit, Exception):
+        if not server.started:
+            raise SystemExit(FAILED_TO_START) from None
+        raise
+    if not server.started:  # stopped before it started (a signal during startup): nothing was served
+        raise SystemExit(0)
+
+
+class Workers:
+    """N worker processes on one socket, kept running until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: dict[str, Any], sock: socket.socket, count: int) -> None:
+        self._settings = settings
+        self._socket = sock
+        self._count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = threading.Event()
+        self.failed = False  # a worker could not start: the service stopped
+
+    def _spawn(self) -> BaseProcess:
+        process = self._context.Process(target=_worker, args=(self._settings, self._socket),
+                                        name="keyvault-worker", daemon=False)
+        process.start()
+        return process
+
+    def stop(self, *_: object) -> None:
+        """Ask the supervisor to stop (the SIGTERM and SIGINT handler)."""
+        self._stopping.set()
+
+    def run(self) -> bool:
+        """Run the workers until SIGTERM/SIGINT, then stop them; False when a worker could not start."""
+        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        slots: list[tuple[BaseProcess, float]] = []
+        try:
+            for _ in range(self._count):
+                slots.append((self._spawn(), time.monotonic()))
+            log.info("supervisor [%d] started %d worker(s): %s", os.getpid(), self._count,
+                     ", ".join(str(p.pid) for p, _ in slots))
+            while not self._stopping.wait(POLL_SECONDS):
+                self._keep_alive(slots)
+        finally:
+            self._stop_all([process for process, _ in slots])
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return not self.failed
+
+    def _keep_alive(self, slots: list[tuple[BaseProcess, float]]) -> None:
+        """Restart each worker that exited; stop the service when one could not start."""
+        for i, (process, started) in enumerate(slots):
+            if process.is_alive():
+                continue
+            process.join()
+            if process.exitcode == FAILED_TO_START:
+                log.error("worker [%s] could not start (its log says why); stopping the service", process.pid)
+                self.failed = True
+                self._stopping.set()
+                return
+            if self._stopping.is_set():
+                return
+            wait = started + RESTART_SECONDS - time.monotonic()
+            if wait > 0 and self._stopping.wait(wait):
+                return
+            log.error("worker [%s] died (exit code %s); starting a new one", process.pid, process.exitcode)
+            slots[i] = (self._spawn(), time.monotonic())
+
+    def _stop_all(self, processes: list[BaseProcess]) -> None:
+        """SIGTERM every worker, wait for each to drain (its grace period and a margin), kill the rest."""
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + float(self._settings.get("timeout_graceful_shutdown") or 0) + \
+            KILL_AFTER_SECONDS
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker [%s] did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+        log.info("supervisor [%d]: every worker stopped", os.getpid())
