@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._fast import BatchRow, KeyBlock
 from ..clock import iso
 from ..formats.keyformat import batch_text, serial_text
 from ..store import Txn
@@ -107,11 +108,10 @@ class Catalog:
     batches_blocked: dict[int, BlacklistEntry] = field(default_factory=dict)
     suppliers_blocked: dict[str, BlacklistEntry] = field(default_factory=dict)
     has_imported: bool = False
-    #: What the hot path reads per batch: (salt, valid_from, valid_until, block, batch id, supplier id,
-    #: supplier name, product), block being the supplier's or the batch's (level, reason), or None.
-    rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)
-    #: Key-level blacklist entries by serial: (level, reason).
-    key_rows: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: What the hot path reads per batch (the block is the supplier's or the batch's entry, or None).
+    rows: dict[int, BatchRow] = field(default_factory=dict)
+    #: Key-level blacklist entries by serial.
+    key_rows: dict[int, KeyBlock] = field(default_factory=dict)
     #: Batches by their printed id (how results name them).
     by_id: dict[str, BatchInfo] = field(default_factory=dict)
     #: Pinned identities by public key: name, prefix, role, pinned_at, and rotated_to/rotated_from (hex) if any.
@@ -146,10 +146,10 @@ class Catalog:
                 cat.suppliers_blocked[key[1:].decode("ascii")] = entry
         for info in cat.batches.values():
             block = cat.suppliers_blocked.get(info.supplier) or cat.batches_blocked.get(info.key)
-            cat.rows[info.key] = (info.salt, info.valid_from, info.valid_until,
-                                  (block.level, block.reason) if block else None, info.id, info.supplier,
-                                  info.supplier_name, info.product)
-        cat.key_rows = {serial: (e.level, e.reason) for serial, e in cat.keys_blocked.items()}
+            cat.rows[info.key] = BatchRow(info.salt, info.valid_from, info.valid_until,
+                                          KeyBlock(block.level, block.reason) if block else None, info.id,
+                                          info.supplier, info.supplier_name, info.product)
+        cat.key_rows = {serial: KeyBlock(e.level, e.reason) for serial, e in cat.keys_blocked.items()}
         cat.grants = grants(stored(txn))
         return cat
 
