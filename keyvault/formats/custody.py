@@ -140,8 +140,10 @@ class Transfer:
 
     @property
     def doc(self) -> dict[str, Any]:
-        """The record as a plain dict (a fresh copy, keys sorted as signed)."""
-        return msgspec.to_builtins(self.fields)  # type: ignore[no-any-return]
+        """The record as a plain dict, equal to the signed JSON (a fresh copy, keys sorted as signed)."""
+        doc: dict[str, Any] = msgspec.to_builtins(self.fields)
+        doc["ranges"] = [list(r) for r in self.fields.ranges]  # to_builtins keeps the pairs as tuples
+        return doc
 
     @property
     def id(self) -> str:
