@@ -58,6 +58,7 @@ from keyvault import Identity, Status, Vault
 from keyvault.formats import bundle as kv_bundle
 from keyvault.formats import checkpoint as kv_checkpoint
 from keyvault.formats import custody as kv_custody
+from keyvault.formats import envelope as kv_envelope
 from keyvault.formats import manifest as kv_manifest
 from keyvault.errors import (
     BadSignatureError,
@@ -380,13 +381,13 @@ class Fixtures:
     @property
     def manifest_parts(self) -> tuple[bytes, bytes]:
         """(header bytes, body bytes) of the real native manifest."""
-        start = len(kv_manifest.MAGIC) + kv_manifest._FIXED.size
-        _, _, length = kv_manifest._FIXED.unpack_from(self.manifest, len(kv_manifest.MAGIC))
+        start = len(kv_manifest.MAGIC) + kv_envelope.FIXED.size
+        _, _, length = kv_envelope.FIXED.unpack_from(self.manifest, len(kv_manifest.MAGIC))
         return self.manifest[start:start + length], self.manifest[start + length:]
 
     @property
     def transfer_record(self) -> bytes:
-        return self.transfer[len(kv_custody.TRANSFER_MAGIC) + kv_custody._FIXED.size:]
+        return self.transfer[len(kv_custody.TRANSFER_MAGIC) + kv_envelope.FIXED.size:]
 
     @property
     def note_text(self) -> bytes:
@@ -470,13 +471,13 @@ def signed_manifest(fx: Fixtures, header: bytes, body: bytes | None = None) -> b
     if body is None:
         body = fx.manifest_parts[1]
     signature = fx.acme.sign(kv_manifest.PAYLOAD_TYPE, header)
-    return kv_manifest.MAGIC + kv_manifest._FIXED.pack(fx.acme.public_key, signature, len(header)) + header + body
+    return kv_envelope.pack(kv_manifest.MAGIC, fx.acme.public_key, signature, header) + body
 
 
 def signed_transfer(signer: Identity, record: bytes) -> bytes:
     """A transfer file around ``record``, signed by ``signer`` (whose key the file carries)."""
     signature = signer.sign(kv_custody.TRANSFER_TYPE, record)
-    return kv_custody.TRANSFER_MAGIC + kv_custody._FIXED.pack(signer.public_key, signature, len(record)) + record
+    return kv_envelope.pack(kv_custody.TRANSFER_MAGIC, signer.public_key, signature, record)
 
 
 def sealed_lot(fx: Fixtures, payload: bytes) -> bytes:
@@ -502,8 +503,7 @@ def bundle_with_header(fx: Fixtures, header: bytes) -> bytes:
     """The real bundle with its manifest header replaced by ``header``, signed by Acme (a pinned key)."""
     doc = json.loads(fx.bundle)
     signature = fx.acme.sign(kv_manifest.PAYLOAD_TYPE, header)
-    doc["manifest"] = _b64(kv_manifest.MAGIC + kv_manifest._FIXED.pack(fx.acme.public_key, signature, len(header))
-                           + header)
+    doc["manifest"] = _b64(kv_envelope.pack(kv_manifest.MAGIC, fx.acme.public_key, signature, header))
     return json.dumps(doc).encode()
 
 

@@ -389,12 +389,12 @@ def test_the_signing_helper_makes_a_valid_rotation(acme: Identity) -> None:
 
 @pytest.mark.parametrize("changes, why", [
     ({"format": "keyvault/rotation/v2"}, "format"),
-    ({"format": ...}, "lacks format"),
-    ({"name": ...}, "lacks name"),
-    ({"prefix": ...}, "lacks prefix"),
-    ({"at": ...}, "lacks at"),
-    ({"comment": "x"}, "unexpected field comment"),
-    ({"old_prefix": "7KQ2"}, "unexpected field old_prefix"),
+    ({"format": ...}, "missing required field `format`"),
+    ({"name": ...}, "missing required field `name`"),
+    ({"prefix": ...}, "missing required field `prefix`"),
+    ({"at": ...}, "missing required field `at`"),
+    ({"comment": "x"}, "unknown field `comment`"),
+    ({"old_prefix": "7KQ2"}, "unknown field `old_prefix`"),
     ({"name": ""}, "name"),
     ({"name": 7}, "name"),
     ({"prefix": "7KQ"}, "prefix"),

@@ -11,6 +11,7 @@ import base64
 import copy
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -860,3 +861,259 @@ def test_a_rolled_back_store_is_caught_by_an_earlier_checkpoint(tmp_path: Path, 
     note.write_text(kept)
     result = kv("--store", store, "checkpoint", "--since", note)
     assert result.exit_code == EXIT_REFUSED and result.stdout.startswith("FAIL")
+
+
+# -- 8. strict documents: every JSON document is decoded into a typed struct -------------------------
+#
+# For each document type: an unknown field, a mistyped field, a missing field, a truncated file and a
+# flipped signature byte are refused with the documented error class, naming the field, and change
+# nothing; a signed manifest header altered after signing is refused before any of its fields is read.
+
+from keyvault.engine.checkup import check_store  # noqa: E402
+from keyvault.errors import IdentityError, ManifestError  # noqa: E402
+from keyvault.formats import envelope  # noqa: E402
+from keyvault.formats import manifest as kv_manifest  # noqa: E402
+from keyvault.formats.identity import Rotation  # noqa: E402
+
+_BREAKS = [
+    ("unknown field", lambda d: d.__setitem__("comment", "x"), "unknown field `comment`"),
+    ("mistyped field", lambda d: d.__setitem__("count", str(d["count"])), "Expected `int`, got `str` - at `$.count`"),
+    ("missing field", lambda d: d.pop("previous"), "missing required field `previous`"),
+]
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _parts(data: bytes, magic: bytes) -> tuple[bytes, bytes, bytes]:
+    """(public key, signature, body and what follows) of an envelope."""
+    key, sig, _ = envelope.FIXED.unpack_from(data, len(magic))
+    return key, sig, data[len(magic) + envelope.FIXED.size:]
+
+
+@pytest.mark.parametrize("what, change, words", _BREAKS, ids=[b[0] for b in _BREAKS])
+def test_a_signed_manifest_header_with_a_broken_field_is_refused(tmp_path: Path, supplier: Identity,
+                                                                 supplier_store: Vault, platform: Vault,
+                                                                 what: str, change: Callable[[dict[str, Any]], Any],
+                                                                 words: str) -> None:
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    data = b.manifest.read_bytes()
+    key, _, rest = _parts(data, kv_manifest.MAGIC)
+    real = read_manifest(b.manifest)
+    doc = json.loads(real.header_bytes)
+    change(doc)
+    header = _canonical(doc)
+    bad = tmp_path / "bad.kvm"
+    bad.write_bytes(envelope.pack(kv_manifest.MAGIC, key, supplier.sign(kv_manifest.PAYLOAD_TYPE, header), header)
+                    + rest[len(real.header_bytes):])
+    with pytest.raises(ManifestError, match=re.escape(words)) as caught:
+        read_manifest(bad)
+    assert str(bad) in str(caught.value) and "re-issue" in str(caught.value)
+    before = platform.stats()
+    with pytest.raises(ManifestError, match=re.escape(words)):
+        platform.import_manifest(bad)
+    assert platform.stats() == before
+
+
+def test_a_truncated_or_resigned_manifest_is_refused(tmp_path: Path, supplier: Identity, supplier_store: Vault,
+                                                     platform: Vault) -> None:
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    data = b.manifest.read_bytes()
+    bad = tmp_path / "bad.kvm"
+    before = platform.stats()
+    for n in (5, len(kv_manifest.MAGIC) + 50, len(kv_manifest.MAGIC) + envelope.FIXED.size + 10, len(data) - 1):
+        bad.write_bytes(data[:n])
+        with pytest.raises(ManifestError, match="truncated"):
+            read_manifest(bad)
+        bad.unlink()
+    flipped = bytearray(data)
+    flipped[len(kv_manifest.MAGIC) + 32 + 5] ^= 0x01  # a signature byte
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(BadSignatureError):
+        read_manifest(bad)
+    with pytest.raises(BadSignatureError):
+        platform.import_manifest(bad)
+    assert platform.stats() == before
+
+
+class _NeverDecode:
+    """Stands in for a module's decoder: the test fails if anything is decoded."""
+
+    def decode(self, data: bytes) -> Any:
+        raise AssertionError("a header field was read before its signature was checked")
+
+
+def _altered_header(signed: bytes) -> bytes:
+    """``signed`` with one byte of its header changed (a digit of the count), not signed again."""
+    at = signed.index(b'"count":') + len(b'"count":')
+    return signed[:at] + bytes([signed[at] ^ 0x01]) + signed[at + 1:]
+
+
+def test_an_altered_header_is_refused_before_any_field_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               supplier: Identity, supplier_store: Vault) -> None:
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    data = b.manifest.read_bytes()
+    signed = read_manifest(b.manifest).signed
+    monkeypatch.setattr(kv_manifest, "_HEADER", _NeverDecode())
+    with pytest.raises(BadSignatureError):
+        kv_manifest.open_signed_header(_altered_header(signed), where="test")
+    bad = tmp_path / "bad.kvm"
+    bad.write_bytes(_altered_header(data))
+    with pytest.raises(BadSignatureError):
+        read_manifest(bad)
+    # the bundle path
+    doc = supplier_store.trace_bundle(b.keys[3])
+    doc["manifest"] = base64.b64encode(_altered_header(base64.b64decode(doc["manifest"]))).decode()
+    checks = check(doc, [supplier.public, supplier_store.engine_identity])
+    assert checks[-1].name == "manifest signature" and not checks[-1].ok
+    assert "signature does not verify" in checks[-1].detail
+
+
+def test_a_stored_header_altered_after_signing_is_refused_by_audit_and_check(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, supplier: Identity, supplier_store: Vault) -> None:
+    issue(supplier_store, supplier, tmp_path / "files", 20)
+
+    def alter(txn: Any) -> None:
+        key, value = next(iter(txn.items("manifests")))
+        txn.put("manifests", bytes(key), _altered_header(bytes(value)))
+
+    supplier_store._store.write(alter)
+    monkeypatch.setattr(kv_manifest, "_HEADER", _NeverDecode())
+    with pytest.raises(StoreCorruptError, match="signature does not verify.*keyvault check"):
+        supplier_store.audit()
+    report = check_store(supplier_store)
+    manifests = next(c for c in report["checks"] if c["check"] == "batches and manifests")
+    assert not manifests["ok"] and "signature of its stored manifest does not verify" in manifests["detail"]
+
+
+@pytest.mark.parametrize("what, change, words", [
+    ("unknown field", lambda d: d.__setitem__("note", "x"), "unknown field `note`"),
+    ("mistyped field", lambda d: d.__setitem__("at", str(d["at"])), "Expected `int`, got `str` - at `$.at`"),
+    ("missing field", lambda d: d.pop("manifest"), "missing required field `manifest`"),
+    ("mistyped nested field", lambda d: d["to"].__setitem__("public_key", 5),
+     "Expected `str`, got `int` - at `$.to.public_key`"),
+    ("a range of three numbers", lambda d: d.__setitem__("ranges", [[0, 1, 2]]), "at `$.ranges[0]`"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_a_signed_transfer_with_a_broken_field_is_refused(chain: Chain, what: str,
+                                                          change: Callable[[dict[str, Any]], Any], words: str) -> None:
+    hop = custody.read_transfer(_a_transfer(chain))
+    doc = json.loads(hop.record)
+    change(doc)
+    record = _canonical(doc)
+    data = envelope.pack(custody.TRANSFER_MAGIC, chain.dist_id.public_key,
+                         chain.dist_id.sign(custody.TRANSFER_TYPE, record), record)
+    with pytest.raises(CustodyError, match=re.escape(words)):
+        custody.read_transfer(data, "custody hop 2")
+
+
+def _a_transfer(chain: Chain) -> bytes:
+    with chain.platform._store.read() as txn:
+        return bytes(next(v for k, v in txn.items("custody", b"T")))
+
+
+def test_a_truncated_or_resigned_transfer_is_refused(chain: Chain) -> None:
+    data = _a_transfer(chain)
+    for n in (3, len(custody.TRANSFER_MAGIC) + 40, len(data) - 1):
+        with pytest.raises(CustodyError, match="truncated"):
+            custody.read_transfer(data[:n])
+    with pytest.raises(CustodyError, match="extra bytes"):
+        custody.read_transfer(data + b" ")
+    flipped = bytearray(data)
+    flipped[len(custody.TRANSFER_MAGIC) + 32 + 9] ^= 0x01
+    with pytest.raises(BadSignatureError):
+        custody.read_transfer(bytes(flipped))
+
+
+@pytest.mark.parametrize("what, change, words", [
+    ("unknown field", lambda d: d.__setitem__("note", "x"), "unknown field `note`"),
+    ("mistyped field", lambda d: d.__setitem__("index", str(d["index"])), "Expected `int`, got `str` - at `$.index`"),
+    ("missing field", lambda d: d.pop("checkpoint"), "missing required field `checkpoint`"),
+    ("mistyped event", lambda d: d["events"][0].__setitem__("leaf", 7), "at `$.events[0].leaf`"),
+    ("manifest not base64", lambda d: d.__setitem__("manifest", "%%%"), "at `$.manifest`"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_a_bundle_with_a_broken_field_is_refused(tmp_path: Path, supplier: Identity, supplier_store: Vault,
+                                                 what: str, change: Callable[[dict[str, Any]], Any],
+                                                 words: str) -> None:
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    doc = supplier_store.trace_bundle(b.keys[2])
+    change(doc)
+    data = json.dumps(doc).encode()
+    with pytest.raises(ProofError, match=re.escape(words)):
+        bundle.read_bundle(data)
+    checks = check(data, [supplier.public, supplier_store.engine_identity])
+    assert [(c.name, c.ok) for c in checks] == [("bundle", False)] and words in checks[0].detail
+
+
+def test_a_truncated_bundle_is_refused(tmp_path: Path, supplier: Identity, supplier_store: Vault) -> None:
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    data = json.dumps(supplier_store.trace_bundle(b.keys[2])).encode()
+    for n in spread(len(data), 12):
+        with pytest.raises(ProofError):
+            bundle.read_bundle(data[:n])
+        assert not passed(check(data[:n], [supplier.public, supplier_store.engine_identity]))
+
+
+@pytest.mark.parametrize("what, change, words", [
+    ("unknown field", lambda d: d.__setitem__("email", "x@example.com"), "unknown field `email`"),
+    ("mistyped field", lambda d: d.__setitem__("name", 5), "Expected `str`, got `int` - at `$.name`"),
+    ("missing field", lambda d: d.pop("fingerprint"), "missing required field `fingerprint`"),
+], ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_a_public_identity_with_a_broken_field_is_refused(supplier: Identity, what: str,
+                                                          change: Callable[[dict[str, Any]], Any], words: str) -> None:
+    doc = json.loads(supplier.public.to_bytes())
+    change(doc)
+    with pytest.raises(IdentityError, match=re.escape(words)):
+        PublicIdentity.from_bytes(json.dumps(doc).encode(), "acme.pub")
+
+
+def test_a_secret_identity_with_a_broken_field_is_refused_without_its_secret(tmp_path: Path,
+                                                                             supplier: Identity) -> None:
+    path = supplier.save(tmp_path / "acme.key")
+    good = json.loads(path.read_text())
+    for change, words in ((lambda d: d.__setitem__("extra", 1), "unknown field `extra`"),
+                          (lambda d: d.__setitem__("version", "1"), "at `$.version`"),
+                          (lambda d: d.pop("secret_key"), "missing required field `secret_key`")):
+        doc = dict(good)
+        change(doc)
+        bad = tmp_path / "bad.key"
+        bad.unlink(missing_ok=True)
+        bad.write_text(json.dumps(doc))
+        bad.chmod(0o600)
+        with pytest.raises(IdentityError, match=re.escape(words)) as caught:
+            Identity.load(bad)
+        assert good["secret_key"] not in str(caught.value)
+    bad.unlink()
+    bad.write_text(path.read_text()[:-30])
+    bad.chmod(0o600)
+    with pytest.raises(IdentityError, match="cannot be read") as caught:
+        Identity.load(bad)
+    assert good["secret_key"] not in str(caught.value)
+
+
+def test_a_rotation_with_a_broken_field_or_signature_is_refused(supplier: Identity) -> None:
+    _, rotation = supplier.rotate()
+    doc = json.loads(rotation.to_bytes())
+    for change, words in ((lambda d: d.__setitem__("extra", 1), "unknown field `extra`"),
+                          (lambda d: d.__setitem__("record", 5), "Expected `str`, got `int` - at `$.record`"),
+                          (lambda d: d.pop("new_signature"), "missing required field `new_signature`")):
+        bad = dict(doc)
+        change(bad)
+        with pytest.raises(IdentityError, match=re.escape(words)):
+            Rotation.from_bytes(json.dumps(bad).encode(), "acme.rot")
+    with pytest.raises(IdentityError, match="truncated"):
+        Rotation.from_bytes(rotation.to_bytes()[:-20], "acme.rot")
+    bad = dict(doc, old_signature=flip_b64(doc["old_signature"], 3))
+    with pytest.raises(BadSignatureError, match="OLD key's signature"):
+        Rotation.from_bytes(json.dumps(bad).encode(), "acme.rot")
+
+
+def test_writers_bytes_read_back_identically(tmp_path: Path, supplier: Identity, supplier_store: Vault) -> None:
+    """What the writers produce decodes, and the dict views equal what json.loads gives (same keys, order, values)."""
+    b = issue(supplier_store, supplier, tmp_path / "files", 20)
+    m = read_manifest(b.manifest)
+    assert m.header == json.loads(m.header_bytes) and list(m.header) == list(json.loads(m.header_bytes))
+    hop = custody.make_transfer(supplier, "Dist Co", Identity.generate("Dist Co").public_key, b.batch.id, m.id,
+                                m.count, ((0, 10),), m.id, now_ms())
+    assert hop.doc == json.loads(hop.record) and list(hop.doc) == list(json.loads(hop.record))
+    assert _canonical(hop.doc) == hop.record

@@ -31,18 +31,17 @@ from __future__ import annotations
 import struct
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from .. import _fast
-from ..errors import KeyvaultError
+from ..errors import BadSignatureError, KeyvaultError
 from ..formats import merkle
 from ..formats.custody import read_transfer
 from ..formats.events import LEAF as _LEAF_HEAD
 from ..formats.events import change_of
-from ..formats.identity import supplier_id, verify_signature
+from ..formats.identity import supplier_id
 from ..formats.keyformat import (
     INDEX_BITS,
     MAX_BATCH_SIZE,
@@ -51,14 +50,12 @@ from ..formats.keyformat import (
     serial_index,
     serial_text,
 )
-from ..formats.manifest import _FIXED as _MANIFEST_FIXED
 from ..formats.manifest import (
     CHUNK,
     KINDS,
-    MAGIC,
-    PAYLOAD_TYPE,
-    _parse_header,
+    ManifestHeader,
     manifest_id,
+    open_signed_header,
     tree_root,
 )
 from ..store import Head, Txn
@@ -304,12 +301,12 @@ class _Checkup:
             expected = {"batch": info.id, "count": info.count, "kind": info.kind, "salt": info.salt.hex(),
                         "product": info.product, "valid_from": info.valid_from, "valid_until": info.valid_until,
                         "created_at": info.created_at}
-            wrong = [name for name, value in expected.items() if fields.get(name) != value]
-            if fields["supplier"]["id"] != info.supplier:
+            wrong = [name for name, value in expected.items() if getattr(fields, name) != value]
+            if fields.supplier.id != info.supplier:
                 wrong.append("supplier")
             if wrong:
                 problems.add(f"{where}: its record disagrees with its signed manifest on {', '.join(wrong)}")
-            self.merkle_roots[batch] = fields["merkle_root"]
+            self.merkle_roots[batch] = fields.merkle_root
         manifests = 0
         for key, _ in txn.items("manifests"):
             manifests += 1
@@ -321,27 +318,17 @@ class _Checkup:
                 "every signature verified")
 
     @staticmethod
-    def _manifest_header(signed: bytes, where: str, problems: _Problems) -> tuple[dict[str, Any], bytes] | None:
+    def _manifest_header(signed: bytes, where: str, problems: _Problems) -> tuple[ManifestHeader, bytes] | None:
         """The header of a stored signed manifest (its signature verified), or None after a problem."""
-        start = len(MAGIC) + _MANIFEST_FIXED.size
-        if not signed.startswith(MAGIC) or len(signed) < start:
-            problems.add(f"{where}: its stored manifest is not a signed manifest header")
-            return None
-        public_key, signature, length = _MANIFEST_FIXED.unpack_from(signed, len(MAGIC))
-        header_bytes = signed[start:]
-        if len(header_bytes) != length:
-            problems.add(f"{where}: its stored manifest header is {len(header_bytes)} bytes, not {length}")
-            return None
         try:
-            verify_signature(public_key, PAYLOAD_TYPE, header_bytes, signature, where)
-        except KeyvaultError:
+            opened = open_signed_header(signed, where=f"{where}: its stored manifest")
+        except BadSignatureError:
             problems.add(f"{where}: the signature of its stored manifest does not verify: the record was altered")
             return None
-        try:
-            return _parse_header(Path(f"of {where}"), header_bytes, public_key), header_bytes
         except KeyvaultError as exc:
             problems.add(str(exc))
             return None
+        return opened.header, opened.header_bytes
 
     # -- commitments ---------------------------------------------------------------------------------
 

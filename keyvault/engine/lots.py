@@ -17,14 +17,13 @@ refused, and both signed records are kept, reported by ``keyvault audit``.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..clock import iso, now_ms
-from ..errors import CustodyError, NotFoundError, StoreCorruptError, UsageError
+from ..errors import CustodyError, KeyvaultError, NotFoundError, StoreCorruptError, UsageError
 from ..formats.custody import (
     Ranges,
     Transfer,
@@ -38,7 +37,7 @@ from ..formats.custody import (
 )
 from ..formats.identity import Identity, PublicIdentity, fingerprint
 from ..formats.keyformat import batch_text, parse_batch, serial_index
-from ..formats.manifest import read_manifest
+from ..formats.manifest import ManifestHeader, open_signed_header, read_manifest
 from ..store import Txn
 from ..store.records import LEVEL_BATCH, dump, from_u64, load, u64
 from .catalog import BatchInfo
@@ -217,9 +216,8 @@ def audit(state: State) -> dict[str, Any]:
         by_supplier: dict[str, dict[str, dict[str, Any]]] = {}
         for info in cat.batches.values():
             signed = txn.get("manifests", bytes.fromhex(info.manifest))
-            header = _signed_header(signed) if signed is not None else {}
-            by_supplier.setdefault(info.supplier, {})[info.manifest] = {"batch": info.id,
-                                                                        "previous": header.get("previous")}
+            previous = _signed_header(bytes(signed), info.id).previous if signed is not None else None
+            by_supplier.setdefault(info.supplier, {})[info.manifest] = {"batch": info.id, "previous": previous}
         for sid, manifests in sorted(by_supplier.items()):
             seen: dict[str, str] = {}
             for mid, doc in sorted(manifests.items(), key=lambda item: item[1]["batch"]):
@@ -245,9 +243,13 @@ def _hop_dict(hop: Transfer) -> dict[str, Any]:
             "ranges": [f"{a}-{b - 1}" for a, b in hop.ranges], "record": hop.data.hex()}
 
 
-def _signed_header(signed: bytes) -> dict[str, Any]:
-    """The header JSON of a stored signed manifest (magic, key, signature, length, header)."""
-    return dict(json.loads(bytes(signed[12 + 32 + 64 + 4:])))
+def _signed_header(signed: bytes, batch: str) -> ManifestHeader:
+    """The header of a stored signed manifest, its signature checked first."""
+    try:
+        return open_signed_header(signed, where=f"the stored manifest of batch {batch}").header
+    except KeyvaultError as exc:
+        raise StoreCorruptError(f"{exc}. The store was altered: run `keyvault check`, and restore it from a "
+                                "backup") from None
 
 
 def custody_of(txn: Txn, batch: int, serial: int) -> list[Transfer]:

@@ -12,25 +12,64 @@ guesses). :func:`verify` checks it with nothing but pinned public keys.
 from __future__ import annotations
 
 import base64
-import json
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from ..errors import BadSignatureError, CustodyError, ProofError
+import msgspec
+
+from ..errors import BadSignatureError, CustodyError, KeyvaultError, ProofError
 from . import merkle
 from .checkpoint import Verifier, open_note
 from .custody import Transfer, check_chain, contains, read_transfer
 from .events import parse_leaf
-from .identity import PublicIdentity, fingerprint, supplier_id, verify_signature
+from .identity import PublicIdentity, fingerprint, supplier_id
 from .keyformat import serial_text
-from .manifest import manifest_id
+from .manifest import ManifestHeader, open_signed_header
+from .typed import decode
 
 FORMAT = "keyvault/bundle/v1"
-MANIFEST_TYPE = "keyvault/manifest/v2"
-_MANIFEST_MAGIC = b"KVMANIFEST2\n"
-_FIXED = struct.Struct(">32s64sI")
+
+
+class BundleStatus(msgspec.Struct, frozen=True):
+    """The key's status as the store saw it (a ``--json`` result: other result fields are allowed)."""
+
+    status: str
+    order_id: str | None = None
+
+
+class BundleEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One event about the key: its index in the log, its leaf bytes, its inclusion proof."""
+
+    index: int
+    leaf: bytes  # base64 in the file
+    proof: list[str]  # hex hashes
+
+
+class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A trace bundle as written by :func:`build` (``salt`` may be null or absent)."""
+
+    format: Literal["keyvault/bundle/v1"]
+    serial: str
+    index: int
+    generated_at: str
+    status: BundleStatus
+    manifest: bytes  # base64 of the signed manifest header
+    commitment: str  # hex; the hex strings are read by bytes.fromhex, which checks them as it converts
+    salt: str | None = None
+    manifest_proof: list[str]
+    custody: list[bytes]  # base64 of each transfer file
+    checkpoint: str
+    events: list[BundleEvent]
+
+
+_BUNDLE = msgspec.json.Decoder(Bundle)
+
+
+def read_bundle(data: bytes) -> Bundle:
+    """A bundle's JSON decoded strictly (nothing verified yet), or ProofError saying what is wrong."""
+    return decode(_BUNDLE, data, what="the trace bundle", error=ProofError,
+                  fix="make it again with `keyvault trace KEY --bundle`")
 
 
 @dataclass(frozen=True)
@@ -85,55 +124,41 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
         return checks
 
     try:
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        doc = read_bundle(data)
+    except ProofError as exc:
+        if "$.format" in str(exc) or "field `format`" in str(exc) or "Expected `object`" in str(exc):
             return fail("bundle", "not a keyvault trace bundle (keyvault trace --bundle writes one)")
-        serial_name, index = str(doc["serial"]), doc["index"]
-        signed = base64.b64decode(doc["manifest"], validate=True)
-        commitment = bytes.fromhex(doc["commitment"])
-        manifest_proof = [bytes.fromhex(h) for h in doc["manifest_proof"]]
-        custody_files = [base64.b64decode(h, validate=True) for h in doc["custody"]]
-        note = str(doc["checkpoint"]).encode("utf-8")
-        events = [(e["index"], base64.b64decode(e["leaf"], validate=True), [bytes.fromhex(h) for h in e["proof"]])
-                  for e in doc["events"]]
-        status = doc["status"]["status"]
-        salt = bytes.fromhex(doc["salt"]) if doc.get("salt") is not None else None
-        if not isinstance(index, int) or isinstance(index, bool) or not isinstance(status, str):
-            raise TypeError("index or status")
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        return fail("bundle", f"cannot be read ({exc.__class__.__name__}): it is damaged or not a bundle")
+        return fail("bundle", f"cannot be read: {exc}")
+    serial_name, index, status = doc.serial, doc.index, doc.status.status
+    try:
+        commitment = bytes.fromhex(doc.commitment)
+        manifest_proof = [bytes.fromhex(h) for h in doc.manifest_proof]
+        events = [(e.index, e.leaf, [bytes.fromhex(h) for h in e.proof]) for e in doc.events]
+        salt = bytes.fromhex(doc.salt) if doc.salt is not None else None
+    except ValueError:
+        return fail("bundle", "cannot be read: a hash or salt is not hex; make it again with "
+                              "`keyvault trace KEY --bundle`")
+    note = doc.checkpoint.encode("utf-8")
     pinned = {p.public_key: p for p in trusted}
 
-    # 1. The manifest: signed by a pinned supplier, over the exact header bytes.
-    header: dict[str, Any]
+    # 1. The manifest: signed by a pinned supplier, over the exact header bytes (checked before any field is read).
     try:
-        if not signed.startswith(_MANIFEST_MAGIC) or len(signed) < len(_MANIFEST_MAGIC) + _FIXED.size:
-            raise ProofError("not a signed manifest header")
-        public_key, signature, length = _FIXED.unpack_from(signed, len(_MANIFEST_MAGIC))
-        header_bytes = signed[len(_MANIFEST_MAGIC) + _FIXED.size:]
-        if len(header_bytes) != length:
-            raise ProofError("the header length does not match")
-        verify_signature(public_key, MANIFEST_TYPE, header_bytes, signature, "the manifest")
-        header = json.loads(header_bytes)
-        count, root = header["count"], bytes.fromhex(header["merkle_root"])
-        numbers = ((count, 1 << 25), (header["prefix_value"], 1 << 20), (header["batch_number"], 1 << 15))
-        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= top for n, top in numbers) or \
-                not isinstance(header["batch"], str) or not isinstance(header["supplier"]["id"], str):
-            raise ProofError("the signed manifest header is malformed")
-    except (ProofError, BadSignatureError, ValueError, KeyError, TypeError, AttributeError, OverflowError,
-            RecursionError) as exc:
-        return fail("manifest signature", str(exc) or exc.__class__.__name__)
+        opened = open_signed_header(doc.manifest, where="the manifest")
+    except KeyvaultError as exc:
+        return fail("manifest signature", str(exc))
+    public_key, header = opened.public_key, opened.header
+    count, root = header.count, bytes.fromhex(header.merkle_root)
     supplier = pinned.get(public_key)
     if supplier is None:
-        return fail("manifest signature", f"signed by {header.get('supplier', {}).get('name')!r} (fingerprint "
+        return fail("manifest signature", f"signed by {header.supplier.name!r} (fingerprint "
                                           f"{fingerprint(public_key)}), who is not among the trusted keys given")
-    checks.append(Check("manifest signature", True, f"batch {header['batch']} signed by {supplier.name!r} "
+    checks.append(Check("manifest signature", True, f"batch {header.batch} signed by {supplier.name!r} "
                                                     f"(fingerprint {supplier.fingerprint})"))
 
     # 2. The key's commitment is leaf `index` of the manifest's tree, and (given the key) opens to it.
     try:
         merkle.verify_inclusion(commitment, index, count, manifest_proof, root)
-        expected = serial_text((int(header["prefix_value"]) << 15 | int(header["batch_number"])) << 25 | index)
+        expected = serial_text((header.prefix_value << 15 | header.batch_number) << 25 | index)
         if expected != serial_name:
             raise ProofError(f"the bundle names serial {serial_name}, but leaf {index} of this batch is {expected}")
         checks.append(Check("key in manifest", True, f"serial {serial_name} is key {index} of {count:,} "
@@ -145,14 +170,14 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
 
     # 3. Each custody hop: signed by the holder, spending the hop before, covering this key.
     chain: list[Transfer] = []
-    for n, raw in enumerate(custody_files, 1):
+    for n, raw in enumerate(doc.custody, 1):
         try:
             hop = read_transfer(raw, f"custody hop {n}")
             chain.append(hop)
-            check_chain(public_key, manifest_id(header_bytes), count, chain)
+            check_chain(public_key, opened.id, count, chain)
             if not contains(hop.ranges, index):
                 raise CustodyError(f"custody hop {n} does not move this key")
-            checks.append(Check(f"custody hop {n}", True, f"{hop.doc['from']['name']!r} -> {hop.doc['to']['name']!r} "
+            checks.append(Check(f"custody hop {n}", True, f"{hop.fields.sender.name!r} -> {hop.fields.to.name!r} "
                                                           f"(fingerprint {fingerprint(hop.recipient)}), signed"))
         except (CustodyError, BadSignatureError) as exc:
             fail(f"custody hop {n}", str(exc))
@@ -181,7 +206,7 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
             checks.append(Check(name, True, f"{event['type']} included under the checkpoint"))
         except (ProofError, ValueError, KeyError, TypeError) as exc:
             fail(name, str(exc) or exc.__class__.__name__)
-    checks.append(replayed.check(status, doc["status"]))
+    checks.append(replayed.check(status, doc.status))
     return checks
 
 
@@ -202,12 +227,12 @@ def check_consistent(old_note: bytes, new_note: bytes, prove: Callable[[int, int
     return Check(name, True, f"{old.size:,} events then, {new.size:,} now: the log only grew")
 
 
-def _opens(salt: bytes | None, header: dict[str, Any], index: int, commitment: bytes, material: bytes) -> Check:
+def _opens(salt: bytes | None, header: ManifestHeader, index: int, commitment: bytes, material: bytes) -> Check:
     """The key opens the commitment: SHA-256(0x00 || kv1/commit || serial || salt || key)."""
     if salt is None:
         return Check("key opens commitment", False, "the bundle carries no salt (it was made from a serial); "
                                                     "make it with `keyvault trace KEY --bundle`")
-    serial = (int(header["prefix_value"]) << 15 | int(header["batch_number"])) << 25 | index
+    serial = (header.prefix_value << 15 | header.batch_number) << 25 | index
     if not 0 <= serial < 1 << 64:
         return Check("key opens commitment", False, "the manifest names a serial out of range")
     leaf = b"kv1/commit" + serial.to_bytes(8, "big") + salt + material
@@ -219,12 +244,12 @@ def _opens(salt: bytes | None, header: dict[str, Any], index: int, commitment: b
 class _Replay:
     """The key's status replayed from the events in the bundle."""
 
-    def __init__(self, serial: str, header: dict[str, Any], index: int, hops: set[str]) -> None:
+    def __init__(self, serial: str, header: ManifestHeader, index: int, hops: set[str]) -> None:
         self.serial = serial
         self.index = index
         self.hops = hops
-        self.batch = header["batch"]
-        self.supplier = header["supplier"]["id"]
+        self.batch = header.batch
+        self.supplier = header.supplier.id
         self.state = "active"
         self.order: str | None = None
         self.blocks: set[tuple[str, str]] = set()
@@ -251,7 +276,7 @@ class _Replay:
                 raise ProofError(f"a {kind} event about another {event['level']}")
             (self.blocks.add if kind == "blacklist" else self.blocks.discard)(target)
 
-    def check(self, status: str, claimed: dict[str, Any]) -> Check:
+    def check(self, status: str, claimed: BundleStatus) -> Check:
         if self.state == "redeemed":
             expected = {"redeemed", "accepted"}
         elif self.state == "void":
@@ -260,6 +285,6 @@ class _Replay:
             expected = {"blacklisted"}
         else:
             expected = {"valid", "expired", "not_yet_valid"}
-        ok = status in expected and (self.state != "redeemed" or claimed.get("order_id") == self.order)
+        ok = status in expected and (self.state != "redeemed" or claimed.order_id == self.order)
         told = self.state + (f" by order {self.order}" if self.order else "") + (" and blacklisted" if self.blocks else "")
         return Check("status replayed from events", ok, f"events say {told}; the bundle says {status}")

@@ -28,24 +28,27 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import nacl.exceptions
 import nacl.public
 import nacl.signing
 
 from ..errors import BadSignatureError, CustodyError
+from .envelope import open_envelope, pack
 from .identity import Identity, verify_signature
+from .typed import Hex32, decode
 
 TRANSFER_MAGIC = b"KVTRANSFER1\n"
 TRANSFER_TYPE = "keyvault/transfer/v1"
 LOT_MAGIC = b"KVLOT1\n"
 LOT_TYPE = "keyvault/lot/v1"
-_FIXED = struct.Struct(">32s64sI")
 _LOT = struct.Struct(">32s32s64s")
 _U32 = struct.Struct(">I")
 _MAX_RECORD = 1 << 20
 _MAX_RANGES = 4096
+_AGAIN = "ask the sender for a fresh copy"
 
 #: Index ranges of a batch: [first, end) pairs, sorted and disjoint.
 Ranges = tuple[tuple[int, int], ...]
@@ -103,13 +106,44 @@ def check_ranges(ranges: Sequence[Sequence[int]], count: int) -> Ranges:
     return tuple(out)
 
 
+class Party(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A holder a transfer names: its name and Ed25519 public key (hex)."""
+
+    name: str
+    public_key: Hex32
+
+
+class TransferRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A transfer's signed record (docs/provenance.md), fields in the order the writer sorts them."""
+
+    at: int
+    batch: str
+    count: Annotated[int, msgspec.Meta(gt=0)]
+    format: Literal["keyvault/transfer/v1"]
+    sender: Party = msgspec.field(name="from")
+    manifest: Hex32
+    previous: Hex32
+    ranges: Annotated[list[tuple[int, int]], msgspec.Meta(min_length=1, max_length=_MAX_RANGES)]
+    to: Party
+
+
+_RECORD = msgspec.json.Decoder(TransferRecord)
+
+
 @dataclass(frozen=True)
 class Transfer:
     """A verified transfer record: its signature holds over ``record``, which parsed cleanly."""
 
     data: bytes  # the whole transfer file
     record: bytes
-    doc: dict[str, Any]
+    fields: TransferRecord
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The record as a plain dict, equal to the signed JSON (a fresh copy, keys sorted as signed)."""
+        doc: dict[str, Any] = msgspec.to_builtins(self.fields)
+        doc["ranges"] = [list(r) for r in self.fields.ranges]  # to_builtins keeps the pairs as tuples
+        return doc
 
     @property
     def id(self) -> str:
@@ -119,27 +153,27 @@ class Transfer:
     @property
     def sender(self) -> bytes:
         """The holder who signed it."""
-        return bytes.fromhex(self.doc["from"]["public_key"])
+        return bytes.fromhex(self.fields.sender.public_key)
 
     @property
     def recipient(self) -> bytes:
         """The next holder."""
-        return bytes.fromhex(self.doc["to"]["public_key"])
+        return bytes.fromhex(self.fields.to.public_key)
 
     @property
     def previous(self) -> str:
         """The id of the record it spends (a manifest id for a supplier's first hop)."""
-        return str(self.doc["previous"])
+        return self.fields.previous
 
     @property
     def manifest(self) -> str:
         """The manifest id of the batch it moves."""
-        return str(self.doc["manifest"])
+        return self.fields.manifest
 
     @property
     def ranges(self) -> Ranges:
         """The index ranges it moves."""
-        return tuple((int(a), int(b)) for a, b in self.doc["ranges"])
+        return tuple(self.fields.ranges)
 
 
 def make_transfer(sender: Identity, recipient_name: str, recipient: bytes, batch: str, manifest: str, count: int,
@@ -151,36 +185,23 @@ def make_transfer(sender: Identity, recipient_name: str, recipient: bytes, batch
            "to": {"name": recipient_name, "public_key": recipient.hex()}}
     record = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     signature = sender.sign(TRANSFER_TYPE, record)
-    return read_transfer(TRANSFER_MAGIC + _FIXED.pack(sender.public_key, signature, len(record)) + record)
+    return read_transfer(pack(TRANSFER_MAGIC, sender.public_key, signature, record))
 
 
 def read_transfer(data: bytes, what: str = "transfer") -> Transfer:
-    """Verify a transfer file's signature over its exact record bytes, then parse the record strictly."""
-    if not data.startswith(TRANSFER_MAGIC):
-        raise CustodyError(f"{what} is not a keyvault transfer record")
-    if len(data) < len(TRANSFER_MAGIC) + _FIXED.size:
-        raise CustodyError(f"{what} is truncated")
-    public_key, signature, length = _FIXED.unpack_from(data, len(TRANSFER_MAGIC))
-    record = data[len(TRANSFER_MAGIC) + _FIXED.size:]
-    if length > _MAX_RECORD or len(record) != length:
-        raise CustodyError(f"{what} is truncated or has extra bytes")
-    verify_signature(public_key, TRANSFER_TYPE, record, signature, what)
+    """Verify a transfer file's signature over its exact record bytes, then decode the record strictly."""
+    envelope = open_envelope(data, magic=TRANSFER_MAGIC, payload_type=TRANSFER_TYPE, max_body=_MAX_RECORD, what=what,
+                             error=CustodyError, fix=_AGAIN)
+    fields = decode(_RECORD, envelope.body, what=f"{what} is signed, but its record", error=CustodyError,
+                    fix="its sender's keyvault wrote a bad record: ask them for a fresh copy")
+    if fields.sender.public_key != envelope.public_key.hex():
+        raise CustodyError(f"{what} is signed by a key its record does not name as `from`: a forged transfer; "
+                           f"{_AGAIN}")
     try:
-        doc = json.loads(record)
-        checks = (
-            doc["format"] == TRANSFER_TYPE,
-            doc["from"]["public_key"] == public_key.hex(),
-            len(bytes.fromhex(doc["to"]["public_key"])) == 32,
-            isinstance(doc["from"]["name"], str) and isinstance(doc["to"]["name"], str),
-            len(bytes.fromhex(doc["previous"])) == 32 and len(bytes.fromhex(doc["manifest"])) == 32,
-            isinstance(doc["batch"], str) and isinstance(doc["at"], int) and isinstance(doc["count"], int),
-        )
-        check_ranges(doc["ranges"], doc["count"])
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise CustodyError(f"{what} is signed but malformed ({exc.__class__.__name__})") from None
-    if not all(checks):
-        raise CustodyError(f"{what} is signed but malformed (field check {checks.index(False) + 1} failed)")
-    return Transfer(bytes(data), bytes(record), doc)
+        check_ranges(fields.ranges, fields.count)
+    except CustodyError as exc:
+        raise CustodyError(f"{what} is signed, but its ranges are refused: {exc}; {_AGAIN}") from None
+    return Transfer(bytes(data), envelope.body, fields)
 
 
 def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Transfer]) -> None:
@@ -189,12 +210,12 @@ def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Tran
     held: Ranges = ((0, count),)
     holder, previous = supplier, manifest
     for n, hop in enumerate(chain, 1):
-        if hop.manifest != manifest or hop.doc["count"] != count:
+        if hop.manifest != manifest or hop.fields.count != count:
             raise CustodyError(f"custody hop {n} moves keys of another batch")
         if hop.previous != previous:
             raise CustodyError(f"custody hop {n} does not spend the record before it: the chain is broken")
         if hop.sender != holder:
-            raise CustodyError(f"custody hop {n} is signed by {hop.doc['from']['name']!r}, who did not hold "
+            raise CustodyError(f"custody hop {n} is signed by {hop.fields.sender.name!r}, who did not hold "
                                "those keys: a forged transfer")
         if not covers(held, hop.ranges):
             raise CustodyError(f"custody hop {n} moves keys its sender never received")

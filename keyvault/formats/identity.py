@@ -24,8 +24,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import nacl.exceptions
 import nacl.signing
 
@@ -41,9 +42,77 @@ _MAX_NAME = 64
 _MAX_FILE = 64 * 1024  # a public identity or rotation is well under 1 KiB; refuse anything huge unread
 _PUBLIC_KEY_BYTES = 32
 _SIGNATURE_BYTES = 64
-_PUBLIC_FIELDS = frozenset({"kind", "version", "name", "prefix", "public_key", "fingerprint"})
-_ROTATION_FILE_FIELDS = frozenset({"kind", "record", "old_signature", "new_signature"})
-_ROTATION_RECORD_FIELDS = frozenset({"format", "name", "prefix", "old_public_key", "new_public_key", "at"})
+
+
+# -- the documents, as msgspec structs (decoded strictly: exact types, no unknown field) ---------------
+
+
+class _Head(msgspec.Struct, frozen=True):
+    """What any of the three files says it is (read first, so a wrong file gets the right advice)."""
+
+    kind: Any = None
+    version: Any = None
+    secret_key: Any = msgspec.UNSET
+
+
+class SecretIdentityFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A secret identity file (0600). Its repr never shows the secret key."""
+
+    kind: str
+    version: int
+    name: str
+    prefix: str
+    public_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:
+        return f"SecretIdentityFile(name={self.name!r}, prefix={self.prefix!r})"
+
+
+class PublicIdentityFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A public identity file: what a platform pins."""
+
+    kind: str
+    version: int
+    name: str
+    prefix: str
+    public_key: str
+    fingerprint: str
+
+
+class RotationFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A rotation file: the signed record (base64) and the old and new keys' signatures over it."""
+
+    kind: str
+    record: Annotated[str, msgspec.Meta(min_length=1)]
+    old_signature: str
+    new_signature: str
+
+
+class RotationRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A rotation's signed record, fields in the order the writer sorts them."""
+
+    at: Annotated[int, msgspec.Meta(ge=0)]
+    format: str
+    name: str
+    new_public_key: str
+    old_public_key: str
+    prefix: str
+
+
+class _RotationKeys(msgspec.Struct, frozen=True):
+    """The two keys a rotation record names: all that is read before its signatures are checked."""
+
+    old_public_key: str
+    new_public_key: str
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+_SECRET_FILE = msgspec.json.Decoder(SecretIdentityFile)
+_PUBLIC_FILE = msgspec.json.Decoder(PublicIdentityFile)
+_ROTATION_FILE = msgspec.json.Decoder(RotationFile)
+_ROTATION_RECORD = msgspec.json.Decoder(RotationRecord)
+_ROTATION_KEYS = msgspec.json.Decoder(_RotationKeys)
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -179,21 +248,21 @@ def _read_small(path: Path, what: str) -> bytes:
     return data
 
 
-def _json_object(data: bytes, source: str, what: str) -> dict[str, Any]:
-    """``data`` as a JSON object, or IdentityError naming ``source``."""
+def _strict(decoder: msgspec.json.Decoder[Any], data: bytes, source: str, what: str, fix: str) -> Any:
+    """``data`` decoded strictly, or IdentityError naming ``source``, msgspec's reason (which field) and ``fix``."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise IdentityError(f"{what} {source} is not UTF-8 JSON; ask the sender for a fresh copy") from None
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise IdentityError(f"{what} {source} is not valid: {exc}; {fix}") from None
+    except msgspec.DecodeError as exc:
+        raise IdentityError(f"{what} {source} is not valid JSON ({exc}); it may be truncated: {fix}") from None
     except RecursionError:
-        raise IdentityError(f"{what} {source} is not a {what} (JSON nested too deep); check the path") from None
-    except ValueError as exc:
-        raise IdentityError(f"{what} {source} is not valid JSON ({exc.__class__.__name__}: "
-                            f"{getattr(exc, 'msg', 'bad JSON')}); it may be truncated: "
-                            "ask the sender for a fresh copy") from None
-    if not isinstance(doc, dict):
-        raise IdentityError(f"{what} {source} is not a JSON object; ask the sender for a fresh copy")
-    return doc
+        raise IdentityError(f"{what} {source} is not a {what} (JSON nested too deep); {fix}") from None
+
+
+def _head(data: bytes, source: str, what: str, fix: str) -> _Head:
+    """What a file says it is (kind, version, whether it holds a secret key), read leniently."""
+    return _strict(_HEAD, data, source, what, fix)  # type: ignore[no-any-return]
 
 
 _SECRET_GIVEN = ("{source} is a secret identity file; give its public file "
@@ -251,29 +320,28 @@ class PublicIdentity:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> PublicIdentity:
         """Parse a public identity file's bytes strictly; ``source`` names it in errors."""
-        doc = _json_object(data, source, "public identity file")
-        if doc.get("kind") == _FILE_KIND or "secret_key" in doc:
+        fix = "ask its owner for a fresh copy (keyvault identity show --public)"
+        head = _head(data, source, "public identity file", fix)
+        if head.kind == _FILE_KIND or head.secret_key is not msgspec.UNSET:
             raise IdentityError(_SECRET_GIVEN.format(source=source))
         try:
-            if doc.get("kind") != _PUBLIC_KIND:
+            if head.kind != _PUBLIC_KIND:
                 raise ValueError("it is not a keyvault public identity (kind is not keyvault-public-identity)")
-            version = doc.get("version")
+            version = head.version
             if type(version) is not int or version != 1:
                 newer = type(version) is int and version > 1
                 raise ValueError("version is not 1" + (" (written by a newer keyvault? upgrade)" if newer else ""))
-            extra, missing = set(doc) - _PUBLIC_FIELDS, _PUBLIC_FIELDS - set(doc)
-            if missing:
-                raise ValueError(f"missing {', '.join(sorted(missing))}")
-            if extra:
-                raise ValueError(f"unexpected field {', '.join(sorted(extra))}")
-            name = _strict_name(doc["name"])
-            prefix = _strict_prefix(doc["prefix"])
-            key = _unb64(doc["public_key"], "public_key", _PUBLIC_KEY_BYTES)
+        except ValueError as exc:
+            raise IdentityError(f"public identity file {source} is not valid: {exc}; {fix}") from None
+        doc: PublicIdentityFile = _strict(_PUBLIC_FILE, data, source, "public identity file", fix)
+        try:
+            name = _strict_name(doc.name)
+            prefix = _strict_prefix(doc.prefix)
+            key = _unb64(doc.public_key, "public_key", _PUBLIC_KEY_BYTES)
             nacl.signing.VerifyKey(key)
         except (TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
-            raise IdentityError(f"public identity file {source} is not valid: {exc}; "
-                                "ask its owner for a fresh copy (keyvault identity show --public)") from None
-        if doc["fingerprint"] != fingerprint(key):
+            raise IdentityError(f"public identity file {source} is not valid: {exc}; {fix}") from None
+        if doc.fingerprint != fingerprint(key):
             raise IdentityError(f"public identity file {source}: its fingerprint does not match its public key, "
                                 "so the file was edited; do not trust it: ask its owner for a fresh copy and "
                                 "compare the fingerprint with them")
@@ -285,8 +353,8 @@ def public_part(path: str | os.PathLike[str]) -> PublicIdentity:
     source = Path(path)
     data = _read_small(source, "identity file")
     try:
-        kind = json.loads(data.decode("utf-8")).get("kind")
-    except (ValueError, AttributeError, RecursionError):
+        kind = _HEAD.decode(data).kind
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         kind = None  # from_bytes says what is wrong
     if kind == _FILE_KIND:
         return Identity.load(source).public  # enforces 0600 and checks the key pair
@@ -364,30 +432,38 @@ class Identity:
     def load(cls, path: str | os.PathLike[str]) -> Identity:
         """Read an identity file, refusing it unless it is 0600 and well-formed."""
         source = Path(path)
+        fix = "restore it from your backup"
         try:
             check_private_file(source, "identity file")
-            doc = json.loads(source.read_bytes())
+            data = source.read_bytes()
         except FileNotFoundError:
             raise IdentityError(f"identity file {source} does not exist; create one with `keyvault supplier init`") from None
-        except (OSError, ValueError) as exc:
-            raise IdentityError(f"identity file {source} cannot be read ({exc.__class__.__name__}); "
-                                "restore it from your backup") from None
-        if isinstance(doc, dict) and doc.get("kind") in (_PUBLIC_KIND, _ROTATION_KIND):
-            raise IdentityError(f"{source} is a {doc['kind'][9:].replace('-', ' ')} file, which cannot sign; "
+        except OSError as exc:
+            raise IdentityError(f"identity file {source} cannot be read ({exc.__class__.__name__}); {fix}") from None
+        try:
+            head = _HEAD.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise IdentityError(f"identity file {source} cannot be read (not valid JSON: {exc}); {fix}") from None
+        except msgspec.ValidationError as exc:
+            raise IdentityError(f"identity file {source} is not a valid keyvault identity ({exc}); {fix}") from None
+        if head.kind in (_PUBLIC_KIND, _ROTATION_KIND):
+            raise IdentityError(f"{source} is a {head.kind[9:].replace('-', ' ')} file, which cannot sign; "
                                 "give the secret identity file (from `keyvault supplier init`)")
         try:
-            if doc["kind"] != _FILE_KIND or doc["version"] != 1:
+            doc = _SECRET_FILE.decode(data)
+        except msgspec.ValidationError as exc:  # the message names the field, never its value
+            raise IdentityError(f"identity file {source} is not a valid keyvault identity ({exc}); {fix}") from None
+        try:
+            if doc.kind != _FILE_KIND or doc.version != 1:
                 raise ValueError("not a keyvault identity")
-            key = nacl.signing.SigningKey(base64.b64decode(doc["secret_key"], validate=True))
-            if bytes(key.verify_key) != base64.b64decode(doc["public_key"], validate=True):
+            key = nacl.signing.SigningKey(base64.b64decode(doc.secret_key, validate=True))
+            if bytes(key.verify_key) != base64.b64decode(doc.public_key, validate=True):
                 raise ValueError("public key does not match secret key")
-            prefix = str(doc["prefix"])
-            if len(prefix) != PREFIX_SYMBOLS:
+            if len(doc.prefix) != PREFIX_SYMBOLS:
                 raise ValueError("bad prefix")
-            return cls(name=str(doc["name"]), prefix=parse_prefix(prefix), signing_key=key)
-        except (KeyError, TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
-            raise IdentityError(f"identity file {source} is not a valid keyvault identity ({exc}); "
-                                "restore it from your backup") from None
+            return cls(name=doc.name, prefix=parse_prefix(doc.prefix), signing_key=key)
+        except (TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
+            raise IdentityError(f"identity file {source} is not a valid keyvault identity ({exc}); {fix}") from None
 
     def rotate(self, new_name: str | None = None) -> tuple[Identity, Rotation]:
         """A fresh key pair with the same prefix (and name unless given), and the rotation both keys sign."""
@@ -448,51 +524,45 @@ class Rotation:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Rotation:
         """Parse a rotation file's bytes: verify both signatures (old key, then new), then the record."""
-        doc = _json_object(data, source, "rotation file")
+        fix = "ask the sender for a fresh copy"
+        head = _head(data, source, "rotation file", fix)
+        if head.kind != _ROTATION_KIND:
+            raise IdentityError(f"rotation file {source} is not valid: it is not a keyvault rotation (kind is not "
+                                f"keyvault-rotation); {fix}")
+        doc: RotationFile = _strict(_ROTATION_FILE, data, source, "rotation file", fix)
         try:
-            if doc.get("kind") != _ROTATION_KIND:
-                raise ValueError("it is not a keyvault rotation (kind is not keyvault-rotation)")
-            extra, missing = set(doc) - _ROTATION_FILE_FIELDS, _ROTATION_FILE_FIELDS - set(doc)
-            if missing:
-                raise ValueError(f"missing {', '.join(sorted(missing))}")
-            if extra:
-                raise ValueError(f"unexpected field {', '.join(sorted(extra))}")
-            if not isinstance(doc["record"], str):
-                raise ValueError("record is not a base64 string")
-            record = base64.b64decode(doc["record"], validate=True)
-            if _b64(record) != doc["record"] or not record:
+            record = base64.b64decode(doc.record, validate=True)
+            if _b64(record) != doc.record or not record:
                 raise ValueError("record is not canonical base64")
-            old_sig = _unb64(doc["old_signature"], "old_signature", _SIGNATURE_BYTES)
-            new_sig = _unb64(doc["new_signature"], "new_signature", _SIGNATURE_BYTES)
+            old_sig = _unb64(doc.old_signature, "old_signature", _SIGNATURE_BYTES)
+            new_sig = _unb64(doc.new_signature, "new_signature", _SIGNATURE_BYTES)
         except (TypeError, ValueError) as exc:
-            raise IdentityError(f"rotation file {source} is not valid: {exc}; ask the sender for a fresh copy") from None
+            raise IdentityError(f"rotation file {source} is not valid: {exc}; {fix}") from None
         old_key, new_key = cls._signers(record, source)
         verify_signature(old_key, ROTATION_FORMAT, record, old_sig,
                          f"rotation file {source}: the OLD key's signature ({fingerprint(old_key)})")
         verify_signature(new_key, ROTATION_FORMAT, record, new_sig,
                          f"rotation file {source}: the NEW key's signature ({fingerprint(new_key)})")
         # Both keys signed exactly these bytes: only now is the record read for what it says.
+        refused = (f"rotation file {source} is signed by both keys but refused: {{}}; "
+                   "ask the supplier to run `keyvault identity rotate` again")
         try:
-            body = json.loads(record.decode("utf-8"))
-            if json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8") != record:
+            body = _ROTATION_RECORD.decode(record)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise IdentityError(refused.format(f"the record is not valid ({exc})")) from None
+        try:
+            # The writer's exact bytes: compact, sorted, ASCII-escaped JSON (no duplicate or reordered key).
+            if json.dumps(msgspec.to_builtins(body), sort_keys=True, separators=(",", ":")).encode("utf-8") != record:
                 raise ValueError("the record is not compact sorted JSON")
-            extra, missing = set(body) - _ROTATION_RECORD_FIELDS, _ROTATION_RECORD_FIELDS - set(body)
-            if missing:
-                raise ValueError(f"the record lacks {', '.join(sorted(missing))}")
-            if extra:
-                raise ValueError(f"the record has unexpected field {', '.join(sorted(extra))}")
-            if body["format"] != ROTATION_FORMAT:
+            if body.format != ROTATION_FORMAT:
                 raise ValueError(f"the record's format is not {ROTATION_FORMAT}")
-            name = _strict_name(body["name"])
-            prefix = _strict_prefix(body["prefix"])
-            at = body["at"]
-            if type(at) is not int or at < 0:
-                raise ValueError("the record's time (at) is not a non-negative integer of milliseconds")
+            name = _strict_name(body.name)
+            prefix = _strict_prefix(body.prefix)
+            at = body.at
             if old_key == new_key:
                 raise ValueError("the old and new keys are the same key, so nothing rotates")
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise IdentityError(f"rotation file {source} is signed by both keys but refused: {exc}; "
-                                "ask the supplier to run `keyvault identity rotate` again") from None
+        except (TypeError, ValueError) as exc:
+            raise IdentityError(refused.format(exc)) from None
         return cls(old=PublicIdentity(name, prefix, old_key), new=PublicIdentity(name, prefix, new_key), at=at,
                    record=record, old_signature=old_sig, new_signature=new_sig)
 
@@ -500,12 +570,10 @@ class Rotation:
     def _signers(record: bytes, source: str) -> tuple[bytes, bytes]:
         """The two keys a record names (read only to check the signatures); BadSignatureError if it names none."""
         try:
-            body = json.loads(record.decode("utf-8"))
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-            return (_unb64(body.get("old_public_key"), "old_public_key", _PUBLIC_KEY_BYTES),
-                    _unb64(body.get("new_public_key"), "new_public_key", _PUBLIC_KEY_BYTES))
-        except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError and JSONDecodeError
+            keys = _ROTATION_KEYS.decode(record)
+            return (_unb64(keys.old_public_key, "old_public_key", _PUBLIC_KEY_BYTES),
+                    _unb64(keys.new_public_key, "new_public_key", _PUBLIC_KEY_BYTES))
+        except (ValueError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             raise BadSignatureError(
                 f"rotation file {source}: the signed record does not name two keys, so its signatures cannot "
                 "verify: the file was altered or damaged; ask the supplier for a fresh copy") from None

@@ -9,7 +9,10 @@ File layout (all integers big-endian)::
     header                UTF-8 JSON (fields below): the part that may be published
     body                  commit seed (32) | count records | count commitments (32 each) | card numbers
 
-The signature is checked before the header is parsed, and the body is hashed
+:func:`open_signed_header` is the one function that opens the signed part (magic,
+key, signature, length, header): every reader goes through it, and it checks the
+signature before any header field is read, then decodes the header strictly
+(:class:`ManifestHeader`). The body is hashed
 and compared, and the Merkle root of the commitments recomputed, before any
 record is read. A record is a 16-byte verifier (BLAKE2b of the batch salt and
 the key), after a 16-byte locator for imported cards. A commitment is an
@@ -26,17 +29,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any, Literal
+
+import msgspec
 
 from .. import _fast
 from ..errors import ManifestError
 from . import merkle
-from .identity import Identity, supplier_id, verify_signature
+from .envelope import FIXED, open_envelope, pack
+from .identity import Identity, supplier_id
+from .typed import Hex16, Hex32, decode
 from .keyformat import (
     MAX_BATCH_SIZE,
     MAX_IMPORTED,
@@ -52,9 +58,102 @@ PAYLOAD_TYPE = "keyvault/manifest/v2"
 KINDS = ("native", "code", "pair")
 CHUNK = 1 << 16  # keys per step when writing or reading a body: bounds memory, and aligns with the Merkle tree
 SEED_BYTES = 32
-_FIXED = struct.Struct(">32s64sI")  # public key, signature, header length
-_MAX_HEADER = 1 << 20  # a header is a few hundred bytes; refuse absurd lengths before reading them
+MAX_HEADER = 1 << 20  # a header is a few hundred bytes; refuse absurd lengths before reading them
 _IO = 1 << 20
+
+
+_AGAIN = "copy it from the supplier again"
+_REISSUE = "the supplier's keyvault wrote a bad file: ask them to re-issue it"
+
+
+class ManifestSupplier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The signer a header names: its supplier id, name and public key (hex)."""
+
+    id: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    public_key: Hex32
+
+
+class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A manifest's signed header (docs/provenance.md), fields in the order the writer sorts them."""
+
+    batch: str
+    batch_number: Annotated[int, msgspec.Meta(ge=0)]
+    body_length: Annotated[int, msgspec.Meta(ge=0)]
+    body_sha256: Hex32
+    count: Annotated[int, msgspec.Meta(gt=0, le=MAX_BATCH_SIZE)]
+    created_at: int
+    format: Literal["keyvault/manifest/v2"]
+    kind: Literal["native", "code", "pair"]
+    merkle_root: Hex32
+    prefix: str
+    prefix_value: Annotated[int, msgspec.Meta(ge=0)]
+    previous: Hex32 | None
+    product: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IMPORTED)]
+    salt: Hex16
+    supplier: ManifestSupplier
+    valid_from: int | None
+    valid_until: int | None
+
+
+_HEADER = msgspec.json.Decoder(ManifestHeader)
+
+
+@dataclass(frozen=True)
+class SignedHeader:
+    """A manifest's signed part, its signature verified and its header decoded."""
+
+    public_key: bytes
+    signature: bytes
+    header_bytes: bytes
+    header: ManifestHeader
+
+    @property
+    def id(self) -> str:
+        """The manifest id (hex)."""
+        return manifest_id(self.header_bytes)
+
+    @property
+    def signed(self) -> bytes:
+        """The exact bytes opened: magic, public key, signature, header length and header."""
+        return pack(MAGIC, self.public_key, self.signature, self.header_bytes)
+
+
+def open_signed_header(signed: bytes, *, where: str) -> SignedHeader:
+    """Open a manifest's signed part (``where`` names it in errors): magic and lengths, then the
+    Ed25519 signature over the exact header bytes, and only then the header, decoded strictly.
+
+    Raises BadSignatureError for a signature that does not verify, ManifestError for anything else.
+    """
+    if signed.startswith(OLD_MAGIC):
+        raise ManifestError(f"{where} was written by an older keyvault (format 1, without a Merkle root); "
+                            "ask the supplier to issue it again with this version")
+    if not signed.startswith(MAGIC) and not (len(signed) < len(MAGIC) and MAGIC.startswith(signed)):
+        raise ManifestError(f"{where} is not a keyvault manifest (a .kvm file written by `keyvault batch issue`)")
+    envelope = open_envelope(signed, magic=MAGIC, payload_type=PAYLOAD_TYPE, max_body=MAX_HEADER, what=where,
+                             error=ManifestError, fix=_AGAIN)
+    header = decode(_HEADER, envelope.body, what=f"{where}: its signed header", error=ManifestError,
+                    fix=_REISSUE)
+    _check_header(where, header, envelope.public_key)
+    return SignedHeader(envelope.public_key, envelope.signature, envelope.body, header)
+
+
+def _check_header(where: str, header: ManifestHeader, public_key: bytes) -> None:
+    """The checks across fields (the types and ranges are the struct's); a supplier bug must not become a store bug."""
+    wrong = []
+    if header.supplier.public_key != public_key.hex() or header.supplier.id != supplier_id(public_key):
+        wrong.append("supplier (it does not name the key that signed it)")
+    try:
+        if header.batch != batch_text(make_batch(header.prefix_value, header.batch_number)):
+            wrong.append("batch (it does not match prefix_value and batch_number)")
+        if header.prefix != prefix_text(header.prefix_value):
+            wrong.append("prefix (it does not match prefix_value)")
+    except ValueError:  # UsageError: a prefix or batch number out of range
+        wrong.append("prefix_value or batch_number (out of range)")
+    if header.body_length < SEED_BYTES + header.count * (record_size(header.kind) + 32):
+        wrong.append("body_length (too short for its count)")
+    if wrong:
+        raise ManifestError(f"{where} is signed but malformed: {'; '.join(wrong)}; {_REISSUE}")
 
 
 def record_size(kind: str) -> int:
@@ -72,12 +171,17 @@ class Manifest:
     """A manifest whose signature, body hash and Merkle root have been verified."""
 
     path: Path
-    header: dict[str, Any]
+    fields: ManifestHeader
     header_bytes: bytes
     public_key: bytes
     signature: bytes
     body_offset: int
     chunk_roots: tuple[bytes, ...]  # Merkle roots of each CHUNK of commitments (the tree's top, precomputed)
+
+    @property
+    def header(self) -> dict[str, Any]:
+        """The header as a plain dict (a fresh copy, keys sorted as signed)."""
+        return msgspec.to_builtins(self.fields)  # type: ignore[no-any-return]
 
     @property
     def id(self) -> str:
@@ -87,27 +191,27 @@ class Manifest:
     @property
     def batch(self) -> int:
         """The batch key (prefix and batch number)."""
-        return parse_batch(self.header["batch"])
+        return parse_batch(self.fields.batch)
 
     @property
     def count(self) -> int:
         """How many keys the batch holds."""
-        return int(self.header["count"])
+        return self.fields.count
 
     @property
     def kind(self) -> str:
         """native, code (single opaque codes) or pair (card number + password)."""
-        return str(self.header["kind"])
+        return self.fields.kind
 
     @property
     def salt(self) -> bytes:
         """The batch salt that goes into every verifier."""
-        return bytes.fromhex(self.header["salt"])
+        return bytes.fromhex(self.fields.salt)
 
     @property
     def signed(self) -> bytes:
         """The published part: magic, public key, signature, header length and header, exactly as signed."""
-        return MAGIC + _FIXED.pack(self.public_key, self.signature, len(self.header_bytes)) + self.header_bytes
+        return pack(MAGIC, self.public_key, self.signature, self.header_bytes)
 
     def seed(self) -> bytes:
         """The commit seed from which every key's salt is derived (secret: it lets guesses be tested)."""
@@ -189,7 +293,7 @@ def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed:
                           body_sha256=digest.hexdigest())
             header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
             signature = identity.sign(PAYLOAD_TYPE, header_bytes)
-            out.write(MAGIC + _FIXED.pack(identity.public_key, signature, len(header_bytes)) + header_bytes + seed)
+            out.write(pack(MAGIC, identity.public_key, signature, header_bytes) + seed)
             for spool in (records, commits, tail):
                 spool.seek(0)
                 while block := spool.read(_IO):
@@ -205,8 +309,10 @@ def write_manifest(path: Path, identity: Identity, fields: dict[str, Any], seed:
     finally:
         tmp.unlink(missing_ok=True)
     # Verified as it was made (from the spools just hashed): reading it back would hash it all again.
-    return Manifest(path, header, header_bytes, identity.public_key, signature,
-                    len(MAGIC) + _FIXED.size + len(header_bytes), tuple(roots))
+    # Decoded through the same strict reader as any other manifest, so what is written is what is read.
+    opened = open_signed_header(pack(MAGIC, identity.public_key, signature, header_bytes), where=f"manifest {path}")
+    return Manifest(path, opened.header, header_bytes, identity.public_key, signature,
+                    len(MAGIC) + FIXED.size + len(header_bytes), tuple(roots))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -226,75 +332,28 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 def _read(source: Path, fh: IO[bytes]) -> Manifest:
     size = os.fstat(fh.fileno()).st_size
     if size == 0:
-        raise ManifestError(f"manifest {source} is empty; copy it from the supplier again")
-    start = fh.read(len(MAGIC) + _FIXED.size)
-    if start.startswith(OLD_MAGIC):
-        raise ManifestError(f"manifest {source} was written by an older keyvault (format 1, without a Merkle root); "
-                            "ask the supplier to issue it again with this version")
-    if not start.startswith(MAGIC):
-        if len(start) < len(MAGIC) and MAGIC.startswith(start):
-            raise ManifestError(f"manifest {source} is truncated; copy it from the supplier again")
-        raise ManifestError(f"{source} is not a keyvault manifest (a .kvm file written by `keyvault batch issue`)")
-    if len(start) < len(MAGIC) + _FIXED.size:
-        raise ManifestError(f"manifest {source} is truncated; copy it from the supplier again")
-    public_key, signature, header_length = _FIXED.unpack(start[len(MAGIC):])
-    if header_length > _MAX_HEADER:
-        raise ManifestError(f"manifest {source} is damaged (header length {header_length}); ask the supplier for a fresh copy")
-    header_bytes = fh.read(header_length)
-    if len(header_bytes) != header_length:
-        raise ManifestError(f"manifest {source} is truncated; copy it from the supplier again")
-    verify_signature(public_key, PAYLOAD_TYPE, header_bytes, signature, f"manifest {source}")
-    header = _parse_header(source, header_bytes, public_key)
-    body_offset = len(MAGIC) + _FIXED.size + header_length
-    if size - body_offset != header["body_length"]:
-        state = "truncated" if size - body_offset < header["body_length"] else "has extra bytes at its end"
-        raise ManifestError(f"manifest {source} is {state}; copy it from the supplier again")
+        raise ManifestError(f"manifest {source} is empty; {_AGAIN}")
+    start = fh.read(len(MAGIC) + FIXED.size)
+    header_bytes = b""
+    if start.startswith(MAGIC) and len(start) == len(MAGIC) + FIXED.size:
+        (header_length,) = FIXED.unpack_from(start, len(MAGIC))[2:]
+        if header_length <= MAX_HEADER:  # else open_signed_header says the file is damaged
+            header_bytes = fh.read(header_length)
+    opened = open_signed_header(start + header_bytes, where=f"manifest {source}")
+    header = opened.header
+    body_offset = len(start) + len(header_bytes)
+    if size - body_offset != header.body_length:
+        state = "truncated" if size - body_offset < header.body_length else "has extra bytes at its end"
+        raise ManifestError(f"manifest {source} is {state}; {_AGAIN}")
     body = hashlib.sha256()
     while block := fh.read(_IO):
         body.update(block)
-    if body.hexdigest() != header["body_sha256"]:
+    if body.hexdigest() != header.body_sha256:
         raise ManifestError(f"manifest {source} is damaged: its records do not match the signed hash; "
                             "ask the supplier for a fresh copy")
-    manifest = Manifest(source, header, header_bytes, public_key, signature, body_offset, ())
+    manifest = Manifest(source, header, header_bytes, opened.public_key, opened.signature, body_offset, ())
     roots = tuple(_fast.merkle_root(part) for part in manifest.commitments())
-    if tree_root(roots).hex() != header["merkle_root"]:
+    if tree_root(roots).hex() != header.merkle_root:
         raise ManifestError(f"manifest {source} is signed, but its key commitments do not match its signed Merkle "
                             "root: the supplier's keyvault wrote a bad file; ask them to re-issue it")
-    return Manifest(source, header, header_bytes, public_key, signature, body_offset, roots)
-
-
-def _parse_header(source: Path, header_bytes: bytes, public_key: bytes) -> dict[str, Any]:
-    """Check every field a signed header must have; a supplier bug must not become a store bug."""
-    try:
-        header: dict[str, Any] = json.loads(header_bytes)
-        supplier = header["supplier"]
-        kind = header["kind"]
-        count = header["count"]
-        checks = (
-            header["format"] == PAYLOAD_TYPE,
-            kind in KINDS,
-            isinstance(count, int) and 0 < count <= MAX_BATCH_SIZE,
-            isinstance(header["product"], str) and 0 < len(header["product"]) <= MAX_IMPORTED,
-            supplier["public_key"] == public_key.hex(),
-            supplier["id"] == supplier_id(public_key),
-            isinstance(supplier["name"], str) and 0 < len(supplier["name"]) <= 64,
-            len(bytes.fromhex(header["salt"])) == 16,
-            header["batch"] == batch_text(make_batch(int(header["prefix_value"]), int(header["batch_number"]))),
-            header["prefix"] == prefix_text(int(header["prefix_value"])),
-            isinstance(header["body_length"], int)
-            and header["body_length"] >= SEED_BYTES + count * (record_size(kind) + 32),
-            len(bytes.fromhex(header["merkle_root"])) == 32,
-            isinstance(header["body_sha256"], str) and len(bytes.fromhex(header["body_sha256"])) == 32,
-            isinstance(header["prefix_value"], int) and isinstance(header["batch_number"], int),
-            header["previous"] is None or len(bytes.fromhex(header["previous"])) == 32,
-            header["valid_from"] is None or isinstance(header["valid_from"], int),
-            header["valid_until"] is None or isinstance(header["valid_until"], int),
-            isinstance(header["created_at"], int),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
-        raise ManifestError(f"manifest {source} is signed but malformed ({exc.__class__.__name__}); "
-                            "the supplier's keyvault wrote a bad file: ask them to re-issue it") from None
-    if not all(checks):
-        raise ManifestError(f"manifest {source} is signed but malformed (field check {checks.index(False) + 1} failed); "
-                            "ask the supplier to re-issue it")
-    return header
+    return Manifest(source, header, header_bytes, opened.public_key, opened.signature, body_offset, roots)
