@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from keyvault import BatchInfo, Identity
-from keyvault.engine.issuing import read_cards_csv
+from keyvault.engine import read_cards_csv
 from keyvault.formats.manifest import read_manifest
 
 from .output import State, emit, handle_errors, json_option, progress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,16 +50,22 @@ def add(state: State, key: str | None, serial: str | None, batch: str | None, su
     emit(as_json, entry.to_dict(), f"blacklisted {entry.level} {entry.target}: {entry.reason}")
 
 
-@blacklist.command("remove")
+@blacklist.command("lift")
 @target_options
 @json_option
 @click.pass_obj
 @handle_errors
-def remove(state: State, key: str | None, serial: str | None, batch: str | None, supplier: str | None, reason: str,
-           as_json: bool) -> None:
+def lift(state: State, key: str | None, serial: str | None, batch: str | None, supplier: str | None, reason: str,
+         as_json: bool) -> None:
     """Lift a blacklist entry (the reason is kept in history)."""
-    entry = state.vault().lift(*_target(key, serial, batch, supplier), reason)
+    entry = state.vault().blacklist.lift(*_target(key, serial, batch, supplier), reason)
     emit(as_json, entry.to_dict(), f"lifted blacklist on {entry.level} {entry.target}: {entry.reason}")
+
+
+# `blacklist remove`: the same command under its earlier name, kept for scripts that use it.
+_remove = copy.copy(lift)
+_remove.hidden = True
+blacklist.add_command(_remove, "remove")
 
 
 @blacklist.command("list")

@@ -12,8 +12,9 @@ from typing import Any
 
 import click
 
-from keyvault import Identity, Result, Status, Vault, _fast
+from keyvault import Identity, Result, Status, Vault
 from keyvault.formats.bundle import verify as verify_bundle
+from keyvault.formats.keyformat import compiled, key_material
 
 from .output import emit, handle_errors, json_option, progress
 from .store import render_trace
@@ -51,7 +52,7 @@ def demo(count: int, keep: Path | None, as_json: bool) -> None:
 
 def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     rates: dict[str, float] = {}
-    core = "compiled (Cython)" if _fast.COMPILED else "pure Python"
+    core = "compiled (Cython)" if compiled() else "pure Python"
     _say(as_json, f"keyvault demo in {work} - hot path: {core}\n")
 
     _say(as_json, "1. The supplier creates an identity and a store")
@@ -122,7 +123,7 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     _say(as_json, "\n8. Trace of the redeemed key, and its proof checked as an outsider would")
     trace = platform.trace(keys[0])
     proof = json.dumps(platform.trace_bundle(keys[0])).encode()
-    checks = verify_bundle(proof, [acme.public, platform.engine_identity], bytes(_fast.parse_key(keys[0])[2]))
+    checks = verify_bundle(proof, [acme.public, platform.engine_identity], key_material(keys[0]))
     trace["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
     _say(as_json, "    " + render_trace(trace).replace("\n", "\n    "))
     _say(as_json, f"    the bundle is {len(proof):,} bytes: anyone holding Acme's and the platform's public keys "
@@ -135,5 +136,5 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
                   f"{totals['void']} void, {totals['blacklist_entries']} blacklist entry, "
                   f"{totals['refused_total']:,} refused attempts {totals['refused']}")
     _say(as_json, "    rates: " + ", ".join(f"{name} {value:,.0f}" for name, value in rates.items()))
-    return {"count": count, "compiled": _fast.COMPILED, "batch": batch.id, "rates": rates, "totals": totals,
+    return {"count": count, "compiled": compiled(), "batch": batch.id, "rates": rates, "totals": totals,
             "retry_matches_first": retry == first, "proof_checks_pass": trace["verification"]["ok"]}

@@ -12,7 +12,19 @@ import click
 
 import keyvault
 
-from . import batch, blacklist, check, demo, identity, keys, provenance, serve, store, supplier, throttle
+from . import (
+    batch,
+    blacklist,
+    check,
+    demo,
+    identity,
+    keys,
+    provenance,
+    serve,
+    store,
+    supplier,
+    throttle,
+)
 from .output import State
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from keyvault import Identity, MalformedKeyError, _fast
+from keyvault import Identity, MalformedKeyError
 from keyvault.formats.bundle import verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
-from keyvault.formats.keyformat import looks_like_serial, looks_native, normalize_imported
+from keyvault.formats.keyformat import key_material
 
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
 
@@ -232,12 +232,7 @@ def _key_material(key: str | None) -> bytes | None:
         return None
     if key == "-":
         key = sys.stdin.readline().strip()
-    outcome, _, canonical, _ = _fast.parse_key(key)
-    if outcome == _fast.OK:
-        return bytes(canonical)
-    if looks_like_serial(key) or looks_native(key):
-        raise MalformedKeyError("--key is not a valid key (give the key itself, not its serial)")
-    card, sep, password = key.partition(":")
-    if sep:
-        return normalize_imported(card).encode() + b"\0" + normalize_imported(password).encode()
-    return normalize_imported(key).encode()
+    try:
+        return key_material(key)
+    except MalformedKeyError:
+        raise MalformedKeyError("--key is not a valid key (give the key itself, not its serial)") from None

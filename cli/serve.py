@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from keyvault.engine.tokens import SCOPES
+from keyvault import Scope
 
 from .output import State, emit, handle_errors, json_option
 
@@ -49,7 +49,7 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--name", required=True, help="Who holds it (a platform, a service): used in logs and throttling.")
-@click.option("--scope", required=True, type=click.Choice(SCOPES),
+@click.option("--scope", required=True, type=click.Choice(Scope.names()),
               help="verify < redeem < admin: each allows the ones before it.")
 @json_option
 @click.pass_obj

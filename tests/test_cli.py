@@ -440,7 +440,7 @@ def test_blacklist_by_key(world: World) -> None:
     listed = one_json(ok("--store", world.platform, "blacklist", "list", "--json"))
     assert sorted((e["level"], e["target"]) for e in listed) == [("key", world.serials[0]), ("key", world.serials[1])]
 
-    lifted = one_json(ok("--store", world.platform, "blacklist", "remove", "--key", world.keys[0], "--reason",
+    lifted = one_json(ok("--store", world.platform, "blacklist", "lift", "--key", world.keys[0], "--reason",
                          "cleared by support", "--json"))
     assert (lifted["level"], lifted["target"], lifted["reason"]) == ("key", world.serials[0], "cleared by support")
     assert _status_of(world, world.keys[0])["status"] == "valid"
@@ -452,7 +452,7 @@ def test_blacklist_key_from_stdin(world: World) -> None:
     """The key may come from stdin, to keep it out of the process list."""
     ok("--store", world.platform, "blacklist", "add", "--key", "-", "--reason", "leaked", input=world.keys[1] + "\n")
     assert _status_of(world, world.keys[1])["status"] == "blacklisted"
-    ok("--store", world.platform, "blacklist", "remove", "--key", "-", "--reason", "ok", input=world.keys[1] + "\n")
+    ok("--store", world.platform, "blacklist", "lift", "--key", "-", "--reason", "ok", input=world.keys[1] + "\n")
     assert _status_of(world, world.keys[1])["status"] == "valid"
 
 
@@ -461,7 +461,7 @@ def test_blacklist_by_serial(world: World) -> None:
     assert "blacklisted key" in human.stdout and world.serials[2] in human.stdout
     doc = _status_of(world, world.keys[2])
     assert (doc["status"], doc["level"], doc["reason"]) == ("blacklisted", "key", "stolen")
-    human = ok("--store", world.platform, "blacklist", "remove", "--serial", world.serials[2], "--reason", "found")
+    human = ok("--store", world.platform, "blacklist", "lift", "--serial", world.serials[2], "--reason", "found")
     assert "lifted" in human.stdout
     assert _status_of(world, world.keys[2])["status"] == "valid"
 
@@ -473,7 +473,7 @@ def test_blacklist_by_batch(world: World) -> None:
         assert (doc["status"], doc["level"], doc["reason"]) == ("blacklisted", "batch", "lot stolen in transit")
     s = stats(world.platform)
     assert s["batches"][0]["batch_blacklisted"] is True and s["totals"]["blacklist_entries"] == 1
-    ok("--store", world.platform, "blacklist", "remove", "--batch", world.batch, "--reason", "lot recovered")
+    ok("--store", world.platform, "blacklist", "lift", "--batch", world.batch, "--reason", "lot recovered")
     assert _status_of(world, world.keys[0])["status"] == "valid"
     assert stats(world.platform)["batches"][0]["batch_blacklisted"] is False
 
@@ -486,7 +486,7 @@ def test_blacklist_by_supplier_id_and_prefix(world: World) -> None:
     assert (doc["status"], doc["level"], doc["reason"]) == ("blacklisted", "supplier", "supplier banned for life")
     assert stats(world.platform)["suppliers"][0]["supplier_blacklisted"] is True
     # Lifted by issuer prefix, which names the same supplier.
-    ok("--store", world.platform, "blacklist", "remove", "--supplier", world.prefix, "--reason", "appeal won")
+    ok("--store", world.platform, "blacklist", "lift", "--supplier", world.prefix, "--reason", "appeal won")
     assert _status_of(world, world.keys[3])["status"] == "valid"
     ok("--store", world.platform, "blacklist", "add", "--supplier", world.prefix, "--reason", "again")
     assert _status_of(world, world.keys[3])["level"] == "supplier"

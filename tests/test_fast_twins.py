@@ -132,7 +132,7 @@ def test_stub_matches_pure():
 def test_same_constants():
     constants = compiled_core()._constants()
     separators = constants.pop("ASCII_SEPARATORS")
-    assert separators == "".join(c for c in _pure._SEPARATORS if c.isascii())
+    assert separators == "".join(c for c in _pure.SEPARATORS if c.isascii())
     for name, value in constants.items():
         assert value == getattr(_pure, name), name
     assert constants["LOCATORS"] == _pure.LOCATORS

@@ -869,7 +869,6 @@ def test_a_rolled_back_store_is_caught_by_an_earlier_checkpoint(tmp_path: Path, 
 # flipped signature byte are refused with the documented error class, naming the field, and change
 # nothing; a signed manifest header altered after signing is refused before any of its fields is read.
 
-from keyvault.engine.checkup import check_store  # noqa: E402
 from keyvault.errors import IdentityError, ManifestError  # noqa: E402
 from keyvault.formats import envelope  # noqa: E402
 from keyvault.formats import manifest as kv_manifest  # noqa: E402
@@ -978,11 +977,11 @@ def test_a_stored_header_altered_after_signing_is_refused_by_audit_and_check(
         key, value = next(iter(txn.items("manifests")))
         txn.put("manifests", bytes(key), _altered_header(bytes(value)))
 
-    supplier_store._store.write(alter)
+    supplier_store.engine.store.write(alter)
     monkeypatch.setattr(kv_manifest, "_HEADER", _NeverDecode())
     with pytest.raises(StoreCorruptError, match="signature does not verify.*keyvault check"):
         supplier_store.audit()
-    report = check_store(supplier_store)
+    report = supplier_store.check()
     manifests = next(c for c in report["checks"] if c["check"] == "batches and manifests")
     assert not manifests["ok"] and "signature of its stored manifest does not verify" in manifests["detail"]
 
@@ -1008,7 +1007,7 @@ def test_a_signed_transfer_with_a_broken_field_is_refused(chain: Chain, what: st
 
 
 def _a_transfer(chain: Chain) -> bytes:
-    with chain.platform._store.read() as txn:
+    with chain.platform.engine.store.read() as txn:
         return bytes(next(v for k, v in txn.items("custody", b"T")))
 
 

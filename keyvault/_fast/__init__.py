@@ -105,13 +105,14 @@ from ._pure import (  # noqa: E402
     SALT_SIZE,
     SECRET_BYTES,
     SEED_SIZE,
+    SEPARATORS,
     SERIAL_SYMBOLS,
 )
 
 __all__ = [
     "ALPHABET", "BAD_LENGTH", "BAD_SYMBOL", "BAD_VERSION", "CHECK_FAILED", "CHECK_SUBSTITUTION",
     "CHECK_TRANSPOSITION", "COMPILED", "env_flag", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
-    "SECRET_BYTES", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
+    "SECRET_BYTES", "SEPARATORS", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
     "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
     "tags_equal", "verifier",
     "HASH_SIZE", "KIND_BLACKLIST", "KIND_IMPORT", "KIND_ISSUE", "KIND_LIFT", "KIND_REDEEM", "KIND_SUPPLIER",

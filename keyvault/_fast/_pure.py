@@ -53,9 +53,9 @@ CHECK_TRANSPOSITION = 5  # symbols at position and position + 1 are swapped
 CHECK_FAILED = 6  # two or more errors that cannot be located
 
 # Characters a customer may type between groups: ignored.
-_SEPARATORS = " \t\r\n\v\f-_\u00a0\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u3000\ufe63\uff0d"
+SEPARATORS = " \t\r\n\v\f-_\u00a0\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u3000\ufe63\uff0d"
 # Upper-case and fold the look-alikes: I and L read as 1, O reads as 0.
-_FOLD = str.maketrans({"I": "1", "L": "1", "O": "0"} | {c: None for c in _SEPARATORS})
+_FOLD = str.maketrans({"I": "1", "L": "1", "O": "0"} | {c: None for c in SEPARATORS})
 
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 

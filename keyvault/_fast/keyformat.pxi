@@ -53,7 +53,7 @@ cdef uint64_t HALF_SECRET_MASK = (<uint64_t>1 << HALF_SECRET_BITS) - 1  # low 40
 
 # Crockford base32: a symbol's value is its index.
 cdef const char* ALPHABET = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# The ASCII characters of _pure._SEPARATORS. Text with any of the others is
+# The ASCII characters of _pure.SEPARATORS. Text with any of the others is
 # not ASCII and goes through _pure.normalize.
 cdef const char* ASCII_SEPARATORS = b" \t\r\n\v\f-_"
 

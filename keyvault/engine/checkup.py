@@ -63,6 +63,7 @@ from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, Reading
 from ..store.records import (
     ACTIVE,
     CARD,
+    HEAD,
     LEVEL_BATCH,
     LEVEL_KEY,
     LEVEL_SUPPLIER,
@@ -86,7 +87,6 @@ __all__ = ["CHECKS", "check_store"]
 SHOWN = 5
 ORIGINS = ("issued", "upstream", "manifest")
 _STATE_NAMES = {ACTIVE: "active", REDEEMED: "redeemed", VOIDED: "void"}
-_HEAD_SIZE = struct.calcsize(">QQQ")
 #: Errors that mean a record or page could not be read as it should: reported, never raised.
 _DAMAGE = (KeyvaultError, lmdb.Error, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error,
            OverflowError)
@@ -206,8 +206,8 @@ class _Checkup:
         if raw is None:
             problems.add("the head record is missing")
             return ""
-        if len(raw) != _HEAD_SIZE:
-            problems.add(f"the head record is {len(raw)} bytes, not {_HEAD_SIZE}")
+        if len(raw) != HEAD.size:
+            problems.add(f"the head record is {len(raw)} bytes, not {HEAD.size}")
             return ""
         head = self.head = txn.head()
         if head.folded > head.log_size:

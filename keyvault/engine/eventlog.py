@@ -13,7 +13,6 @@ last signed root: it never signs two inconsistent checkpoints.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,9 @@ from ..formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from ..formats.events import KINDS, LEAF
 from ..formats.identity import Identity
 from ..store import Txn
-from ..store.records import dump, from_u64, u64
+from ..store.records import CHECKPOINT, dump, from_u64, u64
 
 _ZERO = bytes(32)
-_CHECKPOINT = struct.Struct(">Q32s")  # a stored checkpoint: signed at (ms), root; then the signed note
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class EventLog:
         if last is not None and last_size == size:
             return self.note_at(txn, last_size) if force else None
         stored = txn.get("checkpoints", last) if last is not None else None
-        at, signed_root = _CHECKPOINT.unpack_from(stored or bytes(_CHECKPOINT.size))
+        at, signed_root = CHECKPOINT.unpack_from(stored or bytes(CHECKPOINT.size))
         if not force:
             due = size - last_size >= self.policy.every_events or now_ms - at >= self.policy.every_seconds * 1000
             if not due:
@@ -170,7 +168,7 @@ class EventLog:
                                         "altered; nothing more will be signed. Run `keyvault audit` and restore "
                                         "the store from a backup")
         note = sign(Checkpoint(self.origin, size, root), self.origin, self.engine.signing_key)
-        txn.put("checkpoints", u64(size), _CHECKPOINT.pack(now_ms, root) + note)
+        txn.put("checkpoints", u64(size), CHECKPOINT.pack(now_ms, root) + note)
         return note
 
     @staticmethod
@@ -179,15 +177,15 @@ class EventLog:
         stored = txn.get("checkpoints", u64(size))
         if stored is None:
             raise UsageError(f"no checkpoint was signed at size {size}")
-        return bytes(stored[_CHECKPOINT.size:])
+        return bytes(stored[CHECKPOINT.size:])
 
     def checkpoints(self, txn: Txn) -> list[dict[str, Any]]:
         """Every checkpoint signed, oldest first: size, when, root (hex), and the note."""
         out = []
         for key, value in txn.items("checkpoints"):
-            at, root = _CHECKPOINT.unpack_from(value)
+            at, root = CHECKPOINT.unpack_from(value)
             out.append({"size": from_u64(key), "at": iso(at), "root": root.hex(),
-                        "note": bytes(value[_CHECKPOINT.size:]).decode("utf-8")})
+                        "note": bytes(value[CHECKPOINT.size:]).decode("utf-8")})
         return out
 
     def verify(self, txn: Txn) -> int:
@@ -199,10 +197,10 @@ class EventLog:
         for key, value in txn.items("checkpoints"):
             at_size = from_u64(key)
             try:
-                checkpoint = open_note(bytes(value[_CHECKPOINT.size:]), self.origin, [engine])
+                checkpoint = open_note(bytes(value[CHECKPOINT.size:]), self.origin, [engine])
             except ProofError as exc:
                 raise StoreCorruptError(f"the checkpoint at size {at_size} does not verify: {exc}") from None
-            if (checkpoint.size, checkpoint.root) != (at_size, _CHECKPOINT.unpack_from(value)[1]) or at_size > size:
+            if (checkpoint.size, checkpoint.root) != (at_size, CHECKPOINT.unpack_from(value)[1]) or at_size > size:
                 raise StoreCorruptError(f"the checkpoint at size {at_size} does not match its record")
             signed[at_size] = checkpoint.root
         prev = _ZERO
@@ -232,7 +230,7 @@ class EventLog:
     def covering(self, txn: Txn, index: int) -> tuple[int, bytes] | None:
         """The oldest checkpoint that covers event ``index``: (size, note), or None."""
         for key, value in txn.items_from("checkpoints", u64(index + 1)):
-            return from_u64(key), bytes(value[_CHECKPOINT.size:])
+            return from_u64(key), bytes(value[CHECKPOINT.size:])
         return None
 
 

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import iso, now_ms
-from ..errors import CustodyError, KeyvaultError, NotFoundError, StoreCorruptError, UsageError
+from ..errors import (
+    CustodyError,
+    KeyvaultError,
+    NotFoundError,
+    StoreCorruptError,
+    UsageError,
+)
 from ..formats.custody import (
     Ranges,
     Transfer,

@@ -10,7 +10,7 @@ import re
 import unicodedata
 
 from .. import _fast
-from .._fast._pure import _SEPARATORS as _pure_separators
+from .._fast import COMPILED, SEPARATORS
 from ..errors import MalformedKeyError
 
 PREFIX_SYMBOLS = 4
@@ -23,8 +23,8 @@ MAX_BATCHES = 1 << BATCH_BITS
 #: Longest imported code, card number or password accepted (characters).
 MAX_IMPORTED = 128
 
-# Exactly the separators the parser drops (one definition: _pure._SEPARATORS).
-_SEPARATOR_SET = "[" + re.escape(_pure_separators) + "]"
+# Exactly the separators the parser drops (one definition: _fast.SEPARATORS).
+_SEPARATOR_SET = "[" + re.escape(SEPARATORS) + "]"
 _GROUPS = re.compile("[^" + _SEPARATOR_SET[1:-1] + "]+")
 _SEPARATORS = re.compile(_SEPARATOR_SET + "+")
 
@@ -164,4 +164,26 @@ def normalize_imported(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
     return _SEPARATORS.sub("", text).upper()
+
+
+def key_material(key: str) -> bytes:
+    """What a key's commitment hashes: a native key's canonical form, or an imported code's folded bytes.
+
+    A card and password (``CARD:PASSWORD``) are folded each on its own and joined by a NUL byte.
+    MalformedKeyError for text that is a serial or a mistyped native key.
+    """
+    outcome, _, canonical, _ = _fast.parse_key(key)
+    if outcome == _fast.OK:
+        return bytes(canonical)
+    if looks_like_serial(key) or looks_native(key):
+        raise MalformedKeyError("that is not a valid key (give the key itself, not its serial)")
+    card, sep, password = key.partition(":")
+    if sep:
+        return normalize_imported(card).encode() + b"\0" + normalize_imported(password).encode()
+    return normalize_imported(key).encode()
+
+
+def compiled() -> bool:
+    """True when keys are parsed and hashed by the compiled core (False: its pure-Python twin)."""
+    return COMPILED
 

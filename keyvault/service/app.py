@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import Vault, _fast
-from ..engine.tokens import Grant
+from .. import Vault
+from ..engine import Grant
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON
+from ..formats.answers import results_body
 from ..formats.keyformat import looks_like_serial
-from ..results import Result
 from . import bodies
 from .accesslog import AccessLog
 from .bodies import MAX_BODY, MAX_CLIENT_ID, MAX_MANIFEST, Body
@@ -222,7 +222,7 @@ class Service:
         else:
             results = self.vault.verify_many(keys, client=client)
         self.metrics.keys("verify", results)
-        return 200, _results_body(results), _JSON
+        return 200, results_body(results), _JSON
 
     async def redeem(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/redeem: answered once the redemption is on disk."""
@@ -240,7 +240,7 @@ class Service:
                    for i, item in enumerate(body.items)]
         results = await self._redeems.submit(triples) if triples else []
         self.metrics.keys("redeem", results)
-        return 200, _results_body(results), _JSON
+        return 200, results_body(results), _JSON
 
     @property
     def _redeems(self) -> RemoteCommitter:
@@ -256,10 +256,11 @@ class Service:
         return _ok(result.to_dict())
 
     async def blacklist(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
-        """POST /v1/blacklist (add) and DELETE /v1/blacklist (lift; it needs a reason too)."""
+        """POST /v1/blacklist (add); POST /v1/blacklist/lift, or DELETE /v1/blacklist, lifts (with a reason too)."""
         body = await self._json(scope, receive, bodies.BlacklistRequest)
         reason = bodies.text(body.reason, "reason", MAX_REASON)
-        change = self.vault.blacklist if scope["method"] == "POST" else self.vault.lift
+        lifting = scope["method"] == "DELETE" or scope["path"].endswith("/lift")
+        change = self.vault.blacklist.lift if lifting else self.vault.blacklist.add
         entry = await _off_loop(change, body.level, body.target, reason)
         return _ok(entry.to_dict())
 
@@ -318,6 +319,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/redeem-many": {"POST": (Service.redeem_many, "redeem")},
     "/v1/void": {"POST": (Service.void, "admin")},
     "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin")},
+    "/v1/blacklist/lift": {"POST": (Service.blacklist, "admin")},
     "/v1/stats": {"GET": (Service.stats, "admin")},
     "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
     "/v1/manifests": {"POST": (Service.manifests, "admin")},
@@ -364,22 +366,6 @@ def _content_type(scope: Scope, accepted: tuple[bytes, ...], wanted: str) -> Non
                 return
             break
     raise Problem("unsupported-media-type", f"send the body with 'Content-Type: {wanted}'")
-
-
-_TEMPLATES_AT_MOST = 4096  # result shapes remembered (cleared when full)
-_templates: dict[tuple[Any, ...], tuple[str, str]] = {}
-
-
-def _render(result: Result, serial: str | None) -> str:
-    """One result's JSON, exactly ``json.dumps(result.to_dict())`` (with ``serial`` in its place when given)."""
-    return json.dumps((result if serial is None else result._replace(serial=serial)).to_dict(), ensure_ascii=False)
-
-
-def _results_body(results: list[Result]) -> bytes:
-    """``{"results": [...]}``, each result's JSON made from a template per shape (_fast.results_json)."""
-    if len(_templates) >= _TEMPLATES_AT_MOST:
-        _templates.clear()
-    return ('{"results": [' + _fast.results_json(results, _templates, _render) + "]}").encode("utf-8")
 
 
 def _ok(doc: Any) -> Answer:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
 
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
+from ..vocabulary import Level
 
 #: Limits a client can read in the OpenAPI document and docs/service.md.
 MAX_BODY = 4 << 20  # bytes of a JSON request body
@@ -30,8 +31,7 @@ MAX_ITEMS = 10_000  # items in one /v1/redeem-many
 MAX_CLIENT_ID = 63  # characters of the `client` a platform passes (it is keyed with the token name)
 MAX_MANIFEST = 1 << 30  # bytes of a manifest upload (streamed to a temporary file)
 
-Level = Literal["key", "serial", "batch", "supplier"]
-LEVELS: tuple[str, ...] = get_args(Level)
+LEVELS: tuple[str, ...] = tuple(Level.names())
 
 Client = Annotated[str, Meta(
     min_length=1, max_length=MAX_CLIENT_ID,

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from .. import __version__
+from ..results import Status
 from .bodies import (
     REQUESTS,
     BlacklistRequest,
@@ -24,8 +25,7 @@ from .problems import PROBLEMS, TYPE_PREFIX
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
-_STATUSES = ["valid", "accepted", "malformed", "unknown", "redeemed", "void", "blacklisted", "expired",
-             "not_yet_valid", "throttled"]
+_STATUSES = [status.value for status in Status]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -120,9 +120,13 @@ def document() -> dict[str, Any]:
             "post": {"summary": "Blacklist a key, serial, batch or supplier (scope admin)",
                      "operationId": "blacklist", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))},
-            "delete": {"summary": "Lift a blacklist entry; lifting needs a reason too (scope admin)",
-                       "operationId": "lift", "requestBody": _body(BlacklistRequest),
+            "delete": {"summary": "Lift a blacklist entry: another spelling of POST /v1/blacklist/lift (scope admin)",
+                       "operationId": "liftByDelete", "requestBody": _body(BlacklistRequest),
                        "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
+        "/v1/blacklist/lift": {
+            "post": {"summary": "Lift a blacklist entry; lifting needs a reason too (scope admin)",
+                     "operationId": "lift", "requestBody": _body(BlacklistRequest),
+                     "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
         "/v1/stats": {"get": {
             "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",
             "responses": _responses(free, (401, 403, 503, 507))}},

@@ -136,7 +136,6 @@ class Reading:
 #: What a py-lmdb call can raise (the single-key hot path falls back to the checked path on any of them).
 LMDB_ERRORS = (lmdb.Error,)
 
-_HEAD = struct.Struct(">QQQ")
 
 
 class Head(NamedTuple):
@@ -228,11 +227,11 @@ class Txn:
     def head(self) -> Head:
         """What every check reads first, in one lookup: configuration generation, log size and fold mark."""
         value = self.get("meta", b"head")
-        return Head(*_HEAD.unpack(value)) if value else Head(0, 0, 0)
+        return Head(*records.HEAD.unpack(value)) if value else Head(0, 0, 0)
 
     def set_head(self, head: Head) -> None:
         """Record a new head (writers only, inside their transaction)."""
-        self.put("meta", b"head", _HEAD.pack(*head))
+        self.put("meta", b"head", records.HEAD.pack(*head))
 
     def bump_generation(self) -> None:
         """Tell every process that cached configuration (batches, suppliers, blacklist) is stale."""

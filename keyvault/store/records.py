@@ -29,6 +29,7 @@ import struct
 from typing import Any
 
 from ..errors import StoreCorruptError
+from ..vocabulary import Level
 
 ACTIVE = 0
 REDEEMED = 1
@@ -37,12 +38,14 @@ VOIDED = 2
 U64 = struct.Struct(">Q")
 CARD = struct.Struct(">B16s")
 OUTCOME = struct.Struct(">BQQ")
+HEAD = struct.Struct(">QQQ")  # meta/head: generation, log size, fold mark
+CHECKPOINT = struct.Struct(">Q32s")  # checkpoints: signed at (ms), root; then the signed note
 
 # Blacklist levels as stored (one byte in front of the target).
 LEVEL_KEY = b"K"  # target: serial (u64)
 LEVEL_BATCH = b"B"  # target: batch key (u64)
 LEVEL_SUPPLIER = b"S"  # target: supplier id (ASCII)
-LEVEL_NAMES = {LEVEL_KEY: "key", LEVEL_BATCH: "batch", LEVEL_SUPPLIER: "supplier"}
+LEVEL_NAMES = {LEVEL_KEY: Level.KEY.value, LEVEL_BATCH: Level.BATCH.value, LEVEL_SUPPLIER: Level.SUPPLIER.value}
 
 
 def u64(value: int) -> bytes:
