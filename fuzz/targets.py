@@ -73,17 +73,13 @@ from keyvault.formats.identity import ROTATION_FORMAT, PublicIdentity, Rotation,
 from keyvault.engine.issuing import read_cards_csv
 from keyvault.results import Result
 
-from keyvault._fast import _pure  # always there
-
-
-def _flag(name: str) -> bool:  # as keyvault._fast reads its environment
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+from keyvault._fast import _pure, env_flag  # _pure: always there
 
 
 #: Why the compiled core is not run here (None when it is).
 CORE_MISSING: str | None = None
 _core: Any = None
-if _flag("KEYVAULT_NO_EXTENSIONS"):
+if env_flag("KEYVAULT_NO_EXTENSIONS"):
     CORE_MISSING = "KEYVAULT_NO_EXTENSIONS is set: the pure path only"
 else:
     try:
@@ -490,7 +486,7 @@ def sealed_lot(fx: Fixtures, payload: bytes) -> bytes:
 
 def signed_note(fx: Fixtures, text: bytes) -> bytes:
     """A note whose text is ``text``, signed under the name 'fuzz.example/log' by a pinned fixture key."""
-    return text + b"\n" + kv_checkpoint._signature_line(text, "fuzz.example/log", fx.note_key)
+    return text + b"\n" + kv_checkpoint.signature_line(text, "fuzz.example/log", fx.note_key)
 
 
 def signed_rotation(fx: Fixtures, record: bytes) -> bytes:

@@ -26,6 +26,14 @@ from .engine import (
     Progress,
     ThrottlePolicy,
 )
+from .engine.shapes import (
+    CheckpointEntry,
+    LotReceived,
+    LotSent,
+    TokenEntry,
+    TrustEntry,
+    TrustRecord,
+)
 from .formats.bundle import Check
 from .formats.identity import Identity, PublicIdentity, Rotation
 from .results import Result
@@ -67,21 +75,21 @@ class Trust:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def add(self, identity: PublicIdentity, role: Role | str = Role.SUPPLIER) -> dict[str, Any]:
+    def add(self, identity: PublicIdentity, role: Role | str = Role.SUPPLIER) -> TrustRecord:
         """Pin a public identity: what it signs is accepted from now on."""
         return self._engine.trust(identity, Role.parse(role))
 
     __call__ = add
 
-    def remove(self, identity: PublicIdentity) -> dict[str, Any]:
+    def remove(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
         return self._engine.untrust(identity)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[TrustEntry]:
         """Every pinned identity."""
         return self._engine.trusted()
 
-    def rotate(self, rotation: Rotation) -> dict[str, Any]:
+    def rotate(self, rotation: Rotation) -> TrustRecord:
         """Accept a key rotation signed by a pinned key and its successor."""
         return self._engine.rotate_trust(rotation)
 
@@ -100,7 +108,7 @@ class Tokens:
         """Revoke a token: every server process refuses it from its next request on."""
         self._engine.revoke_token(name)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[TokenEntry]:
         """Each token's name, scope and creation time (never the token or its hash)."""
         return self._engine.tokens()
 
@@ -239,15 +247,15 @@ class Vault:
         """Every blacklist entry (``vault.blacklist.entries``)."""
         return self.blacklist.entries()
 
-    def untrust(self, identity: PublicIdentity) -> dict[str, Any]:
+    def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (``vault.trust.remove``)."""
         return self.trust.remove(identity)
 
-    def trusted(self) -> list[dict[str, Any]]:
+    def trusted(self) -> list[TrustEntry]:
         """Every pinned identity (``vault.trust.list``)."""
         return self.trust.list()
 
-    def rotate_trust(self, rotation: Rotation) -> dict[str, Any]:
+    def rotate_trust(self, rotation: Rotation) -> TrustRecord:
         """Accept a key rotation (``vault.trust.rotate``)."""
         return self.trust.rotate(rotation)
 
@@ -306,7 +314,7 @@ class Vault:
         """Sign a checkpoint of the event log now (or return the newest if it covers every event): the note."""
         return self.engine.checkpoint()
 
-    def checkpoints(self) -> list[dict[str, Any]]:
+    def checkpoints(self) -> list[CheckpointEntry]:
         """Every checkpoint the engine signed, oldest first."""
         return self.engine.checkpoints()
 
@@ -329,12 +337,12 @@ class Vault:
 
     def send_lot(self, sender: Identity, batch: str, recipient: PublicIdentity, *,
                  manifest: str | os.PathLike[str], out: str | os.PathLike[str],
-                 ranges: str | None = None) -> dict[str, Any]:
+                 ranges: str | None = None) -> LotSent:
         """Transfer (part of) a batch you hold to ``recipient``: a signed record, and a lot sealed to them."""
         return self.engine.send_lot(sender, batch, recipient, manifest=manifest, out=out, ranges=ranges)
 
     def receive_lot(self, lot: str | os.PathLike[str], recipient: Identity, *,
-                    manifest_out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                    manifest_out: str | os.PathLike[str] | None = None) -> LotReceived:
         """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
         return self.engine.receive_lot(lot, recipient, manifest_out=manifest_out)
 

@@ -84,7 +84,7 @@ def test_go_sumdb_note_example_byte_for_byte() -> None:
     assert b"\x01" + bytes(key.verify_key) == base64.b64decode("ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
     assert key_id("PeterNeumann", bytes(key.verify_key)).hex() == "c74f20a3"
     text = b"If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
-    line = checkpoint._signature_line(text, "PeterNeumann", key)
+    line = checkpoint.signature_line(text, "PeterNeumann", key)
     assert line == ("\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6Ryy"
                     "BwJnAM=\n").encode()
 
@@ -96,7 +96,7 @@ def test_c2sp_signed_note_example_verifies() -> None:
     assert vkey[0] == 1 and verifier.key_id.hex() == "530d903a"
     note = ("This is an example message.\n\n\u2014 example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAl"
             "TgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n").encode()
-    text, [sig] = checkpoint._split(note)
+    text, [sig] = checkpoint.split_note(note)
     assert text == b"This is an example message.\n" and sig.key_id == verifier.key_id
     assert verifier.verifies(text, sig.signature)
     with pytest.raises(ProofError, match="the checkpoint has 1 lines"):  # a note, but not a checkpoint

@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from keyvault import Identity, Status, Vault, _fast
-from keyvault.engine.issuing import _next_batch
+from keyvault.engine.issuing import next_batch
 from keyvault.formats.keyformat import batch_text, make_batch, make_serial
 from keyvault.store.records import LEVEL_BATCH, from_u64, u64
 
@@ -485,7 +485,7 @@ def test_killed_issue_leaves_all_or_nothing(tmp_path: Path, bystanders: Callable
     started = time.monotonic()
     for it in range(BATCH_ITERATIONS):
         with Vault.open(store) as vault:
-            batch = make_batch(supplier.prefix, _next_batch(vault, supplier))
+            batch = make_batch(supplier.prefix, next_batch(vault, supplier))
         keys_out, manifest_out = tmp_path / f"keys-{it}.csv", tmp_path / f"batch-{it}.kvm"
         child = spawn(tmp_path, "issue", str(store), str(identity), str(BATCH), str(keys_out), str(manifest_out))
         run_and_kill(child, rng, window, 0.5)

@@ -26,7 +26,6 @@ import base64
 import copy
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +35,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from keyvault._fast import env_flag
 
-def _flag(name: str) -> bool:  # as keyvault._fast reads its environment
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
-REQUIRE = _flag("KEYVAULT_REQUIRE_EXTENSIONS")
+REQUIRE = env_flag("KEYVAULT_REQUIRE_EXTENSIONS")
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 
 

@@ -81,8 +81,6 @@ from ._pure import (  # noqa: E402
     BAD_LENGTH,
     BAD_SYMBOL,
     BAD_VERSION,
-    BatchRow,
-    Change,
     CHECK_FAILED,
     CHECK_SUBSTITUTION,
     CHECK_TRANSPOSITION,
@@ -90,7 +88,6 @@ from ._pure import (  # noqa: E402
     GROUP_SIZE,
     HASH_SIZE,
     KEY_SYMBOLS,
-    KeyBlock,
     KIND_BLACKLIST,
     KIND_IMPORT,
     KIND_ISSUE,
@@ -107,6 +104,9 @@ from ._pure import (  # noqa: E402
     SEED_SIZE,
     SEPARATORS,
     SERIAL_SYMBOLS,
+    BatchRow,
+    Change,
+    KeyBlock,
 )
 
 __all__ = [

@@ -16,7 +16,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import _fast
 from ..clock import iso, now_ms
@@ -71,6 +71,14 @@ from .ledger import Change
 from .lookup import Found, check, find, judge
 from .proofs import commitment_proof
 from .reports import build_stats, build_trace, key_events
+from .shapes import (
+    CheckpointEntry,
+    LotReceived,
+    LotSent,
+    TokenEntry,
+    TrustEntry,
+    TrustRecord,
+)
 from .state import State
 from .throttling import ThrottlePolicy
 from .tokens import PREFIX as TOKEN_PREFIX
@@ -490,7 +498,7 @@ class Engine(State):
 
         self.store.write(work)
 
-    def tokens(self) -> list[dict[str, Any]]:
+    def tokens(self) -> list[TokenEntry]:
         """Each token's name, scope and creation time (never the token or its hash)."""
         with self.store.read() as txn:
             return listing(stored_tokens(txn))
@@ -556,10 +564,10 @@ class Engine(State):
         assert note is not None
         return note.decode("utf-8")
 
-    def checkpoints(self) -> list[dict[str, Any]]:
+    def checkpoints(self) -> list[CheckpointEntry]:
         """Every checkpoint the engine signed, oldest first."""
         with self.store.read() as txn:
-            return self.log.checkpoints(txn)
+            return cast(list[CheckpointEntry], self.log.checkpoints(txn))
 
     @property
     def checkpoint_policy(self) -> Policy:
@@ -602,28 +610,28 @@ class Engine(State):
         with self.store.read() as txn:
             return self.log.verify(txn)
 
-    def trust(self, identity: PublicIdentity, role: str = "supplier") -> dict[str, Any]:
+    def trust(self, identity: PublicIdentity, role: str = "supplier") -> TrustRecord:
         """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
         role = Role.parse(role).value
         return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
                                                        identity.public_key, role, now_ms()))
 
-    def untrust(self, identity: PublicIdentity) -> dict[str, Any]:
+    def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
         return self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
                                                          now_ms()))
 
-    def trusted(self) -> list[dict[str, Any]]:
+    def trusted(self) -> list[TrustEntry]:
         """Every pinned identity."""
         return trust.entries(self.catalog())
 
-    def rotate_trust(self, rotation: Rotation) -> dict[str, Any]:
+    def rotate_trust(self, rotation: Rotation) -> TrustRecord:
         """Accept a key rotation signed by a pinned key and its successor."""
         return self.store.write(lambda txn: trust.rotate(self, txn, self.current(txn), rotation, now_ms()))
 
     def send_lot(self, sender: Identity, batch: str, recipient: PublicIdentity, *,
                  manifest: str | os.PathLike[str], out: str | os.PathLike[str],
-                 ranges: str | None = None) -> dict[str, Any]:
+                 ranges: str | None = None) -> LotSent:
         """Transfer (part of) a batch you hold to ``recipient``: a signed record, and a lot sealed to them."""
         info = self.catalog().batches.get(parse_batch(batch))
         parsed = parse_ranges(ranges, info.count) if ranges and info else None
@@ -633,7 +641,7 @@ class Engine(State):
                 "lot": str(out)}
 
     def receive_lot(self, lot: str | os.PathLike[str], recipient: Identity, *,
-                    manifest_out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                    manifest_out: str | os.PathLike[str] | None = None) -> LotReceived:
         """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
         info, chain = lots.receive(self, Path(lot), recipient, Path(manifest_out) if manifest_out else None)
         return {"batch": info.id, "count": info.count, "supplier": info.supplier_name,

@@ -92,7 +92,7 @@ def _register_supplier(state: State, txn: Txn, cat: Catalog, sid: str, name: str
     return dict(doc)
 
 
-def _next_batch(state: State, identity: Identity) -> int:
+def next_batch(state: State, identity: Identity) -> int:
     """This supplier's next batch number here; nothing is written until the batch is stored whole.
 
     Two issues racing in one store get the same number: the second one's import is then refused
@@ -215,7 +215,7 @@ def issue_batch(state: State, identity: Identity, product: str, count: int, keys
     product = _check_batch_args(product, count, valid_from, valid_until)
     report = progress or _nothing
     _check_outputs(keys_out, manifest_out)
-    number = _next_batch(state, identity)
+    number = next_batch(state, identity)
     batch = make_batch(identity.prefix, number)
     first = make_serial(batch, 0)
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
@@ -349,7 +349,7 @@ def import_cards(state: State, identity: Identity, product: str, cards_csv: Path
     kind, rows = read_cards_csv(cards_csv)
     product = _check_batch_args(product, len(rows), valid_from, valid_until)
     _check_outputs(manifest_out)
-    number = _next_batch(state, identity)
+    number = next_batch(state, identity)
     first = make_serial(make_batch(identity.prefix, number), 0)
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
     report = progress or _nothing

@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..store import Txn
 from ..store.records import dump, load
 from ..vocabulary import Scope
+from .shapes import TokenEntry
 
 SCOPES = tuple(Scope.names())  # each includes the ones before it
 PREFIX = "kvt_"  # so secret scanners and people recognise a keyvault token
@@ -78,7 +79,7 @@ def grants(doc: dict[str, Any]) -> dict[bytes, Grant]:
     return {bytes.fromhex(entry["hash"]): Grant(name, entry["scope"]) for name, entry in doc.items()}
 
 
-def listing(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def listing(doc: dict[str, Any]) -> list[TokenEntry]:
     """Name, scope and creation time of each token, by name (the hashes are not shown)."""
     return [{"name": name, "scope": doc[name]["scope"], "created_at": iso(doc[name]["created"])}
             for name in sorted(doc)]

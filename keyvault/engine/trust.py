@@ -11,7 +11,7 @@ Every change is an event in the log.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ..clock import iso
 from ..errors import NotFoundError, TrustError
@@ -21,17 +21,18 @@ from ..store import Txn
 from ..store.records import LEVEL_SUPPLIER, dump, u64
 from ..vocabulary import Role
 from .catalog import Catalog
+from .shapes import TrustEntry, TrustRecord
 from .state import State
 
 ROLES = tuple(Role.names())
 
 
 def pin(state: State, txn: Txn, cat: Catalog, name: str, prefix: int, public_key: bytes, role: str,
-        now: int, rotated_from: bytes | None = None) -> dict[str, Any]:
+        now: int, rotated_from: bytes | None = None) -> TrustRecord:
     """Pin a public key (idempotent); its trust record."""
     doc = cat.trusted.get(public_key)
     if doc is not None and not doc.get("rotated_to"):
-        return doc
+        return cast(TrustRecord, doc)
     if doc is not None:
         raise TrustError(f"{name!r} (fingerprint {fingerprint(public_key)}) was rotated away on "
                          f"{iso(doc['rotated_at'])}; it cannot be pinned again")
@@ -43,10 +44,10 @@ def pin(state: State, txn: Txn, cat: Catalog, name: str, prefix: int, public_key
     state.log.append(txn, "trust", now, {"action": "pin", "name": name, "role": role, "public_key": public_key.hex(),
                                           "fingerprint": doc["fingerprint"]},
                       [LEVEL_SUPPLIER + supplier_id(public_key).encode()])
-    return doc
+    return cast(TrustRecord, doc)
 
 
-def unpin(state: State, txn: Txn, cat: Catalog, public_key: bytes, now: int) -> dict[str, Any]:
+def unpin(state: State, txn: Txn, cat: Catalog, public_key: bytes, now: int) -> TrustRecord:
     """Stop trusting a key: nothing it signs is accepted from now on (what it signed before stays)."""
     doc = cat.trusted.get(public_key)
     if doc is None:
@@ -56,10 +57,10 @@ def unpin(state: State, txn: Txn, cat: Catalog, public_key: bytes, now: int) -> 
     state.log.append(txn, "trust", now, {"action": "remove", "name": doc["name"], "public_key": public_key.hex(),
                                           "fingerprint": doc["fingerprint"]},
                       [LEVEL_SUPPLIER + supplier_id(public_key).encode()])
-    return doc
+    return cast(TrustRecord, doc)
 
 
-def rotate(state: State, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -> dict[str, Any]:
+def rotate(state: State, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -> TrustRecord:
     """Accept a rotation (both signatures already verified): the new key inherits trust and issuer prefix."""
     old, new = rotation.old, rotation.new
     doc = cat.trusted.get(old.public_key)
@@ -82,9 +83,9 @@ def rotate(state: State, txn: Txn, cat: Catalog, rotation: Rotation, now: int) -
     return new_doc
 
 
-def entries(cat: Catalog) -> list[dict[str, Any]]:
+def entries(cat: Catalog) -> list[TrustEntry]:
     """Every pinned identity, JSON-ready."""
-    out = []
+    out: list[TrustEntry] = []
     for key, doc in sorted(cat.trusted.items(), key=lambda item: (item[1]["name"], item[1]["pinned_at"])):
         out.append({"name": doc["name"], "role": doc["role"], "prefix": doc["prefix"],
                     "fingerprint": doc["fingerprint"], "public_key": key.hex(), "supplier": supplier_id(key),

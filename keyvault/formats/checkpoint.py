@@ -122,7 +122,7 @@ class Verifier:
         return True
 
 
-def _signature_line(text: bytes, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
+def signature_line(text: bytes, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
     """The signature line ``— name base64(key id || signature)`` of ``text``."""
     signature = signing_key.sign(text).signature
     blob = key_id(name, bytes(signing_key.verify_key)) + signature
@@ -143,7 +143,7 @@ class _Signature:
     signature: bytes
 
 
-def _split(note: bytes) -> tuple[bytes, list[_Signature]]:
+def split_note(note: bytes) -> tuple[bytes, list[_Signature]]:
     """The signed text and the parsed signature lines of a note; only the framing is checked."""
     if not isinstance(note, bytes):
         raise ProofError(f"a note is bytes, not {type(note).__name__}")
@@ -196,7 +196,7 @@ def _parse_body(text: bytes) -> Checkpoint:
 def sign(checkpoint: Checkpoint, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
     """The whole signed note: ``checkpoint``'s body, a blank line, and its signature under ``name``."""
     body = checkpoint.body()
-    return _sized(body + b"\n" + _signature_line(body, name, signing_key))
+    return _sized(body + b"\n" + signature_line(body, name, signing_key))
 
 
 def add_signature(note: bytes, name: str, signing_key: nacl.signing.SigningKey) -> bytes:
@@ -204,9 +204,9 @@ def add_signature(note: bytes, name: str, signing_key: nacl.signing.SigningKey) 
 
     This checks the note's form, not its signatures: open it with :func:`open_note` first.
     """
-    text, _ = _split(note)
+    text, _ = split_note(note)
     _parse_body(text)
-    return _sized(note + _signature_line(text, name, signing_key))
+    return _sized(note + signature_line(text, name, signing_key))
 
 
 def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], required: int = 1) -> Checkpoint:
@@ -222,7 +222,7 @@ def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], re
         other = known.setdefault((verifier.name, verifier.key_id), verifier)
         if other.public_key != verifier.public_key:
             raise ProofError(f"two pinned keys named {_short(verifier.name)} share a key id; rename one")
-    text, signatures = _split(note)
+    text, signatures = split_note(note)
     verified: set[Verifier] = set()
     for sig in signatures:
         signer = known.get((sig.name, sig.key_id))

@@ -42,7 +42,6 @@ from ..errors import ManifestError
 from . import merkle
 from .envelope import FIXED, open_envelope, pack
 from .identity import Identity, supplier_id
-from .typed import Hex16, Hex32, decode
 from .keyformat import (
     MAX_BATCH_SIZE,
     MAX_IMPORTED,
@@ -51,6 +50,7 @@ from .keyformat import (
     parse_batch,
     prefix_text,
 )
+from .typed import Hex16, Hex32, decode
 
 MAGIC = b"KVMANIFEST2\n"
 OLD_MAGIC = b"KVMANIFEST1\n"
