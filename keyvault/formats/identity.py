@@ -33,6 +33,7 @@ import nacl.signing
 from ..clock import now_ms
 from ..errors import BadSignatureError, IdentityError, StoreFullError
 from .keyformat import PREFIX_SYMBOLS, parse_prefix, prefix_text
+from .typed import decode
 
 _FILE_KIND = "keyvault-identity"
 _PUBLIC_KIND = "keyvault-public-identity"
@@ -250,14 +251,7 @@ def _read_small(path: Path, what: str) -> bytes:
 
 def _strict(decoder: msgspec.json.Decoder[Any], data: bytes, source: str, what: str, fix: str) -> Any:
     """``data`` decoded strictly, or IdentityError naming ``source``, msgspec's reason (which field) and ``fix``."""
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise IdentityError(f"{what} {source} is not valid: {exc}; {fix}") from None
-    except msgspec.DecodeError as exc:
-        raise IdentityError(f"{what} {source} is not valid JSON ({exc}); it may be truncated: {fix}") from None
-    except RecursionError:
-        raise IdentityError(f"{what} {source} is not a {what} (JSON nested too deep); {fix}") from None
+    return decode(decoder, data, what=f"{what} {source}", error=IdentityError, fix=fix)
 
 
 def _head(data: bytes, source: str, what: str, fix: str) -> _Head:
