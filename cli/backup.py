@@ -39,27 +39,29 @@ def backup(state: State, dest: Path, with_pepper: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("src", type=_DIR)
 @click.argument("directory", metavar="DIR", type=_DIR)
-@click.option("--since", type=_FILE, help="A checkpoint kept from the live store (`keyvault checkpoint --json`, or "
-                                          "its note): refuse a backup whose log does not extend it (exit 3).")
+@click.option("--since", type=_FILE, multiple=True,
+              help="A checkpoint kept from the live store (`keyvault checkpoint --json`, or its note): refuse a "
+                   "backup whose log does not extend it (exit 3). Repeatable.")
 @click.option("--pepper-file", "pepper", type=_FILE, help="The store's pepper file, when the backup holds none "
                                                           "(defaults to the global --pepper-file).")
 @json_option
 @click.pass_obj
 @handle_errors
-def restore(state: State, src: Path, directory: Path, since: Path | None, pepper: Path | None, as_json: bool) -> None:
+def restore(state: State, src: Path, directory: Path, since: tuple[Path, ...], pepper: Path | None,
+            as_json: bool) -> None:
     """Restore the backup in SRC into DIR, a new store directory, after checking it."""
-    note = _read_note(since) if since is not None else None
+    notes = [_read_note(path) for path in since]
     try:
-        doc = Vault.restore(src, directory, since=note, pepper_file=pepper or state.pepper_file)
+        doc = Vault.restore(src, directory, since=notes, pepper_file=pepper or state.pepper_file)
     except ProofError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
     m = doc["manifest"]
     text = (f"restored {src} (taken {m['created_at']}) into {doc['store']}: {m['keys']:,} keys, "
             f"{m['redeemed']:,} redeemed, {m['void']:,} void, {m['log_size']:,} events; pepper {doc['pepper_file']}")
-    if doc["since"] is not None:
-        text += f"\nPASS  {doc['since']['detail']}"
-    else:
+    for check in doc["since"]:
+        text += f"\nPASS  {check['detail']}"
+    if doc["warning"]:
         click.echo(f"WARNING: {doc['warning']}", err=True)
     emit(as_json, doc, text)
 

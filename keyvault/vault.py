@@ -354,11 +354,12 @@ class Vault:
         return self.engine.backup(dest, with_pepper=with_pepper)
 
     @staticmethod
-    def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, since: str | None = None,
+    def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                since: str | Sequence[str] | None = None,
                 pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Restore a backup into the new store directory ``dest``, checked; what was restored.
 
-        ``since`` is a checkpoint note kept from the live store: a backup whose log does not extend it is
-        refused (ProofError). ``pepper_file``: the pepper, when the backup holds none.
+        ``since`` is a checkpoint note kept from the live store (or several): a backup whose log does not
+        extend each is refused (ProofError). ``pepper_file``: the pepper, when the backup holds none.
         """
         return Engine.restore(src, dest, since=since, pepper_file=pepper_file)

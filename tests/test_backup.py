@@ -1,4 +1,4 @@
-"""Backups of a serving store and restores: consistent under load, checked, and refused when stale, forked or altered."""
+"""Backups of a serving store and restores: consistent under load, checked, refused when stale, forked or altered."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -244,7 +246,7 @@ def test_a_forked_stores_backup_is_refused(tmp_path: Path, supplier: Identity) -
     # The live store's own backup passes the same check.
     with Vault.open(live) as vault:
         vault.backup(tmp_path / "live-backup", with_pepper=True)
-    assert Vault.restore(tmp_path / "live-backup", tmp_path / "r", since=kept)["since"]["ok"]
+    assert Vault.restore(tmp_path / "live-backup", tmp_path / "r", since=kept)["since"][0]["ok"]
 
 
 def test_a_checkpoint_of_another_store_is_refused(tmp_path: Path, supplier: Identity) -> None:
@@ -364,12 +366,12 @@ def test_cli_json_output_of_backup_and_restore(tmp_path: Path, supplier: Identit
     assert made == {**json.loads((tmp_path / "b" / "backup.json").read_text()), "path": str(tmp_path / "b")}
     result = ok("restore", tmp_path / "b", tmp_path / "r", "--json")
     doc = one_json(result)
-    assert doc["store"] == str(tmp_path / "r") and doc["since"] is None and doc["manifest"]["redeemed"] == 4
+    assert doc["store"] == str(tmp_path / "r") and doc["since"] == [] and doc["manifest"]["redeemed"] == 4
     assert "--since" in doc["warning"] and "WARNING: nothing proves this backup is not stale" in result.stderr
     kept = tmp_path / "kept.json"
     kept.write_text(ok("--store", store, "checkpoint", "--json").stdout)
     doc = one_json(ok("restore", tmp_path / "b", tmp_path / "r2", "--since", kept, "--json"))
-    assert doc["since"]["ok"] is True and doc["warning"] is None
+    assert [c["ok"] for c in doc["since"]] == [True] and doc["warning"] is None
 
 
 def test_cli_text_output_and_bad_since_file(tmp_path: Path, supplier: Identity) -> None:
@@ -384,3 +386,65 @@ def test_cli_text_output_and_bad_since_file(tmp_path: Path, supplier: Identity) 
     assert not (tmp_path / "r").exists()
     result = kv("--store", store, "backup", tmp_path / "b")
     assert result.exit_code == EXIT_ERROR and "already holds a backup" in result.stderr
+
+
+def test_every_pinned_checkpoint_must_be_extended(tmp_path: Path, supplier: Identity) -> None:
+    store = tmp_path / "live"
+    keys = make_store(store, supplier)
+    with Vault.open(store) as vault:
+        older = vault.checkpoint()
+        vault.backup(tmp_path / "b", with_pepper=True)
+        vault.redeem(keys[30], "later")
+        newer = vault.checkpoint()
+    assert len(Vault.restore(tmp_path / "b", tmp_path / "r", since=[older])["since"]) == 1
+    with pytest.raises(ProofError):
+        Vault.restore(tmp_path / "b", tmp_path / "r2", since=[older, newer])
+    older_file, newer_file = tmp_path / "older.note", tmp_path / "newer.note"
+    older_file.write_text(older)
+    newer_file.write_text(newer)
+    result = kv("restore", tmp_path / "b", tmp_path / "r2", "--since", older_file, "--since", newer_file)
+    assert result.exit_code == EXIT_REFUSED and not (tmp_path / "r2").exists()
+
+
+def test_backup_under_redeems_from_another_process(tmp_path: Path, supplier: Identity) -> None:
+    """A serving process redeems while `keyvault backup` runs in another: the copy is one of its snapshots."""
+    store = tmp_path / "live"
+    keys = make_store(store, supplier, count=3000, redeem=0)
+    (tmp_path / "keys.txt").write_text("\n".join(keys) + "\n")
+    script = (
+        "import sys\n"
+        "from keyvault import Vault\n"
+        "keys = open(sys.argv[2]).read().split()\n"
+        "with Vault.open(sys.argv[1]) as vault:\n"
+        "    for i, key in enumerate(keys):\n"
+        "        r = vault.redeem(key, f'p-{i}')\n"
+        "        assert r.status.value == 'accepted', r\n"
+        "        print(r.serial, f'p-{i}', flush=True)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(store), str(tmp_path / "keys.txt")],
+                             stdout=subprocess.PIPE, text=True)
+    acked: list[tuple[str, str]] = []
+    assert child.stdout is not None
+    try:
+        while len(acked) < 50:
+            line = child.stdout.readline()
+            assert line, "the redeeming process stopped early"
+            serial, order = line.split()
+            acked.append((serial, order))
+        made = one_json(ok("--store", store, "backup", tmp_path / "b", "--json"))
+        while len(acked) < made["redeemed"] + 50:
+            line = child.stdout.readline()
+            assert line, "the redeeming process stopped early"
+            serial, order = line.split()
+            acked.append((serial, order))
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    ok("restore", tmp_path / "b", tmp_path / "r", "--pepper-file", store / "pepper")
+    in_backup = redeems_in(tmp_path / "r", store / "pepper")
+    assert 50 <= len(in_backup) == made["redeemed"] < len(acked)
+    assert in_backup == acked[:len(in_backup)]
+    with Vault.open(tmp_path / "r", pepper_file=store / "pepper") as vault:
+        assert {r.status.value for r in vault.verify_many(keys[:len(in_backup)])} == {"redeemed"}
+        assert vault.verify_log() == made["log_size"]

@@ -22,7 +22,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -224,8 +224,10 @@ def _os_error(dest: Path, exc: OSError) -> StoreError:
 def take(engine: State, dest: Path, with_pepper: bool) -> dict[str, Any]:
     """Back the serving store up into ``dest`` (a new or empty directory); the manifest, as a dict."""
     _check_new(dest, "back up")
-    # The copy's newest checkpoint is at most a moment old.
-    engine.store.write(lambda txn: engine.log.maybe_checkpoint(txn, now_ms(), force=True))
+    try:  # the copy's newest checkpoint is at most a moment old
+        engine.store.write(lambda txn: engine.log.maybe_checkpoint(txn, now_ms(), force=True))
+    except StoreFullError:
+        pass  # a store on a full disk is backed up all the same, with the newest checkpoint it has
     with _staged(dest, "backup") as tmp:
         engine.store.copy_to(tmp)
         engine.log.engine.save(tmp / ENGINE_FILE)
@@ -244,12 +246,13 @@ def take(engine: State, dest: Path, with_pepper: bool) -> dict[str, Any]:
 
 
 def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], opener: Callable[[Path, Path], Restored], *,
-            since: str | None = None, pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            since: str | Sequence[str] | None = None,
+            pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Restore the backup in ``src`` into the new store directory ``dest``, checked; what was restored, as a dict.
 
-    ``since`` is a checkpoint note kept from the live store: a backup whose log does not extend it is refused
-    (ProofError). ``pepper_file`` is the store's pepper when the backup holds none (it then stays where it is).
-    ``opener(store directory, pepper file)`` opens the restored store.
+    ``since`` is a checkpoint note kept from the live store (or several): a backup whose log does not extend
+    each of them is refused (ProofError). ``pepper_file`` is the store's pepper when the backup holds none
+    (it then stays where it is). ``opener(store directory, pepper file)`` opens the restored store.
     """
     source, target = Path(src), Path(dest)
     manifest = read_manifest(source)
@@ -268,17 +271,19 @@ def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], opener: C
             pepper_path = Path(pepper_file)
         _verify(manifest, tmp, engine_key)  # the bytes restored, not the ones read before
         store = opener(tmp, pepper_path)  # PepperError when the pepper is not this store's
+        notes = [since] if isinstance(since, str) else list(since or [])
         try:
-            check = store.check_since(since) if since is not None else None
+            checks = [store.check_since(note) for note in notes]
         finally:
             store.close()
-        if check is not None and not check.ok:
-            raise ProofError(f"refused: the backup does not extend the checkpoint you pinned ({check.detail}). "
-                             "It is older than that checkpoint or from another history, and restoring it could bring "
-                             "spent keys back: restore a newer backup of this store")
+        for check in checks:
+            if not check.ok:
+                raise ProofError(f"refused: the backup does not extend the checkpoint you pinned ({check.detail}). "
+                                 "It is older than that checkpoint or from another history, and restoring it could "
+                                 "bring spent keys back: restore a newer backup of this store")
     final_pepper = target / PEPPER if pepper_file is None else Path(pepper_file)
     doc: dict[str, Any] = {"store": str(target), "backup": str(source), "pepper_file": str(final_pepper),
                            "manifest": msgspec.to_builtins(manifest)}
-    doc["since"] = None if check is None else {"ok": check.ok, "detail": check.detail}
-    doc["warning"] = None if check is not None else NO_SINCE
+    doc["since"] = [{"ok": check.ok, "detail": check.detail} for check in checks]
+    doc["warning"] = None if checks else NO_SINCE
     return doc

@@ -693,7 +693,8 @@ class Engine(State):
         return take(self, Path(dest), with_pepper)
 
     @classmethod
-    def restore(cls, src: str | os.PathLike[str], dest: str | os.PathLike[str], *, since: str | None = None,
+    def restore(cls, src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                since: str | Sequence[str] | None = None,
                 pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Restore a backup into the new store directory ``dest``; refused if its log does not extend ``since``."""
         from .backup import restore
