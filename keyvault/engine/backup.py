@@ -33,7 +33,7 @@ from ..clock import iso, now_ms
 from ..errors import KeyvaultError, PepperError, ProofError, StoreCorruptError, StoreError, StoreExistsError, \
     StoreFullError, UsageError
 from ..formats.bundle import Check
-from ..formats.events import change_of
+from ..formats.events import KINDS, LEAF
 from ..formats.identity import Identity, write_private_file
 from ..store import LmdbStore
 from ..store.lmdbstore import FORMAT as STORE_FORMAT
@@ -98,11 +98,11 @@ def _figures(data_dir: Path, engine: Identity) -> dict[str, Any]:
             log = EventLog(engine)
             size = log.verify(txn)  # chain, stored tree, every checkpoint's signature and root
             redeemed = void = 0
-            for _, leaf in txn.items("events"):
-                change = change_of(bytes(leaf))
-                if change is not None:
-                    redeemed += change[1] == 1
-                    void += change[1] == 2
+            kind_at, redeem, void_kind = LEAF.size - 9, KINDS["redeem"], KINDS["void"]
+            for _, leaf in txn.items("events"):  # each leaf's kind byte (the chain was just checked)
+                kind = leaf[kind_at]
+                redeemed += kind == redeem
+                void += kind == void_kind
             cat = Catalog.load(txn, txn.head().generation)
             last = txn.last_key("checkpoints")
             checkpoint = None
@@ -141,8 +141,11 @@ def read_manifest(src: Path) -> BackupManifest:
     return manifest
 
 
-def _verify(manifest: BackupManifest, data_dir: Path, engine: Identity) -> None:
-    """The data file in ``data_dir`` and its log are what ``manifest`` says, or StoreCorruptError says what differs."""
+def _verify(manifest: BackupManifest, data_dir: Path, engine: Identity, found: dict[str, Any] | None = None) -> None:
+    """The data file in ``data_dir`` and its log are what ``manifest`` says, or StoreCorruptError says what differs.
+
+    ``found``: the copy's figures, when they were just read from it (its log verified).
+    """
     if engine.public_key.hex() != manifest.engine_public_key:
         raise StoreCorruptError("the backup's engine key is not the one its manifest names; use another backup")
     size, digest = _sha256(data_dir / DATA)
@@ -151,7 +154,7 @@ def _verify(manifest: BackupManifest, data_dir: Path, engine: Identity) -> None:
                                 f"SHA-256 {digest[:16]}…; the manifest says {manifest.data_bytes:,} bytes, "
                                 f"{manifest.data_sha256[:16]}…): it was damaged or altered; use another backup")
     try:
-        found = _figures(data_dir, engine)
+        found = found or _figures(data_dir, engine)
     except StoreCorruptError as exc:
         raise StoreCorruptError(f"the backup's copy does not verify: {exc}") from None
     for name, value in found.items():
@@ -234,12 +237,12 @@ def take(engine: State, dest: Path, with_pepper: bool) -> dict[str, Any]:
         if with_pepper:
             write_private_file(tmp / PEPPER, engine.pepper.hex().encode() + b"\n")
         size, digest = _sha256(tmp / DATA)
+        found = _figures(tmp, engine.log.engine)  # the copy opened read-only, its whole log verified
         manifest = BackupManifest(format=FORMAT, created_at=str(iso(now_ms())), store_format=STORE_FORMAT.decode(),
                                   lmdb=LMDB_FORMAT, engine_public_key=engine.log.engine.public_key.hex(),
-                                  data_bytes=size, data_sha256=digest, pepper=with_pepper,
-                                  **_figures(tmp, engine.log.engine))
+                                  data_bytes=size, data_sha256=digest, pepper=with_pepper, **found)
         (tmp / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=1) + b"\n")
-        _verify(read_manifest(tmp), tmp, read_engine_key(tmp / ENGINE_FILE))  # as a restore will read it
+        _verify(read_manifest(tmp), tmp, read_engine_key(tmp / ENGINE_FILE), found)  # read back as a restore will
     doc: dict[str, Any] = msgspec.to_builtins(manifest)
     doc["path"] = str(dest)
     return doc
