@@ -422,7 +422,7 @@ def test_backup_under_redeems_from_another_process(tmp_path: Path, supplier: Ide
         "        print(r.serial, f'p-{i}', flush=True)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(store), str(tmp_path / "keys.txt")],
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # the installed keyvault
     acked: list[tuple[str, str]] = []
     assert child.stdout is not None
     try:

@@ -30,8 +30,16 @@ from typing import Any, Protocol
 import msgspec
 
 from ..clock import iso, now_ms
-from ..errors import KeyvaultError, PepperError, ProofError, StoreCorruptError, StoreError, StoreExistsError, \
-    StoreFullError, UsageError
+from ..errors import (
+    KeyvaultError,
+    PepperError,
+    ProofError,
+    StoreCorruptError,
+    StoreError,
+    StoreExistsError,
+    StoreFullError,
+    UsageError,
+)
 from ..formats.bundle import Check
 from ..formats.events import KINDS, LEAF
 from ..formats.identity import Identity, write_private_file
@@ -163,16 +171,7 @@ def _verify(manifest: BackupManifest, data_dir: Path, engine: Identity, found: d
                                     f"holds {value!r}: it was altered; use another backup")
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in [*sorted(root.iterdir()), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -204,14 +203,15 @@ def _staged(dest: Path, what: str) -> Iterator[Path]:
         raise _os_error(dest, exc) from None
     try:
         yield tmp
-        _fsync_tree(tmp)
+        for path in [*tmp.iterdir(), tmp]:
+            _fsync(path)
         os.rename(tmp, dest)  # replaces an empty directory; refuses one that filled up meanwhile
-        _fsync_dir(dest.parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, KeyvaultError):
             raise _os_error(dest, exc) from None
         raise
+    _fsync(dest.parent)
 
 
 def _os_error(dest: Path, exc: OSError) -> StoreError:
