@@ -13,6 +13,7 @@ import click
 import keyvault
 
 from . import (
+    backup,
     batch,
     blacklist,
     check,
@@ -44,7 +45,8 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
 
 
 for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
-                provenance.audit, provenance.checkpoint, provenance.verify_bundle, check.check, serve.serve):
+                provenance.audit, provenance.checkpoint, provenance.verify_bundle, check.check, serve.serve,
+                backup.backup, backup.restore):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
               provenance.trust, provenance.lot, throttle.throttle, serve.token):

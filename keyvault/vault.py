@@ -353,3 +353,21 @@ class Vault:
     def trace_bundle(self, key_or_serial: str) -> dict[str, Any]:
         """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""
         return self.engine.trace_bundle(key_or_serial)
+
+    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+        """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest.
+
+        The pepper is left out unless ``with_pepper`` (then a 0600 file in the backup).
+        """
+        return self.engine.backup(dest, with_pepper=with_pepper)
+
+    @staticmethod
+    def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                since: str | Sequence[str] | None = None,
+                pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Restore a backup into the new store directory ``dest``, checked; what was restored.
+
+        ``since`` is a checkpoint note kept from the live store (or several): a backup whose log does not
+        extend each is refused (ProofError). ``pepper_file``: the pepper, when the backup holds none.
+        """
+        return Engine.restore(src, dest, since=since, pepper_file=pepper_file)

@@ -691,3 +691,21 @@ class Engine(State):
                         progress: Progress | None = None) -> tuple[BatchInfo, bool]:
         """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
         return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+
+    # -- backup and restore (the work is in backup.py) -----------------------------------------
+
+    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+        """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest."""
+        from .backup import take
+
+        return take(self, Path(dest), with_pepper)
+
+    @classmethod
+    def restore(cls, src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                since: str | Sequence[str] | None = None,
+                pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Restore a backup into the new store directory ``dest``; refused if its log does not extend ``since``."""
+        from .backup import restore
+
+        return restore(src, dest, lambda root, pepper: cls.open(root, pepper_file=pepper), since=since,
+                       pepper_file=pepper_file)

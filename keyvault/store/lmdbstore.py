@@ -267,23 +267,26 @@ class LmdbStore:
         return cls(env, dbs, path)
 
     @classmethod
-    def open(cls, path: Path) -> LmdbStore:
-        """Open an existing store, refusing other formats with a clear message."""
+    def open(cls, path: Path, *, readonly: bool = False) -> LmdbStore:
+        """Open an existing store, refusing other formats with a clear message.
+
+        ``readonly`` opens a copy no process serves (a backup) without LMDB's lock file: nothing is written.
+        """
         if not (path / "data.mdb").is_file():
             raise NotAStoreError(f"{path} is not a keyvault store (no data.mdb); create one with "
                                  f"`keyvault --store {path} init`")
         _check_lmdb_file(path / "data.mdb")
         had_lock = (path / "lock.mdb").exists()
         try:
-            return cls._open_checked(path)
+            return cls._open_checked(path, readonly)
         except BaseException:
             if not had_lock:  # refusing a directory must leave it as it was
                 (path / "lock.mdb").unlink(missing_ok=True)
             raise
 
     @classmethod
-    def _open_checked(cls, path: Path) -> LmdbStore:
-        env = _open_env(path, create=False)
+    def _open_checked(cls, path: Path, readonly: bool = False) -> LmdbStore:
+        env = _open_env(path, create=False, readonly=readonly)
         try:
             with env.begin() as txn:
                 if txn.get(b"meta") is None:
@@ -410,6 +413,32 @@ class LmdbStore:
                         raise
                     raise failed from None
         raise StoreError(f"{self.path}: could not complete a write after growing the map; check free disk space")
+
+    def copy_to(self, dest: Path) -> None:
+        """Write a consistent, compacted copy of the store as ``dest``/data.mdb while it serves (``dest`` exists).
+
+        LMDB copies one read transaction's snapshot: writers go on meanwhile, and pages they free are not
+        reused until the copy ends.
+        """
+        self._check()
+        for _ in range(8):
+            try:
+                self._gate.enter()
+                try:
+                    self._env.copy(str(dest), compact=True)
+                    return
+                finally:
+                    self._gate.leave()
+            except lmdb.MapResizedError:
+                self._adopt_map_size()
+            except lmdb.Error as exc:
+                message = str(exc)
+                if any(message.endswith(os.strerror(code)) for code in (errno.ENOSPC, errno.EDQUOT)):
+                    raise StoreFullError(f"the disk holding {dest} has no room for a copy of the store ({exc}): "
+                                         "free some space and try again") from None
+                raise StoreError(f"cannot copy the store to {dest} ({exc}): check the directory and try again"
+                                 ) from None
+        raise StoreError(f"{self.path}: the map kept being resized by another process; try again")
 
     def _grow(self) -> None:
         with self._gate.resizing():
@@ -555,15 +584,17 @@ def _tail_unused(data: Path, size: int) -> bool:
     return True
 
 
-def _open_env(path: Path, create: bool) -> lmdb.Environment:
+def _open_env(path: Path, create: bool, readonly: bool = False) -> lmdb.Environment:
     try:
         env = lmdb.open(str(path), subdir=True, create=create, map_size=INITIAL_MAP_SIZE, max_dbs=len(DATABASES) + 2,
-                        max_readers=MAX_READERS, readahead=False, lock=True, sync=True, metasync=True)
+                        max_readers=MAX_READERS, readahead=False, lock=not readonly, readonly=readonly, sync=True,
+                        metasync=True)
     except _CORRUPT as exc:
         raise _corrupt(path, exc) from None
     except lmdb.Error as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}") from None
-    env.reader_check()
+    if not readonly:
+        env.reader_check()
     return env
 
 
