@@ -1,0 +1,128 @@
+"""Every command tells the truth: many keys for redeem and void, empty and hostile input, bounded reads."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_support import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, World, json_lines, kv, ok
+
+from keyvault.cli.keys import MAX_LINE
+
+
+def _statuses(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [d["status"] for d in json_lines(result)]
+
+
+# -- redeem and void take many keys ----------------------------------------------------------------
+
+
+def test_redeem_many_from_stdin_file_and_arguments(world: World, tmp_path: Path) -> None:
+    piped = ok("--store", world.platform, "redeem", "--json", "-",
+               input="".join(f"{k},ORD-{i}\n" for i, k in enumerate(world.keys[:3])))
+    assert _statuses(piped) == ["accepted"] * 3
+    assert [d["order_id"] for d in json_lines(piped)] == ["ORD-0", "ORD-1", "ORD-2"]
+    listing = tmp_path / "orders.txt"
+    listing.write_text(f"{world.keys[3]},ORD-3\n\n{world.keys[0]},ORD-X\n{world.keys[4]}, ORD-4 \n")
+    from_file = kv("--store", world.platform, "redeem", "--json", "--file", listing)
+    assert from_file.exit_code == EXIT_REFUSED  # key 0 already went to ORD-0
+    assert _statuses(from_file) == ["accepted", "redeemed", "accepted"]
+    assert "of 3 keys refused" not in from_file.stdout
+    args = ok("--store", world.platform, "redeem", f"{world.keys[5]},ORD-5", f"{world.keys[6]},ORD-6")
+    assert args.stdout.count("accepted") == 2 and "ORD-6" in args.stdout
+    stats = json_lines(ok("--store", world.platform, "stats", "--json"))[0]
+    assert stats["totals"]["redeemed"] == 7
+
+
+def test_redeem_needs_an_order_per_key(world: World) -> None:
+    no_order = kv("--store", world.platform, "redeem", "-", input=f"{world.keys[0]}\n")
+    assert no_order.exit_code == EXIT_USAGE and "KEY,ORDER" in no_order.output
+    two_with_one_order = kv("--store", world.platform, "redeem", "-", "--order", "O-1",
+                            input=f"{world.keys[0]}\n{world.keys[1]}\n")
+    assert two_with_one_order.exit_code == EXIT_USAGE and "single key" in two_with_one_order.output
+    stats = json_lines(ok("--store", world.platform, "stats", "--json"))[0]
+    assert stats["totals"]["redeemed"] == 0  # a usage error changes nothing
+
+
+def test_void_many_from_stdin_by_key_and_serial(world: World) -> None:
+    ok("--store", world.platform, "redeem", world.keys[2], "--order", "SPENT")
+    result = kv("--store", world.platform, "void", "--json", "-", "--reason", "recall",
+                input=f"{world.keys[0]}\n{world.serials[1]}\n{world.keys[2]}\n")
+    assert result.exit_code == EXIT_REFUSED
+    assert _statuses(result) == ["void", "void", "redeemed"]
+    assert [d["serial"] for d in json_lines(result)] == world.serials[:3]
+    stats = json_lines(ok("--store", world.platform, "stats", "--json"))[0]
+    assert stats["totals"]["void"] == 2
+
+
+def test_void_many_file(world: World, tmp_path: Path) -> None:
+    listing = tmp_path / "void.txt"
+    listing.write_text("".join(s + "\n" for s in world.serials[:5]))
+    result = ok("--store", world.platform, "void", "--json", "--file", listing, "--reason", "recall")
+    assert _statuses(result) == ["void"] * 5
+
+
+# -- empty input is a usage error ------------------------------------------------------------------
+
+
+def test_empty_input_is_a_usage_error(world: World, tmp_path: Path) -> None:
+    empty, blank = tmp_path / "empty.txt", tmp_path / "blank.txt"
+    empty.write_text("")
+    blank.write_text("\n  \n\t\n")
+    for command in (["verify"], ["redeem"], ["void", "--reason", "r"]):
+        for how, stdin in ((["-"], ""), (["-"], "\n\n"), (["--file", empty], None), (["--file", blank], None)):
+            result = kv("--store", world.platform, *command, *how, input=stdin)
+            assert result.exit_code == EXIT_USAGE, (command, how, result.output)
+            assert "no key given" in result.output and result.stdout == ""
+        bare = kv("--store", world.platform, *command)
+        assert bare.exit_code == EXIT_USAGE and "no key given" in bare.output
+
+
+# -- hostile input: not UTF-8, lines too long ------------------------------------------------------
+
+
+def test_invalid_utf8_is_a_clean_usage_error(world: World, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(world.keys[0].encode() + b"\n\xff\xfe\x00junk\n")
+    for command in (["verify"], ["void", "--reason", "r"]):
+        result = kv("--store", world.platform, *command, "--file", bad)
+        assert result.exit_code == EXIT_USAGE and "line 2" in result.output and "UTF-8" in result.output
+        assert "UnicodeDecodeError" not in result.output
+    stats = json_lines(ok("--store", world.platform, "stats", "--json"))[0]
+    assert stats["totals"]["void"] == 0  # the chunk holding the bad line was not acted on
+
+
+def test_a_line_too_long_is_refused(world: World) -> None:
+    result = kv("--store", world.platform, "verify", "-", input=world.keys[0] + "\n" + "A" * (MAX_LINE + 10) + "\n")
+    assert result.exit_code == EXIT_USAGE and "line 2" in result.output and "longer than" in result.output
+    fits = kv("--store", world.platform, "verify", "-", input="A" * (MAX_LINE - 1) + "\n")
+    assert fits.exit_code in (EXIT_OK, EXIT_REFUSED)
+
+
+def test_a_huge_line_on_stdin_is_refused_in_bounded_memory(world: World) -> None:
+    """200 MB on one line: refused after reading at most MAX_LINE bytes of it (peak RSS measured)."""
+    code = ("import sys\nfrom keyvault.cli.main import cli\n"
+            "cli(['--store', sys.argv[1], 'verify', '-'], prog_name='keyvault')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(world.platform)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=world.root)
+    assert proc.stdin is not None
+    block = b"A" * (1 << 20)
+    try:
+        for _ in range(200):
+            proc.stdin.write(block)
+    except BrokenPipeError:  # refused and exited before reading it all: as it should
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=120)
+    assert proc.returncode == EXIT_USAGE and b"longer than" in err, err
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
