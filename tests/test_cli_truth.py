@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 import sys
@@ -126,3 +127,53 @@ def test_a_huge_line_on_stdin_is_refused_in_bounded_memory(world: World) -> None
     assert proc.returncode == EXIT_USAGE and b"longer than" in err, err
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+# -- --json: errors are JSON too ---------------------------------------------------------------------
+
+
+def _json_error(result, code: int) -> dict:  # type: ignore[no-untyped-def]
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    doc = json.loads(lines[0])
+    assert set(doc) == {"error", "message", "hint", "exit_code"} and doc["exit_code"] == code
+    assert doc["message"] and doc["hint"] and "Error:" not in result.stderr
+    assert "{" not in result.stdout  # stdout holds results only
+    return doc
+
+
+def test_json_errors_are_one_object_on_stderr(world: World, tmp_path: Path) -> None:
+    nowhere = tmp_path / "no-store"
+    assert _json_error(kv("--store", nowhere, "stats", "--json"), 1)["error"] == "NotAStoreError"
+    assert _json_error(kv("--store", nowhere, "verify", "--json", "-", input="x\n"), 1)["error"] == "NotAStoreError"
+    assert _json_error(kv("--store", world.platform, "verify", "--json", "--bogus"), 2)["error"] == "NoSuchOption"
+    empty = _json_error(kv("--store", world.platform, "redeem", "--json", "-", input=""), 2)
+    assert empty["error"] == "UsageError" and "no key given" in empty["message"]
+    missing = _json_error(kv("--store", world.platform, "void", "--json", world.serials[0]), 2)
+    assert missing["error"] == "MissingParameter"
+    revoke = _json_error(kv("--store", world.platform, "token", "revoke", "nobody", "--json"), 1)
+    assert revoke["error"] == "NotFoundError"
+    blacklist = _json_error(kv("--store", world.platform, "blacklist", "add", "--batch", "ZZZZ-ZZZ",
+                               "--reason", "r", "--json"), 1)
+    assert blacklist["error"] in ("NotFoundError", "UsageError")
+    trace = _json_error(kv("--store", world.platform, "trace", "ZZZZ-ZZZ-ZZZZZ", "--json"), 1)
+    assert trace["error"] == "NotFoundError"
+
+
+def test_token_revoke_json(world: World) -> None:
+    ok("--store", world.platform, "token", "create", "--name", "shop", "--scope", "verify")
+    doc = json.loads(ok("--store", world.platform, "token", "revoke", "shop", "--json").stdout)
+    assert doc == {"name": "shop", "revoked": True}
+
+
+def test_public_keys_are_hex_everywhere(world: World) -> None:
+    made = json.loads(ok("supplier", "init", "--name", "Hex Co", "--out", world.root / "hex.identity",
+                         "--json").stdout)
+    shown = json.loads(ok("identity", "show", world.root / "hex.identity", "--json").stdout)
+    assert shown["public_key"] == made["public_key"] and len(bytes.fromhex(shown["public_key"])) == 32
+    human = ok("identity", "show", world.root / "hex.identity").stdout
+    assert made["public_key"] in human
+    trace = json.loads(ok("--store", world.platform, "trace", world.serials[0], "--json").stdout)
+    acme = json.loads(ok("identity", "show", world.identity, "--json").stdout)
+    assert trace["supplier"]["public_key"] == acme["public_key"]
