@@ -177,3 +177,49 @@ def test_public_keys_are_hex_everywhere(world: World) -> None:
     trace = json.loads(ok("--store", world.platform, "trace", world.serials[0], "--json").stdout)
     acme = json.loads(ok("identity", "show", world.identity, "--json").stdout)
     assert trace["supplier"]["public_key"] == acme["public_key"]
+
+
+# -- a mistyped native key is malformed, even beside imported codes ----------------------------------
+
+
+NEAR_NATIVE_CODE = "ABCD-EFGH-JKMN-PQRS-TVWX-YZ23-45"  # 30 key-alphabet symbols: an upstream code of that shape
+
+
+def _with_codes(world: World) -> None:
+    upstream = world.root / "upstream.csv"
+    upstream.write_text(f"code\nSTEAM-AAAA-BBBB\n{NEAR_NATIVE_CODE}\n")
+    manifest = world.root / "codes.kvm"
+    ok("--store", world.supplier_store, "batch", "import", "--supplier", world.identity, "--product", "STEAM-50",
+       upstream, "--manifest-out", manifest)
+    ok("--store", world.platform, "manifest", "import", manifest)
+
+
+def _verify(world: World, text: str) -> dict:  # type: ignore[type-arg]
+    return json_lines(kv("--store", world.platform, "verify", "--json", "-", input=text + "\n"))[0]
+
+
+def test_wrong_length_or_alphabet_is_malformed_beside_imported_codes(world: World) -> None:
+    _with_codes(world)
+    key = world.keys[0]
+    short = _verify(world, key[:-1])  # 31 symbols
+    assert short["status"] == "malformed" and "group 8 has 3 characters" in short["message"]
+    assert _verify(world, key.replace("-", "")[:-1])["message"].startswith("the key has 31 characters")
+    assert _verify(world, key + "7")["status"] == "malformed"
+    assert "group 8 has 5 characters" in _verify(world, key + "7")["message"]
+    dropped_group = _verify(world, key[:-5])
+    assert dropped_group["status"] == "malformed" and "28 characters" in dropped_group["message"], dropped_group
+    for junk in ("A" * 300, "\x01\x02\x03", "x" * 200, "   -  ", "é" * 10):
+        doc = _verify(world, junk) if junk.strip(" -") else None
+        if doc is not None:
+            assert doc["status"] == "malformed", (junk[:10], doc)
+    # Imported codes keep working, whatever their shape; an unknown one is unknown.
+    assert _verify(world, "steam-aaaa-bbbb")["status"] == "valid"
+    assert _verify(world, NEAR_NATIVE_CODE.lower())["status"] == "valid"
+    assert _verify(world, "STEAM-AAAA-BBBX")["status"] == "unknown"
+    redeem = json_lines(kv("--store", world.platform, "redeem", "--json", "-",
+                           input=f"{key[:-1]},O-1\n{NEAR_NATIVE_CODE},O-2\n"))
+    assert [r["status"] for r in redeem] == ["malformed", "accepted"]
+
+
+def test_wrong_length_is_malformed_without_imported_codes(world: World) -> None:
+    assert _verify(world, world.keys[0][:-1])["status"] == "malformed"
