@@ -144,10 +144,12 @@ def _render_audit(doc: dict[str, Any]) -> str:
                 else f": {log['error']}")]
     for d in doc["double_sales"]:
         first, second = d["first"], d["second"]
+        tried = "tried to send" if d["refused_at"] == "send" else "sent"
+        where = "refused when sending here" if d["refused_at"] == "send" else "refused when received here"
         lines.append(f"DOUBLE SALE in batch {d['batch']}: {first['from']} sent {', '.join(first['ranges'])} to "
                      f"{first['to']} on {first['at']} (transfer {first['transfer'][:16]}), then "
-                     f"{second['from']} sent {', '.join(second['ranges'])} to {second['to']} on {second['at']} "
-                     f"(transfer {second['transfer'][:16]}); both signed records are kept")
+                     f"{second['from']} {tried} {', '.join(second['ranges'])} to {second['to']} on {second['at']} "
+                     f"(transfer {second['transfer'][:16]}; {where}); both signed records are kept")
     for g in doc["manifest_gaps"]:
         lines.append(f"WITHHELD BATCH? {g['batch']} of supplier {g['supplier']} names a previous manifest "
                      f"{g['missing_previous'][:16]} this store never received")

@@ -43,27 +43,37 @@ def stats(state: State, as_json: bool) -> None:
         emit(True, doc, "")
         return
     t: dict[str, Any] = doc["totals"]
-    click.echo(f"{t['keys']:,} keys in {t['batches']} batches from {t['suppliers']} suppliers: "
-               f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void; "
-               f"{t['blacklist_entries']} blacklist entries; {t['refused_total']:,} refused attempts")
+    click.echo(f"{_n(t['keys'], 'key')} in {_n(t['batches'], 'batch')} from {_n(t['suppliers'], 'supplier')}: "
+               f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void, {t['blacklisted']:,} "
+               f"blacklisted; {_n(t['blacklist_entries'], 'blacklist entry')}; "
+               f"{_n(t['refused_total'], 'refused attempt')}")
     for s in doc["suppliers"]:
         flag = "  BLACKLISTED" if s["supplier_blacklisted"] else ""
         click.echo(f"\nsupplier {s['name']} (id {s['supplier']}, prefix {s['prefix']}){flag}\n"
-                   f"  {s['batches']} batches, {s['keys']:,} keys (issued here {s['issued']:,}, imported "
-                   f"{s['imported']:,}): redeemed {s['redeemed']:,}, void {s['void']:,}, keys blacklisted "
-                   f"{s['blacklisted']:,}, refused {_refused(s)}")
+                   f"  {_n(s['batches'], 'batch')}, {_n(s['keys'], 'key')} (issued here {s['issued']:,}, imported "
+                   f"{s['imported']:,}): active {s['active']:,}, redeemed {s['redeemed']:,}, void {s['void']:,}, "
+                   f"blacklisted {s['blacklisted']:,}; refused {_refused(s)}")
     for b in doc["batches"]:
         flag = "  BLACKLISTED" if b["batch_blacklisted"] else ""
         until = f", valid until {b['valid_until']}" if b["valid_until"] else ""
+        held = (f" (received here in lots: {', '.join(b['received_ranges'])})" if b["received_ranges"] else "")
         click.echo(f"\nbatch {b['batch']} {b['product']} ({b['supplier_name']}, {b['kind']}, {b['origin']}{until}){flag}\n"
-                   f"  {b['count']:,} keys: active {b['active']:,}, redeemed {b['redeemed']:,}, void {b['void']:,}, "
-                   f"keys blacklisted {b['blacklisted']:,}, refused {_refused(b)}")
+                   f"  {_n(b['count'], 'key')}{held}: active {b['active']:,}, redeemed {b['redeemed']:,}, "
+                   f"void {b['void']:,}, blacklisted {b['blacklisted']:,}; refused {_refused(b)}")
     if doc["clients"]:
         click.echo("\nclients with refused attempts (most first)")
     for c in doc["clients"][:20]:
         click.echo(f"  {c['client']}: refused {_refused(c)}, throttled answers {c['throttled']:,}")
     if len(doc["clients"]) > 20:
         click.echo(f"  ... and {len(doc['clients']) - 20:,} more (`keyvault stats --json` lists them all)")
+
+
+_PLURALS = {"batch": "batches", "blacklist entry": "blacklist entries"}
+
+
+def _n(count: int, word: str) -> str:
+    """``count`` and ``word``, the word in the plural unless the count is one: '1 batch', '2 batches'."""
+    return f"{count:,} {word if count == 1 else _PLURALS.get(word, word + 's')}"
 
 
 def _refused(row: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import resource
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,9 +123,10 @@ def test_a_huge_line_on_stdin_is_refused_in_bounded_memory(world: World) -> None
     assert proc.stderr is not None
     err = proc.stderr.read()
     proc.stderr.close()
-    proc.wait(timeout=120)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the other children's
+    proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == EXIT_USAGE and b"longer than" in err, err
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kib = usage.ru_maxrss
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
 
 
@@ -223,3 +224,104 @@ def test_wrong_length_or_alphabet_is_malformed_beside_imported_codes(world: Worl
 
 def test_wrong_length_is_malformed_without_imported_codes(world: World) -> None:
     assert _verify(world, world.keys[0][:-1])["status"] == "malformed"
+
+
+# -- stats: right counts at every blacklist level, lots, and words that agree with numbers ----------
+
+
+def _stats(store: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(ok("--store", store, "stats", "--json").stdout)
+
+
+def _each_key_once(doc: dict) -> None:  # type: ignore[type-arg]
+    for row in [doc["totals"], *doc["suppliers"]]:
+        assert row["active"] + row["redeemed"] + row["void"] + row["blacklisted"] == row["keys"], row
+    for row in doc["batches"]:
+        assert row["active"] + row["redeemed"] + row["void"] + row["blacklisted"] == row["count"], row
+
+
+def test_stats_counts_every_blacklist_level(world: World) -> None:
+    p, n = world.platform, len(world.keys)
+    ok("--store", p, "redeem", world.keys[0], "--order", "O-0")
+    ok("--store", p, "void", world.keys[1], "--reason", "refund")
+    ok("--store", p, "blacklist", "add", "--key", world.keys[2], "--reason", "fraud")
+    ok("--store", p, "blacklist", "add", "--key", world.keys[0], "--reason", "fraud, after the sale")
+    t = _stats(p)["totals"]
+    assert (t["active"], t["redeemed"], t["void"], t["blacklisted"]) == (n - 3, 1, 1, 1)  # keys[0] is spent
+    _each_key_once(_stats(p))
+    ok("--store", p, "blacklist", "add", "--batch", world.batch, "--reason", "lot stolen")
+    doc = _stats(p)
+    (b,) = doc["batches"]
+    assert (b["active"], b["blacklisted"], b["batch_blacklisted"]) == (0, n - 2, True)
+    assert doc["totals"]["blacklist_entries"] == 3
+    _each_key_once(doc)
+    human = ok("--store", p, "stats").stdout
+    assert f"active 0, redeemed 1, void 1, blacklisted {n - 2}" in human
+    assert "1 batch " in human and "1 supplier:" in human and "3 blacklist entries" in human
+    ok("--store", p, "blacklist", "lift", "--batch", world.batch, "--reason", "found")
+    ok("--store", p, "blacklist", "add", "--supplier", world.prefix, "--reason", "supplier gone")
+    doc = _stats(p)
+    assert (doc["totals"]["active"], doc["totals"]["blacklisted"]) == (0, n - 2)
+    assert doc["suppliers"][0]["blacklisted"] == n - 2
+    _each_key_once(doc)
+    ok("--store", p, "blacklist", "lift", "--supplier", world.prefix, "--reason", "back")
+    doc = _stats(p)
+    assert (doc["totals"]["active"], doc["totals"]["blacklisted"]) == (n - 3, 1)
+    human = ok("--store", p, "stats").stdout
+    assert "2 blacklist entries" in human and "1 blacklist entries" not in human and "1 batches" not in human
+
+
+def test_stats_words_agree_with_numbers(world: World) -> None:
+    human = ok("--store", world.platform, "stats").stdout
+    assert f"{len(world.keys)} keys in 1 batch from 1 supplier:" in human and "0 blacklist entries" in human
+    ok("--store", world.platform, "blacklist", "add", "--key", world.keys[0], "--reason", "fraud")
+    assert "1 blacklist entry;" in ok("--store", world.platform, "stats").stdout
+
+
+def _lot_world(world: World, ranges: str) -> tuple[Path, Path, Path]:
+    east_id, east_pub, east = world.root / "east.identity", world.root / "east.pub", world.root / "east-store"
+    ok("supplier", "init", "--name", "East Agency", "--out", east_id)
+    east_pub.write_bytes(ok("identity", "show", "--public", east_id).stdout_bytes)
+    acme_pub = world.root / "acme.pub"
+    acme_pub.write_bytes(ok("identity", "show", "--public", world.identity).stdout_bytes)
+    lot = world.root / "east.kvl"
+    ok("--store", world.supplier_store, "lot", "send", "--batch", world.batch, "--range", ranges, "--to", east_pub,
+       "--identity", world.identity, "--manifest", world.manifest, "--out", lot)
+    ok("--store", east, "init")
+    ok("--store", east, "trust", "add", acme_pub)
+    ok("--store", east, "lot", "receive", lot, "--identity", east_id)
+    return east, east_id, east_pub
+
+
+def test_a_receiver_counts_only_the_keys_it_received(world: World) -> None:
+    half = len(world.keys) // 2
+    east, _, _ = _lot_world(world, f"0-{half - 1}")
+    doc = _stats(east)
+    (b,) = doc["batches"]
+    assert (b["count"], b["active"], b["received_ranges"]) == (half, half, [f"0-{half - 1}"])
+    assert (doc["totals"]["keys"], doc["totals"]["active"]) == (half, half)
+    ok("--store", east, "redeem", world.keys[0], "--order", "E-1")
+    ok("--store", east, "blacklist", "add", "--key", world.keys[1], "--reason", "fraud")
+    doc = _stats(east)
+    assert (doc["totals"]["active"], doc["totals"]["redeemed"], doc["totals"]["blacklisted"]) == (half - 2, 1, 1)
+    _each_key_once(doc)
+    assert f"{half} keys (received here in lots: 0-{half - 1})" in ok("--store", east, "stats").stdout
+    assert ok("--store", east, "check").exit_code == 0
+
+
+# -- a double sale refused at the sender leaves evidence --------------------------------------------
+
+
+def test_a_double_sale_refused_at_the_sender_is_kept_and_audited(world: World) -> None:
+    _, _, east_pub = _lot_world(world, "0-9")
+    assert "no double sale" in ok("--store", world.supplier_store, "audit").stdout
+    again = world.root / "again.kvl"
+    refused = kv("--store", world.supplier_store, "lot", "send", "--batch", world.batch, "--range", "5-14",
+                 "--to", east_pub, "--identity", world.identity, "--manifest", world.manifest, "--out", again)
+    assert refused.exit_code == 1 and "double sale refused" in refused.stderr and not again.exists()
+    audit = kv("--store", world.supplier_store, "audit")
+    assert audit.exit_code != 0 and "DOUBLE SALE" in audit.stdout and "refused when sending here" in audit.stdout
+    doc = json.loads(kv("--store", world.supplier_store, "audit", "--json").stdout)
+    (sale,) = doc["double_sales"]
+    assert sale["refused_at"] == "send" and sale["second"]["ranges"] == ["5-14"] and sale["first"]["ranges"] == ["0-9"]
+    assert ok("--store", world.supplier_store, "check").exit_code == 0
