@@ -35,6 +35,13 @@ def _line(result: Result, where: str) -> str:
     return f"{who}  {result.status.value}" + (f"  ({'; '.join(extra)})" if extra else "")
 
 
+def stdin_key() -> str:
+    """The first non-blank line of stdin (bounded, UTF-8), for commands that take one key; UsageError if none."""
+    for line in read_lines(sys.stdin.buffer, "stdin"):
+        return line
+    raise click.UsageError("no key given: stdin is empty or holds only blank lines")
+
+
 def read_lines(stream: IO[bytes], where: str) -> Iterator[str]:
     """The non-blank lines of a byte stream, stripped; UsageError for a line that is too long or not UTF-8."""
     number = 0

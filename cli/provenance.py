@@ -13,6 +13,7 @@ from keyvault.formats.bundle import verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
 
+from .keys import stdin_key
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -233,7 +234,7 @@ def _key_material(key: str | None) -> bytes | None:
     if key is None:
         return None
     if key == "-":
-        key = sys.stdin.readline().strip()
+        key = stdin_key()
     try:
         return key_material(key)
     except MalformedKeyError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from keyvault.formats.bundle import verify as verify_bundle
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import parse_prefix
 
+from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
 
 
@@ -93,7 +93,7 @@ def _refused(row: dict[str, Any]) -> str:
 def trace(state: State, key_or_serial: str, bundle_out: Path | None, as_json: bool) -> None:
     """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
     if key_or_serial == "-":
-        key_or_serial = sys.stdin.readline().strip()
+        key_or_serial = stdin_key()
     if bundle_out is not None and bundle_out.exists():
         raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file")
     vault = state.vault()

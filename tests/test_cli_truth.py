@@ -325,3 +325,14 @@ def test_a_double_sale_refused_at_the_sender_is_kept_and_audited(world: World) -
     (sale,) = doc["double_sales"]
     assert sale["refused_at"] == "send" and sale["second"]["ranges"] == ["5-14"] and sale["first"]["ranges"] == ["0-9"]
     assert ok("--store", world.supplier_store, "check").exit_code == 0
+
+
+def test_single_key_commands_read_stdin_bounded(world: World) -> None:
+    """trace, blacklist add --key and verify-bundle --key read one stdin line, capped and checked like verify."""
+    for args in (("trace", "-"), ("blacklist", "add", "--key", "-", "--reason", "r")):
+        for stdin in ("", "\n\n", "A" * (MAX_LINE + 5) + "\n"):
+            result = kv("--store", world.platform, *args, input=stdin)
+            assert result.exit_code == EXIT_USAGE, (args, stdin[:5], result.output)
+            assert "no key given" in result.output or "longer than" in result.output
+    traced = json.loads(ok("--store", world.platform, "trace", "--json", "-", input=world.keys[0] + "\n").stdout)
+    assert traced["serial"] == world.serials[0]
