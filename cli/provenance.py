@@ -116,8 +116,10 @@ def lot_receive(state: State, lot_file: Path, recipient: Path, manifest_out: Pat
     """Open a lot sealed to you: check every signature and hop, record custody, import the batch."""
     doc = state.vault().receive_lot(lot_file, Identity.load(recipient), manifest_out=manifest_out)
     hops = "\n".join(f"  {h['from']} -> {h['to']} ({', '.join(h['ranges'])})" for h in doc["hops"])
-    emit(as_json, doc, f"received batch {doc['batch']} of {doc['count']:,} keys from {doc['supplier']}, through:\n"
-                       f"{hops}")
+    mine = sum(int(b) - int(a) + 1 for a, b in (r.split("-") for r in doc["hops"][-1]["ranges"])) \
+        if doc["hops"] else doc["count"]
+    emit(as_json, doc, f"received {mine:,} keys of batch {doc['batch']} ({doc['count']:,} keys) from "
+                       f"{doc['supplier']}, through:\n{hops}")
 
 
 @click.command()

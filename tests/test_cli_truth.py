@@ -278,7 +278,7 @@ def test_stats_words_agree_with_numbers(world: World) -> None:
     assert "1 blacklist entry;" in ok("--store", world.platform, "stats").stdout
 
 
-def _lot_world(world: World, ranges: str) -> tuple[Path, Path, Path]:
+def _lot_world(world: World, ranges: str) -> tuple[Path, Path, Path, str]:
     east_id, east_pub, east = world.root / "east.identity", world.root / "east.pub", world.root / "east-store"
     ok("supplier", "init", "--name", "East Agency", "--out", east_id)
     east_pub.write_bytes(ok("identity", "show", "--public", east_id).stdout_bytes)
@@ -289,13 +289,14 @@ def _lot_world(world: World, ranges: str) -> tuple[Path, Path, Path]:
        "--identity", world.identity, "--manifest", world.manifest, "--out", lot)
     ok("--store", east, "init")
     ok("--store", east, "trust", "add", acme_pub)
-    ok("--store", east, "lot", "receive", lot, "--identity", east_id)
-    return east, east_id, east_pub
+    received = ok("--store", east, "lot", "receive", lot, "--identity", east_id).stdout
+    return east, east_id, east_pub, received
 
 
 def test_a_receiver_counts_only_the_keys_it_received(world: World) -> None:
     half = len(world.keys) // 2
-    east, _, _ = _lot_world(world, f"0-{half - 1}")
+    east, _, _, received = _lot_world(world, f"0-{half - 1}")
+    assert received.startswith(f"received {half} keys of batch {world.batch} ({len(world.keys)} keys)")
     doc = _stats(east)
     (b,) = doc["batches"]
     assert (b["count"], b["active"], b["received_ranges"]) == (half, half, [f"0-{half - 1}"])
@@ -313,7 +314,7 @@ def test_a_receiver_counts_only_the_keys_it_received(world: World) -> None:
 
 
 def test_a_double_sale_refused_at_the_sender_is_kept_and_audited(world: World) -> None:
-    _, _, east_pub = _lot_world(world, "0-9")
+    _, _, east_pub, _ = _lot_world(world, "0-9")
     assert "no double sale" in ok("--store", world.supplier_store, "audit").stdout
     again = world.root / "again.kvl"
     refused = kv("--store", world.supplier_store, "lot", "send", "--batch", world.batch, "--range", "5-14",
