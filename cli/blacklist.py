@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,7 +29,7 @@ def _target(key: str | None, serial: str | None, batch: str | None, supplier: st
         raise click.UsageError("give exactly one of --key, --serial, --batch or --supplier")
     level, value = given[0]
     if level == "key" and value == "-":
-        value = sys.stdin.readline().strip()
+        value = stdin_key()
     return level, value
 
 

@@ -21,7 +21,7 @@ def identity() -> None:
 
 def _fields(who: PublicIdentity) -> dict[str, Any]:
     return {"name": who.name, "id": who.id, "prefix": who.prefix_text, "fingerprint": who.fingerprint,
-            "public_key": who.to_dict()["public_key"]}
+            "public_key": who.public_key.hex()}  # hex, as everywhere in the CLI
 
 
 def _engine_identity(state: State) -> PublicIdentity:

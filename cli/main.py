@@ -6,7 +6,10 @@ Exit codes: 0 done (every key accepted), 3 at least one key refused,
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,10 +29,30 @@ from . import (
     supplier,
     throttle,
 )
-from .output import State
+from .output import EXIT_ERROR, CommandError, State, show_json_error
 
 
-@click.group(context_settings={"auto_envvar_prefix": "KEYVAULT", "help_option_names": ["-h", "--help"]})
+class KeyvaultGroup(click.Group):
+    """The root group: under --json, every error (click's usage errors too) is one JSON object on stderr."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run the command line; with --json anywhere in it, errors are printed as JSON."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            show_json_error(exc)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            show_json_error(CommandError("Aborted", "aborted", "run the command again", EXIT_ERROR))
+            sys.exit(EXIT_ERROR)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+@click.group(cls=KeyvaultGroup, context_settings={"auto_envvar_prefix": "KEYVAULT", "help_option_names": ["-h", "--help"]})
 @click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="KEYVAULT_STORE",
               help="Store directory (or set KEYVAULT_STORE).")
 @click.option("--pepper-file", type=click.Path(dir_okay=False, path_type=Path), envvar="KEYVAULT_PEPPER_FILE",

@@ -1,4 +1,10 @@
-"""Shared CLI plumbing: the opened vault in ``ctx.obj``, --json, exit codes, errors."""
+"""Shared CLI plumbing: the opened vault in ``ctx.obj``, --json, exit codes, errors.
+
+Errors go to stderr. Under ``--json`` an error is one JSON object on one line of stderr (stdout keeps
+only results): ``{"error": NAME, "message": ..., "hint": ..., "exit_code": N}``, where NAME is the
+exception's class name (``StoreFullError``, ``NotAStoreError``, ``UsageError``, click's
+``NoSuchOption``, ...), stable across releases.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,18 @@ from typing import Any, TypeVar
 import click
 
 from keyvault import KeyvaultError, Vault
+from keyvault.errors import (
+    CustodyError,
+    IdentityError,
+    ManifestError,
+    NotAStoreError,
+    NotFoundError,
+    PepperError,
+    StoreCorruptError,
+    StoreFullError,
+    TrustError,
+    UsageError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,15 +71,64 @@ def emit(as_json: bool, doc: Any, text: str) -> None:
         click.echo(text)
 
 
+# What to do next, per kind of error (the first class in an error's MRO found here).
+_HINTS: dict[type[BaseException], str] = {
+    StoreFullError: "free space on the disk, then run the command again: nothing was half-written",
+    NotAStoreError: "check --store (or KEYVAULT_STORE), or create a store with `keyvault --store DIR init`",
+    PepperError: "give the store's own pepper file with --pepper-file (or KEYVAULT_PEPPER_FILE)",
+    StoreCorruptError: "run `keyvault --store DIR check`, and restore the store from a backup",
+    UsageError: "fix the argument named in the message; `keyvault COMMAND --help` shows every option",
+    NotFoundError: "check the name, serial or batch id; `keyvault stats` lists what the store holds",
+    IdentityError: "check the identity file's path and mode (0600), or make one with `keyvault supplier init`",
+    ManifestError: "get the manifest again from its supplier, unaltered",
+    TrustError: "pin the supplier's public identity with `keyvault trust add`, after checking its fingerprint",
+    CustodyError: "`keyvault audit` shows the custody records",
+    KeyvaultError: "the message says what to do",
+    OSError: "check the path, its permissions and the free space, then run the command again",
+}
+
+
+def hint_for(exc: BaseException) -> str:
+    """A short 'what to do next' for an error."""
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "keyvault"
+        return f"`{where} --help` shows the usage"
+    return next((hint for kind in type(exc).__mro__ if (hint := _HINTS.get(kind)) is not None),
+                "the message says what to do")
+
+
+class CommandError(click.ClickException):
+    """An error a command reports: its stable name (the exception's class), message, hint and exit code."""
+
+    def __init__(self, name: str, message: str, hint: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.name, self.hint, self.exit_code = name, hint, exit_code
+
+
+def error_doc(exc: click.ClickException) -> dict[str, Any]:
+    """The JSON object an error is printed as under --json."""
+    name = exc.name if isinstance(exc, CommandError) else type(exc).__name__
+    hint = exc.hint if isinstance(exc, CommandError) else hint_for(exc)
+    return {"error": name, "message": exc.format_message(), "hint": hint, "exit_code": exc.exit_code}
+
+
+def show_json_error(exc: click.ClickException) -> None:
+    """Print an error as one JSON object on one line of stderr."""
+    click.echo(json.dumps(error_doc(exc), ensure_ascii=False), err=True)
+
+
 def handle_errors(f: F) -> F:
-    """Turn keyvault's errors into a clean message and exit code 1 (never a traceback)."""
+    """Turn keyvault's errors (and the OS's) into a clean message and exit code 1 (never a traceback)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
         except KeyvaultError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise CommandError(type(exc).__name__, str(exc), hint_for(exc)) from None
+        except OSError as exc:  # a file the command reads or writes (a full disk: StoreFullError above)
+            where = f": {exc.filename}" if exc.filename else ""
+            raise CommandError(type(exc).__name__, f"{exc.strerror or exc}{where}", hint_for(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

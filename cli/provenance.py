@@ -13,6 +13,7 @@ from keyvault.formats.bundle import verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
 
+from .keys import stdin_key
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -115,8 +116,10 @@ def lot_receive(state: State, lot_file: Path, recipient: Path, manifest_out: Pat
     """Open a lot sealed to you: check every signature and hop, record custody, import the batch."""
     doc = state.vault().receive_lot(lot_file, Identity.load(recipient), manifest_out=manifest_out)
     hops = "\n".join(f"  {h['from']} -> {h['to']} ({', '.join(h['ranges'])})" for h in doc["hops"])
-    emit(as_json, doc, f"received batch {doc['batch']} of {doc['count']:,} keys from {doc['supplier']}, through:\n"
-                       f"{hops}")
+    mine = sum(int(b) - int(a) + 1 for a, b in (r.split("-") for r in doc["hops"][-1]["ranges"])) \
+        if doc["hops"] else doc["count"]
+    emit(as_json, doc, f"received {mine:,} keys of batch {doc['batch']} ({doc['count']:,} keys) from "
+                       f"{doc['supplier']}, through:\n{hops}")
 
 
 @click.command()
@@ -144,10 +147,12 @@ def _render_audit(doc: dict[str, Any]) -> str:
                 else f": {log['error']}")]
     for d in doc["double_sales"]:
         first, second = d["first"], d["second"]
+        tried = "tried to send" if d["refused_at"] == "send" else "sent"
+        where = "refused when sending here" if d["refused_at"] == "send" else "refused when received here"
         lines.append(f"DOUBLE SALE in batch {d['batch']}: {first['from']} sent {', '.join(first['ranges'])} to "
                      f"{first['to']} on {first['at']} (transfer {first['transfer'][:16]}), then "
-                     f"{second['from']} sent {', '.join(second['ranges'])} to {second['to']} on {second['at']} "
-                     f"(transfer {second['transfer'][:16]}); both signed records are kept")
+                     f"{second['from']} {tried} {', '.join(second['ranges'])} to {second['to']} on {second['at']} "
+                     f"(transfer {second['transfer'][:16]}; {where}); both signed records are kept")
     for g in doc["manifest_gaps"]:
         lines.append(f"WITHHELD BATCH? {g['batch']} of supplier {g['supplier']} names a previous manifest "
                      f"{g['missing_previous'][:16]} this store never received")
@@ -231,7 +236,7 @@ def _key_material(key: str | None) -> bytes | None:
     if key is None:
         return None
     if key == "-":
-        key = sys.stdin.readline().strip()
+        key = stdin_key()
     try:
         return key_material(key)
     except MalformedKeyError:

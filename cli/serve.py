@@ -75,9 +75,10 @@ def list_tokens(state: State, as_json: bool) -> None:
 
 @token.command("revoke")
 @click.argument("name")
+@json_option
 @click.pass_obj
 @handle_errors
-def revoke(state: State, name: str) -> None:
+def revoke(state: State, name: str, as_json: bool) -> None:
     """Revoke a token: every worker refuses it from its next request on."""
     state.vault().revoke_token(name)
-    click.echo(f"token {name} revoked")
+    emit(as_json, {"name": name, "revoked": True}, f"token {name} revoked")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from keyvault.formats.bundle import verify as verify_bundle
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import parse_prefix
 
+from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
 
 
@@ -43,27 +43,37 @@ def stats(state: State, as_json: bool) -> None:
         emit(True, doc, "")
         return
     t: dict[str, Any] = doc["totals"]
-    click.echo(f"{t['keys']:,} keys in {t['batches']} batches from {t['suppliers']} suppliers: "
-               f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void; "
-               f"{t['blacklist_entries']} blacklist entries; {t['refused_total']:,} refused attempts")
+    click.echo(f"{_n(t['keys'], 'key')} in {_n(t['batches'], 'batch')} from {_n(t['suppliers'], 'supplier')}: "
+               f"{t['active']:,} active, {t['redeemed']:,} redeemed, {t['void']:,} void, {t['blacklisted']:,} "
+               f"blacklisted; {_n(t['blacklist_entries'], 'blacklist entry')}; "
+               f"{_n(t['refused_total'], 'refused attempt')}")
     for s in doc["suppliers"]:
         flag = "  BLACKLISTED" if s["supplier_blacklisted"] else ""
         click.echo(f"\nsupplier {s['name']} (id {s['supplier']}, prefix {s['prefix']}){flag}\n"
-                   f"  {s['batches']} batches, {s['keys']:,} keys (issued here {s['issued']:,}, imported "
-                   f"{s['imported']:,}): redeemed {s['redeemed']:,}, void {s['void']:,}, keys blacklisted "
-                   f"{s['blacklisted']:,}, refused {_refused(s)}")
+                   f"  {_n(s['batches'], 'batch')}, {_n(s['keys'], 'key')} (issued here {s['issued']:,}, imported "
+                   f"{s['imported']:,}): active {s['active']:,}, redeemed {s['redeemed']:,}, void {s['void']:,}, "
+                   f"blacklisted {s['blacklisted']:,}; refused {_refused(s)}")
     for b in doc["batches"]:
         flag = "  BLACKLISTED" if b["batch_blacklisted"] else ""
         until = f", valid until {b['valid_until']}" if b["valid_until"] else ""
+        held = (f" (received here in lots: {', '.join(b['received_ranges'])})" if b["received_ranges"] else "")
         click.echo(f"\nbatch {b['batch']} {b['product']} ({b['supplier_name']}, {b['kind']}, {b['origin']}{until}){flag}\n"
-                   f"  {b['count']:,} keys: active {b['active']:,}, redeemed {b['redeemed']:,}, void {b['void']:,}, "
-                   f"keys blacklisted {b['blacklisted']:,}, refused {_refused(b)}")
+                   f"  {_n(b['count'], 'key')}{held}: active {b['active']:,}, redeemed {b['redeemed']:,}, "
+                   f"void {b['void']:,}, blacklisted {b['blacklisted']:,}; refused {_refused(b)}")
     if doc["clients"]:
         click.echo("\nclients with refused attempts (most first)")
     for c in doc["clients"][:20]:
         click.echo(f"  {c['client']}: refused {_refused(c)}, throttled answers {c['throttled']:,}")
     if len(doc["clients"]) > 20:
         click.echo(f"  ... and {len(doc['clients']) - 20:,} more (`keyvault stats --json` lists them all)")
+
+
+_PLURALS = {"batch": "batches", "blacklist entry": "blacklist entries"}
+
+
+def _n(count: int, word: str) -> str:
+    """``count`` and ``word``, the word in the plural unless the count is one: '1 batch', '2 batches'."""
+    return f"{count:,} {word if count == 1 else _PLURALS.get(word, word + 's')}"
 
 
 def _refused(row: dict[str, Any]) -> str:
@@ -83,7 +93,7 @@ def _refused(row: dict[str, Any]) -> str:
 def trace(state: State, key_or_serial: str, bundle_out: Path | None, as_json: bool) -> None:
     """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
     if key_or_serial == "-":
-        key_or_serial = sys.stdin.readline().strip()
+        key_or_serial = stdin_key()
     if bundle_out is not None and bundle_out.exists():
         raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file")
     vault = state.vault()

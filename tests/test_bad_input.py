@@ -43,12 +43,19 @@ from cli_support import EXIT_ERROR, EXIT_REFUSED, EXIT_USAGE, World, json_lines,
 
 
 def refused(result: CliResult, *words: str, code: int = EXIT_ERROR) -> str:
-    """A clean error: the exit code, one 'Error: ...' message naming ``words``, nothing on stdout."""
+    """A clean error: the exit code, one 'Error: ...' message naming ``words`` (under --json: one JSON
+    object on stderr's last line), nothing on stdout."""
     assert result.exit_code == code, f"exit {result.exit_code} (expected {code}): {result.output}"
     # Progress labels may come first on stderr; the error is the last thing said.
-    at = result.stderr.find("Error: ")
-    assert at >= 0, f"no 'Error: ' message on stderr: {result.stderr!r}"
-    message = result.stderr[at:].strip()
+    last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    if last.startswith("{"):
+        doc = json.loads(last)
+        assert doc["exit_code"] == code and doc["error"] and doc["hint"], doc
+        message = doc["message"]
+    else:
+        at = result.stderr.find("Error: ")
+        assert at >= 0, f"no 'Error: ' message on stderr: {result.stderr!r}"
+        message = result.stderr[at:].strip()
     assert len(message) > 25, f"too terse to act on: {message!r}"
     lowered = message.lower()
     for word in words:

@@ -425,6 +425,8 @@ def _outcome(store: Path) -> tuple[str, str]:
     assert "Traceback" not in proc.stderr, proc.stderr
     if proc.returncode == EXIT_ERROR:
         message = proc.stderr.strip()
+        if message.startswith("{"):  # `check --json`: the error is one JSON object on stderr
+            message = "Error: " + json.loads(message)["message"]
         assert message.startswith("Error: ") and str(store) in message and "\n" not in message, message
         assert any(w in message for w in ("damaged", "truncated", "not an LMDB file", "LMDB data format",
                                           "is a store in format")), message

@@ -357,3 +357,29 @@ def test_a_client_verify_on_a_full_disk_does_not_crash(small_disk: Path) -> None
     proc = subprocess.run([sys.executable, "-I", "-c", _THROTTLE, str(store)], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
+
+
+def test_batch_issue_on_a_full_disk_leaves_nothing_and_can_be_retried(small_disk: Path, tmp_path: Path) -> None:
+    """The export and manifest fill the disk: a clean StoreFullError, no file left behind, the retry works."""
+    from cli_support import EXIT_ERROR, kv, ok
+
+    store, identity = tmp_path / "store", tmp_path / "acme.identity"
+    ok("supplier", "init", "--name", "Acme", "--out", identity)
+    ok("--store", store, "init")
+    filler = _fill(small_disk, leave=256 << 10)
+    args = ("--store", store, "batch", "issue", "--supplier", identity, "--product", "P", "--count", 50_000,
+            "--keys-out", small_disk / "keys.csv", "--manifest-out", small_disk / "batch.kvm")
+    for as_json in (False, True):
+        failed = kv(*args, *(("--json",) if as_json else ()))
+        assert failed.exit_code == EXIT_ERROR, failed.output
+        assert "Traceback" not in failed.stderr and "OSError" not in failed.stderr
+        if as_json:
+            doc = json.loads(failed.stderr.strip().splitlines()[-1])
+            assert doc["error"] == "StoreFullError" and "free some space" in doc["message"]
+        else:
+            assert "no room on the disk" in failed.stderr and "nothing was kept" in failed.stderr
+        assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no keys.csv, manifest or .part
+        assert json.loads(ok("--store", store, "stats", "--json").stdout)["totals"]["batches"] == 0
+    os.truncate(filler, 0)
+    done = json.loads(ok(*args, "--json").stdout)
+    assert done["count"] == 50_000 and (small_disk / "keys.csv").stat().st_size > 0

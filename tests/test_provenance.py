@@ -506,18 +506,24 @@ def test_a_refused_double_sale_stays_refused(chain: Chain) -> None:
 
 def test_the_sender_refuses_its_own_double_sale(chain: Chain) -> None:
     other = Identity.generate("Other Platform")
-    before = snapshot(chain.dist)
+    before, before_log = snapshot(chain.dist), chain.dist.verify_log()
     out = chain.files / "overlap.kvl"
     with pytest.raises(CustodyError, match="double sale"):
         chain.dist.send_lot(chain.dist_id, chain.batch.batch.id, other.public, manifest=chain.manifest, out=out,
                             ranges="25-74")
     assert not out.exists()
-    assert snapshot(chain.dist) == before
+    # The refusal is kept as custody evidence (no event, no spend), and audit reports it.
+    assert chain.dist.verify_log() == before_log
+    sales = chain.dist.audit()["double_sales"]
+    assert len(sales) == 1 and sales[0]["refused_at"] == "send" and sales[0]["second"]["ranges"] == ["25-74"]
+    assert snapshot(chain.dist) != before
+    before = snapshot(chain.dist)
     # Keys it never received cannot be sent either.
     with pytest.raises(CustodyError):
         chain.dist.send_lot(chain.dist_id, chain.batch.batch.id, other.public, manifest=chain.manifest, out=out,
                             ranges="100-120")
     assert not out.exists()
+    assert snapshot(chain.dist) == before  # not a double sale: nothing kept
     # The rest of what it holds can.
     done = chain.dist.send_lot(chain.dist_id, chain.batch.batch.id, other.public, manifest=chain.manifest,
                                out=out, ranges="50-99")

@@ -248,7 +248,7 @@ def test_stats_count_everything(platform: Vault, issued: Issued) -> None:
     stats = platform.stats()
     (batch,) = stats["batches"]  # type: ignore[misc]
     assert batch["count"] == 200 and batch["origin"] == "manifest"
-    assert (batch["redeemed"], batch["void"], batch["blacklisted"], batch["active"]) == (1, 1, 1, 198)
+    assert (batch["redeemed"], batch["void"], batch["blacklisted"], batch["active"]) == (1, 1, 1, 197)  # once each
     assert batch["refused"] == {"redeemed": 1, "blacklisted": 1, "unknown": 1}
     (supplier,) = stats["suppliers"]  # type: ignore[misc]
     assert supplier["imported"] == 200 and supplier["issued"] == 0 and supplier["redeemed"] == 1

@@ -531,7 +531,7 @@ class Engine(State):
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         self.guard.flush()
         with self.store.read() as txn:
-            return build_stats(txn, self.current(txn))
+            return build_stats(txn, self.current(txn), self.ledger.sync(txn, txn.head()))
 
     def _story(self, txn: Txn, key_or_serial: str) -> tuple[Catalog, Found, Result, list[int]]:
         """A key located for its trace: the catalog, the key, its status, and its events' indices."""

@@ -8,6 +8,7 @@ does, so the two can never disagree about what was issued.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from .. import _fast
 from ..clock import iso, now_ms
-from ..errors import ConflictError, ImportFileError, TrustError, UsageError
+from ..errors import ConflictError, ImportFileError, KeyvaultError, StoreFullError, TrustError, UsageError
 from ..fields import check_text
 from ..formats.identity import Identity, fingerprint
 from ..formats.keyformat import (
@@ -151,6 +152,9 @@ def _header(state: State, identity: Identity, number: int, product: str, count: 
     }
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
 class _Export:
     """The one-time printable export: CSV (serial,key,...) or JSON, created 0600, never overwritten."""
 
@@ -195,8 +199,12 @@ class _Export:
         self._fh.close()
 
     def discard(self) -> None:
-        self._fh.close()
-        self.path.unlink(missing_ok=True)
+        try:
+            self._fh.close()  # flushes: on a full disk that fails too, and the file must still go
+        except OSError:
+            pass
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 def _json(value: object) -> str:
@@ -257,8 +265,12 @@ def issue_batch(state: State, identity: Identity, product: str, count: int, keys
                                   _header(state, identity, number, product, count, "native", salt, valid_from,
                                           valid_until), seed, body())
         export.close()
-    except BaseException:
+    except BaseException as exc:
         export.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, KeyvaultError) and exc.errno in _NO_ROOM:
+            raise StoreFullError(f"no room on the disk to write {keys_out} and {manifest_out} "
+                                 f"({exc.strerror}): nothing was kept; free some space (or write them "
+                                 "elsewhere) and run the command again") from None
         raise
     return _store_own(state, manifest, "issued", progress, manifest_out, keys_out)
 

@@ -14,9 +14,11 @@ from ..errors import UsageError
 from ..formats.keyformat import (
     MAX_IMPORTED,
     batch_key,
+    importable,
     looks_like_serial,
     looks_native,
     malformed,
+    mistyped_native,
     normalize_imported,
     parse_serial,
     serial_text,
@@ -51,8 +53,8 @@ def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str) -> Found | Result:
         material = canonical
     else:
         # Native-shaped input is a mistyped native key, never an imported code.
-        imported = None if looks_native(key) else _imported(txn, cat, pepper, key)
-        if imported is None:
+        imported = None if looks_native(key) or not importable(key) else _imported(txn, cat, pepper, key)
+        if imported is None or (imported[0] < 0 and mistyped_native(key)):  # no such code: a mistyped key
             group, message = malformed(outcome, position, key)
             return Result(Status.MALFORMED, group=group, message=message)
         serial, material = imported  # serial -1: not found, but hashed all the same

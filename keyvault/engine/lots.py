@@ -6,13 +6,15 @@ The ``custody`` database holds (keys start with one letter):
 |----------------------------------|----------------------------------------------|
 | T + transfer id (32)             | the signed transfer file                     |
 | S + spent record id (32) + u64 first | transfer id (32) + u64 end: a spend of [first, end) |
-| H + u64 batch + transfer id      | empty: the transfers known for a batch       |
+| H + u64 batch + transfer id      | the transfers known for a batch: ``R`` for a lot received here, else empty |
 | E + transfer id (32)             | JSON evidence: the transfer refused as a double sale, and the one it collides with |
 
-Sending refuses an overlap with an earlier spend before signing anything.
-Receiving stores every new hop of the incoming chain; a hop that spends
-what another known transfer already spent is a double sale: the lot is
-refused, and both signed records are kept, reported by ``keyvault audit``.
+A hop that spends what another known transfer already spent is a double
+sale, whether this store is asked to send it or receives it: it is refused,
+and both signed records are kept as evidence (``E``, with ``"side"`` ``send``
+or ``receive``), reported by ``keyvault audit``. Receiving stores every new
+hop of the incoming chain and marks the last one, addressed to this store's
+holder, as received (``R``): ``keyvault stats`` counts only those keys.
 """
 
 from __future__ import annotations
@@ -83,6 +85,18 @@ def _spent_by(txn: Txn, previous: str, ranges: Ranges, tid: str) -> Transfer | N
     return None
 
 
+#: The value of a batch index entry (``H``) for a lot received here.
+RECEIVED = b"R"
+
+
+def _evidence(txn: Txn, hop: Transfer, earlier: Transfer, now: int, side: str) -> None:
+    """Keep a refused double sale: the refused signed transfer and what it collides with."""
+    tid = bytes.fromhex(hop.id)
+    txn.put("custody", b"T" + tid, hop.data)
+    txn.put("custody", b"E" + tid, dump({"conflicts_with": earlier.id, "at": now, "batch": hop.doc["batch"],
+                                         "previous": hop.previous, "side": side}))
+
+
 def _keep(state: State, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
     """Store a new hop, its spends, and its event."""
     tid = bytes.fromhex(hop.id)
@@ -106,7 +120,7 @@ def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, 
     if manifest.batch != batch:
         raise UsageError(f"{manifest_path} is the manifest of batch {batch_text(manifest.batch)}, not {batch_text(batch)}")
 
-    def work(txn: Txn) -> tuple[Transfer, list[Transfer], BatchInfo]:
+    def work(txn: Txn) -> tuple[Transfer, list[Transfer], BatchInfo, Transfer | None]:
         cat = state.current(txn)
         info = cat.batches.get(batch)
         if info is None or info.manifest != manifest.id:
@@ -118,14 +132,18 @@ def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, 
         hop = make_transfer(sender, recipient.name, recipient.public_key, info.id, manifest.id, info.count, wanted,
                             previous, now)
         earlier = _spent_by(txn, previous, hop.ranges, hop.id)
-        if earlier is not None:
-            raise CustodyError(f"double sale refused: keys of this lot were already sent to "
-                               f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
-                               f"{earlier.id[:16]}); nothing was sent")
+        if earlier is not None:  # kept as evidence, as a received double sale is; nothing is sent
+            _evidence(txn, hop, earlier, now, "send")
+            return hop, [], info, earlier
         _keep(state, txn, hop, batch, now)
-        return hop, chain + [hop], info
+        return hop, chain + [hop], info, None
 
-    hop, chain, info = state.store.write(work)
+    hop, chain, info, earlier = state.store.write(work)
+    if earlier is not None:
+        raise CustodyError(f"double sale refused: keys of this lot were already sent to "
+                           f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
+                           f"{earlier.id[:16]}); nothing was sent. The refused transfer is kept as evidence: "
+                           "`keyvault audit` shows it")
     _write_new(out, seal_lot(sender, recipient.public_key, chain, manifest.path.read_bytes()))
     return hop, info
 
@@ -173,11 +191,11 @@ def receive(state: State, lot_path: Path, recipient: Identity,
                     continue
                 earlier = _spent_by(txn, hop.previous, hop.ranges, hop.id)
                 if earlier is not None:
-                    txn.put("custody", b"T" + tid, hop.data)
-                    txn.put("custody", b"E" + tid, dump({"conflicts_with": earlier.id, "at": now,
-                                                         "batch": hop.doc["batch"], "previous": hop.previous}))
+                    _evidence(txn, hop, earlier, now, "receive")
                     return None, hop, earlier
                 _keep(state, txn, hop, manifest.batch, now)
+            # The last hop is the one sealed to this store's holder: its keys are the ones received here.
+            txn.put("custody", b"H" + u64(manifest.batch) + bytes.fromhex(chain[-1].id), RECEIVED)
             info, _ = import_in(state, txn, manifest, "manifest", None)
             return info, None, None
 
@@ -217,6 +235,7 @@ def audit(state: State) -> dict[str, Any]:
             refused = _record(txn, key[1:])
             earlier = _record(txn, bytes.fromhex(doc["conflicts_with"]))
             double_sales.append({"batch": doc["batch"], "spent_record": doc["previous"], "detected_at": iso(doc["at"]),
+                                 "refused_at": doc.get("side", "receive"),
                                  "first": _hop_dict(earlier), "second": _hop_dict(refused)})
         gaps, forks = [], []
         by_supplier: dict[str, dict[str, dict[str, Any]]] = {}

@@ -118,6 +118,33 @@ def looks_native(text: str) -> bool:
     return len(folded) == _fast.KEY_SYMBOLS and folded[:1] == _fast.ALPHABET[1]
 
 
+#: How many symbols a mistyped native key may be short or long by (one whole group).
+NEAR_NATIVE = 4
+
+
+def mistyped_native(text: str) -> bool:
+    """True when ``text`` can only be a mistyped native key: nothing but key-alphabet symbols (look-alikes
+    and case folded) and separators, within ``NEAR_NATIVE`` symbols of a key's length, or a key's shape
+    with one symbol wrong. Imported codes of that shape are still found first (``engine.lookup``)."""
+    if len(text) > _fast.MAX_INPUT:
+        return False
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    folded = _fast.normalize(text)
+    return abs(len(folded) - _fast.KEY_SYMBOLS) <= NEAR_NATIVE and all(c in _fast.ALPHABET for c in folded)
+
+
+def importable(text: str) -> bool:
+    """True when ``text`` could be an imported code or card:password (each part 1..MAX_IMPORTED printable
+    ASCII once folded): anything else is not a key at all."""
+    parts = text.partition(":")[::2] if ":" in text else (text,)
+    for part in parts:
+        folded = normalize_imported(part)
+        if not folded or len(folded) > MAX_IMPORTED or not folded.isascii() or not folded.isprintable():
+            return False
+    return True
+
+
 def _group(position: int) -> int:
     return position // _fast.GROUP_SIZE + 1
 
