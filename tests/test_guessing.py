@@ -106,6 +106,28 @@ def test_concurrent_processes_share_one_budget(platform: Vault, issued: Issued) 
     assert _refused(platform, "ip-2") == (judged, 12_000 - judged)
 
 
+def _block_in_a_process(path: str, key: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    with Vault.open(path) as vault:
+        queue.put([vault.verify(_forged(key, n), client="ip-3").status.value for n in range(4)])
+
+
+def test_a_slot_held_for_the_next_call_does_not_outlive_a_block(platform: Vault, issued: Issued) -> None:
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=2))
+    platform.flush_every = None  # the slot a valid key let through stays held in this process
+    assert platform.verify(issued.keys[0], client="ip-3").status is Status.VALID
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_block_in_a_process, args=(str(platform.path), issued.keys[1], queue))
+    child.start()
+    # The budget is 3 refusals; this process holds a slot, so the third guess finds none left: throttled.
+    assert queue.get(timeout=60) == ["unknown", "unknown", "throttled", "throttled"]
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    platform.flush_stats()  # gives the held slot back: the child's call can now block the client
+    assert platform.verify(_forged(issued.keys[2], 9), client="ip-3").status is Status.UNKNOWN
+    assert platform.verify(issued.keys[0], client="ip-3").status is Status.THROTTLED
+
+
 def test_redeem_many_stops_at_the_budget_and_spends_nothing_past_it(platform: Vault, issued: Issued) -> None:
     platform.set_throttle_policy(ThrottlePolicy(max_refused=4))
     pairs = [(k, f"O-{i}") for i, k in enumerate(_forgeries(issued, 50))] + [(issued.keys[0], "REAL")]

@@ -34,6 +34,7 @@ from .state import State
 from .throttling import ThrottlePolicy
 
 FLUSH_SECONDS = 1.0  # refused-attempt counters are flushed at most this often (and on close)
+LEASE_SECONDS = 1.0  # a slot a valid key gave back is reused by this process's next calls for this long at most
 _UNHELD = (b"T", b"B:?", b"S:?")  # where refusals of keys naming no batch held here are counted
 
 
@@ -56,12 +57,11 @@ _FREE = frozenset({Status.VALID, Status.ACCEPTED, Status.THROTTLED})
 class Budget:
     """One call's share of one client's refusal budget: slots reserved, slots used up by refusals."""
 
-    __slots__ = ("who", "policy", "window", "taken", "spent", "settled", "answer", "open")
+    __slots__ = ("who", "policy", "taken", "spent", "settled", "answer", "open")
 
     def __init__(self, who: bytes, policy: ThrottlePolicy) -> None:
         self.who = who
         self.policy = policy
-        self.window = 0  # the window the slots were reserved in
         self.taken = 0  # slots this call holds in the shared state
         self.spent = 0  # of those, used up by refused keys not yet counted as refusals there
         self.settled = 0  # refusals of this call already counted there
@@ -81,8 +81,9 @@ class Guard:
         self._state = state
         self._throttle_store: ThrottleStore | None = None  # opened when a client is first named
         self._pending: Counter[bytes] = Counter()
-        #: Slots single-key calls let through and still hold, by client: (slots, window), given back lazily.
-        self._returns: dict[bytes, tuple[int, int]] = {}
+        #: Reserved slots that single keys let through, held for the client's next calls in this process
+        #: for at most LEASE_SECONDS: (slots, since when, monotonic). flush() gives them back.
+        self._returns: dict[bytes, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         #: Seconds between automatic writes of refused-attempt counts (None: only flush() and close()).
@@ -118,12 +119,26 @@ class Guard:
         policy = budget.policy
         assert policy.max_refused is not None
         cap = max(1, (policy.max_refused + 2) // 2)  # half a budget at most: concurrent calls get their share
-        release, window = budget.taken, budget.window
-        if not budget.taken:  # a fresh call: take back what earlier single-key calls left to give back
+        release = budget.taken
+        if not budget.taken:  # a fresh call: first the slots that earlier calls let through and still hold
             with self._lock:
-                release, window = self._returns.pop(budget.who, (0, 0))
+                release, since = self._returns.pop(budget.who, (0, 0.0))
+            if release and time.monotonic() - since < min(LEASE_SECONDS, policy.window_seconds / 2):
+                try:
+                    until = self.throttle.blocked_until(budget.who)  # a read: blocked by another process?
+                except StoreError:
+                    until = 0
+                take = 0 if until > now_ms() else min(want, release, cap)
+                if release > take:
+                    self._hold(budget.who, release - take, since)
+                if take:
+                    budget.taken = take
+                    return True
+                budget.answer = Result(Status.THROTTLED, message="too many refused attempts from this client: "
+                                                                 f"try again after {iso(until)}")
+                return False
         try:
-            charge = self.throttle.charge(budget.who, window=window, release=release, refused=budget.spent,
+            charge = self.throttle.charge(budget.who, release=release, refused=budget.spent,
                                           want=min(want, cap), now=now_ms(), limit=policy.max_refused,
                                           window_ms=policy.window_seconds * 1000,
                                           block_ms=policy.block_seconds * 1000)
@@ -131,7 +146,7 @@ class Guard:
             budget.open = True  # throttling fails open: a full disk must not stop checkout
             return True
         budget.settled += budget.spent
-        budget.window, budget.taken, budget.spent = charge.window, charge.taken, 0
+        budget.taken, budget.spent = charge.taken, 0
         if charge.taken:
             return True
         budget.answer = Result(Status.THROTTLED, message="too many refused attempts from this client: try "
@@ -217,22 +232,26 @@ class Guard:
                 refused = sum(1 for r in results if r.status not in _FREE)
             refused = max(0, refused - budget.settled)
             if not refused and budget.taken <= 1:
-                if not budget.taken:
-                    continue  # a single key let through: given back with the next charge
-                with self._lock:
-                    slots, window = self._returns.get(budget.who, (0, budget.window))
-                    self._returns[budget.who] = (slots + 1 if window == budget.window else 1, budget.window)
+                if budget.taken:  # a single key let through: its slot is held for the next call, for a while
+                    self._hold(budget.who, budget.taken, time.monotonic())
+                    budget.taken = 0
                 continue
             policy = budget.policy
             assert policy.max_refused is not None
             try:
-                self.throttle.charge(budget.who, window=budget.window, release=budget.taken, refused=refused,
+                self.throttle.charge(budget.who, release=budget.taken, refused=refused,
                                      want=0, now=now_ms(), limit=policy.max_refused,
                                      window_ms=policy.window_seconds * 1000, block_ms=policy.block_seconds * 1000)
             except StoreError:
                 pass  # fails open, as above
             budget.taken = budget.spent = 0
         self._maybe_flush()
+
+    def _hold(self, who: bytes, slots: int, since: float) -> None:
+        """Keep reserved slots for this client's next calls in this process (given back by flush())."""
+        with self._lock:
+            held, first = self._returns.get(who, (0, since))
+            self._returns[who] = (held + slots, min(first, since))
 
     def card_locks(self) -> CardLocks | None:
         """Wrong passwords counted per imported card, under the store's policy (None: cards never lock)."""
@@ -285,11 +304,11 @@ class Guard:
             pending, self._pending = self._pending, Counter()
             returns, self._returns = self._returns, {}
             self._last_flush = time.monotonic()
-        for who, (slots, window) in returns.items():
+        for who, (slots, _) in returns.items():
             try:
-                self.throttle.release(who, window, slots)
+                self.throttle.release(who, slots, now_ms())
             except StoreError:
-                pass  # the slots come back with the window's end
+                pass  # forgotten once nobody charges the client for a whole window
         if not pending:
             return
         try:

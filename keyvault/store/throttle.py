@@ -31,7 +31,8 @@ from ..errors import ClosedError, StoreError
 from .lmdbstore import MAX_READERS, allocate_lock_file, unusable_after_fork
 
 T = TypeVar("T")
-_RECORD = struct.Struct(">QIIQ")  # window start (ms), refusals in it, slots reserved in flight, blocked until (ms)
+# window start (ms), refusals in it, slots reserved by calls in flight, blocked until (ms), last charged (ms)
+_RECORD = struct.Struct(">QIIQQ")
 _OLD_RECORD = struct.Struct(">QIQ")  # the record of earlier releases: no reservations
 _CARD = struct.Struct(">IIQ")  # wrong passwords on a card, attempts on it in flight, when it was locked (ms; 0: not)
 CARD_PREFIX = b"\0card:"  # a card's record: this, then its folded card number (client ids are printable)
@@ -39,13 +40,13 @@ _INITIAL_MAP = 16 << 20  # about 150,000 clients at a time; doubles when full
 
 
 def _client(value: bytes | None, now: int) -> list[int]:
-    """A client's record as [start, refused, reserved, until] (a fresh one when absent or unreadable)."""
+    """A client's record as [start, refused, reserved, until, touched] (fresh when absent or unreadable)."""
     if value is not None and len(value) == _RECORD.size:
         return list(_RECORD.unpack(value))
     if value is not None and len(value) == _OLD_RECORD.size:
         start, refused, until = _OLD_RECORD.unpack(value)
-        return [start, refused, 0, until]
-    return [now, 0, 0, 0]  # holds nothing durable: a damaged record starts afresh
+        return [start, refused, 0, until, now]
+    return [now, 0, 0, 0, now]  # holds nothing durable: a damaged record starts afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,6 @@ class Charge:
     """What one reservation transaction did: slots taken, the window they belong to, when to try again."""
 
     taken: int
-    window: int  # the window's start (ms): give the slots back under it
     retry_at: int  # until when the client is blocked, or when its window ends (when nothing was taken)
     blocked: bool
 
@@ -80,6 +80,19 @@ class ThrottleStore:
         if self._closed or not self._usable:
             raise ClosedError("this vault is closed (or was opened before fork()); open it again")
 
+    def blocked_until(self, client: bytes) -> int:
+        """Until when (ms) the client is blocked; 0 when it is not (one read)."""
+        self._check()
+        with self._lock:
+            for _ in range(4):
+                try:
+                    with self._env.begin() as txn:
+                        value = txn.get(client)
+                    return _client(value, 0)[3] if value else 0
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)
+        raise StoreError("the throttle state kept being resized by another process; try again")
+
     def _write(self, work: Callable[[Any], T], now: int, window_ms: int = 0) -> T:
         """Run ``work`` in one write transaction (lock held), growing the map when it is full."""
         self._check()
@@ -97,41 +110,45 @@ class ThrottleStore:
                     raise StoreError(f"could not write the throttle state ({exc}); check free disk space") from None
         raise StoreError("could not write the throttle state; check free disk space")
 
-    def charge(self, client: bytes, *, window: int, release: int, refused: int, want: int, now: int,
-               limit: int, window_ms: int, block_ms: int) -> Charge:
-        """Settle and reserve in one transaction: give back ``release`` slots reserved in ``window``, count
-        ``refused`` refusals (blocking the client once more than ``limit`` fall in one window), then
-        reserve up to ``want`` slots of what is left of the window's ``limit + 1``.
+    def charge(self, client: bytes, *, release: int, refused: int, want: int, now: int, limit: int,
+               window_ms: int, block_ms: int) -> Charge:
+        """Settle and reserve in one transaction: give back ``release`` slots, count ``refused`` refusals
+        (blocking the client once more than ``limit`` fall in one window), then reserve up to ``want``
+        slots of what is left of the window's ``limit + 1``.
+
+        Slots reserved by calls in flight outlast the window they were taken in (they are counted in the
+        next one): only when nobody charged the client for a whole window are they forgotten (a process
+        killed in a call).
         """
 
         def work(txn: Any) -> Charge:
-            start, count, reserved, until = _client(txn.get(client), now)
-            if until <= now and (until or now - start >= window_ms):
-                start, count, reserved, until = now, 0, 0, 0  # a new window: what was reserved before is void
-            elif start == window:
-                reserved = max(0, reserved - release)
+            start, count, reserved, until, touched = _client(txn.get(client), now)
+            reserved = max(0, reserved - release)
+            if until <= now and (until or now - start >= window_ms):  # a block or a window is over
+                start, count, until = now, 0, 0
+                if now - touched >= window_ms:
+                    reserved = 0
             count = min(count + refused, 0xFFFFFFFF)
             if refused and count > limit:
                 until = max(until, now + block_ms)
             taken = max(0, min(want, limit + 1 - count - reserved)) if until <= now else 0
             reserved += taken
-            txn.put(client, _RECORD.pack(start, count, reserved, until))
+            txn.put(client, _RECORD.pack(start, count, reserved, until, now))
             blocked = until > now
-            return Charge(taken, start, until if blocked else start + window_ms, blocked)
+            return Charge(taken, until if blocked else start + window_ms, blocked)
 
         return self._write(work, now, window_ms)
 
-    def release(self, client: bytes, window: int, slots: int) -> None:
-        """Give back ``slots`` reserved in ``window`` that judged no refused key."""
+    def release(self, client: bytes, slots: int, now: int) -> None:
+        """Give back ``slots`` that judged no refused key."""
 
         def work(txn: Any) -> None:
             value = txn.get(client)
             if value is not None and len(value) == _RECORD.size:
-                start, count, reserved, until = _RECORD.unpack(value)
-                if start == window and reserved:
-                    txn.put(client, _RECORD.pack(start, count, max(0, reserved - slots), until))
+                start, count, reserved, until, _ = _RECORD.unpack(value)
+                txn.put(client, _RECORD.pack(start, count, max(0, reserved - slots), until, now))
 
-        self._write(work, 0)
+        self._write(work, now)
 
     def card_attempt(self, card: bytes, limit: int, now: int) -> tuple[bool, int]:
         """Reserve one password attempt on an imported card: (True, 0) to go on; (False, when it was
@@ -195,7 +212,7 @@ class ThrottleStore:
             for key, value in txn.cursor():
                 if bytes(key).startswith(CARD_PREFIX):
                     continue  # a card's wrong passwords are kept until an operator unlocks it
-                start, _, _, until = _client(bytes(value), now)
+                start, _, _, until, _ = _client(bytes(value), now)
                 if now - start >= max(window_ms, 1) and until <= now:
                     stale.append(bytes(key))
             for key in stale:
