@@ -225,8 +225,8 @@ class Engine(State):
             store.end_read(txn)
         if result is None:
             return self._verify([key], who, budgets)[0]
-        if budgets:
-            self.guard.settle(budgets, [result])
+        if budget is not None:
+            self.guard.let_through(budget)
         return result
 
     def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:

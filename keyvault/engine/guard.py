@@ -247,6 +247,14 @@ class Guard:
             budget.taken = budget.spent = 0
         self._maybe_flush()
 
+    def let_through(self, budget: Budget) -> None:
+        """settle() for one key let through (the hot path of a single verify): its slot is held."""
+        if budget.taken and not budget.open:
+            self._hold(budget.who, budget.taken, time.monotonic())
+            budget.taken = 0
+        if self.flush_every is not None and time.monotonic() - self._last_flush >= self.flush_every:
+            self._maybe_flush()
+
     def _hold(self, who: bytes, slots: int, since: float) -> None:
         """Keep reserved slots for this client's next calls in this process (given back by flush())."""
         with self._lock:
