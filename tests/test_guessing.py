@@ -251,3 +251,44 @@ def test_cli_unlocks_a_card_and_sets_the_limit(tmp_path: Path) -> None:
     assert [row["card_number"] for row in listed] == ["77000001"]
     ok("--store", store, "throttle", "unlock-card", "7700-0001")
     assert kv("--store", store, "verify", "77000001:0001").exit_code == 0
+
+
+def test_damaged_or_old_throttle_records_start_afresh(platform: Vault, issued: Issued) -> None:
+    import subprocess
+    import sys
+
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=2))
+    platform.verify(_forged(issued.keys[0], 1), client="ip-4")  # makes throttle.mdb and the client's record
+    writer = (  # another process: LMDB opens an environment once per process
+        "import lmdb, struct, sys\n"
+        "env = lmdb.open(sys.argv[1], subdir=False)\n"
+        "with env.begin(write=True) as txn:\n"
+        "    txn.put(b'ip-4', b'\\xff' * 7)\n"  # damaged
+        "    txn.put(b'ip-5', struct.pack('>QIQ', 1, 9, 0))\n")  # an earlier release's record, its window over
+    subprocess.run([sys.executable, "-c", writer, str(platform.path / "throttle.mdb")], check=True, timeout=60)
+    assert platform.verify(issued.keys[0], client="ip-4").status is Status.VALID
+    assert [platform.verify(_forged(issued.keys[0], n), client="ip-4").status for n in range(4)] == \
+        [Status.UNKNOWN] * 3 + [Status.THROTTLED]
+    assert platform.verify(issued.keys[0], client="ip-5").status is Status.VALID  # a window long over
+
+
+def test_import_warns_only_for_guessable_codes(tmp_path: Path) -> None:
+    from keyvault.cli.batch import entropy_bits
+
+    assert 13 < entropy_bits(["0001", "4821", "12345"]) < 14  # the shortest: 4 digits
+    assert entropy_bits(["ab-cd-ef-gh", "QWERTYUI"]) == pytest.approx(8 * 4.7004, rel=1e-3)  # case folded
+    assert entropy_bits(["K7Q2M9X4P1R8T3V6"]) > 80
+    assert entropy_bits(["0000", "0000"]) > 13  # the alphabet is the class, not the symbols seen
+    store, shop = tmp_path / "store", tmp_path / "shop.id"
+    ok("--store", store, "init")
+    ok("supplier", "init", "--name", "Code Shop", "--out", shop)
+    strong = tmp_path / "strong.csv"
+    strong.write_text("code\n" + "".join(f"K7Q2M9X4P1R8T{i:03d}\n" for i in range(20)))
+    result = ok("--store", store, "batch", "import", "--supplier", shop, "--product", "G", strong,
+                "--manifest-out", tmp_path / "strong.kvm")
+    assert "warning" not in result.output
+    weak = tmp_path / "weak.csv"
+    weak.write_text("code\n" + "".join(f"{i:06d}\n" for i in range(20)))
+    result = ok("--store", store, "batch", "import", "--supplier", shop, "--product", "G", weak,
+                "--manifest-out", tmp_path / "weak.kvm", "--json")
+    assert "about 20 bits" in result.output and "28,800 guesses per day" in result.output
