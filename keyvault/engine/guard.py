@@ -57,7 +57,7 @@ _FREE = frozenset({Status.VALID, Status.ACCEPTED, Status.THROTTLED})
 class Budget:
     """One call's share of one client's refusal budget: slots reserved, slots used up by refusals."""
 
-    __slots__ = ("who", "policy", "taken", "spent", "settled", "answer", "open")
+    __slots__ = ("who", "policy", "taken", "spent", "settled", "answer", "open", "since")
 
     def __init__(self, who: bytes, policy: ThrottlePolicy) -> None:
         self.who = who
@@ -67,6 +67,7 @@ class Budget:
         self.settled = 0  # refusals of this call already counted there
         self.answer: Result | None = None  # the throttled answer, once nothing more could be reserved
         self.open = False  # the throttle state could not be written: fail open, judge everything
+        self.since = 0.0  # when the slots taken from this process's held ones were first held (monotonic)
 
     @property
     def held(self) -> int:
@@ -132,7 +133,7 @@ class Guard:
                 if release > take:
                     self._hold(budget.who, release - take, since)
                 if take:
-                    budget.taken = take
+                    budget.taken, budget.since = take, since
                     return True
                 budget.answer = Result(Status.THROTTLED, message="too many refused attempts from this client: "
                                                                  f"try again after {iso(until)}")
@@ -233,7 +234,7 @@ class Guard:
             refused = max(0, refused - budget.settled)
             if not refused and budget.taken <= 1:
                 if budget.taken:  # a single key let through: its slot is held for the next call, for a while
-                    self._hold(budget.who, budget.taken, time.monotonic())
+                    self._hold(budget.who, budget.taken, budget.since or time.monotonic())
                     budget.taken = 0
                 continue
             policy = budget.policy
@@ -250,7 +251,7 @@ class Guard:
     def let_through(self, budget: Budget) -> None:
         """settle() for one key let through (the hot path of a single verify): its slot is held."""
         if budget.taken and not budget.open:
-            self._hold(budget.who, budget.taken, time.monotonic())
+            self._hold(budget.who, budget.taken, budget.since or time.monotonic())
             budget.taken = 0
         if self.flush_every is not None and time.monotonic() - self._last_flush >= self.flush_every:
             self._maybe_flush()
