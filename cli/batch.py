@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from keyvault import BatchInfo, Identity
+from keyvault import BatchInfo, Identity, ThrottlePolicy
 from keyvault.engine import read_cards_csv
+from keyvault.formats.keyformat import normalize_imported
 from keyvault.formats.manifest import read_manifest
 
 from .output import State, emit, handle_errors, json_option, progress
@@ -94,7 +97,7 @@ def import_(state: State, identity_file: Path, product: str, cards_csv: Path, va
     """Make a batch of upstream cards from a CSV: a 'code' column, or 'card_number' and 'password'."""
     identity = Identity.load(identity_file)
     start, until = window(valid_from, valid_days)
-    _, rows = read_cards_csv(cards_csv)  # checked before anything is written
+    kind, rows = read_cards_csv(cards_csv)  # checked before anything is written
     report, finish = progress("hashing cards", len(rows))
     try:
         info = state.vault().import_cards(identity, product, cards_csv, manifest_out=manifest_out,
@@ -104,6 +107,46 @@ def import_(state: State, identity_file: Path, product: str, cards_csv: Path, va
     emit(as_json, {**info.to_dict(), "manifest_out": str(manifest_out)},
          describe(info, "imported") + f"\nmanifest for platforms: {manifest_out}"
          f"\n{cards_csv} still holds the cards in plaintext: store it safely or destroy it")
+    secrets = [password for _, password in rows] if kind == "pair" else [code for code, _ in rows]
+    bits = entropy_bits(secrets)
+    if bits < WEAK_BITS:
+        click.echo(weak_warning(kind, bits, len(rows), state.vault().throttle_policy()), err=True)
+
+
+#: Codes or passwords with fewer bits than this can be guessed: `batch import` warns.
+WEAK_BITS = 40
+
+
+def entropy_bits(secrets: list[str]) -> float:
+    """Bits of entropy of the weakest secret, estimated from the alphabet and length actually seen
+    (as keyvault folds them: upper case, spaces and dashes dropped)."""
+    folded = [normalize_imported(s) for s in secrets]
+    seen = set("".join(folded))
+    alphabet = (10 if seen & set(string.digits) else 0) + (26 if seen & set(string.ascii_uppercase) else 0)
+    alphabet += len(seen - set(string.digits) - set(string.ascii_uppercase))  # other symbols: those seen
+    shortest = min((len(s) for s in folded), default=0)
+    return shortest * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+def weak_warning(kind: str, bits: float, count: int, policy: ThrottlePolicy) -> str:
+    """What a platform should know about guessable codes or passwords, with the current policy's numbers."""
+    what = "passwords" if kind == "pair" else "codes"
+    per_day = policy.guesses_per_day()
+    pace = ("the throttle allows no limit of guesses per client (the default policy is unlimited)"
+            if per_day is None else
+            f"the throttle allows one client {per_day:,} guesses per day with the current policy "
+            f"({policy.max_refused} refused keys per {policy.window_seconds} s, then blocked "
+            f"{policy.block_seconds} s)")
+    if kind == "pair":
+        lock = (f"each card locks after {policy.card_attempts} wrong passwords, so a guesser finds one card in "
+                f"about {max(1, round(2 ** bits / policy.card_attempts)):,} it tries"
+                if policy.card_attempts else "cards never lock (keyvault throttle set --card-attempts N)")
+    else:
+        lock = (f"every guess is tried against all {count:,} codes: about one in "
+                f"{max(1, round(2 ** bits / count)):,} finds one")
+    return (f"warning: these {what} carry only about {bits:.0f} bits of entropy (under {WEAK_BITS}): {pace}; "
+            f"{lock}. Name a client on every verify and redeem, and keep the policy strict "
+            "(keyvault throttle set).")
 
 
 @click.group()

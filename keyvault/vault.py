@@ -285,6 +285,15 @@ class Vault:
         """Lift a client's block now and restart its count (a support action)."""
         self.engine.unblock(client)
 
+    def unlock_card(self, card_number: str) -> bool:
+        """Unlock an imported card locked after too many wrong passwords (a support action); False when it
+        had none. The limit is the default policy's ``card_attempts``."""
+        return self.engine.unlock_card(card_number)
+
+    def locked_cards(self) -> list[dict[str, Any]]:
+        """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
+        return self.engine.locked_cards()
+
     # -- reports ---------------------------------------------------------------------------------
 
     def flush_stats(self) -> None:

@@ -13,8 +13,8 @@ from .checkup import CHECKS
 from .engine import Engine
 from .eventlog import Policy
 from .issuing import Progress, read_cards_csv
-from .throttling import ThrottlePolicy
+from .throttling import CARD_ATTEMPTS, ThrottlePolicy
 from .tokens import Grant
 
-__all__ = ["CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "Policy", "Progress",
+__all__ = ["CARD_ATTEMPTS", "CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "Policy", "Progress",
            "ThrottlePolicy", "read_cards_csv"]

@@ -56,7 +56,7 @@ from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .checkup import check_store
 from .eventlog import Policy
 from .groupcommit import GroupCommit
-from .guard import Guard, client_id, counter_scopes
+from .guard import Budget, Guard, client_id, counter_scopes
 from .issuing import Progress
 from .keyfiles import (
     ENGINE_FILE,
@@ -108,7 +108,7 @@ class Engine(State):
         #: 159 k/s, a 220 ms pause every 100,000); 10: the oldest tenth each time, for tail latency
         #: (100 k/s, an 80 ms pause every 10,000: the service's commit process uses it).
         self.fold_slices = 1
-        self._group: GroupCommit[tuple[str, str], Result] = GroupCommit(self._redeem_pairs)
+        self._group: GroupCommit[tuple[str, str, str | None], Result] = GroupCommit(self._redeem_triples)
         self._cards = store.handle("cards")
         #: (LMDB transaction id, catalog, overlay) as of the last single-key read that checked the head.
         self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
@@ -204,14 +204,11 @@ class Engine(State):
     def verify(self, key: str, *, client: str | None = None) -> Result:
         """Check a key without changing anything: ``valid``, or why it would be refused.
 
-        ``client`` (an account, an IP: whatever the caller uses) is throttled after too many refusals.
+        ``client`` (an account, an IP: whatever the caller uses) is held to its refusal budget: the key is
+        judged only once a slot of the budget is reserved for it, and answered ``throttled`` when none is left.
         """
-        who = None
-        if client is not None:
-            who = client_id(client)
-            throttled = self.guard.throttled(who, 1)
-            if throttled is not None:
-                return throttled[0]
+        who = None if client is None else client_id(client)
+        budgets: dict[str, Budget] = {}
         # The happy path, in one short read: the key's Result when it is valid now (check_one says None
         # for anything else, and _verify then says why, so every refusal costs the same work).
         store = self.store
@@ -221,6 +218,12 @@ class Engine(State):
             fresh = self._fresh
             if fresh[0] != txn.id():  # something was committed since: the head may have moved
                 fresh = self._refresh(txn)
+            budget = self.guard.budget(who, budgets)  # the policies are current: the catalog was just read
+            if budget is not None and not self.guard.reserve(budget, 1):
+                assert budget.answer is not None
+                self.guard.count_throttled(budget.who, 1)
+                self.guard.settle(budgets, [budget.answer])
+                return budget.answer
             cat = fresh[1]
             result: Result | None = _fast.check_one(key, self.pepper, cat.rows, cat.key_rows, fresh[2], txn,
                                                     self._cards, now)
@@ -228,7 +231,11 @@ class Engine(State):
             result = None  # the checked path reads again, and reports the store's fault as the store's error
         finally:
             store.end_read(txn)
-        return result if result is not None else self._verify([key], who)[0]
+        if result is None:
+            return self._verify([key], who, budgets)[0]
+        if budget is not None:
+            self.guard.let_through(budget)
+        return result
 
     def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
         """Catalog and overlay as of a begin_read transaction, remembered with its LMDB transaction id:
@@ -240,21 +247,30 @@ class Engine(State):
         return fresh
 
     def verify_many(self, keys: Iterable[str], *, client: str | None = None) -> list[Result]:
-        """Verify many keys in one read transaction; one Result per key, in input order."""
-        batch = keys if isinstance(keys, list) else list(keys)
-        who = client_id(client)
-        throttled = self.guard.throttled(who, len(batch))
-        if throttled is not None:
-            return throttled
-        return self._verify(batch, who)
+        """Verify many keys in one read transaction; one Result per key, in input order.
 
-    def _verify(self, batch: list[str], who: str | None) -> list[Result]:
-        """verify_many past the throttle."""
-        now = now_ms()
-        with self.store.read() as txn:
-            head = txn.head()
-            cat = self.current(txn, head)
-            results = check(txn, cat, self.pepper, self.ledger.sync(txn, head), batch, now)
+        ``client``'s refusal budget is charged key by key: once it is spent, the keys left are answered
+        ``throttled`` without being looked at.
+        """
+        batch = keys if isinstance(keys, list) else list(keys)
+        return self._verify(batch, client_id(client))
+
+    def _verify(self, batch: list[str], who: str | None, budgets: dict[str, Budget] | None = None) -> list[Result]:
+        """verify_many for one client (its budget reserved already when ``budgets`` holds it)."""
+        budgets = {} if budgets is None else budgets
+        results: list[Result] | None = None
+        try:
+            now = now_ms()
+            with self.store.read() as txn:
+                head = txn.head()
+                cat = self.current(txn, head)
+                overlay = self.ledger.sync(txn, head)
+                locks = self.guard.card_locks()
+                results = self.guard.judge(batch, who, budgets,
+                                           lambda keys: check(txn, cat, self.pepper, overlay, keys, now, locks))
+        finally:
+            self.guard.settle(budgets, results)
+        assert results is not None
         self.guard.note(results, cat, who)
         return results
 
@@ -262,57 +278,67 @@ class Engine(State):
         """Spend a key for an order, durably: ``accepted`` once; a retry of that order gets the same answer.
 
         Concurrent calls from many threads share commits (group commit): each returns once its
-        redemption is on disk. ``client`` is throttled after too many refusals, as for verify.
+        redemption is on disk. ``client`` is held to its refusal budget, as for verify.
         """
-        pair = _pair(key, order_id)
         who = client_id(client)
-        throttled = self.guard.throttled(who, 1)
-        if throttled is not None:
-            return throttled[0]
-        result = self._group.submit(pair)
+        result = self._group.submit((*_pair(key, order_id), who))
         self.guard.note([result], self.cached, who)
         return result
 
     def redeem_many(self, items: Iterable[tuple[str, str]], *, client: str | None = None) -> list[Result]:
-        """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order."""
+        """Redeem (key, order id) pairs in one durable transaction; one Result per pair, in input order.
+
+        ``client``'s refusal budget is charged key by key, as for verify_many: the pairs past it are
+        answered ``throttled`` and nothing is spent for them.
+        """
         pairs = [_pair(key, order) for key, order in items]
         who = client_id(client)
-        throttled = self.guard.throttled(who, len(pairs))
-        if throttled is not None:
-            return throttled
-        results = self._redeem_pairs(pairs)
+        budgets: dict[str, Budget] = {}
+        results: list[Result] | None = None
+        try:
+            results = self._redeem_pairs(pairs, clients=who, budgets=budgets)
+        finally:
+            self.guard.settle(budgets, results)
+        assert results is not None
         self.guard.note(results, self.cached, who)
         return results
 
     def redeem_for(self, items: Sequence[tuple[str, str, str | None]]) -> list[Result]:
         """Redeem (key, order id, client) triples from many callers in one durable transaction.
 
-        What a server's group commit calls: each client is throttled and counted on its own.
+        What a server's group commit calls: each client is held to its own refusal budget.
         """
         triples = [(*_pair(key, order), client_id(client)) for key, order, client in items]
-        by_client: dict[str | None, list[int]] = {}
-        for i, (_, _, client) in enumerate(triples):
-            by_client.setdefault(client, []).append(i)
-        results: list[Result] = [Result(Status.THROTTLED)] * len(triples)
-        todo: dict[str | None, list[int]] = {}
-        for client, where in by_client.items():
-            throttled = self.guard.throttled(client, len(where))
-            if throttled is None:
-                todo[client] = where
-            else:
-                for i, result in zip(where, throttled):
-                    results[i] = result
-        live = sorted(i for where in todo.values() for i in where)
-        for i, result in zip(live, self._redeem_pairs([triples[i][:2] for i in live]) if live else []):
-            results[i] = result
-        for client, where in todo.items():
-            self.guard.note([results[i] for i in where], self.cached, client)
+        results = self._redeem_triples(triples)
+        clients = [client for _, _, client in triples]
+        for client in set(clients):
+            self.guard.note([r for r, c in zip(results, clients) if c == client], self.cached, client)
         return results
 
-    def _redeem_pairs(self, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None = None
+    def _redeem_triples(self, triples: list[tuple[str, str, str | None]],
+                        before_wait: Callable[[], None] | None = None) -> list[Result]:
+        """Checked (key, order id, client) triples redeemed in one durable write, each client on its budget."""
+        clients = [client for _, _, client in triples]
+        budgets: dict[str, Budget] = {}
+        results: list[Result] | None = None
+        try:
+            results = self._redeem_pairs([(key, order) for key, order, _ in triples], before_wait,
+                                         clients=clients if any(clients) else None, budgets=budgets)
+        finally:
+            self.guard.settle(budgets, results, clients)
+        assert results is not None
+        return results
+
+    def _redeem_pairs(self, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None = None, *,
+                      clients: list[str | None] | str | None = None, budgets: dict[str, Budget] | None = None
                       ) -> list[Result]:
-        """Redeem in one durable write; ``before_wait`` is called before it waits on the disk (a fold, the fsync)."""
-        results, _, written = self.store.write(lambda txn: self._redeem_in(txn, pairs, before_wait), before_wait)
+        """Redeem in one durable write; ``before_wait`` is called before it waits on the disk (a fold, the fsync).
+
+        ``clients`` (one for all pairs, or one per pair) are held to their refusal budgets in ``budgets``.
+        """
+        results, _, written = self.store.write(
+            lambda txn: self._redeem_in(txn, pairs, before_wait, clients, {} if budgets is None else budgets),
+            before_wait)
         self.ledger.learn(*written)  # committed: the overlay may take these without reading them back
         return results
 
@@ -342,14 +368,31 @@ class Engine(State):
         assert who is not None
         self.guard.unblock(who)
 
-    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]], before_fold: Callable[[], None] | None = None
+    def unlock_card(self, card_number: str) -> bool:
+        """Unlock an imported card locked after too many wrong passwords; False when it had none."""
+        return self.guard.unlock_card(card_number)
+
+    def locked_cards(self) -> list[dict[str, Any]]:
+        """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
+        return self.guard.locked_cards()
+
+    def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]], before_fold: Callable[[], None] | None = None,
+                   clients: list[str | None] | str | None = None, budgets: dict[str, Budget] | None = None
                    ) -> tuple[list[Result], Catalog, _Written]:
         head = txn.head()
         cat = self.current(txn, head)
         overlay = self.ledger.sync(txn, head)
         now = now_ms()
         when = iso(now)
-        results = check(txn, cat, self.pepper, overlay, [key for key, _ in pairs], now)
+        keys = [key for key, _ in pairs]
+        locks = self.guard.card_locks()
+
+        def judge(chunk: list[str]) -> list[Result]:
+            return check(txn, cat, self.pepper, overlay, chunk, now, locks)
+
+        budgets = {} if budgets is None else budgets
+        results = self.guard.judge_for(keys, clients, budgets, judge) if isinstance(clients, list) else \
+            self.guard.judge(keys, clients, budgets, judge)
         changes, counts = _fast.accept_redeems(results, [order for _, order in pairs], now, str(when))
         return results, cat, self._record(txn, overlay, changes, counts, b"redeemed", before_fold)
 

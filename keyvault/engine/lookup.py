@@ -8,6 +8,7 @@ the slow path here, which ends in the same rule book (``_fast.judge``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from .. import _fast
 from ..errors import UsageError
@@ -33,6 +34,14 @@ _DUMMY_SALT = bytes(16)  # hashed for unknown batches, so unknown and wrong keys
 _NO_SUCH_KEY = "no such key in this store"
 
 
+class CardLocks(Protocol):
+    """Wrong passwords counted per imported card (``guard.py``): a locked card's answer, or None to go on."""
+
+    def enter(self, card: bytes) -> Result | None: ...  # noqa: D102
+
+    def leave(self, card: bytes, right: bool) -> None: ...  # noqa: D102
+
+
 @dataclass(frozen=True, slots=True)
 class Found:
     """A key located in the store and matched against its tag."""
@@ -43,8 +52,8 @@ class Found:
     tag: bytes
 
 
-def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str) -> Found | Result:
-    """Find a typed key's record and check its tag; a Result when it cannot be found."""
+def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str, locks: CardLocks | None = None) -> Found | Result:
+    """Find a typed key's record and check its tag; a Result when it cannot be found (or its card is locked)."""
     if not isinstance(key, str):
         raise UsageError("a key must be a string")
     outcome, serial, canonical, position = _fast.parse_key(key)
@@ -59,6 +68,14 @@ def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str) -> Found | Result:
             return Result(Status.MALFORMED, group=group, message=message)
         serial, material = imported  # serial -1: not found, but hashed all the same
         batch = cat.batches.get(batch_key(serial)) if serial >= 0 else None
+        if locks is not None and batch is not None and ":" in key:  # a card's password: attempts are limited
+            card = material.partition(b"\0")[0]
+            refused = locks.enter(card)
+            if refused is not None:
+                return refused
+            found = locate(txn, cat, pepper, key)
+            locks.leave(card, isinstance(found, Found))
+            return found
     expected = _fast.tag(pepper, _fast.verifier(batch.salt if batch else _DUMMY_SALT, material))
     record = txn.get("cards", u64(serial)) if batch is not None else None
     if record is None or batch is None:
@@ -114,7 +131,7 @@ def judge(txn: Txn, cat: Catalog, found: Found, overlay: dict[int, Change], now:
 
 
 def check(txn: Txn, cat: Catalog, pepper: bytes, overlay: dict[int, Change], keys: list[str],
-          now: int) -> list[Result]:
+          now: int, locks: CardLocks | None = None) -> list[Result]:
     """Judge keys in one pass: native keys in the compiled batch check, the rest one by one."""
     try:
         results: list[Result] = _fast.check_keys(keys, pepper, cat.rows, cat.key_rows, overlay,
@@ -123,7 +140,7 @@ def check(txn: Txn, cat: Catalog, pepper: bytes, overlay: dict[int, Change], key
         raise UsageError("a key must be a string") from None
     for i, result in enumerate(results):
         if result is None:
-            found = locate(txn, cat, pepper, keys[i])
+            found = locate(txn, cat, pepper, keys[i], locks)
             results[i] = found if isinstance(found, Result) else judge(txn, cat, found, overlay, now)
     unknown = [r.serial for r in results if r.status is Status.UNKNOWN and r.serial is not None]
     if unknown:

@@ -1,9 +1,14 @@
-"""Refused attempts per client, shared by every process on a store: the state behind throttling.
+"""Refusal budgets per client and wrong passwords per card, shared by every process on a store.
 
 A second, small LMDB environment (``throttle.mdb`` in the store directory,
-made when a client is first named) holds
-one record per client that was refused lately: the start of its counting
-window, the refusals in it, and until when it is blocked. It is written
+made when a client is first named) holds one record per client that was
+refused lately: the start of its counting window, the refusals in it, the
+slots of its budget that calls in flight have reserved, and until when it is
+blocked. A call reserves budget in one write transaction before it judges a
+chunk of keys no larger than what it reserved, so concurrent calls in any
+number of processes never judge more refusals than the budget holds. Beside
+the clients (under keys no client id can take: they start with a NUL byte)
+are the imported cards that were given wrong passwords. It is written
 without fsync: throttling state protects against guessing, it does not need
 to survive a power cut, and a refused verify must not cost a disk flush. All
 use in a process goes through one lock, so a map resize never races a
@@ -15,15 +20,42 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import lmdb
 
 from ..errors import ClosedError, StoreError
 from .lmdbstore import MAX_READERS, allocate_lock_file, unusable_after_fork
 
-_RECORD = struct.Struct(">QIQ")  # window start (ms), refusals in the window, blocked until (ms)
+T = TypeVar("T")
+# window start (ms), refusals in it, slots reserved by calls in flight, blocked until (ms), last charged (ms)
+_RECORD = struct.Struct(">QIIQQ")
+_OLD_RECORD = struct.Struct(">QIQ")  # the record of earlier releases: no reservations
+_CARD = struct.Struct(">IIQ")  # wrong passwords on a card, attempts on it in flight, when it was locked (ms; 0: not)
+CARD_PREFIX = b"\0card:"  # a card's record: this, then its folded card number (client ids are printable)
 _INITIAL_MAP = 16 << 20  # about 150,000 clients at a time; doubles when full
+
+
+def _client(value: bytes | None, now: int) -> list[int]:
+    """A client's record as [start, refused, reserved, until, touched] (fresh when absent or unreadable)."""
+    if value is not None and len(value) == _RECORD.size:
+        return list(_RECORD.unpack(value))
+    if value is not None and len(value) == _OLD_RECORD.size:
+        start, refused, until = _OLD_RECORD.unpack(value)
+        return [start, refused, 0, until, now]
+    return [now, 0, 0, 0, now]  # holds nothing durable: a damaged record starts afresh
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one reservation transaction did: slots taken, the window they belong to, when to try again."""
+
+    taken: int
+    retry_at: int  # until when the client is blocked, or when its window ends (when nothing was taken)
+    blocked: bool
 
 
 class ThrottleStore:
@@ -49,60 +81,139 @@ class ThrottleStore:
             raise ClosedError("this vault is closed (or was opened before fork()); open it again")
 
     def blocked_until(self, client: bytes) -> int:
-        """Until when (ms) the client is blocked; 0 when it is not."""
+        """Until when (ms) the client is blocked; 0 when it is not (one read)."""
         self._check()
         with self._lock:
             for _ in range(4):
                 try:
                     with self._env.begin() as txn:
                         value = txn.get(client)
-                    return _RECORD.unpack(value)[2] if value else 0
+                    return _client(value, 0)[3] if value else 0
                 except lmdb.MapResizedError:
                     self._env.set_mapsize(0)
         raise StoreError("the throttle state kept being resized by another process; try again")
 
-    def add(self, client: bytes, refused: int, now: int, limit: int, window_ms: int, block_ms: int) -> int:
-        """Count ``refused`` attempts for a client; block it once more than ``limit`` fall in one window.
-
-        Returns until when (ms) the client is blocked (0: not blocked).
-        """
+    def _write(self, work: Callable[[Any], T], now: int, window_ms: int = 0) -> T:
+        """Run ``work`` in one write transaction (lock held), growing the map when it is full."""
         self._check()
         with self._lock:
             for _ in range(8):
                 try:
                     with self._env.begin(write=True) as txn:
-                        value = txn.get(client)
-                        start, count, until = (int(v) for v in _RECORD.unpack(value)) if value else (now, 0, 0)
-                        if now - start >= window_ms:
-                            start, count = now, 0
-                        count = min(count + refused, 0xFFFFFFFF)
-                        if count > limit:
-                            until = max(until, now + block_ms)
-                        txn.put(client, _RECORD.pack(start, count, until))
-                        return until
+                        return work(txn)
                 except lmdb.MapFullError:  # full: first forget clients that are done with, then grow
                     if not self._forget(now, window_ms):
                         self._env.set_mapsize(self._env.info()["map_size"] * 2)
                 except lmdb.MapResizedError:
                     self._env.set_mapsize(0)
                 except lmdb.Error as exc:  # a full disk, most likely
-                    raise StoreError(f"could not record a refused attempt in the throttle state ({exc}); "
-                                     "check free disk space") from None
-        raise StoreError("could not record a refused attempt in the throttle state; check free disk space")
+                    raise StoreError(f"could not write the throttle state ({exc}); check free disk space") from None
+        raise StoreError("could not write the throttle state; check free disk space")
+
+    def charge(self, client: bytes, *, release: int, refused: int, want: int, now: int, limit: int,
+               window_ms: int, block_ms: int) -> Charge:
+        """Settle and reserve in one transaction: give back ``release`` slots, count ``refused`` refusals
+        (blocking the client once more than ``limit`` fall in one window), then reserve up to ``want``
+        slots of what is left of the window's ``limit + 1``.
+
+        Slots reserved by calls in flight outlast the window they were taken in (they are counted in the
+        next one): only when nobody charged the client for a whole window are they forgotten (a process
+        killed in a call).
+        """
+
+        def work(txn: Any) -> Charge:
+            start, count, reserved, until, touched = _client(txn.get(client), now)
+            reserved = max(0, reserved - release)
+            if until <= now and (until or now - start >= window_ms):  # a block or a window is over
+                start, count, until = now, 0, 0
+                if now - touched >= window_ms:
+                    reserved = 0
+            count = min(count + refused, 0xFFFFFFFF)
+            if refused and count > limit:
+                until = max(until, now + block_ms)
+            taken = max(0, min(want, limit + 1 - count - reserved)) if until <= now else 0
+            reserved += taken
+            txn.put(client, _RECORD.pack(start, count, reserved, until, now))
+            blocked = until > now
+            return Charge(taken, until if blocked else start + window_ms, blocked)
+
+        return self._write(work, now, window_ms)
+
+    def release(self, client: bytes, slots: int, now: int) -> None:
+        """Give back ``slots`` that judged no refused key."""
+
+        def work(txn: Any) -> None:
+            value = txn.get(client)
+            if value is not None and len(value) == _RECORD.size:
+                start, count, reserved, until, _ = _RECORD.unpack(value)
+                txn.put(client, _RECORD.pack(start, count, max(0, reserved - slots), until, now))
+
+        self._write(work, now)
+
+    def card_attempt(self, card: bytes, limit: int, now: int) -> tuple[bool, int]:
+        """Reserve one password attempt on an imported card: (True, 0) to go on; (False, when it was
+        locked), or (False, 0) while attempts in flight could use up what is left of ``limit``."""
+
+        def work(txn: Any) -> tuple[bool, int]:
+            key = CARD_PREFIX + card
+            value = txn.get(key)
+            wrong, flying, locked = _CARD.unpack(value) if value is not None and len(value) == _CARD.size else (0, 0, 0)
+            if locked or wrong + flying >= limit:
+                return False, locked
+            txn.put(key, _CARD.pack(wrong, flying + 1, 0))
+            return True, 0
+
+        return self._write(work, now)
+
+    def card_done(self, card: bytes, right: bool, limit: int, now: int) -> None:
+        """Settle an attempt: a wrong password is counted, and the card locked once ``limit`` were wrong."""
+
+        def work(txn: Any) -> None:
+            key = CARD_PREFIX + card
+            value = txn.get(key)
+            wrong, flying, locked = _CARD.unpack(value) if value is not None and len(value) == _CARD.size else (0, 1, 0)
+            flying, wrong = max(0, flying - 1), wrong + (not right)
+            if wrong >= limit and not locked:
+                locked = now
+            if wrong or flying or locked:
+                txn.put(key, _CARD.pack(wrong, flying, locked))
+            else:
+                txn.delete(key)
+
+        self._write(work, now)
+
+    def locked_cards(self) -> list[tuple[str, int, int]]:
+        """(card number, wrong passwords, locked at ms or 0) of every card given wrong passwords."""
+        self._check()
+        with self._lock, self._env.begin() as txn:
+            cursor = txn.cursor()
+            out = []
+            if cursor.set_range(CARD_PREFIX):
+                for key, value in cursor:
+                    if not bytes(key).startswith(CARD_PREFIX):
+                        break
+                    if len(value) == _CARD.size:
+                        wrong, _, locked = _CARD.unpack(value)
+                        out.append((bytes(key)[len(CARD_PREFIX):].decode("ascii", "replace"), wrong, locked))
+            return out
+
+    def unlock_card(self, card: bytes) -> bool:
+        """Unlock a card and forget its wrong passwords; False when it had none."""
+        return self._write(lambda txn: bool(txn.delete(CARD_PREFIX + card)), 0)
 
     def clear(self, client: bytes) -> None:
         """Forget a client: unblocked, its count restarted."""
-        self._check()
-        with self._lock, self._env.begin(write=True) as txn:
-            txn.delete(client)
+        self._write(lambda txn: txn.delete(client), 0)
 
     def _forget(self, now: int, window_ms: int) -> int:
         """Drop clients neither blocked nor counted within the last window (lock held); how many."""
         with self._env.begin(write=True) as txn:
             stale = []
             for key, value in txn.cursor():
-                start, _, until = _RECORD.unpack(value)
-                if now - start >= window_ms and until <= now:
+                if bytes(key).startswith(CARD_PREFIX):
+                    continue  # a card's wrong passwords are kept until an operator unlocks it
+                start, _, _, until, _ = _client(bytes(value), now)
+                if now - start >= max(window_ms, 1) and until <= now:
                     stale.append(bytes(key))
             for key in stale:
                 txn.delete(key)
