@@ -8,9 +8,11 @@ open. ``GuardedProtocol`` subclasses it (``uvicorn.Config(http=...)``
 accepts a class) and adds, per connection, before any ASGI code runs and
 without a token:
 
-- the request head (request line and headers) in bytes and in header lines,
-  and the request target's length: 431 or 414, counted on the raw bytes as
-  they arrive, so a head over the limit is refused before it is buffered;
+- the request head (request line and headers) in bytes: counted on the raw
+  bytes as they arrive, so a head over the limit is refused (431) before more
+  than one read's worth of it is buffered; its header lines (431) and its
+  request target (414), checked once the head is parsed (both bounded by
+  the bytes meanwhile);
 - a deadline for the head, from its first byte (408), and for the body, from
   the end of the head, growing with every byte received (a body that keeps
   coming at ``BODY_RATE`` or faster is never cut; one that trickles is): 408;
@@ -60,9 +62,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head = False  # a request head is arriving
         self._body = False  # a request body is arriving
         self._head_raw = 0  # bytes received since the head began (an upper bound: counted per chunk)
-        self._head_exact = 0  # bytes of the head as parsed
-        self._head_lines = 0
-        self._chunk = 0  # size of the chunk being parsed
         self._started = 0.0  # when the head, or the body, began (loop time)
         self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -99,9 +98,14 @@ class GuardedProtocol(HttpToolsProtocol):
                 self.transport.close()
             return
         self._unset_keepalive_if_required()
+        if self._body:
+            self._body_bytes += len(data)
+        elif not self._head:  # the first bytes of a request
+            self._head = True
+            self._head_raw = 0
+            self._started = self.loop.time()
         if self._head:
-            self._head_raw += len(data)
-        self._chunk = len(data)
+            self._head_raw += len(data)  # an upper bound of the head's size: the chunk may hold a body too
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -116,6 +120,7 @@ class GuardedProtocol(HttpToolsProtocol):
             elif self._timer is None:
                 self._timer = self.loop.call_at(self._started + self.limits.header_timeout, self._head_late)
         elif self._body and self._timer is None:
+            self._started = self.loop.time()
             self._timer = self.loop.call_at(self._started + self.limits.body_timeout, self._body_late)
 
     def on_response_complete(self) -> None:
@@ -123,45 +128,31 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:  # idle again (nothing pipelined): evictable, newest
             self.evictable[self] = None
 
-    # -- parser callbacks ---------------------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head = True
-        self._head_raw = self._chunk  # this chunk may end the previous request too: an upper bound
-        self._head_exact = self._head_lines = 0
-        self._started = self.loop.time()
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_request_line:
-            self._stop("uri-too-long", f"the request target is at most {self.limits.max_request_line} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_lines += 1
-        self._head_exact += len(name) + len(value) + 4
-        if self._head_lines > self.limits.max_headers:
-            self._stop("headers-too-large", f"send at most {self.limits.max_headers} header lines")
-        super().on_header(name, value)
+    # -- parser callbacks (only these two: each override costs every request) ----------------------------
 
     def on_headers_complete(self) -> None:
-        if len(self.url) + self._head_exact > self.limits.max_header_bytes:
+        limits = self.limits
+        if len(self.headers) > limits.max_headers:
+            self._stop("headers-too-large", f"send at most {limits.max_headers} header lines")
+        if len(self.url) > limits.max_request_line:
+            self._stop("uri-too-long", f"the request target is at most {limits.max_request_line} bytes")
+        if self._head_raw > limits.max_header_bytes and \
+                len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limits.max_header_bytes:
             self._stop(*self._head_too_large())
         self._head = False
-        self._cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.evictable.pop(self, None)  # a request is in progress on it
         self._body = True
         self._body_bytes = 0
-        self._started = self.loop.time()
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._body = False
-        self._cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().on_message_complete()
 
     # -- refusals -----------------------------------------------------------------------------------------
