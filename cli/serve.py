@@ -7,6 +7,9 @@ import sys
 import click
 
 from keyvault import Scope
+from keyvault.service.workers import Limits
+
+_LIMITS = Limits()  # the defaults
 
 from .output import State, emit, handle_errors, json_option
 
@@ -24,21 +27,54 @@ def _bind(value: str) -> tuple[str, int]:
               help="Worker processes (one per core is a good start).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log method, route, status and time of every request on stderr.")
+@click.option("--max-header-bytes", default=_LIMITS.max_header_bytes, show_default=True,
+              type=click.IntRange(1024, 1 << 20),
+              help="Bytes of a request's line and headers; beyond: 431.")
+@click.option("--max-headers", default=_LIMITS.max_headers, show_default=True,
+              type=click.IntRange(8, 10_000),
+              help="Header lines of a request; beyond: 431.")
+@click.option("--max-request-line", default=_LIMITS.max_request_line, show_default=True,
+              type=click.IntRange(256, 1 << 20),
+              help="Bytes of a request's target (path and query); beyond: 414.")
+@click.option("--header-timeout", default=_LIMITS.header_timeout, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds from a request's first byte to the end of its headers; beyond: 408, closed.")
+@click.option("--body-timeout", default=_LIMITS.body_timeout, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds for a request body, plus one for each 64 KiB received; beyond: 408, closed.")
+@click.option("--keep-alive", default=_LIMITS.keep_alive, show_default=True,
+              type=click.FloatRange(0.1, 3600),
+              help="Seconds a connection may stay idle, before its first request too; then it is closed.")
+@click.option("--max-connections", default=_LIMITS.max_connections, show_default=True,
+              type=click.IntRange(1, 1_000_000),
+              help="Open connections per worker; beyond, the one idle longest is closed.")
+@click.option("--backlog", default=_LIMITS.backlog, show_default=True,
+              type=click.IntRange(1, 65535),
+              help="Connections the kernel queues until a worker accepts them.")
 @click.pass_obj
 @handle_errors
-def serve(state: State, bind: str, workers: int, access_log: bool) -> None:
+def serve(state: State, bind: str, workers: int, access_log: bool, max_header_bytes: int, max_headers: int,
+          max_request_line: int, header_timeout: float, body_timeout: float, keep_alive: float,
+          max_connections: int, backlog: int) -> None:
     """Serve the HTTP JSON API until SIGTERM; put a TLS-terminating proxy in front of it."""
     from keyvault.service import server
 
     if state.store is None:
         raise click.UsageError("no store given: pass --store DIR or set KEYVAULT_STORE")
     host, port = _bind(bind)
+    limits = Limits(max_header_bytes=max_header_bytes, max_headers=max_headers, max_request_line=max_request_line,
+                    header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
+                    max_connections=max_connections, backlog=backlog)
     tokens = server.check(state.store, state.pepper_file, host)
     if tokens == 0:
         click.echo("keyvault: no tokens yet, so every /v1 request will get 401: "
                    "create one with `keyvault token create`", err=True)
-    click.echo(f"keyvault: serving {state.store} on http://{bind} with {workers} worker(s)", err=True)
-    if not server.serve(state.store, state.pepper_file, host, port, workers, access_log=access_log):
+
+    def ready() -> None:  # the port is ours: said only now, so a port in use never reads as "serving"
+        click.echo(f"keyvault: serving {state.store} on http://{bind} with {workers} worker(s)", err=True)
+
+    if not server.serve(state.store, state.pepper_file, host, port, workers, access_log=access_log, limits=limits,
+                        ready=ready):
         sys.exit(1)
 
 

@@ -65,12 +65,13 @@ class Server:
     workers: int = 2
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more `keyvault serve` options (limits)
 
     def start(self) -> Server:
         """Start it and wait until every worker answers /healthz."""
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([KEYVAULT, "--store", str(self.store), "serve", "--bind",
-                                      f"127.0.0.1:{self.port}", "--workers", str(self.workers)],
+                                      f"127.0.0.1:{self.port}", "--workers", str(self.workers), *self.args],
                                      stdout=out, stderr=out)
         out.close()
         deadline = time.monotonic() + 60
@@ -106,6 +107,11 @@ class Server:
                 workers.append(pid)
         return workers
 
+    def descendants(self) -> list[int]:
+        """Every process below the supervisor (workers, the commit process, multiprocessing's helpers)."""
+        assert self.proc is not None
+        return descendants(self.proc.pid)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, and the exit code."""
         assert self.proc is not None
@@ -121,7 +127,7 @@ class Server:
         """SIGKILL the workers and the supervisor (a test that failed must not leave them running)."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            for pid in [*self.worker_pids(), self.commit_pid()]:
+            for pid in self.descendants():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -153,3 +159,35 @@ class Server:
         finally:
             if own:
                 conn.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, children first."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found += map(int, children)
+        todo += map(int, children)
+    return found
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited process nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def rss(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")

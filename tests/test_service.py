@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Issued, eventually, issue
-from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token
+from service_support import KEYVAULT, Reply, Server, cli, free_port, make_token, running
 
 from keyvault import Identity, Status, ThrottlePolicy, Vault
 from keyvault.formats import bundle
@@ -151,9 +151,22 @@ def test_health_metrics_and_openapi(world: World) -> None:
     assert 'keyvault_http_requests_total{route="/v1/verify",code="200"}' in text
     assert 'keyvault_keys_total{op="verify",status="valid"}' in text
     assert 'keyvault_http_request_duration_seconds_bucket{route="/v1/verify",le="+Inf"}' in text
-    doc = world.call("GET", "/v1/openapi.json", scope="verify").json()
+    doc = world.call("GET", "/v1/openapi.json", scope=None).json()  # no token: client generators fetch it
     assert doc["openapi"].startswith("3.1") and "/v1/redeem" in doc["paths"]
-    problem(world.call("GET", "/v1/openapi.json", scope=None), 401, "unauthorized")
+    assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
+
+
+def test_metrics_count_every_worker_soon(world: World) -> None:
+    """Each worker and the commit process publish every 0.25 s: any scrape catches up within seconds."""
+    def total() -> int:
+        text = world.call("GET", "/metrics", scope=None).body.decode()
+        return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('keyvault_http_requests_total{route="/v1/verify"'))
+
+    before = total()
+    for _ in range(20):  # new connections: both workers answer some
+        world.call("POST", "/v1/verify", {"keys": []}, scope="verify")
+    eventually(lambda: all(total() >= before + 20 for _ in range(4)), "a worker's counts did not show", seconds=5)
 
 
 # -- tokens and scopes ------------------------------------------------------------------------------------
@@ -181,6 +194,30 @@ def test_scopes(world: World, method: str, path: str, needed: str) -> None:
             assert f"scope {needed}" in detail and world.tokens[scope] not in detail
         else:
             assert reply.status not in (401, 403), reply.body
+
+
+def test_an_empty_token_is_missing_and_two_authorization_headers_are_refused(world: World) -> None:
+    for header in ("Bearer ", "Bearer", "Bearer    "):
+        detail = problem(world.server.request("POST", "/v1/verify", {"keys": []}, headers={"Authorization": header}),
+                         401, "unauthorized")
+        assert "send the header" in detail and "revoked" not in detail
+    unknown = problem(world.server.request("POST", "/v1/verify", {"keys": []}, token="kvt_" + "B" * 43), 401,
+                      "unauthorized")
+    assert "unknown or was revoked" in unknown
+    for tokens in ((world.tokens["verify"], world.tokens["admin"]), (world.tokens["admin"], world.tokens["verify"]),
+                   ("kvt_" + "B" * 43, world.tokens["admin"])):
+        conn = world.server.connect()
+        try:
+            conn.putrequest("GET", "/v1/stats")
+            for token in tokens:
+                conn.putheader("Authorization", f"Bearer {token}")
+            conn.endheaders()
+            response = conn.getresponse()
+            reply = Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+        detail = problem(reply, 400, "bad-request")
+        assert "one Authorization header" in detail and not any(t in detail for t in tokens)
 
 
 def test_revoked_token_is_refused_by_every_worker_on_its_next_request(world: World) -> None:
@@ -329,6 +366,17 @@ def test_blacklist_and_lift(world: World) -> None:
             "invalid-request")
 
 
+def test_a_serial_entry_is_answered_at_level_serial(world: World) -> None:
+    [key] = world.take()
+    serial = world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["serial"]
+    entry = world.call("POST", "/v1/blacklist", {"level": "serial", "target": serial, "reason": "stolen"}).json()
+    assert entry["level"] == "serial" and entry["target"] == serial
+    assert world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["status"] \
+        == "blacklisted"
+    lifted = world.call("POST", "/v1/blacklist/lift", {"level": "key", "target": key, "reason": "found"}).json()
+    assert lifted["level"] == "key" and lifted["target"] == serial  # one entry: the key's
+
+
 def test_lift_has_one_name_and_delete_stays_its_alias(world: World) -> None:
     [key] = world.take()
     for lift in (("POST", "/v1/blacklist/lift"), ("DELETE", "/v1/blacklist")):
@@ -336,7 +384,7 @@ def test_lift_has_one_name_and_delete_stays_its_alias(world: World) -> None:
         assert world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["status"] \
             == "blacklisted"
         lifted = world.call(*lift, {"level": "serial", "target": entry["target"], "reason": "found"}).json()
-        assert lifted == dict(entry, reason="found", at=lifted["at"])
+        assert lifted == dict(entry, level="serial", reason="found", at=lifted["at"])  # the level asked
         assert world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify").json()["results"][0]["status"] \
             == "valid"
         problem(world.call(*lift, {"level": "serial", "target": entry["target"], "reason": "x"}), 404, "not-found")
@@ -415,6 +463,14 @@ def test_bad_verify_bodies(world: World, body: bytes, status: int, name: str) ->
 ])
 def test_bad_redeem_bodies(world: World, body: dict[str, object], name: str) -> None:
     problem(world.call("POST", "/v1/redeem", body, scope="redeem"), 422, name)
+
+
+def test_a_missing_order_id_is_called_missing(world: World) -> None:
+    detail = problem(world.call("POST", "/v1/redeem", {"key": "k"}, scope="redeem"), 422, "invalid-request")
+    assert "missing required field `order_id`" in detail and "must be" not in detail
+    detail = problem(world.call("POST", "/v1/redeem-many", {"items": [{"key": "k"}]}, scope="redeem"), 422,
+                     "invalid-request")
+    assert "missing required field `order_id` - at `$.items[0]`" in detail
 
 
 def test_bad_redeem_many_bodies(world: World) -> None:
@@ -585,6 +641,29 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         done = cli(store, "serve", "--bind", f"127.0.0.1:{taken.getsockname()[1]}")
     assert done.returncode == 1 and "choose another port" in done.stderr
+    assert "serving" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_killing_the_supervisor_stops_every_child_and_the_port_is_free(tmp_path: Path) -> None:
+    """SIGKILL to `keyvault serve`: its workers and commit process stop on their own; a restart takes the port."""
+    store, _, _, _ = build_world(tmp_path, count=20)
+    server = Server(store, tmp_path / "log").start()
+    children = server.descendants()
+    assert len(children) >= 3  # two workers and the commit process (and multiprocessing's tracker)
+    assert server.proc is not None
+    server.proc.kill()
+    server.proc.wait()
+    try:
+        eventually(lambda: not any(running(pid) for pid in children), "a child outlived its supervisor", seconds=15)
+    finally:
+        for pid in children:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    again = Server(store, tmp_path / "log2", port=server.port).start()
+    try:
+        assert again.request("GET", "/healthz").status == 200
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path) -> None:

@@ -26,11 +26,12 @@ from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON
 from ..formats.answers import results_body
 from ..formats.keyformat import looks_like_serial
+from ..vocabulary import Level
 from . import bodies
 from .accesslog import AccessLog
 from .bodies import MAX_BODY, MAX_CLIENT_ID, MAX_MANIFEST, Body
 from .commitd import RemoteCommitter
-from .metrics import Metrics
+from .metrics import METRICS_SECONDS, Metrics
 from .openapi import document
 from .problems import Problem, from_error
 
@@ -110,7 +111,7 @@ class Service:
         vault.flush_every = None  # flushed every second below, off the event loop
         self._committer = RemoteCommitter(self.options.commit_socket)
         self._vault = vault
-        self._saver = asyncio.get_running_loop().create_task(self._every_second())
+        self._saver = asyncio.get_running_loop().create_task(self._periodic())
 
     def _stop(self) -> None:
         """Called once the server has answered every request in flight: commit, flush and close."""
@@ -124,16 +125,19 @@ class Service:
         self.metrics.save()
         self.access.flush()
 
-    async def _every_second(self) -> None:
+    async def _periodic(self) -> None:
+        """Publish the metrics every METRICS_SECONDS (for the other workers' /metrics); flush statistics each second."""
         loop = asyncio.get_running_loop()
+        ticks = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(METRICS_SECONDS)
+            ticks += 1
             try:
                 self.metrics.save()
-                if self._vault is not None:
+                if self._vault is not None and ticks % round(1 / METRICS_SECONDS) == 0:
                     await loop.run_in_executor(None, self._vault.flush_stats)  # a write: never on the loop
             except (OSError, KeyvaultError):
-                pass  # the next second tries again; metrics and statistics never stop the service
+                pass  # the next turn tries again; metrics and statistics never stop the service
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -141,7 +145,7 @@ class Service:
         headers: list[tuple[bytes, bytes]] = []
         try:
             route, handler, needed = _route(scope)
-            grant = self._grant(dict(scope["headers"]).get(b"authorization"), needed) if needed else None
+            grant = self._grant(scope["headers"], needed) if needed else None
             status, body, kind = await handler(self, scope, receive, grant)
         except _Gone:
             return
@@ -164,16 +168,22 @@ class Service:
         self.metrics.request(route, status, seconds)
         self.access.add(scope["method"], route, status, seconds)
 
-    def _grant(self, authorization: bytes | None, needed: str) -> Grant:
-        """The grant of the request's Authorization header, or 401/403 (a token is never echoed or logged)."""
+    def _grant(self, headers: list[tuple[bytes, bytes]], needed: str) -> Grant:
+        """The grant of the request's one Authorization header, or 400/401/403 (a token is never echoed or logged)."""
+        authorization = None
+        for name, value in headers:
+            if name == b"authorization":
+                if authorization is not None:  # which one would count is a guess a proxy may make differently
+                    raise Problem("bad-request", "send one Authorization header, not several")
+                authorization = value
         token = None
         if authorization is not None:
             scheme, _, rest = authorization.partition(b" ")
             if scheme.lower() == b"bearer":
                 token = rest.strip().decode("latin-1")
-        if token is None:
-            raise Problem("unauthorized", "send the header 'Authorization: Bearer TOKEN'; the store's operator "
-                          "makes tokens with `keyvault token create`", _UNAUTHORIZED)
+        if not token:
+            raise Problem("unauthorized", "send the header 'Authorization: Bearer TOKEN' with a token after "
+                          "'Bearer '; the store's operator makes tokens with `keyvault token create`", _UNAUTHORIZED)
         grant = self.vault.authorize(token)
         if grant is None:
             raise Problem("unauthorized", "that token is unknown or was revoked: ask the store's operator for a "
@@ -261,8 +271,10 @@ class Service:
         reason = bodies.text(body.reason, "reason", MAX_REASON)
         lifting = scope["method"] == "DELETE" or scope["path"].endswith("/lift")
         change = self.vault.blacklist.lift if lifting else self.vault.blacklist.add
-        entry = await _off_loop(change, body.level, body.target, reason)
-        return _ok(entry.to_dict())
+        entry = (await _off_loop(change, body.level, body.target, reason)).to_dict()
+        if body.level is Level.SERIAL:  # stored as the key's entry (level key); answered as asked
+            entry["level"] = Level.SERIAL.value
+        return _ok(entry)
 
     async def stats(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """GET /v1/stats."""
@@ -323,7 +335,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/stats": {"GET": (Service.stats, "admin")},
     "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
     "/v1/manifests": {"POST": (Service.manifests, "admin")},
-    "/v1/openapi.json": {"GET": (Service.openapi, "verify")},
+    "/v1/openapi.json": {"GET": (Service.openapi, None)},
     "/healthz": {"GET": (Service.healthz, None)},
     "/metrics": {"GET": (Service.prometheus, None)},
 }

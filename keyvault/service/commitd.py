@@ -38,11 +38,11 @@ from typing import Any
 
 from ..errors import StoreError
 from ..results import Result
-from .metrics import Metrics
+from .metrics import METRICS_SECONDS, Metrics
 
 _LENGTH = struct.Struct("<I")
 _SEND_SECONDS = 10.0  # a worker that does not read its answers for this long is disconnected
-_IDLE_SECONDS = 1.0  # statistics and metrics are written at most this often
+_IDLE_SECONDS = 1.0  # statistics are flushed at most this often
 FOLD_SLICES = 10  # shorter fold pauses for checkout's tail latency (redeem p99 26 ms, not 70 ms, at 14 k/s)
 
 Item = tuple[str, str, "str | None"]
@@ -56,11 +56,16 @@ def _frame(payload: Any) -> bytes:
 # -- the commit process ------------------------------------------------------------------------------------
 
 
-def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, ready: Connection) -> None:
-    """Process entry: open the store, listen on ``path``, commit what workers send until SIGTERM."""
+def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, ready: Connection,
+        parent: int | None = None) -> None:
+    """Process entry: open the store, listen on ``path``, commit what workers send until SIGTERM.
+
+    With ``parent`` (the supervisor's pid), it also stops when the supervisor dies.
+    """
     from ..vault import (
         Vault,  # imported here: the module is also imported by workers that never run this
     )
+    from .workers import die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the workers first; the parent then stops this
     stopping = False
@@ -70,6 +75,8 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    if parent is not None:
+        die_with_parent(parent)
     try:
         vault = Vault.open(store, pepper_file=pepper_file)
     except Exception as exc:  # noqa: BLE001 - the parent reports it
@@ -88,12 +95,13 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
     selector.register(listener, selectors.EVENT_READ)
     buffers: dict[socket.socket, bytearray] = {}
     commits = items = 0
-    last_idle = time.monotonic()
+    last_idle = last_metrics = time.monotonic()
+    published = (0, 0)
     ready.send("ready")
     try:
         while not stopping or buffers:
             work: list[tuple[socket.socket, list[tuple[int, list[Item]]]]] = []
-            for key, _ in selector.select(timeout=_IDLE_SECONDS if not stopping else 0.05):
+            for key, _ in selector.select(timeout=METRICS_SECONDS if not stopping else 0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is listener:
@@ -123,13 +131,19 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
                 except Exception as exc:  # noqa: BLE001 - every request of the commit learns why it failed
                     results = exc
                 _answer(work, results, buffers, selector)
-            if time.monotonic() - last_idle >= _IDLE_SECONDS or (stopping and not work):
-                last_idle = time.monotonic()
+            now = time.monotonic()
+            if now - last_metrics >= METRICS_SECONDS and (commits, items) != published:
+                last_metrics, published = now, (commits, items)
+                metrics.set_commits(commits, items)
+                try:
+                    metrics.save()
+                except OSError:
+                    pass  # the next turn tries again
+            if now - last_idle >= _IDLE_SECONDS or (stopping and not work):
+                last_idle = now
                 try:
                     vault.flush_stats()
-                    metrics.set_commits(commits, items)
-                    metrics.save()
-                except (StoreError, OSError):
+                except StoreError:
                     pass  # the next second tries again
     finally:
         metrics.set_commits(commits, items)

@@ -1,8 +1,10 @@
 """Prometheus metrics summed over every worker process of one service.
 
 Each worker counts in memory (no lock, no I/O per request) and writes its
-totals to ``<run dir>/<pid>.json`` about once a second; ``/metrics`` adds up
-every file in the run directory, its own counts taken live. Totals of a
+totals to ``<run dir>/<pid>.json`` every METRICS_SECONDS when they changed (the
+commit process too); ``/metrics`` adds up every file in the run directory, its
+own counts taken live. So a scrape is behind by at most METRICS_SECONDS for
+the other processes' counts (plus however long a busy loop takes to get there). Totals of a
 worker that died stay in its file, so counters only go up while the service
 runs. The run directory is made when the service starts and removed when it stops.
 """
@@ -17,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..results import Result, Status
+
+#: How often each worker and the commit process publish their totals (when they changed).
+METRICS_SECONDS = 0.25
 
 #: Upper bounds (seconds) of the request latency histogram's buckets.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -39,6 +44,7 @@ class Metrics:
         self._file = run_dir / f"{os.getpid()}.json" if run_dir else None
         self._names: dict[tuple[str, Status], str] = {}  # (operation, status) -> sample name
         self._routes: dict[tuple[str, int], tuple[str, str, list[str]]] = {}  # (route, code) -> _route_names
+        self._changed = True  # since the last save
 
     def request(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
@@ -46,6 +52,7 @@ class Metrics:
         if names is None:
             names = self._routes[route, status] = _route_names(route, status)
         counts = self._counts
+        self._changed = True
         counts[names[0]] += 1
         counts[names[1]] += seconds
         counts[names[2][bisect.bisect_left(BUCKETS, seconds)]] += 1
@@ -61,13 +68,15 @@ class Metrics:
 
     def set_commits(self, commits: int, items: int) -> None:
         """Record the group commit's totals (they are counted by the committer thread)."""
+        self._changed = True
         self._counts["keyvault_redeem_commits_total"] = commits
         self._counts["keyvault_redeem_commit_items_total"] = items
 
     def save(self) -> None:
         """Write this worker's totals for the other workers' /metrics (atomically: write, then rename)."""
-        if self._file is None:
+        if self._file is None or not self._changed:
             return
+        self._changed = False
         temp = self._file.with_suffix(".tmp")
         temp.write_text(json.dumps(dict(self._counts)))
         os.replace(temp, self._file)

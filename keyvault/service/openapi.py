@@ -129,7 +129,7 @@ def document() -> dict[str, Any]:
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
         "/v1/stats": {"get": {
             "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",
-            "responses": _responses(free, (401, 403, 503, 507))}},
+            "responses": _responses(free, (400, 401, 403, 503, 507))}},
         "/v1/trace/{serial}": {"get": {
             "summary": "Where a key came from and what happened to it (scope redeem)", "operationId": "trace",
             "parameters": [
@@ -137,16 +137,16 @@ def document() -> dict[str, Any]:
                  "description": "The key's public serial (never the key: keys do not go in URLs)."},
                 {"name": "bundle", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1"]},
                  "description": "1: the offline bundle that `keyvault verify-bundle` checks."}],
-            "responses": _responses(free, (401, 403, 404, 422, 503, 507))}},
+            "responses": _responses(free, (400, 401, 403, 404, 422, 503, 507))}},
         "/v1/manifests": {"post": {
             "summary": "Import a supplier's signed manifest, all or nothing (scope admin)",
             "operationId": "importManifest",
             "requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}},
-            "responses": _responses(free, (401, 403, 409, 413, 415, 422, 503, 507))}},
+            "responses": _responses(free, (400, 401, 403, 409, 413, 415, 422, 503, 507))}},
         "/v1/openapi.json": {"get": {
-            "summary": "This document (any scope)", "operationId": "openapi",
-            "responses": _responses(free, (401, 503))}},
+            "summary": "This document (no token: client generators fetch it)", "operationId": "openapi",
+            "security": [], "responses": _responses(free, (503,))}},
         "/healthz": {"get": {
             "summary": "200 when the store answers reads (no token)", "operationId": "health", "security": [],
             "responses": _responses({"type": "object", "required": ["status"],

@@ -23,19 +23,24 @@ TYPE_PREFIX = "urn:keyvault:problem:"
 
 #: Every problem the service answers: name -> (HTTP status, title). docs/service.md lists them.
 PROBLEMS: dict[str, tuple[int, str]] = {
+    "bad-request": (400, "The request is not usable HTTP"),
     "malformed-json": (400, "The body is not valid JSON"),
     "unauthorized": (401, "A valid bearer token is required"),
     "forbidden": (403, "The token's scope does not allow this"),
     "not-found": (404, "No such resource"),
     "method-not-allowed": (405, "Method not allowed on this path"),
+    "request-timeout": (408, "The request did not arrive in time"),
     "conflict": (409, "The change contradicts what the store holds"),
     "body-too-large": (413, "The request body is too large"),
+    "uri-too-long": (414, "The request target is too long"),
     "unsupported-media-type": (415, "Send the body as application/json"),
     "invalid-request": (422, "The request does not match the API"),
     "batch-too-large": (422, "Too many items in one request"),
     "rejected-manifest": (422, "The manifest was refused"),
     "untrusted-signer": (422, "The signer is not trusted by this store"),
+    "headers-too-large": (431, "The request's headers are too large"),
     "store-unavailable": (503, "The store cannot serve this request now"),
+    "overloaded": (503, "The service has no room for another connection"),
     "store-full": (507, "The store's disk is full"),
 }
 

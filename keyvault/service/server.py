@@ -22,17 +22,17 @@ import tempfile
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
 from . import commitd
-from .workers import Workers, bind
+from .workers import Limits, Workers, bind
 
 APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight
-BACKLOG = 4096  # connections the kernel queues for the workers
 
 
 def log_config() -> dict[str, Any]:
@@ -72,10 +72,13 @@ def check(store: Path, pepper_file: Path | None, host: str) -> int:
 
 
 def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: int, *,
-          access_log: bool = True, app: str = APP, commit_process: bool = True) -> bool:
+          access_log: bool = True, app: str = APP, commit_process: bool = True, limits: Limits = Limits(),
+          ready: Callable[[], None] | None = None) -> bool:
     """Run the service until SIGTERM/SIGINT; False when a worker could not start.
 
-    ``app`` and ``commit_process`` are for the benchmark's trivial application, which has no store.
+    ``ready`` is called once the socket is bound and the commit process listens, before the workers start
+    (a port in use is a KeyvaultError before it). ``app`` and ``commit_process`` are for the benchmark's
+    trivial application, which has no store.
     """
     try:
         import httptools  # noqa: F401
@@ -97,14 +100,16 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
     # uvicorn.Config's keyword arguments for each worker (its public API; built in the worker).
     settings = dict(app=app, factory=True, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                     access_log=False, log_config=log_config(), server_header=False,
-                    timeout_graceful_shutdown=GRACE_SECONDS, backlog=BACKLOG, ws="none", interface="asgi3")
+                    timeout_graceful_shutdown=GRACE_SECONDS, ws="none", interface="asgi3")
     try:
-        sock = bind(host, port, BACKLOG)
+        sock = bind(host, port, limits.backlog)
         try:
             if commits is not None:
                 commits.start()
             try:
-                return Workers(settings, sock, workers).run()  # also for one worker: restarted if it dies
+                if ready is not None:
+                    ready()
+                return Workers(settings, sock, workers, limits).run()  # one worker too: restarted if it dies
             finally:
                 if commits is not None:
                     commits.stop()  # after the workers: they have answered every request in flight
@@ -133,7 +138,8 @@ class CommitProcess:
 
     def _spawn(self) -> None:
         ours, theirs = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=commitd.run, args=(*self._args, theirs), name="keyvault-commit",
+        process = self._context.Process(target=commitd.run, args=(*self._args, theirs, os.getpid()),
+                                        name="keyvault-commit",
                                         daemon=False)
         process.start()
         theirs.close()

@@ -15,25 +15,50 @@ lifespan shutdown) and waits for them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import socket
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..errors import KeyvaultError
 
 #: A worker's exit code when its server never finished starting (the app, its lifespan or the store failed).
-FAILED_TO_START = 3
+#: Internal to the service (``keyvault serve`` itself exits 1 then); not 3, which keyvault's CLI keeps for
+#: "a key was refused".
+FAILED_TO_START = 78
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_POLL_SECONDS = 1.0
 RESTART_SECONDS = 1.0  # a worker slot is restarted at most this often (a crash loop does not spin)
 POLL_SECONDS = 0.2  # how often the supervisor looks at its workers
 KILL_AFTER_SECONDS = 10.0  # past the grace period, a worker still running is killed
+ORPHAN_GRACE_SECONDS = 30.0 + KILL_AFTER_SECONDS  # an orphan drains as long (server.GRACE_SECONDS), then dies
+
+BODY_RATE = 64 * 1024  # bytes a second: each byte of a body received moves its deadline by 1/BODY_RATE s
 
 log = logging.getLogger("keyvault.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits of one worker (docs/service.md, `keyvault serve --help`)."""
+
+    max_header_bytes: int = 16 * 1024  # request line and header lines, bytes
+    max_headers: int = 100  # header lines
+    max_request_line: int = 8 * 1024  # the request target (path and query), bytes
+    header_timeout: float = 10.0  # seconds from a request's first byte to the end of its head
+    body_timeout: float = 30.0  # seconds for a body, plus one per BODY_RATE bytes received
+    keep_alive: float = 5.0  # seconds a connection may stay idle (also before its first request)
+    max_connections: int = 1000  # open connections per worker
+    backlog: int = 4096  # connections the kernel queues for the workers to accept
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
@@ -56,10 +81,53 @@ def bind(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: dict[str, Any], sock: socket.socket) -> None:
+def die_with_parent(parent: int) -> None:
+    """Stop this process (SIGTERM: it drains, then exits) when ``parent``, its supervisor, dies, even by SIGKILL.
+
+    Linux's parent-death signal covers the common case at once; a thread that looks at ``os.getppid()``
+    every second covers the rest: a parent that died before the prctl, a SIGTERM that arrived while the
+    process had no handler ready, and systems without prctl.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still notices
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_SECONDS)
+        log.error("process [%d]: the service's supervisor [%d] is gone; stopping", os.getpid(), parent)
+        give_up = time.monotonic() + ORPHAN_GRACE_SECONDS
+        while time.monotonic() < give_up:  # again each second: one may land before the handler is in place
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(ORPHAN_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)  # what the supervisor would have done past the grace period
+
+    threading.Thread(target=watch, name="keyvault-orphan-watch", daemon=True).start()
+
+
+def _room_for(connections: int) -> None:
+    """Raise this process's open-file limit to fit ``connections`` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # the store, logs, the commit socket, the run directory
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning("worker [%d]: --max-connections %d needs %d open files, the hard limit is %d: raise it "
+                        "(ulimit -n) or lower --max-connections", os.getpid(), connections, wanted, hard)
+
+
+def _worker(settings: dict[str, Any], sock: socket.socket, parent: int, limits: Limits) -> None:
     """Process entry of one worker: uvicorn's Server on the supervisor's socket until SIGTERM or SIGINT."""
+    die_with_parent(parent)
     import uvicorn
 
+    from .protocol import guarded  # uvicorn's protocol: imported where it runs
+
+    _room_for(limits.max_connections)
+    settings = dict(settings, http=guarded(limits), timeout_keep_alive=limits.keep_alive, backlog=limits.backlog)
     server = uvicorn.Server(uvicorn.Config(**settings))  # Config sets up the worker's logging
     # uvicorn re-raises the signal that stopped it once it has drained: let that end the process with 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,8 +145,9 @@ def _worker(settings: dict[str, Any], sock: socket.socket) -> None:
 class Workers:
     """N worker processes on one socket, kept running until SIGTERM/SIGINT."""
 
-    def __init__(self, settings: dict[str, Any], sock: socket.socket, count: int) -> None:
+    def __init__(self, settings: dict[str, Any], sock: socket.socket, count: int, limits: Limits) -> None:
         self._settings = settings
+        self._limits = limits
         self._socket = sock
         self._count = count
         self._context = multiprocessing.get_context("spawn")
@@ -86,7 +155,8 @@ class Workers:
         self.failed = False  # a worker could not start: the service stopped
 
     def _spawn(self) -> BaseProcess:
-        process = self._context.Process(target=_worker, args=(self._settings, self._socket),
+        process = self._context.Process(target=_worker, args=(self._settings, self._socket, os.getpid(),
+                                                              self._limits),
                                         name="keyvault-worker", daemon=False)
         process.start()
         return process
