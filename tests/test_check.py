@@ -36,7 +36,7 @@ from keyvault.engine import CHECKS
 from keyvault.formats.checkpoint import Checkpoint, sign
 from keyvault.formats.keyformat import parse_serial
 from keyvault.store import Txn
-from keyvault.store.records import from_u64, u64
+from keyvault.store.records import from_u64, pack_card, u64
 
 PAGE = 4096  # LMDB's page size on this platform (asserted on the store itself below)
 
@@ -191,8 +191,12 @@ DAMAGE: dict[str, tuple[Callable[[Vault, Template], Callable[[Txn], Any]], set[s
         lambda v, t: lambda txn: txn.delete("cards", _serial(t, 250)), {"cards"}),
     "a card record of the wrong size": (
         lambda v, t: lambda txn: txn.put("cards", _serial(t, 251), b"\x00" * 16), {"cards"}),
-    "a card marked redeemed without an event": (
+    "a card's state byte flipped to redeemed": (
         lambda v, t: lambda txn: txn.put("cards", _serial(t, 252), b"\x01" + _get(txn, "cards", _serial(t, 252))[1:]),
+        {"cards"}),
+    "a card sealed as redeemed without an event": (
+        lambda v, t: lambda txn: txn.put("cards", _serial(t, 252), pack_card(
+            v.engine.pepper, from_u64(_serial(t, 252)), 1, _get(txn, "cards", _serial(t, 252))[1:17])),
         {"redeem and void state", "counters"}),
     "an altered outcome state": (
         lambda v, t: lambda txn: txn.put("outcomes", _first(txn, "outcomes")[0],

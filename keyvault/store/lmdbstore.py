@@ -37,7 +37,7 @@ from .records import u64
 
 T = TypeVar("T")
 
-FORMAT = b"keyvault-store/2"
+FORMAT = b"keyvault-store/3"
 DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "commitments", "manifests", "suppliers",
              "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters")
 INITIAL_MAP_SIZE = 256 << 20
