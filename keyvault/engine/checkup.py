@@ -62,6 +62,7 @@ from ..store import Head, Txn
 from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, Reading
 from ..store.records import (
     ACTIVE,
+    BLACKLIST_DIGEST,
     CARD,
     HEAD,
     LEVEL_BATCH,
@@ -70,6 +71,7 @@ from ..store.records import (
     OUTCOME,
     REDEEMED,
     VOIDED,
+    blacklist_digest,
     from_u64,
     load,
     pack_outcome,
@@ -575,8 +577,10 @@ class _Checkup:
     def blacklist(self, problems: _Problems) -> str:
         txn = self.txn
         count = 0
+        digest = bytes(32)
         for key, value in txn.items("blacklist"):
             count += 1
+            digest = blacklist_digest(digest, key, None, value)
             level, target = bytes(key[:1]), bytes(key[1:])
             doc = load(value)
             if not isinstance(doc["reason"], str) or not isinstance(doc["at"], int):
@@ -595,8 +599,11 @@ class _Checkup:
                     problems.add(f"supplier {target.decode('ascii')} is blacklisted but not stored")
             else:
                 problems.add(f"a blacklist entry has an unknown level {level!r}")
+        if digest != bytes(txn.get("meta", BLACKLIST_DIGEST) or bytes(32)):
+            problems.add("the blacklist's entries do not add up to its digest (meta/blacklist): an entry was lost, "
+                         "moved or altered; restore the store from a backup")
         self.counts["blacklist"] = count
-        return f"{count} blacklist entries, each naming a stored key, batch or supplier"
+        return f"{count} blacklist entries, each naming a stored key, batch or supplier, adding up to their digest"
 
     # -- the event log ---------------------------------------------------------------------------------
 

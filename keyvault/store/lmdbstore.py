@@ -48,7 +48,7 @@ _LOCK_FILE_SIZE = 192 + 64 * (MAX_READERS - 1)
 LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-            lmdb.BadRslotError)
+            lmdb.BadRslotError, lmdb.BadTxnError)  # (BadTxnError: a transaction that already met damage)
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()

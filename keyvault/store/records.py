@@ -2,7 +2,7 @@
 
 | database    | key                          | value                                   |
 |-------------|------------------------------|-----------------------------------------|
-| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy |
+| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist digest |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes), seal (16)   |
 | outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason, seal (16) |
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
@@ -92,8 +92,27 @@ def u64(value: int) -> bytes:
 
 
 def from_u64(data: bytes) -> int:
-    """The integer of an 8-byte big-endian key."""
-    return U64.unpack(data)[0]
+    """The integer of an 8-byte big-endian key; StoreCorruptError when it is not 8 bytes (damaged)."""
+    if len(data) != 8:
+        raise StoreCorruptError(f"a record's serial or index is {len(data)} bytes, not 8: the store is damaged; run "
+                                "`keyvault check` and restore the store from a backup")
+    return int.from_bytes(data, "big")
+
+
+BLACKLIST_DIGEST = b"blacklist"  # meta key: the blacklist table's digest
+
+
+def blacklist_digest(digest: bytes | None, key: bytes, removed: bytes | None, added: bytes | None) -> bytes:
+    """The blacklist table's digest (meta/blacklist, 32 zero bytes for an empty table) after the entry under
+    ``key`` changed from ``removed`` to ``added`` (None: no entry): the XOR of BLAKE2b-256 of each entry's key
+    and value. A lost, moved or altered entry no longer adds up: the catalog refuses it."""
+    out = int.from_bytes(digest or bytes(32), "big")
+    for value in (removed, added):
+        if value is not None:
+            mark = hashlib.blake2b(bytes((len(key),)) + bytes(key) + bytes(value), digest_size=32,
+                                   person=b"kv1/blacklist").digest()
+            out ^= int.from_bytes(mark, "big")
+    return out.to_bytes(32, "big")
 
 
 def pack_card(pepper: bytes, serial: int, state: int, tag: bytes) -> bytes:
@@ -122,6 +141,12 @@ def dump(doc: dict[str, Any]) -> bytes:
 
 
 def load(data: bytes) -> dict[str, Any]:
-    """A JSON record."""
-    result: dict[str, Any] = json.loads(bytes(data))
+    """A JSON record; StoreCorruptError when it is not one (damaged)."""
+    try:
+        result = json.loads(bytes(data))
+    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        result = None
+    if not isinstance(result, dict):
+        raise StoreCorruptError("a JSON record of the store is damaged: nothing was decided; run `keyvault check` "
+                                "to find it and restore the store from a backup")
     return result
