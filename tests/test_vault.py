@@ -486,7 +486,7 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
 def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, issued: Issued) -> None:
     """A transaction that changed the configuration and read the catalog, then aborted, must leave no cached
     catalog behind: another writer's next change reuses its generation number (here, a blacklist entry)."""
-    from keyvault.store.records import LEVEL_KEY, dump, u64
+    from keyvault.store.records import BLACKLIST_DIGEST, LEVEL_KEY, blacklist_digest, dump, u64
 
     class Abort(Exception):
         pass
@@ -501,7 +501,10 @@ def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, is
     serial = _fast.parse_key(issued.keys[0])[1]
 
     def other_writer(txn) -> None:  # type: ignore[no-untyped-def]  # as another process would
-        txn.put("blacklist", LEVEL_KEY + u64(serial), dump({"reason": "stolen", "at": 0}))
+        value = dump({"reason": "stolen", "at": 0})
+        txn.put("blacklist", LEVEL_KEY + u64(serial), value)
+        txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), LEVEL_KEY + u64(serial),
+                                                           None, value))
         txn.bump_generation()
 
     platform.engine.store.write(other_writer)

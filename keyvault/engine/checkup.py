@@ -11,7 +11,7 @@ and verifies:
   against the batch record;
 * the commitments: every stored commitment hashes to its slice root, and the slice roots to the
   manifest's signed Merkle root;
-* the card records: one per key of each batch, 17 bytes, a known state; the locators and card
+* the card records: one per key of each batch, 33 bytes, sealed, a known state; the locators and card
   numbers of imported batches;
 * redeem and void state: every outcome record matches its card and the event it names; every
   folded change has its outcome; no unfolded change touches a key already spent;
