@@ -18,6 +18,7 @@ class Status(str, enum.Enum):
     BLACKLISTED = "blacklisted"  # refused by a blacklist entry at `level`, with `reason`
     EXPIRED = "expired"  # the batch's validity window has ended
     NOT_YET_VALID = "not_yet_valid"  # the batch's validity window has not begun
+    DAMAGED = "damaged"  # the key's record in the store is damaged: refused until the store is restored
     THROTTLED = "throttled"  # the client was refused too often: the key was not looked at
 
     def __str__(self) -> str:

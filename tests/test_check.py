@@ -36,7 +36,7 @@ from keyvault.engine import CHECKS
 from keyvault.formats.checkpoint import Checkpoint, sign
 from keyvault.formats.keyformat import parse_serial
 from keyvault.store import Txn
-from keyvault.store.records import from_u64, u64
+from keyvault.store.records import from_u64, pack_card, u64
 
 PAGE = 4096  # LMDB's page size on this platform (asserted on the store itself below)
 
@@ -191,8 +191,12 @@ DAMAGE: dict[str, tuple[Callable[[Vault, Template], Callable[[Txn], Any]], set[s
         lambda v, t: lambda txn: txn.delete("cards", _serial(t, 250)), {"cards"}),
     "a card record of the wrong size": (
         lambda v, t: lambda txn: txn.put("cards", _serial(t, 251), b"\x00" * 16), {"cards"}),
-    "a card marked redeemed without an event": (
+    "a card's state byte flipped to redeemed": (
         lambda v, t: lambda txn: txn.put("cards", _serial(t, 252), b"\x01" + _get(txn, "cards", _serial(t, 252))[1:]),
+        {"cards"}),
+    "a card sealed as redeemed without an event": (
+        lambda v, t: lambda txn: txn.put("cards", _serial(t, 252), pack_card(
+            v.engine.pepper, from_u64(_serial(t, 252)), 1, _get(txn, "cards", _serial(t, 252))[1:17])),
         {"redeem and void state", "counters"}),
     "an altered outcome state": (
         lambda v, t: lambda txn: txn.put("outcomes", _first(txn, "outcomes")[0],
@@ -283,7 +287,7 @@ def test_records_that_do_not_parse_are_reported_not_raised(vault: Vault, templat
     assert not report["ok"]
     bad = failed(report)
     assert {"head", "batches and manifests", "custody", "counters"} <= set(bad)
-    assert "does not parse" in bad["batches and manifests"]
+    assert "a JSON record of the store is damaged" in bad["batches and manifests"]
     assert "the head record is 5 bytes" in bad["head"]
 
 
@@ -575,6 +579,21 @@ def test_every_page_flipped(tmp_path: Path, store: Path, layout: str) -> None:
     for kind, _ in results.values():
         tally[kind] = tally.get(kind, 0) + 1
     print(layout, tally)
+    # Every flip is classified (no traceback, no hang: _outcome asserts it), and what check is shown is seen.
+    assert set(tally) <= {"refused", "failed", "crashed-reported", "passed"}
+    newest = max((0, 1), key=lambda p: _meta(store, p)["txnid"])
+    for field in ("magic", "page size", "main root"):
+        assert results[f"meta page {newest}: {field}"][0] != "passed", field
+    if layout == "compacted":  # every page is in use: a flip that passed lay where LMDB never reads
+        data = (store / "data.mdb").read_bytes()
+        pages = len(data) // PAGE
+        for page in range(2, pages):
+            _, _, flags, lower, upper = struct.unpack_from("<QHHHH", data, page * PAGE)
+            where = "last page" if page == pages - 1 else f"page {page}"
+            for name, at in PAGE_OFFSETS.items():
+                kind, detail = results[f"{where}: {name}"]
+                unread = not flags & 0x04 and lower <= at and at + 4 <= upper  # the free gap between nodes
+                assert kind != "passed" or unread, (where, name, flags, lower, upper)
 
 
 def _leaf_pages(store: Path) -> list[int]:

@@ -498,19 +498,29 @@ class _Store:
         with self.env.begin(write=True) as txn:
             for i in range(count):
                 tag = _pure.tag(self.pepper, verifiers[16 * i:16 * i + 16])
-                txn.put(_u64((key << 25) + first + i), bytes([ACTIVE]) + tag, db=self.cards_db)
+                txn.put(_u64((key << 25) + first + i), self.card((key << 25) + first + i, ACTIVE, tag), db=self.cards_db)
         if listed:
             self.batches[key] = (salt, valid_from, valid_until, block, f"BATCH-{key}", f"sup{key >> 15}",
                                  f"Supplier {key >> 15}", f"product {key}")
         return keys_
 
+    def card(self, serial: int, state: int, tag: bytes) -> bytes:
+        """A sealed card record, as the store writes it."""
+        body = bytes([state]) + tag
+        return body + _pure.seal(self.pepper, b"c", serial, body)
+
+    def outcome(self, serial: int, body: bytes) -> bytes:
+        """A sealed outcome record, as the store writes it."""
+        return body + _pure.seal(self.pepper, b"o", serial, body)
+
     def state(self, serial: int, state: int, at: int | None = None, text: str = "") -> None:
-        """Set a card's state byte; with at, also write its outcome record."""
+        """Set a card's state (sealed); with at, also write its outcome record."""
         with self.env.begin(write=True) as txn:
             record = txn.get(_u64(serial), db=self.cards_db)
-            txn.put(_u64(serial), bytes([state]) + record[1:], db=self.cards_db)
+            txn.put(_u64(serial), self.card(serial, state, record[1:17]), db=self.cards_db)
             if at is not None:
-                txn.put(_u64(serial), bytes([state]) + at.to_bytes(8, "big") + (7).to_bytes(8, "big") + text.encode(), db=self.outcomes_db)
+                body = bytes([state]) + at.to_bytes(8, "big") + (7).to_bytes(8, "big") + text.encode()
+                txn.put(_u64(serial), self.outcome(serial, body), db=self.outcomes_db)
 
     def raw(self, db, serial: int, value: bytes) -> None:
         with self.env.begin(write=True) as txn:
@@ -594,9 +604,9 @@ def scene(store):
     store.key_blocks[(_batch_key(2, 1) << 25) + 0] = ("key", "supplier wins")
     store.state(base + 12, VOIDED, at, "\u00e9" * 40)  # outcome text longer than a card record
     keys_ = [
-        (live[0], "valid"), (live[1], "redeemed"), (live[2], "void"), (live[3], "unknown"),  # redeemed without an outcome record: damaged
+        (live[0], "valid"), (live[1], "redeemed"), (live[2], "void"), (live[3], "damaged"),  # redeemed without an outcome record
         (live[4], "redeemed"), (live[5], "void"), (live[6], "valid"), (live[7], "redeemed"),
-        (live[8], "blacklisted"), (live[9], "unknown"), (live[10], "redeemed"), (live[12], "void"),
+        (live[8], "blacklisted"), (live[9], "damaged"), (live[10], "redeemed"), (live[12], "void"),
         (later[0], "not_yet_valid"), (ended[1], "expired"), (edges[0], "valid"), (edges[1], "valid"),
         (closed[0], "expired"),
         (by_supplier[0], "blacklisted"), (by_supplier[1], "blacklisted"), (by_batch[2], "blacklisted"),
@@ -623,7 +633,7 @@ def test_check_keys_every_status(scene):
     assert _statuses(results) == expected
     assert store.check(tuple(keys_)) == results
     assert {s for s in expected} == {None, "valid", "unknown", "redeemed", "void", "blacklisted", "expired",
-                                     "not_yet_valid"}
+                                     "not_yet_valid", "damaged"}
     for shuffled in (keys_[::-1], keys_[1::2] + keys_[::2]):  # input order is kept, whatever it is
         assert _statuses(store.check(shuffled)) == [expected[keys_.index(k)] for k in shuffled]
 
@@ -638,7 +648,7 @@ def test_check_keys_results_in_detail(scene):
     assert r[0].message is None and r[0].ok
     assert r[1].order_id == "order-1" and r[1].message.startswith("already redeemed by order order-1 at ")
     assert r[2].reason == "refund: damaged box" and r[2].voided_at.endswith("Z")
-    assert r[3].status.value == "unknown" and r[3].redeemed_at is None and "damaged" in r[3].message  # no outcome
+    assert r[3].status.value == "damaged" and r[3].redeemed_at is None and "damaged" in r[3].message  # no outcome
     assert r[7].order_id == "order-7 \u00e9\u4e2d"
     assert (r[8].level, r[8].reason) == ("key", "stolen")
     assert (r[17].level, r[17].reason) == ("supplier", "fraud")
@@ -795,10 +805,10 @@ def test_check_keys_odd_records(store):
     keys_ = store.batch(_batch_key(5, 5), 8)
     base = _batch_key(5, 5) << 25
     with store.env.begin() as txn:
-        tag = txn.get(_u64(base), db=store.cards_db)[1:]
+        tag = txn.get(_u64(base), db=store.cards_db)[1:17]
     store.raw(store.cards_db, base + 0, b"")  # empty
     store.raw(store.cards_db, base + 1, b"\x00" + tag[:-1])  # one byte short
-    store.raw(store.cards_db, base + 2, b"\x00" + tag + b"trailing")  # longer: the first 17 bytes count
+    store.raw(store.cards_db, base + 2, b"\x00" + tag + b"trailing")  # longer: damaged
     store.raw(store.cards_db, base + 3, b"\x01" + tag)  # redeemed, no outcome record
     store.raw(store.outcomes_db, base + 3, b"\x01\x00")  # ... an outcome record too short
     store.raw(store.cards_db, base + 4, b"\x02" + tag)
@@ -864,12 +874,13 @@ def test_check_one_odd_records(store):
     keys_ = store.batch(_batch_key(5, 5), 4)
     base = _batch_key(5, 5) << 25
     with store.env.begin() as txn:
-        tags = [txn.get(_u64(base + i), db=store.cards_db)[1:] for i in range(4)]
+        tags = [txn.get(_u64(base + i), db=store.cards_db)[1:17] for i in range(4)]
     store.raw(store.cards_db, base + 0, b"")
     store.raw(store.cards_db, base + 1, b"\x00" + tags[1][:-1])
-    store.raw(store.cards_db, base + 2, b"\x00" + tags[2] + b"trailing")  # longer: the first 17 bytes count
+    store.raw(store.cards_db, base + 2, b"\x00" + tags[2] + b"trailing")  # longer: its seal cannot vouch for it
     store.raw(store.cards_db, base + 3, b"\xff" + tags[3])
-    assert [a is not None for a in store.check_one(keys_)] == [False, False, True, False]
+    assert [a is not None for a in store.check_one(keys_)] == [False, False, False, False]
+    assert _statuses(store.check(keys_)) == ["unknown", "unknown", "damaged", "damaged"]
 
 
 # accept_redeems: check_keys' answers made redeem answers, in place
@@ -912,8 +923,8 @@ def test_accept_redeems_every_case(scene):
 # fold_records: the card and outcome records a ledger fold writes
 
 
-def _folded_alike(pending, cards):
-    return same("fold_records", pending, cards)
+def _folded_alike(pending, cards, pepper=PEPPER):
+    return same("fold_records", pending, cards, pepper)
 
 
 def test_fold_records_every_shape():
@@ -921,11 +932,24 @@ def test_fold_records_every_shape():
     tag = bytes(range(16))
     pending = {base: (REDEEMED, NOW, "order-1", 7), base + 1: (VOIDED, NOW + 1, "refund \u00e9\u4e2d", 2**63),
                base + 2: (REDEEMED, 0, "", 0), base + 3: (REDEEMED, 2**64 - 1, "x" * 300, 2**64 - 1)}
-    cards = [(_u64(base + i), bytes([ACTIVE]) + tag) for i in range(4)]
+    def card(serial, state):
+        return bytes([state]) + tag + _pure.seal(PEPPER, b"c", serial, bytes([state]) + tag)
+
+    cards = [(_u64(base + i), card(base + i, ACTIVE)) for i in range(4)]
     new_cards, outcomes = _folded_alike(pending, cards)
-    assert new_cards[1] == (_u64(base + 1), bytes([VOIDED]) + tag)
-    assert outcomes[1] == (_u64(base + 1), bytes([VOIDED]) + (NOW + 1).to_bytes(8, "big") + (2**63).to_bytes(8, "big")
-                           + "refund \u00e9\u4e2d".encode())
+    assert new_cards[1] == (_u64(base + 1), card(base + 1, VOIDED))
+    body = bytes([VOIDED]) + (NOW + 1).to_bytes(8, "big") + (2**63).to_bytes(8, "big") + "refund \u00e9\u4e2d".encode()
+    assert outcomes[1] == (_u64(base + 1), body + _pure.seal(PEPPER, b"o", base + 1, body))
+    assert _pure.open_outcome(PEPPER, base + 1, outcomes[1][1]) == body
+    assert _pure.open_outcome(PEPPER, base + 2, outcomes[1][1]) is None  # bound to its serial
+    # A damaged card is written back as it was, never sealed again: it stays refused.
+    flipped = (_u64(base), b"\x01" + cards[0][1][1:])
+    assert _folded_alike(pending, [flipped])[0] == [flipped]
+    moved = (_u64(base + 1), cards[0][1])  # a sound record under another serial
+    assert _folded_alike(pending, [moved])[0] == [moved]
+    _folded_alike(pending, cards, bytearray(PEPPER))
+    _folded_alike(pending, cards, b"p" * 65)
+    _folded_alike(pending, cards, b"")
     _folded_alike({}, [])
     _folded_alike(pending, cards[::-1])
     _folded_alike(pending, [(_u64(base), b""), (_u64(base + 1), b"\x00"), (_u64(base + 2), b"\x00" + tag + b"++")])
@@ -1046,7 +1070,7 @@ def _rule_book() -> list:
         return Result(Status(status), _pure.format_serial_text(SERIAL), "BATCH", "sup", "Supplier", "product",
                       **fields)
 
-    damaged = Result(Status.UNKNOWN, _pure.format_serial_text(SERIAL), "BATCH", message=_DAMAGED)
+    damaged = Result(Status.DAMAGED, _pure.format_serial_text(SERIAL), "BATCH", message=_DAMAGED)
     w = _ROW._replace
     fraud = _pure.KeyBlock("supplier", "fraud")
     blacklisted = result("blacklisted", level="supplier", reason="fraud", message="blacklisted (supplier): fraud")
@@ -1138,8 +1162,8 @@ def judged_scene(tmp_path_factory):
     s.state(base + 5, VOIDED)
     s.raw(s.outcomes_db, base + 5, _outcome(VOIDED, AT, b"\xff"))
     with s.env.begin() as txn:
-        cards = [(txn.get(_u64(base + i), db=s.cards_db)[0], txn.get(_u64(base + i), db=s.outcomes_db))
-                 for i in range(6)]
+        cards = [(txn.get(_u64(base + i), db=s.cards_db)[0],  # and the outcome record as judge reads it: opened
+                  _pure.open_outcome(s.pepper, base + i, txn.get(_u64(base + i), db=s.outcomes_db))) for i in range(6)]
     yield s, keys_, key, cards
     s.close()
 
@@ -1203,10 +1227,10 @@ def test_named_rows_are_read_in_c(scene, core):
     assert one.status.value == "valid" and not gc.is_tracked(one)  # made in C (_pure's Results are tracked)
     base = _batch_key(1, 1) << 25
     pending = {base: _pure.Change(REDEEMED, NOW, "order-1", 7), base + 1: _pure.Change(VOIDED, NOW, "why", 8)}
-    cards = [(_u64(base + i), bytes(17)) for i in range(2)]
-    new_cards, outcomes = same("fold_records", pending, cards)
-    assert same("fold_records", {k: tuple(v) for k, v in pending.items()}, cards) == (new_cards, outcomes)
-    folded, _ = core.fold_records(pending, cards)
+    cards = [(_u64(base + i), bytes(33)) for i in range(2)]
+    new_cards, outcomes = same("fold_records", pending, cards, PEPPER)
+    assert same("fold_records", {k: tuple(v) for k, v in pending.items()}, cards, PEPPER) == (new_cards, outcomes)
+    folded, _ = core.fold_records(pending, cards, PEPPER)
     assert not gc.is_tracked(folded[0])  # a pair made in C
 
 

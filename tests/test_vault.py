@@ -50,7 +50,7 @@ def test_public_surface_is_pinned() -> None:
 
 def test_status_names_are_the_contract() -> None:
     assert {s.value for s in Status} == {"valid", "accepted", "malformed", "unknown", "redeemed", "void",
-                                         "blacklisted", "expired", "not_yet_valid", "throttled"}
+                                         "blacklisted", "expired", "not_yet_valid", "damaged", "throttled"}
 
 
 def test_valid_key_verifies_with_its_provenance(platform: Vault, issued: Issued) -> None:
@@ -443,13 +443,13 @@ def test_a_damaged_state_byte_is_refused_not_trusted(platform: Vault, issued: Is
     serial = _fast.parse_key(issued.keys[0])[1]
 
     def damage(txn) -> None:  # type: ignore[no-untyped-def]
-        _, tag = CARD.unpack(txn.get("cards", u64(serial)))
-        txn.put("cards", u64(serial), CARD.pack(7, tag))
+        _, tag, seal = CARD.unpack(txn.get("cards", u64(serial)))
+        txn.put("cards", u64(serial), CARD.pack(7, tag, seal))
 
     platform.engine.store.write(damage)
     for result in (platform.verify(issued.keys[0]), platform.verify_many([issued.keys[1], issued.keys[0]])[1],
                    platform.redeem(issued.keys[0], "o-1")):
-        assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
+        assert result.status is Status.DAMAGED and "damaged" in (result.message or "")
     assert platform.verify(issued.keys[1]).status is Status.VALID  # the rest of the batch is unharmed
 
 
@@ -479,14 +479,14 @@ def test_a_damaged_outcome_is_refused_alone(platform: Vault, issued: Issued, mon
     results = platform.verify_many([issued.keys[2], issued.keys[0], issued.keys[1]])
     assert results[0].status is Status.VALID and results[2].status is Status.REDEEMED
     for result in (results[1], platform.verify(issued.keys[0]), platform.redeem(issued.keys[0], "o-9")):
-        assert result.status is Status.UNKNOWN and "damaged" in (result.message or "")
+        assert result.status is Status.DAMAGED and "damaged" in (result.message or "")
         assert result.redeemed_at is None
 
 
 def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, issued: Issued) -> None:
     """A transaction that changed the configuration and read the catalog, then aborted, must leave no cached
     catalog behind: another writer's next change reuses its generation number (here, a blacklist entry)."""
-    from keyvault.store.records import LEVEL_KEY, dump, u64
+    from keyvault.store.records import BLACKLIST_DIGEST, LEVEL_KEY, blacklist_digest, dump, u64
 
     class Abort(Exception):
         pass
@@ -501,7 +501,10 @@ def test_a_catalog_read_inside_an_aborted_change_is_not_kept(platform: Vault, is
     serial = _fast.parse_key(issued.keys[0])[1]
 
     def other_writer(txn) -> None:  # type: ignore[no-untyped-def]  # as another process would
-        txn.put("blacklist", LEVEL_KEY + u64(serial), dump({"reason": "stolen", "at": 0}))
+        value = dump({"reason": "stolen", "at": 0})
+        txn.put("blacklist", LEVEL_KEY + u64(serial), value)
+        txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), LEVEL_KEY + u64(serial),
+                                                           None, value))
         txn.bump_generation()
 
     platform.engine.store.write(other_writer)

@@ -57,8 +57,11 @@ issue_keys: Callable[[int, int, bytes, bytes], tuple[list[str], bytes]] = impl.i
 format_serial_text: Callable[[int], str] = impl.format_serial_text
 check_keys: Callable[..., list[Any]] = impl.check_keys
 check_one: Callable[..., Any] = impl.check_one
-fold_records: Callable[[dict[int, Any], list[tuple[bytes, bytes]]], tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]] = \
-    impl.fold_records
+fold_records: Callable[[dict[int, Any], list[tuple[bytes, bytes]], bytes],
+                       tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]] = impl.fold_records
+card_sound: Callable[[bytes, int, bytes], bool] = impl.card_sound
+open_outcome: Callable[[bytes, int, bytes | None], bytes | None] = impl.open_outcome
+seal: Callable[[bytes, bytes, int, bytes], bytes] = impl.seal
 accept_redeems: Callable[[list[Any], list[str], int, str], tuple[list[Any], dict[tuple[str, str], int]]] = \
     impl.accept_redeems
 judge: Callable[..., Any] = impl.judge
@@ -111,7 +114,7 @@ from ._pure import (  # noqa: E402
 
 __all__ = [
     "ALPHABET", "BAD_LENGTH", "BAD_SYMBOL", "BAD_VERSION", "CHECK_FAILED", "CHECK_SUBSTITUTION",
-    "CHECK_TRANSPOSITION", "COMPILED", "env_flag", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
+    "CHECK_TRANSPOSITION", "COMPILED", "env_flag", "card_records", "accept_redeems", "check_keys", "check_one", "fold_records", "card_sound", "open_outcome", "seal", "export_rows", "format_serial_text", "judge", "results_json", "DIGEST_SIZE", "GROUP_SIZE", "KEY_SYMBOLS", "MAX_INPUT", "OK",
     "SECRET_BYTES", "SEPARATORS", "SERIAL_SYMBOLS", "check_symbols", "encode_key", "format_serial", "impl",
     "issue_keys", "locator", "normalize", "parse_key", "parse_serial", "store_locator", "tag",
     "tags_equal", "verifier",

@@ -278,8 +278,47 @@ def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tup
 
 ACTIVE, REDEEMED, VOIDED = 0, 1, 2  # card states (as keyvault.store.records)
 INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
-_CARD_SIZE = 17  # state (1 byte) + tag (16 bytes)
+SEAL_SIZE = 16  # bytes of the keyed checksum that ends every card and outcome record
+_CARD_BODY = 17  # state (1 byte) + tag (16 bytes): what a card record's seal covers
+_CARD_SIZE = 33  # the body, then its seal
 _OUTCOME_HEAD = 17  # state (1 byte), at ms and event index (8 bytes each), then the order id or reason in UTF-8
+SEAL_CARD = b"c"  # what a seal covers first: the kind of record...
+SEAL_OUTCOME = b"o"
+_DAMAGED = ("this key's record is damaged: refused; restore the store from a backup "
+            "(`keyvault check` finds every damaged record)")
+
+
+def seal(pepper: bytes, kind: bytes, serial: int, body: bytes) -> bytes:
+    """The keyed checksum a card or outcome record ends with: BLAKE2b-128 keyed with the pepper, tag kv1/seal,
+    of kind (SEAL_CARD or SEAL_OUTCOME) || serial (u64) || the record's body; binds the record to its serial."""
+    return hashlib.blake2b(kind + serial.to_bytes(8, "big") + body, key=pepper, digest_size=DIGEST_SIZE,
+                           person=b"kv1/seal").digest()
+
+
+def card_sound(pepper: bytes, serial: int, record: bytes) -> bool:
+    """Whether a card record is whole: 33 bytes whose seal vouches for its state and tag at this serial."""
+    record = bytes(record)
+    return len(record) == _CARD_SIZE and tags_equal(record[_CARD_BODY:], seal(pepper, SEAL_CARD, serial,
+                                                                             record[:_CARD_BODY]))
+
+
+def open_outcome(pepper: bytes, serial: int, record: bytes | None) -> bytes | None:
+    """An outcome record without its seal, when the seal vouches for it at this serial; None when it is
+    missing or damaged (judge then refuses the key as damaged)."""
+    if record is None:
+        return None
+    record = bytes(record)
+    if len(record) < _OUTCOME_HEAD + SEAL_SIZE:
+        return None
+    body = record[:-SEAL_SIZE]
+    return body if tags_equal(record[-SEAL_SIZE:], seal(pepper, SEAL_OUTCOME, serial, body)) else None
+
+
+def damaged(serial: int, row: tuple) -> object:
+    """The Result for a key whose card or outcome record is damaged: refused, saying what to do."""
+    from ..results import Result, Status
+
+    return Result(Status.DAMAGED, format_serial_text(serial), _batch_row(row).batch, message=_DAMAGED)
 
 
 class KeyBlock(NamedTuple):
@@ -343,17 +382,17 @@ def judge(serial: int, state: int, row: tuple, key_blocks: dict, change: tuple |
     """The Result for a located key whose tag matched.
 
     ``row`` is the key's BatchRow; ``state`` the card record's; ``change`` its unfolded Change, which
-    overrides that state; ``outcome`` the outcome record, read when the state is not active and no
-    change says why. Precedence: damaged (a state byte that is none of the three: unknown),
-    redeemed, void, blacklisted (supplier, batch, key), not yet valid, expired, valid.
+    overrides that state; ``outcome`` the outcome record as ``open_outcome`` gives it (its seal checked
+    and removed), read when the state is not active and no change says why. Precedence: damaged (no
+    sound outcome record, or a state byte that is none of the three), redeemed, void, blacklisted
+    (supplier, batch, key), not yet valid, expired, valid.
     """
     from ..clock import iso
     from ..results import Result, Status
 
     row = _batch_row(row)
     base = (format_serial_text(serial), row.batch, row.supplier, row.supplier_name, row.product)
-    damaged = Result(Status.UNKNOWN, base[0], row.batch, message="this key's record is damaged: refused; "
-                     "restore the store from a backup (`keyvault check` finds every damaged record)")
+    damaged = Result(Status.DAMAGED, base[0], row.batch, message=_DAMAGED)
     at, text = 0, ""
     if change is not None:
         change = _change(change)
@@ -417,9 +456,12 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     pending = []  # (serial, index, state, row): the outcome record says why the key is not active
     for serial, i, expected, row in found:
         record = records.get(serial.to_bytes(8, "big")) if row is not None else None
-        if record is None or not tags_equal(bytes(record[1:_CARD_SIZE]), expected):
+        if record is None or not tags_equal(bytes(record[1:_CARD_BODY]), expected):
             out[i] = Result(Status.UNKNOWN, format_serial_text(serial), row.batch if row is not None else None,
                             message="no such key in this store")
+            continue
+        if not card_sound(pepper, serial, record):  # the right key, but its record vouches for nothing
+            out[i] = damaged(serial, row)
             continue
         change = overlay.get(serial)
         if record[0] != ACTIVE and change is None:
@@ -429,7 +471,8 @@ def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overl
     if pending:
         details = dict(outcomes.getmulti([item[0].to_bytes(8, "big") for item in pending]))  # type: ignore[attr-defined]
         for serial, i, state, row in pending:
-            out[i] = judge(serial, state, row, key_blocks, None, details.get(serial.to_bytes(8, "big")), now)
+            outcome = open_outcome(pepper, serial, details.get(serial.to_bytes(8, "big")))
+            out[i] = judge(serial, state, row, key_blocks, None, outcome, now)
     return out
 
 
@@ -452,10 +495,12 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
     row = _batch_row(row)
     expected = tag(pepper, verifier(row.salt, canonical))
     record = txn.get(serial.to_bytes(8, "big"), None, db)  # type: ignore[attr-defined]
-    if record is None or len(record) < _CARD_SIZE:
+    if record is None or len(record) < _CARD_BODY:
         return None
-    matched = tags_equal(bytes(record[1:_CARD_SIZE]), expected)
+    matched = tags_equal(bytes(record[1:_CARD_BODY]), expected)
     if not matched or record[0] != ACTIVE or overlay.get(serial) is not None:
+        return None
+    if not card_sound(pepper, serial, record):
         return None
     from ..results import Status
 
@@ -502,20 +547,26 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
 _OUTCOME = struct.Struct(">BQQ")  # an outcome record's head: state, at ms, event index (then the text, UTF-8)
 
 
-def fold_records(pending: dict, cards: list) -> tuple[list, list]:
+def fold_records(pending: dict, cards: list, pepper: bytes) -> tuple[list, list]:
     """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
 
     ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
-    serial to its unfolded Change (state, at ms, text, event index). The card keeps its tag and takes
-    the change's state; the outcome record is the state, the time and the event index (big-endian u8,
-    u64, u64), then the text in UTF-8.
+    serial to its unfolded Change (state, at ms, text, event index). A sound card keeps its tag, takes
+    the change's state and is sealed again; a damaged one is written back as it was (never re-sealed:
+    it stays refused). The outcome record is the state, the time and the event index (big-endian u8,
+    u64, u64), then the text in UTF-8, then its seal.
     """
     new_cards = []
     outcomes = []
     for key, record in cards:
-        state, at_ms, text, index = pending[int.from_bytes(key, "big")]
-        new_cards.append((key, bytes((state,)) + record[1:]))
-        outcomes.append((key, _OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")))
+        serial = int.from_bytes(key, "big")
+        state, at_ms, text, index = pending[serial]
+        body = bytes((state,)) + bytes(record[1:_CARD_BODY])
+        if card_sound(pepper, serial, record):
+            record = body + seal(pepper, SEAL_CARD, serial, body)
+        new_cards.append((key, bytes(record)))
+        body = _OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")
+        outcomes.append((key, body + seal(pepper, SEAL_OUTCOME, serial, body)))
     return new_cards, outcomes
 
 
@@ -539,12 +590,13 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
     """(serial key, active card record) pairs for consecutive serials from a manifest body chunk.
 
     Each record is ``size`` bytes ending with the 16-byte verifier; the card record is the
-    active state byte and the verifier re-keyed with the pepper.
+    active state byte, the verifier re-keyed with the pepper, and their seal.
     """
     out = []
     for i in range(len(records) // size):
         verifier_ = bytes(records[(i + 1) * size - DIGEST_SIZE : (i + 1) * size])
-        out.append(((first_serial + i).to_bytes(8, "big"), bytes([ACTIVE]) + tag(pepper, verifier_)))
+        body = bytes([ACTIVE]) + tag(pepper, verifier_)
+        out.append(((first_serial + i).to_bytes(8, "big"), body + seal(pepper, SEAL_CARD, first_serial + i, body)))
     return out
 
 

@@ -13,7 +13,8 @@ cdef enum:
     REDEEMED = 1
     VOIDED = 2
     INDEX_BITS = 25  # serial >> INDEX_BITS is the batch key
-    CARD_SIZE = 17  # a cards record: state (1 byte) + tag (DIGEST_SIZE bytes)
+    CARD_BODY = 17  # a cards record: state (1 byte) + tag (DIGEST_SIZE bytes)...
+    CARD_SIZE = 33  # ...+ its seal (SEAL_BYTES): _pure.seal(pepper, SEAL_CARD, serial, state || tag)
     OUTCOME_HEAD = 17  # an outcomes record: state (1 byte) + at ms (8 bytes) + event index (8), then UTF-8 text
     SERIAL_KEY_BYTES = 8  # a serial as a store key: big-endian u64
     SERIAL_TEXT_SIZE = 14  # PPPP-BBB-IIIII
@@ -135,6 +136,7 @@ ctypedef struct _Found:
     size_t salt_len
     unsigned char key[KEY_SYMBOLS]  # the canonical key
     unsigned char tag[DIGEST_SIZE]  # the tag its card record must hold: tag(pepper, verifier(salt, key))
+    unsigned char seal[SEAL_BYTES]  # the seal its card record holds if it is active: seal(serial, 0 || tag)
     int verdict  # VERDICT_*, once its card record is read
 
 
@@ -207,6 +209,48 @@ cdef void _tag_all(const blake2b_state* salted, const blake2b_state* keyed, _Fou
             filled = 0
     for j in range(filled):  # fewer than lanes left over
         _tag_one(salted, keyed, &found[group[j]])
+
+
+cdef void _seal_all(const blake2b_state* sealed, _Found* found, Py_ssize_t n, int lanes) noexcept nogil:
+    """Every found key's active seal (what its card record ends with if it says active): lanes at a time."""
+    cdef unsigned char blocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # b"c" || serial || ACTIVE || tag, zero-padded
+    cdef const unsigned char* ptr[KV_MAX_LANES]
+    cdef unsigned char* out[KV_MAX_LANES]
+    cdef uint64_t lens[KV_MAX_LANES]
+    cdef unsigned char body[CARD_BODY]
+    cdef Py_ssize_t k
+    cdef int j, b, filled = 0
+    cdef _Found* f
+    if lanes > KV_MAX_LANES:
+        lanes = 0
+    if lanes == 0:
+        body[0] = ACTIVE
+        for k in range(n):
+            memcpy(body + 1, found[k].tag, DIGEST_SIZE)
+            _card_seal(sealed, found[k].serial, body, found[k].seal)
+        return
+    for j in range(lanes):
+        memset(blocks[j], 0, BLAKE2B_BLOCKBYTES)
+        blocks[j][0] = b"c"
+        ptr[j] = blocks[j]
+        lens[j] = SEAL_CARD_INPUT
+    k = 0
+    while k < n:
+        f = &found[k]
+        for b in range(8):
+            blocks[filled][8 - b] = <unsigned char>(f.serial >> (8 * b))
+        blocks[filled][9] = ACTIVE
+        memcpy(blocks[filled] + 10, f.tag, DIGEST_SIZE)
+        out[filled] = f.seal
+        filled += 1
+        k += 1
+        if filled == lanes or k == n:
+            if filled == lanes:
+                kv_lanes(sealed.h, sealed.t[0], ptr, lens, out, SEAL_BYTES)
+            else:
+                for j in range(filled):
+                    _digest_block(sealed, blocks[j], SEAL_CARD_INPUT, out[j])
+            filled = 0
 
 
 ctypedef struct _SortItem:
@@ -292,18 +336,6 @@ cdef bint _open_now(object row_obj, dict key_blocks, object serial_obj, long lon
     return True
 
 
-cdef object _NO_MATCH = object()  # _record_state: the tag did not match
-
-
-@cython.boundscheck(True)  # Python objects of any shape are indexed here: as Python does
-@cython.wraparound(True)
-cdef object _record_state(object record, bytes expected):
-    """The state of a card record that is not bytes (a buffer, ...), read as _pure reads it, or _NO_MATCH."""
-    if not tags_equal(bytes(record[1:CARD_SIZE]), expected):
-        return _NO_MATCH
-    return record[0]
-
-
 def format_serial_text(serial: int) -> str:
     """A serial as printed: PPPP-BBB-IIIII."""
     if type(serial) is not int:
@@ -314,6 +346,11 @@ def format_serial_text(serial: int) -> str:
 # The rule book has one definition, the specification's: check_keys builds the hot results (valid,
 # unknown) itself, and every rarer status goes through this same function.
 judge = _pure.judge
+# The seal's Python-level helpers (outcome records are opened on the rare paths only): the specification's.
+seal = _pure.seal
+card_sound = _pure.card_sound
+open_outcome = _pure.open_outcome
+damaged = _pure.damaged
 
 
 def check_keys(keys: list, pepper: bytes, batches: dict, key_blocks: dict, overlay: dict, cards: object,
@@ -410,6 +447,7 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
 # check_one's hash states: the verifier's (unkeyed) and the tag's, keyed with the last pepper seen.
 cdef blake2b_state _one_salted
 cdef blake2b_state _one_keyed
+cdef blake2b_state _one_sealed
 cdef object _one_pepper = None  # the bytes _one_keyed was keyed with (held: its identity stays its own)
 
 
@@ -452,6 +490,7 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
     if pepper is not _one_pepper:
         blake2b_init_keyed(&_one_keyed, DIGEST_SIZE, <const unsigned char*>PyBytes_AS_STRING(pepper),
                            <size_t>PyBytes_GET_SIZE(pepper), <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+        _init_sealed(&_one_sealed, <const unsigned char*>PyBytes_AS_STRING(pepper), <size_t>PyBytes_GET_SIZE(pepper))
         _one_pepper = pepper
     for k in range(KEY_SYMBOLS):
         f.key[k] = ALPHABET[values[k]]
@@ -463,12 +502,15 @@ def check_one(key: str, pepper: bytes, batches: dict, key_blocks: dict, overlay:
         if record is None:
             return None
         return _pure.check_one(key, pepper, batches, key_blocks, overlay, txn, db, now)
-    if PyBytes_GET_SIZE(record) < CARD_SIZE:
+    if PyBytes_GET_SIZE(record) < CARD_BODY:
         return None
     data = <const unsigned char*>PyBytes_AS_STRING(record)
     matched = digests_equal(data + 1, f.tag, DIGEST_SIZE)
-    if not matched or data[0] != ACTIVE:
+    if not matched or data[0] != ACTIVE or PyBytes_GET_SIZE(record) != CARD_SIZE:
         return None
+    _card_seal(&_one_sealed, serial, data, f.seal)
+    if not digests_equal(data + CARD_BODY, f.seal, SEAL_BYTES):
+        return None  # damaged: check_keys says so
     serial_obj = PyLong_FromUnsignedLongLong(serial)
     if len(overlay):
         entry = PyDict_GetItemWithError(overlay, serial_obj)
@@ -498,7 +540,9 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
     cdef _Found* f
     cdef _SortItem* order = NULL
     cdef _Record* records = NULL
-    cdef blake2b_state salted, keyed
+    cdef blake2b_state salted, keyed, sealed
+    cdef unsigned char seal[SEAL_BYTES]
+    cdef bint sound
     cdef unsigned char values[KEY_SYMBOLS]
     cdef unsigned char zero_salt[UNKNOWN_SALT_BYTES]
     cdef const unsigned char* salt = NULL
@@ -514,7 +558,7 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
     cdef int state
     cdef list rows, marks = None
     cdef PyObject** slots = NULL  # the answer for each key, or NULL (None)
-    cdef object change, serial_obj, state_obj, row_obj, text, answer, by_key = None
+    cdef object change, serial_obj, state_obj, row_obj, text, answer, copy, by_key = None
 
     _load_results()
     if _profiling:
@@ -525,6 +569,7 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
     blake2b_init(&salted, DIGEST_SIZE, <const unsigned char*>PERSON_VERIFIER, strlen(PERSON_VERIFIER))
     blake2b_init_keyed(&keyed, DIGEST_SIZE, _binary_data(pepper), _binary_size(pepper),
                        <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+    _init_sealed(&sealed, _binary_data(pepper), _binary_size(pepper))
     if <size_t>n > (<size_t>PY_SSIZE_T_MAX) // sizeof(_Found):
         raise MemoryError()
     found = <_Found*>PyMem_Malloc(<size_t>max(n, 1) * sizeof(_Found))
@@ -588,6 +633,7 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
         # kept: getting it back from a busy thread can take a whole switch interval (5 ms), more
         # than hashing takes; getmulti lets other threads run three times per key anyway.
         _tag_all(&salted, &keyed, found, nfound, _lane_count)
+        _seal_all(&sealed, found, nfound, _lane_count)
         if marks is not None:
             marks.append(_clock_ns())
         for k in range(nfound):
@@ -660,29 +706,41 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
             state = -1
             state_obj = None
             if record != NULL and <object>record is not None:
-                if PyBytes_CheckExact(<object>record):
+                if not PyBytes_CheckExact(<object>record):  # a buffer, ...: read as _pure reads it
+                    if not tags_equal(bytes((<object>record)[1:CARD_BODY]),
+                                      PyBytes_FromStringAndSize(<char*>f.tag, DIGEST_SIZE)):
+                        record = NULL
+                    else:
+                        copy = bytes(<object>record)
+                        rows.append(copy)  # (kept alive with the rows)
+                        record = <PyObject*>copy
+                if record != NULL:
                     data = <const unsigned char*>PyBytes_AS_STRING(<object>record)
-                    if PyBytes_GET_SIZE(<object>record) >= CARD_SIZE and digests_equal(data + 1, f.tag, DIGEST_SIZE):
+                    if PyBytes_GET_SIZE(<object>record) >= CARD_BODY and digests_equal(data + 1, f.tag, DIGEST_SIZE):
                         state = data[0]
                         state_obj = state  # a small int: no allocation
-                else:
-                    state_obj = _record_state(<object>record, PyBytes_FromStringAndSize(<char*>f.tag, DIGEST_SIZE))
-                    if state_obj is _NO_MATCH:
-                        state_obj = None
-                    else:
-                        state = -2
             if state == -1:
                 f.verdict = VERDICT_UNKNOWN
                 continue
             f.verdict = VERDICT_JUDGED
             row_obj = <object>f.row
+            # The right key: its record must be whole (its seal vouches for state and tag at this serial).
+            sound = PyBytes_GET_SIZE(<object>record) == CARD_SIZE
+            if sound and state == ACTIVE:
+                sound = digests_equal(data + CARD_BODY, f.seal, SEAL_BYTES)
+            elif sound:
+                _card_seal(&sealed, f.serial, data, seal)
+                sound = digests_equal(data + CARD_BODY, seal, SEAL_BYTES)
+            if not sound:
+                kv_slot_set(slots, f.index, damaged(PyLong_FromUnsignedLongLong(f.serial), row_obj))
+                continue
             serial_obj = PyLong_FromUnsignedLongLong(f.serial) if len(overlay) or len(key_blocks) else None
             change = None
             if len(overlay):
                 entry = PyDict_GetItemWithError(overlay, serial_obj)
                 if entry != NULL:
                     change = <object>entry
-            if (state > ACTIVE or (state == -2 and state_obj != ACTIVE)) and change is None:
+            if state > ACTIVE and change is None:
                 if serial_obj is None:
                     serial_obj = PyLong_FromUnsignedLongLong(f.serial)
                 pending.append((serial_obj, f.index, state_obj, row_obj))
@@ -726,7 +784,8 @@ cdef object _check_keys(list keys, object pepper, dict batches, dict key_blocks,
             details = dict(outcomes.getmulti([item[0].to_bytes(8, "big") for item in pending]))
             for serial_obj, i, state_obj, row_obj in pending:
                 kv_slot_set(slots, i, judge(serial_obj, state_obj, row_obj, key_blocks, None,
-                                            details.get(serial_obj.to_bytes(8, "big")), now))
+                                            open_outcome(pepper, serial_obj, details.get(serial_obj.to_bytes(8, "big"))),
+                                            now))
         if marks is not None:
             marks.append(_clock_ns())
             _record_profile(marks, n, nfound)
@@ -759,43 +818,49 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)  # an ASCII str: its 1-byte data is its UTF-8
 
 
-def fold_records(pending: dict, cards: list) -> tuple[list, list]:
+def fold_records(pending: dict, cards: list, pepper: bytes) -> tuple[list, list]:
     """What a ledger fold writes: (card pairs, outcome pairs), one of each per item of ``cards``, in its order.
 
     ``cards`` holds (serial key, card record) pairs as a sorted read returns them; ``pending`` maps each
-    serial to its unfolded Change (state, at ms, text, event index). The card keeps its tag and takes
-    the change's state; the outcome record is the state, the time and the event index (big-endian u8,
-    u64, u64), then the text in UTF-8.
+    serial to its unfolded Change (state, at ms, text, event index). A sound card keeps its tag, takes
+    the change's state and is sealed again; a damaged one is written back as it was (never re-sealed:
+    it stays refused). The outcome record is the state, the time and the event index (big-endian u8,
+    u64, u64), then the text in UTF-8, then its seal.
     """
     cdef Py_ssize_t n, i, size, tlen
     cdef PyObject* entry
-    cdef uint64_t state, at_ms, index
+    cdef uint64_t state, at_ms, index, serial
     cdef const char* utf8
     cdef unsigned char* out
-    if type(pending) is not dict or type(cards) is not list:
-        return _pure.fold_records(pending, cards)
+    cdef const unsigned char* data
+    cdef unsigned char mark[SEAL_BYTES]
+    cdef blake2b_state sealed, fork
+    if type(pending) is not dict or type(cards) is not list or type(pepper) is not bytes \
+            or PyBytes_GET_SIZE(pepper) > BLAKE2B_KEYBYTES:
+        return _pure.fold_records(pending, cards, pepper)
+    _init_sealed(&sealed, <const unsigned char*>PyBytes_AS_STRING(pepper), <size_t>PyBytes_GET_SIZE(pepper))
     n = PyList_GET_SIZE(cards)
     new_cards = []
     outcomes = []
     for i in range(n):  # any shape or value read otherwise than here: the specification answers (or raises)
         item = <object>PyList_GET_ITEM(cards, i)
         if type(item) is not tuple or PyTuple_GET_SIZE(item) != 2:
-            return _pure.fold_records(pending, cards)
+            return _pure.fold_records(pending, cards, pepper)
         key = <object>PyTuple_GET_ITEM(item, 0)
         record = <object>PyTuple_GET_ITEM(item, 1)
         if type(key) is not bytes or PyBytes_GET_SIZE(key) != SERIAL_KEY_BYTES or type(record) is not bytes:
-            return _pure.fold_records(pending, cards)
-        entry = PyDict_GetItemWithError(pending, PyLong_FromUnsignedLongLong(
-            _load_be64(<const unsigned char*>PyBytes_AS_STRING(key))))
+            return _pure.fold_records(pending, cards, pepper)
+        serial = _load_be64(<const unsigned char*>PyBytes_AS_STRING(key))
+        entry = PyDict_GetItemWithError(pending, PyLong_FromUnsignedLongLong(serial))
         if entry == NULL or (type(<object>entry) is not tuple and type(<object>entry) is not _Change) \
                 or PyTuple_GET_SIZE(<object>entry) != 4:  # a Change: (state, at ms, text, event index)
-            return _pure.fold_records(pending, cards)
+            return _pure.fold_records(pending, cards, pepper)
         change = <object>entry
         text = <object>PyTuple_GET_ITEM(change, 2)
         if not kv_u64_of(<object>PyTuple_GET_ITEM(change, 0), &state) or state > 255 \
                 or not kv_u64_of(<object>PyTuple_GET_ITEM(change, 1), &at_ms) \
                 or not kv_u64_of(<object>PyTuple_GET_ITEM(change, 3), &index) or type(text) is not str:
-            return _pure.fold_records(pending, cards)
+            return _pure.fold_records(pending, cards, pepper)
         if PyUnicode_IS_ASCII(text):
             utf8 = <const char*>PyUnicode_1BYTE_DATA(text)
             tlen = PyUnicode_GET_LENGTH(text)
@@ -803,19 +868,30 @@ def fold_records(pending: dict, cards: list) -> tuple[list, list]:
             try:
                 utf8 = PyUnicode_AsUTF8AndSize(text, &tlen)
             except UnicodeError:
-                return _pure.fold_records(pending, cards)
+                return _pure.fold_records(pending, cards, pepper)
         size = PyBytes_GET_SIZE(record)
-        card = PyBytes_FromStringAndSize(NULL, 1 + (size - 1 if size > 1 else 0))
-        out = <unsigned char*>PyBytes_AS_STRING(card)
-        out[0] = <unsigned char>state
-        if size > 1:
-            memcpy(out + 1, PyBytes_AS_STRING(record) + 1, <size_t>(size - 1))
-        outcome = PyBytes_FromStringAndSize(NULL, OUTCOME_HEAD + tlen)
+        data = <const unsigned char*>PyBytes_AS_STRING(record)
+        card = record  # damaged: written back as it was
+        if size == CARD_SIZE:
+            _card_seal(&sealed, serial, data, mark)
+            if digests_equal(data + CARD_BODY, mark, SEAL_BYTES):
+                card = PyBytes_FromStringAndSize(NULL, CARD_SIZE)
+                out = <unsigned char*>PyBytes_AS_STRING(card)
+                out[0] = <unsigned char>state
+                memcpy(out + 1, data + 1, DIGEST_SIZE)
+                _card_seal(&sealed, serial, out, out + CARD_BODY)
+        outcome = PyBytes_FromStringAndSize(NULL, OUTCOME_HEAD + tlen + SEAL_BYTES)
         out = <unsigned char*>PyBytes_AS_STRING(outcome)
         out[0] = <unsigned char>state
         _put_be64(out + 1, at_ms)
         _put_be64(out + 9, index)
         memcpy(out + OUTCOME_HEAD, utf8, <size_t>tlen)
+        fork = sealed
+        mark[0] = b"o"
+        blake2b_update(&fork, mark, 1)
+        blake2b_update(&fork, <const unsigned char*>PyBytes_AS_STRING(key), SERIAL_KEY_BYTES)
+        blake2b_update(&fork, out, <size_t>(OUTCOME_HEAD + tlen))
+        blake2b_final(&fork, out + OUTCOME_HEAD + tlen)
         new_cards.append(kv_untracked_pair(key, card))
         outcomes.append(kv_untracked_pair(key, outcome))
     return new_cards, outcomes

@@ -1,6 +1,6 @@
 # issuance.pxi: part of _core.pyx (included there). Issuing keys in bulk: issue_keys (keys and
 # their verifiers, in lanes, without the GIL for large counts), export_rows (the printable CSV)
-# and card_records (the store's active card records).
+# and card_records (the store's active card records, sealed).
 
 
 def issue_keys(serial_base: int, count: int, salt: bytes, entropy: bytes) -> tuple[list[str], bytes]:
@@ -99,7 +99,8 @@ cdef void _issue(blake2b_state* S, const unsigned char* salt, size_t salt_len, u
 cdef enum:
     SERIAL_TEXT_LEN = 14  # PPPP-BBB-IIIII
     KEY_TEXT_LEN = 39  # 32 symbols in 8 groups of 4, joined by 7 dashes
-    CARD_RECORD_LEN = 17  # state byte + 16-byte tag
+    CARD_RECORD_LEN = 33  # state byte + 16-byte tag + 16-byte seal
+    CARD_BODY_LEN = 17  # what the seal covers (with the serial): state byte + tag
     DIGEST_LEN = 16  # every verifier and tag
     PRINT_GROUP = 4  # symbols per printed group (_pure.GROUP_SIZE)
 
@@ -161,9 +162,10 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
             or type(pepper) is not bytes or size < DIGEST_LEN or len(pepper) > BLAKE2B_KEYBYTES \
             or first_serial < 0 or first_serial + len(records) // max(size, 1) > 0xFFFFFFFFFFFFFFFF:
         return _pure.card_records(first_serial, records, size, pepper)
-    cdef blake2b_state keyed
+    cdef blake2b_state keyed, sealed
     blake2b_init_keyed(&keyed, DIGEST_LEN, <const unsigned char*>PyBytes_AS_STRING(pepper), len(pepper),
                        <const unsigned char*>PERSON_TAG, strlen(PERSON_TAG))
+    _init_sealed(&sealed, <const unsigned char*>PyBytes_AS_STRING(pepper), <size_t>len(pepper))
     cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(records)
     cdef Py_ssize_t width = size  # a C integer: the pointer arithmetic below must not be Python's
     cdef Py_ssize_t n = len(records) // width
@@ -179,5 +181,6 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
         for b in range(8):  # big-endian, so the store keeps serial order
             key[7 - b] = <unsigned char>(serial >> (8 * b))
         blake2b_digest_from(&keyed, data + (i + 1) * width - DIGEST_LEN, DIGEST_LEN, &value[1])
+        _card_seal(&sealed, serial, value, &value[CARD_BODY_LEN])
         out.append((PyBytes_FromStringAndSize(<char*>key, 8), PyBytes_FromStringAndSize(<char*>value, CARD_RECORD_LEN)))
     return out

@@ -8,6 +8,33 @@ cdef const char* PERSON_VERIFIER = b"kv1/verifier"
 cdef const char* PERSON_TAG = b"kv1/tag"
 cdef const char* PERSON_LOCATE = b"kv1/locate"
 cdef const char* PERSON_STORE_LOCATE = b"kv1/slocate"
+cdef const char* PERSON_SEAL = b"kv1/seal"
+
+cdef enum:
+    SEAL_BYTES = 16  # the keyed checksum ending every card and outcome record (_pure.seal)
+    SEAL_CARD_INPUT = 26  # what a card's seal covers: b"c" || serial (u64) || state || tag
+
+
+cdef inline void _card_seal(const blake2b_state* sealed, uint64_t serial, const unsigned char* body,
+                            unsigned char* out) noexcept nogil:
+    """_pure.seal(pepper, SEAL_CARD, serial, body) for a card body (state || tag, 17 bytes), sealed being
+    fresh from blake2b_init_keyed(pepper, PERSON_SEAL): one compression."""
+    cdef unsigned char block[BLAKE2B_BLOCKBYTES]
+    cdef int b
+    memset(block, 0, BLAKE2B_BLOCKBYTES)
+    block[0] = b"c"
+    for b in range(8):
+        block[8 - b] = <unsigned char>(serial >> (8 * b))
+    memcpy(block + 9, body, 17)
+    _digest_block(sealed, block, SEAL_CARD_INPUT, out)
+
+
+cdef inline int _init_sealed(blake2b_state* sealed, const unsigned char* pepper, size_t pepper_len) except -1:
+    """The seal's hash state keyed with the pepper (nothing absorbed)."""
+    if blake2b_init_keyed(sealed, SEAL_BYTES, pepper, pepper_len, <const unsigned char*>PERSON_SEAL,
+                          strlen(PERSON_SEAL)) < 0:
+        raise ValueError("the pepper is too long for a seal")
+    return 0
 
 
 cdef inline bint _binary(object data) noexcept:

@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._fast import BatchRow, KeyBlock
+from ..errors import StoreCorruptError
 from ..clock import iso
 from ..formats.keyformat import batch_text, serial_text
 from ..store import Txn
 from ..store.records import (
+    BLACKLIST_DIGEST,
     LEVEL_BATCH,
     LEVEL_KEY,
     LEVEL_NAMES,
     LEVEL_SUPPLIER,
+    blacklist_digest,
     from_u64,
     load,
 )
@@ -121,7 +124,16 @@ class Catalog:
 
     @classmethod
     def load(cls, txn: Txn, generation: int) -> Catalog:
-        """Read the whole configuration in one transaction."""
+        """Read the whole configuration in one transaction; StoreCorruptError when a record of it is damaged."""
+        try:
+            return cls._load(txn, generation)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # (StoreCorruptError is none of these)
+            raise StoreCorruptError(f"a configuration record (batch, supplier, trust, blacklist or token) is damaged "
+                                    f"({type(exc).__name__}): run `keyvault check` and restore the store from a "
+                                    "backup") from None
+
+    @classmethod
+    def _load(cls, txn: Txn, generation: int) -> Catalog:
         cat = cls(generation=generation)
         for key, value in txn.items("batches"):
             info = BatchInfo.from_record(from_u64(key), load(value))
@@ -134,7 +146,9 @@ class Catalog:
             cat.prefixes[from_u64(key)] = value.decode("ascii")
         for key, value in txn.items("trust"):
             cat.trusted[bytes(key)] = load(value)
+        digest = bytes(32)
         for key, value in txn.items("blacklist"):
+            digest = blacklist_digest(digest, key, None, value)
             doc = load(value)
             level, target = blacklist_target(key)
             entry = BlacklistEntry(level, target, doc["reason"], iso(doc["at"]))
@@ -144,6 +158,9 @@ class Catalog:
                 cat.batches_blocked[from_u64(key[1:])] = entry
             elif key[:1] == LEVEL_SUPPLIER:
                 cat.suppliers_blocked[key[1:].decode("ascii")] = entry
+        if digest != bytes(txn.get("meta", BLACKLIST_DIGEST) or bytes(32)):
+            raise StoreCorruptError("the blacklist is damaged (its entries do not add up to its digest): nothing was "
+                                    "decided; run `keyvault check` and restore the store from a backup")
         for info in cat.batches.values():
             block = cat.suppliers_blocked.get(info.supplier) or cat.batches_blocked.get(info.key)
             cat.rows[info.key] = BatchRow(info.salt, info.valid_from, info.valid_until,

@@ -11,7 +11,7 @@ and verifies:
   against the batch record;
 * the commitments: every stored commitment hashes to its slice root, and the slice roots to the
   manifest's signed Merkle root;
-* the card records: one per key of each batch, 17 bytes, a known state; the locators and card
+* the card records: one per key of each batch, 33 bytes, sealed, a known state; the locators and card
   numbers of imported batches;
 * redeem and void state: every outcome record matches its card and the event it names; every
   folded change has its outcome; no unfolded change touches a key already spent;
@@ -36,7 +36,7 @@ from typing import Any
 import lmdb
 
 from .. import _fast
-from ..errors import BadSignatureError, KeyvaultError
+from ..errors import BadSignatureError, KeyvaultError, StoreCorruptError
 from ..formats import merkle
 from ..formats.custody import read_transfer
 from ..formats.events import LEAF as _LEAF_HEAD
@@ -62,6 +62,7 @@ from ..store import Head, Txn
 from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, Reading
 from ..store.records import (
     ACTIVE,
+    BLACKLIST_DIGEST,
     CARD,
     HEAD,
     LEVEL_BATCH,
@@ -70,6 +71,7 @@ from ..store.records import (
     OUTCOME,
     REDEEMED,
     VOIDED,
+    blacklist_digest,
     from_u64,
     load,
     pack_outcome,
@@ -209,7 +211,11 @@ class _Checkup:
         if len(raw) != HEAD.size:
             problems.add(f"the head record is {len(raw)} bytes, not {HEAD.size}")
             return ""
-        head = self.head = txn.head()
+        try:
+            head = self.head = txn.head()
+        except StoreCorruptError as exc:
+            problems.add(str(exc))
+            return ""
         if head.folded > head.log_size:
             problems.add(f"the head says {head.folded} events are folded, but the log holds {head.log_size}")
         tail = txn.get("meta", b"log")
@@ -385,6 +391,10 @@ class _Checkup:
             if len(value) != CARD.size:
                 problems.add(f"card {serial_text(serial)}: its record is {len(value)} bytes, not {CARD.size}")
                 continue
+            if not _fast.card_sound(self.state.pepper, serial, value):
+                problems.add(f"card {serial_text(serial)}: its record is damaged (its seal does not match its state "
+                             "and tag): the key is refused until the store is restored from a backup")
+                continue
             state = value[0]
             if state not in _STATE_NAMES:
                 problems.add(f"card {serial_text(serial)}: its record holds state {state}, not 0, 1 or 2")
@@ -399,7 +409,7 @@ class _Checkup:
             states.update(counts)
         self.counts.update(cards=sum(present.values()), folded_redeemed=states[REDEEMED],
                            folded_void=states[VOIDED])
-        return (f"{sum(present.values()):,} card records, one per key, each 17 bytes with a known state "
+        return (f"{sum(present.values()):,} card records, one per key, each sealed, with a known state "
                 f"({states[ACTIVE]:,} active, {states[REDEEMED]:,} redeemed, {states[VOIDED]:,} void when last folded)")
 
     def imported_cards(self, problems: _Problems) -> str:
@@ -450,8 +460,16 @@ class _Checkup:
             if len(value) < OUTCOME.size:
                 problems.add(f"{where}: its outcome record is {len(value)} bytes, too short")
                 continue
-            state, _, index = OUTCOME.unpack_from(value)
-            bytes(value[OUTCOME.size:]).decode("utf-8")
+            body = _fast.open_outcome(self.state.pepper, serial, value)
+            if body is None:
+                problems.add(f"{where}: its outcome record is damaged (its seal does not match): the key is refused "
+                             "until the store is restored from a backup")
+                continue
+            state, _, index = OUTCOME.unpack_from(body)
+            try:
+                bytes(body[OUTCOME.size:]).decode("utf-8")
+            except UnicodeDecodeError:
+                problems.add(f"{where}: its outcome record's order id or reason is not UTF-8")
             if state not in (REDEEMED, VOIDED):
                 problems.add(f"{where}: its outcome record holds state {state}, not redeemed or void")
             if index >= folded:
@@ -473,7 +491,8 @@ class _Checkup:
         folded_total = 0
         for key, leaf in txn.items("events"):
             index = from_u64(key)
-            if len(leaf) < _LEAF_HEAD.size:
+            if len(leaf) < _LEAF_HEAD.size or (leaf[_LEAF_HEAD.size - 9] in (_fast.KIND_REDEEM, _fast.KIND_VOID)
+                                                and len(leaf) < _LEAF_HEAD.size + 8):
                 problems.add(f"event {index} is too short to be an event")
                 continue
             change = change_of(bytes(leaf))
@@ -492,7 +511,7 @@ class _Checkup:
                 self.folded_changes[batch][state] += 1
                 if outcome is None:
                     problems.add(f"{where}: folded, but the key has no outcome record")
-                elif bytes(outcome) != pack_outcome(state, at_ms, index, text):
+                elif bytes(outcome) != pack_outcome(self.state.pepper, serial, state, at_ms, index, text):
                     problems.add(f"{where}: the key's outcome record does not record this event")
                 if card[0] != state:
                     problems.add(f"{where}: folded, but the key's card record says {_STATE_NAMES.get(card[0], card[0])}")
@@ -558,8 +577,10 @@ class _Checkup:
     def blacklist(self, problems: _Problems) -> str:
         txn = self.txn
         count = 0
+        digest = bytes(32)
         for key, value in txn.items("blacklist"):
             count += 1
+            digest = blacklist_digest(digest, key, None, value)
             level, target = bytes(key[:1]), bytes(key[1:])
             doc = load(value)
             if not isinstance(doc["reason"], str) or not isinstance(doc["at"], int):
@@ -578,8 +599,11 @@ class _Checkup:
                     problems.add(f"supplier {target.decode('ascii')} is blacklisted but not stored")
             else:
                 problems.add(f"a blacklist entry has an unknown level {level!r}")
+        if digest != bytes(txn.get("meta", BLACKLIST_DIGEST) or bytes(32)):
+            problems.add("the blacklist's entries do not add up to its digest (meta/blacklist): an entry was lost, "
+                         "moved or altered; restore the store from a backup")
         self.counts["blacklist"] = count
-        return f"{count} blacklist entries, each naming a stored key, batch or supplier"
+        return f"{count} blacklist entries, each naming a stored key, batch or supplier, adding up to their digest"
 
     # -- the event log ---------------------------------------------------------------------------------
 

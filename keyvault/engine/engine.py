@@ -42,9 +42,11 @@ from ..results import Result, Status
 from ..store import ACTIVE, VOIDED, LmdbStore, Txn
 from ..store.lmdbstore import LMDB_ERRORS
 from ..store.records import (
+    BLACKLIST_DIGEST,
     LEVEL_BATCH,
     LEVEL_KEY,
     LEVEL_SUPPLIER,
+    blacklist_digest,
     dump,
     from_u64,
     load,
@@ -454,9 +456,12 @@ class Engine(State):
             cat = self.current(txn)
             raw, batch = self._blacklist_key(txn, cat, level, target)
             now = now_ms()
-            if txn.get("blacklist", raw) is None and batch is not None:
+            old = txn.get("blacklist", raw)
+            if old is None and batch is not None:
                 self._count_change(txn, batch, b"blacklisted")
-            txn.put("blacklist", raw, dump({"reason": why, "at": now}))
+            value = dump({"reason": why, "at": now})
+            txn.put("blacklist", raw, value)
+            txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), raw, old, value))
             txn.bump_generation()
             name, shown = blacklist_target(raw)
             self.log.append(txn, "blacklist", now, {"level": name, "target": shown, "reason": why}, [raw])
@@ -472,8 +477,10 @@ class Engine(State):
             cat = self.current(txn)
             raw, batch = self._blacklist_key(txn, cat, level, target)
             name, shown = blacklist_target(raw)
-            if not txn.delete("blacklist", raw):
+            old = txn.get("blacklist", raw)
+            if old is None or not txn.delete("blacklist", raw):
                 raise NotFoundError(f"{name} {shown} is not blacklisted; `keyvault blacklist list` shows what is")
+            txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), raw, old, None))
             if batch is not None:
                 self._count_change(txn, batch, b"blacklisted", -1)
             txn.bump_generation()

@@ -26,12 +26,14 @@ from ..formats.keyformat import (
 )
 from ..results import Result, Status
 from ..store import ACTIVE, REDEEMED, Txn
-from ..store.records import from_u64, u64, unpack_card
+from ..store.records import SEAL_SIZE, from_u64, u64, unpack_card
 from .catalog import BatchInfo, Catalog
 from .ledger import Change
 
 _DUMMY_SALT = bytes(16)  # hashed for unknown batches, so unknown and wrong keys cost the same
 _NO_SUCH_KEY = "no such key in this store"
+_DAMAGED = ("this key's record is damaged: refused; restore the store from a backup "
+            "(`keyvault check` finds every damaged record)")
 
 
 class CardLocks(Protocol):
@@ -50,6 +52,7 @@ class Found:
     batch: BatchInfo
     state: int
     tag: bytes
+    outcome: bytes | None  # its outcome record, seal checked and removed (None: active, missing or damaged)
 
 
 def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str, locks: CardLocks | None = None) -> Found | Result:
@@ -81,10 +84,21 @@ def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str, locks: CardLocks | N
     if record is None or batch is None:
         return Result(Status.UNKNOWN, serial=serial_text(serial) if serial >= 0 else None,
                       batch=batch.id if batch else None, message=_NO_SUCH_KEY)
-    state, tag = unpack_card(record)
-    if not _fast.tags_equal(tag, expected):
+    if not _fast.tags_equal(bytes(record[1:17]), expected):
         return Result(Status.UNKNOWN, serial=serial_text(serial), batch=batch.id, message=_NO_SUCH_KEY)
-    return Found(serial, batch, state, tag)
+    return _found(txn, pepper, serial, batch, record)
+
+
+def _found(txn: Txn, pepper: bytes, serial: int, batch: BatchInfo, record: bytes) -> Found | Result:
+    """A located card whose seal vouches for it (with its outcome record when it is not active), or damaged."""
+    card = unpack_card(pepper, serial, record)
+    if card is None:
+        return Result(Status.DAMAGED, serial=serial_text(serial), batch=batch.id, message=_DAMAGED)
+    state, tag = card
+    outcome = None
+    if state != ACTIVE:
+        outcome = _fast.open_outcome(pepper, serial, txn.get("outcomes", u64(serial)))
+    return Found(serial, batch, state, tag, outcome)
 
 
 def _imported(txn: Txn, cat: Catalog, pepper: bytes, key: str) -> tuple[int, bytes] | None:
@@ -116,17 +130,15 @@ def find(txn: Txn, cat: Catalog, pepper: bytes, key_or_serial: str) -> Found | R
         record = txn.get("cards", u64(serial)) if batch else None
         if record is None or batch is None:
             return Result(Status.UNKNOWN, serial=serial_text(serial), message="no such serial in this store")
-        state, tag = unpack_card(record)
-        return Found(serial, batch, state, tag)
+        return _found(txn, pepper, serial, batch, record)
     return locate(txn, cat, pepper, key_or_serial)
 
 
 def judge(txn: Txn, cat: Catalog, found: Found, overlay: dict[int, Change], now: int) -> Result:
     """The status of a located key (the same rules as the batch check: ``_fast.judge``)."""
     change = overlay.get(found.serial)
-    outcome = txn.get("outcomes", u64(found.serial)) if change is None and found.state != ACTIVE else None
     result: Result = _fast.judge(found.serial, found.state, cat.rows[found.batch.key], cat.key_rows, change,
-                                 outcome, now)
+                                 found.outcome, now)
     return result
 
 
@@ -150,6 +162,7 @@ def check(txn: Txn, cat: Catalog, pepper: bytes, overlay: dict[int, Change], key
 
 _PAD_ROW = (bytes(16), None, None, None, "0000-000", "0" * 16, "-", "-")
 _PAD_OUTCOME = bytes((REDEEMED,)) + bytes(16) + b"padding"
+_PAD_SEALED = _PAD_OUTCOME + bytes(SEAL_SIZE)
 
 
 def _as_costly_as_a_refusal(txn: Txn, serials: list[str], now: int) -> None:
@@ -158,4 +171,5 @@ def _as_costly_as_a_refusal(txn: Txn, serials: list[str], now: int) -> None:
     numbers = sorted(_fast.parse_serial(s) for s in serials)
     txn.get_many("outcomes", [u64(n) for n in numbers])
     for number in numbers:
+        _fast.open_outcome(_PAD_ROW[0], number, _PAD_SEALED)
         _fast.judge(number, REDEEMED, _PAD_ROW, {}, None, _PAD_OUTCOME, now)

@@ -29,7 +29,7 @@ class State:
         #: The signed event log: every state change, appended in the transaction that decides it.
         self.log = EventLog(engine)
         #: The overlay of redeems and voids not yet folded into the card records.
-        self.ledger = Ledger(self.log)
+        self.ledger = Ledger(self.log, pepper)
         #: Throttle policies by client ("" is the store's default), reloaded with the catalog.
         self.policies: dict[str, ThrottlePolicy] = {"": ThrottlePolicy()}
         self._catalog = Catalog()

@@ -37,7 +37,7 @@ from .records import u64
 
 T = TypeVar("T")
 
-FORMAT = b"keyvault-store/2"
+FORMAT = b"keyvault-store/3"
 DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "commitments", "manifests", "suppliers",
              "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters")
 INITIAL_MAP_SIZE = 256 << 20
@@ -48,7 +48,7 @@ _LOCK_FILE_SIZE = 192 + 64 * (MAX_READERS - 1)
 LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-            lmdb.BadRslotError)
+            lmdb.BadRslotError, lmdb.BadTxnError)  # (BadTxnError: a transaction that already met damage)
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()

@@ -2,9 +2,9 @@
 
 | database    | key                          | value                                   |
 |-------------|------------------------------|-----------------------------------------|
-| meta        | name                         | format, pepper check, head, log tail, checkpoint policy |
-| cards       | serial (u64)                 | state (u8), tag (16 bytes)              |
-| outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason |
+| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist digest |
+| cards       | serial (u64)                 | state (u8), tag (16 bytes), seal (16)   |
+| outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason, seal (16) |
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
 | upstream    | serial (u64)                 | an imported card's public card number   |
 | batches     | batch key (u64)              | JSON                                    |
@@ -20,14 +20,21 @@
 | checkpoints | tree size (u64)              | at ms (u64), root (32), the signed note |
 | subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier|
 | counters    | scope + "/" + name           | u64                                     |
+
+A card's and an outcome's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
+a kind byte (``c`` or ``o``), the serial (u64) and the record before the seal (``_fast.seal``): damage,
+or a record moved to another serial, is refused, and it cannot be forged without the pepper. The head
+ends with an 8-byte BLAKE2b checksum of its three numbers (personalisation ``kv1/head``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from typing import Any
 
+from .. import _fast
 from ..errors import StoreCorruptError
 from ..vocabulary import Level
 
@@ -36,9 +43,40 @@ REDEEMED = 1
 VOIDED = 2
 
 U64 = struct.Struct(">Q")
-CARD = struct.Struct(">B16s")
-OUTCOME = struct.Struct(">BQQ")
-HEAD = struct.Struct(">QQQ")  # meta/head: generation, log size, fold mark
+SEAL_SIZE = 16  # the keyed checksum ending every card and outcome record
+CARD = struct.Struct(">B16s16s")  # state, tag, seal
+OUTCOME = struct.Struct(">BQQ")  # state, at ms, event index: then the order id or reason (UTF-8), then the seal
+
+
+class _Head:
+    """meta/head: generation, log size, fold mark (u64 each), then an 8-byte checksum of the three.
+
+    Read like a struct.Struct: ``unpack`` raises StoreCorruptError for a head whose checksum fails.
+    """
+
+    _NUMBERS = struct.Struct(">QQQ")
+    size = _NUMBERS.size + 8
+
+    def pack(self, generation: int, log_size: int, folded: int) -> bytes:
+        """The stored head."""
+        numbers = self._NUMBERS.pack(generation, log_size, folded)
+        return numbers + _head_sum(numbers)
+
+    def unpack(self, value: bytes) -> tuple[int, int, int]:
+        """(generation, log size, fold mark) of a stored head; StoreCorruptError when it is damaged."""
+        value = bytes(value)
+        if len(value) != self.size or _head_sum(value[:-8]) != value[-8:]:
+            raise StoreCorruptError("the store's head record (log size and fold mark) is damaged: nothing was "
+                                    "decided; run `keyvault check` and restore the store from a backup")
+        generation, log_size, folded = self._NUMBERS.unpack(value[:-8])
+        return generation, log_size, folded
+
+
+def _head_sum(numbers: bytes) -> bytes:
+    return hashlib.blake2b(numbers, digest_size=8, person=b"kv1/head").digest()
+
+
+HEAD = _Head()
 CHECKPOINT = struct.Struct(">Q32s")  # checkpoints: signed at (ms), root; then the signed note
 
 # Blacklist levels as stored (one byte in front of the target).
@@ -54,27 +92,47 @@ def u64(value: int) -> bytes:
 
 
 def from_u64(data: bytes) -> int:
-    """The integer of an 8-byte big-endian key."""
-    return U64.unpack(data)[0]
+    """The integer of an 8-byte big-endian key; StoreCorruptError when it is not 8 bytes (damaged)."""
+    if len(data) != 8:
+        raise StoreCorruptError(f"a record's serial or index is {len(data)} bytes, not 8: the store is damaged; run "
+                                "`keyvault check` and restore the store from a backup")
+    return int.from_bytes(data, "big")
 
 
-def pack_card(state: int, tag: bytes) -> bytes:
-    """A card record: its state and its pepper-keyed tag."""
-    return CARD.pack(state, tag)
+BLACKLIST_DIGEST = b"blacklist"  # meta key: the blacklist table's digest
 
 
-def unpack_card(value: bytes) -> tuple[int, bytes]:
-    """(state, tag) of a card record; StoreCorruptError when it is not one."""
-    if len(value) != CARD.size:
-        raise StoreCorruptError(f"a card record is damaged ({len(value)} bytes, not {CARD.size}): run `keyvault "
-                                "check` to find the damage and restore the store from a backup")
-    state, tag = CARD.unpack(value)
+def blacklist_digest(digest: bytes | None, key: bytes, removed: bytes | None, added: bytes | None) -> bytes:
+    """The blacklist table's digest (meta/blacklist, 32 zero bytes for an empty table) after the entry under
+    ``key`` changed from ``removed`` to ``added`` (None: no entry): the XOR of BLAKE2b-256 of each entry's key
+    and value. A lost, moved or altered entry no longer adds up: the catalog refuses it."""
+    out = int.from_bytes(digest or bytes(32), "big")
+    for value in (removed, added):
+        if value is not None:
+            mark = hashlib.blake2b(bytes((len(key),)) + bytes(key) + bytes(value), digest_size=32,
+                                   person=b"kv1/blacklist").digest()
+            out ^= int.from_bytes(mark, "big")
+    return out.to_bytes(32, "big")
+
+
+def pack_card(pepper: bytes, serial: int, state: int, tag: bytes) -> bytes:
+    """A card record: its state, its pepper-keyed tag, and their seal."""
+    body = bytes((state,)) + tag
+    return body + _fast.seal(pepper, b"c", serial, body)
+
+
+def unpack_card(pepper: bytes, serial: int, value: bytes) -> tuple[int, bytes] | None:
+    """(state, tag) of a card record; None when it is damaged (its seal does not vouch for it)."""
+    if not _fast.card_sound(pepper, serial, value):
+        return None
+    state, tag, _ = CARD.unpack(bytes(value))
     return state, tag
 
 
-def pack_outcome(state: int, at_ms: int, index: int, text: str) -> bytes:
-    """What became of a key: state, when, its event's index in the log, and the order id or reason."""
-    return OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")
+def pack_outcome(pepper: bytes, serial: int, state: int, at_ms: int, index: int, text: str) -> bytes:
+    """What became of a key: state, when, its event's index in the log, the order id or reason, and the seal."""
+    body = OUTCOME.pack(state, at_ms, index) + text.encode("utf-8")
+    return body + _fast.seal(pepper, b"o", serial, body)
 
 
 def dump(doc: dict[str, Any]) -> bytes:
@@ -83,6 +141,12 @@ def dump(doc: dict[str, Any]) -> bytes:
 
 
 def load(data: bytes) -> dict[str, Any]:
-    """A JSON record."""
-    result: dict[str, Any] = json.loads(bytes(data))
+    """A JSON record; StoreCorruptError when it is not one (damaged)."""
+    try:
+        result = json.loads(bytes(data))
+    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        result = None
+    if not isinstance(result, dict):
+        raise StoreCorruptError("a JSON record of the store is damaged: nothing was decided; run `keyvault check` "
+                                "to find it and restore the store from a backup")
     return result

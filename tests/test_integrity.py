@@ -1,0 +1,431 @@
+"""Damage is refused, never believed: a spent, void or blacklisted key never verifies valid nor is accepted
+again, whatever byte of the store was damaged.
+
+Part one damages the records on the decision path one way at a time (a card's state byte, an event's
+index, serial or kind, the head's fold mark, a truncated event) and shows each is refused. Part two
+flips bits of the store file itself, in a worker process that opens the damaged copy as a fresh
+process would and asks verify, verify_many and redeem about every spent, void, blacklisted and active
+key: the sampled form runs always, every bit of every page when ``KEYVAULT_CORRUPTION_SWEEP=all``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from conftest import issue
+from keyvault import Identity, Status, StoreCorruptError, StoreVersionError, Vault
+from keyvault import _fast
+from keyvault.store.records import from_u64, u64
+
+PAGE = 4096
+FOLD_AT = 6  # most changes of the small store are folded into card and outcome records, the last few are not
+
+
+@dataclass(frozen=True)
+class Small:
+    """A closed platform store with keys in every state, and which key is in which."""
+
+    root: Path
+    spent: list[str]  # redeemed (folded and not), voided, blacklisted: none may ever pass
+    active: list[str]
+
+
+def _build(root: Path) -> Small:
+    files = root / "files"
+    files.mkdir(parents=True)
+    supplier = Identity.generate("Acme Games")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("keyvault.engine.ledger.FOLD_AT", FOLD_AT)
+        with Vault.init(root / "supplier") as sup:
+            batch = issue(sup, supplier, files, count=24)
+        with Vault.init(root / "platform") as plat:
+            plat.trust(supplier.public)
+            plat.import_manifest(batch.manifest)
+            keys = batch.keys
+            for i in range(9):  # one at a time: folds at 6, the rest stay in the log only
+                assert plat.redeem(keys[i], f"order-{i}").status is Status.ACCEPTED
+            for i in (9, 10):
+                assert plat.void(batch.serials[i], "refund").status is Status.VOID
+            plat.blacklist("serial", batch.serials[11], "reported stolen")
+            plat.blacklist("key", keys[12], "reported stolen")
+            with plat.engine.store.read() as txn:
+                head = txn.head()
+            assert 0 < head.folded < head.log_size  # folded changes and unfolded ones
+    return Small(root / "platform", keys[:13], keys[13:])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Small:
+    return _build(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture
+def copy(tmp_path: Path, small: Small) -> Path:
+    into = tmp_path / "store"
+    shutil.copytree(small.root, into)
+    (into / "lock.mdb").unlink(missing_ok=True)
+    return into
+
+
+def _answers(store: Path, small: Small) -> list[Status]:
+    """Every spent key asked by verify, verify_many and redeem (a new order), from a fresh process's view."""
+    with Vault.open(store) as vault:
+        many = vault.verify_many(small.spent + small.active)
+        ones = [vault.verify(k) for k in small.spent]
+        again = vault.redeem_many([(k, f"again-{i}") for i, k in enumerate(small.spent)])
+    for result in many[:len(small.spent)] + ones + again:
+        assert result.status not in (Status.VALID, Status.ACCEPTED), result
+    return [r.status for r in many + ones + again]
+
+
+def _serial_of(key: str) -> int:
+    return _fast.parse_key(key)[1]
+
+
+def _damage(store: Path, work) -> None:  # type: ignore[no-untyped-def]
+    env = lmdb.open(str(store), max_dbs=64, subdir=True)
+    try:
+        with env.begin(write=True) as txn:
+            work(env, txn)
+    finally:
+        env.close()
+
+
+def _events(env: lmdb.Environment, txn: lmdb.Transaction) -> list[tuple[bytes, bytes]]:
+    return list(txn.cursor(db=env.open_db(b"events", txn=txn)))
+
+
+def _redeems(env: lmdb.Environment, txn: lmdb.Transaction, folded: int) -> list[tuple[bytes, bytes]]:
+    """The unfolded redeem events."""
+    return [(k, v) for k, v in _events(env, txn) if v[49] == 4 and from_u64(k) >= folded]
+
+
+def _folded(store: Path) -> int:
+    with Vault.open(store) as vault, vault.engine.store.read() as txn:
+        return txn.head().folded
+
+
+# -- part one: each record on the decision path ----------------------------------------------------
+
+
+def test_the_small_store_answers_as_built(copy: Path, small: Small) -> None:
+    statuses = _answers(copy, small)
+    n = len(small.spent)
+    assert statuses[:n] == [Status.REDEEMED] * 9 + [Status.VOID] * 2 + [Status.BLACKLISTED] * 2
+    assert statuses[n:n + len(small.active)] == [Status.VALID] * len(small.active)
+
+
+def test_a_folded_cards_state_byte_flipped_to_active_is_refused_as_damaged(copy: Path, small: Small) -> None:
+    serial = _serial_of(small.spent[0])
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        cards = env.open_db(b"cards", txn=txn)
+        record = txn.get(u64(serial), db=cards)
+        assert record[0] == 1  # folded: the card says redeemed
+        txn.put(u64(serial), b"\x00" + record[1:], db=cards)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        for result in (vault.verify(small.spent[0]), vault.verify_many([small.spent[0]])[0],
+                       vault.redeem(small.spent[0], "second-order")):
+            assert result.status is Status.DAMAGED and "keyvault check" in (result.message or "")
+        assert vault.verify(small.active[0]).status is Status.VALID  # the rest is unharmed
+        report = vault.check()
+    assert not report["ok"]
+    assert any("damaged" in c["detail"] and c["check"] == "cards" for c in report["checks"] if not c["ok"])
+
+
+def test_a_card_record_moved_to_another_serial_is_refused(copy: Path, small: Small) -> None:
+    """A seal binds the record to its serial: an active card's record copied over a redeemed one is damage."""
+    spent, active = _serial_of(small.spent[0]), _serial_of(small.active[0])
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        cards = env.open_db(b"cards", txn=txn)
+        txn.put(u64(spent), txn.get(u64(active), db=cards), db=cards)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        assert vault.verify(small.spent[0]).status is Status.UNKNOWN  # another key's tag: not this key
+        assert vault.verify(small.active[0]).status is Status.VALID
+
+
+@pytest.mark.parametrize("where", ["stored key", "leaf index", "serial", "kind", "previous hash", "order id"])
+def test_one_bit_of_an_unfolded_redeem_event_is_refused(copy: Path, small: Small, where: str) -> None:
+    folded = _folded(copy)
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        events = env.open_db(b"events", txn=txn)
+        key, leaf = _redeems(env, txn, folded)[0]
+        at = {"leaf index": 16, "serial": 58 + 7, "kind": 49, "previous hash": 20, "order id": len(leaf) - 1}
+        if where == "stored key":
+            txn.delete(key, db=events)
+            txn.put(u64(from_u64(key) ^ (1 << 40)), leaf, db=events)
+        else:
+            flipped = bytearray(leaf)
+            flipped[at[where]] ^= 0x01
+            txn.put(key, bytes(flipped), db=events)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        for ask in (lambda: vault.verify(small.spent[8]), lambda: vault.verify_many(small.spent),
+                    lambda: vault.redeem(small.spent[8], "second-order")):
+            with pytest.raises(StoreCorruptError, match=r"event \d+ .*keyvault check"):
+                ask()
+        assert not vault.check()["ok"]
+
+
+def test_the_head_fold_mark_moved_forward_is_refused(copy: Path, small: Small) -> None:
+    """A fold mark flipped up would drop unfolded redeems from every overlay: its checksum refuses it."""
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        meta = env.open_db(b"meta", txn=txn)
+        head = bytearray(txn.get(b"head", db=meta))
+        head[23] ^= 0x02  # the fold mark's low byte
+        txn.put(b"head", bytes(head), db=meta)
+
+    _damage(copy, work)
+    with pytest.raises(StoreCorruptError, match="head record"):
+        with Vault.open(copy) as vault:
+            vault.verify(small.spent[8])
+
+
+def test_a_truncated_redeem_event_is_a_store_error_not_a_struct_error(copy: Path, small: Small) -> None:
+    folded = _folded(copy)
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        key, leaf = _redeems(env, txn, folded)[-1]
+        txn.put(key, leaf[:60], db=env.open_db(b"events", txn=txn))
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        with pytest.raises(StoreCorruptError, match="event"):
+            vault.verify(small.spent[0])
+    proc = subprocess.run([sys.executable, "-I", "-c", "from keyvault.cli.main import main; main()", "--store", str(copy),
+                           "verify", small.spent[0]], capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr and "keyvault check" in proc.stderr, proc.stderr
+
+
+def test_a_store_of_the_previous_format_is_refused_with_a_version_error(copy: Path) -> None:
+    _damage(copy, lambda env, txn: txn.put(b"format", b"keyvault-store/2", db=env.open_db(b"meta", txn=txn)))
+    with pytest.raises(StoreVersionError, match="keyvault-store/2"):
+        Vault.open(copy)
+
+
+# -- part two: bits of the file ---------------------------------------------------------------------
+
+_WORKER = r"""
+import json, os, sys, traceback
+from keyvault import KeyvaultError, Status, Vault
+
+store, plan = sys.argv[1], json.load(open(sys.argv[2]))
+spent, active = plan["spent"], plan["active"]
+data = os.path.join(store, "data.mdb")
+pristine = open(data, "rb").read()
+NEVER = (Status.VALID, Status.ACCEPTED)
+
+def answers():
+    with Vault.open(store) as vault:
+        many = vault.verify_many(spent + active)
+        ones = [vault.verify(k) for k in spent]
+        again = vault.redeem_many([(k, "again-%d" % i) for i, k in enumerate(spent)])
+    through = [r.serial for r in many[:len(spent)] + ones + again if r.status in NEVER]
+    return through, [r.status.value for r in many + ones + again]
+
+def restore():
+    with open(data, "r+b") as fh:
+        fh.write(pristine)
+        fh.truncate(len(pristine))
+
+_, baseline = answers()
+print(json.dumps(["baseline", baseline]), flush=True)
+for n, (offset, bit) in enumerate(plan["flips"]):
+    restore()
+    with open(data, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ (1 << bit)]))
+    try:
+        through, statuses = answers()
+    except KeyvaultError as exc:
+        print(json.dumps([n, "refused", type(exc).__name__ + ": " + str(exc)[:160]]), flush=True)
+        continue
+    except Exception as exc:
+        print(json.dumps([n, "raised", "".join(traceback.format_exception(exc))[-1500:]]), flush=True)
+        continue
+    if through:
+        kind = "THROUGH"
+    elif statuses == baseline:
+        kind = "harmless"
+    else:
+        kind = "detected" if "damaged" in statuses else "refused-as-other"
+    print(json.dumps([n, kind, ",".join(through) or ""]), flush=True)
+restore()
+"""
+
+
+def _compacted(store: Path, into: Path) -> Path:
+    """``store`` rewritten by LMDB without free pages: every page of the copy is one LMDB reads."""
+    into.mkdir()
+    env = lmdb.open(str(store), max_dbs=64, readonly=True, lock=False)
+    try:
+        env.copy(str(into), compact=True)
+    finally:
+        env.close()
+    for name in ("pepper", "engine.key"):
+        shutil.copy2(store / name, into / name)
+    return into
+
+
+def _read_bytes(data: bytes) -> list[int]:
+    """Offsets of the bytes LMDB reads: the meta pages' headers, and in every other page all but the free gap
+    between its node pointers (``lower``) and its nodes (``upper``); overflow pages whole."""
+    offsets: list[int] = []
+    for page in range(len(data) // PAGE):
+        base = page * PAGE
+        if page < 2:
+            offsets.extend(range(base, base + 160))  # header and the meta record (MDB_meta is 136 bytes)
+            continue
+        _, _, flags, lower, upper = struct.unpack_from("<QHHHH", data, base)
+        if flags & 0x04 or not (16 <= lower <= upper <= PAGE):  # overflow (or unparsed): every byte
+            offsets.extend(range(base, base + PAGE))
+        else:
+            offsets.extend(range(base, base + lower))
+            offsets.extend(range(base + upper, base + PAGE))
+    return offsets
+
+
+def _sweep(tmp_path: Path, store: Path, small: Small, flips: list[tuple[int, int]], workers: int = 2
+           ) -> dict[str, list[str]]:
+    """Run each flip in a worker process (LMDB may die of a signal on a damaged page pointer: the worker is
+    restarted after that flip); the flips of each kind."""
+    chunks = [flips[i::workers] for i in range(workers)]
+    results = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(lambda w: _run_worker(tmp_path, store, small, w, chunks[w]), range(workers)):
+            results.append(part)
+    baselines = {json.dumps(baseline) for baseline, _ in results if baseline is not None}
+    assert len(baselines) <= 1  # every worker saw the same undamaged answers
+    tally: dict[str, list[str]] = {}
+    for _, part in results:
+        for kind, lines in part.items():
+            tally.setdefault(kind, []).extend(lines)
+    return tally
+
+
+def _run_worker(tmp_path: Path, store: Path, small: Small, w: int, chunk: list[tuple[int, int]]
+                ) -> tuple[list[str] | None, dict[str, list[str]]]:
+    tally: dict[str, list[str]] = {}
+    baseline: list[str] | None = None
+    pending = list(chunk)
+    while pending:
+        into = tmp_path / f"worker-{w}"
+        shutil.rmtree(into, ignore_errors=True)
+        shutil.copytree(store, into)
+        (into / "lock.mdb").unlink(missing_ok=True)
+        plan = tmp_path / f"plan-{w}.json"
+        plan.write_text(json.dumps({"spent": small.spent, "active": small.active, "flips": pending}))
+        proc = subprocess.run([sys.executable, "-I", "-c", _WORKER, str(into), str(plan)], capture_output=True,
+                              text=True, timeout=6 * 3600, check=False)
+        done = 0
+        for line in proc.stdout.splitlines():
+            if not line.startswith("["):
+                continue
+            item = json.loads(line)
+            if item[0] == "baseline":
+                assert baseline is None or baseline == item[1]
+                baseline = item[1]
+                continue
+            n, kind, detail = item
+            offset, bit = pending[n]
+            tally.setdefault(kind, []).append(f"byte {offset} (page {offset // PAGE}) bit {bit}: {detail}")
+            done = n + 1
+        if proc.returncode != 0:
+            assert baseline is not None, proc.stderr[-3000:]
+            assert proc.returncode < 0 and "Traceback" not in proc.stderr, \
+                f"the worker failed (exit {proc.returncode}): {proc.stderr[-3000:]}"
+            offset, bit = pending[done]  # LMDB died of a signal on this flip
+            tally.setdefault(f"lmdb crashed (signal {-proc.returncode})", []).append(
+                f"byte {offset} (page {offset // PAGE}) bit {bit}")
+            done += 1
+        pending = pending[done:]
+    return baseline, tally
+
+
+def _report(tally: dict[str, list[str]], total: int, seconds: float) -> None:
+    print(f"\n{total} flips in {seconds:.0f} s: " + ", ".join(f"{kind} {len(v)}" for kind, v in sorted(tally.items())))
+    for kind in ("raised", "THROUGH"):
+        for line in tally.get(kind, [])[:5]:
+            print(f"  {kind}: {line[:200]!r}\n    {line[-700:]!r}")
+
+
+def _assert_safe(tally: dict[str, list[str]], total: int) -> None:
+    assert sum(len(v) for v in tally.values()) == total
+    assert not tally.get("THROUGH"), tally.get("THROUGH")  # no spent, void or blacklisted key passed
+    assert not tally.get("raised"), tally.get("raised")  # only Results and KeyvaultErrors
+    assert tally.get("detected") and tally.get("refused")  # damage was seen, not merely survived
+
+
+def test_flipped_bits_never_let_a_spent_key_through(tmp_path: Path, small: Small) -> None:
+    """Sampled: every bit of the card and outcome records and of the unfolded events' pages, and a seeded
+    sample of the rest of the bytes LMDB reads. ``KEYVAULT_CORRUPTION_SWEEP=all`` runs every bit of every
+    byte LMDB reads (the free gap inside a page is never read: flips there are counted, not run)."""
+    store = _compacted(small.root, tmp_path / "compacted")
+    data = (store / "data.mdb").read_bytes()
+    read = _read_bytes(data)
+    everything = os.environ.get("KEYVAULT_CORRUPTION_SWEEP") == "all"
+    if everything:
+        flips = [(offset, bit) for offset in read for bit in range(8)]
+    else:
+        rng = random.Random(20261203)
+        targets = _record_bytes(store, small)
+        flips = [(offset, rng.randrange(8)) for offset in targets]
+        flips += [(offset, rng.randrange(8)) for offset in rng.sample(read, 1200)]
+        flips = sorted(set(flips))
+    started = time.monotonic()
+    tally = _sweep(tmp_path / "sweep", store, small, flips)
+    _report(tally, len(flips), time.monotonic() - started)
+    if everything:
+        print(f"{(len(data) - len(read)) * 8} bits in free gaps inside pages, never read by LMDB: not run")
+    _assert_safe(tally, len(flips))
+
+
+def _record_bytes(store: Path, small: Small) -> list[int]:
+    """Offsets in data.mdb of the spent keys' card and outcome records, the unfolded events, the head, and the
+    blacklist and batch records (keys and values)."""
+    data = (store / "data.mdb").read_bytes()
+    wanted: list[bytes] = []
+    env = lmdb.open(str(store), max_dbs=64, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            folded = from_u64(txn.get(b"head", db=env.open_db(b"meta", txn=txn))[16:24])
+            for name in (b"cards", b"outcomes"):
+                db = env.open_db(name, txn=txn)
+                wanted += [txn.get(u64(_serial_of(k)), db=db) or b"" for k in small.spent]
+            wanted += [v for k, v in txn.cursor(db=env.open_db(b"events", txn=txn)) if from_u64(k) >= folded]
+            wanted.append(txn.get(b"head", db=env.open_db(b"meta", txn=txn)))
+            for name in (b"blacklist", b"batches"):  # keys and values
+                for key, value in txn.cursor(db=env.open_db(name, txn=txn)):
+                    wanted += [key, value]
+    finally:
+        env.close()
+    offsets: set[int] = set()
+    for value in wanted:
+        at = data.find(value) if value else -1
+        if at >= 0:
+            offsets.update(range(at, at + len(value)))
+    assert len(offsets) > 500
+    return sorted(offsets)
