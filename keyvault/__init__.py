@@ -1,7 +1,9 @@
 """keyvault: card-key issuance and verification.
 
 Open a store with :meth:`Vault.open`; every check answers a :class:`Result`
-whose :class:`Status` tells a checkout exactly why a key is refused.
+whose :class:`Status` tells a checkout exactly why a key is refused. Asyncio
+programs use :class:`keyvault.aio.AsyncVault` (``await AsyncVault.open(path)``):
+the same methods, awaitable, run in threads off the event loop.
 """
 
 from .engine import BatchInfo, BlacklistEntry, ThrottlePolicy
