@@ -5,13 +5,15 @@ user, no secret in ENV or ARG, volumes, HEALTHCHECK on a route the service serve
 command and HEALTHCHECK are run against a real ``keyvault serve`` with the image's environment.
 The units are checked by ``systemd-analyze verify`` and ``systemd-analyze security --offline``
 (exposure at most 2.0), by reading them (drain timeout, credentials, ports), and the service is
-run under the kernel's MemoryDenyWriteExecute the unit asks for. Without systemd-analyze those
-tests are skipped, unless KEYVAULT_REQUIRE_DEPLOY_LINT=1 (CI), which makes them fail.
+run in what the kernel applies of the unit's sandbox without systemd (MemoryDenyWriteExecute by
+PR_SET_MDWE, SystemCallFilter by libseccomp). Without systemd-analyze those tests are skipped,
+unless KEYVAULT_REQUIRE_DEPLOY_LINT=1 (CI), which makes them fail.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -386,24 +388,105 @@ def test_the_unit_runs_the_service_as_documented(name: str) -> None:
         assert workers_arg.isdigit()
 
 
-def test_the_service_runs_under_memory_deny_write_execute(world: World, tmp_path: Path) -> None:
-    """The unit's MemoryDenyWriteExecute=yes, by the kernel's own switch (PR_SET_MDWE, Linux 6.3+).
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+SCMP_ACT_ALLOW = 0x7FFF0000
 
-    The service (uvloop, httptools, msgspec, lmdb, the compiled core, PyNaCl) starts, verifies and
-    redeems with no writable-and-executable memory, inherited by every worker and the commit process.
-    The pepper is a 0400 file outside the store, as LoadCredential= hands it over, under UMask=0077.
+
+def syscall_group(analyze: str, name: str, seen: set[str] | None = None) -> set[str]:
+    """The system calls of ``name`` (a call or an @group, nested groups expanded) as systemd defines them."""
+    if not name.startswith("@"):
+        return {name}
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    done = subprocess.run([analyze, "--no-pager", "syscall-filter", name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls: set[str] = set()
+    for line in done.stdout.splitlines()[1:]:
+        item = line.strip()
+        if item and not item.startswith("#"):
+            calls |= syscall_group(analyze, item, seen)
+    return calls
+
+
+def unit_syscalls(analyze: str, settings: dict[str, list[str]]) -> set[str]:
+    """The system calls a unit's SystemCallFilter= lines allow (an allow-list, then ~ removals)."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in settings["SystemCallFilter"]:
+        target = denied if value.startswith("~") else allowed
+        for item in value.lstrip("~").split():
+            target |= syscall_group(analyze, item)
+    assert allowed, "the unit has no allow-list of system calls"
+    return allowed - denied
+
+
+def sandbox(analyze: str, settings: dict[str, list[str]]) -> Callable[[], None]:
+    """A preexec function applying what the kernel can of the unit without systemd.
+
+    UMask=, MemoryDenyWriteExecute=yes (PR_SET_MDWE) and SystemCallFilter= with
+    SystemCallErrorNumber= (a libseccomp filter built from systemd's own groups; libseccomp sets
+    NoNewPrivileges too). A skip when the kernel or libseccomp cannot.
     """
-    pr_set_mdwe, pr_get_mdwe, refuse_exec_gain = 65, 66, 1
-    probe = subprocess.run([sys.executable, "-c", f"import ctypes; print(ctypes.CDLL(None).prctl({pr_get_mdwe}, 0, 0, 0, 0))"],
-                           capture_output=True, text=True, timeout=60)
+    one = {key: values[-1] for key, values in settings.items()}
+    assert one["MemoryDenyWriteExecute"] == "yes" and one["SystemCallErrorNumber"] == "EPERM"
+    ask = f"import ctypes; print(ctypes.CDLL(None).prctl({PR_GET_MDWE}, 0, 0, 0, 0))"
+    probe = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=60)
     if probe.stdout.strip() != "0":  # -1 (EINVAL) before Linux 6.3
         pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+): MemoryDenyWriteExecute cannot be tried here")
+    try:
+        seccomp = ctypes.CDLL("libseccomp.so.2")
+    except OSError:
+        pytest.skip("libseccomp is not installed (apt-get install libseccomp2): SystemCallFilter= cannot be tried here")
+    seccomp.seccomp_init.restype = ctypes.c_void_p
+    seccomp.seccomp_init.argtypes = [ctypes.c_uint32]
+    seccomp.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    seccomp.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    seccomp.seccomp_load.argtypes = [ctypes.c_void_p]
+    filter_ = seccomp.seccomp_init(0x00050000 | errno.EPERM)  # SCMP_ACT_ERRNO(EPERM) for everything else
+    assert filter_
+    numbers = [seccomp.seccomp_syscall_resolve_name(name.encode()) for name in sorted(unit_syscalls(analyze, settings))]
+    for number in numbers:
+        if number >= 0:  # a call this architecture does not have resolves to -1
+            assert seccomp.seccomp_rule_add(filter_, SCMP_ACT_ALLOW, number, 0) == 0
+    umask = int(one["UMask"], 8)
 
-    def deny_write_execute() -> None:
-        os.umask(0o077)
-        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_mdwe, refuse_exec_gain, 0, 0, 0) != 0:
+    def apply() -> None:
+        os.umask(umask)
+        if ctypes.CDLL(None).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
             os._exit(97)
+        if seccomp.seccomp_load(filter_) != 0:
+            os._exit(98)
 
+    return apply
+
+
+@pytest.mark.parametrize("attempt, refusal", [
+    ("import mmap; mmap.mmap(-1, 4096, prot=7)", "Permission denied"),  # writable and executable memory
+    ("import os; os.nice(1)", "Operation not permitted"),  # setpriority: @resources, removed by the unit
+    ("import os; os.sched_setaffinity(0, {0})", "Operation not permitted"),  # @resources too
+])
+def test_the_sandbox_refuses_what_the_unit_denies(attempt: str, refusal: str) -> None:
+    """The control for the test below: each mechanism really bites in the sandbox it runs in."""
+    apply = sandbox(systemd_analyze(), unit_settings((UNITS / "keyvault.service").read_text()))
+    allowed = subprocess.run([sys.executable, "-c", attempt], capture_output=True, text=True, timeout=60)
+    assert allowed.returncode == 0, allowed.stderr
+    denied = subprocess.run([sys.executable, "-c", attempt], preexec_fn=apply, capture_output=True, text=True,
+                            timeout=60)
+    assert denied.returncode != 0 and refusal in denied.stderr, denied.stderr
+
+
+def test_the_service_runs_in_the_units_sandbox(world: World, tmp_path: Path) -> None:
+    """The unit's command, under its MemoryDenyWriteExecute=, SystemCallFilter= and UMask=, as the kernel applies them.
+
+    The service (uvloop, httptools, msgspec, lmdb, the compiled core, PyNaCl; the workers and the
+    commit process inherit the sandbox) starts, verifies, redeems once, refuses a second redeem,
+    and drains on SIGTERM with exit 0. The pepper is a 0400 file outside the store, as
+    LoadCredential= hands it over.
+    """
+    settings = unit_settings((UNITS / "keyvault.service").read_text())
+    apply = sandbox(systemd_analyze(), settings)
     store = world.platform
     credentials = tmp_path / "credentials"
     credentials.mkdir(mode=0o700)
@@ -416,18 +499,13 @@ def test_the_service_runs_under_memory_deny_write_execute(world: World, tmp_path
                             "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert token.returncode == 0, token.stderr
     secret = json.loads(token.stdout)["token"]
-    # The control: under the switch, the kernel refuses a writable and executable mapping.
-    control = subprocess.run([sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"],
-                             preexec_fn=deny_write_execute, capture_output=True, text=True)
-    assert control.returncode != 0 and "Permission denied" in control.stderr
     port = free_port()
-    unit = unit_settings((UNITS / "keyvault.service").read_text())
-    argv = shlex.split(unit["ExecStart"][-1])
+    argv = shlex.split(settings["ExecStart"][-1])
     argv = [KEYVAULT, "--store", str(store), *argv[3:]]
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, preexec_fn=deny_write_execute,
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, preexec_fn=apply,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -442,7 +520,10 @@ def test_the_service_runs_under_memory_deny_write_execute(world: World, tmp_path
         wait_healthy(proc, ["python", "-c", f"import urllib.request as u; u.build_opener(u.ProxyHandler({{}}))"
                             f".open('{base}/healthz', timeout=4)"], log)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) >= 3  # the workers and the commit process run under the same switch
+        assert len(children) >= 3  # the workers and the commit process, in the same sandbox
+        for pid in [proc.pid, *children]:
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert "\nSeccomp:\t2\n" in status and "\nNoNewPrivs:\t1\n" in status, (pid, status)
         key = world.keys[0]
         assert post("/v1/verify", {"keys": [key, world.keys[1]]})["results"][0]["status"] == "valid"
         assert post("/v1/redeem", {"key": key, "order_id": "SO-1"})["status"] == "accepted"
@@ -470,7 +551,8 @@ def test_bash_completion_source_defines_the_completion_function() -> None:
     assert re.search(r"complete .*-F _keyvault_completion keyvault", done.stdout)
 
 
-@pytest.mark.parametrize("shell, marker", [("zsh", "#compdef keyvault"), ("fish", "complete --no-files --command keyvault")])
+@pytest.mark.parametrize("shell, marker", [("zsh", "#compdef keyvault"),
+                                           ("fish", "complete --no-files --command keyvault")])
 def test_zsh_and_fish_completion_sources(shell: str, marker: str) -> None:
     done = completion(f"{shell}_source")
     assert done.returncode == 0 and marker in done.stdout, done.stdout[:500]
