@@ -6,20 +6,23 @@ command and HEALTHCHECK are run against a real ``keyvault serve`` with the image
 The units are checked by ``systemd-analyze verify`` and ``systemd-analyze security --offline``
 (exposure at most 2.0), by reading them (drain timeout, credentials, ports), and the service is
 run in what the kernel applies of the unit's sandbox without systemd (MemoryDenyWriteExecute by
-PR_SET_MDWE, SystemCallFilter by libseccomp). Without systemd-analyze those tests are skipped,
-unless KEYVAULT_REQUIRE_DEPLOY_LINT=1 (CI), which makes them fail.
+PR_SET_MDWE, SystemCallFilter by libseccomp). docs/deploy.md's nginx example passes `nginx -t` and
+carries requests to a live service. Without systemd-analyze, or nginx and openssl, those tests are
+skipped, unless KEYVAULT_REQUIRE_DEPLOY_LINT=1 (CI), which makes them fail.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import http.client
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -586,6 +589,109 @@ def test_completion_opens_no_store(tmp_path: Path) -> None:
     done = completion("bash_complete", f"keyvault --store {store} st", 3, KEYVAULT_STORE=str(tmp_path / "also"))
     assert done.returncode == 0 and "plain,stats" in done.stdout.split()
     assert not store.exists() and not (tmp_path / "also").exists()
+
+
+def nginx_example(tmp_path: Path, listen: int, upstream: int) -> tuple[str, Path, Path]:
+    """docs/deploy.md's nginx example as a whole nginx.conf under ``tmp_path``: (nginx, conf, certificate).
+
+    Only the certificate paths, the listening address and the service's port change.
+    """
+    nginx, openssl = shutil.which("nginx") or "/usr/sbin/nginx", shutil.which("openssl")
+    if not Path(nginx).exists() or openssl is None:
+        reason = "nginx or openssl is not installed (apt-get install nginx-light openssl): the example is unchecked"
+        if REQUIRE_LINT:
+            pytest.fail(reason + ", and KEYVAULT_REQUIRE_DEPLOY_LINT=1 requires it")
+        pytest.skip(reason)
+    blocks = re.findall(r"```nginx\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    assert len(blocks) == 1
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                           "-nodes", "-subj", "/CN=kv.example.net", "-days", "1", "-keyout", str(key),
+                           "-out", str(cert)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    site = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", blocks[0])
+    site = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", site)
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen} ssl;")
+    site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream};")
+    assert site.count(str(tmp_path)) == 2 and f":{upstream};" in site and f":{listen} " in site, \
+        "the example's certificate, listen or upstream lines changed: update this test"
+    conf = tmp_path / "nginx.conf"
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must reach the 0700 test directory
+    conf.write_text(f"{user}pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/body;\n"
+                    f"proxy_temp_path {tmp_path}/proxy;\n{site}\n}}\n")
+    return nginx, conf, cert
+
+
+def test_the_nginx_example_is_valid_nginx(tmp_path: Path) -> None:
+    """docs/deploy.md's nginx example, as written, passes `nginx -t` (and a broken copy does not)."""
+    nginx, conf, _ = nginx_example(tmp_path, free_port(), 8080)
+    done = subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    conf.write_text(conf.read_text().replace("proxy_request_buffering off;", "proxy_request_buffering of;"))
+    assert subprocess.run([nginx, "-t", "-q", "-p", str(tmp_path), "-c", str(conf)], capture_output=True,
+                          timeout=60).returncode != 0, "nginx -t accepted a broken configuration"
+
+
+def test_the_service_answers_through_the_nginx_example(world: World, tmp_path: Path) -> None:
+    """HTTPS through the example to a live service: health, the token header, /metrics hidden, and the
+    service's own 413 problem document for a JSON body over 4 MiB (nginx lets it through to the service)."""
+    env = {**os.environ}
+    token = subprocess.run([KEYVAULT, "--store", str(world.platform), "token", "create", "--name", "shop", "--scope",
+                            "verify", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert token.returncode == 0, token.stderr
+    secret = json.loads(token.stdout)["token"]
+    upstream, listen = free_port(), free_port()
+    nginx, conf, cert = nginx_example(tmp_path, listen, upstream)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        service = subprocess.Popen([KEYVAULT, "--store", str(world.platform), "serve", "--bind",
+                                    f"127.0.0.1:{upstream}", "--workers", "1"], stdout=out, stderr=out,
+                                   start_new_session=True)
+    proxy = None
+    try:
+        wait_healthy(service, ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({}))"
+                               f".open('http://127.0.0.1:{upstream}/healthz', timeout=4)"], log)
+        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the certificate is for kv.example.net; the chain is still verified
+
+        def call(method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+            deadline = time.monotonic() + 30
+            while True:
+                connection = http.client.HTTPSConnection("127.0.0.1", listen, context=context, timeout=60)
+                try:
+                    connection.request(method, path, body, {"Authorization": f"Bearer {secret}",
+                                                            "Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    return answer.status, dict(answer.getheaders()), answer.read()
+                except ConnectionRefusedError:
+                    assert proxy is not None and proxy.poll() is None, (tmp_path / "error.log").read_text()
+                    assert time.monotonic() < deadline, "nginx did not start listening"
+                    time.sleep(0.1)
+                finally:
+                    connection.close()
+
+        assert call("GET", "/healthz")[0] == 200
+        assert call("GET", "/metrics")[0] == 403
+        status, _, body = call("POST", "/v1/verify", json.dumps({"keys": world.keys[:2]}).encode())
+        assert status == 200 and [r["status"] for r in json.loads(body)["results"]] == ["valid", "valid"]
+        status, headers, body = call("POST", "/v1/verify", b'{"keys": ["' + b"A" * (5 << 20) + b'"]}')
+        assert status == 413 and headers.get("Content-Type", "").startswith("application/problem+json"), body[:300]
+        assert json.loads(body)["type"] == "urn:keyvault:problem:body-too-large"
+    finally:
+        if proxy is not None:
+            proxy.send_signal(signal.SIGQUIT)  # nginx's graceful stop
+            try:
+                proxy.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proxy.pid, signal.SIGKILL)
+                proxy.wait()
+        code = stop(service)
+    assert code == 0, log.read_text()[-2000:]
 
 
 def test_the_proxy_example_matches_the_services_limits() -> None:
