@@ -25,6 +25,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -535,6 +536,48 @@ def test_the_service_runs_in_the_units_sandbox(world: World, tmp_path: Path) -> 
         code = stop(proc)
     assert code == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
+
+
+def test_keyvault_admin_runs_the_command_as_the_service_user_with_a_private_pepper_copy() -> None:
+    """deploy/systemd/keyvault-admin, with a stand-in for keyvault that reports what it was given."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("keyvault-admin needs root and setpriv (util-linux)")
+    try:
+        import pwd
+        user = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no `nobody` user to run the command as")
+    base = Path(tempfile.mkdtemp(prefix="keyvault-admin-test-"))  # not under pytest's 0700 directories
+    try:
+        base.chmod(0o755)
+        store, secrets_dir, runtime = base / "store", base / "etc", base / "run"
+        store.mkdir()
+        os.chown(store, user.pw_uid, user.pw_gid)
+        secrets_dir.mkdir(mode=0o700)
+        runtime.mkdir(mode=0o755)
+        pepper = secrets_dir / "pepper"
+        pepper.write_text("ab" * 32 + "\n")
+        pepper.chmod(0o600)
+        stand_in = base / "keyvault"
+        stand_in.write_text('#!/bin/sh\nout="$2/out"\nid -u > "$out"\nprintf "%s\\n" "$@" >> "$out"\n'
+                            'stat -c "%a %u" "$4" >> "$out"\ncat "$4" >> "$out"\nexit 3\n')
+        stand_in.chmod(0o755)
+        done = subprocess.run([str(UNITS / "keyvault-admin"), "token", "create", "--name", "two words"],
+                              env={**os.environ, "KEYVAULT_USER": "nobody", "KEYVAULT_BIN": str(stand_in),
+                                   "KEYVAULT_STORE": str(store), "KEYVAULT_PEPPER_FILE": str(pepper),
+                                   "KEYVAULT_ADMIN_RUNTIME": str(runtime)},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3, done.stderr  # the command's own exit code
+        lines = (store / "out").read_text().splitlines()
+        assert (store / "out").stat().st_uid == user.pw_uid and lines[0] == str(user.pw_uid)
+        assert lines[1:4] == ["--store", str(store), "--pepper-file"] and lines[4].startswith(str(runtime))
+        assert lines[5:9] == ["token", "create", "--name", "two words"]
+        assert lines[9:] == [f"400 {user.pw_uid}", "ab" * 32]  # a 0400 copy the user owns
+        assert list(runtime.iterdir()) == [], "the private copy of the pepper was left behind"
+        assert pepper.stat().st_mode & 0o777 == 0o600 and pepper.stat().st_uid == 0
+    finally:
+        shutil.rmtree(base)
 
 
 # -- shell completion -----------------------------------------------------------------------------
