@@ -7,7 +7,7 @@ import sys
 import click
 
 from keyvault import Scope
-from keyvault.service.workers import Limits
+from keyvault.service.limits import Limits
 
 _LIMITS = Limits()  # the defaults
 

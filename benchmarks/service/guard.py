@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from keyvault.service.protocol import guarded
-from keyvault.service.workers import Limits
+from keyvault.service.limits import Limits
 
 BODY = b'{"keys": ["17YT-Y000-0000-028V-2CSX-TK01-VCTH-PYY5"]}'
 REQUEST = (b"POST /v1/verify HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"

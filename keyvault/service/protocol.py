@@ -40,7 +40,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .problems import Problem
-from .workers import BODY_RATE, Limits
+from .limits import BODY_RATE, Limits
 
 LINGER_SECONDS = 1.0  # after a refusal, what the client still sends is read and dropped this long,
 LINGER_BYTES = 256 * 1024  # up to this much: a client that sends on regardless is cut off

@@ -29,7 +29,8 @@ from typing import Any
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
 from . import commitd
-from .workers import Limits, Workers, bind
+from .limits import Limits
+from .workers import Workers, bind
 
 APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight

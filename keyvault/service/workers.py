@@ -25,11 +25,11 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..errors import KeyvaultError
+from .limits import Limits
 
 #: A worker's exit code when its server never finished starting (the app, its lifespan or the store failed).
 #: Internal to the service (``keyvault serve`` itself exits 1 then); not 3, which keyvault's CLI keeps for
@@ -42,23 +42,7 @@ POLL_SECONDS = 0.2  # how often the supervisor looks at its workers
 KILL_AFTER_SECONDS = 10.0  # past the grace period, a worker still running is killed
 ORPHAN_GRACE_SECONDS = 30.0 + KILL_AFTER_SECONDS  # an orphan drains as long (server.GRACE_SECONDS), then dies
 
-BODY_RATE = 64 * 1024  # bytes a second: each byte of a body received moves its deadline by 1/BODY_RATE s
-
 log = logging.getLogger("keyvault.service")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-connection limits of one worker (docs/service.md, `keyvault serve --help`)."""
-
-    max_header_bytes: int = 16 * 1024  # request line and header lines, bytes
-    max_headers: int = 100  # header lines
-    max_request_line: int = 8 * 1024  # the request target (path and query), bytes
-    header_timeout: float = 10.0  # seconds from a request's first byte to the end of its head
-    body_timeout: float = 30.0  # seconds for a body, plus one per BODY_RATE bytes received
-    keep_alive: float = 5.0  # seconds a connection may stay idle (also before its first request)
-    max_connections: int = 1000  # open connections per worker
-    backlog: int = 4096  # connections the kernel queues for the workers to accept
 
 
 def bind(host: str, port: int, backlog: int) -> socket.socket:
