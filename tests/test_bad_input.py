@@ -456,12 +456,12 @@ def test_store_of_another_format_version_is_refused(tmp_path: Path, world: World
     env = lmdb.open(str(copy), max_dbs=64)
     with env.begin(write=True) as txn:
         meta = env.open_db(b"meta", txn=txn, create=False)
-        assert txn.get(b"format", db=meta) == b"keyvault-store/2"
+        assert txn.get(b"format", db=meta) == b"keyvault-store/3"
         txn.put(b"format", b"keyvault-store/999", db=meta)
     env.close()
     before = exact(copy)
     for args in (("stats", "--json"), ("verify", world.keys[0]), ("redeem", world.keys[0], "--order", "O-1")):
-        refused(kv("--store", copy, *args), "keyvault-store/999", "keyvault-store/2")
+        refused(kv("--store", copy, *args), "keyvault-store/999", "keyvault-store/3")
     with pytest.raises(StoreVersionError):
         Vault.open(copy)
     assert exact(copy) == before

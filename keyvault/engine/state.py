@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import StoreCorruptError
 from ..formats.identity import Identity
 from ..store import Head, LmdbStore, Txn
 from ..store.records import load
@@ -48,13 +49,18 @@ class State:
         if catalog.generation != generation:
             catalog = Catalog.load(txn, generation)
             policy = txn.get("meta", b"checkpoint_policy")
-            if policy is not None:
-                doc = load(policy)
-                self.log.policy = Policy(int(doc["every_events"]), int(doc["every_seconds"]))
             throttling = txn.get("meta", b"throttle_policy")
             policies = {"": ThrottlePolicy()}
-            if throttling is not None:
-                policies.update({who: ThrottlePolicy.from_dict(d) for who, d in load(throttling).items()})
+            try:
+                if policy is not None:
+                    doc = load(policy)
+                    self.log.policy = Policy(int(doc["every_events"]), int(doc["every_seconds"]))
+                if throttling is not None:
+                    policies.update({who: ThrottlePolicy.from_dict(d) for who, d in load(throttling).items()})
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # (StoreCorruptError is none of these)
+                raise StoreCorruptError(f"the store's checkpoint or throttle policy record is damaged "
+                                        f"({type(exc).__name__}): run `keyvault check` and restore the store from "
+                                        "a backup") from None
             self.policies = policies
             self._catalog = catalog
         return catalog
