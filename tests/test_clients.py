@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,15 @@ def test_go_client(served: Served, tmp_path: Path) -> None:
     assert "--- SKIP" not in out, out[-6000:]
     passed = out.count("--- PASS")
     assert passed >= 15 and "--- FAIL" not in out, out[-6000:]
+
+
+def test_a_missing_toolchain_skips_or_fails_as_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert _missing_php() is not None and _missing_go() is not None
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", False)
+    with pytest.raises(pytest.skip.Exception, match="KEYVAULT_REQUIRE_CLIENTS=1 makes this a failure"):
+        _need(_missing_go())
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", True)
+    with pytest.raises(pytest.fail.Exception, match="KEYVAULT_REQUIRE_CLIENTS=1 but go is not installed"):
+        _need(_missing_go())
+    _need(None)  # nothing missing: neither
