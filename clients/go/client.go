@@ -87,7 +87,16 @@ type Client struct {
 type Option func(*Client)
 
 // WithTimeout bounds each HTTP exchange (default 10 s); a context deadline bounds a whole call, retries included.
-func WithTimeout(d time.Duration) Option { return func(c *Client) { c.http.Timeout = d } }
+func WithTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if c.http == nil {
+			return // New refuses a nil client
+		}
+		h := *c.http // a copy: an *http.Client passed with WithHTTPClient is not changed
+		h.Timeout = d
+		c.http = &h
+	}
+}
 
 // WithHTTPClient uses h (its Timeout included) instead of the default client.
 func WithHTTPClient(h *http.Client) Option { return func(c *Client) { c.http = h } }
