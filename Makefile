@@ -40,6 +40,14 @@ test-pure: install
 bench: install
 	$(BIN)/pytest benchmarks --benchmark-only
 
+# The PHP and Go clients (clients/) against a real `keyvault serve` started by tests/test_clients.py.
+# Needs php (with curl) and go (apt-get install php-cli php-curl golang-go); missing ones fail here
+# (KEYVAULT_REQUIRE_CLIENTS=0 skips them instead, as `make test` does).
+KEYVAULT_REQUIRE_CLIENTS ?= 1
+.PHONY: test-clients
+test-clients: install
+	KEYVAULT_REQUIRE_CLIENTS=$(KEYVAULT_REQUIRE_CLIENTS) $(BIN)/pytest tests/test_clients.py -p no:cacheprovider -rA -q
+
 # The heavy forms of the reliability tests (docs/reliability.md): SIGKILL crash loops and the
 # 32-caller race at KEYVAULT_CRASH_ITERATIONS (250 here; the normal suite runs 25), with their
 # figures printed; the service's schemathesis run at SCHEMATHESIS_EXAMPLES per operation (a new seed each

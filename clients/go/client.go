@@ -1,0 +1,325 @@
+// Package keyvault is a client of the keyvault HTTP service: verify, redeem and trace card keys.
+//
+// Every method takes a context first and returns typed answers or an error: *ProblemError for a
+// problem document (match on Type), *TransportError when the service cannot be reached or answers
+// outside its API. Redeems answered 503, or lost on the way, are retried with the same order id,
+// which the service makes safe.
+package keyvault
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// route is one operation: its method, its path, and the name of its request schema in /v1/openapi.json.
+type route struct{ method, path, schema string }
+
+// routes are the operations the client calls (the tests check each against the served document).
+var routes = map[string]route{
+	"verify":     {"POST", "/v1/verify", "VerifyRequest"},
+	"redeem":     {"POST", "/v1/redeem", "RedeemRequest"},
+	"redeemMany": {"POST", "/v1/redeem-many", "RedeemManyRequest"},
+	"void":       {"POST", "/v1/void", "VoidRequest"},
+	"blacklist":  {"POST", "/v1/blacklist", "BlacklistRequest"},
+	"lift":       {"POST", "/v1/blacklist/lift", "BlacklistRequest"},
+	"stats":      {"GET", "/v1/stats", ""},
+	"trace":      {"GET", "/v1/trace/{serial}", ""},
+	"openapi":    {"GET", "/v1/openapi.json", ""},
+}
+
+// The request bodies, one type per served schema. An empty Client is left out (the service wants 1-63 characters).
+type verifyRequest struct {
+	Keys   []string `json:"keys"`
+	Client string   `json:"client,omitempty"`
+}
+
+type redeemRequest struct {
+	Key     string `json:"key"`
+	OrderID string `json:"order_id"`
+	Client  string `json:"client,omitempty"`
+}
+
+type redeemManyRequest struct {
+	Items  []RedeemItem `json:"items"`
+	Client string       `json:"client,omitempty"`
+}
+
+type voidRequest struct {
+	Key    string `json:"key"`
+	Reason string `json:"reason"`
+}
+
+type blacklistRequest struct {
+	Level  Level  `json:"level"`
+	Target string `json:"target"`
+	Reason string `json:"reason"`
+}
+
+type resultsAnswer struct {
+	Results []Result `json:"results"`
+}
+
+// maxAnswer bounds what the client reads of one answer (a trace bundle is the largest).
+const maxAnswer = 256 << 20
+
+// Client talks to one keyvault service with one token. It is safe for concurrent use.
+type Client struct {
+	base       string
+	token      string
+	http       *http.Client
+	retries    int
+	backoff    time.Duration
+	maxBackoff time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithTimeout bounds each HTTP exchange (default 10 s); a context deadline bounds a whole call, retries included.
+func WithTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if c.http == nil {
+			return // New refuses a nil client
+		}
+		h := *c.http // a copy: an *http.Client passed with WithHTTPClient is not changed
+		h.Timeout = d
+		c.http = &h
+	}
+}
+
+// WithHTTPClient uses h (its Timeout included) instead of the default client.
+func WithHTTPClient(h *http.Client) Option { return func(c *Client) { c.http = h } }
+
+// WithRedeemRetries sets how often a redeem answered 503 or lost in transit is retried with the same order id
+// (default 4; 0: never), the wait before the first retry (default 200 ms, doubled each time), and the longest
+// wait (default 5 s, also the cap on Retry-After).
+func WithRedeemRetries(retries int, backoff, maxBackoff time.Duration) Option {
+	return func(c *Client) { c.retries, c.backoff, c.maxBackoff = retries, backoff, maxBackoff }
+}
+
+// New returns a client of the service at baseURL (e.g. "https://kv.example.net", no /v1) with a bearer token.
+func New(baseURL, token string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("keyvault: baseURL must be http(s)://HOST[:PORT]; pass the service's address")
+	}
+	if token == "" || strings.IndexFunc(token, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return nil, errors.New("keyvault: token must be the printable token `keyvault token create` printed")
+	}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), token: token, http: &http.Client{Timeout: 10 * time.Second},
+		retries: 4, backoff: 200 * time.Millisecond, maxBackoff: 5 * time.Second}
+	for _, opt := range opts {
+		opt(c)
+	}
+	if c.http == nil || c.http.Timeout < 0 || c.retries < 0 || c.backoff < 0 || c.maxBackoff < 0 {
+		return nil, errors.New("keyvault: timeouts, retries and backoffs must not be negative")
+	}
+	return c, nil
+}
+
+// Verify checks one key without spending it; client is the shopper's account or IP ("" for none).
+func (c *Client) Verify(ctx context.Context, key, client string) (Result, error) {
+	results, err := c.VerifyMany(ctx, []string{key}, client)
+	if err != nil {
+		return Result{}, err
+	}
+	return results[0], nil
+}
+
+// VerifyMany checks many keys without spending them: one Result per key, in input order.
+func (c *Client) VerifyMany(ctx context.Context, keys []string, client string) ([]Result, error) {
+	var answer resultsAnswer
+	if err := c.call(ctx, "verify", verifyBody(keys, client), 0, &answer); err != nil {
+		return nil, err
+	}
+	return c.checkCount("verify", answer.Results, len(keys))
+}
+
+// Redeem spends key for orderID, durably; a retry with the same order id gets the first answer.
+func (c *Client) Redeem(ctx context.Context, key, orderID, client string) (Result, error) {
+	var result Result
+	err := c.call(ctx, "redeem", redeemRequest{Key: key, OrderID: orderID, Client: client}, c.retries, &result)
+	return result, c.checkResult("redeem", result, err)
+}
+
+// RedeemMany redeems many (key, order) pairs in one durable commit: one Result per item, in input order.
+func (c *Client) RedeemMany(ctx context.Context, items []RedeemItem, client string) ([]Result, error) {
+	var answer resultsAnswer
+	if err := c.call(ctx, "redeemMany", redeemManyBody(items, client), c.retries, &answer); err != nil {
+		return nil, err
+	}
+	return c.checkCount("redeemMany", answer.Results, len(items))
+}
+
+// Void withdraws an unused key (named by the key or its serial), saying why. Needs an admin token.
+func (c *Client) Void(ctx context.Context, keyOrSerial, reason string) (Result, error) {
+	var result Result
+	err := c.call(ctx, "void", voidRequest{Key: keyOrSerial, Reason: reason}, 0, &result)
+	return result, c.checkResult("void", result, err)
+}
+
+// Blacklist blacklists a key, serial, batch or supplier. Needs an admin token.
+func (c *Client) Blacklist(ctx context.Context, level Level, target, reason string) (BlacklistEntry, error) {
+	var entry BlacklistEntry
+	err := c.call(ctx, "blacklist", blacklistRequest{level, target, reason}, 0, &entry)
+	return entry, err
+}
+
+// Lift lifts a blacklist entry; lifting needs a reason too. Needs an admin token.
+func (c *Client) Lift(ctx context.Context, level Level, target, reason string) (BlacklistEntry, error) {
+	var entry BlacklistEntry
+	err := c.call(ctx, "lift", blacklistRequest{level, target, reason}, 0, &entry)
+	return entry, err
+}
+
+// Trace tells where the key with this public serial came from and what happened to it
+// (bundle: the offline bundle `keyvault verify-bundle` checks). Needs a redeem token.
+func (c *Client) Trace(ctx context.Context, serial string, bundle bool) (map[string]any, error) {
+	path := strings.Replace(routes["trace"].path, "{serial}", url.PathEscape(serial), 1)
+	if bundle {
+		path += "?bundle=1"
+	}
+	var doc map[string]any
+	err := c.send(ctx, "GET", path, nil, &doc)
+	return doc, err
+}
+
+// Stats returns counts per supplier and batch. Needs an admin token.
+func (c *Client) Stats(ctx context.Context) (map[string]any, error) {
+	var doc map[string]any
+	err := c.send(ctx, "GET", routes["stats"].path, nil, &doc)
+	return doc, err
+}
+
+// OpenAPI returns the service's OpenAPI document.
+func (c *Client) OpenAPI(ctx context.Context) (map[string]any, error) {
+	var doc map[string]any
+	err := c.send(ctx, "GET", routes["openapi"].path, nil, &doc)
+	return doc, err
+}
+
+func verifyBody(keys []string, client string) verifyRequest {
+	if keys == nil {
+		keys = []string{} // a list, never null
+	}
+	return verifyRequest{Keys: keys, Client: client}
+}
+
+func redeemManyBody(items []RedeemItem, client string) redeemManyRequest {
+	if items == nil {
+		items = []RedeemItem{}
+	}
+	return redeemManyRequest{Items: items, Client: client}
+}
+
+func (c *Client) checkCount(op string, results []Result, want int) ([]Result, error) {
+	if len(results) != want {
+		return nil, &TransportError{Op: op, StatusCode: 200,
+			Err: fmt.Errorf("the service answered %d results for %d keys", len(results), want)}
+	}
+	for _, r := range results {
+		if r.Status == "" {
+			return nil, &TransportError{Op: op, StatusCode: 200, Err: errors.New("a result without a status")}
+		}
+	}
+	return results, nil
+}
+
+func (c *Client) checkResult(op string, r Result, err error) error {
+	if err == nil && r.Status == "" {
+		return &TransportError{Op: op, StatusCode: 200, Err: errors.New("the answer is not a result")}
+	}
+	return err
+}
+
+// call runs one operation of routes with body, retrying up to retries times on a 503 or a lost exchange.
+func (c *Client) call(ctx context.Context, op string, body any, retries int, out any) error {
+	r := routes[op]
+	for attempt := 0; ; attempt++ {
+		err := c.send(ctx, r.method, r.path, body, out)
+		var problem *ProblemError
+		var transport *TransportError
+		retryable := errors.As(err, &transport) || (errors.As(err, &problem) && problem.Status == 503)
+		if err == nil || !retryable || attempt >= retries || ctx.Err() != nil {
+			return err
+		}
+		wait := c.backoff << uint(attempt)
+		if wait < 0 || wait > c.maxBackoff { // < 0: shifted past int64
+			wait = c.maxBackoff
+		}
+		if problem != nil && problem.RetryAfter > wait {
+			wait = problem.RetryAfter
+			if wait > c.maxBackoff {
+				wait = c.maxBackoff
+			}
+		}
+		wait += time.Duration(rand.Int63n(int64(wait)/4 + 1))
+		select {
+		case <-ctx.Done():
+			return &TransportError{Op: r.method + " " + r.path, Err: ctx.Err()}
+		case <-time.After(wait):
+		}
+	}
+}
+
+// send is one HTTP exchange: out gets the decoded 200 answer, or the error says why not.
+func (c *Client) send(ctx context.Context, method, path string, body any, out any) error {
+	op := method + " " + strings.SplitN(path, "?", 2)[0]
+	var reader io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("keyvault: %s: the request cannot be encoded: %w", op, err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, reader)
+	if err != nil {
+		return &TransportError{Op: op, Err: err}
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json, application/problem+json")
+	req.Header.Set("User-Agent", "keyvault-go/1")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// url.Error repeats the URL, which holds no key or token: keys never travel in URLs.
+		return &TransportError{Op: op, Err: err}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if err != nil {
+		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: err}
+	}
+	kind, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if resp.StatusCode == http.StatusOK && kind == "application/json" {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return &TransportError{Op: op, StatusCode: 200, Err: fmt.Errorf("the answer does not decode: %v", err)}
+		}
+		return nil
+	}
+	if kind == "application/problem+json" {
+		var p ProblemError
+		if json.Unmarshal(raw, &p) == nil && p.Type != "" && p.Status != 0 {
+			if secs, err := strconv.ParseFloat(resp.Header.Get("Retry-After"), 64); err == nil && secs > 0 {
+				p.RetryAfter = time.Duration(secs * float64(time.Second))
+			}
+			return &p
+		}
+	}
+	return &TransportError{Op: op, StatusCode: resp.StatusCode,
+		Err: fmt.Errorf("HTTP %d without a problem document (a proxy in between?)", resp.StatusCode)}
+}

@@ -1,0 +1,698 @@
+package keyvault
+
+// Tests against the real service whose address, tokens and keys tests/test_clients.py passes in
+// KEYVAULT_TEST_* variables (`make test-clients` starts it), and against httptest stand-ins for retries.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+type env struct {
+	url                   string
+	tokens                map[string]string
+	keys, serials, unkown []string
+	run                   string
+}
+
+func served(t *testing.T) env {
+	t.Helper()
+	url := os.Getenv("KEYVAULT_TEST_URL")
+	if url == "" {
+		t.Skip("KEYVAULT_TEST_URL is not set: run with `make test-clients` (it starts a server)")
+	}
+	return env{
+		url: url,
+		tokens: map[string]string{"verify": os.Getenv("KEYVAULT_TEST_TOKEN_VERIFY"),
+			"redeem": os.Getenv("KEYVAULT_TEST_TOKEN_REDEEM"), "admin": os.Getenv("KEYVAULT_TEST_TOKEN_ADMIN")},
+		keys:    strings.Split(os.Getenv("KEYVAULT_TEST_KEYS"), ","),
+		serials: strings.Split(os.Getenv("KEYVAULT_TEST_SERIALS"), ","),
+		unkown:  strings.Split(os.Getenv("KEYVAULT_TEST_UNKNOWN"), ","),
+		run:     fmt.Sprintf("go-%d", time.Now().UnixNano()),
+	}
+}
+
+func (e env) client(t *testing.T, scope string, opts ...Option) *Client {
+	t.Helper()
+	c, err := New(e.url, e.tokens[scope], opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// must is v, or a panic (which fails the run) on an error: Go cannot pass a (T, error) pair along with a *testing.T.
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(fmt.Sprintf("unexpected error: %v", err))
+	}
+	return v
+}
+
+func wantStatus(t *testing.T, r Result, want Status) {
+	t.Helper()
+	if r.Status != want {
+		t.Fatalf("status %q, want %q (%+v)", r.Status, want, r)
+	}
+}
+
+func wantProblem(t *testing.T, err error, name string, status int) *ProblemError {
+	t.Helper()
+	var p *ProblemError
+	if !errors.As(err, &p) {
+		t.Fatalf("want a *ProblemError %s, got %T %v", name, err, err)
+	}
+	if p.Type != ProblemPrefix+name || p.Status != status || p.Title == "" || p.Detail == "" || p.Name() != name {
+		t.Fatalf("want %s %d, got %+v", name, status, p)
+	}
+	return p
+}
+
+// -- the served OpenAPI document ------------------------------------------------------------------
+
+var (
+	docOnce sync.Once
+	doc     map[string]any
+	docErr  error
+)
+
+// document is the served OpenAPI document: without a token if the service allows it, else with the verify token.
+func document(t *testing.T, e env) map[string]any {
+	t.Helper()
+	docOnce.Do(func() {
+		anon, _ := New(e.url, "kvt_none")
+		doc, docErr = anon.OpenAPI(context.Background())
+		var p *ProblemError
+		if errors.As(docErr, &p) && p.Status == 401 {
+			doc, docErr = e.client(t, "verify").OpenAPI(context.Background())
+		}
+	})
+	if docErr != nil {
+		t.Fatal(docErr)
+	}
+	return doc
+}
+
+func obj(v any) map[string]any { m, _ := v.(map[string]any); return m }
+
+func schemas(t *testing.T, e env) map[string]any {
+	return obj(obj(document(t, e)["components"])["schemas"])
+}
+
+func resolve(t *testing.T, schema map[string]any, all map[string]any) map[string]any {
+	for {
+		ref, ok := schema["$ref"].(string)
+		if !ok {
+			return schema
+		}
+		name := strings.TrimPrefix(ref, "#/components/schemas/")
+		next := obj(all[name])
+		if next == nil {
+			t.Fatalf("the document refers to a schema it does not hold: %s", name)
+		}
+		schema = next
+	}
+}
+
+var knownKeywords = map[string]bool{"title": true, "description": true, "default": true, "examples": true,
+	"type": true, "enum": true, "const": true, "anyOf": true, "oneOf": true, "properties": true, "required": true,
+	"additionalProperties": true, "items": true, "minLength": true, "maxLength": true, "maxItems": true,
+	"minItems": true, "pattern": true, "format": true, "minimum": true, "maximum": true}
+
+func jsonType(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "boolean"
+	case float64:
+		if x == float64(int64(x)) {
+			return "integer"
+		}
+		return "number"
+	case string:
+		return "string"
+	case []any:
+		return "array"
+	default:
+		return "object"
+	}
+}
+
+// mismatch says why value (decoded JSON) does not match schema, or "" when it does: a small JSON Schema checker.
+func mismatch(t *testing.T, value any, schema map[string]any, all map[string]any, at string) string {
+	schema = resolve(t, schema, all)
+	for k := range schema {
+		if !knownKeywords[k] {
+			t.Fatalf("the schema at %s uses the keyword %q this check does not know (teach client_test.go)", at, k)
+		}
+	}
+	for _, word := range []string{"anyOf", "oneOf"} {
+		if branches, ok := schema[word].([]any); ok {
+			n := 0
+			for _, b := range branches {
+				if mismatch(t, value, obj(b), all, at) == "" {
+					n++
+				}
+			}
+			if n == 0 || (word == "oneOf" && n != 1) {
+				return at + " matches no branch of its " + word
+			}
+		}
+	}
+	if ty, ok := schema["type"]; ok {
+		types := []any{ty}
+		if list, isList := ty.([]any); isList {
+			types = list
+		}
+		is, found := jsonType(value), false
+		for _, want := range types {
+			found = found || want == is || (want == "number" && is == "integer")
+		}
+		if !found {
+			return fmt.Sprintf("%s is %s, the schema wants %v", at, is, ty)
+		}
+	}
+	if enum, ok := schema["enum"].([]any); ok {
+		found := false
+		for _, v := range enum {
+			found = found || reflect.DeepEqual(v, value)
+		}
+		if !found {
+			return fmt.Sprintf("%s is not one of %v", at, enum)
+		}
+	}
+	if c, ok := schema["const"]; ok && !reflect.DeepEqual(c, value) {
+		return fmt.Sprintf("%s is not %v", at, c)
+	}
+	if s, ok := value.(string); ok {
+		n := float64(utf8.RuneCountInString(s))
+		if min, ok := schema["minLength"].(float64); ok && n < min {
+			return at + " is too short"
+		}
+		if max, ok := schema["maxLength"].(float64); ok && n > max {
+			return at + " is too long"
+		}
+		if pat, ok := schema["pattern"].(string); ok && !regexp.MustCompile(pat).MatchString(s) {
+			return at + " does not match its pattern"
+		}
+	}
+	if list, ok := value.([]any); ok {
+		if max, ok := schema["maxItems"].(float64); ok && float64(len(list)) > max {
+			return at + " has too many items"
+		}
+		if min, ok := schema["minItems"].(float64); ok && float64(len(list)) < min {
+			return at + " has too few items"
+		}
+		if items := obj(schema["items"]); items != nil {
+			for i, v := range list {
+				if why := mismatch(t, v, items, all, fmt.Sprintf("%s[%d]", at, i)); why != "" {
+					return why
+				}
+			}
+		}
+	}
+	if m, ok := value.(map[string]any); ok {
+		props := obj(schema["properties"])
+		for _, r := range asList(schema["required"]) {
+			if _, ok := m[r.(string)]; !ok {
+				return fmt.Sprintf("%s lacks the required field %q", at, r)
+			}
+		}
+		for name, v := range m {
+			sub := obj(props[name])
+			if sub == nil {
+				if schema["additionalProperties"] == false {
+					return fmt.Sprintf("%s has the field %q, which the schema does not name", at, name)
+				}
+				continue
+			}
+			if why := mismatch(t, v, sub, all, at+"."+name); why != "" {
+				return why
+			}
+		}
+	}
+	return ""
+}
+
+func asList(v any) []any { l, _ := v.([]any); return l }
+
+func sortedKeys(m map[string]any) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// jsonFields are the JSON names of a struct's fields, with the Go kind of each.
+func jsonFields(v any) map[string]reflect.Kind {
+	out := map[string]reflect.Kind{}
+	ty := reflect.TypeOf(v)
+	for i := 0; i < ty.NumField(); i++ {
+		name := strings.Split(ty.Field(i).Tag.Get("json"), ",")[0]
+		if name != "-" {
+			out[name] = ty.Field(i).Type.Kind()
+		}
+	}
+	return out
+}
+
+// requestSchema is the request schema the served document names for op, after checking the route is served.
+func requestSchema(t *testing.T, e env, op string) map[string]any {
+	r := routes[op]
+	path := obj(obj(document(t, e)["paths"])[r.path])
+	served := obj(path[strings.ToLower(r.method)])
+	if served == nil {
+		t.Fatalf("the service does not serve %s %s, which the client calls for %s", r.method, r.path, op)
+	}
+	body := obj(served["requestBody"])
+	if r.schema == "" {
+		if body != nil {
+			t.Fatalf("%s %s takes a body the client does not send", r.method, r.path)
+		}
+		return nil
+	}
+	ref := obj(obj(obj(body["content"])["application/json"])["schema"])["$ref"]
+	if ref != "#/components/schemas/"+r.schema {
+		t.Fatalf("%s %s's request schema is %v, the client builds a %s", r.method, r.path, ref, r.schema)
+	}
+	return obj(schemas(t, e)[r.schema])
+}
+
+func TestStatusesAreTheServedEnum(t *testing.T) {
+	e := served(t)
+	enum := asList(obj(obj(obj(schemas(t, e)["Result"])["properties"])["status"])["enum"])
+	var servedNames, mine []string
+	for _, s := range enum {
+		servedNames = append(servedNames, s.(string))
+	}
+	for _, s := range AllStatuses {
+		mine = append(mine, string(s))
+	}
+	sort.Strings(servedNames)
+	sort.Strings(mine)
+	if !reflect.DeepEqual(servedNames, mine) || len(mine) == 0 {
+		t.Fatalf("the client's statuses %v, the served enum %v", mine, servedNames)
+	}
+}
+
+func TestResultMapsTheServedSchema(t *testing.T) {
+	e := served(t)
+	all := schemas(t, e)
+	for name, v := range map[string]any{"Result": Result{}, "BlacklistEntry": BlacklistEntry{}} {
+		schema := obj(all[name])
+		props := obj(schema["properties"])
+		fields := jsonFields(v)
+		var mapped []string
+		for f := range fields {
+			mapped = append(mapped, f)
+		}
+		sort.Strings(mapped)
+		if !reflect.DeepEqual(mapped, sortedKeys(props)) {
+			t.Fatalf("%s maps %v, the served schema has %v", name, mapped, sortedKeys(props))
+		}
+		for f, kind := range fields {
+			want := "string"
+			if kind == reflect.Int {
+				want = "integer"
+			}
+			sample := map[string]any{"string": "x", "integer": float64(3)}[want]
+			if f == "status" {
+				sample = string(StatusValid)
+			}
+			if why := mismatch(t, sample, obj(props[f]), all, name+"."+f); why != "" {
+				t.Fatalf("the client reads %s.%s as a %s: %s", name, f, want, why)
+			}
+		}
+	}
+	levels := asList(resolve(t, obj(obj(obj(all["BlacklistRequest"])["properties"])["level"]), all)["enum"])
+	if len(levels) != len(AllLevels) {
+		t.Fatalf("served levels %v, the client's %v", levels, AllLevels)
+	}
+	for _, l := range AllLevels {
+		if mismatch(t, string(l), obj(obj(obj(all["BlacklistRequest"])["properties"])["level"]), all, "level") != "" {
+			t.Fatalf("level %q is not served", l)
+		}
+	}
+}
+
+func TestRequestBodiesMatchTheServedSchemas(t *testing.T) {
+	e := served(t)
+	all := schemas(t, e)
+	for op := range routes {
+		requestSchema(t, e, op)
+	}
+	bodies := map[string][]any{ // the first of each has every optional field given
+		"verify":     {verifyBody([]string{"K1", "K2"}, "acct-1"), verifyBody(nil, "")},
+		"redeem":     {redeemRequest{"K", "SO-1", "acct-1"}, redeemRequest{Key: "K", OrderID: "SO-1"}},
+		"redeemMany": {redeemManyBody([]RedeemItem{{"K", "O"}}, "acct-1"), redeemManyBody(nil, "")},
+		"void":       {voidRequest{"K", "refund"}},
+		"blacklist":  {blacklistRequest{LevelSerial, "S", "fraud"}},
+		"lift":       {blacklistRequest{LevelSupplier, "S", "cleared"}},
+	}
+	for op, examples := range bodies {
+		schema := requestSchema(t, e, op)
+		for i, body := range examples {
+			raw, _ := json.Marshal(body)
+			var decoded map[string]any
+			if err := json.Unmarshal(raw, &decoded); err != nil {
+				t.Fatal(err)
+			}
+			if why := mismatch(t, decoded, schema, all, "$"); why != "" {
+				t.Fatalf("%s body %s: %s", op, raw, why)
+			}
+			if i == 0 && !reflect.DeepEqual(sortedKeys(decoded), sortedKeys(obj(schema["properties"]))) {
+				t.Fatalf("%s sends %v, the served schema names %v", op, sortedKeys(decoded),
+					sortedKeys(obj(schema["properties"])))
+			}
+		}
+	}
+	var bad map[string]any
+	_ = json.Unmarshal([]byte(`{"keys": ["K"], "clinet": "x"}`), &bad)
+	if mismatch(t, bad, obj(all["VerifyRequest"]), all, "$") == "" {
+		t.Fatal("the checker itself lets an unknown field through")
+	}
+}
+
+// -- against the real service ---------------------------------------------------------------------
+
+func TestVerify(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "verify")
+	valid := must(kv.Verify(ctx, e.keys[0], ""))
+	wantStatus(t, valid, StatusValid)
+	if valid.Serial != e.serials[0] || !valid.OK() || valid.Batch == "" || valid.Supplier == "" || valid.Product == "" {
+		t.Fatalf("a valid answer: %+v", valid)
+	}
+	unknown := must(kv.Verify(ctx, e.unkown[0], "acct-go"))
+	wantStatus(t, unknown, StatusUnknown)
+	bad := must(kv.Verify(ctx, "not-a-key", ""))
+	wantStatus(t, bad, StatusMalformed)
+	if bad.Serial != "" || bad.OK() {
+		t.Fatalf("malformed: %+v", bad)
+	}
+}
+
+func TestVerifyManyKeepsOrder(t *testing.T) {
+	e := served(t)
+	kv := e.client(t, "verify")
+	got := must(kv.VerifyMany(context.Background(), []string{e.keys[1], "junk", e.unkown[1], e.keys[0]}, ""))
+	want := []Status{StatusValid, StatusMalformed, StatusUnknown, StatusValid}
+	for i := range want {
+		wantStatus(t, got[i], want[i])
+	}
+	if got[0].Serial != e.serials[1] || got[3].Serial != e.serials[0] {
+		t.Fatalf("serials out of order: %+v", got)
+	}
+	if empty := must(kv.VerifyMany(context.Background(), nil, "")); len(empty) != 0 {
+		t.Fatalf("no keys, %d answers", len(empty))
+	}
+}
+
+func TestRedeemRetrySameOrderAndOtherOrder(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "redeem")
+	first := must(kv.Redeem(ctx, e.keys[2], e.run+"-A", "acct-go"))
+	wantStatus(t, first, StatusAccepted)
+	if first.OrderID != e.run+"-A" || first.Serial != e.serials[2] || first.RedeemedAt == "" {
+		t.Fatalf("accepted: %+v", first)
+	}
+	again := must(kv.Redeem(ctx, e.keys[2], e.run+"-A", ""))
+	wantStatus(t, again, StatusAccepted)
+	if again.RedeemedAt != first.RedeemedAt {
+		t.Fatalf("a retry got another answer: %+v against %+v", again, first)
+	}
+	other := must(kv.Redeem(ctx, e.keys[2], e.run+"-B", ""))
+	wantStatus(t, other, StatusRedeemed)
+	if other.OrderID != e.run+"-A" {
+		t.Fatalf("redeemed names order %q, want the first", other.OrderID)
+	}
+}
+
+func TestRedeemMany(t *testing.T) {
+	e := served(t)
+	got := must(e.client(t, "redeem").RedeemMany(context.Background(), []RedeemItem{
+		{e.keys[3], e.run + "-M3"}, {e.keys[4], e.run + "-M4"}, {"junk", e.run + "-M5"}}, "acct-go"))
+	for i, want := range []Status{StatusAccepted, StatusAccepted, StatusMalformed} {
+		wantStatus(t, got[i], want)
+	}
+	if got[0].Serial != e.serials[3] || got[1].OrderID != e.run+"-M4" {
+		t.Fatalf("answers out of order: %+v", got)
+	}
+}
+
+func TestVoidBySerial(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "admin")
+	voided := must(kv.Void(ctx, e.serials[5], "refunded"))
+	wantStatus(t, voided, StatusVoid)
+	after := must(kv.Verify(ctx, e.keys[5], ""))
+	wantStatus(t, after, StatusVoid)
+	if after.Reason != "refunded" {
+		t.Fatalf("void reason %q", after.Reason)
+	}
+}
+
+func TestBlacklistAndLift(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "admin")
+	entry := must(kv.Blacklist(ctx, LevelSerial, e.serials[6], "reported stolen"))
+	if entry.Target != e.serials[6] || entry.Reason != "reported stolen" || (entry.Level != "key" && entry.Level != "serial") {
+		t.Fatalf("entry %+v", entry)
+	}
+	refused := must(kv.Verify(ctx, e.keys[6], ""))
+	wantStatus(t, refused, StatusBlacklisted)
+	if refused.Level != entry.Level || refused.Reason != "reported stolen" {
+		t.Fatalf("blacklisted %+v", refused)
+	}
+	must(kv.Lift(ctx, LevelSerial, e.serials[6], "found"))
+	wantStatus(t, must(kv.Verify(ctx, e.keys[6], "")), StatusValid)
+	_, err := kv.Lift(ctx, LevelSerial, e.serials[6], "again")
+	wantProblem(t, err, "not-found", 404)
+}
+
+func TestTraceAndStats(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	story := must(e.client(t, "redeem").Trace(ctx, e.serials[2], false))
+	raw, _ := json.Marshal(story)
+	if !strings.Contains(string(raw), e.serials[2]) {
+		t.Fatalf("the trace does not name its serial: %s", raw)
+	}
+	if len(must(e.client(t, "admin").Stats(ctx))) == 0 {
+		t.Fatal("empty stats")
+	}
+	_, err := e.client(t, "redeem").Trace(ctx, "NOPE-000-99999", false)
+	wantProblem(t, err, "not-found", 404)
+}
+
+func TestUnauthorizedIs401Problem(t *testing.T) {
+	e := served(t)
+	c, _ := New(e.url, "kvt_"+strings.Repeat("A", 43))
+	_, err := c.Verify(context.Background(), e.keys[0], "")
+	wantProblem(t, err, "unauthorized", 401)
+}
+
+func TestForbiddenIs403Problem(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	_, err := e.client(t, "verify").Redeem(ctx, e.keys[7], e.run+"-F", "")
+	if p := wantProblem(t, err, "forbidden", 403); !strings.Contains(p.Detail, "redeem") {
+		t.Fatalf("the detail does not name the scope: %q", p.Detail)
+	}
+	_, err = e.client(t, "redeem").Void(ctx, e.serials[7], "no")
+	wantProblem(t, err, "forbidden", 403)
+	_, err = e.client(t, "redeem").Stats(ctx)
+	wantProblem(t, err, "forbidden", 403)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[7], "")), StatusValid)
+}
+
+func TestBadInputIs422AndChangesNothing(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	started := time.Now()
+	_, err := e.client(t, "redeem", WithRedeemRetries(3, 2*time.Second, 5*time.Second)).Redeem(ctx, e.keys[8], "  ", "")
+	wantProblem(t, err, "invalid-request", 422)
+	if time.Since(started) > 1500*time.Millisecond {
+		t.Fatal("a 422 was retried")
+	}
+	_, err = e.client(t, "redeem").Redeem(ctx, e.keys[8], "SO-1", strings.Repeat("c", 64))
+	wantProblem(t, err, "invalid-request", 422)
+	_, err = e.client(t, "admin").Blacklist(ctx, Level("galaxy"), e.serials[8], "x")
+	wantProblem(t, err, "invalid-request", 422)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[8], "")), StatusValid)
+}
+
+// -- transport and retries, against stand-ins -----------------------------------------------------
+
+// stand-in answers each request with the next step of plan (the last repeats) and records the bodies.
+type standIn struct {
+	mu     sync.Mutex
+	plan   []int
+	bodies []string
+	server *httptest.Server
+}
+
+func newStandIn(t *testing.T, plan ...int) *standIn {
+	s := &standIn{plan: plan}
+	s.server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		raw, _ := json.Marshal(body)
+		s.mu.Lock()
+		n := len(s.bodies)
+		s.bodies = append(s.bodies, r.Method+" "+r.URL.Path+" "+string(raw))
+		s.mu.Unlock()
+		code := s.plan[len(s.plan)-1]
+		if n < len(s.plan) {
+			code = s.plan[n]
+		}
+		switch code {
+		case 200:
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"status":"accepted","serial":"S-1","batch":"B","supplier":"X","order_id":%q}`, body["order_id"])
+		case 502:
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(502)
+			fmt.Fprint(w, "<html>bad gateway</html>")
+		case 0: // hang past the client's timeout
+			time.Sleep(2 * time.Second)
+		default:
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(code)
+			fmt.Fprintf(w, `{"type":"urn:keyvault:problem:store-unavailable","title":"t","status":%d,"detail":"d"}`, code)
+		}
+	}))
+	t.Cleanup(s.server.Close)
+	return s
+}
+
+func (s *standIn) client(t *testing.T, opts ...Option) *Client {
+	c, err := New(s.server.URL, "kvt_t", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (s *standIn) requests() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.bodies...)
+}
+
+func TestRedeem503IsRetriedWithTheSameOrderID(t *testing.T) {
+	s := newStandIn(t, 503, 503, 200)
+	r := must(s.client(t, WithRedeemRetries(4, time.Millisecond, 10*time.Millisecond)).Redeem(context.Background(), "K-1", "SO-77", ""))
+	wantStatus(t, r, StatusAccepted)
+	got := s.requests()
+	if len(got) != 3 {
+		t.Fatalf("%d tries, want 3", len(got))
+	}
+	for _, line := range got {
+		if !strings.HasPrefix(line, "POST /v1/redeem ") || !strings.Contains(line, `"order_id":"SO-77"`) {
+			t.Fatalf("a retry changed the request: %s", line)
+		}
+	}
+}
+
+func TestRetriesAreBounded(t *testing.T) {
+	s := newStandIn(t, 503)
+	_, err := s.client(t, WithRedeemRetries(2, time.Millisecond, time.Millisecond)).
+		RedeemMany(context.Background(), []RedeemItem{{"K", "SO-1"}}, "")
+	wantProblem(t, err, "store-unavailable", 503)
+	if n := len(s.requests()); n != 3 {
+		t.Fatalf("%d tries, want 1 + 2 retries", n)
+	}
+	s2 := newStandIn(t, 503)
+	_, err = s2.client(t, WithRedeemRetries(0, 0, 0)).Redeem(context.Background(), "K", "SO-1", "")
+	wantProblem(t, err, "store-unavailable", 503)
+	if n := len(s2.requests()); n != 1 {
+		t.Fatalf("%d tries with retries off", n)
+	}
+}
+
+func TestVerify503IsNotRetried(t *testing.T) {
+	s := newStandIn(t, 503)
+	_, err := s.client(t, WithRedeemRetries(4, time.Millisecond, time.Millisecond)).Verify(context.Background(), "K", "")
+	wantProblem(t, err, "store-unavailable", 503)
+	if n := len(s.requests()); n != 1 {
+		t.Fatalf("%d tries of a verify", n)
+	}
+}
+
+func TestProxyErrorIsTransportErrorAndRedeemRetriesThroughIt(t *testing.T) {
+	s := newStandIn(t, 502)
+	_, err := s.client(t).Verify(context.Background(), "K", "")
+	var te *TransportError
+	if !errors.As(err, &te) || te.StatusCode != 502 {
+		t.Fatalf("want a TransportError 502, got %T %v", err, err)
+	}
+	s2 := newStandIn(t, 502, 200)
+	wantStatus(t, must(s2.client(t, WithRedeemRetries(2, time.Millisecond, time.Millisecond)).
+		Redeem(context.Background(), "K", "SO-9", "")), StatusAccepted)
+}
+
+func TestTimeoutAndContextDeadline(t *testing.T) {
+	s := newStandIn(t, 0)
+	started := time.Now()
+	_, err := s.client(t, WithTimeout(300*time.Millisecond)).Verify(context.Background(), "K", "")
+	var te *TransportError
+	if !errors.As(err, &te) || time.Since(started) > 1500*time.Millisecond {
+		t.Fatalf("want a TransportError within the timeout, got %T %v after %v", err, err, time.Since(started))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	started = time.Now()
+	_, err = s.client(t).Redeem(ctx, "K", "SO-1", "")
+	if !errors.As(err, &te) || !errors.Is(err, context.DeadlineExceeded) || time.Since(started) > 1500*time.Millisecond {
+		t.Fatalf("want the context's deadline, got %T %v after %v", err, err, time.Since(started))
+	}
+}
+
+func TestNothingListeningNamesNoSecret(t *testing.T) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	c, _ := New("http://"+addr, "kvt_secret_token_value", WithRedeemRetries(1, time.Millisecond, time.Millisecond))
+	_, err := c.Redeem(context.Background(), "SECRET-KEY-VALUE", "SO-1", "")
+	var te *TransportError
+	if !errors.As(err, &te) {
+		t.Fatalf("want a TransportError, got %T %v", err, err)
+	}
+	if strings.Contains(err.Error(), "SECRET-KEY-VALUE") || strings.Contains(err.Error(), "kvt_secret") {
+		t.Fatalf("a secret in the error: %v", err)
+	}
+}
+
+func TestNewRefusesBadArguments(t *testing.T) {
+	for _, bad := range [][2]string{{"localhost:8080", "kvt_x"}, {"http://h", ""}, {"http://h", "kvt_x\r\nX: 1"}, {"ftp://h", "t"}} {
+		if _, err := New(bad[0], bad[1]); err == nil {
+			t.Fatalf("New(%q, %q) was accepted", bad[0], bad[1])
+		}
+	}
+	if _, err := New("http://h", "t", WithRedeemRetries(-1, 0, 0)); err == nil {
+		t.Fatal("negative retries were accepted")
+	}
+}

@@ -1,0 +1,74 @@
+package keyvault
+
+// Status is the outcome of a verify, redeem or void (the service's Result "status").
+type Status string
+
+// Every status a key's answer can carry.
+const (
+	StatusValid       Status = "valid"         // verify: the key would redeem now
+	StatusAccepted    Status = "accepted"      // redeem: this order holds the key (also on a retry)
+	StatusMalformed   Status = "malformed"     // not a key; Group names the group at fault when it can
+	StatusUnknown     Status = "unknown"       // well-formed, but no such key in this store
+	StatusRedeemed    Status = "redeemed"      // already redeemed, by OrderID at RedeemedAt
+	StatusVoid        Status = "void"          // withdrawn; Reason says why
+	StatusBlacklisted Status = "blacklisted"   // refused by a blacklist entry at Level
+	StatusExpired     Status = "expired"       // the batch's validity window has ended
+	StatusNotYetValid Status = "not_yet_valid" // the batch's validity window has not begun
+	StatusThrottled   Status = "throttled"     // the client was refused too often: the key was not looked at
+)
+
+// AllStatuses lists every status, in the service's order.
+var AllStatuses = []Status{StatusValid, StatusAccepted, StatusMalformed, StatusUnknown, StatusRedeemed,
+	StatusVoid, StatusBlacklisted, StatusExpired, StatusNotYetValid, StatusThrottled}
+
+// OK reports whether the status lets a key through (valid or accepted).
+func (s Status) OK() bool { return s == StatusValid || s == StatusAccepted }
+
+// Level is what a blacklist entry covers.
+type Level string
+
+// Every blacklist level.
+const (
+	LevelKey      Level = "key"
+	LevelSerial   Level = "serial"
+	LevelBatch    Level = "batch"
+	LevelSupplier Level = "supplier"
+)
+
+// AllLevels lists every blacklist level.
+var AllLevels = []Level{LevelKey, LevelSerial, LevelBatch, LevelSupplier}
+
+// Result is one key's answer. It never holds the key: only its public serial.
+// A field the answer does not carry is "" (Group: 0; groups count from 1).
+type Result struct {
+	Status       Status `json:"status"`
+	Serial       string `json:"serial"`
+	Batch        string `json:"batch"`
+	Supplier     string `json:"supplier"`
+	SupplierName string `json:"supplier_name"`
+	Product      string `json:"product"`
+	OrderID      string `json:"order_id"`
+	RedeemedAt   string `json:"redeemed_at"`
+	VoidedAt     string `json:"voided_at"`
+	Reason       string `json:"reason"`
+	Level        string `json:"level"`
+	Group        int    `json:"group"`
+	Message      string `json:"message"`
+}
+
+// OK reports whether the key got through (valid or accepted).
+func (r Result) OK() bool { return r.Status.OK() }
+
+// BlacklistEntry is a blacklist entry as added or lifted.
+type BlacklistEntry struct {
+	Level  string `json:"level"`
+	Target string `json:"target"`
+	Reason string `json:"reason"`
+	At     string `json:"at"`
+}
+
+// RedeemItem is one (key, order) pair of a RedeemMany.
+type RedeemItem struct {
+	Key     string `json:"key"`
+	OrderID string `json:"order_id"`
+}

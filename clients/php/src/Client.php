@@ -1,0 +1,216 @@
+<?php
+declare(strict_types=1);
+
+namespace Keyvault;
+
+/**
+ * A client of the keyvault HTTP service (docs/service.md), over ext-curl with one keep-alive connection.
+ *
+ * Every method returns typed answers or throws: ProblemException for a problem document (match on `type`),
+ * TransportException when the service cannot be reached or answers outside its API. Redeems answered 503
+ * (or lost on the way) are retried with the same order id, which the service makes safe.
+ */
+final class Client
+{
+    private \CurlHandle $curl;
+    private string $baseUrl;
+    /** The Retry-After of the last error answer, in seconds (0: none). */
+    private float $retryAfter = 0.0;
+
+    /**
+     * @param string $baseUrl         e.g. https://kv.example.net (no trailing /v1)
+     * @param string $token           a bearer token (`keyvault token create`)
+     * @param float  $timeout         seconds for a whole request
+     * @param float  $connectTimeout  seconds to connect
+     * @param int    $redeemRetries   retries of a redeem answered 503 or lost in transit (0: none)
+     * @param float  $retryBackoff    seconds before the first retry; doubled each time
+     * @param float  $maxBackoff      the longest wait between two tries (also caps Retry-After)
+     */
+    public function __construct(
+        string $baseUrl,
+        private readonly string $token,
+        private readonly float $timeout = 10.0,
+        private readonly float $connectTimeout = 3.0,
+        private readonly int $redeemRetries = 4,
+        private readonly float $retryBackoff = 0.2,
+        private readonly float $maxBackoff = 5.0,
+    ) {
+        if (!preg_match('#^https?://[^/\s]+#', $baseUrl)) {
+            throw new \InvalidArgumentException('baseUrl must be http(s)://HOST[:PORT]; pass the service\'s address');
+        }
+        if ($token === '' || preg_match('/[\x00-\x20\x7f]/', $token)) {
+            throw new \InvalidArgumentException('token must be the printable token `keyvault token create` printed');
+        }
+        if ($timeout <= 0 || $connectTimeout <= 0 || $redeemRetries < 0 || $retryBackoff < 0 || $maxBackoff < 0) {
+            throw new \InvalidArgumentException('timeouts must be positive, retries and backoffs not negative');
+        }
+        $this->baseUrl = rtrim($baseUrl, '/');
+        $this->curl = curl_init();
+    }
+
+    /** Check one key without spending it; `$client` is the shopper's account or IP (throttling keys on it). */
+    public function verify(string $key, ?string $client = null): Result
+    {
+        return $this->verifyMany([$key], $client)[0];
+    }
+
+    /**
+     * Check many keys without spending them: one Result per key, in input order.
+     * @param list<string> $keys
+     * @return list<Result>
+     */
+    public function verifyMany(array $keys, ?string $client = null): array
+    {
+        return $this->results($this->call('verify', Requests::verify($keys, $client), 0), count($keys));
+    }
+
+    /** Spend `$key` for `$orderId`, durably; a retry with the same order id gets the first answer. */
+    public function redeem(string $key, string $orderId, ?string $client = null): Result
+    {
+        return Result::fromArray($this->call('redeem', Requests::redeem($key, $orderId, $client), $this->redeemRetries));
+    }
+
+    /**
+     * Redeem many (key, order) pairs in one durable commit: one Result per item, in input order.
+     * @param list<array{key: string, order_id: string}|array{0: string, 1: string}> $items
+     * @return list<Result>
+     */
+    public function redeemMany(array $items, ?string $client = null): array
+    {
+        return $this->results($this->call('redeemMany', Requests::redeemMany($items, $client), $this->redeemRetries),
+            count($items));
+    }
+
+    /** Withdraw an unused key (by the key or its serial), saying why. Needs an admin token. */
+    public function void(string $keyOrSerial, string $reason): Result
+    {
+        return Result::fromArray($this->call('void', Requests::void($keyOrSerial, $reason), 0));
+    }
+
+    /** Blacklist a key, serial, batch or supplier (Level::*). Needs an admin token. */
+    public function blacklist(string $level, string $target, string $reason): BlacklistEntry
+    {
+        return BlacklistEntry::fromArray($this->call('blacklist', Requests::blacklist($level, $target, $reason), 0));
+    }
+
+    /** Lift a blacklist entry; lifting needs a reason too. Needs an admin token. */
+    public function lift(string $level, string $target, string $reason): BlacklistEntry
+    {
+        return BlacklistEntry::fromArray($this->call('lift', Requests::blacklist($level, $target, $reason), 0));
+    }
+
+    /** Where the key with this public serial came from and what happened to it (`$bundle`: the offline bundle). */
+    public function trace(string $serial, bool $bundle = false): array
+    {
+        return $this->object($this->send('GET', Requests::tracePath($serial, $bundle), null));
+    }
+
+    /** Counts per supplier and batch. Needs an admin token. */
+    public function stats(): array
+    {
+        return $this->object($this->send('GET', Requests::ROUTES['stats'][1], null));
+    }
+
+    /** The service's OpenAPI document. */
+    public function openapi(): array
+    {
+        return $this->object($this->send('GET', Requests::ROUTES['openapi'][1], null));
+    }
+
+    /** One operation of Requests::ROUTES with `$body`, retried up to `$retries` times when that is safe. */
+    private function call(string $operation, array $body, int $retries): mixed
+    {
+        [$method, $path] = Requests::ROUTES[$operation];
+        for ($attempt = 0; ; $attempt++) {
+            try {
+                return $this->send($method, $path, $body);
+            } catch (ProblemException|TransportException $exc) {
+                $retryable = $exc instanceof TransportException || $exc->status === 503;
+                if (!$retryable || $attempt >= $retries) {
+                    throw $exc;
+                }
+                $wait = min($this->maxBackoff, max($this->retryBackoff * (2 ** $attempt), $this->retryAfter));
+                usleep((int) round($wait * (1.0 + mt_rand() / mt_getrandmax() / 4) * 1e6));
+            }
+        }
+    }
+
+    /** One HTTP exchange: the decoded 200 answer, or an exception. */
+    private function send(string $method, string $path, ?array $body): mixed
+    {
+        $headers = ['Authorization: Bearer ' . $this->token, 'Accept: application/json, application/problem+json',
+                    'User-Agent: keyvault-php/1'];
+        $data = null;
+        if ($body !== null) {
+            try {
+                $data = json_encode($body, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE);
+            } catch (\JsonException) {
+                throw new \InvalidArgumentException('a key or text is not valid UTF-8; pass UTF-8 strings');
+            }
+            $headers[] = 'Content-Type: application/json';
+        }
+        $answerHeaders = [];
+        $ch = $this->curl;
+        curl_reset($ch);
+        curl_setopt_array($ch, [
+            CURLOPT_URL => $this->baseUrl . $path,
+            CURLOPT_CUSTOMREQUEST => $method,
+            CURLOPT_HTTPHEADER => $headers,
+            CURLOPT_RETURNTRANSFER => true,
+            CURLOPT_FOLLOWLOCATION => false,
+            CURLOPT_TIMEOUT_MS => (int) ceil($this->timeout * 1000),
+            CURLOPT_CONNECTTIMEOUT_MS => (int) ceil($this->connectTimeout * 1000),
+            CURLOPT_PROTOCOLS => CURLPROTO_HTTP | CURLPROTO_HTTPS,
+            CURLOPT_HEADERFUNCTION => static function ($ch, string $line) use (&$answerHeaders): int {
+                $parts = explode(':', $line, 2);
+                if (count($parts) === 2) {
+                    $answerHeaders[strtolower(trim($parts[0]))] = trim($parts[1]);
+                }
+                return strlen($line);
+            },
+        ]);
+        if ($data !== null) {
+            curl_setopt($ch, CURLOPT_POSTFIELDS, $data);
+        }
+        $raw = curl_exec($ch);
+        $this->retryAfter = 0.0;
+        if ($raw === false) {
+            throw new TransportException("keyvault at {$this->baseUrl} did not answer $method $path: "
+                . curl_error($ch) . '; check the URL and the network, and retry (a redeem with the same order id)');
+        }
+        $code = (int) curl_getinfo($ch, CURLINFO_RESPONSE_CODE);
+        $type = strtolower($answerHeaders['content-type'] ?? '');
+        $doc = json_decode((string) $raw, true, 512, JSON_BIGINT_AS_STRING);
+        if ($code === 200 && str_starts_with($type, 'application/json') && $doc !== null) {
+            return $doc;
+        }
+        if (isset($answerHeaders['retry-after']) && is_numeric($answerHeaders['retry-after'])) {
+            $this->retryAfter = (float) $answerHeaders['retry-after'];
+        }
+        if (str_starts_with($type, 'application/problem+json') && is_array($doc)
+            && is_string($doc['type'] ?? null) && is_string($doc['title'] ?? null)
+            && is_int($doc['status'] ?? null) && is_string($doc['detail'] ?? null)) {
+            throw new ProblemException($doc['type'], $doc['title'], $doc['status'], $doc['detail']);
+        }
+        throw new TransportException("keyvault at {$this->baseUrl} answered $method $path with HTTP $code and no "
+            . 'problem document; check the URL (a proxy in between?), and retry (a redeem with the same order id)');
+    }
+
+    /** A list of `$count` Results from a {"results": [...]} answer. */
+    private function results(mixed $doc, int $count): array
+    {
+        if (!is_array($doc) || !is_array($doc['results'] ?? null) || count($doc['results']) !== $count
+            || !array_is_list($doc['results'])) {
+            throw new TransportException('the service did not answer one result per key; check the URL');
+        }
+        return array_map([Result::class, 'fromArray'], $doc['results']);
+    }
+
+    private function object(mixed $doc): array
+    {
+        if (!is_array($doc)) {
+            throw new TransportException('the service answered something that is not a JSON object; check the URL');
+        }
+        return $doc;
+    }
+}

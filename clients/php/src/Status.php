@@ -1,0 +1,32 @@
+<?php
+declare(strict_types=1);
+
+namespace Keyvault;
+
+/** Every status a key's answer can carry (the service's Result `status` enum). */
+final class Status
+{
+    public const VALID = 'valid';                 // verify: the key would redeem now
+    public const ACCEPTED = 'accepted';           // redeem: this order holds the key (also on a retry)
+    public const MALFORMED = 'malformed';         // not a key; `group` names the group at fault when it can
+    public const UNKNOWN = 'unknown';             // well-formed, but no such key in this store
+    public const REDEEMED = 'redeemed';           // already redeemed, by `orderId` at `redeemedAt`
+    public const VOID = 'void';                   // withdrawn; `reason` says why
+    public const BLACKLISTED = 'blacklisted';     // refused by a blacklist entry at `level`
+    public const EXPIRED = 'expired';             // the batch's validity window has ended
+    public const NOT_YET_VALID = 'not_yet_valid'; // the batch's validity window has not begun
+    public const THROTTLED = 'throttled';         // the client was refused too often: the key was not looked at
+
+    /** Every status, in the service's order. */
+    public const ALL = [
+        self::VALID, self::ACCEPTED, self::MALFORMED, self::UNKNOWN, self::REDEEMED,
+        self::VOID, self::BLACKLISTED, self::EXPIRED, self::NOT_YET_VALID, self::THROTTLED,
+    ];
+
+    /** The statuses that let a key through. */
+    public const OK = [self::VALID, self::ACCEPTED];
+
+    private function __construct()
+    {
+    }
+}

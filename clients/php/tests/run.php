@@ -1,0 +1,536 @@
+<?php
+// The PHP client's tests: plain PHP, against the real service whose address and tokens the harness
+// (tests/test_clients.py) passes in KEYVAULT_TEST_* variables, plus a stand-in server for retries.
+// Prints one line per test and, last, "N passed, M failed"; exits 1 if any failed.
+declare(strict_types=1);
+
+require __DIR__ . '/../src/autoload.php';
+
+use Keyvault\BlacklistEntry;
+use Keyvault\Client;
+use Keyvault\Level;
+use Keyvault\ProblemException;
+use Keyvault\Requests;
+use Keyvault\Result;
+use Keyvault\Status;
+use Keyvault\TransportException;
+
+final class Failed extends \Exception
+{
+}
+
+function check(bool $cond, string $what): void
+{
+    if (!$cond) {
+        throw new Failed($what);
+    }
+}
+
+function same(mixed $expected, mixed $actual, string $what = ''): void
+{
+    if ($expected !== $actual) {
+        throw new Failed(($what ? "$what: " : '') . 'expected ' . var_export($expected, true)
+            . ', got ' . var_export($actual, true));
+    }
+}
+
+/** Run `$fn`, require it to throw `$class`, and return the exception. */
+function throws(string $class, callable $fn): \Throwable
+{
+    try {
+        $fn();
+    } catch (\Throwable $exc) {
+        if ($exc instanceof $class) {
+            return $exc;
+        }
+        throw new Failed("expected $class, got " . get_class($exc) . ': ' . $exc->getMessage());
+    }
+    throw new Failed("expected $class, nothing was thrown");
+}
+
+function problem(string $name, int $status, callable $fn): ProblemException
+{
+    $exc = throws(ProblemException::class, $fn);
+    same(ProblemException::PREFIX . $name, $exc->type, 'problem type');
+    same($status, $exc->status, 'problem status');
+    check($exc->title !== '' && $exc->detail !== '', 'a problem has a title and a detail');
+    same($name, $exc->name());
+    return $exc;
+}
+
+$tests = [];
+function test(string $name, callable $fn): void
+{
+    global $tests;
+    $tests[$name] = $fn;
+}
+
+function env(string $name): string
+{
+    $value = getenv($name);
+    if ($value === false || $value === '') {
+        fwrite(STDERR, "$name is not set: run these tests with `make test-clients` (it starts a server)\n");
+        exit(2);
+    }
+    return $value;
+}
+
+$url = env('KEYVAULT_TEST_URL');
+$tokens = ['verify' => env('KEYVAULT_TEST_TOKEN_VERIFY'), 'redeem' => env('KEYVAULT_TEST_TOKEN_REDEEM'),
+           'admin' => env('KEYVAULT_TEST_TOKEN_ADMIN')];
+$keys = explode(',', env('KEYVAULT_TEST_KEYS'));
+$serials = explode(',', env('KEYVAULT_TEST_SERIALS'));
+$unknown = explode(',', env('KEYVAULT_TEST_UNKNOWN'));
+$client = fn (string $scope = 'admin', array $opts = []): Client => new Client($url, $tokens[$scope], ...$opts);
+$run = 'php-' . bin2hex(random_bytes(4));  // order ids unique to this run
+
+// -- the served OpenAPI document: what the client sends and reads must be what the service declares ------
+
+/** The served document: without a token if the service allows it, else with the verify token. */
+function served_document(string $url, array $tokens): array
+{
+    try {
+        return (new Client($url, 'kvt_none'))->openapi();
+    } catch (ProblemException $exc) {
+        same(401, $exc->status, 'openapi.json without a valid token');
+        return (new Client($url, $tokens['verify']))->openapi();
+    }
+}
+
+$doc = served_document($url, $tokens);
+$schemas = $doc['components']['schemas'] ?? [];
+
+function resolve(array $schema, array $schemas): array
+{
+    while (isset($schema['$ref'])) {
+        $name = substr($schema['$ref'], strlen('#/components/schemas/'));
+        check(isset($schemas[$name]), "the document refers to a schema it does not hold: $name");
+        $schema = $schemas[$name];
+    }
+    return $schema;
+}
+
+/** Why `$value` does not match `$schema` (a small JSON Schema checker), or null when it does. */
+function mismatch(mixed $value, array $schema, array $schemas, string $at = '$'): ?string
+{
+    $schema = resolve($schema, $schemas);
+    $known = ['title', 'description', 'default', 'examples', 'type', 'enum', 'const', 'anyOf', 'oneOf',
+              'properties', 'required', 'additionalProperties', 'items', 'minLength', 'maxLength', 'maxItems',
+              'minItems', 'pattern', 'format', 'minimum', 'maximum'];
+    $unknown = array_diff(array_keys($schema), $known);
+    check($unknown === [], "the request schema at $at uses keywords this check does not know: "
+        . implode(', ', $unknown) . ' (teach clients/php/tests/run.php)');
+    foreach (['anyOf', 'oneOf'] as $word) {
+        if (isset($schema[$word])) {
+            $ok = array_filter($schema[$word], fn ($s) => mismatch($value, $s, $schemas, $at) === null);
+            if (count($ok) === 0 || ($word === 'oneOf' && count($ok) !== 1)) {
+                return "$at matches no branch of its $word";
+            }
+        }
+    }
+    if (isset($schema['type'])) {
+        $types = (array) $schema['type'];
+        $is = match (true) {
+            $value === null => 'null', is_bool($value) => 'boolean', is_int($value) => 'integer',
+            is_float($value) => 'number', is_string($value) => 'string',
+            is_array($value) && array_is_list($value) && ($value !== [] || !in_array('object', $types, true)) => 'array',
+            default => 'object',
+        };
+        if (!in_array($is, $types, true) && !($is === 'integer' && in_array('number', $types, true))) {
+            return "$at is $is, the schema wants " . implode('|', $types);
+        }
+    }
+    if (isset($schema['enum']) && !in_array($value, $schema['enum'], true)) {
+        return "$at is not one of " . implode(', ', $schema['enum']);
+    }
+    if (array_key_exists('const', $schema) && $value !== $schema['const']) {
+        return "$at is not " . json_encode($schema['const']);
+    }
+    if (is_string($value)) {
+        $len = (int) preg_match_all('/./us', $value);  // code points, as JSON Schema counts
+        if ($len < ($schema['minLength'] ?? 0) || $len > ($schema['maxLength'] ?? PHP_INT_MAX)) {
+            return "$at has a length outside its limits";
+        }
+        if (isset($schema['pattern']) && !preg_match('/' . str_replace('/', '\/', $schema['pattern']) . '/u', $value)) {
+            return "$at does not match its pattern";
+        }
+    }
+    if (is_array($value) && array_is_list($value) && isset($schema['items'])) {
+        if (count($value) > ($schema['maxItems'] ?? PHP_INT_MAX) || count($value) < ($schema['minItems'] ?? 0)) {
+            return "$at has a count outside its limits";
+        }
+        foreach ($value as $i => $item) {
+            if (($why = mismatch($item, $schema['items'], $schemas, "{$at}[$i]")) !== null) {
+                return $why;
+            }
+        }
+    }
+    if (is_array($value) && isset($schema['properties'])) {
+        foreach ($schema['required'] ?? [] as $name) {
+            if (!array_key_exists($name, $value)) {
+                return "$at lacks the required field `$name`";
+            }
+        }
+        foreach ($value as $name => $item) {
+            if (!isset($schema['properties'][$name])) {
+                if (($schema['additionalProperties'] ?? true) === false) {
+                    return "$at has the field `$name`, which the schema does not name";
+                }
+                continue;
+            }
+            if (($why = mismatch($item, $schema['properties'][$name], $schemas, "$at.$name")) !== null) {
+                return $why;
+            }
+        }
+    }
+    return null;
+}
+
+/** The request schema the served document names for `$operation` (Requests::ROUTES), checking the route. */
+function request_schema(string $operation, array $doc): ?array
+{
+    [$method, $path, $name] = Requests::ROUTES[$operation];
+    $op = $doc['paths'][$path][strtolower($method)] ?? null;
+    check(is_array($op), "the service does not serve $method $path, which the client calls for $operation");
+    $ref = $op['requestBody']['content']['application/json']['schema']['$ref'] ?? null;
+    if ($name === null) {
+        same(null, $op['requestBody'] ?? null, "$method $path takes no JSON body in the client");
+        return null;
+    }
+    same("#/components/schemas/$name", $ref, "$method $path's request schema");
+    return $doc['components']['schemas'][$name];
+}
+
+test('every Status constant is in the served Result status enum, and every served status has a constant', function () use ($schemas) {
+    $served = $schemas['Result']['properties']['status']['enum'] ?? null;
+    check(is_array($served), 'the served Result schema has a status enum');
+    $constants = array_values((new \ReflectionClass(Status::class))->getConstants());
+    $named = array_filter($constants, 'is_string');
+    same(Status::ALL, array_values($named), 'Status::ALL lists every constant, in order');
+    $a = Status::ALL;
+    $b = $served;
+    sort($a);
+    sort($b);
+    same($b, $a, 'the client\'s statuses against the served enum');
+});
+
+test('every Result property the client maps is in the served Result schema, and the other way round', function () use ($schemas) {
+    $served = $schemas['Result']['properties'];
+    $mapped = array_keys(Result::FIELDS);
+    $names = array_keys($served);
+    sort($mapped);
+    sort($names);
+    same($names, $mapped, 'Result::FIELDS against the served Result properties');
+    foreach ($schemas['Result']['required'] as $name) {
+        check(isset(Result::FIELDS[$name]), "the served Result requires `$name`");
+    }
+    // A document built from the served schema, every field present, reads into a Result.
+    $sample = [];
+    foreach ($served as $name => $schema) {
+        $types = (array) ($schema['type'] ?? 'string');
+        $sample[$name] = $name === 'status' ? $schema['enum'][0] : (in_array('integer', $types, true) ? 3 : 'x');
+    }
+    $result = Result::fromArray($sample);
+    foreach (Result::FIELDS as $name => $property) {
+        same($sample[$name], $result->$property, "Result->$property");
+    }
+    $props = array_map(fn ($p) => $p->getName(), (new \ReflectionClass(Result::class))->getProperties());
+    same(array_values(Result::FIELDS), $props, 'Result declares exactly the mapped properties');
+});
+
+test('BlacklistEntry maps exactly the served BlacklistEntry schema', function () use ($schemas) {
+    $names = array_keys($schemas['BlacklistEntry']['properties']);
+    $mapped = array_keys(BlacklistEntry::FIELDS);
+    sort($names);
+    sort($mapped);
+    same($names, $mapped);
+});
+
+test('every route the client calls is served, with the request schema the client builds for', function () use ($doc) {
+    foreach (array_keys(Requests::ROUTES) as $operation) {
+        request_schema($operation, $doc);
+    }
+    $levels = resolve($doc['components']['schemas']['BlacklistRequest']['properties']['level'], $doc['components']['schemas'])['enum'];
+    sort($levels);
+    $mine = Level::ALL;
+    sort($mine);
+    same($levels, $mine, 'Level::ALL against the served levels');
+});
+
+test('each request body the client sends has exactly the fields its served schema allows', function () use ($doc) {
+    $schemas = $doc['components']['schemas'];
+    $bodies = [
+        'verify' => [Requests::verify(['K1', 'K2'], 'acct-1'), Requests::verify([])],
+        'redeem' => [Requests::redeem('K', 'SO-1', 'acct-1'), Requests::redeem('K', 'SO-1')],
+        'redeemMany' => [Requests::redeemMany([['key' => 'K', 'order_id' => 'O'], ['K2', 'O2']], 'acct-1'),
+                         Requests::redeemMany([])],
+        'void' => [Requests::void('K', 'refund')],
+        'blacklist' => [Requests::blacklist(Level::SERIAL, 'S', 'fraud')],
+        'lift' => [Requests::blacklist(Level::SUPPLIER, 'S', 'cleared')],
+    ];
+    foreach ($bodies as $operation => $examples) {
+        $schema = request_schema($operation, $doc);
+        foreach ($examples as $body) {
+            $why = mismatch($body, $schema, $schemas);
+            check($why === null, "$operation body " . json_encode($body) . ": $why");
+        }
+        // With every optional argument given, the body holds every field the schema names: none is left unsent.
+        $names = array_keys($schema['properties']);
+        $full = array_keys($examples[0]);
+        sort($names);
+        sort($full);
+        same($names, $full, "$operation's fields against the served schema");
+    }
+    check(mismatch(['keys' => ['K'], 'clinet' => 'x'], $schemas['VerifyRequest'], $schemas) !== null,
+        'the checker itself refuses an unknown field');
+    check(mismatch(['key' => 'K'], $schemas['RedeemRequest'], $schemas) !== null,
+        'the checker itself refuses a missing field');
+});
+
+// -- against the real service ------------------------------------------------------------------------
+
+test('verify: a valid key, an unknown key, a malformed one', function () use ($client, $keys, $serials, $unknown) {
+    $kv = $client('verify');
+    $valid = $kv->verify($keys[0]);
+    same(Status::VALID, $valid->status);
+    same($serials[0], $valid->serial);
+    check($valid->ok() && $valid->batch !== null && $valid->supplier !== null && $valid->product !== null, 'a valid answer');
+    $unk = $kv->verify($unknown[0], 'acct-php');
+    same(Status::UNKNOWN, $unk->status);
+    check(!$unk->ok(), 'unknown is not ok');
+    $bad = $kv->verify('not-a-key');
+    same(Status::MALFORMED, $bad->status);
+    same(null, $bad->serial);
+});
+
+test('verifyMany answers in input order, one per key', function () use ($client, $keys, $serials, $unknown) {
+    $answers = $client('verify')->verifyMany([$keys[1], 'junk', $unknown[1], $keys[0]]);
+    same([Status::VALID, Status::MALFORMED, Status::UNKNOWN, Status::VALID], array_map(fn ($r) => $r->status, $answers));
+    same($serials[1], $answers[0]->serial);
+    same($serials[0], $answers[3]->serial);
+    same([], $client('verify')->verifyMany([]));
+});
+
+test('redeem: accepted, the same order again accepted, another order redeemed', function () use ($client, $keys, $serials, $run) {
+    $kv = $client('redeem');
+    $first = $kv->redeem($keys[2], "$run-A", 'acct-php');
+    same(Status::ACCEPTED, $first->status);
+    same("$run-A", $first->orderId);
+    same($serials[2], $first->serial);
+    check($first->redeemedAt !== null, 'accepted carries redeemed_at');
+    $again = $kv->redeem($keys[2], "$run-A");
+    same(Status::ACCEPTED, $again->status);
+    same($first->redeemedAt, $again->redeemedAt, 'a retry gets the first answer');
+    $other = $kv->redeem($keys[2], "$run-B");
+    same(Status::REDEEMED, $other->status);
+    same("$run-A", $other->orderId, 'redeemed names the first order');
+    same(Status::REDEEMED, $kv->verify($keys[2])->status);
+});
+
+test('redeemMany: one answer per item in order, one bad key failing nothing else', function () use ($client, $keys, $serials, $run) {
+    $answers = $client('redeem')->redeemMany([
+        ['key' => $keys[3], 'order_id' => "$run-M3"], [$keys[4], "$run-M4"], ['key' => 'junk', 'order_id' => "$run-M5"],
+    ], 'acct-php');
+    same([Status::ACCEPTED, Status::ACCEPTED, Status::MALFORMED], array_map(fn ($r) => $r->status, $answers));
+    same([$serials[3], $serials[4]], [$answers[0]->serial, $answers[1]->serial]);
+    same("$run-M4", $answers[1]->orderId);
+    throws(\InvalidArgumentException::class, fn () => $client('redeem')->redeemMany([['key' => $keys[5]]]));
+});
+
+test('void by serial: the key answers void with the reason', function () use ($client, $keys, $serials) {
+    $kv = $client('admin');
+    $voided = $kv->void($serials[5], 'refunded');
+    same(Status::VOID, $voided->status);
+    same($serials[5], $voided->serial);
+    $after = $kv->verify($keys[5]);
+    same(Status::VOID, $after->status);
+    same('refunded', $after->reason);
+});
+
+test('blacklist then lift a serial', function () use ($client, $keys, $serials) {
+    $kv = $client('admin');
+    $entry = $kv->blacklist(Level::SERIAL, $serials[6], 'reported stolen');
+    check($entry instanceof BlacklistEntry, 'an entry');
+    // A serial names one key: the service files it at level `key`.
+    check(in_array($entry->level, [Level::KEY, Level::SERIAL], true), "entry level {$entry->level}");
+    same([$serials[6], 'reported stolen'], [$entry->target, $entry->reason]);
+    $refused = $kv->verify($keys[6]);
+    same(Status::BLACKLISTED, $refused->status);
+    same($entry->level, $refused->level);
+    same('reported stolen', $refused->reason);
+    $lifted = $kv->lift(Level::SERIAL, $serials[6], 'found');
+    same($serials[6], $lifted->target);
+    same(Status::VALID, $kv->verify($keys[6])->status);
+    problem('not-found', 404, fn () => $kv->lift(Level::SERIAL, $serials[6], 'again'));
+});
+
+test('trace and stats', function () use ($client, $serials) {
+    $story = $client('redeem')->trace($serials[2]);
+    check($story !== [], 'a trace');
+    check(str_contains(json_encode($story), $serials[2]), 'the trace names its serial');
+    check($client('admin')->stats() !== [], 'stats');
+    problem('not-found', 404, fn () => $client('redeem')->trace('NOPE-000-99999'));
+});
+
+test('401: an unknown token is a ProblemException of type unauthorized', function () use ($url, $keys) {
+    problem('unauthorized', 401, fn () => (new Client($url, 'kvt_' . str_repeat('A', 43)))->verify($keys[0]));
+});
+
+test('403: a verify token cannot redeem, nor a redeem token void', function () use ($client, $keys, $serials, $run) {
+    $exc = problem('forbidden', 403, fn () => $client('verify')->redeem($keys[7], "$run-F"));
+    check(str_contains($exc->detail, 'redeem'), 'the detail names the scope needed');
+    problem('forbidden', 403, fn () => $client('redeem')->void($serials[7], 'no'));
+    problem('forbidden', 403, fn () => $client('redeem')->stats());
+    same(Status::VALID, $client('verify')->verify($keys[7])->status, 'nothing was redeemed');
+});
+
+test('422: bad input is a ProblemException of type invalid-request, and changes nothing', function () use ($client, $keys, $serials) {
+    problem('invalid-request', 422, fn () => $client('redeem')->redeem($keys[8], ''));
+    problem('invalid-request', 422, fn () => $client('redeem')->redeem($keys[8], 'SO-1', str_repeat('c', 64)));
+    problem('invalid-request', 422, fn () => $client('admin')->blacklist('galaxy', $serials[8], 'x'));
+    problem('invalid-request', 422, fn () => $client('admin')->void($serials[8], "   "));
+    same(Status::VALID, $client('verify')->verify($keys[8])->status);
+});
+
+test('a refused 4xx is not retried', function () use ($client, $keys) {
+    $started = microtime(true);
+    problem('invalid-request', 422, fn () => $client('redeem', ['retryBackoff' => 2.0])->redeem($keys[8], ''));
+    check(microtime(true) - $started < 1.5, 'no backoff was slept');
+});
+
+test('bad options and addresses are refused before any request', function () use ($url, $tokens) {
+    throws(\InvalidArgumentException::class, fn () => new Client('localhost:8080', $tokens['verify']));
+    throws(\InvalidArgumentException::class, fn () => new Client($url, "kvt_x\r\nX-Evil: 1"));
+    throws(\InvalidArgumentException::class, fn () => new Client($url, $tokens['verify'], timeout: 0));
+    throws(\InvalidArgumentException::class, fn () => new Client($url, $tokens['verify'], redeemRetries: -1));
+    throws(\InvalidArgumentException::class, fn () => (new Client($url, $tokens['verify']))->verify("\xff\xfe"));
+});
+
+// -- transport and retries, against a stand-in server ------------------------------------------------
+
+final class Fake
+{
+    public string $dir;
+    public string $url;
+    /** @var resource */
+    private $proc;
+
+    public function __construct()
+    {
+        $this->dir = sys_get_temp_dir() . '/kv-php-fake-' . bin2hex(random_bytes(4));
+        mkdir($this->dir);
+        $sock = stream_socket_server('tcp://127.0.0.1:0');
+        $port = (int) substr(strrchr(stream_socket_get_name($sock, false), ':'), 1);
+        fclose($sock);
+        $this->url = "http://127.0.0.1:$port";
+        $env = ['FAKE_DIR' => $this->dir, 'PATH' => getenv('PATH')];
+        $this->proc = proc_open([PHP_BINARY, '-S', "127.0.0.1:$port", __DIR__ . '/fake_server.php'],
+            [0 => ['pipe', 'r'], 1 => ['file', '/dev/null', 'w'], 2 => ['file', '/dev/null', 'w']], $pipes, null, $env);
+        for ($i = 0; $i < 200; $i++) {
+            $conn = @fsockopen('127.0.0.1', $port, $errno, $errstr, 0.1);
+            if ($conn) {
+                fclose($conn);
+                return;
+            }
+            usleep(25000);
+        }
+        throw new Failed('the stand-in server did not start');
+    }
+
+    public function plan(string ...$steps): void
+    {
+        file_put_contents($this->dir . '/plan', implode("\n", $steps) . "\n");
+        @unlink($this->dir . '/log');
+    }
+
+    /** @return list<string> the requests it received */
+    public function log(): array
+    {
+        return is_file($this->dir . '/log') ? file($this->dir . '/log', FILE_IGNORE_NEW_LINES) : [];
+    }
+
+    public function stop(): void
+    {
+        proc_terminate($this->proc);
+        proc_close($this->proc);
+        array_map('unlink', glob($this->dir . '/*'));
+        rmdir($this->dir);
+    }
+}
+
+$fake = null;
+test('a redeem answered 503 is retried with the same order id, then answered', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('503', '503', '200');
+    $result = (new Client($fake->url, 'kvt_t', retryBackoff: 0.01))->redeem('K-1', 'SO-77');
+    same(Status::ACCEPTED, $result->status);
+    $log = $fake->log();
+    same(3, count($log), 'three tries');
+    foreach ($log as $line) {
+        check(str_contains($line, '"order_id":"SO-77"') && str_starts_with($line, 'POST /v1/redeem '), $line);
+    }
+});
+
+test('retries are bounded: the last 503 is thrown after 1 + redeemRetries tries', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('503');
+    problem('store-unavailable', 503, fn () => (new Client($fake->url, 'kvt_t', redeemRetries: 2, retryBackoff: 0.01))
+        ->redeemMany([['K', 'SO-1']]));
+    same(3, count($fake->log()));
+    $fake->plan('503');
+    problem('store-unavailable', 503, fn () => (new Client($fake->url, 'kvt_t', redeemRetries: 0))->redeem('K', 'SO-1'));
+    same(1, count($fake->log()), 'redeemRetries: 0 tries once');
+});
+
+test('a verify answered 503 is not retried (the caller decides)', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('503');
+    problem('store-unavailable', 503, fn () => (new Client($fake->url, 'kvt_t', retryBackoff: 0.01))->verify('K'));
+    same(1, count($fake->log()));
+});
+
+test('a proxy\'s HTML error is a TransportException, and a redeem retries through it', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('html');
+    throws(TransportException::class, fn () => (new Client($fake->url, 'kvt_t'))->verify('K'));
+    $fake->plan('html', '200');
+    same(Status::ACCEPTED, (new Client($fake->url, 'kvt_t', retryBackoff: 0.01))->redeem('K', 'SO-9')->status);
+    same(2, count($fake->log()));
+});
+
+test('a timeout is a TransportException, after the configured time', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('sleep');
+    $started = microtime(true);
+    throws(TransportException::class, fn () => (new Client($fake->url, 'kvt_t', timeout: 0.5))->verify('K'));
+    $took = microtime(true) - $started;
+    check($took < 2.5, "the 0.5 s timeout held ($took s)");
+});
+
+test('nothing listening is a TransportException that names no key and no token', function () use ($tokens, $keys) {
+    $sock = stream_socket_server('tcp://127.0.0.1:0');
+    $addr = stream_socket_get_name($sock, false);
+    fclose($sock);
+    $exc = throws(TransportException::class, fn () => (new Client("http://$addr", $tokens['redeem'], redeemRetries: 1, retryBackoff: 0.01))
+        ->redeem($keys[9], 'SO-1'));
+    check(!str_contains($exc->getMessage(), $keys[9]) && !str_contains($exc->getMessage(), $tokens['redeem']),
+        'no secret in the message');
+});
+
+// -- run --------------------------------------------------------------------------------------------
+
+$passed = 0;
+$failed = 0;
+foreach ($tests as $name => $fn) {
+    try {
+        $fn();
+        $passed++;
+        echo "ok   $name\n";
+    } catch (\Throwable $exc) {
+        $failed++;
+        echo "FAIL $name\n     " . get_class($exc) . ': ' . $exc->getMessage() . "\n";
+    }
+}
+$fake?->stop();
+echo "$passed passed, $failed failed\n";
+exit($failed === 0 ? 0 : 1);

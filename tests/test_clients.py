@@ -1,0 +1,139 @@
+"""The PHP and Go clients (clients/) against a real ``keyvault serve``.
+
+One server, started here on a free loopback port over a fresh store, serves
+both suites; each gets its own keys, three tokens (verify, redeem, admin) and
+keys of a batch the store never imported (``unknown``) by environment
+variables. The suites also check their request and answer shapes against the
+OpenAPI document the server serves, so a service change that breaks a client
+fails here. Without ``php`` (with curl) or ``go`` the suite is skipped with the
+reason, unless KEYVAULT_REQUIRE_CLIENTS=1 (CI), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import issue
+from service_support import Server, make_token
+
+from keyvault import Identity, Vault
+
+CLIENTS = Path(__file__).resolve().parent.parent / "clients"
+# Read at import: the autouse fixture that clears KEYVAULT_* variables runs later, per test.
+REQUIRE = os.environ.get("KEYVAULT_REQUIRE_CLIENTS", "") == "1"
+KEYS_PER_SUITE = 16
+
+
+def _missing_php() -> str | None:
+    php = shutil.which("php")
+    if php is None:
+        return "php is not installed (apt-get install php-cli php-curl)"
+    modules = subprocess.run([php, "-m"], capture_output=True, text=True, timeout=60).stdout.split()
+    if "curl" not in modules or "json" not in modules:
+        return "php has no curl or json extension (apt-get install php-curl)"
+    return None
+
+
+def _missing_go() -> str | None:
+    return None if shutil.which("go") else "go is not installed (apt-get install golang-go)"
+
+
+def _need(missing: str | None) -> None:
+    """Skip for a missing toolchain, or fail under KEYVAULT_REQUIRE_CLIENTS=1."""
+    if missing is not None:
+        if REQUIRE:
+            pytest.fail(f"KEYVAULT_REQUIRE_CLIENTS=1 but {missing}")
+        pytest.skip(f"{missing}; KEYVAULT_REQUIRE_CLIENTS=1 makes this a failure")
+
+
+@dataclass
+class Served:
+    """The running server and what the suites get."""
+
+    server: Server
+    tokens: dict[str, str]
+    keys: list[str]
+    serials: list[str]
+    unknown: list[str]
+    root: Path
+
+    def env(self, suite: int) -> dict[str, str]:
+        """The environment of client suite number ``suite``: its own slice of keys."""
+        part = slice(suite * KEYS_PER_SUITE, (suite + 1) * KEYS_PER_SUITE)
+        env = {name: value for name, value in os.environ.items() if not name.startswith("KEYVAULT_")}
+        env.update({
+            "KEYVAULT_TEST_URL": f"http://127.0.0.1:{self.server.port}",
+            "KEYVAULT_TEST_TOKEN_VERIFY": self.tokens["verify"],
+            "KEYVAULT_TEST_TOKEN_REDEEM": self.tokens["redeem"],
+            "KEYVAULT_TEST_TOKEN_ADMIN": self.tokens["admin"],
+            "KEYVAULT_TEST_KEYS": ",".join(self.keys[part]),
+            "KEYVAULT_TEST_SERIALS": ",".join(self.serials[part]),
+            "KEYVAULT_TEST_UNKNOWN": ",".join(self.unknown[suite * 4:(suite + 1) * 4]),
+        })
+        return env
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("clients")
+    supplier = Identity.generate("Acme Games")
+    with Vault.init(root / "supplier") as made:
+        first = issue(made, supplier, root / "files", count=2 * KEYS_PER_SUITE)
+        spare = issue(made, supplier, root / "files", count=8, product="POINTS-50")
+    store = root / "platform"
+    with Vault.init(store) as platform:
+        platform.trust(supplier.public)
+        platform.import_manifest(first.manifest)
+    tokens = {scope: make_token(store, f"{scope}-client", scope) for scope in ("verify", "redeem", "admin")}
+    server = Server(store, root / "server.log").start()
+    try:
+        yield Served(server, tokens, first.keys, first.serials, spare.keys, root)
+    finally:
+        server.kill()
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(cmd)} exited {done.returncode}:\n{out[-6000:]}"
+    return out
+
+
+def test_php_client(served: Served) -> None:
+    _need(_missing_php())
+    out = _run(["php", "tests/run.php"], CLIENTS / "php", served.env(0))
+    last = out.strip().splitlines()[-1]
+    counted = re.fullmatch(r"(\d+) passed, 0 failed", last)
+    assert counted and int(counted.group(1)) >= 20, out[-6000:]
+
+
+def test_go_client(served: Served, tmp_path: Path) -> None:
+    _need(_missing_go())
+    env = served.env(1)
+    env.update({"GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local",
+                "GOCACHE": env.get("GOCACHE") or str(Path.home() / ".cache" / "go-build"),
+                "GOPATH": env.get("GOPATH") or str(tmp_path / "gopath")})
+    out = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", env)
+    assert "--- SKIP" not in out, out[-6000:]
+    passed = out.count("--- PASS")
+    assert passed >= 15 and "--- FAIL" not in out, out[-6000:]
+
+
+def test_a_missing_toolchain_skips_or_fails_as_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert _missing_php() is not None and _missing_go() is not None
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", False)
+    with pytest.raises(pytest.skip.Exception, match="KEYVAULT_REQUIRE_CLIENTS=1 makes this a failure"):
+        _need(_missing_go())
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRE", True)
+    with pytest.raises(pytest.fail.Exception, match="KEYVAULT_REQUIRE_CLIENTS=1 but go is not installed"):
+        _need(_missing_go())
+    _need(None)  # nothing missing: neither
