@@ -376,6 +376,25 @@ class AsyncVault:
         """Lift a client's block now and restart its count (a support action)."""
         await self._io.write(self.vault.unblock, client)
 
+    async def unlock_card(self, card_number: str) -> bool:
+        """Unlock an imported card locked after too many wrong passwords; False when it had no lock."""
+        return await self._io.write(self.vault.unlock_card, card_number)
+
+    async def locked_cards(self) -> list[dict[str, Any]]:
+        """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
+        return await self._io.read(self.vault.locked_cards)
+
+    async def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+        """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest."""
+        return await self._io.read(self.vault.backup, dest, with_pepper=with_pepper)
+
+    @staticmethod
+    async def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                      since: str | Sequence[str] | None = None,
+                      pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Restore a backup into the new store directory ``dest``, checked (in a worker thread)."""
+        return await asyncio.to_thread(Vault.restore, src, dest, since=since, pepper_file=pepper_file)
+
     # -- reports ---------------------------------------------------------------------------------
 
     async def flush_stats(self) -> None:

@@ -424,11 +424,15 @@ def test_the_stall_meter_catches_calls_made_on_the_loop(tmp_path: Path, supplier
         done.set_result(call())  # what an AsyncVault that blocked the loop would do
         return done
 
-    async def main() -> float:
+    async def main() -> tuple[float, float]:
         async with await AsyncVault.open(path) as vault:
             monkeypatch.setattr(type(vault._io), "_run", inline)
-            return await longest_stall(traffic(load(vault, batch.keys)))
+            started = time.perf_counter()
+            stall = await longest_stall(traffic(load(vault, batch.keys)))
+            return stall, time.perf_counter() - started
 
-    stall = run(main())
-    print(f"\nthe same load run on the loop: longest stall {stall * 1000:.0f} ms")
-    assert stall > STALL_BOUND
+    stall, elapsed = run(main())
+    print(f"\nthe same load run on the loop: longest stall {stall * 1000:.0f} ms of {elapsed * 1000:.0f} ms")
+    # Run on the loop, the load never lets the ticker in: the meter sees most of the run as one stall,
+    # however fast this machine is.
+    assert stall > 0.5 * elapsed

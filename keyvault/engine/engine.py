@@ -38,7 +38,7 @@ from ..formats.events import parse_leaf
 from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
 from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
 from ..formats.manifest import read_manifest
-from ..results import Result, Status
+from ..results import Result
 from ..store import ACTIVE, VOIDED, LmdbStore, Txn
 from ..store.lmdbstore import LMDB_ERRORS
 from ..store.records import (

@@ -17,7 +17,6 @@ from ..store.records import (
     OUTCOME,
     from_u64,
     u64,
-    unpack_card,
 )
 from .catalog import BatchInfo, Catalog
 from .ledger import Change
@@ -74,7 +73,7 @@ def _unspent(txn: Txn, serial: int, overlay: dict[int, Change]) -> bool:
     if change is not None:
         return change[0] == ACTIVE
     record = txn.get("cards", u64(serial))
-    return record is not None and unpack_card(bytes(record))[0] == ACTIVE
+    return record is not None and len(record) > 0 and record[0] == ACTIVE  # the state byte leads a card record
 
 
 def _batch_figures(txn: Txn, cat: Catalog, info: BatchInfo, counts: dict[str, int],

@@ -11,7 +11,7 @@ Every change is an event in the log.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 from ..clock import iso
 from ..errors import NotFoundError, TrustError
