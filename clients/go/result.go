@@ -15,11 +15,12 @@ const (
 	StatusExpired     Status = "expired"       // the batch's validity window has ended
 	StatusNotYetValid Status = "not_yet_valid" // the batch's validity window has not begun
 	StatusThrottled   Status = "throttled"     // the client was refused too often: the key was not looked at
+	StatusDamaged     Status = "damaged"       // the store's record of this key is damaged: nothing was decided
 )
 
 // AllStatuses lists every status, in the service's order.
 var AllStatuses = []Status{StatusValid, StatusAccepted, StatusMalformed, StatusUnknown, StatusRedeemed,
-	StatusVoid, StatusBlacklisted, StatusExpired, StatusNotYetValid, StatusThrottled}
+	StatusVoid, StatusBlacklisted, StatusExpired, StatusNotYetValid, StatusThrottled, StatusDamaged}
 
 // OK reports whether the status lets a key through (valid or accepted).
 func (s Status) OK() bool { return s == StatusValid || s == StatusAccepted }

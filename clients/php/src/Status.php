@@ -16,11 +16,12 @@ final class Status
     public const EXPIRED = 'expired';             // the batch's validity window has ended
     public const NOT_YET_VALID = 'not_yet_valid'; // the batch's validity window has not begun
     public const THROTTLED = 'throttled';         // the client was refused too often: the key was not looked at
+    public const DAMAGED = 'damaged';             // the store's record of this key is damaged: nothing was decided
 
     /** Every status, in the service's order. */
     public const ALL = [
         self::VALID, self::ACCEPTED, self::MALFORMED, self::UNKNOWN, self::REDEEMED,
-        self::VOID, self::BLACKLISTED, self::EXPIRED, self::NOT_YET_VALID, self::THROTTLED,
+        self::VOID, self::BLACKLISTED, self::EXPIRED, self::NOT_YET_VALID, self::THROTTLED, self::DAMAGED,
     ];
 
     /** The statuses that let a key through. */
