@@ -48,7 +48,8 @@ _LOCK_FILE_SIZE = 192 + 64 * (MAX_READERS - 1)
 LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.0 differ
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-            lmdb.BadRslotError, lmdb.BadTxnError)  # (BadTxnError: a transaction that already met damage)
+            lmdb.BadRslotError, lmdb.BadTxnError,  # (BadTxnError: a transaction that already met damage)
+            lmdb.IncompatibleError)  # a named database whose flags were damaged: keyvault never changes them
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
@@ -310,7 +311,7 @@ class LmdbStore:
                                         "from another keyvault version; restore it from a backup")
             # Handles opened inside a read transaction die with it: let py-lmdb open them in its own.
             dbs = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
-        except _CORRUPT as exc:
+        except (*_CORRUPT, lmdb.Error) as exc:  # the environment opened: what fails while checking it is damage
             env.close()
             raise StoreCorruptError(f"{path} is damaged ({exc.__class__.__name__}); restore it from a backup") from None
         except BaseException:
