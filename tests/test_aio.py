@@ -418,21 +418,26 @@ def test_the_stall_meter_catches_calls_made_on_the_loop(tmp_path: Path, supplier
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     batch = issue(supplier_store, supplier, tmp_path / "files", 200)
     path = shop(tmp_path, "shop", supplier, batch)
+    blocked = []
 
     def inline(self: object, pool: object, call: Callable[[], T]) -> Awaitable[T]:
+        # What an AsyncVault that ran its calls on the loop would do, with one read as slow as the bound.
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        done.set_result(call())  # what an AsyncVault that blocked the loop would do
+        if len(blocked) == 100:
+            time.sleep(STALL_BOUND)
+        blocked.append(call)
+        done.set_result(call())
         return done
 
-    async def main() -> tuple[float, float]:
+    async def main() -> float:
         async with await AsyncVault.open(path) as vault:
             monkeypatch.setattr(type(vault._io), "_run", inline)
-            started = time.perf_counter()
-            stall = await longest_stall(traffic(load(vault, batch.keys)))
-            return stall, time.perf_counter() - started
+            return await longest_stall(traffic(load(vault, batch.keys)))
 
-    stall, elapsed = run(main())
-    print(f"\nthe same load run on the loop: longest stall {stall * 1000:.0f} ms of {elapsed * 1000:.0f} ms")
-    # Run on the loop, the load never lets the ticker in: the meter sees most of the run as one stall,
-    # however fast this machine is.
-    assert stall > 0.5 * elapsed
+    stall = run(main())
+    print(f"\nthe same load run on the loop, one call blocking {STALL_BOUND * 1000:.0f} ms: "
+          f"longest stall {stall * 1000:.0f} ms")
+    assert len(blocked) > 100
+    # The meter must see that one blocking call whole, however fast or busy this machine is: the test
+    # above would then fail for a loop blocked that long.
+    assert stall >= STALL_BOUND - 0.002
