@@ -87,3 +87,7 @@ class TrustError(KeyvaultError):
 
 class CustodyError(KeyvaultError, ValueError):
     """A transfer or lot that is forged, out of chain, or a double sale."""
+
+
+class WebhookError(KeyvaultError, ValueError):
+    """A webhook whose Standard Webhooks signature, headers or secret do not check out."""
