@@ -2,79 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import click
 
 from keyvault import Scope
 from keyvault.service.limits import Limits
 
-_LIMITS = Limits()  # the defaults
-
+from .config import effective, parse_bind, serve_options
 from .output import State, emit, handle_errors, json_option
 
 
-def _bind(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise click.BadParameter("use HOST:PORT, like 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
-
-
 @click.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Worker processes (one per core is a good start).")
-@click.option("--access-log/--no-access-log", default=True, show_default=True,
-              help="Log method, route, status and time of every request on stderr.")
-@click.option("--max-header-bytes", default=_LIMITS.max_header_bytes, show_default=True,
-              type=click.IntRange(1024, 1 << 20),
-              help="Bytes of a request's line and headers; beyond: 431.")
-@click.option("--max-headers", default=_LIMITS.max_headers, show_default=True,
-              type=click.IntRange(8, 10_000),
-              help="Header lines of a request; beyond: 431.")
-@click.option("--max-request-line", default=_LIMITS.max_request_line, show_default=True,
-              type=click.IntRange(256, 1 << 20),
-              help="Bytes of a request's target (path and query); beyond: 414.")
-@click.option("--header-timeout", default=_LIMITS.header_timeout, show_default=True,
-              type=click.FloatRange(0.1, 3600),
-              help="Seconds from a request's first byte to the end of its headers; beyond: 408, closed.")
-@click.option("--body-timeout", default=_LIMITS.body_timeout, show_default=True,
-              type=click.FloatRange(0.1, 3600),
-              help="Seconds for a request body, plus one for each 64 KiB received; beyond: 408, closed.")
-@click.option("--keep-alive", default=_LIMITS.keep_alive, show_default=True,
-              type=click.FloatRange(0.1, 3600),
-              help="Seconds a connection may stay idle, before its first request too; then it is closed.")
-@click.option("--max-connections", default=_LIMITS.max_connections, show_default=True,
-              type=click.IntRange(1, 1_000_000),
-              help="Open connections per worker; beyond, the one idle longest is closed.")
-@click.option("--backlog", default=_LIMITS.backlog, show_default=True,
-              type=click.IntRange(1, 65535),
-              help="Connections the kernel queues until a worker accepts them.")
-@click.pass_obj
+@serve_options
+@click.pass_context
 @handle_errors
-def serve(state: State, bind: str, workers: int, access_log: bool, max_header_bytes: int, max_headers: int,
-          max_request_line: int, header_timeout: float, body_timeout: float, keep_alive: float,
-          max_connections: int, backlog: int) -> None:
-    """Serve the HTTP JSON API until SIGTERM; put a TLS-terminating proxy in front of it."""
+def serve(ctx: click.Context, config_file: Path | None, **_: Any) -> None:
+    """Serve the HTTP JSON API until SIGTERM; put a TLS-terminating proxy in front of it.
+
+    Settings come from flags, then environment variables, then the --config file, then the defaults:
+    `keyvault config show` prints the result.
+    """
     from keyvault.service import server
 
+    settings, _path = effective(ctx, config_file)
+    value = {key: setting.value for key, setting in settings.items()}
+    state: State = ctx.obj
+    state.store, state.pepper_file = value["store"], value["pepper_file"]
     if state.store is None:
-        raise click.UsageError("no store given: pass --store DIR or set KEYVAULT_STORE")
-    host, port = _bind(bind)
-    limits = Limits(max_header_bytes=max_header_bytes, max_headers=max_headers, max_request_line=max_request_line,
-                    header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
-                    max_connections=max_connections, backlog=backlog)
+        raise click.UsageError("no store given: pass --store DIR, set KEYVAULT_STORE, or set store in the "
+                               "--config file")
+    bind = value["serve.bind"]
+    host, port = parse_bind(bind)
+    workers, log_format = value["serve.workers"], value["serve.log_format"]
+    limits = Limits(**{name: value[f"serve.{name}"] for name in Limits.__dataclass_fields__})
+    if log_format == "json":  # the lines below, as every other line of the service
+        logging.config.dictConfig(server.log_config("json"))
+        say: Callable[[str], None] = logging.getLogger("keyvault.service").info
+    else:
+        say = partial(click.echo, err=True)
     tokens = server.check(state.store, state.pepper_file, host)
     if tokens == 0:
-        click.echo("keyvault: no tokens yet, so every /v1 request will get 401: "
-                   "create one with `keyvault token create`", err=True)
+        say("keyvault: no tokens yet, so every /v1 request will get 401: create one with `keyvault token create`")
 
     def ready() -> None:  # the port is ours: said only now, so a port in use never reads as "serving"
-        click.echo(f"keyvault: serving {state.store} on http://{bind} with {workers} worker(s)", err=True)
+        say(f"keyvault: serving {state.store} on http://{bind} with {workers} worker(s)")
 
-    if not server.serve(state.store, state.pepper_file, host, port, workers, access_log=access_log, limits=limits,
-                        ready=ready):
+    if not server.serve(state.store, state.pepper_file, host, port, workers, access_log=value["serve.access_log"],
+                        limits=limits, ready=ready, log_format=log_format):
         sys.exit(1)
 
 

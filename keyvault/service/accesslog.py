@@ -1,35 +1,63 @@
-"""The access log: one line per request (method, route, status, time), written once per event-loop turn.
+"""The access log: one line per request (method, route, status, time, request id), written once per loop turn.
 
 Python's logging costs about 15 us a line here, a third of a one-key verify;
 so the lines of every request answered in one turn of the loop are joined
 and written to stderr with one ``write``. The format matches the server's
-other log lines. A line never holds a key, a token, a query string or a body:
-the route is the template (``/v1/trace/{serial}``), not the raw path.
+other log lines (logs.py), text or JSON. A line never holds a key, a token, a
+query string or a body: the route is the template (``/v1/trace/{serial}``),
+not the raw path.
+
+Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128
+visible ASCII characters, else a new random one (:func:`request_id`). The
+service returns it in the ``X-Request-Id`` header, in problem documents and in
+the access line, so one failed call can be found in the operator's log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import secrets
 import time
+
+import msgspec
+
+from .logs import utc_stamp
+
+MAX_REQUEST_ID = 128
+_VALID_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID).fullmatch
+_encode = msgspec.json.Encoder().encode
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request's id: its first ``X-Request-Id`` if 1-128 visible ASCII characters, else a new one (16 hex)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _VALID_ID(value):
+                return value
+            break
+    return secrets.token_hex(8).encode()
 
 
 class AccessLog:
     """Buffers this turn's access lines and writes them at its end."""
 
-    def __init__(self, fd: int = 2, enabled: bool = True) -> None:
+    def __init__(self, fd: int = 2, enabled: bool = True, log_format: str = "text") -> None:
         self.enabled = enabled
         self._fd = fd
-        self._lines: list[str] = []
-        self._tag = f" INFO keyvault.access[{os.getpid()}] "
+        self._json = log_format == "json"
+        self._lines: list[tuple[str, str, int, float, bytes]] = []
+        self._pid = os.getpid()
+        self._tag = f" INFO keyvault.access[{self._pid}] "
 
-    def add(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Note one answered request."""
+    def add(self, method: str, route: str, status: int, seconds: float, request: bytes = b"-") -> None:
+        """Note one answered request (``request``: its id)."""
         if not self.enabled:
             return
         if not self._lines:
             asyncio.get_running_loop().call_soon(self.flush)
-        self._lines.append(f"{method} {route} {status} {seconds * 1000:.2f}ms\n")
+        self._lines.append((method, route, status, seconds, request))
 
     def flush(self) -> None:
         """Write the buffered lines, stamped with the current time."""
@@ -37,8 +65,20 @@ class AccessLog:
         if not lines:
             return
         now = time.time()
-        prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}" + self._tag
+        if self._json:
+            stamp, pid = utc_stamp(now), self._pid
+            data = b"".join(_encode({
+                "time": stamp, "level": "INFO", "logger": "keyvault.access", "pid": pid,
+                "message": f"{method} {route} {status} {seconds * 1000:.2f}ms", "method": method, "route": route,
+                "status": status, "ms": round(seconds * 1000, 3), "request_id": request.decode("ascii")}) + b"\n"
+                for method, route, status, seconds, request in lines)
+        else:
+            prefix = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
+                      + self._tag)
+            data = "".join(f"{prefix}{method} {route} {status} {seconds * 1000:.2f}ms request_id="
+                           f"{request.decode('ascii')}\n"
+                           for method, route, status, seconds, request in lines).encode()
         try:
-            os.write(self._fd, "".join(prefix + line for line in lines).encode())
+            os.write(self._fd, data)
         except OSError:
             pass  # a closed or full stderr must not fail requests

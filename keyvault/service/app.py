@@ -28,7 +28,7 @@ from ..formats.answers import results_body
 from ..formats.keyformat import looks_like_serial
 from ..vocabulary import Level
 from . import bodies
-from .accesslog import AccessLog
+from .accesslog import AccessLog, request_id
 from .bodies import MAX_BODY, MAX_CLIENT_ID, MAX_MANIFEST, Body
 from .commitd import RemoteCommitter
 from .metrics import METRICS_SECONDS, Metrics
@@ -57,6 +57,7 @@ class Options:
     pepper_file: Path | None = None
     run_dir: Path | None = None  # shared by the workers: their metrics files
     access_log: bool = True
+    log_format: str = "text"  # of the access log: text or json (logs.py)
 
 
 class _Gone(Exception):
@@ -71,7 +72,7 @@ class Service:
         self._vault: Vault | None = None
         self._committer: RemoteCommitter | None = None
         self.metrics = Metrics(options.run_dir)
-        self.access = AccessLog(enabled=options.access_log)
+        self.access = AccessLog(enabled=options.access_log, log_format=options.log_format)
         self._saver: asyncio.Task[None] | None = None
         self._openapi = json.dumps(document()).encode()
 
@@ -142,6 +143,7 @@ class Service:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         route = "(unknown)"
+        rid = request_id(scope["headers"])
         headers: list[tuple[bytes, bytes]] = []
         try:
             route, handler, needed = _route(scope)
@@ -150,23 +152,25 @@ class Service:
         except _Gone:
             return
         except Problem as problem:
-            status, body, kind, headers = problem.status, problem.body(), _PROBLEM, problem.headers
+            status, body, kind, headers = problem.status, problem.body(rid), _PROBLEM, problem.headers
         except KeyvaultError as exc:
             answer = from_error(exc)
-            status, body, kind = answer.status, answer.body(), _PROBLEM
+            status, body, kind = answer.status, answer.body(rid), _PROBLEM
         except Exception:  # a bug: logged here (never a request body), answered without details
-            error_log.exception("internal error on %s %s", scope["method"], route)
+            error_log.exception("internal error on %s %s", scope["method"], route,
+                                extra={"request_id": rid.decode("ascii")})
             status, kind = 500, _PROBLEM
             body = json.dumps({"type": "urn:keyvault:problem:internal-error", "title": "Internal error",
                                "status": 500, "detail": "the service failed on this request; it was logged "
-                               "for the operator. A redeem may be retried with the same order id"}).encode()
+                               "for the operator. A redeem may be retried with the same order id",
+                               "request_id": rid.decode("ascii")}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
-                                (b"cache-control", b"no-store"), *headers]})
+                                (b"cache-control", b"no-store"), (b"x-request-id", rid), *headers]})
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - start
         self.metrics.request(route, status, seconds)
-        self.access.add(scope["method"], route, status, seconds)
+        self.access.add(scope["method"], route, status, seconds, rid)
 
     def _grant(self, headers: list[tuple[bytes, bytes]], needed: str) -> Grant:
         """The grant of the request's one Authorization header, or 400/401/403 (a token is never echoed or logged)."""
@@ -401,4 +405,5 @@ def create_app() -> Service:
         raise KeyvaultError("start the service with `keyvault --store DIR serve`: it starts the commit process")
     return Service(Options(Path(store), Path(commits), Path(pepper) if pepper else None,
                            Path(run_dir) if run_dir else None,
-                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1"))
+                           access_log=os.environ.get("KEYVAULT_SERVICE_ACCESS_LOG", "1") == "1",
+                           log_format=os.environ.get("KEYVAULT_SERVICE_LOG_FORMAT", "text")))

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import logging.config
 import os
 import pickle
 import selectors
@@ -65,8 +67,10 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
     from ..vault import (
         Vault,  # imported here: the module is also imported by workers that never run this
     )
+    from .logs import log_config
     from .workers import die_with_parent
 
+    logging.config.dictConfig(log_config(os.environ.get("KEYVAULT_SERVICE_LOG_FORMAT", "text")))  # as the others
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the workers first; the parent then stops this
     stopping = False
 

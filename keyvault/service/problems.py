@@ -59,10 +59,12 @@ class Problem(Exception):
         """The HTTP status of this problem."""
         return PROBLEMS[self.name][0]
 
-    def body(self) -> bytes:
-        """The application/problem+json document."""
+    def body(self, request_id: bytes | None = None) -> bytes:
+        """The application/problem+json document (with the request's id, when given, as ``request_id``)."""
         doc: dict[str, Any] = {"type": TYPE_PREFIX + self.name, "title": PROBLEMS[self.name][1],
                                "status": self.status, "detail": self.detail}
+        if request_id is not None:
+            doc["request_id"] = request_id.decode("ascii")
         return json.dumps(doc, ensure_ascii=False).encode("utf-8")
 
 

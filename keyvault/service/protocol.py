@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .accesslog import request_id
 from .problems import Problem
 from .limits import BODY_RATE, Limits
 
@@ -205,10 +206,11 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         if answer:
             problem = Problem(name, detail)
-            body = problem.body()
+            rid = request_id(getattr(self, "headers", None) or [])  # the client's, if its head was parsed
+            body = problem.body(rid)
             transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\n"
-                            b"cache-control: no-store\r\nconnection: close\r\n\r\n%s"
-                            % (problem.status, HTTPStatus(problem.status).phrase.encode(), len(body), body))
+                            b"cache-control: no-store\r\nx-request-id: %s\r\nconnection: close\r\n\r\n%s"
+                            % (problem.status, HTTPStatus(problem.status).phrase.encode(), len(body), rid, body))
             if cycle is not None:
                 cycle.keep_alive = False
         try:

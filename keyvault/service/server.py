@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
-from . import commitd
+from . import commitd, logs
 from .limits import Limits
 from .workers import Workers, bind
 
@@ -36,19 +36,9 @@ APP = "keyvault.service.app:create_app"
 GRACE_SECONDS = 30  # how long a stopping worker waits for requests in flight
 
 
-def log_config() -> dict[str, Any]:
-    """Logging for the workers: the server's lines on stderr (the access log writes there itself)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},  # it would log raw paths
-            "keyvault": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        },
-    }
+def log_config(log_format: str = "text") -> dict[str, Any]:
+    """Logging for the service's processes: their lines on stderr as text or JSON (the access log writes itself)."""
+    return logs.log_config(log_format)
 
 
 def is_loopback(host: str) -> bool:
@@ -74,10 +64,10 @@ def check(store: Path, pepper_file: Path | None, host: str) -> int:
 
 def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: int, *,
           access_log: bool = True, app: str = APP, commit_process: bool = True, limits: Limits = Limits(),
-          ready: Callable[[], None] | None = None) -> bool:
+          ready: Callable[[], None] | None = None, log_format: str = "text") -> bool:
     """Run the service until SIGTERM/SIGINT; False when a worker could not start.
 
-    ``ready`` is called once the socket is bound and the commit process listens, before the workers start
+    ``log_format`` (text or json) is every process's, the access log's included. ``ready`` is called once the socket is bound and the commit process listens, before the workers start
     (a port in use is a KeyvaultError before it). ``app`` and ``commit_process`` are for the benchmark's
     trivial application, which has no store.
     """
@@ -89,18 +79,22 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
     except ImportError:
         raise KeyvaultError("the service needs uvicorn, uvloop, httptools and msgspec: "
                             "pip install 'keyvault[service]'") from None
-    logging.config.dictConfig(log_config())  # the supervisor's own lines (workers, the commit process)
+    try:
+        config = log_config(log_format)
+    except ValueError as exc:
+        raise UsageError(f"{exc}: pass --log-format text or json") from None
+    logging.config.dictConfig(config)  # the supervisor's own lines (workers, the commit process)
     run_dir = Path(tempfile.mkdtemp(prefix="keyvault-service-"))  # 0700: the commit socket lives here
     commits = CommitProcess(store, pepper_file, run_dir) if commit_process else None
     os.environ.update(KEYVAULT_SERVICE_STORE=str(store.resolve()), KEYVAULT_SERVICE_RUN_DIR=str(run_dir),
-                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0")
+                      KEYVAULT_SERVICE_ACCESS_LOG="1" if access_log else "0", KEYVAULT_SERVICE_LOG_FORMAT=log_format)
     if commits is not None:
         os.environ["KEYVAULT_SERVICE_COMMIT_SOCKET"] = str(commits.socket)
     if pepper_file is not None:
         os.environ["KEYVAULT_SERVICE_PEPPER_FILE"] = str(pepper_file.resolve())
     # uvicorn.Config's keyword arguments for each worker (its public API; built in the worker).
     settings = dict(app=app, factory=True, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                    access_log=False, log_config=log_config(), server_header=False,
+                    access_log=False, log_config=config, server_header=False,
                     timeout_graceful_shutdown=GRACE_SECONDS, ws="none", interface="asgi3")
     try:
         sock = bind(host, port, limits.backlog)

@@ -110,9 +110,9 @@ def _worker(settings: dict[str, Any], sock: socket.socket, parent: int, limits: 
 
     from .protocol import guarded  # uvicorn's protocol: imported where it runs
 
-    _room_for(limits.max_connections)
     settings = dict(settings, http=guarded(limits), timeout_keep_alive=limits.keep_alive, backlog=limits.backlog)
     server = uvicorn.Server(uvicorn.Config(**settings))  # Config sets up the worker's logging
+    _room_for(limits.max_connections)  # after: its warning is logged in the service's format
     # uvicorn re-raises the signal that stopped it once it has drained: let that end the process with 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
