@@ -177,6 +177,10 @@ def load(path: Path, params: dict[str, click.Parameter], ctx: click.Context) -> 
                 raise click.UsageError(f"{_where(path, lines, name)}: serve must be a table: write [serve] on a "
                                        "line of its own, then its keys (bind = \"127.0.0.1:8080\", ...)")
             flat.update({f"serve.{k}": v for k, v in value.items()})
+        elif isinstance(value, dict):
+            fix = "did you mean [serve]" if difflib.get_close_matches(name, ["serve"], 1) else "remove it"
+            raise click.UsageError(f"{_where(path, lines, name)}: unknown table [{name}]: {fix}? The one table is "
+                                   "[serve]; store and pepper_file are top-level keys, before it")
         else:
             flat[name] = value
     out: dict[str, Setting] = {}
