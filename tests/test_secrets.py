@@ -561,3 +561,60 @@ def test_reprs_hold_no_secret(tmp_path: Path) -> None:
         assert entries and all(not text_leaks(repr(e), found.text) for e in entries)
         trace = json.dumps(vault.trace(keys[1]))
         assert not text_leaks(trace, found.text)
+
+
+# -- the service's JSON logs ------------------------------------------------------------------------------
+
+
+def test_json_logs_hold_no_key_token_or_pepper(tmp_path: Path) -> None:
+    """`serve --log-format json` under traffic that carries keys everywhere a client may put them (bodies, paths,
+    request ids, wrong tokens): every line is one JSON object, and no key, token or pepper appears in any."""
+    import http.client
+
+    from conftest import eventually, issue
+    from service_support import Server, make_token
+
+    supplier = Identity.generate("Acme Games")
+    with Vault.init(tmp_path / "supplier") as made:
+        batch = issue(made, supplier, tmp_path / "files", count=20)
+    store = tmp_path / "platform"
+    with Vault.init(store) as platform:
+        platform.trust(supplier.public)
+        platform.import_manifest(batch.manifest)
+    tokens = {scope: make_token(store, f"{scope}-app", scope) for scope in ("verify", "redeem")}
+    found = Secrets()
+    for i, key in enumerate(batch.keys):
+        found.add_key(key, f"key {i}")
+    for scope, token in tokens.items():
+        found.add_value(token, f"{scope} token")
+    found.add_bytes((store / "pepper").read_bytes(), "pepper")
+    server = Server(store, tmp_path / "serve.log", workers=1, args=("--log-format", "json")).start()
+    try:
+        keys = batch.keys
+        server.request("POST", "/v1/verify", {"keys": keys[:5]}, token=tokens["verify"])
+        server.request("POST", "/v1/verify", {"keys": [keys[5][:-1] + "Z"]}, token=tokens["verify"])
+        server.request("POST", "/v1/redeem", {"key": keys[6], "order_id": "o-1"}, token=tokens["redeem"])
+        server.request("POST", "/v1/redeem", {"key": keys[6], "order_id": "o-2"}, token=tokens["redeem"])
+        server.request("POST", "/v1/redeem", {"key": keys[7]}, token=tokens["redeem"])  # no order: 422
+        server.request("GET", f"/v1/trace/{keys[8]}", token=tokens["redeem"])
+        server.request("GET", f"/v1/{keys[9]}", token=tokens["redeem"])  # a key as a path: 404
+        server.request("POST", "/v1/verify", {"keys": [keys[10]]}, token=tokens["redeem"][:-1] + "x")  # 401
+        server.request("POST", "/v1/verify", {"keys": [keys[11]]}, token=tokens["verify"],
+                       headers={"X-Request-Id": keys[11] + " and more"})  # invalid: a new id
+        server.request("POST", "/v1/verify", raw=b'{"keys": ["' + keys[12].encode() + b'"', token=tokens["verify"],
+                       headers={"Content-Type": "application/json"})  # malformed JSON
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", f"/v1/verify?key={keys[13]}", body=b"{}", headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+        conn.close()
+        eventually(lambda: server.log.read_text().count('"keyvault.access"') >= 11, "access lines are missing")
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_bytes()
+    assert find_leaks(log, found.patterns()) == []
+    lines = [json.loads(line) for line in log.decode().splitlines()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    access = [line for line in lines if line["logger"] == "keyvault.access"]
+    assert {line["route"] for line in access} >= {"/v1/verify", "/v1/redeem", "/v1/trace/{serial}"}
+    assert all(re.fullmatch(r"[0-9a-f]{16}", line["request_id"]) for line in access)
+    assert {line["logger"] for line in lines} >= {"keyvault.service", "uvicorn.error", "keyvault.access"}

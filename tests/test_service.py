@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -95,6 +96,7 @@ def problem(reply: Reply, status: int, name: str) -> str:
     doc = reply.json()
     assert doc["type"] == PROBLEM + name and doc["status"] == status and doc["title"]
     assert "Traceback" not in doc["detail"]
+    assert doc["request_id"] == reply.headers["x-request-id"] and doc["request_id"]  # every problem names its request
     return str(doc["detail"])
 
 
@@ -612,11 +614,54 @@ def test_access_log_has_method_route_status_and_time_but_no_secret(world: World)
                and " POST /v1/redeem 200 " in world.server.log.read_text(), "an access log line is missing")
     log = world.server.log.read_text()
     lines = [line for line in log.splitlines() if "keyvault.access" in line]
-    assert any(" POST /v1/redeem 200 " in line and line.endswith("ms") for line in lines)
+    assert any(re.search(r" POST /v1/redeem 200 [0-9]+\.[0-9]{2}ms request_id=[0-9a-f]{16}$", line) for line in lines)
     assert any(" GET /v1/trace/{serial} 422 " in line for line in lines)
     for secret in [key, "LOG-1", *world.tokens.values()]:
         assert secret not in log
     assert "Traceback" not in log
+
+
+def test_request_ids_are_taken_when_valid_else_made_and_returned_everywhere(world: World) -> None:
+    given = "req-" + "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "\\")[:120]  # 124 visible ASCII
+    for rid in (given, "a", "x" * 128, 'q"uote\\d'):
+        reply = world.call("POST", "/v1/verify", {"keys": world.keys[-1:]}, scope="verify",
+                           headers={"X-Request-Id": rid})
+        assert reply.status == 200 and reply.headers["x-request-id"] == rid
+    refused = world.call("POST", "/v1/verify", {"keys": []}, scope=None, headers={"X-Request-Id": "trace-me-401"})
+    assert problem(refused, 401, "unauthorized") and refused.json()["request_id"] == "trace-me-401"
+    made = set()
+    for bad in (None, "x" * 129, "two words", "", "caf\u00e9".encode().decode("latin-1"), "tab\there"):
+        headers = {} if bad is None else {"X-Request-Id": bad}
+        reply = world.call("GET", "/v1/nothing-here", headers=headers)
+        rid = problem(reply, 404, "not-found") and reply.headers["x-request-id"]
+        assert rid != bad and len(rid) == 16 and all(c in "0123456789abcdef" for c in rid)
+        made.add(rid)
+    assert len(made) == 6  # a new one each time
+    log = world.server.log
+    eventually(lambda: "request_id=trace-me-401" in log.read_text() and
+               all(f"request_id={rid}" in log.read_text() for rid in made), "a request id is not in the access log")
+    line = next(line for line in log.read_text().splitlines() if "request_id=trace-me-401" in line)
+    assert " POST /v1/verify 401 " in line and "keyvault.access" in line
+
+
+def test_a_refusal_before_the_app_carries_a_request_id(world: World) -> None:
+    with socket.create_connection(("127.0.0.1", world.server.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: early-1\r\n" +
+                     b"".join(b"X-Pad-%d: v\r\n" % i for i in range(200)) + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and b"\r\nx-request-id: early-1\r\n" in head
+    assert json.loads(body)["request_id"] == "early-1"
+    with socket.create_connection(("127.0.0.1", world.server.port), timeout=30) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    rid = json.loads(body)["request_id"]
+    assert head.startswith(b"HTTP/1.1 400 ") and len(rid) == 16 and b"x-request-id: " + rid.encode() in head
 
 
 # -- start, stop, crash --------------------------------------------------------------------------------------
