@@ -11,6 +11,8 @@ reason, unless KEYVAULT_REQUIRE_CLIENTS=1 (CI), where it fails instead.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -25,6 +27,8 @@ from conftest import issue
 from service_support import Server, make_token
 
 from keyvault import Identity, Vault
+from keyvault.errors import WebhookError
+from keyvault.formats import webhooks
 
 CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 # Read at import: the autouse fixture that clears KEYVAULT_* variables runs later, per test.
@@ -64,6 +68,7 @@ class Served:
     serials: list[str]
     unknown: list[str]
     root: Path
+    webhooks: Path  # the signed webhook vectors (webhook_vectors)
 
     def env(self, suite: int) -> dict[str, str]:
         """The environment of client suite number ``suite``: its own slice of keys."""
@@ -77,6 +82,7 @@ class Served:
             "KEYVAULT_TEST_KEYS": ",".join(self.keys[part]),
             "KEYVAULT_TEST_SERIALS": ",".join(self.serials[part]),
             "KEYVAULT_TEST_UNKNOWN": ",".join(self.unknown[suite * 4:(suite + 1) * 4]),
+            "KEYVAULT_TEST_WEBHOOKS": str(self.webhooks),
         })
         return env
 
@@ -95,9 +101,53 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tokens = {scope: make_token(store, f"{scope}-client", scope) for scope in ("verify", "redeem", "admin")}
     server = Server(store, root / "server.log").start()
     try:
-        yield Served(server, tokens, first.keys, first.serials, spare.keys, root)
+        yield Served(server, tokens, first.keys, first.serials, spare.keys, root, webhook_vectors(root / "webhooks.json"))
     finally:
         server.kill()
+
+
+def webhook_vectors(path: Path) -> Path:
+    """Webhooks signed by keyvault.formats.webhooks, some damaged, each with keyvault's own verdict, as JSON."""
+    secret, other = webhooks.make_secret(), webhooks.make_secret(24)
+    now = 1_900_000_000
+    body = json.dumps({"type": "card.redeemed", "data": {"serial": "7KQ2-00A-00031", "note": "caf\u00e9 \u6e38"}},
+                      ensure_ascii=False).encode()
+    signed = webhooks.sign(secret, "msg_2Kq8", now, body)
+    rotated = {**signed, "webhook-signature": webhooks.sign(other, "msg_2Kq8", now, body)["webhook-signature"] + " "
+               + signed["webhook-signature"]}
+    binary = bytes(range(256))
+    cases = [
+        ("signed", secret, signed, body, now, 300),
+        ("signed, the secret without its prefix", secret[6:], signed, body, now, 300),
+        ("rotated: the second signature is this secret's", secret, rotated, body, now, 300),
+        ("rotated: the first signature is this secret's", other, rotated, body, now, 300),
+        ("a binary body", secret, webhooks.sign(secret, "msg_bin", now, binary), binary, now, 300),
+        ("an empty body", secret, webhooks.sign(secret, "msg_empty", now, b""), b"", now, 300),
+        ("5 minutes old", secret, signed, body, now + 300, 300),
+        ("5 minutes and a second old", secret, signed, body, now + 301, 300),
+        ("5 minutes and a second ahead", secret, signed, body, now - 301, 300),
+        ("an hour old, with an hour's tolerance", secret, signed, body, now + 3600, 3600),
+        ("another secret", webhooks.make_secret(), signed, body, now, 300),
+        ("the body re-serialised", secret, signed, json.dumps(json.loads(body)).encode(), now, 300),
+        ("the body with a trailing newline", secret, signed, body + b"\n", now, 300),
+        ("another id", secret, {**signed, "webhook-id": "msg_other"}, body, now, 300),
+        ("another timestamp", secret, {**signed, "webhook-timestamp": str(now + 1)}, body, now, 300),
+        ("a v2 signature only", secret, {**signed, "webhook-signature": "v2," + signed["webhook-signature"][3:]},
+         body, now, 300),
+        ("no signature header", secret, {k: v for k, v in signed.items() if k != "webhook-signature"}, body, now, 300),
+    ]
+    vectors = []
+    for name, key, headers, payload, at, tolerance in cases:
+        try:
+            webhooks.verify(key, headers, payload, tolerance, now=at)
+            valid = True
+        except WebhookError:
+            valid = False
+        vectors.append({"name": name, "secret": key, "headers": headers, "body_base64":
+                        base64.b64encode(payload).decode(), "now": at, "tolerance": tolerance, "valid": valid})
+    assert sum(v["valid"] for v in vectors) == 8 and len(vectors) - 8 == 9  # the verdicts this file expects
+    path.write_text(json.dumps(vectors, ensure_ascii=False, indent=1))
+    return path
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:

@@ -140,46 +140,50 @@ func (c *Client) Verify(ctx context.Context, key, client string) (Result, error)
 // VerifyMany checks many keys without spending them: one Result per key, in input order.
 func (c *Client) VerifyMany(ctx context.Context, keys []string, client string) ([]Result, error) {
 	var answer resultsAnswer
-	if err := c.call(ctx, "verify", verifyBody(keys, client), 0, &answer); err != nil {
+	rid, err := c.call(ctx, "verify", verifyBody(keys, client), 0, &answer)
+	if err != nil {
 		return nil, err
 	}
-	return c.checkCount("verify", answer.Results, len(keys))
+	return c.checkCount("verify", answer.Results, len(keys), rid)
 }
 
 // Redeem spends key for orderID, durably; a retry with the same order id gets the first answer.
 func (c *Client) Redeem(ctx context.Context, key, orderID, client string) (Result, error) {
 	var result Result
-	err := c.call(ctx, "redeem", redeemRequest{Key: key, OrderID: orderID, Client: client}, c.retries, &result)
+	rid, err := c.call(ctx, "redeem", redeemRequest{Key: key, OrderID: orderID, Client: client}, c.retries, &result)
+	result.RequestID = rid
 	return result, c.checkResult("redeem", result, err)
 }
 
 // RedeemMany redeems many (key, order) pairs in one durable commit: one Result per item, in input order.
 func (c *Client) RedeemMany(ctx context.Context, items []RedeemItem, client string) ([]Result, error) {
 	var answer resultsAnswer
-	if err := c.call(ctx, "redeemMany", redeemManyBody(items, client), c.retries, &answer); err != nil {
+	rid, err := c.call(ctx, "redeemMany", redeemManyBody(items, client), c.retries, &answer)
+	if err != nil {
 		return nil, err
 	}
-	return c.checkCount("redeemMany", answer.Results, len(items))
+	return c.checkCount("redeemMany", answer.Results, len(items), rid)
 }
 
 // Void withdraws an unused key (named by the key or its serial), saying why. Needs an admin token.
 func (c *Client) Void(ctx context.Context, keyOrSerial, reason string) (Result, error) {
 	var result Result
-	err := c.call(ctx, "void", voidRequest{Key: keyOrSerial, Reason: reason}, 0, &result)
+	rid, err := c.call(ctx, "void", voidRequest{Key: keyOrSerial, Reason: reason}, 0, &result)
+	result.RequestID = rid
 	return result, c.checkResult("void", result, err)
 }
 
 // Blacklist blacklists a key, serial, batch or supplier. Needs an admin token.
 func (c *Client) Blacklist(ctx context.Context, level Level, target, reason string) (BlacklistEntry, error) {
 	var entry BlacklistEntry
-	err := c.call(ctx, "blacklist", blacklistRequest{level, target, reason}, 0, &entry)
+	_, err := c.call(ctx, "blacklist", blacklistRequest{level, target, reason}, 0, &entry)
 	return entry, err
 }
 
 // Lift lifts a blacklist entry; lifting needs a reason too. Needs an admin token.
 func (c *Client) Lift(ctx context.Context, level Level, target, reason string) (BlacklistEntry, error) {
 	var entry BlacklistEntry
-	err := c.call(ctx, "lift", blacklistRequest{level, target, reason}, 0, &entry)
+	_, err := c.call(ctx, "lift", blacklistRequest{level, target, reason}, 0, &entry)
 	return entry, err
 }
 
@@ -191,21 +195,21 @@ func (c *Client) Trace(ctx context.Context, serial string, bundle bool) (map[str
 		path += "?bundle=1"
 	}
 	var doc map[string]any
-	err := c.send(ctx, "GET", path, nil, &doc)
+	_, err := c.send(ctx, "GET", path, nil, &doc)
 	return doc, err
 }
 
 // Stats returns counts per supplier and batch. Needs an admin token.
 func (c *Client) Stats(ctx context.Context) (map[string]any, error) {
 	var doc map[string]any
-	err := c.send(ctx, "GET", routes["stats"].path, nil, &doc)
+	_, err := c.send(ctx, "GET", routes["stats"].path, nil, &doc)
 	return doc, err
 }
 
 // OpenAPI returns the service's OpenAPI document.
 func (c *Client) OpenAPI(ctx context.Context) (map[string]any, error) {
 	var doc map[string]any
-	err := c.send(ctx, "GET", routes["openapi"].path, nil, &doc)
+	_, err := c.send(ctx, "GET", routes["openapi"].path, nil, &doc)
 	return doc, err
 }
 
@@ -223,36 +227,38 @@ func redeemManyBody(items []RedeemItem, client string) redeemManyRequest {
 	return redeemManyRequest{Items: items, Client: client}
 }
 
-func (c *Client) checkCount(op string, results []Result, want int) ([]Result, error) {
+func (c *Client) checkCount(op string, results []Result, want int, rid string) ([]Result, error) {
 	if len(results) != want {
-		return nil, &TransportError{Op: op, StatusCode: 200,
+		return nil, &TransportError{Op: op, StatusCode: 200, RequestID: rid,
 			Err: fmt.Errorf("the service answered %d results for %d keys", len(results), want)}
 	}
-	for _, r := range results {
-		if r.Status == "" {
-			return nil, &TransportError{Op: op, StatusCode: 200, Err: errors.New("a result without a status")}
+	for i := range results {
+		if results[i].Status == "" {
+			return nil, &TransportError{Op: op, StatusCode: 200, RequestID: rid, Err: errors.New("a result without a status")}
 		}
+		results[i].RequestID = rid
 	}
 	return results, nil
 }
 
 func (c *Client) checkResult(op string, r Result, err error) error {
 	if err == nil && r.Status == "" {
-		return &TransportError{Op: op, StatusCode: 200, Err: errors.New("the answer is not a result")}
+		return &TransportError{Op: op, StatusCode: 200, RequestID: r.RequestID, Err: errors.New("the answer is not a result")}
 	}
 	return err
 }
 
-// call runs one operation of routes with body, retrying up to retries times on a 503 or a lost exchange.
-func (c *Client) call(ctx context.Context, op string, body any, retries int, out any) error {
+// call runs one operation of routes with body, retrying up to retries times on a 503 or a lost exchange;
+// the request id of the last answer.
+func (c *Client) call(ctx context.Context, op string, body any, retries int, out any) (string, error) {
 	r := routes[op]
 	for attempt := 0; ; attempt++ {
-		err := c.send(ctx, r.method, r.path, body, out)
+		rid, err := c.send(ctx, r.method, r.path, body, out)
 		var problem *ProblemError
 		var transport *TransportError
 		retryable := errors.As(err, &transport) || (errors.As(err, &problem) && problem.Status == 503)
 		if err == nil || !retryable || attempt >= retries || ctx.Err() != nil {
-			return err
+			return rid, err
 		}
 		wait := c.backoff << uint(attempt)
 		if wait < 0 || wait > c.maxBackoff { // < 0: shifted past int64
@@ -267,26 +273,40 @@ func (c *Client) call(ctx context.Context, op string, body any, retries int, out
 		wait += time.Duration(rand.Int63n(int64(wait)/4 + 1))
 		select {
 		case <-ctx.Done():
-			return &TransportError{Op: r.method + " " + r.path, Err: ctx.Err()}
+			return rid, &TransportError{Op: r.method + " " + r.path, Err: ctx.Err()}
 		case <-time.After(wait):
 		}
 	}
 }
 
-// send is one HTTP exchange: out gets the decoded 200 answer, or the error says why not.
-func (c *Client) send(ctx context.Context, method, path string, body any, out any) error {
+// requestIDKey is the context key of ContextWithRequestID.
+type requestIDKey struct{}
+
+// ContextWithRequestID makes every request sent with ctx carry X-Request-Id: id (1 to 128 visible ASCII
+// characters; the service makes its own for anything else). The service logs it and returns it; results and
+// errors carry the id the service used (RequestID). Retries of one call send the same id.
+func ContextWithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// send is one HTTP exchange: out gets the decoded 200 answer, or the error says why not; with the service's
+// X-Request-Id ("" when there was no answer).
+func (c *Client) send(ctx context.Context, method, path string, body any, out any) (string, error) {
 	op := method + " " + strings.SplitN(path, "?", 2)[0]
 	var reader io.Reader
 	if body != nil {
 		data, err := json.Marshal(body)
 		if err != nil {
-			return fmt.Errorf("keyvault: %s: the request cannot be encoded: %w", op, err)
+			return "", fmt.Errorf("keyvault: %s: the request cannot be encoded: %w", op, err)
 		}
 		reader = bytes.NewReader(data)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, reader)
 	if err != nil {
-		return &TransportError{Op: op, Err: err}
+		return "", &TransportError{Op: op, Err: err}
+	}
+	if id, _ := ctx.Value(requestIDKey{}).(string); id != "" {
+		req.Header.Set("X-Request-Id", id)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Accept", "application/json, application/problem+json")
@@ -297,19 +317,21 @@ func (c *Client) send(ctx context.Context, method, path string, body any, out an
 	resp, err := c.http.Do(req)
 	if err != nil {
 		// url.Error repeats the URL, which holds no key or token: keys never travel in URLs.
-		return &TransportError{Op: op, Err: err}
+		return "", &TransportError{Op: op, Err: err}
 	}
 	defer resp.Body.Close()
+	rid := resp.Header.Get("X-Request-Id")
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
-		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: err}
+		return rid, &TransportError{Op: op, StatusCode: resp.StatusCode, RequestID: rid, Err: err}
 	}
 	kind, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if resp.StatusCode == http.StatusOK && kind == "application/json" {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return &TransportError{Op: op, StatusCode: 200, Err: fmt.Errorf("the answer does not decode: %v", err)}
+			return rid, &TransportError{Op: op, StatusCode: 200, RequestID: rid,
+				Err: fmt.Errorf("the answer does not decode: %v", err)}
 		}
-		return nil
+		return rid, nil
 	}
 	if kind == "application/problem+json" {
 		var p ProblemError
@@ -317,9 +339,12 @@ func (c *Client) send(ctx context.Context, method, path string, body any, out an
 			if secs, err := strconv.ParseFloat(resp.Header.Get("Retry-After"), 64); err == nil && secs > 0 {
 				p.RetryAfter = time.Duration(secs * float64(time.Second))
 			}
-			return &p
+			if p.RequestID == "" {
+				p.RequestID = rid
+			}
+			return rid, &p
 		}
 	}
-	return &TransportError{Op: op, StatusCode: resp.StatusCode,
+	return rid, &TransportError{Op: op, StatusCode: resp.StatusCode, RequestID: rid,
 		Err: fmt.Errorf("HTTP %d without a problem document (a proxy in between?)", resp.StatusCode)}
 }

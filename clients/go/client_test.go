@@ -552,6 +552,8 @@ type standIn struct {
 	plan   []int
 	bodies []string
 	server *httptest.Server
+	// onRequest, when set, sees each request first (it runs under the stand-in's lock)
+	onRequest func(*http.Request)
 }
 
 func newStandIn(t *testing.T, plan ...int) *standIn {
@@ -561,6 +563,9 @@ func newStandIn(t *testing.T, plan ...int) *standIn {
 		_ = json.NewDecoder(r.Body).Decode(&body)
 		raw, _ := json.Marshal(body)
 		s.mu.Lock()
+		if s.onRequest != nil {
+			s.onRequest(r)
+		}
 		n := len(s.bodies)
 		s.bodies = append(s.bodies, r.Method+" "+r.URL.Path+" "+string(raw))
 		s.mu.Unlock()

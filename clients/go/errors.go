@@ -15,12 +15,17 @@ type ProblemError struct {
 	Title  string `json:"title"`
 	Status int    `json:"status"`
 	Detail string `json:"detail"`
+	// RequestID is the service's id of the request (its X-Request-Id): quote it to the service's operator.
+	RequestID string `json:"request_id"`
 	// RetryAfter is the answer's Retry-After header, when it had one (a 503 may).
 	RetryAfter time.Duration `json:"-"`
 }
 
 // Error describes the problem (it never holds a key or a token: the service's detail never does).
 func (e *ProblemError) Error() string {
+	if e.RequestID != "" {
+		return fmt.Sprintf("keyvault: %d %s: %s (%s, request %s)", e.Status, e.Title, e.Detail, e.Type, e.RequestID)
+	}
 	return fmt.Sprintf("keyvault: %d %s: %s (%s)", e.Status, e.Title, e.Detail, e.Type)
 }
 
@@ -32,6 +37,7 @@ func (e *ProblemError) Name() string { return strings.TrimPrefix(e.Type, Problem
 type TransportError struct {
 	Op         string // the operation, e.g. "POST /v1/redeem"
 	StatusCode int    // the HTTP status when there was an answer, else 0
+	RequestID  string // the answer's X-Request-Id, when there was an answer that had one
 	Err        error  // the cause
 }
 

@@ -55,6 +55,8 @@ type Result struct {
 	Level        string `json:"level"`
 	Group        int    `json:"group"`
 	Message      string `json:"message"`
+	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
+	RequestID string `json:"-"`
 }
 
 // OK reports whether the key got through (valid or accepted).

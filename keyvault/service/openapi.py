@@ -26,6 +26,13 @@ from .problems import PROBLEMS, TYPE_PREFIX
 REF_TEMPLATE = "#/components/schemas/{name}"
 
 _STATUSES = [status.value for status in Status]
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-Id", "in": "header", "required": False,
+    "schema": {"type": "string", "pattern": "^[!-~]{1,128}$"},
+    "description": "An id for this request (1 to 128 visible ASCII characters), returned as given; any other "
+                   "value, or none, gets a new random id. It is logged: never put a key or a token in it."}
+REQUEST_ID_HEADER = {"required": True, "description": "The request's id: the client's X-Request-Id when valid, else a new one.",
+                     "schema": {"type": "string"}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -83,11 +90,13 @@ def document() -> dict[str, Any]:
         "Results": {"type": "object", "additionalProperties": False, "required": ["results"],
                     "properties": {"results": {"type": "array", "items": _ref("Result")}}},
         "Problem": {
-            "type": "object", "required": ["type", "title", "status", "detail"],
+            "type": "object", "required": ["type", "title", "status", "detail", "request_id"],
             "description": f"RFC 9457 problem details; `type` is {TYPE_PREFIX}NAME, stable per class of error.",
             "properties": {"type": {"type": "string", "enum": [TYPE_PREFIX + n for n in PROBLEMS]},
                            "title": {"type": "string"}, "status": {"type": "integer"},
-                           "detail": {"type": "string"}},
+                           "detail": {"type": "string"},
+                           "request_id": {"type": "string", "description": "The request's id, as in the "
+                                          "X-Request-Id response header and the service's access log."}},
         },
         "BlacklistEntry": {
             "type": "object", "required": ["level", "target", "reason", "at"],
@@ -157,13 +166,19 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "Prometheus text format",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     }
+    for operations in paths.values():  # every request may name itself; every answer names its request
+        for operation in operations.values():
+            operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/RequestId"})
+            for response in operation["responses"].values():
+                response["headers"] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "keyvault", "version": __version__,
                  "description": "Verify, redeem and trace card keys. Every /v1 request carries "
                                 "'Authorization: Bearer TOKEN'; scopes nest: verify < redeem < admin."},
         "paths": paths,
-        "components": {"schemas": schemas,
+        "components": {"schemas": schemas, "parameters": {"RequestId": REQUEST_ID_PARAMETER},
+                       "headers": {"RequestId": REQUEST_ID_HEADER},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     }

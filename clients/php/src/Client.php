@@ -16,6 +16,10 @@ final class Client
     private string $baseUrl;
     /** The Retry-After of the last error answer, in seconds (0: none). */
     private float $retryAfter = 0.0;
+    /** The X-Request-Id this client sends (withRequestId), or null: the service makes one. */
+    private ?string $requestId = null;
+    /** The X-Request-Id of the last answer. */
+    private ?string $lastRequestId = null;
 
     /**
      * @param string $baseUrl         e.g. https://kv.example.net (no trailing /v1)
@@ -48,6 +52,27 @@ final class Client
         $this->curl = curl_init();
     }
 
+    /**
+     * This client, sending `X-Request-Id: $id` with each request (retries too): the service logs it and returns
+     * it in results (`requestId`) and problems. 1 to 128 visible ASCII characters; never put a key or a token
+     * in it. The copy shares the connection.
+     */
+    public function withRequestId(string $id): self
+    {
+        if (!preg_match('/^[\x21-\x7e]{1,128}$/D', $id)) {
+            throw new \InvalidArgumentException('a request id is 1 to 128 visible ASCII characters, no spaces');
+        }
+        $copy = clone $this;
+        $copy->requestId = $id;
+        return $copy;
+    }
+
+    /** The service's id of the last request answered (its X-Request-Id), or null before any answer. */
+    public function lastRequestId(): ?string
+    {
+        return $this->lastRequestId;
+    }
+
     /** Check one key without spending it; `$client` is the shopper's account or IP (throttling keys on it). */
     public function verify(string $key, ?string $client = null): Result
     {
@@ -67,7 +92,8 @@ final class Client
     /** Spend `$key` for `$orderId`, durably; a retry with the same order id gets the first answer. */
     public function redeem(string $key, string $orderId, ?string $client = null): Result
     {
-        return Result::fromArray($this->call('redeem', Requests::redeem($key, $orderId, $client), $this->redeemRetries));
+        return Result::fromArray($this->call('redeem', Requests::redeem($key, $orderId, $client), $this->redeemRetries),
+            $this->lastRequestId);
     }
 
     /**
@@ -84,7 +110,7 @@ final class Client
     /** Withdraw an unused key (by the key or its serial), saying why. Needs an admin token. */
     public function void(string $keyOrSerial, string $reason): Result
     {
-        return Result::fromArray($this->call('void', Requests::void($keyOrSerial, $reason), 0));
+        return Result::fromArray($this->call('void', Requests::void($keyOrSerial, $reason), 0), $this->lastRequestId);
     }
 
     /** Blacklist a key, serial, batch or supplier (Level::*). Needs an admin token. */
@@ -140,6 +166,9 @@ final class Client
     {
         $headers = ['Authorization: Bearer ' . $this->token, 'Accept: application/json, application/problem+json',
                     'User-Agent: keyvault-php/1'];
+        if ($this->requestId !== null) {
+            $headers[] = 'X-Request-Id: ' . $this->requestId;
+        }
         $data = null;
         if ($body !== null) {
             try {
@@ -174,6 +203,8 @@ final class Client
         }
         $raw = curl_exec($ch);
         $this->retryAfter = 0.0;
+        $this->lastRequestId = $answerHeaders['x-request-id'] ?? null;
+        $rid = $this->lastRequestId;
         if ($raw === false) {
             throw new TransportException("keyvault at {$this->baseUrl} did not answer $method $path: "
                 . curl_error($ch) . '; check the URL and the network, and retry (a redeem with the same order id)');
@@ -190,10 +221,11 @@ final class Client
         if (str_starts_with($type, 'application/problem+json') && is_array($doc)
             && is_string($doc['type'] ?? null) && is_string($doc['title'] ?? null)
             && is_int($doc['status'] ?? null) && is_string($doc['detail'] ?? null)) {
-            throw new ProblemException($doc['type'], $doc['title'], $doc['status'], $doc['detail']);
+            $problemId = is_string($doc['request_id'] ?? null) ? $doc['request_id'] : $rid;
+            throw new ProblemException($doc['type'], $doc['title'], $doc['status'], $doc['detail'], $problemId);
         }
         throw new TransportException("keyvault at {$this->baseUrl} answered $method $path with HTTP $code and no "
-            . 'problem document; check the URL (a proxy in between?), and retry (a redeem with the same order id)');
+            . 'problem document; check the URL (a proxy in between?), and retry (a redeem with the same order id)', $rid);
     }
 
     /** A list of `$count` Results from a {"results": [...]} answer. */
@@ -201,9 +233,10 @@ final class Client
     {
         if (!is_array($doc) || !is_array($doc['results'] ?? null) || count($doc['results']) !== $count
             || !array_is_list($doc['results'])) {
-            throw new TransportException('the service did not answer one result per key; check the URL');
+            throw new TransportException('the service did not answer one result per key; check the URL',
+                $this->lastRequestId);
         }
-        return array_map([Result::class, 'fromArray'], $doc['results']);
+        return array_map(fn ($one) => Result::fromArray($one, $this->lastRequestId), $doc['results']);
     }
 
     private function object(mixed $doc): array

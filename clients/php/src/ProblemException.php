@@ -13,8 +13,11 @@ class ProblemException extends KeyvaultException
         public readonly string $title,
         public readonly int $status,
         public readonly string $detail,
+        /** The service's id of the request (its X-Request-Id): quote it to the service's operator. */
+        public readonly ?string $requestId = null,
     ) {
-        parent::__construct("$status $title: $detail ($type)", $status);
+        parent::__construct("$status $title: $detail ($type" . ($requestId !== null ? ", request $requestId" : '') . ')',
+            $status);
     }
 
     /** The problem's short name: `unauthorized` for `urn:keyvault:problem:unauthorized`. */

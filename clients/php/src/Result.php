@@ -28,14 +28,17 @@ final class Result
         public readonly ?string $level = null,
         public readonly ?int $group = null,
         public readonly ?string $message = null,
+        /** The service's id of the request that answered (its X-Request-Id); not a field of the answer. */
+        public readonly ?string $requestId = null,
     ) {
     }
 
-    /** A Result from the service's JSON object; a document that is not one raises TransportException. */
-    public static function fromArray(mixed $doc): self
+    /** A Result from the service's JSON object (and the request's id); anything else raises TransportException. */
+    public static function fromArray(mixed $doc, ?string $requestId = null): self
     {
         if (!is_array($doc) || !isset($doc['status']) || !is_string($doc['status'])) {
-            throw new TransportException('the service answered something that is not a result; check the URL');
+            throw new TransportException('the service answered something that is not a result; check the URL',
+                $requestId);
         }
         $args = [];
         foreach (self::FIELDS as $field => $property) {
@@ -46,7 +49,7 @@ final class Result
             }
             $args[$property] = $value;
         }
-        return new self(...$args);
+        return new self(...$args, requestId: $requestId);
     }
 
     /** True for `valid` and `accepted`: the only statuses that let a key through. */

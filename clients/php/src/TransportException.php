@@ -9,4 +9,9 @@ namespace Keyvault;
  */
 class TransportException extends KeyvaultException
 {
+    /** @param ?string $requestId the answer's X-Request-Id, when there was an answer that had one */
+    public function __construct(string $message, public readonly ?string $requestId = null)
+    {
+        parent::__construct($message);
+    }
 }

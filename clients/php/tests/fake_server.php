@@ -8,7 +8,8 @@ $plan = file($dir . '/plan', FILE_IGNORE_NEW_LINES) ?: [];
 $log = $dir . '/log';
 $n = is_file($log) ? count(file($log)) : 0;
 file_put_contents($log, $_SERVER['REQUEST_METHOD'] . ' ' . $_SERVER['REQUEST_URI'] . ' '
-    . str_replace("\n", ' ', (string) file_get_contents('php://input')) . "\n", FILE_APPEND);
+    . str_replace("\n", ' ', (string) file_get_contents('php://input')) . ' id=' . ($_SERVER['HTTP_X_REQUEST_ID'] ?? '-')
+    . "\n", FILE_APPEND);
 $step = $plan[min($n, count($plan) - 1)] ?? '200';
 if ($step === 'sleep') {
     sleep(3);

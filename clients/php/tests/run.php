@@ -14,6 +14,8 @@ use Keyvault\Requests;
 use Keyvault\Result;
 use Keyvault\Status;
 use Keyvault\TransportException;
+use Keyvault\Webhook;
+use Keyvault\WebhookException;
 
 final class Failed extends \Exception
 {
@@ -235,7 +237,8 @@ test('every Result property the client maps is in the served Result schema, and 
         same($sample[$name], $result->$property, "Result->$property");
     }
     $props = array_map(fn ($p) => $p->getName(), (new \ReflectionClass(Result::class))->getProperties());
-    same(array_values(Result::FIELDS), $props, 'Result declares exactly the mapped properties');
+    same([...array_values(Result::FIELDS), 'requestId'], $props,
+        'Result declares exactly the mapped properties, and the request id (a header, not a field)');
 });
 
 test('BlacklistEntry maps exactly the served BlacklistEntry schema', function () use ($schemas) {
@@ -406,6 +409,91 @@ test('bad options and addresses are refused before any request', function () use
     throws(\InvalidArgumentException::class, fn () => (new Client($url, $tokens['verify']))->verify("\xff\xfe"));
 });
 
+// -- request ids -------------------------------------------------------------------------------------
+
+test('a request id given is sent, and the service\'s id is on results and problems', function () use ($client, $keys, $url, $run) {
+    $kv = $client('verify')->withRequestId("$run-verify");
+    same("$run-verify", $kv->verify($keys[15])->requestId, 'the id sent comes back on the result');
+    same("$run-verify", $kv->lastRequestId());
+    $many = $kv->verifyMany([$keys[14], $keys[15]]);
+    same(["$run-verify", "$run-verify"], [$many[0]->requestId, $many[1]->requestId]);
+    $own = $client('verify')->verify($keys[15])->requestId;
+    check(is_string($own) && preg_match('/^[0-9a-f]{16}$/', $own) === 1, "without one, the service's own: $own");
+    $bad = (new Client($url, 'kvt_' . str_repeat('A', 43)))->withRequestId("$run-401");
+    $exc = problem('unauthorized', 401, fn () => $bad->verify($keys[0]));
+    same("$run-401", $exc->requestId);
+    check(str_contains($exc->getMessage(), "request $run-401"), 'the message quotes the request id');
+    foreach (["a\r\nX-Evil: 1", '', 'two words', str_repeat('x', 129), "caf\u{e9}"] as $wrong) {
+        throws(\InvalidArgumentException::class, fn () => $client('verify')->withRequestId($wrong));
+    }
+});
+
+test('ProblemException reads every member of the served Problem schema', function () use ($schemas) {
+    $names = array_keys($schemas['Problem']['properties']);
+    sort($names);
+    same(['detail', 'request_id', 'status', 'title', 'type'], $names);
+});
+
+// -- webhooks ----------------------------------------------------------------------------------------
+
+const SPEC_SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+const SPEC_BODY = '{"test": 2432232314}';
+const SPEC_HEADERS = ['webhook-id' => 'msg_p5jXN8AQM9LWM0D4loKWxJek', 'webhook-timestamp' => '1614265330',
+                      'webhook-signature' => 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE='];
+
+test('the Standard Webhooks specification\'s vector verifies', function () {
+    same('msg_p5jXN8AQM9LWM0D4loKWxJek', Webhook::verify(SPEC_SECRET, SPEC_HEADERS, SPEC_BODY, now: 1614265330 + 299));
+    same('msg_p5jXN8AQM9LWM0D4loKWxJek', Webhook::verify(substr(SPEC_SECRET, 6), SPEC_HEADERS, SPEC_BODY, now: 1614265330));
+    $server = ['HTTP_WEBHOOK_ID' => SPEC_HEADERS['webhook-id'], 'HTTP_WEBHOOK_TIMESTAMP' => '1614265330',
+               'HTTP_WEBHOOK_SIGNATURE' => SPEC_HEADERS['webhook-signature'], 'REQUEST_METHOD' => 'POST'];
+    same('msg_p5jXN8AQM9LWM0D4loKWxJek', Webhook::verify(SPEC_SECRET, $server, SPEC_BODY, now: 1614265330), '$_SERVER');
+    throws(WebhookException::class, fn () => Webhook::verify(SPEC_SECRET, SPEC_HEADERS, SPEC_BODY)); // 2021: too old
+});
+
+test('a damaged webhook is refused, saying why, without the secret or the body', function () {
+    $cases = [
+        'no signature matches' => [[], SPEC_BODY . ' '],
+        'not Unix seconds' => [['webhook-timestamp' => '1614265330.0'], SPEC_BODY],
+        'no webhook-id header' => [['webhook-id' => ''], SPEC_BODY],
+        'more than 32 signatures' => [['webhook-signature' => str_repeat(SPEC_HEADERS['webhook-signature'] . ' ', 33)], SPEC_BODY],
+    ];
+    foreach ($cases as $why => [$change, $body]) {
+        $exc = throws(WebhookException::class, fn () => Webhook::verify(SPEC_SECRET, array_merge(SPEC_HEADERS, $change), $body, now: 1614265330));
+        check(str_contains($exc->getMessage(), $why), "$why: " . $exc->getMessage());
+        check(!str_contains($exc->getMessage(), 'MfKQ9r8') && !str_contains($exc->getMessage(), '2432232314'), 'no secret or body');
+    }
+    $two = SPEC_HEADERS + ['Webhook-Id' => 'msg_p5jXN8AQM9LWM0D4loKWxJek'];
+    throws(WebhookException::class, fn () => Webhook::verify(SPEC_SECRET, $two, SPEC_BODY, now: 1614265330));
+    foreach ([-301, 301] as $offset) {
+        throws(WebhookException::class, fn () => Webhook::verify(SPEC_SECRET, SPEC_HEADERS, SPEC_BODY, now: 1614265330 - $offset));
+    }
+    foreach (['', 'whsec_', 'whsec_not*base64'] as $bad) {
+        $exc = throws(WebhookException::class, fn () => Webhook::verify($bad, SPEC_HEADERS, SPEC_BODY, now: 1614265330));
+        check(str_contains($exc->getMessage(), 'secret'), $exc->getMessage());
+    }
+    $mac = base64_decode(substr(SPEC_HEADERS['webhook-signature'], 3));
+    for ($i = 0; $i < strlen($mac) * 8; $i++) {
+        $flipped = $mac;
+        $flipped[intdiv($i, 8)] = chr(ord($flipped[intdiv($i, 8)]) ^ (1 << ($i % 8)));
+        $headers = array_merge(SPEC_HEADERS, ['webhook-signature' => 'v1,' . base64_encode($flipped)]);
+        throws(WebhookException::class, fn () => Webhook::verify(SPEC_SECRET, $headers, SPEC_BODY, now: 1614265330));
+    }
+});
+
+test('webhooks signed by keyvault\'s Python signer verify exactly as keyvault says', function () {
+    $vectors = json_decode((string) file_get_contents(env('KEYVAULT_TEST_WEBHOOKS')), true, 512, JSON_THROW_ON_ERROR);
+    check(count($vectors) >= 8, 'the vectors file holds the cases');
+    foreach ($vectors as $v) {
+        $body = base64_decode($v['body_base64'], true);
+        try {
+            $id = Webhook::verify($v['secret'], $v['headers'], $body, $v['tolerance'], $v['now']);
+            check($v['valid'] && $id === $v['headers']['webhook-id'], "{$v['name']}: keyvault refuses it, PHP accepted it");
+        } catch (WebhookException $exc) {
+            check(!$v['valid'], "{$v['name']}: keyvault signed it, PHP refused it: " . $exc->getMessage());
+        }
+    }
+});
+
 // -- transport and retries, against a stand-in server ------------------------------------------------
 
 final class Fake
@@ -480,6 +568,17 @@ test('retries are bounded: the last 503 is thrown after 1 + redeemRetries tries'
     $fake->plan('503');
     problem('store-unavailable', 503, fn () => (new Client($fake->url, 'kvt_t', redeemRetries: 0))->redeem('K', 'SO-1'));
     same(1, count($fake->log()), 'redeemRetries: 0 tries once');
+});
+
+test('retries send the same request id', function () use (&$fake) {
+    $fake ??= new Fake();
+    $fake->plan('503', '503', '200');
+    (new Client($fake->url, 'kvt_t', retryBackoff: 0.01))->withRequestId('retry-me')->redeem('K-1', 'SO-1');
+    $log = $fake->log();
+    same(3, count($log), 'three tries');
+    foreach ($log as $line) {
+        check(str_ends_with($line, ' id=retry-me'), $line);
+    }
 });
 
 test('a verify answered 503 is not retried (the caller decides)', function () use (&$fake) {
