@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -245,7 +246,10 @@ def test_the_images_command_and_healthcheck_work_with_the_images_environment(tmp
     for volume in ("/var/lib/keyvault", "/etc/keyvault"):
         (tmp_path / volume.strip("/")).mkdir(parents=True, mode=0o700)
     image_env = {**os.environ, "KEYVAULT_STORE": str(tmp_path / env["KEYVAULT_STORE"].strip("/")),
-                 "KEYVAULT_PEPPER_FILE": str(tmp_path / env["KEYVAULT_PEPPER_FILE"].strip("/"))}
+                 "KEYVAULT_PEPPER_FILE": str(tmp_path / env["KEYVAULT_PEPPER_FILE"].strip("/")),
+                 "KEYVAULT_CONFIG": str(DEPLOY / "keyvault.toml")}  # what the image COPYs there
+    copied = [rest.split() for word, rest in runtime if word == "COPY" and "keyvault.toml" in rest]
+    assert copied == [["deploy/keyvault.toml", env["KEYVAULT_CONFIG"]]]
 
     def keyvault(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([KEYVAULT, *args], env=image_env, capture_output=True, text=True, timeout=120)
@@ -381,15 +385,18 @@ def test_the_unit_runs_the_service_as_documented(name: str) -> None:
     credential, _, source = one["LoadCredential"].partition(":")
     assert f"KEYVAULT_PEPPER_FILE=%d/{credential}" in s["Environment"]
     assert source.startswith("/etc/keyvault/") and not source.startswith(state)
-    bind = argv[argv.index("--bind") + 1]
-    workers_arg = argv[argv.index("--workers") + 1]
     if "@" in name:  # the template: one node per instance
+        bind = argv[argv.index("--bind") + 1]
+        workers_arg = argv[argv.index("--workers") + 1]
         assert one["EnvironmentFile"] == "/etc/keyvault/%i.env" and "%i" in state and "%i" in source
         assert (bind, workers_arg) == ("${KEYVAULT_BIND}", "${KEYVAULT_WORKERS}")
-    else:
-        host, _, port = bind.rpartition(":")
+    else:  # the settings are the configuration file's, handed over as a credential like the pepper
+        assert argv[4:] == [] and "KEYVAULT_CONFIG=%d/keyvault.toml" in s["Environment"]
+        assert "keyvault.toml:/etc/keyvault/keyvault.toml" in s["LoadCredential"]
+        settings = tomllib.loads((DEPLOY / "keyvault.toml").read_text())["serve"]
+        host, _, port = settings["bind"].rpartition(":")
         assert host == "127.0.0.1" and 1024 <= int(port) < 65536  # no capability to bind below 1024
-        assert workers_arg.isdigit()
+        assert isinstance(settings["workers"], int)
 
 
 PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
@@ -505,8 +512,8 @@ def test_the_service_runs_in_the_units_sandbox(world: World, tmp_path: Path) -> 
     secret = json.loads(token.stdout)["token"]
     port = free_port()
     argv = shlex.split(settings["ExecStart"][-1])
-    argv = [KEYVAULT, "--store", str(store), *argv[3:]]
-    argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
+    argv = [KEYVAULT, "--store", str(store), *argv[3:], "--bind", f"127.0.0.1:{port}"]  # the flag beats the file
+    env["KEYVAULT_CONFIG"] = str(DEPLOY / "keyvault.toml")  # the credential's source, as shipped
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, preexec_fn=apply,
@@ -745,3 +752,27 @@ def test_the_proxy_example_matches_the_services_limits() -> None:
     factor = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     for number, unit in sizes:
         assert MAX_MANIFEST <= int(number) * factor[unit] <= 2 * MAX_MANIFEST
+
+
+# -- the example configuration ------------------------------------------------------------------------
+
+
+def test_the_example_configuration_sets_every_key_to_its_default() -> None:
+    """deploy/keyvault.toml documents every key, each with the value serve would use without it."""
+    from click.testing import CliRunner
+
+    from keyvault.cli.config import SERVE_KEYS
+    from keyvault.cli.main import cli
+
+    doc = tomllib.loads((DEPLOY / "keyvault.toml").read_text())
+    assert set(doc) == {"store", "serve"} and set(doc["serve"]) == set(SERVE_KEYS)
+    text = (DEPLOY / "keyvault.toml").read_text()
+    assert "# pepper_file = " in text  # documented, left to the unit's credential and the image's volume
+    shown = CliRunner().invoke(cli, ["config", "show", "--config", str(DEPLOY / "keyvault.toml"), "--json"])
+    defaults = CliRunner().invoke(cli, ["config", "show", "--json"])
+    assert shown.exit_code == defaults.exit_code == 0, shown.output + defaults.output
+    from_file = json.loads(shown.output)["settings"]
+    default = json.loads(defaults.output)["settings"]
+    for key in SERVE_KEYS:
+        assert from_file[f"serve.{key}"]["source"] == "file"
+        assert from_file[f"serve.{key}"]["value"] == default[f"serve.{key}"]["value"], key
