@@ -664,6 +664,62 @@ def test_a_refusal_before_the_app_carries_a_request_id(world: World) -> None:
     assert head.startswith(b"HTTP/1.1 400 ") and len(rid) == 16 and b"x-request-id: " + rid.encode() in head
 
 
+def test_a_card_key_sent_as_request_id_is_replaced(world: World) -> None:
+    from keyvault.service.accesslog import request_id
+
+    key = world.keys[-1]
+    for given in (key, key.replace("-", ""), key.lower()):
+        made = request_id([(b"x-request-id", given.encode())])
+        assert made.decode() != given and len(made) == 16
+    assert request_id([(b"x-request-id", b"0" * 32)]) == b"0" * 32  # key-shaped but not a key: kept
+    assert request_id([(b"x-request-id", b"550e8400-e29b-41d4-a716-446655440000")]) == \
+        b"550e8400-e29b-41d4-a716-446655440000"
+    assert request_id([(b"other", b"x"), (b"x-request-id", b"first"), (b"x-request-id", b"second")]) == b"first"
+    reply = world.call("POST", "/v1/verify", {"keys": [key]}, scope="verify", headers={"X-Request-Id": key})
+    assert reply.status == 200 and reply.headers["x-request-id"] != key
+
+
+def test_json_log_lines_are_one_object_each(tmp_path: Path) -> None:
+    import asyncio
+    import logging
+
+    from keyvault.service.accesslog import AccessLog
+    from keyvault.service.logs import JsonFormatter, log_config
+
+    record = logging.LogRecord("keyvault.service", logging.ERROR, __file__, 1, "worker [%s] died", (42,), None)
+    record.request_id = "r-1"
+    record.odd = object()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+        record.exc_info = _sys.exc_info()
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["level"] == "ERROR" and doc["logger"] == "keyvault.service" and doc["message"] == "worker [42] died"
+    assert doc["request_id"] == "r-1" and doc["odd"].startswith("<object") and "ValueError: boom" in doc["exception"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["time"])
+    with pytest.raises(ValueError, match="text, json"):
+        log_config("xml")
+    read, write = os.pipe()
+    try:
+        access = AccessLog(fd=write, log_format="json")
+
+        async def answered() -> None:
+            access.add("POST", "/v1/verify", 200, 0.00123, b'q"uote\\d')
+            access.add("GET", "/v1/trace/{serial}", 422, 0.5, b"plain")
+            await asyncio.sleep(0)
+
+        asyncio.run(answered())
+        lines = os.read(read, 65536).decode().splitlines()
+    finally:
+        os.close(read)
+        os.close(write)
+    docs = [json.loads(line) for line in lines]
+    assert [d["request_id"] for d in docs] == ['q"uote\\d', "plain"]
+    assert docs[0]["route"] == "/v1/verify" and docs[0]["status"] == 200 and docs[0]["ms"] == 1.23
+    assert all(d["logger"] == "keyvault.access" and d["level"] == "INFO" for d in docs)
+
+
 # -- start, stop, crash --------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ query string or a body: the route is the template (``/v1/trace/{serial}``),
 not the raw path.
 
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128
-visible ASCII characters, else a new random one (:func:`request_id`). The
+visible ASCII characters, else a new random one (:func:`request_id`); an id
+that is a valid card key is replaced too, so a client's mistake never puts a
+key in the log (about one random 32-character id in a million parses as
+one). The
 service returns it in the ``X-Request-Id`` header, in problem documents and in
 the access line, so one failed call can be found in the operator's log.
 """
@@ -21,23 +24,40 @@ import re
 import secrets
 import time
 
-import msgspec
-
+from ..errors import MalformedKeyError
+from ..formats.keyformat import key_material, looks_native
 from .logs import utc_stamp
 
 MAX_REQUEST_ID = 128
+KEY_SYMBOLS = 32  # a native key has this many symbols: a shorter id cannot be one
 _VALID_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID).fullmatch
-_encode = msgspec.json.Encoder().encode
+
+
+def _j(text: str) -> str:
+    """``text`` as the inside of a JSON string: visible ASCII here (ids, methods), so only " and \\ need escaping."""
+    return text.replace("\\", "\\\\").replace('"', '\\"') if '"' in text or "\\" in text else text
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The request's id: its first ``X-Request-Id`` if 1-128 visible ASCII characters, else a new one (16 hex)."""
+    """The request's id: its first ``X-Request-Id`` if 1-128 visible ASCII characters and not a card key, else
+    a new one (16 hex)."""
     for name, value in headers:
         if name == b"x-request-id":
-            if _VALID_ID(value):
+            if _VALID_ID(value) and not (len(value) >= KEY_SYMBOLS and _is_key(value.decode("ascii"))):
                 return value
             break
     return secrets.token_hex(8).encode()
+
+
+def _is_key(text: str) -> bool:
+    """True when ``text`` is a valid native card key (a client's mistake the log must not keep)."""
+    if not looks_native(text):
+        return False
+    try:
+        key_material(text)  # a native key's shape that fails its checks raises
+    except MalformedKeyError:
+        return False
+    return True
 
 
 class AccessLog:
@@ -65,13 +85,12 @@ class AccessLog:
         if not lines:
             return
         now = time.time()
-        if self._json:
-            stamp, pid = utc_stamp(now), self._pid
-            data = b"".join(_encode({
-                "time": stamp, "level": "INFO", "logger": "keyvault.access", "pid": pid,
-                "message": f"{method} {route} {status} {seconds * 1000:.2f}ms", "method": method, "route": route,
-                "status": status, "ms": round(seconds * 1000, 3), "request_id": request.decode("ascii")}) + b"\n"
-                for method, route, status, seconds, request in lines)
+        if self._json:  # written out, not encoded: twice as fast; every value is escaped where it needs it
+            head = f'{{"time":"{utc_stamp(now)}","level":"INFO","logger":"keyvault.access","pid":{self._pid},'
+            data = "".join(
+                f'{head}"message":"{_j(method)} {route} {status} {seconds * 1000:.2f}ms","method":"{_j(method)}",'
+                f'"route":"{route}","status":{status},"ms":{seconds * 1000:.3f},"request_id":"{_j(request.decode())}"}}\n'
+                for method, route, status, seconds, request in lines).encode()
         else:
             prefix = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
                       + self._tag)

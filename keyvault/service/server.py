@@ -67,8 +67,9 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
           ready: Callable[[], None] | None = None, log_format: str = "text") -> bool:
     """Run the service until SIGTERM/SIGINT; False when a worker could not start.
 
-    ``log_format`` (text or json) is every process's, the access log's included. ``ready`` is called once the socket is bound and the commit process listens, before the workers start
-    (a port in use is a KeyvaultError before it). ``app`` and ``commit_process`` are for the benchmark's
+    ``log_format`` (text or json) is every process's, the access log's included. ``ready`` is called once
+    the socket is bound and the commit process listens, before the workers start (a port in use is a
+    KeyvaultError before it). ``app`` and ``commit_process`` are for the benchmark's
     trivial application, which has no store.
     """
     try:
