@@ -551,3 +551,41 @@ def test_consistency_proofs_and_tiles_from_the_cli_and_library(tmp_path: Path, l
 def supplier_key(store: Path) -> bytes:
     with Vault.open(store) as vault:
         return vault.engine_identity.public_key
+
+
+def test_the_service_publishes_the_log_without_credentials(tmp_path: Path, log_store: Vault,
+                                                           supplier: Identity) -> None:
+    from service_support import Server
+
+    size1, _ = newest_checkpoint(log_store.engine)
+    size, note = grow(log_store, supplier, tmp_path / "f", times=2)
+    engine = log_store.engine_identity
+    log_store.close()
+    server = Server(log_store.path, tmp_path / "serve.log", workers=1).start()
+    try:
+        got = server.request("GET", "/v1/log/checkpoint")
+        assert got.status == 200 and got.headers["content-type"].startswith("text/plain")
+        cp = notes.open_note(got.body, None, [notes.Verifier(engine_origin(engine.public_key), engine.public_key)])
+        assert cp.size >= size
+        width = cp.size % 256 or 256
+        tile = server.request("GET", "/v1/log/" + tiles.tile_path(0, 0, width))
+        assert tile.status == 200 and len(tile.body) == 32 * width
+        assert "immutable" in tile.headers["cache-control"]
+        assert got.headers["cache-control"] == "no-store"
+        entries = server.request("GET", "/v1/log/" + tiles.tile_path(-1, 0, width))
+        leaves = [merkle.leaf_hash(e) for e in tiles.read_entry_bundle(entries.body)]
+        assert b"".join(leaves) == tile.body and merkle.root(leaves) == cp.root
+        for bad in ("/v1/log/tile/0/001", "/v1/log/tile/0/000.p/255", "/v1/log/tile/9/000", "/v1/log/tile/0/1",
+                    "/v1/log/tile/../../etc/passwd"):
+            answer = server.request("GET", bad)
+            assert answer.status == 404 and answer.headers["cache-control"] == "no-store", bad
+        proof = server.request("GET", f"/v1/log/consistency?old={size1}&new={cp.size}")
+        assert proof.status == 200
+        old_root = merkle.root(leaves[:size1])
+        merkle.verify_consistency(size1, cp.size, old_root, cp.root, tiles.decode_proof(proof.body.decode()))
+        assert server.request("GET", f"/v1/log/consistency?old={size1}").body == proof.body
+        for query in ("old=x", "", f"old={cp.size + 1}", f"old=3&new={cp.size + 5}"):
+            assert server.request("GET", f"/v1/log/consistency?{query}").status == 422, query
+        assert server.request("POST", "/v1/log/checkpoint").status == 405
+    finally:
+        server.stop()
