@@ -496,7 +496,7 @@ def test_submitted_cosignatures_travel_in_bundles(tmp_path: Path, supplier: Iden
     assert out.returncode == 3 and "FAIL witness cosignatures" in out.stdout and "independent" in out.stdout
     # A cosignature over a different checkpoint: w1's line moved onto another (genuine) checkpoint.
     with Vault.open(store) as vault:
-        issue(vault, supplier, keys_dir, count=2)
+        issue(vault, Identity.generate("Other Games"), keys_dir, count=2)  # events about another supplier
         newer = vault.checkpoint()
     moved = tmp_path / "moved.json"
     newer_with_line = newer + line + "\n"
@@ -504,6 +504,16 @@ def test_submitted_cosignatures_travel_in_bundles(tmp_path: Path, supplier: Iden
     out = check(moved, "--witness", w1_pub)
     assert out.returncode == 3 and "FAIL" in out.stdout
     assert "does not verify over this checkpoint" in out.stdout
+    # Events after the cosigned checkpoint: a bundle of this key still carries the cosigned one.
+    later = tmp_path / "later.json"
+    assert kv("--store", store, "trace", batch.serials[1], "--bundle", later).returncode == 0
+    assert "witness.example/w1" in json.loads(later.read_text())["checkpoint"]
+    assert check(later, "--witness", w1_pub).returncode == 0
+    # A store with cosigned checkpoints still passes its own audit and check.
+    audited = kv("--store", store, "audit")
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    checked = kv("--store", store, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_consistency_proofs_and_tiles_from_the_cli_and_library(tmp_path: Path, log_store: Vault,
@@ -589,3 +599,24 @@ def test_the_service_publishes_the_log_without_credentials(tmp_path: Path, log_s
         assert server.request("POST", "/v1/log/checkpoint").status == 405
     finally:
         server.stop()
+
+
+def test_the_store_keeps_one_verified_line_per_witness(tmp_path: Path, log_store: Vault) -> None:
+    from keyvault.engine.witness import keep_cosignatures
+
+    w1 = Identity.generate("witness.example/w1")
+    key = cosignature.Witness(w1.name, w1.public_key)
+    size, note = newest_checkpoint(log_store.engine)
+    text, _ = notes.split_note(note)
+    first = cosignature.line(text, w1.name, w1.signing_key, 1_700_000_000)
+    second = cosignature.line(text, w1.name, w1.signing_key, 1_700_000_100)
+    keep_cosignatures(log_store.engine, size, first, key)
+    kept = keep_cosignatures(log_store.engine, size, second, key)
+    assert newest_checkpoint(log_store.engine)[1] == kept == note + second  # the newer replaced the older
+    other = notes.Checkpoint(engine_origin(log_store.engine_identity.public_key), size + 1, bytes(32)).body()
+    for bad in (cosignature.line(other, w1.name, w1.signing_key, 1_700_000_200),  # another checkpoint's
+                cosignature.line(text, w1.name, Identity.generate("x").signing_key, 1_700_000_200), b"junk\n"):
+        with pytest.raises(ProofError):
+            keep_cosignatures(log_store.engine, size, bad, key)
+    assert newest_checkpoint(log_store.engine)[1] == kept  # nothing stored
+    assert log_store.verify_log() == size

@@ -180,6 +180,14 @@ def newest_checkpoint(state: State) -> tuple[int, bytes]:
         return from_u64(last), state.log.note_at(txn, from_u64(last))
 
 
+def witnessed_size(txn: Any, first_needed: int) -> int | None:
+    """The size of the newest checkpoint that carries a cosignature and covers event ``first_needed - 1``."""
+    for key, value in reversed(list(txn.items_from("checkpoints", u64(first_needed)))):
+        if cosignature.cosignatures(bytes(value[CHECKPOINT.size:]))[1]:
+            return from_u64(key)
+    return None
+
+
 def consistency_proof(state: State, old_size: int, new_size: int) -> list[bytes]:
     """RFC 9162 consistency proof from ``old_size`` to ``new_size`` events, both at most the newest checkpoint."""
     size, _ = newest_checkpoint(state)
@@ -198,18 +206,29 @@ def keep_cosignatures(state: State, size: int, lines: bytes, witness: cosignatur
         if stored is None:
             raise UsageError(f"no checkpoint was signed at size {size}")
         head, note = bytes(stored[:CHECKPOINT.size]), bytes(stored[CHECKPOINT.size:])
-        have = set(note.split(b"\n"))
-        new = b"".join(line + b"\n" for line in lines.split(b"\n") if line and line not in have)
-        combined = note + new
-        cosignature.verify(combined, [witness], 1)  # the witness's lines verify over this very checkpoint
+        text, _ = split_note(note)
+        answered = text + b"\n" + lines
+        cosignature.verify(answered, [witness], 1)  # the witness's answer verifies over this very checkpoint
+        mine = [line for line in lines.split(b"\n") if _by(line, witness)]
+        theirs = [line for line in note[len(text) + 1:].split(b"\n") if line and not _by(line, witness)]
+        combined = text + b"\n" + b"".join(line + b"\n" for line in theirs + mine[-1:])
         if len(combined) > MAX_NOTE_BYTES:
             raise ProofError("the checkpoint note would be too large with these cosignatures")
-        if new:
+        if combined != note:  # one line per witness: its newest cosignature replaces an older one
             txn.put("checkpoints", u64(size), head + combined)
         return combined
 
     result: bytes = state.store.write(work)
     return result
+
+
+def _by(line: bytes, witness: cosignature.Witness) -> bool:
+    """Whether a stored signature line is a cosignature line of ``witness`` (its name and key id)."""
+    try:
+        _, found = cosignature.cosignatures(b"x\n\n" + line + b"\n")
+    except ProofError:
+        return False
+    return any((c.name, c.key_id) == (witness.name, witness.key_id) for c in found)
 
 
 def submit_checkpoint(state: State, url: str, witness: PublicIdentity, *, timeout: float = 30.0) -> dict[str, Any]:
