@@ -73,6 +73,7 @@ def _server(witness_state: LogWitness, host: str, port: int) -> http.server.Thre
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "keyvault-witness"
+        timeout = 30  # seconds a connection may sit idle or trickle its request before it is closed
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's name)
             log.info("%s " + format, self.address_string(), *args)

@@ -620,3 +620,28 @@ def test_the_store_keeps_one_verified_line_per_witness(tmp_path: Path, log_store
             keep_cosignatures(log_store.engine, size, bad, key)
     assert newest_checkpoint(log_store.engine)[1] == kept  # nothing stored
     assert log_store.verify_log() == size
+
+
+def test_the_witness_server_answers_hostile_requests_and_keeps_serving(served: Served, log_store: Vault) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(served.url)
+
+    def raw(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert raw("GET", "/add-checkpoint") == 405
+    assert raw("POST", "/elsewhere", b"x") == 404
+    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "99999999"}) == 413
+    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "-1"}) == 413
+    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "x"}) == 411
+    assert raw("POST", "/add-checkpoint", os.urandom(3000)) == 400
+    _, note = newest_checkpoint(log_store.engine)
+    assert served.post(request(0, [], note))[0] == 200  # still serving, state intact
+    assert served.proc is not None and served.proc.poll() is None
