@@ -6,6 +6,7 @@ proofs, wrong keys, races, a witness SIGKILLed mid-request, bundles with forged 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import random
@@ -385,48 +386,60 @@ def served(tmp_path: Path, log_store: Vault) -> Iterator[Served]:
 
 def test_a_witness_killed_mid_request_never_cosigns_an_inconsistent_checkpoint(
         tmp_path: Path, log_store: Vault, supplier: Identity, served: Served) -> None:
+    """The live log grows and each submission races a SIGKILL; after every restart the witness holds a whole
+    record (the old size or the new), a 200 it sent was recorded first, and a fork of the log taken before
+    that growth is cosigned only while the witness has answered nothing of the live branch, and then the
+    live branch never again."""
     size, note = newest_checkpoint(log_store.engine)
     assert served.post(request(0, [], note))[0] == 200
     copy = tmp_path / "forked-store"
     shutil.copytree(log_store.path, copy)
-    live = [(size, note)] + [grow(log_store, supplier, tmp_path / "a") for _ in range(3)]
+    live = [grow(log_store, supplier, tmp_path / "a") for _ in range(4)]
     with Vault.open(copy) as forked:
-        fork = grow(forked, supplier, tmp_path / "b", times=4)
-        fork_proofs = {s: consistency_proof(forked.engine, s, fork[0]) for s in (size,)}
-    cosigned_sizes = [size]
-    rng = random.Random(7)
-    for step, (new_size, new_note) in enumerate(live[1:], 1):
-        old = cosigned_sizes[-1]
-        body = request(old, consistency_proof(log_store.engine, old, new_size), new_note)
+        fork_size, fork_note = grow(forked, supplier, tmp_path / "b", times=6)
+        fork_proof = consistency_proof(forked.engine, size, fork_size)
+    rng = random.Random()
+    recorded, live_answered, fork_answered = size, False, False
+    for new_size, new_note in live:
+        old = recorded
+        body = request(old, consistency_proof(log_store.engine, old, new_size) if old <= new_size else [], new_note)
         outcome: list[tuple[int, bytes]] = []
         sender = threading.Thread(target=lambda: outcome.append(_post_or_fail(served, body)))
         sender.start()
-        time.sleep(rng.uniform(0, 0.02))
+        time.sleep(rng.uniform(0, 0.01))
         served.kill()  # somewhere between receiving, checking, persisting and answering
         sender.join()
         served.start()
-        recorded = json.loads((tmp_path / "ws" / "witness-state.json").read_text())["logs"]
-        recorded_size = next(iter(recorded.values()))["size"]
-        assert recorded_size in (old, new_size), step  # all or nothing, never a torn file
+        state = json.loads((tmp_path / "ws" / "witness-state.json").read_text())["logs"]
+        recorded = next(iter(state.values()))["size"]
+        assert recorded in (old, new_size) or (fork_answered and recorded == fork_size)
         if outcome and outcome[0][0] == 200:
-            assert recorded_size == new_size  # what was cosigned was persisted first
-        cosigned_sizes.append(recorded_size)
-        # The fork, from every size the witness may hold, is never cosigned.
-        for claimed in {size, old, recorded_size}:
-            proof = fork_proofs.get(claimed, [])
-            assert served.post(request(claimed, proof, fork[1]))[0] in (400, 409, 422)
-    # And the live log still is.
-    last = cosigned_sizes[-1]
-    top, top_note = live[-1]
-    if last < top:
-        status, line = served.post(request(last, consistency_proof(log_store.engine, last, top), top_note))
-        assert status == 200, line
+            assert recorded == new_size and not fork_answered  # what was cosigned was persisted first
+            live_answered = True
+        # The fork, claimed from the size the witness recorded or from where it forked.
+        for claimed in {size, recorded}:
+            proof = fork_proof if claimed == size else []
+            if served.post(request(claimed, proof, fork_note))[0] == 200:
+                # (the same fork checkpoint cosigned again is no news)
+                assert fork_answered or (not live_answered and recorded == size), "a fork cosigned after the live log"
+                fork_answered, recorded = True, fork_size
+    if not fork_answered:  # the live log still is, from what the witness holds
+        top, top_note = live[-1]
+        if recorded < top:
+            status, line = served.post(request(recorded, consistency_proof(log_store.engine, recorded, top),
+                                               top_note))
+            assert status == 200, line
+    else:
+        top, top_note = live[-1]
+        for old in {size, recorded, top}:
+            proof = consistency_proof(log_store.engine, old, top) if old <= top else []
+            assert served.post(request(old, proof, top_note))[0] in (400, 409, 422)
 
 
 def _post_or_fail(served: Served, body: bytes) -> tuple[int, bytes]:
     try:
         return served.post(body)
-    except (urllib.error.URLError, OSError, ConnectionError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # killed before or while answering
         return 0, b""
 
 
@@ -645,3 +658,60 @@ def test_the_witness_server_answers_hostile_requests_and_keeps_serving(served: S
     _, note = newest_checkpoint(log_store.engine)
     assert served.post(request(0, [], note))[0] == 200  # still serving, state intact
     assert served.proc is not None and served.proc.poll() is None
+
+
+@pytest.mark.parametrize("crash_at", ["write", "fsync", "replace", "dir-fsync"])
+def test_a_crash_while_persisting_leaves_the_old_or_the_new_record_and_no_cosignature(
+        tmp_path: Path, log_store: Vault, supplier: Identity, monkeypatch: pytest.MonkeyPatch, crash_at: str) -> None:
+    """Each step of the atomic replace fails in turn (as a power cut would stop it there): the request gets no
+    cosignature, a restarted witness reads a whole record (the old, or the new one it never answered), and from
+    then on it cosigns one branch of a fork, never both."""
+    witness = a_witness(tmp_path, log_store)
+    size1, note1 = newest_checkpoint(log_store.engine)
+    assert witness.add_checkpoint(request(0, [], note1)).status == 200
+    copy = tmp_path / "forked-store"
+    shutil.copytree(log_store.path, copy)
+    size2, note2 = grow(log_store, supplier, tmp_path / "a")
+    calls = {"fsync": 0}
+    real_fsync, real_replace, real_open = os.fsync, os.replace, open
+
+    class Crash(Exception):
+        pass
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        if (crash_at == "fsync" and calls["fsync"] == 1) or (crash_at == "dir-fsync" and calls["fsync"] == 2):
+            raise Crash
+        real_fsync(fd)
+
+    def replace(a: object, b: object) -> None:
+        if crash_at == "replace":
+            raise Crash
+        real_replace(a, b)  # type: ignore[arg-type]
+
+    def opener(file: object, mode: str = "r", *args: object, **kw: object) -> object:
+        if crash_at == "write" and str(file).endswith(".tmp") and "w" in mode:
+            raise Crash
+        return real_open(file, mode, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr("builtins.open", opener)
+    with pytest.raises(Crash):
+        witness.add_checkpoint(request(size1, consistency_proof(log_store.engine, size1, size2), note2))
+    monkeypatch.undo()
+    restarted = a_witness(tmp_path, log_store)
+    recorded = next(iter(restarted.state().values()))[0]
+    assert recorded == (size2 if crash_at == "dir-fsync" else size1)
+    # It answered only size1: either branch may be cosigned next, but never both.
+    with Vault.open(copy) as forked:
+        fork_size, fork_note = grow(forked, supplier, tmp_path / "b", times=3)
+        proof = consistency_proof(forked.engine, recorded, fork_size) if recorded == size1 else []
+        fork_ok = restarted.add_checkpoint(request(recorded, proof, fork_note)).status == 200
+    size3, note3 = grow(log_store, supplier, tmp_path / "a")
+    live_ok = False
+    for old in {recorded, size1, size2, fork_size}:
+        proof = consistency_proof(log_store.engine, old, size3) if old <= size3 else []
+        live_ok |= restarted.add_checkpoint(request(old, proof, note3)).status == 200
+    assert fork_ok != live_ok
+    assert live_ok == (crash_at == "dir-fsync" or not fork_ok)  # recorded size2: the fork is refused
