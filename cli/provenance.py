@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import click
 
 from keyvault import Identity, MalformedKeyError
+from keyvault.engine import consistency_proof
 from keyvault.formats.bundle import verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
+from keyvault.formats.tiles import encode_proof
 
 from .keys import stdin_key
 from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
@@ -168,15 +171,23 @@ def _render_audit(doc: dict[str, Any]) -> str:
 @click.option("--every-events", type=click.IntRange(min=1), help="Sign after this many new events.")
 @click.option("--every-seconds", type=click.IntRange(min=1), help="Sign after this many seconds with new events.")
 @click.option("--list", "list_all", is_flag=True, help="List every checkpoint signed so far.")
+@click.option("--proof", nargs=2, type=click.IntRange(min=0), metavar="OLD NEW",
+              help="Print the RFC 9162 consistency proof from OLD to NEW events (one base64 hash a line).")
 @click.option("--since", type=_FILE, help="A checkpoint note saved earlier: prove the log only grew since (exit 3 if "
                                           "it was rolled back or forked).")
 @json_option
 @click.pass_obj
 @handle_errors
 def checkpoint(state: State, every_events: int | None, every_seconds: int | None, list_all: bool,
-               since: Path | None, as_json: bool) -> None:
-    """Sign a checkpoint of the event log now and print it; or set the cadence, list them, or check one."""
+               proof: tuple[int, int] | None, since: Path | None, as_json: bool) -> None:
+    """Sign a checkpoint of the event log now and print it; or set the cadence, list them, prove or check one."""
     vault = state.vault()
+    if proof:
+        vault.checkpoint()  # NEW may be every event so far
+        hashes = consistency_proof(vault.engine, *proof)
+        emit(as_json, {"old": proof[0], "new": proof[1], "proof": [base64.b64encode(h).decode() for h in hashes]},
+             encode_proof(hashes).rstrip("\n"))
+        return
     if since is not None:
         try:
             old = since.read_text("utf-8")
@@ -206,21 +217,26 @@ def checkpoint(state: State, every_events: int | None, every_seconds: int | None
 @click.option("--trust", "trusted", multiple=True, required=True, type=_FILE,
               help="A public identity file to trust (the supplier's, the store's engine key). Repeat.")
 @click.option("--key", help="The key itself, to check it opens the bundle's commitment ('-' reads stdin).")
+@click.option("--witness", "witnesses", multiple=True, type=_FILE, help="A witness's public identity file. Repeat.")
+@click.option("--min-witnesses", type=click.IntRange(min=0), default=0, help="Require this many cosignatures of "
+              "the checkpoint by distinct --witness keys (default: all given).")
 @json_option
-def verify_bundle(bundle_file: Path, trusted: tuple[Path, ...], key: str | None, as_json: bool) -> None:
+def verify_bundle(bundle_file: Path, trusted: tuple[Path, ...], key: str | None, witnesses: tuple[Path, ...],
+                  min_witnesses: int, as_json: bool) -> None:
     """Check a trace bundle offline with pinned public keys only: one PASS/FAIL line per check.
 
     Exit 0 only if every check passes, 3 otherwise.
     """
     try:
         pins = [PublicIdentity.load(p) for p in trusted]
+        cosigners = [PublicIdentity.load(p) for p in witnesses]
         data = bundle_file.read_bytes()
         material = _key_material(key)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
     except Exception as exc:  # a KeyvaultError from a bad trust file or key
         raise click.ClickException(str(exc)) from None
-    checks = verify_bundle_bytes(data, pins, material)
+    checks = verify_bundle_bytes(data, pins, material, cosigners, min_witnesses or len(cosigners))
     passed = all(c.ok for c in checks)
     if as_json:
         emit(True, {"ok": passed, "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}, "")

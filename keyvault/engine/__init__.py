@@ -15,6 +15,9 @@ from .eventlog import Policy
 from .issuing import Progress, read_cards_csv
 from .throttling import CARD_ATTEMPTS, ThrottlePolicy
 from .tokens import Grant
+from .witness import (LogWitness, consistency_proof, export_tiles, newest_checkpoint, read_tile,
+                      submit_checkpoint)
 
-__all__ = ["CARD_ATTEMPTS", "CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "Policy", "Progress",
-           "ThrottlePolicy", "read_cards_csv"]
+__all__ = ["CARD_ATTEMPTS", "CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "LogWitness", "Policy", "Progress",
+           "ThrottlePolicy", "consistency_proof", "export_tiles", "newest_checkpoint", "read_cards_csv",
+           "read_tile", "submit_checkpoint"]

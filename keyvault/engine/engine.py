@@ -87,6 +87,7 @@ from .tokens import PREFIX as TOKEN_PREFIX
 from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
 from .tokens import save as save_tokens
 from .tokens import stored as stored_tokens
+from .witness import witnessed_size
 
 #: Ledger changes a committed transaction wrote, and their sequence numbers.
 _Written = tuple[list[tuple[int, int, int, str]], list[int]]
@@ -713,6 +714,7 @@ class Engine(State):
                 size = from_u64(last)
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
+                size = witnessed_size(txn, indices[-1] + 1 if indices else 1) or size  # a cosigned one, if any
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
                 return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
                                                        not looks_like_serial(key_or_serial)),

@@ -21,6 +21,7 @@ import msgspec
 from ..errors import BadSignatureError, CustodyError, KeyvaultError, ProofError
 from . import merkle
 from .checkpoint import Verifier, open_note
+from .cosignature import witnessed
 from .custody import Transfer, check_chain, contains, read_transfer
 from .events import parse_leaf
 from .identity import PublicIdentity, fingerprint, supplier_id
@@ -114,9 +115,11 @@ def build(*, serial: int, index: int, manifest_signed: bytes, commitment: bytes,
     }
 
 
-def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes | None = None) -> list[Check]:
+def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes | None = None,
+           witnesses: Sequence[PublicIdentity] = (), min_witnesses: int = 0) -> list[Check]:
     """Check a bundle with pinned public keys only; one Check per step, failures included (never raises
-    for a bad bundle). ``key_material`` (a key's canonical form) also checks that the key opens the commitment."""
+    for a bad bundle). ``key_material`` (a key's canonical form) also checks that the key opens the commitment;
+    ``min_witnesses`` > 0 requires that many cosignatures of the checkpoint by distinct ``witnesses``."""
     checks: list[Check] = []
 
     def fail(name: str, detail: str) -> list[Check]:
@@ -194,6 +197,9 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
                                                           "trusted engine key"))
     except ProofError as exc:
         return fail("checkpoint signature", str(exc))
+    if min_witnesses or witnesses:
+        checks.append(Check("witness cosignatures", *witnessed(note, witnesses, min_witnesses,
+                                                               {p.public_key for p in trusted} | parties)))
     replayed = _Replay(serial_name, header, index, {hop.id for hop in chain})
     for event_index, leaf, proof in events:
         name = f"event {event_index}"

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import Vault
-from ..engine import Grant
-from ..errors import KeyvaultError
+from ..engine import Grant, consistency_proof, newest_checkpoint, read_tile
+from ..errors import KeyvaultError, ProofError
 from ..fields import MAX_ORDER_ID, MAX_REASON
 from ..formats.answers import results_body
 from ..formats.keyformat import looks_like_serial
+from ..formats.tiles import encode_proof
 from ..vocabulary import Level
 from . import bodies
 from .accesslog import AccessLog, request_id
@@ -44,6 +45,8 @@ Answer = tuple[int, bytes, bytes]  # status, body, content type
 Handler = Callable[["Service", Scope, Receive, Grant | None], Awaitable[Answer]]
 
 _JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_TILES = "/v1/log/tile/{path}"
 _PROBLEM = b"application/problem+json"
 _UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="keyvault"')]
 
@@ -164,9 +167,10 @@ class Service:
                                "status": 500, "detail": "the service failed on this request; it was logged "
                                "for the operator. A redeem may be retried with the same order id",
                                "request_id": rid.decode("ascii")}).encode()
+        cache = b"public, max-age=31536000, immutable" if route == _TILES and status == 200 else b"no-store"
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
-                                (b"cache-control", b"no-store"), (b"x-request-id", rid), *headers]})
+                                (b"cache-control", cache), (b"x-request-id", rid), *headers]})
         await send({"type": "http.response.body", "body": body})
         seconds = time.perf_counter() - start
         self.metrics.request(route, status, seconds)
@@ -314,6 +318,28 @@ class Service:
             os.unlink(name)
         return _ok({**info.to_dict(), "new": new})
 
+    async def log_checkpoint(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/log/checkpoint: the newest signed checkpoint with its cosignatures (C2SP tlog-tiles)."""
+        return 200, newest_checkpoint(self.vault.engine)[1], _TEXT
+
+    async def log_tile(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/log/tile/<L>/<N>[.p/<W>] and /v1/log/tile/entries/<N>[.p/<W>] (C2SP tlog-tiles)."""
+        try:
+            data = await _off_loop(read_tile, self.vault.engine, scope["path"][len("/v1/log/"):])
+        except ProofError as exc:
+            raise Problem("not-found", str(exc)) from None
+        return 200, data, b"application/octet-stream"
+
+    async def log_consistency(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/log/consistency?old=N&new=M: the RFC 9162 consistency proof, one base64 hash a line."""
+        query = dict(p.partition("=")[::2] for p in scope.get("query_string", b"").decode("latin-1").split("&"))
+        newest = newest_checkpoint(self.vault.engine)[0]
+        try:
+            old, new = int(query.get("old", "")), int(query.get("new") or newest)
+        except ValueError:
+            raise Problem("invalid-request", "give ?old=N (and optionally &new=M), sizes in events") from None
+        return 200, encode_proof(await _off_loop(consistency_proof, self.vault.engine, old, new)).encode(), _TEXT
+
     async def healthz(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """GET /healthz: 200 when the store answers reads."""
         self.vault.catalog()
@@ -340,6 +366,9 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
     "/v1/manifests": {"POST": (Service.manifests, "admin")},
     "/v1/openapi.json": {"GET": (Service.openapi, None)},
+    "/v1/log/checkpoint": {"GET": (Service.log_checkpoint, None)},
+    "/v1/log/tile/{path}": {"GET": (Service.log_tile, None)},
+    "/v1/log/consistency": {"GET": (Service.log_consistency, None)},
     "/healthz": {"GET": (Service.healthz, None)},
     "/metrics": {"GET": (Service.prometheus, None)},
 }
@@ -349,6 +378,7 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
     """(route template, handler, scope needed) for a request, or a 404/405 problem."""
     path = scope["path"]
     route = "/v1/trace/{serial}" if path.startswith("/v1/trace/") and path.count("/") == 3 else path
+    route = _TILES if path.startswith("/v1/log/tile/") else route
     methods = ROUTES.get(route)
     if methods is None:
         raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")
