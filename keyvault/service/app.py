@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import Vault
+from .. import Status, Vault
 from ..engine import Grant
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON
@@ -240,6 +240,8 @@ class Service:
         item = (body.key, bodies.text(body.order_id, "order_id", MAX_ORDER_ID), self._client(grant, body.client))
         result = (await self._redeems.submit([item]))[0]
         self.metrics.keys("redeem", [result])
+        if body.receipt and result.status is Status.ACCEPTED and result.serial is not None:
+            return _ok({**result.to_dict(), "receipt": await _off_loop(self.vault.receipt, result.serial)})
         return _ok(result.to_dict())
 
     async def redeem_many(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
@@ -291,6 +293,14 @@ class Service:
         story = self.vault.trace_bundle if bundle else self.vault.trace
         return _ok(await _off_loop(story, serial))
 
+    async def receipt(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/receipts/{serial}: the signed receipt of a redeemed key (404 when it was not redeemed here)."""
+        serial = scope["path"][len("/v1/receipts/"):]
+        if not looks_like_serial(serial):
+            raise Problem("invalid-request", "receipts are found by the key's public serial (like 7KQ2-00A-0003F), "
+                          "never the key: keys must not travel in URLs")
+        return _ok({"serial": serial, "receipt": await _off_loop(self.vault.receipt, serial)})
+
     async def manifests(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/manifests: a supplier's signed manifest file, imported all or nothing."""
         _content_type(scope, (b"application/octet-stream",), "application/octet-stream")
@@ -334,6 +344,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/blacklist/lift": {"POST": (Service.blacklist, "admin")},
     "/v1/stats": {"GET": (Service.stats, "admin")},
     "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
+    "/v1/receipts/{serial}": {"GET": (Service.receipt, "redeem")},
     "/v1/manifests": {"POST": (Service.manifests, "admin")},
     "/v1/openapi.json": {"GET": (Service.openapi, None)},
     "/healthz": {"GET": (Service.healthz, None)},
@@ -345,6 +356,8 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
     """(route template, handler, scope needed) for a request, or a 404/405 problem."""
     path = scope["path"]
     route = "/v1/trace/{serial}" if path.startswith("/v1/trace/") and path.count("/") == 3 else path
+    if path.startswith("/v1/receipts/") and path.count("/") == 3:
+        route = "/v1/receipts/{serial}"
     methods = ROUTES.get(route)
     if methods is None:
         raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")

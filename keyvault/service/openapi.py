@@ -76,6 +76,8 @@ def document() -> dict[str, Any]:
             "order_id": {"type": "string"}, "redeemed_at": {"type": "string"}, "voided_at": {"type": "string"},
             "reason": {"type": "string"}, "level": {"type": "string"}, "group": {"type": "integer"},
             "message": {"type": "string"},
+            "receipt": {"type": "string", "description": "POST /v1/redeem with `receipt: true`, when accepted: "
+                                                         "the engine-signed receipt (KVR1.…)."},
         },
     }
     schemas: dict[str, Any] = {
@@ -138,6 +140,15 @@ def document() -> dict[str, Any]:
                 {"name": "bundle", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1"]},
                  "description": "1: the offline bundle that `keyvault verify-bundle` checks."}],
             "responses": _responses(free, (400, 401, 403, 404, 422, 503, 507))}},
+        "/v1/receipts/{serial}": {"get": {
+            "summary": "The engine-signed receipt of a redeemed key (scope redeem)", "operationId": "receipt",
+            "description": "`keyvault verify-receipt RECEIPT --engine engine.pub` checks it offline.",
+            "parameters": [
+                {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The key's public serial (never the key: keys do not go in URLs)."}],
+            "responses": _responses({"type": "object", "required": ["serial", "receipt"],
+                                     "properties": {"serial": {"type": "string"}, "receipt": {"type": "string"}}},
+                                    (400, 401, 403, 404, 422, 503, 507))}},
         "/v1/manifests": {"post": {
             "summary": "Import a supplier's signed manifest, all or nothing (scope admin)",
             "operationId": "importManifest",
