@@ -25,6 +25,7 @@ from . import (
     keys,
     provenance,
     receipts,
+    reports,
     serve,
     store,
     supplier,
@@ -70,7 +71,7 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
 
 for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
                 provenance.audit, provenance.checkpoint, provenance.verify_bundle, receipts.verify_receipt,
-                receipts.verify_offline, check.check, serve.serve,
+                receipts.verify_offline, reports.report, reports.list_, check.check, serve.serve,
                 backup.backup, backup.restore):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,

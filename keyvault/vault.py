@@ -11,7 +11,7 @@ working.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ from .engine import (
     Progress,
     ThrottlePolicy,
 )
+from .engine.reconcile import activity, key_report, page
 from .engine.receipts import make_receipt, upgrade_receipt
 from .engine.shapes import (
     CheckpointEntry,
@@ -310,6 +311,21 @@ class Vault:
     def stats(self) -> dict[str, Any]:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         return self.engine.stats()
+
+    def activity(self, since: int | None = None, until: int | None = None, *, daily: bool = False) -> dict[str, Any]:
+        """Redeems and voids in [since, until) (ms since the epoch; None: open), per supplier and batch, and
+        with ``daily`` per UTC day: what ``keyvault stats --since --until --daily`` prints."""
+        return activity(self.engine, since, until, daily)
+
+    def key_report(self, batch: str) -> Iterator[dict[str, Any]]:
+        """Each key of a batch held here, streamed in serial order: serial, state, order id, time, void reason,
+        blacklisted. Never the key. Consume it (or close it) promptly: it holds a read transaction."""
+        return key_report(self.engine, batch)
+
+    def page(self, what: str, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page of ``batches``, ``manifests``, ``blacklist`` or ``tokens``: the items after the cursor
+        ``after``, at most ``limit`` (1-1000), and ``next``, the cursor of the next page (None on the last)."""
+        return page(self.engine, what, after, limit)
 
     def trace(self, key_or_serial: str) -> dict[str, Any]:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
