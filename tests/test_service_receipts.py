@@ -70,3 +70,41 @@ def test_receipt_lookups_refuse_keys_unredeemed_and_bad_bodies(small: Small) -> 
     openapi = small.call("GET", "/v1/openapi.json", scope=None).json()
     assert "/v1/receipts/{serial}" in openapi["paths"]
     assert "receipt" in openapi["components"]["schemas"]["RedeemRequest"]["properties"]
+
+
+def test_lists_are_paged_with_a_cursor(small: Small) -> None:
+    seen: list[str] = []
+    after = None
+    for _ in range(10):
+        path = "/v1/tokens?limit=2" + (f"&after={after}" if after else "")
+        doc = small.call("GET", path).json()
+        seen += [t["name"] for t in doc["tokens"]]
+        after = doc["next"]
+        if after is None:
+            break
+    assert seen == ["admin-app", "redeem-app", "verify-app"]
+    batches = small.call("GET", "/v1/batches").json()
+    assert [b["count"] for b in batches["batches"]] == [60] and batches["next"] is None
+    manifests = small.call("GET", "/v1/manifests?limit=1").json()
+    assert manifests["manifests"][0]["batch"] == batches["batches"][0]["batch"] and manifests["next"] is None
+    small.call("POST", "/v1/blacklist", {"level": "serial", "target": small.serials[9], "reason": "lost"})
+    small.call("POST", "/v1/blacklist", {"level": "serial", "target": small.serials[8], "reason": "lost"})
+    first = small.call("GET", "/v1/blacklist?limit=1").json()
+    second = small.call("GET", f"/v1/blacklist?limit=1&after={first['next']}").json()
+    assert [e["target"] for e in first["blacklist"] + second["blacklist"]] == [small.serials[8], small.serials[9]]
+    assert second["next"] is None
+    for bad in ("/v1/batches?limit=0", "/v1/batches?limit=1001", "/v1/batches?limit=x", "/v1/batches?page=2",
+                "/v1/batches?limit=1&limit=2"):
+        problem(small.call("GET", bad), 422, "invalid-request")
+    problem(small.call("GET", "/v1/tokens", scope="redeem"), 403, "forbidden")
+
+
+def test_stats_of_a_time_window(small: Small) -> None:
+    small.call("POST", "/v1/redeem", {"key": small.keys[20], "order_id": "o-20"}, scope="redeem")
+    doc = small.call("GET", "/v1/stats?since=2020-01-01&daily=1").json()
+    assert doc["totals"]["redeemed"] >= 1 and doc["days"] and doc["since"].startswith("2020-01-01")
+    empty = small.call("GET", "/v1/stats?until=2020-01-01").json()
+    assert empty["totals"] == {"redeemed": 0, "void": 0} and "days" not in empty
+    problem(small.call("GET", "/v1/stats?since=yesterday"), 422, "invalid-request")
+    problem(small.call("GET", "/v1/stats?since=2027-01-01&until=2026-01-01"), 422, "invalid-request")
+    assert "totals" in small.call("GET", "/v1/stats").json()  # no window: the store's counts, as before

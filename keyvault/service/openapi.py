@@ -28,6 +28,13 @@ REF_TEMPLATE = "#/components/schemas/{name}"
 _STATUSES = [status.value for status in Status]
 
 
+_PAGE = [
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+     "description": "Items per page (100 by default)."},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "The cursor: the `next` of the previous page (absent for the first page; null next: the last)."}]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF_TEMPLATE.format(name=name)}
 
@@ -119,6 +126,9 @@ def document() -> dict[str, Any]:
             "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
             "requestBody": _body(VoidRequest), "responses": _responses(_ref("Result"), _WRITE)}},
         "/v1/blacklist": {
+            "get": {"summary": "One page of the blacklist entries, by level:target (scope admin)",
+                    "operationId": "listBlacklist", "parameters": _PAGE,
+                    "responses": _responses(free, (400, 401, 403, 422, 503, 507))},
             "post": {"summary": "Blacklist a key, serial, batch or supplier (scope admin)",
                      "operationId": "blacklist", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))},
@@ -130,8 +140,23 @@ def document() -> dict[str, Any]:
                      "operationId": "lift", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
         "/v1/stats": {"get": {
-            "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",
-            "responses": _responses(free, (400, 401, 403, 503, 507))}},
+            "summary": "Counts per supplier and batch; with since, until or daily, the redeems and voids of "
+                       "that window (scope admin)", "operationId": "stats",
+            "parameters": [
+                {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "ISO 8601 date or time (UTC unless it says otherwise): count events from then."},
+                {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "ISO 8601 date or time: count events before then (excluded)."},
+                {"name": "daily", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1", "0"]},
+                 "description": "1: also count per UTC day."}],
+            "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+        "/v1/batches": {"get": {
+            "summary": "One page of the batches, by batch id (scope admin)", "operationId": "listBatches",
+            "parameters": _PAGE, "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+        "/v1/tokens": {"get": {
+            "summary": "One page of the service tokens, by name (never a token or its hash) (scope admin)", "operationId": "listTokens",
+            "parameters": _PAGE, "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+
         "/v1/trace/{serial}": {"get": {
             "summary": "Where a key came from and what happened to it (scope redeem)", "operationId": "trace",
             "parameters": [
@@ -149,7 +174,10 @@ def document() -> dict[str, Any]:
             "responses": _responses({"type": "object", "required": ["serial", "receipt"],
                                      "properties": {"serial": {"type": "string"}, "receipt": {"type": "string"}}},
                                     (400, 401, 403, 404, 422, 503, 507))}},
-        "/v1/manifests": {"post": {
+        "/v1/manifests": {"get": {
+            "summary": "One page of the manifests imported, by manifest id (scope admin)",
+            "operationId": "listManifests", "parameters": _PAGE,
+            "responses": _responses(free, (400, 401, 403, 422, 503, 507))}, "post": {
             "summary": "Import a supplier's signed manifest, all or nothing (scope admin)",
             "operationId": "importManifest",
             "requestBody": {"required": True, "content": {"application/octet-stream": {
