@@ -62,7 +62,7 @@ def show_activity(vault: Vault, since: dt.datetime | None, until: dt.datetime | 
 def report(state: State, batch: str, form: str) -> None:
     """Every key of a batch, streamed: serial, state, order id, time, void reason, blacklisted (never the key)."""
     rows = state.vault().key_report(batch)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     first = next(rows, None)  # a batch that is not here fails before anything is printed
     if form == "csv":
         writer = csv.writer(out, lineterminator="\n")
@@ -79,7 +79,7 @@ def report(state: State, batch: str, form: str) -> None:
         sep = ",\n"
         first = next(rows, None)
     out.write("\n]}\n")
-    sys.stdout.flush()
+    out.flush()
 
 
 @click.command("list")
