@@ -140,3 +140,32 @@ def test_cli_report_stats_window_and_list(world) -> None:  # type: ignore[no-unt
     assert "more:" not in ok("--store", store, "list", "manifests").stdout
     assert kv("--store", store, "list", "batches", "--limit", "0").exit_code == EXIT_USAGE
     assert kv("--store", store, "list", "keys").exit_code == EXIT_USAGE
+
+
+def test_async_twins_stream_the_key_report(tmp_path: Path, supplier: Identity, supplier_store: Vault) -> None:
+    import asyncio
+
+    from keyvault.aio import AsyncVault
+
+    batch = issue(supplier_store, supplier, tmp_path / "a", count=2500)
+    supplier_store.redeem(batch.keys[0], "o-0")
+    path = supplier_store.path
+    supplier_store.close()
+
+    async def main() -> None:
+        async with await AsyncVault.open(path) as vault:
+            rows = [row async for row in await vault.key_report(batch.batch.id)]
+            assert [r["serial"] for r in rows] == batch.serials and rows[0]["order_id"] == "o-0"
+            left = await vault.key_report(batch.batch.id)
+            async for _ in left:
+                break  # a reader that leaves early stops the walk
+            await left.aclose()
+            with pytest.raises(NotFoundError):
+                async for _ in await vault.key_report("ZZZZ-000"):
+                    pass
+            assert (await vault.page("batches"))["batches"][0]["batch"] == batch.batch.id
+            assert (await vault.activity())["totals"]["redeemed"] == 1
+            text = await vault.receipt(batch.serials[0])
+            assert (await vault.upgrade_receipt(text))["receipt"] == text
+
+    asyncio.run(main())
