@@ -55,6 +55,7 @@ type Result struct {
 	Level        string `json:"level"`
 	Group        int    `json:"group"`
 	Message      string `json:"message"`
+	Receipt      string `json:"receipt"` // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
 }
 
 // OK reports whether the key got through (valid or accepted).
