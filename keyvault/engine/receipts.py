@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import NotFoundError, ProofError, StoreCorruptError
 from ..formats import receipt as fmt
 from ..formats.events import change_of
-from ..formats.keyformat import looks_like_serial
+from ..formats.keyformat import looks_like_serial, serial_text
 from ..results import Result
 from ..store import REDEEMED, Txn
 from ..store.records import OUTCOME
@@ -30,8 +30,12 @@ def _redeem_event(state: State, txn: Txn, key_or_serial: str) -> tuple[int, str]
     if change is not None:
         redeemed, index = change[0] == REDEEMED, change[3]
     else:
-        redeemed = found.state == REDEEMED and found.outcome is not None and len(found.outcome) >= OUTCOME.size
-        index = OUTCOME.unpack_from(found.outcome)[2] if redeemed and found.outcome is not None else -1
+        redeemed, index = found.state == REDEEMED, -1
+        if redeemed:
+            if found.outcome is None or len(found.outcome) < OUTCOME.size:
+                raise StoreCorruptError(f"the outcome record of {serial_text(found.serial)} is damaged, so its "
+                                        "receipt cannot be made; run `keyvault check` and restore the store")
+            index = OUTCOME.unpack_from(found.outcome)[2]
     if not redeemed:
         raise NotFoundError(f"that {what} was not redeemed here, so there is no receipt for it "
                             "(`keyvault trace` shows what became of it)")

@@ -27,8 +27,6 @@ _STATES = {ACTIVE: "active", REDEEMED: "redeemed", VOIDED: "void"}
 #: The lists that can be paged, and the most items one page holds.
 LISTS = ("batches", "manifests", "blacklist", "tokens")
 MAX_PAGE = 1000
-#: The columns of a key report, in order (never the key).
-REPORT_COLUMNS = ("serial", "state", "order_id", "at", "reason", "blacklisted")
 
 
 def activity(state: State, since: int | None, until: int | None, daily: bool = False) -> dict[str, Any]:
