@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from service_support import Reply, Server, make_token
 from test_service import build_world, problem
 
-from keyvault import PublicIdentity
+from keyvault import PublicIdentity, Vault
 from keyvault.formats import receipt as fmt
 from keyvault.formats.identity import public_part
 
@@ -22,6 +23,8 @@ class Small:
     serials: list[str]
     tokens: dict[str, str]
     engine: PublicIdentity
+    long_forms: list[str]
+    long_keys: list[str]
 
     def call(self, method: str, path: str, body: object = None, scope: str | None = "admin") -> Reply:
         return self.server.request(method, path, body, token=self.tokens[scope] if scope else None)
@@ -30,12 +33,18 @@ class Small:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Small]:
     root = tmp_path_factory.mktemp("service-receipts")
-    store, first, _, _ = build_world(root, count=60)
+    store, first, _, supplier = build_world(root, count=60)
     engine = public_part(store / "engine.key")
+    with Vault.open(store) as vault:  # a batch with long forms, issued by the platform's store itself
+        vault.issue_batch(supplier, "GOLD", 5, keys_out=root / "long.csv", manifest_out=root / "long.kvm",
+                          long_form=True)
+    with open(root / "long.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     tokens = {scope: make_token(store, f"{scope}-app", scope) for scope in ("verify", "redeem", "admin")}
     server = Server(store, root / "server.log").start()
     try:
-        yield Small(server, list(first.keys), list(first.serials), tokens, engine)
+        yield Small(server, list(first.keys), list(first.serials), tokens, engine,
+                    [r["long_form"] for r in rows], [r["key"] for r in rows])
     finally:
         server.kill()
 
@@ -84,9 +93,11 @@ def test_lists_are_paged_with_a_cursor(small: Small) -> None:
             break
     assert seen == ["admin-app", "redeem-app", "verify-app"]
     batches = small.call("GET", "/v1/batches").json()
-    assert [b["count"] for b in batches["batches"]] == [60] and batches["next"] is None
+    assert sorted(b["count"] for b in batches["batches"]) == [5, 60] and batches["next"] is None
     manifests = small.call("GET", "/v1/manifests?limit=1").json()
-    assert manifests["manifests"][0]["batch"] == batches["batches"][0]["batch"] and manifests["next"] is None
+    assert manifests["manifests"][0]["batch"] in {b["batch"] for b in batches["batches"]}
+    rest = small.call("GET", f"/v1/manifests?limit=1&after={manifests['next']}").json()
+    assert rest["next"] is None and rest["manifests"][0]["manifest"] > manifests["manifests"][0]["manifest"]
     small.call("POST", "/v1/blacklist", {"level": "serial", "target": small.serials[9], "reason": "lost"})
     small.call("POST", "/v1/blacklist", {"level": "serial", "target": small.serials[8], "reason": "lost"})
     first = small.call("GET", "/v1/blacklist?limit=1").json()
@@ -108,3 +119,23 @@ def test_stats_of_a_time_window(small: Small) -> None:
     problem(small.call("GET", "/v1/stats?since=yesterday"), 422, "invalid-request")
     problem(small.call("GET", "/v1/stats?since=2027-01-01&until=2026-01-01"), 422, "invalid-request")
     assert "totals" in small.call("GET", "/v1/stats").json()  # no window: the store's counts, as before
+
+
+def test_long_forms_verify_and_redeem_over_http(small: Small) -> None:
+    forms, keys = small.long_forms, small.long_keys
+    answers = small.call("POST", "/v1/verify", {"keys": [forms[0], keys[0], forms[1][:-9]]}, scope="verify")
+    results = answers.json()["results"]
+    assert [r["status"] for r in results] == ["valid", "valid", "malformed"]
+    assert results[0] == results[1]
+    assert forms[0] not in answers.body.decode() and keys[0] not in answers.body.decode()
+    one = small.call("POST", "/v1/verify", {"keys": [forms[2]]}, scope="verify").json()["results"][0]
+    assert one["status"] == "valid"
+    spent = small.call("POST", "/v1/redeem", {"key": forms[0], "order_id": "lf-1", "receipt": True},
+                       scope="redeem").json()
+    assert spent["status"] == "accepted" and spent["receipt"].startswith("KVR1.")
+    again = small.call("POST", "/v1/redeem", {"key": keys[0], "order_id": "lf-2"}, scope="redeem").json()
+    assert again["status"] == "redeemed" and again["order_id"] == "lf-1"
+    many = small.call("POST", "/v1/redeem-many", {"items": [{"key": forms[3], "order_id": "lf-3"},
+                                                            {"key": keys[3], "order_id": "lf-4"}]},
+                      scope="redeem").json()["results"]
+    assert [r["status"] for r in many] == ["accepted", "redeemed"]
