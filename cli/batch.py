@@ -60,11 +60,13 @@ def batch() -> None:
               help="The one-time printable export (.csv, or .json); created 0600, never overwritten.")
 @click.option("--manifest-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The signed manifest for platforms (.kvm).")
+@click.option("--long-form", is_flag=True,
+              help="Add each key's long form (the key signed by the supplier, for QR codes and links) to the export.")
 @json_option
 @click.pass_obj
 @handle_errors
 def issue(state: State, identity_file: Path, product: str, count: int, valid_from: dt.datetime | None,
-          valid_days: float | None, keys_out: Path, manifest_out: Path, as_json: bool) -> None:
+          valid_days: float | None, keys_out: Path, manifest_out: Path, long_form: bool, as_json: bool) -> None:
     """Issue a batch: keys for the printer (once), a signed manifest, records in this store."""
     identity = Identity.load(identity_file)
     start, until = window(valid_from, valid_days)
@@ -72,10 +74,10 @@ def issue(state: State, identity_file: Path, product: str, count: int, valid_fro
     report, finish = progress("issuing keys", count)
     try:
         info = vault.issue_batch(identity, product, count, keys_out=keys_out, manifest_out=manifest_out,
-                                 valid_from=start, valid_until=until, progress=report)
+                                 valid_from=start, valid_until=until, progress=report, long_form=long_form)
     finally:
         finish()
-    doc = {**info.to_dict(), "keys_out": str(keys_out), "manifest_out": str(manifest_out)}
+    doc = {**info.to_dict(), "keys_out": str(keys_out), "manifest_out": str(manifest_out), "long_form": long_form}
     emit(as_json, doc, describe(info, "issued") +
          f"\nprintable keys: {keys_out} (mode 0600) - LIVE KEYS, the only copy: deliver encrypted, then destroy"
          f"\nmanifest for platforms: {manifest_out} (holds no keys)")

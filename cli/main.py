@@ -25,6 +25,8 @@ from . import (
     identity,
     keys,
     provenance,
+    receipts,
+    reports,
     serve,
     store,
     supplier,
@@ -70,12 +72,13 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
 
 
 for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
-                provenance.audit, provenance.checkpoint, provenance.verify_bundle, check.check, serve.serve,
+                provenance.audit, provenance.checkpoint, provenance.verify_bundle, receipts.verify_receipt,
+                receipts.verify_offline, reports.report, reports.list_, check.check, serve.serve,
                 backup.backup, backup.restore):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
-              provenance.trust, provenance.lot, throttle.throttle, serve.token, config.config,
-              witness.witness, witness.log_group):
+              provenance.trust, provenance.lot, receipts.receipt, throttle.throttle, serve.token,
+              config.config, witness.witness, witness.log_group):
     cli.add_command(group)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from keyvault.formats.keyformat import parse_prefix
 
 from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
+from .reports import show_activity, window_options
 
 
 @click.command()
@@ -33,11 +35,19 @@ def init(state: State, as_json: bool) -> None:
 
 
 @click.command()
+@window_options
 @json_option
 @click.pass_obj
 @handle_errors
-def stats(state: State, as_json: bool) -> None:
-    """Counts per supplier and batch: issued, imported, redeemed, void, blacklisted, refused."""
+def stats(state: State, since: dt.datetime | None, until: dt.datetime | None, daily: bool, as_json: bool) -> None:
+    """Counts per supplier and batch: issued, imported, redeemed, void, blacklisted, refused.
+
+    With --since, --until or --daily: the redeems and voids of that time window instead (UTC), per
+    supplier and batch, and per day with --daily.
+    """
+    if since or until or daily:
+        show_activity(state.vault(), since, until, daily, as_json)
+        return
     doc = state.vault().stats()
     if as_json:
         emit(True, doc, "")

@@ -27,7 +27,7 @@ import asyncio
 import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -343,11 +343,11 @@ class AsyncVault:
     async def issue_batch(self, identity: Identity, product: str, count: int, *,
                           keys_out: str | os.PathLike[str], manifest_out: str | os.PathLike[str],
                           valid_from: int | None = None, valid_until: int | None = None,
-                          progress: Progress | None = None) -> BatchInfo:
+                          progress: Progress | None = None, long_form: bool = False) -> BatchInfo:
         """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
         return await self._io.write(self.vault.issue_batch, identity, product, count, keys_out=keys_out,
                                     manifest_out=manifest_out, valid_from=valid_from, valid_until=valid_until,
-                                    progress=progress)
+                                    progress=progress, long_form=long_form)
 
     async def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                            manifest_out: str | os.PathLike[str], valid_from: int | None = None,
@@ -409,6 +409,66 @@ class AsyncVault:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         return await self._io.read(self.vault.trace, key_or_serial)
 
+    async def activity(self, since: int | None = None, until: int | None = None, *,
+                       daily: bool = False) -> dict[str, Any]:
+        """Redeems and voids in [since, until) (ms; None: open), per supplier and batch, and per UTC day."""
+        return await self._io.read(self.vault.activity, since, until, daily=daily)
+
+    async def key_report(self, batch: str) -> AsyncIterator[dict[str, Any]]:
+        """Each key of a batch, streamed (``async for row in await vault.key_report(batch)``): one read thread
+        walks the batch and hands rows over 1,000 at a time, at most 4 chunks ahead of the reader."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[dict[str, Any]] | BaseException | None] = asyncio.Queue(maxsize=4)
+        stop = threading.Event()
+
+        def put(item: list[dict[str, Any]] | BaseException | None) -> bool:
+            handed = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            while True:
+                try:
+                    handed.result(timeout=0.2)
+                    return True
+                except TimeoutError:
+                    if stop.is_set() or self._io.closed or loop.is_closed():
+                        handed.cancel()
+                        return False  # the reader left (or the vault closes): stop walking
+
+        def produce() -> None:
+            try:
+                rows = self.vault.key_report(batch)
+                try:
+                    chunk: list[dict[str, Any]] = []
+                    for row in rows:
+                        chunk.append(row)
+                        if len(chunk) == 1000:
+                            if stop.is_set() or not put(chunk):
+                                return
+                            chunk = []
+                    if chunk and not put(chunk):
+                        return
+                finally:
+                    rows.close()
+                put(None)
+            except Exception as exc:  # handed to the reader, raised where it iterates
+                put(exc)
+
+        self._io.read(produce)
+
+        async def rows() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while (item := await queue.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    for row in item:
+                        yield row
+            finally:
+                stop.set()
+
+        return rows()
+
+    async def page(self, what: str, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page of ``batches``, ``manifests``, ``blacklist`` or ``tokens`` after the cursor ``after``."""
+        return await self._io.read(self.vault.page, what, after=after, limit=limit)
+
     async def check(self, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Verify every part of the store and report check by check (``keyvault check``); never raises."""
         return await self._io.read(self.vault.check, on_check)
@@ -454,6 +514,14 @@ class AsyncVault:
     async def audit(self) -> dict[str, Any]:
         """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
         return await self._io.read(self.vault.audit)
+
+    async def receipt(self, key_or_serial: str) -> str:
+        """The engine-signed receipt of a key's redeem (by key or serial): one line, ``KVR1.`` and base64url."""
+        return await self._io.read(self.vault.receipt, key_or_serial)
+
+    async def upgrade_receipt(self, receipt: str) -> dict[str, Any]:
+        """A receipt of this store with its event's inclusion proof under a signed checkpoint (JSON)."""
+        return await self._io.write(self.vault.upgrade_receipt, receipt)
 
     async def trace_bundle(self, key_or_serial: str) -> dict[str, Any]:
         """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""

@@ -11,7 +11,7 @@ working.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,8 @@ from .engine import (
     Progress,
     ThrottlePolicy,
 )
+from .engine.reconcile import activity, key_report, page
+from .engine.receipts import make_receipt, upgrade_receipt
 from .engine.shapes import (
     CheckpointEntry,
     LotReceived,
@@ -220,10 +222,16 @@ class Vault:
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
-        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
+                    valid_until: int | None = None, progress: Progress | None = None,
+                    long_form: bool = False) -> BatchInfo:
+        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store.
+
+        ``long_form`` adds each key's long form (for QR codes and links: the key with its supplier's
+        signature, ``keyvault verify-offline`` checks it) to the export; it costs a signature per key.
+        """
         return self.engine.issue_batch(identity, product, count, keys_out=keys_out, manifest_out=manifest_out,
-                                       valid_from=valid_from, valid_until=valid_until, progress=progress)
+                                       valid_from=valid_from, valid_until=valid_until, progress=progress,
+                                       long_form=long_form)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,
@@ -304,6 +312,21 @@ class Vault:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         return self.engine.stats()
 
+    def activity(self, since: int | None = None, until: int | None = None, *, daily: bool = False) -> dict[str, Any]:
+        """Redeems and voids in [since, until) (ms since the epoch; None: open), per supplier and batch, and
+        with ``daily`` per UTC day: what ``keyvault stats --since --until --daily`` prints."""
+        return activity(self.engine, since, until, daily)
+
+    def key_report(self, batch: str) -> Iterator[dict[str, Any]]:
+        """Each key of a batch held here, streamed in serial order: serial, state, order id, time, void reason,
+        blacklisted. Never the key. Consume it (or close it) promptly: it holds a read transaction."""
+        return key_report(self.engine, batch)
+
+    def page(self, what: str, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """One page of ``batches``, ``manifests``, ``blacklist`` or ``tokens``: the items after the cursor
+        ``after``, at most ``limit`` (1-1000), and ``next``, the cursor of the next page (None on the last)."""
+        return page(self.engine, what, after, limit)
+
     def trace(self, key_or_serial: str) -> dict[str, Any]:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         return self.engine.trace(key_or_serial)
@@ -339,6 +362,19 @@ class Vault:
     def check_since(self, old_note: str) -> Check:
         """Is this store's log an extension of the one ``old_note`` (a checkpoint it signed earlier) saw?"""
         return self.engine.check_since(old_note)
+
+    def receipt(self, key_or_serial: str) -> str:
+        """The engine-signed receipt of a key's redeem (by key or serial): one line, ``KVR1.`` and base64url.
+
+        Made on request, after the redeem, from its event in the log: redeems that want none pay nothing.
+        The same redeem always gets the same text; NotFoundError when the key was not redeemed here.
+        """
+        return make_receipt(self.engine, key_or_serial)
+
+    def upgrade_receipt(self, receipt: str) -> dict[str, Any]:
+        """A receipt of this store with its event's inclusion proof and the signed checkpoint covering it
+        (one is signed when none covers it yet): JSON that ``keyvault verify-receipt`` checks whole."""
+        return upgrade_receipt(self.engine, receipt, self.engine.checkpoint)
 
     def verify_log(self) -> int:
         """Walk the event log: chain, tree and checkpoints; how many events. StoreCorruptError if altered."""

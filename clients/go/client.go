@@ -48,6 +48,7 @@ type redeemRequest struct {
 	Key     string `json:"key"`
 	OrderID string `json:"order_id"`
 	Client  string `json:"client,omitempty"`
+	Receipt bool   `json:"receipt,omitempty"`
 }
 
 type redeemManyRequest struct {
@@ -152,6 +153,15 @@ func (c *Client) Redeem(ctx context.Context, key, orderID, client string) (Resul
 	var result Result
 	rid, err := c.call(ctx, "redeem", redeemRequest{Key: key, OrderID: orderID, Client: client}, c.retries, &result)
 	result.RequestID = rid
+	return result, c.checkResult("redeem", result, err)
+}
+
+// RedeemWithReceipt is Redeem, and an accepted answer carries Receipt: the redeem signed by the store's
+// engine key, which `keyvault verify-receipt` checks offline (it costs the service a signature).
+func (c *Client) RedeemWithReceipt(ctx context.Context, key, orderID, client string) (Result, error) {
+	var result Result
+	body := redeemRequest{Key: key, OrderID: orderID, Client: client, Receipt: true}
+	err := c.call(ctx, "redeem", body, c.retries, &result)
 	return result, c.checkResult("redeem", result, err)
 }
 

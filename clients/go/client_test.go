@@ -360,7 +360,7 @@ func TestRequestBodiesMatchTheServedSchemas(t *testing.T) {
 	}
 	bodies := map[string][]any{ // the first of each has every optional field given
 		"verify":     {verifyBody([]string{"K1", "K2"}, "acct-1"), verifyBody(nil, "")},
-		"redeem":     {redeemRequest{"K", "SO-1", "acct-1"}, redeemRequest{Key: "K", OrderID: "SO-1"}},
+		"redeem":     {redeemRequest{"K", "SO-1", "acct-1", true}, redeemRequest{Key: "K", OrderID: "SO-1"}},
 		"redeemMany": {redeemManyBody([]RedeemItem{{"K", "O"}}, "acct-1"), redeemManyBody(nil, "")},
 		"void":       {voidRequest{"K", "refund"}},
 		"blacklist":  {blacklistRequest{LevelSerial, "S", "fraud"}},
@@ -444,6 +444,14 @@ func TestRedeemRetrySameOrderAndOtherOrder(t *testing.T) {
 	wantStatus(t, other, StatusRedeemed)
 	if other.OrderID != e.run+"-A" {
 		t.Fatalf("redeemed names order %q, want the first", other.OrderID)
+	}
+	if first.Receipt != "" {
+		t.Fatalf("a redeem that asked for no receipt got one")
+	}
+	signed := must(kv.RedeemWithReceipt(ctx, e.keys[2], e.run+"-A", ""))
+	wantStatus(t, signed, StatusAccepted)
+	if !strings.HasPrefix(signed.Receipt, "KVR1.") {
+		t.Fatalf("RedeemWithReceipt: no receipt in %+v", signed)
 	}
 }
 

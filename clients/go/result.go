@@ -55,6 +55,7 @@ type Result struct {
 	Level        string `json:"level"`
 	Group        int    `json:"group"`
 	Message      string `json:"message"`
+	Receipt      string `json:"receipt"` // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
 	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
 	RequestID string `json:"-"`
 }

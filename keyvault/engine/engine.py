@@ -727,10 +727,11 @@ class Engine(State):
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
+                    valid_until: int | None = None, progress: Progress | None = None,
+                    long_form: bool = False) -> BatchInfo:
         """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
         return issuing.issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
-                           valid_from, valid_until, progress)
+                           valid_from, valid_until, progress, long_form)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,

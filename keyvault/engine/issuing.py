@@ -21,6 +21,7 @@ from .. import _fast
 from ..clock import iso, now_ms
 from ..errors import ConflictError, ImportFileError, KeyvaultError, StoreFullError, TrustError, UsageError
 from ..fields import check_text
+from ..formats import longform
 from ..formats.identity import Identity, fingerprint
 from ..formats.keyformat import (
     MAX_BATCH_SIZE,
@@ -158,8 +159,10 @@ _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 class _Export:
     """The one-time printable export: CSV (serial,key,...) or JSON, created 0600, never overwritten."""
 
-    def __init__(self, path: Path, batch: str, product: str, valid_until: int | None) -> None:
+    def __init__(self, path: Path, batch: str, product: str, valid_until: int | None,
+                 long_form: Callable[[int, str], str] | None = None) -> None:
         self.path = path
+        self._long_form = long_form  # (serial, canonical key) -> the key's long form, when asked for
         self._as_json = path.suffix.lower() == ".json"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -176,17 +179,22 @@ class _Export:
         else:
             head = io.StringIO()
             writer = csv.writer(head)
-            writer.writerow(["serial", "key", "batch", "product", "valid_until"])
+            writer.writerow(["serial", "key", "batch", "product", "valid_until"] + (["long_form"] if long_form else []))
             self._fh.write(head.getvalue())
             rest = io.StringIO()
             csv.writer(rest).writerow([self._batch, self._product, self._until])
             self._suffix = rest.getvalue()[:-2]  # the CSV-encoded batch, product, valid_until of every row
 
     def write(self, first_serial: int, keys: list[str]) -> None:
+        signer = self._long_form
         if self._as_json:
-            rows = ",\n".join('{"serial": "%s", "key": "%s"}' % (serial_text(first_serial + i), display_key(k))
-                              for i, k in enumerate(keys))
+            rows = ",\n".join('{"serial": "%s", "key": "%s"%s}' % (
+                serial_text(first_serial + i), display_key(k),
+                ', "long_form": "%s"' % signer(first_serial + i, k) if signer else "") for i, k in enumerate(keys))
             self._fh.write(("" if self._first else ",\n") + rows)
+        elif signer is not None:
+            self._fh.write("".join(f"{serial_text(first_serial + i)},{display_key(k)},{self._suffix},"
+                                   f"{signer(first_serial + i, k)}\r\n" for i, k in enumerate(keys)))
         else:
             self._fh.write(_fast.export_rows(first_serial, keys, self._suffix))
         self._first = False
@@ -218,8 +226,12 @@ def _commit_chunk(first: int, seed: bytes, keys: list[str]) -> tuple[bytes, byte
 
 
 def issue_batch(state: State, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
-                valid_from: int | None, valid_until: int | None, progress: Progress | None) -> BatchInfo:
-    """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records."""
+                valid_from: int | None, valid_until: int | None, progress: Progress | None,
+                long_form: bool = False) -> BatchInfo:
+    """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records.
+
+    ``long_form`` adds each key's long form (``formats/longform.py``: an Ed25519 signature per key) to the export.
+    """
     product = _check_batch_args(product, count, valid_from, valid_until)
     report = progress or _nothing
     _check_outputs(keys_out, manifest_out)
@@ -227,7 +239,15 @@ def issue_batch(state: State, identity: Identity, product: str, count: int, keys
     batch = make_batch(identity.prefix, number)
     first = make_serial(batch, 0)
     salt, seed = os.urandom(16), os.urandom(SEED_BYTES)
-    export = _Export(keys_out, batch_text(batch), product, valid_until)
+    if long_form:  # a product a long form cannot hold is refused before anything is written
+        longform.make(longform.LongForm(first, valid_from, valid_until, product), bytes(16),
+                      "0" * longform.KEY_SYMBOLS, identity.signing_key)
+
+    def sign_long(serial: int, key: str) -> str:
+        fields = longform.LongForm(serial, valid_from, valid_until, product)
+        return longform.make(fields, _fast.key_salt(seed, serial), key, identity.signing_key)
+
+    export = _Export(keys_out, batch_text(batch), product, valid_until, sign_long if long_form else None)
 
     def body() -> Iterator[tuple[bytes, bytes, bytes]]:
         # Pipelined: a second thread hashes chunk i's commitments and their Merkle root (the compiled

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import _fast
-from ..errors import UsageError
+from ..errors import MalformedKeyError, UsageError
+from ..formats.longform import inner_key, looks_long
 from ..formats.keyformat import (
     MAX_IMPORTED,
     batch_key,
@@ -59,6 +60,11 @@ def locate(txn: Txn, cat: Catalog, pepper: bytes, key: str, locks: CardLocks | N
     """Find a typed key's record and check its tag; a Result when it cannot be found (or its card is locked)."""
     if not isinstance(key, str):
         raise UsageError("a key must be a string")
+    if looks_long(key):  # a long form redeems as its inner key (signature not checked: formats/longform.py)
+        try:
+            key = inner_key(key)
+        except MalformedKeyError as exc:
+            return Result(Status.MALFORMED, message=str(exc))
     outcome, serial, canonical, position = _fast.parse_key(key)
     if outcome == _fast.OK:
         batch = cat.batches.get(batch_key(serial))

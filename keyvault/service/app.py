@@ -10,17 +10,19 @@ the loop's thread pool, so the loop never waits on a disk flush.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import Vault
+from .. import Status, Vault
 from ..engine import Grant, consistency_proof, newest_checkpoint, read_tile
 from ..errors import KeyvaultError, ProofError
 from ..fields import MAX_ORDER_ID, MAX_REASON
@@ -248,6 +250,8 @@ class Service:
         item = (body.key, bodies.text(body.order_id, "order_id", MAX_ORDER_ID), self._client(grant, body.client))
         result = (await self._redeems.submit([item]))[0]
         self.metrics.keys("redeem", [result])
+        if body.receipt and result.status is Status.ACCEPTED and result.serial is not None:
+            return _ok({**result.to_dict(), "receipt": await _off_loop(self.vault.receipt, result.serial)})
         return _ok(result.to_dict())
 
     async def redeem_many(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
@@ -285,8 +289,24 @@ class Service:
         return _ok(entry)
 
     async def stats(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
-        """GET /v1/stats."""
-        return _ok(await _off_loop(self.vault.stats))
+        """GET /v1/stats; with ?since=&until= (ISO 8601, UTC) and/or daily=1, the redeems and voids of that window."""
+        query = _query(scope, ("since", "until", "daily"))
+        if not query:
+            return _ok(await _off_loop(self.vault.stats))
+        daily = query.get("daily", "0")
+        if daily not in ("0", "1", "true", "false"):
+            raise Problem("invalid-request", "daily is 1 or 0")
+        since, until = _when(query.get("since"), "since"), _when(query.get("until"), "until")
+        return _ok(await _off_loop(lambda: self.vault.activity(since, until, daily=daily in ("1", "true"))))
+
+    async def listing(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/batches, /v1/manifests, /v1/blacklist, /v1/tokens: one page (?limit=1..1000&after=CURSOR)."""
+        query = _query(scope, ("limit", "after"))
+        limit = query.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise Problem("invalid-request", "limit is a whole number from 1 to 1000")
+        what = scope["path"][len("/v1/"):]
+        return _ok(await _off_loop(lambda: self.vault.page(what, after=query.get("after"), limit=int(limit))))
 
     async def trace(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """GET /v1/trace/{serial}, with ?bundle=1 the offline bundle (`keyvault verify-bundle` checks it)."""
@@ -298,6 +318,14 @@ class Service:
         bundle = any(part in ("bundle=1", "bundle=true") for part in query.split("&"))
         story = self.vault.trace_bundle if bundle else self.vault.trace
         return _ok(await _off_loop(story, serial))
+
+    async def receipt(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/receipts/{serial}: the signed receipt of a redeemed key (404 when it was not redeemed here)."""
+        serial = scope["path"][len("/v1/receipts/"):]
+        if not looks_like_serial(serial):
+            raise Problem("invalid-request", "receipts are found by the key's public serial (like 7KQ2-00A-0003F), "
+                          "never the key: keys must not travel in URLs")
+        return _ok({"serial": serial, "receipt": await _off_loop(self.vault.receipt, serial)})
 
     async def manifests(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/manifests: a supplier's signed manifest file, imported all or nothing."""
@@ -360,11 +388,15 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/redeem": {"POST": (Service.redeem, "redeem")},
     "/v1/redeem-many": {"POST": (Service.redeem_many, "redeem")},
     "/v1/void": {"POST": (Service.void, "admin")},
-    "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin")},
+    "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin"),
+                      "GET": (Service.listing, "admin")},
     "/v1/blacklist/lift": {"POST": (Service.blacklist, "admin")},
     "/v1/stats": {"GET": (Service.stats, "admin")},
     "/v1/trace/{serial}": {"GET": (Service.trace, "redeem")},
-    "/v1/manifests": {"POST": (Service.manifests, "admin")},
+    "/v1/receipts/{serial}": {"GET": (Service.receipt, "redeem")},
+    "/v1/manifests": {"POST": (Service.manifests, "admin"), "GET": (Service.listing, "admin")},
+    "/v1/batches": {"GET": (Service.listing, "admin")},
+    "/v1/tokens": {"GET": (Service.listing, "admin")},
     "/v1/openapi.json": {"GET": (Service.openapi, None)},
     "/v1/log/checkpoint": {"GET": (Service.log_checkpoint, None)},
     "/v1/log/tile/{path}": {"GET": (Service.log_tile, None)},
@@ -379,6 +411,8 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
     path = scope["path"]
     route = "/v1/trace/{serial}" if path.startswith("/v1/trace/") and path.count("/") == 3 else path
     route = _TILES if path.startswith("/v1/log/tile/") else route
+    if path.startswith("/v1/receipts/") and path.count("/") == 3:
+        route = "/v1/receipts/{serial}"
     methods = ROUTES.get(route)
     if methods is None:
         raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")
@@ -412,6 +446,36 @@ def _content_type(scope: Scope, accepted: tuple[bytes, ...], wanted: str) -> Non
                 return
             break
     raise Problem("unsupported-media-type", f"send the body with 'Content-Type: {wanted}'")
+
+
+def _query(scope: Scope, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query string's parameters (each at most once, each one of ``allowed``), or a 422 problem."""
+    raw = scope.get("query_string", b"").decode("latin-1")
+    try:
+        pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=10)
+    except ValueError:
+        raise Problem("invalid-request", "the query string cannot be read") from None
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed or name in found:
+            raise Problem("invalid-request", f"this path takes the query parameters {', '.join(allowed)}, each "
+                                             "at most once")
+        found[name] = value
+    return found
+
+
+def _when(value: str | None, name: str) -> int | None:
+    """An ISO 8601 date or time (UTC unless it says otherwise) in ms since the epoch, or a 422 problem."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Problem("invalid-request", f"{name} is an ISO 8601 date or time, like 2026-12-01 or "
+                                         "2026-12-01T00:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1000)
 
 
 def _ok(doc: Any) -> Answer:

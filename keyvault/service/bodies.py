@@ -57,6 +57,10 @@ class RedeemRequest(Struct, forbid_unknown_fields=True):
     key: Key
     order_id: OrderId
     client: Client | None = None
+    receipt: Annotated[bool, Meta(description="true: an accepted answer carries `receipt`, the redeem signed by "
+                                              "the store's engine key (`keyvault verify-receipt` checks it "
+                                              "offline). It costs a signature, so it is made only when asked.")] \
+        = False
 
 
 class RedeemItem(Struct, forbid_unknown_fields=True, gc=False):

@@ -35,6 +35,13 @@ REQUEST_ID_HEADER = {"required": True, "description": "The request's id: the cli
                      "schema": {"type": "string"}}
 
 
+_PAGE = [
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+     "description": "Items per page (100 by default)."},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "The cursor: the `next` of the previous page (absent for the first page; null next: the last)."}]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": REF_TEMPLATE.format(name=name)}
 
@@ -83,6 +90,8 @@ def document() -> dict[str, Any]:
             "order_id": {"type": "string"}, "redeemed_at": {"type": "string"}, "voided_at": {"type": "string"},
             "reason": {"type": "string"}, "level": {"type": "string"}, "group": {"type": "integer"},
             "message": {"type": "string"},
+            "receipt": {"type": "string", "description": "POST /v1/redeem with `receipt: true`, when accepted: "
+                                                         "the engine-signed receipt (KVR1.…)."},
         },
     }
     schemas: dict[str, Any] = {
@@ -126,6 +135,9 @@ def document() -> dict[str, Any]:
             "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
             "requestBody": _body(VoidRequest), "responses": _responses(_ref("Result"), _WRITE)}},
         "/v1/blacklist": {
+            "get": {"summary": "One page of the blacklist entries, by level:target (scope admin)",
+                    "operationId": "listBlacklist", "parameters": _PAGE,
+                    "responses": _responses(free, (400, 401, 403, 422, 503, 507))},
             "post": {"summary": "Blacklist a key, serial, batch or supplier (scope admin)",
                      "operationId": "blacklist", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))},
@@ -137,8 +149,23 @@ def document() -> dict[str, Any]:
                      "operationId": "lift", "requestBody": _body(BlacklistRequest),
                      "responses": _responses(_ref("BlacklistEntry"), (*_WRITE, 404))}},
         "/v1/stats": {"get": {
-            "summary": "Counts per supplier and batch (scope admin)", "operationId": "stats",
-            "responses": _responses(free, (400, 401, 403, 503, 507))}},
+            "summary": "Counts per supplier and batch; with since, until or daily, the redeems and voids of "
+                       "that window (scope admin)", "operationId": "stats",
+            "parameters": [
+                {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "ISO 8601 date or time (UTC unless it says otherwise): count events from then."},
+                {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "ISO 8601 date or time: count events before then (excluded)."},
+                {"name": "daily", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1", "0"]},
+                 "description": "1: also count per UTC day."}],
+            "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+        "/v1/batches": {"get": {
+            "summary": "One page of the batches, by batch id (scope admin)", "operationId": "listBatches",
+            "parameters": _PAGE, "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+        "/v1/tokens": {"get": {
+            "summary": "One page of the service tokens, by name (never a token or its hash) (scope admin)", "operationId": "listTokens",
+            "parameters": _PAGE, "responses": _responses(free, (400, 401, 403, 422, 503, 507))}},
+
         "/v1/trace/{serial}": {"get": {
             "summary": "Where a key came from and what happened to it (scope redeem)", "operationId": "trace",
             "parameters": [
@@ -147,7 +174,19 @@ def document() -> dict[str, Any]:
                 {"name": "bundle", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1"]},
                  "description": "1: the offline bundle that `keyvault verify-bundle` checks."}],
             "responses": _responses(free, (400, 401, 403, 404, 422, 503, 507))}},
-        "/v1/manifests": {"post": {
+        "/v1/receipts/{serial}": {"get": {
+            "summary": "The engine-signed receipt of a redeemed key (scope redeem)", "operationId": "receipt",
+            "description": "`keyvault verify-receipt RECEIPT --engine engine.pub` checks it offline.",
+            "parameters": [
+                {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The key's public serial (never the key: keys do not go in URLs)."}],
+            "responses": _responses({"type": "object", "required": ["serial", "receipt"],
+                                     "properties": {"serial": {"type": "string"}, "receipt": {"type": "string"}}},
+                                    (400, 401, 403, 404, 422, 503, 507))}},
+        "/v1/manifests": {"get": {
+            "summary": "One page of the manifests imported, by manifest id (scope admin)",
+            "operationId": "listManifests", "parameters": _PAGE,
+            "responses": _responses(free, (400, 401, 403, 422, 503, 507))}, "post": {
             "summary": "Import a supplier's signed manifest, all or nothing (scope admin)",
             "operationId": "importManifest",
             "requestBody": {"required": True, "content": {"application/octet-stream": {

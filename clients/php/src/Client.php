@@ -89,11 +89,14 @@ final class Client
         return $this->results($this->call('verify', Requests::verify($keys, $client), 0), count($keys));
     }
 
-    /** Spend `$key` for `$orderId`, durably; a retry with the same order id gets the first answer. */
-    public function redeem(string $key, string $orderId, ?string $client = null): Result
+    /**
+     * Spend `$key` for `$orderId`, durably; a retry with the same order id gets the first answer.
+     * `$receipt`: an accepted answer carries `receipt`, the redeem signed by the store's engine key.
+     */
+    public function redeem(string $key, string $orderId, ?string $client = null, bool $receipt = false): Result
     {
-        return Result::fromArray($this->call('redeem', Requests::redeem($key, $orderId, $client), $this->redeemRetries),
-            $this->lastRequestId);
+        return Result::fromArray($this->call('redeem', Requests::redeem($key, $orderId, $client, $receipt),
+            $this->redeemRetries), $this->lastRequestId);
     }
 
     /**

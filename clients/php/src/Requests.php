@@ -37,10 +37,14 @@ final class Requests
         return self::withClient(['keys' => array_values($keys)], $client);
     }
 
-    /** The body of a redeem of `$key` for `$orderId`. */
-    public static function redeem(string $key, string $orderId, ?string $client = null): array
+    /** The body of a redeem of `$key` for `$orderId` (`$receipt`: an accepted answer carries a signed receipt). */
+    public static function redeem(string $key, string $orderId, ?string $client = null, bool $receipt = false): array
     {
-        return self::withClient(['key' => $key, 'order_id' => $orderId], $client);
+        $body = self::withClient(['key' => $key, 'order_id' => $orderId], $client);
+        if ($receipt) {
+            $body['receipt'] = true;
+        }
+        return $body;
     }
 
     /**

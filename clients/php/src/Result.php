@@ -11,7 +11,7 @@ final class Result
         'status' => 'status', 'serial' => 'serial', 'batch' => 'batch', 'supplier' => 'supplier',
         'supplier_name' => 'supplierName', 'product' => 'product', 'order_id' => 'orderId',
         'redeemed_at' => 'redeemedAt', 'voided_at' => 'voidedAt', 'reason' => 'reason',
-        'level' => 'level', 'group' => 'group', 'message' => 'message',
+        'level' => 'level', 'group' => 'group', 'message' => 'message', 'receipt' => 'receipt',
     ];
 
     public function __construct(
@@ -28,6 +28,8 @@ final class Result
         public readonly ?string $level = null,
         public readonly ?int $group = null,
         public readonly ?string $message = null,
+        /** The engine-signed receipt (KVR1.…) of an accepted redeem that asked for one. */
+        public readonly ?string $receipt = null,
         /** The service's id of the request that answered (its X-Request-Id); not a field of the answer. */
         public readonly ?string $requestId = null,
     ) {

@@ -264,7 +264,7 @@ test('each request body the client sends has exactly the fields its served schem
     $schemas = $doc['components']['schemas'];
     $bodies = [
         'verify' => [Requests::verify(['K1', 'K2'], 'acct-1'), Requests::verify([])],
-        'redeem' => [Requests::redeem('K', 'SO-1', 'acct-1'), Requests::redeem('K', 'SO-1')],
+        'redeem' => [Requests::redeem('K', 'SO-1', 'acct-1', true), Requests::redeem('K', 'SO-1')],
         'redeemMany' => [Requests::redeemMany([['key' => 'K', 'order_id' => 'O'], ['K2', 'O2']], 'acct-1'),
                          Requests::redeemMany([])],
         'void' => [Requests::void('K', 'refund')],
@@ -328,6 +328,9 @@ test('redeem: accepted, the same order again accepted, another order redeemed', 
     same(Status::REDEEMED, $other->status);
     same("$run-A", $other->orderId, 'redeemed names the first order');
     same(Status::REDEEMED, $kv->verify($keys[2])->status);
+    same(null, $first->receipt, 'no receipt unless asked');
+    $signed = $kv->redeem($keys[2], "$run-A", null, true);
+    check(str_starts_with((string) $signed->receipt, 'KVR1.'), 'an accepted redeem that asked carries its receipt');
 });
 
 test('redeemMany: one answer per item in order, one bad key failing nothing else', function () use ($client, $keys, $serials, $run) {
