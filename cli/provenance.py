@@ -26,17 +26,18 @@ def trust() -> None:
 
 @trust.command("add")
 @click.argument("public_file", type=_FILE)
-@click.option("--role", type=click.Choice(["supplier", "distributor", "platform"]), default="supplier",
-              show_default=True, help="What this identity is to you.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["supplier", "distributor", "engine", "witness"]),
+              help="What this identity may sign here; repeat for several. Default: the roles its file declares, "
+                   "else supplier.")
 @json_option
 @click.pass_obj
 @handle_errors
-def trust_add(state: State, public_file: Path, role: str, as_json: bool) -> None:
+def trust_add(state: State, public_file: Path, roles: tuple[str, ...], as_json: bool) -> None:
     """Pin a public identity file (check its fingerprint with its owner by another channel first)."""
     who = PublicIdentity.load(public_file)
-    doc = state.vault().trust(who, role)
-    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "role": doc["role"]},
-         f"trusted {who.name!r} as {doc['role']} (fingerprint {who.fingerprint})")
+    doc = state.vault().trust(who, list(roles) or None)
+    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "role": doc["role"], "roles": doc["roles"]},
+         f"trusted {who.name!r} as {' and '.join(doc['roles'])} (fingerprint {who.fingerprint})")
 
 
 @trust.command("remove")
@@ -59,7 +60,7 @@ def trust_remove(state: State, public_file: Path, as_json: bool) -> None:
 def trust_list(state: State, as_json: bool) -> None:
     """Every pinned identity."""
     rows = state.vault().trusted()
-    lines = [f"{r['name']:<24} {r['role']:<12} {r['prefix']}  {r['fingerprint']}"
+    lines = [f"{r['name']:<24} {','.join(r['roles']):<12} {r['prefix']}  {r['fingerprint']}"
              + ("  (rotated away)" if r["rotated_to"] else "") for r in rows]
     emit(as_json, rows, "\n".join(lines) or "no identity is trusted yet")
 

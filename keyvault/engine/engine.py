@@ -662,11 +662,11 @@ class Engine(State):
         with self.store.read() as txn:
             return self.log.verify(txn)
 
-    def trust(self, identity: PublicIdentity, role: str = "supplier") -> TrustRecord:
-        """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
-        role = Role.parse(role).value
+    def trust(self, identity: PublicIdentity, roles: Sequence[str] = ("supplier",)) -> TrustRecord:
+        """Pin a public identity in ``roles``: what each role lets it sign is accepted from now on."""
+        names = [Role.parse(role).value for role in roles]
         return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
-                                                       identity.public_key, role, now_ms()))
+                                                       identity.public_key, names, now_ms()))
 
     def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
