@@ -334,8 +334,9 @@ def _checkpoint_signature(ctx: _Ctx) -> Iterator[str]:
     if not ctx.trusted.engines:
         raise ProofError("no engine key was given (--engine, or --trust with a file declaring the role engine): "
                          "nothing may vouch for the log")
-    wrong = [r for r in ("supplier", "distributor", "witness") for p in getattr(ctx.trusted, r + "s")
-             if _signed_by(note, p.public_key)]
+    others = (("supplier", ctx.trusted.suppliers), ("distributor", ctx.trusted.distributors),
+              ("witness", ctx.trusted.witnesses))
+    wrong = [role for role, group in others for p in group if _signed_by(note, p.public_key)]
     raise ProofError("no trusted engine key signed this checkpoint"
                      + (f"; a key trusted only as {wrong[0]} did, and it may not sign a log" if wrong else "")
                      + (f" ({errors[0]})" if errors and "signature" in errors[0] and "does not verify" in errors[0]
@@ -457,6 +458,8 @@ class _About:
                                                            ("supplier", self.supplier))
             else:
                 ok = False
+        except ProofError:
+            raise
         except (KeyError, TypeError, ValueError):
             raise ProofError(f"{where}: an event of kind {kind} without the fields of one") from None
         if not ok:
@@ -542,7 +545,7 @@ def verify(data: bytes, trusted: Trusted | Sequence[PublicIdentity], key_materia
             if rule.fatal:
                 break
             continue
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             checks.append(Check(rule.name, False, f"malformed input ({exc.__class__.__name__})"))
             if rule.fatal:
                 break
