@@ -189,3 +189,20 @@ def test_a_bundle_status_is_judged_at_the_checkpoints_time(tmp_path: Path, suppl
     for doc, claim in ((before, "expired"), (after, "valid")):
         checks = bundle.verify(json.dumps(dict(doc, status={"status": claim, "order_id": None})).encode(), keys)
         assert [c.name for c in checks if not c.ok] == ["status replayed from events"]
+
+
+def test_verify_bundle_needs_keys_and_a_readable_max_age(tmp_path: Path) -> None:
+    from cli_support import kv
+    vectors = Path(__file__).resolve().parent / "vectors" / "bundles"
+    bundle_file = vectors / "pass-valid.bundle"
+    nothing = kv("verify-bundle", bundle_file)
+    assert nothing.exit_code == 2 and "--supplier FILE and --engine FILE" in nothing.output
+    keys = ["--supplier", vectors / "keys/acme.pub", "--engine", vectors / "keys/engine.pub"]
+    for bad in ("24", "h", "5x", "-5d", "1.5h", "\u0664d", "0s"):
+        result = kv("verify-bundle", bundle_file, *keys, "--max-age", bad)
+        assert result.exit_code == 2 and "whole number and a unit" in result.output, (bad, result.output)
+    assert kv("verify-bundle", bundle_file, *keys, "--max-age", "100000d").exit_code == 0
+    # A role-declaring file given under another role: the role given on the command line is the one it gets.
+    swapped = kv("verify-bundle", bundle_file, "--supplier", vectors / "keys/acme.pub", "--supplier",
+                 vectors / "keys/engine.pub")
+    assert swapped.exit_code == 3 and "FAIL checkpoint signature" in swapped.output
