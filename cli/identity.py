@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from keyvault import Identity
+from keyvault import Identity, IdentityError
 from keyvault.clock import iso
-from keyvault.formats.identity import PublicIdentity, public_part
+from keyvault.formats.identity import ROLE_NAMES, PublicIdentity, public_part
 
 from .output import State, emit, handle_errors, json_option
 
@@ -35,10 +35,13 @@ def _engine_identity(state: State) -> PublicIdentity:
 @click.argument("identity_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--public", "public_file", is_flag=True,
               help="Write the public identity file to stdout (e.g. `> acme.pub`) and nothing else.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(ROLE_NAMES),
+              help="Declare a role in the public file, signed by the identity's key (repeat for several; "
+                   "needs the secret identity file). The store's engine key declares `engine`.")
 @json_option
 @click.pass_obj
 @handle_errors
-def show(state: State, identity_file: Path | None, public_file: bool, as_json: bool) -> None:
+def show(state: State, identity_file: Path | None, public_file: bool, roles: tuple[str, ...], as_json: bool) -> None:
     """Show an identity's name, supplier id, issuer prefix, fingerprint and public key.
 
     IDENTITY_FILE is a secret identity (must be mode 0600) or a public identity file;
@@ -47,14 +50,26 @@ def show(state: State, identity_file: Path | None, public_file: bool, as_json: b
     if public_file and as_json:
         raise click.UsageError("--public writes the public identity file itself; drop --json")
     who = public_part(identity_file) if identity_file is not None else _engine_identity(state)
+    if roles:
+        if identity_file is None:
+            raise click.UsageError("the store's engine key always declares the role engine; drop --role")
+        if who.roles_signature is not None and set(roles) == set(who.roles):
+            pass  # a public file that already declares exactly these roles
+        else:
+            try:
+                who = Identity.load(identity_file).public_with_roles(sorted(set(roles)))
+            except IdentityError as exc:
+                raise click.UsageError(f"--role needs the secret identity file, which signs the roles: {exc}") from None
     if public_file:
         click.echo(who.to_bytes(), nl=False)  # bytes: written as they are, so `> NAME.pub` is the file
         return
     doc = _fields(who)
+    doc["roles"] = list(who.roles)
     emit(as_json, doc, f"name           {who.name}\n"
                        f"supplier id    {who.id}\n"
                        f"issuer prefix  {who.prefix_text}\n"
                        f"fingerprint    {who.fingerprint}\n"
+                       f"roles          {', '.join(who.roles) or 'none declared'}\n"
                        f"public key     {doc['public_key']}")
 
 

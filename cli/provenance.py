@@ -11,7 +11,7 @@ import click
 
 from keyvault import Identity, MalformedKeyError
 from keyvault.engine import consistency_proof
-from keyvault.formats.bundle import verify as verify_bundle_bytes
+from keyvault.formats.bundle import Trusted, verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
 from keyvault.formats.tiles import encode_proof
@@ -29,17 +29,18 @@ def trust() -> None:
 
 @trust.command("add")
 @click.argument("public_file", type=_FILE)
-@click.option("--role", type=click.Choice(["supplier", "distributor", "platform"]), default="supplier",
-              show_default=True, help="What this identity is to you.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["supplier", "distributor", "engine", "witness"]),
+              help="What this identity may sign here; repeat for several. Default: the roles its file declares, "
+                   "else supplier.")
 @json_option
 @click.pass_obj
 @handle_errors
-def trust_add(state: State, public_file: Path, role: str, as_json: bool) -> None:
+def trust_add(state: State, public_file: Path, roles: tuple[str, ...], as_json: bool) -> None:
     """Pin a public identity file (check its fingerprint with its owner by another channel first)."""
     who = PublicIdentity.load(public_file)
-    doc = state.vault().trust(who, role)
-    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "role": doc["role"]},
-         f"trusted {who.name!r} as {doc['role']} (fingerprint {who.fingerprint})")
+    doc = state.vault().trust(who, list(roles) or None)
+    emit(as_json, {"name": who.name, "fingerprint": who.fingerprint, "role": doc["role"], "roles": doc["roles"]},
+         f"trusted {who.name!r} as {' and '.join(doc['roles'])} (fingerprint {who.fingerprint})")
 
 
 @trust.command("remove")
@@ -62,7 +63,7 @@ def trust_remove(state: State, public_file: Path, as_json: bool) -> None:
 def trust_list(state: State, as_json: bool) -> None:
     """Every pinned identity."""
     rows = state.vault().trusted()
-    lines = [f"{r['name']:<24} {r['role']:<12} {r['prefix']}  {r['fingerprint']}"
+    lines = [f"{r['name']:<24} {','.join(r['roles']):<12} {r['prefix']}  {r['fingerprint']}"
              + ("  (rotated away)" if r["rotated_to"] else "") for r in rows]
     emit(as_json, rows, "\n".join(lines) or "no identity is trusted yet")
 
@@ -214,29 +215,45 @@ def checkpoint(state: State, every_events: int | None, every_seconds: int | None
 
 @click.command("verify-bundle")
 @click.argument("bundle_file", type=_FILE)
-@click.option("--trust", "trusted", multiple=True, required=True, type=_FILE,
-              help="A public identity file to trust (the supplier's, the store's engine key). Repeat.")
+@click.option("--supplier", "suppliers", multiple=True, type=_FILE,
+              help="A supplier's public identity file: may sign manifests under its own issuer prefix. Repeat.")
+@click.option("--engine", "engines", multiple=True, type=_FILE,
+              help="A store's engine key (`keyvault --store DIR identity show --public`): may sign checkpoints of "
+                   "its own log. Repeat.")
+@click.option("--witness", "witnesses", multiple=True, type=_FILE,
+              help="A witness's public identity file: the checkpoint must carry its C2SP cosignature. Repeat.")
+@click.option("--trust", "trusted", multiple=True, type=_FILE,
+              help="A public identity file in the roles it declares (signed by its key); one declaring none is a "
+                   "supplier. Repeat.")
+@click.option("--max-age", help="Refuse evidence older than this: the checkpoint's signed time, e.g. 90s, 15m, 24h, "
+                                 "7d.")
 @click.option("--key", help="The key itself, to check it opens the bundle's commitment ('-' reads stdin).")
-@click.option("--witness", "witnesses", multiple=True, type=_FILE, help="A witness's public identity file. Repeat.")
-@click.option("--min-witnesses", type=click.IntRange(min=0), default=0, help="Require this many cosignatures of "
+@click.option("--min-witnesses", type=click.IntRange(min=0), default=None, help="Require this many cosignatures of "
               "the checkpoint by distinct --witness keys (default: all given).")
 @json_option
-def verify_bundle(bundle_file: Path, trusted: tuple[Path, ...], key: str | None, witnesses: tuple[Path, ...],
-                  min_witnesses: int, as_json: bool) -> None:
-    """Check a trace bundle offline with pinned public keys only: one PASS/FAIL line per check.
+def verify_bundle(bundle_file: Path, suppliers: tuple[Path, ...], engines: tuple[Path, ...],
+                  witnesses: tuple[Path, ...], trusted: tuple[Path, ...], max_age: str | None, key: str | None,
+                  min_witnesses: int | None, as_json: bool) -> None:
+    """Check a trace bundle offline with public keys only, each in its role: one PASS/FAIL line per rule.
 
-    Exit 0 only if every check passes, 3 otherwise.
+    Exit 0 only if every rule passes, 3 otherwise.
     """
+    if not (suppliers or engines or witnesses or trusted):
+        raise click.UsageError("give the keys to check with: --supplier FILE and --engine FILE (or --trust FILE)")
     try:
-        pins = [PublicIdentity.load(p) for p in trusted]
-        cosigners = [PublicIdentity.load(p) for p in witnesses]
+        declared = Trusted.by_declared_roles([PublicIdentity.load(p) for p in trusted])
+        keys = Trusted(suppliers=declared.suppliers + tuple(PublicIdentity.load(p) for p in suppliers),
+                       distributors=declared.distributors,
+                       engines=declared.engines + tuple(PublicIdentity.load(p) for p in engines),
+                       witnesses=declared.witnesses + tuple(PublicIdentity.load(p) for p in witnesses))
         data = bundle_file.read_bytes()
         material = _key_material(key)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
     except Exception as exc:  # a KeyvaultError from a bad trust file or key
         raise click.ClickException(str(exc)) from None
-    checks = verify_bundle_bytes(data, pins, material, cosigners, min_witnesses or len(cosigners))
+    checks = verify_bundle_bytes(data, keys, material, max_age_ms=_duration_ms(max_age),
+                                 min_witnesses=min_witnesses)
     passed = all(c.ok for c in checks)
     if as_json:
         emit(True, {"ok": passed, "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}, "")
@@ -245,6 +262,20 @@ def verify_bundle(bundle_file: Path, trusted: tuple[Path, ...], key: str | None,
         click.echo("ALL CHECKS PASSED" if passed else "VERIFICATION FAILED")
     if not passed:
         sys.exit(EXIT_REFUSED)
+
+
+_UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _duration_ms(text: str | None) -> int | None:
+    """``--max-age`` in ms: a whole number and a unit (s, m, h, d), like 90s or 24h."""
+    if text is None:
+        return None
+    number, unit = text.strip()[:-1], text.strip()[-1:]
+    if unit not in _UNITS or not number.isdigit() or not 0 < int(number) <= 10**9 or not number.isascii():
+        raise click.BadParameter("give a whole number and a unit: s, m, h or d (like 90s, 15m, 24h, 7d)",
+                                 param_hint="--max-age")
+    return int(number) * _UNITS[unit]
 
 
 def _key_material(key: str | None) -> bytes | None:

@@ -12,7 +12,7 @@ import click
 from keyvault import Vault
 from keyvault.formats.bundle import verify as verify_bundle
 from keyvault.formats.identity import PublicIdentity
-from keyvault.formats.keyformat import parse_prefix
+from keyvault.formats.keyformat import key_material, parse_prefix
 
 from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
@@ -110,7 +110,9 @@ def trace(state: State, key_or_serial: str, bundle_out: Path | None, as_json: bo
     doc = vault.trace(key_or_serial)
     # Every trace checks its own proof, as a verifier elsewhere would, with the keys this store pins.
     proof = json.dumps(vault.trace_bundle(key_or_serial), indent=1) + "\n"
-    checks = verify_bundle(proof.encode(), [_supplier_identity(doc), vault.engine_identity])
+    made = json.loads(proof)
+    material = key_material(key_or_serial) if made["salt"] is not None else None  # made from the key: open it
+    checks = verify_bundle(proof.encode(), [_supplier_identity(doc), vault.engine_identity], material)
     doc["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
     if bundle_out is not None:
         bundle_out.write_text(proof, encoding="utf-8")

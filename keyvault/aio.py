@@ -144,8 +144,9 @@ class AsyncTrust:
         self._vault = vault
         self._io = io
 
-    async def add(self, identity: PublicIdentity, role: Role | str = Role.SUPPLIER) -> TrustRecord:
-        """Pin a public identity: what it signs is accepted from now on."""
+    async def add(self, identity: PublicIdentity,
+                  role: Role | str | Sequence[Role | str] | None = None) -> TrustRecord:
+        """Pin a public identity in a role or several (default: the roles its file declares, else supplier)."""
         return await self._io.write(self._vault.trust.add, identity, role)
 
     async def remove(self, identity: PublicIdentity) -> TrustRecord:

@@ -77,9 +77,13 @@ class Trust:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def add(self, identity: PublicIdentity, role: Role | str = Role.SUPPLIER) -> TrustRecord:
-        """Pin a public identity: what it signs is accepted from now on."""
-        return self._engine.trust(identity, Role.parse(role))
+    def add(self, identity: PublicIdentity, role: Role | str | Sequence[Role | str] | None = None) -> TrustRecord:
+        """Pin a public identity in a role or several (default: the roles its file declares, else supplier)."""
+        if role is None:
+            roles: list[Role | str] = list(identity.roles) or [Role.SUPPLIER]
+        else:
+            roles = [role] if isinstance(role, (Role, str)) else list(role)
+        return self._engine.trust(identity, [Role.parse(r).value for r in roles])
 
     __call__ = add
 

@@ -53,12 +53,17 @@ class Level(_Word):
 
 
 class Role(_Word):
-    """What a pinned identity may sign for this store."""
+    """What a pinned identity may sign: each role is one kind of signed statement (docs/provenance.md)."""
 
-    SUPPLIER = "supplier"  # issues batches under its own prefix
-    DISTRIBUTOR = "distributor"  # passes lots on to the next holder
-    PLATFORM = "platform"  # a platform's engine key
-    OWN = "own"  # this store's own issuing identity
+    SUPPLIER = "supplier"  # manifests, under the issuer prefix it owns; the first hop of its batches' lots
+    DISTRIBUTOR = "distributor"  # transfers of keys it holds, to the next holder
+    ENGINE = "engine"  # checkpoints of one store's event log, under the origin its key names
+    WITNESS = "witness"  # cosignatures of checkpoints it has seen
+
+    @classmethod
+    def _missing_(cls, value: object) -> Role | None:
+        # Names of earlier versions: "platform" pinned a platform's engine key, "own" a store's own issuer.
+        return {"platform": cls.ENGINE, "own": cls.SUPPLIER}.get(value) if isinstance(value, str) else None
 
     @classmethod
     def _what(cls) -> str:

@@ -306,12 +306,15 @@ def test_manifest_whose_prefix_belongs_to_another_supplier(tmp_path: Path, world
            "--keys-out", tmp_path / f"fake{n}.csv", "--manifest-out", tmp_path / f"fake{n}.kvm")
     public = tmp_path / "impostor.pub"
     public.write_bytes(ok("identity", "show", "--public", impostor).stdout_bytes)
-    ok("--store", world.platform, "trust", "add", public)  # even a pinned supplier cannot take another's prefix
     before = exact(world.platform)
-    # Batch 000 exists here from Acme's manifest (either refusal will do); batch 001 is new but its prefix is Acme's.
-    refused(kv("--store", world.platform, "manifest", "import", tmp_path / "fake0.kvm"), "already")
-    refused(kv("--store", world.platform, "manifest", "import", tmp_path / "fake1.kvm"), prefix, "already belongs",
-            "Acme Games")
+    # No second supplier is pinned under a prefix one already holds ...
+    refused(kv("--store", world.platform, "trust", "add", public), prefix, "already belongs", "Acme Games")
+    assert exact(world.platform) == before
+    # ... and pinned in another role, it signs no manifest, under any prefix.
+    ok("--store", world.platform, "trust", "add", public, "--role", "distributor")
+    before = exact(world.platform)
+    refused(kv("--store", world.platform, "manifest", "import", tmp_path / "fake0.kvm"), "only as distributor")
+    refused(kv("--store", world.platform, "manifest", "import", tmp_path / "fake1.kvm"), "only as distributor")
     assert exact(world.platform) == before
 
 

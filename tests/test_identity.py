@@ -512,7 +512,7 @@ def test_cli_show_json(acme_file: Path) -> None:
     result = ok("identity", "show", acme_file, "--json")
     assert one_json(result) == {"name": "Acme Games", "id": who.id, "prefix": who.prefix_text,
                                 "fingerprint": who.fingerprint,
-                                "public_key": who.public_key.hex()}  # hex, as everywhere in the CLI
+                                "public_key": who.public_key.hex(), "roles": []}  # hex, as everywhere in the CLI
     assert secret_b64(acme_file) not in all_output(result)
 
 

@@ -21,6 +21,7 @@ from keyvault import (
     Status,
     StoreExistsError,
     StoreVersionError,
+    TrustError,
     UsageError,
     Vault,
 )
@@ -293,11 +294,13 @@ def test_manifest_reimport_is_a_no_op_and_conflicts_are_refused(tmp_path: Path, 
 
 def test_colliding_prefix_is_refused(tmp_path: Path, platform: Vault, issued: Issued) -> None:
     impostor = Identity.generate("Impostor", issued.supplier.prefix_text)
-    platform.trust(impostor.public)  # even a pinned supplier cannot take another's prefix
+    with pytest.raises(TrustError, match="prefix .* already belongs to 'Acme Games'"):
+        platform.trust(impostor.public)  # no second supplier is pinned under a prefix one already holds
+    platform.trust(impostor.public, "distributor")  # in another role it may be pinned; it signs no manifest
     other_store = Vault.init(tmp_path / "impostor")
     batch = issue(other_store, impostor, tmp_path / "impostor-files", 10)
     other_store.close()
-    with pytest.raises(ConflictError, match="prefix"):
+    with pytest.raises(TrustError, match="only as distributor"):
         platform.import_manifest(batch.manifest)
     assert len(platform.stats()["batches"]) == 1  # type: ignore[arg-type]
 

@@ -77,6 +77,7 @@ from ..store.records import (
     pack_outcome,
     u64,
 )
+from ..vocabulary import Role
 from .catalog import BatchInfo
 from .issuing import COMMIT_VALUES
 from .keyfiles import pepper_check
@@ -89,6 +90,7 @@ __all__ = ["CHECKS", "check_store"]
 SHOWN = 5
 ORIGINS = ("issued", "upstream", "manifest")
 _STATE_NAMES = {ACTIVE: "active", REDEEMED: "redeemed", VOIDED: "void"}
+_PIN_ROLES = frozenset(Role.names()) | {"platform", "own"}  # a trust record's roles, with those of earlier versions
 #: Errors that mean a record or page could not be read as it should: reported, never raised.
 _DAMAGE = (KeyvaultError, lmdb.Error, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error,
            OverflowError)
@@ -267,7 +269,9 @@ class _Checkup:
                 continue
             try:
                 doc = load(value)
-                if not isinstance(doc["name"], str) or not isinstance(doc["role"], str):
+                roles = doc.get("roles", [doc["role"]])
+                if (not isinstance(doc["name"], str) or not isinstance(doc["role"], str) or not isinstance(roles, list)
+                        or not roles or any(r not in _PIN_ROLES for r in roles)):
                     problems.add(f"pinned identity {bytes(key).hex()[:16]}: its record has a field of the wrong type")
             except (ValueError, KeyError, TypeError) as exc:
                 problems.add(f"pinned identity {bytes(key).hex()[:16]}: its record does not parse "

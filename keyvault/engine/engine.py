@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..formats import bundle
+from ..formats.checkpoint import Verifier, open_note
 from ..formats.custody import parse_ranges
 from ..formats.events import parse_leaf
 from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
@@ -584,15 +585,16 @@ class Engine(State):
         with self.store.read() as txn:
             return build_stats(txn, self.current(txn), self.ledger.sync(txn, txn.head()))
 
-    def _story(self, txn: Txn, key_or_serial: str) -> tuple[Catalog, Found, Result, list[int]]:
-        """A key located for its trace: the catalog, the key, its status, and its events' indices."""
+    def _story(self, txn: Txn, key_or_serial: str, at: int | None = None) -> tuple[Catalog, Found, Result, list[int]]:
+        """A key located for its trace: the catalog, the key, its status (now, or at ``at`` ms), and its events'
+        indices."""
         cat = self.current(txn)
         found = find(txn, cat, self.pepper, key_or_serial)
         if isinstance(found, Result):
             what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
             raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
         overlay = self.ledger.sync(txn, txn.head())
-        status = judge(txn, cat, found, overlay, now_ms())
+        status = judge(txn, cat, found, overlay, now_ms() if at is None else at)
         return cat, found, status, key_events(txn, found.serial, found.batch, overlay.get(found.serial))
 
     def trace(self, key_or_serial: str) -> dict[str, Any]:
@@ -607,7 +609,7 @@ class Engine(State):
     @property
     def engine_identity(self) -> PublicIdentity:
         """This store's engine key (it signs the checkpoints): give its public file to bundle verifiers."""
-        return self.log.engine.public
+        return self.log.engine.public_with_roles(["engine"])
 
     def checkpoint(self) -> str:
         """Sign a checkpoint of the event log now (or return the newest if it covers every event): the note."""
@@ -661,11 +663,11 @@ class Engine(State):
         with self.store.read() as txn:
             return self.log.verify(txn)
 
-    def trust(self, identity: PublicIdentity, role: str = "supplier") -> TrustRecord:
-        """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
-        role = Role.parse(role).value
+    def trust(self, identity: PublicIdentity, roles: Sequence[str] = ("supplier",)) -> TrustRecord:
+        """Pin a public identity in ``roles``: what each role lets it sign is accepted from now on."""
+        names = [Role.parse(role).value for role in roles]
         return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
-                                                       identity.public_key, role, now_ms()))
+                                                       identity.public_key, names, now_ms()))
 
     def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
@@ -708,19 +710,25 @@ class Engine(State):
         for _ in range(5):
             self.checkpoint()  # a signed checkpoint covering every event so far
             with self.store.read() as txn:
-                _, found, status, indices = self._story(txn, key_or_serial)
                 last = txn.last_key("checkpoints")
                 assert last is not None
                 size = from_u64(last)
+                note = self.log.note_at(txn, size)
+                signed = open_note(note, self.log.origin, [Verifier(self.log.origin, self.log.engine.public_key)])
+                # The status as of the checkpoint's signed time: what a verifier replays from the events.
+                _, found, status, indices = self._story(txn, key_or_serial, signed.time)
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
-                size = witnessed_size(txn, indices[-1] + 1 if indices else 1) or size  # a cosigned one, if any
+                cosigned = witnessed_size(txn, indices[-1] + 1 if indices else 1)  # a cosigned one, if any
+                if cosigned and cosigned != size:
+                    size, note = cosigned, self.log.note_at(txn, cosigned)
+                    signed = open_note(note, self.log.origin, [Verifier(self.log.origin, self.log.engine.public_key)])
+                    _, found, status, indices = self._story(txn, key_or_serial, signed.time)
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
                 return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
                                                        not looks_like_serial(key_or_serial)),
                                     custody=lots.custody_of(txn, found.batch.key, found.serial),
-                                    checkpoint=self.log.note_at(txn, size), events=events, status=status.to_dict(),
-                                    generated_at=str(iso(now_ms())))
+                                    checkpoint=note, events=events, status=status.to_dict())
         raise StoreError("this key kept changing while its bundle was made; try again")
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------

@@ -20,7 +20,8 @@ from .. import _fast
 from ..clock import iso
 from ..errors import ProofError, StoreCorruptError, UsageError
 from ..formats import merkle
-from ..formats.checkpoint import Checkpoint, Verifier, open_note, sign
+from ..formats.checkpoint import TIME_LINE, Checkpoint, Verifier, open_note, sign
+from ..formats.cosignature import cosignatures
 from ..formats.events import KINDS, LEAF
 from ..formats.identity import Identity
 from ..store import Txn
@@ -147,15 +148,20 @@ class EventLog:
     def maybe_checkpoint(self, txn: Txn, now_ms: int, *, force: bool = False) -> bytes | None:
         """Sign a checkpoint of the log as it stands if the policy says it is due (or ``force``): its note.
 
-        With ``force``, the newest checkpoint is returned when it already covers every event.
+        With ``force``, the newest checkpoint is returned when it already covers every event and was
+        signed less than a second ago; an older one is signed again, with the same size and root and the
+        time of now (each note carries its time, so that verifiers can bound the age of evidence).
         """
         size = self.size(txn)
         last = txn.last_key("checkpoints")
         last_size = from_u64(last) if last is not None else 0
-        if last is not None and last_size == size:
-            return self.note_at(txn, last_size) if force else None
         stored = txn.get("checkpoints", last) if last is not None else None
         at, signed_root = CHECKPOINT.unpack_from(stored or bytes(CHECKPOINT.size))
+        if last is not None and last_size == size and not (force and now_ms - at >= 1000
+                                                           and not cosignatures(bytes(stored[CHECKPOINT.size:]))[1]):
+            # A cosigned checkpoint is kept rather than signed again: a new time would shed its cosignatures
+            # (submit the log to its witnesses again for fresher witnessed evidence).
+            return self.note_at(txn, last_size) if force else None
         if not force:
             due = size - last_size >= self.policy.every_events or now_ms - at >= self.policy.every_seconds * 1000
             if not due:
@@ -167,7 +173,8 @@ class EventLog:
                 raise StoreCorruptError(f"the event log no longer matches its checkpoint at size {last_size}: it was "
                                         "altered; nothing more will be signed. Run `keyvault audit` and restore "
                                         "the store from a backup")
-        note = sign(Checkpoint(self.origin, size, root), self.origin, self.engine.signing_key)
+        note = sign(Checkpoint(self.origin, size, root, (f"{TIME_LINE}{now_ms}",)), self.origin,
+                    self.engine.signing_key)
         txn.put("checkpoints", u64(size), CHECKPOINT.pack(now_ms, root) + note)
         return note
 

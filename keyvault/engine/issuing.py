@@ -41,7 +41,8 @@ from ..store import Txn
 from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
 from .catalog import BatchInfo, Catalog
 from .state import State
-from .trust import pin
+from ..vocabulary import Role
+from .trust import check_signer, pin
 
 #: Progress callbacks get the stage ("generate", "store") and how many keys it just finished.
 Progress = Callable[[str, int], None]
@@ -428,18 +429,20 @@ def import_in(state: State, txn: Txn, manifest: Manifest, origin: str,
     report = progress or _nothing
     cat = state.current(txn)
     now = now_ms()
-    if not cat.trusts(public_key):
-        if origin == "manifest":
-            pinned = cat.trusted.get(public_key)
-            if pinned is not None:
-                raise TrustError(f"manifest {manifest.path} is signed by a key of {supplier['name']!r} that was "
-                                 "rotated away; ask the supplier to sign it with their current key")
-            raise TrustError(f"manifest {manifest.path} is signed by {supplier['name']!r} (fingerprint "
-                             f"{fingerprint(public_key)}), whom this store does not trust yet: get their public "
-                             "identity file, check that fingerprint with them by another channel, then run "
-                             "`keyvault trust add SUPPLIER.pub`")
-        pin(state, txn, cat, supplier["name"], header["prefix_value"], public_key, "own", now)
+    if not cat.trusts(public_key) and origin != "manifest":  # a store's own issuing identity
+        pin(state, txn, cat, supplier["name"], header["prefix_value"], public_key, [Role.SUPPLIER.value], now)
         cat = state.current(txn)
+    # Only a key pinned as a supplier signs manifests, only under the prefix pinned with it, in its pinned name.
+    pinned = check_signer(cat, public_key, Role.SUPPLIER, f"manifest {manifest.path} (batch {batch_text(batch)})")
+    if pinned["prefix"] != prefix_text(header["prefix_value"]):
+        raise TrustError(f"manifest {manifest.path} issues batch {batch_text(batch)} under prefix "
+                         f"{prefix_text(header['prefix_value'])}, but its signer {pinned['name']!r} (fingerprint "
+                         f"{fingerprint(public_key)}) owns prefix {pinned['prefix']} here: a supplier issues only "
+                         "under its own prefix. Nothing was imported")
+    if pinned["name"] != supplier["name"]:
+        raise TrustError(f"manifest {manifest.path} names its supplier {supplier['name']!r}, but its key is pinned "
+                         f"here as {pinned['name']!r}: ask the supplier which is right (a new name comes with "
+                         "`keyvault identity rotate --name`). Nothing was imported")
     # The prefix check comes first: another supplier's batch "PPPP-000" is a prefix collision.
     doc = _register_supplier(state, txn, cat, sid, supplier["name"], header["prefix_value"], public_key, now)
     existing = cat.batches.get(batch)

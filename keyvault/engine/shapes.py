@@ -18,7 +18,8 @@ class TrustRecord(_Rotated):
 
     name: str
     prefix: str
-    role: str
+    role: str  # the first of its roles (what earlier versions stored alone)
+    roles: list[str]  # supplier, distributor, engine, witness
     pinned_at: int  # ms since the epoch
     fingerprint: str
     rotated_from: str | None  # hex public key of the key this one replaced
@@ -29,7 +30,8 @@ class TrustEntry(TypedDict):
     """A pinned identity as ``trust.list`` shows it."""
 
     name: str
-    role: str
+    role: str  # the first of its roles
+    roles: list[str]
     prefix: str
     fingerprint: str
     public_key: str  # hex

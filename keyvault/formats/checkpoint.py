@@ -35,6 +35,8 @@ MAX_TREE_SIZE = 2**63 - 1
 _ED25519 = b"\x01"  # the signed-note signature type of a plain Ed25519 signature
 _SIG_PREFIX = "\u2014 "  # em dash, space
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")  # decimal, no leading zeros, at most 19 digits
+TIME_LINE = "time "  # the extension line a keyvault engine signs its checkpoint's time in: "time <ms>"
+_TIME = re.compile(r"time (0|[1-9][0-9]{0,15})")  # ms since the epoch, no leading zeros, below 10**16
 
 
 def _short(text: str) -> str:
@@ -83,6 +85,16 @@ class Checkpoint:
             raise ProofError("a checkpoint root must be 32 bytes")
         for line in self.extensions:
             _check_line(line, "extension line")
+
+    @property
+    def time(self) -> int | None:
+        """When the engine signed it (ms since the epoch: its one ``time <ms>`` extension line), or None."""
+        times = [line for line in self.extensions if line.startswith(TIME_LINE)]
+        if not times:
+            return None
+        if len(times) > 1 or not _TIME.fullmatch(times[0]):
+            raise ProofError("the checkpoint's time line is not one 'time <ms since the epoch>' in decimal")
+        return int(times[0][len(TIME_LINE):])
 
     def body(self) -> bytes:
         """The note text that is signed."""

@@ -39,6 +39,8 @@ _FILE_KIND = "keyvault-identity"
 _PUBLIC_KIND = "keyvault-public-identity"
 _ROTATION_KIND = "keyvault-rotation"
 ROTATION_FORMAT = "keyvault/rotation/v1"  # the record's format field and the PAE type both keys sign under
+ROLES_FORMAT = "keyvault/roles/v1"  # the PAE type of an identity's signature over the roles it declares
+ROLE_NAMES = ("supplier", "distributor", "engine", "witness")  # keyvault.vocabulary.Role's values
 _MAX_NAME = 64
 _MAX_FILE = 64 * 1024  # a public identity or rotation is well under 1 KiB; refuse anything huge unread
 _PUBLIC_KEY_BYTES = 32
@@ -71,7 +73,7 @@ class SecretIdentityFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 
 class PublicIdentityFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A public identity file: what a platform pins."""
+    """A public identity file: what a platform pins (roles, when declared, signed by the key itself)."""
 
     kind: str
     version: int
@@ -79,6 +81,8 @@ class PublicIdentityFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     prefix: str
     public_key: str
     fingerprint: str
+    roles: list[str] | msgspec.UnsetType = msgspec.UNSET
+    roles_signature: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class RotationFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -263,13 +267,31 @@ _SECRET_GIVEN = ("{source} is a secret identity file; give its public file "
                  "(keyvault identity show --public {source} > NAME.pub), and never send the secret one")
 
 
+def roles_statement(name: str, prefix: int, public_key: bytes, roles: tuple[str, ...]) -> bytes:
+    """The bytes an identity signs to declare its roles: compact sorted JSON of name, prefix, key and roles."""
+    return json.dumps({"name": name, "prefix": prefix_text(prefix), "public_key": _b64(public_key),
+                       "roles": sorted(roles)}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _strict_roles(value: list[str]) -> tuple[str, ...]:
+    if not value or len(set(value)) != len(value) or any(r not in ROLE_NAMES for r in value):
+        raise ValueError(f"roles is not a non-empty list of distinct names from {', '.join(ROLE_NAMES)}")
+    return tuple(sorted(value))
+
+
 @dataclass(frozen=True)
 class PublicIdentity:
-    """The public part of an identity: what a platform pins and what a supplier may hand out."""
+    """The public part of an identity: what a platform pins and what a supplier may hand out.
+
+    ``roles`` are the roles the identity declares for itself (signed by its key: ``roles_signature``);
+    empty when its file declares none. Two public identities are equal when name, prefix and key are.
+    """
 
     name: str
     prefix: int
     public_key: bytes
+    roles: tuple[str, ...] = field(default=(), compare=False)
+    roles_signature: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -295,6 +317,8 @@ class PublicIdentity:
             "prefix": self.prefix_text,
             "public_key": _b64(self.public_key),
             "fingerprint": self.fingerprint,
+            **({"roles": list(self.roles), "roles_signature": _b64(self.roles_signature)}
+               if self.roles and self.roles_signature is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -333,13 +357,23 @@ class PublicIdentity:
             prefix = _strict_prefix(doc.prefix)
             key = _unb64(doc.public_key, "public_key", _PUBLIC_KEY_BYTES)
             nacl.signing.VerifyKey(key)
+            if (doc.roles is msgspec.UNSET) != (doc.roles_signature is msgspec.UNSET):
+                raise ValueError("roles and roles_signature come together (the key signs the roles it declares)")
+            roles = () if doc.roles is msgspec.UNSET else _strict_roles(doc.roles)
+            if doc.roles is not msgspec.UNSET and list(roles) != doc.roles:
+                raise ValueError("roles are not in sorted order")
+            roles_sig = (None if doc.roles_signature is msgspec.UNSET
+                         else _unb64(doc.roles_signature, "roles_signature", _SIGNATURE_BYTES))
         except (TypeError, ValueError, nacl.exceptions.CryptoError) as exc:
             raise IdentityError(f"public identity file {source} is not valid: {exc}; {fix}") from None
         if doc.fingerprint != fingerprint(key):
             raise IdentityError(f"public identity file {source}: its fingerprint does not match its public key, "
                                 "so the file was edited; do not trust it: ask its owner for a fresh copy and "
                                 "compare the fingerprint with them")
-        return cls(name=name, prefix=prefix, public_key=key)
+        if roles_sig is not None:
+            verify_signature(key, ROLES_FORMAT, roles_statement(name, prefix, key, roles), roles_sig,
+                             f"public identity file {source}: the roles it declares")
+        return cls(name=name, prefix=prefix, public_key=key, roles=roles, roles_signature=roles_sig)
 
 
 def public_part(path: str | os.PathLike[str]) -> PublicIdentity:
@@ -395,6 +429,15 @@ class Identity:
         key = nacl.signing.SigningKey.generate()
         value = parse_prefix(prefix) if prefix else default_prefix(bytes(key.verify_key))
         return cls(name=name, prefix=value, signing_key=key)
+
+    def public_with_roles(self, roles: list[str] | tuple[str, ...]) -> PublicIdentity:
+        """The public part declaring ``roles`` (supplier, distributor, engine, witness), signed by this key."""
+        try:
+            declared = _strict_roles(list(roles))
+        except ValueError as exc:
+            raise IdentityError(f"{exc}; name each role once") from None
+        signature = self.sign(ROLES_FORMAT, roles_statement(self.name, self.prefix, self.public_key, declared))
+        return PublicIdentity(self.name, self.prefix, self.public_key, declared, signature)
 
     def sign(self, payload_type: str, body: bytes) -> bytes:
         """The Ed25519 signature of ``body`` under ``payload_type``."""
