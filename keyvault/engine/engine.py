@@ -35,6 +35,7 @@ from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..formats import bundle
 from ..formats.custody import parse_ranges
 from ..formats.events import parse_leaf
+from ..formats.history import encode_proof
 from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
 from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
 from ..formats.manifest import read_manifest
@@ -713,12 +714,18 @@ class Engine(State):
                 size = from_u64(last)
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
+                if (self.log.index.state(txn) or (0, b""))[0] != size:
+                    continue  # (the index and the checkpoint are brought up to date together)
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
+                serial, batch = found.serial, found.batch
+                index_proofs = [encode_proof(subject, *self.log.index.proof(txn, subject))
+                                for subject in (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key),
+                                                LEVEL_SUPPLIER + batch.supplier.encode())]
                 return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
                                                        not looks_like_serial(key_or_serial)),
                                     custody=lots.custody_of(txn, found.batch.key, found.serial),
                                     checkpoint=self.log.note_at(txn, size), events=events, status=status.to_dict(),
-                                    generated_at=str(iso(now_ms())))
+                                    generated_at=str(iso(now_ms())), index_proofs=index_proofs)
         raise StoreError("this key kept changing while its bundle was made; try again")
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------

@@ -22,7 +22,8 @@ from ..errors import BadSignatureError, CustodyError, KeyvaultError, ProofError
 from . import merkle
 from .checkpoint import Verifier, open_note
 from .custody import Transfer, check_chain, contains, read_transfer
-from .events import parse_leaf
+from .events import parse_leaf, split_leaf
+from .history import IndexProof, check_history
 from .identity import PublicIdentity, fingerprint, supplier_id
 from .keyformat import serial_text
 from .manifest import ManifestHeader, open_signed_header
@@ -61,6 +62,7 @@ class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     custody: list[bytes]  # base64 of each transfer file
     checkpoint: str
     events: list[BundleEvent]
+    index_proofs: list[IndexProof] = []  # per subject: its latest event under the checkpoint (history.py)
 
 
 _BUNDLE = msgspec.json.Decoder(Bundle)
@@ -96,7 +98,8 @@ def _b64(data: bytes) -> str:
 
 def build(*, serial: int, index: int, manifest_signed: bytes, commitment: bytes, salt: bytes | None,
           manifest_proof: list[bytes], custody: list[Transfer], checkpoint: bytes, events: list[tuple[int, bytes,
-          list[bytes]]], status: dict[str, Any], generated_at: str) -> dict[str, Any]:
+          list[bytes]]], status: dict[str, Any], generated_at: str,
+          index_proofs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A bundle from its parts (the store gathers them: Vault.trace_bundle)."""
     return {
         "format": FORMAT,
@@ -111,6 +114,7 @@ def build(*, serial: int, index: int, manifest_signed: bytes, commitment: bytes,
         "custody": [_b64(hop.data) for hop in custody],
         "checkpoint": checkpoint.decode("utf-8"),
         "events": [{"index": i, "leaf": _b64(leaf), "proof": [h.hex() for h in proof]} for i, leaf, proof in events],
+        "index_proofs": index_proofs or [],
     }
 
 
@@ -195,6 +199,7 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
     except ProofError as exc:
         return fail("checkpoint signature", str(exc))
     replayed = _Replay(serial_name, header, index, {hop.id for hop in chain})
+    linked: dict[int, tuple[list[tuple[bytes, int | None]] | None, str]] = {}
     for event_index, leaf, proof in events:
         name = f"event {event_index}"
         try:
@@ -202,10 +207,19 @@ def verify(data: bytes, trusted: Sequence[PublicIdentity], key_material: bytes |
             event = parse_leaf(leaf)
             if event["index"] != event_index:
                 raise ProofError(f"the leaf says it is event {event['index']}")
+            linked[event_index] = (split_leaf(leaf)[1], event["type"])
             replayed.add(event)
             checks.append(Check(name, True, f"{event['type']} included under the checkpoint"))
-        except (ProofError, ValueError, KeyError, TypeError) as exc:
+        except (KeyvaultError, ValueError, KeyError, TypeError) as exc:
             fail(name, str(exc) or exc.__class__.__name__)
+    batch_key = header.prefix_value << 15 | header.batch_number
+    if not 0 <= index < 1 << 25 or not 0 <= batch_key < 1 << 39:
+        return fail("history-complete", f"key {index} of the batch has no subject to check its history under")
+    subjects = [(b"K" + (batch_key << 25 | index).to_bytes(8, "big"), f"key {serial_name}"),
+                (b"B" + batch_key.to_bytes(8, "big"), f"batch {header.batch}"),
+                (b"S" + header.supplier.id.encode(), f"supplier {header.supplier.id}")]
+    checks.extend(Check(*line) for line in check_history(checkpoint, subjects, doc.index_proofs, linked,
+                                                         [i for i, _, _ in events]))
     checks.append(replayed.check(status, doc.status))
     return checks
 

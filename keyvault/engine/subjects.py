@@ -1,0 +1,210 @@
+"""The subject index: each event's links to the previous event about its subjects, and the sparse Merkle tree
+from subject to latest event that every checkpoint commits to (docs/provenance.md, "Complete histories").
+
+Links are found when an event is appended: the ``subjects`` database lists every event but
+redeems and voids under ``subject || u64 index``, and a key's redeem or void is found through its
+outcome record or the ledger overlay (a key has at most one). The tree is brought up to date only
+when a checkpoint is signed, from the links of the events appended since: its nodes live in the
+``subjects`` database under ``#`` || u8 depth || the key's first ``depth`` bits (32 bytes, the rest
+zero), as ``L`` || key || u64 latest (a leaf) or ``N`` || hash (an inner node); ``meta/index`` holds
+the event count it covers and its root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import StoreCorruptError
+from ..formats import history
+from ..formats.events import NO_LINK, change_of, split_leaf
+from ..store import Txn
+from ..store.records import OUTCOME, from_u64, u64
+
+_NODE = b"#"
+_META = b"index"
+KeyChange = Callable[[Txn, int], "int | None"]
+
+
+def latest_listed(txn: Txn, subject: bytes) -> int | None:
+    """The index of the newest event listed under ``subject`` (every kind but redeems and voids)."""
+    cursor = txn.cursor("subjects")
+    end = subject + b"\xff" * 8
+    if cursor.set_range(end):
+        found = cursor.prev()
+    else:
+        found = cursor.last()
+    if found:
+        key = cursor.key()
+        if len(key) == len(subject) + 8 and key.startswith(subject):
+            return from_u64(key[-8:])
+    return None
+
+
+def folded_change(txn: Txn, serial: int) -> int | None:
+    """The event index of a key's folded redeem or void (its outcome record names it)."""
+    outcome = txn.get("outcomes", u64(serial))
+    if outcome is not None and len(outcome) >= OUTCOME.size:
+        return int(OUTCOME.unpack_from(outcome)[2])
+    return None
+
+
+def change_links(txn: Txn, serials: list[int]) -> bytes:
+    """Each change's link (u64 each): the newest listed event about its key, or none.
+
+    A key is redeemed or voided once, while active: no earlier redeem or void can precede it, and
+    two changes of one key in one batch link the second to the first.
+    """
+    out = bytearray()
+    pending: dict[int, int] = {}
+    first = txn.head().log_size
+    for n, serial in enumerate(serials):
+        before = pending.get(serial)
+        if before is None:
+            before = latest_listed(txn, b"K" + u64(serial))
+        out += u64(NO_LINK if before is None else before)
+        pending[serial] = first + n
+    return bytes(out)
+
+
+def _node_key(depth: int, key: bytes) -> bytes:
+    prefix = bytearray(key[:(depth + 7) // 8])
+    if depth % 8:
+        prefix[-1] &= 0xFF << (8 - depth % 8) & 0xFF
+    return _NODE + depth.to_bytes(2, "big") + bytes(prefix) + bytes(32 - len(prefix))
+
+
+def _hash_of(record: bytes | None) -> bytes:
+    if record is None:
+        return history.EMPTY
+    if record[:1] == b"L" and len(record) == 41:
+        return history.leaf_hash(bytes(record[1:33]), from_u64(record[33:41]))
+    if record[:1] == b"N" and len(record) == 33:
+        return bytes(record[1:])
+    raise StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
+                            "from a backup")
+
+
+class SubjectIndex:
+    """The sparse Merkle tree from subject key to latest event index, kept in the store."""
+
+    def state(self, txn: Txn) -> tuple[int, bytes] | None:
+        """(events covered, root), or None when the store has never built its index."""
+        value = txn.get("meta", _META)
+        if value is None:
+            return None
+        if len(value) != 40:
+            raise StoreCorruptError("the subject index's record is damaged: run `keyvault check`")
+        return from_u64(value[:8]), bytes(value[8:])
+
+    def catch_up(self, txn: Txn, size: int) -> bytes:
+        """Bring the index up to the first ``size`` events (in the transaction signing a checkpoint); its root."""
+        state = self.state(txn)
+        if state is not None and state[0] == size:
+            return state[1]
+        start = 0 if state is None else state[0]
+        latest: dict[bytes, int] = {}
+        rebuild = state is None
+        for key, leaf in txn.items_from("events", u64(start)):
+            index = from_u64(key)
+            if index >= size:
+                break
+            _, links, _ = split_leaf(bytes(leaf))
+            if links is None:
+                rebuild = True  # written before links: the whole log is read once, below
+                break
+            for subject, _ in links:
+                latest[history.subject_key(subject)] = index
+        if rebuild:
+            latest = self.scan(txn, size)
+            for key, _ in list(txn.items("subjects", _NODE)):
+                txn.delete("subjects", key)
+        root = self._update(txn, latest) if latest else (history.EMPTY if rebuild else state[1])  # type: ignore[index]
+        txn.put("meta", _META, u64(size) + root)
+        return root
+
+    @staticmethod
+    def scan(txn: Txn, size: int) -> dict[bytes, int]:
+        """{subject key: latest event} over the first ``size`` events, from the whole log (the reference)."""
+        latest: dict[bytes, int] = {}
+        for key, _ in txn.items("subjects"):
+            if key[:1] != _NODE and len(key) > 8 and from_u64(key[-8:]) < size:
+                subject_key = history.subject_key(bytes(key[:-8]))
+                latest[subject_key] = max(latest.get(subject_key, -1), from_u64(key[-8:]))
+        for key, leaf in txn.items("events"):
+            index = from_u64(key)
+            if index >= size:
+                break
+            _, links, _ = split_leaf(bytes(leaf))
+            subjects = [s for s, _ in links] if links is not None else []
+            change = change_of(bytes(leaf))
+            if change is not None:
+                subjects.append(b"K" + u64(change[0]))
+            for subject in subjects:
+                subject_key = history.subject_key(subject)
+                latest[subject_key] = max(latest.get(subject_key, -1), index)
+        return latest
+
+    def _update(self, txn: Txn, latest: dict[bytes, int]) -> bytes:
+        """Set each key's latest index; the new root. Only the paths to changed leaves are read and written."""
+        writes: list[tuple[bytes, bytes]] = []
+
+        def go(depth: int, key: bytes, items: list[tuple[bytes, int]]) -> bytes:
+            where = _node_key(depth, key)
+            record = txn.get("subjects", where)
+            if record is not None and record[:1] == b"L":
+                _hash_of(record)
+                old = bytes(record[1:33])
+                if all(k != old for k, _ in items):
+                    items = sorted(items + [(old, from_u64(record[33:41]))])
+                record = None  # the leaf is among the items now
+            if len(items) == 1:
+                k, v = items[0]
+                writes.append((where, b"L" + k + u64(v)))
+                return history.leaf_hash(k, v)
+            if depth >= history.MAX_DEPTH:
+                raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
+            left = [item for item in items if not history.bit(item[0], depth)]
+            right = [item for item in items if history.bit(item[0], depth)]
+            children = []
+            for side, child_items in ((0, left), (1, right)):
+                child_key = _with_bit(key, depth, side)
+                if child_items:
+                    children.append(go(depth + 1, child_key, child_items))
+                elif record is None:
+                    children.append(history.EMPTY)
+                else:
+                    children.append(_hash_of(txn.get("subjects", _node_key(depth + 1, child_key))))
+            node = history.node_hash(children[0], children[1])
+            writes.append((where, b"N" + node))
+            return node
+
+        root = go(0, bytes(32), sorted(latest.items()))
+        writes.sort()
+        txn.put_many("subjects", writes)
+        return root
+
+    def proof(self, txn: Txn, subject: bytes) -> tuple[int | None, list[bytes], tuple[bytes, int] | None]:
+        """(latest index or None, siblings root level first, the other leaf found for an absence)."""
+        key = history.subject_key(subject)
+        siblings: list[bytes] = []
+        depth = 0
+        while True:
+            record = txn.get("subjects", _node_key(depth, key))
+            if record is None:
+                return None, siblings, None
+            if record[:1] == b"L":
+                _hash_of(record)
+                found, latest = bytes(record[1:33]), from_u64(record[33:41])
+                return (latest, siblings, None) if found == key else (None, siblings, (found, latest))
+            _hash_of(record)
+            sibling = _with_bit(key, depth, 1 - history.bit(key, depth))
+            siblings.append(_hash_of(txn.get("subjects", _node_key(depth + 1, sibling))))
+            depth += 1
+
+
+def _with_bit(key: bytes, depth: int, value: int) -> bytes:
+    """``key`` with bit ``depth`` set to ``value`` (bits past it are ignored by node keys)."""
+    out = bytearray(key)
+    mask = 1 << (7 - depth % 8)
+    out[depth // 8] = (out[depth // 8] | mask) if value else (out[depth // 8] & ~mask & 0xFF)
+    return bytes(out)
