@@ -703,8 +703,9 @@ def merkle_root(leaf_hashes: bytes) -> bytes:
     return mth(0, len(leaves)) if leaves else _sha256(b"")
 
 
-def event_leaf(index: int, prev: bytes, kind: int, at_ms: int, body: bytes, links: bytes | None = None) -> bytes:
-    """An event's leaf bytes: kv1/event || u64(index) || previous leaf hash (32) || u8(kind) || u64(at ms) || body.
+def event_leaf(index: int, prev: bytes, kind: int, at_ms: int, body: bytes, links: bytes | None) -> bytes:
+    """An event's leaf bytes: kv1/event || u64(index) || previous leaf hash (32) || u8(kind) || u64(at ms) || body
+    (``links`` None: version 1, as written before links).
 
     With ``links`` (the encoded links section, docs/provenance.md "Complete histories"), a version 2
     leaf: kv2/event || the same header || links || body.
@@ -724,12 +725,12 @@ _NO_LINK = 0xFFFF_FFFF_FFFF_FFFF  # a link that names no earlier event
 
 
 def ledger_leaves(first_index: int, prev: bytes, changes: list,
-                  links: bytes | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+                  links: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The event leaves of redeems and voids, (serial, state, at ms, text) each, from index first_index.
 
     State 1 (redeemed) is a KIND_REDEEM event, 2 (voided) a KIND_VOID one; the body is
     u64(serial) || text in UTF-8. Each leaf names the leaf hash (SHA-256(0x00 || leaf)) of the one
-    before; the first names ``prev``. With ``links`` (u64 each: the index of the previous event about
+    before; the first names ``prev``. With ``links`` None, version 1 leaves (as written before links); else (u64 each: the index of the previous event about
     the change's key, 2**64 - 1 for none), version 2 leaves whose links section is
     u8(1) || u8(9) || "K" || u64(serial) || that u64. Returns [(u64(index), leaf), ...] and the leaf
     hashes concatenated (32 bytes each).

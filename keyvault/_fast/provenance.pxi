@@ -338,7 +338,7 @@ node_key = _pure.node_key
 
 @cython.boundscheck(True)  # the list is indexed between allocations: as Python does
 def ledger_leaves(first_index: int, prev: bytes, changes: list,
-                  links: bytes | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+                  links: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The event leaves of redeems and voids, (serial, state, at ms, text) each; version 2 leaves with ``links``
     (see _pure)."""
     cdef uint64_t first, serial, at_ms

@@ -668,7 +668,13 @@ class _Checkup:
             if len(key) < 9 or from_u64(key[-8:]) >= self.head.log_size:
                 problems.add("the subject index names an event past the end of the log")
         self.counts["tree_nodes"] = nodes_seen
-        return f"{nodes_seen:,} tree nodes recomputed from the events; tail record and {subjects:,} index entries agree"
+        try:
+            index = self.state.log.index.verify(txn)
+        except StoreCorruptError as exc:
+            problems.add(str(exc))
+            index = "subject index damaged"
+        return (f"{nodes_seen:,} tree nodes recomputed from the events; tail record and {subjects:,} index entries "
+                f"agree; {index}")
 
     # -- custody -----------------------------------------------------------------------------------
 

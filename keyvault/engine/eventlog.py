@@ -23,7 +23,7 @@ from ..errors import ProofError, StoreCorruptError, UsageError
 from ..formats import merkle
 from ..formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from ..formats.events import KINDS, LEAF, encode_links
-from ..formats.history import extension_line
+from ..formats.history import extension_line, index_root
 from ..formats.identity import Identity
 from ..store import Txn
 from ..store.records import CHECKPOINT, dump, from_u64, u64
@@ -183,11 +183,20 @@ class EventLog:
                 raise StoreCorruptError(f"the event log no longer matches its checkpoint at size {last_size}: it was "
                                         "altered; nothing more will be signed. Run `keyvault audit` and restore "
                                         "the store from a backup")
-        index_root = self.index.catch_up(txn, size)
-        note = sign(Checkpoint(self.origin, size, root, (extension_line(index_root),)), self.origin,
+        note = sign(Checkpoint(self.origin, size, root, self.extensions(txn, size)), self.origin,
                     self.engine.signing_key)
         txn.put("checkpoints", u64(size), CHECKPOINT.pack(now_ms, root) + note)
         return note
+
+    def extensions(self, txn: Txn, size: int) -> tuple[str, ...]:
+        """The extension lines of the checkpoint at ``size``: the subject index root, brought up to date."""
+        return (extension_line(self.index.catch_up(txn, size)),)
+
+    def lacks_index(self, txn: Txn) -> bool:
+        """Whether the newest checkpoint covers every event but was signed before the store kept a subject index
+        (only a store that began before links; a new event lets the next checkpoint commit to the index)."""
+        last = txn.last_key("checkpoints")
+        return last is not None and from_u64(last) == self.size(txn) and self.index.state(txn) is None
 
     @staticmethod
     def note_at(txn: Txn, size: int) -> bytes:
@@ -212,6 +221,7 @@ class EventLog:
         size = self.size(txn)
         engine = Verifier(self.origin, self.engine.public_key)
         signed: dict[int, bytes] = {}
+        index = self.index.state(txn)
         for key, value in txn.items("checkpoints"):
             at_size = from_u64(key)
             try:
@@ -221,6 +231,9 @@ class EventLog:
             if (checkpoint.size, checkpoint.root) != (at_size, CHECKPOINT.unpack_from(value)[1]) or at_size > size:
                 raise StoreCorruptError(f"the checkpoint at size {at_size} does not match its record")
             signed[at_size] = checkpoint.root
+            if index is not None and index[0] == at_size and index_root(checkpoint) != index[1]:
+                raise StoreCorruptError(f"the checkpoint at size {at_size} does not commit to the subject index's "
+                                        "root: the index or the checkpoint was altered")
         prev = _ZERO
         frontier: list[tuple[int, bytes]] = []  # (level, root) of the perfect subtrees so far
         count = 0

@@ -13,6 +13,7 @@ the event count it covers and its root.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import StoreCorruptError
 from ..formats import history
@@ -22,17 +23,12 @@ from ..store.records import OUTCOME, from_u64, u64
 
 _NODE = b"#"
 _META = b"index"
-KeyChange = Callable[[Txn, int], "int | None"]
 
 
-def latest_listed(txn: Txn, subject: bytes) -> int | None:
+def latest_listed(txn: Txn, subject: bytes, cursor: Any = None) -> int | None:
     """The index of the newest event listed under ``subject`` (every kind but redeems and voids)."""
-    cursor = txn.cursor("subjects")
-    end = subject + b"\xff" * 8
-    if cursor.set_range(end):
-        found = cursor.prev()
-    else:
-        found = cursor.last()
+    cursor = txn.cursor("subjects") if cursor is None else cursor
+    found = cursor.prev() if cursor.set_range(subject + b"\xff" * 8) else cursor.last()
     if found:
         key = cursor.key()
         if len(key) == len(subject) + 8 and key.startswith(subject):
@@ -57,10 +53,11 @@ def change_links(txn: Txn, serials: list[int]) -> bytes:
     out = bytearray()
     pending: dict[int, int] = {}
     first = txn.head().log_size
+    cursor = txn.cursor("subjects")
     for n, serial in enumerate(serials):
         before = pending.get(serial)
         if before is None:
-            before = latest_listed(txn, b"K" + u64(serial))
+            before = latest_listed(txn, b"K" + u64(serial), cursor)
         out += u64(NO_LINK if before is None else before)
         pending[serial] = first + n
     return bytes(out)
@@ -151,13 +148,13 @@ class SubjectIndex:
         def go(depth: int, key: bytes, items: list[tuple[bytes, int]]) -> bytes:
             where = _node_key(depth, key)
             record = txn.get("subjects", where)
+            _hash_of(record)  # (refuses a damaged record)
             if record is not None and record[:1] == b"L":
-                _hash_of(record)
                 old = bytes(record[1:33])
                 if all(k != old for k, _ in items):
                     items = sorted(items + [(old, from_u64(record[33:41]))])
                 record = None  # the leaf is among the items now
-            if len(items) == 1:
+            if record is None and len(items) == 1:  # (an inner node stays one: it holds two subjects or more)
                 k, v = items[0]
                 writes.append((where, b"L" + k + u64(v)))
                 return history.leaf_hash(k, v)
@@ -182,6 +179,44 @@ class SubjectIndex:
         writes.sort()
         txn.put_many("subjects", writes)
         return root
+
+    def verify(self, txn: Txn) -> str:
+        """Every stored node recomputed from the ones below it, and the leaves against the log; what was checked.
+
+        StoreCorruptError names the first thing wrong.
+        """
+        state = self.state(txn)
+        if state is None:
+            return "no subject index yet (the store began before links; the next checkpoint builds it)"
+        size, root = state
+        leaves: dict[bytes, int] = {}
+
+        def walk(depth: int, key: bytes) -> bytes:
+            record = txn.get("subjects", _node_key(depth, key))
+            node = _hash_of(record)
+            if record is None:
+                return node
+            if record[:1] == b"L":
+                found = bytes(record[1:33])
+                if _node_key(depth, found) != _node_key(depth, key):
+                    raise StoreCorruptError(f"a leaf of the subject index sits at depth {depth} off its key's path")
+                leaves[found] = from_u64(record[33:41])
+                return node
+            count = len(leaves)
+            if depth >= history.MAX_DEPTH or node != history.node_hash(walk(depth + 1, _with_bit(key, depth, 0)),
+                                                                        walk(depth + 1, _with_bit(key, depth, 1))):
+                raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) does not hash its "
+                                        "children")
+            if len(leaves) - count < 2:
+                raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) holds fewer than two "
+                                        "subjects")
+            return node
+
+        if walk(0, bytes(32)) != root:
+            raise StoreCorruptError("the subject index's root record does not match its tree")
+        if leaves != self.scan(txn, size):
+            raise StoreCorruptError("the subject index does not name each subject's latest event in the log")
+        return f"subject index: {len(leaves):,} subjects, each at its latest event of the first {size:,}"
 
     def proof(self, txn: Txn, subject: bytes) -> tuple[int | None, list[bytes], tuple[bytes, int] | None]:
         """(latest index or None, siblings root level first, the other leaf found for an absence)."""
