@@ -6,13 +6,13 @@ redeems and voids under ``subject || u64 index``, and a key's redeem or void is 
 outcome record or the ledger overlay (a key has at most one). The tree is brought up to date only
 when a checkpoint is signed, from the links of the events appended since: its nodes live in the
 ``subjects`` database under ``#`` || u8 depth || the key's first ``depth`` bits (32 bytes, the rest
-zero), as ``L`` || key || u64 latest (a leaf) or ``N`` || hash (an inner node); ``meta/index`` holds
+zero), as ``L`` || key || u64 latest (a leaf) or ``N`` || left hash || right hash (an inner node); ``meta/index`` holds
 the event count it covers and its root.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
 from typing import Any
 
 from ..errors import StoreCorruptError
@@ -71,12 +71,13 @@ def _node_key(depth: int, key: bytes) -> bytes:
 
 
 def _hash_of(record: bytes | None) -> bytes:
+    """The hash of the subtree a stored record (or none: an empty subtree) stands for."""
     if record is None:
         return history.EMPTY
     if record[:1] == b"L" and len(record) == 41:
         return history.leaf_hash(bytes(record[1:33]), from_u64(record[33:41]))
-    if record[:1] == b"N" and len(record) == 33:
-        return bytes(record[1:])
+    if record[:1] == b"N" and len(record) == 65:
+        return history.node_hash(bytes(record[1:33]), bytes(record[33:65]))
     raise StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
                             "from a backup")
 
@@ -142,40 +143,56 @@ class SubjectIndex:
         return latest
 
     def _update(self, txn: Txn, latest: dict[bytes, int]) -> bytes:
-        """Set each key's latest index; the new root. Only the paths to changed leaves are read and written."""
-        writes: list[tuple[bytes, bytes]] = []
+        """Set each key's latest index; the new root. Only the paths to changed leaves are read and written.
 
-        def go(depth: int, key: bytes, items: list[tuple[bytes, int]]) -> bytes:
-            where = _node_key(depth, key)
-            record = txn.get("subjects", where)
-            _hash_of(record)  # (refuses a damaged record)
-            if record is not None and record[:1] == b"L":
-                old = bytes(record[1:33])
-                if all(k != old for k, _ in items):
-                    items = sorted(items + [(old, from_u64(record[33:41]))])
-                record = None  # the leaf is among the items now
-            if record is None and len(items) == 1:  # (an inner node stays one: it holds two subjects or more)
-                k, v = items[0]
-                writes.append((where, b"L" + k + u64(v)))
-                return history.leaf_hash(k, v)
+        Keys are handled as 256-bit integers, sorted: the keys under a node are a slice of them, split
+        at the node's midpoint by bisection; a leaf met on the way down travels on as ``extra``.
+        """
+        items = sorted((int.from_bytes(k, "big"), v) for k, v in latest.items())
+        ints = [k for k, _ in items]
+        values = [v for _, v in items]
+        writes: list[tuple[bytes, bytes]] = []
+        get = txn.get
+        leaf_hash, node_hash = history.leaf_hash, history.node_hash
+
+        def go(depth: int, prefix: int, lo: int, hi: int, extra: tuple[int, int] | None, below_inner: bool) -> bytes:
+            where = _NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
+            count = hi - lo + (extra is not None)
+            record = get("subjects", where) if below_inner else None  # (nothing is stored below a leaf or a void)
+            if count == 0:
+                return _hash_of(record)
+            inner = False
+            if record is not None:
+                if record[:1] == b"L" and len(record) == 41:
+                    old = int.from_bytes(record[1:33], "big")
+                    at = bisect_left(ints, old, lo, hi)
+                    if not (at < hi and ints[at] == old):
+                        extra, count = (old, from_u64(record[33:41])), count + 1
+                elif record[:1] == b"N" and len(record) == 65:
+                    inner = True
+                else:
+                    _hash_of(record)  # (raises: damaged)
+            if not inner and count == 1:
+                key, value = (ints[lo], values[lo]) if extra is None else extra
+                raw = key.to_bytes(32, "big")
+                writes.append((where, b"L" + raw + u64(value)))
+                return leaf_hash(raw, value)
             if depth >= history.MAX_DEPTH:
                 raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
-            left = [item for item in items if not history.bit(item[0], depth)]
-            right = [item for item in items if history.bit(item[0], depth)]
-            children = []
-            for side, child_items in ((0, left), (1, right)):
-                child_key = _with_bit(key, depth, side)
-                if child_items:
-                    children.append(go(depth + 1, child_key, child_items))
-                elif record is None:
-                    children.append(history.EMPTY)
-                else:
-                    children.append(_hash_of(txn.get("subjects", _node_key(depth + 1, child_key))))
-            node = history.node_hash(children[0], children[1])
-            writes.append((where, b"N" + node))
-            return node
+            shift = 255 - depth
+            right_prefix = prefix | 1 << shift
+            mid = bisect_left(ints, right_prefix, lo, hi)
+            goes_right = extra is not None and extra[0] >> shift & 1
+            left_extra, right_extra = (None, extra) if goes_right else (extra, None)
+            # An inner node keeps both children's hashes: a side nothing changed under is not read again.
+            left = go(depth + 1, prefix, lo, mid, left_extra, inner) if lo < mid or left_extra else \
+                (bytes(record[1:33]) if inner else history.EMPTY)  # type: ignore[index]
+            right = go(depth + 1, right_prefix, mid, hi, right_extra, inner) if mid < hi or right_extra else \
+                (bytes(record[33:65]) if inner else history.EMPTY)  # type: ignore[index]
+            writes.append((where, b"N" + left + right))
+            return node_hash(left, right)
 
-        root = go(0, bytes(32), sorted(latest.items()))
+        root = go(0, 0, 0, len(ints), None, True)
         writes.sort()
         txn.put_many("subjects", writes)
         return root
@@ -203,8 +220,8 @@ class SubjectIndex:
                 leaves[found] = from_u64(record[33:41])
                 return node
             count = len(leaves)
-            if depth >= history.MAX_DEPTH or node != history.node_hash(walk(depth + 1, _with_bit(key, depth, 0)),
-                                                                        walk(depth + 1, _with_bit(key, depth, 1))):
+            if depth >= history.MAX_DEPTH or record[1:] != walk(depth + 1, _with_bit(key, depth, 0)) + \
+                    walk(depth + 1, _with_bit(key, depth, 1)):
                 raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) does not hash its "
                                         "children")
             if len(leaves) - count < 2:
@@ -232,8 +249,8 @@ class SubjectIndex:
                 found, latest = bytes(record[1:33]), from_u64(record[33:41])
                 return (latest, siblings, None) if found == key else (None, siblings, (found, latest))
             _hash_of(record)
-            sibling = _with_bit(key, depth, 1 - history.bit(key, depth))
-            siblings.append(_hash_of(txn.get("subjects", _node_key(depth + 1, sibling))))
+            side = history.bit(key, depth)
+            siblings.append(bytes(record[33:65]) if side == 0 else bytes(record[1:33]))
             depth += 1
 
 
