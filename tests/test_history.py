@@ -467,3 +467,20 @@ def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, 
     engine.store.write(damage)
     report = vault.check()
     assert not report["ok"] and any("subject index" in c["detail"] for c in report["checks"] if not c["ok"])
+
+
+def test_the_store_check_finds_an_event_listed_under_the_wrong_subject(story: tuple[Vault, Issued, list[Any]]) -> None:
+    vault, b, trusted = story
+    vault.blacklist.add("key", b.serials[0], "lost")
+    vault.checkpoint()
+    assert vault.check()["ok"]
+
+    def move(txn: Any) -> None:
+        key = next(k for k, _ in txn.items("subjects", b"K"))
+        txn.delete("subjects", key)
+        txn.put("subjects", b"K" + u64(parse_serial(b.serials[1])) + key[-8:], b"")
+
+    vault.engine.store.write(move)
+    report = vault.check()
+    assert not report["ok"]
+    assert any("link" in c["detail"] for c in report["checks"] if not c["ok"]), report

@@ -121,26 +121,35 @@ class SubjectIndex:
         return root
 
     @staticmethod
-    def scan(txn: Txn, size: int) -> dict[bytes, int]:
-        """{subject key: latest event} over the first ``size`` events, from the whole log (the reference)."""
-        latest: dict[bytes, int] = {}
+    def scan(txn: Txn, size: int, *, check_links: bool = False) -> dict[bytes, int]:
+        """{subject key: latest event} over the first ``size`` events, from the whole log (the reference).
+
+        With ``check_links``, every version 2 event's links must name the event before it about each
+        subject, and its subjects must be the ones the ``subjects`` database lists it under (else
+        StoreCorruptError).
+        """
+        listed: dict[int, set[bytes]] = {}
         for key, _ in txn.items("subjects"):
             if key[:1] != _NODE and len(key) > 8 and from_u64(key[-8:]) < size:
-                subject_key = history.subject_key(bytes(key[:-8]))
-                latest[subject_key] = max(latest.get(subject_key, -1), from_u64(key[-8:]))
+                listed.setdefault(from_u64(key[-8:]), set()).add(bytes(key[:-8]))
+        last: dict[bytes, int] = {}
         for key, leaf in txn.items("events"):
             index = from_u64(key)
             if index >= size:
                 break
             _, links, _ = split_leaf(bytes(leaf))
-            subjects = [s for s, _ in links] if links is not None else []
             change = change_of(bytes(leaf))
-            if change is not None:
-                subjects.append(b"K" + u64(change[0]))
+            subjects = [b"K" + u64(change[0])] if change is not None else sorted(listed.pop(index, ()))
+            if links is not None and check_links:
+                if sorted(s for s, _ in links) != sorted(subjects) or \
+                        any(last.get(subject) != previous for subject, previous in links):
+                    raise StoreCorruptError(f"event {index} does not link to the previous event about each of its "
+                                            "subjects: the log or its subject lists were altered")
             for subject in subjects:
-                subject_key = history.subject_key(subject)
-                latest[subject_key] = max(latest.get(subject_key, -1), index)
-        return latest
+                last[subject] = index
+        if listed:
+            raise StoreCorruptError(f"the subject lists name event {min(listed)}, which is not in the log")
+        return {history.subject_key(subject): index for subject, index in last.items()}
 
     def _update(self, txn: Txn, latest: dict[bytes, int]) -> bytes:
         """Set each key's latest index; the new root. Only the paths to changed leaves are read and written.
@@ -231,7 +240,7 @@ class SubjectIndex:
 
         if walk(0, bytes(32)) != root:
             raise StoreCorruptError("the subject index's root record does not match its tree")
-        if leaves != self.scan(txn, size):
+        if leaves != self.scan(txn, size, check_links=True):
             raise StoreCorruptError("the subject index does not name each subject's latest event in the log")
         return f"subject index: {len(leaves):,} subjects, each at its latest event of the first {size:,}"
 
