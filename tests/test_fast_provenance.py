@@ -336,11 +336,11 @@ def parse_leaf(leaf: bytes) -> dict:
 
 def test_event_leaf(impl):
     prev = sha256(b"prev")
-    leaf = impl.event_leaf(7, prev, _pure.KIND_ISSUE, 1_700_000_000_123, b'{"batch": 1}')
+    leaf = impl.event_leaf(7, prev, _pure.KIND_ISSUE, 1_700_000_000_123, b'{"batch": 1}', None)
     assert leaf == b"kv1/event" + u64(7) + prev + bytes([2]) + u64(1_700_000_000_123) + b'{"batch": 1}'
     assert parse_leaf(leaf) == {"index": 7, "prev": prev, "kind": 2, "at_ms": 1_700_000_000_123,
                                 "body": b'{"batch": 1}'}
-    assert impl.event_leaf(U64_MAX, bytearray(32), 255, U64_MAX, b"") == \
+    assert impl.event_leaf(U64_MAX, bytearray(32), 255, U64_MAX, b"", None) == \
         b"kv1/event" + b"\xff" * 8 + bytes(32) + b"\xff" + b"\xff" * 8
 
 
@@ -359,7 +359,7 @@ def test_ledger_leaves(impl, count):
     prev = rng.randbytes(32)
     changes = _changes(rng, count)
     first = rng.randrange(1 << 40)
-    pairs, hashes = impl.ledger_leaves(first, prev, changes)
+    pairs, hashes = impl.ledger_leaves(first, prev, changes, None)
     assert type(pairs) is list and type(hashes) is bytes
     assert len(pairs) == count and len(hashes) == 32 * count
     expected_prev = prev
@@ -374,7 +374,7 @@ def test_ledger_leaves(impl, count):
         assert int.from_bytes(fields["body"][:8], "big") == serial
         assert fields["body"][8:].decode("utf-8") == text
         assert leaf == _pure.event_leaf(first + i, expected_prev, fields["kind"], at_ms,
-                                        u64(serial) + text.encode("utf-8"))
+                                        u64(serial) + text.encode("utf-8"), None)
         expected_prev = sha256(b"\x00" + leaf)
         assert hashes[32 * i:32 * (i + 1)] == expected_prev
 
@@ -382,25 +382,32 @@ def test_ledger_leaves(impl, count):
 def test_ledger_leaves_chain_across_calls(impl):
     rng = random.Random(5)
     changes = _changes(rng, 50)
-    whole = impl.ledger_leaves(10, bytes(32), changes)
-    head = impl.ledger_leaves(10, bytes(32), changes[:20])
-    tail = impl.ledger_leaves(30, head[1][-32:], changes[20:])
+    whole = impl.ledger_leaves(10, bytes(32), changes, None)
+    head = impl.ledger_leaves(10, bytes(32), changes[:20], None)
+    tail = impl.ledger_leaves(30, head[1][-32:], changes[20:], None)
     assert (head[0] + tail[0], head[1] + tail[1]) == whole
 
 
 def test_ledger_leaves_on_every_path(sha_path):
     rng = random.Random(11)
     changes = _changes(rng, 100)
-    assert sha_path.ledger_leaves(3, bytes(32), changes) == _pure.ledger_leaves(3, bytes(32), changes)
+    assert sha_path.ledger_leaves(3, bytes(32), changes, None) == _pure.ledger_leaves(3, bytes(32), changes, None)
 
 
 def test_ledger_leaves_edges():
     prev = bytes(range(32))
-    same_or_raise("ledger_leaves", U64_MAX, prev, [(U64_MAX, 2, U64_MAX, "last")])
-    same_or_raise("ledger_leaves", U64_MAX - 1, bytearray(prev), [(0, 1, 0, ""), (1, 2, 1, "\ud7ff\ue000")])
-    same_or_raise("ledger_leaves", 0, prev, [[5, 1, 6, "a list, not a tuple"]])
-    same_or_raise("ledger_leaves", 0, prev, ((5, 1, 6, "a tuple of changes"),))
-    same_or_raise("ledger_leaves", 0, prev, [(True, True, 6, "bools are ints")])
+    same_or_raise("ledger_leaves", U64_MAX, prev, [(U64_MAX, 2, U64_MAX, "last")], None)
+    same_or_raise("ledger_leaves", U64_MAX - 1, bytearray(prev), [(0, 1, 0, ""), (1, 2, 1, "\ud7ff\ue000")], None)
+    same_or_raise("ledger_leaves", 0, prev, [[5, 1, 6, "a list, not a tuple"]], None)
+    same_or_raise("ledger_leaves", 0, prev, ((5, 1, 6, "a tuple of changes"),), None)
+    same_or_raise("ledger_leaves", 0, prev, [(True, True, 6, "bools are ints")], None)
+    # With links (version 2 leaves): the same, and a links argument of the wrong size or type is refused alike.
+    same_or_raise("ledger_leaves", U64_MAX, prev, [(U64_MAX, 2, U64_MAX, "last")], b"\xff" * 8)
+    same_or_raise("ledger_leaves", 0, prev, [(5, 1, 6, "x"), (6, 2, 7, "y")], u64(3) + u64(4))
+    same_or_raise("ledger_leaves", 0, prev, [(5, 1, 6, "x")], bytearray(8))
+    for links in (b"\x00" * 7, b"\x00" * 9, "12345678"):
+        with pytest.raises((ValueError, TypeError)):
+            same_or_raise("ledger_leaves", 0, prev, [(5, 1, 6, "x")], links)
 
 
 # ---------------------------------------------------------------------------
@@ -533,37 +540,37 @@ BAD = [
     ("merkle_root", (bytes(32 * 5 + 1),)),
     ("merkle_root", ("x" * 32,)),
     ("merkle_root", (None,)),
-    ("event_leaf", (0, bytes(31), 1, 0, b"")),
-    ("event_leaf", (0, bytes(33), 1, 0, b"")),
-    ("event_leaf", (0, "p" * 32, 1, 0, b"")),
-    ("event_leaf", (0, bytes(32), 256, 0, b"")),
-    ("event_leaf", (0, bytes(32), -1, 0, b"")),
-    ("event_leaf", (0, bytes(32), 1.0, 0, b"")),
-    ("event_leaf", (-1, bytes(32), 1, 0, b"")),
-    ("event_leaf", (0, bytes(32), 1, 1 << 64, b"")),
-    ("event_leaf", (0, bytes(32), 1, 0, "body")),
-    ("ledger_leaves", (0, bytes(31), [(1, 1, 0, "x")])),
-    ("ledger_leaves", (0, bytes(33), [])),
-    ("ledger_leaves", (0, "p" * 32, [])),
-    ("ledger_leaves", (0, None, [])),
-    ("ledger_leaves", (0, bytes(32), [(1, 0, 0, "active is no change")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 3, 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "x"), (1, -1, 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, "1", 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1.0, 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, b"bytes")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, None)])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "lone \ud800 surrogate")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0)])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "x", 5)])),
-    ("ledger_leaves", (0, bytes(32), [None])),
-    ("ledger_leaves", (0, bytes(32), [(-1, 1, 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1 << 64, 1, 0, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, -1, "x")])),
-    ("ledger_leaves", (0, bytes(32), [(1, 1, 1 << 64, "x")])),
-    ("ledger_leaves", (-1, bytes(32), [])),
-    ("ledger_leaves", (U64_MAX, bytes(32), [(1, 1, 0, "x"), (2, 1, 0, "y")])),
-    ("ledger_leaves", (0, bytes(32), None)),
+    ("event_leaf", (0, bytes(31), 1, 0, b"", None)),
+    ("event_leaf", (0, bytes(33), 1, 0, b"", None)),
+    ("event_leaf", (0, "p" * 32, 1, 0, b"", None)),
+    ("event_leaf", (0, bytes(32), 256, 0, b"", None)),
+    ("event_leaf", (0, bytes(32), -1, 0, b"", None)),
+    ("event_leaf", (0, bytes(32), 1.0, 0, b"", None)),
+    ("event_leaf", (-1, bytes(32), 1, 0, b"", None)),
+    ("event_leaf", (0, bytes(32), 1, 1 << 64, b"", None)),
+    ("event_leaf", (0, bytes(32), 1, 0, "body", None)),
+    ("ledger_leaves", (0, bytes(31), [(1, 1, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(33), [], None)),
+    ("ledger_leaves", (0, "p" * 32, [], None)),
+    ("ledger_leaves", (0, None, [], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 0, 0, "active is no change")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 3, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "x"), (1, -1, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, "1", 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1.0, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, b"bytes")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, None)], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "lone \ud800 surrogate")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0)], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 0, "x", 5)], None)),
+    ("ledger_leaves", (0, bytes(32), [None], None)),
+    ("ledger_leaves", (0, bytes(32), [(-1, 1, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1 << 64, 1, 0, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, -1, "x")], None)),
+    ("ledger_leaves", (0, bytes(32), [(1, 1, 1 << 64, "x")], None)),
+    ("ledger_leaves", (-1, bytes(32), [], None)),
+    ("ledger_leaves", (U64_MAX, bytes(32), [(1, 1, 0, "x"), (2, 1, 0, "y")], None)),
+    ("ledger_leaves", (0, bytes(32), None, None)),
     ("node_key", (0, 0)),
     ("node_key", (1, -1)),
     ("node_key", (1.0, 0)),

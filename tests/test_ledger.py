@@ -236,12 +236,12 @@ def test_redeem_and_void_events_round_trip() -> None:
     from keyvault import _fast
     from keyvault.formats.events import change_of, parse_leaf
 
-    (_, leaf), = _fast.ledger_leaves(41, bytes(32), [(123456789, 1, 1_700_000_000_000, "ORDER-é")])[0]
+    (_, leaf), = _fast.ledger_leaves(41, bytes(32), [(123456789, 1, 1_700_000_000_000, "ORDER-é")], None)[0]
     assert change_of(leaf) == (123456789, 1, 1_700_000_000_000, "ORDER-é")
     event = parse_leaf(leaf)
     assert (event["index"], event["type"], event["order_id"], event["at_ms"]) == (41, "redeem", "ORDER-é",
                                                                                1_700_000_000_000)
-    (_, leaf), = _fast.ledger_leaves(0, bytes(32), [(5, 2, 7, "refund")])[0]
+    (_, leaf), = _fast.ledger_leaves(0, bytes(32), [(5, 2, 7, "refund")], None)[0]
     assert change_of(leaf) == (5, 2, 7, "refund") and parse_leaf(leaf)["reason"] == "refund"
 
 

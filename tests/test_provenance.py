@@ -23,7 +23,7 @@ import pytest
 from conftest import Issued, issue
 from cli_support import EXIT_OK, EXIT_REFUSED, kv, make_world, ok, one_json
 from keyvault import Identity, Vault, _fast
-from keyvault.formats import bundle, custody, merkle
+from keyvault.formats import bundle, custody, history, merkle
 from keyvault.formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from keyvault.clock import now_ms
 from keyvault.errors import (
@@ -34,7 +34,7 @@ from keyvault.errors import (
     StoreCorruptError,
     TrustError,
 )
-from keyvault.formats.events import parse_leaf
+from keyvault.formats.events import parse_leaf, split_leaf
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import make_serial, parse_serial, serial_text
 from keyvault.formats.manifest import read_manifest
@@ -350,11 +350,17 @@ def test_the_supplier_key_cannot_sign_a_checkpoint(tmp_path: Path, supplier: Ide
     events = [{"index": i, "leaf": base64.b64encode(kept[i]).decode(),
                "proof": [h.hex() for h in merkle.inclusion_proof(i, size, perfect)]} for i in sorted(kept)]
 
+    # The forger also commits to a subject index of its own making, over the events it kept.
+    latest = {history.subject_key(subject): i for i in sorted(kept) for subject, _ in split_leaf(kept[i])[1]}
+    index_line = history.extension_line(history.root_of(latest))
+    proofs = [history.prove(latest, bytes.fromhex(p["subject"])) for p in doc["index_proofs"]]
+
     def forged(signer: Identity) -> dict[str, Any]:
         origin = bundle.engine_origin(signer.public_key)
-        note = sign(Checkpoint(origin, size, merkle.root(hashes), (f"time {now_ms()}",)), origin,
+        note = sign(Checkpoint(origin, size, merkle.root(hashes), (f"time {now_ms()}", index_line)), origin,
                     signer.signing_key).decode()
-        return dict(doc, checkpoint=note, events=events, status=dict(doc["status"], status="valid", order_id=None))
+        return dict(doc, checkpoint=note, events=events, status=dict(doc["status"], status="valid", order_id=None),
+                    index_proofs=proofs)
 
     # Controls: signed by the real engine key the fabrication passes (so only the signer matters) ...
     assert passed(check(forged(supplier_store.engine.log.engine), trusted, material(b.keys[0])))

@@ -45,7 +45,9 @@ def test_the_vectors_are_what_the_generator_writes(tmp_path: Path) -> None:
 def test_the_vectors_cover_every_rule_and_both_outcomes() -> None:
     specs = [json.loads(p.read_text("utf-8")) for p in SPECS]
     assert len(specs) >= 70
-    assert {s["rule"] for s in specs if s["expect"] == "fail"} == {rule.name for rule in RULES}
+    named = {s["rule"] for s in specs if s["expect"] == "fail"}
+    # Every rule is broken by some vector; the history rule names its finer rules (index-proof) on its lines.
+    assert {rule.name for rule in RULES} <= named <= {rule.name for rule in RULES} | {"index-proof", "history-order"}
     assert sum(s["expect"] == "pass" for s in specs) >= 8
 
 

@@ -32,7 +32,6 @@ from keyvault.errors import ProofError, StoreCorruptError
 from keyvault.formats import checkpoint as notes
 from keyvault.formats import cosignature, merkle, tiles
 from keyvault.formats.bundle import engine_origin
-from keyvault.formats.bundle import verify as verify_bundle
 
 # -- the cosignature format -------------------------------------------------------------------------------
 
@@ -517,8 +516,14 @@ def test_submitted_cosignatures_travel_in_bundles(tmp_path: Path, supplier: Iden
     out = check(moved, "--witness", w1_pub)
     assert out.returncode == 3 and "FAIL" in out.stdout
     assert "does not verify over this checkpoint" in out.stdout
-    # Events after the cosigned checkpoint: a bundle of this key still carries the cosigned one.
+    # Events after the cosigned checkpoint: a bundle is made under the newest checkpoint (its subject index
+    # proofs are of the newest index), uncosigned until the store submits it to its witness again.
     later = tmp_path / "later.json"
+    assert kv("--store", store, "trace", batch.serials[1], "--bundle", later).returncode == 0
+    assert "witness.example/w1" not in json.loads(later.read_text())["checkpoint"]
+    assert check(later, "--witness", w1_pub).returncode == 3
+    assert kv("--store", store, "witness", "submit", served.url, "--witness", w1_pub).returncode == 0
+    later = tmp_path / "later-cosigned.json"
     assert kv("--store", store, "trace", batch.serials[1], "--bundle", later).returncode == 0
     assert "witness.example/w1" in json.loads(later.read_text())["checkpoint"]
     assert check(later, "--witness", w1_pub).returncode == 0

@@ -622,6 +622,7 @@ _NODE_PREFIX = b"\x01"  # ...and SHA-256(0x01 || left || right) an interior node
 _SALT_PERSON = b"kv1/salt"
 _COMMIT_TAG = b"kv1/commit"
 _EVENT_TAG = b"kv1/event"
+_EVENT_TAG_V2 = b"kv2/event"  # a leaf with a links section (complete histories)
 _CHANGE_KINDS = {REDEEMED: KIND_REDEEM, VOIDED: KIND_VOID}  # a ledger change's state -> its event kind
 
 
@@ -702,26 +703,44 @@ def merkle_root(leaf_hashes: bytes) -> bytes:
     return mth(0, len(leaves)) if leaves else _sha256(b"")
 
 
-def event_leaf(index: int, prev: bytes, kind: int, at_ms: int, body: bytes) -> bytes:
-    """An event's leaf bytes: kv1/event || u64(index) || previous leaf hash (32) || u8(kind) || u64(at ms) || body."""
+def event_leaf(index: int, prev: bytes, kind: int, at_ms: int, body: bytes, links: bytes | None) -> bytes:
+    """An event's leaf bytes: kv1/event || u64(index) || previous leaf hash (32) || u8(kind) || u64(at ms) || body
+    (``links`` None: version 1, as written before links).
+
+    With ``links`` (the encoded links section, docs/provenance.md "Complete histories"), a version 2
+    leaf: kv2/event || the same header || links || body.
+    """
     _check_bytes(prev, "the previous leaf hash", HASH_SIZE)
     _check_bytes(body, "an event body")
     kind = operator.index(kind)
     if not 0 <= kind <= 255:
         raise ValueError(f"an event kind is one byte, not {kind}")
-    return _EVENT_TAG + _u64(index) + bytes(prev) + bytes([kind]) + _u64(at_ms) + bytes(body)
+    if links is None:
+        return _EVENT_TAG + _u64(index) + bytes(prev) + bytes([kind]) + _u64(at_ms) + bytes(body)
+    _check_bytes(links, "an event's links section")
+    return _EVENT_TAG_V2 + _u64(index) + bytes(prev) + bytes([kind]) + _u64(at_ms) + bytes(links) + bytes(body)
 
 
-def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tuple[bytes, bytes]], bytes]:
+_NO_LINK = 0xFFFF_FFFF_FFFF_FFFF  # a link that names no earlier event
+
+
+def ledger_leaves(first_index: int, prev: bytes, changes: list,
+                  links: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The event leaves of redeems and voids, (serial, state, at ms, text) each, from index first_index.
 
     State 1 (redeemed) is a KIND_REDEEM event, 2 (voided) a KIND_VOID one; the body is
     u64(serial) || text in UTF-8. Each leaf names the leaf hash (SHA-256(0x00 || leaf)) of the one
-    before; the first names ``prev``. Returns [(u64(index), leaf), ...] and the leaf hashes
-    concatenated (32 bytes each).
+    before; the first names ``prev``. With ``links`` None, version 1 leaves (as written before links); else (u64 each: the index of the previous event about
+    the change's key, 2**64 - 1 for none), version 2 leaves whose links section is
+    u8(1) || u8(9) || "K" || u64(serial) || that u64. Returns [(u64(index), leaf), ...] and the leaf
+    hashes concatenated (32 bytes each).
     """
     _check_bytes(prev, "the previous leaf hash", HASH_SIZE)
     _u64(first_index)
+    if links is not None:
+        _check_bytes(links, "the links")
+        if len(links) != 8 * len(changes):
+            raise ValueError(f"{len(changes)} changes need {8 * len(changes)} bytes of links, not {len(links)}")
     pairs = []
     hashes = bytearray()
     for i, (serial, state, at_ms, text) in enumerate(changes):
@@ -730,7 +749,8 @@ def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tu
             raise ValueError(f"a change's state is {REDEEMED} (redeemed) or {VOIDED} (voided), not {state!r}")
         if not isinstance(text, str):
             raise TypeError(f"a change's text must be a str, not {type(text).__name__}")
-        leaf = event_leaf(first_index + i, prev, kind, at_ms, _u64(serial) + text.encode("utf-8"))
+        section = None if links is None else b"\x01\x09K" + _u64(serial) + bytes(links[8 * i:8 * i + 8])
+        leaf = event_leaf(first_index + i, prev, kind, at_ms, _u64(serial) + text.encode("utf-8"), section)
         prev = _sha256(_LEAF_PREFIX + leaf)
         pairs.append((_u64(first_index + i), leaf))
         hashes += prev

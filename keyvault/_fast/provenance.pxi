@@ -36,6 +36,8 @@ cdef enum:
     EVENT_AT_MS_AT = 50  # EVENT_KIND_AT + 1
     EVENT_BODY_AT = 58  # EVENT_AT_MS_AT + U64_SIZE
     CHANGE_TEXT_AT = 66  # EVENT_BODY_AT + U64_SIZE: a redeem or void body is u64(serial), then the text in UTF-8
+    # A version 2 change leaf puts its links section before the body: u8(1) || u8(9) || "K" || u64(serial) || u64(link).
+    CHANGE_LINKS_SIZE = 19  # 1 + 1 + 1 + U64_SIZE + U64_SIZE
 
     # Event kinds, as in _pure.
     KIND_SUPPLIER = 1
@@ -51,6 +53,7 @@ cdef enum:
 cdef const char* PERSON_SALT = b"kv1/salt"
 cdef const char* COMMIT_TAG = b"kv1/commit"
 cdef const char* EVENT_TAG = b"kv1/event"
+cdef const char* EVENT_TAG_V2 = b"kv2/event"
 
 
 cdef inline bytes _u64_bytes(uint64_t value):
@@ -334,11 +337,14 @@ node_key = _pure.node_key
 
 
 @cython.boundscheck(True)  # the list is indexed between allocations: as Python does
-def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The event leaves of redeems and voids, (serial, state, at ms, text) each (see _pure)."""
+def ledger_leaves(first_index: int, prev: bytes, changes: list,
+                  links: bytes | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The event leaves of redeems and voids, (serial, state, at ms, text) each; version 2 leaves with ``links``
+    (see _pure)."""
     cdef uint64_t first, serial, at_ms
     cdef long long state
-    cdef Py_ssize_t i, n, text_size
+    cdef Py_ssize_t i, n, text_size, extra, body_at
+    cdef const unsigned char* link_data = NULL
     cdef const unsigned char* text_data
     cdef const unsigned char* previous
     cdef unsigned char first_prev[HASH_SIZE]
@@ -348,10 +354,17 @@ def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tu
     cdef tuple change
     if not (kv_u64_of(first_index, &first) and _binary(prev) and _binary_size(prev) == HASH_SIZE
             and type(changes) is list):
-        return _pure.ledger_leaves(first_index, prev, changes)
+        return _pure.ledger_leaves(first_index, prev, changes, links)
     n = PyList_GET_SIZE(changes)
+    extra = 0
+    if links is not None:
+        if type(links) is not bytes or PyBytes_GET_SIZE(links) != n * U64_SIZE:
+            return _pure.ledger_leaves(first_index, prev, changes, links)
+        link_data = <const unsigned char*>PyBytes_AS_STRING(links)
+        extra = CHANGE_LINKS_SIZE
+    body_at = EVENT_BODY_AT + extra
     if n > 0 and first > UINT64_MAX - <uint64_t>(n - 1):
-        return _pure.ledger_leaves(first_index, prev, changes)
+        return _pure.ledger_leaves(first_index, prev, changes, links)
     if n > PY_SSIZE_T_MAX // HASH_SIZE:
         raise MemoryError()
     hashes = PyBytes_FromStringAndSize(NULL, n * HASH_SIZE)
@@ -362,11 +375,11 @@ def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tu
         item = changes[i]
         # Anything but (int, 1 or 2, int, str) with u64 numbers: the specification's answer or error.
         if type(item) is not tuple or PyTuple_GET_SIZE(item) != 4:
-            return _pure.ledger_leaves(first_index, prev, changes)
+            return _pure.ledger_leaves(first_index, prev, changes, links)
         change = <tuple>item
         if not (kv_u64_of(change[0], &serial) and _int64_of(change[1], &state) and (state == REDEEMED or state == VOIDED)
                 and kv_u64_of(change[2], &at_ms) and type(change[3]) is str):
-            return _pure.ledger_leaves(first_index, prev, changes)
+            return _pure.ledger_leaves(first_index, prev, changes, links)
         text = change[3]
         if PyUnicode_IS_COMPACT_ASCII(text):
             text_data = PyUnicode_1BYTE_DATA(text)
@@ -375,17 +388,23 @@ def ledger_leaves(first_index: int, prev: bytes, changes: list) -> tuple[list[tu
             try:
                 text_data = <const unsigned char*>PyUnicode_AsUTF8AndSize(text, &text_size)
             except UnicodeEncodeError:  # a lone surrogate
-                return _pure.ledger_leaves(first_index, prev, changes)
-        leaf = PyBytes_FromStringAndSize(NULL, CHANGE_TEXT_AT + text_size)
+                return _pure.ledger_leaves(first_index, prev, changes, links)
+        leaf = PyBytes_FromStringAndSize(NULL, CHANGE_TEXT_AT + extra + text_size)
         leaf_data = <unsigned char*>PyBytes_AS_STRING(leaf)
-        memcpy(leaf_data, EVENT_TAG, EVENT_TAG_SIZE)
+        memcpy(leaf_data, EVENT_TAG_V2 if extra else EVENT_TAG, EVENT_TAG_SIZE)
         kv_store_be64(leaf_data + EVENT_INDEX_AT, first + <uint64_t>i)
         memcpy(leaf_data + EVENT_PREV_AT, previous, HASH_SIZE)
         leaf_data[EVENT_KIND_AT] = KIND_REDEEM if state == REDEEMED else KIND_VOID
         kv_store_be64(leaf_data + EVENT_AT_MS_AT, at_ms)
-        kv_store_be64(leaf_data + EVENT_BODY_AT, serial)
-        memcpy(leaf_data + CHANGE_TEXT_AT, text_data, text_size)
-        _leaf_hash(leaf_data, CHANGE_TEXT_AT + text_size, hash_out)
+        if extra:
+            leaf_data[EVENT_BODY_AT] = 1
+            leaf_data[EVENT_BODY_AT + 1] = 1 + U64_SIZE
+            leaf_data[EVENT_BODY_AT + 2] = 75  # "K": the subject is a key
+            kv_store_be64(leaf_data + EVENT_BODY_AT + 3, serial)
+            memcpy(leaf_data + EVENT_BODY_AT + 3 + U64_SIZE, link_data + i * U64_SIZE, U64_SIZE)
+        kv_store_be64(leaf_data + body_at, serial)
+        memcpy(leaf_data + body_at + U64_SIZE, text_data, text_size)
+        _leaf_hash(leaf_data, CHANGE_TEXT_AT + extra + text_size, hash_out)
         previous = hash_out
         hash_out += HASH_SIZE
         pairs.append((_u64_bytes(first + <uint64_t>i), leaf))

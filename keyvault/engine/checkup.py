@@ -40,7 +40,7 @@ from ..errors import BadSignatureError, KeyvaultError, StoreCorruptError
 from ..formats import merkle
 from ..formats.custody import read_transfer
 from ..formats.events import LEAF as _LEAF_HEAD
-from ..formats.events import change_of
+from ..formats.events import body_at, change_of
 from ..formats.identity import supplier_id
 from ..formats.keyformat import (
     INDEX_BITS,
@@ -495,8 +495,12 @@ class _Checkup:
         folded_total = 0
         for key, leaf in txn.items("events"):
             index = from_u64(key)
-            if len(leaf) < _LEAF_HEAD.size or (leaf[_LEAF_HEAD.size - 9] in (_fast.KIND_REDEEM, _fast.KIND_VOID)
-                                                and len(leaf) < _LEAF_HEAD.size + 8):
+            try:
+                body = body_at(bytes(leaf))
+            except StoreCorruptError:
+                problems.add(f"event {index} is too short to be an event, or its links section is damaged")
+                continue
+            if leaf[_LEAF_HEAD.size - 9] in (_fast.KIND_REDEEM, _fast.KIND_VOID) and len(leaf) < body + 8:
                 problems.add(f"event {index} is too short to be an event")
                 continue
             change = change_of(bytes(leaf))
@@ -662,11 +666,19 @@ class _Checkup:
             problems.add("the log's tail record does not match its last event and tree")
         subjects = 0
         for key, _ in txn.items("subjects"):
+            if key[:1] == b"#":
+                continue  # a node of the subject index (checked by recomputing its root)
             subjects += 1
             if len(key) < 9 or from_u64(key[-8:]) >= self.head.log_size:
                 problems.add("the subject index names an event past the end of the log")
         self.counts["tree_nodes"] = nodes_seen
-        return f"{nodes_seen:,} tree nodes recomputed from the events; tail record and {subjects:,} index entries agree"
+        try:
+            index = self.state.log.index.verify(txn)
+        except StoreCorruptError as exc:
+            problems.add(str(exc))
+            index = "subject index damaged"
+        return (f"{nodes_seen:,} tree nodes recomputed from the events; tail record and {subjects:,} index entries "
+                f"agree; {index}")
 
     # -- custody -----------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from ..formats import bundle
 from ..formats.checkpoint import Verifier, open_note
 from ..formats.custody import parse_ranges
 from ..formats.events import parse_leaf
+from ..formats.history import encode_proof
 from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
 from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
 from ..formats.manifest import read_manifest
@@ -88,7 +89,6 @@ from .tokens import PREFIX as TOKEN_PREFIX
 from .tokens import Grant, check_name, check_scope, listing, new_token, token_hash
 from .tokens import save as save_tokens
 from .tokens import stored as stored_tokens
-from .witness import witnessed_size
 
 #: Ledger changes a committed transaction wrote, and their sequence numbers.
 _Written = tuple[list[tuple[int, int, int, str]], list[int]]
@@ -613,7 +613,13 @@ class Engine(State):
 
     def checkpoint(self) -> str:
         """Sign a checkpoint of the event log now (or return the newest if it covers every event): the note."""
-        note = self.store.write(lambda txn: self.log.maybe_checkpoint(txn, now_ms(), force=True))
+        def work(txn: Txn) -> bytes | None:
+            now = now_ms()
+            if self.log.lacks_index(txn):  # once, in a store that began before links: a checkpoint commits to it
+                self.log.append(txn, "trust", now, {"action": "subject-index", "name": self.log.engine.name}, [])
+            return self.log.maybe_checkpoint(txn, now, force=True)
+
+        note = self.store.write(work)
         assert note is not None
         return note.decode("utf-8")
 
@@ -719,16 +725,18 @@ class Engine(State):
                 _, found, status, indices = self._story(txn, key_or_serial, signed.time)
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
-                cosigned = witnessed_size(txn, indices[-1] + 1 if indices else 1)  # a cosigned one, if any
-                if cosigned and cosigned != size:
-                    size, note = cosigned, self.log.note_at(txn, cosigned)
-                    signed = open_note(note, self.log.origin, [Verifier(self.log.origin, self.log.engine.public_key)])
-                    _, found, status, indices = self._story(txn, key_or_serial, signed.time)
+                if (self.log.index.state(txn) or (0, b""))[0] != size:
+                    continue  # (the index and the checkpoint are brought up to date together)
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
+                serial, batch = found.serial, found.batch
+                index_proofs = [encode_proof(subject, *self.log.index.proof(txn, subject))
+                                for subject in (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key),
+                                                LEVEL_SUPPLIER + batch.supplier.encode())]
                 return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
                                                        not looks_like_serial(key_or_serial)),
                                     custody=lots.custody_of(txn, found.batch.key, found.serial),
-                                    checkpoint=note, events=events, status=status.to_dict())
+                                    checkpoint=note, events=events, status=status.to_dict(),
+                                    index_proofs=index_proofs)
         raise StoreError("this key kept changing while its bundle was made; try again")
 
     # -- issuing and importing (the work is in issuing.py) ----------------------------------------

@@ -13,6 +13,7 @@ last signed root: it never signs two inconsistent checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,12 @@ from ..errors import ProofError, StoreCorruptError, UsageError
 from ..formats import merkle
 from ..formats.checkpoint import TIME_LINE, Checkpoint, Verifier, open_note, sign
 from ..formats.cosignature import cosignatures
-from ..formats.events import KINDS, LEAF
+from ..formats.events import KINDS, LEAF, encode_links
+from ..formats.history import extension_line, index_root
 from ..formats.identity import Identity
 from ..store import Txn
 from ..store.records import CHECKPOINT, dump, from_u64, u64
+from .subjects import SubjectIndex, change_links, folded_change, latest_listed
 
 _ZERO = bytes(32)
 
@@ -49,6 +52,9 @@ class EventLog:
         self.engine = engine
         self.origin = f"keyvault/{engine.id}"
         self.policy = Policy()
+        self.index = SubjectIndex()
+        #: The event index of a key's redeem or void, if it has one (the state sets one that reads the overlay).
+        self.key_change: Callable[[Txn, int], int | None] = folded_change
 
     # -- appending -------------------------------------------------------------------------------
 
@@ -57,7 +63,8 @@ class EventLog:
         head = txn.head()
         index = head.log_size
         prev, frontier = self._tail(txn, index)
-        leaf = _fast.event_leaf(index, prev, KINDS[kind], at_ms, dump(doc))
+        links = encode_links([(subject, self._latest(txn, subject)) for subject in subjects])
+        leaf = _fast.event_leaf(index, prev, KINDS[kind], at_ms, dump(doc), links)
         self._store(txn, index, [(u64(index), leaf)], merkle.leaf_hash(leaf), frontier)
         for subject in subjects:
             txn.put("subjects", subject + u64(index), b"")
@@ -69,10 +76,19 @@ class EventLog:
         head = txn.head()
         first = head.log_size
         prev, frontier = self._tail(txn, first)
-        pairs, hashes = _fast.ledger_leaves(first, prev, changes)
+        pairs, hashes = _fast.ledger_leaves(first, prev, changes, change_links(txn, [c[0] for c in changes]))
         self._store(txn, first, pairs, hashes, frontier)
         self.maybe_checkpoint(txn, changes[-1][2])
         return list(range(first, first + len(changes)))
+
+    def _latest(self, txn: Txn, subject: bytes) -> int | None:
+        """The index of the newest event about ``subject`` (a key's redeem or void included)."""
+        latest = latest_listed(txn, subject)
+        if subject[:1] == b"K" and len(subject) == 9:
+            change = self.key_change(txn, from_u64(subject[1:]))
+            if change is not None and (latest is None or change > latest):
+                latest = change
+        return latest
 
     def _tail(self, txn: Txn, size: int) -> tuple[bytes, bytes]:
         value = txn.get("meta", b"log")
@@ -173,10 +189,21 @@ class EventLog:
                 raise StoreCorruptError(f"the event log no longer matches its checkpoint at size {last_size}: it was "
                                         "altered; nothing more will be signed. Run `keyvault audit` and restore "
                                         "the store from a backup")
-        note = sign(Checkpoint(self.origin, size, root, (f"{TIME_LINE}{now_ms}",)), self.origin,
+        note = sign(Checkpoint(self.origin, size, root, (f"{TIME_LINE}{now_ms}", *self.extensions(txn, size))),
+                    self.origin,
                     self.engine.signing_key)
         txn.put("checkpoints", u64(size), CHECKPOINT.pack(now_ms, root) + note)
         return note
+
+    def extensions(self, txn: Txn, size: int) -> tuple[str, ...]:
+        """The extension lines of the checkpoint at ``size``: the subject index root, brought up to date."""
+        return (extension_line(self.index.catch_up(txn, size)),)
+
+    def lacks_index(self, txn: Txn) -> bool:
+        """Whether the newest checkpoint covers every event but was signed before the store kept a subject index
+        (only a store that began before links; a new event lets the next checkpoint commit to the index)."""
+        last = txn.last_key("checkpoints")
+        return last is not None and from_u64(last) == self.size(txn) and self.index.state(txn) is None
 
     @staticmethod
     def note_at(txn: Txn, size: int) -> bytes:
@@ -201,6 +228,7 @@ class EventLog:
         size = self.size(txn)
         engine = Verifier(self.origin, self.engine.public_key)
         signed: dict[int, bytes] = {}
+        index = self.index.state(txn)
         for key, value in txn.items("checkpoints"):
             at_size = from_u64(key)
             try:
@@ -210,6 +238,9 @@ class EventLog:
             if (checkpoint.size, checkpoint.root) != (at_size, CHECKPOINT.unpack_from(value)[1]) or at_size > size:
                 raise StoreCorruptError(f"the checkpoint at size {at_size} does not match its record")
             signed[at_size] = checkpoint.root
+            if index is not None and index[0] == at_size and index_root(checkpoint) != index[1]:
+                raise StoreCorruptError(f"the checkpoint at size {at_size} does not commit to the subject index's "
+                                        "root: the index or the checkpoint was altered")
         prev = _ZERO
         frontier: list[tuple[int, bytes]] = []  # (level, root) of the perfect subtrees so far
         count = 0

@@ -34,7 +34,7 @@ from itertools import islice
 
 from .. import _fast
 from ..errors import StoreCorruptError
-from ..formats.events import KIND_NAMES, LEAF, change_of
+from ..formats.events import KIND_NAMES, LEAF, TAGS, body_at, change_of
 from ..formats.merkle import leaf_hash
 from ..store import Head, Txn
 from ..store.records import U64, from_u64, u64
@@ -89,12 +89,12 @@ class Ledger:
                 break
             if from_u64(key) != index:
                 raise _damaged(index, "is missing (the log skips to the event stored after it)")
-            if len(leaf) < LEAF.size or bytes(leaf[:9]) != b"kv1/event" or from_u64(leaf[9:17]) != index \
+            if len(leaf) < LEAF.size or bytes(leaf[:9]) not in TAGS or from_u64(leaf[9:17]) != index \
                     or leaf[49] not in KIND_NAMES:
                 raise _damaged(index, "is not an event leaf of its place")
             if bytes(leaf[17:49]) != prev:
                 raise _damaged(index, f"does not name the hash of event {index - 1} (one of the two is damaged)")
-            if leaf[49] in _CHANGES and len(leaf) < LEAF.size + 8:
+            if leaf[49] in _CHANGES and len(leaf) < _body_at(leaf, index) + 8:
                 raise _damaged(index, "is too short for a redeem or void")
             change = change_of(leaf)
             if change is not None:
@@ -173,3 +173,11 @@ def _oldest(pending: dict[int, Change], n: int) -> tuple[dict[int, Change], int]
         return oldest, left
     by_index = sorted(pending.items(), key=lambda item: item[1][3])
     return dict(by_index[:n]), by_index[n][1][3]
+
+
+def _body_at(leaf: bytes, index: int) -> int:
+    """Where event ``index``'s body starts; StoreCorruptError naming it when its links section is damaged."""
+    try:
+        return body_at(bytes(leaf))
+    except StoreCorruptError:
+        raise _damaged(index, "has a damaged links section") from None

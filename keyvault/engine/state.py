@@ -15,6 +15,7 @@ from ..store import Head, LmdbStore, Txn
 from ..store.records import load
 from .catalog import Catalog
 from .eventlog import EventLog, Policy
+from .subjects import folded_change
 from .ledger import Ledger
 from .throttling import ThrottlePolicy
 
@@ -31,9 +32,15 @@ class State:
         self.log = EventLog(engine)
         #: The overlay of redeems and voids not yet folded into the card records.
         self.ledger = Ledger(self.log, pepper)
+        self.log.key_change = self._key_change
         #: Throttle policies by client ("" is the store's default), reloaded with the catalog.
         self.policies: dict[str, ThrottlePolicy] = {"": ThrottlePolicy()}
         self._catalog = Catalog()
+
+    def _key_change(self, txn: Txn, serial: int) -> int | None:
+        """The event index of a key's redeem or void: unfolded (the overlay) or folded (its outcome)."""
+        change = self.ledger.sync(txn, txn.head()).get(serial)
+        return change[3] if change is not None else folded_change(txn, serial)
 
     @property
     def path(self) -> Path:

@@ -180,14 +180,6 @@ def newest_checkpoint(state: State) -> tuple[int, bytes]:
         return from_u64(last), state.log.note_at(txn, from_u64(last))
 
 
-def witnessed_size(txn: Any, first_needed: int) -> int | None:
-    """The size of the newest checkpoint that carries a cosignature and covers event ``first_needed - 1``."""
-    for key, value in reversed(list(txn.items_from("checkpoints", u64(first_needed)))):
-        if cosignature.cosignatures(bytes(value[CHECKPOINT.size:]))[1]:
-            return from_u64(key)
-    return None
-
-
 def consistency_proof(state: State, old_size: int, new_size: int) -> list[bytes]:
     """RFC 9162 consistency proof from ``old_size`` to ``new_size`` events, both at most the newest checkpoint."""
     size, _ = newest_checkpoint(state)

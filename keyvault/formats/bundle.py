@@ -32,7 +32,8 @@ from . import merkle
 from .checkpoint import Checkpoint, Verifier, open_note, split_note
 from .cosignature import witnessed
 from .custody import Transfer, check_chain, contains, read_transfer
-from .events import parse_leaf
+from .events import parse_leaf, split_leaf
+from .history import IndexProof, check_history
 from .identity import ROLE_NAMES, PublicIdentity, fingerprint, supplier_id
 from .keyformat import serial_text
 from .manifest import ManifestHeader, SignedHeader, open_signed_header
@@ -76,6 +77,7 @@ class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     custody: list[str]  # base64 of each transfer file
     checkpoint: str
     events: list[BundleEvent]
+    index_proofs: list[IndexProof]  # per subject: its latest event under the checkpoint (history.py)
 
 
 _BUNDLE = msgspec.json.Decoder(Bundle)
@@ -177,7 +179,7 @@ def _unb64(text: str, what: str) -> bytes:
 
 def build(*, serial: int, index: int, manifest_signed: bytes, commitment: bytes, salt: bytes | None,
           manifest_proof: list[bytes], custody: list[Transfer], checkpoint: bytes, events: list[tuple[int, bytes,
-          list[bytes]]], status: dict[str, Any]) -> dict[str, Any]:
+          list[bytes]]], status: dict[str, Any], index_proofs: list[dict[str, Any]]) -> dict[str, Any]:
     """A bundle from its parts (the store gathers them: Vault.trace_bundle); ``status`` is judged at the
     checkpoint's time and carries only what the verifier replays: ``status`` and ``order_id``."""
     return {
@@ -192,6 +194,7 @@ def build(*, serial: int, index: int, manifest_signed: bytes, commitment: bytes,
         "custody": [_b64(hop.data) for hop in custody],
         "checkpoint": checkpoint.decode("utf-8"),
         "events": [{"index": i, "leaf": _b64(leaf), "proof": [h.hex() for h in proof]} for i, leaf, proof in events],
+        "index_proofs": index_proofs,
     }
 
 
@@ -220,15 +223,16 @@ class _Ctx:
     checkpoint: Checkpoint = field(init=False)
     engine: PublicIdentity = field(init=False)
     events: list[dict[str, Any]] = field(default_factory=list)
+    linked: dict[int, tuple[list[tuple[bytes, int | None]] | None, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A named check: ``run`` yields its detail lines (PASS) or raises ProofError (FAIL, named after the rule);
-    ``fatal`` stops verification at its failure (later rules need what it establishes)."""
+    """A named check: ``run`` yields its detail lines (PASS) or raises ProofError (FAIL, named after the rule),
+    or yields whole Checks when it judges finer rules of its own (history); ``fatal`` stops verification at its failure (later rules need what it establishes)."""
 
     name: str
-    run: Callable[[_Ctx], Iterator[str]]
+    run: Callable[[_Ctx], Iterator[str | Check]]
     fatal: bool = False
 
 
@@ -418,6 +422,7 @@ def _events(ctx: _Ctx) -> Iterator[str]:
             raise ProofError(f"{where}: the leaf says it is event {parsed['index']}")
         about.check(parsed, where)
         ctx.events.append(parsed)
+        ctx.linked[event.index] = (split_leaf(leaf)[1], parsed["type"])
         yield f"{where}: {parsed['type']}, about this key, its batch or its supplier, included under the checkpoint"
     if not about.brought_in:
         raise ProofError(f"no issue or import event of manifest {ctx.signed.id[:16]} is in the bundle: this log "
@@ -501,6 +506,21 @@ def replayed_status(events: Sequence[dict[str, Any]], header: ManifestHeader, se
     return "valid", None
 
 
+def _history(ctx: _Ctx) -> Iterator[str | Check]:
+    """The completeness rules (history.py): each subject's chain of events, back from its latest under the
+    checkpoint's subject index, is all in the bundle."""
+    header = ctx.header
+    batch_key = header.prefix_value << 15 | header.batch_number
+    if not 0 <= ctx.doc.index < 1 << 25 or not 0 <= batch_key < 1 << 39:
+        raise ProofError(f"key {ctx.doc.index} of the batch has no subject to check its history under")
+    subjects = [(b"K" + (batch_key << 25 | ctx.doc.index).to_bytes(8, "big"), f"key {ctx.doc.serial}"),
+                (b"B" + batch_key.to_bytes(8, "big"), f"batch {header.batch}"),
+                (b"S" + header.supplier.id.encode(), f"supplier {header.supplier.id}")]
+    for rule, held, detail in check_history(ctx.checkpoint, subjects, ctx.doc.index_proofs, ctx.linked,
+                                            [event.index for event in ctx.doc.events]):
+        yield Check(rule, held, detail)
+
+
 def _status(ctx: _Ctx) -> Iterator[str]:
     at = ctx.checkpoint.time
     if at is None:
@@ -527,6 +547,7 @@ RULES: list[Rule] = [
     Rule("witness cosignatures", _witnesses),
     Rule("checkpoint age", _checkpoint_age),
     Rule("events", _events, fatal=True),
+    Rule("history-complete", _history),
     Rule("status replayed from events", _status),
 ]
 
@@ -556,7 +577,7 @@ def verify(data: bytes, trusted: Trusted | Sequence[PublicIdentity], key_materia
             if rule.fatal:
                 break
             continue
-        checks.extend(Check(rule.name, True, detail) for detail in details)
+        checks.extend(d if isinstance(d, Check) else Check(rule.name, True, d) for d in details)
     return checks
 
 

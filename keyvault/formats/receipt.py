@@ -35,7 +35,7 @@ from ..clock import iso
 from ..errors import BadSignatureError, ProofError
 from . import merkle
 from .checkpoint import Verifier, open_note
-from .events import LEAF, change_of
+from .events import LEAF, TAGS, change_of
 from .identity import pae, supplier_id
 from .keyformat import batch_key, batch_text, prefix_of, prefix_text, serial_text
 from .typed import decode
@@ -221,7 +221,7 @@ def open_proof(data: bytes, engine_key: bytes) -> tuple[Receipt, int]:
         raise ProofError("the proven event is too short to be a redeem")
     tag, index = LEAF.unpack_from(leaf)[:2]
     change = change_of(leaf)
-    if tag != b"kv1/event" or index != receipt.index or change is None or change[1] != _REDEEMED:
+    if tag not in TAGS or index != receipt.index or change is None or change[1] != _REDEEMED:
         raise ProofError(f"event {receipt.index} of the log is not a redeem: the proof is for another event")
     serial, _, at_ms, order_id = change
     if (serial, at_ms, order_id) != (receipt.serial, receipt.at_ms, receipt.order_id):

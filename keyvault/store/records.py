@@ -2,7 +2,7 @@
 
 | database    | key                          | value                                   |
 |-------------|------------------------------|-----------------------------------------|
-| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist digest |
+| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist digest, subject index (size, root) |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes), seal (16)   |
 | outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason, seal (16) |
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
@@ -18,7 +18,8 @@
 | events      | index (u64)                  | the event leaf, verbatim (eventlog.py)  |
 | tree        | post-order node key (u64)    | a 32-byte internal node of the log's tree |
 | checkpoints | tree size (u64)              | at ms (u64), root (32), the signed note |
-| subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier|
+| subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier (not redeems, voids) |
+|             | "#" + u16 depth + key prefix | a node of the subject index (engine/subjects.py) |
 | counters    | scope + "/" + name           | u64                                     |
 
 A card's and an outcome's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over

@@ -28,7 +28,8 @@ from typing import Any
 import nacl.signing
 
 from keyvault.formats import merkle
-from keyvault.formats import cosignature
+from keyvault.formats import cosignature, history
+from keyvault.formats.events import encode_links
 from keyvault.formats.checkpoint import Checkpoint, sign, split_note
 from keyvault.formats.custody import Transfer, make_transfer, read_transfer
 from keyvault.formats.envelope import pack
@@ -145,42 +146,51 @@ class Story:
             chain.append(make_transfer(DIST, PLAT.name, PLAT.public_key, batch, mid, COUNT, ((0, 4),), chain[0].id,
                                        T0 + 30_000))
         # The log: events about this key, its batch and its supplier, and others' events between them.
-        log: list[tuple[str, int, bytes, bool]] = []  # kind, at, body, in the bundle
+        log: list[tuple[str, int, bytes, bool, list[bytes]]] = []  # kind, at, body, in the bundle, subjects
+        key_s, batch_s, supplier_s = b"K" + u64(serial), b"B" + u64(self.prefix << 15), b"S" + sid.encode()
 
-        def event(kind: str, at: int, body: bytes, ours: bool = True) -> None:
-            log.append((kind, at, body, ours))
+        def event(kind: str, at: int, body: bytes, ours: bool = True, subjects: list[bytes] | None = None) -> None:
+            log.append((kind, at, body, ours, subjects or []))
 
         event("trust", T0, jdump({"action": "pin", "name": self.supplier_name, "role": "supplier",
                                   "roles": ["supplier"], "public_key": self.signer.public_key.hex(),
-                                  "fingerprint": self.signer.fingerprint}))
+                                  "fingerprint": self.signer.fingerprint}), subjects=[supplier_s])
         event("supplier", T0 + 1, jdump({"supplier": sid, "name": self.supplier_name,
-                                         "prefix": prefix_text(self.prefix), "public_key": self.signer.public_key.hex()}))
+                                         "prefix": prefix_text(self.prefix), "public_key": self.signer.public_key.hex()}), subjects=[supplier_s])
         event("trust", T0 + 2, jdump({"action": "pin", "name": "Someone Else", "role": "supplier",
-                                      "roles": ["supplier"], "public_key": "00" * 32, "fingerprint": "0"}), False)
+                                      "roles": ["supplier"], "public_key": "00" * 32, "fingerprint": "0"}), False,
+              [b"S" + supplier_id(bytes(32)).encode()])
         event("import", T0 + 3, jdump({"batch": batch, "supplier": sid, "supplier_name": self.supplier_name,
                                        "product": "Game Card 50", "count": COUNT, "kind": "code", "origin": "manifest",
                                        "manifest": mid, "merkle_root": json.loads(header)["merkle_root"],
-                                       "previous": None}))
+                                       "previous": None}), subjects=[batch_s, supplier_s])
         for n, hop in enumerate(chain):
             event("transfer", T0 + 20_000 + n, jdump({"transfer": hop.id, "batch": batch, "previous": hop.previous,
                                                       "from": hop.doc["from"], "to": hop.doc["to"],
-                                                      "ranges": [list(r) for r in hop.ranges]}))
-        event("redeem", T0 + 40_000, u64(serial + 1) + b"ORDER-OTHER", False)
+                                                      "ranges": [list(r) for r in hop.ranges]}),
+                  subjects=[batch_s])
+        event("redeem", T0 + 40_000, u64(serial + 1) + b"ORDER-OTHER", False, [b"K" + u64(serial + 1)])
         if self.redeem is not None:
-            event("redeem", T0 + 50_000, u64(serial) + self.redeem.encode())
+            event("redeem", T0 + 50_000, u64(serial) + self.redeem.encode(), subjects=[key_s])
         if self.void is not None:
-            event("void", T0 + 50_000, u64(serial) + self.void.encode())
+            event("void", T0 + 50_000, u64(serial) + self.void.encode(), subjects=[key_s])
         targets = {"key": serial_text(serial), "batch": batch, "supplier": sid}
         for n, (kind, level) in enumerate(self.blacklist):
-            event(kind, T0 + 60_000 + n, jdump({"level": level, "target": targets[level], "reason": "vector"}))
-        leaves, previous = [], bytes(32)
-        for i, (kind, at, body, _) in enumerate(log):
-            leaf = b"kv1/event" + u64(i) + previous + bytes([KINDS[kind]]) + u64(at) + body
+            event(kind, T0 + 60_000 + n, jdump({"level": level, "target": targets[level], "reason": "vector"}),
+                  subjects=[{"key": key_s, "batch": batch_s, "supplier": supplier_s}[level]])
+        # Version 2 leaves: each names the previous event about each of its subjects (docs: Complete histories).
+        leaves, previous, latest = [], bytes(32), {}
+        for i, (kind, at, body, _, subjects) in enumerate(log):
+            links = encode_links([(subject, latest.get(subject)) for subject in subjects])
+            leaf = b"kv2/event" + u64(i) + previous + bytes([KINDS[kind]]) + u64(at) + links + body
             leaves.append(leaf)
             previous = merkle.leaf_hash(leaf)
+            latest.update((subject, i) for subject in subjects)
+        index = {history.subject_key(subject): i for subject, i in latest.items()}
         hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
         perfect = merkle.perfect_from_leaves(hashes)
         lines = (f"time {T0 + 3_600_000}",) if self.time_lines is None else self.time_lines
+        lines = (*lines, history.extension_line(history.root_of(index)))
         name = origin(self.engine)
         signer = self.checkpoint_signer or self.engine
         checkpoint = Checkpoint(self.checkpoint_origin or name, len(leaves), merkle.root(hashes), lines)
@@ -205,7 +215,8 @@ class Story:
             "checkpoint": note.decode(),
             "events": [{"index": i, "leaf": b64(leaves[i]), "proof": [h.hex() for h in
                                                                       merkle.inclusion_proof(i, len(leaves), perfect)]}
-                       for i, (kind, _, _, ours) in enumerate(log) if ours or (self.every_event and kind == "redeem")],
+                       for i, (kind, _, _, ours, _) in enumerate(log) if ours or (self.every_event and kind == "redeem")],
+            "index_proofs": [history.prove(index, subject) for subject in (key_s, batch_s, supplier_s)],
         }
 
 
@@ -422,8 +433,26 @@ def vectors() -> list[Vector]:
          edited(redeemed, lambda d: d["events"][-1].__setitem__("leaf", "%%%")))
     fail("import-event-dropped", "events", "Without its import event, the log never vouched for the batch.",
          edited(plain, lambda d: d["events"].pop(2)))
-    fail("redeem-event-dropped", "status replayed from events", "The redeem event left out of a redeemed key's "
-         "bundle.", edited(redeemed, lambda d: d["events"].pop()))
+    batch_blocked = Story(blacklist=[("blacklist", "batch")])
+
+    def unblocked(d: dict[str, Any]) -> None:
+        d["events"].pop()
+        d["status"].update(status="valid")
+
+    def unredeemed(d: dict[str, Any]) -> None:
+        d["events"].pop()
+        d["status"].update(status="valid", order_id=None)
+
+    fail("redeem-event-dropped", "history-complete", "The redeem event left out of a redeemed key's bundle, its "
+         "status set back to valid: the key's index entry names it.",
+         edited(redeemed, unredeemed))
+    fail("batch-blacklist-dropped", "history-complete", "A batch blacklist left out, the key claimed valid: the "
+         "batch's index entry names it.",
+         edited(batch_blocked, unblocked))
+    fail("index-proof-of-another-subject", "index-proof", "The key's index proof swapped for the batch's.",
+         edited(redeemed, lambda d: d["index_proofs"].__setitem__(0, d["index_proofs"][1])))
+    fail("index-proof-latest-moved", "index-proof", "The key's index proof claims an earlier latest event.",
+         edited(redeemed, lambda d: d["index_proofs"][0].__setitem__("latest", 0)))
 
     fail("event-about-another-key", "events", "The redeem of another key, included under the same checkpoint.",
          raw(Story(redeem="ORDER-1", every_event=True).bundle()))

@@ -1,0 +1,271 @@
+"""The subject index: each event's links to the previous event about its subjects, and the sparse Merkle tree
+from subject to latest event that every checkpoint commits to (docs/provenance.md, "Complete histories").
+
+Links are found when an event is appended: the ``subjects`` database lists every event but
+redeems and voids under ``subject || u64 index``, and a key's redeem or void is found through its
+outcome record or the ledger overlay (a key has at most one). The tree is brought up to date only
+when a checkpoint is signed, from the links of the events appended since: its nodes live in the
+``subjects`` database under ``#`` || u8 depth || the key's first ``depth`` bits (32 bytes, the rest
+zero), as ``L`` || key || u64 latest (a leaf) or ``N`` || left hash || right hash (an inner node); ``meta/index`` holds
+the event count it covers and its root.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+from ..errors import StoreCorruptError
+from ..formats import history
+from ..formats.events import NO_LINK, change_of, split_leaf
+from ..store import Txn
+from ..store.records import OUTCOME, from_u64, u64
+
+_NODE = b"#"
+_META = b"index"
+
+
+def latest_listed(txn: Txn, subject: bytes, cursor: Any = None) -> int | None:
+    """The index of the newest event listed under ``subject`` (every kind but redeems and voids)."""
+    cursor = txn.cursor("subjects") if cursor is None else cursor
+    found = cursor.prev() if cursor.set_range(subject + b"\xff" * 8) else cursor.last()
+    if found:
+        key = cursor.key()
+        if len(key) == len(subject) + 8 and key.startswith(subject):
+            return from_u64(key[-8:])
+    return None
+
+
+def folded_change(txn: Txn, serial: int) -> int | None:
+    """The event index of a key's folded redeem or void (its outcome record names it)."""
+    outcome = txn.get("outcomes", u64(serial))
+    if outcome is not None and len(outcome) >= OUTCOME.size:
+        return int(OUTCOME.unpack_from(outcome)[2])
+    return None
+
+
+def change_links(txn: Txn, serials: list[int]) -> bytes:
+    """Each change's link (u64 each): the newest listed event about its key, or none.
+
+    A key is redeemed or voided once, while active: no earlier redeem or void can precede it, and
+    two changes of one key in one batch link the second to the first.
+    """
+    out = bytearray()
+    pending: dict[int, int] = {}
+    first = txn.head().log_size
+    cursor = txn.cursor("subjects")
+    for n, serial in enumerate(serials):
+        before = pending.get(serial)
+        if before is None:
+            before = latest_listed(txn, b"K" + u64(serial), cursor)
+        out += u64(NO_LINK if before is None else before)
+        pending[serial] = first + n
+    return bytes(out)
+
+
+def _node_key(depth: int, key: bytes) -> bytes:
+    prefix = bytearray(key[:(depth + 7) // 8])
+    if depth % 8:
+        prefix[-1] &= 0xFF << (8 - depth % 8) & 0xFF
+    return _NODE + depth.to_bytes(2, "big") + bytes(prefix) + bytes(32 - len(prefix))
+
+
+def _hash_of(record: bytes | None) -> bytes:
+    """The hash of the subtree a stored record (or none: an empty subtree) stands for."""
+    if record is None:
+        return history.EMPTY
+    if record[:1] == b"L" and len(record) == 41:
+        return history.leaf_hash(bytes(record[1:33]), from_u64(record[33:41]))
+    if record[:1] == b"N" and len(record) == 65:
+        return history.node_hash(bytes(record[1:33]), bytes(record[33:65]))
+    raise StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
+                            "from a backup")
+
+
+class SubjectIndex:
+    """The sparse Merkle tree from subject key to latest event index, kept in the store."""
+
+    def state(self, txn: Txn) -> tuple[int, bytes] | None:
+        """(events covered, root), or None when the store has never built its index."""
+        value = txn.get("meta", _META)
+        if value is None:
+            return None
+        if len(value) != 40:
+            raise StoreCorruptError("the subject index's record is damaged: run `keyvault check`")
+        return from_u64(value[:8]), bytes(value[8:])
+
+    def catch_up(self, txn: Txn, size: int) -> bytes:
+        """Bring the index up to the first ``size`` events (in the transaction signing a checkpoint); its root."""
+        state = self.state(txn)
+        if state is not None and state[0] == size:
+            return state[1]
+        start = 0 if state is None else state[0]
+        latest: dict[bytes, int] = {}
+        rebuild = state is None
+        for key, leaf in txn.items_from("events", u64(start)):
+            index = from_u64(key)
+            if index >= size:
+                break
+            _, links, _ = split_leaf(bytes(leaf))
+            if links is None:
+                rebuild = True  # written before links: the whole log is read once, below
+                break
+            for subject, _ in links:
+                latest[history.subject_key(subject)] = index
+        if rebuild:
+            latest = self.scan(txn, size)
+            for key, _ in list(txn.items("subjects", _NODE)):
+                txn.delete("subjects", key)
+        root = self._update(txn, latest) if latest else (history.EMPTY if rebuild else state[1])  # type: ignore[index]
+        txn.put("meta", _META, u64(size) + root)
+        return root
+
+    @staticmethod
+    def scan(txn: Txn, size: int, *, check_links: bool = False) -> dict[bytes, int]:
+        """{subject key: latest event} over the first ``size`` events, from the whole log (the reference).
+
+        With ``check_links``, every version 2 event's links must name the event before it about each
+        subject, and its subjects must be the ones the ``subjects`` database lists it under (else
+        StoreCorruptError).
+        """
+        listed: dict[int, set[bytes]] = {}
+        for key, _ in txn.items("subjects"):
+            if key[:1] != _NODE and len(key) > 8 and from_u64(key[-8:]) < size:
+                listed.setdefault(from_u64(key[-8:]), set()).add(bytes(key[:-8]))
+        last: dict[bytes, int] = {}
+        for key, leaf in txn.items("events"):
+            index = from_u64(key)
+            if index >= size:
+                break
+            _, links, _ = split_leaf(bytes(leaf))
+            change = change_of(bytes(leaf))
+            subjects = [b"K" + u64(change[0])] if change is not None else sorted(listed.pop(index, ()))
+            if links is not None and check_links:
+                if sorted(s for s, _ in links) != sorted(subjects) or \
+                        any(last.get(subject) != previous for subject, previous in links):
+                    raise StoreCorruptError(f"event {index} does not link to the previous event about each of its "
+                                            "subjects: the log or its subject lists were altered")
+            for subject in subjects:
+                last[subject] = index
+        if listed:
+            raise StoreCorruptError(f"the subject lists name event {min(listed)}, which is not in the log")
+        return {history.subject_key(subject): index for subject, index in last.items()}
+
+    def _update(self, txn: Txn, latest: dict[bytes, int]) -> bytes:
+        """Set each key's latest index; the new root. Only the paths to changed leaves are read and written.
+
+        Keys are handled as 256-bit integers, sorted: the keys under a node are a slice of them, split
+        at the node's midpoint by bisection; a leaf met on the way down travels on as ``extra``.
+        """
+        items = sorted((int.from_bytes(k, "big"), v) for k, v in latest.items())
+        ints = [k for k, _ in items]
+        values = [v for _, v in items]
+        writes: list[tuple[bytes, bytes]] = []
+        get = txn.get
+        leaf_hash, node_hash = history.leaf_hash, history.node_hash
+
+        def go(depth: int, prefix: int, lo: int, hi: int, extra: tuple[int, int] | None, below_inner: bool) -> bytes:
+            where = _NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
+            count = hi - lo + (extra is not None)
+            record = get("subjects", where) if below_inner else None  # (nothing is stored below a leaf or a void)
+            if count == 0:
+                return _hash_of(record)
+            inner = False
+            if record is not None:
+                if record[:1] == b"L" and len(record) == 41:
+                    old = int.from_bytes(record[1:33], "big")
+                    at = bisect_left(ints, old, lo, hi)
+                    if not (at < hi and ints[at] == old):
+                        extra, count = (old, from_u64(record[33:41])), count + 1
+                elif record[:1] == b"N" and len(record) == 65:
+                    inner = True
+                else:
+                    _hash_of(record)  # (raises: damaged)
+            if not inner and count == 1:
+                key, value = (ints[lo], values[lo]) if extra is None else extra
+                raw = key.to_bytes(32, "big")
+                writes.append((where, b"L" + raw + u64(value)))
+                return leaf_hash(raw, value)
+            if depth >= history.MAX_DEPTH:
+                raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
+            shift = 255 - depth
+            right_prefix = prefix | 1 << shift
+            mid = bisect_left(ints, right_prefix, lo, hi)
+            goes_right = extra is not None and extra[0] >> shift & 1
+            left_extra, right_extra = (None, extra) if goes_right else (extra, None)
+            # An inner node keeps both children's hashes: a side nothing changed under is not read again.
+            left = go(depth + 1, prefix, lo, mid, left_extra, inner) if lo < mid or left_extra else \
+                (bytes(record[1:33]) if inner else history.EMPTY)  # type: ignore[index]
+            right = go(depth + 1, right_prefix, mid, hi, right_extra, inner) if mid < hi or right_extra else \
+                (bytes(record[33:65]) if inner else history.EMPTY)  # type: ignore[index]
+            writes.append((where, b"N" + left + right))
+            return node_hash(left, right)
+
+        root = go(0, 0, 0, len(ints), None, True)
+        writes.sort()
+        txn.put_many("subjects", writes)
+        return root
+
+    def verify(self, txn: Txn) -> str:
+        """Every stored node recomputed from the ones below it, and the leaves against the log; what was checked.
+
+        StoreCorruptError names the first thing wrong.
+        """
+        state = self.state(txn)
+        if state is None:
+            return "no subject index yet (the store began before links; the next checkpoint builds it)"
+        size, root = state
+        leaves: dict[bytes, int] = {}
+
+        def walk(depth: int, key: bytes) -> bytes:
+            record = txn.get("subjects", _node_key(depth, key))
+            node = _hash_of(record)
+            if record is None:
+                return node
+            if record[:1] == b"L":
+                found = bytes(record[1:33])
+                if _node_key(depth, found) != _node_key(depth, key):
+                    raise StoreCorruptError(f"a leaf of the subject index sits at depth {depth} off its key's path")
+                leaves[found] = from_u64(record[33:41])
+                return node
+            count = len(leaves)
+            if depth >= history.MAX_DEPTH or record[1:] != walk(depth + 1, _with_bit(key, depth, 0)) + \
+                    walk(depth + 1, _with_bit(key, depth, 1)):
+                raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) does not hash its "
+                                        "children")
+            if len(leaves) - count < 2:
+                raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) holds fewer than two "
+                                        "subjects")
+            return node
+
+        if walk(0, bytes(32)) != root:
+            raise StoreCorruptError("the subject index's root record does not match its tree")
+        if leaves != self.scan(txn, size, check_links=True):
+            raise StoreCorruptError("the subject index does not name each subject's latest event in the log")
+        return f"subject index: {len(leaves):,} subjects, each at its latest event of the first {size:,}"
+
+    def proof(self, txn: Txn, subject: bytes) -> tuple[int | None, list[bytes], tuple[bytes, int] | None]:
+        """(latest index or None, siblings root level first, the other leaf found for an absence)."""
+        key = history.subject_key(subject)
+        siblings: list[bytes] = []
+        depth = 0
+        while True:
+            record = txn.get("subjects", _node_key(depth, key))
+            if record is None:
+                return None, siblings, None
+            if record[:1] == b"L":
+                _hash_of(record)
+                found, latest = bytes(record[1:33]), from_u64(record[33:41])
+                return (latest, siblings, None) if found == key else (None, siblings, (found, latest))
+            _hash_of(record)
+            side = history.bit(key, depth)
+            siblings.append(bytes(record[33:65]) if side == 0 else bytes(record[1:33]))
+            depth += 1
+
+
+def _with_bit(key: bytes, depth: int, value: int) -> bytes:
+    """``key`` with bit ``depth`` set to ``value`` (bits past it are ignored by node keys)."""
+    out = bytearray(key)
+    mask = 1 << (7 - depth % 8)
+    out[depth // 8] = (out[depth // 8] | mask) if value else (out[depth // 8] & ~mask & 0xFF)
+    return bytes(out)
