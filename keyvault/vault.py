@@ -212,6 +212,24 @@ class Vault:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
         return self.engine.void(key_or_serial, reason)
 
+    # -- checkout: holds, count-limited keys, orders ---------------------------------------------
+
+    def hold(self, key: str, order_id: str, ttl: float) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
+        return self.engine.hold(key, order_id, ttl)
+
+    def confirm(self, order_id: str) -> list[Result]:
+        """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""
+        return self.engine.confirm(order_id)
+
+    def release(self, order_id: str) -> list[Result]:
+        """Give up every hold of an order: ``released`` per key."""
+        return self.engine.release(order_id)
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
+        return self.engine.order(order_id)
+
     def catalog(self) -> Catalog:
         """A current snapshot of batches, suppliers and blacklist entries."""
         return self.engine.catalog()
@@ -220,10 +238,13 @@ class Vault:
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Progress | None = None) -> BatchInfo:
-        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
+                    valid_until: int | None = None, progress: Progress | None = None, uses: int = 1) -> BatchInfo:
+        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store.
+
+        ``uses`` above 1 makes count-limited keys: each may be redeemed by up to ``uses`` orders, once each.
+        """
         return self.engine.issue_batch(identity, product, count, keys_out=keys_out, manifest_out=manifest_out,
-                                       valid_from=valid_from, valid_until=valid_until, progress=progress)
+                                       valid_from=valid_from, valid_until=valid_until, progress=progress, uses=uses)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,
