@@ -74,7 +74,7 @@ class ManifestSupplier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_key: Hex32
 
 
-class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A manifest's signed header (docs/provenance.md), fields in the order the writer sorts them."""
 
     batch: str
