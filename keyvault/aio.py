@@ -326,6 +326,22 @@ class AsyncVault:
         """Redeem (key, order id, client) triples from many callers in one durable transaction."""
         return await self._io.write(self.vault.redeem_for, list(items))
 
+    async def hold(self, key: str, order_id: str, ttl: float) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
+        return await self._io.write(self.vault.hold, key, order_id, ttl)
+
+    async def confirm(self, order_id: str) -> list[Result]:
+        """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""
+        return await self._io.write(self.vault.confirm, order_id)
+
+    async def release(self, order_id: str) -> list[Result]:
+        """Give up every hold of an order: ``released`` per key."""
+        return await self._io.write(self.vault.release, order_id)
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
+        return await self._io.read(self.vault.order, order_id)
+
     async def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
         return await self._io.write(self.vault.void, key_or_serial, reason)

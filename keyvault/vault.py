@@ -36,6 +36,7 @@ from .engine.shapes import (
 )
 from .formats.bundle import Check
 from .formats.identity import Identity, PublicIdentity, Rotation
+from .errors import KeyvaultError
 from .results import Result
 from .vocabulary import Level, Role
 
@@ -225,6 +226,11 @@ class Vault:
     def release(self, order_id: str) -> list[Result]:
         """Give up every hold of an order: ``released`` per key."""
         return self.engine.release(order_id)
+
+    def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction (what a server's
+        commit process calls): per op a Result, a list of them, or the KeyvaultError that refused it."""
+        return self.engine.checkout_for(ops)
 
     def order(self, order_id: str) -> dict[str, Any]:
         """Every key an order holds or held (serials, never keys), with its state and times, and the events."""

@@ -100,6 +100,21 @@ def _pair(key: object, order_id: object) -> tuple[str, str]:
     return key, check_text(order_id, "order id", MAX_ORDER_ID)
 
 
+def _checkout_op(op: tuple[Any, ...]) -> tuple[str, str, str, int]:
+    """A checkout op checked before anything is touched: (action, key, order id, ttl ms)."""
+    if not isinstance(op, tuple) or not op or op[0] not in ("hold", "confirm", "release"):
+        raise UsageError("a checkout op is (\"hold\", key, order id, ttl), (\"confirm\", order id) or "
+                         "(\"release\", order id)")
+    if op[0] == "hold":
+        if len(op) != 4:
+            raise UsageError("a hold is (\"hold\", key, order id, ttl seconds)")
+        key, order = _pair(op[1], op[2])
+        return "hold", key, order, checkout.check_ttl(op[3])
+    if len(op) != 2:
+        raise UsageError(f"a {op[0]} is (\"{op[0]}\", order id)")
+    return op[0], "", check_text(op[1], "order id", MAX_ORDER_ID), 0
+
+
 class Engine(State):
     """A keyvault store, opened, with every operation on it. Close it with :meth:`close`."""
 
@@ -491,39 +506,10 @@ class Engine(State):
         While held, every other order is refused (``held``) for hold and redeem; :meth:`confirm` turns the
         hold into a redeem, :meth:`release` or the end of ``ttl`` frees the key.
         """
-        key, order = _pair(key, order_id)
-        ttl_ms = checkout.check_ttl(ttl)
-
-        def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Result]:
-            base = check(txn, desk.cat, self.pepper, overlay, [key], desk.now, self.guard.card_locks())[0]
-            if base.status not in (Status.VALID, Status.REDEEMED) or base.serial is None:
-                return [base]
-            slot = desk.slot(_fast.parse_serial(base.serial), base)
-            desk.know_use(slot, order)
-            answer, make = checkout.decide_hold(slot, order, desk.now)
-            return [desk.hold(slot, order, ttl_ms) if make else answer]
-
-        result = self._checkout(work)[0]
-        if result.status is not Status.HELD or result.order_id != order:
-            self.guard.note([result], self.cached)
-        return result
-
-    def _order_keys(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], order: str
-                    ) -> list[tuple[checkout.Slot, dict[str, Any]]]:
-        """Every key ``order`` ever held, as slots, with the order's last event on each."""
-        last = checkout.last_events(checkout.order_events(txn, self.log, order))
-        slots = []
-        for serial, kind in last.items():
-            found = find(txn, desk.cat, self.pepper, serial)
-            base = found if isinstance(found, Result) else judge(txn, desk.cat, found, overlay, desk.now)
-            number = _fast.parse_serial(serial)
-            slot = desk.slot(number, base) if isinstance(found, Found) else \
-                checkout.Slot(number, base, 1, 0, {}, {})
-            desk.know_use(slot, order)
-            slots.append((slot, kind))
-        if not slots:
-            raise NotFoundError(f"order {order!r} holds no key in this store: hold its keys first")
-        return slots
+        answer = self.checkout_for([("hold", key, order_id, ttl)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(Result, answer)
 
     def confirm(self, order_id: str) -> list[Result]:
         """Turn every hold of an order into a redeem: ``accepted`` per key (a retry: the same answers).
@@ -531,25 +517,89 @@ class Engine(State):
         A hold that ended is refused (``expired_hold``) even if no other order took the key; a key voided
         or blacklisted since it was held is refused with that status.
         """
-        order = check_text(order_id, "order id", MAX_ORDER_ID)
-
-        def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Result]:
-            out = []
-            for slot, last in self._order_keys(txn, desk, overlay, order):
-                answer, spend = checkout.decide_confirm(slot, order, desk.now, last)
-                out.append(desk.use(slot, order) if spend else answer)
-            return out
-
-        return self._checkout(work)
+        answer = self.checkout_for([("confirm", order_id)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(list[Result], answer)
 
     def release(self, order_id: str) -> list[Result]:
         """Give up every hold of an order: ``released`` per key (a retry: the same answers)."""
-        order = check_text(order_id, "order id", MAX_ORDER_ID)
+        answer = self.checkout_for([("release", order_id)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(list[Result], answer)
 
-        def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Result]:
-            return [desk.release(slot, order, last) for slot, last in self._order_keys(txn, desk, overlay, order)]
+    def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction, in order.
 
-        return self._checkout(work)
+        Each op is ``("hold", key, order id, ttl seconds)``, ``("confirm", order id)`` or ``("release",
+        order id)``; its answer is a Result (hold), a list of Results, or the KeyvaultError that refused
+        it (bad input, an order that holds nothing): one op's error changes nothing and fails no other.
+        """
+        checked: list[tuple[str, str, str, int] | KeyvaultError] = []
+        for op in ops:
+            try:
+                checked.append(_checkout_op(op))
+            except KeyvaultError as exc:
+                checked.append(exc)
+        locks = self.guard.card_locks()
+
+        def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Any]:
+            out: list[Any] = []
+            for op in checked:
+                if isinstance(op, KeyvaultError):
+                    out.append(op)
+                    continue
+                action, key, order, ttl_ms = op
+                if action == "hold":
+                    out.append(self._hold_in(txn, desk, overlay, key, order, ttl_ms, locks))
+                    continue
+                try:
+                    slots = self._order_keys(txn, desk, overlay, order)
+                except NotFoundError as exc:
+                    out.append(exc)
+                    continue
+                if action == "confirm":
+                    answers = []
+                    for slot, last in slots:
+                        answer, spend = checkout.decide_confirm(slot, order, desk.now, last)
+                        answers.append(desk.use(slot, order) if spend else answer)
+                    out.append(answers)
+                else:
+                    out.append([desk.release(slot, order, last) for slot, last in slots])
+            return out
+
+        answers = self._checkout(work)
+        refused = [a for a in answers if isinstance(a, Result) and a.status is not Status.HELD]
+        if refused:
+            self.guard.note(refused, self.cached)
+        return answers
+
+    def _hold_in(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], key: str, order: str,
+                 ttl_ms: int, locks: Any) -> Result:
+        base = check(txn, desk.cat, self.pepper, overlay, [key], desk.now, locks)[0]
+        if base.status not in (Status.VALID, Status.REDEEMED) or base.serial is None:
+            return base
+        slot = desk.slot(_fast.parse_serial(base.serial), base)
+        desk.know_use(slot, order)
+        answer, make = checkout.decide_hold(slot, order, desk.now)
+        return desk.hold(slot, order, ttl_ms) if make else answer
+
+    def _order_keys(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], order: str
+                    ) -> list[tuple[checkout.Slot, dict[str, Any]]]:
+        """Every key ``order`` ever held or used, as slots, with the order's last event on each."""
+        last = checkout.last_events(checkout.order_events(txn, self.log, order))
+        slots = []
+        for serial, event in last.items():
+            found = find(txn, desk.cat, self.pepper, serial)
+            base = found if isinstance(found, Result) else judge(txn, desk.cat, found, overlay, desk.now)
+            number = _fast.parse_serial(serial)
+            slot = desk.slot(number, base) if isinstance(found, Found) else checkout.Slot(number, base, 1, 0, {}, {})
+            desk.know_use(slot, order)
+            slots.append((slot, event))
+        if not slots:
+            raise NotFoundError(f"order {order!r} holds no key in this store: hold its keys first")
+        return slots
 
     def order(self, order_id: str) -> dict[str, Any]:
         """Every key an order holds or held (serials, never keys): held, redeemed, released or expired, with times."""

@@ -253,6 +253,8 @@ class _Replay:
         self.state = "active"
         self.order: str | None = None
         self.blocks: set[tuple[str, str]] = set()
+        self.held = False  # a checkout hold of this key was logged (a verify may then answer held)
+        self.uses = 0  # uses of a count-limited key logged
 
     def add(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -263,6 +265,11 @@ class _Replay:
                 raise ProofError(f"a second state change of this key ({kind} after {self.state}): exactly-once broken")
             self.state = "redeemed" if kind == "redeem" else "void"
             self.order = event.get("order_id")
+        elif kind in ("hold", "confirm", "release", "expire", "use"):
+            if event["serial"] != self.serial:
+                raise ProofError(f"a {kind} event about another key ({event['serial']})")
+            self.held |= kind == "hold"
+            self.uses += kind == "use"
         elif kind == "transfer":
             if event["batch"] != self.batch:
                 raise ProofError("a transfer event of another batch")
@@ -277,14 +284,16 @@ class _Replay:
             (self.blocks.add if kind == "blacklist" else self.blocks.discard)(target)
 
     def check(self, status: str, claimed: BundleStatus) -> Check:
-        if self.state == "redeemed":
+        if self.state == "redeemed" and status == "exhausted" and self.uses:
+            expected = {"exhausted"}  # the last use of a count-limited key: its redeem event closes it
+        elif self.state == "redeemed":
             expected = {"redeemed", "accepted"}
         elif self.state == "void":
             expected = {"void"}
         elif self.blocks:
             expected = {"blacklisted"}
         else:
-            expected = {"valid", "expired", "not_yet_valid"}
-        ok = status in expected and (self.state != "redeemed" or claimed.order_id == self.order)
+            expected = {"valid", "expired", "not_yet_valid"} | ({"held"} if self.held else set())
+        ok = status in expected and (self.state != "redeemed" or status == "exhausted" or claimed.order_id == self.order)
         told = self.state + (f" by order {self.order}" if self.order else "") + (" and blacklisted" if self.blocks else "")
         return Check("status replayed from events", ok, f"events say {told}; the bundle says {status}")
