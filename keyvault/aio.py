@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .engine import BatchInfo, BlacklistEntry, Catalog, Grant, Policy, Progress, ThrottlePolicy
 from .engine.shapes import CheckpointEntry, LotReceived, LotSent, TokenEntry, TrustEntry, TrustRecord
-from .errors import ClosedError
+from .errors import ClosedError, KeyvaultError
 from .formats.bundle import Check
 from .formats.identity import Identity, PublicIdentity, Rotation
 from .results import Result
@@ -337,6 +337,10 @@ class AsyncVault:
     async def release(self, order_id: str) -> list[Result]:
         """Give up every hold of an order: ``released`` per key."""
         return await self._io.write(self.vault.release, order_id)
+
+    async def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction; an answer per op."""
+        return await self._io.write(self.vault.checkout_for, list(ops))
 
     async def order(self, order_id: str) -> dict[str, Any]:
         """Every key an order holds or held (serials, never keys), with its state and times, and the events."""

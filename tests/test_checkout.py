@@ -266,3 +266,22 @@ def test_twenty_processes_race_for_five_uses(platform: Vault, limited: Issued) -
     assert all(r[1] == "exhausted" for r in results if r[1] != "accepted")
     assert all(r[3] for r in results)  # every retry answered the same
     assert platform.verify(key).status is Status.EXHAUSTED
+
+
+def test_async_vault_checkout(platform: Vault, issued: Issued) -> None:
+    import asyncio
+
+    from keyvault.aio import AsyncVault
+
+    key = issued.keys[11]
+
+    async def run() -> None:
+        async with AsyncVault(platform) as vault:
+            assert (await vault.hold(key, "async", 60)).holds_for("async")
+            assert (await vault.confirm("async"))[0].status is Status.ACCEPTED
+            assert (await vault.order("async"))["keys"][0]["state"] == "redeemed"
+            answers = await vault.checkout_for([("confirm", "async"), ("release", "nobody"), ("hold", key, "", 5)])
+            assert answers[0][0].status is Status.ACCEPTED  # type: ignore[index]
+            assert isinstance(answers[1], NotFoundError) and isinstance(answers[2], UsageError)
+
+    asyncio.run(run())
