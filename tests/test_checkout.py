@@ -285,3 +285,115 @@ def test_async_vault_checkout(platform: Vault, issued: Issued) -> None:
             assert isinstance(answers[1], NotFoundError) and isinstance(answers[2], UsageError)
 
     asyncio.run(run())
+
+
+# -- SIGKILL mid-confirm ------------------------------------------------------------------------------------
+
+_CONFIRMER = r"""
+import json, sys
+from keyvault import Vault, Status
+store, work, acks, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+keys = json.load(open(work))
+with Vault.open(store) as vault, open(acks, "a") as out:
+    print("ready", flush=True)
+    for i in range(start, len(keys), 2):
+        order = f"kill-{i}"
+        pair = [keys[i], keys[i + 1]]
+        for key in pair:
+            vault.hold(key, order, 900)
+        answers = vault.confirm(order)
+        out.write(json.dumps([order, [[a.status.value, a.serial, a.redeemed_at] for a in answers]]) + "\n")
+        out.flush()
+"""
+
+
+def test_sigkill_mid_confirm_loses_no_acknowledged_confirm(tmp_path: Path, platform: Vault, issued: Issued) -> None:
+    import json
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    keys = issued.keys[100:200]
+    work = tmp_path / "work.json"
+    work.write_text(json.dumps(keys))
+    acks = tmp_path / "acks.jsonl"
+    rng = random.Random(11)
+    start = 0
+    for _ in range(4):
+        child = subprocess.Popen([sys.executable, "-c", _CONFIRMER, str(platform.path), str(work), str(acks),
+                                  str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.05, 0.4))
+        child.send_signal(signal.SIGKILL)
+        _, err = child.communicate()  # closes its pipes
+        assert child.returncode == -signal.SIGKILL, err.decode()
+        lines = [line for line in acks.read_text().splitlines() if line.endswith("]")]
+        start = (int(json.loads(lines[-1])[0].split("-")[1]) + 2) if lines else start
+        start += 2  # the pair in flight may be half held: leave it
+        if start >= len(keys) - 2:
+            break
+    acked = [json.loads(line) for line in acks.read_text().splitlines() if line.endswith("]")]
+    assert acked, "the child acknowledged no confirm before it was killed: give it longer"
+    for order, answers in acked:
+        assert [a[0] for a in answers] == ["accepted", "accepted"]
+        assert platform.confirm(order) == platform.confirm(order)
+        again = platform.confirm(order)
+        assert [(r.status.value, r.serial, r.redeemed_at) for r in again] == [tuple(a) for a in answers]
+        for status, serial, when in answers:
+            assert platform.trace(serial)["status"]["order_id"] == order
+    assert platform.check()["ok"]
+
+
+def _race_void(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    with Vault.open(path) as vault:
+        while time.time() < start:
+            pass
+        if order == "order-0":
+            out.put((order, "void", vault.void(key, "refund").status.value))
+        elif order == "order-1":
+            out.put((order, "blacklist", vault.blacklist.add("key", key, "fraud").reason))
+        else:
+            held = vault.hold(key, order, 900)
+            answer = vault.confirm(order)[0].status.value if held.holds_for(order) else held.status.value
+            out.put((order, "checkout", answer))
+
+
+def test_void_and_blacklist_race_holds_and_confirms(platform: Vault, issued: Issued) -> None:
+    for round_ in range(3):
+        key = issued.keys[20 + round_]
+        results = _run(_race_void, platform.path, key, 12)
+        confirmed = [r for r in results if r[1] == "checkout" and r[2] == "accepted"]
+        voided = [r for r in results if r[1] == "void"][0][2]
+        final = platform.verify(key).status
+        assert len(confirmed) <= 1
+        if voided == "void":  # the void won: nothing was confirmed before it, nothing after
+            assert not confirmed and final is Status.VOID
+        else:  # a confirm won: the void is refused as redeemed
+            assert voided == "redeemed" and len(confirmed) == 1
+            assert platform.trace(key)["status"]["order_id"] == confirmed[0][0]
+        platform.blacklist.lift("key", key, "test over")
+
+
+def _race_after_expiry(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    later = time.time_ns() + 120 * 1_000_000_000  # two minutes on: the hold made before has ended
+    offset = later - time.time_ns()
+    real = time.time_ns
+    time.time_ns = lambda: real() + offset  # type: ignore[assignment]
+    with Vault.open(path) as vault:
+        while real() / 1e9 < start:
+            pass
+        if order == "order-0":
+            out.put((order, vault.confirm("early")[0].status.value))
+        else:
+            out.put((order, vault.redeem(key, order).status.value))
+
+
+def test_no_expired_hold_confirms_while_others_race(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[30]
+    assert platform.hold(key, "early", 60).holds_for("early")
+    results = dict(_run(_race_after_expiry, platform.path, key, 10))
+    assert results.pop("order-0") == "expired_hold"
+    assert sorted(results.values()).count("accepted") == 1
+    assert set(results.values()) == {"accepted", "redeemed"}
+    assert platform.confirm("early")[0].status is Status.EXPIRED_HOLD
