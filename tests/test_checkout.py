@@ -168,6 +168,8 @@ def test_count_limited_redeem_many_in_one_batch(platform: Vault, limited: Issued
     assert accepted == {"o0", "o1", "o2", "o3", "o4"}
     assert [r.status for r in results[5:7]] == [Status.EXHAUSTED] * 2
     assert results[7] == results[0]
+    assert platform.check()["ok"]  # the redeemed counters count the key once, when its last use is spent
+    assert platform.stats()["totals"]["redeemed"] == 1
 
 
 def test_holds_on_count_limited_keys(platform: Vault, limited: Issued, clock: list[int]) -> None:

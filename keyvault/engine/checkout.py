@@ -23,8 +23,8 @@ from typing import Any
 
 from .. import _fast
 from ..clock import iso
-from ..errors import NotFoundError, StoreCorruptError
-from ..formats.events import LEAF
+from ..errors import NotFoundError, StoreCorruptError, UsageError
+from ..formats.events import KIND_NAMES, LEAF
 from ..formats.keyformat import serial_text
 from ..results import Result, Status
 from ..store import REDEEMED, Txn
@@ -164,8 +164,10 @@ def decide_confirm(slot: Slot, order: str, now: int, last: dict[str, Any] | None
     ended = slot.ended.get(order)
     if hold is not None and hold[1] <= now:
         ended = hold[1]
-    if ended is None and hold is None and last is not None and last["type"] == "expire":
+    if ended is None and hold is None and last is not None and last["type"] in ("expire", "hold"):
         ended = int(last["expires_at"])
+        if last["type"] == "hold" and ended > now:  # the log says held, but the hold record is gone
+            return damaged(slot.base), False
     if ended is not None:
         return _with(slot.base, Status.EXPIRED_HOLD, order_id=order, expires_at=iso(ended), uses_left=slot.uses_left(),
                      message="the hold ended before it was confirmed: hold the key again"), False
@@ -249,11 +251,11 @@ class Desk:
             index = self._event("use", serial, order, uses_left=left)
             self.txn.put("checkout", use_key(serial, order), pack_use(self.pepper, serial, order, self.now, index,
                                                                       left))
-            self.txn.put("checkout", spent_key(serial), pack_spent(self.pepper, serial, slot.spent))
-        if slot.spent >= slot.limit:  # the last use: an ordinary redeem, which the hot path sees
+            self.txn.put("checkout", spent_key(serial), pack_spent(self.pepper, serial, slot.spent, slot.limit))
+        if slot.spent >= slot.limit:  # the last use: an ordinary redeem, which the hot path sees (and counts)
             self.changes.append((serial, REDEEMED, self.now, order))
-        scope = (slot.base.batch or "", slot.base.supplier or "")
-        self.counts[scope] = self.counts.get(scope, 0) + 1
+            scope = (slot.base.batch or "", slot.base.supplier or "")
+            self.counts[scope] = self.counts.get(scope, 0) + 1
         return _accepted(slot, order)
 
     def release(self, slot: Slot, order: str, last: dict[str, Any] | None) -> Result:
@@ -321,7 +323,12 @@ def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result) 
     if limit == 1:
         spent = 1 if base.status is Status.REDEEMED else 0
     else:
-        spent = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+        # Once used, the sealed uses record says the limit (the batch record is not sealed); a key the
+        # ledger says redeemed has spent its last use, whatever any count says.
+        stored = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+        spent, limit = stored if stored is not None else (0, limit)
+        if base.status is Status.REDEEMED:
+            spent = max(spent, limit)
     return Slot(serial, base, limit, spent, {}, holds)
 
 
@@ -343,8 +350,6 @@ def order_events(txn: Txn, log: EventLog, order: str) -> list[dict[str, Any]]:
         if not isinstance(doc, dict) or doc.get("order_id") != order:
             raise StoreCorruptError(f"event {index} is indexed under order {order!r} but does not name it: the "
                                     "store is damaged; run `keyvault check`")
-        from ..formats.events import KIND_NAMES
-
         out.append({"index": index, "type": KIND_NAMES.get(kind, "?"),
                     "at_ms": int.from_bytes(leaf[LEAF.size - 8:LEAF.size], "big"), **doc})
     return out
@@ -360,14 +365,17 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
     if not events:
         raise NotFoundError(f"order {order!r} has held or used no key in this store; check the order id")
     keys: dict[str, dict[str, Any]] = {}
+    ends: dict[str, int] = {}  # serial -> its hold's end (ms), while the order's last event is the hold
     for event in events:
         entry = keys.setdefault(event["serial"], {"serial": event["serial"], "state": None, "held_at": None,
                                                    "expires_at": None, "redeemed_at": None, "released_at": None,
                                                    "expired_at": None})
         at, kind = iso(event["at_ms"]), event["type"]
+        ends.pop(event["serial"], None)
         if kind == "hold":
             entry.update(state="held", held_at=at, expires_at=iso(event["expires_at"]), released_at=None,
                          expired_at=None)
+            ends[event["serial"]] = int(event["expires_at"])
         elif kind in ("confirm", "use"):
             entry.update(state="redeemed", redeemed_at=at)
             if "uses_left" in event:
@@ -376,10 +384,9 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
             entry.update(state="released", released_at=at)
         elif kind == "expire":
             entry.update(state="expired", expired_at=iso(event["expires_at"]))
-    for entry in keys.values():
-        if entry["state"] == "held" and entry["expires_at"] is not None \
-                and _ms(entry["expires_at"]) <= now:  # ended, not yet swept: judged at read time
-            entry.update(state="expired", expired_at=entry["expires_at"])
+    for serial, end in ends.items():
+        if end <= now:  # ended, not yet swept: judged at read time
+            keys[serial].update(state="expired", expired_at=iso(end))
     shown = [{**e, "at": iso(e.pop("at_ms"))} for e in events]
     for e in shown:
         if "expires_at" in e:
@@ -387,17 +394,8 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
     return {"order_id": order, "keys": list(keys.values()), "events": shown}
 
 
-def _ms(text: str) -> int:
-    import datetime as _dt
-
-    moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(moment.timestamp() * 1000)
-
-
 def check_ttl(ttl: object) -> int:
     """A hold's length in ms from seconds (int or float); UsageError unless 1 s to 7 days."""
-    from ..errors import UsageError
-
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != ttl:
         raise UsageError("a hold's ttl is a number of seconds (1 to 604800)")
     ms = int(ttl * 1000)

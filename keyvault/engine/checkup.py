@@ -477,9 +477,12 @@ class _Checkup:
                 elif kind == b"N":
                     if len(rest) != 8:
                         problems.add(f"{where}: its uses record's key is malformed")
-                    spent[serial] = unpack_spent(pepper, serial, value)
-                    if batch is not None and not 0 < spent[serial] <= batch.uses:
-                        problems.add(f"{where}: {spent[serial]} uses spent of {batch.uses}")
+                    stored = unpack_spent(pepper, serial, value)
+                    assert stored is not None
+                    spent[serial], limit = stored
+                    if batch is not None and (limit != batch.uses or not 0 < spent[serial] <= limit):
+                        problems.add(f"{where}: {spent[serial]} uses spent of {limit}, in a batch of {batch.uses}-use "
+                                     "keys")
                 else:
                     order = rest[8:].decode("utf-8")
                     unpack_use(pepper, serial, order, value)

@@ -52,7 +52,8 @@ LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
             lmdb.BadRslotError, lmdb.BadTxnError,  # (BadTxnError: a transaction that already met damage)
-            lmdb.IncompatibleError)  # a named database whose flags were damaged: keyvault never changes them
+            lmdb.IncompatibleError,  # a named database whose flags were damaged: keyvault never changes them
+            lmdb.CursorFullError)  # a tree deeper than LMDB allows: damaged page links
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()

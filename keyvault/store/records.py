@@ -21,7 +21,7 @@
 | subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier|
 | counters    | scope + "/" + name           | u64                                     |
 | checkout    | H + serial (u64)             | the key's holds: order id, at, expires, event index each; seal |
-|             | N + serial (u64)             | uses spent of a count-limited key (u32); seal |
+|             | N + serial (u64)             | uses spent, and the limit, of a count-limited key (u32 each); seal |
 |             | U + serial (u64) + order id  | one use: at ms, event index (u64 each), uses left (u32), the order id; seal |
 
 A card's, an outcome's and a checkout record's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
@@ -159,7 +159,7 @@ def load(data: bytes) -> dict[str, Any]:
 
 HOLD_ENTRY = struct.Struct(">HQQQ")  # order id length, at ms, expires at ms, event index: then the order id
 USE = struct.Struct(">QQI")  # at ms, event index, uses left after it: then the order id
-USES_SPENT = struct.Struct(">I")
+USES_SPENT = struct.Struct(">II")  # uses spent, the key's limit (sealed here: a batch record is not)
 MAX_USES = 1_000_000  # a count-limited key's uses, at most
 
 
@@ -221,19 +221,20 @@ def unpack_holds(pepper: bytes, serial: int, value: bytes | None) -> dict[str, H
     return holds
 
 
-def pack_spent(pepper: bytes, serial: int, spent: int) -> bytes:
-    """How many uses of a count-limited serial are spent, sealed."""
-    return _sealed(pepper, b"n", serial, USES_SPENT.pack(spent))
+def pack_spent(pepper: bytes, serial: int, spent: int, limit: int) -> bytes:
+    """How many uses of a count-limited serial are spent, and of how many, sealed."""
+    return _sealed(pepper, b"n", serial, USES_SPENT.pack(spent, limit))
 
 
-def unpack_spent(pepper: bytes, serial: int, value: bytes | None) -> int:
-    """Uses spent (0 when there is no record); StoreCorruptError when the record is damaged."""
+def unpack_spent(pepper: bytes, serial: int, value: bytes | None) -> tuple[int, int] | None:
+    """(uses spent, limit), None when there is no record; StoreCorruptError when the record is damaged."""
     if value is None:
-        return 0
+        return None
     body = _opened(pepper, b"n", serial, value, "uses")
     if len(body) != USES_SPENT.size:
         raise StoreCorruptError(f"the uses record of serial {serial:#x} is malformed: restore the store from a backup")
-    return int(USES_SPENT.unpack(body)[0])
+    spent, limit = USES_SPENT.unpack(body)
+    return int(spent), int(limit)
 
 
 def pack_use(pepper: bytes, serial: int, order_id: str, at_ms: int, index: int, left: int) -> bytes:
