@@ -323,13 +323,17 @@ def test_sigkill_mid_confirm_loses_no_acknowledged_confirm(tmp_path: Path, platf
     rng = random.Random(11)
     start = 0
     for _ in range(4):
-        child = subprocess.Popen([sys.executable, "-c", _CONFIRMER, str(platform.path), str(work), str(acks),
-                                  str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.05, 0.4))
-        child.send_signal(signal.SIGKILL)
-        _, err = child.communicate()  # closes its pipes
-        assert child.returncode == -signal.SIGKILL, err.decode()
+        with subprocess.Popen([sys.executable, "-c", _CONFIRMER, str(platform.path), str(work), str(acks),
+                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+            assert child.stdout is not None
+            ready = child.stdout.readline()
+            if ready != b"ready\n":
+                child.kill()
+                raise AssertionError(f"the child did not start: {child.communicate()[1].decode()[-2000:]}")
+            time.sleep(rng.uniform(0.05, 0.4))
+            child.send_signal(signal.SIGKILL)
+            _, err = child.communicate()  # closes its pipes
+            assert child.returncode == -signal.SIGKILL, err.decode()
         lines = [line for line in acks.read_text().splitlines() if line.endswith("]")]
         start = (int(json.loads(lines[-1])[0].split("-")[1]) + 2) if lines else start
         start += 2  # the pair in flight may be half held: leave it

@@ -278,9 +278,8 @@ class Desk:
 
 def any_holds(txn: Txn) -> bool:
     """Whether the store holds any hold record (one cursor step)."""
-    for _ in txn.items("checkout", b"H"):
-        return True
-    return False
+    cursor = txn.cursor("checkout")
+    return bool(cursor.set_range(b"H")) and bytes(cursor.key()[:1]) == b"H"
 
 
 def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: int,

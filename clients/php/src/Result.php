@@ -11,7 +11,8 @@ final class Result
         'status' => 'status', 'serial' => 'serial', 'batch' => 'batch', 'supplier' => 'supplier',
         'supplier_name' => 'supplierName', 'product' => 'product', 'order_id' => 'orderId',
         'redeemed_at' => 'redeemedAt', 'voided_at' => 'voidedAt', 'reason' => 'reason',
-        'level' => 'level', 'group' => 'group', 'message' => 'message',
+        'level' => 'level', 'group' => 'group', 'message' => 'message', 'uses_left' => 'usesLeft',
+        'expires_at' => 'expiresAt',
     ];
 
     public function __construct(
@@ -28,6 +29,8 @@ final class Result
         public readonly ?string $level = null,
         public readonly ?int $group = null,
         public readonly ?string $message = null,
+        public readonly ?int $usesLeft = null,
+        public readonly ?string $expiresAt = null,
     ) {
     }
 
@@ -40,7 +43,7 @@ final class Result
         $args = [];
         foreach (self::FIELDS as $field => $property) {
             $value = $doc[$field] ?? null;
-            $wanted = $field === 'group' ? 'is_int' : 'is_string';
+            $wanted = ($field === 'group' || $field === 'uses_left') ? 'is_int' : 'is_string';
             if ($value !== null && !$wanted($value)) {
                 throw new TransportException("the service answered a result whose `$field` has the wrong type");
             }
