@@ -324,7 +324,8 @@ def test_sigkill_mid_confirm_loses_no_acknowledged_confirm(tmp_path: Path, platf
     start = 0
     for _ in range(4):
         with subprocess.Popen([sys.executable, "-c", _CONFIRMER, str(platform.path), str(work), str(acks),
-                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=tmp_path) as child:  # not the source tree: the installed package
             assert child.stdout is not None
             ready = child.stdout.readline()
             if ready != b"ready\n":
