@@ -334,7 +334,7 @@ def test_sigkill_mid_confirm_loses_no_acknowledged_confirm(tmp_path: Path, platf
             time.sleep(rng.uniform(0.05, 0.4))
             child.send_signal(signal.SIGKILL)
             _, err = child.communicate()  # closes its pipes
-            assert child.returncode == -signal.SIGKILL, err.decode()
+            assert child.returncode in (0, -signal.SIGKILL), err.decode()  # 0: it finished its keys first
         lines = [line for line in acks.read_text().splitlines() if line.endswith("]")]
         start = (int(json.loads(lines[-1])[0].split("-")[1]) + 2) if lines else start
         start += 2  # the pair in flight may be half held: leave it
