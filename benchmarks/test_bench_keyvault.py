@@ -127,3 +127,39 @@ def test_event_log_append_1000(benchmark, store: BenchStore) -> None:  # type: i
 
     benchmark.pedantic(one, rounds=20, iterations=1)
     _rate(benchmark, len(changes))
+
+
+def test_hold_confirm_one_caller(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    """Checkout: hold then confirm each key (two durable transactions); compare with test_redeem_one_caller."""
+    per_round = 500
+
+    def setup() -> tuple[tuple[list[str]], dict[str, object]]:
+        return (store.take(per_round),), {}
+
+    def one(keys: list[str]) -> None:
+        for i, key in enumerate(keys):
+            assert store.vault.hold(key, f"cart-{i}-{key[-4:]}", 900).status is Status.HELD
+            assert store.vault.confirm(f"cart-{i}-{key[-4:]}")[0].status is Status.ACCEPTED
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, per_round)
+
+
+def test_hold_confirm_batched(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    """Checkout as the service's commit process runs it: 100 holds in one transaction, their confirms in the next."""
+    batches, size = 10, 100
+
+    def setup() -> tuple[tuple[list[str]], dict[str, object]]:
+        return (store.take(batches * size),), {}
+
+    def one(keys: list[str]) -> None:
+        for b in range(batches):
+            chunk = keys[b * size:(b + 1) * size]
+            orders = [f"batch-{b}-{i}-{k[-4:]}" for i, k in enumerate(chunk)]
+            held = store.vault.checkout_for([("hold", k, o, 900) for k, o in zip(chunk, orders)])
+            assert all(r.status is Status.HELD for r in held)  # type: ignore[union-attr]
+            done = store.vault.checkout_for([("confirm", o) for o in orders])
+            assert all(r[0].status is Status.ACCEPTED for r in done)  # type: ignore[index]
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, batches * size)

@@ -41,8 +41,9 @@ def window(valid_from: dt.datetime | None, valid_days: float | None) -> tuple[in
 def describe(info: BatchInfo, verb: str) -> str:
     """One human line about a batch."""
     until = f", valid until {info.to_dict()['valid_until']}" if info.valid_until else ""
+    uses = f", {info.uses:,} uses each (once per order)" if info.uses != 1 else ""
     return (f"{verb} batch {info.id}: {info.count:,} {info.kind} keys of {info.product} from "
-            f"{info.supplier_name} (supplier id {info.supplier}){until}")
+            f"{info.supplier_name} (supplier id {info.supplier}){until}{uses}")
 
 
 @click.group()
@@ -55,6 +56,8 @@ def batch() -> None:
               help="The supplier's identity file (from `keyvault supplier init`).")
 @click.option("--product", required=True, help="Product / SKU the keys are for.")
 @click.option("--count", required=True, type=click.IntRange(min=1), help="How many keys.")
+@click.option("--uses", default=1, show_default=True, type=click.IntRange(min=1, max=1_000_000),
+              help="How many orders may each redeem a key (once each): above 1, count-limited keys.")
 @window_options
 @click.option("--keys-out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The one-time printable export (.csv, or .json); created 0600, never overwritten.")
@@ -65,7 +68,7 @@ def batch() -> None:
 @json_option
 @click.pass_obj
 @handle_errors
-def issue(state: State, identity_file: Path, product: str, count: int, valid_from: dt.datetime | None,
+def issue(state: State, identity_file: Path, product: str, count: int, uses: int, valid_from: dt.datetime | None,
           valid_days: float | None, keys_out: Path, manifest_out: Path, long_form: bool, as_json: bool) -> None:
     """Issue a batch: keys for the printer (once), a signed manifest, records in this store."""
     identity = Identity.load(identity_file)
@@ -74,7 +77,8 @@ def issue(state: State, identity_file: Path, product: str, count: int, valid_fro
     report, finish = progress("issuing keys", count)
     try:
         info = vault.issue_batch(identity, product, count, keys_out=keys_out, manifest_out=manifest_out,
-                                 valid_from=start, valid_until=until, progress=report, long_form=long_form)
+                                 valid_from=start, valid_until=until, progress=report, uses=uses,
+                                 long_form=long_form)
     finally:
         finish()
     doc = {**info.to_dict(), "keys_out": str(keys_out), "manifest_out": str(manifest_out), "long_form": long_form}

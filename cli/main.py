@@ -20,6 +20,7 @@ from . import (
     batch,
     blacklist,
     check,
+    checkout,
     config,
     demo,
     identity,
@@ -71,7 +72,8 @@ def cli(ctx: click.Context, store: Path | None, pepper_file: Path | None) -> Non
     ctx.obj = State(store, pepper_file)
 
 
-for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, demo.demo,
+for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, keys.void, checkout.hold,
+                checkout.confirm, checkout.release, demo.demo,
                 provenance.audit, provenance.checkpoint, provenance.verify_bundle, receipts.verify_receipt,
                 receipts.verify_offline, reports.report, reports.list_, check.check, serve.serve,
                 backup.backup, backup.restore):

@@ -14,6 +14,7 @@ from keyvault.formats.bundle import verify as verify_bundle
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import key_material, parse_prefix
 
+from .checkout import render_order
 from .keys import stdin_key
 from .output import State, emit, handle_errors, json_option
 from .reports import show_activity, window_options
@@ -94,14 +95,27 @@ def _refused(row: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("key_or_serial")
+@click.argument("key_or_serial", required=False)
 @click.option("--bundle", "bundle_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained proof bundle here, for `keyvault verify-bundle`.")
+@click.option("--order", "order_id", help="Instead of a key: every key this order holds or held, with times.")
 @json_option
 @click.pass_obj
 @handle_errors
-def trace(state: State, key_or_serial: str, bundle_out: Path | None, as_json: bool) -> None:
-    """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin)."""
+def trace(state: State, key_or_serial: str | None, bundle_out: Path | None, order_id: str | None,
+          as_json: bool) -> None:
+    """Where a key came from and what happened to it (give the key, or its serial; '-' reads stdin).
+
+    With --order ORDER_ID instead: the keys (serials) the order held, redeemed, released or let expire.
+    """
+    if order_id is not None:
+        if key_or_serial is not None or bundle_out is not None:
+            raise click.UsageError("--order traces an order: give no key and no --bundle with it")
+        doc = state.vault().order(order_id)
+        emit(as_json, doc, render_order(doc))
+        return
+    if key_or_serial is None:
+        raise click.UsageError("give a key or serial to trace ('-' reads it from stdin), or --order ORDER_ID")
     if key_or_serial == "-":
         key_or_serial = stdin_key()
     if bundle_out is not None and bundle_out.exists():
@@ -168,6 +182,16 @@ def _describe(e: dict[str, Any]) -> str:
         return f"redeemed by order {e['order_id']}"
     if kind == "void":
         return f"voided: {e['reason']}"
+    if kind == "hold":
+        return f"held for order {e['order_id']} until {e['expires_at']}"
+    if kind == "confirm":
+        return f"hold confirmed by order {e['order_id']}"
+    if kind == "release":
+        return f"hold released by order {e['order_id']}"
+    if kind == "expire":
+        return f"hold of order {e['order_id']} ended at {e['expires_at']}"
+    if kind == "use":
+        return f"used by order {e['order_id']} ({e['uses_left']} uses left)"
     if kind == "transfer":
         return (f"{e['from']['name']} transferred keys {', '.join(f'{a}-{b - 1}' for a, b in e['ranges'])} of "
                 f"batch {e['batch']} to {e['to']['name']} (signed transfer {e['transfer'][:16]})")

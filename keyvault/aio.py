@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .engine import BatchInfo, BlacklistEntry, Catalog, Grant, Policy, Progress, ThrottlePolicy
 from .engine.shapes import CheckpointEntry, LotReceived, LotSent, TokenEntry, TrustEntry, TrustRecord
-from .errors import ClosedError
+from .errors import ClosedError, KeyvaultError
 from .formats.bundle import Check
 from .formats.identity import Identity, PublicIdentity, Rotation
 from .results import Result
@@ -326,6 +326,26 @@ class AsyncVault:
     async def redeem_for(self, items: Sequence[tuple[str, str, str | None]]) -> list[Result]:
         """Redeem (key, order id, client) triples from many callers in one durable transaction."""
         return await self._io.write(self.vault.redeem_for, list(items))
+
+    async def hold(self, key: str, order_id: str, ttl: float) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
+        return await self._io.write(self.vault.hold, key, order_id, ttl)
+
+    async def confirm(self, order_id: str) -> list[Result]:
+        """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""
+        return await self._io.write(self.vault.confirm, order_id)
+
+    async def release(self, order_id: str) -> list[Result]:
+        """Give up every hold of an order: ``released`` per key."""
+        return await self._io.write(self.vault.release, order_id)
+
+    async def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction; an answer per op."""
+        return await self._io.write(self.vault.checkout_for, list(ops))
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
+        return await self._io.read(self.vault.order, order_id)
 
     async def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""

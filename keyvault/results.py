@@ -20,6 +20,10 @@ class Status(str, enum.Enum):
     NOT_YET_VALID = "not_yet_valid"  # the batch's validity window has not begun
     DAMAGED = "damaged"  # the key's record in the store is damaged: refused until the store is restored
     THROTTLED = "throttled"  # the client was refused too often: the key was not looked at
+    HELD = "held"  # hold: this order holds the key until `expires_at`; elsewhere: another order holds it
+    EXPIRED_HOLD = "expired_hold"  # confirm: the order's hold ended at `expires_at` before it was confirmed
+    RELEASED = "released"  # release: the order's hold is given up (also the answer to a confirm after it)
+    EXHAUSTED = "exhausted"  # a count-limited key has no use left
 
     def __str__(self) -> str:
         return self.value
@@ -50,11 +54,17 @@ class Result(NamedTuple):
     level: str | None = None
     group: int | None = None
     message: str | None = None
+    uses_left: int | None = None  # count-limited keys: uses not yet spent
+    expires_at: str | None = None  # a hold's end
 
     @property
     def ok(self) -> bool:
         """True for ``valid`` and ``accepted``."""
         return self.status in OK_STATUSES
+
+    def holds_for(self, order_id: str) -> bool:
+        """True when this is ``order_id``'s own hold (``held`` naming it), not a refusal by another's."""
+        return self.status is Status.HELD and self.order_id == order_id
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields: status, serial, batch and supplier always (null when unknown), others when set."""

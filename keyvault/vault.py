@@ -38,6 +38,7 @@ from .engine.shapes import (
 )
 from .formats.bundle import Check
 from .formats.identity import Identity, PublicIdentity, Rotation
+from .errors import KeyvaultError
 from .results import Result
 from .vocabulary import Level, Role
 
@@ -218,6 +219,29 @@ class Vault:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
         return self.engine.void(key_or_serial, reason)
 
+    # -- checkout: holds, count-limited keys, orders ---------------------------------------------
+
+    def hold(self, key: str, order_id: str, ttl: float) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
+        return self.engine.hold(key, order_id, ttl)
+
+    def confirm(self, order_id: str) -> list[Result]:
+        """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""
+        return self.engine.confirm(order_id)
+
+    def release(self, order_id: str) -> list[Result]:
+        """Give up every hold of an order: ``released`` per key."""
+        return self.engine.release(order_id)
+
+    def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction (what a server's
+        commit process calls): per op a Result, a list of them, or the KeyvaultError that refused it."""
+        return self.engine.checkout_for(ops)
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
+        return self.engine.order(order_id)
+
     def catalog(self) -> Catalog:
         """A current snapshot of batches, suppliers and blacklist entries."""
         return self.engine.catalog()
@@ -226,16 +250,17 @@ class Vault:
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Progress | None = None,
+                    valid_until: int | None = None, progress: Progress | None = None, uses: int = 1,
                     long_form: bool = False) -> BatchInfo:
         """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store.
 
+        ``uses`` above 1 makes count-limited keys: each may be redeemed by up to ``uses`` orders, once each;
         ``long_form`` adds each key's long form (for QR codes and links: the key with its supplier's
         signature, ``keyvault verify-offline`` checks it) to the export; it costs a signature per key.
         """
         return self.engine.issue_batch(identity, product, count, keys_out=keys_out, manifest_out=manifest_out,
                                        valid_from=valid_from, valid_until=valid_until, progress=progress,
-                                       long_form=long_form)
+                                       uses=uses, long_form=long_form)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,

@@ -354,7 +354,7 @@ def test_check_command_on_a_damaged_store(store: Path, template: Template) -> No
     assert result.exit_code == EXIT_REFUSED, result.output
     fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL  ")]
     assert [line.split(":")[0] for line in fails] == ["FAIL  cards", "FAIL  event log"]
-    assert "2 of 15 checks FAILED (cards, event log)" in result.stdout
+    assert "2 of 16 checks FAILED (cards, event log)" in result.stdout
     doc = json.loads(kv("--store", store, "check", "--json").stdout)
     assert not doc["ok"] and set(failed(doc)) == {"cards", "event log"}
 

@@ -31,7 +31,7 @@ from keyvault import _fast
 from keyvault.store.records import from_u64, u64
 
 PAGE = 4096
-FOLD_AT = 6  # most changes of the small store are folded into card and outcome records, the last few are not
+FOLD_AT = 7  # most changes of the small store are folded into card and outcome records, the last few are not
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class Small:
     """A closed platform store with keys in every state, and which key is in which."""
 
     root: Path
-    spent: list[str]  # redeemed (folded and not), voided, blacklisted: none may ever pass
+    spent: list[str]  # redeemed (folded and not), voided, blacklisted, exhausted: none may ever pass
     active: list[str]
+    held: str  # held for a week: a reservation, not a spent key (a lost hold record is found by check and confirm)
 
 
 def _build(root: Path) -> Small:
@@ -51,6 +52,11 @@ def _build(root: Path) -> Small:
         mp.setattr("keyvault.engine.ledger.FOLD_AT", FOLD_AT)
         with Vault.init(root / "supplier") as sup:
             batch = issue(sup, supplier, files, count=24)
+            sup.issue_batch(supplier, "PASS-2", 4, keys_out=files / "limited.csv", manifest_out=files / "limited.kvm",
+                            uses=2)
+        from conftest import read_export
+
+        limited, _ = read_export(files / "limited.csv")
         with Vault.init(root / "platform") as plat:
             plat.trust(supplier.public)
             plat.import_manifest(batch.manifest)
@@ -61,10 +67,17 @@ def _build(root: Path) -> Small:
                 assert plat.void(batch.serials[i], "refund").status is Status.VOID
             plat.blacklist("serial", batch.serials[11], "reported stolen")
             plat.blacklist("key", keys[12], "reported stolen")
+            # Checkout records: a key held for a week, a count-limited key with both uses spent (its use and
+            # uses-spent records), and one with one use left (active: it may still be used).
+            assert plat.hold(keys[13], "holding-order", 7 * 24 * 3600).status is Status.HELD
+            plat.import_manifest(files / "limited.kvm")
+            for i in range(2):
+                assert plat.redeem(limited[0], f"use-{i}").status is Status.ACCEPTED
+            assert plat.redeem(limited[1], "use-0").uses_left == 1
             with plat.engine.store.read() as txn:
                 head = txn.head()
             assert 0 < head.folded < head.log_size  # folded changes and unfolded ones
-    return Small(root / "platform", keys[:13], keys[13:])
+    return Small(root / "platform", keys[:13] + limited[:1], keys[14:] + limited[1:], keys[13])
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +137,28 @@ def _folded(store: Path) -> int:
 def test_the_small_store_answers_as_built(copy: Path, small: Small) -> None:
     statuses = _answers(copy, small)
     n = len(small.spent)
-    assert statuses[:n] == [Status.REDEEMED] * 9 + [Status.VOID] * 2 + [Status.BLACKLISTED] * 2
+    assert statuses[:n] == [Status.REDEEMED] * 9 + [Status.VOID] * 2 + [Status.BLACKLISTED] * 2 + [Status.EXHAUSTED]
     assert statuses[n:n + len(small.active)] == [Status.VALID] * len(small.active)
+    with Vault.open(copy) as vault:
+        assert vault.verify(small.held).status is Status.HELD
+
+
+def test_a_lost_hold_record_is_found_by_confirm_and_check(copy: Path, small: Small) -> None:
+    """A hold record moved off its key (a flipped LMDB key): the holding order's confirm answers damaged, and
+    `keyvault check` names the stray record."""
+    serial = _serial_of(small.held)
+
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        checkout = env.open_db(b"checkout", txn=txn)
+        value = txn.get(b"H" + u64(serial), db=checkout)
+        txn.delete(b"H" + u64(serial), db=checkout)
+        txn.put(b"H" + u64(serial ^ 1), value, db=checkout)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        assert vault.confirm("holding-order")[0].status is Status.DAMAGED
+        failed = [c["check"] for c in vault.check()["checks"] if not c["ok"]]
+        assert failed == ["checkout"]
 
 
 def test_a_folded_cards_state_byte_flipped_to_active_is_refused_as_damaged(copy: Path, small: Small) -> None:
@@ -417,7 +450,7 @@ def _record_bytes(store: Path, small: Small) -> list[int]:
                 wanted += [txn.get(u64(_serial_of(k)), db=db) or b"" for k in small.spent]
             wanted += [v for k, v in txn.cursor(db=env.open_db(b"events", txn=txn)) if from_u64(k) >= folded]
             wanted.append(txn.get(b"head", db=env.open_db(b"meta", txn=txn)))
-            for name in (b"blacklist", b"batches"):  # keys and values
+            for name in (b"blacklist", b"batches", b"checkout"):  # keys and values
                 for key, value in txn.cursor(db=env.open_db(name, txn=txn)):
                     wanted += [key, value]
     finally:

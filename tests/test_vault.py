@@ -51,7 +51,8 @@ def test_public_surface_is_pinned() -> None:
 
 def test_status_names_are_the_contract() -> None:
     assert {s.value for s in Status} == {"valid", "accepted", "malformed", "unknown", "redeemed", "void",
-                                         "blacklisted", "expired", "not_yet_valid", "damaged", "throttled"}
+                                         "blacklisted", "expired", "not_yet_valid", "damaged", "throttled",
+                                         "held", "expired_hold", "released", "exhausted"}
 
 
 def test_valid_key_verifies_with_its_provenance(platform: Vault, issued: Issued) -> None:

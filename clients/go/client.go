@@ -161,7 +161,8 @@ func (c *Client) Redeem(ctx context.Context, key, orderID, client string) (Resul
 func (c *Client) RedeemWithReceipt(ctx context.Context, key, orderID, client string) (Result, error) {
 	var result Result
 	body := redeemRequest{Key: key, OrderID: orderID, Client: client, Receipt: true}
-	err := c.call(ctx, "redeem", body, c.retries, &result)
+	rid, err := c.call(ctx, "redeem", body, c.retries, &result)
+	result.RequestID = rid
 	return result, c.checkResult("redeem", result, err)
 }
 

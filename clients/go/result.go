@@ -16,11 +16,16 @@ const (
 	StatusNotYetValid Status = "not_yet_valid" // the batch's validity window has not begun
 	StatusThrottled   Status = "throttled"     // the client was refused too often: the key was not looked at
 	StatusDamaged     Status = "damaged"       // the store's record of this key is damaged: nothing was decided
+	StatusHeld        Status = "held"          // hold: this order holds the key until ExpiresAt; else another does
+	StatusExpiredHold Status = "expired_hold"  // confirm: the order's hold ended first: hold the key again
+	StatusReleased    Status = "released"      // release: the order's hold is given up
+	StatusExhausted   Status = "exhausted"     // a count-limited key has no use left
 )
 
 // AllStatuses lists every status, in the service's order.
 var AllStatuses = []Status{StatusValid, StatusAccepted, StatusMalformed, StatusUnknown, StatusRedeemed,
-	StatusVoid, StatusBlacklisted, StatusExpired, StatusNotYetValid, StatusThrottled, StatusDamaged}
+	StatusVoid, StatusBlacklisted, StatusExpired, StatusNotYetValid, StatusThrottled, StatusDamaged,
+	StatusHeld, StatusExpiredHold, StatusReleased, StatusExhausted}
 
 // OK reports whether the status lets a key through (valid or accepted).
 func (s Status) OK() bool { return s == StatusValid || s == StatusAccepted }
@@ -55,6 +60,8 @@ type Result struct {
 	Level        string `json:"level"`
 	Group        int    `json:"group"`
 	Message      string `json:"message"`
+	UsesLeft     int    `json:"uses_left"`  // count-limited keys: uses not yet spent (0 also when not count-limited)
+	ExpiresAt    string `json:"expires_at"` // a hold's end
 	Receipt      string `json:"receipt"` // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
 	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
 	RequestID string `json:"-"`

@@ -47,6 +47,7 @@ cdef enum:
 
 
 cdef extern from "kv_batch.h":
+    enum: KEYVAULT_RESULT_ITEMS
     bint keyvault_tuple_subtype(object type) noexcept
     object keyvault_result(object type, int direct, object status, object serial, object batch,
                            object supplier, object supplier_name, object product, object message)
@@ -386,7 +387,7 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
     for each key accepted here, counts the accepted keys by (batch id, supplier id).
     """
     cdef Py_ssize_t n, i, j
-    cdef PyObject* items[13]
+    cdef PyObject* items[KEYVAULT_RESULT_ITEMS]
     cdef PyObject* found
     _load_results()
     if type(results) is not list or type(orders) is not list:
@@ -394,7 +395,7 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
     n = min(PyList_GET_SIZE(results), PyList_GET_SIZE(orders))
     for i in range(n):  # Results and str orders only (as check_keys and redeem_many give): else the specification
         if type(<object>PyList_GET_ITEM(results, i)) is not _Result \
-                or PyTuple_GET_SIZE(<object>PyList_GET_ITEM(results, i)) != 13 \
+                or PyTuple_GET_SIZE(<object>PyList_GET_ITEM(results, i)) != KEYVAULT_RESULT_ITEMS \
                 or type(<object>PyList_GET_ITEM(orders, i)) is not str:
             return _pure.accept_redeems(results, orders, now, when)
     accepted = _Status.ACCEPTED
@@ -407,7 +408,7 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
         order = <object>PyList_GET_ITEM(orders, i)
         status = <object>PyTuple_GET_ITEM(result, 0)
         if status is _VALID:
-            for j in range(13):
+            for j in range(KEYVAULT_RESULT_ITEMS):
                 items[j] = PyTuple_GET_ITEM(result, j)
             serial = <object>items[1]
             found = PyDict_GetItemWithError(taken, serial)
@@ -436,7 +437,7 @@ def accept_redeems(results: list, orders: list, now: int, when: str) -> tuple[li
                     items[12] = <PyObject*>message
             results[i] = keyvault_result_items(_Result, _direct_results, items)
         elif status is redeemed and <object>PyTuple_GET_ITEM(result, 6) == order:  # a retry: the first answer
-            for j in range(13):
+            for j in range(KEYVAULT_RESULT_ITEMS):
                 items[j] = PyTuple_GET_ITEM(result, j)
             items[0] = <PyObject*>accepted
             items[12] = <PyObject*>None

@@ -28,34 +28,37 @@ static int keyvault_tuple_subtype(PyObject* type) {
         && t->tp_alloc == PyType_GenericAlloc;
 }
 
+/* The fields of keyvault.results.Result: the last two (uses_left, expires_at) are None here. */
+#define KEYVAULT_RESULT_ITEMS 15
+
 static PyObject* keyvault_result_items(PyObject* type, int direct, PyObject** items);
 
 static PyObject* keyvault_result(PyObject* type, int direct, PyObject* status, PyObject* serial,
                                  PyObject* batch, PyObject* supplier, PyObject* supplier_name,
                                  PyObject* product, PyObject* message) {
-    PyObject* items[13] = {status, serial, batch, supplier, supplier_name, product,
-                           Py_None, Py_None, Py_None, Py_None, Py_None, Py_None, message};
+    PyObject* items[KEYVAULT_RESULT_ITEMS] = {status, serial, batch, supplier, supplier_name, product,
+                           Py_None, Py_None, Py_None, Py_None, Py_None, Py_None, message, Py_None, Py_None};
     return keyvault_result_items(type, direct, items);
 }
 
-/* A Result of 13 items (borrowed references). */
+/* A Result of KEYVAULT_RESULT_ITEMS items (borrowed references). */
 static PyObject* keyvault_result_items(PyObject* type, int direct, PyObject** items) {
     PyObject *result, *plain, *args;
     Py_ssize_t i;
     int atomic = 1;
     if (direct) {
-        result = ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, 13);
+        result = ((PyTypeObject*)type)->tp_alloc((PyTypeObject*)type, KEYVAULT_RESULT_ITEMS);
         if (result == NULL)
             return NULL;
-        for (i = 0; i < 13; i++) {
+        for (i = 0; i < KEYVAULT_RESULT_ITEMS; i++) {
             Py_INCREF(items[i]);
             PyTuple_SET_ITEM(result, i, items[i]);
         }
     } else {
-        plain = PyTuple_New(13);
+        plain = PyTuple_New(KEYVAULT_RESULT_ITEMS);
         if (plain == NULL)
             return NULL;
-        for (i = 0; i < 13; i++) {
+        for (i = 0; i < KEYVAULT_RESULT_ITEMS; i++) {
             Py_INCREF(items[i]);
             PyTuple_SET_ITEM(plain, i, items[i]);
         }
@@ -72,7 +75,7 @@ static PyObject* keyvault_result_items(PyObject* type, int direct, PyObject** it
        refer to nothing, and the status (a Status member, which this module also holds) is
        never garbage. So the cycle collector need not track it (as CPython untracks tuples of
        untracked items): a batch of results then costs the collector nothing. */
-    for (i = 1; i < 13; i++)
+    for (i = 1; i < KEYVAULT_RESULT_ITEMS; i++)
         if (items[i] != Py_None && !PyUnicode_CheckExact(items[i]))
             atomic = 0;
     if (atomic && PyObject_GC_IsTracked(result))

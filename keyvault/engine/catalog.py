@@ -46,6 +46,7 @@ class BatchInfo:
     added_at: int
     manifest: str  # the manifest id (SHA-256 over its signed header, tag kv1/manifest-id)
     salt: bytes = field(repr=False)
+    uses: int = 1  # how many orders may redeem each key (once each): 1 for single-use keys
 
     @property
     def id(self) -> str:
@@ -58,21 +59,25 @@ class BatchInfo:
         return cls(key=key, supplier=doc["supplier"], supplier_name=doc["supplier_name"], product=doc["product"],
                    kind=doc["kind"], origin=doc["origin"], count=doc["count"], valid_from=doc["valid_from"],
                    valid_until=doc["valid_until"], created_at=doc["created_at"], added_at=doc["added_at"],
-                   manifest=doc["manifest"], salt=bytes.fromhex(doc["salt"]))
+                   manifest=doc["manifest"], salt=bytes.fromhex(doc["salt"]), uses=doc.get("uses", 1))
 
     def to_record(self) -> dict[str, Any]:
         """The JSON kept in the batches database."""
-        return {"supplier": self.supplier, "supplier_name": self.supplier_name, "product": self.product,
-                "kind": self.kind, "origin": self.origin, "count": self.count, "valid_from": self.valid_from,
-                "valid_until": self.valid_until, "created_at": self.created_at, "added_at": self.added_at,
-                "manifest": self.manifest, "salt": self.salt.hex()}
+        doc = {"supplier": self.supplier, "supplier_name": self.supplier_name, "product": self.product,
+               "kind": self.kind, "origin": self.origin, "count": self.count, "valid_from": self.valid_from,
+               "valid_until": self.valid_until, "created_at": self.created_at, "added_at": self.added_at,
+               "manifest": self.manifest, "salt": self.salt.hex()}
+        if self.uses != 1:
+            doc["uses"] = self.uses
+        return doc
 
     def to_dict(self) -> dict[str, Any]:
         """Public fields for JSON output."""
         return {"batch": self.id, "supplier": self.supplier, "supplier_name": self.supplier_name,
                 "product": self.product, "kind": self.kind, "origin": self.origin, "count": self.count,
                 "valid_from": iso(self.valid_from), "valid_until": iso(self.valid_until),
-                "created_at": iso(self.created_at), "added_at": iso(self.added_at), "manifest": self.manifest}
+                "created_at": iso(self.created_at), "added_at": iso(self.added_at), "manifest": self.manifest,
+                "uses": self.uses}
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class Catalog:
     by_id: dict[str, BatchInfo] = field(default_factory=dict)
     #: Pinned identities by public key: name, prefix, role, pinned_at, and rotated_to/rotated_from (hex) if any.
     trusted: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    #: Count-limited batches: their uses, by printed batch id (every other batch is single-use).
+    uses: dict[str, int] = field(default_factory=dict)
     #: Service tokens by their hash.
     grants: dict[bytes, Grant] = field(default_factory=dict)
 
@@ -140,6 +147,8 @@ class Catalog:
             cat.batches[info.key] = info
             cat.by_id[info.id] = info
             cat.has_imported |= info.kind != "native"
+            if info.uses != 1:
+                cat.uses[info.id] = info.uses
         for key, value in txn.items("suppliers"):
             cat.suppliers[key.decode("ascii")] = load(value)
         for key, value in txn.items("prefixes"):

@@ -44,6 +44,7 @@ from ..formats.events import body_at, change_of
 from ..formats.identity import supplier_id
 from ..formats.keyformat import (
     INDEX_BITS,
+    batch_key,
     MAX_BATCH_SIZE,
     batch_text,
     prefix_text,
@@ -73,6 +74,9 @@ from ..store.records import (
     VOIDED,
     blacklist_digest,
     from_u64,
+    unpack_holds,
+    unpack_spent,
+    unpack_use,
     load,
     pack_outcome,
     u64,
@@ -453,6 +457,50 @@ class _Checkup:
 
     # -- redeem and void state -------------------------------------------------------------------------
 
+    def checkout(self, problems: _Problems) -> str:
+        """Holds and count-limited uses: every record sealed for its serial, uses spent matching their records."""
+        pepper = self.state.pepper
+        holds = 0
+        spent: dict[int, int] = {}
+        used: Counter[int] = Counter()
+        for key, value in self.txn.items("checkout"):
+            kind, rest = bytes(key[:1]), bytes(key[1:])
+            if kind not in (b"H", b"N", b"U") or len(rest) < 8:
+                problems.add(f"a checkout record's key is malformed ({bytes(key[:12]).hex()})")
+                continue
+            serial = from_u64(rest[:8])
+            where = f"key {serial_text(serial)}"
+            batch = self.batches.get(batch_key(serial))
+            if batch is None or self.txn.get("cards", u64(serial)) is None:
+                problems.add(f"{where}: a checkout record names a key this store does not hold")
+            try:
+                if kind == b"H":
+                    if len(rest) != 8 or not unpack_holds(pepper, serial, value):
+                        problems.add(f"{where}: its hold record is malformed or empty")
+                    holds += 1
+                elif kind == b"N":
+                    if len(rest) != 8:
+                        problems.add(f"{where}: its uses record's key is malformed")
+                    stored = unpack_spent(pepper, serial, value)
+                    assert stored is not None
+                    spent[serial], limit = stored
+                    if batch is not None and (limit != batch.uses or not 0 < spent[serial] <= limit):
+                        problems.add(f"{where}: {spent[serial]} uses spent of {limit}, in a batch of {batch.uses}-use "
+                                     "keys")
+                else:
+                    order = rest[8:].decode("utf-8")
+                    unpack_use(pepper, serial, order, value)
+                    used[serial] += 1
+            except (StoreCorruptError, UnicodeDecodeError) as exc:
+                problems.add(f"{where}: {exc}")
+        for serial in set(spent) | set(used):
+            if spent.get(serial, 0) != used[serial]:
+                problems.add(f"key {serial_text(serial)}: {spent.get(serial, 0)} uses counted but {used[serial]} "
+                             "use records")
+        self.counts["holds"] = holds
+        self.counts["uses"] = sum(used.values())
+        return f"{holds:,} held keys, {sum(used.values()):,} uses of count-limited keys, each record sealed"
+
     def outcomes(self, problems: _Problems) -> str:
         txn = self.txn
         folded = self.head.folded
@@ -802,7 +850,7 @@ class _Commitments:
 #: The checks, in the order they run.
 CHECKS = ("format", "pepper", "head", "suppliers and trust", "batches and manifests", "commitments", "cards",
           "imported cards", "outcomes", "redeem and void state", "blacklist", "counters", "event log", "log tree",
-          "custody")
+          "custody", "checkout")
 
 
 def check_store(state: State, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -826,7 +874,7 @@ def check_store(state: State, on_check: Callable[[dict[str, Any]], None] | None 
     try:
         steps = (run.format, run.pepper, run.head_record, run.suppliers_and_trust, run.batches_and_manifests,
                  run.commitments, run.cards, run.imported_cards, run.outcomes, run.ledger, run.blacklist,
-                 run.counters, run.event_log, run.log_tree, run.custody)
+                 run.counters, run.event_log, run.log_tree, run.custody, run.checkout)
         for name, step in zip(CHECKS, steps, strict=True):
             broken = run.run(name, step)
             if on_check is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import _fast
+from .. import clock
 from ..clock import iso, now_ms
 from ..errors import (
     ConflictError,
@@ -40,7 +41,7 @@ from ..formats.history import encode_proof
 from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
 from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
 from ..formats.manifest import read_manifest
-from ..results import Result
+from ..results import Result, Status
 from ..store import ACTIVE, VOIDED, LmdbStore, Txn
 from ..store.lmdbstore import LMDB_ERRORS
 from ..store.records import (
@@ -55,7 +56,7 @@ from ..store.records import (
     u64,
 )
 from ..vocabulary import Level, Role
-from . import issuing, ledger, lots, trust
+from . import checkout, issuing, ledger, lots, trust
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .checkup import check_store
 from .eventlog import Policy
@@ -101,6 +102,21 @@ def _pair(key: object, order_id: object) -> tuple[str, str]:
     return key, check_text(order_id, "order id", MAX_ORDER_ID)
 
 
+def _checkout_op(op: tuple[Any, ...]) -> tuple[str, str, str, int]:
+    """A checkout op checked before anything is touched: (action, key, order id, ttl ms)."""
+    if not isinstance(op, tuple) or not op or op[0] not in ("hold", "confirm", "release"):
+        raise UsageError("a checkout op is (\"hold\", key, order id, ttl), (\"confirm\", order id) or "
+                         "(\"release\", order id)")
+    if op[0] == "hold":
+        if len(op) != 4:
+            raise UsageError("a hold is (\"hold\", key, order id, ttl seconds)")
+        key, order = _pair(op[1], op[2])
+        return "hold", key, order, checkout.check_ttl(op[3])
+    if len(op) != 2:
+        raise UsageError(f"a {op[0]} is (\"{op[0]}\", order id)")
+    return op[0], "", check_text(op[1], "order id", MAX_ORDER_ID), 0
+
+
 class Engine(State):
     """A keyvault store, opened, with every operation on it. Close it with :meth:`close`."""
 
@@ -116,6 +132,8 @@ class Engine(State):
         self._cards = store.handle("cards")
         #: (LMDB transaction id, catalog, overlay) as of the last single-key read that checked the head.
         self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
+        #: (LMDB transaction id, whether any hold record exists then): see _checkout_applies.
+        self._holding: tuple[int, bool] = (-2, False)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -231,6 +249,8 @@ class Engine(State):
             cat = fresh[1]
             result: Result | None = _fast.check_one(key, self.pepper, cat.rows, cat.key_rows, fresh[2], txn,
                                                     self._cards, now)
+            if result is not None and self._checkout_applies(txn, result, cat):
+                result = None  # a hold or a use count may change the answer: the checked path reads them
         except LMDB_ERRORS:
             result = None  # the checked path reads again, and reports the store's fault as the store's error
         finally:
@@ -240,6 +260,16 @@ class Engine(State):
         if budget is not None:
             self.guard.let_through(budget)
         return result
+
+    def _checkout_applies(self, raw: Any, result: Result, cat: Catalog) -> bool:
+        """Whether a valid answer may be held or count-limited (then the checked path says): one cursor step
+        per committed transaction, remembered with its LMDB transaction id."""
+        if result.batch in cat.uses:
+            return True
+        tid = raw.id()
+        if self._holding[0] != tid:
+            self._holding = (tid, checkout.any_holds(self.store.wrap(raw)))
+        return self._holding[1]
 
     def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
         """Catalog and overlay as of a begin_read transaction, remembered with its LMDB transaction id:
@@ -272,6 +302,7 @@ class Engine(State):
                 locks = self.guard.card_locks()
                 results = self.guard.judge(batch, who, budgets,
                                            lambda keys: check(txn, cat, self.pepper, overlay, keys, now, locks))
+                checkout.annotate(txn, self.pepper, cat, results, now)
         finally:
             self.guard.settle(budgets, results)
         assert results is not None
@@ -397,7 +428,12 @@ class Engine(State):
         budgets = {} if budgets is None else budgets
         results = self.guard.judge_for(keys, clients, budgets, judge) if isinstance(clients, list) else \
             self.guard.judge(keys, clients, budgets, judge)
-        changes, counts = _fast.accept_redeems(results, [order for _, order in pairs], now, str(when))
+        orders = [order for _, order in pairs]
+        desk = checkout.redeem_checkout(self.log, self.pepper, txn, cat, results, orders, now)  # held, count-limited
+        changes, counts = _fast.accept_redeems(results, orders, now, str(when))
+        if desk is not None:
+            changes += desk.changes
+            counts = Counter(counts) + Counter(desk.counts)
         return results, cat, self._record(txn, overlay, changes, counts, b"redeemed", before_fold)
 
     def _record(self, txn: Txn, overlay: dict[int, Change], changes: list[tuple[int, int, int, str]],
@@ -447,6 +483,131 @@ class Engine(State):
             return result
 
         return self.store.write(work)
+
+    # -- checkout: holds, count-limited keys, orders (the rules are in checkout.py) ---------------
+
+    def _checkout(self, work: Callable[[Txn, checkout.Desk, dict[int, Change]], list[Result]]) -> list[Result]:
+        """Run checkout work in one durable write transaction: its holds, uses and ledger redeems."""
+
+        def run(txn: Txn) -> tuple[list[Result], _Written]:
+            head = txn.head()
+            cat = self.current(txn, head)
+            overlay = self.ledger.sync(txn, head)
+            desk = checkout.Desk(self.log, self.pepper, txn, cat, clock.now_ms())
+            results = work(txn, desk, overlay)
+            desk.flush()
+            return results, self._record(txn, overlay, desk.changes, Counter(desk.counts), b"redeemed")
+
+        results, written = self.store.write(run)
+        self.ledger.learn(*written)
+        return results
+
+    def hold(self, key: str, order_id: str, ttl: float) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer).
+
+        While held, every other order is refused (``held``) for hold and redeem; :meth:`confirm` turns the
+        hold into a redeem, :meth:`release` or the end of ``ttl`` frees the key.
+        """
+        answer = self.checkout_for([("hold", key, order_id, ttl)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(Result, answer)
+
+    def confirm(self, order_id: str) -> list[Result]:
+        """Turn every hold of an order into a redeem: ``accepted`` per key (a retry: the same answers).
+
+        A hold that ended is refused (``expired_hold``) even if no other order took the key; a key voided
+        or blacklisted since it was held is refused with that status.
+        """
+        answer = self.checkout_for([("confirm", order_id)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(list[Result], answer)
+
+    def release(self, order_id: str) -> list[Result]:
+        """Give up every hold of an order: ``released`` per key (a retry: the same answers)."""
+        answer = self.checkout_for([("release", order_id)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return cast(list[Result], answer)
+
+    def checkout_for(self, ops: Sequence[tuple[Any, ...]]) -> list[Result | list[Result] | KeyvaultError]:
+        """Holds, confirms and releases from many callers in one durable transaction, in order.
+
+        Each op is ``("hold", key, order id, ttl seconds)``, ``("confirm", order id)`` or ``("release",
+        order id)``; its answer is a Result (hold), a list of Results, or the KeyvaultError that refused
+        it (bad input, an order that holds nothing): one op's error changes nothing and fails no other.
+        """
+        checked: list[tuple[str, str, str, int] | KeyvaultError] = []
+        for op in ops:
+            try:
+                checked.append(_checkout_op(op))
+            except KeyvaultError as exc:
+                checked.append(exc)
+        locks = self.guard.card_locks()
+
+        def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Any]:
+            out: list[Any] = []
+            for op in checked:
+                if isinstance(op, KeyvaultError):
+                    out.append(op)
+                    continue
+                action, key, order, ttl_ms = op
+                if action == "hold":
+                    out.append(self._hold_in(txn, desk, overlay, key, order, ttl_ms, locks))
+                    continue
+                try:
+                    slots = self._order_keys(txn, desk, overlay, order)
+                except NotFoundError as exc:
+                    out.append(exc)
+                    continue
+                if action == "confirm":
+                    answers = []
+                    for slot, last in slots:
+                        answer, spend = checkout.decide_confirm(slot, order, desk.now, last)
+                        answers.append(desk.use(slot, order) if spend else answer)
+                    out.append(answers)
+                else:
+                    out.append([desk.release(slot, order, last) for slot, last in slots])
+            return out
+
+        answers = self._checkout(work)
+        refused = [a for a in answers if isinstance(a, Result) and a.status is not Status.HELD]
+        if refused:
+            self.guard.note(refused, self.cached)
+        return answers
+
+    def _hold_in(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], key: str, order: str,
+                 ttl_ms: int, locks: Any) -> Result:
+        base = check(txn, desk.cat, self.pepper, overlay, [key], desk.now, locks)[0]
+        if base.status not in (Status.VALID, Status.REDEEMED) or base.serial is None:
+            return base
+        slot = desk.slot(_fast.parse_serial(base.serial), base)
+        desk.know_use(slot, order)
+        answer, make = checkout.decide_hold(slot, order, desk.now)
+        return desk.hold(slot, order, ttl_ms) if make else answer
+
+    def _order_keys(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], order: str
+                    ) -> list[tuple[checkout.Slot, dict[str, Any]]]:
+        """Every key ``order`` ever held or used, as slots, with the order's last event on each."""
+        last = checkout.last_events(checkout.order_events(txn, self.log, order))
+        slots = []
+        for serial, event in last.items():
+            found = find(txn, desk.cat, self.pepper, serial)
+            base = found if isinstance(found, Result) else judge(txn, desk.cat, found, overlay, desk.now)
+            number = _fast.parse_serial(serial)
+            slot = desk.slot(number, base) if isinstance(found, Found) else checkout.Slot(number, base, 1, 0, {}, {})
+            desk.know_use(slot, order)
+            slots.append((slot, event))
+        if not slots:
+            raise NotFoundError(f"order {order!r} holds no key in this store: hold its keys first")
+        return slots
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        """Every key an order holds or held (serials, never keys): held, redeemed, released or expired, with times."""
+        order = check_text(order_id, "order id", MAX_ORDER_ID)
+        with self.store.read() as txn:
+            return checkout.order_report(order, checkout.order_events(txn, self.log, order), clock.now_ms())
 
     # -- blacklist -----------------------------------------------------------------------------
 
@@ -594,8 +755,10 @@ class Engine(State):
             what = "serial" if looks_like_serial(str(key_or_serial)) else "key"
             raise NotFoundError(f"that {what} is not in this store ({found.status.value})")
         overlay = self.ledger.sync(txn, txn.head())
-        status = judge(txn, cat, found, overlay, now_ms() if at is None else at)
-        return cat, found, status, key_events(txn, found.serial, found.batch, overlay.get(found.serial))
+        now = now_ms() if at is None else at
+        statuses = [judge(txn, cat, found, overlay, now)]
+        checkout.annotate(txn, self.pepper, cat, statuses, now)
+        return cat, found, statuses[0], key_events(txn, found.serial, found.batch, overlay.get(found.serial))
 
     def trace(self, key_or_serial: str) -> dict[str, Any]:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
@@ -743,11 +906,14 @@ class Engine(State):
 
     def issue_batch(self, identity: Identity, product: str, count: int, *, keys_out: str | os.PathLike[str],
                     manifest_out: str | os.PathLike[str], valid_from: int | None = None,
-                    valid_until: int | None = None, progress: Progress | None = None,
+                    valid_until: int | None = None, progress: Progress | None = None, uses: int = 1,
                     long_form: bool = False) -> BatchInfo:
-        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store."""
+        """Issue ``count`` new keys: printable export (0600, once), signed manifest, records in this store.
+
+        ``uses`` above 1 makes count-limited keys: each may be redeemed by up to ``uses`` orders, once each.
+        """
         return issuing.issue_batch(self, identity, product, count, Path(keys_out), Path(manifest_out),
-                           valid_from, valid_until, progress, long_form)
+                           valid_from, valid_until, progress, uses, long_form)
 
     def import_cards(self, identity: Identity, product: str, cards_csv: str | os.PathLike[str], *,
                      manifest_out: str | os.PathLike[str], valid_from: int | None = None,

@@ -38,7 +38,7 @@ from ..formats.keyformat import (
 )
 from ..formats.manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_manifest
 from ..store import Txn
-from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, dump, u64
+from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, MAX_USES, dump, u64
 from .catalog import BatchInfo, Catalog
 from .state import State
 from ..vocabulary import Role
@@ -134,9 +134,9 @@ def _store_own(state: State, manifest: Manifest, origin: str, progress: Progress
 
 
 def _header(state: State, identity: Identity, number: int, product: str, count: int, kind: str, salt: bytes,
-            valid_from: int | None, valid_until: int | None) -> dict[str, Any]:
+            valid_from: int | None, valid_until: int | None, uses: int = 1) -> dict[str, Any]:
     previous = state.catalog().suppliers.get(identity.id, {}).get("last_manifest")
-    return {
+    return ({"uses": uses} if uses != 1 else {}) | {
         "previous": previous,
         "format": PAYLOAD_TYPE,
         "batch": batch_text(make_batch(identity.prefix, number)),
@@ -228,12 +228,14 @@ def _commit_chunk(first: int, seed: bytes, keys: list[str]) -> tuple[bytes, byte
 
 def issue_batch(state: State, identity: Identity, product: str, count: int, keys_out: Path, manifest_out: Path,
                 valid_from: int | None, valid_until: int | None, progress: Progress | None,
-                long_form: bool = False) -> BatchInfo:
+                uses: int = 1, long_form: bool = False) -> BatchInfo:
     """Generate a batch in chunks (bounded memory), export it once, sign its manifest, store its records.
 
     ``long_form`` adds each key's long form (``formats/longform.py``: an Ed25519 signature per key) to the export.
     """
     product = _check_batch_args(product, count, valid_from, valid_until)
+    if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES:
+        raise UsageError(f"--uses is how many orders may redeem each key: 1 to {MAX_USES:,}")
     report = progress or _nothing
     _check_outputs(keys_out, manifest_out)
     number = next_batch(state, identity)
@@ -284,7 +286,7 @@ def issue_batch(state: State, identity: Identity, product: str, count: int, keys
     try:
         manifest = write_manifest(manifest_out, identity,
                                   _header(state, identity, number, product, count, "native", salt, valid_from,
-                                          valid_until), seed, body())
+                                          valid_until, uses), seed, body())
         export.close()
     except BaseException as exc:
         export.discard()
@@ -455,7 +457,7 @@ def import_in(state: State, txn: Txn, manifest: Manifest, origin: str,
     info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
                      kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
                      valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,
-                     manifest=manifest.id, salt=manifest.salt)
+                     manifest=manifest.id, salt=manifest.salt, uses=manifest.fields.uses)
     serial = make_serial(batch, 0)
     size = 16 if manifest.kind == "native" else 32
     for chunk in manifest.records():

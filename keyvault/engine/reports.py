@@ -170,6 +170,8 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
     supplier = cat.suppliers.get(sid, {})
     for event in events:
         event["at"] = iso(int(event.pop("at_ms")))
+        if isinstance(event.get("expires_at"), int):  # a hold's end (checkout events)
+            event["expires_at"] = iso(event["expires_at"])
     card = txn.get("upstream", u64(serial))
     blocks = [b.to_dict() for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
                                     cat.keys_blocked.get(serial)) if b is not None]

@@ -445,7 +445,7 @@ class _About:
     def check(self, event: dict[str, Any], where: str) -> None:
         kind = event["type"]
         try:
-            if kind in ("redeem", "void"):
+            if kind in ("redeem", "void", "hold", "confirm", "release", "expire", "use"):
                 ok = event["serial"] == self.serial
             elif kind in ("issue", "import"):  # this batch's (from this manifest only), or another of its supplier
                 this = event["batch"] == self.batch
@@ -475,19 +475,23 @@ class _About:
 
 
 #: The statuses a bundle may state, and what the replay must find for each (docs/provenance.md).
-STATUSES = ("redeemed", "void", "blacklisted", "not_yet_valid", "expired", "valid")
+STATUSES = ("redeemed", "exhausted", "void", "blacklisted", "not_yet_valid", "expired", "held", "valid")
 
 
 def replayed_status(events: Sequence[dict[str, Any]], header: ManifestHeader, serial: str,
                     at_ms: int) -> tuple[str, str | None]:
     """(status, order id) of a key from its events and its manifest, at ``at_ms`` (the checkpoint's time):
-    redeemed, void, blacklisted (an unlifted entry on the key, batch or supplier), not yet valid,
-    expired, valid, in that precedence. ProofError if the events redeem or void the key twice."""
-    state, order = "active", None
+    redeemed (exhausted: the last use of a count-limited key), void, blacklisted (an unlifted entry on the
+    key, batch or supplier), not yet valid, expired, held (a hold not confirmed, released or ended by then),
+    valid, in that precedence. ProofError if the events redeem or void the key twice."""
+    state, order, used, held_until = "active", None, False, None
     blocks: set[tuple[str, str]] = set()
     for event in events:
         kind = event["type"]
-        if kind in ("redeem", "void") and event["serial"] == serial:
+        if kind in ("hold", "confirm", "release", "expire", "use") and event["serial"] == serial:
+            used |= kind == "use"
+            held_until = event["expires_at"] if kind == "hold" else None if kind != "use" else held_until
+        elif kind in ("redeem", "void") and event["serial"] == serial:
             if state != "active":
                 raise ProofError(f"a second state change of this key ({kind} after {state}): exactly-once broken")
             state = "redeemed" if kind == "redeem" else "void"
@@ -495,6 +499,8 @@ def replayed_status(events: Sequence[dict[str, Any]], header: ManifestHeader, se
         elif kind in ("blacklist", "lift"):
             target = (event["level"], event["target"])
             (blocks.add if kind == "blacklist" else blocks.discard)(target)
+    if state == "redeemed" and used:
+        return "exhausted", None
     if state != "active":
         return state, order
     if blocks:
@@ -503,6 +509,8 @@ def replayed_status(events: Sequence[dict[str, Any]], header: ManifestHeader, se
         return "not_yet_valid", None
     if header.valid_until is not None and at_ms >= header.valid_until:
         return "expired", None
+    if held_until is not None and at_ms < held_until:
+        return "held", None
     return "valid", None
 
 

@@ -19,9 +19,19 @@ from .. import _fast
 from ..errors import StoreCorruptError
 from .keyformat import batch_text, serial_text
 
+# Checkout events (docs/format.md): JSON bodies naming the serial and the order, like every kind but
+# redeem and void; a log without them reads as before.
+KIND_HOLD = 20  # {serial, order_id, expires_at (ms)}: an order holds a key
+KIND_CONFIRM = 21  # {serial, order_id}: the hold became a redeem or a use (the redeem event follows it)
+KIND_RELEASE = 22  # {serial, order_id}: the order gave its hold up
+KIND_EXPIRE = 23  # {serial, order_id, expires_at}: a hold found ended (written by the next change that sees it)
+KIND_USE = 24  # {serial, order_id, uses_left}: one use of a count-limited key
+
 KIND_NAMES = {_fast.KIND_SUPPLIER: "supplier", _fast.KIND_ISSUE: "issue", _fast.KIND_IMPORT: "import",
               _fast.KIND_REDEEM: "redeem", _fast.KIND_VOID: "void", _fast.KIND_BLACKLIST: "blacklist",
-              _fast.KIND_LIFT: "lift", _fast.KIND_TRANSFER: "transfer", _fast.KIND_TRUST: "trust"}
+              _fast.KIND_LIFT: "lift", _fast.KIND_TRANSFER: "transfer", _fast.KIND_TRUST: "trust",
+              KIND_HOLD: "hold", KIND_CONFIRM: "confirm", KIND_RELEASE: "release", KIND_EXPIRE: "expire",
+              KIND_USE: "use"}
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 
 LEAF = struct.Struct(">9sQ32sBQ")  # tag, index, previous leaf hash, kind, at ms: then the body

@@ -74,7 +74,7 @@ class ManifestSupplier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_key: Hex32
 
 
-class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A manifest's signed header (docs/provenance.md), fields in the order the writer sorts them."""
 
     batch: str
@@ -94,6 +94,9 @@ class ManifestHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     supplier: ManifestSupplier
     valid_from: int | None
     valid_until: int | None
+    #: How many orders may each redeem a key once (count-limited keys); written only when above 1, so a
+    #: manifest without it (every manifest before count-limited keys) means single-use keys.
+    uses: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
 
 
 _HEADER = msgspec.json.Decoder(ManifestHeader)

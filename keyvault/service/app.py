@@ -33,7 +33,7 @@ from ..vocabulary import Level
 from . import bodies
 from .accesslog import AccessLog, request_id
 from .bodies import MAX_BODY, MAX_CLIENT_ID, MAX_MANIFEST, Body
-from .commitd import RemoteCommitter
+from .commitd import Op, RemoteCommitter
 from .metrics import METRICS_SECONDS, Metrics
 from .openapi import document
 from .problems import Problem, from_error
@@ -270,6 +270,35 @@ class Service:
             raise Problem("store-unavailable", "the service is starting or stopping; retry in a moment")
         return self._committer
 
+    async def _checkout(self, op: tuple[Any, ...]) -> Any:
+        """One hold, confirm or release, committed by the commit process with every worker's others."""
+        answer = (await self._redeems.submit([op]))[0]  # type: ignore[list-item]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def hold(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/hold: answered once the hold is on disk."""
+        body = await self._json(scope, receive, bodies.HoldRequest)
+        order = bodies.text(body.order_id, "order_id", MAX_ORDER_ID)
+        result = await self._checkout(Op("hold", body.key, order, body.ttl))
+        self.metrics.keys("hold", [result])
+        return _ok(result.to_dict())
+
+    async def confirm(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/confirm and POST /v1/release: every key of the order, answered once on disk."""
+        body = await self._json(scope, receive, bodies.OrderRequest)
+        order = bodies.text(body.order_id, "order_id", MAX_ORDER_ID)
+        action = "release" if scope["path"].endswith("/release") else "confirm"
+        results = await self._checkout(Op(action, None, order, None))
+        self.metrics.keys(action, results)
+        return 200, results_body(results), _JSON
+
+    async def orders(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/orders/{order_id}: every key (serial) the order holds or held, with times."""
+        order = bodies.text(scope["path"][len("/v1/orders/"):], "order_id", MAX_ORDER_ID)
+        return _ok(await _off_loop(self.vault.order, order))
+
     async def void(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/void."""
         body = await self._json(scope, receive, bodies.VoidRequest)
@@ -387,6 +416,10 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/verify": {"POST": (Service.verify, "verify")},
     "/v1/redeem": {"POST": (Service.redeem, "redeem")},
     "/v1/redeem-many": {"POST": (Service.redeem_many, "redeem")},
+    "/v1/hold": {"POST": (Service.hold, "redeem")},
+    "/v1/confirm": {"POST": (Service.confirm, "redeem")},
+    "/v1/release": {"POST": (Service.confirm, "redeem")},
+    "/v1/orders/{order_id}": {"GET": (Service.orders, "redeem")},
     "/v1/void": {"POST": (Service.void, "admin")},
     "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin"),
                       "GET": (Service.listing, "admin")},
@@ -413,6 +446,8 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
     route = _TILES if path.startswith("/v1/log/tile/") else route
     if path.startswith("/v1/receipts/") and path.count("/") == 3:
         route = "/v1/receipts/{serial}"
+    if path.startswith("/v1/orders/") and len(path) > len("/v1/orders/"):
+        route = "/v1/orders/{order_id}"  # an order id may hold '/': everything after the prefix
     methods = ROUTES.get(route)
     if methods is None:
         raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")

@@ -92,9 +92,27 @@ class BlacklistRequest(Struct, forbid_unknown_fields=True):
     reason: Reason
 
 
+MAX_TTL = 604_800  # seconds a hold lasts at most (7 days)
+
+
+class HoldRequest(Struct, forbid_unknown_fields=True):
+    """POST /v1/hold: reserve one key for one order while its payment is pending."""
+
+    key: Key
+    order_id: OrderId
+    ttl: Annotated[float, Meta(ge=1, le=MAX_TTL, description="Seconds the hold lasts (1 to 604800); "
+                                                          "a retry of the same order keeps the first expiry.")]
+
+
+class OrderRequest(Struct, forbid_unknown_fields=True):
+    """POST /v1/confirm and POST /v1/release: every key the order holds."""
+
+    order_id: OrderId
+
+
 #: Every request body type: openapi.py publishes their schemas under these names.
 REQUESTS: tuple[type[Struct], ...] = (VerifyRequest, RedeemRequest, RedeemManyRequest, VoidRequest,
-                                      BlacklistRequest)
+                                      BlacklistRequest, HoldRequest, OrderRequest)
 
 Body = TypeVar("Body", bound=Struct)
 

@@ -18,7 +18,10 @@ and the parent starts a new one.
 Frames are a 4-byte little-endian length and a pickle: between processes of
 one service, through a socket in a directory only the service's user can
 enter. Worker to commit process: ``[(batch id, [(key, order id, client), ...]), ...]``;
-back: ``[(batch id, results or the exception), ...]``.
+back: ``[(batch id, results or the exception), ...]``. Checkout (hold, confirm, release) travels
+the same way as an :class:`Op` item: each commit runs the redeems that arrived in one transaction
+(``Vault.redeem_for``) and the checkout ops in the next (``Vault.checkout_for``), before answering
+anyone; an op's answer is its Result, its list of Results, or the error that refused it alone.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import struct
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import StoreError
 from ..results import Result
@@ -48,6 +51,34 @@ _IDLE_SECONDS = 1.0  # statistics are flushed at most this often
 FOLD_SLICES = 10  # shorter fold pauses for checkout's tail latency (redeem p99 26 ms, not 70 ms, at 14 k/s)
 
 Item = tuple[str, str, "str | None"]
+
+
+class Op(NamedTuple):
+    """A checkout item: ("hold", key, order id, ttl seconds), or ("confirm"/"release", None, order id, None)."""
+
+    action: str
+    key: str | None
+    order_id: str
+    ttl: float | None
+
+    def as_call(self) -> tuple[Any, ...]:
+        """The op as ``Vault.checkout_for`` takes it."""
+        return (self.action, self.key, self.order_id, self.ttl) if self.action == "hold" else \
+            (self.action, self.order_id)
+
+
+def commit(vault: Any, flat: list[Any]) -> list[Any]:
+    """Redeems in one durable transaction, then checkout ops in one more: an answer per item, in order."""
+    answers: list[Any] = [None] * len(flat)
+    redeems = [i for i, item in enumerate(flat) if type(item) is not Op]
+    ops = [i for i, item in enumerate(flat) if type(item) is Op]
+    if redeems:
+        for i, result in zip(redeems, vault.redeem_for([flat[i] for i in redeems])):
+            answers[i] = result
+    if ops:
+        for i, answer in zip(ops, vault.checkout_for([flat[i].as_call() for i in ops])):
+            answers[i] = answer
+    return answers
 
 
 def _frame(payload: Any) -> bytes:
@@ -129,7 +160,7 @@ def run(store: str, pepper_file: str | None, path: str, run_dir: str | None, rea
             if work:
                 flat = [item for _, frame in work for _, batch in frame for item in batch]
                 try:
-                    results: list[Result] | BaseException = vault.redeem_for(flat)
+                    results: list[Result] | BaseException = commit(vault, flat)
                     commits += 1
                     items += len(flat)
                 except Exception as exc:  # noqa: BLE001 - every request of the commit learns why it failed

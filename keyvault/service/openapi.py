@@ -16,6 +16,8 @@ from ..results import Status
 from .bodies import (
     REQUESTS,
     BlacklistRequest,
+    HoldRequest,
+    OrderRequest,
     RedeemManyRequest,
     RedeemRequest,
     VerifyRequest,
@@ -92,6 +94,8 @@ def document() -> dict[str, Any]:
             "message": {"type": "string"},
             "receipt": {"type": "string", "description": "POST /v1/redeem with `receipt: true`, when accepted: "
                                                          "the engine-signed receipt (KVR1.…)."},
+            "uses_left": {"type": "integer", "description": "Count-limited keys: uses not yet spent."},
+            "expires_at": {"type": "string", "description": "A hold's end (ISO 8601 UTC)."},
         },
     }
     schemas: dict[str, Any] = {
@@ -131,6 +135,26 @@ def document() -> dict[str, Any]:
             "summary": "Redeem many (key, order) pairs in one durable commit (scope redeem)",
             "operationId": "redeemMany", "requestBody": _body(RedeemManyRequest),
             "responses": _responses(_ref("Results"), _WRITE)}},
+        "/v1/hold": {"post": {
+            "summary": "Hold a key for an order while its payment is pending (scope redeem)", "operationId": "hold",
+            "description": "Answered once the hold is on disk: `held` naming the order, with `expires_at`; a retry "
+                           "of the same order gets the same answer. While held, every other order is refused "
+                           "(`held`, naming no order) for hold and redeem, and verify answers `held`.",
+            "requestBody": _body(HoldRequest), "responses": _responses(_ref("Result"), _WRITE)}},
+        "/v1/confirm": {"post": {
+            "summary": "Redeem every key the order holds (scope redeem)", "operationId": "confirm",
+            "description": "One answer per key: `accepted` (a retry: the first answer), `expired_hold` when the "
+                           "hold ended first, `released`, or the key's refusal (`void`, `blacklisted`).",
+            "requestBody": _body(OrderRequest), "responses": _responses(_ref("Results"), (*_WRITE, 404))}},
+        "/v1/release": {"post": {
+            "summary": "Give up every hold of the order (scope redeem)", "operationId": "release",
+            "requestBody": _body(OrderRequest), "responses": _responses(_ref("Results"), (*_WRITE, 404))}},
+        "/v1/orders/{order_id}": {"get": {
+            "summary": "Every key (serial) an order holds or held, with states and times (scope redeem)",
+            "operationId": "order",
+            "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "The order id, URL-encoded."}],
+            "responses": _responses(free, (400, 401, 403, 404, 422, 503, 507))}},
         "/v1/void": {"post": {
             "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
             "requestBody": _body(VoidRequest), "responses": _responses(_ref("Result"), _WRITE)}},

@@ -39,7 +39,10 @@ T = TypeVar("T")
 
 FORMAT = b"keyvault-store/3"
 DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "commitments", "manifests", "suppliers",
-             "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters")
+             "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters",
+             "checkout")
+#: Databases a store made by an earlier keyvault may lack: made when it is first opened for writing.
+ADDED_LATER = ("checkout",)
 INITIAL_MAP_SIZE = 256 << 20
 MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
 # LMDB 0.9's lock file for MAX_READERS (64-bit): a 192-byte MDB_txninfo that holds the first 64-byte reader slot, then
@@ -49,7 +52,8 @@ LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.
 
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
             lmdb.BadRslotError, lmdb.BadTxnError,  # (BadTxnError: a transaction that already met damage)
-            lmdb.IncompatibleError)  # a named database whose flags were damaged: keyvault never changes them
+            lmdb.IncompatibleError,  # a named database whose flags were damaged: keyvault never changes them
+            lmdb.CursorFullError)  # a tree deeper than LMDB allows: damaged page links
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
@@ -306,6 +310,12 @@ class LmdbStore:
                     raise StoreVersionError(f"{path} was written by LMDB {written}, whose on-disk format differs from "
                                             f"LMDB {LMDB_FORMAT} used here: export it with the keyvault that wrote it")
                 missing = [name for name in DATABASES if txn.get(name.encode()) is None]
+            later = [name for name in missing if name in ADDED_LATER]
+            if later and not readonly:  # a store of an earlier keyvault: its new databases start empty
+                with env.begin(write=True) as txn:
+                    for name in later:
+                        env.open_db(name.encode(), txn=txn, create=True)
+                missing = [name for name in missing if name not in later]
             if missing:
                 raise StoreVersionError(f"{path} lacks the {missing[0]!r} database: it is damaged or "
                                         "from another keyvault version; restore it from a backup")

@@ -21,9 +21,12 @@
 | subjects    | subject + index (u64)        | empty: the events of a key/batch/supplier (not redeems, voids) |
 |             | "#" + u16 depth + key prefix | a node of the subject index (engine/subjects.py) |
 | counters    | scope + "/" + name           | u64                                     |
+| checkout    | H + serial (u64)             | the key's holds: order id, at, expires, event index each; seal |
+|             | N + serial (u64)             | uses spent, and the limit, of a count-limited key (u32 each); seal |
+|             | U + serial (u64) + order id  | one use: at ms, event index (u64 each), uses left (u32), the order id; seal |
 
-A card's and an outcome's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
-a kind byte (``c`` or ``o``), the serial (u64) and the record before the seal (``_fast.seal``): damage,
+A card's, an outcome's and a checkout record's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
+a kind byte (``c``, ``o``; ``h``, ``n``, ``u`` for checkout records), the serial (u64) and the record before the seal (``_fast.seal``): damage,
 or a record moved to another serial, is refused, and it cannot be forged without the pepper. The head
 ends with an 8-byte BLAKE2b checksum of its three numbers (personalisation ``kv1/head``).
 """
@@ -151,3 +154,103 @@ def load(data: bytes) -> dict[str, Any]:
         raise StoreCorruptError("a JSON record of the store is damaged: nothing was decided; run `keyvault check` "
                                 "to find it and restore the store from a backup")
     return result
+
+
+# -- checkout: holds and count-limited uses (engine/checkout.py) ------------------------------------------
+
+HOLD_ENTRY = struct.Struct(">HQQQ")  # order id length, at ms, expires at ms, event index: then the order id
+USE = struct.Struct(">QQI")  # at ms, event index, uses left after it: then the order id
+USES_SPENT = struct.Struct(">II")  # uses spent, the key's limit (sealed here: a batch record is not)
+MAX_USES = 1_000_000  # a count-limited key's uses, at most
+
+
+def hold_key(serial: int) -> bytes:
+    """checkout key of a serial's holds."""
+    return b"H" + u64(serial)
+
+
+def spent_key(serial: int) -> bytes:
+    """checkout key of a count-limited serial's count of uses spent."""
+    return b"N" + u64(serial)
+
+
+def use_key(serial: int, order_id: str) -> bytes:
+    """checkout key of one use of a count-limited serial by an order."""
+    return b"U" + u64(serial) + order_id.encode("utf-8")
+
+
+#: A hold: (at ms, expires at ms, event index).
+Hold = tuple[int, int, int]
+
+
+def _sealed(pepper: bytes, kind: bytes, serial: int, body: bytes) -> bytes:
+    return body + _fast.seal(pepper, kind, serial, body)
+
+
+def _opened(pepper: bytes, kind: bytes, serial: int, value: bytes, what: str) -> bytes:
+    value = bytes(value)
+    body = value[:-SEAL_SIZE]
+    if len(value) < SEAL_SIZE or not _fast.tags_equal(value[-SEAL_SIZE:], _fast.seal(pepper, kind, serial, body)):
+        raise StoreCorruptError(f"the {what} record of serial {serial:#x} is damaged: nothing was decided for it; "
+                                "run `keyvault check` and restore the store from a backup")
+    return body
+
+
+def pack_holds(pepper: bytes, serial: int, holds: dict[str, Hold]) -> bytes:
+    """A serial's holds, sealed."""
+    body = b"".join(HOLD_ENTRY.pack(len(o := order.encode("utf-8")), *hold) + o for order, hold in holds.items())
+    return _sealed(pepper, b"h", serial, body)
+
+
+def unpack_holds(pepper: bytes, serial: int, value: bytes | None) -> dict[str, Hold]:
+    """A serial's holds by order id; StoreCorruptError when the record is damaged."""
+    if value is None:
+        return {}
+    body = _opened(pepper, b"h", serial, value, "hold")
+    holds: dict[str, Hold] = {}
+    at = 0
+    try:
+        while at < len(body):
+            size, made, expires, index = HOLD_ENTRY.unpack_from(body, at)
+            at += HOLD_ENTRY.size + size
+            if at > len(body):
+                raise ValueError
+            holds[body[at - size:at].decode("utf-8")] = (made, expires, index)
+    except (struct.error, ValueError):
+        raise StoreCorruptError(f"the hold record of serial {serial:#x} is malformed under a sound seal: restore "
+                                "the store from a backup") from None
+    return holds
+
+
+def pack_spent(pepper: bytes, serial: int, spent: int, limit: int) -> bytes:
+    """How many uses of a count-limited serial are spent, and of how many, sealed."""
+    return _sealed(pepper, b"n", serial, USES_SPENT.pack(spent, limit))
+
+
+def unpack_spent(pepper: bytes, serial: int, value: bytes | None) -> tuple[int, int] | None:
+    """(uses spent, limit), None when there is no record; StoreCorruptError when the record is damaged."""
+    if value is None:
+        return None
+    body = _opened(pepper, b"n", serial, value, "uses")
+    if len(body) != USES_SPENT.size:
+        raise StoreCorruptError(f"the uses record of serial {serial:#x} is malformed: restore the store from a backup")
+    spent, limit = USES_SPENT.unpack(body)
+    return int(spent), int(limit)
+
+
+def pack_use(pepper: bytes, serial: int, order_id: str, at_ms: int, index: int, left: int) -> bytes:
+    """One use of a count-limited serial by an order, sealed (the order id is in the sealed body too)."""
+    return _sealed(pepper, b"u", serial, USE.pack(at_ms, index, left) + order_id.encode("utf-8"))
+
+
+def unpack_use(pepper: bytes, serial: int, order_id: str, value: bytes | None) -> tuple[int, int, int] | None:
+    """(at ms, event index, uses left after it) of an order's use of a serial, None when it has none;
+    StoreCorruptError when damaged (including a record moved under another order's key)."""
+    if value is None:
+        return None
+    body = _opened(pepper, b"u", serial, value, "use")
+    if len(body) < USE.size or body[USE.size:] != order_id.encode("utf-8"):
+        raise StoreCorruptError(f"the use record of serial {serial:#x} does not name its order: restore the store "
+                                "from a backup")
+    at_ms, index, left = USE.unpack_from(body)
+    return at_ms, index, left

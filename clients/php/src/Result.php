@@ -12,6 +12,7 @@ final class Result
         'supplier_name' => 'supplierName', 'product' => 'product', 'order_id' => 'orderId',
         'redeemed_at' => 'redeemedAt', 'voided_at' => 'voidedAt', 'reason' => 'reason',
         'level' => 'level', 'group' => 'group', 'message' => 'message', 'receipt' => 'receipt',
+        'uses_left' => 'usesLeft', 'expires_at' => 'expiresAt',
     ];
 
     public function __construct(
@@ -30,6 +31,8 @@ final class Result
         public readonly ?string $message = null,
         /** The engine-signed receipt (KVR1.…) of an accepted redeem that asked for one. */
         public readonly ?string $receipt = null,
+        public readonly ?int $usesLeft = null,
+        public readonly ?string $expiresAt = null,
         /** The service's id of the request that answered (its X-Request-Id); not a field of the answer. */
         public readonly ?string $requestId = null,
     ) {
@@ -45,7 +48,7 @@ final class Result
         $args = [];
         foreach (self::FIELDS as $field => $property) {
             $value = $doc[$field] ?? null;
-            $wanted = $field === 'group' ? 'is_int' : 'is_string';
+            $wanted = ($field === 'group' || $field === 'uses_left') ? 'is_int' : 'is_string';
             if ($value !== null && !$wanted($value)) {
                 throw new TransportException("the service answered a result whose `$field` has the wrong type");
             }

@@ -17,11 +17,16 @@ final class Status
     public const NOT_YET_VALID = 'not_yet_valid'; // the batch's validity window has not begun
     public const THROTTLED = 'throttled';         // the client was refused too often: the key was not looked at
     public const DAMAGED = 'damaged';             // the store's record of this key is damaged: nothing was decided
+    public const HELD = 'held';                   // hold: this order holds the key until `expiresAt`; else another does
+    public const EXPIRED_HOLD = 'expired_hold';   // confirm: the order's hold ended first: hold the key again
+    public const RELEASED = 'released';           // release: the order's hold is given up
+    public const EXHAUSTED = 'exhausted';         // a count-limited key has no use left
 
     /** Every status, in the service's order. */
     public const ALL = [
         self::VALID, self::ACCEPTED, self::MALFORMED, self::UNKNOWN, self::REDEEMED,
         self::VOID, self::BLACKLISTED, self::EXPIRED, self::NOT_YET_VALID, self::THROTTLED, self::DAMAGED,
+        self::HELD, self::EXPIRED_HOLD, self::RELEASED, self::EXHAUSTED,
     ];
 
     /** The statuses that let a key through. */

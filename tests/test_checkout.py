@@ -1,0 +1,406 @@
+"""Checkout: holds, count-limited keys and order lookup, trying to break each promise.
+
+Holds must never oversell (one order at a time, across processes), expire by themselves (judged
+against the clock at read time), refuse a confirm after they ended, lose or win atomically against
+void and blacklist, and be retried safely. Count-limited keys must be spent at most ``uses`` times,
+once per order, whatever races. Damaged checkout records must be refused, never believed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Issued
+from keyvault import Identity, NotFoundError, Status, UsageError, Vault
+from keyvault.store.records import hold_key, spent_key
+
+T0 = 1_900_000_000_000  # a fixed clock (ms) for the tests that move time
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The store's clock, frozen at T0: move it with ``clock[0] += ms`` (keyvault.clock reads time.time_ns)."""
+    now = [T0]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0] * 1_000_000)
+    return now
+
+
+@pytest.fixture
+def limited(tmp_path: Path, supplier: Identity, supplier_store: Vault, platform: Vault) -> Issued:
+    """20 count-limited keys (5 uses each), imported by the platform from their signed manifest."""
+    out = tmp_path / "limited"
+    out.mkdir()
+    info = supplier_store.issue_batch(supplier, "PASS-5", 20, keys_out=out / "keys.csv", manifest_out=out / "b.kvm",
+                                      uses=5)
+    from conftest import read_export
+
+    keys, serials = read_export(out / "keys.csv")
+    platform.import_manifest(out / "b.kvm")
+    return Issued(supplier, info, keys, serials, out / "keys.csv", out / "b.kvm")
+
+
+def test_hold_confirm_and_retries(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[0]
+    held = platform.hold(key, "order-1", 900)
+    assert held.status is Status.HELD and held.order_id == "order-1" and held.expires_at
+    assert held.holds_for("order-1")
+    assert platform.hold(key, "order-1", 60) == held  # a retry: the same answer, the same expiry
+    other = platform.hold(key, "order-2", 900)
+    assert other.status is Status.HELD and other.order_id is None and not other.holds_for("order-2")
+    assert "order-1" not in repr(other)  # never says which order holds it
+    assert platform.redeem(key, "order-2").status is Status.HELD
+    assert platform.verify(key).status is Status.HELD
+    assert platform.verify_many([key])[0].status is Status.HELD
+    (done,) = platform.confirm("order-1")
+    assert done.status is Status.ACCEPTED and done.order_id == "order-1"
+    assert platform.confirm("order-1") == [done]  # a retry: the same answer, the original time
+    assert platform.hold(key, "order-1", 900) == done
+    assert platform.redeem(key, "order-2").status is Status.REDEEMED
+    assert platform.redeem(key, "order-1") .status is Status.ACCEPTED
+    assert platform.verify(key).status is Status.REDEEMED
+    kinds = [e["type"] for e in platform.trace(key)["events"]]
+    assert kinds[-3:] == ["hold", "confirm", "redeem"]
+
+
+def test_redeem_by_the_holding_order_confirms_it(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[1]
+    platform.hold(key, "o", 900)
+    assert platform.redeem(key, "o").status is Status.ACCEPTED
+    assert platform.confirm("o")[0].status is Status.ACCEPTED
+    assert platform.order("o")["keys"][0]["state"] == "redeemed"
+
+
+def test_release_frees_the_key(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[2]
+    platform.hold(key, "a", 900)
+    (released,) = platform.release("a")
+    assert released.status is Status.RELEASED
+    assert platform.release("a") == [released]
+    assert platform.verify(key).status is Status.VALID
+    assert platform.confirm("a")[0].status is Status.RELEASED  # nothing to confirm: it was given up
+    assert platform.hold(key, "b", 900).holds_for("b")
+    report = platform.order("a")
+    assert [k["state"] for k in report["keys"]] == ["released"]
+    assert key not in str(report) and report["keys"][0]["serial"] == issued.serials[2]
+
+
+def test_holds_expire_by_themselves(platform: Vault, issued: Issued, clock: list[int]) -> None:
+    key = issued.keys[3]
+    held = platform.hold(key, "slow", 60)
+    clock[0] += 59_999
+    assert platform.verify(key).status is Status.HELD
+    clock[0] += 1  # the hold ends: no sweeper, the next read judges it
+    assert platform.verify(key).status is Status.VALID
+    assert platform.order("slow")["keys"][0]["state"] == "expired"
+    (late,) = platform.confirm("slow")  # even though nobody else took the key
+    assert late.status is Status.EXPIRED_HOLD and late.expires_at == held.expires_at
+    assert platform.confirm("slow") == [late]
+    assert platform.verify(key).status is Status.VALID
+    assert platform.hold(key, "fast", 60).holds_for("fast")
+    assert platform.confirm("fast")[0].status is Status.ACCEPTED
+    kinds = [e["type"] for e in platform.trace(key)["events"]]
+    assert kinds[-5:] == ["hold", "expire", "hold", "confirm", "redeem"]
+
+
+def test_expired_hold_can_be_taken_by_another_order(platform: Vault, issued: Issued, clock: list[int]) -> None:
+    key = issued.keys[4]
+    platform.hold(key, "first", 10)
+    clock[0] += 10_000
+    assert platform.redeem(key, "second").status is Status.ACCEPTED
+    assert platform.confirm("first")[0].status is Status.EXPIRED_HOLD
+    assert platform.verify(key).order_id == "second"
+
+
+def test_void_and_blacklist_during_a_hold_refuse_confirm(platform: Vault, issued: Issued) -> None:
+    voided, listed = issued.keys[5], issued.keys[6]
+    platform.hold(voided, "v", 900)
+    assert platform.void(voided, "refund").status is Status.VOID
+    assert platform.confirm("v")[0].status is Status.VOID
+    platform.hold(listed, "b", 900)
+    platform.blacklist.add("key", listed, "stolen")
+    assert platform.confirm("b")[0].status is Status.BLACKLISTED
+    platform.blacklist.lift("key", listed, "found")
+    assert platform.confirm("b")[0].status is Status.ACCEPTED
+    assert platform.void(listed, "too late").status is Status.REDEEMED
+
+
+def test_bad_input_changes_nothing(platform: Vault, issued: Issued) -> None:
+    for ttl in (0, -5, 10**9, float("nan"), "15", True):
+        with pytest.raises(UsageError):
+            platform.hold(issued.keys[7], "o", ttl)  # type: ignore[arg-type]
+    for order in ("", " ", "x" * 129, "a\nb"):
+        with pytest.raises(UsageError):
+            platform.hold(issued.keys[7], order, 60)
+    with pytest.raises(NotFoundError):
+        platform.confirm("never-held")
+    with pytest.raises(NotFoundError):
+        platform.order("never-held")
+    assert platform.hold("not-a-key", "o", 60).status is Status.MALFORMED
+    assert platform.verify(issued.keys[7]).status is Status.VALID
+
+
+def test_count_limited_keys(platform: Vault, limited: Issued) -> None:
+    key = limited.keys[0]
+    first = platform.verify(key)
+    assert first.status is Status.VALID and first.uses_left == 5
+    answers = [platform.redeem(key, f"order-{i}") for i in range(5)]
+    assert [a.uses_left for a in answers] == [4, 3, 2, 1, 0]
+    assert all(a.status is Status.ACCEPTED for a in answers)
+    assert platform.redeem(key, "order-1") == answers[1]  # once per order: a retry answers the same
+    sixth = platform.redeem(key, "order-5")
+    assert sixth.status is Status.EXHAUSTED and sixth.uses_left == 0
+    assert platform.verify(key).status is Status.EXHAUSTED
+    assert platform.verify_many([key, limited.keys[1]])[1].uses_left == 5
+    uses = [e for e in platform.trace(key)["events"] if e["type"] == "use"]
+    assert [e["order_id"] for e in uses] == [f"order-{i}" for i in range(5)]
+    assert platform.order("order-3")["keys"][0]["state"] == "redeemed"
+
+
+def test_count_limited_redeem_many_in_one_batch(platform: Vault, limited: Issued) -> None:
+    key = limited.keys[1]
+    pairs = [(key, f"o{i % 7}") for i in range(14)]
+    results = platform.redeem_many(pairs)
+    accepted = {r.order_id for r in results if r.status is Status.ACCEPTED}
+    assert accepted == {"o0", "o1", "o2", "o3", "o4"}
+    assert [r.status for r in results[5:7]] == [Status.EXHAUSTED] * 2
+    assert results[7] == results[0]
+    assert platform.check()["ok"]  # the redeemed counters count the key once, when its last use is spent
+    assert platform.stats()["totals"]["redeemed"] == 1
+
+
+def test_holds_on_count_limited_keys(platform: Vault, limited: Issued, clock: list[int]) -> None:
+    key = limited.keys[2]
+    for i in range(4):
+        assert platform.redeem(key, f"u{i}").status is Status.ACCEPTED
+    assert platform.hold(key, "h", 60).holds_for("h")
+    refused = platform.redeem(key, "late")
+    assert refused.status is Status.HELD and refused.uses_left == 1
+    assert platform.hold(key, "late", 60).status is Status.HELD
+    clock[0] += 60_000
+    assert platform.verify(key).uses_left == 1
+    assert platform.redeem(key, "late").uses_left == 0
+    assert platform.confirm("h")[0].status is Status.EXPIRED_HOLD
+
+
+def test_count_limited_keys_survive_manifest_import_and_old_manifests_mean_one(platform: Vault, limited: Issued,
+                                                                             issued: Issued) -> None:
+    assert platform.catalog().by_id[limited.batch.id].uses == 5
+    assert platform.catalog().by_id[issued.batch.id].uses == 1
+    assert platform.verify(issued.keys[0]).uses_left is None
+
+
+def test_damaged_hold_and_uses_records_are_refused(platform: Vault, issued: Issued, limited: Issued) -> None:
+    from keyvault.formats.keyformat import parse_serial
+
+    platform.hold(issued.keys[8], "d", 900)
+    platform.redeem(limited.keys[3], "x")
+    engine = platform.engine
+    for key, raw in ((issued.keys[8], hold_key(parse_serial(issued.serials[8]))),
+                     (limited.keys[3], spent_key(parse_serial(limited.serials[3])))):
+        def damage(txn: object) -> None:
+            value = bytearray(txn.get("checkout", raw))  # type: ignore[attr-defined]
+            value[0] ^= 1
+            txn.put("checkout", raw, bytes(value))  # type: ignore[attr-defined]
+
+        engine.store.write(damage)
+        assert platform.verify(key).status is Status.DAMAGED
+        assert platform.redeem(key, "y").status is Status.DAMAGED
+        assert platform.hold(key, "y", 60).status is Status.DAMAGED
+    assert platform.verify(issued.keys[9]).status is Status.VALID
+    report = platform.check()
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert [c["check"] for c in failed] == ["checkout"]
+    assert issued.serials[8] in failed[0]["detail"] and limited.serials[3] in failed[0]["detail"]
+
+
+# -- races across processes --------------------------------------------------------------------------------
+
+
+def _race_hold(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    with Vault.open(path) as vault:
+        while time.time() < start:
+            pass
+        held = vault.hold(key, order, 900)
+        confirmed = vault.confirm(order) if held.holds_for(order) else []
+        out.put((order, held.holds_for(order), [r.status.value for r in confirmed]))
+
+
+def _race_use(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    with Vault.open(path) as vault:
+        while time.time() < start:
+            pass
+        first = vault.redeem(key, order)
+        again = vault.redeem(key, order)
+        out.put((order, first.status.value, first.uses_left, again == first))
+
+
+def _run(target: object, path: Path, key: str, n: int) -> list[tuple]:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 3
+    procs = [ctx.Process(target=target, args=(str(path), key, f"order-{i}", start, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return results
+
+
+def test_twenty_processes_race_for_one_held_key(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[10]
+    results = _run(_race_hold, platform.path, key, 20)
+    winners = [r for r in results if r[1]]
+    assert len(winners) == 1 and winners[0][2] == ["accepted"]
+    assert platform.verify(key).order_id == winners[0][0]
+
+
+def test_twenty_processes_race_for_five_uses(platform: Vault, limited: Issued) -> None:
+    key = limited.keys[4]
+    results = _run(_race_use, platform.path, key, 20)
+    accepted = [r for r in results if r[1] == "accepted"]
+    assert len(accepted) == 5 and sorted(r[2] for r in accepted) == [0, 1, 2, 3, 4]
+    assert all(r[1] == "exhausted" for r in results if r[1] != "accepted")
+    assert all(r[3] for r in results)  # every retry answered the same
+    assert platform.verify(key).status is Status.EXHAUSTED
+
+
+def test_async_vault_checkout(platform: Vault, issued: Issued) -> None:
+    import asyncio
+
+    from keyvault.aio import AsyncVault
+
+    key = issued.keys[11]
+
+    async def run() -> None:
+        async with AsyncVault(platform) as vault:
+            assert (await vault.hold(key, "async", 60)).holds_for("async")
+            assert (await vault.confirm("async"))[0].status is Status.ACCEPTED
+            assert (await vault.order("async"))["keys"][0]["state"] == "redeemed"
+            answers = await vault.checkout_for([("confirm", "async"), ("release", "nobody"), ("hold", key, "", 5)])
+            assert answers[0][0].status is Status.ACCEPTED  # type: ignore[index]
+            assert isinstance(answers[1], NotFoundError) and isinstance(answers[2], UsageError)
+
+    asyncio.run(run())
+
+
+# -- SIGKILL mid-confirm ------------------------------------------------------------------------------------
+
+_CONFIRMER = r"""
+import json, sys
+from keyvault import Vault, Status
+store, work, acks, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+keys = json.load(open(work))
+with Vault.open(store) as vault, open(acks, "a") as out:
+    print("ready", flush=True)
+    for i in range(start, len(keys), 2):
+        order = f"kill-{i}"
+        pair = [keys[i], keys[i + 1]]
+        for key in pair:
+            vault.hold(key, order, 900)
+        answers = vault.confirm(order)
+        out.write(json.dumps([order, [[a.status.value, a.serial, a.redeemed_at] for a in answers]]) + "\n")
+        out.flush()
+"""
+
+
+def test_sigkill_mid_confirm_loses_no_acknowledged_confirm(tmp_path: Path, platform: Vault, issued: Issued) -> None:
+    import json
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    keys = issued.keys[100:200]
+    work = tmp_path / "work.json"
+    work.write_text(json.dumps(keys))
+    acks = tmp_path / "acks.jsonl"
+    rng = random.Random(11)
+    start = 0
+    for _ in range(4):
+        with subprocess.Popen([sys.executable, "-c", _CONFIRMER, str(platform.path), str(work), str(acks),
+                               str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=tmp_path) as child:  # not the source tree: the installed package
+            assert child.stdout is not None
+            ready = child.stdout.readline()
+            if ready != b"ready\n":
+                child.kill()
+                raise AssertionError(f"the child did not start: {child.communicate()[1].decode()[-2000:]}")
+            time.sleep(rng.uniform(0.05, 0.4))
+            child.send_signal(signal.SIGKILL)
+            _, err = child.communicate()  # closes its pipes
+            assert child.returncode in (0, -signal.SIGKILL), err.decode()  # 0: it finished its keys first
+        lines = [line for line in acks.read_text().splitlines() if line.endswith("]")]
+        start = (int(json.loads(lines[-1])[0].split("-")[1]) + 2) if lines else start
+        start += 2  # the pair in flight may be half held: leave it
+        if start >= len(keys) - 2:
+            break
+    acked = [json.loads(line) for line in acks.read_text().splitlines() if line.endswith("]")]
+    assert acked, "the child acknowledged no confirm before it was killed: give it longer"
+    for order, answers in acked:
+        assert [a[0] for a in answers] == ["accepted", "accepted"]
+        assert platform.confirm(order) == platform.confirm(order)
+        again = platform.confirm(order)
+        assert [(r.status.value, r.serial, r.redeemed_at) for r in again] == [tuple(a) for a in answers]
+        for status, serial, when in answers:
+            assert platform.trace(serial)["status"]["order_id"] == order
+    assert platform.check()["ok"]
+
+
+def _race_void(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    with Vault.open(path) as vault:
+        while time.time() < start:
+            pass
+        if order == "order-0":
+            out.put((order, "void", vault.void(key, "refund").status.value))
+        elif order == "order-1":
+            out.put((order, "blacklist", vault.blacklist.add("key", key, "fraud").reason))
+        else:
+            held = vault.hold(key, order, 900)
+            answer = vault.confirm(order)[0].status.value if held.holds_for(order) else held.status.value
+            out.put((order, "checkout", answer))
+
+
+def test_void_and_blacklist_race_holds_and_confirms(platform: Vault, issued: Issued) -> None:
+    for round_ in range(3):
+        key = issued.keys[20 + round_]
+        results = _run(_race_void, platform.path, key, 12)
+        confirmed = [r for r in results if r[1] == "checkout" and r[2] == "accepted"]
+        voided = [r for r in results if r[1] == "void"][0][2]
+        final = platform.verify(key).status
+        assert len(confirmed) <= 1
+        if voided == "void":  # the void won: nothing was confirmed before it, nothing after
+            assert not confirmed and final is Status.VOID
+        else:  # a confirm won: the void is refused as redeemed
+            assert voided == "redeemed" and len(confirmed) == 1
+            assert platform.trace(key)["status"]["order_id"] == confirmed[0][0]
+        platform.blacklist.lift("key", key, "test over")
+
+
+def _race_after_expiry(path: str, key: str, order: str, start: float, out: multiprocessing.Queue) -> None:
+    later = time.time_ns() + 120 * 1_000_000_000  # two minutes on: the hold made before has ended
+    offset = later - time.time_ns()
+    real = time.time_ns
+    time.time_ns = lambda: real() + offset  # type: ignore[assignment]
+    with Vault.open(path) as vault:
+        while real() / 1e9 < start:
+            pass
+        if order == "order-0":
+            out.put((order, vault.confirm("early")[0].status.value))
+        else:
+            out.put((order, vault.redeem(key, order).status.value))
+
+
+def test_no_expired_hold_confirms_while_others_race(platform: Vault, issued: Issued) -> None:
+    key = issued.keys[30]
+    assert platform.hold(key, "early", 60).holds_for("early")
+    results = dict(_run(_race_after_expiry, platform.path, key, 10))
+    assert results.pop("order-0") == "expired_hold"
+    assert sorted(results.values()).count("accepted") == 1
+    assert set(results.values()) == {"accepted", "redeemed"}
+    assert platform.confirm("early")[0].status is Status.EXPIRED_HOLD
