@@ -34,6 +34,10 @@ MEMBERS = 3
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 15, 3, 5
 
 
+#: The processes this process started, kept so they are reaped (and never garbage-collected while running).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class ClusterError(KeyvaultError):
     """The local cluster cannot do what was asked; the message says what to do."""
 
@@ -177,7 +181,7 @@ class LocalCluster:
     def up(self, nodes: int = 2, say: Callable[[str], None] = lambda _: None, timeout: float = 120.0,
            node_workers: int = 1) -> dict[str, Any]:
         """Start etcd, Patroni/PostgreSQL and ``nodes`` keyvault nodes; wait for leader and sync standby."""
-        if not 1 <= nodes <= 16:
+        if not 0 <= nodes <= 16:
             raise ClusterError(f"--nodes {nodes}: give 1 to 16 keyvault nodes")
         old = self.load()
         if old is not None and any(alive(p) for p in self.processes(old)):
@@ -231,6 +235,7 @@ class LocalCluster:
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                                     cwd=self.root)
+        _CHILDREN[proc.pid] = proc
         entry = {"kind": kind, "name": name, "pid": proc.pid, "started": start_time(proc.pid), "port": port,
                  "log": str(log), **extra}
         if as_postgres and os.geteuid() == 0:  # runuser forks the program: record the program itself
@@ -379,6 +384,19 @@ class LocalCluster:
                                    f"see the logs in {self.root}/logs")
             time.sleep(0.3)
 
+    def wait_for_members(self, state: dict[str, Any], running: int = 3, timeout: float = 120.0) -> None:
+        """Wait until a leader is up and ``running`` members in all (the leader counted) run or stream."""
+        deadline = time.monotonic() + timeout
+        while True:
+            members = self.members(state)
+            up = [m for m in members if m.get("state") in ("running", "streaming")]
+            if any(m.get("role") == "leader" for m in up) and len(up) >= running:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{len(up)} of {running} members running after {timeout:.0f} s: "
+                                   f"see the logs in {self.root}/logs")
+            time.sleep(0.3)
+
     def psql(self, state: dict[str, Any], port: int, sql: str, database: str = "postgres",
              timeout: float = 30.0) -> str:
         """Run ``sql`` as the superuser on the member at ``port`` with psql; its output."""
@@ -499,6 +517,13 @@ class LocalCluster:
             signum = signal.SIGINT if proc["kind"] == "postgres" else signal.SIGTERM  # postgres: fast shutdown
             stop_process(proc, signum, grace)
             stopped.append({"kind": proc["kind"], "name": proc["name"], "pid": proc["pid"]})
+        for child in list(_CHILDREN.values()):  # runuser exits once its program has
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        reap()
         return stopped
 
 
@@ -517,8 +542,60 @@ def stop_process(proc: dict[str, Any], signum: int = signal.SIGTERM, grace: floa
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + 30
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        except ChildProcessError:
-            pass
+        reap()
         time.sleep(0.05)
+    reap()
+
+
+def reap() -> None:
+    """Collect the exit status of every child this process started that has exited."""
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+
+
+# -- faults and configuration, for the demo, the tests and the benchmark ----------------------------
+
+def member_by_role(cluster: LocalCluster, state: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """The recorded member (name, ports, data_dir) that Patroni now reports in ``role``."""
+    live = {m.get("name"): m.get("role") for m in cluster.members(state)}
+    return next((m for m in state["members"] if live.get(m["name"]) == role), None)
+
+
+def postmaster_pid(member: dict[str, Any]) -> int | None:
+    """The pid of the member's running postmaster (from postmaster.pid)."""
+    try:
+        pid = int((Path(member["data_dir"]) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if start_time(pid) is not None else None
+
+
+def walreceiver_pid(cluster: LocalCluster, state: dict[str, Any], member: dict[str, Any]) -> int | None:
+    """The pid of the standby's WAL receiver, asked of the standby itself."""
+    out = cluster.psql(state, member["pg_port"], "SELECT pid FROM pg_stat_wal_receiver")
+    return int(out) if out.strip().isdigit() else None
+
+
+def set_synchronous(cluster: LocalCluster, state: dict[str, Any], on: bool, timeout: float = 60.0) -> None:
+    """Turn Patroni's synchronous mode (strict) on or off and wait until the leader applies it."""
+    body = json.dumps({"synchronous_mode": on, "synchronous_mode_strict": on}).encode()
+    for member in state["members"]:
+        request = urllib.request.Request(f"http://127.0.0.1:{member['rest_port']}/config", data=body,
+                                         method="PATCH", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                break
+        except OSError:
+            continue
+    else:
+        raise ClusterError("no Patroni member accepted the configuration change")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = member_by_role(cluster, state, "leader")
+        if leader is not None:
+            names = cluster.psql(state, leader["pg_port"], "SHOW synchronous_standby_names")
+            if bool(names) == on and (not on or member_by_role(cluster, state, "sync_standby") is not None):
+                return
+        time.sleep(0.3)
+    raise ClusterError(f"synchronous mode {'on' if on else 'off'} not applied after {timeout:.0f} s")
