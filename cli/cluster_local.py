@@ -55,14 +55,18 @@ class Programs:
 def find_programs() -> Programs:
     """The programs the cluster runs, or ClusterError naming the Debian packages to install."""
     missing = []
-    etcd = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
+    etcd = shutil.which("etcd")
     if etcd is None:
         missing.append(PACKAGES["etcd"])
     patroni = shutil.which("patroni")
     if patroni is None:
         missing.append(PACKAGES["patroni"])
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
-                  if p.parent.parent.name.isdigit() else 0)
+    given = os.environ.get("KEYVAULT_PG_BIN")  # PostgreSQL's bin directory, when not Debian's
+    if given:
+        bins = [Path(given) / "postgres"] if (Path(given) / "postgres").exists() else []
+    else:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
+                      if p.parent.parent.name.isdigit() else 0)
     if not bins:
         missing.append(PACKAGES["postgres"])
     keyvault = shutil.which("keyvault") or str(Path(sys.executable).with_name("keyvault"))
