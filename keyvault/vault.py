@@ -171,9 +171,13 @@ class Vault:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
-             create: bool = False) -> Vault:
-        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
-        return cls(Engine.open(path, pepper_file=pepper_file, create=create))
+             create: bool = False, authority: bool = True) -> Vault:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there).
+
+        A store bound to a PostgreSQL authority connects to it (``authority=False``: it does not, and can
+        only verify from its cache, show or unset the binding).
+        """
+        return cls(Engine.open(path, pepper_file=pepper_file, create=create, authority=authority))
 
     @property
     def path(self) -> Path:

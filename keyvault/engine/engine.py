@@ -171,8 +171,12 @@ class Engine(State):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
-             create: bool = False) -> Engine:
-        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
+             create: bool = False, authority: bool = True) -> Engine:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there).
+
+        A store bound to a PostgreSQL authority connects to it; ``authority=False`` does not (the binding can
+        then be shown or unset, and verify answers from the cache, but nothing can be decided).
+        """
         root = Path(path)
         if create and not (root / "data.mdb").exists():
             return cls.init(root, pepper_file=pepper_file)
@@ -192,7 +196,7 @@ class Engine(State):
             if bound is not None:
                 from .authority.remote import connect
 
-                made.authority = connect(bytes(bound).decode("utf-8"))
+                made.authority = connect(bytes(bound).decode("utf-8"), authority)
         except BaseException:
             store.close()
             raise

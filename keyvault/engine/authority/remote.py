@@ -15,7 +15,7 @@ from typing import Any
 
 from ... import _fast
 from ...clock import iso, now_ms
-from ...errors import ConflictError, NotFoundError, UsageError
+from ...errors import AuthorityError, ConflictError, NotFoundError, UsageError
 from ...formats.keyformat import batch_key
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
@@ -36,9 +36,31 @@ REREAD = 1000
 _DECIDED = (Status.VALID, Status.REDEEMED, Status.VOID, Status.BLACKLISTED)
 
 
-def connect(dsn: str) -> PostgresAuthority:
-    """The authority a bound store names, connected (AuthorityError saying what to do when it cannot be)."""
-    return PostgresAuthority(dsn)
+def connect(dsn: str, reach: bool = True) -> PostgresAuthority | DetachedAuthority:
+    """The authority a bound store names, connected (AuthorityError saying what to do when it cannot be);
+    with ``reach`` False, a stand-in that refuses every decision (to show or unset the binding offline)."""
+    return PostgresAuthority(dsn) if reach else DetachedAuthority(dsn)
+
+
+class DetachedAuthority:
+    """A bound store opened without reaching its authority: verify reads the cache; decisions are refused."""
+
+    remote = True
+
+    def __init__(self, dsn: str) -> None:
+        self.shown = mask(dsn)
+
+    def __repr__(self) -> str:
+        return f"<DetachedAuthority {self.shown!r}>"
+
+    def _refuse(self, *args: object) -> Any:
+        raise AuthorityError(f"this store was opened without connecting to its authority ({self.shown}): "
+                             "open it normally to redeem, void or blacklist; nothing was changed")
+
+    redeem = void = blacklist = lift = check = changes_since = _refuse
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None,
@@ -218,6 +240,9 @@ def unbind(engine: Any) -> dict[str, Any]:
         txn.bump_generation()
 
     shown = engine.authority.shown
+    if isinstance(engine.authority, PostgresAuthority):  # take every decision the other nodes made along
+        while catch_up(engine) >= 10_000:
+            pass
     engine.store.write(work)
     engine.authority.close()
     from .local import LocalAuthority
