@@ -16,6 +16,7 @@ import click
 import keyvault
 
 from . import (
+    authority,
     backup,
     batch,
     blacklist,
@@ -73,7 +74,8 @@ for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, 
                 backup.backup, backup.restore):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
-              provenance.trust, provenance.lot, throttle.throttle, serve.token, cluster.cluster):
+              provenance.trust, provenance.lot, throttle.throttle, serve.token, authority.authority,
+              cluster.cluster):
     cli.add_command(group)
 
 

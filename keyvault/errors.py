@@ -87,3 +87,11 @@ class TrustError(KeyvaultError):
 
 class CustodyError(KeyvaultError, ValueError):
     """A transfer or lot that is forged, out of chain, or a double sale."""
+
+
+class AuthorityError(StoreError):
+    """The PostgreSQL authority a store is bound to cannot be reached or refused a change (nothing was decided)."""
+
+
+class OutcomeUnknownError(AuthorityError):
+    """The authority may or may not have made a change (its COMMIT was cut off): retry with the same order id."""

@@ -1,0 +1,196 @@
+"""The PostgreSQL authority: decisions shared by nodes (stores bound to one database), and the binding itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keyvault import Identity, Status, Vault
+from keyvault.errors import AuthorityError, ConflictError, NotFoundError, OutcomeUnknownError
+
+from conftest import Issued, issue
+from .conftest import PgServer
+
+
+def node(path: Path, supplier: Identity, batch: Issued, dsn: str | None) -> Vault:
+    """A platform store that imported ``batch``, bound to ``dsn`` when given."""
+    vault = Vault.init(path)
+    vault.trust(supplier.public)
+    vault.import_manifest(batch.manifest)
+    if dsn is not None:
+        vault.authority.set(dsn)
+    return vault
+
+
+@pytest.fixture
+def batch(tmp_path: Path, supplier: Identity, supplier_store: Vault) -> Issued:
+    return issue(supplier_store, supplier, tmp_path / "files", count=100)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, supplier: Identity, batch: Issued, authority_dsn: str) -> Iterator[tuple[Vault, Vault]]:
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)
+    b = node(tmp_path / "b", supplier, batch, authority_dsn)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_redeem_on_one_node_is_decided_for_all(nodes: tuple[Vault, Vault], batch: Issued) -> None:
+    a, b = nodes
+    key = batch.keys[0]
+    first = a.redeem(key, "order-1")
+    assert first.status is Status.ACCEPTED
+    again = b.redeem(key, "order-1")  # the retry lands on another node: the first answer again
+    assert again.status is Status.ACCEPTED and again.redeemed_at == first.redeemed_at
+    other = b.redeem(key, "order-2")
+    assert other.status is Status.REDEEMED and other.order_id == "order-1"
+    assert "order-1" in (other.message or "")
+    assert a.verify(key).status is Status.REDEEMED  # the deciding node's cache holds it at once
+    assert b.verify(key).status is Status.REDEEMED  # B learned it from the authority's answer
+    c_key = batch.keys[1]
+    assert b.verify(c_key).status is Status.VALID
+    assert a.redeem(c_key, "order-3").status is Status.ACCEPTED
+    assert b.verify(c_key).status is Status.VALID  # not caught up yet: verify is local
+    assert b.authority.catch_up() > 0
+    assert b.verify(c_key).status is Status.REDEEMED
+    assert b.redeem_many([(c_key, "order-3"), (c_key, "order-4")]) == [
+        b.verify(c_key)._replace(status=Status.ACCEPTED, message=None), b.verify(c_key)]
+
+
+def test_batches_answer_each_key_in_order(nodes: tuple[Vault, Vault], batch: Issued) -> None:
+    a, b = nodes
+    keys = batch.keys[:20]
+    out = a.redeem_many([(k, f"o{i}") for i, k in enumerate(keys)] + [("not a key", "x"), (keys[0], "o0"),
+                                                                      (keys[1], "zzz")])
+    assert [r.status for r in out[:20]] == [Status.ACCEPTED] * 20
+    assert out[20].status is Status.MALFORMED
+    assert out[21].status is Status.ACCEPTED and out[21].redeemed_at == out[0].redeemed_at
+    assert out[22].status is Status.REDEEMED and out[22].order_id == "o1"
+    back = b.redeem_many([(k, f"o{i}") for i, k in enumerate(keys)])
+    assert [(r.status, r.redeemed_at) for r in back] == [(Status.ACCEPTED, r.redeemed_at) for r in out[:20]]
+
+
+def test_void_and_blacklist_on_one_node_refuse_on_the_other_at_once(nodes: tuple[Vault, Vault],
+                                                                     batch: Issued) -> None:
+    a, b = nodes
+    k0, k1, k2 = batch.keys[:3]
+    assert a.void(k0, "refund").status is Status.VOID
+    r = b.redeem(k0, "o")
+    assert r.status is Status.VOID and r.reason == "refund"
+    assert b.void(k0, "again").status is Status.VOID  # voiding twice: the first void stands
+    a.blacklist.add("key", k1, "stolen")
+    r = b.redeem(k1, "o")
+    assert r.status is Status.BLACKLISTED and r.reason == "stolen" and r.level == "key"
+    a.blacklist.add("batch", batch.batch.id, "recall")
+    r = b.redeem(k2, "o")
+    assert r.status is Status.BLACKLISTED and r.level == "batch"
+    a.blacklist.lift("batch", batch.batch.id, "recall over")
+    assert b.redeem(k2, "o").status is Status.ACCEPTED
+    a.blacklist.add("supplier", batch.batch.supplier, "fraud")
+    assert b.redeem(batch.keys[3], "o").status is Status.BLACKLISTED
+    with pytest.raises(NotFoundError):
+        b.blacklist.lift("batch", batch.batch.id, "not there")
+    b.blacklist.lift("supplier", batch.batch.supplier, "cleared")  # lifted on the node that never cached it
+    assert a.redeem(batch.keys[3], "o").status is Status.ACCEPTED
+    assert a.void(k2, "late").status is Status.REDEEMED  # redeemed on B: a void is refused
+    b.authority.catch_up()
+    assert b.verify(k1).status is Status.BLACKLISTED
+    a.blacklist.lift("key", k1, "found")
+    b.authority.catch_up()
+    assert b.verify(k1).status is Status.VALID
+
+
+def test_a_cut_commit_is_never_accepted(nodes: tuple[Vault, Vault], batch: Issued, pg_server: PgServer) -> None:
+    a, b = nodes
+    authority = a.engine.authority
+
+    def cut(conn: object) -> None:
+        pid = conn.info.backend_pid  # type: ignore[attr-defined]
+        pg_server.sql(f"SELECT pg_terminate_backend({pid})")
+
+    authority.before_commit = cut  # type: ignore[attr-defined]
+    with pytest.raises(OutcomeUnknownError, match="retry with the same order id"):
+        a.redeem_many([(batch.keys[0], "o1"), (batch.keys[1], "o2")])
+    authority.before_commit = None  # type: ignore[attr-defined]
+    # The retry with the same order ids has one answer, whatever the cut commit did.
+    again = b.redeem_many([(batch.keys[0], "o1"), (batch.keys[1], "o2")])
+    assert [r.status for r in again] == [Status.ACCEPTED, Status.ACCEPTED]
+    assert a.redeem(batch.keys[0], "o1").status is Status.ACCEPTED  # a reconnects by itself
+
+
+def test_the_service_answers_an_unknown_outcome_as_503() -> None:
+    from keyvault.service.problems import from_error
+
+    problem = from_error(OutcomeUnknownError("the outcome is unknown; retry with the same order id"))
+    assert problem.status == 503 and "retry with the same order id" in problem.detail
+
+
+def test_binding_refuses_a_store_with_decisions_of_its_own_unless_migrated(
+        tmp_path: Path, supplier: Identity, batch: Issued, authority_dsn: str, pg_server: PgServer) -> None:
+    with node(tmp_path / "old", supplier, batch, None) as old:
+        assert old.redeem(batch.keys[0], "o1").status is Status.ACCEPTED
+        assert old.void(batch.keys[1], "refund").status is Status.VOID
+        old.blacklist.add("key", batch.keys[2], "stolen")
+        with pytest.raises(ConflictError, match="--migrate"):
+            old.authority.set(authority_dsn)
+        assert old.authority.show() == {"bound": False, "authority": None}
+        assert pg_server.sql("SELECT count(*) FROM keyvault_keys", authority_dsn.split("dbname=")[1].split()[0]) \
+            == [(0,)]
+        done = old.authority.set(authority_dsn, migrate=True)
+        assert done["moved_keys"] == 2 and done["moved_blacklist"] == 1
+    with node(tmp_path / "new", supplier, batch, authority_dsn) as new:
+        assert new.redeem(batch.keys[0], "o1").status is Status.ACCEPTED
+        assert new.redeem(batch.keys[0], "o2").status is Status.REDEEMED
+        assert new.redeem(batch.keys[1], "o").status is Status.VOID
+        assert new.redeem(batch.keys[2], "o").status is Status.BLACKLISTED
+        new.authority.catch_up()
+        assert new.verify(batch.keys[2]).status is Status.BLACKLISTED
+        assert new.verify(batch.keys[0]).status is Status.REDEEMED
+    # A store whose decisions contradict the authority's moves nothing.
+    with node(tmp_path / "fork", supplier, batch, None) as fork:
+        assert fork.redeem(batch.keys[0], "someone-else").status is Status.ACCEPTED
+        with pytest.raises(ConflictError, match="nothing was moved"):
+            fork.authority.set(authority_dsn, migrate=True)
+        assert fork.authority.show()["bound"] is False
+
+
+def test_a_bound_store_reopens_bound_and_unset_unbinds(tmp_path: Path, supplier: Identity, batch: Issued,
+                                                        authority_dsn: str) -> None:
+    path = tmp_path / "n"
+    node(path, supplier, batch, authority_dsn).close()
+    with Vault.open(path) as vault:
+        assert vault.authority.show()["bound"] is True
+        doc = vault.authority.check()
+        assert doc["reachable"] and doc["schema_version"] == 1 and doc["in_recovery"] is False
+        assert vault.redeem(batch.keys[0], "o").status is Status.ACCEPTED
+        assert vault.authority.check()["cache_lag"] == 1  # its own redeem is cached, the cursor is not moved
+        vault.authority.catch_up()
+        assert vault.authority.check()["cache_lag"] == 0
+        vault.authority.unset()
+        assert vault.authority.show()["bound"] is False
+        with pytest.raises(NotFoundError):
+            vault.authority.check()
+    with Vault.open(path) as vault:
+        assert vault.engine.authority.remote is False
+        assert vault.redeem(batch.keys[0], "o").status is Status.ACCEPTED  # the cache remembers the redeem
+
+
+def test_an_unreachable_authority_is_a_clear_error_and_the_password_never_shows(
+        tmp_path: Path, supplier: Identity, batch: Issued, pg_server: PgServer) -> None:
+    dead = f"host=127.0.0.1 port=1 dbname=x user=u password=hunter2-secret connect_timeout=2"
+    with node(tmp_path / "n", supplier, batch, None) as vault:
+        with pytest.raises(AuthorityError) as caught:
+            vault.authority.set(dead)
+        assert "hunter2" not in str(caught.value) and "cannot reach" in str(caught.value)
+        assert vault.authority.show()["bound"] is False
+    url = f"postgresql://postgres:hunter2-secret@/{'postgres'}?host={pg_server.base}&port={pg_server.port}"
+    with node(tmp_path / "m", supplier, batch, url) as vault:
+        shown = vault.authority.show()["authority"]
+        assert "hunter2" not in shown and "***" in shown
+        assert "hunter2" not in repr(vault.engine.authority)
+        assert "hunter2" not in str(vault.authority.check())
