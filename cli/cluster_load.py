@@ -11,12 +11,15 @@ retried later with the same order id, as a platform would.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,17 +158,24 @@ def deadline(conn: Any, seconds: float) -> Iterator[None]:
         timer.cancel()
 
 
-class Load:
-    """``clients`` threads redeeming serials from a shared pool, each on its own connection, until stopped."""
+#: One client's redeem: (serial, order) -> (outcome, holder, server that answered).
+Redeem = Callable[[str, str], tuple[str, "str | None", int]]
 
-    def __init__(self, dsns: list[str], serials: int = 2000, clients: int = 8, orders_per_serial: int = 3,
-                 request_deadline: float = 8.0, seed: int | None = None) -> None:
-        """A load over ``dsns`` (client i uses dsns[i % len]); keys drawn from ``serials`` serials."""
-        self.dsns = dsns
-        self.serials = [f"S{n:07d}" for n in range(serials)]
+
+class Load:
+    """``clients`` threads redeeming serials from a shared pool, each with its own client, until stopped.
+
+    ``client(i)`` makes client i's redeem function: it answers (outcome, holder, server) or raises
+    ``Unknown`` (the answer is unknown: retried later with the same order).
+    """
+
+    def __init__(self, client: Callable[[int], Redeem], serials: list[str], clients: int = 8,
+                 orders_per_serial: int = 3, seed: int | None = None) -> None:
+        """A load of ``clients`` clients made by ``client`` over ``serials``."""
+        self.client = client
+        self.serials = serials
         self.clients = clients
         self.orders_per_serial = orders_per_serial
-        self.request_deadline = request_deadline
         self.seed = random.randrange(1 << 30) if seed is None else seed
         self.answers: list[Answer] = []
         self._lock = threading.Lock()
@@ -176,17 +186,18 @@ class Load:
     def start(self) -> Load:
         """Start the clients."""
         for i in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(i,), daemon=True, name=f"load-{i}")
+            thread = threading.Thread(target=self._run, args=(i,), daemon=True, name=f"load-{i}")
             thread.start()
             self._threads.append(thread)
         return self
 
-    def stop(self) -> list[Answer]:
+    def stop(self, timeout: float = 60.0) -> list[Answer]:
         """Stop the clients, wait for them, and return every answer."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(self.request_deadline + 10)
-        return list(self.answers)
+            thread.join(timeout)
+        with self._lock:
+            return list(self.answers)
 
     def accepted_since(self, moment: float) -> int:
         """How many redeems were accepted after ``moment`` (time.monotonic())."""
@@ -199,11 +210,9 @@ class Load:
             return min((a.at for a in self.answers if a.outcome == ACCEPTED and a.sent > moment
                         and a.server != not_on), default=None)
 
-    def _client(self, index: int) -> None:
-        psycopg = _psycopg()
+    def _run(self, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
-        dsn = self.dsns[index % len(self.dsns)]
-        conn = None
+        redeem = self.client(index)
         pending: list[tuple[str, str]] = []  # unknown answers, retried with the same order
         while not self._stop.is_set():
             if pending and rng.random() < 0.5:
@@ -212,37 +221,133 @@ class Load:
                 serial = rng.choice(self.serials)
                 order = f"order-{serial}-{rng.randrange(self.orders_per_serial)}"
             sent = time.monotonic()
-            server = 0
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
-                server = int(conn.info.port)
-                with deadline(conn, self.request_deadline):
-                    row = conn.execute(f"INSERT INTO {TABLE} (serial, order_id) VALUES (%s, %s) "
-                                       "ON CONFLICT (serial) DO NOTHING RETURNING order_id", (serial, order)).fetchone()
-                    if row is None:
-                        row = conn.execute(f"SELECT order_id FROM {TABLE} WHERE serial = %s", (serial,)).fetchone()
-                if row is None:  # inserted by nobody and held by nobody: cannot happen with a primary key
-                    outcome, holder = "no row", None
-                else:
-                    holder = str(row[0])
-                    outcome = ACCEPTED if holder == order else REFUSED
-            except psycopg.Error as exc:
-                outcome, holder = UNKNOWN, None
+                outcome, holder, server = redeem(serial, order)
+            except Unknown as exc:
+                outcome, holder, server = UNKNOWN, None, exc.server
                 pending.append((serial, order))
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg.Error:
-                        pass
-                conn = None
                 if len(self.errors) < 50:
-                    self.errors.append(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+                    self.errors.append(str(exc)[:300])
                 time.sleep(0.05)
             with self._lock:
                 self.answers.append(Answer(serial, order, outcome, holder, time.monotonic(), index, sent, server))
-        if conn is not None:
-            conn.close()
+        close = getattr(redeem, "close", None)
+        if close is not None:
+            close()
+
+
+class Unknown(Exception):
+    """The redeem's outcome is not known (503, a cut connection, a deadline passed)."""
+
+    def __init__(self, message: str, server: int = 0) -> None:
+        """``server``: the port that was asked, when known."""
+        super().__init__(message)
+        self.server = server
+
+
+class SqlClient:
+    """The bare redeem: INSERT … ON CONFLICT DO NOTHING on the primary, then a read for the losers."""
+
+    def __init__(self, dsn: str, request_deadline: float = 8.0) -> None:
+        """A client on its own connection over ``dsn``."""
+        self.psycopg = _psycopg()
+        self.dsn = dsn
+        self.request_deadline = request_deadline
+        self.conn: Any = None
+
+    def __call__(self, serial: str, order: str) -> tuple[str, str | None, int]:
+        """Redeem ``serial`` for ``order``."""
+        psycopg = self.psycopg
+        server = 0
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
+            server = int(self.conn.info.port)
+            with deadline(self.conn, self.request_deadline):
+                row = self.conn.execute(f"INSERT INTO {TABLE} (serial, order_id) VALUES (%s, %s) "
+                                        "ON CONFLICT (serial) DO NOTHING RETURNING order_id", (serial, order)).fetchone()
+                if row is None:
+                    row = self.conn.execute(f"SELECT order_id FROM {TABLE} WHERE serial = %s", (serial,)).fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise Unknown(f"{type(exc).__name__}: {str(exc).strip()}", server) from None
+        if row is None:  # inserted by nobody and held by nobody: impossible with a primary key
+            return "no row", None, server
+        holder = str(row[0])
+        return (ACCEPTED if holder == order else REFUSED), holder, server
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except self.psycopg.Error:
+                pass
+        self.conn = None
+
+
+class HttpClient:
+    """A redeem through a keyvault node's ``POST /v1/redeem``, one key a request, on a kept-alive connection."""
+
+    def __init__(self, url: str, token: str, keys: dict[str, str], timeout: float = 15.0) -> None:
+        """A client of the node at ``url``; ``keys`` maps each serial to its key."""
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", int(parsed.port or 80)
+        self.token, self.keys, self.timeout = token, keys, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def __call__(self, serial: str, order: str) -> tuple[str, str | None, int]:
+        """Redeem ``serial``'s key for ``order``."""
+        body = json.dumps({"key": self.keys[serial], "order_id": order}).encode()
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn.request("POST", "/v1/redeem", body, {"Authorization": f"Bearer {self.token}",
+                                                          "Content-Type": "application/json"})
+            reply = self.conn.getresponse()
+            data = reply.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise Unknown(f"node {self.port}: {type(exc).__name__}: {exc}", self.port) from None
+        if reply.status == 503:
+            raise Unknown(f"node {self.port}: 503 {data[:200]!r}", self.port)
+        if reply.status != 200:
+            return f"HTTP {reply.status}", None, self.port
+        doc = json.loads(data)
+        return judge(doc.get("status"), doc.get("order_id"), order), doc.get("order_id"), self.port
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+
+class VaultClient:
+    """A redeem through the library: ``Vault.redeem`` on a node's store opened in this process."""
+
+    def __init__(self, vault: Any, keys: dict[str, str], server: int = 0) -> None:
+        """A client of ``vault`` (shared by threads); ``server`` labels its answers."""
+        self.vault, self.keys, self.server = vault, keys, server
+
+    def __call__(self, serial: str, order: str) -> tuple[str, str | None, int]:
+        """Redeem ``serial``'s key for ``order``."""
+        from keyvault import AuthorityError
+
+        try:
+            result = self.vault.redeem(self.keys[serial], order)
+        except AuthorityError as exc:  # OutcomeUnknownError among them: the service answers 503
+            raise Unknown(f"library: {type(exc).__name__}: {exc}", self.server) from None
+        return judge(result.status.value, result.order_id, order), result.order_id, self.server
+
+
+def judge(status: str | None, holder: str | None, order: str) -> str:
+    """A keyvault answer as the checker's outcome: accepted, refused (naming the holder), or what it was."""
+    if status == "accepted" and holder in (None, order):
+        return ACCEPTED
+    if status == "redeemed" and holder:
+        return REFUSED
+    return f"status {status}"
 
 
 def longest_gap(answers: list[Answer], start: float, end: float) -> float:

@@ -417,6 +417,7 @@ class LocalCluster:
         password = state["passwords"]["keyvault"]
         self.psql(state, port, f"CREATE ROLE keyvault LOGIN PASSWORD '{password}'")
         self.psql(state, port, "CREATE DATABASE keyvault OWNER keyvault")
+        self.psql(state, port, "GRANT pg_monitor TO keyvault")  # replication state for `authority check`
         state["synchronous_standby_names"] = self.psql(state, port, "SHOW synchronous_standby_names")
 
     def _start_nodes(self, state: dict[str, Any], programs: Programs, ports: list[int], workers: int,

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 
-from keyvault.cli.cluster_load import Load, check, holdings, prepare
+from keyvault.cli.cluster_load import Load, SqlClient, check, holdings, prepare
 from keyvault.cli.cluster_local import (
     LocalCluster,
     member_by_role,
@@ -48,7 +48,7 @@ def _run_kill_primary(cluster: LocalCluster, clients: int = 8, serials: int = 30
     state = cluster.load()
     assert state is not None
     prepare(state["dsn"])
-    load = Load([state["dsn"]], serials=serials, clients=clients).start()
+    load = Load(lambda i: SqlClient(state["dsn"]), [f"S{n:07d}" for n in range(serials)], clients=clients).start()
     try:
         _wait_accepting(load, time.monotonic() - 1)
         time.sleep(3)
@@ -80,7 +80,8 @@ def test_a_stopped_sync_standby_blocks_commits_and_loses_nothing(cluster: LocalC
     assert sync is not None
     receiver = walreceiver_pid(cluster, state, sync)
     assert receiver is not None
-    load = Load([state["dsn"]], serials=3000, clients=6, request_deadline=30).start()
+    load = Load(lambda i: SqlClient(state["dsn"], request_deadline=30), [f"S{n:07d}" for n in range(3000)],
+                clients=6).start()
     try:
         _wait_accepting(load, time.monotonic() - 1)
         time.sleep(2)
