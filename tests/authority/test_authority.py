@@ -190,3 +190,39 @@ def test_an_unreachable_authority_is_a_clear_error_and_the_password_never_shows(
         assert "hunter2" not in shown and "***" in shown
         assert "hunter2" not in repr(vault.engine.authority)
         assert "hunter2" not in str(vault.authority.check())
+
+
+def test_a_canceled_wait_for_the_synchronous_standby_is_never_accepted(
+        nodes: tuple[Vault, Vault], batch: Issued, pg_server: PgServer) -> None:
+    """PostgreSQL commits locally, then waits for a standby that never answers; canceling the wait makes it
+    return with only a WARNING: the redeem may be lost in a failover, so it is not `accepted`."""
+    import threading
+    import time
+
+    a, b = nodes
+    pg_server.sql("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+    pg_server.sql("SELECT pg_reload_conf()")
+    canceled = threading.Event()
+
+    def cancel_the_wait() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not canceled.is_set():
+            rows = pg_server.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            if rows:
+                canceled.set()
+            time.sleep(0.05)
+
+    helper = threading.Thread(target=cancel_the_wait)
+    try:
+        time.sleep(0.3)  # the reload reaches every backend
+        helper.start()
+        with pytest.raises(OutcomeUnknownError, match="retry with the same order id"):
+            a.redeem(batch.keys[5], "sync-1")
+    finally:
+        canceled.set()
+        helper.join()
+        pg_server.sql("ALTER SYSTEM RESET synchronous_standby_names")
+        pg_server.sql("SELECT pg_reload_conf()")
+    time.sleep(0.3)
+    assert b.redeem(batch.keys[5], "sync-1").status is Status.ACCEPTED  # it was committed locally after all
+    assert b.redeem(batch.keys[5], "sync-2").status is Status.REDEEMED
