@@ -40,6 +40,13 @@ test-pure: install
 bench: install
 	$(BIN)/pytest benchmarks --benchmark-only
 
+# The PostgreSQL authority (docs/cluster.md) against a throwaway PostgreSQL 15 the tests start themselves
+# (initdb/pg_ctl from apt-get install postgresql; psycopg comes with the venv): a missing PostgreSQL fails
+# here instead of skipping, as `make test` does.
+.PHONY: test-authority
+test-authority: install
+	KEYVAULT_REQUIRE_POSTGRES=1 $(BIN)/pytest tests/authority -p no:cacheprovider -rA -q
+
 # The PHP and Go clients (clients/) against a real `keyvault serve` started by tests/test_clients.py.
 # Needs php (with curl) and go (apt-get install php-cli php-curl golang-go); missing ones fail here
 # (KEYVAULT_REQUIRE_CLIENTS=0 skips them instead, as `make test` does).

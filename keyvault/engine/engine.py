@@ -117,6 +117,8 @@ class Engine(State):
         self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
         #: Who decides redeems, voids and blacklist entries: this store (the default) or a bound PostgreSQL.
         self.authority: Authority = LocalAuthority()
+        #: The thread keeping this process's cache of a bound authority current (None when unbound).
+        self.follower: Any = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -194,9 +196,10 @@ class Engine(State):
                 bound = txn.get("meta", META_KEY)
             made = cls(store, pepper, engine)
             if bound is not None:
-                from .authority.remote import connect
+                from .authority.remote import connect, follow
 
                 made.authority = connect(bytes(bound).decode("utf-8"), authority)
+                follow(made)
         except BaseException:
             store.close()
             raise
@@ -210,6 +213,8 @@ class Engine(State):
             pass  # closing must not fail because a statistics write could not be made
         finally:
             self.guard.close()
+            if self.follower is not None:
+                self.follower.stop()
             self.authority.close()
             self.store.close()
 

@@ -73,7 +73,7 @@ WITH i AS (
     INSERT INTO keyvault_changes (change, kind, serial, text, at_ms)
     SELECT change, 'redeem', serial, text, at_ms FROM ins
 )
-SELECT serial FROM ins
+SELECT serial, (SELECT pg_notify('keyvault_change', '')) FROM ins
 """
 
 _STANDING = """
@@ -86,6 +86,9 @@ LEFT JOIN keyvault_blacklist bs ON bs.target = i.sb
 """
 
 _SYNC_CANCELED = "synchronous replication"
+#: Wakes the other nodes' followers when the transaction commits (their poll by change number is the backstop).
+CHANNEL = "keyvault_change"
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 
 
 class PostgresAuthority:
@@ -136,6 +139,13 @@ class PostgresAuthority:
                                  f"{mask(str(exc)).strip()}; check that it runs and that the DSN is right "
                                  "(`keyvault authority show`, `keyvault authority check`)") from None
         conn.add_notice_handler(self._notice)
+        return conn
+
+    def listener(self) -> Any:
+        """A new autocommit connection listening on the change channel (the caller closes it)."""
+        conn = self._connect()
+        conn.autocommit = True
+        conn.execute(f"LISTEN {CHANNEL}")
         return conn
 
     def _notice(self, diag: Any) -> None:
@@ -270,6 +280,7 @@ class PostgresAuthority:
                 ) SELECT count(*) FROM ins""", {"serial": _signed(serial), "state": VOIDED, "text": reason,
                                                  "now": now})
             if cur.fetchone()[0]:
+                cur.execute(_NOTIFY)
                 return VOIDED, reason, now
             cur.execute("SELECT state, text, at_ms FROM keyvault_keys WHERE serial = %s", (_signed(serial),))
             row = cur.fetchone()
@@ -290,6 +301,7 @@ class PostgresAuthority:
                 ) INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
                   SELECT change, 'blacklist', target, reason, at_ms FROM ins""",
                         {"target": target, "level": level, "shown": shown, "reason": reason, "now": now})
+            cur.execute(_NOTIFY)
 
         self._run(work, decisive=False)
 
@@ -301,7 +313,10 @@ class PostgresAuthority:
                 INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
                 SELECT nextval('keyvault_change'), 'lift', target, %(reason)s, %(now)s FROM del
                 RETURNING change""", {"target": target, "reason": reason, "now": now})
-            return cur.fetchone() is not None
+            lifted = cur.fetchone() is not None
+            if lifted:
+                cur.execute(_NOTIFY)
+            return lifted
 
         return self._run(work, decisive=False)
 

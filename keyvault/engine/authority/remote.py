@@ -9,6 +9,10 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -225,6 +229,7 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
         raise
     engine.authority = authority
     catch_up(engine)
+    follow(engine)
     return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
             "newest_change": cursor}
 
@@ -240,6 +245,9 @@ def unbind(engine: Any) -> dict[str, Any]:
         txn.bump_generation()
 
     shown = engine.authority.shown
+    if engine.follower is not None:
+        engine.follower.stop()
+        engine.follower = None
     if isinstance(engine.authority, PostgresAuthority):  # take every decision the other nodes made along
         while catch_up(engine) >= 10_000:
             pass
@@ -285,6 +293,62 @@ def status(engine: Any) -> dict[str, Any]:
 # -- catching up -----------------------------------------------------------------------------------------
 
 
+def follow(engine: Any) -> None:
+    """Start keeping this process's cache current, when the engine reaches a PostgreSQL authority
+    (KEYVAULT_AUTHORITY_FOLLOW=0 leaves it to explicit catch-ups)."""
+    if engine.follower is None and isinstance(engine.authority, PostgresAuthority) \
+            and os.environ.get("KEYVAULT_AUTHORITY_FOLLOW", "1") != "0":
+        engine.follower = Follower(engine)
+
+
+class Follower:
+    """A background thread keeping one process's node cache current: it applies the authority's changes when
+    a NOTIFY says some were committed, and polls by change number every ``interval`` seconds regardless."""
+
+    def __init__(self, engine: Any, interval: float = 1.0) -> None:
+        self._engine = weakref.ref(engine)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            engine = self._engine()
+            if engine is None or not isinstance(engine.authority, PostgresAuthority):
+                break
+            try:
+                if conn is None:
+                    conn = engine.authority.listener()
+                while catch_up(engine) >= 10_000:
+                    pass
+                del engine
+                until = time.monotonic() + self._interval
+                while not self._stop.is_set() and time.monotonic() < until:  # short waits: close() is quick
+                    if list(conn.notifies(timeout=0.1, stop_after=1)):
+                        break
+            except Exception:  # noqa: BLE001 - a lost connection or a busy store: try again after a pause
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001 - it is being dropped anyway
+                        pass
+                conn = None
+                self._stop.wait(self._interval)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing at exit
+                pass
+
+    def stop(self) -> None:
+        """Stop following and wait (briefly) for the thread to end."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+
 def catch_up(engine: Any, limit: int = 10_000) -> int:
     """Apply the authority's changes since this node's cursor to its cache (redeems, voids, blacklist
     entries); how many were read. Idempotent: each change is applied as the authority holds it now."""
@@ -302,6 +366,16 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
         elif target is not None:  # applied as the authority holds it now (a later lift wins over the add)
             targets[target] = (None, text, at) if now_held is None else now_held
     newest = max(c[0] for c in changes)
+    with engine.store.read() as txn:
+        overlay = engine.ledger.sync(txn, txn.head())
+        decided = {s: d for s, d in decided.items() if s not in overlay
+                   and (record := txn.get("cards", u64(s))) is not None and record[0] == ACTIVE}
+        targets = {raw: held for raw, held in targets.items()
+                   if (old := txn.get("blacklist", raw)) is None and held[0] is not None
+                   or old is not None and (held[0] is None or load(old).get("reason") != held[1])}
+        stored = txn.get("meta", CURSOR_KEY)
+        if not decided and not targets and stored is not None and from_u64(stored) >= newest:
+            return len(changes)  # nothing new for this node: no write
     if decided:
         cache(engine, decided)
 
