@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from .cluster_demo import run_demo
 from .cluster_local import LocalCluster
-from .output import emit, handle_errors, json_option
+from .output import EXIT_ERROR, emit, handle_errors, json_option
 
 _DIR = click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The cluster's directory (its state file, data and logs).")
@@ -70,3 +71,15 @@ def down(root: Path, as_json: bool) -> None:
     stopped = LocalCluster(root).down()
     emit(as_json, {"stopped": stopped},
          "\n".join(f"stopped {p['name']} (pid {p['pid']})" for p in stopped) or "nothing was running")
+
+
+@local.command("demo")
+@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to start the cluster (default: a new directory under /var/tmp).")
+@click.option("--keep", is_flag=True, help="Leave the cluster running at the end.")
+@handle_errors
+def demo(root: Path | None, keep: bool) -> None:
+    """The story: two nodes, redeems across them, the primary killed under load, the checker's summary."""
+    if not run_demo(root, click.echo, keep=keep):
+        click.echo("the checker found acknowledged redeems lost or doubled (above)", err=True)
+        raise SystemExit(EXIT_ERROR)

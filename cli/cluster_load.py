@@ -357,3 +357,48 @@ def longest_gap(answers: list[Answer], start: float, end: float) -> float:
         return end - start
     points = [start, *times, end]
     return max((b - a for a, b in zip(points, points[1:])), default=0.0)
+
+
+def provision(state: dict[str, Any], count: int, product: str = "POINTS-100") -> dict[str, str]:
+    """Issue ``count`` keys from a supplier store in the cluster's directory and import them on every node.
+
+    Returns serial -> key (kept in memory only: the keys file is removed once read).
+    """
+    import csv
+    from pathlib import Path
+
+    from keyvault import Identity, Vault
+
+    base = Path(state["dir"]) / "supplier"
+    base.mkdir(mode=0o700, exist_ok=True)
+    identity = Identity.generate("Cluster Supplier")
+    n = len(list(base.glob("batch*.kvm")))
+    keys_csv, manifest = base / f"keys{n}.csv", base / f"batch{n}.kvm"
+    store = base / "store"
+    with (Vault.open(store) if store.exists() else Vault.init(store)) as supplier:
+        supplier.issue_batch(identity, product, count, keys_out=keys_csv, manifest_out=manifest)
+    with open(keys_csv, newline="") as fh:
+        keys = {row["serial"]: row["key"] for row in csv.DictReader(fh)}
+    keys_csv.unlink()
+    for node in state["nodes"]:
+        with Vault.open(node["store"]) as vault:
+            vault.trust(identity.public)
+            vault.import_manifest(manifest)
+    return keys
+
+
+def authority_holdings(dsn: str, timeout: float = 60.0) -> dict[str, str]:
+    """serial -> order (or void reason) as the authority in PostgreSQL holds it, read from the primary."""
+    from keyvault.formats.keyformat import serial_text
+
+    psycopg = _psycopg()
+    deadline_at = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+                rows = conn.execute("SELECT serial, text FROM keyvault_keys").fetchall()
+            return {serial_text(serial % (1 << 64)): str(text) for serial, text in rows}
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline_at:
+                raise
+            time.sleep(0.5)

@@ -41,3 +41,17 @@ def cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.down()
+
+
+@pytest.fixture
+def node_cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
+    """A running cluster with two keyvault nodes bound to it, stopped after the test."""
+    need_cluster()
+    local = LocalCluster(cluster_dir)
+    try:
+        local.up(nodes=2, node_workers=2)
+        state = local.load()
+        assert state is not None and state["authority_command"], "this keyvault has no `authority` command"
+        yield local
+    finally:
+        local.down()
