@@ -359,8 +359,10 @@ def longest_gap(answers: list[Answer], start: float, end: float) -> float:
     return max((b - a for a, b in zip(points, points[1:])), default=0.0)
 
 
-def provision(state: dict[str, Any], count: int, product: str = "POINTS-100") -> dict[str, str]:
-    """Issue ``count`` keys from a supplier store in the cluster's directory and import them on every node.
+def provision(state: dict[str, Any], count: int, product: str = "POINTS-100",
+              also: tuple[str, ...] = ()) -> dict[str, str]:
+    """Issue ``count`` keys from a supplier store in the cluster's directory and import them on every node
+    (and into the stores in ``also``, created when missing).
 
     Returns serial -> key (kept in memory only: the keys file is removed once read).
     """
@@ -380,8 +382,8 @@ def provision(state: dict[str, Any], count: int, product: str = "POINTS-100") ->
     with open(keys_csv, newline="") as fh:
         keys = {row["serial"]: row["key"] for row in csv.DictReader(fh)}
     keys_csv.unlink()
-    for node in state["nodes"]:
-        with Vault.open(node["store"]) as vault:
+    for path in [node["store"] for node in state["nodes"]] + list(also):
+        with (Vault.open(path) if Path(path).exists() else Vault.init(path)) as vault:
             vault.trust(identity.public)
             vault.import_manifest(manifest)
     return keys
