@@ -229,6 +229,8 @@ class Load:
                 if len(self.errors) < 50:
                     self.errors.append(str(exc)[:300])
                 time.sleep(0.05)
+            except Exception as exc:  # noqa: BLE001 - an answer that is neither definite nor unknown: judged
+                outcome, holder, server = f"exception {type(exc).__name__}: {exc}"[:300], None, 0
             with self._lock:
                 self.answers.append(Answer(serial, order, outcome, holder, time.monotonic(), index, sent, server))
         close = getattr(redeem, "close", None)

@@ -155,3 +155,58 @@ def test_a_blacklist_or_void_on_one_node_refuses_a_redeem_on_the_other_at_once(n
     assert status == 200 and doc["status"] == "redeemed" and doc["order_id"] == "o-2", doc
     status, doc = _post(a, "/v1/redeem", {"key": keys[serials[1]], "order_id": "o-2"})  # the retry, elsewhere
     assert status == 200 and doc["status"] == "accepted", doc
+
+
+def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluster: LocalCluster) -> None:
+    """A third node (the library, in this process) reaches the cluster through relays the test severs: while
+    cut off it accepts nothing and answers every redeem unknown or unavailable (503); the two other nodes
+    go on; healed, it accepts again; the checker finds nothing lost or doubled."""
+    from cluster_support import Proxy
+
+    state = _state(node_cluster)
+    proxies = [Proxy(member["pg_port"]) for member in state["members"]]
+    third = node_cluster.root / "nodes" / "node3-cut" / "store"
+    third.parent.mkdir(parents=True)
+    keys = provision(state, 5_000, also=(str(third),))
+    password = state["passwords"]["keyvault"]
+    hosts = ",".join(f"127.0.0.1:{p.port}" for p in proxies)
+    vault = Vault.open(third)
+    try:
+        vault.authority.set(f"postgresql://keyvault:{password}@{hosts}/keyvault"
+                            "?target_session_attrs=read-write&connect_timeout=3")
+        nodes = state["nodes"]
+
+        def make(i: int) -> Redeem:
+            if i >= 6:
+                return VaultClient(vault, keys, server=-3)
+            return HttpClient(nodes[i % 2]["url"], nodes[i % 2]["admin_token"], keys)
+
+        load = Load(make, sorted(keys), clients=8, orders_per_serial=2).start()
+        try:
+            _wait_accepting(load, time.monotonic() - 1)
+            time.sleep(2)
+            for proxy in proxies:
+                proxy.cut()
+            cut = time.monotonic()
+            time.sleep(8)
+            with load._lock:  # noqa: SLF001 - reading the answers so far
+                during = [a for a in load.answers if a.sent > cut + 0.5]
+            for proxy in proxies:
+                proxy.heal()
+            healed = time.monotonic()
+            deadline = healed + 60
+            while not any(a.server == -3 and a.outcome == "accepted" and a.sent > healed for a in list(load.answers)):
+                assert time.monotonic() < deadline, f"the cut-off node never recovered: {load.errors[-5:]}"
+                time.sleep(0.2)
+        finally:
+            answers = load.stop()
+    finally:
+        vault.close()
+        for proxy in proxies:
+            proxy.close()
+    verdict = _judge(state, answers, "a node cut off from PostgreSQL for 8 s")
+    cut_off = [a for a in during if a.server == -3]
+    others = [a for a in during if a.server != -3]
+    assert cut_off and all(a.outcome == "unknown" for a in cut_off), {a.outcome for a in cut_off}
+    assert sum(a.outcome == "accepted" for a in others) > 10, "the other nodes stopped while one was cut off"
+    assert verdict.acknowledged > 100
