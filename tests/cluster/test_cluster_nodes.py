@@ -14,6 +14,8 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
+
 from keyvault import Vault
 from keyvault.cli.cluster_load import (
     HttpClient,
@@ -157,7 +159,14 @@ def test_a_blacklist_or_void_on_one_node_refuses_a_redeem_on_the_other_at_once(n
     assert status == 200 and doc["status"] == "accepted", doc
 
 
-def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluster: LocalCluster) -> None:
+FROZEN_GAP = ("a PostgreSQL that stops answering while its TCP connections stay up (a hung primary: its kernel "
+              "still acknowledges, so keepalives and tcp_user_timeout never fire) holds the node's redeems with no "
+              "answer at all until the connection is closed: the authority sets no deadline of its own")
+
+
+@pytest.mark.parametrize("freeze", [False, pytest.param(True, marks=pytest.mark.xfail(reason=FROZEN_GAP))],
+                         ids=["severed", "frozen"])
+def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluster: LocalCluster, freeze: bool) -> None:
     """A third node (the library, in this process) reaches the cluster through relays the test severs: while
     cut off it accepts nothing and answers every redeem unknown or unavailable (503); the two other nodes
     go on; healed, it accepts again; the checker finds nothing lost or doubled."""
@@ -186,9 +195,9 @@ def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluste
             _wait_accepting(load, time.monotonic() - 1)
             time.sleep(2)
             for proxy in proxies:
-                proxy.cut()
+                proxy.cut(freeze=freeze)
             cut = time.monotonic()
-            time.sleep(8)
+            time.sleep(30 if freeze else 8)  # frozen: past the connections' TCP deadlines (15 s)
             with load._lock:  # noqa: SLF001 - reading the answers so far
                 during = [a for a in load.answers if a.sent > cut + 0.5]
             for proxy in proxies:
@@ -204,7 +213,7 @@ def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluste
         vault.close()
         for proxy in proxies:
             proxy.close()
-    verdict = _judge(state, answers, "a node cut off from PostgreSQL for 8 s")
+    verdict = _judge(state, answers, f"a node cut off from PostgreSQL ({'frozen 30 s' if freeze else 'severed 8 s'})")
     cut_off = [a for a in during if a.server == -3]
     others = [a for a in during if a.server != -3]
     assert cut_off and all(a.outcome == "unknown" for a in cut_off), {a.outcome for a in cut_off}
