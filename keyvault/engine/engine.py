@@ -825,10 +825,19 @@ class Engine(State):
         return issuing.import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
                             valid_until, progress)
 
-    def import_manifest(self, path: str | os.PathLike[str], *,
-                        progress: Progress | None = None) -> tuple[BatchInfo, bool]:
-        """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
-        return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+    def import_manifest(self, path: str | os.PathLike[str], *, progress: Progress | None = None,
+                        register: bool = True) -> tuple[BatchInfo, bool]:
+        """Import a supplier's signed manifest: (batch, True if it was new, False if already here).
+
+        On a node bound to an authority the file also goes into the authority's registry (``register``), and
+        every other node imports it on its next catch-up.
+        """
+        done = issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+        if register and self.authority.remote:
+            from .authority import remote
+
+            remote.register_manifest(self, Path(path))
+        return done
 
     # -- backup and restore (the work is in backup.py) -----------------------------------------
 

@@ -226,3 +226,41 @@ def test_a_canceled_wait_for_the_synchronous_standby_is_never_accepted(
     time.sleep(0.3)
     assert b.redeem(batch.keys[5], "sync-1").status is Status.ACCEPTED  # it was committed locally after all
     assert b.redeem(batch.keys[5], "sync-2").status is Status.REDEEMED
+
+
+def test_a_manifest_imported_on_one_node_travels_to_the_others(
+        tmp_path: Path, supplier: Identity, supplier_store: Vault, batch: Issued, authority_dsn: str,
+        pg_server: PgServer) -> None:
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)
+    b = node(tmp_path / "b", supplier, batch, authority_dsn)
+    stranger = Vault.init(tmp_path / "c")  # pins no one: it cannot import what it is sent
+    stranger.authority.set(authority_dsn)
+    try:
+        fresh = issue(supplier_store, supplier, tmp_path / "more", count=10, product="POINTS-50")
+        a.import_manifest(fresh.manifest)
+        eventually(lambda: b.verify(fresh.keys[0]).status is Status.VALID, "B never imported the manifest", 15)
+        assert b.redeem(fresh.keys[1], "m-1").status is Status.ACCEPTED
+        assert a.redeem(fresh.keys[1], "m-2").status is Status.REDEEMED
+        assert stranger.verify(fresh.keys[0]).status is Status.UNKNOWN
+        pending = stranger.authority.check()["manifests_not_imported"]
+        assert len(pending) == 1 and all("trust add" in why for why in pending.values())  # the one imported bound
+        # A registry copy altered in the database is refused by every node that fetches it.
+        dbname = authority_dsn.split("dbname=")[1].split()[0]
+        late = issue(supplier_store, supplier, tmp_path / "late", count=5, product="POINTS-20")
+        a.import_manifest(late.manifest)
+        pg_server.sql("UPDATE keyvault_manifests SET body = overlay(body placing '\\x00'::bytea from 200 for 1) "
+                      "WHERE change = (SELECT max(change) FROM keyvault_manifests)", dbname)
+        fresh_node = node(tmp_path / "d", supplier, batch, authority_dsn)
+        try:
+            fresh_node.authority.catch_up()
+            assert fresh_node.verify(fresh.keys[1]).status is Status.REDEEMED  # the sound one came, with its redeem
+            assert fresh_node.verify(fresh.keys[2]).status is Status.VALID
+            assert fresh_node.verify(late.keys[0]).status is Status.UNKNOWN
+            why = fresh_node.authority.check()["manifests_not_imported"]
+            assert any("altered" in text for text in why.values())
+        finally:
+            fresh_node.close()
+    finally:
+        a.close()
+        b.close()
+        stranger.close()

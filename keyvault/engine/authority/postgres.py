@@ -320,6 +320,42 @@ class PostgresAuthority:
 
         return self._run(work, decisive=False)
 
+    # -- the manifest registry --------------------------------------------------------------------------
+
+    def put_manifest(self, digest: bytes, body: bytes, now: int) -> bool:
+        """Put a signed manifest file in force for every node (by its SHA-256); False when it was already."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH ins AS (
+                    INSERT INTO keyvault_manifests (hash, body, at_ms, change)
+                    VALUES (%s, %s, %s, nextval('keyvault_change'))
+                    ON CONFLICT (hash) DO NOTHING RETURNING change, hash, at_ms
+                ) INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                  SELECT change, 'manifest', hash, '', at_ms FROM ins RETURNING change""", (digest, body, now))
+            added = cur.fetchone() is not None
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def manifest_hashes(self) -> list[bytes]:
+        """The SHA-256 of every manifest in the registry, oldest first."""
+        def work(cur: Any) -> list[bytes]:
+            cur.execute("SELECT hash FROM keyvault_manifests ORDER BY change")
+            return [bytes(r[0]) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    def manifest(self, digest: bytes) -> bytes | None:
+        """A registered manifest file's bytes, or None."""
+        def work(cur: Any) -> bytes | None:
+            cur.execute("SELECT body FROM keyvault_manifests WHERE hash = %s", (digest,))
+            row = cur.fetchone()
+            return None if row is None else bytes(row[0])
+
+        return self._run(work, decisive=False)
+
     # -- moving a store's own state in, and looking at the authority ----------------------------------
 
     def migrate(self, keys: list[tuple[int, int, str, int]], entries: list[tuple[bytes, str, str, str, int]]

@@ -9,17 +9,20 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import threading
 import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ... import _fast
 from ...clock import iso, now_ms
-from ...errors import AuthorityError, ConflictError, NotFoundError, UsageError
+from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
 from ...formats.keyformat import batch_key
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
@@ -46,6 +49,49 @@ def connect(dsn: str, reach: bool = True) -> PostgresAuthority | DetachedAuthori
     return PostgresAuthority(dsn) if reach else DetachedAuthority(dsn)
 
 
+#: Meta key prefix: + SHA-256 of a registry manifest this node has imported.
+MANIFEST_PREFIX = b"authority_manifest/"
+#: Seconds before a registry manifest this node could not import (an unpinned signer) is tried again.
+RETRY_MANIFEST = 30.0
+#: Per engine: registry manifests it could not import, by hash: (when it last tried, why).
+_FAILURES: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, str]]] = weakref.WeakKeyDictionary()
+
+
+def register_manifest(engine: Any, path: Path) -> bool:
+    """After a bound node imported ``path``: put it in the authority's registry, in force for every node."""
+    body = path.read_bytes()
+    digest = hashlib.sha256(body).digest()
+    added = engine.authority.put_manifest(digest, body, now_ms())
+    engine.store.write(lambda txn: txn.put("meta", MANIFEST_PREFIX + digest, u64(now_ms())))
+    return bool(added)
+
+
+def fetch_manifests(engine: Any) -> dict[str, str]:
+    """Import the registry's manifests this node does not hold yet (bytes fetched by hash, hash and signature
+    checked); the ones it could not import, by hash, with why (retried after RETRY_MANIFEST seconds)."""
+    failed = _FAILURES.setdefault(engine, {})
+    with engine.store.read() as txn:
+        missing = [d for d in engine.authority.manifest_hashes() if txn.get("meta", MANIFEST_PREFIX + d) is None]
+    for digest in missing:
+        seen = failed.get(digest.hex())
+        if seen is not None and time.monotonic() - seen[0] < RETRY_MANIFEST:
+            continue
+        body = engine.authority.manifest(digest)
+        try:
+            if body is None or hashlib.sha256(body).digest() != digest:
+                raise ManifestError("the registry's copy does not hash to its name: it was altered in the database")
+            with tempfile.TemporaryDirectory(dir=engine.path) as scratch:
+                copy = Path(scratch) / f"{digest.hex()[:16]}.kvm"
+                copy.write_bytes(body)
+                engine.import_manifest(copy, register=False)
+        except KeyvaultError as exc:
+            failed[digest.hex()] = (time.monotonic(), str(exc))
+            continue
+        failed.pop(digest.hex(), None)
+        engine.store.write(lambda txn, d=digest: txn.put("meta", MANIFEST_PREFIX + d, u64(now_ms())))
+    return {h: why for h, (_, why) in failed.items()}
+
+
 class DetachedAuthority:
     """A bound store opened without reaching its authority: verify reads the cache; decisions are refused."""
 
@@ -61,7 +107,7 @@ class DetachedAuthority:
         raise AuthorityError(f"this store was opened without connecting to its authority ({self.shown}): "
                              "open it normally to redeem, void or blacklist; nothing was changed")
 
-    redeem = void = blacklist = lift = check = changes_since = _refuse
+    redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -286,7 +332,7 @@ def status(engine: Any) -> dict[str, Any]:
     doc = engine.authority.check()
     applied = cursor(engine)
     doc.update(authority=engine.authority.shown, cache_change=applied,
-               cache_lag=max(0, doc["newest_change"] - applied))
+               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine))
     return doc
 
 
@@ -354,6 +400,7 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
     entries); how many were read. Idempotent: each change is applied as the authority holds it now."""
     if not engine.authority.remote:
         return 0
+    fetch_manifests(engine)  # first: the redeems that follow may be of its keys
     start = cursor(engine)
     changes = engine.authority.changes_since(max(0, start - REREAD), limit)
     if not changes:

@@ -39,5 +39,11 @@ SCHEMA = [
         target bytea,
         text text NOT NULL,
         at_ms bigint NOT NULL)""",
+    # Signed manifest files by their SHA-256: imported on one node, fetched and checked by every other.
+    """CREATE TABLE IF NOT EXISTS keyvault_manifests (
+        hash bytea PRIMARY KEY,
+        body bytea NOT NULL,
+        at_ms bigint NOT NULL,
+        change bigint NOT NULL)""",
     f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
