@@ -613,6 +613,11 @@ class Engine(State):
         """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
         who, what = check_name(name), check_scope(scope)
         token = new_token()
+        if self.authority.remote:  # every node's token: decided by the authority
+            from .authority import remote
+
+            remote.create_token(self, who, {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()})
+            return token
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)
@@ -627,6 +632,11 @@ class Engine(State):
     def revoke_token(self, name: str) -> None:
         """Revoke a token: every server process refuses it from its next request on."""
         who = check_name(name)
+        if self.authority.remote:
+            from .authority import remote
+
+            remote.revoke_token(self, who)
+            return
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)

@@ -264,3 +264,42 @@ def test_a_manifest_imported_on_one_node_travels_to_the_others(
         a.close()
         b.close()
         stranger.close()
+
+
+def _python(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_psycopg_is_imported_only_by_a_bound_store(tmp_path: Path, supplier: Identity, batch: Issued,
+                                                     authority_dsn: str) -> None:
+    node(tmp_path / "free", supplier, batch, None).close()
+    node(tmp_path / "bound", supplier, batch, authority_dsn).close()
+    probe = ("import sys; from keyvault import Vault; v = Vault.open({!r}); v.verify('x'); "
+             "print('psycopg' in sys.modules); v.close()")
+    assert _python(probe.format(str(tmp_path / "free"))) == "False"
+    assert _python(probe.format(str(tmp_path / "bound"))) == "True"
+    # Without psycopg, opening a bound store says what to do; opening it detached still works.
+    missing = ("import sys; sys.modules['psycopg'] = None; from keyvault import Vault, AuthorityError\n"
+               "try:\n    Vault.open({path!r})\nexcept AuthorityError as exc:\n    print(exc)\n"
+               "v = Vault.open({path!r}, authority=False); print(v.authority.show()['bound']); v.close()")
+    out = _python(missing.format(path=str(tmp_path / "bound")))
+    assert "pip install 'psycopg[binary]'" in out and out.endswith("True")
+
+
+def test_tokens_are_every_nodes(nodes: tuple[Vault, Vault]) -> None:
+    a, b = nodes
+    token = a.tokens.create("shop", "redeem")
+    assert a.authorize(token) is not None
+    eventually(lambda: b.authorize(token) is not None, "B never learned the token", 15)
+    with pytest.raises(ConflictError):
+        b.tokens.create("shop", "verify")  # the name is taken on the other node
+    b.tokens.revoke("shop")
+    assert b.authorize(token) is None
+    eventually(lambda: a.authorize(token) is None, "A never learned the revocation", 15)
+    with pytest.raises(NotFoundError):
+        a.tokens.revoke("shop")

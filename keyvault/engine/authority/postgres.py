@@ -320,6 +320,52 @@ class PostgresAuthority:
 
         return self._run(work, decisive=False)
 
+    # -- service tokens ------------------------------------------------------------------------------------
+
+    def add_tokens(self, entries: dict[str, dict[str, Any]], now: int) -> list[str]:
+        """Add tokens (name -> {hash, scope, created}); the names that were new (the others are kept as they are)."""
+        def work(cur: Any) -> list[str]:
+            names = sorted(entries)
+            cur.execute("""
+                WITH i AS (SELECT * FROM unnest(%(n)s::text[], %(h)s::text[], %(s)s::text[], %(c)s::bigint[])
+                           AS t(name, hash, scope, created)),
+                ins AS (INSERT INTO keyvault_tokens (name, hash, scope, created, change)
+                        SELECT name, hash, scope, created, nextval('keyvault_change') FROM i
+                        ON CONFLICT (name) DO NOTHING RETURNING change, name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT change, 'token', name, %(now)s FROM ins RETURNING text""",
+                        {"n": names, "h": [entries[n]["hash"] for n in names],
+                         "s": [entries[n]["scope"] for n in names], "c": [entries[n]["created"] for n in names],
+                         "now": now})
+            added = [r[0] for r in cur.fetchall()]
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        """Revoke a token for every node; False when there was none of that name."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH del AS (DELETE FROM keyvault_tokens WHERE name = %s RETURNING name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT nextval('keyvault_change'), 'token', name, %s FROM del RETURNING change""", (name, now))
+            gone = cur.fetchone() is not None
+            if gone:
+                cur.execute(_NOTIFY)
+            return gone
+
+        return self._run(work, decisive=False)
+
+    def tokens(self) -> dict[str, dict[str, Any]]:
+        """Every token: name -> {hash, scope, created}."""
+        def work(cur: Any) -> dict[str, dict[str, Any]]:
+            cur.execute("SELECT name, hash, scope, created FROM keyvault_tokens")
+            return {r[0]: {"hash": r[1], "scope": r[2], "created": int(r[3])} for r in cur.fetchall()}
+
+        return self._run(work, decisive=False)
+
     # -- the manifest registry --------------------------------------------------------------------------
 
     def put_manifest(self, digest: bytes, body: bytes, now: int) -> bool:

@@ -31,6 +31,8 @@ from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUP
 from ..catalog import blacklist_target
 from ..guard import counter_scopes
 from ..lookup import check
+from ..tokens import save as save_tokens
+from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
 
@@ -64,6 +66,31 @@ def register_manifest(engine: Any, path: Path) -> bool:
     added = engine.authority.put_manifest(digest, body, now_ms())
     engine.store.write(lambda txn: txn.put("meta", MANIFEST_PREFIX + digest, u64(now_ms())))
     return bool(added)
+
+
+def sync_tokens(engine: Any) -> None:
+    """Make this node's tokens the authority's (a token created or revoked on any node, here too)."""
+    held = engine.authority.tokens()
+
+    def work(txn: Txn) -> None:
+        if stored_tokens(txn) != held:
+            save_tokens(txn, held)
+
+    engine.store.write(work)
+
+
+def create_token(engine: Any, name: str, entry: dict[str, Any]) -> None:
+    """A token made on this node, added for every node (ConflictError when the name is taken)."""
+    if not engine.authority.add_tokens({name: entry}, now_ms()):
+        raise ConflictError(f"a token named {name} exists: revoke it first, or choose another name")
+    sync_tokens(engine)
+
+
+def revoke_token(engine: Any, name: str) -> None:
+    """A token revoked for every node (NotFoundError when there is none of that name)."""
+    if not engine.authority.revoke_token(name, now_ms()):
+        raise NotFoundError(f"no token named {name}; `keyvault token list` shows the tokens")
+    sync_tokens(engine)
 
 
 def fetch_manifests(engine: Any) -> dict[str, str]:
@@ -108,6 +135,7 @@ class DetachedAuthority:
                              "open it normally to redeem, void or blacklist; nothing was changed")
 
     redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
+    add_tokens = revoke_token = tokens = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -262,6 +290,10 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
                                 "entries of its own: bind it with --migrate to move them into the authority (in "
                                 "one transaction, counted back), or bind a store that has decided nothing yet")
         moved = authority.migrate(keys, entries) if keys or entries else {"keys": 0, "blacklist": 0}
+        with engine.store.read() as txn:
+            mine = stored_tokens(txn)
+        if mine:  # this node's tokens become every node's (a name taken already keeps the authority's)
+            authority.add_tokens(mine, now_ms())
         cursor = authority.check()["newest_change"]
 
         def work(txn: Txn) -> None:
@@ -274,6 +306,7 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
         authority.close()
         raise
     engine.authority = authority
+    sync_tokens(engine)
     catch_up(engine)
     follow(engine)
     return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
@@ -407,6 +440,8 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
         return 0
     decided: dict[int, tuple[int, str, int]] = {}
     targets: dict[bytes, tuple[str | None, str, int]] = {}
+    if any(c[1] == "token" for c in changes):
+        sync_tokens(engine)
     for change, kind, serial, target, text, at, now_held in changes:
         if kind in ("redeem", "void") and serial is not None:
             decided.setdefault(serial, (REDEEMED if kind == "redeem" else VOIDED, text, at))

@@ -45,5 +45,12 @@ SCHEMA = [
         body bytea NOT NULL,
         at_ms bigint NOT NULL,
         change bigint NOT NULL)""",
+    # Service tokens (their hashes only), valid on every node.
+    """CREATE TABLE IF NOT EXISTS keyvault_tokens (
+        name text PRIMARY KEY,
+        hash text NOT NULL,
+        scope text NOT NULL,
+        created bigint NOT NULL,
+        change bigint NOT NULL)""",
     f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
