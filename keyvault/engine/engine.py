@@ -761,13 +761,20 @@ class Engine(State):
     def trust(self, identity: PublicIdentity, role: str = "supplier") -> TrustRecord:
         """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
         role = Role.parse(role).value
-        return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
+        done = self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
                                                        identity.public_key, role, now_ms()))
+        if self.authority.remote:  # every node's pin
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, role, True)], now_ms())
+        return done
 
     def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
-        return self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
+        done = self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
                                                          now_ms()))
+        if self.authority.remote:  # unpinned on every node
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, done["role"], False)],
+                                     now_ms())
+        return done
 
     def trusted(self) -> list[TrustEntry]:
         """Every pinned identity."""

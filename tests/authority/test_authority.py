@@ -303,3 +303,23 @@ def test_tokens_are_every_nodes(nodes: tuple[Vault, Vault]) -> None:
     eventually(lambda: a.authorize(token) is None, "A never learned the revocation", 15)
     with pytest.raises(NotFoundError):
         a.tokens.revoke("shop")
+
+
+def test_trust_pins_are_every_nodes(tmp_path: Path, supplier: Identity, supplier_store: Vault, batch: Issued,
+                                    authority_dsn: str) -> None:
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)  # pins the supplier: the authority now does too
+    bare = Vault.init(tmp_path / "b")
+    bare.authority.set(authority_dsn)
+    other = Identity.generate("Other Supplier")
+    try:
+        assert [e["fingerprint"] for e in bare.trust.list()] == [supplier.public.fingerprint]
+        a.trust.add(other.public)
+        eventually(lambda: len(bare.trust.list()) == 2, "B never pinned the new identity", 15)
+        fresh = issue(supplier_store, supplier, tmp_path / "x", count=5, product="P-5")
+        a.import_manifest(fresh.manifest)
+        eventually(lambda: bare.verify(fresh.keys[0]).status is Status.VALID, "B never imported the manifest", 15)
+        bare.trust.remove(other.public)
+        eventually(lambda: len(a.trust.list()) == 1, "A never unpinned it", 15)
+    finally:
+        a.close()
+        bare.close()

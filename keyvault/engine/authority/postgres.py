@@ -366,6 +366,36 @@ class PostgresAuthority:
 
         return self._run(work, decisive=False)
 
+    # -- trust pins ----------------------------------------------------------------------------------------
+
+    def put_trust(self, pins: list[tuple[bytes, str, int, str, bool]], now: int, *, replace: bool = True) -> None:
+        """Pin or unpin identities for every node: (public key, name, prefix, role, pinned); ``replace`` False
+        keeps what the authority holds for a key already there."""
+        def work(cur: Any) -> None:
+            conflict = ("DO UPDATE SET pinned = excluded.pinned, role = excluded.role, change = excluded.change"
+                        if replace else "DO NOTHING")
+            cur.execute(f"""
+                WITH i AS (SELECT * FROM unnest(%(k)s::bytea[], %(n)s::text[], %(p)s::bigint[], %(r)s::text[],
+                                                %(y)s::boolean[]) AS t(public_key, name, prefix, role, pinned)),
+                ins AS (INSERT INTO keyvault_trust (public_key, name, prefix, role, pinned, change)
+                        SELECT public_key, name, prefix, role, pinned, nextval('keyvault_change') FROM i
+                        ON CONFLICT (public_key) {conflict} RETURNING change, public_key, name)
+                INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                SELECT change, 'trust', public_key, name, %(now)s FROM ins""",
+                        {"k": [p[0] for p in pins], "n": [p[1] for p in pins], "p": [p[2] for p in pins],
+                         "r": [p[3] for p in pins], "y": [p[4] for p in pins], "now": now})
+            cur.execute(_NOTIFY)
+
+        self._run(work, decisive=False)
+
+    def trust_pins(self) -> list[tuple[bytes, str, int, str, bool]]:
+        """Every identity the authority pins or unpinned: (public key, name, prefix, role, pinned)."""
+        def work(cur: Any) -> list[tuple[bytes, str, int, str, bool]]:
+            cur.execute("SELECT public_key, name, prefix, role, pinned FROM keyvault_trust ORDER BY change")
+            return [(bytes(r[0]), r[1], int(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
     # -- the manifest registry --------------------------------------------------------------------------
 
     def put_manifest(self, digest: bytes, body: bytes, now: int) -> bool:

@@ -23,11 +23,12 @@ from typing import Any
 from ... import _fast
 from ...clock import iso, now_ms
 from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
-from ...formats.keyformat import batch_key
+from ...formats.keyformat import batch_key, parse_prefix
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
     from_u64, load, u64
+from .. import trust
 from ..catalog import blacklist_target
 from ..guard import counter_scopes
 from ..lookup import check
@@ -77,6 +78,30 @@ def sync_tokens(engine: Any) -> None:
             save_tokens(txn, held)
 
     engine.store.write(work)
+
+
+def sync_trust(engine: Any) -> None:
+    """Pin here what the authority pins, unpin what it unpinned (a key rotated away here stays as it is)."""
+    pins = engine.authority.trust_pins()
+    now = now_ms()
+
+    def work(txn: Txn) -> None:
+        for public_key, name, prefix, role, pinned in pins:
+            cat = engine.current(txn)
+            doc = cat.trusted.get(public_key)
+            if pinned and doc is None:
+                trust.pin(engine, txn, cat, name, prefix, public_key, role, now)
+            elif not pinned and doc is not None and cat.trusts(public_key):
+                trust.unpin(engine, txn, cat, public_key, now)
+
+    engine.store.write(work)
+
+
+def pinned_here(engine: Any) -> list[tuple[bytes, str, int, str, bool]]:
+    """This node's pins, as the authority records them."""
+    cat = engine.catalog()
+    return [(key, doc["name"], parse_prefix(doc["prefix"]), doc["role"], True) for key, doc in cat.trusted.items()
+            if cat.trusts(key)]
 
 
 def create_token(engine: Any, name: str, entry: dict[str, Any]) -> None:
@@ -135,7 +160,7 @@ class DetachedAuthority:
                              "open it normally to redeem, void or blacklist; nothing was changed")
 
     redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
-    add_tokens = revoke_token = tokens = _refuse
+    add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -294,6 +319,9 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
             mine = stored_tokens(txn)
         if mine:  # this node's tokens become every node's (a name taken already keeps the authority's)
             authority.add_tokens(mine, now_ms())
+        pins = pinned_here(engine)
+        if pins:  # and its pins, every node's (a key the authority knows already keeps its state there)
+            authority.put_trust(pins, now_ms(), replace=False)
         cursor = authority.check()["newest_change"]
 
         def work(txn: Txn) -> None:
@@ -307,6 +335,7 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
         raise
     engine.authority = authority
     sync_tokens(engine)
+    sync_trust(engine)
     catch_up(engine)
     follow(engine)
     return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
@@ -442,6 +471,8 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
     targets: dict[bytes, tuple[str | None, str, int]] = {}
     if any(c[1] == "token" for c in changes):
         sync_tokens(engine)
+    if any(c[1] == "trust" for c in changes):
+        sync_trust(engine)
     for change, kind, serial, target, text, at, now_held in changes:
         if kind in ("redeem", "void") and serial is not None:
             decided.setdefault(serial, (REDEEMED if kind == "redeem" else VOIDED, text, at))

@@ -52,5 +52,13 @@ SCHEMA = [
         scope text NOT NULL,
         created bigint NOT NULL,
         change bigint NOT NULL)""",
+    # Pinned identities (supplier, platform, … keys whose signatures nodes accept), for every node.
+    """CREATE TABLE IF NOT EXISTS keyvault_trust (
+        public_key bytea PRIMARY KEY,
+        name text NOT NULL,
+        prefix bigint NOT NULL,
+        role text NOT NULL,
+        pinned boolean NOT NULL,
+        change bigint NOT NULL)""",
     f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
