@@ -613,6 +613,11 @@ class Engine(State):
         """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
         who, what = check_name(name), check_scope(scope)
         token = new_token()
+        if self.authority.remote:  # every node's token: decided by the authority
+            from .authority import remote
+
+            remote.create_token(self, who, {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()})
+            return token
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)
@@ -627,6 +632,11 @@ class Engine(State):
     def revoke_token(self, name: str) -> None:
         """Revoke a token: every server process refuses it from its next request on."""
         who = check_name(name)
+        if self.authority.remote:
+            from .authority import remote
+
+            remote.revoke_token(self, who)
+            return
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)
@@ -751,13 +761,20 @@ class Engine(State):
     def trust(self, identity: PublicIdentity, role: str = "supplier") -> TrustRecord:
         """Pin a public identity: manifests, transfers and lots it signs are accepted from now on."""
         role = Role.parse(role).value
-        return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
+        done = self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
                                                        identity.public_key, role, now_ms()))
+        if self.authority.remote:  # every node's pin
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, role, True)], now_ms())
+        return done
 
     def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
-        return self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
+        done = self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
                                                          now_ms()))
+        if self.authority.remote:  # unpinned on every node
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, done["role"], False)],
+                                     now_ms())
+        return done
 
     def trusted(self) -> list[TrustEntry]:
         """Every pinned identity."""
@@ -825,10 +842,19 @@ class Engine(State):
         return issuing.import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
                             valid_until, progress)
 
-    def import_manifest(self, path: str | os.PathLike[str], *,
-                        progress: Progress | None = None) -> tuple[BatchInfo, bool]:
-        """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
-        return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+    def import_manifest(self, path: str | os.PathLike[str], *, progress: Progress | None = None,
+                        register: bool = True) -> tuple[BatchInfo, bool]:
+        """Import a supplier's signed manifest: (batch, True if it was new, False if already here).
+
+        On a node bound to an authority the file also goes into the authority's registry (``register``), and
+        every other node imports it on its next catch-up.
+        """
+        done = issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+        if register and self.authority.remote:
+            from .authority import remote
+
+            remote.register_manifest(self, Path(path))
+        return done
 
     # -- backup and restore (the work is in backup.py) -----------------------------------------
 

@@ -226,3 +226,95 @@ def test_a_canceled_wait_for_the_synchronous_standby_is_never_accepted(
     time.sleep(0.3)
     assert b.redeem(batch.keys[5], "sync-1").status is Status.ACCEPTED  # it was committed locally after all
     assert b.redeem(batch.keys[5], "sync-2").status is Status.REDEEMED
+
+
+def test_a_manifest_imported_on_one_node_travels_to_the_others(
+        tmp_path: Path, supplier: Identity, supplier_store: Vault, batch: Issued, authority_dsn: str,
+        pg_server: PgServer) -> None:
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)
+    b = node(tmp_path / "b", supplier, batch, authority_dsn)
+    try:
+        fresh = issue(supplier_store, supplier, tmp_path / "more", count=10, product="POINTS-50")
+        a.import_manifest(fresh.manifest)
+        eventually(lambda: b.verify(fresh.keys[0]).status is Status.VALID, "B never imported the manifest", 15)
+        assert b.redeem(fresh.keys[1], "m-1").status is Status.ACCEPTED
+        assert a.redeem(fresh.keys[1], "m-2").status is Status.REDEEMED
+        assert b.authority.check()["manifests_not_imported"] == {}
+        # A registry copy altered in the database is refused by every node that fetches it.
+        dbname = authority_dsn.split("dbname=")[1].split()[0]
+        late = issue(supplier_store, supplier, tmp_path / "late", count=5, product="POINTS-20")
+        a.import_manifest(late.manifest)
+        pg_server.sql("UPDATE keyvault_manifests SET body = overlay(body placing '\\x00'::bytea from 200 for 1) "
+                      "WHERE change = (SELECT max(change) FROM keyvault_manifests)", dbname)
+        fresh_node = node(tmp_path / "d", supplier, batch, authority_dsn)
+        try:
+            fresh_node.authority.catch_up()
+            assert fresh_node.verify(fresh.keys[1]).status is Status.REDEEMED  # the sound one came, with its redeem
+            assert fresh_node.verify(fresh.keys[2]).status is Status.VALID
+            assert fresh_node.verify(late.keys[0]).status is Status.UNKNOWN
+            why = fresh_node.authority.check()["manifests_not_imported"]
+            assert any("altered" in text for text in why.values())
+        finally:
+            fresh_node.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def _python(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_psycopg_is_imported_only_by_a_bound_store(tmp_path: Path, supplier: Identity, batch: Issued,
+                                                     authority_dsn: str) -> None:
+    node(tmp_path / "free", supplier, batch, None).close()
+    node(tmp_path / "bound", supplier, batch, authority_dsn).close()
+    probe = ("import sys; from keyvault import Vault; v = Vault.open({!r}); v.verify('x'); "
+             "print('psycopg' in sys.modules); v.close()")
+    assert _python(probe.format(str(tmp_path / "free"))) == "False"
+    assert _python(probe.format(str(tmp_path / "bound"))) == "True"
+    # Without psycopg, opening a bound store says what to do; opening it detached still works.
+    missing = ("import sys; sys.modules['psycopg'] = None; from keyvault import Vault, AuthorityError\n"
+               "try:\n    Vault.open({path!r})\nexcept AuthorityError as exc:\n    print(exc)\n"
+               "v = Vault.open({path!r}, authority=False); print(v.authority.show()['bound']); v.close()")
+    out = _python(missing.format(path=str(tmp_path / "bound")))
+    assert "pip install 'psycopg[binary]'" in out and out.endswith("True")
+
+
+def test_tokens_are_every_nodes(nodes: tuple[Vault, Vault]) -> None:
+    a, b = nodes
+    token = a.tokens.create("shop", "redeem")
+    assert a.authorize(token) is not None
+    eventually(lambda: b.authorize(token) is not None, "B never learned the token", 15)
+    with pytest.raises(ConflictError):
+        b.tokens.create("shop", "verify")  # the name is taken on the other node
+    b.tokens.revoke("shop")
+    assert b.authorize(token) is None
+    eventually(lambda: a.authorize(token) is None, "A never learned the revocation", 15)
+    with pytest.raises(NotFoundError):
+        a.tokens.revoke("shop")
+
+
+def test_trust_pins_are_every_nodes(tmp_path: Path, supplier: Identity, supplier_store: Vault, batch: Issued,
+                                    authority_dsn: str) -> None:
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)  # pins the supplier: the authority now does too
+    bare = Vault.init(tmp_path / "b")
+    bare.authority.set(authority_dsn)
+    other = Identity.generate("Other Supplier")
+    try:
+        assert [e["fingerprint"] for e in bare.trust.list()] == [supplier.public.fingerprint]
+        a.trust.add(other.public)
+        eventually(lambda: len(bare.trust.list()) == 2, "B never pinned the new identity", 15)
+        fresh = issue(supplier_store, supplier, tmp_path / "x", count=5, product="P-5")
+        a.import_manifest(fresh.manifest)
+        eventually(lambda: bare.verify(fresh.keys[0]).status is Status.VALID, "B never imported the manifest", 15)
+        bare.trust.remove(other.public)
+        eventually(lambda: len(a.trust.list()) == 1, "A never unpinned it", 15)
+    finally:
+        a.close()
+        bare.close()

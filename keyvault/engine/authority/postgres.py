@@ -320,6 +320,118 @@ class PostgresAuthority:
 
         return self._run(work, decisive=False)
 
+    # -- service tokens ------------------------------------------------------------------------------------
+
+    def add_tokens(self, entries: dict[str, dict[str, Any]], now: int) -> list[str]:
+        """Add tokens (name -> {hash, scope, created}); the names that were new (the others are kept as they are)."""
+        def work(cur: Any) -> list[str]:
+            names = sorted(entries)
+            cur.execute("""
+                WITH i AS (SELECT * FROM unnest(%(n)s::text[], %(h)s::text[], %(s)s::text[], %(c)s::bigint[])
+                           AS t(name, hash, scope, created)),
+                ins AS (INSERT INTO keyvault_tokens (name, hash, scope, created, change)
+                        SELECT name, hash, scope, created, nextval('keyvault_change') FROM i
+                        ON CONFLICT (name) DO NOTHING RETURNING change, name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT change, 'token', name, %(now)s FROM ins RETURNING text""",
+                        {"n": names, "h": [entries[n]["hash"] for n in names],
+                         "s": [entries[n]["scope"] for n in names], "c": [entries[n]["created"] for n in names],
+                         "now": now})
+            added = [r[0] for r in cur.fetchall()]
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        """Revoke a token for every node; False when there was none of that name."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH del AS (DELETE FROM keyvault_tokens WHERE name = %s RETURNING name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT nextval('keyvault_change'), 'token', name, %s FROM del RETURNING change""", (name, now))
+            gone = cur.fetchone() is not None
+            if gone:
+                cur.execute(_NOTIFY)
+            return gone
+
+        return self._run(work, decisive=False)
+
+    def tokens(self) -> dict[str, dict[str, Any]]:
+        """Every token: name -> {hash, scope, created}."""
+        def work(cur: Any) -> dict[str, dict[str, Any]]:
+            cur.execute("SELECT name, hash, scope, created FROM keyvault_tokens")
+            return {r[0]: {"hash": r[1], "scope": r[2], "created": int(r[3])} for r in cur.fetchall()}
+
+        return self._run(work, decisive=False)
+
+    # -- trust pins ----------------------------------------------------------------------------------------
+
+    def put_trust(self, pins: list[tuple[bytes, str, int, str, bool]], now: int, *, replace: bool = True) -> None:
+        """Pin or unpin identities for every node: (public key, name, prefix, role, pinned); ``replace`` False
+        keeps what the authority holds for a key already there."""
+        def work(cur: Any) -> None:
+            conflict = ("DO UPDATE SET pinned = excluded.pinned, role = excluded.role, change = excluded.change"
+                        if replace else "DO NOTHING")
+            cur.execute(f"""
+                WITH i AS (SELECT * FROM unnest(%(k)s::bytea[], %(n)s::text[], %(p)s::bigint[], %(r)s::text[],
+                                                %(y)s::boolean[]) AS t(public_key, name, prefix, role, pinned)),
+                ins AS (INSERT INTO keyvault_trust (public_key, name, prefix, role, pinned, change)
+                        SELECT public_key, name, prefix, role, pinned, nextval('keyvault_change') FROM i
+                        ON CONFLICT (public_key) {conflict} RETURNING change, public_key, name)
+                INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                SELECT change, 'trust', public_key, name, %(now)s FROM ins""",
+                        {"k": [p[0] for p in pins], "n": [p[1] for p in pins], "p": [p[2] for p in pins],
+                         "r": [p[3] for p in pins], "y": [p[4] for p in pins], "now": now})
+            cur.execute(_NOTIFY)
+
+        self._run(work, decisive=False)
+
+    def trust_pins(self) -> list[tuple[bytes, str, int, str, bool]]:
+        """Every identity the authority pins or unpinned: (public key, name, prefix, role, pinned)."""
+        def work(cur: Any) -> list[tuple[bytes, str, int, str, bool]]:
+            cur.execute("SELECT public_key, name, prefix, role, pinned FROM keyvault_trust ORDER BY change")
+            return [(bytes(r[0]), r[1], int(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    # -- the manifest registry --------------------------------------------------------------------------
+
+    def put_manifest(self, digest: bytes, body: bytes, now: int) -> bool:
+        """Put a signed manifest file in force for every node (by its SHA-256); False when it was already."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH ins AS (
+                    INSERT INTO keyvault_manifests (hash, body, at_ms, change)
+                    VALUES (%s, %s, %s, nextval('keyvault_change'))
+                    ON CONFLICT (hash) DO NOTHING RETURNING change, hash, at_ms
+                ) INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                  SELECT change, 'manifest', hash, '', at_ms FROM ins RETURNING change""", (digest, body, now))
+            added = cur.fetchone() is not None
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def manifest_hashes(self) -> list[bytes]:
+        """The SHA-256 of every manifest in the registry, oldest first."""
+        def work(cur: Any) -> list[bytes]:
+            cur.execute("SELECT hash FROM keyvault_manifests ORDER BY change")
+            return [bytes(r[0]) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    def manifest(self, digest: bytes) -> bytes | None:
+        """A registered manifest file's bytes, or None."""
+        def work(cur: Any) -> bytes | None:
+            cur.execute("SELECT body FROM keyvault_manifests WHERE hash = %s", (digest,))
+            row = cur.fetchone()
+            return None if row is None else bytes(row[0])
+
+        return self._run(work, decisive=False)
+
     # -- moving a store's own state in, and looking at the authority ----------------------------------
 
     def migrate(self, keys: list[tuple[int, int, str, int]], entries: list[tuple[bytes, str, str, str, int]]

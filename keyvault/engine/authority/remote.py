@@ -9,25 +9,31 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import threading
 import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ... import _fast
 from ...clock import iso, now_ms
-from ...errors import AuthorityError, ConflictError, NotFoundError, UsageError
-from ...formats.keyformat import batch_key
+from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
+from ...formats.keyformat import batch_key, parse_prefix
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
     from_u64, load, u64
+from .. import trust
 from ..catalog import blacklist_target
 from ..guard import counter_scopes
 from ..lookup import check
+from ..tokens import save as save_tokens
+from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
 
@@ -46,6 +52,98 @@ def connect(dsn: str, reach: bool = True) -> PostgresAuthority | DetachedAuthori
     return PostgresAuthority(dsn) if reach else DetachedAuthority(dsn)
 
 
+#: Meta key prefix: + SHA-256 of a registry manifest this node has imported.
+MANIFEST_PREFIX = b"authority_manifest/"
+#: Seconds before a registry manifest this node could not import (an unpinned signer) is tried again.
+RETRY_MANIFEST = 30.0
+#: Per engine: registry manifests it could not import, by hash: (when it last tried, why).
+_FAILURES: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, str]]] = weakref.WeakKeyDictionary()
+
+
+def register_manifest(engine: Any, path: Path) -> bool:
+    """After a bound node imported ``path``: put it in the authority's registry, in force for every node."""
+    body = path.read_bytes()
+    digest = hashlib.sha256(body).digest()
+    added = engine.authority.put_manifest(digest, body, now_ms())
+    engine.store.write(lambda txn: txn.put("meta", MANIFEST_PREFIX + digest, u64(now_ms())))
+    return bool(added)
+
+
+def sync_tokens(engine: Any) -> None:
+    """Make this node's tokens the authority's (a token created or revoked on any node, here too)."""
+    held = engine.authority.tokens()
+
+    def work(txn: Txn) -> None:
+        if stored_tokens(txn) != held:
+            save_tokens(txn, held)
+
+    engine.store.write(work)
+
+
+def sync_trust(engine: Any) -> None:
+    """Pin here what the authority pins, unpin what it unpinned (a key rotated away here stays as it is)."""
+    pins = engine.authority.trust_pins()
+    now = now_ms()
+
+    def work(txn: Txn) -> None:
+        for public_key, name, prefix, role, pinned in pins:
+            cat = engine.current(txn)
+            doc = cat.trusted.get(public_key)
+            if pinned and doc is None:
+                trust.pin(engine, txn, cat, name, prefix, public_key, role, now)
+            elif not pinned and doc is not None and cat.trusts(public_key):
+                trust.unpin(engine, txn, cat, public_key, now)
+
+    engine.store.write(work)
+
+
+def pinned_here(engine: Any) -> list[tuple[bytes, str, int, str, bool]]:
+    """This node's pins, as the authority records them."""
+    cat = engine.catalog()
+    return [(key, doc["name"], parse_prefix(doc["prefix"]), doc["role"], True) for key, doc in cat.trusted.items()
+            if cat.trusts(key)]
+
+
+def create_token(engine: Any, name: str, entry: dict[str, Any]) -> None:
+    """A token made on this node, added for every node (ConflictError when the name is taken)."""
+    if not engine.authority.add_tokens({name: entry}, now_ms()):
+        raise ConflictError(f"a token named {name} exists: revoke it first, or choose another name")
+    sync_tokens(engine)
+
+
+def revoke_token(engine: Any, name: str) -> None:
+    """A token revoked for every node (NotFoundError when there is none of that name)."""
+    if not engine.authority.revoke_token(name, now_ms()):
+        raise NotFoundError(f"no token named {name}; `keyvault token list` shows the tokens")
+    sync_tokens(engine)
+
+
+def fetch_manifests(engine: Any) -> dict[str, str]:
+    """Import the registry's manifests this node does not hold yet (bytes fetched by hash, hash and signature
+    checked); the ones it could not import, by hash, with why (retried after RETRY_MANIFEST seconds)."""
+    failed = _FAILURES.setdefault(engine, {})
+    with engine.store.read() as txn:
+        missing = [d for d in engine.authority.manifest_hashes() if txn.get("meta", MANIFEST_PREFIX + d) is None]
+    for digest in missing:
+        seen = failed.get(digest.hex())
+        if seen is not None and time.monotonic() - seen[0] < RETRY_MANIFEST:
+            continue
+        body = engine.authority.manifest(digest)
+        try:
+            if body is None or hashlib.sha256(body).digest() != digest:
+                raise ManifestError("the registry's copy does not hash to its name: it was altered in the database")
+            with tempfile.TemporaryDirectory(dir=engine.path) as scratch:
+                copy = Path(scratch) / f"{digest.hex()[:16]}.kvm"
+                copy.write_bytes(body)
+                engine.import_manifest(copy, register=False)
+        except KeyvaultError as exc:
+            failed[digest.hex()] = (time.monotonic(), str(exc))
+            continue
+        failed.pop(digest.hex(), None)
+        engine.store.write(lambda txn, d=digest: txn.put("meta", MANIFEST_PREFIX + d, u64(now_ms())))
+    return {h: why for h, (_, why) in failed.items()}
+
+
 class DetachedAuthority:
     """A bound store opened without reaching its authority: verify reads the cache; decisions are refused."""
 
@@ -61,7 +159,8 @@ class DetachedAuthority:
         raise AuthorityError(f"this store was opened without connecting to its authority ({self.shown}): "
                              "open it normally to redeem, void or blacklist; nothing was changed")
 
-    redeem = void = blacklist = lift = check = changes_since = _refuse
+    redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
+    add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -216,6 +315,13 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
                                 "entries of its own: bind it with --migrate to move them into the authority (in "
                                 "one transaction, counted back), or bind a store that has decided nothing yet")
         moved = authority.migrate(keys, entries) if keys or entries else {"keys": 0, "blacklist": 0}
+        with engine.store.read() as txn:
+            mine = stored_tokens(txn)
+        if mine:  # this node's tokens become every node's (a name taken already keeps the authority's)
+            authority.add_tokens(mine, now_ms())
+        pins = pinned_here(engine)
+        if pins:  # and its pins, every node's (a key the authority knows already keeps its state there)
+            authority.put_trust(pins, now_ms(), replace=False)
         cursor = authority.check()["newest_change"]
 
         def work(txn: Txn) -> None:
@@ -228,6 +334,8 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
         authority.close()
         raise
     engine.authority = authority
+    sync_tokens(engine)
+    sync_trust(engine)
     catch_up(engine)
     follow(engine)
     return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
@@ -286,7 +394,7 @@ def status(engine: Any) -> dict[str, Any]:
     doc = engine.authority.check()
     applied = cursor(engine)
     doc.update(authority=engine.authority.shown, cache_change=applied,
-               cache_lag=max(0, doc["newest_change"] - applied))
+               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine))
     return doc
 
 
@@ -354,12 +462,17 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
     entries); how many were read. Idempotent: each change is applied as the authority holds it now."""
     if not engine.authority.remote:
         return 0
+    fetch_manifests(engine)  # first: the redeems that follow may be of its keys
     start = cursor(engine)
     changes = engine.authority.changes_since(max(0, start - REREAD), limit)
     if not changes:
         return 0
     decided: dict[int, tuple[int, str, int]] = {}
     targets: dict[bytes, tuple[str | None, str, int]] = {}
+    if any(c[1] == "token" for c in changes):
+        sync_tokens(engine)
+    if any(c[1] == "trust" for c in changes):
+        sync_trust(engine)
     for change, kind, serial, target, text, at, now_held in changes:
         if kind in ("redeem", "void") and serial is not None:
             decided.setdefault(serial, (REDEEMED if kind == "redeem" else VOIDED, text, at))

@@ -39,5 +39,26 @@ SCHEMA = [
         target bytea,
         text text NOT NULL,
         at_ms bigint NOT NULL)""",
+    # Signed manifest files by their SHA-256: imported on one node, fetched and checked by every other.
+    """CREATE TABLE IF NOT EXISTS keyvault_manifests (
+        hash bytea PRIMARY KEY,
+        body bytea NOT NULL,
+        at_ms bigint NOT NULL,
+        change bigint NOT NULL)""",
+    # Service tokens (their hashes only), valid on every node.
+    """CREATE TABLE IF NOT EXISTS keyvault_tokens (
+        name text PRIMARY KEY,
+        hash text NOT NULL,
+        scope text NOT NULL,
+        created bigint NOT NULL,
+        change bigint NOT NULL)""",
+    # Pinned identities (supplier, platform, … keys whose signatures nodes accept), for every node.
+    """CREATE TABLE IF NOT EXISTS keyvault_trust (
+        public_key bytea PRIMARY KEY,
+        name text NOT NULL,
+        prefix bigint NOT NULL,
+        role text NOT NULL,
+        pinned boolean NOT NULL,
+        change bigint NOT NULL)""",
     f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
