@@ -362,9 +362,9 @@ def longest_gap(answers: list[Answer], start: float, end: float) -> float:
 
 
 def provision(state: dict[str, Any], count: int, product: str = "POINTS-100",
-              also: tuple[str, ...] = ()) -> dict[str, str]:
+              also: tuple[str, ...] = (), nodes: int | None = None) -> dict[str, str]:
     """Issue ``count`` keys from a supplier store in the cluster's directory and import them on every node
-    (and into the stores in ``also``, created when missing).
+    (or the first ``nodes``: bound nodes pass manifests on to each other) and into the stores in ``also``.
 
     Returns serial -> key (kept in memory only: the keys file is removed once read).
     """
@@ -384,7 +384,7 @@ def provision(state: dict[str, Any], count: int, product: str = "POINTS-100",
     with open(keys_csv, newline="") as fh:
         keys = {row["serial"]: row["key"] for row in csv.DictReader(fh)}
     keys_csv.unlink()
-    for path in [node["store"] for node in state["nodes"]] + list(also):
+    for path in [node["store"] for node in state["nodes"][:nodes]] + list(also):
         with (Vault.open(path) if Path(path).exists() else Vault.init(path)) as vault:
             vault.trust(identity.public)
             vault.import_manifest(manifest)

@@ -426,6 +426,7 @@ class LocalCluster:
         has_authority = subprocess.run([programs.keyvault, "authority", "--help"], capture_output=True,
                                        env=env).returncode == 0
         state["authority_command"] = has_authority
+        token = None
         for i, port in enumerate(ports):
             name = f"node{i + 1}"
             store = self.root / "nodes" / name / "store"
@@ -433,8 +434,9 @@ class LocalCluster:
             self._keyvault(programs, env, store, "init")
             if has_authority:
                 self._keyvault(programs, env, store, "authority", "set", state["dsn"])
-            token = json.loads(self._keyvault(programs, env, store, "token", "create", "--name", "cluster-admin",
-                                              "--scope", "admin", "--json"))["token"]
+            if token is None or not has_authority:  # bound nodes share their tokens through the authority
+                token = json.loads(self._keyvault(programs, env, store, "token", "create", "--name",
+                                                  f"cluster-admin-{name}", "--scope", "admin", "--json"))["token"]
             entry = self._spawn(state, "node", name, [programs.keyvault, "--store", str(store), "serve", "--bind",
                                                       f"127.0.0.1:{port}", "--workers", str(workers)],
                                 port, url=f"http://127.0.0.1:{port}", store=str(store))
@@ -442,8 +444,8 @@ class LocalCluster:
                                    "bound": has_authority})
             self._save(state)
         deadline = time.monotonic() + timeout
-        for node in state["nodes"]:
-            while not self._healthy(node["url"]):
+        for node in state["nodes"]:  # serving, and holding the shared token (caught up from the authority)
+            while not self._healthy(node["url"], node["admin_token"]):
                 self._check_started(state)
                 if time.monotonic() > deadline:
                     raise ClusterError(f"{node['name']} does not answer {node['url']}/healthz: see {self.root}/logs")
@@ -453,9 +455,11 @@ class LocalCluster:
                                          "to the cluster and each keeps its own state)"))
 
     @staticmethod
-    def _healthy(url: str) -> bool:
+    def _healthy(url: str, token: str | None = None) -> bool:
+        """Whether the node answers /healthz (and, given a token, accepts it on /v1/stats)."""
+        path, headers = ("/v1/stats", {"Authorization": f"Bearer {token}"}) if token else ("/healthz", {})
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as reply:
+            with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=5) as reply:
                 return int(reply.status) == 200
         except (OSError, ValueError):
             return False

@@ -28,6 +28,8 @@ from keyvault.cli.cluster_load import (
 )
 from keyvault.cli.cluster_local import LocalCluster, member_by_role, postmaster_pid
 
+from cluster_support import need_cluster
+
 
 def _state(cluster: LocalCluster) -> dict[str, Any]:
     state = cluster.load()
@@ -54,6 +56,16 @@ def _wait_accepting(load: Load, since: float, seconds: float = 60) -> float:
     return first
 
 
+def _eventually_valid(state: dict[str, Any], keys: dict[str, str], seconds: float = 60) -> None:
+    """Wait until every node verifies one of ``keys`` valid (the manifest reached it)."""
+    key = keys[sorted(keys)[-1]]
+    for node in state["nodes"]:
+        deadline = time.monotonic() + seconds
+        while _post(node, "/v1/verify", {"keys": [key]})[1]["results"][0]["status"] != "valid":
+            assert time.monotonic() < deadline, f"{node['name']} never received the manifest"
+            time.sleep(0.1)
+
+
 def _clients(state: dict[str, Any], keys: dict[str, str], vault: Vault | None) -> Any:
     """Client i: HTTP to node (i % 2) for most, the library on node1's store for every fourth."""
     nodes = state["nodes"]
@@ -74,14 +86,25 @@ def _judge(state: dict[str, Any], answers: list[Any], what: str) -> Any:
     return verdict
 
 
-def test_many_clients_racing_over_two_nodes_redeem_each_key_once(node_cluster: LocalCluster) -> None:
-    state = _state(node_cluster)
-    keys = provision(state, 200)
+def test_many_clients_racing_over_three_nodes_redeem_each_key_once(cluster_dir: Any) -> None:
+    need_cluster()
+    three = LocalCluster(cluster_dir)
+    try:
+        three.up(nodes=3, node_workers=1)
+        _race(three)
+    finally:
+        three.down()
+
+
+def _race(cluster: LocalCluster) -> None:
+    state = _state(cluster)
+    keys = provision(state, 200, nodes=1)  # imported on node1: the others fetch it from the authority
+    _eventually_valid(state, keys)
     with Vault.open(state["nodes"][0]["store"]) as vault:
         load = Load(_clients(state, keys, vault), sorted(keys), clients=12, orders_per_serial=3).start()
         time.sleep(10)
         answers = load.stop()
-    verdict = _judge(state, answers, "12 clients, two nodes, HTTP and the library")
+    verdict = _judge(state, answers, "12 clients, three nodes, HTTP and the library")
     assert verdict.acknowledged > 100 and verdict.unknown == 0
     refused = sum(1 for a in answers if a.outcome == "refused")
     retried = len({(a.serial, a.order) for a in answers if a.outcome == "accepted"})
