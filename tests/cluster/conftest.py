@@ -17,7 +17,7 @@ import pytest
 
 from keyvault.cli.cluster_local import LocalCluster
 
-from cluster_support import need_cluster
+from .cluster_support import need_cluster
 
 
 @pytest.fixture

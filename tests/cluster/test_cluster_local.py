@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from cluster_support import need_cluster
+from .cluster_support import need_cluster
 
 from keyvault.cli.cluster_local import alive, start_time
 

@@ -28,7 +28,7 @@ from keyvault.cli.cluster_load import (
 )
 from keyvault.cli.cluster_local import LocalCluster, member_by_role, postmaster_pid
 
-from cluster_support import need_cluster
+from .cluster_support import need_cluster
 
 
 def _state(cluster: LocalCluster) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluste
     """A third node (the library, in this process) reaches the cluster through relays the test severs: while
     cut off it accepts nothing and answers every redeem unknown or unavailable (503); the two other nodes
     go on; healed, it accepts again; the checker finds nothing lost or doubled."""
-    from cluster_support import Proxy
+    from .cluster_support import Proxy
 
     state = _state(node_cluster)
     proxies = [Proxy(member["pg_port"]) for member in state["members"]]
