@@ -242,3 +242,36 @@ def test_a_node_cut_off_from_postgresql_answers_unknown_and_recovers(node_cluste
     assert cut_off and all(a.outcome == "unknown" for a in cut_off), {a.outcome for a in cut_off}
     assert sum(a.outcome == "accepted" for a in others) > 10, "the other nodes stopped while one was cut off"
     assert verdict.acknowledged > 100
+
+
+def test_a_stopped_sync_standby_holds_every_node_redeem_and_loses_nothing(node_cluster: LocalCluster) -> None:
+    """SIGSTOP of the synchronous standby's WAL receiver under the nodes' load: no redeem is acknowledged
+    while it receives nothing (synchronous mode strict), the waiting ones complete after SIGCONT."""
+    from keyvault.cli.cluster_local import walreceiver_pid
+
+    state = _state(node_cluster)
+    keys = provision(state, 5_000, nodes=1)
+    _eventually_valid(state, keys)
+    sync = member_by_role(node_cluster, state, "sync_standby")
+    assert sync is not None
+    receiver = walreceiver_pid(node_cluster, state, sync)
+    assert receiver is not None
+    load = Load(_clients(state, keys, None), sorted(keys), clients=8, orders_per_serial=2).start()
+    try:
+        _wait_accepting(load, time.monotonic() - 1)
+        time.sleep(2)
+        os.kill(receiver, signal.SIGSTOP)
+        stopped = time.monotonic()
+        time.sleep(5)
+        during = load.accepted_since(stopped + 0.5)
+        os.kill(receiver, signal.SIGCONT)
+        resumed = time.monotonic()
+        _wait_accepting(load, resumed)
+        time.sleep(1)
+    finally:
+        os.kill(receiver, signal.SIGCONT)
+        answers = load.stop()
+    verdict = _judge(state, answers, f"SIGSTOP of {sync['name']}'s WAL receiver for 5 s under the nodes' load "
+                                     f"({during} accepted meanwhile)")
+    assert during == 0
+    assert verdict.acknowledged > 100
