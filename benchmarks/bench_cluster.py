@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -183,6 +184,7 @@ def main() -> None:
     finally:
         if not args.keep:
             cluster.down()
+            shutil.rmtree(base, ignore_errors=True)
     targets = {
         "redeem_many >= 60 k/s": out.get("redeem_many_node_keys_per_s", 0) >= 60_000,
         "redeem_many >= 0.8x bare": out.get("redeem_many_ratio", 0) >= 0.8,

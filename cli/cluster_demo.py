@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -37,8 +38,9 @@ def _post(node: dict[str, Any], path: str, doc: dict[str, Any]) -> dict[str, Any
 def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, seconds: float = 4.0) -> bool:
     """Run the story in ``root`` (a new directory under /var/tmp when None); True when the checker found 0 lost
     and 0 doubles."""
+    made = None
     if root is None:
-        base = Path(tempfile.mkdtemp(prefix="keyvault-cluster-demo-", dir="/var/tmp" if os.path.isdir("/var/tmp")
+        made = base = Path(tempfile.mkdtemp(prefix="keyvault-cluster-demo-", dir="/var/tmp" if os.path.isdir("/var/tmp")
                                      else None))
         os.chmod(base, 0o711)
         root = base / "cluster"
@@ -115,3 +117,5 @@ def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, 
         else:
             stopped = cluster.down()
             say(f"7. cluster down: {len(stopped)} processes stopped")
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
