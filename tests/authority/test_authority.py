@@ -261,11 +261,12 @@ def test_a_manifest_imported_on_one_node_travels_to_the_others(
         b.close()
 
 
-def _python(code: str) -> str:
+def _python(code: str, cwd: Path) -> str:
+    """Run ``code`` in a new interpreter (outside the source tree, so the installed keyvault is imported)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -276,13 +277,13 @@ def test_psycopg_is_imported_only_by_a_bound_store(tmp_path: Path, supplier: Ide
     node(tmp_path / "bound", supplier, batch, authority_dsn).close()
     probe = ("import sys; from keyvault import Vault; v = Vault.open({!r}); v.verify('x'); "
              "print('psycopg' in sys.modules); v.close()")
-    assert _python(probe.format(str(tmp_path / "free"))) == "False"
-    assert _python(probe.format(str(tmp_path / "bound"))) == "True"
+    assert _python(probe.format(str(tmp_path / "free")), tmp_path) == "False"
+    assert _python(probe.format(str(tmp_path / "bound")), tmp_path) == "True"
     # Without psycopg, opening a bound store says what to do; opening it detached still works.
     missing = ("import sys; sys.modules['psycopg'] = None; from keyvault import Vault, AuthorityError\n"
                "try:\n    Vault.open({path!r})\nexcept AuthorityError as exc:\n    print(exc)\n"
                "v = Vault.open({path!r}, authority=False); print(v.authority.show()['bound']); v.close()")
-    out = _python(missing.format(path=str(tmp_path / "bound")))
+    out = _python(missing.format(path=str(tmp_path / "bound")), tmp_path)
     assert "pip install 'psycopg[binary]'" in out and out.endswith("True")
 
 
@@ -318,3 +319,31 @@ def test_trust_pins_are_every_nodes(tmp_path: Path, supplier: Identity, supplier
     finally:
         a.close()
         bare.close()
+
+
+def test_a_retry_after_the_window_closed_is_answered_as_the_first_time(
+        tmp_path: Path, supplier: Identity, supplier_store: Vault, authority_dsn: str) -> None:
+    import time
+
+    from keyvault.clock import now_ms
+
+    short = issue(supplier_store, supplier, tmp_path / "short", count=3, valid_until=now_ms() + 1500)
+    os_env = __import__("os").environ
+    os_env["KEYVAULT_AUTHORITY_FOLLOW"] = "0"  # B must not learn A's redeem before the window closes
+    try:
+        a = node(tmp_path / "a", supplier, short, authority_dsn)
+        b = node(tmp_path / "b", supplier, short, authority_dsn)
+    finally:
+        del os_env["KEYVAULT_AUTHORITY_FOLLOW"]
+    try:
+        first = a.redeem(short.keys[0], "late-1")
+        assert first.status is Status.ACCEPTED
+        time.sleep(max(0, (short.batch.valid_until or 0) - now_ms()) / 1000 + 0.1)
+        assert b.verify(short.keys[0]).status is Status.EXPIRED  # B's cache has not heard of the redeem
+        again = b.redeem(short.keys[0], "late-1")
+        assert again.status is Status.ACCEPTED and again.redeemed_at == first.redeemed_at
+        assert b.redeem(short.keys[0], "late-2").status is Status.REDEEMED
+        assert b.redeem(short.keys[1], "late-3").status is Status.EXPIRED
+    finally:
+        a.close()
+        b.close()

@@ -61,8 +61,8 @@ def _psycopg() -> Any:
 
 _REDEEM = """
 WITH i AS (
-    SELECT * FROM unnest(%(serials)s::bigint[], %(orders)s::text[], %(kb)s::bytea[], %(bb)s::bytea[],
-                         %(sb)s::bytea[]) AS t(serial, order_id, kb, bb, sb)
+    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)s::text[], %(kb)b::bytea[], %(bb)b::bytea[],
+                         %(sb)b::bytea[]) AS t(serial, order_id, kb, bb, sb)
 ), ins AS (
     INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
     SELECT i.serial, %(state)s, i.order_id, %(now)s, nextval('keyvault_change') FROM i
@@ -76,9 +76,10 @@ WITH i AS (
 SELECT serial, (SELECT pg_notify('keyvault_change', '')) FROM ins
 """
 
+# Arrays of bytes and numbers go in binary (%b): no per-element text escaping.
 _STANDING = """
 SELECT i.serial, k.state, k.text, k.at_ms, bk.reason, bk.at_ms, bb.reason, bb.at_ms, bs.reason, bs.at_ms
-FROM unnest(%(serials)s::bigint[], %(kb)s::bytea[], %(bb)s::bytea[], %(sb)s::bytea[]) AS i(serial, kb, bb, sb)
+FROM unnest(%(serials)b::bigint[], %(kb)b::bytea[], %(bb)b::bytea[], %(sb)b::bytea[]) AS i(serial, kb, bb, sb)
 LEFT JOIN keyvault_keys k ON k.serial = i.serial
 LEFT JOIN keyvault_blacklist bk ON bk.target = i.kb
 LEFT JOIN keyvault_blacklist bb ON bb.target = i.bb

@@ -43,7 +43,9 @@ CURSOR_KEY = b"authority_change"
 #: can appear after a higher one: each catch-up reads this far back again (applying is idempotent).
 REREAD = 1000
 
-_DECIDED = (Status.VALID, Status.REDEEMED, Status.VOID, Status.BLACKLISTED)
+#: Local answers for keys found and matched: the authority has the last word on them (a key out of its
+#: window may still have been redeemed, and its retry must be answered `accepted` again).
+_DECIDED = (Status.VALID, Status.REDEEMED, Status.VOID, Status.BLACKLISTED, Status.EXPIRED, Status.NOT_YET_VALID)
 
 
 def connect(dsn: str, reach: bool = True) -> PostgresAuthority | DetachedAuthority:
@@ -203,7 +205,7 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
         before = results[i]
         results[i] = _answer(before, pairs[i][1], standing.get(serial), cat.rows[batch_key(serial)], now)
         state = standing.get(serial)
-        if state is not None and state[0] is not None and before.status in (Status.VALID, Status.BLACKLISTED):
+        if state is not None and state[0] is not None and before.status not in (Status.REDEEMED, Status.VOID):
             learned[serial] = state[0]  # the cache did not know: record it so this node's verify does
     if learned:
         cache(engine, learned)
