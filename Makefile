@@ -40,6 +40,13 @@ test-pure: install
 bench: install
 	$(BIN)/pytest benchmarks --benchmark-only
 
+# The PostgreSQL authority (docs/cluster.md) against a throwaway PostgreSQL 15 the tests start themselves
+# (initdb/pg_ctl from apt-get install postgresql; psycopg comes with the venv): a missing PostgreSQL fails
+# here instead of skipping, as `make test` does.
+.PHONY: test-authority
+test-authority: install
+	KEYVAULT_REQUIRE_POSTGRES=1 $(BIN)/pytest tests/authority -p no:cacheprovider -rA -q
+
 # The PHP and Go clients (clients/) against a real `keyvault serve` started by tests/test_clients.py.
 # Needs php (with curl) and go (apt-get install php-cli php-curl golang-go); missing ones fail here
 # (KEYVAULT_REQUIRE_CLIENTS=0 skips them instead, as `make test` does).
@@ -143,3 +150,40 @@ bench-service: install
 		rm -f "$$log"; \
 	fi
 	$(BIN)/python benchmarks/service/run.py $(BENCH_SERVICE_ARGS)
+
+# The local cluster (docs/cluster.md): three etcd members, three PostgreSQL members under Patroni in
+# synchronous mode, keyvault nodes, all on the loopback. The Debian packages (etcd-server, etcd-client,
+# patroni, postgresql) are installed with apt-get when missing, quietly, and psycopg into .venv.
+# `make test-cluster` runs tests/cluster (minutes: a fresh cluster per test); a missing package fails
+# there (KEYVAULT_REQUIRE_CLUSTER=0 skips instead). `make bench-cluster` is out of the test run.
+KEYVAULT_REQUIRE_CLUSTER ?= 1
+BENCH_CLUSTER_ARGS ?=
+.PHONY: cluster-packages cluster-demo test-cluster bench-cluster
+cluster-packages:
+	@missing=""; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v etcdctl >/dev/null 2>&1 || missing="$$missing etcd-client"; \
+	command -v patroni >/dev/null 2>&1 || missing="$$missing patroni"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+		echo "cluster: installing$$missing with apt-get"; log=$$(mktemp); \
+		{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		  $$sudo apt-get install -y -qq --no-install-recommends $$missing; } >"$$log" 2>&1 \
+		|| { tail -n 5 "$$log"; echo "cluster: could not install$$missing"; }; \
+		rm -f "$$log"; \
+	fi
+
+$(VENV)/.cluster: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "psycopg[binary]>=3.1"
+	touch $@
+
+cluster-demo: install cluster-packages $(VENV)/.cluster
+	$(BIN)/keyvault cluster local demo
+
+test-cluster: install cluster-packages $(VENV)/.cluster
+	KEYVAULT_CLUSTER_TESTS=1 KEYVAULT_REQUIRE_CLUSTER=$(KEYVAULT_REQUIRE_CLUSTER) \
+		$(BIN)/pytest tests/cluster -p no:cacheprovider -p no:randomly -rA -q
+
+bench-cluster: install cluster-packages $(VENV)/.cluster
+	$(BIN)/python benchmarks/bench_cluster.py $(BENCH_CLUSTER_ARGS)

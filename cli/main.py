@@ -16,11 +16,13 @@ import click
 import keyvault
 
 from . import (
+    authority,
     backup,
     batch,
     blacklist,
     check,
     checkout,
+    cluster,
     config,
     demo,
     identity,
@@ -80,7 +82,7 @@ for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, 
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
               provenance.trust, provenance.lot, receipts.receipt, throttle.throttle, serve.token,
-              config.config, witness.witness, witness.log_group):
+              config.config, witness.witness, witness.log_group, authority.authority, cluster.cluster):
     cli.add_command(group)
 
 

@@ -48,12 +48,12 @@ class State:
     pepper_file: Path | None
     _vault: Vault | None = field(default=None, repr=False)
 
-    def vault(self) -> Vault:
-        """The store, opened on first use and closed when the command ends."""
+    def vault(self, *, authority: bool = True) -> Vault:
+        """The store, opened on first use and closed when the command ends (``authority``: see Vault.open)."""
         if self._vault is None:
             if self.store is None:
                 raise click.UsageError("no store given: pass --store DIR or set KEYVAULT_STORE")
-            self._vault = Vault.open(self.store, pepper_file=self.pepper_file)
+            self._vault = Vault.open(self.store, pepper_file=self.pepper_file, authority=authority)
             click.get_current_context().call_on_close(self._vault.close)
         return self._vault
 

@@ -8,6 +8,7 @@ the same methods, awaitable, run in threads off the event loop.
 
 from .engine import BatchInfo, BlacklistEntry, ThrottlePolicy
 from .errors import (
+    AuthorityError,
     BadSignatureError,
     ClosedError,
     ConflictError,
@@ -19,6 +20,7 @@ from .errors import (
     ManifestError,
     NotAStoreError,
     NotFoundError,
+    OutcomeUnknownError,
     PepperError,
     ProofError,
     StoreCorruptError,
@@ -37,6 +39,7 @@ from .vocabulary import Level, Role, Scope
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthorityError",
     "BadSignatureError",
     "BatchInfo",
     "BlacklistEntry",
@@ -52,6 +55,7 @@ __all__ = [
     "ManifestError",
     "NotAStoreError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "PepperError",
     "ProofError",
     "PublicIdentity",

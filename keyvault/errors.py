@@ -91,3 +91,11 @@ class CustodyError(KeyvaultError, ValueError):
 
 class WebhookError(KeyvaultError, ValueError):
     """A webhook whose Standard Webhooks signature, headers or secret do not check out."""
+
+
+class AuthorityError(StoreError):
+    """The PostgreSQL authority a store is bound to cannot be reached or refused a change (nothing was decided)."""
+
+
+class OutcomeUnknownError(AuthorityError):
+    """The authority may or may not have made a change (its COMMIT was cut off): retry with the same order id."""

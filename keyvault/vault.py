@@ -126,6 +126,33 @@ class Tokens:
         return self._engine.authorize(token)
 
 
+class AuthorityBinding:
+    """``vault.authority``: the PostgreSQL authority this store's decisions are made in (docs/cluster.md)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def set(self, dsn: str, *, migrate: bool = False) -> dict[str, Any]:
+        """Bind the store to the authority at ``dsn``; ``migrate`` moves the store's own decisions in first."""
+        return self._engine.bind_authority(dsn, migrate=migrate)
+
+    def unset(self) -> dict[str, Any]:
+        """Unbind the store: it decides alone again."""
+        return self._engine.unbind_authority()
+
+    def show(self) -> dict[str, Any]:
+        """Whether the store is bound, and the DSN with its password masked."""
+        return self._engine.authority_info()
+
+    def check(self) -> dict[str, Any]:
+        """Reachable, schema version, replication state and this node's cache lag."""
+        return self._engine.authority_check()
+
+    def catch_up(self) -> int:
+        """Apply the authority's newer changes to this node's cache now; how many were read."""
+        return self._engine.catch_up()
+
+
 class Vault:
     """A keyvault store, opened. Use as a context manager, or call :meth:`close`."""
 
@@ -135,6 +162,7 @@ class Vault:
         self.blacklist = Blacklist(engine)
         self.trust = Trust(engine)
         self.tokens = Tokens(engine)
+        self.authority = AuthorityBinding(engine)
         # The hot calls are the engine's own bound methods (the methods below document them): the facade
         # adds no Python call per request.
         self.verify = engine.verify  # type: ignore[method-assign]
@@ -150,9 +178,13 @@ class Vault:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
-             create: bool = False) -> Vault:
-        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
-        return cls(Engine.open(path, pepper_file=pepper_file, create=create))
+             create: bool = False, authority: bool = True) -> Vault:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there).
+
+        A store bound to a PostgreSQL authority connects to it (``authority=False``: it does not, and can
+        only verify from its cache, show or unset the binding).
+        """
+        return cls(Engine.open(path, pepper_file=pepper_file, create=create, authority=authority))
 
     @property
     def path(self) -> Path:

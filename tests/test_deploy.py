@@ -327,7 +327,7 @@ def exposure(analyze: str, unit: Path) -> float:
     return float(found.group(1))
 
 
-UNIT_FILES = ["keyvault.service", "keyvault@.service"]
+UNIT_FILES = ["keyvault.service", "keyvault@.service", "keyvault-node@.service"]
 
 
 @pytest.mark.parametrize("name", UNIT_FILES)

@@ -39,7 +39,8 @@ def test_public_surface_is_pinned() -> None:
         "IdentityError", "ImportFileError", "KeyvaultError", "MalformedKeyError", "ManifestError", "NotAStoreError",
         "NotFoundError", "PepperError", "Result", "Status", "StoreCorruptError", "StoreError", "StoreExistsError",
         "StoreFullError", "StoreVersionError", "UsageError", "Vault", "__version__", "CustodyError", "ProofError",
-        "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy", "Level", "Role", "Scope",
+        "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy", "Level", "Role", "Scope", "AuthorityError",
+        "OutcomeUnknownError",
     ])
     for name in keyvault.__all__:
         assert hasattr(keyvault, name)

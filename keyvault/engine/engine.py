@@ -57,6 +57,7 @@ from ..store.records import (
 )
 from ..vocabulary import Level, Role
 from . import checkout, issuing, ledger, lots, trust
+from .authority import META_KEY, Authority, LocalAuthority
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .checkup import check_store
 from .eventlog import Policy
@@ -134,6 +135,10 @@ class Engine(State):
         self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
         #: (LMDB transaction id, whether any hold record exists then): see _checkout_applies.
         self._holding: tuple[int, bool] = (-2, False)
+        #: Who decides redeems, voids and blacklist entries: this store (the default) or a bound PostgreSQL.
+        self.authority: Authority = LocalAuthority()
+        #: The thread keeping this process's cache of a bound authority current (None when unbound).
+        self.follower: Any = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -188,8 +193,12 @@ class Engine(State):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, pepper_file: str | os.PathLike[str] | None = None,
-             create: bool = False) -> Engine:
-        """Open the store at ``path`` (created first when ``create`` is set and none is there)."""
+             create: bool = False, authority: bool = True) -> Engine:
+        """Open the store at ``path`` (created first when ``create`` is set and none is there).
+
+        A store bound to a PostgreSQL authority connects to it; ``authority=False`` does not (the binding can
+        then be shown or unset, and verify answers from the cache, but nothing can be decided).
+        """
         root = Path(path)
         if create and not (root / "data.mdb").exists():
             return cls.init(root, pepper_file=pepper_file)
@@ -203,10 +212,18 @@ class Engine(State):
                 raise PepperError(f"the pepper file {pepper_path} does not belong to this store (it was made with "
                                   "another one); restore this store's own pepper file from your backup")
             engine = read_engine_key(root / ENGINE_FILE)
+            with store.read() as txn:
+                bound = txn.get("meta", META_KEY)
+            made = cls(store, pepper, engine)
+            if bound is not None:
+                from .authority.remote import connect, follow
+
+                made.authority = connect(bytes(bound).decode("utf-8"), authority)
+                follow(made)
         except BaseException:
             store.close()
             raise
-        return cls(store, pepper, engine)
+        return made
 
     def close(self) -> None:
         """Flush pending statistics and close the store."""
@@ -216,6 +233,9 @@ class Engine(State):
             pass  # closing must not fail because a statistics write could not be made
         finally:
             self.guard.close()
+            if self.follower is not None:
+                self.follower.stop()
+            self.authority.close()
             self.store.close()
 
     def __repr__(self) -> str:
@@ -371,6 +391,10 @@ class Engine(State):
 
         ``clients`` (one for all pairs, or one per pair) are held to their refusal budgets in ``budgets``.
         """
+        if self.authority.remote:
+            from .authority.remote import redeem
+
+            return redeem(self, pairs, before_wait, clients, {} if budgets is None else budgets)
         results, _, written = self.store.write(
             lambda txn: self._redeem_in(txn, pairs, before_wait, clients, {} if budgets is None else budgets),
             before_wait)
@@ -464,6 +488,8 @@ class Engine(State):
     def void(self, key_or_serial: str, reason: str) -> Result:
         """Withdraw an unused key (refund, recall): ``void`` when done; a redeemed key is refused."""
         why = check_text(reason, "reason", MAX_REASON)
+        if self.authority.remote:
+            return self._void_remote(key_or_serial, why)
 
         def work(txn: Txn) -> Result:
             head = txn.head()
@@ -538,6 +564,11 @@ class Engine(State):
         order id)``; its answer is a Result (hold), a list of Results, or the KeyvaultError that refused
         it (bad input, an order that holds nothing): one op's error changes nothing and fails no other.
         """
+        if self.authority.remote:
+            refused = UsageError("holds are decided by one store's own records, and this store is bound to a "
+                                 "PostgreSQL authority that does not take them yet: redeem the key instead, or hold "
+                                 "keys on an unbound store")
+            return [refused for _ in ops]
         checked: list[tuple[str, str, str, int] | KeyvaultError] = []
         for op in ops:
             try:
@@ -614,6 +645,10 @@ class Engine(State):
     def blacklist(self, level: str, target: str, reason: str) -> BlacklistEntry:
         """Refuse a key, serial, batch or supplier from the next verify on, in every process."""
         why = check_text(reason, "reason", MAX_REASON)
+        if self.authority.remote:  # decided by the authority first; this store then holds it for verify
+            with self.store.read() as txn:
+                raw, _ = self._blacklist_key(txn, self.current(txn), level, target)
+            self.authority.blacklist(raw, *blacklist_target(raw), why, now_ms())
 
         def work(txn: Txn) -> BlacklistEntry:
             cat = self.current(txn)
@@ -635,12 +670,22 @@ class Engine(State):
     def lift(self, level: str, target: str, reason: str) -> BlacklistEntry:
         """Remove a blacklist entry; lifting needs a reason too."""
         why = check_text(reason, "reason", MAX_REASON)
+        lifted = False
+        if self.authority.remote:  # decided by the authority first; then this store's copy goes too
+            with self.store.read() as txn:
+                raw, _ = self._blacklist_key(txn, self.current(txn), level, target)
+            name, shown = blacklist_target(raw)
+            lifted = self.authority.lift(raw, name, shown, why, now_ms())
+            if not lifted:
+                raise NotFoundError(f"{name} {shown} is not blacklisted; `keyvault blacklist list` shows what is")
 
         def work(txn: Txn) -> BlacklistEntry:
             cat = self.current(txn)
             raw, batch = self._blacklist_key(txn, cat, level, target)
             name, shown = blacklist_target(raw)
             old = txn.get("blacklist", raw)
+            if old is None and lifted:  # this node had not heard of the entry yet: nothing of it to remove here
+                return BlacklistEntry(name, shown, why, iso(now_ms()))
             if old is None or not txn.delete("blacklist", raw):
                 raise NotFoundError(f"{name} {shown} is not blacklisted; `keyvault blacklist list` shows what is")
             txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), raw, old, None))
@@ -652,6 +697,54 @@ class Engine(State):
             return BlacklistEntry(name, shown, why, iso(now))
 
         return self.store.write(work)
+
+    def _void_remote(self, key_or_serial: str, why: str) -> Result:
+        """void, decided by the bound authority."""
+        from .authority import remote
+
+        with self.store.read() as txn:
+            head = txn.head()
+            cat = self.current(txn, head)
+            found = find(txn, cat, self.pepper, key_or_serial)
+            if isinstance(found, Result):
+                return found
+        state, text, at = remote.void(self, found.serial, why)
+        now = now_ms()
+        result: Result = _fast.judge(found.serial, state, cat.rows[found.batch.key], cat.key_rows,
+                                     (state, at, text, 0), None, now)
+        return result
+
+    # -- the authority ----------------------------------------------------------------------------
+
+    def bind_authority(self, dsn: str, *, migrate: bool = False) -> dict[str, Any]:
+        """Bind this store to a PostgreSQL authority; ``migrate`` moves its own redeems, voids and blacklist in."""
+        from .authority import remote
+
+        return remote.bind(self, remote.check_dsn(dsn), migrate)
+
+    def unbind_authority(self) -> dict[str, Any]:
+        """Unbind this store: it decides alone again."""
+        from .authority import remote
+
+        return remote.unbind(self)
+
+    def authority_info(self) -> dict[str, Any]:
+        """Whether the store is bound, and to which DSN (its password masked)."""
+        from .authority import remote
+
+        return remote.show(self)
+
+    def authority_check(self) -> dict[str, Any]:
+        """The authority reached: schema version, replication state, and this node's cache lag."""
+        from .authority import remote
+
+        return remote.status(self)
+
+    def catch_up(self) -> int:
+        """Bring this node's cache up to the authority's changes (redeems, voids, blacklist); how many were read."""
+        from .authority import remote
+
+        return remote.catch_up(self)
 
     def blacklist_entries(self) -> list[BlacklistEntry]:
         """Every blacklist entry: suppliers, then batches, then keys."""
@@ -688,6 +781,11 @@ class Engine(State):
         """Make a service token for ``name`` with ``scope``; returns it (only its hash is kept: show it once)."""
         who, what = check_name(name), check_scope(scope)
         token = new_token()
+        if self.authority.remote:  # every node's token: decided by the authority
+            from .authority import remote
+
+            remote.create_token(self, who, {"hash": token_hash(token).hex(), "scope": what, "created": now_ms()})
+            return token
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)
@@ -702,6 +800,11 @@ class Engine(State):
     def revoke_token(self, name: str) -> None:
         """Revoke a token: every server process refuses it from its next request on."""
         who = check_name(name)
+        if self.authority.remote:
+            from .authority import remote
+
+            remote.revoke_token(self, who)
+            return
 
         def work(txn: Txn) -> None:
             doc = stored_tokens(txn)
@@ -835,13 +938,21 @@ class Engine(State):
     def trust(self, identity: PublicIdentity, roles: Sequence[str] = ("supplier",)) -> TrustRecord:
         """Pin a public identity in ``roles``: what each role lets it sign is accepted from now on."""
         names = [Role.parse(role).value for role in roles]
-        return self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
+        done = self.store.write(lambda txn: trust.pin(self, txn, self.current(txn), identity.name, identity.prefix,
                                                        identity.public_key, names, now_ms()))
+        if self.authority.remote:  # every node's pin (the roles as one comma-separated column)
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, ",".join(names), True)],
+                                     now_ms())
+        return done
 
     def untrust(self, identity: PublicIdentity) -> TrustRecord:
         """Unpin a public identity (what it signed before stays; nothing new is accepted)."""
-        return self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
+        done = self.store.write(lambda txn: trust.unpin(self, txn, self.current(txn), identity.public_key,
                                                          now_ms()))
+        if self.authority.remote:  # unpinned on every node
+            self.authority.put_trust([(identity.public_key, identity.name, identity.prefix, done["role"], False)],
+                                     now_ms())
+        return done
 
     def trusted(self) -> list[TrustEntry]:
         """Every pinned identity."""
@@ -922,10 +1033,19 @@ class Engine(State):
         return issuing.import_cards(self, identity, product, Path(cards_csv), Path(manifest_out), valid_from,
                             valid_until, progress)
 
-    def import_manifest(self, path: str | os.PathLike[str], *,
-                        progress: Progress | None = None) -> tuple[BatchInfo, bool]:
-        """Import a supplier's signed manifest: (batch, True if it was new, False if already here)."""
-        return issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+    def import_manifest(self, path: str | os.PathLike[str], *, progress: Progress | None = None,
+                        register: bool = True) -> tuple[BatchInfo, bool]:
+        """Import a supplier's signed manifest: (batch, True if it was new, False if already here).
+
+        On a node bound to an authority the file also goes into the authority's registry (``register``), and
+        every other node imports it on its next catch-up.
+        """
+        done = issuing.import_manifest(self, read_manifest(path), "manifest", progress)
+        if register and self.authority.remote:
+            from .authority import remote
+
+            remote.register_manifest(self, Path(path))
+        return done
 
     # -- backup and restore (the work is in backup.py) -----------------------------------------
 

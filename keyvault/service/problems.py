@@ -12,6 +12,7 @@ from ..errors import (
     KeyvaultError,
     ManifestError,
     NotFoundError,
+    OutcomeUnknownError,
     ProofError,
     StoreError,
     StoreFullError,
@@ -40,6 +41,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "untrusted-signer": (422, "The signer is not trusted by this store"),
     "headers-too-large": (431, "The request's headers are too large"),
     "store-unavailable": (503, "The store cannot serve this request now"),
+    "outcome-unknown": (503, "The outcome is not known: retry with the same order id"),
     "overloaded": (503, "The service has no room for another connection"),
     "store-full": (507, "The store's disk is full"),
 }
@@ -83,6 +85,8 @@ def from_error(exc: KeyvaultError) -> Problem:
         return Problem("untrusted-signer", detail)
     if isinstance(exc, (ManifestError, CustodyError, ProofError)):
         return Problem("rejected-manifest", detail)
+    if isinstance(exc, OutcomeUnknownError):
+        return Problem("outcome-unknown", detail)
     if isinstance(exc, ClosedError):
         return Problem("store-unavailable", "the service is shutting down; retry on another instance")
     if isinstance(exc, StoreError):

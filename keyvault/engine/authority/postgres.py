@@ -1,0 +1,518 @@
+"""The PostgreSQL authority: redeems, voids and blacklist entries decided in one shared database.
+
+Each decision is one transaction on one connection (per process, reconnected after a fork or a lost
+connection; ``target_session_attrs=read-write`` finds the primary of a multi-host DSN). A redeem batch is
+ONE statement (``INSERT … SELECT … FROM unnest(…) … ON CONFLICT DO NOTHING RETURNING``) that re-checks the
+blacklist in PostgreSQL and writes each change's event row, then one read for the keys it did not take.
+The answer is given only once COMMIT has returned; a connection lost during COMMIT, or PostgreSQL's warning
+that a commit was applied locally but its wait for a synchronous standby was canceled, is
+:class:`~keyvault.errors.OutcomeUnknownError` ("retry with the same order id"), never ``accepted``.
+Connections carry deadlines (connect_timeout, TCP keepalives, tcp_user_timeout) so a dead primary is
+an error in seconds, not a hang; there is no statement_timeout: a commit is never cut short by the client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ...errors import AuthorityError, ConflictError, OutcomeUnknownError, UsageError
+from ...store import REDEEMED, VOIDED
+from .schema import SCHEMA, SCHEMA_VERSION
+
+T = TypeVar("T")
+
+#: Connection settings used unless the DSN sets them: a dead server is an error within seconds.
+DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+            "keepalives_count": "3", "tcp_user_timeout": "15000", "target_session_attrs": "read-write",
+            "application_name": "keyvault"}
+
+_MASKS = [(re.compile(r"(://[^:/@?#]*:)[^@/?#]*@"), r"\1***@"),
+          (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I), r"\1***")]
+
+
+def mask(dsn: str) -> str:
+    """The DSN with its password (URL or key=value form) replaced by ***."""
+    for pattern, repl in _MASKS:
+        dsn = pattern.sub(repl, dsn)
+    return dsn
+
+
+def _signed(serial: int) -> int:
+    """A u64 serial as PostgreSQL's bigint (two's complement)."""
+    return serial - (1 << 64) if serial >= 1 << 63 else serial
+
+
+def _unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise AuthorityError("this store is bound to a PostgreSQL authority but psycopg is not installed: "
+                             "pip install 'psycopg[binary]' (or unbind it: keyvault authority unset)") from None
+    return psycopg
+
+
+_REDEEM = """
+WITH i AS (
+    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)s::text[], %(kb)b::bytea[], %(bb)b::bytea[],
+                         %(sb)b::bytea[]) AS t(serial, order_id, kb, bb, sb)
+), ins AS (
+    INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
+    SELECT i.serial, %(state)s, i.order_id, %(now)s, nextval('keyvault_change') FROM i
+    WHERE NOT EXISTS (SELECT 1 FROM keyvault_blacklist b WHERE b.target IN (i.kb, i.bb, i.sb))
+    ON CONFLICT (serial) DO NOTHING
+    RETURNING serial, change, text, at_ms
+), ev AS (
+    INSERT INTO keyvault_changes (change, kind, serial, text, at_ms)
+    SELECT change, 'redeem', serial, text, at_ms FROM ins
+)
+SELECT serial, (SELECT pg_notify('keyvault_change', '')) FROM ins
+"""
+
+# Arrays of bytes and numbers go in binary (%b): no per-element text escaping.
+_STANDING = """
+SELECT i.serial, k.state, k.text, k.at_ms, bk.reason, bk.at_ms, bb.reason, bb.at_ms, bs.reason, bs.at_ms
+FROM unnest(%(serials)b::bigint[], %(kb)b::bytea[], %(bb)b::bytea[], %(sb)b::bytea[]) AS i(serial, kb, bb, sb)
+LEFT JOIN keyvault_keys k ON k.serial = i.serial
+LEFT JOIN keyvault_blacklist bk ON bk.target = i.kb
+LEFT JOIN keyvault_blacklist bb ON bb.target = i.bb
+LEFT JOIN keyvault_blacklist bs ON bs.target = i.sb
+"""
+
+_SYNC_CANCELED = "synchronous replication"
+#: Wakes the other nodes' followers when the transaction commits (their poll by change number is the backstop).
+CHANNEL = "keyvault_change"
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+
+
+class PostgresAuthority:
+    """A node's connection to the shared PostgreSQL authority (one per process)."""
+
+    remote = True
+
+    def __init__(self, dsn: str) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise UsageError("give the authority as a PostgreSQL DSN, like "
+                             "'host=db1,db2 dbname=keyvault user=keyvault' or postgresql://keyvault@db1/keyvault")
+        self.dsn = dsn
+        self._psycopg = _psycopg()
+        try:
+            given = self._psycopg.conninfo.conninfo_to_dict(dsn)
+        except self._psycopg.ProgrammingError as exc:
+            raise UsageError(f"that DSN does not parse ({mask(str(exc))}); give one like "
+                             "'host=db1 dbname=keyvault user=keyvault'") from None
+        self._params = {**DEFAULTS, **{k: str(v) for k, v in given.items()}}
+        if str(self._params.get("host", "")).startswith("/"):
+            for tcp_only in ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                             "tcp_user_timeout"):
+                self._params.pop(tcp_only, None)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self._notices: list[str] = []
+        #: Called with the connection just before COMMIT is sent (tests cut the connection here).
+        self.before_commit: Callable[[Any], None] | None = None
+        self._run(self._ensure_schema, decisive=False)
+
+    def __repr__(self) -> str:
+        return f"<PostgresAuthority {mask(self.dsn)!r}>"
+
+    @property
+    def shown(self) -> str:
+        """The DSN with its password masked."""
+        return mask(self.dsn)
+
+    # -- connections and transactions ----------------------------------------------------------
+
+    def _connect(self) -> Any:
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(**self._params)
+        except psycopg.Error as exc:
+            raise AuthorityError(f"cannot reach the PostgreSQL authority at {self.shown}: "
+                                 f"{mask(str(exc)).strip()}; check that it runs and that the DSN is right "
+                                 "(`keyvault authority show`, `keyvault authority check`)") from None
+        conn.add_notice_handler(self._notice)
+        return conn
+
+    def listener(self) -> Any:
+        """A new autocommit connection listening on the change channel (the caller closes it)."""
+        conn = self._connect()
+        conn.autocommit = True
+        conn.execute(f"LISTEN {CHANNEL}")
+        return conn
+
+    def _notice(self, diag: Any) -> None:
+        self._notices.append(str(diag.message_primary or ""))
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is gone either way
+                pass
+
+    def _run(self, work: Callable[[Any], T], *, decisive: bool = True) -> T:
+        """``work(cursor)`` in one transaction, committed; retried once on a new connection when the old one
+        failed before COMMIT (nothing was decided). ``decisive``: a lost COMMIT is OutcomeUnknownError."""
+        psycopg = self._psycopg
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
+                self._conn, self._pid = None, os.getpid()
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                conn = self._conn
+                try:
+                    with conn.cursor() as cur:
+                        out = work(cur)
+                except psycopg.OperationalError as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; nothing "
+                                             "was changed: retry") from None
+                    continue
+                except psycopg.Error as exc:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        self._drop()
+                    raise AuthorityError(f"the PostgreSQL authority refused the change: {mask(str(exc)).strip()}; "
+                                         "nothing was changed") from None
+                except BaseException:
+                    self._drop()
+                    raise
+                self._notices.clear()
+                try:
+                    if self.before_commit is not None:
+                        self.before_commit(conn)
+                    conn.commit()
+                except psycopg.Error as exc:
+                    self._drop()
+                    if decisive:
+                        raise OutcomeUnknownError("the connection to the PostgreSQL authority was lost while it "
+                                                  "committed: the change may or may not have been made; retry "
+                                                  "with the same order id") from None
+                    raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; retry") \
+                        from None
+                if decisive and any(_SYNC_CANCELED in n for n in self._notices):
+                    raise OutcomeUnknownError("PostgreSQL committed locally but could not confirm the synchronous "
+                                              "standby: the outcome is not known to be durable; retry with the "
+                                              "same order id")
+                return out
+        raise AssertionError("unreachable")
+
+    def _ensure_schema(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(7264931)")  # two nodes creating it at once: one after the other
+        cur.execute("SELECT to_regclass('keyvault_schema')")
+        row = cur.fetchone()
+        if row[0] is not None:
+            cur.execute("SELECT max(version) FROM keyvault_schema")
+            version = cur.fetchone()[0] or 0
+            if version > SCHEMA_VERSION:
+                raise AuthorityError(f"the authority's schema is version {version}, newer than this keyvault "
+                                     f"reads ({SCHEMA_VERSION}): upgrade keyvault on this node")
+            if version == SCHEMA_VERSION:
+                return
+        for statement in SCHEMA:
+            cur.execute(statement)
+
+    def close(self) -> None:
+        """Close this process's connection."""
+        with self._lock:
+            if self._pid == os.getpid():
+                self._drop()
+            self._conn = None
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def redeem(self, candidates: list[tuple[int, str, bytes, bytes, bytes, bool]], now: int
+               ) -> dict[int, tuple[Any, ...]]:
+        """Decide redeems (one per distinct serial, the first candidate's order) in one transaction.
+
+        Returns each serial's standing after COMMIT: ((state, text, at ms) or None, then the key, batch and
+        supplier blacklist entries' (reason, at ms) or None).
+        """
+        first: dict[int, tuple[int, str, bytes, bytes, bytes, bool]] = {}
+        for c in candidates:
+            first.setdefault(c[0], c)
+        eligible = [c for c in first.values() if c[5]]
+
+        def work(cur: Any) -> dict[int, tuple[Any, ...]]:
+            won: set[int] = set()
+            if eligible:
+                cur.execute(_REDEEM, {"serials": [_signed(c[0]) for c in eligible], "orders": [c[1] for c in eligible],
+                                      "kb": [c[2] for c in eligible], "bb": [c[3] for c in eligible],
+                                      "sb": [c[4] for c in eligible], "state": REDEEMED, "now": now})
+                won = {_unsigned(r[0]) for r in cur.fetchall()}
+            out: dict[int, tuple[Any, ...]] = {s: ((REDEEMED, first[s][1], now), None, None, None) for s in won}
+            rest = [c for s, c in first.items() if s not in won]
+            if rest:
+                cur.execute(_STANDING, {"serials": [_signed(c[0]) for c in rest], "kb": [c[2] for c in rest],
+                                        "bb": [c[3] for c in rest], "sb": [c[4] for c in rest]})
+                for row in cur.fetchall():
+                    out[_unsigned(row[0])] = (None if row[1] is None else (row[1], row[2], row[3]),
+                                              None if row[4] is None else (row[4], row[5]),
+                                              None if row[6] is None else (row[6], row[7]),
+                                              None if row[8] is None else (row[8], row[9]))
+            return out
+
+        return self._run(work)
+
+    def void(self, serial: int, reason: str, now: int) -> tuple[int, str, int]:
+        """Void a key no one redeemed; its (state, text, at ms) after COMMIT (the redeem's when it lost)."""
+        def work(cur: Any) -> tuple[int, str, int]:
+            cur.execute("""
+                WITH ins AS (
+                    INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
+                    VALUES (%(serial)s, %(state)s, %(text)s, %(now)s, nextval('keyvault_change'))
+                    ON CONFLICT (serial) DO NOTHING RETURNING change, serial, text, at_ms
+                ), ev AS (
+                    INSERT INTO keyvault_changes (change, kind, serial, text, at_ms)
+                    SELECT change, 'void', serial, text, at_ms FROM ins
+                ) SELECT count(*) FROM ins""", {"serial": _signed(serial), "state": VOIDED, "text": reason,
+                                                 "now": now})
+            if cur.fetchone()[0]:
+                cur.execute(_NOTIFY)
+                return VOIDED, reason, now
+            cur.execute("SELECT state, text, at_ms FROM keyvault_keys WHERE serial = %s", (_signed(serial),))
+            row = cur.fetchone()
+            return int(row[0]), str(row[1]), int(row[2])
+
+        return self._run(work)
+
+    def blacklist(self, target: bytes, level: str, shown: str, reason: str, now: int) -> None:
+        """Add (or replace the reason of) a blacklist entry, with its event, in one transaction."""
+        def work(cur: Any) -> None:
+            cur.execute("""
+                WITH ins AS (
+                    INSERT INTO keyvault_blacklist (target, level, shown, reason, at_ms, change)
+                    VALUES (%(target)s, %(level)s, %(shown)s, %(reason)s, %(now)s, nextval('keyvault_change'))
+                    ON CONFLICT (target) DO UPDATE SET reason = excluded.reason, at_ms = excluded.at_ms,
+                                                       change = excluded.change
+                    RETURNING change, target, reason, at_ms
+                ) INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                  SELECT change, 'blacklist', target, reason, at_ms FROM ins""",
+                        {"target": target, "level": level, "shown": shown, "reason": reason, "now": now})
+            cur.execute(_NOTIFY)
+
+        self._run(work, decisive=False)
+
+    def lift(self, target: bytes, level: str, shown: str, reason: str, now: int) -> bool:
+        """Remove a blacklist entry, with its event; False when there was none."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH del AS (DELETE FROM keyvault_blacklist WHERE target = %(target)s RETURNING target)
+                INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                SELECT nextval('keyvault_change'), 'lift', target, %(reason)s, %(now)s FROM del
+                RETURNING change""", {"target": target, "reason": reason, "now": now})
+            lifted = cur.fetchone() is not None
+            if lifted:
+                cur.execute(_NOTIFY)
+            return lifted
+
+        return self._run(work, decisive=False)
+
+    # -- service tokens ------------------------------------------------------------------------------------
+
+    def add_tokens(self, entries: dict[str, dict[str, Any]], now: int) -> list[str]:
+        """Add tokens (name -> {hash, scope, created}); the names that were new (the others are kept as they are)."""
+        def work(cur: Any) -> list[str]:
+            names = sorted(entries)
+            cur.execute("""
+                WITH i AS (SELECT * FROM unnest(%(n)s::text[], %(h)s::text[], %(s)s::text[], %(c)s::bigint[])
+                           AS t(name, hash, scope, created)),
+                ins AS (INSERT INTO keyvault_tokens (name, hash, scope, created, change)
+                        SELECT name, hash, scope, created, nextval('keyvault_change') FROM i
+                        ON CONFLICT (name) DO NOTHING RETURNING change, name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT change, 'token', name, %(now)s FROM ins RETURNING text""",
+                        {"n": names, "h": [entries[n]["hash"] for n in names],
+                         "s": [entries[n]["scope"] for n in names], "c": [entries[n]["created"] for n in names],
+                         "now": now})
+            added = [r[0] for r in cur.fetchall()]
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        """Revoke a token for every node; False when there was none of that name."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH del AS (DELETE FROM keyvault_tokens WHERE name = %s RETURNING name)
+                INSERT INTO keyvault_changes (change, kind, text, at_ms)
+                SELECT nextval('keyvault_change'), 'token', name, %s FROM del RETURNING change""", (name, now))
+            gone = cur.fetchone() is not None
+            if gone:
+                cur.execute(_NOTIFY)
+            return gone
+
+        return self._run(work, decisive=False)
+
+    def tokens(self) -> dict[str, dict[str, Any]]:
+        """Every token: name -> {hash, scope, created}."""
+        def work(cur: Any) -> dict[str, dict[str, Any]]:
+            cur.execute("SELECT name, hash, scope, created FROM keyvault_tokens")
+            return {r[0]: {"hash": r[1], "scope": r[2], "created": int(r[3])} for r in cur.fetchall()}
+
+        return self._run(work, decisive=False)
+
+    # -- trust pins ----------------------------------------------------------------------------------------
+
+    def put_trust(self, pins: list[tuple[bytes, str, int, str, bool]], now: int, *, replace: bool = True) -> None:
+        """Pin or unpin identities for every node: (public key, name, prefix, role, pinned); ``replace`` False
+        keeps what the authority holds for a key already there."""
+        def work(cur: Any) -> None:
+            conflict = ("DO UPDATE SET pinned = excluded.pinned, role = excluded.role, change = excluded.change"
+                        if replace else "DO NOTHING")
+            cur.execute(f"""
+                WITH i AS (SELECT * FROM unnest(%(k)s::bytea[], %(n)s::text[], %(p)s::bigint[], %(r)s::text[],
+                                                %(y)s::boolean[]) AS t(public_key, name, prefix, role, pinned)),
+                ins AS (INSERT INTO keyvault_trust (public_key, name, prefix, role, pinned, change)
+                        SELECT public_key, name, prefix, role, pinned, nextval('keyvault_change') FROM i
+                        ON CONFLICT (public_key) {conflict} RETURNING change, public_key, name)
+                INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                SELECT change, 'trust', public_key, name, %(now)s FROM ins""",
+                        {"k": [p[0] for p in pins], "n": [p[1] for p in pins], "p": [p[2] for p in pins],
+                         "r": [p[3] for p in pins], "y": [p[4] for p in pins], "now": now})
+            cur.execute(_NOTIFY)
+
+        self._run(work, decisive=False)
+
+    def trust_pins(self) -> list[tuple[bytes, str, int, str, bool]]:
+        """Every identity the authority pins or unpinned: (public key, name, prefix, role, pinned)."""
+        def work(cur: Any) -> list[tuple[bytes, str, int, str, bool]]:
+            cur.execute("SELECT public_key, name, prefix, role, pinned FROM keyvault_trust ORDER BY change")
+            return [(bytes(r[0]), r[1], int(r[2]), r[3], bool(r[4])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    # -- the manifest registry --------------------------------------------------------------------------
+
+    def put_manifest(self, digest: bytes, body: bytes, now: int) -> bool:
+        """Put a signed manifest file in force for every node (by its SHA-256); False when it was already."""
+        def work(cur: Any) -> bool:
+            cur.execute("""
+                WITH ins AS (
+                    INSERT INTO keyvault_manifests (hash, body, at_ms, change)
+                    VALUES (%s, %s, %s, nextval('keyvault_change'))
+                    ON CONFLICT (hash) DO NOTHING RETURNING change, hash, at_ms
+                ) INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                  SELECT change, 'manifest', hash, '', at_ms FROM ins RETURNING change""", (digest, body, now))
+            added = cur.fetchone() is not None
+            if added:
+                cur.execute(_NOTIFY)
+            return added
+
+        return self._run(work, decisive=False)
+
+    def manifest_hashes(self) -> list[bytes]:
+        """The SHA-256 of every manifest in the registry, oldest first."""
+        def work(cur: Any) -> list[bytes]:
+            cur.execute("SELECT hash FROM keyvault_manifests ORDER BY change")
+            return [bytes(r[0]) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    def manifest(self, digest: bytes) -> bytes | None:
+        """A registered manifest file's bytes, or None."""
+        def work(cur: Any) -> bytes | None:
+            cur.execute("SELECT body FROM keyvault_manifests WHERE hash = %s", (digest,))
+            row = cur.fetchone()
+            return None if row is None else bytes(row[0])
+
+        return self._run(work, decisive=False)
+
+    # -- moving a store's own state in, and looking at the authority ----------------------------------
+
+    def migrate(self, keys: list[tuple[int, int, str, int]], entries: list[tuple[bytes, str, str, str, int]]
+                ) -> dict[str, int]:
+        """Move a store's redeems and voids (serial, state, text, at ms) and blacklist entries in, in one
+        transaction; proved by counting them back. ConflictError (nothing moved) when the authority
+        already decided one of those keys otherwise."""
+        def work(cur: Any) -> dict[str, int]:
+            if keys:
+                cur.execute("""
+                    WITH i AS (SELECT * FROM unnest(%(s)s::bigint[], %(st)s::smallint[], %(t)s::text[],
+                                                    %(a)s::bigint[]) AS t(serial, state, text, at_ms)),
+                    ins AS (INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
+                            SELECT serial, state, text, at_ms, nextval('keyvault_change') FROM i
+                            ON CONFLICT (serial) DO NOTHING RETURNING change, serial, state, text, at_ms)
+                    INSERT INTO keyvault_changes (change, kind, serial, text, at_ms)
+                    SELECT change, CASE WHEN state = %(redeemed)s THEN 'redeem' ELSE 'void' END, serial, text, at_ms
+                    FROM ins""", {"s": [_signed(k[0]) for k in keys], "st": [k[1] for k in keys],
+                                  "t": [k[2] for k in keys], "a": [k[3] for k in keys], "redeemed": REDEEMED})
+                cur.execute("""
+                    SELECT count(*) FROM unnest(%(s)s::bigint[], %(st)s::smallint[], %(t)s::text[])
+                        AS i(serial, state, text)
+                    JOIN keyvault_keys k ON k.serial = i.serial AND k.state = i.state AND k.text = i.text""",
+                            {"s": [_signed(k[0]) for k in keys], "st": [k[1] for k in keys],
+                             "t": [k[2] for k in keys]})
+                held = cur.fetchone()[0]
+                if held != len(keys):
+                    raise ConflictError(f"{len(keys) - held} of this store's {len(keys)} redeemed or void keys are "
+                                        "decided otherwise in the authority (another node redeemed them): nothing "
+                                        "was moved; `keyvault authority check` and the keys' traces show them")
+            for target, level, shown, reason, at in entries:
+                cur.execute("""
+                    WITH ins AS (
+                        INSERT INTO keyvault_blacklist (target, level, shown, reason, at_ms, change)
+                        VALUES (%s, %s, %s, %s, %s, nextval('keyvault_change'))
+                        ON CONFLICT (target) DO NOTHING RETURNING change, target, reason, at_ms)
+                    INSERT INTO keyvault_changes (change, kind, target, text, at_ms)
+                    SELECT change, 'blacklist', target, reason, at_ms FROM ins""",
+                            (target, level, shown, reason, at))
+            if entries:
+                cur.execute("SELECT count(*) FROM keyvault_blacklist WHERE target = ANY(%s)",
+                            ([e[0] for e in entries],))
+                if cur.fetchone()[0] != len(entries):
+                    raise ConflictError("the blacklist did not move whole: nothing was moved; retry")
+            return {"keys": len(keys), "blacklist": len(entries)}
+
+        try:
+            return self._run(work, decisive=False)
+        except ConflictError:
+            with self._lock:
+                self._drop()  # the transaction is abandoned unfinished: the server rolls it back
+            raise
+
+    def changes_since(self, change: int, limit: int = 10_000) -> list[tuple[int, str, int | None, bytes | None,
+                                                                              str, int, Any]]:
+        """Changes after number ``change``, oldest first: (change, kind, serial, target, text, at ms, and for a
+        blacklist target the entry held now as (level, reason, at ms), None when there is none)."""
+        def work(cur: Any) -> list[Any]:
+            cur.execute("""SELECT c.change, c.kind, c.serial, c.target, c.text, c.at_ms, b.level, b.reason, b.at_ms
+                           FROM keyvault_changes c LEFT JOIN keyvault_blacklist b ON b.target = c.target
+                           WHERE c.change > %s ORDER BY c.change LIMIT %s""", (change, limit))
+            return [(r[0], r[1], None if r[2] is None else _unsigned(r[2]), None if r[3] is None else bytes(r[3]),
+                     r[4], r[5], None if r[6] is None else (r[6], r[7], r[8])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    def check(self) -> dict[str, Any]:
+        """Reachable, schema version, newest change number, and replication as the primary sees it."""
+        def work(cur: Any) -> dict[str, Any]:
+            cur.execute("SELECT current_setting('server_version'), pg_is_in_recovery(), "
+                        "(SELECT max(version) FROM keyvault_schema), (SELECT max(change) FROM keyvault_changes), "
+                        "current_setting('synchronous_standby_names'), current_setting('synchronous_commit')")
+            version, recovery, schema, newest, sync_names, sync_commit = cur.fetchone()
+            cur.execute("SELECT application_name, client_addr::text, state, sync_state, "
+                        "extract(epoch FROM replay_lag) FROM pg_stat_replication ORDER BY application_name")
+            standbys = [{"name": r[0], "address": r[1], "state": r[2], "sync_state": r[3],
+                         "replay_lag_seconds": None if r[4] is None else float(r[4])} for r in cur.fetchall()]
+            return {"reachable": True, "server_version": version, "in_recovery": bool(recovery),
+                    "schema_version": schema, "schema_expected": SCHEMA_VERSION, "newest_change": newest or 0,
+                    "synchronous_standby_names": sync_names, "synchronous_commit": sync_commit,
+                    "standbys": standbys}
+
+        return self._run(work, decisive=False)

@@ -1,0 +1,524 @@
+"""The engine's side of a PostgreSQL authority: binding a store, redeeming, voiding and blacklisting
+through it, and keeping the node's LMDB cache (what verify reads) current.
+
+A bound node judges format, check symbols, tag and validity window itself (the compiled batch check),
+asks the authority for everything nodes share, answers only from what the authority committed, and
+then records the decided changes in its own store so its verify sees them at once. Other nodes'
+changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by change number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ... import _fast
+from ...clock import iso, now_ms
+from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
+from ...formats.keyformat import batch_key, parse_prefix
+from ...results import Result, Status
+from ...store import ACTIVE, REDEEMED, VOIDED, Txn
+from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
+    from_u64, load, u64
+from .. import trust
+from ..catalog import blacklist_target
+from ..guard import counter_scopes
+from ..lookup import check
+from ..tokens import save as save_tokens
+from ..tokens import stored as stored_tokens
+from . import META_KEY
+from .postgres import PostgresAuthority, mask
+
+#: Meta key: the newest authority change number this node's cache has applied.
+CURSOR_KEY = b"authority_change"
+#: Change numbers are taken when a transaction runs and become visible when it commits, so a lower number
+#: can appear after a higher one: each catch-up reads this far back again (applying is idempotent).
+REREAD = 1000
+
+#: Local answers for keys found and matched: the authority has the last word on them (a key out of its
+#: window may still have been redeemed, and its retry must be answered `accepted` again).
+_DECIDED = (Status.VALID, Status.REDEEMED, Status.VOID, Status.BLACKLISTED, Status.EXPIRED, Status.NOT_YET_VALID)
+
+
+def connect(dsn: str, reach: bool = True) -> PostgresAuthority | DetachedAuthority:
+    """The authority a bound store names, connected (AuthorityError saying what to do when it cannot be);
+    with ``reach`` False, a stand-in that refuses every decision (to show or unset the binding offline)."""
+    return PostgresAuthority(dsn) if reach else DetachedAuthority(dsn)
+
+
+#: Meta key prefix: + SHA-256 of a registry manifest this node has imported.
+MANIFEST_PREFIX = b"authority_manifest/"
+#: Seconds before a registry manifest this node could not import (an unpinned signer) is tried again.
+RETRY_MANIFEST = 30.0
+#: Per engine: registry manifests it could not import, by hash: (when it last tried, why).
+_FAILURES: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, str]]] = weakref.WeakKeyDictionary()
+
+
+def register_manifest(engine: Any, path: Path) -> bool:
+    """After a bound node imported ``path``: put it in the authority's registry, in force for every node."""
+    body = path.read_bytes()
+    digest = hashlib.sha256(body).digest()
+    added = engine.authority.put_manifest(digest, body, now_ms())
+    engine.store.write(lambda txn: txn.put("meta", MANIFEST_PREFIX + digest, u64(now_ms())))
+    return bool(added)
+
+
+def sync_tokens(engine: Any) -> None:
+    """Make this node's tokens the authority's (a token created or revoked on any node, here too)."""
+    held = engine.authority.tokens()
+
+    def work(txn: Txn) -> None:
+        if stored_tokens(txn) != held:
+            save_tokens(txn, held)
+
+    engine.store.write(work)
+
+
+def sync_trust(engine: Any) -> None:
+    """Pin here what the authority pins, unpin what it unpinned (a key rotated away here stays as it is)."""
+    pins = engine.authority.trust_pins()
+    now = now_ms()
+
+    def work(txn: Txn) -> None:
+        for public_key, name, prefix, role, pinned in pins:
+            cat = engine.current(txn)
+            doc = cat.trusted.get(public_key)
+            if pinned and doc is None:
+                trust.pin(engine, txn, cat, name, prefix, public_key, role.split(","), now)
+            elif not pinned and doc is not None and cat.trusts(public_key):
+                trust.unpin(engine, txn, cat, public_key, now)
+
+    engine.store.write(work)
+
+
+def pinned_here(engine: Any) -> list[tuple[bytes, str, int, str, bool]]:
+    """This node's pins, as the authority records them."""
+    cat = engine.catalog()
+    return [(key, doc["name"], parse_prefix(doc["prefix"]), ",".join(doc.get("roles") or [doc["role"]]), True)
+            for key, doc in cat.trusted.items() if cat.trusts(key)]
+
+
+def create_token(engine: Any, name: str, entry: dict[str, Any]) -> None:
+    """A token made on this node, added for every node (ConflictError when the name is taken)."""
+    if not engine.authority.add_tokens({name: entry}, now_ms()):
+        raise ConflictError(f"a token named {name} exists: revoke it first, or choose another name")
+    sync_tokens(engine)
+
+
+def revoke_token(engine: Any, name: str) -> None:
+    """A token revoked for every node (NotFoundError when there is none of that name)."""
+    if not engine.authority.revoke_token(name, now_ms()):
+        raise NotFoundError(f"no token named {name}; `keyvault token list` shows the tokens")
+    sync_tokens(engine)
+
+
+def fetch_manifests(engine: Any) -> dict[str, str]:
+    """Import the registry's manifests this node does not hold yet (bytes fetched by hash, hash and signature
+    checked); the ones it could not import, by hash, with why (retried after RETRY_MANIFEST seconds)."""
+    failed = _FAILURES.setdefault(engine, {})
+    with engine.store.read() as txn:
+        missing = [d for d in engine.authority.manifest_hashes() if txn.get("meta", MANIFEST_PREFIX + d) is None]
+    for digest in missing:
+        seen = failed.get(digest.hex())
+        if seen is not None and time.monotonic() - seen[0] < RETRY_MANIFEST:
+            continue
+        body = engine.authority.manifest(digest)
+        try:
+            if body is None or hashlib.sha256(body).digest() != digest:
+                raise ManifestError("the registry's copy does not hash to its name: it was altered in the database")
+            with tempfile.TemporaryDirectory(dir=engine.path) as scratch:
+                copy = Path(scratch) / f"{digest.hex()[:16]}.kvm"
+                copy.write_bytes(body)
+                engine.import_manifest(copy, register=False)
+        except KeyvaultError as exc:
+            failed[digest.hex()] = (time.monotonic(), str(exc))
+            continue
+        failed.pop(digest.hex(), None)
+        engine.store.write(lambda txn, d=digest: txn.put("meta", MANIFEST_PREFIX + d, u64(now_ms())))
+    return {h: why for h, (_, why) in failed.items()}
+
+
+class DetachedAuthority:
+    """A bound store opened without reaching its authority: verify reads the cache; decisions are refused."""
+
+    remote = True
+
+    def __init__(self, dsn: str) -> None:
+        self.shown = mask(dsn)
+
+    def __repr__(self) -> str:
+        return f"<DetachedAuthority {self.shown!r}>"
+
+    def _refuse(self, *args: object) -> Any:
+        raise AuthorityError(f"this store was opened without connecting to its authority ({self.shown}): "
+                             "open it normally to redeem, void or blacklist; nothing was changed")
+
+    redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
+    add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], None] | None,
+           clients: list[str | None] | str | None, budgets: dict[str, Any]) -> list[Result]:
+    """Redeem checked (key, order id) pairs through the authority: local judging, one decision, then the cache."""
+    now = now_ms()
+    keys = [key for key, _ in pairs]
+    with engine.store.read() as txn:
+        head = txn.head()
+        cat = engine.current(txn, head)
+        overlay = engine.ledger.sync(txn, head)
+        locks = engine.guard.card_locks()
+
+        def judge(chunk: list[str]) -> list[Result]:
+            return check(txn, cat, engine.pepper, overlay, chunk, now, locks)
+
+        results = engine.guard.judge_for(keys, clients, budgets, judge) if isinstance(clients, list) else \
+            engine.guard.judge(keys, clients, budgets, judge)
+    candidates = []
+    where: list[tuple[int, int]] = []  # (index in pairs, serial)
+    for i, result in enumerate(results):
+        if result.status in _DECIDED and result.serial is not None:
+            serial = _fast.parse_serial(result.serial)
+            key = batch_key(serial)
+            row = cat.rows[key]
+            in_window = (row[1] is None or now >= row[1]) and (row[2] is None or now < row[2])
+            candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(key),
+                               LEVEL_SUPPLIER + (result.supplier or "").encode("ascii"), in_window))
+            where.append((i, serial))
+    if not candidates:
+        return results
+    if before_wait is not None:
+        before_wait()
+    standing = engine.authority.redeem(candidates, now)
+    learned: dict[int, tuple[int, int, str]] = {}
+    for i, serial in where:
+        before = results[i]
+        results[i] = _answer(before, pairs[i][1], standing.get(serial), cat.rows[batch_key(serial)], now)
+        state = standing.get(serial)
+        if state is not None and state[0] is not None and before.status not in (Status.REDEEMED, Status.VOID):
+            learned[serial] = state[0]  # the cache did not know: record it so this node's verify does
+    if learned:
+        cache(engine, learned)
+    return results
+
+
+def _answer(before: Result, order: str, standing: Any, row: Any, now: int) -> Result:
+    """A redeem's answer from what the authority committed for its key."""
+    base = tuple(before[1:6])
+    if standing is None:  # the authority did not answer for it: never accepted
+        return Result(Status.DAMAGED, *base[:2], message="the authority gave no answer for this key; retry")
+    decided, by_key, by_batch, by_supplier = standing
+    if decided is not None:
+        state, text, at = decided
+        when = iso(at)
+        if state == REDEEMED:
+            if text == order:
+                return Result(Status.ACCEPTED, *base, order_id=order, redeemed_at=when)
+            return Result(Status.REDEEMED, *base, order_id=text, redeemed_at=when,
+                          message=f"already redeemed by order {text} at {when}")
+        return Result(Status.VOID, *base, voided_at=when, reason=text, message=f"voided at {when}: {text}")
+    for level, entry in (("supplier", by_supplier), ("batch", by_batch), ("key", by_key)):
+        if entry is not None:
+            return Result(Status.BLACKLISTED, *base, level=level, reason=entry[0],
+                          message=f"blacklisted ({level}): {entry[0]}")
+    if row[1] is not None and now < row[1]:
+        return Result(Status.NOT_YET_VALID, *base, message=f"valid from {iso(row[1])}")
+    if row[2] is not None and now >= row[2]:
+        return Result(Status.EXPIRED, *base, message=f"expired at {iso(row[2])}")
+    # Refused by a blacklist entry lifted between the decision and the read: refused, and retrying is safe.
+    return Result(Status.BLACKLISTED, *base, message="refused by a blacklist entry lifted just now: retry")
+
+
+def cache(engine: Any, decided: dict[int, tuple[int, str, int]]) -> int:
+    """Record redeems and voids the authority decided in this node's store (what verify reads); how many
+    were new here. Keys the store already holds as decided are left as they are."""
+    def work(txn: Txn) -> tuple[list[Any], list[int]]:
+        head = txn.head()
+        cat = engine.current(txn, head)
+        overlay = engine.ledger.sync(txn, head)
+        changes = []
+        redeemed: Counter[tuple[str, str]] = Counter()
+        voided: Counter[tuple[str, str]] = Counter()
+        for serial in sorted(decided):
+            state, text, at = decided[serial]
+            info = cat.batches.get(batch_key(serial))
+            if info is None or serial in overlay:
+                continue  # not a key of this store, or decided here already
+            record = txn.get("cards", u64(serial))
+            if record is None or record[0] != ACTIVE:
+                continue
+            changes.append((serial, state, at, text))
+            (redeemed if state == REDEEMED else voided)[(info.id, info.supplier)] += 1
+        for (batch, supplier), n in voided.items():
+            for scope in counter_scopes(batch, supplier):
+                txn.add(scope + b"/void", n)
+        return engine._record(txn, overlay, changes, redeemed, b"redeemed")
+
+    engine.ledger.learn(*engine.store.write(work))
+    return len(decided)
+
+
+def void(engine: Any, serial: int, reason: str) -> tuple[int, str, int]:
+    """Void through the authority, then in the cache; the key's (state, text, at ms) as decided."""
+    decided = engine.authority.void(serial, reason, now_ms())
+    cache(engine, {serial: decided})
+    return decided
+
+
+# -- binding -------------------------------------------------------------------------------------------
+
+
+def own_state(engine: Any) -> tuple[list[tuple[int, int, str, int]], list[tuple[bytes, str, str, str, int]]]:
+    """This store's redeemed and void keys (serial, state, text, at ms) and blacklist entries
+    (target, level, shown, reason, at ms): what binding it to an authority would have to move."""
+    keys: dict[int, tuple[int, int, str, int]] = {}
+    entries = []
+    with engine.store.read() as txn:
+        overlay = engine.ledger.sync(txn, txn.head())
+        for key, record in txn.items("cards"):
+            if record[0] == ACTIVE:
+                continue
+            serial = from_u64(key)
+            outcome = _fast.open_outcome(engine.pepper, serial, txn.get("outcomes", key))
+            if outcome is None:
+                raise ConflictError(f"the outcome record of serial {serial} is damaged: run `keyvault check` and "
+                                    "restore the store before binding it to an authority")
+            keys[serial] = (serial, outcome[0], bytes(outcome[17:]).decode("utf-8"),
+                            int.from_bytes(outcome[1:9], "big"))
+        for serial, (state, at, text, _) in overlay.items():
+            keys[serial] = (serial, state, text, at)
+        for raw, value in txn.items("blacklist"):
+            doc = load(value)
+            level, shown = blacklist_target(bytes(raw))
+            entries.append((bytes(raw), level, shown, str(doc["reason"]), int(doc["at"])))
+    return sorted(keys.values()), entries
+
+
+def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
+    """Bind the store to the authority at ``dsn``; ``migrate`` moves its own decisions in first."""
+    if engine.authority.remote:
+        raise ConflictError(f"this store is bound to {engine.authority.shown} already: "
+                            "`keyvault authority unset` first to bind it elsewhere")
+    authority = PostgresAuthority(dsn)
+    try:
+        keys, entries = own_state(engine)
+        if (keys or entries) and not migrate:
+            raise ConflictError(f"this store holds {len(keys)} redeemed or void keys and {len(entries)} blacklist "
+                                "entries of its own: bind it with --migrate to move them into the authority (in "
+                                "one transaction, counted back), or bind a store that has decided nothing yet")
+        moved = authority.migrate(keys, entries) if keys or entries else {"keys": 0, "blacklist": 0}
+        with engine.store.read() as txn:
+            mine = stored_tokens(txn)
+        if mine:  # this node's tokens become every node's (a name taken already keeps the authority's)
+            authority.add_tokens(mine, now_ms())
+        pins = pinned_here(engine)
+        if pins:  # and its pins, every node's (a key the authority knows already keeps its state there)
+            authority.put_trust(pins, now_ms(), replace=False)
+        cursor = authority.check()["newest_change"]
+
+        def work(txn: Txn) -> None:
+            txn.put("meta", META_KEY, dsn.encode("utf-8"))
+            txn.put("meta", CURSOR_KEY, u64(0))
+            txn.bump_generation()
+
+        engine.store.write(work)
+    except BaseException:
+        authority.close()
+        raise
+    engine.authority = authority
+    sync_tokens(engine)
+    sync_trust(engine)
+    catch_up(engine)
+    follow(engine)
+    return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
+            "newest_change": cursor}
+
+
+def unbind(engine: Any) -> dict[str, Any]:
+    """Unbind the store: from now on it decides alone again (with what its cache holds)."""
+    if not engine.authority.remote:
+        raise NotFoundError("this store is not bound to an authority; nothing was changed")
+
+    def work(txn: Txn) -> None:
+        txn.delete("meta", META_KEY)
+        txn.delete("meta", CURSOR_KEY)
+        txn.bump_generation()
+
+    shown = engine.authority.shown
+    if engine.follower is not None:
+        engine.follower.stop()
+        engine.follower = None
+    if isinstance(engine.authority, PostgresAuthority):  # take every decision the other nodes made along
+        while catch_up(engine) >= 10_000:
+            pass
+    engine.store.write(work)
+    engine.authority.close()
+    from .local import LocalAuthority
+
+    engine.authority = LocalAuthority()
+    return {"authority": None, "was": shown}
+
+
+def stored_dsn(engine: Any) -> str | None:
+    """The DSN the store is bound to, or None."""
+    with engine.store.read() as txn:
+        value = txn.get("meta", META_KEY)
+    return None if value is None else bytes(value).decode("utf-8")
+
+
+def show(engine: Any) -> dict[str, Any]:
+    """The binding, with the DSN's password masked."""
+    dsn = stored_dsn(engine)
+    return {"bound": dsn is not None, "authority": None if dsn is None else mask(dsn)}
+
+
+def cursor(engine: Any) -> int:
+    """The newest authority change number this node's cache has applied."""
+    with engine.store.read() as txn:
+        value = txn.get("meta", CURSOR_KEY)
+    return 0 if value is None else from_u64(value)
+
+
+def status(engine: Any) -> dict[str, Any]:
+    """``keyvault authority check``: reachable, schema, replication, and this node's cache lag."""
+    if not engine.authority.remote:
+        raise NotFoundError("this store is not bound to an authority: `keyvault authority set DSN` binds it")
+    doc = engine.authority.check()
+    applied = cursor(engine)
+    doc.update(authority=engine.authority.shown, cache_change=applied,
+               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine))
+    return doc
+
+
+# -- catching up -----------------------------------------------------------------------------------------
+
+
+def follow(engine: Any) -> None:
+    """Start keeping this process's cache current, when the engine reaches a PostgreSQL authority
+    (KEYVAULT_AUTHORITY_FOLLOW=0 leaves it to explicit catch-ups)."""
+    if engine.follower is None and isinstance(engine.authority, PostgresAuthority) \
+            and os.environ.get("KEYVAULT_AUTHORITY_FOLLOW", "1") != "0":
+        engine.follower = Follower(engine)
+
+
+class Follower:
+    """A background thread keeping one process's node cache current: it applies the authority's changes when
+    a NOTIFY says some were committed, and polls by change number every ``interval`` seconds regardless."""
+
+    def __init__(self, engine: Any, interval: float = 1.0) -> None:
+        self._engine = weakref.ref(engine)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            engine = self._engine()
+            if engine is None or not isinstance(engine.authority, PostgresAuthority):
+                break
+            try:
+                if conn is None:
+                    conn = engine.authority.listener()
+                while catch_up(engine) >= 10_000:
+                    pass
+                del engine
+                until = time.monotonic() + self._interval
+                while not self._stop.is_set() and time.monotonic() < until:  # short waits: close() is quick
+                    if list(conn.notifies(timeout=0.1, stop_after=1)):
+                        break
+            except Exception:  # noqa: BLE001 - a lost connection or a busy store: try again after a pause
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001 - it is being dropped anyway
+                        pass
+                conn = None
+                self._stop.wait(self._interval)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing at exit
+                pass
+
+    def stop(self) -> None:
+        """Stop following and wait (briefly) for the thread to end."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+
+def catch_up(engine: Any, limit: int = 10_000) -> int:
+    """Apply the authority's changes since this node's cursor to its cache (redeems, voids, blacklist
+    entries); how many were read. Idempotent: each change is applied as the authority holds it now."""
+    if not engine.authority.remote:
+        return 0
+    fetch_manifests(engine)  # first: the redeems that follow may be of its keys
+    start = cursor(engine)
+    changes = engine.authority.changes_since(max(0, start - REREAD), limit)
+    if not changes:
+        return 0
+    decided: dict[int, tuple[int, str, int]] = {}
+    targets: dict[bytes, tuple[str | None, str, int]] = {}
+    if any(c[1] == "token" for c in changes):
+        sync_tokens(engine)
+    if any(c[1] == "trust" for c in changes):
+        sync_trust(engine)
+    for change, kind, serial, target, text, at, now_held in changes:
+        if kind in ("redeem", "void") and serial is not None:
+            decided.setdefault(serial, (REDEEMED if kind == "redeem" else VOIDED, text, at))
+        elif target is not None:  # applied as the authority holds it now (a later lift wins over the add)
+            targets[target] = (None, text, at) if now_held is None else now_held
+    newest = max(c[0] for c in changes)
+    with engine.store.read() as txn:
+        overlay = engine.ledger.sync(txn, txn.head())
+        decided = {s: d for s, d in decided.items() if s not in overlay
+                   and (record := txn.get("cards", u64(s))) is not None and record[0] == ACTIVE}
+        targets = {raw: held for raw, held in targets.items()
+                   if (old := txn.get("blacklist", raw)) is None and held[0] is not None
+                   or old is not None and (held[0] is None or load(old).get("reason") != held[1])}
+        stored = txn.get("meta", CURSOR_KEY)
+        if not decided and not targets and stored is not None and from_u64(stored) >= newest:
+            return len(changes)  # nothing new for this node: no write
+    if decided:
+        cache(engine, decided)
+
+    def work(txn: Txn) -> None:
+        bumped = False
+        for raw, (level, text, at) in targets.items():
+            old = txn.get("blacklist", raw)
+            value = None if level is None else dump({"reason": text, "at": at})
+            if value is None and old is not None:
+                txn.delete("blacklist", raw)
+            elif value is not None and (old is None or load(old).get("reason") != text):
+                txn.put("blacklist", raw, value)
+            else:
+                continue
+            txn.put("meta", BLACKLIST_DIGEST, blacklist_digest(txn.get("meta", BLACKLIST_DIGEST), raw, old, value))
+            bumped = True
+        if bumped:
+            txn.bump_generation()
+        old_cursor = txn.get("meta", CURSOR_KEY)
+        if old_cursor is None or from_u64(old_cursor) < newest:
+            txn.put("meta", CURSOR_KEY, u64(newest))
+
+    engine.store.write(work)
+    return len(changes)
+
+
+def check_dsn(dsn: object) -> str:
+    """A DSN given on the command line, checked to be text."""
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise UsageError("give the authority as a PostgreSQL DSN, like 'host=db1,db2 dbname=keyvault user=keyvault'")
+    return dsn
