@@ -74,7 +74,7 @@ def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, 
         say(f"   the same key for order-B on node2: {answer['status']} ({answer.get('message')})")
         answer = _post(b, "/v1/redeem", {"key": keys[first], "order_id": "order-A"})
         say(f"   order-A's retry on node2: {answer['status']} at {answer.get('redeemed_at')} (the first answer)")
-        say(f"4. 8 clients redeem over both nodes' HTTP services, racing on the same keys with retries")
+        say("4. 8 clients redeem over both nodes' HTTP services, racing on the same keys with retries")
         load = Load(lambda i: HttpClient(state["nodes"][i % 2]["url"], state["nodes"][i % 2]["admin_token"], keys),
                     serials[1:], clients=8, orders_per_serial=2).start()
         try:

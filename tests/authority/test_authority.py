@@ -178,7 +178,7 @@ def test_a_bound_store_reopens_bound_and_unset_unbinds(tmp_path: Path, supplier:
 
 def test_an_unreachable_authority_is_a_clear_error_and_the_password_never_shows(
         tmp_path: Path, supplier: Identity, batch: Issued, pg_server: PgServer) -> None:
-    dead = f"host=127.0.0.1 port=1 dbname=x user=u password=hunter2-secret connect_timeout=2"
+    dead = "host=127.0.0.1 port=1 dbname=x user=u password=hunter2-secret connect_timeout=2"
     with node(tmp_path / "n", supplier, batch, None) as vault:
         with pytest.raises(AuthorityError) as caught:
             vault.authority.set(dead)

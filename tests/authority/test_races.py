@@ -8,11 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from keyvault import Identity, KeyvaultError, Status, Vault
 
-from conftest import Issued, issue
+from conftest import issue
 
 from .conftest import PgServer
 from .test_authority import node
