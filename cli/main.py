@@ -29,6 +29,7 @@ from . import (
     store,
     supplier,
     throttle,
+    webhook,
 )
 from .output import EXIT_ERROR, CommandError, State, show_json_error
 
@@ -73,7 +74,7 @@ for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, 
                 backup.backup, backup.restore):
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
-              provenance.trust, provenance.lot, throttle.throttle, serve.token, config.config):
+              provenance.trust, provenance.lot, throttle.throttle, serve.token, config.config, webhook.webhook):
     cli.add_command(group)
 
 

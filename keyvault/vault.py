@@ -25,6 +25,7 @@ from .engine import (
     Policy,
     Progress,
     ThrottlePolicy,
+    Webhooks,
 )
 from .engine.shapes import (
     CheckpointEntry,
@@ -128,6 +129,8 @@ class Vault:
         self.blacklist = Blacklist(engine)
         self.trust = Trust(engine)
         self.tokens = Tokens(engine)
+        #: The webhook endpoints: add, list, pause, resume, replay, stats (docs/service.md, Webhooks).
+        self.webhooks = Webhooks(engine)
         # The hot calls are the engine's own bound methods (the methods below document them): the facade
         # adds no Python call per request.
         self.verify = engine.verify  # type: ignore[method-assign]
@@ -154,6 +157,7 @@ class Vault:
 
     def close(self) -> None:
         """Flush pending statistics and close the store."""
+        self.webhooks.close()
         self.engine.close()
 
     def __enter__(self) -> Vault:

@@ -15,6 +15,7 @@ from .eventlog import Policy
 from .issuing import Progress, read_cards_csv
 from .throttling import CARD_ATTEMPTS, ThrottlePolicy
 from .tokens import Grant
+from .webhooks import EVENT_KINDS, Due, Message, Webhooks
 
-__all__ = ["CARD_ATTEMPTS", "CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "Policy", "Progress",
-           "ThrottlePolicy", "read_cards_csv"]
+__all__ = ["CARD_ATTEMPTS", "CHECKS", "EVENT_KINDS", "BatchInfo", "BlacklistEntry", "Catalog", "Due", "Engine", "Grant",
+           "Message", "Policy", "Progress", "ThrottlePolicy", "Webhooks", "read_cards_csv"]
