@@ -327,3 +327,20 @@ def test_sigkilled_worker_resumes_and_loses_nothing(platform: Vault, issued: Iss
     by_id: dict[str, dict[str, Any]] = {}
     for i, p in receiver.got:  # a duplicate is the same message: same id, same payload
         assert by_id.setdefault(i, p) == p
+
+
+def test_serve_delivers_webhooks_of_http_redeems(tmp_path: Path, world: Any, receiver: Receiver) -> None:
+    from service_support import Server, make_token
+
+    with Vault.open(world.platform) as vault:
+        vault.webhooks.add(receiver.url, "redeem", SECRET)
+    token = make_token(world.platform, "shop", "redeem")
+    server = Server(world.platform, tmp_path / "serve.log", workers=1).start()
+    try:
+        for i, key in enumerate(world.keys[:5]):
+            reply = server.request("POST", "/v1/redeem", {"key": key, "order_id": f"web-{i}"}, token=token)
+            assert reply.status == 200, reply.body
+        eventually(lambda: len(set(receiver.ids())) == 5, "the service's supervisor delivered every redeem")
+        assert [p["data"]["order_id"] for p in _events(receiver)][:5] == [f"web-{i}" for i in range(5)]
+    finally:
+        assert server.stop() == 0
