@@ -344,3 +344,22 @@ def test_serve_delivers_webhooks_of_http_redeems(tmp_path: Path, world: Any, rec
         assert [p["data"]["order_id"] for p in _events(receiver)][:5] == [f"web-{i}" for i in range(5)]
     finally:
         assert server.stop() == 0
+
+
+def test_first_use_from_many_threads_opens_the_endpoints_once(platform: Vault) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def use() -> None:
+        barrier.wait()
+        try:
+            platform.webhooks.list()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -107,12 +108,15 @@ class Webhooks:
     def __init__(self, state: State) -> None:
         self._state = state
         self._outbox: OutboxStore | None = None
+        self._opening = threading.Lock()
 
     @property
     def outbox(self) -> OutboxStore:
         """The endpoints' environment, opened on first use."""
         if self._outbox is None:
-            self._outbox = OutboxStore(self._state.path)
+            with self._opening:  # two threads opening it at once would open one LMDB environment twice
+                if self._outbox is None:
+                    self._outbox = OutboxStore(self._state.path)
         return self._outbox
 
     def close(self) -> None:
