@@ -34,6 +34,7 @@ from . import (
     store,
     supplier,
     throttle,
+    webhook,
     witness,
 )
 from .output import EXIT_ERROR, CommandError, State, show_json_error
@@ -82,7 +83,8 @@ for command in (store.init, store.stats, store.trace, keys.verify, keys.redeem, 
     cli.add_command(command)
 for group in (supplier.supplier, identity.identity, batch.batch, batch.manifest, blacklist.blacklist,
               provenance.trust, provenance.lot, receipts.receipt, throttle.throttle, serve.token,
-              config.config, witness.witness, witness.log_group, authority.authority, cluster.cluster):
+              config.config, witness.witness, witness.log_group, authority.authority, cluster.cluster,
+              webhook.webhook):
     cli.add_command(group)
 
 

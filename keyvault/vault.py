@@ -25,6 +25,7 @@ from .engine import (
     Policy,
     Progress,
     ThrottlePolicy,
+    Webhooks,
 )
 from .engine.reconcile import activity, key_report, page
 from .engine.receipts import make_receipt, upgrade_receipt
@@ -163,6 +164,8 @@ class Vault:
         self.trust = Trust(engine)
         self.tokens = Tokens(engine)
         self.authority = AuthorityBinding(engine)
+        #: The webhook endpoints: add, list, pause, resume, replay, stats (docs/service.md, Webhooks).
+        self.webhooks = Webhooks(engine)
         # The hot calls are the engine's own bound methods (the methods below document them): the facade
         # adds no Python call per request.
         self.verify = engine.verify  # type: ignore[method-assign]
@@ -193,6 +196,7 @@ class Vault:
 
     def close(self) -> None:
         """Flush pending statistics and close the store."""
+        self.webhooks.close()
         self.engine.close()
 
     def __enter__(self) -> Vault:

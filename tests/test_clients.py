@@ -187,3 +187,47 @@ def test_a_missing_toolchain_skips_or_fails_as_asked(monkeypatch: pytest.MonkeyP
     with pytest.raises(pytest.fail.Exception, match="KEYVAULT_REQUIRE_CLIENTS=1 but go is not installed"):
         _need(_missing_go())
     _need(None)  # nothing missing: neither
+
+
+def test_php_receiver_verifies_every_delivered_webhook(tmp_path: Path, supplier: Identity, platform: Vault,
+                                                      supplier_store: Vault) -> None:
+    """keyvault's delivery worker posting to a PHP receiver that checks each with Keyvault\\Webhook::verify."""
+    import time
+
+    from service_support import free_port
+
+    from keyvault.service.delivery import Delivery
+
+    _need(_missing_php())
+    batch = issue(supplier_store, supplier, tmp_path / "files", count=20)
+    platform.import_manifest(batch.manifest)
+    port, log = free_port(), tmp_path / "received.log"
+    secret = webhooks.make_secret()
+    env = {**os.environ, "KEYVAULT_WEBHOOK_SECRET": secret, "KEYVAULT_WEBHOOK_LOG": str(log)}
+    php = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", "tests/webhook_receiver.php"], cwd=CLIENTS / "php",
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    good = platform.webhooks.add(f"http://127.0.0.1:{port}/hooks", "redeem,void", secret)
+    platform.webhooks.add(f"http://127.0.0.1:{port}/wrong", "redeem", webhooks.make_secret())  # refused: 400
+    delivery = Delivery(platform, timeout=5, retry_base=0.05, retry_cap=0.2, poll=0.02).start()
+    try:
+        for i, key in enumerate(batch.keys[:10]):
+            assert platform.redeem(key, f"php-{i}").ok
+        platform.void(batch.serials[10], "php void")
+        deadline = time.monotonic() + 60
+        while not (log.exists() and len(log.read_text().splitlines()) >= 11):
+            assert time.monotonic() < deadline, "the PHP receiver did not get every webhook"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while not Path(str(log) + ".refused").exists():
+            assert time.monotonic() < deadline, "the wrongly keyed endpoint was not refused by the PHP receiver"
+            time.sleep(0.05)
+    finally:
+        delivery.stop()
+        php.terminate()
+        php.wait(10)
+    lines = [line.split("\t", 1) for line in log.read_text().splitlines()]
+    payloads = [json.loads(body) for _, body in lines]
+    assert [p["type"] for p in payloads][:11] == ["redeem"] * 10 + ["void"]
+    assert all(msg_id.startswith("evt_") for msg_id, _ in lines)
+    stats = {s["id"]: s for s in platform.webhooks.stats()}
+    assert "400" in next(s["last_error"] for k, s in stats.items() if k != good["id"])

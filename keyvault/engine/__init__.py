@@ -15,9 +15,10 @@ from .eventlog import Policy
 from .issuing import Progress, read_cards_csv
 from .throttling import CARD_ATTEMPTS, ThrottlePolicy
 from .tokens import Grant
+from .webhooks import EVENT_KINDS, Due, Message, Webhooks
 from .witness import (LogWitness, consistency_proof, export_tiles, newest_checkpoint, read_tile,
                       submit_checkpoint)
 
-__all__ = ["CARD_ATTEMPTS", "CHECKS", "BatchInfo", "BlacklistEntry", "Catalog", "Engine", "Grant", "LogWitness", "Policy", "Progress",
-           "ThrottlePolicy", "consistency_proof", "export_tiles", "newest_checkpoint", "read_cards_csv",
-           "read_tile", "submit_checkpoint"]
+__all__ = ["CARD_ATTEMPTS", "CHECKS", "EVENT_KINDS", "BatchInfo", "BlacklistEntry", "Catalog", "Due", "Engine",
+           "Grant", "LogWitness", "Message", "Policy", "Progress", "ThrottlePolicy", "Webhooks", "consistency_proof",
+           "export_tiles", "newest_checkpoint", "read_cards_csv", "read_tile", "submit_checkpoint"]

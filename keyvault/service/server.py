@@ -2,7 +2,8 @@
 
 A supervisor process (workers.py, keyvault's own) binds the socket, starts
 the commit process (the one writer of every worker's redeems,
-service/commitd.py) and the workers; each opens the store itself once it
+service/commitd.py) and the workers, and delivers webhooks itself in a
+thread (service/delivery.py); each opens the store itself once it
 runs (spawned, never forked with an open environment). The supervisor
 restarts a worker or the commit process that dies, and on SIGTERM or SIGINT
 stops the workers: each stops accepting, answers every request in flight
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
-from . import commitd, logs
+from . import commitd, delivery, logs
 from .limits import Limits
 from .workers import Workers, bind
 
@@ -102,11 +103,15 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
         try:
             if commits is not None:
                 commits.start()
+            hooks = delivery.start(store, pepper_file) if commit_process else None  # webhooks, in this process
             try:
                 if ready is not None:
                     ready()
                 return Workers(settings, sock, workers, limits).run()  # one worker too: restarted if it dies
             finally:
+                if hooks is not None:
+                    hooks.stop()
+                    hooks.vault.close()
                 if commits is not None:
                     commits.stop()  # after the workers: they have answered every request in flight
         finally:
