@@ -2,8 +2,9 @@
 
 One server, started here on a free loopback port over a fresh store, serves
 both suites; each gets its own keys, three tokens (verify, redeem, admin) and
-keys of a batch the store never imported (``unknown``) by environment
-variables. The suites also check their request and answer shapes against the
+keys of a batch the store never imported (``unknown``), and one key of a
+count-limited batch (``LIMITED_USES`` orders may each redeem it once) by
+environment variables. The suites also check their request and answer shapes against the
 OpenAPI document the server serves, so a service change that breaks a client
 fails here. Without ``php`` (with curl) or ``go`` the suite is skipped with the
 reason, unless KEYVAULT_REQUIRE_CLIENTS=1 (CI), where it fails instead.
@@ -34,6 +35,7 @@ CLIENTS = Path(__file__).resolve().parent.parent / "clients"
 # Read at import: the autouse fixture that clears KEYVAULT_* variables runs later, per test.
 REQUIRE = os.environ.get("KEYVAULT_REQUIRE_CLIENTS", "") == "1"
 KEYS_PER_SUITE = 16
+LIMITED_USES = 3
 
 
 def _missing_php() -> str | None:
@@ -67,6 +69,8 @@ class Served:
     keys: list[str]
     serials: list[str]
     unknown: list[str]
+    limited: list[str]  # one count-limited key per suite
+    limited_serials: list[str]
     root: Path
     webhooks: Path  # the signed webhook vectors (webhook_vectors)
 
@@ -83,6 +87,9 @@ class Served:
             "KEYVAULT_TEST_SERIALS": ",".join(self.serials[part]),
             "KEYVAULT_TEST_UNKNOWN": ",".join(self.unknown[suite * 4:(suite + 1) * 4]),
             "KEYVAULT_TEST_WEBHOOKS": str(self.webhooks),
+            "KEYVAULT_TEST_LIMITED": self.limited[suite],
+            "KEYVAULT_TEST_LIMITED_SERIAL": self.limited_serials[suite],
+            "KEYVAULT_TEST_LIMITED_USES": str(LIMITED_USES),
         })
         return env
 
@@ -94,14 +101,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with Vault.init(root / "supplier") as made:
         first = issue(made, supplier, root / "files", count=2 * KEYS_PER_SUITE)
         spare = issue(made, supplier, root / "files", count=8, product="POINTS-50")
+        limited = issue(made, supplier, root / "files", count=2, product="PASS-3", uses=LIMITED_USES)
     store = root / "platform"
     with Vault.init(store) as platform:
         platform.trust(supplier.public)
         platform.import_manifest(first.manifest)
+        platform.import_manifest(limited.manifest)
     tokens = {scope: make_token(store, f"{scope}-client", scope) for scope in ("verify", "redeem", "admin")}
     server = Server(store, root / "server.log").start()
     try:
-        yield Served(server, tokens, first.keys, first.serials, spare.keys, root, webhook_vectors(root / "webhooks.json"))
+        yield Served(server, tokens, first.keys, first.serials, spare.keys, limited.keys, limited.serials, root,
+                     webhook_vectors(root / "webhooks.json"))
     finally:
         server.kill()
 

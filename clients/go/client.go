@@ -2,8 +2,8 @@
 //
 // Every method takes a context first and returns typed answers or an error: *ProblemError for a
 // problem document (match on Type), *TransportError when the service cannot be reached or answers
-// outside its API. Redeems answered 503, or lost on the way, are retried with the same order id,
-// which the service makes safe.
+// outside its API. Redeems, holds, confirms and releases answered 503, or lost on the way, are retried
+// with the same order id, which the service makes safe.
 package keyvault
 
 import (
@@ -33,6 +33,10 @@ var routes = map[string]route{
 	"void":       {"POST", "/v1/void", "VoidRequest"},
 	"blacklist":  {"POST", "/v1/blacklist", "BlacklistRequest"},
 	"lift":       {"POST", "/v1/blacklist/lift", "BlacklistRequest"},
+	"hold":       {"POST", "/v1/hold", "HoldRequest"},
+	"confirm":    {"POST", "/v1/confirm", "OrderRequest"},
+	"release":    {"POST", "/v1/release", "OrderRequest"},
+	"order":      {"GET", "/v1/orders/{order_id}", ""},
 	"stats":      {"GET", "/v1/stats", ""},
 	"trace":      {"GET", "/v1/trace/{serial}", ""},
 	"openapi":    {"GET", "/v1/openapi.json", ""},
@@ -65,6 +69,16 @@ type blacklistRequest struct {
 	Level  Level  `json:"level"`
 	Target string `json:"target"`
 	Reason string `json:"reason"`
+}
+
+type holdRequest struct {
+	Key     string  `json:"key"`
+	OrderID string  `json:"order_id"`
+	TTL     float64 `json:"ttl"` // seconds
+}
+
+type orderRequest struct {
+	OrderID string `json:"order_id"`
 }
 
 type resultsAnswer struct {
@@ -198,6 +212,53 @@ func (c *Client) Lift(ctx context.Context, level Level, target, reason string) (
 	return entry, err
 }
 
+// Hold reserves key for orderID for ttl (1 s to 7 days) while its payment is pending: StatusHeld with
+// ExpiresAt, answered once the hold is on disk. A retry with the same order id gets the same answer (the first
+// expiry); another order is answered StatusHeld naming no order. Retried on 503 like a redeem.
+func (c *Client) Hold(ctx context.Context, key, orderID string, ttl time.Duration) (Result, error) {
+	var result Result
+	rid, err := c.call(ctx, "hold", holdRequest{key, orderID, ttl.Seconds()}, c.retries, &result)
+	result.RequestID = rid
+	return result, c.checkResult("hold", result, err)
+}
+
+// Confirm redeems every key orderID holds, in one durable commit: one Result per key (StatusAccepted, or
+// StatusExpiredHold, StatusReleased, StatusVoid, StatusBlacklisted). A retry gets the same answers. An order
+// that held nothing is a *ProblemError not-found (404).
+func (c *Client) Confirm(ctx context.Context, orderID string) ([]Result, error) {
+	return c.orderCall(ctx, "confirm", orderID)
+}
+
+// Release gives up every hold of orderID: one Result per key (StatusReleased); a retry answers the same, and a
+// later Confirm of the order answers StatusReleased. An order that held nothing is a *ProblemError not-found.
+func (c *Client) Release(ctx context.Context, orderID string) ([]Result, error) {
+	return c.orderCall(ctx, "release", orderID)
+}
+
+// Order lists every key (its serial, never the key) orderID holds or held, with states, times and the events.
+// Needs a redeem token; not retried (the caller decides).
+func (c *Client) Order(ctx context.Context, orderID string) (Order, error) {
+	var order Order
+	path := strings.Replace(routes["order"].path, "{order_id}", url.PathEscape(orderID), 1)
+	rid, err := c.send(ctx, "GET", path, nil, &order)
+	order.RequestID = rid
+	if err == nil && order.OrderID == "" {
+		err = &TransportError{Op: "GET " + routes["order"].path, StatusCode: 200, RequestID: rid,
+			Err: errors.New("the answer is not an order")}
+	}
+	return order, err
+}
+
+// orderCall is a confirm or a release of orderID: any number of Results, retried like a redeem.
+func (c *Client) orderCall(ctx context.Context, op, orderID string) ([]Result, error) {
+	var answer resultsAnswer
+	rid, err := c.call(ctx, op, orderRequest{orderID}, c.retries, &answer)
+	if err != nil {
+		return nil, err
+	}
+	return c.checkCount(op, answer.Results, -1, rid)
+}
+
 // Trace tells where the key with this public serial came from and what happened to it
 // (bundle: the offline bundle `keyvault verify-bundle` checks). Needs a redeem token.
 func (c *Client) Trace(ctx context.Context, serial string, bundle bool) (map[string]any, error) {
@@ -238,8 +299,9 @@ func redeemManyBody(items []RedeemItem, client string) redeemManyRequest {
 	return redeemManyRequest{Items: items, Client: client}
 }
 
+// checkCount checks that results holds want answers (-1: any number), each with a status, and sets their RequestID.
 func (c *Client) checkCount(op string, results []Result, want int, rid string) ([]Result, error) {
-	if len(results) != want {
+	if want >= 0 && len(results) != want {
 		return nil, &TransportError{Op: op, StatusCode: 200, RequestID: rid,
 			Err: fmt.Errorf("the service answered %d results for %d keys", len(results), want)}
 	}

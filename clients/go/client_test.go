@@ -23,10 +23,12 @@ import (
 )
 
 type env struct {
-	url                   string
-	tokens                map[string]string
-	keys, serials, unkown []string
-	run                   string
+	url                    string
+	tokens                 map[string]string
+	keys, serials, unkown  []string
+	run                    string
+	limited, limitedSerial string // a count-limited key (limitedUses orders may each redeem it once)
+	limitedUses            string
 }
 
 func served(t *testing.T) env {
@@ -43,6 +45,8 @@ func served(t *testing.T) env {
 		serials: strings.Split(os.Getenv("KEYVAULT_TEST_SERIALS"), ","),
 		unkown:  strings.Split(os.Getenv("KEYVAULT_TEST_UNKNOWN"), ","),
 		run:     fmt.Sprintf("go-%d", time.Now().UnixNano()),
+		limited: os.Getenv("KEYVAULT_TEST_LIMITED"), limitedSerial: os.Getenv("KEYVAULT_TEST_LIMITED_SERIAL"),
+		limitedUses: os.Getenv("KEYVAULT_TEST_LIMITED_USES"),
 	}
 }
 
@@ -198,6 +202,14 @@ func mismatch(t *testing.T, value any, schema map[string]any, all map[string]any
 	}
 	if c, ok := schema["const"]; ok && !reflect.DeepEqual(c, value) {
 		return fmt.Sprintf("%s is not %v", at, c)
+	}
+	if n, ok := value.(float64); ok {
+		if min, ok := schema["minimum"].(float64); ok && n < min {
+			return at + " is under its minimum"
+		}
+		if max, ok := schema["maximum"].(float64); ok && n > max {
+			return at + " is over its maximum"
+		}
 	}
 	if s, ok := value.(string); ok {
 		n := float64(utf8.RuneCountInString(s))
@@ -365,6 +377,9 @@ func TestRequestBodiesMatchTheServedSchemas(t *testing.T) {
 		"void":       {voidRequest{"K", "refund"}},
 		"blacklist":  {blacklistRequest{LevelSerial, "S", "fraud"}},
 		"lift":       {blacklistRequest{LevelSupplier, "S", "cleared"}},
+		"hold":       {holdRequest{"K", "SO-1", (15 * time.Minute).Seconds()}, holdRequest{"K", "SO-1", 1.5}},
+		"confirm":    {orderRequest{"SO-1"}},
+		"release":    {orderRequest{"SO-1"}},
 	}
 	for op, examples := range bodies {
 		schema := requestSchema(t, e, op)
@@ -387,6 +402,9 @@ func TestRequestBodiesMatchTheServedSchemas(t *testing.T) {
 	_ = json.Unmarshal([]byte(`{"keys": ["K"], "clinet": "x"}`), &bad)
 	if mismatch(t, bad, obj(all["VerifyRequest"]), all, "$") == "" {
 		t.Fatal("the checker itself lets an unknown field through")
+	}
+	if mismatch(t, map[string]any{"key": "K", "order_id": "O", "ttl": 0.5}, obj(all["HoldRequest"]), all, "$") == "" {
+		t.Fatal("the checker itself lets a ttl under its minimum through")
 	}
 }
 
@@ -552,6 +570,230 @@ func TestBadInputIs422AndChangesNothing(t *testing.T) {
 	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[8], "")), StatusValid)
 }
 
+// -- checkout: holds, confirms, releases, orders --------------------------------------------------
+
+func statuses(rs []Result) []Status {
+	out := make([]Status, len(rs))
+	for i, r := range rs {
+		out[i] = r.Status
+	}
+	return out
+}
+
+func wantStatuses(t *testing.T, rs []Result, want ...Status) {
+	t.Helper()
+	if !reflect.DeepEqual(statuses(rs), want) {
+		t.Fatalf("statuses %v, want %v (%+v)", statuses(rs), want, rs)
+	}
+}
+
+func TestHoldRefuseConfirmRetryAndOrder(t *testing.T) {
+	e := served(t)
+	ctx := ContextWithRequestID(context.Background(), e.run+"-checkout")
+	kv := e.client(t, "redeem")
+	order := e.run + "-hold/1 x" // a '/' and a space: the lookup escapes the id
+	held := must(kv.Hold(ctx, e.keys[9], order, 15*time.Minute))
+	wantStatus(t, held, StatusHeld)
+	if held.Serial != e.serials[9] || held.OrderID != order || held.RequestID != e.run+"-checkout" {
+		t.Fatalf("held: %+v", held)
+	}
+	ends, err := time.Parse(time.RFC3339Nano, held.ExpiresAt)
+	if left := time.Until(ends); err != nil || left < 14*time.Minute || left > 15*time.Minute {
+		t.Fatalf("the hold ends at %q (%v), want in 15 minutes", held.ExpiresAt, err)
+	}
+	again := must(kv.Hold(ctx, e.keys[9], order, time.Minute))
+	wantStatus(t, again, StatusHeld)
+	if again.ExpiresAt != held.ExpiresAt {
+		t.Fatalf("a retry moved the expiry: %q, first %q", again.ExpiresAt, held.ExpiresAt)
+	}
+	other := must(kv.Hold(ctx, e.keys[9], e.run+"-hold-2", 15*time.Minute))
+	wantStatus(t, other, StatusHeld)
+	if other.OrderID != "" || other.ExpiresAt != held.ExpiresAt {
+		t.Fatalf("another order must be told held, naming no order: %+v", other)
+	}
+	wantStatus(t, must(kv.Redeem(ctx, e.keys[9], e.run+"-hold-2", "")), StatusHeld)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[9], "")), StatusHeld)
+	confirmed := must(kv.Confirm(ctx, order))
+	wantStatuses(t, confirmed, StatusAccepted)
+	if c := confirmed[0]; c.Serial != e.serials[9] || c.OrderID != order || c.RedeemedAt == "" || c.RequestID != e.run+"-checkout" {
+		t.Fatalf("confirmed: %+v", c)
+	}
+	retried := must(kv.Confirm(ctx, order))
+	wantStatuses(t, retried, StatusAccepted)
+	if retried[0].RedeemedAt != confirmed[0].RedeemedAt {
+		t.Fatalf("a retried confirm answered otherwise: %+v, first %+v", retried[0], confirmed[0])
+	}
+	late := must(kv.Redeem(ctx, e.keys[9], e.run+"-hold-2", ""))
+	if late.Status != StatusRedeemed || late.OrderID != order {
+		t.Fatalf("after the confirm, another order: %+v", late)
+	}
+	lookup := must(kv.Order(ctx, order))
+	if lookup.OrderID != order || lookup.RequestID != e.run+"-checkout" || len(lookup.Keys) != 1 {
+		t.Fatalf("order: %+v", lookup)
+	}
+	entry, ok := lookup.Key(e.serials[9])
+	if !ok || entry.State != OrderRedeemed || entry.ExpiresAt != held.ExpiresAt || entry.RedeemedAt != confirmed[0].RedeemedAt ||
+		entry.HeldAt == "" || entry.HeldAt > entry.RedeemedAt || entry.ReleasedAt != "" || entry.ExpiredAt != "" {
+		t.Fatalf("the order's key: %+v", entry)
+	}
+	var types []string
+	for _, ev := range lookup.Events {
+		types = append(types, ev.Type)
+		if ev.Serial != e.serials[9] || ev.OrderID != order || ev.AtMS <= 0 || ev.At == "" {
+			t.Fatalf("an event: %+v", ev)
+		}
+	}
+	if !reflect.DeepEqual(types, []string{"hold", "confirm"}) || lookup.Events[0].ExpiresAt != held.ExpiresAt {
+		t.Fatalf("events %+v", lookup.Events)
+	}
+	if _, ok := lookup.Key(e.serials[10]); ok {
+		t.Fatal("a key the order never held is listed")
+	}
+	if raw, _ := json.Marshal(lookup); strings.Contains(string(raw), e.keys[9]) {
+		t.Fatal("the lookup holds the key")
+	}
+}
+
+func TestReleaseFreesAHeldKey(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "redeem")
+	order := e.run + "-rel"
+	wantStatus(t, must(kv.Hold(ctx, e.keys[10], order, 10*time.Minute)), StatusHeld)
+	released := must(kv.Release(ctx, order))
+	wantStatuses(t, released, StatusReleased)
+	if released[0].Serial != e.serials[10] || released[0].OrderID != order {
+		t.Fatalf("released: %+v", released[0])
+	}
+	wantStatuses(t, must(kv.Release(ctx, order)), StatusReleased)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[10], "")), StatusValid)
+	wantStatuses(t, must(kv.Confirm(ctx, order)), StatusReleased)
+	next := must(kv.Hold(ctx, e.keys[10], order+"-2", 10*time.Minute))
+	if next.Status != StatusHeld || next.OrderID != order+"-2" {
+		t.Fatalf("another order could not hold the released key: %+v", next)
+	}
+	entry, ok := must(kv.Order(ctx, order)).Key(e.serials[10])
+	if !ok || entry.State != OrderReleased || entry.ReleasedAt == "" || entry.RedeemedAt != "" {
+		t.Fatalf("the released key: %+v", entry)
+	}
+	wantStatuses(t, must(kv.Release(ctx, order+"-2")), StatusReleased)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[10], "")), StatusValid)
+}
+
+func TestCheckoutRefusals(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "redeem")
+	_, err := kv.Confirm(ctx, e.run+"-never")
+	wantProblem(t, err, "not-found", 404)
+	_, err = kv.Release(ctx, e.run+"-never")
+	wantProblem(t, err, "not-found", 404)
+	_, err = kv.Order(ctx, e.run+"-never")
+	wantProblem(t, err, "not-found", 404)
+	for _, ttl := range []time.Duration{0, 500 * time.Millisecond, 7*24*time.Hour + time.Second, -time.Minute} {
+		_, err = kv.Hold(ctx, e.keys[11], e.run+"-ttl", ttl)
+		wantProblem(t, err, "invalid-request", 422)
+	}
+	_, err = kv.Hold(ctx, e.keys[11], "  ", time.Minute)
+	wantProblem(t, err, "invalid-request", 422)
+	_, err = kv.Order(ctx, strings.Repeat("o", 129))
+	wantProblem(t, err, "invalid-request", 422)
+	_, err = e.client(t, "verify").Hold(ctx, e.keys[11], e.run+"-ttl", time.Minute)
+	wantProblem(t, err, "forbidden", 403)
+	_, err = e.client(t, "verify").Order(ctx, e.run+"-ttl")
+	wantProblem(t, err, "forbidden", 403)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[11], "")), StatusValid)
+	wantStatus(t, must(kv.Hold(ctx, "not-a-key", e.run+"-ttl", time.Minute)), StatusMalformed)
+}
+
+func TestCountLimitedKey(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "redeem")
+	if e.limited == "" || e.limitedUses != "3" {
+		t.Fatalf("the harness passes one 3-use key, got %q uses", e.limitedUses)
+	}
+	first := must(kv.Redeem(ctx, e.limited, e.run+"-L1", ""))
+	if first.Status != StatusAccepted || first.Serial != e.limitedSerial || first.UsesLeft != 2 {
+		t.Fatalf("the first use: %+v", first)
+	}
+	if again := must(kv.Redeem(ctx, e.limited, e.run+"-L1", "")); again.Status != StatusAccepted || again.UsesLeft != 2 {
+		t.Fatalf("a retry answered otherwise: %+v", again)
+	}
+	wantStatus(t, must(kv.Hold(ctx, e.limited, e.run+"-L2", 10*time.Minute)), StatusHeld)
+	if second := must(kv.Redeem(ctx, e.limited, e.run+"-L3", "")); second.Status != StatusAccepted || second.UsesLeft != 1 {
+		t.Fatalf("the second use: %+v", second)
+	}
+	wantStatus(t, must(kv.Redeem(ctx, e.limited, e.run+"-L4", "")), StatusHeld) // the last use is held
+	confirmed := must(kv.Confirm(ctx, e.run+"-L2"))
+	if wantStatuses(t, confirmed, StatusAccepted); confirmed[0].UsesLeft != 0 {
+		t.Fatalf("the held use confirmed: %+v", confirmed[0])
+	}
+	wantStatus(t, must(kv.Redeem(ctx, e.limited, e.run+"-L4", "")), StatusExhausted)
+	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.limited, "")), StatusExhausted)
+	lookup := must(kv.Order(ctx, e.run+"-L3"))
+	entry, ok := lookup.Key(e.limitedSerial)
+	if !ok || entry.State != OrderRedeemed || entry.UsesLeft != 1 || entry.HeldAt != "" || len(lookup.Events) != 1 ||
+		lookup.Events[0].Type != "use" || lookup.Events[0].UsesLeft != 1 {
+		t.Fatalf("the order of a use: %+v", lookup)
+	}
+}
+
+func TestOrderMapsEveryAnsweredField(t *testing.T) {
+	e := served(t)
+	ctx := context.Background()
+	kv := e.client(t, "redeem")
+	order := e.run + "-shape"
+	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute))
+	must(kv.Release(ctx, order))
+	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute))
+	defer kv.Release(ctx, order)
+	var raw map[string]any
+	if _, err := kv.send(ctx, "GET", strings.Replace(routes["order"].path, "{order_id}", order, 1), nil, &raw); err != nil {
+		t.Fatal(err)
+	}
+	fieldNames := func(v any) []string {
+		var out []string
+		for f := range jsonFields(v) {
+			out = append(out, f)
+		}
+		sort.Strings(out)
+		return out
+	}
+	if got, want := sortedKeys(raw), fieldNames(Order{}); !reflect.DeepEqual(got, want) {
+		t.Fatalf("the order answers %v, Order maps %v", got, want)
+	}
+	keyFields, eventFields := jsonFields(OrderKey{}), jsonFields(OrderEvent{})
+	for _, k := range asList(raw["keys"]) {
+		for f := range obj(k) {
+			if _, ok := keyFields[f]; !ok {
+				t.Fatalf("the answer's key field %q is not mapped by OrderKey", f)
+			}
+		}
+		for f := range keyFields {
+			if _, ok := obj(k)[f]; !ok && f != "uses_left" {
+				t.Fatalf("OrderKey maps %q, which the service does not answer", f)
+			}
+		}
+		state := OrderState(obj(k)["state"].(string))
+		if !reflect.DeepEqual(state, OrderHeld) {
+			t.Fatalf("held again after a release, answered %q", state)
+		}
+	}
+	var types []string
+	for _, ev := range asList(raw["events"]) {
+		types = append(types, obj(ev)["type"].(string))
+		for f := range obj(ev) {
+			if _, ok := eventFields[f]; !ok {
+				t.Fatalf("the answer's event field %q is not mapped by OrderEvent", f)
+			}
+		}
+	}
+	if !reflect.DeepEqual(types, []string{"hold", "release", "hold"}) {
+		t.Fatalf("events %v", types)
+	}
+}
+
 // -- transport and retries, against stand-ins -----------------------------------------------------
 
 // stand-in answers each request with the next step of plan (the last repeats) and records the bodies.
@@ -584,7 +826,11 @@ func newStandIn(t *testing.T, plan ...int) *standIn {
 		switch code {
 		case 200:
 			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"status":"accepted","serial":"S-1","batch":"B","supplier":"X","order_id":%q}`, body["order_id"])
+			result := fmt.Sprintf(`{"status":"accepted","serial":"S-1","batch":"B","supplier":"X","order_id":%q}`, body["order_id"])
+			if r.URL.Path == "/v1/confirm" || r.URL.Path == "/v1/release" { // these answer a list
+				result = `{"results":[` + result + `]}`
+			}
+			fmt.Fprint(w, result)
 		case 502:
 			w.Header().Set("Content-Type", "text/html")
 			w.WriteHeader(502)
@@ -644,6 +890,48 @@ func TestRetriesAreBounded(t *testing.T) {
 	wantProblem(t, err, "store-unavailable", 503)
 	if n := len(s2.requests()); n != 1 {
 		t.Fatalf("%d tries with retries off", n)
+	}
+}
+
+func TestCheckout503IsRetriedWithTheSameOrderID(t *testing.T) {
+	opts := WithRedeemRetries(4, time.Millisecond, 10*time.Millisecond)
+	s := newStandIn(t, 503, 200)
+	ctx := ContextWithRequestID(context.Background(), "retry-hold")
+	var ids []string
+	s.onRequest = func(r *http.Request) { ids = append(ids, r.Header.Get("X-Request-Id")) }
+	wantStatus(t, must(s.client(t, opts).Hold(ctx, "K-1", "SO-H", 15*time.Minute)), StatusAccepted)
+	got := s.requests()
+	if len(got) != 2 || !reflect.DeepEqual(ids, []string{"retry-hold", "retry-hold"}) {
+		t.Fatalf("%d tries with ids %v, want 2 with the same id", len(got), ids)
+	}
+	for _, line := range got {
+		if line != `POST /v1/hold {"key":"K-1","order_id":"SO-H","ttl":900}` {
+			t.Fatalf("a retry changed the request: %s", line)
+		}
+	}
+	for _, op := range []string{"confirm", "release"} {
+		s := newStandIn(t, 503, 503, 200)
+		c := s.client(t, opts)
+		call := map[string]func(context.Context, string) ([]Result, error){"confirm": c.Confirm, "release": c.Release}[op]
+		rs := must(call(context.Background(), "SO-C"))
+		if len(rs) != 1 || rs[0].OrderID != "SO-C" {
+			t.Fatalf("%s: %+v", op, rs)
+		}
+		got := s.requests()
+		if len(got) != 3 {
+			t.Fatalf("%s: %d tries, want 3", op, len(got))
+		}
+		for _, line := range got {
+			if line != "POST /v1/"+op+` {"order_id":"SO-C"}` {
+				t.Fatalf("%s: a retry changed the request: %s", op, line)
+			}
+		}
+	}
+	s3 := newStandIn(t, 503)
+	_, err := s3.client(t, opts).Order(context.Background(), "SO-C")
+	wantProblem(t, err, "store-unavailable", 503)
+	if n := len(s3.requests()); n != 1 {
+		t.Fatalf("an order lookup was tried %d times; it is not retried", n)
 	}
 }
 

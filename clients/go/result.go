@@ -62,7 +62,7 @@ type Result struct {
 	Message      string `json:"message"`
 	UsesLeft     int    `json:"uses_left"`  // count-limited keys: uses not yet spent (0 also when not count-limited)
 	ExpiresAt    string `json:"expires_at"` // a hold's end
-	Receipt      string `json:"receipt"` // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
+	Receipt      string `json:"receipt"`    // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
 	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
 	RequestID string `json:"-"`
 }
@@ -82,4 +82,62 @@ type BlacklistEntry struct {
 type RedeemItem struct {
 	Key     string `json:"key"`
 	OrderID string `json:"order_id"`
+}
+
+// OrderState is where one key of an order stands.
+type OrderState string
+
+// Every state of a key of an order.
+const (
+	OrderHeld     OrderState = "held"     // held for the order until ExpiresAt
+	OrderRedeemed OrderState = "redeemed" // confirmed (or used, for a count-limited key) at RedeemedAt
+	OrderReleased OrderState = "released" // the order gave its hold up at ReleasedAt
+	OrderExpired  OrderState = "expired"  // the hold ended at ExpiredAt without a confirm
+)
+
+// AllOrderStates lists every state of a key of an order.
+var AllOrderStates = []OrderState{OrderHeld, OrderRedeemed, OrderReleased, OrderExpired}
+
+// Order is what an order holds or held (GET /v1/orders/{order_id}): its keys, by serial, and its events.
+type Order struct {
+	OrderID string       `json:"order_id"`
+	Keys    []OrderKey   `json:"keys"`   // one per key, in the order the order first touched them
+	Events  []OrderEvent `json:"events"` // the order's checkout events, oldest first
+	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
+	RequestID string `json:"-"`
+}
+
+// Key is the entry of the key with this serial, and whether the order ever held or used it.
+func (o Order) Key(serial string) (OrderKey, bool) {
+	for _, k := range o.Keys {
+		if k.Serial == serial {
+			return k, true
+		}
+	}
+	return OrderKey{}, false
+}
+
+// OrderKey is one key of an order: its serial (never the key), its state, and when each step happened
+// (ISO 8601 UTC; "" for a step that did not happen).
+type OrderKey struct {
+	Serial     string     `json:"serial"`
+	State      OrderState `json:"state"`
+	HeldAt     string     `json:"held_at"`
+	ExpiresAt  string     `json:"expires_at"`
+	RedeemedAt string     `json:"redeemed_at"`
+	ReleasedAt string     `json:"released_at"`
+	ExpiredAt  string     `json:"expired_at"`
+	UsesLeft   int        `json:"uses_left"` // a count-limited key: the uses left after this order's use
+}
+
+// OrderEvent is one checkout event of an order, as the store's signed event log holds it.
+type OrderEvent struct {
+	Index     int64  `json:"index"` // its index in the store's log
+	Type      string `json:"type"`  // hold, confirm, use, release or expire
+	At        string `json:"at"`    // when (ISO 8601 UTC)
+	AtMS      int64  `json:"at_ms"` // the same, in Unix milliseconds
+	Serial    string `json:"serial"`
+	OrderID   string `json:"order_id"`
+	ExpiresAt string `json:"expires_at"` // a hold's end (hold and expire events)
+	UsesLeft  int    `json:"uses_left"`  // a count-limited key's uses left after this use (use events)
 }

@@ -7,8 +7,8 @@ namespace Keyvault;
  * A client of the keyvault HTTP service (docs/service.md), over ext-curl with one keep-alive connection.
  *
  * Every method returns typed answers or throws: ProblemException for a problem document (match on `type`),
- * TransportException when the service cannot be reached or answers outside its API. Redeems answered 503
- * (or lost on the way) are retried with the same order id, which the service makes safe.
+ * TransportException when the service cannot be reached or answers outside its API. Redeems, holds, confirms
+ * and releases answered 503 (or lost on the way) are retried with the same order id, which the service makes safe.
  */
 final class Client
 {
@@ -108,6 +108,43 @@ final class Client
     {
         return $this->results($this->call('redeemMany', Requests::redeemMany($items, $client), $this->redeemRetries),
             count($items));
+    }
+
+    /**
+     * Hold `$key` for `$orderId` for `$ttlSeconds` (1 to 604800) while its payment is pending: `held` with
+     * `expiresAt`, answered once the hold is on disk. A retry with the same order id gets the same answer (the
+     * first expiry); another order is answered `held` naming no order. Retried on 503 like a redeem.
+     */
+    public function hold(string $key, string $orderId, int $ttlSeconds): Result
+    {
+        return Result::fromArray($this->call('hold', Requests::hold($key, $orderId, $ttlSeconds),
+            $this->redeemRetries), $this->lastRequestId);
+    }
+
+    /**
+     * Redeem every key `$orderId` holds, in one durable commit: one Result per key (`accepted`, or `expired_hold`,
+     * `released`, `void`, `blacklisted`). A retry gets the same answers. An order that held nothing: 404 not-found.
+     * @return list<Result>
+     */
+    public function confirm(string $orderId): array
+    {
+        return $this->results($this->call('confirm', Requests::order($orderId), $this->redeemRetries), null);
+    }
+
+    /**
+     * Give up every hold of `$orderId`: one Result per key (`released`); a retry answers the same, and a later
+     * confirm of the order answers `released`. An order that held nothing: 404 not-found.
+     * @return list<Result>
+     */
+    public function release(string $orderId): array
+    {
+        return $this->results($this->call('release', Requests::order($orderId), $this->redeemRetries), null);
+    }
+
+    /** Every key (its serial, never the key) `$orderId` holds or held, with states, times and the events. */
+    public function order(string $orderId): Order
+    {
+        return Order::fromArray($this->send('GET', Requests::orderPath($orderId), null), $this->lastRequestId);
     }
 
     /** Withdraw an unused key (by the key or its serial), saying why. Needs an admin token. */
@@ -231,11 +268,11 @@ final class Client
             . 'problem document; check the URL (a proxy in between?), and retry (a redeem with the same order id)', $rid);
     }
 
-    /** A list of `$count` Results from a {"results": [...]} answer. */
-    private function results(mixed $doc, int $count): array
+    /** A list of `$count` Results (null: any number) from a {"results": [...]} answer. */
+    private function results(mixed $doc, ?int $count): array
     {
-        if (!is_array($doc) || !is_array($doc['results'] ?? null) || count($doc['results']) !== $count
-            || !array_is_list($doc['results'])) {
+        if (!is_array($doc) || !is_array($doc['results'] ?? null) || !array_is_list($doc['results'])
+            || ($count !== null && count($doc['results']) !== $count)) {
             throw new TransportException('the service did not answer one result per key; check the URL',
                 $this->lastRequestId);
         }

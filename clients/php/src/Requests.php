@@ -17,6 +17,10 @@ final class Requests
         'void' => ['POST', '/v1/void', 'VoidRequest'],
         'blacklist' => ['POST', '/v1/blacklist', 'BlacklistRequest'],
         'lift' => ['POST', '/v1/blacklist/lift', 'BlacklistRequest'],
+        'hold' => ['POST', '/v1/hold', 'HoldRequest'],
+        'confirm' => ['POST', '/v1/confirm', 'OrderRequest'],
+        'release' => ['POST', '/v1/release', 'OrderRequest'],
+        'order' => ['GET', '/v1/orders/{order_id}', null],
         'stats' => ['GET', '/v1/stats', null],
         'trace' => ['GET', '/v1/trace/{serial}', null],
         'openapi' => ['GET', '/v1/openapi.json', null],
@@ -75,6 +79,24 @@ final class Requests
     public static function blacklist(string $level, string $target, string $reason): array
     {
         return ['level' => $level, 'target' => $target, 'reason' => $reason];
+    }
+
+    /** The body of a hold of `$key` for `$orderId`, lasting `$ttlSeconds` (1 to 604800). */
+    public static function hold(string $key, string $orderId, int $ttlSeconds): array
+    {
+        return ['key' => $key, 'order_id' => $orderId, 'ttl' => $ttlSeconds];
+    }
+
+    /** The body of a confirm or a release of every key `$orderId` holds. */
+    public static function order(string $orderId): array
+    {
+        return ['order_id' => $orderId];
+    }
+
+    /** The path of the lookup of `$orderId` (URL-encoded: an order id may hold `/`). */
+    public static function orderPath(string $orderId): string
+    {
+        return str_replace('{order_id}', rawurlencode($orderId), self::ROUTES['order'][1]);
     }
 
     /** The path of a trace of `$serial` (a serial only: keys never travel in URLs). */

@@ -26,8 +26,10 @@ http_response_code($code);
 if ($code === 200) {
     header('Content-Type: application/json');
     $body = json_decode((string) file_get_contents('php://input'), true);
-    echo json_encode(['status' => 'accepted', 'serial' => 'S-1', 'batch' => 'B', 'supplier' => 'X',
-                      'order_id' => $body['order_id'] ?? null]);
+    $result = ['status' => 'accepted', 'serial' => 'S-1', 'batch' => 'B', 'supplier' => 'X',
+               'order_id' => $body['order_id'] ?? null];
+    $many = in_array(strtok($_SERVER['REQUEST_URI'], '?'), ['/v1/confirm', '/v1/release'], true);
+    echo json_encode($many ? ['results' => [$result]] : $result);  // confirm and release answer a list
 } else {
     header('Content-Type: application/problem+json');
     echo json_encode(['type' => 'urn:keyvault:problem:' . ($code === 503 ? 'store-unavailable' : 'invalid-request'),

@@ -9,6 +9,9 @@ require __DIR__ . '/../src/autoload.php';
 use Keyvault\BlacklistEntry;
 use Keyvault\Client;
 use Keyvault\Level;
+use Keyvault\Order;
+use Keyvault\OrderEvent;
+use Keyvault\OrderKey;
 use Keyvault\ProblemException;
 use Keyvault\Requests;
 use Keyvault\Result;
@@ -83,6 +86,8 @@ $tokens = ['verify' => env('KEYVAULT_TEST_TOKEN_VERIFY'), 'redeem' => env('KEYVA
 $keys = explode(',', env('KEYVAULT_TEST_KEYS'));
 $serials = explode(',', env('KEYVAULT_TEST_SERIALS'));
 $unknown = explode(',', env('KEYVAULT_TEST_UNKNOWN'));
+$limited = ['key' => env('KEYVAULT_TEST_LIMITED'), 'serial' => env('KEYVAULT_TEST_LIMITED_SERIAL'),
+            'uses' => (int) env('KEYVAULT_TEST_LIMITED_USES')];
 $client = fn (string $scope = 'admin', array $opts = []): Client => new Client($url, $tokens[$scope], ...$opts);
 $run = 'php-' . bin2hex(random_bytes(4));  // order ids unique to this run
 
@@ -147,6 +152,10 @@ function mismatch(mixed $value, array $schema, array $schemas, string $at = '$')
     }
     if (array_key_exists('const', $schema) && $value !== $schema['const']) {
         return "$at is not " . json_encode($schema['const']);
+    }
+    if ((is_int($value) || is_float($value))
+        && ($value < ($schema['minimum'] ?? -INF) || $value > ($schema['maximum'] ?? INF))) {
+        return "$at is outside its minimum and maximum";
     }
     if (is_string($value)) {
         $len = (int) preg_match_all('/./us', $value);  // code points, as JSON Schema counts
@@ -270,6 +279,9 @@ test('each request body the client sends has exactly the fields its served schem
         'void' => [Requests::void('K', 'refund')],
         'blacklist' => [Requests::blacklist(Level::SERIAL, 'S', 'fraud')],
         'lift' => [Requests::blacklist(Level::SUPPLIER, 'S', 'cleared')],
+        'hold' => [Requests::hold('K', 'SO-1', 900), Requests::hold('K', 'SO-1', 604800)],
+        'confirm' => [Requests::order('SO-1')],
+        'release' => [Requests::order('SO-1')],
     ];
     foreach ($bodies as $operation => $examples) {
         $schema = request_schema($operation, $doc);
@@ -288,6 +300,9 @@ test('each request body the client sends has exactly the fields its served schem
         'the checker itself refuses an unknown field');
     check(mismatch(['key' => 'K'], $schemas['RedeemRequest'], $schemas) !== null,
         'the checker itself refuses a missing field');
+    check(mismatch(Requests::hold('K', 'SO-1', 0), $schemas['HoldRequest'], $schemas) !== null,
+        'the checker itself refuses a ttl under its minimum');
+    same('/v1/orders/SO%2F1%20x', Requests::orderPath('SO/1 x'), 'an order id is one URL-encoded path segment');
 });
 
 // -- against the real service ------------------------------------------------------------------------
@@ -410,6 +425,154 @@ test('bad options and addresses are refused before any request', function () use
     throws(\InvalidArgumentException::class, fn () => new Client($url, $tokens['verify'], timeout: 0));
     throws(\InvalidArgumentException::class, fn () => new Client($url, $tokens['verify'], redeemRetries: -1));
     throws(\InvalidArgumentException::class, fn () => (new Client($url, $tokens['verify']))->verify("\xff\xfe"));
+});
+
+// -- checkout: holds, confirms, releases, orders ----------------------------------------------------
+
+/** Seconds from now to an ISO 8601 UTC time the service answered. */
+function seconds_until(?string $iso): float
+{
+    check($iso !== null, 'a time was answered');
+    $at = \DateTimeImmutable::createFromFormat('Y-m-d\TH:i:s.vP', str_replace('Z', '+00:00', $iso));
+    check($at !== false, "an ISO 8601 time: $iso");
+    return (float) $at->format('U.u') - microtime(true);
+}
+
+/** The service's raw JSON answer to GET `$path` (to compare the typed classes with what is served). */
+function raw_get(string $url, string $token, string $path): array
+{
+    $ctx = stream_context_create(['http' => ['header' => "Authorization: Bearer $token\r\n", 'ignore_errors' => true]]);
+    $doc = json_decode((string) file_get_contents($url . $path, false, $ctx), true, 512, JSON_THROW_ON_ERROR);
+    check(is_array($doc), "GET $path answers an object");
+    return $doc;
+}
+
+test('hold, another order refused held, confirm accepted, a retry the same, the order lists the key', function () use ($client, $keys, $serials, $run) {
+    $kv = $client('redeem')->withRequestId("$run-checkout");
+    $order = "$run-hold/1 x";  // a '/' and a space: the lookup URL-encodes the id
+    $held = $kv->hold($keys[10], $order, 900);
+    same(Status::HELD, $held->status);
+    same([$serials[10], $order, "$run-checkout"], [$held->serial, $held->orderId, $held->requestId]);
+    $left = seconds_until($held->expiresAt);
+    check($left > 850 && $left <= 900, "the hold ends in 900 s ($left)");
+    $again = $kv->hold($keys[10], $order, 60);
+    same(Status::HELD, $again->status);
+    same($held->expiresAt, $again->expiresAt, 'a retry keeps the first expiry');
+    $other = $kv->hold($keys[10], "$run-hold-2", 900);
+    same(Status::HELD, $other->status);
+    same(null, $other->orderId, 'another order is told held, naming no order');
+    same($held->expiresAt, $other->expiresAt);
+    same(Status::HELD, $kv->redeem($keys[10], "$run-hold-2")->status, 'a redeem by another order is refused');
+    same(Status::HELD, $client('verify')->verify($keys[10])->status);
+    $confirmed = $kv->confirm($order);
+    same(1, count($confirmed));
+    same([Status::ACCEPTED, $serials[10], $order], [$confirmed[0]->status, $confirmed[0]->serial, $confirmed[0]->orderId]);
+    check($confirmed[0]->redeemedAt !== null && $confirmed[0]->requestId === "$run-checkout", 'accepted, with the request id');
+    $retried = $kv->confirm($order);
+    same([Status::ACCEPTED], array_map(fn ($r) => $r->status, $retried));
+    same($confirmed[0]->redeemedAt, $retried[0]->redeemedAt, 'a retried confirm answers as the first did');
+    $late = $kv->redeem($keys[10], "$run-hold-2");
+    same([Status::REDEEMED, $order], [$late->status, $late->orderId]);
+    $lookup = $kv->order($order);
+    check($lookup instanceof Order, 'an Order');
+    same([$order, "$run-checkout"], [$lookup->orderId, $lookup->requestId]);
+    same([$serials[10]], array_map(fn (OrderKey $k) => $k->serial, $lookup->keys));
+    $entry = $lookup->key($serials[10]);
+    same(OrderKey::REDEEMED, $entry->state);
+    same([$held->expiresAt, $confirmed[0]->redeemedAt, null, null],
+         [$entry->expiresAt, $entry->redeemedAt, $entry->releasedAt, $entry->expiredAt]);
+    check($entry->heldAt !== null && $entry->heldAt <= $entry->redeemedAt, 'held, then redeemed');
+    same(['hold', 'confirm'], array_map(fn (OrderEvent $e) => $e->type, $lookup->events));
+    foreach ($lookup->events as $event) {
+        same([$serials[10], $order], [$event->serial, $event->orderId]);
+        check(in_array($event->type, OrderEvent::TYPES, true) && $event->index >= 0 && $event->atMs > 0, 'an event');
+    }
+    same($held->expiresAt, $lookup->events[0]->expiresAt);
+    same(null, $lookup->key($serials[11]), 'a key the order never held');
+    check(!str_contains(json_encode($lookup), $keys[10]), 'the lookup never holds the key');
+});
+
+test('release frees a held key; a later confirm answers released', function () use ($client, $keys, $serials, $run) {
+    $kv = $client('redeem');
+    $order = "$run-rel";
+    same(Status::HELD, $kv->hold($keys[11], $order, 600)->status);
+    $released = $kv->release($order);
+    same([Status::RELEASED], array_map(fn ($r) => $r->status, $released));
+    same([$serials[11], $order], [$released[0]->serial, $released[0]->orderId]);
+    same([Status::RELEASED], array_map(fn ($r) => $r->status, $kv->release($order)), 'a retried release');
+    same(Status::VALID, $client('verify')->verify($keys[11])->status, 'the key is free again');
+    same([Status::RELEASED], array_map(fn ($r) => $r->status, $kv->confirm($order)), 'confirm after release');
+    $next = $kv->hold($keys[11], "$run-rel-2", 600);
+    same([Status::HELD, "$run-rel-2"], [$next->status, $next->orderId], 'another order may hold it now');
+    $entry = $kv->order($order)->key($serials[11]);
+    same(OrderKey::RELEASED, $entry->state);
+    check($entry->releasedAt !== null && $entry->redeemedAt === null, 'released, never redeemed');
+    same([Status::RELEASED], array_map(fn ($r) => $r->status, $kv->release("$run-rel-2")));
+    same(Status::VALID, $client('verify')->verify($keys[11])->status);
+});
+
+test('checkout refusals: an order that held nothing is 404, a bad ttl or order id 422, and nothing changes', function () use ($client, $keys, $run) {
+    $kv = $client('redeem');
+    problem('not-found', 404, fn () => $kv->confirm("$run-never"));
+    problem('not-found', 404, fn () => $kv->release("$run-never"));
+    problem('not-found', 404, fn () => $kv->order("$run-never"));
+    problem('invalid-request', 422, fn () => $kv->hold($keys[12], "$run-ttl", 0));
+    problem('invalid-request', 422, fn () => $kv->hold($keys[12], "$run-ttl", 604801));
+    problem('invalid-request', 422, fn () => $kv->hold($keys[12], '  ', 60));
+    problem('invalid-request', 422, fn () => $kv->order(str_repeat('o', 129)));
+    problem('forbidden', 403, fn () => $client('verify')->hold($keys[12], "$run-ttl", 60));
+    problem('forbidden', 403, fn () => $client('verify')->order("$run-ttl"));
+    same(Status::VALID, $client('verify')->verify($keys[12])->status, 'nothing was held');
+    same(Status::MALFORMED, $kv->hold('not-a-key', "$run-ttl", 60)->status);
+});
+
+test('a count-limited key: each order once, holds count against the uses left, then exhausted', function () use ($client, $limited, $run) {
+    $kv = $client('redeem');
+    [$key, $serial, $uses] = [$limited['key'], $limited['serial'], $limited['uses']];
+    same(3, $uses, 'the fixture issues 3 uses');
+    $first = $kv->redeem($key, "$run-L1");
+    same([Status::ACCEPTED, $serial, 2], [$first->status, $first->serial, $first->usesLeft]);
+    same([Status::ACCEPTED, 2], [$kv->redeem($key, "$run-L1")->status, $kv->redeem($key, "$run-L1")->usesLeft],
+        'a retry answers as the first time');
+    same(Status::HELD, $kv->hold($key, "$run-L2", 600)->status);
+    $second = $kv->redeem($key, "$run-L3");
+    same([Status::ACCEPTED, 1], [$second->status, $second->usesLeft]);
+    same(Status::HELD, $kv->redeem($key, "$run-L4")->status, 'the last use is held for another order');
+    $confirmed = $kv->confirm("$run-L2");
+    same([Status::ACCEPTED, 0], [$confirmed[0]->status, $confirmed[0]->usesLeft]);
+    same(Status::EXHAUSTED, $kv->redeem($key, "$run-L4")->status);
+    same(Status::EXHAUSTED, $client('verify')->verify($key)->status);
+    $entry = $kv->order("$run-L3")->key($serial);
+    same([OrderKey::REDEEMED, 1, null], [$entry->state, $entry->usesLeft, $entry->heldAt]);
+    same(['use'], array_map(fn ($e) => $e->type, $kv->order("$run-L3")->events));
+});
+
+test('Order, OrderKey and OrderEvent map every field the service answers', function () use ($url, $tokens, $client, $keys, $run) {
+    $kv = $client('redeem');
+    $kv->hold($keys[13], "$run-shape", 300);
+    $kv->release("$run-shape");
+    $kv->hold($keys[13], "$run-shape", 300);
+    $doc = raw_get($url, $tokens['redeem'], Requests::orderPath("$run-shape"));
+    $names = fn (array $a): array => (function (array $k) { sort($k); return $k; })(array_keys($a));
+    same($names(Order::FIELDS), $names($doc), 'Order::FIELDS against the answer');
+    foreach ($doc['keys'] as $entry) {
+        same([], array_diff(array_keys($entry), array_keys(OrderKey::FIELDS)), 'every answered key field is mapped');
+        same([], array_diff(array_keys(OrderKey::FIELDS), [...array_keys($entry), 'uses_left']),
+            'every mapped field but uses_left is always answered');
+        check(in_array($entry['state'], OrderKey::STATES, true), "a known state: {$entry['state']}");
+    }
+    same(['hold', 'release', 'hold'], array_column($doc['events'], 'type'));
+    foreach ($doc['events'] as $event) {
+        same([], array_diff(array_keys($event), array_keys(OrderEvent::FIELDS)), 'every answered event field is mapped');
+    }
+    $typed = Order::fromArray($doc);
+    same(OrderKey::HELD, $typed->keys[0]->state, 'held again after a release');
+    same($doc['events'][2]['expires_at'], $typed->keys[0]->expiresAt);
+    foreach ([['order_id' => 1, 'keys' => [], 'events' => []], ['order_id' => 'x', 'keys' => [['serial' => 'S']], 'events' => []],
+              ['order_id' => 'x', 'keys' => [], 'events' => [['index' => '1']]], 'nope'] as $bad) {
+        throws(TransportException::class, fn () => Order::fromArray($bad));
+    }
+    $kv->release("$run-shape");
 });
 
 // -- request ids -------------------------------------------------------------------------------------
@@ -582,6 +745,29 @@ test('retries send the same request id', function () use (&$fake) {
     foreach ($log as $line) {
         check(str_ends_with($line, ' id=retry-me'), $line);
     }
+});
+
+test('a hold, a confirm and a release answered 503 are retried with the same order id', function () use (&$fake) {
+    $fake ??= new Fake();
+    $kv = new Client($fake->url, 'kvt_t', retryBackoff: 0.01);
+    $fake->plan('503', '200');
+    same(Status::ACCEPTED, $kv->hold('K-1', 'SO-H', 900)->status);
+    same(2, count($fake->log()));
+    foreach ($fake->log() as $line) {
+        check(str_starts_with($line, 'POST /v1/hold ') && str_contains($line, '"order_id":"SO-H","ttl":900'), $line);
+    }
+    foreach (['confirm', 'release'] as $op) {
+        $fake->plan('503', '503', '200');
+        same('SO-C', $kv->$op('SO-C')[0]->orderId);
+        $log = $fake->log();
+        same(3, count($log), "$op: three tries");
+        foreach ($log as $line) {
+            check(str_starts_with($line, "POST /v1/$op ") && str_contains($line, '{"order_id":"SO-C"}'), $line);
+        }
+    }
+    $fake->plan('503');
+    problem('store-unavailable', 503, fn () => $kv->order('SO-C'));
+    same(1, count($fake->log()), 'an order lookup is not retried (the caller decides)');
 });
 
 test('a verify answered 503 is not retried (the caller decides)', function () use (&$fake) {
