@@ -38,17 +38,26 @@ def test_the_service_redeems_through_the_authority_and_answers_cuts_with_503(
         stop = threading.Event()
 
         def cutter() -> None:
-            while not stop.is_set():
-                pg_server.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              f"WHERE datname = '{dbname}' AND application_name = 'keyvault' AND pid <> pg_backend_pid()")
-                time.sleep(0.02)
+            import psycopg
+
+            with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:  # one session, cutting fast
+                while not stop.is_set():
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                                 f"'{dbname}' AND application_name = 'keyvault' AND pid <> pg_backend_pid()")
+                    time.sleep(0.002)
 
         cut = threading.Thread(target=cutter)
         cut.start()
         accepted: dict[str, str] = {}
         problems: list[str] = []
         try:
-            for n in range(2, 200):
+            # Until the cuts have reached redeems a few times (a quiet machine answers most redeems between two
+            # cuts: a dead connection found before a statement is simply replaced), at most every key.
+            done = 2
+            for n in range(2, len(batch.keys)):
+                if len(problems) >= 3 and n >= 200:
+                    break
+                done = n + 1
                 items = [{"key": batch.keys[n], "order_id": f"web-{n}"}]
                 reply = server.request("POST", "/v1/redeem-many", {"items": items}, token=token)
                 if reply.status == 200:
@@ -67,7 +76,7 @@ def test_the_service_redeems_through_the_authority_and_answers_cuts_with_503(
         held = {text for (text,) in pg_server.sql("SELECT text FROM keyvault_keys", dbname)}
         assert set(accepted.values()) <= held, "an accepted redeem is missing from the authority"
         # Every call answered 503 is settled by its retry with the same order id, on either node.
-        for n in range(2, 200):
+        for n in range(2, done):
             if batch.keys[n] not in accepted:
                 assert other.redeem(batch.keys[n], f"web-{n}").status is Status.ACCEPTED
     finally:
