@@ -44,7 +44,10 @@ def _kill_primary(cluster: LocalCluster) -> tuple[dict, float]:
     return leader, time.monotonic()
 
 
-def _run_kill_primary(cluster: LocalCluster, clients: int = 8, serials: int = 3000) -> tuple:
+def _run_kill_primary(cluster: LocalCluster, clients: int = 8, serials: int = 3000,
+                      stall_replicas: float = 0.0) -> tuple:
+    """SIGKILL of the primary's postmaster under load; ``stall_replicas`` > 0 first stops every replica's WAL
+    receiver that long (the kill lands while they lag), and lets them go on after the kill."""
     state = cluster.load()
     assert state is not None
     prepare(state["dsn"])
@@ -52,7 +55,24 @@ def _run_kill_primary(cluster: LocalCluster, clients: int = 8, serials: int = 30
     try:
         _wait_accepting(load, time.monotonic() - 1)
         time.sleep(3)
-        old, killed = _kill_primary(cluster)
+        receivers = []
+        if stall_replicas:
+            for member in state["members"]:
+                live = {m.get("name"): m.get("role") for m in cluster.members(state)}
+                if live.get(member["name"]) in ("replica", "sync_standby"):
+                    pid = walreceiver_pid(cluster, state, member)
+                    if pid is not None:
+                        receivers.append(pid)
+            for pid in receivers:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(stall_replicas)
+        try:
+            old, killed = _kill_primary(cluster)
+            if receivers:
+                time.sleep(1.0)  # the killed primary's WAL senders notice its death and exit before they resume
+        finally:
+            for pid in receivers:
+                os.kill(pid, signal.SIGCONT)
         first = _wait_accepting(load, killed, not_on=old["pg_port"])
         time.sleep(2)
     finally:
@@ -111,7 +131,12 @@ def test_the_asynchronous_control_loses_or_doubles(cluster: LocalCluster) -> Non
     set_synchronous(cluster, state, False)
     found = []
     for attempt in range(4):
-        verdict, outage, old, new_leader, *_ = _run_kill_primary(cluster, clients=12, serials=200_000)
+        # On a quiet machine asynchronous standbys keep up within milliseconds over loopback, so the kill
+        # rarely lands in the gap: the replicas' WAL receivers are stopped for a moment first (what a slow
+        # network or disk does), and acknowledged commits made meanwhile that did not fit in the sockets'
+        # buffers exist only on the killed primary (measured here: none lost with a 0.5 s stop, some with 1 s).
+        verdict, outage, old, new_leader, *_ = _run_kill_primary(cluster, clients=12, serials=200_000,
+                                                                 stall_replicas=1.0 * (attempt + 1))
         found.append(f"attempt {attempt + 1}: {verdict.summary()}, promoted {new_leader and new_leader['name']} "
                      f"{outage:.1f} s after the kill")
         if verdict.lost or verdict.doubles:
