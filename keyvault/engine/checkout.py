@@ -113,12 +113,19 @@ def _released(slot: Slot, order: str) -> Result:
                  message="this order released its hold: hold the key again to buy it")
 
 
-def judge_slot(slot: Slot, now: int) -> Result:
-    """A key's verify answer: ``held`` while holds take every use left, ``exhausted``, or its status."""
+def _closed(slot: Slot) -> Result | None:
+    """The refusal of a key that takes no order at all (its own status, or every use spent); else None."""
     if slot.base.status not in (Status.VALID, Status.REDEEMED):
         return slot.base
     if slot.spent >= slot.limit:
         return _spent(slot)
+    return None
+
+
+def judge_slot(slot: Slot, now: int) -> Result:
+    """A key's verify answer: ``held`` while holds take every use left, ``exhausted``, or its status."""
+    if (closed := _closed(slot)) is not None:
+        return closed
     live = slot.live(now)
     if live and slot.spent + len(live) >= slot.limit:
         return _held(slot, live)
@@ -129,10 +136,8 @@ def decide_hold(slot: Slot, order: str, now: int) -> tuple[Result, bool]:
     """(answer, whether to make a new hold) for ``order`` asking to hold the key."""
     if order in slot.used:
         return _accepted(slot, order), False
-    if slot.base.status not in (Status.VALID, Status.REDEEMED):
-        return slot.base, False
-    if slot.spent >= slot.limit:
-        return _spent(slot), False
+    if (closed := _closed(slot)) is not None:
+        return closed, False
     live = slot.live(now)
     if order in live:
         return _held(slot, live, order), False  # a retry: the same answer
@@ -145,10 +150,8 @@ def decide_redeem(slot: Slot, order: str, now: int) -> tuple[Result, bool]:
     """(answer, whether to spend a use) for ``order`` redeeming the key (its own hold, if any, is consumed)."""
     if order in slot.used:
         return _accepted(slot, order), False
-    if slot.base.status not in (Status.VALID, Status.REDEEMED):
-        return slot.base, False
-    if slot.spent >= slot.limit:
-        return _spent(slot), False
+    if (closed := _closed(slot)) is not None:
+        return closed, False
     live = slot.live(now)
     if order not in live and slot.spent + len(live) >= slot.limit:
         return _held(slot, live), False
