@@ -22,8 +22,6 @@ key alone would not), but the inner key's serial must be the one the long form n
 from __future__ import annotations
 
 import base64
-import binascii
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +35,7 @@ from ..errors import BadSignatureError, MalformedKeyError
 from . import merkle
 from .identity import pae
 from .keyformat import batch_key, batch_text, serial_text
+from .typed import unb64url
 
 PAYLOAD_TYPE = "keyvault/longform/v1"
 PREFIX = "KVL1."
@@ -48,7 +47,6 @@ _FIXED = struct.Struct(">BQQQ")  # version, serial, valid from, valid until
 _SIGNATURE = 64
 _SALT = 16
 _MAX_RAW = _FIXED.size + 1 + 255 + _SALT + KEY_SYMBOLS + _SIGNATURE
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _FIX = "copy the whole long form again, or type the short key instead"
 
 
@@ -109,15 +107,10 @@ def _split(text: str) -> tuple[bytes, str, bytes, LongForm]:
     if not looks_long(text):
         raise MalformedKeyError(f"this is not a long-form key (those start {PREFIX}); {_FIX}")
     encoded = text[len(PREFIX):]
-    if len(encoded) > (_MAX_RAW * 4 + 2) // 3 or not _B64URL.fullmatch(encoded):
-        raise MalformedKeyError("the long form holds characters outside base64url (A-Z a-z 0-9 - _) or is too "
-                                f"long; {_FIX}")
     try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except (binascii.Error, ValueError):
-        raise MalformedKeyError(f"the long form is truncated or damaged; {_FIX}") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != encoded:
-        raise MalformedKeyError(f"the long form is damaged; {_FIX}")
+        raw = unb64url(encoded, max_bytes=_MAX_RAW)
+    except ValueError as exc:
+        raise MalformedKeyError(f"the long form {exc}; {_FIX}") from None
     if len(raw) < _FIXED.size + 1 + _SALT + KEY_SYMBOLS + _SIGNATURE:
         raise MalformedKeyError(f"the long form is truncated; {_FIX}")
     version, serial, valid_from, valid_until = _FIXED.unpack_from(raw)

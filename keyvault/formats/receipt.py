@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from .checkpoint import Verifier, open_note
 from .events import LEAF, TAGS, change_of
 from .identity import pae, supplier_id
 from .keyformat import batch_key, batch_text, prefix_of, prefix_text, serial_text
-from .typed import decode
+from .typed import decode, unb64url
 
 PAYLOAD_TYPE = "keyvault/receipt/v1"
 PROOF_FORMAT = "keyvault/receipt-proof/v1"
@@ -48,7 +47,6 @@ _FIXED = struct.Struct(">BQQQ8s")  # version, serial, at ms, event index, suppli
 _SIGNATURE = 64
 _MAX_RAW = _FIXED.size + 2 + 255 * 2 + _SIGNATURE
 _REDEEMED = 1  # the state change_of gives a redeem
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _FIX = "ask the platform that redeemed the key for the receipt again"
 
 
@@ -114,15 +112,10 @@ def split(text: str) -> tuple[bytes, bytes]:
             raise ProofError(f"the receipt is truncated; {_FIX}")
         raise ProofError(f"this is not a keyvault receipt (a receipt starts {PREFIX}); {_FIX}")
     encoded = text[len(PREFIX):]
-    if len(encoded) > (_MAX_RAW * 4 + 2) // 3 or not _B64URL.fullmatch(encoded):
-        raise ProofError("the receipt holds characters outside base64url (A-Z a-z 0-9 - _) or is too long; "
-                         f"copy it whole, or {_FIX}")
     try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except (binascii.Error, ValueError):
-        raise ProofError(f"the receipt is truncated or damaged (not base64url); {_FIX}") from None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != encoded:
-        raise ProofError(f"the receipt is damaged (not canonical base64url); {_FIX}")
+        raw = unb64url(encoded, max_bytes=_MAX_RAW)
+    except ValueError as exc:
+        raise ProofError(f"the receipt {exc}; copy it whole, or {_FIX}") from None
     if len(raw) < _FIXED.size + 2 + _SIGNATURE:
         raise ProofError(f"the receipt is truncated; {_FIX}")
     return raw[:-_SIGNATURE], raw[-_SIGNATURE:]

@@ -8,6 +8,9 @@ at `$.count```); :func:`decode` puts it in the caller's error class with what to
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -19,6 +22,21 @@ T = TypeVar("T")
 #: Lower-case hex of exactly 16 and 32 bytes, as keyvault writes them.
 Hex16 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
 Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def unb64url(encoded: str, *, max_bytes: int) -> bytes:
+    """The bytes of canonical unpadded base64url text of at most ``max_bytes``; ValueError says what is wrong."""
+    if len(encoded) > (max_bytes * 4 + 2) // 3 or not _B64URL.fullmatch(encoded):
+        raise ValueError("holds characters outside base64url (A-Z a-z 0-9 - _) or is too long")
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("is truncated or damaged (not base64url)") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != encoded:
+        raise ValueError("is damaged (not canonical base64url)")
+    return raw
 
 
 def decode(decoder: msgspec.json.Decoder[T], data: bytes, *, what: str, error: type[KeyvaultError],
