@@ -10,6 +10,7 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -36,6 +37,9 @@ from ..tokens import save as save_tokens
 from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
+from .sequencer import Mirror, Sequencer, load_key
+
+log = logging.getLogger("keyvault.authority")
 
 #: Meta key: the newest authority change number this node's cache has applied.
 CURSOR_KEY = b"authority_change"
@@ -163,6 +167,7 @@ class DetachedAuthority:
 
     redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
     add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
+    cluster_identity = log_since = log_checkpoints = session = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -396,8 +401,34 @@ def status(engine: Any) -> dict[str, Any]:
     doc = engine.authority.check()
     applied = cursor(engine)
     doc.update(authority=engine.authority.shown, cache_change=applied,
-               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine))
+               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine),
+               cluster_log=cluster_log(engine))
     return doc
+
+
+#: Per engine: its checked mirror of the cluster event log.
+_MIRRORS: weakref.WeakKeyDictionary[Any, Mirror] = weakref.WeakKeyDictionary()
+
+
+def mirror(engine: Any) -> Mirror:
+    """This engine's mirror of the cluster event log (checked up to where it has read)."""
+    return _MIRRORS.setdefault(engine, Mirror())
+
+
+def cluster_log(engine: Any) -> dict[str, Any]:
+    """The cluster event log as this node checked it: size, newest checked checkpoint, and any tampering found
+    (a problem is reported, and nothing past it believed)."""
+    copy = mirror(engine)
+    try:
+        while copy.step(engine.authority):
+            pass
+    except KeyvaultError:
+        pass  # kept in copy.problem
+    latest = copy.latest()
+    follower = engine.follower
+    return {"size": copy.tree.size, "checkpoint": None if latest is None else latest[0],
+            "origin": None if latest is None else latest[1].origin, "problem": copy.problem,
+            "sequencer": bool(follower is not None and follower.sequencer is not None and follower.sequencer.holding)}
 
 
 # -- catching up -----------------------------------------------------------------------------------------
@@ -418,6 +449,10 @@ class Follower:
     def __init__(self, engine: Any, interval: float = 1.0) -> None:
         self._engine = weakref.ref(engine)
         self._interval = interval
+        key = load_key()
+        #: This process's sequencer of the cluster log, when it has the cluster engine key (it numbers the log
+        #: only while it holds the log's lock).
+        self.sequencer = None if key is None else Sequencer(engine.authority, key).start()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
         self._thread.start()
@@ -433,6 +468,10 @@ class Follower:
                     conn = engine.authority.listener()
                 while catch_up(engine) >= 10_000:
                     pass
+                try:
+                    mirror(engine).step(engine.authority)
+                except KeyvaultError as exc:  # tampering found: reported by `authority check`, not believed
+                    log.error("cluster log: %s", exc)
                 del engine
                 until = time.monotonic() + self._interval
                 while not self._stop.is_set() and time.monotonic() < until:  # short waits: close() is quick
@@ -455,6 +494,8 @@ class Follower:
     def stop(self) -> None:
         """Stop following and wait (briefly) for the thread to end."""
         self._stop.set()
+        if self.sequencer is not None:
+            self.sequencer.stop()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
