@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +21,7 @@ from keyvault.engine.authority import remote
 from keyvault.engine.authority.postgres import PostgresAuthority
 from keyvault.engine.authority.sequencer import LOG_LOCK, Mirror, Sequencer, change_numbers, origin_of, verify_log
 from keyvault.errors import AuthorityError, ProofError, StoreCorruptError
-from keyvault.formats import merkle
+from keyvault.formats import bundle, merkle
 from keyvault.formats.checkpoint import Verifier, open_note
 from keyvault.formats.events import parse_leaf
 
@@ -350,3 +352,43 @@ def test_the_log_lock_is_one_session_at_a_time(authority_dsn: str, cluster_key: 
             other.acquire()
     finally:
         authority.close()
+
+
+def test_a_bundle_made_on_b_for_a_key_redeemed_on_a_verifies_with_the_cluster_key(
+        tmp_path: Path, supplier: Identity, batch: Issued, authority_dsn: str, cluster_key: Identity,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYVAULT_AUTHORITY_FOLLOW", "0")
+    a, b = Vault.init(tmp_path / "a"), Vault.init(tmp_path / "b")
+    try:
+        for v in (a, b):
+            v.trust(supplier.public)
+            v.authority.set(authority_dsn)
+        a.import_manifest(batch.manifest)  # bound: in the registry, and the batch's import event in the cluster log
+        b.authority.catch_up()
+        b.blacklist.add("batch", batch.batch.id, "audit")
+        b.blacklist.lift("batch", batch.batch.id, "audit over")
+        assert a.redeem(batch.keys[3], "order-3").status.value == "accepted"
+        a.void(batch.keys[4], "refund")
+        seq = Sequencer(a.engine.authority, cluster_key, every_seconds=0)
+        _drain(seq)
+        seq.maybe_sign(force=True)
+        seq.release()
+        trusted = [supplier.public, cluster_key.public_with_roles(["engine"])]
+        for n, status, order in ((3, "redeemed", "order-3"), (4, "void", None), (5, "valid", None)):
+            doc = b.trace_bundle(batch.serials[n])
+            checks = bundle.verify(json.dumps(doc).encode(), trusted)
+            assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+            assert doc["status"] == {"status": status, "order_id": order}
+            kinds = [parse_leaf(base64.b64decode(e["leaf"]))["type"] for e in doc["events"]]
+            assert kinds[:3] == ["import", "blacklist", "lift"]
+        same = a.trace_bundle(batch.serials[3])  # the same log, the same origin, on either node
+        assert same["checkpoint"] == b.trace_bundle(batch.serials[3])["checkpoint"]
+        # A node's own engine key does not vouch for the cluster's log; a bundle with an event left out fails.
+        own = bundle.verify(json.dumps(doc).encode(), [supplier.public, a.engine_identity])
+        assert not all(c.ok for c in own)
+        doc = b.trace_bundle(batch.serials[3])
+        doc["events"] = [e for e in doc["events"] if parse_leaf(base64.b64decode(e["leaf"]))["type"] != "lift"]
+        assert {c.name for c in bundle.verify(json.dumps(doc).encode(), trusted) if not c.ok} >= {"history-complete"}
+    finally:
+        a.close()
+        b.close()

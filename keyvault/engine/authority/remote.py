@@ -24,7 +24,12 @@ from typing import Any
 from ... import _fast
 from ...clock import iso, now_ms
 from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
-from ...formats.keyformat import batch_key, parse_prefix
+from ...formats import bundle
+from ...formats.bundle import replayed_status
+from ...formats.events import parse_leaf, split_leaf
+from ...formats.history import prove, subject_key
+from ...formats.keyformat import batch_key, looks_like_serial, parse_prefix, serial_text
+from ...formats.manifest import open_signed_header
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
@@ -32,12 +37,14 @@ from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUP
 from .. import trust
 from ..catalog import blacklist_target
 from ..guard import counter_scopes
-from ..lookup import check
+from ..lookup import check, find
+from ..lots import custody_of
+from ..proofs import commitment_proof
 from ..tokens import save as save_tokens
 from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
-from .sequencer import Mirror, Sequencer, load_key
+from .sequencer import KEY_ENV, Mirror, Sequencer, load_key
 
 log = logging.getLogger("keyvault.authority")
 
@@ -404,6 +411,51 @@ def status(engine: Any) -> dict[str, Any]:
                cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine),
                cluster_log=cluster_log(engine))
     return doc
+
+
+def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[str, Any] | None:
+    """A trace bundle of a key from the cluster's one log, checkpoint signed by the cluster engine key (None when
+    the cluster has no log yet: the node's own log serves). It waits up to ``wait`` seconds for a checkpoint that
+    covers every entry this node has read (the sequencer signs one within seconds)."""
+    copy = mirror(engine)
+    if engine.authority.cluster_identity() is None:
+        return None
+    while copy.step(engine.authority):
+        pass
+    wanted = copy.tree.size
+    deadline = time.monotonic() + wait
+    while (copy.latest() or (0, None))[0] < wanted:
+        if time.monotonic() > deadline:
+            raise AuthorityError(f"no cluster checkpoint covers the log's {wanted} entries yet (is a node holding the "
+                                 f"cluster engine key running, {KEY_ENV} set?): try again in a few seconds")
+        time.sleep(0.1)
+        copy.step(engine.authority)
+    size, checkpoint = copy.latest()
+    with engine.store.read() as txn:
+        cat = engine.current(txn)
+        found = find(txn, cat, engine.pepper, key_or_serial)
+        if isinstance(found, Result):
+            raise NotFoundError(f"that key or serial is not in this store ({found.status.value})")
+        key_part = commitment_proof(txn, engine.pepper, found.batch, found.serial,
+                                    not looks_like_serial(key_or_serial))
+        custody = custody_of(txn, found.batch.key, found.serial)
+    subjects = [LEVEL_KEY + u64(found.serial), LEVEL_BATCH + u64(found.batch.key),
+                LEVEL_SUPPLIER + found.batch.supplier.encode()]
+    latest: dict[bytes, int] = {}
+    indices = []
+    for index, leaf in enumerate(copy.leaves[:size]):
+        links = split_leaf(leaf)[1] or []
+        for subject, _ in links:
+            latest[subject_key(subject)] = index
+        if any(subject in subjects for subject, _ in links):
+            indices.append(index)
+    events = [(i, copy.leaves[i], copy.tree.inclusion(i, size)) for i in indices]
+    signed = open_signed_header(key_part["manifest_signed"], where="the key's manifest")
+    status, order = replayed_status([parse_leaf(leaf) for _, leaf, _ in events], signed.header,
+                                    serial_text(found.serial), checkpoint.time or now_ms())
+    return bundle.build(**key_part, custody=custody, checkpoint=copy.checkpoints[size], events=events,
+                        status={"status": status, "order_id": order},
+                        index_proofs=[prove(latest, subject) for subject in subjects])
 
 
 #: Per engine: its checked mirror of the cluster event log.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,10 @@ from ...errors import AuthorityError, IdentityError, ProofError, StoreCorruptErr
 from ...formats import history, merkle
 from ...formats.checkpoint import TIME_LINE, Checkpoint, Verifier, open_note, sign
 from ...formats.events import CHANGE_BODY, KINDS, LEAF, encode_links, split_leaf
+from ...formats.bundle import engine_origin
 from ...formats.identity import Identity
+from ...formats.keyformat import batch_text
+from ...formats.manifest import read_manifest
 from ...store.records import dump, u64
 from ..catalog import blacklist_target
 
@@ -50,8 +54,9 @@ log = logging.getLogger("keyvault.cluster_log")
 
 #: The advisory lock whose holder numbers the cluster log (one session in the whole cluster).
 LOG_LOCK = 7264932
-#: The change kinds that are events of the log (tokens, trust pins and manifests travel but are not logged).
-LOGGED = ("redeem", "void", "blacklist", "lift")
+#: The change kinds that are events of the log (a manifest put in force is its batch's import event; tokens
+#: and trust pins travel but are not logged).
+LOGGED = ("redeem", "void", "blacklist", "lift", "manifest")
 #: Environment variable naming the cluster engine key's identity file (0600) on nodes that may sequence.
 KEY_ENV = "KEYVAULT_CLUSTER_KEY"
 #: Changes taken per batch at most.
@@ -61,10 +66,8 @@ _ZERO = bytes(32)
 
 
 def origin_of(public_key: bytes) -> str:
-    """The cluster log's origin line: ``keyvault-cluster/`` and the cluster key's short id."""
-    from ...formats.identity import supplier_id
-
-    return f"keyvault-cluster/{supplier_id(public_key)}"
+    """The cluster log's origin: an engine key's log (``keyvault/`` and its short id), the cluster key's."""
+    return engine_origin(public_key)
 
 
 def load_key(path: str | None = None) -> Identity | None:
@@ -78,18 +81,40 @@ def load_key(path: str | None = None) -> Identity | None:
         raise AuthorityError(f"the cluster engine key ({KEY_ENV}) cannot be used: {exc}") from None
 
 
-def subjects_of(kind: str, serial: int | None, target: bytes | None) -> list[bytes]:
-    """The subjects an event is about: a redeemed or void key; a blacklist entry's target."""
+def import_event(body: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The import event of a registry manifest (its body and subjects, as a store's import writes them)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "registry.kvm")
+        with open(path, "wb") as fh:
+            fh.write(body)
+        manifest = read_manifest(path)
+    header = manifest.header
+    supplier = header["supplier"]
+    doc = {"batch": batch_text(manifest.batch), "supplier": supplier["id"], "supplier_name": supplier["name"],
+           "product": header["product"], "count": manifest.count, "kind": manifest.kind, "origin": "manifest",
+           "manifest": manifest.id, "merkle_root": header["merkle_root"], "previous": header["previous"]}
+    return doc, [b"B" + u64(manifest.batch), b"S" + str(supplier["id"]).encode()]
+
+
+def subjects_of(row: tuple[Any, ...]) -> list[bytes]:
+    """The subjects of a change row's event: a redeemed or void key; a blacklist entry's target; a manifest's
+    batch and supplier (its row carries them, found when the batch was read)."""
+    kind, serial, target = row[1], row[2], row[3]
     if kind in ("redeem", "void"):
         return [b"K" + u64(serial or 0)]
+    if kind == "manifest":
+        return list(row[6][1])
     return [bytes(target or b"")]
 
 
 def leaf_of(index: int, prev: bytes, row: tuple[Any, ...], links: list[tuple[bytes, int | None]]) -> bytes:
-    """The event leaf of one change row (change, kind, serial, target, text, at ms), as one store writes it."""
-    _, kind, serial, target, text, at = row
+    """The event leaf of one change row (change, kind, serial, target, text, at ms[, import event]), as one store
+    writes it."""
+    _, kind, serial, target, text, at = row[:6]
     if kind in ("redeem", "void"):
         body = CHANGE_BODY.pack(serial) + text.encode("utf-8")
+    elif kind == "manifest":
+        body, kind = dump(row[6][0]), "import"
     else:
         level, shown = blacklist_target(bytes(target))
         body = dump({"level": level, "target": shown, "reason": text})
@@ -291,7 +316,11 @@ class Sequencer:
         reached = horizon if len(rows) < BATCH else int(rows[-1][0])
         rows = [(r[0], r[1], _unsigned(r[2]), None if r[3] is None else bytes(r[3]), r[4], int(r[5]))
                 for r in rows if r[1] in LOGGED]
-        wanted = sorted({s for r in rows for s in subjects_of(r[1], r[2], r[3])})
+        for n, row in enumerate(rows):
+            if row[1] == "manifest":
+                body = conn.execute("SELECT body FROM keyvault_manifests WHERE hash = %s", (row[3],)).fetchone()
+                rows[n] = (*row, import_event(bytes(body[0])))
+        wanted = sorted({s for r in rows for s in subjects_of(r)})
         latest: dict[bytes, int | None] = dict.fromkeys(wanted)
         if wanted:
             for subject, at in conn.execute("SELECT subject, latest FROM keyvault_log_subjects "
@@ -300,7 +329,7 @@ class Sequencer:
         index, prev = self.tree.size, self.tree.last
         leaves, hashes = [], []
         for row in rows:
-            subjects = subjects_of(row[1], row[2], row[3])
+            subjects = subjects_of(row)
             leaf = leaf_of(index, prev, row, [(s, latest[s]) for s in subjects])
             prev = merkle.leaf_hash(leaf)
             leaves.append((index, row[0], leaf, prev))
