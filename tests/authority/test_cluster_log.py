@@ -293,6 +293,13 @@ def test_a_tampered_log_row_is_found_and_reported_not_believed(nodes: tuple[Vaul
     report = remote.cluster_log(a.engine)
     assert report["problem"] and "checkpoint at size 6" in report["problem"]
     assert report["size"] == 0
+    with psycopg.connect(authority_dsn) as conn:  # the rows put back, the cluster key swapped for another
+        conn.execute("UPDATE keyvault_log SET leaf = %s, hash = %s WHERE idx = 5", (last, merkle.leaf_hash(last)))
+        conn.execute("UPDATE keyvault_cluster SET public_key = %s", (Identity.generate("forger").public_key,))
+    b.close()
+    with Vault.open(b.path) as reopened:  # the store recorded the key it first checked the log with
+        report = remote.cluster_log(reopened.engine)
+        assert report["problem"] and "another cluster engine key" in report["problem"]
 
 
 def test_the_log_survives_a_postgres_crash_and_the_next_checkpoint_extends_the_last(

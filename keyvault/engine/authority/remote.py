@@ -420,7 +420,7 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[
     copy = mirror(engine)
     if engine.authority.cluster_identity() is None:
         return None
-    while copy.step(engine.authority):
+    while step_mirror(engine):
         pass
     wanted = copy.tree.size
     deadline = time.monotonic() + wait
@@ -429,7 +429,7 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[
             raise AuthorityError(f"no cluster checkpoint covers the log's {wanted} entries yet (is a node holding the "
                                  f"cluster engine key running, {KEY_ENV} set?): try again in a few seconds")
         time.sleep(0.1)
-        copy.step(engine.authority)
+        step_mirror(engine)
     size, checkpoint = copy.latest()
     with engine.store.read() as txn:
         cat = engine.current(txn)
@@ -462,9 +462,29 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[
 _MIRRORS: weakref.WeakKeyDictionary[Any, Mirror] = weakref.WeakKeyDictionary()
 
 
+#: Meta key: the cluster engine key this node first checked the cluster log with (a later change is refused).
+CLUSTER_KEY_META = b"authority_cluster_key"
+
+
 def mirror(engine: Any) -> Mirror:
-    """This engine's mirror of the cluster event log (checked up to where it has read)."""
-    return _MIRRORS.setdefault(engine, Mirror())
+    """This engine's mirror of the cluster event log (checked up to where it has read), with the cluster key
+    the store recorded when it first checked the log."""
+    copy = _MIRRORS.get(engine)
+    if copy is None:
+        with engine.store.read() as txn:
+            pinned = txn.get("meta", CLUSTER_KEY_META)
+        copy = _MIRRORS.setdefault(engine, Mirror(None if pinned is None else bytes(pinned)))
+    return copy
+
+
+def step_mirror(engine: Any) -> int:
+    """Check the cluster log's new entries; how many. The cluster key is recorded in the store at first sight."""
+    copy = mirror(engine)
+    known = copy.public_key
+    added = copy.step(engine.authority)
+    if known is None and copy.public_key is not None:
+        engine.store.write(lambda txn: txn.put("meta", CLUSTER_KEY_META, copy.public_key))
+    return added
 
 
 def cluster_log(engine: Any) -> dict[str, Any]:
@@ -472,7 +492,7 @@ def cluster_log(engine: Any) -> dict[str, Any]:
     (a problem is reported, and nothing past it believed)."""
     copy = mirror(engine)
     try:
-        while copy.step(engine.authority):
+        while step_mirror(engine):
             pass
     except KeyvaultError:
         pass  # kept in copy.problem
@@ -521,7 +541,7 @@ class Follower:
                 while catch_up(engine) >= 10_000:
                     pass
                 try:
-                    mirror(engine).step(engine.authority)
+                    step_mirror(engine)
                 except KeyvaultError as exc:  # tampering found: reported by `authority check`, not believed
                     log.error("cluster log: %s", exc)
                 del engine

@@ -229,9 +229,13 @@ class Sequencer:
 
     def release(self) -> None:
         """Give the lock up and close the session."""
-        conn, self.conn, self.holding = self.conn, None, False
+        conn, self.conn, held, self.holding = self.conn, None, self.holding, False
         if conn is not None:
             try:
+                if held and self.take_lock and not conn.closed:  # at once, not when the server sees the close
+                    conn.rollback()
+                    conn.autocommit = True
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
                 conn.close()
             except Exception:  # noqa: BLE001 - a dead session releases its lock by ending
                 pass
