@@ -399,3 +399,39 @@ def test_a_bundle_made_on_b_for_a_key_redeemed_on_a_verifies_with_the_cluster_ke
     finally:
         a.close()
         b.close()
+
+
+def test_nodes_given_the_cluster_key_sequence_by_themselves_one_at_a_time(
+        tmp_path: Path, supplier: Identity, batch: Issued, authority_dsn: str, cluster_key: Identity,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYVAULT_CLUSTER_KEY", str(cluster_key.save(tmp_path / "cluster.key")))
+    a, b = Vault.init(tmp_path / "a"), Vault.init(tmp_path / "b")
+    try:
+        for v in (a, b):
+            v.trust(supplier.public)
+            v.authority.set(authority_dsn)  # binding starts the follower, and with the key, a sequencer
+        a.import_manifest(batch.manifest)
+        eventually(lambda: b.verify(batch.keys[0]).status.value == "valid", "b never fetched the manifest", 30, 0.05)
+        for i in range(10):
+            (a if i % 2 else b).redeem(batch.keys[i], f"o{i}")
+        holders = [v.engine.follower.sequencer for v in (a, b)]
+        eventually(lambda: sum(s.holding for s in holders) == 1, "not exactly one node holds the log", 30, 0.05)
+
+        def settled() -> bool:
+            report = b.authority.check()["cluster_log"]
+            return report["size"] == 11 and report["checkpoint"] == 11 and report["problem"] is None
+
+        eventually(settled, "the nodes did not log and sign the changes by themselves", 30, 0.1)
+        doc = b.trace_bundle(batch.serials[3])
+        checks = bundle.verify(json.dumps(doc).encode(), [supplier.public, cluster_key.public_with_roles(["engine"])])
+        assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+        holder = next(v for v, s in zip((a, b), holders) if s.holding)
+        other = b if holder is a else a
+        holder.close()  # its sequencer stops and gives the lock up: the other node's takes it
+        eventually(lambda: other.engine.follower.sequencer.holding, "the other node never took over", 30, 0.05)
+        other.redeem(batch.keys[20], "o20")
+        eventually(lambda: other.authority.check()["cluster_log"]["checkpoint"] == 12, "no checkpoint after", 30,
+                   0.1)
+    finally:
+        a.close()
+        b.close()

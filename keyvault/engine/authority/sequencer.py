@@ -277,13 +277,21 @@ class Sequencer:
         try:
             last, called, started = conn.execute(
                 "SELECT last_value, is_called, clock_timestamp() FROM keyvault_change").fetchone()
+            warned = time.monotonic() + 30
             while True:
+                # A transaction holds a change number only while a statement runs or once it has written (a
+                # read left open in a transaction holds none, and is not waited for).
                 busy = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle' "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                    "AND (state = 'active' OR state LIKE 'idle in transaction%%' AND backend_xid IS NOT NULL) "
                     "AND xact_start < %s", (started,)).fetchone()[0]
                 if not busy:
                     return int(last) if called else 0
+                if time.monotonic() > warned:
+                    log.warning("cluster log: waiting 30 s already for %d transactions that began before this "
+                                "batch to end (the log goes on once they do)", busy)
+                    warned = time.monotonic() + 30
                 time.sleep(0.005)
         finally:
             conn.autocommit = False
