@@ -164,16 +164,13 @@ def _serial(leaf: bytes) -> int:
 
 _HOLDER = """
 import sys, time
-from keyvault.formats.identity import Identity
-from keyvault.engine.authority.postgres import PostgresAuthority
-from keyvault.engine.authority.sequencer import Sequencer
-seq = Sequencer(PostgresAuthority(sys.argv[1]), Identity.load(sys.argv[2]), interval=0.05, every_seconds=0.2)
-while not seq.acquire():
+from keyvault import Vault
+vault = Vault.open(sys.argv[1])  # a bound node: its follower runs a sequencer (KEYVAULT_CLUSTER_KEY is set)
+while not vault.engine.follower.sequencer.holding:
     time.sleep(0.05)
 print("holding", flush=True)
 while True:
-    seq.step()
-    time.sleep(0.05)
+    time.sleep(1)
 """
 
 
@@ -182,8 +179,9 @@ def test_a_killed_sequencer_is_replaced_without_gap_or_duplicate(nodes: tuple[Va
                                                                  tmp_path: Path) -> None:
     a, b = nodes
     keyfile = cluster_key.save(tmp_path / "cluster.key")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, authority_dsn, str(keyfile)], stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    env = {**os.environ, "KEYVAULT_CLUSTER_KEY": str(keyfile), "KEYVAULT_AUTHORITY_FOLLOW": "1"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(b.path)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True, env=env)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         standby = Sequencer(b.engine.authority, cluster_key, interval=0.05)
