@@ -413,24 +413,13 @@ def status(engine: Any) -> dict[str, Any]:
     return doc
 
 
-def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[str, Any] | None:
+def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 30.0) -> dict[str, Any] | None:
     """A trace bundle of a key from the cluster's one log, checkpoint signed by the cluster engine key (None when
     the cluster has no log yet: the node's own log serves). It waits up to ``wait`` seconds for a checkpoint that
-    covers every entry this node has read (the sequencer signs one within seconds)."""
-    copy = mirror(engine)
+    covers the key's events this node has read (the sequencer signs one every few seconds while the log grows)."""
     if engine.authority.cluster_identity() is None:
         return None
-    while step_mirror(engine):
-        pass
-    wanted = copy.tree.size
-    deadline = time.monotonic() + wait
-    while (copy.latest() or (0, None))[0] < wanted:
-        if time.monotonic() > deadline:
-            raise AuthorityError(f"no cluster checkpoint covers the log's {wanted} entries yet (is a node holding the "
-                                 f"cluster engine key running, {KEY_ENV} set?): try again in a few seconds")
-        time.sleep(0.1)
-        step_mirror(engine)
-    size, checkpoint = copy.latest()
+    copy = mirror(engine)
     with engine.store.read() as txn:
         cat = engine.current(txn)
         found = find(txn, cat, engine.pepper, key_or_serial)
@@ -441,6 +430,20 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 15.0) -> dict[
         custody = custody_of(txn, found.batch.key, found.serial)
     subjects = [LEVEL_KEY + u64(found.serial), LEVEL_BATCH + u64(found.batch.key),
                 LEVEL_SUPPLIER + found.batch.supplier.encode()]
+    deadline = time.monotonic() + wait
+    while True:
+        while step_mirror(engine):
+            pass
+        about = [i for i, leaf in enumerate(copy.leaves)
+                 if any(subject in subjects for subject, _ in split_leaf(leaf)[1] or [])]
+        latest_checkpoint = copy.latest()
+        if latest_checkpoint is not None and latest_checkpoint[0] > (about[-1] if about else -1):
+            break
+        if time.monotonic() > deadline:
+            raise AuthorityError("no cluster checkpoint covers this key's events yet (is a node holding the cluster "
+                                 f"engine key running, {KEY_ENV} set?): try again in a few seconds")
+        time.sleep(0.2)
+    size, checkpoint = latest_checkpoint
     latest: dict[bytes, int] = {}
     indices = []
     for index, leaf in enumerate(copy.leaves[:size]):

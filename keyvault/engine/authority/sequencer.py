@@ -161,8 +161,8 @@ def check_leaf(index: int, prev: bytes, leaf: bytes, stored_hash: bytes) -> byte
         tag, at_index, named_prev, _, _ = LEAF.unpack_from(leaf)
     except Exception:  # noqa: BLE001 - any damage to the bytes is the same finding
         raise StoreCorruptError(f"cluster log entry {index} is not an event leaf: the authority's keyvault_log was "
-                                "altered; nothing after it is believed (restore the table from the sequencer's "
-                                "history or a backup)") from None
+                                "altered; nothing after it is believed (restore the database "
+                                "from a backup)") from None
     if at_index != index:
         raise StoreCorruptError(f"cluster log entry {index} names index {at_index}: keyvault_log was altered")
     if named_prev != prev:
@@ -179,7 +179,7 @@ class Sequencer:
     """Numbers the cluster log while this process holds :data:`LOG_LOCK` (a background thread, or by steps)."""
 
     def __init__(self, authority: Any, key: Identity, *, take_lock: bool = True, interval: float = 0.2,
-                 every_events: int = 1000, every_seconds: float = 2.0) -> None:
+                 every_events: int = 10_000, every_seconds: float = 10.0) -> None:
         self.authority = authority
         self.key = key
         self.origin = origin_of(key.public_key)
