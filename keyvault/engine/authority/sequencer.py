@@ -39,7 +39,7 @@ from typing import Any
 
 from ... import _fast
 from ...clock import now_ms
-from ...errors import AuthorityError, IdentityError, ProofError, StoreCorruptError
+from ...errors import AuthorityError, IdentityError, KeyvaultError, ProofError, StoreCorruptError
 from ...formats import history, merkle
 from ...formats.checkpoint import TIME_LINE, Checkpoint, Verifier, open_note, sign
 from ...formats.events import CHANGE_BODY, KINDS, LEAF, encode_links, split_leaf
@@ -193,6 +193,8 @@ class Sequencer:
         self.holding = False
         self.conn: Any = None
         self._signed_at = 0.0
+        #: One user of the session at a time (the thread, and callers such as tests and `authority check`).
+        self._mutex = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: Called inside a batch's transaction, before the head moves (tests make two sequencers race here).
@@ -211,6 +213,21 @@ class Sequencer:
 
     def acquire(self) -> bool:
         """Try to become the sequencer (without waiting); True when this process holds the lock now."""
+        with self._mutex:
+            return self._guard(self._acquire)
+
+    def _guard(self, work: Callable[[], Any]) -> Any:
+        """``work()``, with a lost session (PostgreSQL gone, failed over) given up and reported as AuthorityError."""
+        try:
+            return work()
+        except (KeyvaultError, _Fenced):
+            raise
+        except Exception as exc:  # noqa: BLE001 - psycopg's errors: the session is given up, the lock with it
+            self.release()
+            raise AuthorityError(f"the cluster log's session was lost ({str(exc).strip()[:200]}); nothing was "
+                                 "half-written: try again") from None
+
+    def _acquire(self) -> bool:
         conn = self._session()
         if not self.holding:
             if self.take_lock:
@@ -229,6 +246,10 @@ class Sequencer:
 
     def release(self) -> None:
         """Give the lock up and close the session."""
+        with self._mutex:
+            self._release()
+
+    def _release(self) -> None:
         conn, self.conn, held, self.holding = self.conn, None, self.holding, False
         if conn is not None:
             try:
@@ -236,9 +257,10 @@ class Sequencer:
                     conn.rollback()
                     conn.autocommit = True
                     conn.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
-                conn.close()
             except Exception:  # noqa: BLE001 - a dead session releases its lock by ending
                 pass
+            finally:
+                conn.close()
 
     def load(self) -> None:
         """Read and check what PostgreSQL holds (every leaf, the last checkpoint) before extending it."""
@@ -298,12 +320,16 @@ class Sequencer:
 
     def step(self) -> int:
         """One batch: the changes up to the horizon, appended in order; how many entries were added."""
-        if not self.acquire():
+        with self._mutex:
+            return int(self._guard(self._step))
+
+    def _step(self) -> int:
+        if not self._acquire():
             return 0
         conn = self._session()
         horizon = self._horizon(conn)
         if horizon <= self.change:
-            self.maybe_sign()
+            self._sign(False)
             return 0
         try:
             with conn.transaction():
@@ -314,7 +340,7 @@ class Sequencer:
             return 0
         self.tree.hashes.extend(added[0])
         self.change = added[1]
-        self.maybe_sign()
+        self._sign(False)
         return len(added[0])
 
     def _batch(self, conn: Any, horizon: int) -> tuple[list[bytes], int]:
@@ -371,7 +397,11 @@ class Sequencer:
 
     def maybe_sign(self, *, force: bool = False) -> bytes | None:
         """Sign a checkpoint of the log as PostgreSQL holds it when due (or ``force``); its note, or None."""
-        if not self.acquire():
+        with self._mutex:
+            return self._guard(lambda: self._sign(force))
+
+    def _sign(self, force: bool) -> bytes | None:
+        if not self._acquire():
             return None
         conn = self._session()
         with conn.transaction():
