@@ -181,7 +181,7 @@ def test_a_killed_sequencer_is_replaced_without_gap_or_duplicate(nodes: tuple[Va
     keyfile = cluster_key.save(tmp_path / "cluster.key")
     env = {**os.environ, "KEYVAULT_CLUSTER_KEY": str(keyfile), "KEYVAULT_AUTHORITY_FOLLOW": "1"}
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(b.path)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True, env=env)
+                              start_new_session=True, env=env, cwd=tmp_path)  # the installed keyvault, not ./keyvault
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         standby = Sequencer(b.engine.authority, cluster_key, interval=0.05)

@@ -417,8 +417,8 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 30.0) -> dict[
     """A trace bundle of a key from the cluster's one log, checkpoint signed by the cluster engine key (None when
     the cluster has no log yet: the node's own log serves). It waits up to ``wait`` seconds for a checkpoint that
     covers the key's events this node has read (the sequencer signs one every few seconds while the log grows)."""
-    if engine.authority.cluster_identity() is None:
-        return None
+    if not isinstance(engine.authority, PostgresAuthority) or engine.authority.cluster_identity() is None:
+        return None  # opened without reaching the authority, or no cluster log kept: the node's own log proves it
     copy = mirror(engine)
     with engine.store.read() as txn:
         cat = engine.current(txn)

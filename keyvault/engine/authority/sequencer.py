@@ -476,16 +476,18 @@ class Mirror:
         self.leaves: list[bytes] = []
         self.checkpoints: dict[int, bytes] = {}
         self.problem: str | None = None
+        self._lock = threading.Lock()  # the follower thread and callers (bundles, checks) step it in turn
 
     def step(self, authority: Any, limit: int = 10_000) -> int:
         """Read and check the log's entries and checkpoints after this mirror's position; how many entries were
         added. A bad entry or checkpoint is StoreCorruptError (also kept in ``problem``) and nothing past it
         is taken."""
-        try:
-            return self._step(authority, limit)
-        except (StoreCorruptError, ProofError) as exc:
-            self.problem = str(exc)
-            raise StoreCorruptError(str(exc)) from None
+        with self._lock:
+            try:
+                return self._step(authority, limit)
+            except (StoreCorruptError, ProofError) as exc:
+                self.problem = str(exc)
+                raise StoreCorruptError(str(exc)) from None
 
     def _step(self, authority: Any, limit: int) -> int:
         identity = authority.cluster_identity()
