@@ -516,3 +516,36 @@ class PostgresAuthority:
                     "standbys": standbys}
 
         return self._run(work, decisive=False)
+
+
+    # -- the cluster event log (sequencer.py) ---------------------------------------------------------------
+
+    def session(self) -> Any:
+        """A new connection of this node's own (the sequencer's: its advisory lock lives as long as it does)."""
+        return self._connect()
+
+    def cluster_identity(self) -> tuple[str, bytes, str] | None:
+        """The cluster engine key's (name, public key, log origin), or None before a sequencer registered it."""
+        def work(cur: Any) -> tuple[str, bytes, str] | None:
+            cur.execute("SELECT name, public_key, origin FROM keyvault_cluster")
+            row = cur.fetchone()
+            return None if row is None else (row[0], bytes(row[1]), row[2])
+
+        return self._run(work, decisive=False)
+
+    def log_since(self, size: int, limit: int = 10_000) -> list[tuple[int, int, bytes, bytes]]:
+        """The cluster log's entries from index ``size`` on: (index, change, leaf, hash), in order."""
+        def work(cur: Any) -> list[tuple[int, int, bytes, bytes]]:
+            cur.execute("SELECT idx, change, leaf, hash FROM keyvault_log WHERE idx >= %s ORDER BY idx LIMIT %s",
+                        (size, limit))
+            return [(int(r[0]), int(r[1]), bytes(r[2]), bytes(r[3])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)
+
+    def log_checkpoints(self, after: int = 0) -> list[tuple[int, bytes, bytes]]:
+        """The cluster log's signed checkpoints at sizes above ``after``: (size, root, note), oldest first."""
+        def work(cur: Any) -> list[tuple[int, bytes, bytes]]:
+            cur.execute("SELECT size, root, note FROM keyvault_checkpoints WHERE size > %s ORDER BY size", (after,))
+            return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+        return self._run(work, decisive=False)

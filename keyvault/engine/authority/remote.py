@@ -10,6 +10,7 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -23,7 +24,12 @@ from typing import Any
 from ... import _fast
 from ...clock import iso, now_ms
 from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
-from ...formats.keyformat import batch_key, parse_prefix
+from ...formats import bundle
+from ...formats.bundle import replayed_status
+from ...formats.events import parse_leaf, split_leaf
+from ...formats.history import prove, subject_key
+from ...formats.keyformat import batch_key, looks_like_serial, parse_prefix, serial_text
+from ...formats.manifest import open_signed_header
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
@@ -31,11 +37,16 @@ from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUP
 from .. import trust
 from ..catalog import blacklist_target
 from ..guard import counter_scopes
-from ..lookup import check
+from ..lookup import check, find
+from ..lots import custody_of
+from ..proofs import commitment_proof
 from ..tokens import save as save_tokens
 from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
+from .sequencer import KEY_ENV, Mirror, Sequencer, load_key
+
+log = logging.getLogger("keyvault.authority")
 
 #: Meta key: the newest authority change number this node's cache has applied.
 CURSOR_KEY = b"authority_change"
@@ -163,6 +174,7 @@ class DetachedAuthority:
 
     redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
     add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
+    cluster_identity = log_since = log_checkpoints = session = _refuse
 
     def close(self) -> None:
         """Nothing to release."""
@@ -396,8 +408,102 @@ def status(engine: Any) -> dict[str, Any]:
     doc = engine.authority.check()
     applied = cursor(engine)
     doc.update(authority=engine.authority.shown, cache_change=applied,
-               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine))
+               cache_lag=max(0, doc["newest_change"] - applied), manifests_not_imported=fetch_manifests(engine),
+               cluster_log=cluster_log(engine))
     return doc
+
+
+def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 30.0) -> dict[str, Any] | None:
+    """A trace bundle of a key from the cluster's one log, checkpoint signed by the cluster engine key (None when
+    the cluster has no log yet: the node's own log serves). It waits up to ``wait`` seconds for a checkpoint that
+    covers the key's events this node has read (the sequencer signs one every few seconds while the log grows)."""
+    if not isinstance(engine.authority, PostgresAuthority) or engine.authority.cluster_identity() is None:
+        return None  # opened without reaching the authority, or no cluster log kept: the node's own log proves it
+    copy = mirror(engine)
+    with engine.store.read() as txn:
+        cat = engine.current(txn)
+        found = find(txn, cat, engine.pepper, key_or_serial)
+        if isinstance(found, Result):
+            raise NotFoundError(f"that key or serial is not in this store ({found.status.value})")
+        key_part = commitment_proof(txn, engine.pepper, found.batch, found.serial,
+                                    not looks_like_serial(key_or_serial))
+        custody = custody_of(txn, found.batch.key, found.serial)
+    subjects = [LEVEL_KEY + u64(found.serial), LEVEL_BATCH + u64(found.batch.key),
+                LEVEL_SUPPLIER + found.batch.supplier.encode()]
+    deadline = time.monotonic() + wait
+    while True:
+        while step_mirror(engine):
+            pass
+        about = [i for i, leaf in enumerate(copy.leaves)
+                 if any(subject in subjects for subject, _ in split_leaf(leaf)[1] or [])]
+        latest_checkpoint = copy.latest()
+        if latest_checkpoint is not None and latest_checkpoint[0] > (about[-1] if about else -1):
+            break
+        if time.monotonic() > deadline:
+            raise AuthorityError("no cluster checkpoint covers this key's events yet (is a node holding the cluster "
+                                 f"engine key running, {KEY_ENV} set?): try again in a few seconds")
+        time.sleep(0.2)
+    size, checkpoint = latest_checkpoint
+    latest: dict[bytes, int] = {}
+    indices = []
+    for index, leaf in enumerate(copy.leaves[:size]):
+        links = split_leaf(leaf)[1] or []
+        for subject, _ in links:
+            latest[subject_key(subject)] = index
+        if any(subject in subjects for subject, _ in links):
+            indices.append(index)
+    events = [(i, copy.leaves[i], copy.tree.inclusion(i, size)) for i in indices]
+    signed = open_signed_header(key_part["manifest_signed"], where="the key's manifest")
+    status, order = replayed_status([parse_leaf(leaf) for _, leaf, _ in events], signed.header,
+                                    serial_text(found.serial), checkpoint.time or now_ms())
+    return bundle.build(**key_part, custody=custody, checkpoint=copy.checkpoints[size], events=events,
+                        status={"status": status, "order_id": order},
+                        index_proofs=[prove(latest, subject) for subject in subjects])
+
+
+#: Per engine: its checked mirror of the cluster event log.
+_MIRRORS: weakref.WeakKeyDictionary[Any, Mirror] = weakref.WeakKeyDictionary()
+
+
+#: Meta key: the cluster engine key this node first checked the cluster log with (a later change is refused).
+CLUSTER_KEY_META = b"authority_cluster_key"
+
+
+def mirror(engine: Any) -> Mirror:
+    """This engine's mirror of the cluster event log (checked up to where it has read), with the cluster key
+    the store recorded when it first checked the log."""
+    copy = _MIRRORS.get(engine)
+    if copy is None:
+        with engine.store.read() as txn:
+            pinned = txn.get("meta", CLUSTER_KEY_META)
+        copy = _MIRRORS.setdefault(engine, Mirror(None if pinned is None else bytes(pinned)))
+    return copy
+
+
+def step_mirror(engine: Any) -> int:
+    """Check the cluster log's new entries; how many. The cluster key is recorded in the store at first sight."""
+    copy = mirror(engine)
+    known = copy.public_key
+    added = copy.step(engine.authority)
+    if known is None and copy.public_key is not None:
+        engine.store.write(lambda txn: txn.put("meta", CLUSTER_KEY_META, copy.public_key))
+    return added
+
+
+def cluster_log(engine: Any) -> dict[str, Any]:
+    """The cluster event log as this node checked it: size, newest checked checkpoint, and any tampering found
+    (a problem is reported, and nothing past it believed)."""
+    copy = mirror(engine)
+    try:
+        while step_mirror(engine):
+            pass
+    except KeyvaultError:
+        pass  # kept in copy.problem
+    latest = copy.latest()
+    follower = engine.follower
+    return {"size": copy.tree.size, "checkpoint": None if latest is None else latest[0],
+            "origin": None if latest is None else latest[1].origin, "problem": copy.problem,
+            "sequencer": bool(follower is not None and follower.sequencer is not None and follower.sequencer.holding)}
 
 
 # -- catching up -----------------------------------------------------------------------------------------
@@ -418,6 +524,10 @@ class Follower:
     def __init__(self, engine: Any, interval: float = 1.0) -> None:
         self._engine = weakref.ref(engine)
         self._interval = interval
+        key = load_key()
+        #: This process's sequencer of the cluster log, when it has the cluster engine key (it numbers the log
+        #: only while it holds the log's lock).
+        self.sequencer = None if key is None else Sequencer(engine.authority, key).start()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
         self._thread.start()
@@ -433,6 +543,10 @@ class Follower:
                     conn = engine.authority.listener()
                 while catch_up(engine) >= 10_000:
                     pass
+                try:
+                    step_mirror(engine)
+                except KeyvaultError as exc:  # tampering found: reported by `authority check`, not believed
+                    log.error("cluster log: %s", exc)
                 del engine
                 until = time.monotonic() + self._interval
                 while not self._stop.is_set() and time.monotonic() < until:  # short waits: close() is quick
@@ -455,6 +569,8 @@ class Follower:
     def stop(self) -> None:
         """Stop following and wait (briefly) for the thread to end."""
         self._stop.set()
+        if self.sequencer is not None:
+            self.sequencer.stop()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 

@@ -7,7 +7,7 @@ keys; every decision is ``INSERT … ON CONFLICT DO NOTHING RETURNING`` plus a r
 from __future__ import annotations
 
 #: The layout this version writes and reads; a database at a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statements that bring an empty database (or one at an older version) to SCHEMA_VERSION, idempotent.
 SCHEMA = [
@@ -60,5 +60,38 @@ SCHEMA = [
         role text NOT NULL,
         pinned boolean NOT NULL,
         change bigint NOT NULL)""",
+    # Version 2: the cluster's one event log (docs/cluster.md, "The cluster event log"), written only by the
+    # sequencer: the node holding the log's advisory lock. Each row is one Merkle leaf, numbered without a gap
+    # (the primary key and the fenced head below), naming the change it records (each change at most once).
+    """CREATE TABLE IF NOT EXISTS keyvault_log (
+        idx bigint PRIMARY KEY,
+        change bigint NOT NULL UNIQUE,
+        leaf bytea NOT NULL,
+        hash bytea NOT NULL)""",
+    # The log's head, one row: its size, last leaf hash, and the change number every change up to which is
+    # in the log (or was not one to log). A batch commits only when it moves the head it read (the fence).
+    """CREATE TABLE IF NOT EXISTS keyvault_log_head (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        size bigint NOT NULL,
+        last_hash bytea NOT NULL,
+        change bigint NOT NULL)""",
+    "INSERT INTO keyvault_log_head (one, size, last_hash, change) "
+    "VALUES (true, 0, decode(repeat('00', 32), 'hex'), 0) ON CONFLICT (one) DO NOTHING",
+    # Each subject's latest event (the links and the subject index every checkpoint commits to).
+    """CREATE TABLE IF NOT EXISTS keyvault_log_subjects (
+        subject bytea PRIMARY KEY,
+        latest bigint NOT NULL)""",
+    # Checkpoints signed with the cluster engine key, by tree size.
+    """CREATE TABLE IF NOT EXISTS keyvault_checkpoints (
+        size bigint PRIMARY KEY,
+        root bytea NOT NULL,
+        at_ms bigint NOT NULL,
+        note bytea NOT NULL)""",
+    # The cluster engine key's public half (never the secret): whoever reads it can check the checkpoints.
+    """CREATE TABLE IF NOT EXISTS keyvault_cluster (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        name text NOT NULL,
+        public_key bytea NOT NULL,
+        origin text NOT NULL)""",
     f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
