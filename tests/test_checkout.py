@@ -404,3 +404,58 @@ def test_no_expired_hold_confirms_while_others_race(platform: Vault, issued: Iss
     assert sorted(results.values()).count("accepted") == 1
     assert set(results.values()) == {"accepted", "redeemed"}
     assert platform.confirm("early")[0].status is Status.EXPIRED_HOLD
+
+
+def test_order_lookup_names_every_redeem(platform: Vault, issued: Issued, limited: Issued,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain redeems, batches, retries, a refused void, a released hold and count-limited uses of one order, all
+    in its report; across a fold; a plain redeem of another order stays out of it."""
+    from keyvault.engine import ledger
+
+    monkeypatch.setattr(ledger, "FOLD_AT", 3)  # the redeems below fold the ledger more than once
+    keys, serials = issued.keys, issued.serials
+    assert platform.redeem(keys[0], "shop-1").status is Status.ACCEPTED  # a plain single-use redeem
+    assert platform.redeem(keys[0], "shop-1").status is Status.ACCEPTED  # its retry: no second event
+    many = platform.redeem_many([(keys[1], "shop-1"), (keys[2], "shop-1"), (keys[3], "other")])
+    assert [r.status for r in many] == [Status.ACCEPTED] * 3
+    assert platform.void(keys[1], "refund").status is Status.REDEEMED  # a redeemed key cannot be voided
+    platform.hold(keys[4], "shop-1", 900)
+    platform.release("shop-1")
+    platform.hold(keys[5], "shop-1", 900)
+    platform.redeem(keys[6], "someone")  # refused to shop-1 below: not its key
+    assert platform.redeem(keys[6], "shop-1").status is Status.REDEEMED
+    confirmed = {r.serial: r.status for r in platform.confirm("shop-1")}  # every key the order ever held
+    assert confirmed == {serials[4]: Status.RELEASED, serials[5]: Status.ACCEPTED}
+    assert platform.redeem(limited.keys[0], "shop-1").uses_left == 4
+    report = platform.order("shop-1")
+    states = {k["serial"]: k["state"] for k in report["keys"]}
+    assert states == {serials[0]: "redeemed", serials[1]: "redeemed", serials[2]: "redeemed",
+                      serials[4]: "released", serials[5]: "redeemed", limited.serials[0]: "redeemed"}
+    by_serial = {k["serial"]: k for k in report["keys"]}
+    assert all(by_serial[s]["redeemed_at"] for s in (serials[0], serials[1], serials[2], serials[5]))
+    redeems = [e["serial"] for e in report["events"] if e["type"] == "redeem"]
+    assert redeems == [serials[0], serials[1], serials[2], serials[5]]  # one event each, retries add none
+    assert [e["index"] for e in report["events"]] == sorted(e["index"] for e in report["events"])
+    assert all(key not in repr(report) for key in keys)  # serials, never keys
+    assert {k["serial"] for k in platform.order("other")["keys"]} == {serials[3]}
+    with pytest.raises(NotFoundError):
+        platform.order("shop-2")
+    with pytest.raises(NotFoundError):  # plain redeems are no holds: nothing to confirm
+        platform.confirm("other")
+    assert platform.check()["ok"]
+
+
+def test_order_lookup_refuses_a_damaged_listing(platform: Vault, issued: Issued) -> None:
+    from keyvault.store.records import order_redeem_key
+
+    platform.redeem(issued.keys[0], "o-1")
+    platform.redeem(issued.keys[1], "o-2")
+    report = platform.order("o-2")
+    index = report["events"][0]["index"]
+    platform.engine.store.write(lambda txn: txn.put("checkout", order_redeem_key("o-1", index), b""))
+    from keyvault.errors import StoreCorruptError
+
+    with pytest.raises(StoreCorruptError, match="is not one"):
+        platform.order("o-1")
+    checked = platform.check()
+    assert not checked["ok"] and "redeem record" in str(checked)

@@ -470,6 +470,8 @@ class Engine(State):
         if not changes:
             return [], []
         seqs = self.ledger.append(txn, changes)
+        if name == b"redeemed":
+            checkout.index_redeems(txn, changes, seqs)  # every redeem found by its order
         for (batch, supplier), n in counts.items():
             for scope in counter_scopes(batch, supplier):
                 txn.add(scope + b"/" + name, n)
