@@ -410,7 +410,7 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
     for serial, end in ends.items():
         if end <= now:  # ended, not yet swept: judged at read time
             keys[serial].update(state="expired", expired_at=iso(end))
-    shown = [{**e, "at": iso(e.pop("at_ms"))} for e in events]
+    shown = [{**{k: v for k, v in e.items() if k != "at_ms"}, "at": iso(e["at_ms"])} for e in events]
     for e in shown:
         if "expires_at" in e:
             e["expires_at"] = iso(e["expires_at"])
