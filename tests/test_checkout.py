@@ -459,3 +459,57 @@ def test_order_lookup_refuses_a_damaged_listing(platform: Vault, issued: Issued)
         platform.order("o-1")
     checked = platform.check()
     assert not checked["ok"] and "redeem record" in str(checked)
+
+
+def test_concurrent_holds_and_confirms_share_commits(platform: Vault, issued: Issued) -> None:
+    """Holds and confirms from many threads are committed together (group commit), each caller still getting its
+    own answer, its own refusal, or its own error; nothing is acknowledged before its commit."""
+    import threading
+
+    store = platform.engine.store
+    real_write = store.write
+    commits: list[int] = []
+    gate = threading.Event()
+
+    def write(work, before_commit=None):  # type: ignore[no-untyped-def]
+        commits.append(1)
+        if len(commits) == 1:
+            gate.wait(5)  # the first commit lingers: every other caller queues behind it
+        return real_write(work, before_commit)
+
+    store.write = write  # type: ignore[method-assign]
+    keys = issued.keys[:16]
+    answers: dict[int, object] = {}
+    barrier = threading.Barrier(len(keys) + 1)
+
+    def shopper(i: int) -> None:
+        barrier.wait()
+        try:
+            if i == 3:
+                answers[i] = platform.hold(keys[i], f"cart-{i}", 0)  # bad input: this caller alone is refused
+            else:
+                answers[i] = platform.hold(keys[i], f"cart-{i}", 900)
+        except UsageError as exc:
+            answers[i] = exc
+
+    threads = [threading.Thread(target=shopper, args=(i,)) for i in range(len(keys))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join()
+    store.write = real_write  # type: ignore[method-assign]
+    assert len(commits) <= 3, f"{len(keys)} concurrent holds took {len(commits)} commits"
+    assert isinstance(answers.pop(3), UsageError)
+    assert all(a.status is Status.HELD and a.order_id == f"cart-{i}" for i, a in answers.items())  # type: ignore[attr-defined]
+    confirmed: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: confirmed.__setitem__(i, platform.confirm(f"cart-{i}")))
+               for i in answers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(c[0].status is Status.ACCEPTED and c[0].order_id == f"cart-{i}" for i, c in confirmed.items())
+    assert platform.verify(keys[3]).status is Status.VALID
