@@ -513,3 +513,33 @@ def test_concurrent_holds_and_confirms_share_commits(platform: Vault, issued: Is
         t.join()
     assert all(c[0].status is Status.ACCEPTED and c[0].order_id == f"cart-{i}" for i, c in confirmed.items())
     assert platform.verify(keys[3]).status is Status.VALID
+
+
+@pytest.mark.parametrize("ops", ["holds", "confirm"])
+def test_a_checkout_transaction_that_fails_leaves_no_trace(platform: Vault, issued: Issued,
+                                                           monkeypatch: pytest.MonkeyPatch, ops: str) -> None:
+    """A checkout transaction that appends several events and then fails (a full disk, a damaged record) must
+    leave this process's view of the ledger as it was: a key redeemed afterwards is never accepted twice."""
+    from keyvault.engine import checkout
+    from keyvault.errors import StoreFullError
+
+    keys = issued.keys
+    if ops == "confirm":
+        platform.checkout_for([("hold", keys[0], "two", 900), ("hold", keys[1], "two", 900)])
+        batch: list[tuple] = [("confirm", "two")]
+    else:
+        batch = [("hold", keys[i], f"o-{i}", 900) for i in range(3)]
+    real = checkout.Desk.flush
+
+    def full(self: checkout.Desk) -> None:
+        raise StoreFullError("the disk is full (injected after the events were appended)")
+
+    monkeypatch.setattr(checkout.Desk, "flush", full)
+    with pytest.raises(StoreFullError):
+        platform.checkout_for(batch)
+    monkeypatch.setattr(checkout.Desk, "flush", real)
+    for key in keys[5:8]:
+        assert platform.redeem(key, "first").status is Status.ACCEPTED
+        assert platform.redeem(key, "second").status is Status.REDEEMED  # never twice
+    assert platform.verify(keys[0]).status is (Status.HELD if ops == "confirm" else Status.VALID)
+    assert platform.check()["ok"]

@@ -48,6 +48,8 @@ from ..store.records import (
 )
 from .catalog import Catalog
 from .eventlog import EventLog
+from .ledger import Change
+from .subjects import folded_change
 
 _LEN = struct.Struct(">H")
 MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a hold lasts at most a week
@@ -187,8 +189,13 @@ def decide_confirm(slot: Slot, order: str, now: int, last: dict[str, Any] | None
 class Desk:
     """The checkout work of one write transaction: slots read once, holds and uses written at the end."""
 
-    def __init__(self, log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, now: int) -> None:
+    def __init__(self, log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, now: int,
+                 overlay: dict[int, Change]) -> None:
         self.log, self.pepper, self.txn, self.cat, self.now = log, pepper, txn, cat, now
+        #: The ledger overlay as of this transaction's start: the redeems and voids this transaction's
+        #: events link to (its own are appended last). Reading its own events into the shared overlay
+        #: instead would outlive an abort, and a redeem committed later at those indices would be missed.
+        self.overlay = overlay
         self.when = str(iso(now))
         self.slots: dict[int, Slot] = {}
         self.dirty: set[int] = set()
@@ -234,7 +241,13 @@ class Desk:
 
     def _event(self, kind: str, serial: int, order: str, **more: Any) -> int:
         doc = {"serial": serial_text(serial), "order_id": order, **more}
-        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)])
+        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)],
+                               self._key_change)
+
+    def _key_change(self, txn: Txn, serial: int) -> int | None:
+        """The event index of a key's committed redeem or void (the overlay's, or its folded outcome's)."""
+        change = self.overlay.get(serial)
+        return change[3] if change is not None else folded_change(txn, serial)
 
     def hold(self, slot: Slot, order: str, ttl_ms: int) -> Result:
         """Make ``order``'s hold: its answer."""
@@ -428,7 +441,7 @@ def check_ttl(ttl: object) -> int:
 
 
 def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, results: list[Result],
-                    orders: list[str], now: int) -> Desk | None:
+                    orders: list[str], now: int, overlay: dict[int, Change]) -> Desk | None:
     """Decide, in place, the redeems of held and count-limited keys; the caller appends the Desk's
     changes with the rest. None (nothing to do) costs one cursor step when no key is held or limited."""
     holds = any_holds(txn)
@@ -444,7 +457,7 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
             if not holds or result.status is Status.REDEEMED or txn.get("checkout", hold_key(serial)) is None:
                 continue  # an ordinary single-use key: accept_redeems decides it
         if desk is None:
-            desk = Desk(log, pepper, txn, cat, now)
+            desk = Desk(log, pepper, txn, cat, now, overlay)
         slot = desk.slot(serial, result)
         desk.know_use(slot, order)
         answer, spend = decide_redeem(slot, order, now)

@@ -456,7 +456,8 @@ class Engine(State):
         results = self.guard.judge_for(keys, clients, budgets, judge) if isinstance(clients, list) else \
             self.guard.judge(keys, clients, budgets, judge)
         orders = [order for _, order in pairs]
-        desk = checkout.redeem_checkout(self.log, self.pepper, txn, cat, results, orders, now)  # held, count-limited
+        desk = checkout.redeem_checkout(self.log, self.pepper, txn, cat, results, orders, now,
+                                        overlay)  # held, count-limited
         changes, counts = _fast.accept_redeems(results, orders, now, str(when))
         if desk is not None:
             changes += desk.changes
@@ -525,7 +526,7 @@ class Engine(State):
             head = txn.head()
             cat = self.current(txn, head)
             overlay = self.ledger.sync(txn, head)
-            desk = checkout.Desk(self.log, self.pepper, txn, cat, clock.now_ms())
+            desk = checkout.Desk(self.log, self.pepper, txn, cat, clock.now_ms(), overlay)
             results = work(txn, desk, overlay)
             desk.flush()
             return results, self._record(txn, overlay, desk.changes, Counter(desk.counts), b"redeemed")
