@@ -543,3 +543,15 @@ def test_a_checkout_transaction_that_fails_leaves_no_trace(platform: Vault, issu
         assert platform.redeem(key, "second").status is Status.REDEEMED  # never twice
     assert platform.verify(keys[0]).status is (Status.HELD if ops == "confirm" else Status.VALID)
     assert platform.check()["ok"]
+
+
+def test_cli_trace_order_names_plain_redeems(world: object) -> None:
+    from cli_support import ok, one_json
+
+    keys = world.keys  # type: ignore[attr-defined]
+    ok("--store", world.platform, "redeem", keys[0], "--order", "cli-1")  # type: ignore[attr-defined]
+    ok("--store", world.platform, "redeem", "-", "--order", "cli-1", input=keys[1] + "\n")  # type: ignore[attr-defined]
+    text = ok("--store", world.platform, "trace", "--order", "cli-1").output  # type: ignore[attr-defined]
+    assert "2 key(s)" in text and text.count("redeemed") >= 2 and keys[0] not in text
+    doc = one_json(ok("--store", world.platform, "trace", "--order", "cli-1", "--json"))  # type: ignore[attr-defined]
+    assert [e["type"] for e in doc["events"]] == ["redeem", "redeem"] and "at_ms" not in doc["events"][0]
