@@ -45,15 +45,8 @@ def receiver(delay: float) -> tuple[ThreadingHTTPServer, str]:
 
 def receivers_process() -> None:
     """``--receivers``: serve a fast and a slow receiver, print their URLs, live until stdin closes."""
-    helper = None
-    if split:
-        helper = subprocess.Popen([sys.executable, __file__, "--receivers"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        assert helper.stdout is not None
-        fast_url, slow_url = helper.stdout.readline().split()
-    else:
-        fast, fast_url = receiver(0.0)
-        slow, slow_url = receiver(2.0)
+    _, fast_url = receiver(0.0)
+    _, slow_url = receiver(2.0)
     print(fast_url, slow_url, flush=True)
     sys.stdin.read()
 
