@@ -145,6 +145,31 @@ def test_hold_confirm_one_caller(benchmark, store: BenchStore) -> None:  # type:
     _rate(benchmark, per_round)
 
 
+def test_hold_confirm_32_concurrent_callers(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    """Checkout from 32 threads, each holding then confirming its keys (group commit shares the fsyncs);
+    compare with test_redeem_32_concurrent_callers."""
+    callers, each = 32, 50
+
+    def setup() -> tuple[tuple[list[str]], dict[str, object]]:
+        return (store.take(callers * each),), {}
+
+    def one(keys: list[str]) -> None:
+        def caller(c: int) -> None:
+            for i in range(each):
+                key = keys[c * each + i]
+                assert store.vault.hold(key, f"hc{c}-{i}-{key[-4:]}", 900).status is Status.HELD
+                assert store.vault.confirm(f"hc{c}-{i}-{key[-4:]}")[0].status is Status.ACCEPTED
+
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
+    _rate(benchmark, callers * each)
+
+
 def test_hold_confirm_batched(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
     """Checkout as the service's commit process runs it: 100 holds in one transaction, their confirms in the next."""
     batches, size = 10, 100

@@ -207,7 +207,7 @@ DAMAGE: dict[str, tuple[Callable[[Vault, Template], Callable[[Txn], Any]], set[s
         {"redeem and void state"}),
     "an altered event": (
         lambda v, t: lambda txn: txn.put("events", _redeem_event(txn)[0], _flip(_redeem_event(txn)[1], -1)),
-        {"event log", "log tree", "redeem and void state"}),
+        {"event log", "log tree", "redeem and void state", "checkout"}),  # (its last byte: the order's redeem list)
     "a second redeem of a spent key, well chained": (
         lambda v, t: _double_spend(v, t), {"redeem and void state", "counters"}),
     "a deleted tree node": (

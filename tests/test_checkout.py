@@ -404,3 +404,154 @@ def test_no_expired_hold_confirms_while_others_race(platform: Vault, issued: Iss
     assert sorted(results.values()).count("accepted") == 1
     assert set(results.values()) == {"accepted", "redeemed"}
     assert platform.confirm("early")[0].status is Status.EXPIRED_HOLD
+
+
+def test_order_lookup_names_every_redeem(platform: Vault, issued: Issued, limited: Issued,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain redeems, batches, retries, a refused void, a released hold and count-limited uses of one order, all
+    in its report; across a fold; a plain redeem of another order stays out of it."""
+    from keyvault.engine import ledger
+
+    monkeypatch.setattr(ledger, "FOLD_AT", 3)  # the redeems below fold the ledger more than once
+    keys, serials = issued.keys, issued.serials
+    assert platform.redeem(keys[0], "shop-1").status is Status.ACCEPTED  # a plain single-use redeem
+    assert platform.redeem(keys[0], "shop-1").status is Status.ACCEPTED  # its retry: no second event
+    many = platform.redeem_many([(keys[1], "shop-1"), (keys[2], "shop-1"), (keys[3], "other")])
+    assert [r.status for r in many] == [Status.ACCEPTED] * 3
+    assert platform.void(keys[1], "refund").status is Status.REDEEMED  # a redeemed key cannot be voided
+    platform.hold(keys[4], "shop-1", 900)
+    platform.release("shop-1")
+    platform.hold(keys[5], "shop-1", 900)
+    platform.redeem(keys[6], "someone")  # refused to shop-1 below: not its key
+    assert platform.redeem(keys[6], "shop-1").status is Status.REDEEMED
+    confirmed = {r.serial: r.status for r in platform.confirm("shop-1")}  # every key the order ever held
+    assert confirmed == {serials[4]: Status.RELEASED, serials[5]: Status.ACCEPTED}
+    assert platform.redeem(limited.keys[0], "shop-1").uses_left == 4
+    report = platform.order("shop-1")
+    states = {k["serial"]: k["state"] for k in report["keys"]}
+    assert states == {serials[0]: "redeemed", serials[1]: "redeemed", serials[2]: "redeemed",
+                      serials[4]: "released", serials[5]: "redeemed", limited.serials[0]: "redeemed"}
+    by_serial = {k["serial"]: k for k in report["keys"]}
+    assert all(by_serial[s]["redeemed_at"] for s in (serials[0], serials[1], serials[2], serials[5]))
+    redeems = [e["serial"] for e in report["events"] if e["type"] == "redeem"]
+    assert redeems == [serials[0], serials[1], serials[2], serials[5]]  # one event each, retries add none
+    assert [e["index"] for e in report["events"]] == sorted(e["index"] for e in report["events"])
+    assert all(key not in repr(report) for key in keys)  # serials, never keys
+    assert {k["serial"] for k in platform.order("other")["keys"]} == {serials[3]}
+    with pytest.raises(NotFoundError):
+        platform.order("shop-2")
+    with pytest.raises(NotFoundError):  # plain redeems are no holds: nothing to confirm
+        platform.confirm("other")
+    assert platform.check()["ok"]
+
+
+def test_order_lookup_refuses_a_damaged_listing(platform: Vault, issued: Issued) -> None:
+    from keyvault.store.records import order_redeem_key
+
+    platform.redeem(issued.keys[0], "o-1")
+    platform.redeem(issued.keys[1], "o-2")
+    report = platform.order("o-2")
+    index = report["events"][0]["index"]
+    platform.engine.store.write(lambda txn: txn.put("checkout", order_redeem_key("o-1", index), b""))
+    from keyvault.errors import StoreCorruptError
+
+    with pytest.raises(StoreCorruptError, match="is not one"):
+        platform.order("o-1")
+    checked = platform.check()
+    assert not checked["ok"] and "redeem record" in str(checked)
+
+
+def test_concurrent_holds_and_confirms_share_commits(platform: Vault, issued: Issued) -> None:
+    """Holds and confirms from many threads are committed together (group commit), each caller still getting its
+    own answer, its own refusal, or its own error; nothing is acknowledged before its commit."""
+    import threading
+
+    store = platform.engine.store
+    real_write = store.write
+    commits: list[int] = []
+    gate = threading.Event()
+
+    def write(work, before_commit=None):  # type: ignore[no-untyped-def]
+        commits.append(1)
+        if len(commits) == 1:
+            gate.wait(5)  # the first commit lingers: every other caller queues behind it
+        return real_write(work, before_commit)
+
+    store.write = write  # type: ignore[method-assign]
+    keys = issued.keys[:16]
+    answers: dict[int, object] = {}
+    barrier = threading.Barrier(len(keys) + 1)
+
+    def shopper(i: int) -> None:
+        barrier.wait()
+        try:
+            if i == 3:
+                answers[i] = platform.hold(keys[i], f"cart-{i}", 0)  # bad input: this caller alone is refused
+            else:
+                answers[i] = platform.hold(keys[i], f"cart-{i}", 900)
+        except UsageError as exc:
+            answers[i] = exc
+
+    threads = [threading.Thread(target=shopper, args=(i,)) for i in range(len(keys))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join()
+    store.write = real_write  # type: ignore[method-assign]
+    assert len(commits) <= 3, f"{len(keys)} concurrent holds took {len(commits)} commits"
+    assert isinstance(answers.pop(3), UsageError)
+    assert all(a.status is Status.HELD and a.order_id == f"cart-{i}" for i, a in answers.items())  # type: ignore[attr-defined]
+    confirmed: dict[int, list] = {}
+    threads = [threading.Thread(target=lambda i=i: confirmed.__setitem__(i, platform.confirm(f"cart-{i}")))
+               for i in answers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(c[0].status is Status.ACCEPTED and c[0].order_id == f"cart-{i}" for i, c in confirmed.items())
+    assert platform.verify(keys[3]).status is Status.VALID
+
+
+@pytest.mark.parametrize("ops", ["holds", "confirm"])
+def test_a_checkout_transaction_that_fails_leaves_no_trace(platform: Vault, issued: Issued,
+                                                           monkeypatch: pytest.MonkeyPatch, ops: str) -> None:
+    """A checkout transaction that appends several events and then fails (a full disk, a damaged record) must
+    leave this process's view of the ledger as it was: a key redeemed afterwards is never accepted twice."""
+    from keyvault.engine import checkout
+    from keyvault.errors import StoreFullError
+
+    keys = issued.keys
+    if ops == "confirm":
+        platform.checkout_for([("hold", keys[0], "two", 900), ("hold", keys[1], "two", 900)])
+        batch: list[tuple] = [("confirm", "two")]
+    else:
+        batch = [("hold", keys[i], f"o-{i}", 900) for i in range(3)]
+    real = checkout.Desk.flush
+
+    def full(self: checkout.Desk) -> None:
+        raise StoreFullError("the disk is full (injected after the events were appended)")
+
+    monkeypatch.setattr(checkout.Desk, "flush", full)
+    with pytest.raises(StoreFullError):
+        platform.checkout_for(batch)
+    monkeypatch.setattr(checkout.Desk, "flush", real)
+    for key in keys[5:8]:
+        assert platform.redeem(key, "first").status is Status.ACCEPTED
+        assert platform.redeem(key, "second").status is Status.REDEEMED  # never twice
+    assert platform.verify(keys[0]).status is (Status.HELD if ops == "confirm" else Status.VALID)
+    assert platform.check()["ok"]
+
+
+def test_cli_trace_order_names_plain_redeems(world: object) -> None:
+    from cli_support import ok, one_json
+
+    keys = world.keys  # type: ignore[attr-defined]
+    ok("--store", world.platform, "redeem", keys[0], "--order", "cli-1")  # type: ignore[attr-defined]
+    ok("--store", world.platform, "redeem", "-", "--order", "cli-1", input=keys[1] + "\n")  # type: ignore[attr-defined]
+    text = ok("--store", world.platform, "trace", "--order", "cli-1").output  # type: ignore[attr-defined]
+    assert "2 key(s)" in text and text.count("redeemed") >= 2 and keys[0] not in text
+    doc = one_json(ok("--store", world.platform, "trace", "--order", "cli-1", "--json"))  # type: ignore[attr-defined]
+    assert [e["type"] for e in doc["events"]] == ["redeem", "redeem"] and "at_ms" not in doc["events"][0]

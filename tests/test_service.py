@@ -579,6 +579,8 @@ def test_openapi_request_schemas_are_the_decoders_types(world: World) -> None:
         ("/v1/void", "post"): "#/components/schemas/VoidRequest",
         ("/v1/blacklist", "post"): "#/components/schemas/BlacklistRequest",
         ("/v1/blacklist", "delete"): "#/components/schemas/BlacklistRequest",
+        ("/v1/webhooks", "post"): "#/components/schemas/WebhookRequest",
+        ("/v1/webhooks/{endpoint}/replay", "post"): "#/components/schemas/ReplayRequest",
         ("/v1/blacklist/lift", "post"): "#/components/schemas/BlacklistRequest",
     }
 

@@ -136,3 +136,38 @@ def test_openapi_documents_checkout(shop: Shop) -> None:
     assert {"HoldRequest", "OrderRequest"} <= doc["components"]["schemas"].keys()
     assert {"held", "expired_hold", "released", "exhausted"} <= set(
         doc["components"]["schemas"]["Result"]["properties"]["status"]["enum"])
+
+
+def test_order_lookup_of_plain_redeems_is_typed(shop: Shop) -> None:
+    """GET /v1/orders/{id} names keys redeemed without a hold (one at a time and in a batch), and its answer and
+    the receipts route's answer are exactly what the OpenAPI document's generated schemas say."""
+    import msgspec
+
+    from keyvault.service.schemas import OrderAnswer, ReceiptAnswer
+
+    one, two, three, held = (shop.keys.pop() for _ in range(4))
+    first = shop.call("POST", "/v1/redeem", {"key": one, "order_id": "plain/1"}).json()
+    assert first["status"] == "accepted"
+    assert shop.call("POST", "/v1/redeem", {"key": one, "order_id": "plain/1"}).json() == first  # a retry
+    many = shop.call("POST", "/v1/redeem-many", {"items": [{"key": two, "order_id": "plain/1"},
+                                                           {"key": three, "order_id": "plain/1"}]}).json()
+    assert [r["status"] for r in many["results"]] == ["accepted", "accepted"]
+    shop.call("POST", "/v1/hold", {"key": held, "order_id": "plain/1", "ttl": 900})
+    shop.call("POST", "/v1/confirm", {"order_id": "plain/1"})
+    shop.call("POST", "/v1/redeem", {"key": shop.limited[1], "order_id": "plain/1"})
+    reply = shop.call("GET", "/v1/orders/" + urllib.parse.quote("plain/1", safe=""))
+    order = msgspec.convert(reply.json(), OrderAnswer)  # strict: no field undocumented, none missing
+    assert len(order.keys) == 5 and {k.state for k in order.keys} == {"redeemed"}
+    assert [e.type for e in order.events].count("redeem") == 4  # the limited key's first use is no redeem
+    assert {"hold", "confirm", "use"} <= {e.type for e in order.events}
+    assert all(k not in reply.body.decode() for k in (one, two, three, held))
+    receipt = shop.call("GET", f"/v1/receipts/{first['serial']}")
+    assert msgspec.convert(receipt.json(), ReceiptAnswer).receipt.startswith("KVR1.")
+    doc = shop.call("GET", "/v1/openapi.json").json()
+    ok = {path: doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+          for path in ("/v1/orders/{order_id}", "/v1/receipts/{serial}")}
+    assert ok == {"/v1/orders/{order_id}": {"$ref": "#/components/schemas/OrderAnswer"},
+                  "/v1/receipts/{serial}": {"$ref": "#/components/schemas/ReceiptAnswer"}}
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["OrderAnswer"]["required"]) == {"order_id", "keys", "events"}
+    assert set(schemas["OrderKey"]["properties"]["state"]["enum"]) == {"held", "redeemed", "released", "expired"}

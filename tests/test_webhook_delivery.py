@@ -363,3 +363,106 @@ def test_first_use_from_many_threads_opens_the_endpoints_once(platform: Vault) -
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_webhook_admin_routes_over_http(tmp_path: Path, world: Any, receiver: Receiver) -> None:
+    """/v1/webhooks: list, add (a made secret answered once), pause, resume, replay, stats, remove, over real HTTP;
+    bad input refused with a problem that changes nothing; a redeem-scope token or none refused."""
+    import msgspec
+    from service_support import Server, make_token
+
+    from keyvault.service.schemas import WebhookEndpoint, WebhookEndpoints, WebhookStatsList
+
+    admin = make_token(world.platform, "ops", "admin")
+    shop = make_token(world.platform, "shop", "redeem")
+    server = Server(world.platform, tmp_path / "serve.log", workers=1).start()
+
+    def call(method: str, path: str, body: object = None, token: str | None = admin) -> Any:
+        return server.request(method, path, body, token=token)
+
+    try:
+        assert call("GET", "/v1/webhooks").json() == {"endpoints": []}
+        made = call("POST", "/v1/webhooks", {"url": receiver.url, "events": ["redeem"]})
+        assert made.status == 200, made.body
+        added = msgspec.convert(made.json(), WebhookEndpoint)
+        assert added.secret and added.secret.startswith("whsec_") and added.events == ["redeem"]
+        receiver.verifier = Webhook(added.secret)  # the receiver is given the secret made
+        hook = added.id
+        listed = call("GET", "/v1/webhooks")
+        assert added.secret not in listed.body.decode() and "secret" not in listed.json()["endpoints"][0]
+        assert [e.id for e in msgspec.convert(listed.json(), WebhookEndpoints).endpoints] == [hook]
+        for i, key in enumerate(world.keys[:2]):
+            assert call("POST", "/v1/redeem", {"key": key, "order_id": f"h-{i}"}, token=shop).status == 200
+        eventually(lambda: len(set(receiver.ids())) == 2, "an endpoint added over HTTP is delivered to")
+
+        assert call("POST", f"/v1/webhooks/{hook}/pause").json()["paused"] is True
+        call("POST", "/v1/redeem", {"key": world.keys[2], "order_id": "h-2"}, token=shop)
+        time.sleep(0.5)
+        stats = msgspec.convert(call("GET", "/v1/webhooks/stats").json(), WebhookStatsList).endpoints
+        assert stats[0].paused and stats[0].pending == 1 and stats[0].delivered == 2
+        assert len(set(receiver.ids())) == 2  # paused: the third waits
+        assert call("POST", f"/v1/webhooks/{hook}/resume").json()["paused"] is False
+        eventually(lambda: len(set(receiver.ids())) == 3, "a resumed endpoint gets what waited")
+
+        first = receiver.ids()[0]
+        replayed = call("POST", f"/v1/webhooks/{hook}/replay", {"since": "2000-01-01"})
+        assert replayed.status == 200 and replayed.json()["cursor"] == 0 and replayed.json()["epoch"] == 1
+        eventually(lambda: receiver.ids().count(first) == 2, "a replay sends the first event again, same id")
+
+        given = call("POST", "/v1/webhooks", {"url": receiver.url + "/2", "events": ["void", "redeem"],
+                                              "secret": SECRET})
+        assert given.status == 200 and "secret" not in given.json() and SECRET not in given.body.decode()
+        second = given.json()["id"]
+
+        before = call("GET", "/v1/webhooks").json()
+        bad: list[tuple[str, str, object, int]] = [
+            ("POST", "/v1/webhooks", {"url": "ftp://example.com/x", "events": ["redeem"]}, 422),
+            ("POST", "/v1/webhooks", {"url": "https://user:pw@example.com/x", "events": ["redeem"]}, 422),
+            ("POST", "/v1/webhooks", {"url": receiver.url, "events": ["KV2F-Q7RM-2KTC-XA9B-5HJN"]}, 422),
+            ("POST", "/v1/webhooks", {"url": receiver.url, "events": []}, 422),
+            ("POST", "/v1/webhooks", {"url": receiver.url}, 422),
+            ("POST", "/v1/webhooks", {"url": receiver.url, "events": ["redeem"], "secret": "hunter2"}, 422),
+            ("POST", "/v1/webhooks", {"url": receiver.url, "events": ["redeem"], "more": 1}, 422),
+            ("POST", "/v1/webhooks", "[1, 2", 400),
+            ("POST", f"/v1/webhooks/{hook}/replay", {"since": "yesterday"}, 422),
+            ("POST", f"/v1/webhooks/{hook}/replay", {}, 422),
+            ("POST", "/v1/webhooks/ep_0123456789abcdef/pause", None, 404),
+            ("DELETE", "/v1/webhooks/ep_0123456789abcdef", None, 404),
+            ("POST", "/v1/webhooks/KV2F-Q7RM-2KTC-XA9B-5HJN/pause", None, 404),
+            ("POST", f"/v1/webhooks/{hook}/explode", None, 404),
+            ("GET", f"/v1/webhooks/{hook}", None, 405),
+            ("PUT", "/v1/webhooks", None, 405),
+        ]
+        for method, path, body, status in bad:
+            if isinstance(body, str):
+                reply = server.request(method, path, None, token=admin, raw=body.encode(),
+                                       headers={"Content-Type": "application/json"})
+            else:
+                reply = call(method, path, body)
+            assert reply.status == status, (method, path, body, reply.body)
+            assert reply.headers["content-type"] == "application/problem+json", reply.body
+            assert "KV2F-Q7RM" not in reply.body.decode() and "hunter2" not in reply.body.decode()
+        assert call("GET", "/v1/webhooks").json() == before  # nothing changed
+
+        for method, path, body in [("GET", "/v1/webhooks", None), ("GET", "/v1/webhooks/stats", None),
+                                   ("POST", "/v1/webhooks", {"url": receiver.url, "events": ["redeem"]}),
+                                   ("POST", f"/v1/webhooks/{hook}/pause", None),
+                                   ("DELETE", f"/v1/webhooks/{hook}", None)]:
+            assert call(method, path, body, token=shop).status == 403
+            assert server.request(method, path, body).status == 401
+        assert call("GET", "/v1/webhooks").json() == before
+
+        removed = call("DELETE", f"/v1/webhooks/{second}")
+        assert removed.status == 200 and removed.json()["id"] == second and "secret" not in removed.json()
+        assert call("DELETE", f"/v1/webhooks/{second}").status == 404
+        assert [e["id"] for e in call("GET", "/v1/webhooks").json()["endpoints"]] == [hook]
+        doc = call("GET", "/v1/openapi.json").json()
+        assert {"/v1/webhooks", "/v1/webhooks/stats", "/v1/webhooks/{endpoint}", "/v1/webhooks/{endpoint}/pause",
+                "/v1/webhooks/{endpoint}/resume", "/v1/webhooks/{endpoint}/replay"} <= doc["paths"].keys()
+        schemas = doc["components"]["schemas"]
+        assert set(schemas["WebhookRequest"]["properties"]["events"]["items"]["enum"]) >= {"redeem", "void"}
+        assert schemas["WebhookEndpoint"]["properties"].keys() >= {"id", "url", "paused", "cursor", "secret"}
+    finally:
+        assert server.stop() == 0
+    with Vault.open(world.platform) as vault:  # the CLI sees what HTTP did
+        assert [e["id"] for e in vault.webhooks.list()] == [hook]

@@ -11,7 +11,9 @@ status, its holds, its uses): ``decide_hold``, ``decide_redeem``, ``decide_confi
 ``decide_release`` return the answer and what to write, and :class:`Desk` writes it inside the
 caller's write transaction. Every hold, confirm, release, expiry and use is an event of the log,
 indexed under the key and under the order (the ``subjects`` database: ``O`` + u16 length +
-order id, then the event index), so ``order`` and ``trace`` read them back.
+order id, then the event index), so ``order`` and ``trace`` read them back. Every redeem, held or not, is
+also listed under its order (the ``checkout`` database: ``R`` + u16 length + order id + event index,
+written with the redeem by :func:`index_redeems`), so an order's report names every key it got.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from .. import _fast
 from ..clock import iso
 from ..errors import NotFoundError, StoreCorruptError, UsageError
-from ..formats.events import KIND_NAMES, LEAF, split_leaf
+from ..formats.events import KIND_NAMES, LEAF, change_of, split_leaf
 from ..formats.keyformat import serial_text
 from ..results import Result, Status
 from ..store import REDEEMED, Txn
@@ -33,6 +35,7 @@ from ..store.records import (
     Hold,
     from_u64,
     hold_key,
+    order_redeem_key,
     pack_holds,
     pack_spent,
     pack_use,
@@ -45,6 +48,8 @@ from ..store.records import (
 )
 from .catalog import Catalog
 from .eventlog import EventLog
+from .ledger import Change
+from .subjects import folded_change
 
 _LEN = struct.Struct(">H")
 MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a hold lasts at most a week
@@ -184,8 +189,13 @@ def decide_confirm(slot: Slot, order: str, now: int, last: dict[str, Any] | None
 class Desk:
     """The checkout work of one write transaction: slots read once, holds and uses written at the end."""
 
-    def __init__(self, log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, now: int) -> None:
+    def __init__(self, log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, now: int,
+                 overlay: dict[int, Change]) -> None:
         self.log, self.pepper, self.txn, self.cat, self.now = log, pepper, txn, cat, now
+        #: The ledger overlay as of this transaction's start: the redeems and voids this transaction's
+        #: events link to (its own are appended last). Reading its own events into the shared overlay
+        #: instead would outlive an abort, and a redeem committed later at those indices would be missed.
+        self.overlay = overlay
         self.when = str(iso(now))
         self.slots: dict[int, Slot] = {}
         self.dirty: set[int] = set()
@@ -231,7 +241,13 @@ class Desk:
 
     def _event(self, kind: str, serial: int, order: str, **more: Any) -> int:
         doc = {"serial": serial_text(serial), "order_id": order, **more}
-        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)])
+        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)],
+                               self._key_change)
+
+    def _key_change(self, txn: Txn, serial: int) -> int | None:
+        """The event index of a key's committed redeem or void (the overlay's, or its folded outcome's)."""
+        change = self.overlay.get(serial)
+        return change[3] if change is not None else folded_change(txn, serial)
 
     def hold(self, slot: Slot, order: str, ttl_ms: int) -> Result:
         """Make ``order``'s hold: its answer."""
@@ -334,15 +350,33 @@ def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result) 
     return Slot(serial, base, limit, spent, {}, holds)
 
 
+def index_redeems(txn: Txn, changes: list[tuple[int, int, int, str]], indices: list[int]) -> None:
+    """List each redeem just appended (``changes`` and their event ``indices``) under its order, in the same
+    transaction: every redeem, held or not, is found by its order (one sorted write for the batch)."""
+    txn.put_many("checkout", sorted((order_redeem_key(order, index), b"")
+                                    for (_, state, _, order), index in zip(changes, indices) if state == REDEEMED))
+
+
 def order_events(txn: Txn, log: EventLog, order: str) -> list[dict[str, Any]]:
-    """The order's checkout events, oldest first: index, type, at (ms) and the body's fields."""
+    """The order's events, oldest first (holds, confirms, releases, expiries, uses and redeems): index, type,
+    at (ms) and the body's fields."""
     subject = order_subject(order)
+    found: list[tuple[int, bool]] = [(from_u64(key[-8:]), False) for key, _ in txn.items("subjects", subject)
+                                     if len(key) == len(subject) + 8]
+    listed = b"R" + subject[1:]
+    found += [(from_u64(key[-8:]), True) for key, _ in txn.items("checkout", listed) if len(key) == len(listed) + 8]
     out = []
-    for key, _ in txn.items("subjects", subject):
-        if len(key) != len(subject) + 8:
-            continue
-        index = from_u64(key[-8:])
+    for index, redeem in sorted(found):
         leaf = log.leaf(txn, index)
+        at_ms = int.from_bytes(leaf[LEAF.size - 8:LEAF.size], "big")
+        if redeem:
+            change = change_of(leaf)
+            if change is None or change[1] != REDEEMED or change[3] != order:
+                raise StoreCorruptError(f"event {index} is listed as a redeem of order {order!r} but is not one: the "
+                                        "store is damaged; run `keyvault check`")
+            out.append({"index": index, "type": "redeem", "at_ms": at_ms, "serial": serial_text(change[0]),
+                        "order_id": order})
+            continue
         kind = leaf[LEAF.size - 9]
         try:
             doc = json.loads(bytes(leaf[split_leaf(bytes(leaf))[2]:]))
@@ -352,20 +386,20 @@ def order_events(txn: Txn, log: EventLog, order: str) -> list[dict[str, Any]]:
         if not isinstance(doc, dict) or doc.get("order_id") != order:
             raise StoreCorruptError(f"event {index} is indexed under order {order!r} but does not name it: the "
                                     "store is damaged; run `keyvault check`")
-        out.append({"index": index, "type": KIND_NAMES.get(kind, "?"),
-                    "at_ms": int.from_bytes(leaf[LEAF.size - 8:LEAF.size], "big"), **doc})
+        out.append({"index": index, "type": KIND_NAMES.get(kind, "?"), "at_ms": at_ms, **doc})
     return out
 
 
 def last_events(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each serial's last checkout event for the order."""
-    return {event["serial"]: event for event in events}
+    """Each serial's last checkout event for the order (its plain redeems are no holds: left out)."""
+    return {event["serial"]: event for event in events if event["type"] != "redeem"}
 
 
 def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str, Any]:
-    """What an order holds or held: every key (serial, never the key) with its state and times, and the events."""
+    """What an order redeemed, holds or held: every key (serial, never the key) with its state and times, and the
+    events."""
     if not events:
-        raise NotFoundError(f"order {order!r} has held or used no key in this store; check the order id")
+        raise NotFoundError(f"order {order!r} has redeemed, held or used no key in this store; check the order id")
     keys: dict[str, dict[str, Any]] = {}
     ends: dict[str, int] = {}  # serial -> its hold's end (ms), while the order's last event is the hold
     for event in events:
@@ -378,7 +412,7 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
             entry.update(state="held", held_at=at, expires_at=iso(event["expires_at"]), released_at=None,
                          expired_at=None)
             ends[event["serial"]] = int(event["expires_at"])
-        elif kind in ("confirm", "use"):
+        elif kind in ("confirm", "use", "redeem"):
             entry.update(state="redeemed", redeemed_at=at)
             if "uses_left" in event:
                 entry["uses_left"] = event["uses_left"]
@@ -389,7 +423,7 @@ def order_report(order: str, events: list[dict[str, Any]], now: int) -> dict[str
     for serial, end in ends.items():
         if end <= now:  # ended, not yet swept: judged at read time
             keys[serial].update(state="expired", expired_at=iso(end))
-    shown = [{**e, "at": iso(e.pop("at_ms"))} for e in events]
+    shown = [{**{k: v for k, v in e.items() if k != "at_ms"}, "at": iso(e["at_ms"])} for e in events]
     for e in shown:
         if "expires_at" in e:
             e["expires_at"] = iso(e["expires_at"])
@@ -407,7 +441,7 @@ def check_ttl(ttl: object) -> int:
 
 
 def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, results: list[Result],
-                    orders: list[str], now: int) -> Desk | None:
+                    orders: list[str], now: int, overlay: dict[int, Change]) -> Desk | None:
     """Decide, in place, the redeems of held and count-limited keys; the caller appends the Desk's
     changes with the rest. None (nothing to do) costs one cursor step when no key is held or limited."""
     holds = any_holds(txn)
@@ -423,7 +457,7 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
             if not holds or result.status is Status.REDEEMED or txn.get("checkout", hold_key(serial)) is None:
                 continue  # an ordinary single-use key: accept_redeems decides it
         if desk is None:
-            desk = Desk(log, pepper, txn, cat, now)
+            desk = Desk(log, pepper, txn, cat, now, overlay)
         slot = desk.slot(serial, result)
         desk.know_use(slot, order)
         answer, spend = decide_redeem(slot, order, now)

@@ -463,8 +463,20 @@ class _Checkup:
         holds = 0
         spent: dict[int, int] = {}
         used: Counter[int] = Counter()
+        redeems = 0
         for key, value in self.txn.items("checkout"):
             kind, rest = bytes(key[:1]), bytes(key[1:])
+            if kind == b"R":  # a redeem listed under its order: the event must be that redeem
+                redeems += 1
+                size = int.from_bytes(rest[:2], "big") if len(rest) >= 2 else -1
+                change = None
+                if len(rest) == 2 + size + 8 and not value:
+                    leaf = self.txn.get("events", rest[-8:])
+                    change = change_of(bytes(leaf)) if leaf is not None else None
+                if change is None or change[1] != 1 or change[3].encode("utf-8") != rest[2:2 + size]:
+                    problems.add(f"an order's redeem record ({bytes(key[:24]).hex()}) does not name a redeem of that "
+                                 "order in the event log")
+                continue
             if kind not in (b"H", b"N", b"U") or len(rest) < 8:
                 problems.add(f"a checkout record's key is malformed ({bytes(key[:12]).hex()})")
                 continue
@@ -499,7 +511,8 @@ class _Checkup:
                              "use records")
         self.counts["holds"] = holds
         self.counts["uses"] = sum(used.values())
-        return f"{holds:,} held keys, {sum(used.values()):,} uses of count-limited keys, each record sealed"
+        return (f"{holds:,} held keys, {sum(used.values()):,} uses of count-limited keys, each record sealed; "
+                f"{redeems:,} redeems listed under their orders")
 
     def outcomes(self, problems: _Problems) -> str:
         txn = self.txn

@@ -58,12 +58,17 @@ class EventLog:
 
     # -- appending -------------------------------------------------------------------------------
 
-    def append(self, txn: Txn, kind: str, at_ms: int, doc: dict[str, Any], subjects: list[bytes]) -> int:
-        """Append one event (``doc`` is its body, as JSON) indexed under ``subjects``; its index."""
+    def append(self, txn: Txn, kind: str, at_ms: int, doc: dict[str, Any], subjects: list[bytes],
+               key_change: Callable[[Txn, int], int | None] | None = None) -> int:
+        """Append one event (``doc`` is its body, as JSON) indexed under ``subjects``; its index.
+
+        ``key_change`` replaces :attr:`key_change` for a transaction that appends several events: it must not
+        read this transaction's own events into a shared overlay (the transaction may still abort).
+        """
         head = txn.head()
         index = head.log_size
         prev, frontier = self._tail(txn, index)
-        links = encode_links([(subject, self._latest(txn, subject)) for subject in subjects])
+        links = encode_links([(subject, self._latest(txn, subject, key_change)) for subject in subjects])
         leaf = _fast.event_leaf(index, prev, KINDS[kind], at_ms, dump(doc), links)
         self._store(txn, index, [(u64(index), leaf)], merkle.leaf_hash(leaf), frontier)
         for subject in subjects:
@@ -81,11 +86,12 @@ class EventLog:
         self.maybe_checkpoint(txn, changes[-1][2])
         return list(range(first, first + len(changes)))
 
-    def _latest(self, txn: Txn, subject: bytes) -> int | None:
+    def _latest(self, txn: Txn, subject: bytes, key_change: Callable[[Txn, int], int | None] | None = None
+                ) -> int | None:
         """The index of the newest event about ``subject`` (a key's redeem or void included)."""
         latest = latest_listed(txn, subject)
         if subject[:1] == b"K" and len(subject) == 9:
-            change = self.key_change(txn, from_u64(subject[1:]))
+            change = (key_change or self.key_change)(txn, from_u64(subject[1:]))
             if change is not None and (latest is None or change > latest):
                 latest = change
         return latest

@@ -237,7 +237,7 @@ class Webhooks:
                 new["last_delivered_at"] = iso(now_ms())
             return new
 
-        self.outbox.update(endpoint, change)
+        self.outbox.update(endpoint, change, durable=False)  # a lost acknowledgement only resends
 
     def fail(self, endpoint: str, error: str, retry_at_ms: int) -> int:
         """Record a failed attempt (the error, when to try again); how many attempts failed in a row."""
@@ -249,7 +249,7 @@ class Webhooks:
             return {**old, "attempts": old["attempts"] + 1, "failing_since": old["failing_since"] or now,
                     "last_error": error[:500], "last_error_at": now, "retry_at": iso(retry_at_ms)}
 
-        new = self.outbox.update(endpoint, change)
+        new = self.outbox.update(endpoint, change, durable=False)
         return 0 if new is None else int(new["attempts"])
 
     def stats(self) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import urllib.parse
@@ -51,6 +52,7 @@ _TEXT = b"text/plain; charset=utf-8"
 _TILES = "/v1/log/tile/{path}"
 _PROBLEM = b"application/problem+json"
 _UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="keyvault"')]
+_ENDPOINT_ID = re.compile(r"ep_[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -295,9 +297,38 @@ class Service:
         return 200, results_body(results), _JSON
 
     async def orders(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
-        """GET /v1/orders/{order_id}: every key (serial) the order holds or held, with times."""
+        """GET /v1/orders/{order_id}: every key (serial) the order redeemed, holds or held, with times."""
         order = bodies.text(scope["path"][len("/v1/orders/"):], "order_id", MAX_ORDER_ID)
         return _ok(await _off_loop(self.vault.order, order))
+
+    async def webhooks(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/webhooks lists the endpoints (never a secret); POST adds one (a secret made is answered once)."""
+        if scope["method"] == "GET":
+            return _ok({"endpoints": await _off_loop(self.vault.webhooks.list)})
+        body = await self._json(scope, receive, bodies.WebhookRequest)
+        record = await _off_loop(self.vault.webhooks.add, body.url, list(body.events), body.secret)
+        if body.secret is not None:  # the caller has it: never sent back
+            record = {k: v for k, v in record.items() if k != "secret"}
+        return _ok(record)
+
+    async def webhook_stats(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """GET /v1/webhooks/stats: per endpoint, delivered, pending, failing, last error."""
+        return _ok({"endpoints": await _off_loop(self.vault.webhooks.stats)})
+
+    async def webhook(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """DELETE /v1/webhooks/{endpoint}; POST /v1/webhooks/{endpoint}/pause, /resume, /replay (body: since)."""
+        endpoint, _, action = scope["path"][len("/v1/webhooks/"):].partition("/")
+        if not _ENDPOINT_ID.fullmatch(endpoint):
+            raise Problem("not-found", "no such webhook endpoint (ids look like ep_ and 16 hex digits): "
+                                       "GET /v1/webhooks lists them")
+        hooks = self.vault.webhooks
+        if action == "replay":
+            body = await self._json(scope, receive, bodies.ReplayRequest)
+            since = _when(body.since, "since")
+            assert since is not None
+            return _ok(await _off_loop(hooks.replay, endpoint, since))
+        change = {"": hooks.remove, "pause": hooks.pause, "resume": hooks.resume}[action]
+        return _ok(await _off_loop(change, endpoint))
 
     async def void(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """POST /v1/void."""
@@ -420,6 +451,12 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/confirm": {"POST": (Service.confirm, "redeem")},
     "/v1/release": {"POST": (Service.confirm, "redeem")},
     "/v1/orders/{order_id}": {"GET": (Service.orders, "redeem")},
+    "/v1/webhooks": {"GET": (Service.webhooks, "admin"), "POST": (Service.webhooks, "admin")},
+    "/v1/webhooks/stats": {"GET": (Service.webhook_stats, "admin")},
+    "/v1/webhooks/{endpoint}": {"DELETE": (Service.webhook, "admin")},
+    "/v1/webhooks/{endpoint}/pause": {"POST": (Service.webhook, "admin")},
+    "/v1/webhooks/{endpoint}/resume": {"POST": (Service.webhook, "admin")},
+    "/v1/webhooks/{endpoint}/replay": {"POST": (Service.webhook, "admin")},
     "/v1/void": {"POST": (Service.void, "admin")},
     "/v1/blacklist": {"POST": (Service.blacklist, "admin"), "DELETE": (Service.blacklist, "admin"),
                       "GET": (Service.listing, "admin")},
@@ -448,6 +485,10 @@ def _route(scope: Scope) -> tuple[str, Handler, str | None]:
         route = "/v1/receipts/{serial}"
     if path.startswith("/v1/orders/") and len(path) > len("/v1/orders/"):
         route = "/v1/orders/{order_id}"  # an order id may hold '/': everything after the prefix
+    if path.startswith("/v1/webhooks/") and path != "/v1/webhooks/stats":
+        endpoint, _, action = path[len("/v1/webhooks/"):].partition("/")
+        if endpoint and (not action or action in ("pause", "resume", "replay")):
+            route = "/v1/webhooks/{endpoint}" + (f"/{action}" if action else "")
     methods = ROUTES.get(route)
     if methods is None:
         raise Problem("not-found", "no such path; GET /v1/openapi.json lists the API")

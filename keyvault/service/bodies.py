@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
 
+from ..engine import EVENT_KINDS
 from ..errors import KeyvaultError
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..vocabulary import Level
@@ -110,9 +111,32 @@ class OrderRequest(Struct, forbid_unknown_fields=True):
     order_id: OrderId
 
 
+EventKind = Literal[EVENT_KINDS]  # type: ignore[valid-type]  # the kinds of the event log, by name
+MAX_URL = 2048
+
+
+class WebhookRequest(Struct, forbid_unknown_fields=True):
+    """POST /v1/webhooks: add an endpoint, sent the events chosen from now on."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=MAX_URL,
+                             description="http:// or https://, a host and a path; no user or password.")]
+    events: Annotated[list[EventKind], Meta(min_length=1, max_length=len(EVENT_KINDS),
+                                            description="The event kinds the endpoint is sent.")]
+    secret: Annotated[str, Meta(pattern="^whsec_[A-Za-z0-9+/=]{1,400}$", description=(
+        "The endpoint's Standard Webhooks secret (whsec_ and base64). Leave it out to have one made: the answer "
+        "then carries it, once."))] | None = None
+
+
+class ReplayRequest(Struct, forbid_unknown_fields=True):
+    """POST /v1/webhooks/{endpoint}/replay: send every event since a time again."""
+
+    since: Annotated[str, Meta(min_length=1, max_length=64, description=(
+        "ISO 8601 date or time (UTC unless it says otherwise): every event from then on, with their first ids."))]
+
+
 #: Every request body type: openapi.py publishes their schemas under these names.
 REQUESTS: tuple[type[Struct], ...] = (VerifyRequest, RedeemRequest, RedeemManyRequest, VoidRequest,
-                                      BlacklistRequest, HoldRequest, OrderRequest)
+                                      BlacklistRequest, HoldRequest, OrderRequest, WebhookRequest, ReplayRequest)
 
 Body = TypeVar("Body", bound=Struct)
 

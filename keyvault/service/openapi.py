@@ -20,10 +20,13 @@ from .bodies import (
     OrderRequest,
     RedeemManyRequest,
     RedeemRequest,
+    ReplayRequest,
     VerifyRequest,
     VoidRequest,
+    WebhookRequest,
 )
 from .problems import PROBLEMS, TYPE_PREFIX
+from .schemas import ANSWERS
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 
@@ -42,6 +45,10 @@ _PAGE = [
      "description": "Items per page (100 by default)."},
     {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
      "description": "The cursor: the `next` of the previous page (absent for the first page; null next: the last)."}]
+
+
+_ENDPOINT = {"name": "endpoint", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^ep_[0-9a-f]{16}$"},
+             "description": "The endpoint's id, as GET /v1/webhooks lists it."}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -76,8 +83,9 @@ def _body(kind: type[msgspec.Struct]) -> dict[str, Any]:
 
 
 def request_schemas() -> dict[str, Any]:
-    """The JSON Schemas of every request body (and the types they use), by name, from bodies.REQUESTS."""
-    return msgspec.json.schema_components(REQUESTS, ref_template=REF_TEMPLATE)[1]
+    """The JSON Schemas of every request body and typed answer (and the types they use), by name, from
+    bodies.REQUESTS and schemas.ANSWERS."""
+    return msgspec.json.schema_components((*REQUESTS, *ANSWERS), ref_template=REF_TEMPLATE)[1]
 
 
 def document() -> dict[str, Any]:
@@ -150,11 +158,38 @@ def document() -> dict[str, Any]:
             "summary": "Give up every hold of the order (scope redeem)", "operationId": "release",
             "requestBody": _body(OrderRequest), "responses": _responses(_ref("Results"), (*_WRITE, 404))}},
         "/v1/orders/{order_id}": {"get": {
-            "summary": "Every key (serial) an order holds or held, with states and times (scope redeem)",
+            "summary": "Every key (serial) an order redeemed, holds or held, with states, times and events "
+                       "(scope redeem)",
             "operationId": "order",
             "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
                             "description": "The order id, URL-encoded."}],
-            "responses": _responses(free, (400, 401, 403, 404, 422, 503, 507))}},
+            "responses": _responses(_ref("OrderAnswer"), (400, 401, 403, 404, 422, 503, 507))}},
+        "/v1/webhooks": {
+            "get": {"summary": "Every webhook endpoint, never its secret (scope admin)", "operationId": "listWebhooks",
+                    "responses": _responses(_ref("WebhookEndpoints"), (400, 401, 403, 503))},
+            "post": {"summary": "Add a webhook endpoint, sent the events chosen from now on (scope admin)",
+                     "operationId": "addWebhook", "requestBody": _body(WebhookRequest),
+                     "description": "Without `secret`, one is made and answered in `secret`, this once.",
+                     "responses": _responses(_ref("WebhookEndpoint"), _WRITE)}},
+        "/v1/webhooks/stats": {"get": {
+            "summary": "Per endpoint: delivered, pending, failing, last error (scope admin)",
+            "operationId": "webhookStats", "responses": _responses(_ref("WebhookStatsList"), (400, 401, 403, 503))}},
+        "/v1/webhooks/{endpoint}": {"delete": {
+            "summary": "Remove a webhook endpoint: nothing more is sent to it (scope admin)",
+            "operationId": "removeWebhook", "parameters": [_ENDPOINT],
+            "responses": _responses(_ref("WebhookEndpoint"), (400, 401, 403, 404, 503, 507))}},
+        "/v1/webhooks/{endpoint}/pause": {"post": {
+            "summary": "Stop sending to an endpoint; its events wait until resumed (scope admin)",
+            "operationId": "pauseWebhook", "parameters": [_ENDPOINT],
+            "responses": _responses(_ref("WebhookEndpoint"), (400, 401, 403, 404, 503, 507))}},
+        "/v1/webhooks/{endpoint}/resume": {"post": {
+            "summary": "Send to a paused endpoint again, from where it stopped (scope admin)",
+            "operationId": "resumeWebhook", "parameters": [_ENDPOINT],
+            "responses": _responses(_ref("WebhookEndpoint"), (400, 401, 403, 404, 503, 507))}},
+        "/v1/webhooks/{endpoint}/replay": {"post": {
+            "summary": "Send an endpoint every event since a time again, with their first ids (scope admin)",
+            "operationId": "replayWebhook", "parameters": [_ENDPOINT], "requestBody": _body(ReplayRequest),
+            "responses": _responses(_ref("WebhookEndpoint"), (*_WRITE, 404))}},
         "/v1/void": {"post": {
             "summary": "Withdraw an unused key (scope admin)", "operationId": "void",
             "requestBody": _body(VoidRequest), "responses": _responses(_ref("Result"), _WRITE)}},
@@ -204,9 +239,7 @@ def document() -> dict[str, Any]:
             "parameters": [
                 {"name": "serial", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "The key's public serial (never the key: keys do not go in URLs)."}],
-            "responses": _responses({"type": "object", "required": ["serial", "receipt"],
-                                     "properties": {"serial": {"type": "string"}, "receipt": {"type": "string"}}},
-                                    (400, 401, 403, 404, 422, 503, 507))}},
+            "responses": _responses(_ref("ReceiptAnswer"), (400, 401, 403, 404, 422, 503, 507))}},
         "/v1/manifests": {"get": {
             "summary": "One page of the manifests imported, by manifest id (scope admin)",
             "operationId": "listManifests", "parameters": _PAGE,

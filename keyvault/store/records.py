@@ -24,6 +24,7 @@
 | checkout    | H + serial (u64)             | the key's holds: order id, at, expires, event index each; seal |
 |             | N + serial (u64)             | uses spent, and the limit, of a count-limited key (u32 each); seal |
 |             | U + serial (u64) + order id  | one use: at ms, event index (u64 each), uses left (u32), the order id; seal |
+|             | R + u16 length + order id + index (u64) | empty: a redeem event of the order (every redeem, held or not) |
 
 A card's, an outcome's and a checkout record's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
 a kind byte (``c``, ``o``; ``h``, ``n``, ``u`` for checkout records), the serial (u64) and the record before the seal (``_fast.seal``): damage,
@@ -177,6 +178,12 @@ def spent_key(serial: int) -> bytes:
 def use_key(serial: int, order_id: str) -> bytes:
     """checkout key of one use of a count-limited serial by an order."""
     return b"U" + u64(serial) + order_id.encode("utf-8")
+
+
+def order_redeem_key(order_id: str, index: int) -> bytes:
+    """checkout key listing redeem event ``index`` under its order (length-prefixed: no order's prefix is another's)."""
+    raw = order_id.encode("utf-8")
+    return b"R" + len(raw).to_bytes(2, "big") + raw + u64(index)
 
 
 #: A hold: (at ms, expires at ms, event index).
