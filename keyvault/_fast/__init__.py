@@ -77,6 +77,10 @@ ledger_leaves: Callable[[int, bytes, list[tuple[int, int, int, str]]], tuple[lis
     impl.ledger_leaves
 tree_append: Callable[[int, bytes, bytes], tuple[list[tuple[bytes, bytes]], bytes]] = impl.tree_append
 node_key: Callable[[int, int], int] = impl.node_key
+# The subject index (docs/provenance.md, "Complete histories"), brought up to date when a checkpoint is signed.
+subject_latest: Callable[[list[tuple[bytes, bytes]], int], dict[bytes, int] | None] = impl.subject_latest
+subject_update: Callable[[dict[bytes, int], Callable[[bytes], Any]], tuple[bytes, list[tuple[bytes, bytes]]]] = \
+    impl.subject_update
 
 # Constants and the named rows come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402
@@ -120,6 +124,6 @@ __all__ = [
     "tags_equal", "verifier",
     "HASH_SIZE", "KIND_BLACKLIST", "KIND_IMPORT", "KIND_ISSUE", "KIND_LIFT", "KIND_REDEEM", "KIND_SUPPLIER",
     "KIND_TRANSFER", "KIND_TRUST", "KIND_VOID", "SALT_SIZE", "SEED_SIZE", "commitments", "event_leaf", "key_salt",
-    "ledger_leaves", "merkle_root", "node_key", "tree_append",
+    "ledger_leaves", "merkle_root", "node_key", "tree_append", "subject_latest", "subject_update",
     "BatchRow", "Change", "KeyBlock",
 ]

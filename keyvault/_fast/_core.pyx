@@ -64,5 +64,6 @@ include "issuance.pxi"  # issue_keys, export_rows, card_records
 include "batchcheck.pxi"  # format_serial_text, judge, check_keys, check_one, accept_redeems, fold_records
 include "sha256.pxi"  # SHA-256 (kv_sha256.h)
 include "provenance.pxi"  # key_salt, commitments, merkle_root, event_leaf, ledger_leaves, node_key, tree_append
+include "subjectindex.pxi"  # subject_latest, subject_update (the subject index at checkpoint time)
 include "answers.pxi"  # results_json
 include "testhooks.pxi"  # _constants, _blake2b, _select_lanes, _profile_check_keys, _select_sha256, ...

@@ -28,6 +28,7 @@ import hmac
 import operator
 import struct
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -798,6 +799,137 @@ def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tu
         stack.append(node)
         size += 1
     return nodes, b"".join(stack)
+
+
+# -- the subject index (docs/provenance.md, "Complete histories"): its update when a checkpoint is signed --
+
+_SUBJECT_TAG = b"kv1/subject"  # a subject's key in the index: SHA-256(kv1/subject || subject)
+_INDEX_NODE = b"#"  # a stored node's key: # || u16 depth || the subject key's first depth bits (32 bytes)
+_INDEX_MAX_DEPTH = 256
+_INDEX_LEAF = 41  # a stored leaf: L || subject key || u64 latest event index
+_INDEX_INNER = 65  # a stored inner node: N || left hash || right hash
+
+
+def _not_a_leaf() -> Exception:
+    from ..errors import StoreCorruptError
+
+    return StoreCorruptError("an event is not an event leaf: the event log is damaged; run `keyvault audit`")
+
+
+def subject_latest(items: list, size: int) -> dict | None:
+    """{subject key: index of its latest event} over ``items``, (u64 index, leaf) pairs in log order, up to
+    event ``size`` (items past it are ignored); None when one is a version 1 leaf (it has no links).
+
+    Each subject of a version 2 leaf's links section counts, keyed SHA-256(kv1/subject || subject).
+    StoreCorruptError for a leaf that is not one, or whose links section is cut short.
+    """
+    latest: dict = {}
+    for key, leaf in items:
+        index = int.from_bytes(key, "big")
+        if index >= size:
+            break
+        if len(leaf) < 58 or bytes(leaf[:9]) not in (_EVENT_TAG, _EVENT_TAG_V2):
+            raise _not_a_leaf()
+        if leaf[:9] == _EVENT_TAG:
+            return None
+        at = 58
+        if at >= len(leaf):
+            raise _cut_short()
+        count = leaf[at]
+        at += 1
+        for _ in range(count):
+            length = leaf[at] if at < len(leaf) else 0
+            if not length or at + 1 + length + 8 > len(leaf):
+                raise _cut_short()
+            latest[_sha256(_SUBJECT_TAG + bytes(leaf[at + 1:at + 1 + length]))] = index
+            at += 1 + length + 8
+    return latest
+
+
+def _cut_short() -> Exception:
+    from ..errors import StoreCorruptError
+
+    return StoreCorruptError("an event's links section is cut short: the event log is damaged; run `keyvault audit`")
+
+
+def _index_damaged() -> Exception:
+    from ..errors import StoreCorruptError
+
+    return StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
+                             "from a backup")
+
+
+def _index_leaf_hash(key: bytes, latest: int) -> bytes:
+    return _sha256(_LEAF_PREFIX + key + latest.to_bytes(8, "big"))
+
+
+def _index_hash_of(record: bytes | None) -> bytes:
+    """The hash of the subtree a stored node record (None: an empty subtree) stands for."""
+    if record is None:
+        return bytes(HASH_SIZE)
+    if record[:1] == b"L" and len(record) == _INDEX_LEAF:
+        return _index_leaf_hash(bytes(record[1:33]), int.from_bytes(record[33:41], "big"))
+    if record[:1] == b"N" and len(record) == _INDEX_INNER:
+        return _node(bytes(record[1:33]), bytes(record[33:65]))
+    raise _index_damaged()
+
+
+def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Set each subject key's latest event index ({32-byte key: index}) in the stored sparse Merkle tree:
+    (the new root, the node records to write, sorted by key). ``get(node key)`` reads a stored node record.
+
+    Only the paths to changed leaves are read and written. Keys are handled as 256-bit integers,
+    sorted: the keys under a node are a slice of them, split at the node's midpoint by bisection; a
+    leaf met on the way down travels on as ``extra``. An inner node keeps both children's hashes,
+    so a side nothing changed under is not read again; nothing is stored below a leaf or an empty
+    subtree. StoreCorruptError for a damaged node record.
+    """
+    items = sorted((int.from_bytes(k, "big"), v) for k, v in latest.items())
+    ints = [k for k, _ in items]
+    values = [v for _, v in items]
+    writes: list[tuple[bytes, bytes]] = []
+
+    def go(depth: int, prefix: int, lo: int, hi: int, extra: tuple[int, int] | None, below_inner: bool) -> bytes:
+        where = _INDEX_NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
+        count = hi - lo + (extra is not None)
+        record = get(where) if below_inner else None
+        if count == 0:
+            return _index_hash_of(record)
+        inner = False
+        if record is not None:
+            if record[:1] == b"L" and len(record) == _INDEX_LEAF:
+                old = int.from_bytes(record[1:33], "big")
+                at = bisect_left(ints, old, lo, hi)
+                if not (at < hi and ints[at] == old):
+                    extra, count = (old, int.from_bytes(record[33:41], "big")), count + 1
+            elif record[:1] == b"N" and len(record) == _INDEX_INNER:
+                inner = True
+            else:
+                raise _index_damaged()
+        if not inner and count == 1:
+            key, value = (ints[lo], values[lo]) if extra is None else extra
+            raw = key.to_bytes(32, "big")
+            writes.append((where, b"L" + raw + _u64(value)))
+            return _index_leaf_hash(raw, value)
+        if depth >= _INDEX_MAX_DEPTH:
+            from ..errors import StoreCorruptError
+
+            raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
+        shift = 255 - depth
+        right_prefix = prefix | 1 << shift
+        mid = bisect_left(ints, right_prefix, lo, hi)
+        goes_right = extra is not None and extra[0] >> shift & 1
+        left_extra, right_extra = (None, extra) if goes_right else (extra, None)
+        left = go(depth + 1, prefix, lo, mid, left_extra, inner) if lo < mid or left_extra else \
+            (bytes(record[1:33]) if inner else bytes(HASH_SIZE))
+        right = go(depth + 1, right_prefix, mid, hi, right_extra, inner) if mid < hi or right_extra else \
+            (bytes(record[33:65]) if inner else bytes(HASH_SIZE))
+        writes.append((where, b"N" + left + right))
+        return _node(left, right)
+
+    root = go(0, 0, 0, len(ints), None, True)
+    writes.sort()
+    return root, writes
 
 
 def results_json(results: list, templates: dict, render: Callable[[Any, str | None], str]) -> str:

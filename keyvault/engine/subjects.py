@@ -12,9 +12,10 @@ the event count it covers and its root.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from itertools import islice
 from typing import Any
 
+from .. import _fast
 from ..errors import StoreCorruptError
 from ..formats import history
 from ..formats.events import NO_LINK, change_of, split_leaf
@@ -50,17 +51,45 @@ def change_links(txn: Txn, serials: list[int]) -> bytes:
     A key is redeemed or voided once, while active: no earlier redeem or void can precede it, and
     two changes of one key in one batch link the second to the first.
     """
+    listed = _listed_keys(txn, sorted(set(serials)))
+    if not listed and len(set(serials)) == len(serials):
+        return _NO_LINK * len(serials)  # (no key listed, none twice: what the loop below would give)
     out = bytearray()
     pending: dict[int, int] = {}
     first = txn.head().log_size
-    cursor = txn.cursor("subjects")
     for n, serial in enumerate(serials):
-        before = pending.get(serial)
-        if before is None:
-            before = latest_listed(txn, b"K" + u64(serial), cursor)
+        before = pending.get(serial, listed.get(serial))
         out += u64(NO_LINK if before is None else before)
         pending[serial] = first + n
     return bytes(out)
+
+
+def _listed_keys(txn: Txn, serials: list[int]) -> dict[int, int]:
+    """{serial: newest listed event about its key} for the sorted ``serials`` that have one.
+
+    One walk of the key subjects' lists: a serial below the next listed key subject has none, so a
+    store that lists few keys (holds, key blacklist entries) costs a cursor step or two per batch.
+    """
+    found: dict[int, int] = {}
+    cursor = txn.cursor("subjects")
+    listed_from = -1  # the serial of the next key subject listed: every serial below it has none
+    for serial in serials:
+        if serial < listed_from:
+            continue
+        subject = b"K" + u64(serial)
+        if not cursor.set_range(subject) or cursor.key()[:1] != b"K":
+            break  # no key subject is listed at or after this one
+        key = cursor.key()
+        if key.startswith(subject):
+            latest = latest_listed(txn, subject, cursor)
+            if latest is not None:
+                found[serial] = latest
+        else:
+            listed_from = int.from_bytes(key[1:9], "big")
+    return found
+
+
+_NO_LINK = u64(NO_LINK)
 
 
 def _node_key(depth: int, key: bytes) -> bytes:
@@ -100,18 +129,9 @@ class SubjectIndex:
         if state is not None and state[0] == size:
             return state[1]
         start = 0 if state is None else state[0]
-        latest: dict[bytes, int] = {}
-        rebuild = state is None
-        for key, leaf in txn.items_from("events", u64(start)):
-            index = from_u64(key)
-            if index >= size:
-                break
-            _, links, _ = split_leaf(bytes(leaf))
-            if links is None:
-                rebuild = True  # written before links: the whole log is read once, below
-                break
-            for subject, _ in links:
-                latest[history.subject_key(subject)] = index
+        found = _fast.subject_latest(list(islice(txn.items_from("events", u64(start)), max(0, size - start))), size)
+        rebuild = state is None or found is None  # (None: an event written before links) the whole log is read once
+        latest = {} if found is None else found
         if rebuild:
             latest = self.scan(txn, size)
             for key, _ in list(txn.items("subjects", _NODE)):
@@ -151,58 +171,11 @@ class SubjectIndex:
             raise StoreCorruptError(f"the subject lists name event {min(listed)}, which is not in the log")
         return {history.subject_key(subject): index for subject, index in last.items()}
 
-    def _update(self, txn: Txn, latest: dict[bytes, int]) -> bytes:
-        """Set each key's latest index; the new root. Only the paths to changed leaves are read and written.
-
-        Keys are handled as 256-bit integers, sorted: the keys under a node are a slice of them, split
-        at the node's midpoint by bisection; a leaf met on the way down travels on as ``extra``.
-        """
-        items = sorted((int.from_bytes(k, "big"), v) for k, v in latest.items())
-        ints = [k for k, _ in items]
-        values = [v for _, v in items]
-        writes: list[tuple[bytes, bytes]] = []
-        get = txn.get
-        leaf_hash, node_hash = history.leaf_hash, history.node_hash
-
-        def go(depth: int, prefix: int, lo: int, hi: int, extra: tuple[int, int] | None, below_inner: bool) -> bytes:
-            where = _NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
-            count = hi - lo + (extra is not None)
-            record = get("subjects", where) if below_inner else None  # (nothing is stored below a leaf or a void)
-            if count == 0:
-                return _hash_of(record)
-            inner = False
-            if record is not None:
-                if record[:1] == b"L" and len(record) == 41:
-                    old = int.from_bytes(record[1:33], "big")
-                    at = bisect_left(ints, old, lo, hi)
-                    if not (at < hi and ints[at] == old):
-                        extra, count = (old, from_u64(record[33:41])), count + 1
-                elif record[:1] == b"N" and len(record) == 65:
-                    inner = True
-                else:
-                    _hash_of(record)  # (raises: damaged)
-            if not inner and count == 1:
-                key, value = (ints[lo], values[lo]) if extra is None else extra
-                raw = key.to_bytes(32, "big")
-                writes.append((where, b"L" + raw + u64(value)))
-                return leaf_hash(raw, value)
-            if depth >= history.MAX_DEPTH:
-                raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
-            shift = 255 - depth
-            right_prefix = prefix | 1 << shift
-            mid = bisect_left(ints, right_prefix, lo, hi)
-            goes_right = extra is not None and extra[0] >> shift & 1
-            left_extra, right_extra = (None, extra) if goes_right else (extra, None)
-            # An inner node keeps both children's hashes: a side nothing changed under is not read again.
-            left = go(depth + 1, prefix, lo, mid, left_extra, inner) if lo < mid or left_extra else \
-                (bytes(record[1:33]) if inner else history.EMPTY)  # type: ignore[index]
-            right = go(depth + 1, right_prefix, mid, hi, right_extra, inner) if mid < hi or right_extra else \
-                (bytes(record[33:65]) if inner else history.EMPTY)  # type: ignore[index]
-            writes.append((where, b"N" + left + right))
-            return node_hash(left, right)
-
-        root = go(0, 0, 0, len(ints), None, True)
-        writes.sort()
+    @staticmethod
+    def _update(txn: Txn, latest: dict[bytes, int]) -> bytes:
+        """Set each key's latest index (``_fast.subject_update``: only the paths to changed leaves are read and
+        written); the new root."""
+        root, writes = _fast.subject_update(latest, txn.cursor("subjects").get)
         txn.put_many("subjects", writes)
         return root
 

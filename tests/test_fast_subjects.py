@@ -1,0 +1,197 @@
+"""The subject index's checkpoint-time work in both implementations of keyvault._fast, and the links of
+redeems and voids (docs/provenance.md, "Complete histories").
+
+``subject_update`` against the from-scratch root (``history.root_of``) and the stored tree's own
+rules, ``subject_latest`` against the leaves' links, each twin against the other (``same``: value and
+types, or exception type and message); damaged nodes and leaves raise the specification's
+StoreCorruptError in both. ``change_links`` (one walk over the key subjects' lists) against a
+cursor lookup per key, on a real store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+from pathlib import Path
+
+import pytest
+from conftest import compiled_core, same
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyvault import Vault, _fast
+from keyvault._fast import _pure
+from keyvault.errors import StoreCorruptError
+from keyvault.engine.subjects import change_links, latest_listed
+from keyvault.formats import history
+from keyvault.formats.events import NO_LINK, encode_links
+from keyvault.store.records import u64
+
+
+def key_of(n: int) -> bytes:
+    return hashlib.sha256(b"subject %d" % n).digest()
+
+
+def apply_rounds(impl, rounds: list[dict[bytes, int]]) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """Run subject_update over each round on a dict store; the store and each round's root."""
+    store: dict[bytes, bytes] = {}
+    roots = []
+    for latest in rounds:
+        root, writes = impl.subject_update(dict(latest), store.get)
+        assert writes == sorted(writes)
+        store.update(writes)
+        roots.append(root)
+    return store, roots
+
+
+def test_same_signatures() -> None:
+    core = compiled_core()
+    for name in ("subject_latest", "subject_update"):
+        assert inspect.signature(getattr(core, name)) == inspect.signature(getattr(_pure, name)), name
+        assert getattr(_fast, name) is getattr(_fast.impl, name) and name in _fast.__all__
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.dictionaries(st.integers(0, 400), st.integers(0, (1 << 64) - 2), min_size=1, max_size=40),
+                min_size=1, max_size=8))
+def test_update_is_the_root_of_everything_set_so_far(rounds: list[dict[int, int]]) -> None:
+    """Every round's root is the from-scratch root over all subjects so far, and both twins write the same
+    records; a node that already holds two subjects is never replaced by a leaf."""
+    as_keys = [{key_of(n): v for n, v in r.items()} for r in rounds]
+    core_store, core_roots = apply_rounds(compiled_core(), as_keys)
+    pure_store, pure_roots = apply_rounds(_pure, as_keys)
+    assert (core_store, core_roots) == (pure_store, pure_roots)
+    everything: dict[bytes, int] = {}
+    for latest, root in zip(as_keys, core_roots):
+        everything.update(latest)
+        assert root == history.root_of(everything)
+
+
+def test_each_round_writes_only_the_changed_paths() -> None:
+    """A second update of one subject rewrites its leaf and the inner nodes above it, nothing else."""
+    keys = {key_of(n): n for n in range(300)}
+    store, _ = apply_rounds(compiled_core(), [keys])
+    root, writes = compiled_core().subject_update({key_of(7): 1000}, store.get)
+    leaves = [w for w in writes if w[1][:1] == b"L"]
+    assert leaves == [(leaves[0][0], b"L" + key_of(7) + u64(1000))]
+    assert [w[0][1:3] for w in writes] == [d.to_bytes(2, "big") for d in range(len(writes))]  # one per depth
+    assert root == history.root_of({**keys, key_of(7): 1000})
+
+
+@pytest.mark.parametrize("damage", [b"", b"L", b"N" + bytes(63), b"X" + bytes(64), b"L" + bytes(41),
+                                    b"N" + bytes(65)])
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_a_damaged_node_raises_in_both(damage: bytes, depth: int) -> None:
+    """A stored node of the wrong tag or length on the path of a changed subject (or the root) is damage."""
+    store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(50)}])
+    target = key_of(3)
+    found = [k for k in store if k[1:3] == depth.to_bytes(2, "big") and _under(k, target, depth)]
+    assert found
+    store[found[0]] = damage
+    expected = same("subject_update", {target: 99}, store.get)
+    assert expected is None  # both raised, the same StoreCorruptError
+    with pytest.raises(StoreCorruptError, match="subject index is damaged"):
+        _pure.subject_update({target: 99}, store.get)
+
+
+def _under(node_key: bytes, key: bytes, depth: int) -> bool:
+    """Whether the node key at ``depth`` lies on ``key``'s path."""
+    prefix = int.from_bytes(node_key[3:], "big")
+    return prefix == int.from_bytes(key, "big") >> (256 - depth) << (256 - depth) if depth else True
+
+
+def test_a_node_read_as_another_type_gives_the_specifications_answer() -> None:
+    """A record that is not bytes (a memoryview) goes to _pure in the compiled core: the same answer."""
+    store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(20)}])
+    views = {k: memoryview(v) for k, v in store.items()}
+    assert same("subject_update", {key_of(1): 5}, views.get) is not None
+    assert same("subject_update", [(key_of(1), 5)], store.get) is None  # not a dict: both fail alike
+
+
+def leaf(index: int, subjects: list[bytes], version: int = 2) -> bytes:
+    links = encode_links([(s, None) for s in subjects]) if version == 2 else None
+    return _pure.event_leaf(index, bytes(32), 6, 1, b"{}", links)
+
+
+def test_latest_takes_each_subjects_last_event() -> None:
+    subjects = [b"K" + u64(1), b"B" + u64(2), b"S" + b"acme", b"O\x00\x00\x00\x03ord"]
+    items = [(u64(i), leaf(i, [subjects[i % 4], subjects[(i + 1) % 4]])) for i in range(10, 30)]
+    expected = {history.subject_key(s): max(i for i in range(10, 30) if s in (subjects[i % 4], subjects[(i + 1) % 4]))
+                for s in subjects}
+    assert same("subject_latest", items, 30) == expected
+    # Items at or past size are not read.
+    assert same("subject_latest", items, 12) == {history.subject_key(subjects[2]): 10,
+                                                 history.subject_key(subjects[3]): 11,
+                                                 history.subject_key(subjects[0]): 11}
+    assert same("subject_latest", [], 5) == {}
+
+
+def test_latest_of_a_log_with_a_version_1_leaf_is_none() -> None:
+    items = [(u64(0), leaf(0, [b"K" + u64(1)])), (u64(1), leaf(1, [], version=1))]
+    assert same("subject_latest", items, 2) is None
+
+
+@pytest.mark.parametrize("cut", [0, 9, 57, 58, 59, 60, 61, 70, 76])
+def test_a_damaged_leaf_raises_in_both(cut: int) -> None:
+    whole = leaf(0, [b"K" + u64(1)])  # 58-byte header, links section of 19 bytes, then the body
+    damaged = whole[:cut] if cut else b"kv9/event" + whole[9:]
+    items = [(u64(0), damaged)]
+    assert same("subject_latest", items, 1) is None
+    with pytest.raises(StoreCorruptError):
+        _pure.subject_latest(items, 1)
+
+
+def test_a_zero_length_subject_is_damage() -> None:
+    bad = leaf(0, [b"K" + u64(1)])
+    bad = bad[:59] + b"\x00" + bad[60:]
+    assert same("subject_latest", [(u64(0), bad)], 1) is None
+
+
+def test_odd_item_types_get_the_specifications_answer() -> None:
+    good = leaf(0, [b"K" + u64(1)])
+    for items in ([(u64(0), memoryview(good))], [[u64(0), good]], ((u64(0), good),), [(b"\x00" * 9, good)]):
+        same("subject_latest", items, 1)
+    same("subject_latest", [(u64(0), good)], -1)
+    same("subject_latest", [(u64(0), good)], "1")
+
+
+# -- change_links on a real store ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_change_links_are_each_keys_newest_listed_event(tmp_path: Path, seed: int) -> None:
+    """Key subjects listed at random (with batch and order subjects around them): every link is the newest
+    listed event about its key, and a key changed twice in one batch links its second change to its first."""
+    rng = random.Random(seed)
+    with Vault.init(tmp_path / "store") as vault:
+        store = vault.engine.store
+
+        def work(txn):  # type: ignore[no-untyped-def]
+            listed = sorted(rng.sample(range(1, 200), rng.choice([0, 1, 3, 40])))
+            for serial in listed:
+                for _ in range(rng.randint(1, 3)):
+                    txn.put("subjects", b"K" + u64(serial) + u64(rng.randint(0, 10 ** 6)), b"")
+            for n in range(rng.randint(0, 5)):
+                txn.put("subjects", b"B" + u64(rng.randint(0, 300)) + u64(n), b"")
+                txn.put("subjects", b"O\x00\x00\x00\x01" + bytes([65 + n]) + u64(n), b"")
+            serials = [rng.randint(0, 210) for _ in range(rng.randint(1, 120))]
+            if seed % 2:
+                serials += serials[:3]  # the same key twice in one batch
+            first = txn.head().log_size
+            expected, pending = bytearray(), {}
+            for n, serial in enumerate(serials):
+                before = pending.get(serial)
+                if before is None:
+                    before = latest_listed(txn, b"K" + u64(serial))
+                expected += u64(NO_LINK if before is None else before)
+                pending[serial] = first + n
+            assert change_links(txn, serials) == bytes(expected)
+            raise _Abort
+
+        with pytest.raises(_Abort):
+            store.write(work)
+
+
+class _Abort(Exception):
+    """Ends a write transaction without committing it."""
