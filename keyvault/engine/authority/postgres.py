@@ -69,9 +69,10 @@ def _psycopg() -> Any:
     return psycopg
 
 
+# Every array goes in binary (%b): no per-element text escaping.
 _REDEEM = """
 WITH i AS (
-    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)s::text[], %(kb)b::bytea[], %(bb)b::bytea[],
+    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)b::text[], %(kb)b::bytea[], %(bb)b::bytea[],
                          %(sb)b::bytea[]) AS t(serial, order_id, kb, bb, sb)
 ), ins AS (
     INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
@@ -86,7 +87,6 @@ WITH i AS (
 SELECT serial, (SELECT pg_notify('keyvault_change', '')) FROM ins
 """
 
-# Arrays of bytes and numbers go in binary (%b): no per-element text escaping.
 _STANDING = """
 SELECT i.serial, k.state, k.text, k.at_ms, bk.reason, bk.at_ms, bb.reason, bb.at_ms, bs.reason, bs.at_ms
 FROM unnest(%(serials)b::bigint[], %(kb)b::bytea[], %(bb)b::bytea[], %(sb)b::bytea[]) AS i(serial, kb, bb, sb)
@@ -353,18 +353,24 @@ class PostgresAuthority:
         """
         first: dict[int, tuple[int, str, bytes, bytes, bytes, bool]] = {}
         for c in candidates:
-            first.setdefault(c[0], c)
+            if c[0] not in first:
+                first[c[0]] = c
         eligible = [c for c in first.values() if c[5]]
+        if eligible:  # the statement's arrays, transposed in one pass
+            serials, orders, kb, bb, sb, _ = (list(column) for column in zip(*eligible))
+            if max(serials) >= 1 << 63:
+                serials = [_signed(s) for s in serials]
+            params = {"serials": serials, "orders": orders, "kb": kb, "bb": bb, "sb": sb, "state": REDEEMED,
+                      "now": now}
 
         def work(cur: Any) -> dict[int, tuple[Any, ...]]:
-            won: set[int] = set()
+            out: dict[int, tuple[Any, ...]] = {}
             if eligible:
-                cur.execute(_REDEEM, {"serials": [_signed(c[0]) for c in eligible], "orders": [c[1] for c in eligible],
-                                      "kb": [c[2] for c in eligible], "bb": [c[3] for c in eligible],
-                                      "sb": [c[4] for c in eligible], "state": REDEEMED, "now": now})
-                won = {_unsigned(r[0]) for r in cur.fetchall()}
-            out: dict[int, tuple[Any, ...]] = {s: ((REDEEMED, first[s][1], now), None, None, None) for s in won}
-            rest = [c for s, c in first.items() if s not in won]
+                cur.execute(_REDEEM, params)
+                for row in cur.fetchall():
+                    serial = row[0] + (1 << 64) if row[0] < 0 else row[0]
+                    out[serial] = ((REDEEMED, first[serial][1], now), None, None, None)
+            rest = [c for s, c in first.items() if s not in out] if len(out) < len(first) else []
             if rest:
                 cur.execute(_STANDING, {"serials": [_signed(c[0]) for c in rest], "kb": [c[2] for c in rest],
                                         "bb": [c[3] for c in rest], "sb": [c[4] for c in rest]})

@@ -23,7 +23,7 @@ from typing import Any
 from ... import _fast
 from ...clock import iso, now_ms
 from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
-from ...formats.keyformat import batch_key, parse_prefix
+from ...formats.keyformat import INDEX_BITS, batch_key, parse_prefix
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
@@ -186,14 +186,21 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
             engine.guard.judge(keys, clients, budgets, judge)
     candidates = []
     where: list[tuple[int, int]] = []  # (index in pairs, serial)
+    batches: dict[int, tuple[bytes, bool]] = {}  # batch key -> (its blacklist target, in its window now)
+    suppliers: dict[str | None, bytes] = {}  # supplier id -> its blacklist target
     for i, result in enumerate(results):
         if result.status in _DECIDED and result.serial is not None:
             serial = _fast.parse_serial(result.serial)
-            key = batch_key(serial)
-            row = cat.rows[key]
-            in_window = (row[1] is None or now >= row[1]) and (row[2] is None or now < row[2])
-            candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(key),
-                               LEVEL_SUPPLIER + (result.supplier or "").encode("ascii"), in_window))
+            key = serial >> INDEX_BITS
+            seen = batches.get(key)
+            if seen is None:
+                row = cat.rows[key]
+                seen = batches[key] = (LEVEL_BATCH + u64(key), (row[1] is None or now >= row[1])
+                                       and (row[2] is None or now < row[2]))
+            by_supplier = suppliers.get(result.supplier)
+            if by_supplier is None:
+                by_supplier = suppliers[result.supplier] = LEVEL_SUPPLIER + (result.supplier or "").encode("ascii")
+            candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), seen[0], by_supplier, seen[1]))
             where.append((i, serial))
     if not candidates:
         return results
@@ -201,12 +208,18 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
         before_wait()
     standing = engine.authority.redeem(candidates, now)
     learned: dict[int, tuple[int, int, str]] = {}
+    when = {now: iso(now)}  # every key decided by this call shares one time
     for i, serial in where:
         before = results[i]
-        results[i] = _answer(before, pairs[i][1], standing.get(serial), cat.rows[batch_key(serial)], now)
         state = standing.get(serial)
-        if state is not None and state[0] is not None and before.status not in (Status.REDEEMED, Status.VOID):
-            learned[serial] = state[0]  # the cache did not know: record it so this node's verify does
+        decided = None if state is None else state[0]
+        if decided is not None and decided[0] == REDEEMED and decided[1] == pairs[i][1]:  # accepted: the most
+            at = when.get(decided[2]) or when.setdefault(decided[2], iso(decided[2]))  # common answer, built once
+            results[i] = Result(Status.ACCEPTED, *before[1:6], pairs[i][1], at)
+        else:
+            results[i] = _answer(before, pairs[i][1], state, cat.rows[serial >> INDEX_BITS], now)
+        if decided is not None and before.status not in (Status.REDEEMED, Status.VOID):
+            learned[serial] = decided  # the cache did not know: record it so this node's verify does
     if learned:
         cache(engine, learned)
     return results
