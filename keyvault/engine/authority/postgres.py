@@ -125,6 +125,7 @@ class _Watchdog:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._generation = 0
+        self._idle = False  # the thread waits for no deadline: the next arm must wake it
         #: True when the last armed exchange was cut by the deadline.
         self.fired = False
 
@@ -136,9 +137,9 @@ class _Watchdog:
                 self._thread = threading.Thread(target=self._run, args=(self._generation,),
                                                 name="keyvault-authority-deadline", daemon=True)
                 self._thread.start()
-            waiting = self._armed is None
             self._armed, self.fired = (time.monotonic() + seconds, fd), False
-            if waiting:
+            if self._idle:  # otherwise it wakes by itself at an earlier deadline and sees this one
+                self._idle = False
                 self._cond.notify()
 
     def disarm(self) -> None:
@@ -156,6 +157,7 @@ class _Watchdog:
         with self._cond:
             while not self._stopped and self._generation == generation:
                 if self._armed is None:
+                    self._idle = True
                     self._cond.wait()
                     continue
                 left = self._armed[0] - time.monotonic()
@@ -263,8 +265,8 @@ class PostgresAuthority:
         Each exchange (the work, then the COMMIT) has :attr:`deadline` seconds before the connection is closed."""
         psycopg = self._psycopg
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
-                self._conn, self._pid = None, os.getpid()
+            if self._pid != os.getpid():  # forked: the parent's connection and watchdog are not ours to use
+                self._conn, self._pid, self._watchdog = None, os.getpid(), _Watchdog()
             for attempt in (1, 2):
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
