@@ -9,6 +9,7 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -424,18 +425,55 @@ def follow(engine: Any) -> None:
         engine.follower = Follower(engine)
 
 
+#: In the store directory: held by the one follower of the store (the processes of a node share one cache).
+FOLLOWER_LOCK = "authority-follower.lock"
+
+
+def _claim(directory: Path) -> int | None:
+    """Take the store's follower lock; its descriptor, or None when another process holds it. A POSIX lock
+    (not flock): a process forked from the follower's does not inherit it."""
+    fd = os.open(directory / FOLLOWER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Follower:
-    """A background thread keeping one process's node cache current: it applies the authority's changes when
-    a NOTIFY says some were committed, and polls by change number every ``interval`` seconds regardless."""
+    """A background thread keeping a node's cache current: it applies the authority's changes when a NOTIFY
+    says some were committed, and polls by change number every ``interval`` seconds regardless.
+
+    The processes of one node (a service's workers and commit process, a library caller) share one store, so
+    one of them follows: the one holding the store's follower lock; the others take it over when it exits.
+    """
 
     def __init__(self, engine: Any, interval: float = 1.0) -> None:
         self._engine = weakref.ref(engine)
+        self._directory = Path(engine.path)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        claim: int | None = None
+        try:
+            while claim is None and not self._stop.is_set() and self._engine() is not None:
+                try:
+                    claim = _claim(self._directory)
+                except OSError:
+                    claim = None  # the store directory is gone or unwritable: the store says why elsewhere
+                if claim is None:
+                    self._stop.wait(self._interval)
+            if claim is not None:
+                self._follow()
+        finally:
+            if claim is not None:
+                os.close(claim)
+
+    def _follow(self) -> None:
         conn = None
         while not self._stop.is_set():
             engine = self._engine()
