@@ -77,7 +77,8 @@ def commit_counts(node: dict[str, Any]) -> tuple[float, float]:
     """A node's redeem commits and the items they carried so far, from its /metrics."""
     import urllib.request
 
-    request = urllib.request.Request(node["url"] + "/metrics", headers={"Authorization": f"Bearer {node['admin_token']}"})
+    request = urllib.request.Request(node["url"] + "/metrics",
+                                     headers={"Authorization": f"Bearer {node['admin_token']}"})
     with urllib.request.urlopen(request, timeout=30) as reply:
         text = reply.read().decode()
     found = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
