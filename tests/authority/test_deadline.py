@@ -154,3 +154,25 @@ def test_the_deadline_is_configured_in_seconds_and_bad_values_change_nothing(
     monkeypatch.delenv("KEYVAULT_AUTHORITY_DEADLINE")
     with pytest.raises(UsageError, match="deadline"):
         PostgresAuthority(authority_dsn, deadline=0)
+
+
+def test_the_deadline_is_per_round_trip_not_per_transaction(authority_dsn: str) -> None:
+    authority = PostgresAuthority(authority_dsn, deadline=1.0)
+    try:
+        def slow_steps(cur: Any) -> int:  # three statements of 0.6 s: 1.8 s in all, each within 1 s
+            for _ in range(3):
+                cur.execute("SELECT pg_sleep(0.6)")
+            return 3
+
+        assert authority._run(slow_steps, decisive=False) == 3  # noqa: SLF001 - a transaction of our own
+
+        def one_slow(cur: Any) -> None:
+            cur.execute("SELECT pg_sleep(60)")
+
+        started = time.monotonic()
+        with pytest.raises(AuthorityError, match="did not answer within 1 s"):
+            authority._run(one_slow, decisive=False)  # noqa: SLF001
+        assert time.monotonic() - started < 30  # cut by the deadline, not answered after the 60 s sleep
+        assert authority.check()["reachable"]  # and the next call reconnects
+    finally:
+        authority.close()

@@ -8,7 +8,7 @@ The answer is given only once COMMIT has returned; a connection lost during COMM
 that a commit was applied locally but its wait for a synchronous standby was canceled, is
 :class:`~keyvault.errors.OutcomeUnknownError` ("retry with the same order id"), never ``accepted``.
 Connections carry deadlines (connect_timeout, TCP keepalives, tcp_user_timeout) so a dead primary is
-an error in seconds, not a hang, and every exchange (the statements, then the COMMIT) has a deadline of
+an error in seconds, not a hang, and every round trip (each statement, then the COMMIT) has a deadline of
 its own (:data:`DEADLINE`) for a primary that hangs while its kernel still acknowledges: on expiry the
 connection's socket is shut down (never a query cancel: a cancelled wait for a synchronous standby is
 reported committed), the call fails (unknown outcome once COMMIT may have been sent) and the next call
@@ -36,8 +36,8 @@ DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5", "
             "keepalives_count": "3", "tcp_user_timeout": "15000", "target_session_attrs": "read-write",
             "application_name": "keyvault"}
 
-#: Seconds one exchange with PostgreSQL (the transaction's statements, then its COMMIT) may take before the
-#: connection is closed; KEYVAULT_AUTHORITY_DEADLINE overrides it (seconds; the DSN does not).
+#: Seconds one round trip to PostgreSQL (a statement, or the COMMIT) may take before the connection is
+#: closed; KEYVAULT_AUTHORITY_DEADLINE overrides it (seconds; the DSN does not).
 DEADLINE = 10.0
 
 _MASKS = [(re.compile(r"(://[^:/@?#]*:)[^@/?#]*@"), r"\1***@"),
@@ -97,7 +97,7 @@ LEFT JOIN keyvault_blacklist bs ON bs.target = i.sb
 """
 
 def deadline_from_env() -> float:
-    """The per-exchange deadline in seconds: KEYVAULT_AUTHORITY_DEADLINE when set, else :data:`DEADLINE`."""
+    """The per-round-trip deadline in seconds: KEYVAULT_AUTHORITY_DEADLINE when set, else :data:`DEADLINE`."""
     raw = os.environ.get("KEYVAULT_AUTHORITY_DEADLINE")
     if raw is None or not raw.strip():
         return DEADLINE
@@ -112,7 +112,7 @@ def deadline_from_env() -> float:
 
 
 class _Watchdog:
-    """A thread that shuts a connection's socket down when an exchange outlives its deadline.
+    """A thread that shuts a connection's socket down when a round trip outlives its deadline.
 
     Shutting the socket down (not closing the descriptor, which libpq still owns) wakes a read or write
     blocked on it with an error, whatever PostgreSQL does meanwhile; a disarmed watchdog never fires.
@@ -126,7 +126,7 @@ class _Watchdog:
         self._pid = 0
         self._generation = 0
         self._idle = False  # the thread waits for no deadline: the next arm must wake it
-        #: True when the last armed exchange was cut by the deadline.
+        #: True when the last armed round trip was cut by the deadline.
         self.fired = False
 
     def arm(self, fd: int, seconds: float) -> None:
@@ -172,6 +172,25 @@ class _Watchdog:
                     pass  # already gone: the exchange fails on its own
 
 
+class _Deadlined:
+    """A cursor whose every statement gets a fresh deadline: the deadline is per round trip, not per transaction."""
+
+    def __init__(self, cur: Any, rearm: Callable[[], None]) -> None:
+        self._cur, self._rearm = cur, rearm
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """The cursor's execute, with the deadline counted from now."""
+        self._rearm()
+        return self._cur.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+#: Seconds a statement of :meth:`PostgresAuthority.migrate` may take: moving a large store in is one
+#: transaction whose statements carry every key at once.
+MIGRATE_DEADLINE = 600.0
+
 _SYNC_CANCELED = "synchronous replication"
 #: Wakes the other nodes' followers when the transaction commits (their poll by change number is the backstop).
 CHANNEL = "keyvault_change"
@@ -203,7 +222,7 @@ class PostgresAuthority:
         self._conn: Any = None
         self._pid = os.getpid()
         self._notices: list[str] = []
-        #: Seconds each exchange may take before the connection is closed (see :data:`DEADLINE`).
+        #: Seconds each round trip may take before the connection is closed (see :data:`DEADLINE`).
         self.deadline = deadline_from_env() if deadline is None else float(deadline)
         if not 0 < self.deadline < 86_400:
             raise UsageError(f"give the authority's deadline in seconds between 0 and 86400, not {deadline!r}")
@@ -251,18 +270,20 @@ class PostgresAuthority:
             except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is gone either way
                 pass
 
-    def _watched(self, conn: Any, step: Callable[[], T]) -> T:
-        """``step()``, one exchange on ``conn``: its socket is shut down if no answer came within the deadline."""
-        self._watchdog.arm(conn.pgconn.socket, self.deadline)
+    def _watched(self, conn: Any, step: Callable[[], T], seconds: float | None = None) -> T:
+        """``step()`` on ``conn``: its socket is shut down if no answer came within the deadline."""
+        self._watchdog.arm(conn.pgconn.socket, seconds or self.deadline)
         try:
             return step()
         finally:
             self._watchdog.disarm()
 
-    def _run(self, work: Callable[[Any], T], *, decisive: bool = True) -> T:
+    def _run(self, work: Callable[[Any], T], *, decisive: bool = True, deadline: float | None = None) -> T:
         """``work(cursor)`` in one transaction, committed; retried once on a new connection when the old one
         failed before COMMIT (nothing was decided). ``decisive``: a lost COMMIT is OutcomeUnknownError.
-        Each exchange (the work, then the COMMIT) has :attr:`deadline` seconds before the connection is closed."""
+        Each round trip (every statement of the work, then the COMMIT) has ``deadline`` seconds (default
+        :attr:`deadline`) before the connection is closed."""
+        seconds = deadline or self.deadline
         psycopg = self._psycopg
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connection and watchdog are not ours to use
@@ -273,16 +294,17 @@ class PostgresAuthority:
                 conn = self._conn
 
                 def step() -> T:
+                    fd = conn.pgconn.socket
                     with conn.cursor() as cur:
-                        return work(cur)
+                        return work(_Deadlined(cur, lambda: self._watchdog.arm(fd, seconds)))
 
                 try:
-                    out = self._watched(conn, step)
+                    out = self._watched(conn, step, seconds)
                 except psycopg.Error as exc:
                     if self._watchdog.fired:
                         self._drop()
                         raise AuthorityError(f"the PostgreSQL authority at {self.shown} did not answer within "
-                                             f"{self.deadline:g} s: the connection was closed before COMMIT, nothing "
+                                             f"{seconds:g} s: the connection was closed before COMMIT, nothing "
                                              "was changed; retry (the next call reconnects)") from None
                     if isinstance(exc, psycopg.OperationalError):
                         self._drop()
@@ -291,7 +313,7 @@ class PostgresAuthority:
                                                  "nothing was changed: retry") from None
                         continue
                     try:
-                        self._watched(conn, conn.rollback)
+                        self._watched(conn, conn.rollback, seconds)
                     except psycopg.Error:
                         self._drop()
                     raise AuthorityError(f"the PostgreSQL authority refused the change: {mask(str(exc)).strip()}; "
@@ -303,11 +325,11 @@ class PostgresAuthority:
                 try:
                     if self.before_commit is not None:
                         self.before_commit(conn)
-                    self._watched(conn, conn.commit)
+                    self._watched(conn, conn.commit, seconds)
                 except psycopg.Error as exc:
                     fired = self._watchdog.fired
                     self._drop()
-                    lost = (f"PostgreSQL did not answer the COMMIT within {self.deadline:g} s (the connection was "
+                    lost = (f"PostgreSQL did not answer the COMMIT within {seconds:g} s (the connection was "
                             "closed)" if fired else "the connection to the PostgreSQL authority was lost while it "
                             "committed")
                     if decisive:
@@ -598,7 +620,7 @@ class PostgresAuthority:
             return {"keys": len(keys), "blacklist": len(entries)}
 
         try:
-            return self._run(work, decisive=False)
+            return self._run(work, decisive=False, deadline=max(self.deadline, MIGRATE_DEADLINE))
         except ConflictError:
             with self._lock:
                 self._drop()  # the transaction is abandoned unfinished: the server rolls it back
