@@ -8,14 +8,20 @@ The answer is given only once COMMIT has returned; a connection lost during COMM
 that a commit was applied locally but its wait for a synchronous standby was canceled, is
 :class:`~keyvault.errors.OutcomeUnknownError` ("retry with the same order id"), never ``accepted``.
 Connections carry deadlines (connect_timeout, TCP keepalives, tcp_user_timeout) so a dead primary is
-an error in seconds, not a hang; there is no statement_timeout: a commit is never cut short by the client.
+an error in seconds, not a hang, and every round trip (each statement, then the COMMIT) has a deadline of
+its own (:data:`DEADLINE`) for a primary that hangs while its kernel still acknowledges: on expiry the
+connection's socket is shut down (never a query cancel: a cancelled wait for a synchronous standby is
+reported committed), the call fails (unknown outcome once COMMIT may have been sent) and the next call
+reconnects. There is no statement_timeout: a commit is never cut short by the server.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +35,10 @@ T = TypeVar("T")
 DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
             "keepalives_count": "3", "tcp_user_timeout": "15000", "target_session_attrs": "read-write",
             "application_name": "keyvault"}
+
+#: Seconds one round trip to PostgreSQL (a statement, or the COMMIT) may take before the connection is
+#: closed; KEYVAULT_AUTHORITY_DEADLINE overrides it (seconds; the DSN does not).
+DEADLINE = 10.0
 
 _MASKS = [(re.compile(r"(://[^:/@?#]*:)[^@/?#]*@"), r"\1***@"),
           (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I), r"\1***")]
@@ -59,9 +69,10 @@ def _psycopg() -> Any:
     return psycopg
 
 
+# Every array goes in binary (%b): no per-element text escaping.
 _REDEEM = """
 WITH i AS (
-    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)s::text[], %(kb)b::bytea[], %(bb)b::bytea[],
+    SELECT * FROM unnest(%(serials)b::bigint[], %(orders)b::text[], %(kb)b::bytea[], %(bb)b::bytea[],
                          %(sb)b::bytea[]) AS t(serial, order_id, kb, bb, sb)
 ), ins AS (
     INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
@@ -76,7 +87,6 @@ WITH i AS (
 SELECT serial, (SELECT pg_notify('keyvault_change', '')) FROM ins
 """
 
-# Arrays of bytes and numbers go in binary (%b): no per-element text escaping.
 _STANDING = """
 SELECT i.serial, k.state, k.text, k.at_ms, bk.reason, bk.at_ms, bb.reason, bb.at_ms, bs.reason, bs.at_ms
 FROM unnest(%(serials)b::bigint[], %(kb)b::bytea[], %(bb)b::bytea[], %(sb)b::bytea[]) AS i(serial, kb, bb, sb)
@@ -85,6 +95,101 @@ LEFT JOIN keyvault_blacklist bk ON bk.target = i.kb
 LEFT JOIN keyvault_blacklist bb ON bb.target = i.bb
 LEFT JOIN keyvault_blacklist bs ON bs.target = i.sb
 """
+
+def deadline_from_env() -> float:
+    """The per-round-trip deadline in seconds: KEYVAULT_AUTHORITY_DEADLINE when set, else :data:`DEADLINE`."""
+    raw = os.environ.get("KEYVAULT_AUTHORITY_DEADLINE")
+    if raw is None or not raw.strip():
+        return DEADLINE
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86_400:
+        raise UsageError(f"KEYVAULT_AUTHORITY_DEADLINE={raw!r} is not a number of seconds between 0 and 86400: "
+                         f"set it like 10 (or unset it for {DEADLINE:g} s)")
+    return seconds
+
+
+class _Watchdog:
+    """A thread that shuts a connection's socket down when a round trip outlives its deadline.
+
+    Shutting the socket down (not closing the descriptor, which libpq still owns) wakes a read or write
+    blocked on it with an error, whatever PostgreSQL does meanwhile; a disarmed watchdog never fires.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: tuple[float, int] | None = None
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._generation = 0
+        self._idle = False  # the thread waits for no deadline: the next arm must wake it
+        #: True when the last armed round trip was cut by the deadline.
+        self.fired = False
+
+    def arm(self, fd: int, seconds: float) -> None:
+        """Watch ``fd`` for ``seconds`` from now."""
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid() or self._stopped:
+                self._pid, self._stopped, self._generation = os.getpid(), False, self._generation + 1
+                self._thread = threading.Thread(target=self._run, args=(self._generation,),
+                                                name="keyvault-authority-deadline", daemon=True)
+                self._thread.start()
+            self._armed, self.fired = (time.monotonic() + seconds, fd), False
+            if self._idle:  # otherwise it wakes by itself at an earlier deadline and sees this one
+                self._idle = False
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        """Stop watching; once this returns the socket is not touched."""
+        with self._cond:
+            self._armed = None
+
+    def stop(self) -> None:
+        """End the thread."""
+        with self._cond:
+            self._armed, self._stopped = None, True
+            self._cond.notify()
+
+    def _run(self, generation: int) -> None:
+        with self._cond:
+            while not self._stopped and self._generation == generation:
+                if self._armed is None:
+                    self._idle = True
+                    self._cond.wait()
+                    continue
+                left = self._armed[0] - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                fd, self._armed, self.fired = self._armed[1], None, True
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone: the exchange fails on its own
+
+
+class _Deadlined:
+    """A cursor whose every statement gets a fresh deadline: the deadline is per round trip, not per transaction."""
+
+    def __init__(self, cur: Any, rearm: Callable[[], None]) -> None:
+        self._cur, self._rearm = cur, rearm
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """The cursor's execute, with the deadline counted from now."""
+        self._rearm()
+        return self._cur.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+#: Seconds a statement of :meth:`PostgresAuthority.migrate` may take: moving a large store in is one
+#: transaction whose statements carry every key at once.
+MIGRATE_DEADLINE = 600.0
 
 _SYNC_CANCELED = "synchronous replication"
 #: Wakes the other nodes' followers when the transaction commits (their poll by change number is the backstop).
@@ -97,7 +202,7 @@ class PostgresAuthority:
 
     remote = True
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, deadline: float | None = None) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise UsageError("give the authority as a PostgreSQL DSN, like "
                              "'host=db1,db2 dbname=keyvault user=keyvault' or postgresql://keyvault@db1/keyvault")
@@ -117,6 +222,11 @@ class PostgresAuthority:
         self._conn: Any = None
         self._pid = os.getpid()
         self._notices: list[str] = []
+        #: Seconds each round trip may take before the connection is closed (see :data:`DEADLINE`).
+        self.deadline = deadline_from_env() if deadline is None else float(deadline)
+        if not 0 < self.deadline < 86_400:
+            raise UsageError(f"give the authority's deadline in seconds between 0 and 86400, not {deadline!r}")
+        self._watchdog = _Watchdog()
         #: Called with the connection just before COMMIT is sent (tests cut the connection here).
         self.before_commit: Callable[[Any], None] | None = None
         self._run(self._ensure_schema, decisive=False)
@@ -160,29 +270,50 @@ class PostgresAuthority:
             except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is gone either way
                 pass
 
-    def _run(self, work: Callable[[Any], T], *, decisive: bool = True) -> T:
+    def _watched(self, conn: Any, step: Callable[[], T], seconds: float | None = None) -> T:
+        """``step()`` on ``conn``: its socket is shut down if no answer came within the deadline."""
+        self._watchdog.arm(conn.pgconn.socket, seconds or self.deadline)
+        try:
+            return step()
+        finally:
+            self._watchdog.disarm()
+
+    def _run(self, work: Callable[[Any], T], *, decisive: bool = True, deadline: float | None = None) -> T:
         """``work(cursor)`` in one transaction, committed; retried once on a new connection when the old one
-        failed before COMMIT (nothing was decided). ``decisive``: a lost COMMIT is OutcomeUnknownError."""
+        failed before COMMIT (nothing was decided). ``decisive``: a lost COMMIT is OutcomeUnknownError.
+        Each round trip (every statement of the work, then the COMMIT) has ``deadline`` seconds (default
+        :attr:`deadline`) before the connection is closed."""
+        seconds = deadline or self.deadline
         psycopg = self._psycopg
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's connection is not ours to use
-                self._conn, self._pid = None, os.getpid()
+            if self._pid != os.getpid():  # forked: the parent's connection and watchdog are not ours to use
+                self._conn, self._pid, self._watchdog = None, os.getpid(), _Watchdog()
             for attempt in (1, 2):
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
                 conn = self._conn
-                try:
+
+                def step() -> T:
+                    fd = conn.pgconn.socket
                     with conn.cursor() as cur:
-                        out = work(cur)
-                except psycopg.OperationalError as exc:
-                    self._drop()
-                    if attempt == 2:
-                        raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; nothing "
-                                             "was changed: retry") from None
-                    continue
+                        return work(_Deadlined(cur, lambda: self._watchdog.arm(fd, seconds)))
+
+                try:
+                    out = self._watched(conn, step, seconds)
                 except psycopg.Error as exc:
+                    if self._watchdog.fired:
+                        self._drop()
+                        raise AuthorityError(f"the PostgreSQL authority at {self.shown} did not answer within "
+                                             f"{seconds:g} s: the connection was closed before COMMIT, nothing "
+                                             "was changed; retry (the next call reconnects)") from None
+                    if isinstance(exc, psycopg.OperationalError):
+                        self._drop()
+                        if attempt == 2:
+                            raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; "
+                                                 "nothing was changed: retry") from None
+                        continue
                     try:
-                        conn.rollback()
+                        self._watched(conn, conn.rollback, seconds)
                     except psycopg.Error:
                         self._drop()
                     raise AuthorityError(f"the PostgreSQL authority refused the change: {mask(str(exc)).strip()}; "
@@ -194,15 +325,17 @@ class PostgresAuthority:
                 try:
                     if self.before_commit is not None:
                         self.before_commit(conn)
-                    conn.commit()
+                    self._watched(conn, conn.commit, seconds)
                 except psycopg.Error as exc:
+                    fired = self._watchdog.fired
                     self._drop()
+                    lost = (f"PostgreSQL did not answer the COMMIT within {seconds:g} s (the connection was "
+                            "closed)" if fired else "the connection to the PostgreSQL authority was lost while it "
+                            "committed")
                     if decisive:
-                        raise OutcomeUnknownError("the connection to the PostgreSQL authority was lost while it "
-                                                  "committed: the change may or may not have been made; retry "
+                        raise OutcomeUnknownError(f"{lost}: the change may or may not have been made; retry "
                                                   "with the same order id") from None
-                    raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; retry") \
-                        from None
+                    raise AuthorityError(f"{lost}: {mask(str(exc)).strip()}; retry") from None
                 if decisive and any(_SYNC_CANCELED in n for n in self._notices):
                     raise OutcomeUnknownError("PostgreSQL committed locally but could not confirm the synchronous "
                                               "standby: the outcome is not known to be durable; retry with the "
@@ -231,6 +364,7 @@ class PostgresAuthority:
             if self._pid == os.getpid():
                 self._drop()
             self._conn = None
+            self._watchdog.stop()
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -243,18 +377,24 @@ class PostgresAuthority:
         """
         first: dict[int, tuple[int, str, bytes, bytes, bytes, bool]] = {}
         for c in candidates:
-            first.setdefault(c[0], c)
+            if c[0] not in first:
+                first[c[0]] = c
         eligible = [c for c in first.values() if c[5]]
+        if eligible:  # the statement's arrays, transposed in one pass
+            serials, orders, kb, bb, sb, _ = (list(column) for column in zip(*eligible))
+            if max(serials) >= 1 << 63:
+                serials = [_signed(s) for s in serials]
+            params = {"serials": serials, "orders": orders, "kb": kb, "bb": bb, "sb": sb, "state": REDEEMED,
+                      "now": now}
 
         def work(cur: Any) -> dict[int, tuple[Any, ...]]:
-            won: set[int] = set()
+            out: dict[int, tuple[Any, ...]] = {}
             if eligible:
-                cur.execute(_REDEEM, {"serials": [_signed(c[0]) for c in eligible], "orders": [c[1] for c in eligible],
-                                      "kb": [c[2] for c in eligible], "bb": [c[3] for c in eligible],
-                                      "sb": [c[4] for c in eligible], "state": REDEEMED, "now": now})
-                won = {_unsigned(r[0]) for r in cur.fetchall()}
-            out: dict[int, tuple[Any, ...]] = {s: ((REDEEMED, first[s][1], now), None, None, None) for s in won}
-            rest = [c for s, c in first.items() if s not in won]
+                cur.execute(_REDEEM, params)
+                for row in cur.fetchall():
+                    serial = row[0] + (1 << 64) if row[0] < 0 else row[0]
+                    out[serial] = ((REDEEMED, first[serial][1], now), None, None, None)
+            rest = [c for s, c in first.items() if s not in out] if len(out) < len(first) else []
             if rest:
                 cur.execute(_STANDING, {"serials": [_signed(c[0]) for c in rest], "kb": [c[2] for c in rest],
                                         "bb": [c[3] for c in rest], "sb": [c[4] for c in rest]})
@@ -480,7 +620,7 @@ class PostgresAuthority:
             return {"keys": len(keys), "blacklist": len(entries)}
 
         try:
-            return self._run(work, decisive=False)
+            return self._run(work, decisive=False, deadline=max(self.deadline, MIGRATE_DEADLINE))
         except ConflictError:
             with self._lock:
                 self._drop()  # the transaction is abandoned unfinished: the server rolls it back

@@ -9,6 +9,7 @@ changes reach the cache by :func:`catch_up` (LISTEN/NOTIFY-free: a poll by chang
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from ...formats import bundle
 from ...formats.bundle import replayed_status
 from ...formats.events import parse_leaf, split_leaf
 from ...formats.history import prove, subject_key
-from ...formats.keyformat import batch_key, looks_like_serial, parse_prefix, serial_text
+from ...formats.keyformat import INDEX_BITS, batch_key, looks_like_serial, parse_prefix, serial_text
 from ...formats.manifest import open_signed_header
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
@@ -198,14 +199,21 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
             engine.guard.judge(keys, clients, budgets, judge)
     candidates = []
     where: list[tuple[int, int]] = []  # (index in pairs, serial)
+    batches: dict[int, tuple[bytes, bool]] = {}  # batch key -> (its blacklist target, in its window now)
+    suppliers: dict[str | None, bytes] = {}  # supplier id -> its blacklist target
     for i, result in enumerate(results):
         if result.status in _DECIDED and result.serial is not None:
             serial = _fast.parse_serial(result.serial)
-            key = batch_key(serial)
-            row = cat.rows[key]
-            in_window = (row[1] is None or now >= row[1]) and (row[2] is None or now < row[2])
-            candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(key),
-                               LEVEL_SUPPLIER + (result.supplier or "").encode("ascii"), in_window))
+            key = serial >> INDEX_BITS
+            seen = batches.get(key)
+            if seen is None:
+                row = cat.rows[key]
+                seen = batches[key] = (LEVEL_BATCH + u64(key), (row[1] is None or now >= row[1])
+                                       and (row[2] is None or now < row[2]))
+            by_supplier = suppliers.get(result.supplier)
+            if by_supplier is None:
+                by_supplier = suppliers[result.supplier] = LEVEL_SUPPLIER + (result.supplier or "").encode("ascii")
+            candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), seen[0], by_supplier, seen[1]))
             where.append((i, serial))
     if not candidates:
         return results
@@ -213,12 +221,18 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
         before_wait()
     standing = engine.authority.redeem(candidates, now)
     learned: dict[int, tuple[int, int, str]] = {}
+    when = {now: iso(now)}  # every key decided by this call shares one time
     for i, serial in where:
         before = results[i]
-        results[i] = _answer(before, pairs[i][1], standing.get(serial), cat.rows[batch_key(serial)], now)
         state = standing.get(serial)
-        if state is not None and state[0] is not None and before.status not in (Status.REDEEMED, Status.VOID):
-            learned[serial] = state[0]  # the cache did not know: record it so this node's verify does
+        decided = None if state is None else state[0]
+        if decided is not None and decided[0] == REDEEMED and decided[1] == pairs[i][1]:  # accepted: the most
+            at = when.get(decided[2]) or when.setdefault(decided[2], iso(decided[2]))  # common answer, built once
+            results[i] = Result(Status.ACCEPTED, *before[1:6], pairs[i][1], at)
+        else:
+            results[i] = _answer(before, pairs[i][1], state, cat.rows[serial >> INDEX_BITS], now)
+        if decided is not None and before.status not in (Status.REDEEMED, Status.VOID):
+            learned[serial] = decided  # the cache did not know: record it so this node's verify does
     if learned:
         cache(engine, learned)
     return results
@@ -517,12 +531,33 @@ def follow(engine: Any) -> None:
         engine.follower = Follower(engine)
 
 
+#: In the store directory: held by the one follower of the store (the processes of a node share one cache).
+FOLLOWER_LOCK = "authority-follower.lock"
+
+
+def _claim(directory: Path) -> int | None:
+    """Take the store's follower lock; its descriptor, or None when another process holds it. A POSIX lock
+    (not flock): a process forked from the follower's does not inherit it."""
+    fd = os.open(directory / FOLLOWER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Follower:
-    """A background thread keeping one process's node cache current: it applies the authority's changes when
-    a NOTIFY says some were committed, and polls by change number every ``interval`` seconds regardless."""
+    """A background thread keeping a node's cache current: it applies the authority's changes when a NOTIFY
+    says some were committed, and polls by change number every ``interval`` seconds regardless.
+
+    The processes of one node (a service's workers and commit process, a library caller) share one store, so
+    one of them follows: the one holding the store's follower lock; the others take it over when it exits.
+    """
 
     def __init__(self, engine: Any, interval: float = 1.0) -> None:
         self._engine = weakref.ref(engine)
+        self._directory = Path(engine.path)
         self._interval = interval
         key = load_key()
         #: This process's sequencer of the cluster log, when it has the cluster engine key (it numbers the log
@@ -533,6 +568,22 @@ class Follower:
         self._thread.start()
 
     def _run(self) -> None:
+        claim: int | None = None
+        try:
+            while claim is None and not self._stop.is_set() and self._engine() is not None:
+                try:
+                    claim = _claim(self._directory)
+                except OSError:
+                    claim = None  # the store directory is gone or unwritable: the store says why elsewhere
+                if claim is None:
+                    self._stop.wait(self._interval)
+            if claim is not None:
+                self._follow()
+        finally:
+            if claim is not None:
+                os.close(claim)
+
+    def _follow(self) -> None:
         conn = None
         while not self._stop.is_set():
             engine = self._engine()
