@@ -253,23 +253,75 @@ def test_cli_unlocks_a_card_and_sets_the_limit(tmp_path: Path) -> None:
     assert kv("--store", store, "verify", "77000001:0001").exit_code == 0
 
 
-def test_damaged_or_old_throttle_records_start_afresh(platform: Vault, issued: Issued) -> None:
+def _rewrite_throttle(path: Path, work: str) -> None:
+    """Run ``work`` (Python, with ``txn`` a write transaction on throttle.mdb and ``flip(key, bit)``) in another
+    process: LMDB opens an environment once per process."""
     import subprocess
     import sys
 
+    script = ("import lmdb, struct, sys\n"
+              "env = lmdb.open(sys.argv[1], subdir=False)\n"
+              "with env.begin(write=True) as txn:\n"
+              "    def flip(key, bit):\n"
+              "        value = bytearray(txn.get(key))\n"
+              "        value[bit // 8] ^= 1 << (bit % 8)\n"
+              "        txn.put(key, bytes(value))\n"
+              + "".join(f"    {line}\n" for line in work.splitlines()))
+    subprocess.run([sys.executable, "-c", script, str(path / "throttle.mdb")], check=True, timeout=60)
+
+
+def test_damaged_throttle_records_fail_closed_and_old_ones_are_read(platform: Vault, issued: Issued) -> None:
     platform.set_throttle_policy(ThrottlePolicy(max_refused=2))
     platform.verify(_forged(issued.keys[0], 1), client="ip-4")  # makes throttle.mdb and the client's record
-    writer = (  # another process: LMDB opens an environment once per process
-        "import lmdb, struct, sys\n"
-        "env = lmdb.open(sys.argv[1], subdir=False)\n"
-        "with env.begin(write=True) as txn:\n"
-        "    txn.put(b'ip-4', b'\\xff' * 7)\n"  # damaged
-        "    txn.put(b'ip-5', struct.pack('>QIQ', 1, 9, 0))\n")  # an earlier release's record, its window over
-    subprocess.run([sys.executable, "-c", writer, str(platform.path / "throttle.mdb")], check=True, timeout=60)
+    _rewrite_throttle(platform.path, "txn.put(b'ip-4', b'\\xff' * 7)\n"  # damaged
+                                     "txn.put(b'ip-5', struct.pack('>QIQ', 1, 9, 0))")  # an earlier release's, over
+    assert platform.verify(issued.keys[0], client="ip-4").status is Status.THROTTLED  # never a fresh budget
+    platform.unblock("ip-4")  # the support action lifts it
     assert platform.verify(issued.keys[0], client="ip-4").status is Status.VALID
     assert [platform.verify(_forged(issued.keys[0], n), client="ip-4").status for n in range(4)] == \
         [Status.UNKNOWN] * 3 + [Status.THROTTLED]
     assert platform.verify(issued.keys[0], client="ip-5").status is Status.VALID  # a window long over
+
+
+def test_no_flipped_bit_of_a_blocked_clients_record_lifts_its_block(platform: Vault, issued: Issued) -> None:
+    """Every bit of a blocked client's record (40 bytes: window, refusals, reservations, block, last charge,
+    checksum) flipped in turn: the client stays throttled, its budget never restarts."""
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=2, block_seconds=3600))
+    assert [platform.verify(_forged(issued.keys[0], n), client="ip-6").status for n in range(4)] == \
+        [Status.UNKNOWN] * 3 + [Status.THROTTLED]
+    platform.flush_stats()
+    with platform.engine.guard.throttle._env.begin() as txn:  # noqa: SLF001 - the record as stored
+        pristine = bytes(txn.get(b"ip-6"))
+    assert len(pristine) == 40
+    for bit in range(len(pristine) * 8):
+        _rewrite_throttle(platform.path, f"txn.put(b'ip-6', {pristine!r})\nflip(b'ip-6', {bit})")
+        answer = platform.verify(_forged(issued.keys[0], 100 + bit), client="ip-6")
+        assert answer.status is Status.THROTTLED, f"bit {bit}: {answer}"
+
+
+def test_no_flipped_bit_of_a_locked_cards_record_unlocks_it(platform: Vault, cards: list[tuple[str, str]]) -> None:
+    """Every bit of a locked card's record (wrong passwords, attempts in flight, locked at, checksum) and of
+    a card's record one wrong password from the lock, flipped in turn: the right password never gets
+    through a locked card, and the wrong ones never get more tries."""
+    (card, pw), (card2, _), _ = cards
+    platform.set_throttle_policy(ThrottlePolicy(card_attempts=3))
+    for n in range(3):
+        assert platform.verify(f"{card}:000{n}").status is Status.UNKNOWN
+    assert platform.verify(f"{card2}:0000").status is Status.UNKNOWN
+    assert platform.verify(f"{card2}:0001").status is Status.UNKNOWN  # one more locks it
+    with platform.engine.guard.throttle._env.begin() as txn:  # noqa: SLF001 - the records as stored
+        locked, near = (bytes(txn.get(b"\0card:" + c.replace("-", "").encode())) for c in (card, card2))
+    key1, key2 = (b"\0card:" + c.replace("-", "").encode() for c in (card, card2))
+    for bit in range(len(locked) * 8):
+        _rewrite_throttle(platform.path, f"txn.put({key1!r}, {locked!r})\nflip({key1!r}, {bit})\n"
+                                         f"txn.put({key2!r}, {near!r})\nflip({key2!r}, {bit})")
+        assert platform.verify(f"{card}:{pw}").status is Status.THROTTLED, f"bit {bit}"
+        first = platform.verify(f"{card2}:0002").status  # a wrong one: the third, or a lock
+        assert first in (Status.UNKNOWN, Status.THROTTLED), f"bit {bit}"
+        assert platform.verify(f"{card2}:0003").status is Status.THROTTLED, f"bit {bit}: a fourth try"
+    assert {c["card_number"] for c in platform.locked_cards()} >= {"88000001", "88000002"}
+    assert platform.unlock_card(card) is True
+    assert platform.verify(f"{card}:{pw}").status is Status.VALID
 
 
 def test_import_warns_only_for_guessable_codes(tmp_path: Path) -> None:
