@@ -288,7 +288,7 @@ class Engine(State):
             return True
         tid = raw.id()
         if self._holding[0] != tid:
-            self._holding = (tid, checkout.any_holds(self.store.wrap(raw)))
+            self._holding = (tid, checkout.any_holds(self.store.wrap(raw), self.pepper))
         return self._holding[1]
 
     def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
