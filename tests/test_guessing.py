@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keyvault import Identity, Status, ThrottlePolicy, UsageError, Vault
+from keyvault import Identity, KeyvaultError, Status, ThrottlePolicy, UsageError, Vault
 
 from cli_support import json_lines, kv, ok
 from conftest import Issued
@@ -344,3 +344,91 @@ def test_import_warns_only_for_guessable_codes(tmp_path: Path) -> None:
     result = ok("--store", store, "batch", "import", "--supplier", shop, "--product", "G", weak,
                 "--manifest-out", tmp_path / "weak.kvm", "--json")
     assert "about 20 bits" in result.output and "28,800 guesses per day" in result.output
+
+
+# -- every entry point that judges a key ----------------------------------------------------------------
+
+
+def test_holds_are_charged_to_the_clients_budget_key_by_key(platform: Vault, issued: Issued) -> None:
+    """A hold judges a key (a forged one is unknown, a real one held): 200 holds of forged keys from one
+    client in one group commit judge the budget's worth and answer the rest throttled, unread; a real key is
+    then throttled too, and never held for that client."""
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=20))
+    ops = [("hold", key, f"guess-{i}", 60, "bot") for i, key in enumerate(_forgeries(issued, 200))]
+    statuses = [r.status for r in platform.engine.checkout_for(ops)]  # type: ignore[union-attr]
+    assert statuses == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (200 - BUDGET)
+    assert platform.hold(issued.keys[0], "real", 60, client="bot").status is Status.THROTTLED
+    assert platform.verify(issued.keys[0]).status is Status.VALID  # it was not held
+    assert _refused(platform, "bot") == (BUDGET, 200 - BUDGET + 1)
+    held = platform.hold(issued.keys[1], "shop-1", 60, client="shop")  # another client: its own budget
+    assert held.status is Status.HELD and held.order_id == "shop-1"
+    assert platform.hold(issued.keys[1], "shop-2", 60, client="shop").status is Status.HELD  # a real key: free
+    for n in range(50):  # holds that succeed use no budget
+        assert platform.hold(issued.keys[2 + n], f"shop-o{n}", 60, client="shop").status is Status.HELD
+    assert _refused(platform, "shop") == (0, 0)
+
+
+def test_a_card_locks_through_holds(platform: Vault, cards: list[tuple[str, str]]) -> None:
+    (card, pw), _, _ = cards
+    ops = [("hold", f"{card}:{n:04d}", f"h-{n}", 60) for n in range(100)]  # no client: only the card lock
+    answers = [r.status for r in platform.checkout_for(ops)]  # type: ignore[union-attr]
+    assert answers.count(Status.UNKNOWN) == 5 and answers.count(Status.THROTTLED) == 95
+    assert Status.HELD not in answers
+    assert platform.hold(f"{card}:{pw}", "owner", 60).status is Status.THROTTLED  # locked: nothing held
+
+
+def _forged_long_forms(form: str, count: int) -> list[str]:
+    """Long forms of the same batch and serial as ``form`` whose inner key was replaced by a forged one (the
+    signature is not checked on this path: they are judged as their inner key)."""
+    import base64
+
+    from keyvault import _fast
+    from keyvault.formats.longform import PREFIX, inner_key
+
+    inner = inner_key(form).replace("-", "")
+    raw = base64.urlsafe_b64decode(form[len(PREFIX):] + "=" * (-len(form[len(PREFIX):]) % 4))
+    at = raw.index(inner.encode())
+    serial = _fast.parse_key(inner)[1]
+    out = []
+    for n in range(count):
+        fake = _fast.encode_key(serial, 2_000_003 + n).replace("-", "").encode()
+        out.append(PREFIX + base64.urlsafe_b64encode(raw[:at] + fake + raw[at + len(fake):]).rstrip(b"=").decode())
+    return out
+
+
+def test_forged_long_forms_are_charged_key_by_key(tmp_path: Path, supplier: Identity, supplier_store: Vault,
+                                                  platform: Vault) -> None:
+    import csv
+
+    supplier_store.issue_batch(supplier, "GOLD-500", 3, keys_out=tmp_path / "long.csv",
+                               manifest_out=tmp_path / "long.kvm", valid_from=1_700_000_000_000,
+                               valid_until=4_000_000_000_000, long_form=True)
+    platform.import_manifest(tmp_path / "long.kvm")
+    with open(tmp_path / "long.csv", newline="") as fh:
+        form = next(csv.DictReader(fh))["long_form"]
+    assert platform.verify(form).status is Status.VALID
+    forged = _forged_long_forms(form, 500)
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=20))
+    statuses = [r.status for r in platform.verify_many(forged, client="long")]
+    assert statuses == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (500 - BUDGET)
+    redeemed = [r.status for r in platform.redeem_many([(k, f"o-{i}") for i, k in enumerate(forged)],
+                                                       client="long2")]
+    assert redeemed == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (500 - BUDGET)
+    assert platform.verify(form, client="long").status is Status.THROTTLED
+
+
+def test_order_and_receipt_lookups_judge_no_key(platform: Vault, issued: Issued) -> None:
+    """An order id and a serial are not secrets: looking them up reveals no key and judges none. An order
+    never made and a serial never redeemed answer the same as any other unknown one."""
+    from keyvault import NotFoundError
+
+    assert platform.redeem(issued.keys[0], "paid-1").status is Status.ACCEPTED
+    with pytest.raises(NotFoundError) as never_made:
+        platform.order("no-such-order")
+    with pytest.raises(NotFoundError) as other:
+        platform.order("another-order")
+    assert str(never_made.value).replace("no-such-order", "X") == str(other.value).replace("another-order", "X")
+    receipt = platform.receipt(issued.serials[0])
+    assert issued.keys[0] not in receipt
+    with pytest.raises(KeyvaultError):
+        platform.receipt(issued.serials[1])  # not redeemed: nothing to sign
