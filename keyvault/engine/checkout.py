@@ -281,7 +281,7 @@ class Desk:
         """Give the checkout table its mark with its first record (meta says it has one)."""
         if not self.marked:
             self.marked = True
-            if self.txn.get("checkout", CHECKOUT_MARK) is None:
+            if self.txn.get("meta", CHECKOUT_MARKED) is None:  # (a lost mark is never written again: damage)
                 self.txn.put("checkout", CHECKOUT_MARK, checkout_mark(self.pepper))
                 self.txn.put("meta", CHECKOUT_MARKED, b"1")
 
@@ -312,7 +312,7 @@ def _mark_sound(txn: Txn, pepper: bytes) -> bool:
     if txn.get("meta", CHECKOUT_MARKED) is None:
         return True
     value = txn.get("checkout", CHECKOUT_MARK)
-    return value is not None and checkout_sound(pepper, CHECKOUT_MARK, value)
+    return value is not None and _fast.tags_equal(bytes(value), checkout_mark(pepper))
 
 
 def _read(txn: Txn, pepper: bytes, key: bytes) -> bytes | None:
@@ -320,8 +320,7 @@ def _read(txn: Txn, pepper: bytes, key: bytes) -> bytes | None:
     or the whole table lost)."""
     value = txn.get("checkout", key)
     if value is None:
-        checkout_absent(pepper, txn.cursor("checkout"), key)
-        if not _mark_sound(txn, pepper):
+        if checkout_absent(pepper, txn.cursor("checkout"), key) and not _mark_sound(txn, pepper):
             raise StoreCorruptError("the checkout table (holds and uses) has lost its mark: it was lost or replaced; "
                                     "nothing was decided; run `keyvault check` and restore the store from a backup")
     return value
@@ -338,6 +337,7 @@ def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: 
         holds = any_holds(txn, pepper)
     if not holds and not cat.uses:
         return
+    index = hold_index(txn, pepper) if holds and len(results) >= 16 else None
     for i, result in enumerate(results):
         if result.status not in (Status.VALID, Status.REDEEMED) or result.serial is None:
             continue
@@ -346,7 +346,7 @@ def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: 
             continue
         serial = _fast.parse_serial(result.serial)
         try:
-            slot = read_slot(txn, pepper, cat, serial, result)
+            slot = read_slot(txn, pepper, cat, serial, result, index)
         except StoreCorruptError:
             results[i] = damaged(result)
             continue
@@ -360,10 +360,36 @@ def damaged(base: Result) -> Result:
                           "(`keyvault check` finds every damaged record)")
 
 
-def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result) -> Slot:
-    """A key's slot as stored (ended holds kept: judge against the clock); StoreCorruptError when damaged."""
+def hold_index(txn: Txn, pepper: bytes, most: int = 256) -> dict[int, bytes] | None:
+    """Every hold record by serial, read once for a call of many keys: the records from the table's start to
+    the first one past the holds, each sound under its own key and in order, so a key missing here has no
+    hold (a hold under a damaged key would be one of them, unsound or out of order). None when there are
+    more than ``most`` holds, or damage: then each key's own lookup decides (and finds the damage)."""
+    index: dict[int, bytes] = {}
+    last = b""
+    seen = 0
+    for key, value in txn.items_from("checkout", b""):
+        key = bytes(key)
+        seen += 1
+        if key <= last or not checkout_sound(pepper, key, value):
+            return None
+        last = key
+        if key[:1] > b"H":
+            return index
+        if key[:1] == b"H":
+            if len(index) >= most:
+                return None
+            index[from_u64(key[1:9])] = bytes(value)
+    return index if seen or _mark_sound(txn, pepper) else None
+
+
+def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result,
+              index: dict[int, bytes] | None = None) -> Slot:
+    """A key's slot as stored (ended holds kept: judge against the clock); StoreCorruptError when damaged.
+    ``index``: the call's :func:`hold_index`, if it has one."""
     limit = cat.uses.get(base.batch or "", 1)
-    holds = unpack_holds(pepper, serial, _read(txn, pepper, hold_key(serial)))
+    raw = index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))
+    holds = unpack_holds(pepper, serial, raw)
     if limit == 1:
         spent = 1 if base.status is Status.REDEEMED else 0
     else:
@@ -455,6 +481,7 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
     holds = any_holds(txn, pepper)
     if not holds and not cat.uses:
         return None
+    index = hold_index(txn, pepper) if holds and len(results) >= 16 else None
     desk: Desk | None = None
     for i, (result, order) in enumerate(zip(results, orders)):
         if result.status not in (Status.VALID, Status.REDEEMED) or result.serial is None:
@@ -465,7 +492,7 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
             if not holds or result.status is Status.REDEEMED:
                 continue  # an ordinary single-use key: accept_redeems decides it
             try:
-                if _read(txn, pepper, hold_key(serial)) is None:
+                if (index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))) is None:
                     continue
             except StoreCorruptError:
                 results[i] = damaged(result)

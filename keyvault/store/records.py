@@ -34,6 +34,7 @@ ends with an 8-byte BLAKE2b checksum of its three numbers (personalisation ``kv1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
@@ -283,6 +284,7 @@ CHECKOUT_MARK = b"\0mark"  # checkout key of the table's mark; meta key CHECKOUT
 CHECKOUT_MARKED = b"checkout"
 
 
+@functools.lru_cache(maxsize=8)
 def checkout_mark(pepper: bytes) -> bytes:
     """The checkout table's mark: a record LMDB would lose with the whole table (a damaged table root), which
     cannot be told from a store that never held a key without it."""
@@ -323,32 +325,33 @@ def _neighbours(cursor: Any, key: bytes) -> tuple[list[tuple[bytes, bytes]], boo
             back += 1
         if not back:
             cursor.set_range(key)
-        near.append((bytes(cursor.key()), bytes(cursor.value())))
+        near.append(cursor.item())
         while len(near) < back + 2 and cursor.next():  # (read forward: a step forward right after a search
-            near.append((bytes(cursor.key()), bytes(cursor.value())))  # that ended beside damage can fail)
+            near.append(cursor.item())  # that ended beside damage can fail)
         sides = near[max(0, back - 1):back + 1]
     elif cursor.last():
-        near.append((bytes(cursor.key()), bytes(cursor.value())))
+        near.append(cursor.item())
         if cursor.prev():
-            near.insert(0, (bytes(cursor.key()), bytes(cursor.value())))
+            near.insert(0, cursor.item())
         sides = near[-1:]
     else:
         sides = []
-    ordered = all(a[0] < b[0] for a, b in zip(near, near[1:]))
+    ordered = all(bytes(a[0]) < bytes(b[0]) for a, b in zip(near, near[1:]))
     return sides, ordered
 
 
 def checkout_unsound_near(pepper: bytes, cursor: Any, key: bytes) -> bool:
     """Whether a record beside where ``key`` would be is not sound under its own key, or out of order."""
     sides, ordered = _neighbours(cursor, key)
-    return not ordered or any(not checkout_sound(pepper, found, value) for found, value in sides)
+    return not ordered or any(not checkout_sound(pepper, bytes(found), bytes(value)) for found, value in sides)
 
 
-def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> None:
+def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> bool:
     """Confirm that no checkout record is stored under ``key`` (a raw LMDB cursor over ``checkout``): a
     record whose LMDB key was damaged stays where its key sorted, beside the place it is looked for, so
     neither neighbour of that place may be this key's own record (its seal binds it to this serial, a use
-    also to its order). StoreCorruptError when one is: the record is there, under a damaged key."""
+    also to its order). StoreCorruptError when one is: the record is there, under a damaged key. Returns
+    whether the table looked empty (then only its mark tells an empty table from a lost one)."""
     key = bytes(key)
     kind, serial = key[:1], from_u64(key[1:9])
     sides, ordered = _neighbours(cursor, key)
@@ -357,8 +360,11 @@ def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> None:
                                 "(a damaged key): nothing was decided for it; run `keyvault check` and restore the "
                                 "store from a backup")
     for found, value in sides:
+        found = bytes(found)
         if found == key:
             mine = True  # found by the cursor, missed by the lookup: the page is damaged
+        elif len(found) != len(key) or (int.from_bytes(found, "big") ^ int.from_bytes(key, "big")).bit_count() != 1:
+            mine = False  # one flipped bit moves a key to a key one bit away: not this one
         else:
             try:
                 if kind == b"H":
@@ -374,3 +380,4 @@ def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> None:
             raise StoreCorruptError(f"the checkout record of serial {serial:#x} is stored under a damaged key: "
                                     "nothing was decided for it; run `keyvault check` and restore the store "
                                     "from a backup")
+    return not sides

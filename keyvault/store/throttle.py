@@ -16,7 +16,7 @@ reader (py-lmdb #97).
 
 Every record ends with an 8-byte BLAKE2b checksum over its key and body, so
 damage fails closed: a damaged client record blocks that client for one
-block (``keyvault throttle clear`` lifts it), a damaged card record locks the
+block (``keyvault throttle unblock`` lifts it), a damaged card record locks the
 card (``keyvault throttle unlock-card``). A flipped bit never unblocks a
 client nor unlocks a card.
 """
