@@ -102,3 +102,15 @@ def test_the_cli_with_a_client_is_held_to_its_budget(served: tuple[Server, dict[
     statuses = Counter(doc["status"] for doc in docs)
     assert statuses["unknown"] == BUDGET and statuses["throttled"] == 60 - BUDGET, (statuses, proc.stderr[-500:])
     assert "Traceback" not in proc.stderr
+
+
+def test_the_cli_hold_with_a_client_is_held_to_its_budget(served: tuple[Server, dict[str, str], list[str]]) -> None:
+    server, _, keys = served
+    statuses = []
+    for i, key in enumerate(_forged(keys, 24, 5)):
+        proc = cli(server.store, "hold", "--order", f"c-{i}", "--ttl", "60", "--client", "cli-holder", "--json", key)
+        assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+        import json
+
+        statuses.append(json.loads(proc.stdout)["status"])
+    assert statuses == ["unknown"] * BUDGET + ["throttled"] * (24 - BUDGET)
