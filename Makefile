@@ -71,7 +71,7 @@ stress: install
 	KEYVAULT_SCHEMATHESIS_EXAMPLES=$(SCHEMATHESIS_EXAMPLES) KEYVAULT_SCHEMATHESIS_SEED=$$(date +%s) \
 		$(BIN)/pytest tests/test_service.py -p no:cacheprovider -q -k "schemathesis or killed or sigterm"
 	@if [ -n "$(CORRUPTION_SWEEP)" ]; then \
-		KEYVAULT_CORRUPTION_SWEEP=$(CORRUPTION_SWEEP) $(BIN)/pytest tests/test_check.py tests/test_integrity.py -p no:cacheprovider -q \
+		KEYVAULT_CORRUPTION_SWEEP=$(CORRUPTION_SWEEP) $(BIN)/pytest tests/test_check.py tests/test_integrity.py tests/test_attacks.py -p no:cacheprovider -q \
 			-k "sweep or flipped"; \
 	fi
 	@if [ -f fuzz/run.py ]; then \

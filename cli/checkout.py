@@ -59,10 +59,11 @@ def _emit_all(results: list[Result], as_json: bool, ok: set[Status]) -> None:
 @click.argument("key")
 @click.option("--order", "order_id", required=True, help="The order the key is held for (retries use the same id).")
 @click.option("--ttl", default="15m", show_default=True, help="How long the hold lasts: seconds, or 30s, 15m, 2h, 1d.")
+@click.option("--client", help="Who is asking (an account, an IP): throttled after too many refusals.")
 @json_option
 @click.pass_obj
 @handle_errors
-def hold(state: State, key: str, order_id: str, ttl: str, as_json: bool) -> None:
+def hold(state: State, key: str, order_id: str, ttl: str, client: str | None, as_json: bool) -> None:
     """Hold a key for an order while its payment is pending ('-' reads the key from stdin).
 
     Every other order is refused the key until `keyvault confirm`, `keyvault release` or the end of --ttl.
@@ -71,7 +72,7 @@ def hold(state: State, key: str, order_id: str, ttl: str, as_json: bool) -> None
     seconds = parse_ttl(ttl)
     if key == "-":
         key = stdin_key()
-    result = state.vault().hold(key, order_id, seconds)
+    result = state.vault().hold(key, order_id, seconds, client=client)
     emit(as_json, result.to_dict(), _line(result))
     if not result.holds_for(order_id.strip()):
         sys.exit(EXIT_REFUSED)

@@ -327,9 +327,10 @@ class AsyncVault:
         """Redeem (key, order id, client) triples from many callers in one durable transaction."""
         return await self._io.write(self.vault.redeem_for, list(items))
 
-    async def hold(self, key: str, order_id: str, ttl: float) -> Result:
-        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
-        return await self._io.write(self.vault.hold, key, order_id, ttl)
+    async def hold(self, key: str, order_id: str, ttl: float, *, client: str | None = None) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer);
+        ``client``'s refusal budget is charged as a verify's is."""
+        return await self._io.write(self.vault.hold, key, order_id, ttl, client=client)
 
     async def confirm(self, order_id: str) -> list[Result]:
         """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""

@@ -257,9 +257,10 @@ class Vault:
 
     # -- checkout: holds, count-limited keys, orders ---------------------------------------------
 
-    def hold(self, key: str, order_id: str, ttl: float) -> Result:
-        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer)."""
-        return self.engine.hold(key, order_id, ttl)
+    def hold(self, key: str, order_id: str, ttl: float, *, client: str | None = None) -> Result:
+        """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer);
+        ``client``'s refusal budget is charged as a verify's is."""
+        return self.engine.hold(key, order_id, ttl, client=client)
 
     def confirm(self, order_id: str) -> list[Result]:
         """Turn every hold of an order into a redeem: ``accepted`` per key; an ended hold is ``expired_hold``."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keyvault import Identity, Status, ThrottlePolicy, UsageError, Vault
+from keyvault import Identity, KeyvaultError, Status, ThrottlePolicy, UsageError, Vault
 
 from cli_support import json_lines, kv, ok
 from conftest import Issued
@@ -253,23 +253,75 @@ def test_cli_unlocks_a_card_and_sets_the_limit(tmp_path: Path) -> None:
     assert kv("--store", store, "verify", "77000001:0001").exit_code == 0
 
 
-def test_damaged_or_old_throttle_records_start_afresh(platform: Vault, issued: Issued) -> None:
+def _rewrite_throttle(path: Path, work: str) -> None:
+    """Run ``work`` (Python, with ``txn`` a write transaction on throttle.mdb and ``flip(key, bit)``) in another
+    process: LMDB opens an environment once per process."""
     import subprocess
     import sys
 
+    script = ("import lmdb, struct, sys\n"
+              "env = lmdb.open(sys.argv[1], subdir=False)\n"
+              "with env.begin(write=True) as txn:\n"
+              "    def flip(key, bit):\n"
+              "        value = bytearray(txn.get(key))\n"
+              "        value[bit // 8] ^= 1 << (bit % 8)\n"
+              "        txn.put(key, bytes(value))\n"
+              + "".join(f"    {line}\n" for line in work.splitlines()))
+    subprocess.run([sys.executable, "-c", script, str(path / "throttle.mdb")], check=True, timeout=60)
+
+
+def test_damaged_throttle_records_fail_closed_and_old_ones_are_read(platform: Vault, issued: Issued) -> None:
     platform.set_throttle_policy(ThrottlePolicy(max_refused=2))
     platform.verify(_forged(issued.keys[0], 1), client="ip-4")  # makes throttle.mdb and the client's record
-    writer = (  # another process: LMDB opens an environment once per process
-        "import lmdb, struct, sys\n"
-        "env = lmdb.open(sys.argv[1], subdir=False)\n"
-        "with env.begin(write=True) as txn:\n"
-        "    txn.put(b'ip-4', b'\\xff' * 7)\n"  # damaged
-        "    txn.put(b'ip-5', struct.pack('>QIQ', 1, 9, 0))\n")  # an earlier release's record, its window over
-    subprocess.run([sys.executable, "-c", writer, str(platform.path / "throttle.mdb")], check=True, timeout=60)
+    _rewrite_throttle(platform.path, "txn.put(b'ip-4', b'\\xff' * 7)\n"  # damaged
+                                     "txn.put(b'ip-5', struct.pack('>QIQ', 1, 9, 0))")  # an earlier release's, over
+    assert platform.verify(issued.keys[0], client="ip-4").status is Status.THROTTLED  # never a fresh budget
+    platform.unblock("ip-4")  # the support action lifts it
     assert platform.verify(issued.keys[0], client="ip-4").status is Status.VALID
     assert [platform.verify(_forged(issued.keys[0], n), client="ip-4").status for n in range(4)] == \
         [Status.UNKNOWN] * 3 + [Status.THROTTLED]
     assert platform.verify(issued.keys[0], client="ip-5").status is Status.VALID  # a window long over
+
+
+def test_no_flipped_bit_of_a_blocked_clients_record_lifts_its_block(platform: Vault, issued: Issued) -> None:
+    """Every bit of a blocked client's record (40 bytes: window, refusals, reservations, block, last charge,
+    checksum) flipped in turn: the client stays throttled, its budget never restarts."""
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=2, block_seconds=3600))
+    assert [platform.verify(_forged(issued.keys[0], n), client="ip-6").status for n in range(4)] == \
+        [Status.UNKNOWN] * 3 + [Status.THROTTLED]
+    platform.flush_stats()
+    with platform.engine.guard.throttle._env.begin() as txn:  # noqa: SLF001 - the record as stored
+        pristine = bytes(txn.get(b"ip-6"))
+    assert len(pristine) == 40
+    for bit in range(len(pristine) * 8):
+        _rewrite_throttle(platform.path, f"txn.put(b'ip-6', {pristine!r})\nflip(b'ip-6', {bit})")
+        answer = platform.verify(_forged(issued.keys[0], 100 + bit), client="ip-6")
+        assert answer.status is Status.THROTTLED, f"bit {bit}: {answer}"
+
+
+def test_no_flipped_bit_of_a_locked_cards_record_unlocks_it(platform: Vault, cards: list[tuple[str, str]]) -> None:
+    """Every bit of a locked card's record (wrong passwords, attempts in flight, locked at, checksum) and of
+    a card's record one wrong password from the lock, flipped in turn: the right password never gets
+    through a locked card, and the wrong ones never get more tries."""
+    (card, pw), (card2, _), _ = cards
+    platform.set_throttle_policy(ThrottlePolicy(card_attempts=3))
+    for n in range(3):
+        assert platform.verify(f"{card}:000{n}").status is Status.UNKNOWN
+    assert platform.verify(f"{card2}:0000").status is Status.UNKNOWN
+    assert platform.verify(f"{card2}:0001").status is Status.UNKNOWN  # one more locks it
+    with platform.engine.guard.throttle._env.begin() as txn:  # noqa: SLF001 - the records as stored
+        locked, near = (bytes(txn.get(b"\0card:" + c.replace("-", "").encode())) for c in (card, card2))
+    key1, key2 = (b"\0card:" + c.replace("-", "").encode() for c in (card, card2))
+    for bit in range(len(locked) * 8):
+        _rewrite_throttle(platform.path, f"txn.put({key1!r}, {locked!r})\nflip({key1!r}, {bit})\n"
+                                         f"txn.put({key2!r}, {near!r})\nflip({key2!r}, {bit})")
+        assert platform.verify(f"{card}:{pw}").status is Status.THROTTLED, f"bit {bit}"
+        first = platform.verify(f"{card2}:0002").status  # a wrong one: the third, or a lock
+        assert first in (Status.UNKNOWN, Status.THROTTLED), f"bit {bit}"
+        assert platform.verify(f"{card2}:0003").status is Status.THROTTLED, f"bit {bit}: a fourth try"
+    assert {c["card_number"] for c in platform.locked_cards()} >= {"88000001", "88000002"}
+    assert platform.unlock_card(card) is True
+    assert platform.verify(f"{card}:{pw}").status is Status.VALID
 
 
 def test_import_warns_only_for_guessable_codes(tmp_path: Path) -> None:
@@ -292,3 +344,91 @@ def test_import_warns_only_for_guessable_codes(tmp_path: Path) -> None:
     result = ok("--store", store, "batch", "import", "--supplier", shop, "--product", "G", weak,
                 "--manifest-out", tmp_path / "weak.kvm", "--json")
     assert "about 20 bits" in result.output and "28,800 guesses per day" in result.output
+
+
+# -- every entry point that judges a key ----------------------------------------------------------------
+
+
+def test_holds_are_charged_to_the_clients_budget_key_by_key(platform: Vault, issued: Issued) -> None:
+    """A hold judges a key (a forged one is unknown, a real one held): 200 holds of forged keys from one
+    client in one group commit judge the budget's worth and answer the rest throttled, unread; a real key is
+    then throttled too, and never held for that client."""
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=20))
+    ops = [("hold", key, f"guess-{i}", 60, "bot") for i, key in enumerate(_forgeries(issued, 200))]
+    statuses = [r.status for r in platform.engine.checkout_for(ops)]  # type: ignore[union-attr]
+    assert statuses == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (200 - BUDGET)
+    assert platform.hold(issued.keys[0], "real", 60, client="bot").status is Status.THROTTLED
+    assert platform.verify(issued.keys[0]).status is Status.VALID  # it was not held
+    assert _refused(platform, "bot") == (BUDGET, 200 - BUDGET + 1)
+    held = platform.hold(issued.keys[1], "shop-1", 60, client="shop")  # another client: its own budget
+    assert held.status is Status.HELD and held.order_id == "shop-1"
+    assert platform.hold(issued.keys[1], "shop-2", 60, client="shop").status is Status.HELD  # a real key: free
+    for n in range(50):  # holds that succeed use no budget
+        assert platform.hold(issued.keys[2 + n], f"shop-o{n}", 60, client="shop").status is Status.HELD
+    assert _refused(platform, "shop") == (0, 0)
+
+
+def test_a_card_locks_through_holds(platform: Vault, cards: list[tuple[str, str]]) -> None:
+    (card, pw), _, _ = cards
+    ops = [("hold", f"{card}:{n:04d}", f"h-{n}", 60) for n in range(100)]  # no client: only the card lock
+    answers = [r.status for r in platform.checkout_for(ops)]  # type: ignore[union-attr]
+    assert answers.count(Status.UNKNOWN) == 5 and answers.count(Status.THROTTLED) == 95
+    assert Status.HELD not in answers
+    assert platform.hold(f"{card}:{pw}", "owner", 60).status is Status.THROTTLED  # locked: nothing held
+
+
+def _forged_long_forms(form: str, count: int) -> list[str]:
+    """Long forms of the same batch and serial as ``form`` whose inner key was replaced by a forged one (the
+    signature is not checked on this path: they are judged as their inner key)."""
+    import base64
+
+    from keyvault import _fast
+    from keyvault.formats.longform import PREFIX, inner_key
+
+    inner = inner_key(form).replace("-", "")
+    raw = base64.urlsafe_b64decode(form[len(PREFIX):] + "=" * (-len(form[len(PREFIX):]) % 4))
+    at = raw.index(inner.encode())
+    serial = _fast.parse_key(inner)[1]
+    out = []
+    for n in range(count):
+        fake = _fast.encode_key(serial, 2_000_003 + n).replace("-", "").encode()
+        out.append(PREFIX + base64.urlsafe_b64encode(raw[:at] + fake + raw[at + len(fake):]).rstrip(b"=").decode())
+    return out
+
+
+def test_forged_long_forms_are_charged_key_by_key(tmp_path: Path, supplier: Identity, supplier_store: Vault,
+                                                  platform: Vault) -> None:
+    import csv
+
+    supplier_store.issue_batch(supplier, "GOLD-500", 3, keys_out=tmp_path / "long.csv",
+                               manifest_out=tmp_path / "long.kvm", valid_from=1_700_000_000_000,
+                               valid_until=4_000_000_000_000, long_form=True)
+    platform.import_manifest(tmp_path / "long.kvm")
+    with open(tmp_path / "long.csv", newline="") as fh:
+        form = next(csv.DictReader(fh))["long_form"]
+    assert platform.verify(form).status is Status.VALID
+    forged = _forged_long_forms(form, 500)
+    platform.set_throttle_policy(ThrottlePolicy(max_refused=20))
+    statuses = [r.status for r in platform.verify_many(forged, client="long")]
+    assert statuses == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (500 - BUDGET)
+    redeemed = [r.status for r in platform.redeem_many([(k, f"o-{i}") for i, k in enumerate(forged)],
+                                                       client="long2")]
+    assert redeemed == [Status.UNKNOWN] * BUDGET + [Status.THROTTLED] * (500 - BUDGET)
+    assert platform.verify(form, client="long").status is Status.THROTTLED
+
+
+def test_order_and_receipt_lookups_judge_no_key(platform: Vault, issued: Issued) -> None:
+    """An order id and a serial are not secrets: looking them up reveals no key and judges none. An order
+    never made and a serial never redeemed answer the same as any other unknown one."""
+    from keyvault import NotFoundError
+
+    assert platform.redeem(issued.keys[0], "paid-1").status is Status.ACCEPTED
+    with pytest.raises(NotFoundError) as never_made:
+        platform.order("no-such-order")
+    with pytest.raises(NotFoundError) as other:
+        platform.order("another-order")
+    assert str(never_made.value).replace("no-such-order", "X") == str(other.value).replace("another-order", "X")
+    receipt = platform.receipt(issued.serials[0])
+    assert issued.keys[0] not in receipt
+    with pytest.raises(KeyvaultError):
+        platform.receipt(issued.serials[1])  # not redeemed: nothing to sign

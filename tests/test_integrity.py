@@ -39,21 +39,24 @@ class Small:
     """A closed platform store with keys in every state, and which key is in which."""
 
     root: Path
-    spent: list[str]  # redeemed (folded and not), voided, blacklisted, exhausted: none may ever pass
+    spent: list[str]  # redeemed (folded and not), voided, blacklisted (every level), exhausted: none may ever pass
     active: list[str]
-    held: str  # held for a week: a reservation, not a spent key (a lost hold record is found by check and confirm)
+    held: str  # held for a week by "holding-order": no other order may hold or redeem it, verify says held
+    partly: str  # a count-limited key with one use of two left (used by order "use-0")
 
 
 def _build(root: Path) -> Small:
     files = root / "files"
     files.mkdir(parents=True)
-    supplier = Identity.generate("Acme Games")
+    supplier, banned = Identity.generate("Acme Games"), Identity.generate("Banned Games")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("keyvault.engine.ledger.FOLD_AT", FOLD_AT)
         with Vault.init(root / "supplier") as sup:
             batch = issue(sup, supplier, files, count=24)
             sup.issue_batch(supplier, "PASS-2", 4, keys_out=files / "limited.csv", manifest_out=files / "limited.kvm",
                             uses=2)
+            recalled = issue(sup, supplier, files, count=2)  # blacklisted as a batch
+            outlawed = issue(sup, banned, files, count=2)  # its supplier blacklisted
         from conftest import read_export
 
         limited, _ = read_export(files / "limited.csv")
@@ -67,6 +70,11 @@ def _build(root: Path) -> Small:
                 assert plat.void(batch.serials[i], "refund").status is Status.VOID
             plat.blacklist("serial", batch.serials[11], "reported stolen")
             plat.blacklist("key", keys[12], "reported stolen")
+            plat.trust(banned.public)
+            for other in (recalled, outlawed):
+                plat.import_manifest(other.manifest)
+            plat.blacklist("batch", recalled.batch.id, "recalled")
+            plat.blacklist("supplier", banned.id, "lifetime ban")
             # Checkout records: a key held for a week, a count-limited key with both uses spent (its use and
             # uses-spent records), and one with one use left (active: it may still be used).
             assert plat.hold(keys[13], "holding-order", 7 * 24 * 3600).status is Status.HELD
@@ -77,7 +85,8 @@ def _build(root: Path) -> Small:
             with plat.engine.store.read() as txn:
                 head = txn.head()
             assert 0 < head.folded < head.log_size  # folded changes and unfolded ones
-    return Small(root / "platform", keys[:13] + limited[:1], keys[14:] + limited[1:], keys[13])
+    return Small(root / "platform", keys[:13] + limited[:1] + recalled.keys + outlawed.keys, keys[14:] + limited[1:],
+                 keys[13], limited[1])
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +146,8 @@ def _folded(store: Path) -> int:
 def test_the_small_store_answers_as_built(copy: Path, small: Small) -> None:
     statuses = _answers(copy, small)
     n = len(small.spent)
-    assert statuses[:n] == [Status.REDEEMED] * 9 + [Status.VOID] * 2 + [Status.BLACKLISTED] * 2 + [Status.EXHAUSTED]
+    assert statuses[:n] == [Status.REDEEMED] * 9 + [Status.VOID] * 2 + [Status.BLACKLISTED] * 2 + [Status.EXHAUSTED] + \
+        [Status.BLACKLISTED] * 4
     assert statuses[n:n + len(small.active)] == [Status.VALID] * len(small.active)
     with Vault.open(copy) as vault:
         assert vault.verify(small.held).status is Status.HELD
@@ -264,18 +274,40 @@ import json, os, sys, traceback
 from keyvault import KeyvaultError, Status, Vault
 
 store, plan = sys.argv[1], json.load(open(sys.argv[2]))
-spent, active = plan["spent"], plan["active"]
+spent, active, held, partly = plan["spent"], plan["active"], plan["held"], plan["partly"]
 data = os.path.join(store, "data.mdb")
 pristine = open(data, "rb").read()
 NEVER = (Status.VALID, Status.ACCEPTED)
 
 def answers():
+    # Every closed key (spent, void, blacklisted, exhausted, held by another order) asked by verify,
+    # verify_many, redeem and hold for new orders; the partly used key redeemed by its own order again and by
+    # two new ones; then the orders and a receipt read (their errors are counted, never masking the rest).
+    closed = spent + [held]
     with Vault.open(store) as vault:
-        many = vault.verify_many(spent + active)
-        ones = [vault.verify(k) for k in spent]
-        again = vault.redeem_many([(k, "again-%d" % i) for i, k in enumerate(spent)])
-    through = [r.serial for r in many[:len(spent)] + ones + again if r.status in NEVER]
-    return through, [r.status.value for r in many + ones + again]
+        many = vault.verify_many(closed + active)
+        ones = [vault.verify(k) for k in closed]
+        again = vault.redeem_many([(k, "again-%d" % i) for i, k in enumerate(closed)])
+        grabs = [vault.hold(k, "grab-%d" % i, 3600) for i, k in enumerate(closed)]
+        retry = vault.redeem(partly, "use-0")
+        fresh = [vault.redeem(partly, "new-%d" % i) for i in range(2)]
+        lookups = []
+        for read in (lambda: vault.order("holding-order"), lambda: vault.order("use-0"),
+                     lambda: vault.receipt(spent[0])):
+            try:
+                read()
+                lookups.append("read")
+            except KeyvaultError as exc:
+                lookups.append(type(exc).__name__)
+    n = len(closed)
+    through = [r.serial for r in many[:n] + ones + again if r.status in NEVER]
+    through += [r.serial for r in grabs if r.status is Status.HELD and r.order_id is not None]
+    if retry.status is Status.ACCEPTED and retry.uses_left != 1:  # the order's own use spent again
+        through.append("retry:" + str(retry.serial))
+    if sum(r.status is Status.ACCEPTED for r in fresh) + (retry.status is Status.ACCEPTED and retry.uses_left != 1) > 1:
+        through.append("overused:" + str(retry.serial))
+    statuses = [r.status.value for r in many + ones + again + grabs + [retry] + fresh] + lookups
+    return through, statuses
 
 def restore():
     with open(data, "r+b") as fh:
@@ -370,7 +402,8 @@ def _run_worker(tmp_path: Path, store: Path, small: Small, w: int, chunk: list[t
         shutil.copytree(store, into)
         (into / "lock.mdb").unlink(missing_ok=True)
         plan = tmp_path / f"plan-{w}.json"
-        plan.write_text(json.dumps({"spent": small.spent, "active": small.active, "flips": pending}))
+        plan.write_text(json.dumps({"spent": small.spent, "active": small.active, "held": small.held,
+                                    "partly": small.partly, "flips": pending}))
         proc = subprocess.run([sys.executable, "-I", "-c", _WORKER, str(into), str(plan)], capture_output=True,
                               text=True, timeout=6 * 3600, check=False)
         done = 0

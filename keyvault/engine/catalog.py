@@ -17,11 +17,13 @@ from ..clock import iso
 from ..formats.keyformat import batch_text, serial_text
 from ..store import Txn
 from ..store.records import (
+    BATCHES_DIGEST,
     BLACKLIST_DIGEST,
     LEVEL_BATCH,
     LEVEL_KEY,
     LEVEL_NAMES,
     LEVEL_SUPPLIER,
+    batches_digest,
     blacklist_digest,
     from_u64,
     load,
@@ -142,13 +144,19 @@ class Catalog:
     @classmethod
     def _load(cls, txn: Txn, generation: int) -> Catalog:
         cat = cls(generation=generation)
+        digest = bytes(32)
         for key, value in txn.items("batches"):
+            digest = batches_digest(digest, key, None, value)
             info = BatchInfo.from_record(from_u64(key), load(value))
             cat.batches[info.key] = info
             cat.by_id[info.id] = info
             cat.has_imported |= info.kind != "native"
             if info.uses != 1:
                 cat.uses[info.id] = info.uses
+        summed = txn.get("meta", BATCHES_DIGEST)
+        if summed is not None and digest != bytes(summed):
+            raise StoreCorruptError("the batch records are damaged (they do not add up to their digest): nothing was "
+                                    "decided; run `keyvault check` and restore the store from a backup")
         for key, value in txn.items("suppliers"):
             cat.suppliers[key.decode("ascii")] = load(value)
         for key, value in txn.items("prefixes"):

@@ -31,8 +31,14 @@ from ..formats.keyformat import serial_text
 from ..results import Result, Status
 from ..store import REDEEMED, Txn
 from ..store.records import (
+    CHECKOUT_MARK,
+    CHECKOUT_MARKED,
     LEVEL_KEY,
     Hold,
+    checkout_absent,
+    checkout_mark,
+    checkout_sound,
+    checkout_unsound_near,
     from_u64,
     hold_key,
     order_redeem_key,
@@ -203,6 +209,7 @@ class Desk:
         self.changes: list[tuple[int, int, int, str]] = []
         #: Accepted redeems by (batch id, supplier id), for the counters.
         self.counts: dict[tuple[str, str], int] = {}
+        self.marked = False  # the table's mark is known to be written
 
     def slot(self, serial: int, base: Result) -> Slot:
         """The key's slot; ended holds are removed (each an ``expire`` event) as it is first read."""
@@ -230,8 +237,8 @@ class Desk:
         """Learn whether ``order`` used this count-limited key already (single-use keys know it from the ledger)."""
         if slot.limit != 1 and order not in slot.used:
             try:
-                use = unpack_use(self.pepper, slot.serial, order,
-                                 self.txn.get("checkout", use_key(slot.serial, order)))
+                use = unpack_use(self.pepper, slot.serial, order, _read(self.txn, self.pepper,
+                                                                        use_key(slot.serial, order)))
             except StoreCorruptError:
                 slot.base, slot.limit, slot.holds = damaged(slot.base), 1, {}
                 self.dirty.discard(slot.serial)
@@ -266,6 +273,7 @@ class Desk:
         slot.spent += 1
         slot.used[order] = (self.when, slot.uses_left())
         if slot.limit != 1:
+            self._mark()
             left = slot.limit - slot.spent
             index = self._event("use", serial, order, uses_left=left)
             self.txn.put("checkout", use_key(serial, order), pack_use(self.pepper, serial, order, self.now, index,
@@ -285,20 +293,53 @@ class Desk:
             return _released(slot, order)
         return decide_confirm(slot, order, self.now, last)[0]
 
+    def _mark(self) -> None:
+        """Give the checkout table its mark with its first record (meta says it has one)."""
+        if not self.marked:
+            self.marked = True
+            if self.txn.get("meta", CHECKOUT_MARKED) is None:  # (a lost mark is never written again: damage)
+                self.txn.put("checkout", CHECKOUT_MARK, checkout_mark(self.pepper))
+                self.txn.put("meta", CHECKOUT_MARKED, b"1")
+
     def flush(self) -> None:
         """Write the hold records changed."""
         for serial in sorted(self.dirty):
             holds = self.slots[serial].holds
             if holds:
+                self._mark()
                 self.txn.put("checkout", hold_key(serial), pack_holds(self.pepper, serial, holds))
             else:
                 self.txn.delete("checkout", hold_key(serial))
 
 
-def any_holds(txn: Txn) -> bool:
-    """Whether the store holds any hold record (one cursor step)."""
+def any_holds(txn: Txn, pepper: bytes | None = None) -> bool:
+    """Whether the store holds any hold record (one cursor step); with ``pepper``, True also when the
+    records where the first hold would be are damaged (a hold whose key was damaged is not missed)."""
     cursor = txn.cursor("checkout")
-    return bool(cursor.set_range(b"H")) and bytes(cursor.key()[:1]) == b"H"
+    if cursor.set_range(b"H") and bytes(cursor.key()[:1]) == b"H":
+        return True
+    if pepper is not None:  # a damaged record where the first hold would be: each key's own read looks
+        return checkout_unsound_near(pepper, cursor, b"H") or not _mark_sound(txn, pepper)
+    return False
+
+
+def _mark_sound(txn: Txn, pepper: bytes) -> bool:
+    """Whether the checkout table still has the mark meta says it was given (True: never given one)."""
+    if txn.get("meta", CHECKOUT_MARKED) is None:
+        return True
+    value = txn.get("checkout", CHECKOUT_MARK)
+    return value is not None and _fast.tags_equal(bytes(value), checkout_mark(pepper))
+
+
+def _read(txn: Txn, pepper: bytes, key: bytes) -> bytes | None:
+    """A checkout record, or None when there is none (StoreCorruptError when one may have been moved off it,
+    or the whole table lost)."""
+    value = txn.get("checkout", key)
+    if value is None:
+        if checkout_absent(pepper, txn.cursor("checkout"), key) and not _mark_sound(txn, pepper):
+            raise StoreCorruptError("the checkout table (holds and uses) has lost its mark: it was lost or replaced; "
+                                    "nothing was decided; run `keyvault check` and restore the store from a backup")
+    return value
 
 
 def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: int,
@@ -309,9 +350,10 @@ def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: 
     count-limited batch) costs one cursor step.
     """
     if holds is None:
-        holds = any_holds(txn)
+        holds = any_holds(txn, pepper)
     if not holds and not cat.uses:
         return
+    index = hold_index(txn, pepper) if holds and len(results) >= 16 else None
     for i, result in enumerate(results):
         if result.status not in (Status.VALID, Status.REDEEMED) or result.serial is None:
             continue
@@ -320,7 +362,7 @@ def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: 
             continue
         serial = _fast.parse_serial(result.serial)
         try:
-            slot = read_slot(txn, pepper, cat, serial, result)
+            slot = read_slot(txn, pepper, cat, serial, result, index)
         except StoreCorruptError:
             results[i] = damaged(result)
             continue
@@ -334,16 +376,42 @@ def damaged(base: Result) -> Result:
                           "(`keyvault check` finds every damaged record)")
 
 
-def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result) -> Slot:
-    """A key's slot as stored (ended holds kept: judge against the clock); StoreCorruptError when damaged."""
+def hold_index(txn: Txn, pepper: bytes, most: int = 256) -> dict[int, bytes] | None:
+    """Every hold record by serial, read once for a call of many keys: the records from the table's start to
+    the first one past the holds, each sound under its own key and in order, so a key missing here has no
+    hold (a hold under a damaged key would be one of them, unsound or out of order). None when there are
+    more than ``most`` holds, or damage: then each key's own lookup decides (and finds the damage)."""
+    index: dict[int, bytes] = {}
+    last = b""
+    seen = 0
+    for key, value in txn.items_from("checkout", b""):
+        key = bytes(key)
+        seen += 1
+        if key <= last or not checkout_sound(pepper, key, value):
+            return None
+        last = key
+        if key[:1] > b"H":
+            return index
+        if key[:1] == b"H":
+            if len(index) >= most:
+                return None
+            index[from_u64(key[1:9])] = bytes(value)
+    return index if seen or _mark_sound(txn, pepper) else None
+
+
+def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result,
+              index: dict[int, bytes] | None = None) -> Slot:
+    """A key's slot as stored (ended holds kept: judge against the clock); StoreCorruptError when damaged.
+    ``index``: the call's :func:`hold_index`, if it has one."""
     limit = cat.uses.get(base.batch or "", 1)
-    holds = unpack_holds(pepper, serial, txn.get("checkout", hold_key(serial)))
+    raw = index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))
+    holds = unpack_holds(pepper, serial, raw)
     if limit == 1:
         spent = 1 if base.status is Status.REDEEMED else 0
     else:
         # Once used, the sealed uses record says the limit (the batch record is not sealed); a key the
         # ledger says redeemed has spent its last use, whatever any count says.
-        stored = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+        stored = unpack_spent(pepper, serial, _read(txn, pepper, spent_key(serial)))
         spent, limit = stored if stored is not None else (0, limit)
         if base.status is Status.REDEEMED:
             spent = max(spent, limit)
@@ -444,9 +512,10 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
                     orders: list[str], now: int, overlay: dict[int, Change]) -> Desk | None:
     """Decide, in place, the redeems of held and count-limited keys; the caller appends the Desk's
     changes with the rest. None (nothing to do) costs one cursor step when no key is held or limited."""
-    holds = any_holds(txn)
+    holds = any_holds(txn, pepper)
     if not holds and not cat.uses:
         return None
+    index = hold_index(txn, pepper) if holds and len(results) >= 16 else None
     desk: Desk | None = None
     for i, (result, order) in enumerate(zip(results, orders)):
         if result.status not in (Status.VALID, Status.REDEEMED) or result.serial is None:
@@ -454,8 +523,14 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
         limit = cat.uses.get(result.batch or "", 1)
         serial = _fast.parse_serial(result.serial)
         if limit == 1 and (desk is None or serial not in desk.slots):
-            if not holds or result.status is Status.REDEEMED or txn.get("checkout", hold_key(serial)) is None:
+            if not holds or result.status is Status.REDEEMED:
                 continue  # an ordinary single-use key: accept_redeems decides it
+            try:
+                if (index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))) is None:
+                    continue
+            except StoreCorruptError:
+                results[i] = damaged(result)
+                continue
         if desk is None:
             desk = Desk(log, pepper, txn, cat, now, overlay)
         slot = desk.slot(serial, result)

@@ -63,8 +63,11 @@ from ..store import Head, Txn
 from ..store.lmdbstore import DATABASES, FORMAT, LMDB_FORMAT, Reading
 from ..store.records import (
     ACTIVE,
+    BATCHES_DIGEST,
     BLACKLIST_DIGEST,
     CARD,
+    CHECKOUT_MARK,
+    CHECKOUT_MARKED,
     HEAD,
     LEVEL_BATCH,
     LEVEL_KEY,
@@ -72,7 +75,9 @@ from ..store.records import (
     OUTCOME,
     REDEEMED,
     VOIDED,
+    batches_digest,
     blacklist_digest,
+    checkout_sound,
     from_u64,
     unpack_holds,
     unpack_spent,
@@ -286,7 +291,9 @@ class _Checkup:
     def batches_and_manifests(self, problems: _Problems) -> str:
         txn = self.txn
         named: set[bytes] = set()
+        digest = bytes(32)
         for key, value in txn.items("batches"):
+            digest = batches_digest(digest, key, None, value)
             batch = from_u64(key)
             try:
                 info = BatchInfo.from_record(batch, load(value))
@@ -321,6 +328,10 @@ class _Checkup:
             if wrong:
                 problems.add(f"{where}: its record disagrees with its signed manifest on {', '.join(wrong)}")
             self.merkle_roots[batch] = fields.merkle_root
+        stored = txn.get("meta", BATCHES_DIGEST)
+        if stored is not None and digest != bytes(stored):
+            problems.add("the batch records do not add up to their digest (meta/batches): a batch record was lost, "
+                         "moved or altered; restore the store from a backup")
         manifests = 0
         for key, _ in txn.items("manifests"):
             manifests += 1
@@ -464,7 +475,13 @@ class _Checkup:
         spent: dict[int, int] = {}
         used: Counter[int] = Counter()
         redeems = 0
+        marked = False
         for key, value in self.txn.items("checkout"):
+            if bytes(key) == CHECKOUT_MARK:
+                marked = checkout_sound(pepper, key, value)
+                if not marked:
+                    problems.add("the checkout table's mark is damaged")
+                continue
             kind, rest = bytes(key[:1]), bytes(key[1:])
             if kind == b"R":  # a redeem listed under its order: the event must be that redeem
                 redeems += 1
@@ -505,6 +522,9 @@ class _Checkup:
                     used[serial] += 1
             except (StoreCorruptError, UnicodeDecodeError) as exc:
                 problems.add(f"{where}: {exc}")
+        if self.txn.get("meta", CHECKOUT_MARKED) is not None and not marked:
+            problems.add("the checkout table has lost its mark: the table (holds, uses) was lost or replaced; "
+                         "restore the store from a backup")
         for serial in set(spent) | set(used):
             if spent.get(serial, 0) != used[serial]:
                 problems.add(f"key {serial_text(serial)}: {spent.get(serial, 0)} uses counted but {used[serial]} "

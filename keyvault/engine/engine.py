@@ -62,7 +62,7 @@ from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .checkup import check_store
 from .eventlog import Policy
 from .groupcommit import GroupCommit
-from .guard import Budget, Guard, client_id, counter_scopes
+from .guard import HOLD_FREE, Budget, Guard, client_id, counter_scopes
 from .issuing import Progress
 from .keyfiles import (
     ENGINE_FILE,
@@ -103,19 +103,19 @@ def _pair(key: object, order_id: object) -> tuple[str, str]:
     return key, check_text(order_id, "order id", MAX_ORDER_ID)
 
 
-def _checkout_op(op: tuple[Any, ...]) -> tuple[str, str, str, int]:
-    """A checkout op checked before anything is touched: (action, key, order id, ttl ms)."""
+def _checkout_op(op: tuple[Any, ...]) -> tuple[str, str, str, int, str | None]:
+    """A checkout op checked before anything is touched: (action, key, order id, ttl ms, client)."""
     if not isinstance(op, tuple) or not op or op[0] not in ("hold", "confirm", "release"):
-        raise UsageError("a checkout op is (\"hold\", key, order id, ttl), (\"confirm\", order id) or "
+        raise UsageError("a checkout op is (\"hold\", key, order id, ttl[, client]), (\"confirm\", order id) or "
                          "(\"release\", order id)")
     if op[0] == "hold":
-        if len(op) != 4:
-            raise UsageError("a hold is (\"hold\", key, order id, ttl seconds)")
+        if len(op) not in (4, 5):
+            raise UsageError("a hold is (\"hold\", key, order id, ttl seconds), or with a client id after the ttl")
         key, order = _pair(op[1], op[2])
-        return "hold", key, order, checkout.check_ttl(op[3])
+        return "hold", key, order, checkout.check_ttl(op[3]), client_id(op[4]) if len(op) == 5 else None
     if len(op) != 2:
         raise UsageError(f"a {op[0]} is (\"{op[0]}\", order id)")
-    return op[0], "", check_text(op[1], "order id", MAX_ORDER_ID), 0
+    return op[0], "", check_text(op[1], "order id", MAX_ORDER_ID), 0, None
 
 
 class Engine(State):
@@ -291,7 +291,7 @@ class Engine(State):
             return True
         tid = raw.id()
         if self._holding[0] != tid:
-            self._holding = (tid, checkout.any_holds(self.store.wrap(raw)))
+            self._holding = (tid, checkout.any_holds(self.store.wrap(raw), self.pepper))
         return self._holding[1]
 
     def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
@@ -535,13 +535,15 @@ class Engine(State):
         self.ledger.learn(*written)
         return results
 
-    def hold(self, key: str, order_id: str, ttl: float) -> Result:
+    def hold(self, key: str, order_id: str, ttl: float, *, client: str | None = None) -> Result:
         """Hold a key for an order for ``ttl`` seconds: ``held`` with ``expires_at`` (a retry: the same answer).
 
         While held, every other order is refused (``held``) for hold and redeem; :meth:`confirm` turns the
-        hold into a redeem, :meth:`release` or the end of ``ttl`` frees the key.
+        hold into a redeem, :meth:`release` or the end of ``ttl`` frees the key. ``client``'s refusal budget
+        is charged as a verify's is.
         """
-        answer = self._holds.submit(("hold", key, order_id, ttl))
+        op = ("hold", key, order_id, ttl) if client is None else ("hold", key, order_id, ttl, client)
+        answer = self._holds.submit(op)
         if isinstance(answer, BaseException):
             raise answer
         return cast(Result, answer)
@@ -577,23 +579,28 @@ class Engine(State):
                                  "PostgreSQL authority that does not take them yet: redeem the key instead, or hold "
                                  "keys on an unbound store")
             return [refused for _ in ops]
-        checked: list[tuple[str, str, str, int] | KeyvaultError] = []
+        checked: list[tuple[str, str, str, int, str | None] | KeyvaultError] = []
         for op in ops:
             try:
                 checked.append(_checkout_op(op))
             except KeyvaultError as exc:
                 checked.append(exc)
         locks = self.guard.card_locks()
+        budgets: dict[str, Budget] = {}
 
         def work(txn: Txn, desk: checkout.Desk, overlay: dict[int, Change]) -> list[Any]:
             out: list[Any] = []
+            for budget in budgets.values():  # a transaction run again: what it judged before is judged anew
+                budget.spent = 0
             for op in checked:
                 if isinstance(op, KeyvaultError):
                     out.append(op)
                     continue
-                action, key, order, ttl_ms = op
-                if action == "hold":
-                    out.append(self._hold_in(txn, desk, overlay, key, order, ttl_ms, locks))
+                action, key, order, ttl_ms, client = op
+                if action == "hold":  # a client's hold is charged to its refusal budget, as a verify is
+                    out.append(self.guard.judge_one(
+                        key, client, budgets, lambda k: self._hold_in(txn, desk, overlay, k, order, ttl_ms, locks),
+                        HOLD_FREE))
                     continue
                 try:
                     slots = self._order_keys(txn, desk, overlay, order)
@@ -610,10 +617,18 @@ class Engine(State):
                     out.append([desk.release(slot, order, last) for slot, last in slots])
             return out
 
-        answers = self._checkout(work, before_wait)
-        refused = [a for a in answers if isinstance(a, Result) and a.status is not Status.HELD]
-        if refused:
-            self.guard.note(refused, self.cached)
+        answers: list[Any] | None = None
+        holds = [i for i, op in enumerate(checked) if not isinstance(op, KeyvaultError) and op[0] == "hold"]
+        try:
+            answers = self._checkout(work, before_wait)
+        finally:
+            self.guard.settle(budgets, None if answers is None else [answers[i] for i in holds],
+                              [checked[i][4] for i in holds], HOLD_FREE)  # type: ignore[index]
+        for client in {checked[i][4] for i in holds}:  # type: ignore[index]
+            refused = [answers[i] for i in holds if checked[i][4] == client  # type: ignore[index]
+                       and answers[i].status is not Status.HELD]
+            if refused:
+                self.guard.note(refused, self.cached, client)
         return answers
 
     def _hold_in(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], key: str, order: str,

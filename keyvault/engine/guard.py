@@ -52,6 +52,8 @@ def client_id(client: str | None) -> str | None:
 
 #: Answers that use no refusal budget: the key let through, or never looked at.
 _FREE = frozenset({Status.VALID, Status.ACCEPTED, Status.THROTTLED})
+#: A hold's answers that use none: also ``held`` (this order's hold, or a real key another order holds).
+HOLD_FREE = _FREE | {Status.HELD}
 
 
 class Budget:
@@ -179,6 +181,23 @@ class Guard:
             results += out
         return results
 
+    def judge_one(self, key: str, client: str | None, budgets: dict[str, Budget], judge: Callable[[str], Result],
+                  free: frozenset[Status] = _FREE) -> Result:
+        """One key of a call that judges its keys one by one (holds): charged to ``client``'s budget as
+        :meth:`judge` charges a chunk, ``throttled`` unread once the budget is spent. The caller zeroes the
+        budgets' ``spent`` when its transaction starts over."""
+        budget = self.budget(client, budgets)
+        if budget is None or budget.open:
+            return judge(key)
+        if not budget.held and not self.reserve(budget, 1):
+            assert budget.answer is not None
+            self.count_throttled(budget.who, 1)
+            return budget.answer
+        result = judge(key)
+        if result.status not in free:
+            budget.spent += 1
+        return result
+
     def judge_for(self, keys: list[str], clients: list[str | None], budgets: dict[str, Budget],
                   judge: Callable[[list[str]], list[Result]]) -> list[Result]:
         """:meth:`judge` for keys of many clients at once (a server's group commit): in rounds, every
@@ -220,7 +239,7 @@ class Guard:
         return results  # type: ignore[return-value]
 
     def settle(self, budgets: dict[str, Budget], results: list[Result] | None,
-               clients: list[str | None] | str | None = None) -> None:
+               clients: list[str | None] | str | None = None, free: frozenset[Status] = _FREE) -> None:
         """Give back the slots refused keys did not use, and count the refusals (None: the call failed)."""
         for client, budget in budgets.items():
             if budget.open:
@@ -228,9 +247,9 @@ class Guard:
             if results is None:
                 refused = budget.spent
             elif isinstance(clients, list):
-                refused = sum(1 for c, r in zip(clients, results) if c == client and r.status not in _FREE)
+                refused = sum(1 for c, r in zip(clients, results) if c == client and r.status not in free)
             else:
-                refused = sum(1 for r in results if r.status not in _FREE)
+                refused = sum(1 for r in results if r.status not in free)
             refused = max(0, refused - budget.settled)
             if not refused and budget.taken <= 1:
                 if budget.taken:  # a single key let through: its slot is held for the next call, for a while

@@ -38,7 +38,16 @@ from ..formats.keyformat import (
 )
 from ..formats.manifest import CHUNK, PAYLOAD_TYPE, SEED_BYTES, Manifest, write_manifest
 from ..store import Txn
-from ..store.records import LEVEL_BATCH, LEVEL_SUPPLIER, MAX_USES, dump, u64
+from ..store.records import (
+    BATCHES_DIGEST,
+    LEVEL_BATCH,
+    LEVEL_SUPPLIER,
+    MAX_USES,
+    batches_digest,
+    batches_digest_of,
+    dump,
+    u64,
+)
 from .catalog import BatchInfo, Catalog
 from .state import State
 from ..vocabulary import Role
@@ -484,7 +493,11 @@ def import_in(state: State, txn: Txn, manifest: Manifest, origin: str,
         for i, number in enumerate(manifest.card_numbers()):
             txn.put("upstream", u64(first + i), number.encode())
     store_commitments(txn, state.pepper, manifest)
-    txn.put("batches", u64(batch), dump(info.to_record()))
+    record = dump(info.to_record())
+    digest = txn.get("meta", BATCHES_DIGEST)  # absent in a store made before it: started from what is there
+    digest = batches_digest_of(txn.items("batches")) if digest is None else digest
+    txn.put("meta", BATCHES_DIGEST, batches_digest(digest, u64(batch), txn.get("batches", u64(batch)), record))
+    txn.put("batches", u64(batch), record)
     if header["batch_number"] + 1 >= int(doc["next_batch"]):
         doc["last_manifest"] = manifest.id
     doc["next_batch"] = max(int(doc["next_batch"]), int(header["batch_number"]) + 1)

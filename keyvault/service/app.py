@@ -283,7 +283,7 @@ class Service:
         """POST /v1/hold: answered once the hold is on disk."""
         body = await self._json(scope, receive, bodies.HoldRequest)
         order = bodies.text(body.order_id, "order_id", MAX_ORDER_ID)
-        result = await self._checkout(Op("hold", body.key, order, body.ttl))
+        result = await self._checkout(Op("hold", body.key, order, body.ttl, self._client(grant, body.client)))
         self.metrics.keys("hold", [result])
         return _ok(result.to_dict())
 

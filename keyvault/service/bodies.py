@@ -103,6 +103,7 @@ class HoldRequest(Struct, forbid_unknown_fields=True):
     order_id: OrderId
     ttl: Annotated[float, Meta(ge=1, le=MAX_TTL, description="Seconds the hold lasts (1 to 604800); "
                                                           "a retry of the same order keeps the first expiry.")]
+    client: Client | None = None
 
 
 class OrderRequest(Struct, forbid_unknown_fields=True):

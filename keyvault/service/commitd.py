@@ -54,16 +54,18 @@ Item = tuple[str, str, "str | None"]
 
 
 class Op(NamedTuple):
-    """A checkout item: ("hold", key, order id, ttl seconds), or ("confirm"/"release", None, order id, None)."""
+    """A checkout item: ("hold", key, order id, ttl seconds, client), or ("confirm"/"release", None, order id,
+    None)."""
 
     action: str
     key: str | None
     order_id: str
     ttl: float | None
+    client: str | None = None  # a hold's client, held to its refusal budget
 
     def as_call(self) -> tuple[Any, ...]:
         """The op as ``Vault.checkout_for`` takes it."""
-        return (self.action, self.key, self.order_id, self.ttl) if self.action == "hold" else \
+        return (self.action, self.key, self.order_id, self.ttl, self.client) if self.action == "hold" else \
             (self.action, self.order_id)
 
 

@@ -53,7 +53,8 @@ LMDB_FORMAT = "%d.%d" % lmdb.version()[:2]  # on-disk formats of LMDB 0.9 and 1.
 _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
             lmdb.BadRslotError, lmdb.BadTxnError,  # (BadTxnError: a transaction that already met damage)
             lmdb.IncompatibleError,  # a named database whose flags were damaged: keyvault never changes them
-            lmdb.CursorFullError)  # a tree deeper than LMDB allows: damaged page links
+            lmdb.CursorFullError,  # a tree deeper than LMDB allows: damaged page links
+            lmdb.PageFullError)  # a page's free-space bounds damaged: found when a write adds to it
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
@@ -637,8 +638,8 @@ def allocate_lock_file(lock: Path) -> None:
 
 
 def _corrupt(path: Path, exc: Exception) -> StoreCorruptError:
-    return StoreCorruptError(f"the store at {path} is damaged ({exc.__class__.__name__}); "
-                             "restore it from a backup")
+    return StoreCorruptError(f"the store at {path} is damaged ({exc.__class__.__name__}): nothing was decided; "
+                             "run `keyvault check` and restore it from a backup")
 
 
 _NEARLY_FULL = 4 << 20  # free bytes under which a write's I/O error is taken for a full disk

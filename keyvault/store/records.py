@@ -2,7 +2,7 @@
 
 | database    | key                          | value                                   |
 |-------------|------------------------------|-----------------------------------------|
-| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist digest, subject index (size, root) |
+| meta        | name                         | format, pepper check, head (+ checksum), log tail, checkpoint policy, blacklist and batches digests, subject index |
 | cards       | serial (u64)                 | state (u8), tag (16 bytes), seal (16)   |
 | outcomes    | serial (u64)                 | state (u8), at ms, event index (u64 each), order id/reason, seal (16) |
 | locators    | pepper-keyed locator (16)    | serial (u64), for imported cards        |
@@ -25,6 +25,7 @@
 |             | N + serial (u64)             | uses spent, and the limit, of a count-limited key (u32 each); seal |
 |             | U + serial (u64) + order id  | one use: at ms, event index (u64 each), uses left (u32), the order id; seal |
 |             | R + u16 length + order id + index (u64) | empty: a redeem event of the order (every redeem, held or not) |
+|             | NUL + "mark"                 | the table's mark (a seal), written with its first record; meta/checkout says so |
 
 A card's, an outcome's and a checkout record's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
 a kind byte (``c``, ``o``; ``h``, ``n``, ``u`` for checkout records), the serial (u64) and the record before the seal (``_fast.seal``): damage,
@@ -34,9 +35,11 @@ ends with an 8-byte BLAKE2b checksum of its three numbers (personalisation ``kv1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from .. import _fast
@@ -105,19 +108,40 @@ def from_u64(data: bytes) -> int:
 
 
 BLACKLIST_DIGEST = b"blacklist"  # meta key: the blacklist table's digest
+BATCHES_DIGEST = b"batches"  # meta key: the batches table's digest (absent in stores made before it)
+
+
+def _table_digest(person: bytes, digest: bytes | None, key: bytes, removed: bytes | None,
+                  added: bytes | None) -> bytes:
+    out = int.from_bytes(digest or bytes(32), "big")
+    for value in (removed, added):
+        if value is not None:
+            mark = hashlib.blake2b(bytes((len(key),)) + bytes(key) + bytes(value), digest_size=32,
+                                   person=person).digest()
+            out ^= int.from_bytes(mark, "big")
+    return out.to_bytes(32, "big")
 
 
 def blacklist_digest(digest: bytes | None, key: bytes, removed: bytes | None, added: bytes | None) -> bytes:
     """The blacklist table's digest (meta/blacklist, 32 zero bytes for an empty table) after the entry under
     ``key`` changed from ``removed`` to ``added`` (None: no entry): the XOR of BLAKE2b-256 of each entry's key
     and value. A lost, moved or altered entry no longer adds up: the catalog refuses it."""
-    out = int.from_bytes(digest or bytes(32), "big")
-    for value in (removed, added):
-        if value is not None:
-            mark = hashlib.blake2b(bytes((len(key),)) + bytes(key) + bytes(value), digest_size=32,
-                                   person=b"kv1/blacklist").digest()
-            out ^= int.from_bytes(mark, "big")
-    return out.to_bytes(32, "big")
+    return _table_digest(b"kv1/blacklist", digest, key, removed, added)
+
+
+def batches_digest(digest: bytes | None, key: bytes, removed: bytes | None, added: bytes | None) -> bytes:
+    """The batches table's digest (meta/batches), as :func:`blacklist_digest`: a batch record's supplier,
+    uses, validity window and salt decide every verify of its keys, so a lost, moved or altered batch record
+    no longer adds up and the catalog refuses it."""
+    return _table_digest(b"kv1/batches", digest, key, removed, added)
+
+
+def batches_digest_of(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The digest of every (key, value) of the batches table."""
+    digest = bytes(32)
+    for key, value in pairs:
+        digest = batches_digest(digest, key, None, value)
+    return digest
 
 
 def pack_card(pepper: bytes, serial: int, state: int, tag: bytes) -> bytes:
@@ -261,3 +285,108 @@ def unpack_use(pepper: bytes, serial: int, order_id: str, value: bytes | None) -
                                 "from a backup")
     at_ms, index, left = USE.unpack_from(body)
     return at_ms, index, left
+
+
+CHECKOUT_MARK = b"\0mark"  # checkout key of the table's mark; meta key CHECKOUT_MARKED says it was written
+CHECKOUT_MARKED = b"checkout"
+
+
+@functools.lru_cache(maxsize=8)
+def checkout_mark(pepper: bytes) -> bytes:
+    """The checkout table's mark: a record LMDB would lose with the whole table (a damaged table root), which
+    cannot be told from a store that never held a key without it."""
+    return _sealed(pepper, b"m", 0, b"checkout")
+
+
+def checkout_sound(pepper: bytes, key: bytes, value: bytes) -> bool:
+    """Whether a checkout record is sound under its own key (a record whose key was damaged is not)."""
+    key = bytes(key)
+    try:
+        kind = key[:1]
+        serial = from_u64(key[1:9]) if kind != b"\0" else 0
+        if kind == b"H":
+            unpack_holds(pepper, serial, value)
+        elif kind == b"N":
+            unpack_spent(pepper, serial, value)
+        elif kind == b"U":
+            unpack_use(pepper, serial, key[9:].decode("utf-8"), value)
+        elif kind == b"R":  # an order's listing of a redeem: on no decision path; `keyvault check` reads its event
+            return len(key) == 3 + int.from_bytes(key[1:3], "big") + 8 and not value
+        else:
+            return key == CHECKOUT_MARK and _fast.tags_equal(bytes(value), checkout_mark(pepper))
+    except (StoreCorruptError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _neighbours(cursor: Any, key: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The records on both sides of where ``key`` is (or would be) in a raw LMDB cursor's table, and whether
+    the two records beyond each of them sort in order.
+
+    LMDB finds a key by binary search: one damaged key that sorts out of place misleads searches for other
+    keys too, and such a search ends beside it. So a key that is not found is absent only if neither
+    neighbour is its own record moved and the records around the place sort in order.
+    """
+    near: list[tuple[bytes, bytes]] = []
+    if cursor.set_range(key):
+        back = 0
+        while back < 2 and cursor.prev():
+            back += 1
+        if not back:
+            cursor.set_range(key)
+        near.append(cursor.item())
+        while len(near) < back + 2 and cursor.next():  # (read forward: a step forward right after a search
+            near.append(cursor.item())  # that ended beside damage can fail)
+        sides = near[max(0, back - 1):back + 1]
+    elif cursor.last():
+        near.append(cursor.item())
+        if cursor.prev():
+            near.insert(0, cursor.item())
+        sides = near[-1:]
+    else:
+        sides = []
+    ordered = all(bytes(a[0]) < bytes(b[0]) for a, b in zip(near, near[1:]))
+    return sides, ordered
+
+
+def checkout_unsound_near(pepper: bytes, cursor: Any, key: bytes) -> bool:
+    """Whether a record beside where ``key`` would be is not sound under its own key, or out of order."""
+    sides, ordered = _neighbours(cursor, key)
+    return not ordered or any(not checkout_sound(pepper, bytes(found), bytes(value)) for found, value in sides)
+
+
+def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> bool:
+    """Confirm that no checkout record is stored under ``key`` (a raw LMDB cursor over ``checkout``): a
+    record whose LMDB key was damaged stays where its key sorted, beside the place it is looked for, so
+    neither neighbour of that place may be this key's own record (its seal binds it to this serial, a use
+    also to its order). StoreCorruptError when one is: the record is there, under a damaged key. Returns
+    whether the table looked empty (then only its mark tells an empty table from a lost one)."""
+    key = bytes(key)
+    kind, serial = key[:1], from_u64(key[1:9])
+    sides, ordered = _neighbours(cursor, key)
+    if not ordered:
+        raise StoreCorruptError("the checkout records beside where a key's hold or use would be are out of order "
+                                "(a damaged key): nothing was decided for it; run `keyvault check` and restore the "
+                                "store from a backup")
+    for found, value in sides:
+        found = bytes(found)
+        if found == key:
+            mine = True  # found by the cursor, missed by the lookup: the page is damaged
+        elif len(found) != len(key) or (int.from_bytes(found, "big") ^ int.from_bytes(key, "big")).bit_count() != 1:
+            mine = False  # one flipped bit moves a key to a key one bit away: not this one
+        else:
+            try:
+                if kind == b"H":
+                    unpack_holds(pepper, serial, value)
+                elif kind == b"N":
+                    unpack_spent(pepper, serial, value)
+                else:
+                    unpack_use(pepper, serial, key[9:].decode("utf-8"), value)
+                mine = True
+            except StoreCorruptError:
+                mine = False
+        if mine:
+            raise StoreCorruptError(f"the checkout record of serial {serial:#x} is stored under a damaged key: "
+                                    "nothing was decided for it; run `keyvault check` and restore the store "
+                                    "from a backup")
+    return not sides

@@ -13,10 +13,18 @@ without fsync: throttling state protects against guessing, it does not need
 to survive a power cut, and a refused verify must not cost a disk flush. All
 use in a process goes through one lock, so a map resize never races a
 reader (py-lmdb #97).
+
+Every record ends with an 8-byte BLAKE2b checksum over its key and body, so
+damage fails closed: a damaged client record blocks that client for one
+block (``keyvault throttle unblock`` lifts it), a damaged card record locks the
+card (``keyvault throttle unlock-card``). A flipped bit never unblocks a
+client nor unlocks a card.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 import threading
@@ -27,6 +35,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from ..clock import now_ms
 from ..errors import ClosedError, StoreError
 from .lmdbstore import MAX_READERS, allocate_lock_file, unusable_after_fork
 
@@ -37,16 +46,58 @@ _OLD_RECORD = struct.Struct(">QIQ")  # the record of earlier releases: no reserv
 _CARD = struct.Struct(">IIQ")  # wrong passwords on a card, attempts on it in flight, when it was locked (ms; 0: not)
 CARD_PREFIX = b"\0card:"  # a card's record: this, then its folded card number (client ids are printable)
 _INITIAL_MAP = 16 << 20  # about 150,000 clients at a time; doubles when full
+_SUM = 8  # the checksum ending every record
+DAMAGED_BLOCK_MS = 60_000  # a client whose record is damaged is blocked this long (at least its policy's block)
 
 
-def _client(value: bytes | None, now: int) -> list[int]:
-    """A client's record as [start, refused, reserved, until, touched] (fresh when absent or unreadable)."""
-    if value is not None and len(value) == _RECORD.size:
-        return list(_RECORD.unpack(value))
-    if value is not None and len(value) == _OLD_RECORD.size:
-        start, refused, until = _OLD_RECORD.unpack(value)
+def _sum(key: bytes, body: bytes) -> bytes:
+    return hashlib.blake2b(bytes(key) + b"\0" + body, digest_size=_SUM, person=b"kv1/throttle").digest()
+
+
+def _sealed(key: bytes, body: bytes) -> bytes:
+    """A record as stored: its body, then the checksum over its key and body."""
+    return body + _sum(key, body)
+
+
+def _opened(key: bytes, value: bytes | None, layout: struct.Struct) -> tuple[int, ...] | None:
+    """The fields of a sealed record; None when it is damaged (wrong size, or a checksum that fails)."""
+    if value is None or len(value) != layout.size + _SUM:
+        return None
+    value = bytes(value)
+    if not hmac.compare_digest(value[-_SUM:], _sum(key, value[:-_SUM])):
+        return None
+    return layout.unpack(value[:-_SUM])
+
+
+def _client(key: bytes, value: bytes | None, now: int, block_ms: int = DAMAGED_BLOCK_MS) -> list[int]:
+    """A client's record as [start, refused, reserved, until, touched]: fresh when absent; blocked for
+    ``block_ms`` from ``now`` when damaged (fails closed: a flipped bit never lifts a block)."""
+    if value is None:
+        return [now, 0, 0, 0, now]
+    fields = _opened(key, value, _RECORD)
+    if fields is not None:
+        return list(fields)
+    if len(value) == _RECORD.size:  # an earlier release's record (unsealed)
+        return list(_RECORD.unpack(bytes(value)))
+    if len(value) == _OLD_RECORD.size:  # an earlier release's record (unsealed, no reservations)
+        start, refused, until = _OLD_RECORD.unpack(bytes(value))
         return [start, refused, 0, until, now]
-    return [now, 0, 0, 0, now]  # holds nothing durable: a damaged record starts afresh
+    return [now, 0, 0, now + max(block_ms, DAMAGED_BLOCK_MS), now]
+
+
+def _card(key: bytes, value: bytes | None, now: int) -> tuple[int, int, int]:
+    """A card's (wrong, in flight, locked at ms): (0, 0, 0) when absent; locked now when damaged (fails closed:
+    a flipped bit never unlocks a card nor forgets its wrong passwords)."""
+    if value is None:
+        return 0, 0, 0
+    fields = _opened(key, value, _CARD)
+    if fields is not None:
+        wrong, flying, locked = fields
+        return wrong, flying, locked
+    if len(value) == _CARD.size:  # an earlier release's record (unsealed)
+        wrong, flying, locked = _CARD.unpack(bytes(value))
+        return wrong, flying, locked
+    return 0, 0, max(now, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +139,7 @@ class ThrottleStore:
                 try:
                     with self._env.begin() as txn:
                         value = txn.get(client)
-                    return _client(value, 0)[3] if value else 0
+                    return _client(client, value, now_ms())[3] if value else 0
                 except lmdb.MapResizedError:
                     self._env.set_mapsize(0)
         raise StoreError("the throttle state kept being resized by another process; try again")
@@ -122,7 +173,7 @@ class ThrottleStore:
         """
 
         def work(txn: Any) -> Charge:
-            start, count, reserved, until, touched = _client(txn.get(client), now)
+            start, count, reserved, until, touched = _client(client, txn.get(client), now, block_ms)
             reserved = max(0, reserved - release)
             if until <= now and (until or now - start >= window_ms):  # a block or a window is over
                 start, count, until = now, 0, 0
@@ -133,7 +184,7 @@ class ThrottleStore:
                 until = max(until, now + block_ms)
             taken = max(0, min(want, limit + 1 - count - reserved)) if until <= now else 0
             reserved += taken
-            txn.put(client, _RECORD.pack(start, count, reserved, until, now))
+            txn.put(client, _sealed(client, _RECORD.pack(start, count, reserved, until, now)))
             blocked = until > now
             return Charge(taken, until if blocked else start + window_ms, blocked)
 
@@ -144,9 +195,9 @@ class ThrottleStore:
 
         def work(txn: Any) -> None:
             value = txn.get(client)
-            if value is not None and len(value) == _RECORD.size:
-                start, count, reserved, until, _ = _RECORD.unpack(value)
-                txn.put(client, _RECORD.pack(start, count, max(0, reserved - slots), until, now))
+            if value is not None:
+                start, count, reserved, until, _ = _client(client, value, now)
+                txn.put(client, _sealed(client, _RECORD.pack(start, count, max(0, reserved - slots), until, now)))
 
         self._write(work, now)
 
@@ -157,10 +208,13 @@ class ThrottleStore:
         def work(txn: Any) -> tuple[bool, int]:
             key = CARD_PREFIX + card
             value = txn.get(key)
-            wrong, flying, locked = _CARD.unpack(value) if value is not None and len(value) == _CARD.size else (0, 0, 0)
+            wrong, flying, locked = _card(key, value, now)
             if locked or wrong + flying >= limit:
+                sound = _sealed(key, _CARD.pack(wrong, flying, locked))
+                if locked and bytes(value or b"") != sound:  # damaged (or unsealed): the lock is written sound
+                    txn.put(key, sound)
                 return False, locked
-            txn.put(key, _CARD.pack(wrong, flying + 1, 0))
+            txn.put(key, _sealed(key, _CARD.pack(wrong, flying + 1, 0)))
             return True, 0
 
         return self._write(work, now)
@@ -171,12 +225,12 @@ class ThrottleStore:
         def work(txn: Any) -> None:
             key = CARD_PREFIX + card
             value = txn.get(key)
-            wrong, flying, locked = _CARD.unpack(value) if value is not None and len(value) == _CARD.size else (0, 1, 0)
+            wrong, flying, locked = _card(key, value, now) if value is not None else (0, 1, 0)
             flying, wrong = max(0, flying - 1), wrong + (not right)
             if wrong >= limit and not locked:
                 locked = now
             if wrong or flying or locked:
-                txn.put(key, _CARD.pack(wrong, flying, locked))
+                txn.put(key, _sealed(key, _CARD.pack(wrong, flying, locked)))
             else:
                 txn.delete(key)
 
@@ -192,9 +246,8 @@ class ThrottleStore:
                 for key, value in cursor:
                     if not bytes(key).startswith(CARD_PREFIX):
                         break
-                    if len(value) == _CARD.size:
-                        wrong, _, locked = _CARD.unpack(value)
-                        out.append((bytes(key)[len(CARD_PREFIX):].decode("ascii", "replace"), wrong, locked))
+                    wrong, _, locked = _card(bytes(key), value, now_ms())
+                    out.append((bytes(key)[len(CARD_PREFIX):].decode("ascii", "replace"), wrong, locked))
             return out
 
     def unlock_card(self, card: bytes) -> bool:
@@ -212,7 +265,7 @@ class ThrottleStore:
             for key, value in txn.cursor():
                 if bytes(key).startswith(CARD_PREFIX):
                     continue  # a card's wrong passwords are kept until an operator unlocks it
-                start, _, _, until, _ = _client(bytes(value), now)
+                start, _, _, until, _ = _client(bytes(key), bytes(value), now)
                 if now - start >= max(window_ms, 1) and until <= now:
                     stale.append(bytes(key))
             for key in stale:
