@@ -59,6 +59,9 @@ def restore(state: State, src: Path, directory: Path, since: tuple[Path, ...], p
     m = doc["manifest"]
     text = (f"restored {src} (taken {m['created_at']}) into {doc['store']}: {m['keys']:,} keys, "
             f"{m['redeemed']:,} redeemed, {m['void']:,} void, {m['log_size']:,} events; pepper {doc['pepper_file']}")
+    if Path(doc["pepper_file"]).parent != Path(doc["store"]):
+        text += (f"\nthe pepper stays at {doc['pepper_file']}: open the store with --pepper-file "
+                 f"{doc['pepper_file']} (or KEYVAULT_PEPPER_FILE)")
     for check in doc["since"]:
         text += f"\nPASS  {check['detail']}"
     if doc["warning"]:
