@@ -169,6 +169,15 @@ def write_new_file(path: Path, data: bytes | Iterable[bytes], what: str = "--out
         part.unlink(missing_ok=True)
 
 
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """A file's bytes, reading at most ``limit`` of them: UsageError for a larger file (or a device like /dev/zero)."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{path} is over {limit:,} bytes, so it is not {what}; check the path")
+    return data
+
+
 def _drop_stdout() -> None:
     """Point stdout at /dev/null, so what is still buffered cannot fail again when the process exits."""
     try:

@@ -182,3 +182,52 @@ def test_report_to_a_full_disk_is_a_clean_error(world: World, small_disk: Path, 
     streamed = ok("--store", world.platform, "report", "--batch", world.batch, "--format", form).stdout
     assert (small_disk / f"out.{form}").read_text() == streamed
     assert streamed.count(world.serials[-1]) == 1
+
+
+# -- files that never end ----------------------------------------------------------------------------------
+
+
+_BOUNDED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB: reading /dev/zero whole would fail
+from keyvault.cli.main import main
+sys.argv[0] = "keyvault"
+main()
+"""
+
+
+def test_files_read_whole_are_bounded(world: World, tmp_path: Path) -> None:
+    """/dev/zero given where a checkpoint, a bundle or a config file is expected: refused, in bounded memory."""
+    import subprocess
+    import sys
+
+    supplier_pub = _supplier_pub(world)
+    backup = tmp_path / "bk"
+    ok("--store", world.platform, "backup", backup)
+    for args in (("--store", world.platform, "checkpoint", "--since", "/dev/zero"),
+                 ("verify-bundle", "/dev/zero", "--supplier", supplier_pub),
+                 ("restore", backup, tmp_path / "restored", "--since", "/dev/zero",
+                  "--pepper-file", world.platform / "pepper"),
+                 ("config", "show", "--config", "/dev/zero")):
+        proc = subprocess.run([sys.executable, "-I", "-c", _BOUNDED, *map(str, args)], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode in (EXIT_ERROR, EXIT_USAGE), (args, proc.returncode, proc.stderr[-500:])
+        assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-500:]
+        assert "bytes, so it is not" in proc.stderr, (args, proc.stderr[-500:])
+    assert not (tmp_path / "restored").exists()
+
+
+def test_lot_receive_and_batch_import_read_a_device_in_bounded_memory(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    east = world.root / "east.identity"
+    ok("supplier", "init", "--name", "East", "--out", east)
+    for args, said in ((("--store", world.platform, "lot", "receive", "/dev/zero", "--identity", east), "256 MiB"),
+                       (("--store", world.supplier_store, "batch", "import", "--supplier", world.identity, "--product",
+                         "X", "/dev/zero", "--manifest-out", tmp_path / "x.kvm"), "not a regular file")):
+        proc = subprocess.run([sys.executable, "-I", "-c", _BOUNDED, *map(str, args)], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert proc.returncode in (EXIT_ERROR, EXIT_USAGE), (args, proc.returncode, proc.stderr[-500:])
+        assert "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr[-500:]
+    assert not (tmp_path / "x.kvm").exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,9 @@ def _keep(state: State, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
                       [LEVEL_BATCH + u64(batch)])
 
 
+PIPE_LIMIT = 256 << 20  # bytes read from a lot that is a pipe or a device, at most
+
+
 def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, recipient: PublicIdentity,
          manifest_path: Path, out: Path) -> tuple[Transfer, BatchInfo]:
     """Sign a transfer of a lot to ``recipient`` and write it sealed to ``out``."""
@@ -180,9 +184,14 @@ def receive(state: State, lot_path: Path, recipient: Identity,
     """Open a lot sealed to ``recipient``, check its chain, record custody and import its batch, in one
     transaction. A double sale is refused; both records are kept as evidence."""
     try:
-        data = lot_path.read_bytes()
+        with open(lot_path, "rb") as fh:  # a pipe or device is read up to PIPE_LIMIT, never without end
+            size = os.fstat(fh.fileno()).st_size if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else PIPE_LIMIT
+            data = fh.read(size + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {lot_path}: {exc.strerror}") from None
+    if len(data) > size:
+        raise UsageError(f"{lot_path} is not a file of known size, and over {PIPE_LIMIT >> 20} MiB: give the lot "
+                         "file itself")
     sender, chain, manifest_bytes = open_lot(data, recipient, f"lot {lot_path}")
     if manifest_out is not None and manifest_out.exists():
         raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
