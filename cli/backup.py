@@ -10,9 +10,10 @@ import click
 
 from keyvault import ProofError, Vault
 
-from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
+from .output import EXIT_REFUSED, State, emit, handle_errors, json_option, read_bounded
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_MAX_CHECKPOINT = 1 << 20  # `keyvault checkpoint --json` is a few KiB
 _DIR = click.Path(file_okay=False, path_type=Path)
 
 
@@ -59,6 +60,9 @@ def restore(state: State, src: Path, directory: Path, since: tuple[Path, ...], p
     m = doc["manifest"]
     text = (f"restored {src} (taken {m['created_at']}) into {doc['store']}: {m['keys']:,} keys, "
             f"{m['redeemed']:,} redeemed, {m['void']:,} void, {m['log_size']:,} events; pepper {doc['pepper_file']}")
+    if Path(doc["pepper_file"]).parent != Path(doc["store"]):
+        text += (f"\nthe pepper stays at {doc['pepper_file']}: open the store with --pepper-file "
+                 f"{doc['pepper_file']} (or KEYVAULT_PEPPER_FILE)")
     for check in doc["since"]:
         text += f"\nPASS  {check['detail']}"
     if doc["warning"]:
@@ -69,7 +73,7 @@ def restore(state: State, src: Path, directory: Path, since: tuple[Path, ...], p
 def _read_note(path: Path) -> str:
     """A checkpoint note from a file: the note itself, or the JSON of `keyvault checkpoint --json`."""
     try:
-        text = path.read_text("utf-8")
+        text = read_bounded(path, _MAX_CHECKPOINT, "a checkpoint").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"cannot read the checkpoint {path}: {exc}") from None
     if text.lstrip().startswith("{"):

@@ -103,6 +103,9 @@ def import_(state: State, identity_file: Path, product: str, cards_csv: Path, va
     """Make a batch of upstream cards from a CSV: a 'code' column, or 'card_number' and 'password'."""
     identity = Identity.load(identity_file)
     start, until = window(valid_from, valid_days)
+    if cards_csv.exists() and not cards_csv.is_file():
+        raise click.UsageError(f"{cards_csv} is not a regular file (a pipe or a device): the cards are read twice, "
+                               "checked and then imported, so give a file; nothing was imported")
     kind, rows = read_cards_csv(cards_csv)  # checked before anything is written
     report, finish = progress("hashing cards", len(rows))
     try:

@@ -25,7 +25,7 @@ from click.core import ParameterSource
 
 from keyvault.service.limits import Limits
 
-from .output import handle_errors, json_option
+from .output import handle_errors, json_option, read_bounded
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIMITS = Limits()  # the defaults
@@ -155,7 +155,7 @@ def _where(path: Path, lines: dict[str, int], key: str) -> str:
 def load(path: Path, params: dict[str, click.Parameter], ctx: click.Context) -> dict[str, Setting]:
     """The settings a TOML file gives, checked (types and values as the flags check them), by dotted key."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, 1 << 20, "a configuration file").decode("utf-8")
     except FileNotFoundError:
         raise click.UsageError(f"{path}: no such configuration file: check --config (or {CONFIG_ENV}); "
                                "deploy/keyvault.toml is an example to start from") from None

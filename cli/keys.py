@@ -36,10 +36,15 @@ def _line(result: Result, where: str) -> str:
 
 
 def stdin_key() -> str:
-    """The first non-blank line of stdin (bounded, UTF-8), for commands that take one key; UsageError if none."""
-    for line in read_lines(sys.stdin.buffer, "stdin"):
-        return line
-    raise click.UsageError("no key given: stdin is empty or holds only blank lines")
+    """The one non-blank line of stdin (bounded, UTF-8), for commands that take one key; UsageError otherwise."""
+    lines = read_lines(sys.stdin.buffer, "stdin")
+    key = next(lines, None)
+    if key is None:
+        raise click.UsageError("no key given: stdin is empty or holds only blank lines")
+    if next(lines, None) is not None:
+        raise click.UsageError("stdin holds more than one line: this command takes one key; give one key per "
+                               "run (`keyvault verify`, `redeem` and `void` take many); nothing was done")
+    return key
 
 
 def read_lines(stream: IO[bytes], where: str) -> Iterator[str]:

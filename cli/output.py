@@ -8,10 +8,12 @@ exception's class name (``StoreFullError``, ``NotAStoreError``, ``UsageError``, 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,12 +130,63 @@ def handle_errors(f: F) -> F:
             raise CommandError(type(exc).__name__, str(exc), hint_for(exc)) from None
         except OSError as exc:  # a file the command reads or writes (a full disk: StoreFullError above)
             where = f": {exc.filename}" if exc.filename else ""
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # stdout redirected to a full disk, say
+                _drop_stdout()
+                raise CommandError("StoreFullError", f"no room on the disk{where or ' for the output'}: free some "
+                                   "space and run the command again", _HINTS[StoreFullError]) from None
             raise CommandError(type(exc).__name__, f"{exc.strerror or exc}{where}", hint_for(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def write_new_file(path: Path, data: bytes | Iterable[bytes], what: str = "--out") -> None:
+    """Write a new file whole or not at all (never overwriting one): a synced temporary file linked into place."""
+    if path.exists():
+        raise UsageError(f"{path} already exists; choose another {what} (a file is never overwritten)")
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(part, path)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; choose another {what} (a file is never overwritten)") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"no room on the disk to write {path}; nothing was left behind: free some "
+                                 "space and run the command again") from None
+        raise
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """A file's bytes, reading at most ``limit`` of them: UsageError for a larger file (or a device like /dev/zero)."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{path} is over {limit:,} bytes, so it is not {what}; check the path")
+    return data
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so what is still buffered cannot fail again when the process exits."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def progress(label: str, total: int) -> tuple[Callable[[str, int], None], Callable[[], None]]:

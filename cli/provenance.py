@@ -11,15 +11,16 @@ import click
 
 from keyvault import Identity, MalformedKeyError
 from keyvault.engine import consistency_proof
-from keyvault.formats.bundle import Trusted, verify as verify_bundle_bytes
+from keyvault.formats.bundle import MAX_BUNDLE_BYTES, Trusted, verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
 from keyvault.formats.tiles import encode_proof
 
 from .keys import stdin_key
-from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
+from .output import EXIT_REFUSED, State, emit, handle_errors, json_option, read_bounded
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_MAX_CHECKPOINT = 1 << 20  # `keyvault checkpoint --json` is a few KiB
 
 
 @click.group()
@@ -191,7 +192,7 @@ def checkpoint(state: State, every_events: int | None, every_seconds: int | None
         return
     if since is not None:
         try:
-            old = since.read_text("utf-8")
+            old = read_bounded(since, _MAX_CHECKPOINT, "a checkpoint").decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise click.ClickException(f"cannot read the checkpoint {since}: {exc}") from None
         check = vault.check_since(old)
@@ -246,7 +247,7 @@ def verify_bundle(bundle_file: Path, suppliers: tuple[Path, ...], engines: tuple
                        distributors=declared.distributors,
                        engines=declared.engines + tuple(PublicIdentity.load(p) for p in engines),
                        witnesses=declared.witnesses + tuple(PublicIdentity.load(p) for p in witnesses))
-        data = bundle_file.read_bytes()
+        data = read_bounded(bundle_file, MAX_BUNDLE_BYTES, "a trace bundle")
         material = _key_material(key)
     except OSError as exc:
         raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None

@@ -17,7 +17,7 @@ from keyvault.formats import receipt as fmt
 from keyvault.formats.identity import PublicIdentity, public_part
 
 from .keys import stdin_key
-from .output import EXIT_REFUSED, State, emit, handle_errors, json_option
+from .output import EXIT_REFUSED, State, emit, handle_errors, json_option, write_new_file
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _MAX_FILE = 1024 * 1024  # an upgraded receipt is a few KiB
@@ -25,8 +25,21 @@ _MAX_FILE = 1024 * 1024  # an upgraded receipt is a few KiB
 
 def _given(value: str, what: str) -> str:
     """The text itself, stdin's first line ('-'), or the contents of the file it names."""
-    if value == "-":
-        return stdin_key()
+    if value == "-":  # a receipt's one line, or an upgraded receipt's JSON (many lines)
+        data = sys.stdin.buffer.read(_MAX_FILE + 1)
+        if len(data) > _MAX_FILE:
+            raise click.UsageError(f"stdin holds over 1 MiB: it is not a {what}; nothing was done")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise click.UsageError(f"stdin is not UTF-8 text: it is not a {what}; nothing was done") from None
+        if text.lstrip().startswith("{"):
+            return text
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) != 1:
+            raise click.UsageError(f"stdin holds {'no' if not lines else 'more than one'} {what}: give exactly one "
+                                   "(one line, or an upgraded receipt's JSON); nothing was done")
+        return lines[0]
     if value.startswith((fmt.PREFIX, longform.PREFIX)) or "/" not in value and not Path(value).is_file():
         return value
     try:
@@ -78,11 +91,7 @@ def receipt_upgrade(state: State, receipt_text: str, out: Path | None) -> None:
     if out is None:
         click.echo(data.decode("utf-8"), nl=False)
         return
-    try:
-        with open(out, "xb") as fh:
-            fh.write(data)
-    except FileExistsError:
-        raise click.ClickException(f"{out} already exists; choose another --out (a file is never overwritten)") from None
+    write_new_file(out, data)
     click.echo(f"upgraded receipt written to {out}", err=True)
 
 

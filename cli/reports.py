@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from keyvault import Vault
 
-from .output import State, emit, handle_errors, json_option
+from .output import State, emit, handle_errors, json_option, write_new_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 _WHEN = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"])
 REPORT_COLUMNS = ("serial", "state", "order_id", "at", "reason", "blacklisted")
 LISTS = ("batches", "manifests", "blacklist", "tokens")
+_CHUNK = 64 * 1024  # bytes of CSV text per write
 
 
 def window_options(f: F) -> F:
@@ -57,29 +60,49 @@ def show_activity(vault: Vault, since: dt.datetime | None, until: dt.datetime | 
 @click.option("--batch", required=True, help="The batch id, like 7KQ2-00A.")
 @click.option("--format", "form", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="CSV (a header, then one row per key) or JSON (one document with a `keys` array).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to this new file, whole or not at all, instead of stdout.")
 @click.pass_obj
 @handle_errors
-def report(state: State, batch: str, form: str) -> None:
+def report(state: State, batch: str, form: str, out: Path | None) -> None:
     """Every key of a batch, streamed: serial, state, order id, time, void reason, blacklisted (never the key)."""
+    if out is not None and out.exists():
+        raise click.UsageError(f"{out} already exists; choose another --out (a file is never overwritten)")
     rows = state.vault().key_report(batch)
-    out = sys.stdout
     first = next(rows, None)  # a batch that is not here fails before anything is printed
+    parts = _report_text(batch, form, first, rows)
+    if out is not None:
+        write_new_file(out, (part.encode("utf-8") for part in parts))
+        click.echo(f"report of batch {batch.upper()} written to {out}", err=True)
+        return
+    for part in parts:
+        sys.stdout.write(part)
+    sys.stdout.flush()
+
+
+def _report_text(batch: str, form: str, first: dict[str, Any] | None, rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The report in chunks of text: CSV, or one JSON document."""
     if form == "csv":
-        writer = csv.writer(out, lineterminator="\n")
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(REPORT_COLUMNS)
         while first is not None:
             writer.writerow(["" if first[c] is None else str(first[c]).lower() if c == "blacklisted" else first[c]
                              for c in REPORT_COLUMNS])
+            if buf.tell() > _CHUNK:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
             first = next(rows, None)
+        yield buf.getvalue()
         return
-    out.write('{"batch": %s, "keys": [' % json.dumps(batch.upper()))
+    yield '{"batch": %s, "keys": [' % json.dumps(batch.upper())
     sep = "\n"
     while first is not None:
-        out.write(sep + json.dumps(first, ensure_ascii=False))
+        yield sep + json.dumps(first, ensure_ascii=False)
         sep = ",\n"
         first = next(rows, None)
-    out.write("\n]}\n")
-    out.flush()
+    yield "\n]}\n"
 
 
 @click.command("list")

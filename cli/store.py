@@ -16,7 +16,7 @@ from keyvault.formats.keyformat import key_material, parse_prefix
 
 from .checkout import render_order
 from .keys import stdin_key
-from .output import State, emit, handle_errors, json_option
+from .output import State, emit, handle_errors, json_option, write_new_file
 from .reports import show_activity, window_options
 
 
@@ -119,7 +119,8 @@ def trace(state: State, key_or_serial: str | None, bundle_out: Path | None, orde
     if key_or_serial == "-":
         key_or_serial = stdin_key()
     if bundle_out is not None and bundle_out.exists():
-        raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file")
+        raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file (a file is never "
+                               "overwritten)")
     vault = state.vault()
     doc = vault.trace(key_or_serial)
     # Every trace checks its own proof, as a verifier elsewhere would, with the keys this store pins.
@@ -129,7 +130,7 @@ def trace(state: State, key_or_serial: str | None, bundle_out: Path | None, orde
     checks = verify_bundle(proof.encode(), [_supplier_identity(doc), vault.engine_identity], material)
     doc["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
     if bundle_out is not None:
-        bundle_out.write_text(proof, encoding="utf-8")
+        write_new_file(bundle_out, proof.encode("utf-8"), "--bundle file")
         doc["bundle"] = {"path": str(bundle_out), "bytes": len(proof.encode())}
     if as_json:
         emit(True, doc, "")

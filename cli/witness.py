@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import http.server
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from keyvault import Identity
 from keyvault.engine import LogWitness, export_tiles, submit_checkpoint
-from keyvault.errors import KeyvaultError, StoreExistsError
+from keyvault.errors import StoreExistsError
 from keyvault.formats.cosignature import Witness
 from keyvault.formats.identity import PublicIdentity
+from keyvault.service.limits import Limits
+from keyvault.service.witnessd import serve_witness
 
 from .output import State, emit, handle_errors, json_option
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 log = logging.getLogger("keyvault.witness")
+F = TypeVar("F", bound=Callable[..., Any])
+LIMITS = Limits()  # the defaults, as `keyvault serve` has them
 
 
 @click.group()
@@ -43,6 +49,28 @@ def witness_init(name: str, out: Path, as_json: bool) -> None:
          f"give verifiers its public file: keyvault identity show --public {out} > witness.pub")
 
 
+def _limit_options(f: F) -> F:
+    """The connection limits of `keyvault serve`, for the witness's own server (the same defaults)."""
+    for name, kind, text in reversed(_LIMIT_FLAGS):
+        f = click.option(name, default=getattr(LIMITS, name[2:].replace("-", "_")), type=kind, show_default=True,
+                         help=text)(f)
+    return f
+
+
+_LIMIT_FLAGS = [
+    ("--max-header-bytes", click.IntRange(1024, 1 << 20), "Bytes of a request's line and headers; beyond: 431."),
+    ("--max-headers", click.IntRange(8, 10_000), "Header lines of a request; beyond: 431."),
+    ("--max-request-line", click.IntRange(256, 1 << 20), "Bytes of a request's target; beyond: 414."),
+    ("--header-timeout", click.FloatRange(0.1, 3600), "Seconds from a request's first byte to the end of its "
+                                                      "headers; beyond: 408, closed."),
+    ("--body-timeout", click.FloatRange(0.1, 3600), "Seconds for a request body, plus one per 64 KiB received; "
+                                                    "beyond: 408, closed."),
+    ("--keep-alive", click.FloatRange(0.1, 3600), "Seconds a connection may stay idle, before its first request "
+                                                  "too; then it is closed."),
+    ("--max-connections", click.IntRange(1, 1_000_000), "Open connections; beyond, the one idle longest is closed."),
+]
+
+
 @witness.command("serve")
 @click.option("--identity", "identity_file", required=True, type=_FILE, help="The witness identity (0600).")
 @click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -52,67 +80,18 @@ def witness_init(name: str, out: Path, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=7380, type=click.IntRange(0, 65535), show_default=True,
               help="Port to listen on (0: any free port, printed).")
+@_limit_options
 @handle_errors
-def witness_serve(identity_file: Path, state_dir: Path, logs: tuple[Path, ...], host: str, port: int) -> None:
-    """Serve POST /add-checkpoint (C2SP tlog-witness) until stopped."""
-    server = _server(LogWitness(Identity.load(identity_file), state_dir, [PublicIdentity.load(p) for p in logs]),
-                     host, port)
-    click.echo(f"witness listening on http://{host}:{server.server_address[1]}/add-checkpoint", err=True)
-    sys.stderr.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+def witness_serve(identity_file: Path, state_dir: Path, logs: tuple[Path, ...], host: str, port: int,
+                  **limits: Any) -> None:
+    """Serve POST /add-checkpoint (C2SP tlog-witness) until SIGTERM or SIGINT, with the service's connection limits."""
+    witness_state = LogWitness(Identity.load(identity_file), state_dir, [PublicIdentity.load(p) for p in logs])
 
+    def ready(bound: int) -> None:
+        click.echo(f"witness listening on http://{host}:{bound}/add-checkpoint", err=True)
+        sys.stderr.flush()
 
-def _server(witness_state: LogWitness, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    """An HTTP/1.1 server answering add-checkpoint with ``witness_state``."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "keyvault-witness"
-        timeout = 30  # seconds a connection may sit idle or trickle its request before it is closed
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the stdlib's name)
-            log.info("%s " + format, self.address_string(), *args)
-
-        def _answer(self, status: int, body: bytes, kind: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("content-type", kind)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-            if self.path.split("?", 1)[0] != "/add-checkpoint":
-                self._answer(404, b"not found: POST /add-checkpoint\n")
-                return
-            try:
-                length = int(self.headers.get("content-length", ""))
-            except ValueError:
-                self.close_connection = True
-                self._answer(411, b"send a Content-Length\n")
-                return
-            if not 0 <= length <= witness_state.max_request:
-                self.close_connection = True
-                self._answer(413, f"a request is at most {witness_state.max_request} bytes\n".encode())
-                return
-            try:
-                answer = witness_state.add_checkpoint(self.rfile.read(length))
-            except KeyvaultError as exc:  # a damaged state file: nothing is cosigned until it is restored
-                log.error("add-checkpoint refused: %s", exc)
-                self._answer(503, f"{exc}\n".encode())
-                return
-            self._answer(answer.status, answer.body, answer.content_type)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._answer(405, b"use POST /add-checkpoint\n")
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    serve_witness(witness_state, host, port, replace(LIMITS, **limits), ready)
 
 
 @witness.command("submit")

@@ -469,10 +469,16 @@ def test_bad_redeem_bodies(world: World, body: dict[str, object], name: str) -> 
 
 def test_a_missing_order_id_is_called_missing(world: World) -> None:
     detail = problem(world.call("POST", "/v1/redeem", {"key": "k"}, scope="redeem"), 422, "invalid-request")
-    assert "missing required field `order_id`" in detail and "must be" not in detail
+    assert "`order_id` is missing" in detail and "must be" not in detail
     detail = problem(world.call("POST", "/v1/redeem-many", {"items": [{"key": "k"}]}, scope="redeem"), 422,
                      "invalid-request")
-    assert "missing required field `order_id` - at `$.items[0]`" in detail
+    assert "`order_id` is missing - at `$.items[0]`" in detail
+    for path, body, field in (("/v1/verify", {}, "keys"), ("/v1/redeem", {"order_id": "A"}, "key"),
+                              ("/v1/redeem-many", {}, "items"), ("/v1/hold", {"key": "k"}, "order_id"),
+                              ("/v1/confirm", {}, "order_id"), ("/v1/release", {}, "order_id"),
+                              ("/v1/void", {"reason": "r"}, "key"), ("/v1/blacklist", {"target": "t"}, "level")):
+        detail = problem(world.call("POST", path, body), 422, "invalid-request")
+        assert f"`{field}` is missing" in detail, (path, detail)
 
 
 def test_bad_redeem_many_bodies(world: World) -> None:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,3 +352,147 @@ def test_past_max_connections_the_longest_idle_is_closed_for_a_new_client(tmp_pa
         assert alive <= 2 * 200, alive
     finally:
         crowded.server.kill()
+
+
+# -- the witness server (`keyvault witness serve`): the same attacks -----------------------------------------
+
+
+@dataclass
+class WitnessServer:
+    """`keyvault witness serve` with the short timeouts of FLAGS, on a free port (``port``), and a valid request."""
+
+    proc: Any
+    port: int
+    body: bytes  # a request it cosigns again and again (the checkpoint it already holds)
+
+    def connect(self) -> Any:
+        import http.client
+
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=LEGIT_SECONDS)
+
+    def cosign(self) -> int:
+        conn = self.connect()
+        try:
+            conn.request("POST", "/add-checkpoint", body=self.body)
+            reply = conn.getresponse()
+            reply.read()
+            return reply.status
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def witness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WitnessServer]:
+    import subprocess
+
+    from service_support import KEYVAULT
+    from test_witness import request
+
+    from keyvault.engine import newest_checkpoint
+
+    root = tmp_path_factory.mktemp("witness")
+    supplier = Identity.generate("Acme Games")
+    with Vault.init(root / "store") as vault:
+        issue(vault, supplier, root / "files", count=5)
+        vault.checkpoint()
+        size, note = newest_checkpoint(vault.engine)
+        vault.engine_identity.save(root / "engine.pub")
+    Identity.generate("witness.example/w1").save(root / "w1.json")
+    log = root / "witness.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([KEYVAULT, "witness", "serve", "--identity", str(root / "w1.json"), "--state",
+                                 str(root / "ws"), "--log", str(root / "engine.pub"), "--port", "0", *FLAGS],
+                                stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on " not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        port = int(log.read_text().split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1].split("/")[0])
+        served = WitnessServer(proc, port, request(size, [], note))
+        first = WitnessServer(proc, port, request(0, [], note))
+        assert first.cosign() == 200
+        assert served.cosign() == 200  # the same checkpoint again: cosigned again
+        yield served
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def witness_legit(witness: WitnessServer, attack: Callable[[], None], at_least: int = 3) -> None:
+    """Run ``attack`` while a legitimate client has checkpoints cosigned; every one must have succeeded."""
+    answers: list[float] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                status = witness.cosign()
+                if status != 200:
+                    failures.append(str(status))
+            except OSError as exc:
+                failures.append(repr(exc))
+            answers.append(time.monotonic() - start)
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        attack()
+        while len(answers) < at_least and thread.is_alive():
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures[:5]
+    assert len(answers) >= at_least and max(answers) < LEGIT_SECONDS
+
+
+def _witness_site(witness: WitnessServer) -> Site:
+    """The helpers above take a Site: only its server's port is used."""
+    return Site(server=type("S", (), {"port": witness.port})(), token="", keys=[])  # type: ignore[arg-type]
+
+
+def test_the_witness_refuses_an_oversized_head_and_many_header_lines(witness: WitnessServer) -> None:
+    site = _witness_site(witness)
+    big = b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 * 1024) + b"\r\n\r\n"
+    many = b"POST /add-checkpoint HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(5000)) + b"\r\n"
+    long_target = b"POST /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for data, status in ((big, 431), (many, 431), (long_target, 414), (b"\x16\x03\x01junk\r\n\r\n", 400)):
+        got = exchange(site, data)
+        assert got and answer(got)[0] == status, got[:200]
+    assert witness.cosign() == 200
+
+
+def test_the_witness_refuses_two_authorization_headers(witness: WitnessServer) -> None:
+    got = exchange(_witness_site(witness), b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
+                   b"Authorization: Bearer b\r\nContent-Length: " + str(len(witness.body)).encode() +
+                   b"\r\nConnection: close\r\n\r\n" + witness.body)
+    assert got.startswith(b"HTTP/1.1 400"), got[:200]
+
+
+def test_the_witness_closes_slowloris_heads_and_bodies_and_idle_connections(witness: WitnessServer) -> None:
+    site = _witness_site(witness)
+    socks: list[socket.socket] = []
+
+    def attack() -> None:
+        heads = opened(site, 50, b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+        bodies = opened(site, 50, b"POST /add-checkpoint HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nold")
+        idle = opened(site, 500)  # never a byte
+        socks.extend(heads + bodies + idle)
+        got = closed_by_server(heads + bodies, TIMEOUT + SLACK, trickle=lambda s: s.send(b"a"))
+        assert all(g.startswith(b"HTTP/1.1 408") for g in got), {g[:40] for g in got}
+        closed_by_server(idle, TIMEOUT + SLACK)
+
+    witness_legit(witness, attack)
+
+
+def test_past_max_connections_the_witness_still_serves(tmp_path: Path, witness: WitnessServer) -> None:
+    """The fixture's server holds at most 1,000 connections: 1,500 idle ones cannot lock a client out."""
+    site = _witness_site(witness)
+    socks: list[socket.socket] = []
+    witness_legit(witness, lambda: socks.extend(opened(site, 1500)))
+    for sock in socks:
+        sock.close()

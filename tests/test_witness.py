@@ -657,8 +657,9 @@ def test_the_witness_server_answers_hostile_requests_and_keeps_serving(served: S
     assert raw("GET", "/add-checkpoint") == 405
     assert raw("POST", "/elsewhere", b"x") == 404
     assert raw("POST", "/add-checkpoint", None, {"Content-Length": "99999999"}) == 413
-    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "-1"}) == 413
-    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "x"}) == 411
+    # Not a length at all: the HTTP parser refuses the request before the witness sees it.
+    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "-1"}) == 400
+    assert raw("POST", "/add-checkpoint", None, {"Content-Length": "x"}) == 400
     assert raw("POST", "/add-checkpoint", os.urandom(3000)) == 400
     _, note = newest_checkpoint(log_store.engine)
     assert served.post(request(0, [], note))[0] == 200  # still serving, state intact

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -307,14 +308,23 @@ def issue_batch(state: State, identity: Identity, product: str, count: int, keys
     return _store_own(state, manifest, "issued", progress, manifest_out, keys_out)
 
 
+CSV_PIPE_LIMIT = 256 << 20  # bytes of cards read from a pipe or a device, at most
+
+
 def read_cards_csv(path: Path) -> tuple[str, list[tuple[str, str]]]:
     """Parse an upstream CSV: ("code", [(code, "")]) or ("pair", [(card number, password)])."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:  # a pipe or device (<(gpg -d ...)) is read up to CSV_PIPE_LIMIT, never without end
+            info = os.fstat(fh.fileno())
+            size = info.st_size if stat.S_ISREG(info.st_mode) else CSV_PIPE_LIMIT
+            raw = fh.read(size + 1)
     except FileNotFoundError:
         raise ImportFileError(f"{path} does not exist") from None
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > size:
+        raise ImportFileError(f"{path} is over {CSV_PIPE_LIMIT >> 20} MiB read from a pipe or device: import it in "
+                              "parts, or from a file")
     if not raw.strip():
         raise ImportFileError(f"{path} is empty; it needs a header row (code, or card_number,password) and cards")
     try:

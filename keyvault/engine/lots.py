@@ -19,7 +19,9 @@ holder, as received (``R``): ``keyvault stats`` counts only those keys.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ..errors import (
     KeyvaultError,
     NotFoundError,
     StoreCorruptError,
+    StoreFullError,
     UsageError,
 )
 from ..formats.custody import (
@@ -110,6 +113,9 @@ def _keep(state: State, txn: Txn, hop: Transfer, batch: int, now: int) -> None:
                       [LEVEL_BATCH + u64(batch)])
 
 
+PIPE_LIMIT = 256 << 20  # bytes read from a lot that is a pipe or a device, at most
+
+
 def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, recipient: PublicIdentity,
          manifest_path: Path, out: Path) -> tuple[Transfer, BatchInfo]:
     """Sign a transfer of a lot to ``recipient`` and write it sealed to ``out``."""
@@ -136,15 +142,27 @@ def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, 
             _evidence(txn, hop, earlier, now, "send")
             return hop, [], info, earlier
         _keep(state, txn, hop, batch, now)
+        # The sealed lot is on disk before the transfer commits: a full disk refuses the transfer, not the file.
+        _write_file(part, seal_lot(sender, recipient.public_key, chain + [hop], manifest_bytes))
         return hop, chain + [hop], info, None
 
-    hop, chain, info, earlier = state.store.write(work)
-    if earlier is not None:
-        raise CustodyError(f"double sale refused: keys of this lot were already sent to "
-                           f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
-                           f"{earlier.id[:16]}); nothing was sent. The refused transfer is kept as evidence: "
-                           "`keyvault audit` shows it")
-    _write_new(out, seal_lot(sender, recipient.public_key, chain, manifest.path.read_bytes()))
+    manifest_bytes = manifest.path.read_bytes()
+    part = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        hop, chain, info, earlier = state.store.write(work)
+        if earlier is not None:
+            raise CustodyError(f"double sale refused: keys of this lot were already sent to "
+                               f"{earlier.doc['to']['name']!r} on {iso(earlier.doc['at'])} (transfer "
+                               f"{earlier.id[:16]}); nothing was sent. The refused transfer is kept as evidence: "
+                               "`keyvault audit` shows it")
+        try:
+            os.link(part, out)  # never overwrites; needs no room for the data
+        except OSError as exc:
+            part.rename(part.with_name(out.name + ".sent"))
+            raise UsageError(f"the lot was sent (recorded here) but {out} could not be made ({exc.strerror}): "
+                             f"the sealed lot is {out.name}.sent beside it; give that file to the recipient") from None
+    finally:
+        part.unlink(missing_ok=True)
     return hop, info
 
 
@@ -166,9 +184,14 @@ def receive(state: State, lot_path: Path, recipient: Identity,
     """Open a lot sealed to ``recipient``, check its chain, record custody and import its batch, in one
     transaction. A double sale is refused; both records are kept as evidence."""
     try:
-        data = lot_path.read_bytes()
+        with open(lot_path, "rb") as fh:  # a pipe or device is read up to PIPE_LIMIT, never without end
+            size = os.fstat(fh.fileno()).st_size if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else PIPE_LIMIT
+            data = fh.read(size + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {lot_path}: {exc.strerror}") from None
+    if len(data) > size:
+        raise UsageError(f"{lot_path} is not a file of known size, and over {PIPE_LIMIT >> 20} MiB: give the lot "
+                         "file itself")
     sender, chain, manifest_bytes = open_lot(data, recipient, f"lot {lot_path}")
     if manifest_out is not None and manifest_out.exists():
         raise UsageError(f"{manifest_out} already exists; choose another --manifest-out")
@@ -208,10 +231,33 @@ def receive(state: State, lot_path: Path, recipient: Identity,
                 "`keyvault audit` shows them")
         assert info is not None
         if manifest_out is not None:
-            _write_new(manifest_out, manifest_bytes)
+            try:
+                _write_new(manifest_out, manifest_bytes)
+            except StoreFullError as exc:
+                raise StoreFullError(f"the lot was received, but {exc}: its manifest is in the lot file, "
+                                     "so nothing is lost") from None
         return info, chain
     finally:
         spool.unlink(missing_ok=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``path`` (0600, replaced if there) and sync it; StoreFullError, and no file, on a full disk."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"no room on the disk to write {path.name[1:].rsplit('.', 2)[0]}; nothing was "
+                                 "sent: free some space and try again") from None
+        raise
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -219,10 +265,16 @@ def _write_new(path: Path, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise UsageError(f"{path} already exists; choose another file") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)  # never a half-written file
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"no room on the disk to write {path}: free some space and try again") from None
+        raise
 
 
 def audit(state: State) -> dict[str, Any]:

@@ -11,6 +11,7 @@ a consistent extension of every one it cosigned before.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..clock import now_ms
-from ..errors import KeyvaultError, ProofError, StoreCorruptError, UsageError
+from ..errors import KeyvaultError, ProofError, StoreCorruptError, StoreFullError, UsageError
 from ..formats import cosignature, merkle, tiles
 from ..formats.bundle import engine_origin
 from ..formats.checkpoint import MAX_NOTE_BYTES, Verifier, open_note, split_note
@@ -285,27 +286,48 @@ def export_tiles(state: State, directory: str | os.PathLike[str]) -> dict[str, A
     size, note = newest_checkpoint(state)
     out = Path(directory)
     written = kept = 0
-    with state.store.read() as txn:
-        perfect = state.log.perfect(txn)
-        for level, index, width in tiles.tiles(size):
-            for lvl in ((level, -1) if level == 0 else (level,)):
-                target = out / tiles.tile_path(lvl, index, width)
-                if width == tiles.WIDTH and target.exists():
-                    kept += 1
-                    continue
-                if lvl == -1:
-                    first = index * tiles.WIDTH
-                    data = tiles.entry_bundle([state.log.leaf(txn, i) for i in range(first, first + width)])
-                else:
-                    data = tiles.tile_hashes(perfect, lvl, index, width)
-                _write(target, data)
-                written += 1
-    _write(out / "checkpoint", note)
+    made: list[Path] = []  # files and directories this export created: removed again if it fails
+    try:
+        with state.store.read() as txn:
+            perfect = state.log.perfect(txn)
+            for level, index, width in tiles.tiles(size):
+                for lvl in ((level, -1) if level == 0 else (level,)):
+                    target = out / tiles.tile_path(lvl, index, width)
+                    if width == tiles.WIDTH and target.exists():
+                        kept += 1
+                        continue
+                    if lvl == -1:
+                        first = index * tiles.WIDTH
+                        data = tiles.entry_bundle([state.log.leaf(txn, i) for i in range(first, first + width)])
+                    else:
+                        data = tiles.tile_hashes(perfect, lvl, index, width)
+                    _write(target, data, made)
+                    written += 1
+        _write(out / "checkpoint", note, made)
+    except OSError as exc:
+        for path in reversed(made):  # the newest first: files, then the directories made for them
+            try:
+                path.rmdir() if path.is_dir() else path.unlink()
+            except OSError:
+                pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"no room on the disk to write the tiles in {out}; what this export wrote was "
+                                 "removed (the tiles already there are untouched): free some space and try "
+                                 "again") from None
+        raise
     return {"size": size, "written": written, "kept": kept, "directory": str(out)}
 
 
-def _write(target: Path, data: bytes) -> None:
+def _write(target: Path, data: bytes, made: list[Path]) -> None:
+    missing = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    made += reversed(missing)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    new = not target.exists()
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if new:
+        made.append(target)

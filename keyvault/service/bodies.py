@@ -178,6 +178,7 @@ def decode(kind: type[Body], raw: bytes) -> Body:
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*?)`( - at `[^`]*`)?", re.DOTALL)
+_MISSING = re.compile(r"Object missing required field `([A-Za-z_]{1,32})`( - at `[^`]*`)?", re.DOTALL)
 _NAME = re.compile(r"[A-Za-z_]{1,16}")  # like the API's own names: no digits, no dashes, half a key at most
 
 
@@ -188,6 +189,9 @@ def _no_values(error: str, kind: type[Struct]) -> str:
         error = "Invalid enum value" + (error[at:] if at >= 0 else "")
         if kind is BlacklistRequest:  # its one enum
             error += f" ('level' is one of {', '.join(LEVELS)})"
+    missing = _MISSING.fullmatch(error)
+    if missing is not None:  # "is missing", in the words the API's users search for
+        return f"`{missing.group(1)}` is missing" + (missing.group(2) or "")
     unknown = _UNKNOWN.fullmatch(error)
     if unknown is not None and not _NAME.fullmatch(unknown.group(1)):
         error = "Object contains an unknown field (its name is not repeated here)" + (unknown.group(2) or "")
