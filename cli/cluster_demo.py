@@ -60,12 +60,17 @@ def newest_checkpoint(dsn: str) -> tuple[int, bytes] | None:
     return None if row is None else (int(row[0]), bytes(row[1]))
 
 
+#: The changes the cluster log holds an event of (docs/cluster.md, "The cluster event log").
+LOGGED_KINDS = ["redeem", "void", "blacklist", "lift", "manifest"]
+
+
 def wait_for_checkpoint(dsn: str, above: int, timeout: float = 60.0, whole: bool = True) -> tuple[int, bytes] | None:
-    """The newest checkpoint once it is past size ``above`` (and with ``whole``, covers the whole log); None after
-    ``timeout`` s."""
+    """The newest checkpoint once it is past size ``above`` (and with ``whole``, covers every change the authority
+    committed: the whole log once the sequencer has caught up); None after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
-        size = _read(dsn, lambda conn: conn.execute("SELECT size FROM keyvault_log_head").fetchone()[0])
+        size = _read(dsn, lambda conn: conn.execute("SELECT count(*) FROM keyvault_changes WHERE kind = ANY(%s)",
+                                                    (LOGGED_KINDS,)).fetchone()[0])
         newest = newest_checkpoint(dsn)
         if newest is not None and newest[0] > above and (newest[0] == size or not whole):
             return newest

@@ -148,7 +148,7 @@ class AuthorityBinding:
         return self._engine.unbind_authority()
 
     def show(self) -> dict[str, Any]:
-        """Whether the store is bound, and the DSN with its password masked."""
+        """Whether the store is bound, the DSN with its password masked, and the cluster key's public id."""
         return self._engine.authority_info()
 
     def check(self) -> dict[str, Any]:
