@@ -33,6 +33,9 @@ def _describe(doc: dict[str, Any]) -> str:
         where = proc.get("url") or f"port {proc['port']}"
         lines.append(f"  {proc['kind']:<8} {proc['name']:<7} {proc['role']:<14} {proc.get('state', ''):<10} pid {proc['pid']:<8} "
                      f"{where} {'alive' if proc['alive'] else 'NOT RUNNING'}")
+    if doc.get("cluster_pub"):
+        lines.append(f"  cluster engine key: {doc['cluster_key']} (every node sequences the cluster log with it); "
+                     f"public identity for `verify-bundle --engine`: {doc['cluster_pub']}")
     for node in doc["nodes"]:
         lines.append(f"  {node['name']} admin token: {node['admin_token']}"
                      + ("" if node["bound_to_cluster"] else " (not bound to the cluster: no `authority` command)"))
@@ -79,7 +82,9 @@ def down(root: Path, as_json: bool) -> None:
 @click.option("--keep", is_flag=True, help="Leave the cluster running at the end.")
 @handle_errors
 def demo(root: Path | None, keep: bool) -> None:
-    """The story: two nodes, redeems across them, the primary killed under load, the checker's summary."""
+    """The story: two nodes, redeems across them, the primary killed under load, the checker's summary, a bundle
+    made on one node of a key redeemed on the other, verified with the cluster's public key."""
     if not run_demo(root, click.echo, keep=keep):
-        click.echo("the checker found acknowledged redeems lost or doubled (above)", err=True)
+        click.echo("the checker found acknowledged redeems lost or doubled, or the cluster log or the bundle did not "
+                   "check out (above)", err=True)
         raise SystemExit(EXIT_ERROR)

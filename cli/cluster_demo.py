@@ -3,7 +3,9 @@
 Two nodes on a three-member Patroni cluster; a supplier batch imported; a key verified and redeemed
 across nodes (refused for a second order naming the first, a retry answered the same elsewhere); the
 primary's postmaster killed with SIGKILL under load; Patroni promotes; redeems resume; the checker's
-summary; the cluster stopped.
+summary, with the cluster event log's size and whether its newest checkpoint extends the one signed before
+the kill; the key redeemed on node1 proven by a bundle made on node2 and verified with the cluster's public
+engine key; the cluster stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster_load import HttpClient, Load, authority_holdings, check, longest_gap, provision
-from .cluster_local import ClusterError, LocalCluster, member_by_role, postmaster_pid
+from .cluster_local import ClusterError, LocalCluster, find_programs, member_by_role, postmaster_pid
 
 
 def _post(node: dict[str, Any], path: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +38,99 @@ def _post(node: dict[str, Any], path: str, doc: dict[str, Any]) -> dict[str, Any
         return {"http_status": exc.code, **json.loads(exc.read() or b"{}")}
 
 
+def _read(dsn: str, work: Callable[[Any], Any], timeout: float = 60.0) -> Any:
+    """``work(connection)`` on the primary, retried while there is none (a failover)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+                return work(conn)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def newest_checkpoint(dsn: str) -> tuple[int, bytes] | None:
+    """The cluster log's newest signed checkpoint in PostgreSQL: (size, signed note), or None."""
+    row = _read(dsn, lambda conn: conn.execute(
+        "SELECT size, note FROM keyvault_checkpoints ORDER BY size DESC LIMIT 1").fetchone())
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+#: The changes the cluster log holds an event of (docs/cluster.md, "The cluster event log").
+LOGGED_KINDS = ["redeem", "void", "blacklist", "lift", "manifest"]
+
+
+def wait_for_checkpoint(dsn: str, above: int, timeout: float = 60.0, whole: bool = True) -> tuple[int, bytes] | None:
+    """The newest checkpoint once it is past size ``above`` (and with ``whole``, covers every change the authority
+    committed: the whole log once the sequencer has caught up); None after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        size = _read(dsn, lambda conn: conn.execute("SELECT count(*) FROM keyvault_changes WHERE kind = ANY(%s)",
+                                                    (LOGGED_KINDS,)).fetchone()[0])
+        newest = newest_checkpoint(dsn)
+        if newest is not None and newest[0] > above and (newest[0] == size or not whole):
+            return newest
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def consistent(dsn: str, public: Path, old: tuple[int, bytes], new: tuple[int, bytes]) -> str | None:
+    """Check, as anyone holding the cluster's public engine key can, that checkpoint ``new`` extends ``old``:
+    both signed by the key, both roots of the log's leaves, and an RFC 9162 consistency proof between them
+    verified. None when it holds, else what failed."""
+    from keyvault import KeyvaultError, PublicIdentity
+    from keyvault.formats import merkle
+    from keyvault.formats.bundle import engine_origin
+    from keyvault.formats.checkpoint import Verifier, open_note
+
+    key = PublicIdentity.load(public).public_key
+    origin = engine_origin(key)
+    rows = _read(dsn, lambda conn: conn.execute("SELECT idx, leaf FROM keyvault_log WHERE idx < %s ORDER BY idx",
+                                                (new[0],)).fetchall())
+    if [int(r[0]) for r in rows] != list(range(new[0])):
+        return f"the log's entries are not numbered 0..{new[0] - 1} without gap or duplicate"
+    hashes = [merkle.leaf_hash(bytes(r[1])) for r in rows]
+    try:
+        before, after = (open_note(note, origin, [Verifier(origin, key)]) for _, note in (old, new))
+        for checkpoint in (before, after):
+            if merkle.root(hashes[:checkpoint.size]) != checkpoint.root:
+                return f"the checkpoint at size {checkpoint.size} is not the root of the log's entries"
+        proof = merkle.consistency_proof(before.size, after.size, merkle.perfect_from_leaves(hashes))
+        merkle.verify_consistency(before.size, after.size, before.root, after.root, proof)
+    except KeyvaultError as exc:
+        return str(exc)
+    return None
+
+
+def prove_from(node: dict[str, Any], key: str, root: Path, public: Path) -> tuple[int, list[str]]:
+    """A trace bundle of ``key`` made on ``node`` (`keyvault trace --bundle`), then checked offline with
+    `keyvault verify-bundle --engine` the cluster's public key and the supplier's: (checks, failed ones)."""
+    keyvault = find_programs().keyvault
+    path = root / "bundle.json"
+    made = subprocess.run([keyvault, "--store", node["store"], "trace", "-", "--bundle", str(path), "--json"],
+                          input=key, capture_output=True, text=True, timeout=120)
+    if made.returncode != 0:
+        return 0, [f"trace --bundle on {node['name']}: {made.stderr.strip()}"]
+    supplier = sorted((root / "supplier").glob("supplier*.pub"))
+    argv = [keyvault, "verify-bundle", str(path), "--engine", str(public), "--key", "-", "--json"]
+    for pub in supplier:
+        argv += ["--supplier", str(pub)]
+    checked = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=120)
+    try:
+        checks = json.loads(checked.stdout)["checks"]
+    except (ValueError, KeyError):
+        return 0, [f"verify-bundle: {checked.stderr.strip()}"]
+    return len(checks), [f"{c['check']}: {c['detail']}" for c in checks if not c["ok"]]
+
+
 def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, seconds: float = 4.0) -> bool:
     """Run the story in ``root`` (a new directory under /var/tmp when None); True when the checker found 0 lost
-    and 0 doubles."""
+    and 0 doubles, the cluster log stayed consistent across the failover and the bundle checked out."""
     made = None
     if root is None:
         made = base = Path(tempfile.mkdtemp(prefix="keyvault-cluster-demo-", dir="/var/tmp" if os.path.isdir("/var/tmp")
@@ -54,6 +147,8 @@ def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, 
         raise ClusterError("this keyvault has no `authority` command: its nodes cannot share the cluster")
     say(f"   up in {time.monotonic() - started:.1f} s; leader {doc['leader']}, sync standby "
         f"{', '.join(doc['sync_standby'])}; synchronous_standby_names = {doc['synchronous_standby_names']}")
+    public = Path(state["cluster_pub"])
+    say(f"   every node bound with the cluster engine key; its public identity: {public}")
     a, b = state["nodes"]
     try:
         say("2. a supplier issues 5,000 keys; node1 pins the supplier and imports the signed manifest")
@@ -75,10 +170,14 @@ def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, 
         answer = _post(b, "/v1/redeem", {"key": keys[first], "order_id": "order-A"})
         say(f"   order-A's retry on node2: {answer['status']} at {answer.get('redeemed_at')} (the first answer)")
         say("4. 8 clients redeem over both nodes' HTTP services, racing on the same keys with retries")
+        logged = _read(state["superuser_dsn"], lambda conn: conn.execute("SELECT size FROM keyvault_log_head")
+                       .fetchone()[0])
         load = Load(lambda i: HttpClient(state["nodes"][i % 2]["url"], state["nodes"][i % 2]["admin_token"], keys),
                     serials[1:], clients=8, orders_per_serial=2).start()
         try:
             time.sleep(seconds)
+            # a checkpoint of the log with some of this load in it, before the kill (one is signed every 10 s)
+            signed = wait_for_checkpoint(state["superuser_dsn"], logged, whole=False)
             leader = member_by_role(cluster, state, "leader")
             pid = postmaster_pid(leader) if leader else None
             if leader is None or pid is None:
@@ -110,12 +209,23 @@ def run_demo(root: Path | None, say: Callable[[str], None], keep: bool = False, 
         say(f"   acknowledged {verdict.acknowledged}, stored {verdict.stored}, lost {len(verdict.lost)}, "
             f"doubles {len(verdict.doubles)}, unknown (503, retried) {verdict.unknown}, "
             f"seconds without a writable primary {gap:.1f}")
-        return verdict.ok
+        newest = wait_for_checkpoint(state["superuser_dsn"], signed[0] if signed else 0)
+        problem = "no checkpoint before the kill" if signed is None else \
+            "no checkpoint of the whole log within 60 s" if newest is None else \
+            consistent(state["superuser_dsn"], public, signed, newest)
+        say(f"   cluster log {newest[0] if newest else '?'} entries (checkpoint before the kill at "
+            f"{signed[0] if signed else '?'}), consistent across the failover: "
+            + ("yes" if problem is None else f"no ({problem})"))
+        say(f"7. {first}, redeemed on node1 in step 3: its bundle made on node2 (`keyvault trace --bundle`), "
+            f"checked with `keyvault verify-bundle --engine {public.name} --key KEY`")
+        count, failed = prove_from(b, keys[first], Path(state["dir"]), public)
+        say(f"   {count} checks, " + ("all pass" if count and not failed else "FAILED: " + "; ".join(failed)))
+        return verdict.ok and problem is None and bool(count) and not failed
     finally:
         if keep:
-            say(f"7. left running: `keyvault cluster local down --dir {root}` stops it")
+            say(f"8. left running: `keyvault cluster local down --dir {root}` stops it")
         else:
             stopped = cluster.down()
-            say(f"7. cluster down: {len(stopped)} processes stopped")
+            say(f"8. cluster down: {len(stopped)} processes stopped")
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)

@@ -378,6 +378,7 @@ def provision(state: dict[str, Any], count: int, product: str = "POINTS-100",
     identity = Identity.generate("Cluster Supplier")
     n = len(list(base.glob("batch*.kvm")))
     keys_csv, manifest = base / f"keys{n}.csv", base / f"batch{n}.kvm"
+    identity.public.save(base / f"supplier{n}.pub")  # for whoever verifies these keys' bundles
     store = base / "store"
     with (Vault.open(store) if store.exists() else Vault.init(store)) as supplier:
         supplier.issue_batch(identity, product, count, keys_out=keys_csv, manifest_out=manifest)

@@ -426,6 +426,9 @@ class LocalCluster:
         has_authority = subprocess.run([programs.keyvault, "authority", "--help"], capture_output=True,
                                        env=env).returncode == 0
         state["authority_command"] = has_authority
+        if has_authority:  # one cluster engine key, every node may sequence the cluster log with it
+            state["cluster_key"], state["cluster_pub"] = self._make_cluster_key(programs, env)
+            self._save(state)
         token = None
         for i, port in enumerate(ports):
             name = f"node{i + 1}"
@@ -433,7 +436,8 @@ class LocalCluster:
             store.parent.mkdir(parents=True, mode=0o700)
             self._keyvault(programs, env, store, "init")
             if has_authority:
-                self._keyvault(programs, env, store, "authority", "set", state["dsn"])
+                self._keyvault(programs, env, store, "authority", "set", state["dsn"], "--cluster-key",
+                               state["cluster_key"])
             if token is None or not has_authority:  # bound nodes share their tokens through the authority
                 token = json.loads(self._keyvault(programs, env, store, "token", "create", "--name",
                                                   f"cluster-admin-{name}", "--scope", "admin", "--json"))["token"]
@@ -453,6 +457,19 @@ class LocalCluster:
         say(f"keyvault: {len(ports)} node(s) serving: {', '.join(n['url'] for n in state['nodes'])}"
             + ("" if has_authority else " (this keyvault has no `authority` command: the nodes are not bound "
                                          "to the cluster and each keeps its own state)"))
+
+    def _make_cluster_key(self, programs: Programs, env: dict[str, str]) -> tuple[str, str]:
+        """The cluster engine key (DIR/cluster.key, 0600) and its public identity (DIR/cluster.pub, role engine:
+        what `keyvault verify-bundle --engine` takes for bundles of the cluster log)."""
+        secret, public = self.root / "cluster.key", self.root / "cluster.pub"
+        for argv in (["supplier", "init", "--name", "cluster engine", "--out", str(secret)],
+                     ["identity", "show", str(secret), "--public", "--role", "engine"]):
+            done = subprocess.run([programs.keyvault, *argv], capture_output=True, text=True, env=env, timeout=120)
+            if done.returncode != 0:
+                raise ClusterError(f"`keyvault {' '.join(argv[:2])}` for the cluster engine key failed: "
+                                   f"{done.stderr.strip()}")
+        public.write_text(done.stdout)
+        return str(secret), str(public)
 
     @staticmethod
     def _healthy(url: str, token: str | None = None) -> bool:
@@ -508,6 +525,7 @@ class LocalCluster:
             "nodes": [{"name": n["name"], "url": n["url"], "store": n["store"], "admin_token": n["admin_token"],
                        "bound_to_cluster": n["bound"]} for n in state.get("nodes", [])],
             "admin_token": state["nodes"][0]["admin_token"] if state.get("nodes") else None,
+            "cluster_key": state.get("cluster_key"), "cluster_pub": state.get("cluster_pub"),
             "processes": processes,
             "running": any(p["alive"] for p in processes),
         }

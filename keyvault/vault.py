@@ -133,16 +133,22 @@ class AuthorityBinding:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def set(self, dsn: str, *, migrate: bool = False) -> dict[str, Any]:
-        """Bind the store to the authority at ``dsn``; ``migrate`` moves the store's own decisions in first."""
-        return self._engine.bind_authority(dsn, migrate=migrate)
+    def set(self, dsn: str, *, migrate: bool = False,
+            cluster_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Bind the store to the authority at ``dsn``; ``migrate`` moves the store's own decisions in first;
+        ``cluster_key`` is the cluster engine key file (0600) every process of this node sequences with."""
+        return self._engine.bind_authority(dsn, migrate=migrate, cluster_key=cluster_key)
+
+    def cluster_key(self, path: str | os.PathLike[str] | None) -> dict[str, Any]:
+        """Record the cluster engine key file in the binding (checked first; None clears it); the binding shown."""
+        return self._engine.set_cluster_key(path)
 
     def unset(self) -> dict[str, Any]:
         """Unbind the store: it decides alone again."""
         return self._engine.unbind_authority()
 
     def show(self) -> dict[str, Any]:
-        """Whether the store is bound, and the DSN with its password masked."""
+        """Whether the store is bound, the DSN with its password masked, and the cluster key's public id."""
         return self._engine.authority_info()
 
     def check(self) -> dict[str, Any]:

@@ -739,11 +739,19 @@ class Engine(State):
 
     # -- the authority ----------------------------------------------------------------------------
 
-    def bind_authority(self, dsn: str, *, migrate: bool = False) -> dict[str, Any]:
-        """Bind this store to a PostgreSQL authority; ``migrate`` moves its own redeems, voids and blacklist in."""
+    def bind_authority(self, dsn: str, *, migrate: bool = False,
+                       cluster_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Bind this store to a PostgreSQL authority; ``migrate`` moves its own redeems, voids and blacklist in;
+        ``cluster_key`` names the cluster engine key file this node sequences the cluster log with."""
         from .authority import remote
 
-        return remote.bind(self, remote.check_dsn(dsn), migrate)
+        return remote.bind(self, remote.check_dsn(dsn), migrate, cluster_key)
+
+    def set_cluster_key(self, path: str | os.PathLike[str] | None) -> dict[str, Any]:
+        """Record (None: clear) the cluster engine key file in this store's binding, checked first."""
+        from .authority import remote
+
+        return remote.set_cluster_key(self, path)
 
     def unbind_authority(self) -> dict[str, Any]:
         """Unbind this store: it decides alone again."""

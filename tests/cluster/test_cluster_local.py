@@ -66,6 +66,16 @@ def test_up_status_down(cluster_dir: Path) -> None:
         assert doc["synchronous_standby_names"].strip('"') == doc["sync_standby"][0]
         assert doc["dsn"].count("127.0.0.1:") == 3 and "target_session_attrs=read-write" in doc["dsn"]
         assert (cluster_dir / "cluster.json").stat().st_mode & 0o077 == 0, "the state file holds passwords"
+        assert doc["cluster_key"] == str(cluster_dir / "cluster.key") and doc["cluster_pub"] == str(
+            cluster_dir / "cluster.pub")
+        assert (cluster_dir / "cluster.key").stat().st_mode & 0o777 == 0o600
+        public = json.loads((cluster_dir / "cluster.pub").read_text())
+        assert "secret_key" not in public and "engine" in public.get("roles", [])
+        for node in doc["nodes"]:  # every node bound with the cluster key, able to sequence
+            shown = subprocess.run([KEYVAULT, "--store", node["store"], "authority", "show", "--json"],
+                                   capture_output=True, text=True, timeout=120)
+            shown_doc = json.loads(shown.stdout)
+            assert shown_doc["can_sequence"] is True and shown_doc["cluster_key"]["file"] == doc["cluster_key"]
         for node in doc["nodes"]:
             assert _get(node["url"] + "/healthz") == 200
             assert _get(node["url"] + "/v1/stats", node["admin_token"]) == 200
@@ -76,6 +86,7 @@ def test_up_status_down(cluster_dir: Path) -> None:
         assert status["leader"] == doc["leader"] and status["running"]
         text = run("status", "--dir", str(cluster_dir)).stdout
         assert "leader" in text and "sync_standby" in text and "NOT RUNNING" not in text
+        assert str(cluster_dir / "cluster.pub") in text
     finally:
         down = run("down", "--dir", str(cluster_dir), "--json")
     assert down.returncode == 0, down.stderr

@@ -24,11 +24,13 @@ from typing import Any
 
 from ... import _fast
 from ...clock import iso, now_ms
-from ...errors import AuthorityError, ConflictError, KeyvaultError, ManifestError, NotFoundError, UsageError
+from ...errors import AuthorityError, ConflictError, IdentityError, KeyvaultError, ManifestError, NotFoundError, \
+    UsageError
 from ...formats import bundle
 from ...formats.bundle import replayed_status
 from ...formats.events import parse_leaf, split_leaf
 from ...formats.history import prove, subject_key
+from ...formats.identity import Identity
 from ...formats.keyformat import INDEX_BITS, batch_key, looks_like_serial, parse_prefix, serial_text
 from ...formats.manifest import open_signed_header
 from ...results import Result, Status
@@ -45,7 +47,7 @@ from ..tokens import save as save_tokens
 from ..tokens import stored as stored_tokens
 from . import META_KEY
 from .postgres import PostgresAuthority, mask
-from .sequencer import KEY_ENV, Mirror, Sequencer, load_key
+from .sequencer import KEY_ENV, Mirror, Sequencer, origin_of
 
 log = logging.getLogger("keyvault.authority")
 
@@ -330,13 +332,15 @@ def own_state(engine: Any) -> tuple[list[tuple[int, int, str, int]], list[tuple[
     return sorted(keys.values()), entries
 
 
-def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
-    """Bind the store to the authority at ``dsn``; ``migrate`` moves its own decisions in first."""
+def bind(engine: Any, dsn: str, migrate: bool, cluster_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Bind the store to the authority at ``dsn``; ``migrate`` moves its own decisions in first; ``cluster_key``
+    (checked first) is the cluster engine key file this node's processes sequence the cluster log with."""
     if engine.authority.remote:
         raise ConflictError(f"this store is bound to {engine.authority.shown} already: "
                             "`keyvault authority unset` first to bind it elsewhere")
     authority = PostgresAuthority(dsn)
     try:
+        key_file = None if cluster_key is None else check_cluster_key(engine, authority, cluster_key)[0]
         keys, entries = own_state(engine)
         if (keys or entries) and not migrate:
             raise ConflictError(f"this store holds {len(keys)} redeemed or void keys and {len(entries)} blacklist "
@@ -355,6 +359,8 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
         def work(txn: Txn) -> None:
             txn.put("meta", META_KEY, dsn.encode("utf-8"))
             txn.put("meta", CURSOR_KEY, u64(0))
+            if key_file is not None:
+                txn.put("meta", CLUSTER_KEY_FILE, key_file.encode("utf-8"))
             txn.bump_generation()
 
         engine.store.write(work)
@@ -367,7 +373,7 @@ def bind(engine: Any, dsn: str, migrate: bool) -> dict[str, Any]:
     catch_up(engine)
     follow(engine)
     return {"authority": authority.shown, "moved_keys": moved["keys"], "moved_blacklist": moved["blacklist"],
-            "newest_change": cursor}
+            "newest_change": cursor, "cluster_key": key_file}
 
 
 def unbind(engine: Any) -> dict[str, Any]:
@@ -378,6 +384,7 @@ def unbind(engine: Any) -> dict[str, Any]:
     def work(txn: Txn) -> None:
         txn.delete("meta", META_KEY)
         txn.delete("meta", CURSOR_KEY)
+        txn.delete("meta", CLUSTER_KEY_FILE)
         txn.bump_generation()
 
     shown = engine.authority.shown
@@ -403,9 +410,104 @@ def stored_dsn(engine: Any) -> str | None:
 
 
 def show(engine: Any) -> dict[str, Any]:
-    """The binding, with the DSN's password masked."""
+    """The binding, with the DSN's password masked; when bound, the cluster engine key this node sequences with
+    (its public id, never the secret) and whether it can."""
     dsn = stored_dsn(engine)
-    return {"bound": dsn is not None, "authority": None if dsn is None else mask(dsn)}
+    if dsn is None:
+        return {"bound": False, "authority": None}
+    key = cluster_key_state(engine)
+    return {"bound": True, "authority": mask(dsn), "cluster_key": key,
+            "can_sequence": bool(key and key["problem"] is None)}
+
+
+# -- the cluster engine key (part of the binding) ---------------------------------------------------------
+
+#: Meta key: the path of the cluster engine key's identity file every process of this node sequences with.
+CLUSTER_KEY_FILE = b"authority_cluster_key_file"
+
+
+def key_file(engine: Any) -> tuple[str, str] | None:
+    """The cluster engine key file this node's processes use and where it is named: $KEYVAULT_CLUSTER_KEY (an
+    override) or the binding; None when neither names one."""
+    override = os.environ.get(KEY_ENV)
+    if override:
+        return override, KEY_ENV
+    with engine.store.read() as txn:
+        value = txn.get("meta", CLUSTER_KEY_FILE)
+    return None if value is None else (bytes(value).decode("utf-8"), "binding")
+
+
+def check_cluster_key(engine: Any, authority: Any, path: str | os.PathLike[str]) -> tuple[str, Identity]:
+    """The cluster engine key at ``path`` (absolute path, identity), refused unless it is a 0600 identity and the
+    cluster's (the one registered in the authority, and the one this store checked the cluster log with)."""
+    source = Path(path).expanduser().absolute()
+    try:
+        key = Identity.load(source)
+    except IdentityError as exc:
+        raise IdentityError(f"the cluster engine key cannot be used: {exc}; nothing was recorded") from None
+    registered = authority.cluster_identity() if isinstance(authority, PostgresAuthority) else None
+    with engine.store.read() as txn:
+        pinned = txn.get("meta", CLUSTER_KEY_META)
+    for held, where in ((registered and registered[1], "the cluster registered"),
+                        (pinned and bytes(pinned), "this store checked the cluster log with")):
+        if held and held != key.public_key:
+            raise ConflictError(f"{source} is the key {origin_of(key.public_key)}, not the cluster engine key "
+                                f"{where} ({origin_of(held)}): give the key file the cluster's other nodes use; "
+                                "nothing was recorded")
+    return str(source), key
+
+
+def set_cluster_key(engine: Any, path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Record (or with None, clear) the cluster engine key file in the binding, checked first; this process's
+    follower sequences with it from now on. The binding as :func:`show` gives it."""
+    if not engine.authority.remote:
+        raise NotFoundError("this store is not bound to an authority: `keyvault authority set DSN --cluster-key "
+                            "FILE` binds it with the key; nothing was changed")
+    if path is not None and not isinstance(engine.authority, PostgresAuthority):
+        raise AuthorityError("the cluster engine key is checked against the one the cluster registered: reach the "
+                             "authority to set it; nothing was changed")
+    checked = None if path is None else check_cluster_key(engine, engine.authority, path)[0]
+
+    def work(txn: Txn) -> None:
+        if checked is None:
+            txn.delete("meta", CLUSTER_KEY_FILE)
+        else:
+            txn.put("meta", CLUSTER_KEY_FILE, checked.encode("utf-8"))
+
+    engine.store.write(work)
+    if engine.follower is not None:
+        engine.follower.rekey(engine)
+    return show(engine)
+
+
+def node_key(engine: Any) -> tuple[Identity | None, str | None]:
+    """This node's cluster engine key (None when it has none) and why it cannot sequence (None when it can)."""
+    named = key_file(engine)
+    if named is None:
+        return None, "no cluster engine key: `keyvault authority cluster-key FILE` gives this node one"
+    path, where = named
+    try:
+        return Identity.load(path), None
+    except IdentityError as exc:
+        fix = f"unset {KEY_ENV}" if where == KEY_ENV else "`keyvault authority cluster-key --clear`"
+        return None, f"the cluster engine key named by {where} cannot be used: {exc} (or {fix})"
+
+
+def cluster_key_state(engine: Any) -> dict[str, Any] | None:
+    """The cluster engine key this node's processes use: file, where it is named, public id and log origin, and
+    why it cannot sequence (a file it cannot use, or a key not the cluster's); None when it has none."""
+    named = key_file(engine)
+    if named is None:
+        return None
+    key, problem = node_key(engine)
+    doc = {"file": named[0], "from": named[1], "id": None if key is None else key.id,
+           "origin": None if key is None else origin_of(key.public_key), "problem": problem}
+    if key is not None:
+        try:
+            check_cluster_key(engine, engine.authority, named[0])
+        except KeyvaultError as exc:
+            doc["problem"] = str(exc).replace("; nothing was recorded", "")
+    return doc
 
 
 def cursor(engine: Any) -> int:
@@ -455,7 +557,7 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 30.0) -> dict[
             break
         if time.monotonic() > deadline:
             raise AuthorityError("no cluster checkpoint covers this key's events yet (is a node holding the cluster "
-                                 f"engine key running, {KEY_ENV} set?): try again in a few seconds")
+                                 "engine key running? `keyvault authority show` says): try again in a few seconds")
         time.sleep(0.2)
     size, checkpoint = latest_checkpoint
     latest: dict[bytes, int] = {}
@@ -559,13 +661,25 @@ class Follower:
         self._engine = weakref.ref(engine)
         self._directory = Path(engine.path)
         self._interval = interval
-        key = load_key()
         #: This process's sequencer of the cluster log, when it has the cluster engine key (it numbers the log
         #: only while it holds the log's lock).
-        self.sequencer = None if key is None else Sequencer(engine.authority, key).start()
+        self.sequencer: Sequencer | None = None
+        self.rekey(engine)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keyvault-authority-follower", daemon=True)
         self._thread.start()
+
+    def rekey(self, engine: Any) -> None:
+        """(Re)start this process's sequencer with the node's cluster engine key as it stands now (a key it cannot
+        use is logged as an error, and the node only follows)."""
+        if self.sequencer is not None:
+            self.sequencer.stop()
+            self.sequencer = None
+        key, problem = node_key(engine)
+        if key is None and key_file(engine) is not None:
+            log.error("cluster log: this node will not sequence: %s", problem)
+        elif key is not None:
+            self.sequencer = Sequencer(engine.authority, key).start()
 
     def _run(self) -> None:
         claim: int | None = None
