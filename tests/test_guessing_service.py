@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keyvault import Status, ThrottlePolicy, Vault
+from keyvault import ThrottlePolicy, Vault
 from keyvault import _fast
 from service_support import Server, cli, make_token
 from test_service import build_world
