@@ -1364,6 +1364,21 @@ def test_card_records_twins(first: int, size: int, n: int, pepper: bytes) -> Non
     assert compiled_core().card_records(first, body, size, pepper) == _pure.card_records(first, body, size, pepper)
 
 
+
+def test_card_records_twins_in_every_lanes(each_lanes) -> None:
+    """Lane-sized groups, their leftovers and chunks hashed without the GIL: the specification's records."""
+    pepper = os.urandom(32)
+
+    def check(which: int) -> None:
+        for n in (1, 3, 4, 5, 7, 8, 9, 17, 1023, 1024, 1031):
+            for size in (16, 32):
+                body = os.urandom(size * n)
+                first = (0x7A5 << 25) + n
+                assert compiled_core().card_records(first, body, size, pepper) == \
+                    _pure.card_records(first, body, size, pepper), (which, n, size)
+
+    each_lanes(check)
+
 # -- results_json: a template per result shape, the serial set in --------------------------------------
 
 _STATUSES = ["valid", "accepted", "malformed", "unknown", "redeemed", "void", "blacklisted", "expired"]
