@@ -66,6 +66,45 @@ def test_hold_confirm_and_retries(platform: Vault, issued: Issued) -> None:
     assert kinds[-3:] == ["hold", "confirm", "redeem"]
 
 
+
+
+def _checkout_agent(path: str, inbox: multiprocessing.Queue, outbox: multiprocessing.Queue) -> None:
+    """Another process on the store: runs ("hold", key, order) and ("release", order) until told None."""
+    with Vault.open(path) as vault:
+        while (job := inbox.get()) is not None:
+            if job[0] == "hold":
+                outbox.put(vault.hold(job[1], job[2], 900).status.value)
+            else:
+                outbox.put([r.status.value for r in vault.release(job[1])])
+
+
+def test_single_verify_sees_holds_made_by_another_process(platform: Vault, issued: Issued) -> None:
+    """The one-key verify remembers "no key is held" per committed transaction: a hold, a release or a
+    hold of another key committed by another process must change its next answer."""
+    key, other = issued.keys[20], issued.keys[21]
+    assert platform.verify(key).status is Status.VALID  # remembered: nothing held
+    ctx = multiprocessing.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    agent = ctx.Process(target=_checkout_agent, args=(str(platform.path), inbox, outbox))
+    agent.start()
+    try:
+        def ask(*job: str) -> object:
+            inbox.put(job)
+            return outbox.get(timeout=60)
+
+        assert ask("hold", key, "order-x") == "held"
+        assert platform.verify(key).status is Status.HELD
+        assert ask("release", "order-x") == ["released"]
+        assert platform.verify(key).status is Status.VALID
+        assert ask("hold", other, "order-y") == "held"  # a hold of another key: this one stays valid
+        assert platform.verify(key).status is Status.VALID and platform.verify(other).status is Status.HELD
+        assert ask("release", "order-y") == ["released"]
+        assert platform.verify(other).status is Status.VALID
+    finally:
+        inbox.put(None)
+        agent.join(60)
+    assert agent.exitcode == 0
+
 def test_redeem_by_the_holding_order_confirms_it(platform: Vault, issued: Issued) -> None:
     key = issued.keys[1]
     platform.hold(key, "o", 900)

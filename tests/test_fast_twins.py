@@ -172,6 +172,24 @@ def test_blake2b_matches_hashlib(data, key, person, size, chunk):
     assert compiled_core()._blake2b(data, key, size, person, chunk) == expected
 
 
+@given(key=st.sampled_from([b"", bytes(range(32)), bytes(range(64))]), person=st.binary(max_size=16),
+       size=st.integers(min_value=1, max_value=64), message=st.binary(min_size=1, max_size=128))
+@settings(max_examples=200, deadline=None)
+def test_blake2b_one_block_matches_hashlib(key, person, size, message):
+    """The single-key hashes' one compression (unrolled where lanes are built): hashlib's digest."""
+    expected = hashlib.blake2b(message, key=key, digest_size=size, person=person).digest()
+    assert compiled_core()._blake2b_one_block(key, person, size, message) == expected
+
+
+def test_blake2b_one_block_every_length():
+    key = bytes(range(32))
+    for n in range(1, 129):
+        message = bytes((7 * i + n) & 0xFF for i in range(n))
+        for size in (1, 16, 17, 32, 64):
+            assert compiled_core()._blake2b_one_block(key, b"kv1/seal", size, message) == \
+                hashlib.blake2b(message, key=key, digest_size=size, person=b"kv1/seal").digest(), (n, size)
+
+
 @given(key=st.binary(max_size=64), person=st.binary(max_size=16), size=st.integers(1, 64),
        messages=st.lists(st.binary(max_size=300), max_size=8))
 @example(key=b"pepper", person=b"kv1/tag", size=16, messages=[b"", bytes(16), b"", bytes(128), bytes(129)])
@@ -1363,6 +1381,21 @@ def test_card_records_twins(first: int, size: int, n: int, pepper: bytes) -> Non
     body = os.urandom(size * n + 3)  # a ragged tail is ignored by both
     assert compiled_core().card_records(first, body, size, pepper) == _pure.card_records(first, body, size, pepper)
 
+
+
+def test_card_records_twins_in_every_lanes(each_lanes) -> None:
+    """Lane-sized groups, their leftovers and chunks hashed without the GIL: the specification's records."""
+    pepper = os.urandom(32)
+
+    def check(which: int) -> None:
+        for n in (1, 3, 4, 5, 7, 8, 9, 17, 1023, 1024, 1031):
+            for size in (16, 32):
+                body = os.urandom(size * n)
+                first = (0x7A5 << 25) + n
+                assert compiled_core().card_records(first, body, size, pepper) == \
+                    _pure.card_records(first, body, size, pepper), (which, n, size)
+
+    each_lanes(check)
 
 # -- results_json: a template per result shape, the serial set in --------------------------------------
 

@@ -215,10 +215,15 @@ cdef inline void _digest_block(const blake2b_state* S, const unsigned char* bloc
     """blake2b_digest_from(S, block, n, out) for 0 < n <= BLAKE2B_BLOCKBYTES bytes, given zero-padded
     to a whole block, when S has nothing buffered (fresh from blake2b_init or blake2b_init_keyed).
 
-    The message is the last block: one compression from S's chain value.
+    The message is the last block: one compression from S's chain value (kv_lanes.h's unrolled one where
+    it is built, the same compression as _compress).
     """
     cdef blake2b_state fork
     cdef size_t i
+    cdef uint64_t length = n
+    if kv_one_block != NULL and S.t[1] == 0 and S.t[0] <= UINT64_MAX - BLAKE2B_BLOCKBYTES:
+        kv_one_block(S.h, S.t[0], &block, &length, &out, S.outlen)
+        return
     memcpy(fork.h, S.h, sizeof(fork.h))
     fork.t[0] = S.t[0]
     fork.t[1] = S.t[1]

@@ -157,7 +157,11 @@ def export_rows(first_serial: int, keys: list[str], suffix: str) -> str:
 
 
 def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) -> list[tuple[bytes, bytes]]:
-    """(serial key, active card record) pairs from a manifest body chunk (see _pure.card_records)."""
+    """(serial key, active card record) pairs from a manifest body chunk (see _pure.card_records).
+
+    The tags and seals (two compressions per card) are hashed in lanes, without the GIL for
+    NOGIL_ITEMS cards or more, into one buffer; the pairs are made from it after.
+    """
     if type(first_serial) is not int or type(records) is not bytes or type(size) is not int \
             or type(pepper) is not bytes or size < DIGEST_LEN or len(pepper) > BLAKE2B_KEYBYTES \
             or first_serial < 0 or first_serial + len(records) // max(size, 1) > 0xFFFFFFFFFFFFFFFF:
@@ -171,16 +175,76 @@ def card_records(first_serial: int, records: bytes, size: int, pepper: bytes) ->
     cdef Py_ssize_t n = len(records) // width
     cdef Py_ssize_t i
     cdef int b
-    cdef uint64_t serial
+    cdef uint64_t serial = <uint64_t>first_serial
     cdef unsigned char key[8]
-    cdef unsigned char value[CARD_RECORD_LEN]
+    cdef unsigned char* values = <unsigned char*>PyMem_Malloc(<size_t>n * CARD_RECORD_LEN if n > 0 else 1)
     cdef list out = []
-    value[0] = 0  # ACTIVE
-    for i in range(n):
-        serial = <uint64_t>first_serial + <uint64_t>i
-        for b in range(8):  # big-endian, so the store keeps serial order
-            key[7 - b] = <unsigned char>(serial >> (8 * b))
-        blake2b_digest_from(&keyed, data + (i + 1) * width - DIGEST_LEN, DIGEST_LEN, &value[1])
-        _card_seal(&sealed, serial, value, &value[CARD_BODY_LEN])
-        out.append((PyBytes_FromStringAndSize(<char*>key, 8), PyBytes_FromStringAndSize(<char*>value, CARD_RECORD_LEN)))
+    if values == NULL:
+        raise MemoryError()
+    try:
+        if n >= NOGIL_ITEMS:
+            with nogil:
+                _card_bodies(&keyed, &sealed, data, width, n, serial, values, _lane_count)
+        else:
+            _card_bodies(&keyed, &sealed, data, width, n, serial, values, _lane_count)
+        for i in range(n):
+            for b in range(8):  # big-endian, so the store keeps serial order
+                key[7 - b] = <unsigned char>((serial + <uint64_t>i) >> (8 * b))
+            out.append((PyBytes_FromStringAndSize(<char*>key, 8),
+                        PyBytes_FromStringAndSize(<char*>values + i * CARD_RECORD_LEN, CARD_RECORD_LEN)))
+    finally:
+        PyMem_Free(values)
     return out
+
+
+cdef void _card_bodies(const blake2b_state* keyed, const blake2b_state* sealed, const unsigned char* data,
+                       Py_ssize_t width, Py_ssize_t n, uint64_t first, unsigned char* values,
+                       int lanes) noexcept nogil:
+    """card_records' hashing: n active card records (state, tag, seal: CARD_RECORD_LEN bytes each) into
+    values, for the cards whose verifiers end each width-byte record at data. Lanes cards at a time
+    (one compression for their tags, one for their seals), the rest one by one: the same hashes."""
+    cdef unsigned char tblocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # a verifier, zero-padded
+    cdef unsigned char sblocks[KV_MAX_LANES][BLAKE2B_BLOCKBYTES]  # b"c" || serial || ACTIVE || tag, zero-padded
+    cdef const unsigned char* tptr[KV_MAX_LANES]
+    cdef const unsigned char* sptr[KV_MAX_LANES]
+    cdef unsigned char* tout[KV_MAX_LANES]
+    cdef unsigned char* sout[KV_MAX_LANES]
+    cdef uint64_t tlen[KV_MAX_LANES]
+    cdef uint64_t slen[KV_MAX_LANES]
+    cdef uint64_t serial
+    cdef unsigned char* value
+    cdef Py_ssize_t i = 0
+    cdef int j, b
+    if lanes > KV_MAX_LANES:
+        lanes = 0
+    for j in range(lanes):
+        memset(tblocks[j], 0, BLAKE2B_BLOCKBYTES)
+        memset(sblocks[j], 0, BLAKE2B_BLOCKBYTES)
+        sblocks[j][0] = b"c"
+        tptr[j] = tblocks[j]
+        sptr[j] = sblocks[j]
+        tout[j] = sblocks[j] + 10  # the tag goes straight into the seal's input...
+        tlen[j] = DIGEST_LEN
+        slen[j] = SEAL_CARD_INPUT
+    if lanes > 0:
+        while n - i >= lanes:
+            for j in range(lanes):
+                memcpy(tblocks[j], data + (i + j + 1) * width - DIGEST_LEN, DIGEST_LEN)
+                serial = first + <uint64_t>(i + j)
+                for b in range(8):
+                    sblocks[j][8 - b] = <unsigned char>(serial >> (8 * b))
+                sblocks[j][9] = 0  # ACTIVE
+                sout[j] = values + (i + j) * CARD_RECORD_LEN + CARD_BODY_LEN
+            kv_lanes(keyed.h, keyed.t[0], tptr, tlen, tout, DIGEST_LEN)
+            kv_lanes(sealed.h, sealed.t[0], sptr, slen, sout, SEAL_BYTES)
+            for j in range(lanes):  # ...and into the record, before its seal
+                value = values + (i + j) * CARD_RECORD_LEN
+                value[0] = 0  # ACTIVE
+                memcpy(value + 1, sblocks[j] + 10, DIGEST_LEN)
+            i += lanes
+    while i < n:
+        value = values + i * CARD_RECORD_LEN
+        value[0] = 0  # ACTIVE
+        blake2b_digest_from(keyed, data + (i + 1) * width - DIGEST_LEN, DIGEST_LEN, value + 1)
+        _card_seal(sealed, first + <uint64_t>i, value, value + CARD_BODY_LEN)
+        i += 1

@@ -89,6 +89,9 @@ ATTR static void NAME(const uint64_t* h0, uint64_t t0, const unsigned char* cons
     } \
 }
 
+/* One lane of plain words: a last block's compression with every round unrolled, for one message
+   (the single-key hashes; _compress's loops over the message schedule cost about twice as much). */
+KV_DEFINE_LANES(kv_lanes1, uint64_t, 1, )
 typedef uint64_t kv_u64x4 __attribute__((vector_size(32)));
 KV_DEFINE_LANES(kv_lanes4, kv_u64x4, 4, )
 #if defined(__x86_64__)
@@ -99,6 +102,13 @@ KV_DEFINE_LANES(kv_lanes8_avx512, kv_u64x8, 8, __attribute__((target("avx512f"))
 #endif
 
 static kv_lanes_fn kv_lanes = NULL;
+
+/* kv_lanes1 where lanes are built (else NULL: _compress does every hash). */
+#if KV_LANES_AVAILABLE
+static const kv_lanes_fn kv_one_block = kv_lanes1;
+#else
+static const kv_lanes_fn kv_one_block = NULL;
+#endif
 
 /* Choose the lanes function: 0 none, 1 baseline (4 lanes), 2 AVX2 (4), 3 AVX-512 (8), -1 the best
    this CPU runs. Returns the lanes of the choice, or -1 if this build or CPU lacks it. */

@@ -15,6 +15,7 @@ cdef extern from "kv_lanes.h":
     ctypedef void (*kv_lanes_fn)(const uint64_t* h0, uint64_t t0, const unsigned char* const* blocks,
                                  const uint64_t* lens, unsigned char* const* outs, size_t outlen) noexcept nogil
     kv_lanes_fn kv_lanes
+    const kv_lanes_fn kv_one_block  # one message's last block, unrolled (NULL without lanes)
     int kv_lanes_select(int which) noexcept
 
 

@@ -63,6 +63,21 @@ def _blake2b_forked(key, person, digest_size, messages):
     return results
 
 
+
+def _blake2b_one_block(key, person, digest_size, message):
+    """blake2b(message, key=, digest_size=, person=) for 1 to 128 bytes through _digest_block (the single-key
+    hashes' one compression) from a blake2b_init_keyed state."""
+    cdef blake2b_state S
+    cdef unsigned char block[BLAKE2B_BLOCKBYTES]
+    cdef unsigned char out[BLAKE2B_OUTBYTES]
+    cdef bytes k = bytes(key), p = bytes(person), m = bytes(message)
+    if not 0 < len(m) <= BLAKE2B_BLOCKBYTES or blake2b_init_keyed(&S, digest_size, k, len(k), p, len(p)) < 0:
+        raise ValueError("digest_size, key, person or message out of range")
+    memset(block, 0, BLAKE2B_BLOCKBYTES)
+    memcpy(block, <const unsigned char*>PyBytes_AS_STRING(m), len(m))
+    _digest_block(&S, block, len(m), out)
+    return PyBytes_FromStringAndSize(<char*>out, digest_size)
+
 def _select_lanes(which):
     """Test hook: hash in lanes with 0 none, 1 baseline, 2 AVX2, 3 AVX-512, -1 the best; the lanes, -1 if unavailable."""
     global _lane_count

@@ -134,10 +134,9 @@ class Engine(State):
         self._holds: GroupCommit[tuple[Any, ...], Result | list[Result] | KeyvaultError] = \
             GroupCommit(self.checkout_for)
         self._cards = store.handle("cards")
-        #: (LMDB transaction id, catalog, overlay) as of the last single-key read that checked the head.
-        self._fresh: tuple[int, Catalog, dict[int, Change]] = (-1, Catalog(), {})
-        #: (LMDB transaction id, whether any hold record exists then): see _checkout_applies.
-        self._holding: tuple[int, bool] = (-2, False)
+        #: (LMDB transaction id, catalog, overlay, whether any hold record exists) as of the last
+        #: single-key read that checked the head.
+        self._fresh: tuple[int, Catalog, dict[int, Change], bool] = (-1, Catalog(), {}, False)
         #: Who decides redeems, voids and blacklist entries: this store (the default) or a bound PostgreSQL.
         self.authority: Authority = LocalAuthority()
         #: The thread keeping this process's cache of a bound authority current (None when unbound).
@@ -263,7 +262,8 @@ class Engine(State):
             fresh = self._fresh
             if fresh[0] != txn.id():  # something was committed since: the head may have moved
                 fresh = self._refresh(txn)
-            budget = self.guard.budget(who, budgets)  # the policies are current: the catalog was just read
+            # The policies are current: the catalog was just read.
+            budget = None if who is None else self.guard.budget(who, budgets)
             if budget is not None and not self.guard.reserve(budget, 1):
                 assert budget.answer is not None
                 self.guard.count_throttled(budget.who, 1)
@@ -272,7 +272,7 @@ class Engine(State):
             cat = fresh[1]
             result: Result | None = _fast.check_one(key, self.pepper, cat.rows, cat.key_rows, fresh[2], txn,
                                                     self._cards, now)
-            if result is not None and self._checkout_applies(txn, result, cat):
+            if result is not None and (fresh[3] or result.batch in cat.uses):
                 result = None  # a hold or a use count may change the answer: the checked path reads them
         except LMDB_ERRORS:
             result = None  # the checked path reads again, and reports the store's fault as the store's error
@@ -284,22 +284,14 @@ class Engine(State):
             self.guard.let_through(budget)
         return result
 
-    def _checkout_applies(self, raw: Any, result: Result, cat: Catalog) -> bool:
-        """Whether a valid answer may be held or count-limited (then the checked path says): one cursor step
-        per committed transaction, remembered with its LMDB transaction id."""
-        if result.batch in cat.uses:
-            return True
-        tid = raw.id()
-        if self._holding[0] != tid:
-            self._holding = (tid, checkout.any_holds(self.store.wrap(raw), self.pepper))
-        return self._holding[1]
-
-    def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change]]:
-        """Catalog and overlay as of a begin_read transaction, remembered with its LMDB transaction id:
-        while no write commits, the id stays and the head (generation, log size, fold mark) cannot move."""
+    def _refresh(self, raw: Any) -> tuple[int, Catalog, dict[int, Change], bool]:
+        """Catalog, overlay and whether any key is held (one cursor step) as of a begin_read transaction,
+        remembered with its LMDB transaction id: while no write commits, the id stays and the head
+        (generation, log size, fold mark) cannot move, nor can a hold be made."""
         txn = self.store.wrap(raw)
         head = txn.head()
-        fresh = (raw.id(), self.current(txn, head), self.ledger.sync(txn, head))
+        fresh = (raw.id(), self.current(txn, head), self.ledger.sync(txn, head),
+                 checkout.any_holds(txn, self.pepper))
         self._fresh = fresh
         return fresh
 
