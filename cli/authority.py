@@ -24,7 +24,7 @@ def authority() -> None:
 @handle_errors
 def authority_set(state: State, dsn: str, migrate: bool, as_json: bool) -> None:
     """Bind the store to the authority at DSN (like 'host=db1,db2 dbname=keyvault user=keyvault')."""
-    doc = state.vault().authority.set(dsn, migrate=migrate)
+    doc = state.vault().authority.set(dsn, migrate=migrate).to_dict()
     moved = f"; moved {doc['moved_keys']} redeemed or void keys and {doc['moved_blacklist']} blacklist entries" \
         if migrate else ""
     emit(as_json, doc, f"bound to {doc['authority']}{moved}")
@@ -36,7 +36,7 @@ def authority_set(state: State, dsn: str, migrate: bool, as_json: bool) -> None:
 @handle_errors
 def authority_show(state: State, as_json: bool) -> None:
     """Show the authority the store is bound to (its password masked); works while PostgreSQL is down."""
-    doc = state.vault(authority=False).authority.show()
+    doc = state.vault(authority=False).authority.show().to_dict()
     emit(as_json, doc, f"bound to {doc['authority']}" if doc["bound"] else "not bound: this store decides alone")
 
 
@@ -46,7 +46,7 @@ def authority_show(state: State, as_json: bool) -> None:
 @handle_errors
 def authority_check(state: State, as_json: bool) -> None:
     """Reach the authority: schema version, replication state, and this node's cache lag in change numbers."""
-    doc = state.vault().authority.check()
+    doc = state.vault().authority.check().to_dict()
     emit(as_json, doc, _say(doc))
 
 
@@ -62,7 +62,7 @@ def authority_unset(state: State, as_json: bool) -> None:
         vault = state.vault()
     except AuthorityError:  # unreachable: unbind offline, with the cache as it is
         vault = state.vault(authority=False)
-    doc = vault.authority.unset()
+    doc = vault.authority.unset().to_dict()
     emit(as_json, doc, f"unbound from {doc['was']}: this store decides alone again")
 
 

@@ -36,7 +36,7 @@ def _ms(when: dt.datetime | None) -> int | None:
 def show_activity(vault: Vault, since: dt.datetime | None, until: dt.datetime | None, daily: bool,
                   as_json: bool) -> None:
     """Print the redeems and voids of a time window (``keyvault stats --since --until --daily``)."""
-    doc = vault.activity(_ms(since), _ms(until), daily=daily)
+    doc = vault.activity(_ms(since), _ms(until), daily=daily).to_dict()
     if as_json:
         emit(True, doc, "")
         return
@@ -91,7 +91,7 @@ def report(state: State, batch: str, form: str) -> None:
 @handle_errors
 def list_(state: State, what: str, limit: int, after: str | None, as_json: bool) -> None:
     """One page of the store's batches, manifests, blacklist entries or tokens, in a stable order."""
-    doc = state.vault().page(what, after=after, limit=limit)
+    doc = state.vault().page(what, after=after, limit=limit).to_dict()
     lines = [_line(what, item) for item in doc[what]]
     if doc["next"]:
         lines.append(f"more: keyvault list {what} --limit {limit} --after {doc['next']}")

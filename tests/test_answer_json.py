@@ -103,6 +103,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         platform.flush_stats()
         platform.checkpoint()
         receipt = platform.receipt(batch.serials[0])
+        platform.tokens.create("golden-shop", "redeem")
+        platform.webhooks.add("http://127.0.0.1:9/hook", "redeem,void")
     return {"root": root, "store": store, "serials": batch.serials, "batch": batch.batch, "receipt": receipt}
 
 
@@ -119,6 +121,10 @@ def _answers(story: dict[str, Any]) -> dict[str, Any]:
         "cli throttle locked": _cli(*s, "throttle", "locked", "--json"),
         "cli receipt upgrade": _cli(*s, "receipt", "upgrade", story["receipt"]),
         "cli authority show": _cli(*s, "authority", "show", "--json"),
+        "cli trust list": _cli(*s, "trust", "list", "--json"),
+        "cli checkpoint --list": _cli(*s, "checkpoint", "--list", "--json"),
+        "cli webhook list": _cli(*s, "webhook", "list", "--json"),
+        "cli webhook stats": _cli(*s, "webhook", "stats", "--json"),
     }
     for what in ("batches", "manifests", "blacklist", "tokens"):
         limit = ("--limit", "1") if what == "batches" else ()  # a cursor; manifests are listed in a random order
