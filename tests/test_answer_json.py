@@ -163,3 +163,27 @@ def test_report_answers_keep_their_json(story: dict[str, Any]) -> None:
     for a, b in zip(expected.split("## ")[1:], text.split("## ")[1:]):
         assert a == b
     assert text == expected
+
+
+def test_a_typed_answer_reads_as_its_json_and_is_frozen() -> None:
+    from keyvault import Audit, Trace
+    from keyvault.engine.answers import DoubleSale, HopRecord, LogCheck
+
+    hop = HopRecord(transfer="t1", from_="Acme", from_fingerprint="f1", to="East", to_fingerprint="f2", at=None,
+                    ranges=["0-9"], record="00")
+    sale = DoubleSale(batch="B", spent_record="r", detected_at=None, refused_at="receive", first=hop, second=hop)
+    broken = Audit(double_sales=[sale], manifest_gaps=[], manifest_forks=[], event_log=LogCheck(ok=False, error="x"),
+                   clean=False)
+    doc = broken.to_dict()
+    assert list(doc["double_sales"][0]["first"])[:2] == ["transfer", "from"]  # the JSON name, in place
+    assert doc["event_log"] == {"ok": False, "error": "x"}  # absent, not null, as the dicts were
+    assert Audit(double_sales=[], manifest_gaps=[], manifest_forks=[], clean=True,
+                 event_log=LogCheck(ok=True, events=3, checkpoints=1)).to_dict()["event_log"] == \
+        {"ok": True, "events": 3, "checkpoints": 1}
+    assert broken["double_sales"][0]["first"]["from"] == "Acme" and hop.from_ == "Acme"
+    assert broken.get("clean") is False and broken.get("nothing", 7) == 7 and LogCheck(ok=True).get("error") is None
+    with pytest.raises(KeyError):
+        broken["from_"]  # attributes are not JSON names
+    with pytest.raises(AttributeError):
+        broken.clean = True  # type: ignore[misc]
+    assert "status" in Trace.__struct_fields__  # a trace's status is the Result itself (its JSON in to_dict)

@@ -43,12 +43,11 @@ class Answer(msgspec.Struct, frozen=True):
         raise KeyError(name)
 
     def get(self, name: str, default: Any = None) -> Any:
-        """A field by its JSON name, or ``default`` when this answer has no such field or it is None."""
+        """A field by its JSON name, or ``default`` when this answer has no such field (as ``dict.get``)."""
         try:
-            value = self[name]
+            return self[name]
         except KeyError:
             return default
-        return default if value is None else value
 
 
 # -- stats -----------------------------------------------------------------------------------------
