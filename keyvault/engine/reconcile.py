@@ -21,8 +21,6 @@ from ..formats.keyformat import batch_key, make_serial, parse_batch, serial_text
 from ..store import ACTIVE, REDEEMED, VOIDED
 from ..store.records import OUTCOME, u64, unpack_card
 from .answers import Activity, BatchView, ManifestEntry, Page
-from .catalog import BlacklistEntry
-from .shapes import TokenEntry
 from .state import State
 from .tokens import listing
 from .tokens import stored as stored_tokens
@@ -126,9 +124,6 @@ def _row(pepper: bytes, txn: Any, serial: int, value: bytes, change: tuple[int, 
         row["at"] = iso(at_ms)
         row["order_id" if kind == REDEEMED else "reason"] = text
     return row
-
-
-Item = BatchView | ManifestEntry | BlacklistEntry | TokenEntry
 
 
 def _everything(state: State, what: str) -> tuple[list[Any], Callable[[Any], str]]:
