@@ -27,7 +27,7 @@ def authority() -> None:
 @handle_errors
 def authority_set(state: State, dsn: str, migrate: bool, cluster_key: str | None, as_json: bool) -> None:
     """Bind the store to the authority at DSN (like 'host=db1,db2 dbname=keyvault user=keyvault')."""
-    doc = state.vault().authority.set(dsn, migrate=migrate, cluster_key=cluster_key)
+    doc = state.vault().authority.set(dsn, migrate=migrate, cluster_key=cluster_key).to_dict()
     moved = f"; moved {doc['moved_keys']} redeemed or void keys and {doc['moved_blacklist']} blacklist entries" \
         if migrate else ""
     keyed = f"; sequences the cluster log with {doc['cluster_key']}" if doc.get("cluster_key") else ""
@@ -53,7 +53,7 @@ def authority_cluster_key(state: State, file: str | None, clear: bool, as_json: 
             vault = state.vault(authority=False)
     else:
         vault = state.vault()
-    doc = vault.authority.cluster_key(file)
+    doc = vault.authority.cluster_key(file).to_dict()
     emit(as_json, doc, _show(doc))
 
 
@@ -63,7 +63,7 @@ def authority_cluster_key(state: State, file: str | None, clear: bool, as_json: 
 @handle_errors
 def authority_show(state: State, as_json: bool) -> None:
     """Show the authority the store is bound to (its password masked); works while PostgreSQL is down."""
-    doc = state.vault(authority=False).authority.show()
+    doc = state.vault(authority=False).authority.show().to_dict()
     emit(as_json, doc, _show(doc))
 
 
@@ -87,7 +87,7 @@ def _show(doc: dict[str, Any]) -> str:
 @handle_errors
 def authority_check(state: State, as_json: bool) -> None:
     """Reach the authority: schema version, replication state, and this node's cache lag in change numbers."""
-    doc = state.vault().authority.check()
+    doc = state.vault().authority.check().to_dict()
     emit(as_json, doc, _say(doc))
 
 
@@ -103,7 +103,7 @@ def authority_unset(state: State, as_json: bool) -> None:
         vault = state.vault()
     except AuthorityError:  # unreachable: unbind offline, with the cache as it is
         vault = state.vault(authority=False)
-    doc = vault.authority.unset()
+    doc = vault.authority.unset().to_dict()
     emit(as_json, doc, f"unbound from {doc['was']}: this store decides alone again")
 
 

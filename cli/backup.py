@@ -26,7 +26,7 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @handle_errors
 def backup(state: State, dest: Path, with_pepper: bool, as_json: bool) -> None:
     """Copy the store, while it serves, into DEST (a new or empty directory), and check the copy."""
-    doc = state.vault().backup(dest, with_pepper=with_pepper)
+    doc = state.vault().backup(dest, with_pepper=with_pepper).to_dict()
     checkpoint = doc["checkpoint"]
     emit(as_json, doc,
          f"backed up {state.store} to {doc['path']}: {doc['keys']:,} keys in {doc['batches']} batches, "
@@ -53,7 +53,7 @@ def restore(state: State, src: Path, directory: Path, since: tuple[Path, ...], p
     """Restore the backup in SRC into DIR, a new store directory, after checking it."""
     notes = [_read_note(path) for path in since]
     try:
-        doc = Vault.restore(src, directory, since=notes, pepper_file=pepper or state.pepper_file)
+        doc = Vault.restore(src, directory, since=notes, pepper_file=pepper or state.pepper_file).to_dict()
     except ProofError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_REFUSED)

@@ -111,10 +111,10 @@ def child() -> None:
         return
     say({"opened": True})
     try:
-        report = vault.check(lambda row: say({"row": row}))
+        report = vault.check(lambda row: say({"row": row.to_dict()}))
     finally:
         vault.close()
-    say({"report": report})
+    say({"report": report.to_dict()})
 
 
 def render_check(doc: dict[str, Any]) -> str:

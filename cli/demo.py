@@ -121,7 +121,7 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     _show(as_json, "a key of the batch:", platform.verify(keys[2]))
 
     _say(as_json, "\n8. Trace of the redeemed key, and its proof checked as an outsider would")
-    trace = platform.trace(keys[0])
+    trace = platform.trace(keys[0]).to_dict()
     proof = json.dumps(platform.trace_bundle(keys[0])).encode()
     checks = verify_bundle(proof, [acme.public, platform.engine_identity], key_material(keys[0]))
     trace["verification"] = {"ok": all(c.ok for c in checks), "checks": [c.line() for c in checks]}
@@ -129,7 +129,7 @@ def _run(work: Path, count: int, as_json: bool) -> dict[str, Any]:
     _say(as_json, f"    the bundle is {len(proof):,} bytes: anyone holding Acme's and the platform's public keys "
                   "can check it offline (`keyvault verify-bundle`)")
 
-    stats = platform.stats()
+    stats = platform.stats().to_dict()
     totals: dict[str, Any] = stats["totals"]
     platform.close()
     _say(as_json, f"\n9. Summary (platform store): {totals['keys']:,} keys, {totals['redeemed']} redeemed, "

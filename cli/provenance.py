@@ -136,7 +136,7 @@ def audit(state: State, as_json: bool) -> None:
 
     Exit 0 when clean, 3 when something was found.
     """
-    doc = state.vault().audit()
+    doc = state.vault().audit().to_dict()
     if as_json:
         emit(True, doc, "")
     else:

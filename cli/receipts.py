@@ -87,7 +87,7 @@ def receipt_upgrade(state: State, receipt_text: str, out: Path | None) -> None:
 
     RECEIPT is the receipt's text, '-' for stdin, or a file holding it.
     """
-    data = fmt.encode_proof(state.vault().upgrade_receipt(_given(receipt_text, "receipt")))
+    data = fmt.encode_proof(state.vault().upgrade_receipt(_given(receipt_text, "receipt")).to_dict())
     if out is None:
         click.echo(data.decode("utf-8"), nl=False)
         return

@@ -39,7 +39,7 @@ def _ms(when: dt.datetime | None) -> int | None:
 def show_activity(vault: Vault, since: dt.datetime | None, until: dt.datetime | None, daily: bool,
                   as_json: bool) -> None:
     """Print the redeems and voids of a time window (``keyvault stats --since --until --daily``)."""
-    doc = vault.activity(_ms(since), _ms(until), daily=daily)
+    doc = vault.activity(_ms(since), _ms(until), daily=daily).to_dict()
     if as_json:
         emit(True, doc, "")
         return
@@ -114,7 +114,7 @@ def _report_text(batch: str, form: str, first: dict[str, Any] | None, rows: Iter
 @handle_errors
 def list_(state: State, what: str, limit: int, after: str | None, as_json: bool) -> None:
     """One page of the store's batches, manifests, blacklist entries or tokens, in a stable order."""
-    doc = state.vault().page(what, after=after, limit=limit)
+    doc = state.vault().page(what, after=after, limit=limit).to_dict()
     lines = [_line(what, item) for item in doc[what]]
     if doc["next"]:
         lines.append(f"more: keyvault list {what} --limit {limit} --after {doc['next']}")

@@ -49,7 +49,7 @@ def stats(state: State, since: dt.datetime | None, until: dt.datetime | None, da
     if since or until or daily:
         show_activity(state.vault(), since, until, daily, as_json)
         return
-    doc = state.vault().stats()
+    doc = state.vault().stats().to_dict()
     if as_json:
         emit(True, doc, "")
         return
@@ -111,7 +111,7 @@ def trace(state: State, key_or_serial: str | None, bundle_out: Path | None, orde
     if order_id is not None:
         if key_or_serial is not None or bundle_out is not None:
             raise click.UsageError("--order traces an order: give no key and no --bundle with it")
-        doc = state.vault().order(order_id)
+        doc = state.vault().order(order_id).to_dict()
         emit(as_json, doc, render_order(doc))
         return
     if key_or_serial is None:
@@ -122,7 +122,7 @@ def trace(state: State, key_or_serial: str | None, bundle_out: Path | None, orde
         raise click.UsageError(f"{bundle_out} already exists; choose another --bundle file (a file is never "
                                "overwritten)")
     vault = state.vault()
-    doc = vault.trace(key_or_serial)
+    doc = vault.trace(key_or_serial).to_dict()
     # Every trace checks its own proof, as a verifier elsewhere would, with the keys this store pins.
     proof = json.dumps(vault.trace_bundle(key_or_serial), indent=1) + "\n"
     made = json.loads(proof)

@@ -81,7 +81,7 @@ def throttle_locked(state: State, as_json: bool) -> None:
     cards = state.vault().locked_cards()
     if as_json:
         for card in cards:
-            emit(True, card, "")
+            emit(True, card.to_dict(), "")
         return
     if not cards:
         click.echo("no imported card was given a wrong password")

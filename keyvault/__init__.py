@@ -3,10 +3,15 @@
 Open a store with :meth:`Vault.open`; every check answers a :class:`Result`
 whose :class:`Status` tells a checkout exactly why a key is refused. Asyncio
 programs use :class:`keyvault.aio.AsyncVault` (``await AsyncVault.open(path)``):
-the same methods, awaitable, run in threads off the event loop.
+the same methods, awaitable, run in threads off the event loop. Reports
+(:class:`Stats`, :class:`Trace`, :class:`CheckReport`, ...) are typed, frozen
+:class:`Answer` values; ``to_dict()`` gives the JSON the CLI and the service print.
 """
 
-from .engine import BatchInfo, BlacklistEntry, ThrottlePolicy
+from .engine import (Activity, Answer, Audit, AuthorityBound, AuthorityShown, AuthorityStatus, AuthorityUnbound,
+    ClusterKeyState, ClusterLogState,
+                     Backup, BatchInfo, BlacklistEntry, CheckReport, CheckRow, LockedCard, Order, Page, ReceiptProof,
+                     Restore, Stats, ThrottlePolicy, Trace)
 from .errors import (
     AuthorityError,
     BadSignatureError,
@@ -39,6 +44,23 @@ from .vocabulary import Level, Role, Scope
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activity",
+    "Answer",
+    "Audit",
+    "AuthorityBound",
+    "AuthorityShown",
+    "AuthorityStatus",
+    "AuthorityUnbound", "ClusterKeyState", "ClusterLogState",
+    "Backup",
+    "CheckReport",
+    "CheckRow",
+    "LockedCard",
+    "Order",
+    "Page",
+    "ReceiptProof",
+    "Restore",
+    "Stats",
+    "Trace",
     "AuthorityError",
     "BadSignatureError",
     "BatchInfo",

@@ -34,6 +34,8 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from .engine import BatchInfo, BlacklistEntry, Catalog, Grant, Policy, Progress, ThrottlePolicy
+from .engine.answers import (Activity, Audit, Backup, CheckReport, CheckRow, LockedCard, Order, Page, ReceiptProof,
+                              Restore, Stats, Trace)
 from .engine.shapes import CheckpointEntry, LotReceived, LotSent, TokenEntry, TrustEntry, TrustRecord
 from .errors import ClosedError, KeyvaultError
 from .formats.bundle import Check
@@ -344,7 +346,7 @@ class AsyncVault:
         """Holds, confirms and releases from many callers in one durable transaction; an answer per op."""
         return await self._io.write(self.vault.checkout_for, list(ops))
 
-    async def order(self, order_id: str) -> dict[str, Any]:
+    async def order(self, order_id: str) -> Order:
         """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
         return await self._io.read(self.vault.order, order_id)
 
@@ -402,18 +404,18 @@ class AsyncVault:
         """Unlock an imported card locked after too many wrong passwords; False when it had no lock."""
         return await self._io.write(self.vault.unlock_card, card_number)
 
-    async def locked_cards(self) -> list[dict[str, Any]]:
+    async def locked_cards(self) -> list[LockedCard]:
         """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
         return await self._io.read(self.vault.locked_cards)
 
-    async def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+    async def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> Backup:
         """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest."""
         return await self._io.read(self.vault.backup, dest, with_pepper=with_pepper)
 
     @staticmethod
     async def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                       since: str | Sequence[str] | None = None,
-                      pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                      pepper_file: str | os.PathLike[str] | None = None) -> Restore:
         """Restore a backup into the new store directory ``dest``, checked (in a worker thread)."""
         return await asyncio.to_thread(Vault.restore, src, dest, since=since, pepper_file=pepper_file)
 
@@ -423,16 +425,16 @@ class AsyncVault:
         """Write buffered refused-attempt counts to the store."""
         await self._io.write(self.vault.flush_stats)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> Stats:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         return await self._io.read(self.vault.stats)
 
-    async def trace(self, key_or_serial: str) -> dict[str, Any]:
+    async def trace(self, key_or_serial: str) -> Trace:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         return await self._io.read(self.vault.trace, key_or_serial)
 
     async def activity(self, since: int | None = None, until: int | None = None, *,
-                       daily: bool = False) -> dict[str, Any]:
+                       daily: bool = False) -> Activity:
         """Redeems and voids in [since, until) (ms; None: open), per supplier and batch, and per UTC day."""
         return await self._io.read(self.vault.activity, since, until, daily=daily)
 
@@ -487,11 +489,11 @@ class AsyncVault:
 
         return rows()
 
-    async def page(self, what: str, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    async def page(self, what: str, *, after: str | None = None, limit: int = 100) -> Page:
         """One page of ``batches``, ``manifests``, ``blacklist`` or ``tokens`` after the cursor ``after``."""
         return await self._io.read(self.vault.page, what, after=after, limit=limit)
 
-    async def check(self, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    async def check(self, on_check: Callable[[CheckRow], None] | None = None) -> CheckReport:
         """Verify every part of the store and report check by check (``keyvault check``); never raises."""
         return await self._io.read(self.vault.check, on_check)
 
@@ -533,7 +535,7 @@ class AsyncVault:
         """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
         return await self._io.write(self.vault.receive_lot, lot, recipient, manifest_out=manifest_out)
 
-    async def audit(self) -> dict[str, Any]:
+    async def audit(self) -> Audit:
         """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
         return await self._io.read(self.vault.audit)
 
@@ -541,7 +543,7 @@ class AsyncVault:
         """The engine-signed receipt of a key's redeem (by key or serial): one line, ``KVR1.`` and base64url."""
         return await self._io.read(self.vault.receipt, key_or_serial)
 
-    async def upgrade_receipt(self, receipt: str) -> dict[str, Any]:
+    async def upgrade_receipt(self, receipt: str) -> ReceiptProof:
         """A receipt of this store with its event's inclusion proof under a signed checkpoint (JSON)."""
         return await self._io.write(self.vault.upgrade_receipt, receipt)
 

@@ -27,6 +27,24 @@ from .engine import (
     ThrottlePolicy,
     Webhooks,
 )
+from .engine.answers import (
+    Activity,
+    Audit,
+    AuthorityBound,
+    AuthorityShown,
+    AuthorityStatus,
+    AuthorityUnbound,
+    Backup,
+    CheckReport,
+    CheckRow,
+    LockedCard,
+    Order,
+    Page,
+    ReceiptProof,
+    Restore,
+    Stats,
+    Trace,
+)
 from .engine.reconcile import activity, key_report, page
 from .engine.receipts import make_receipt, upgrade_receipt
 from .engine.shapes import (
@@ -134,24 +152,24 @@ class AuthorityBinding:
         self._engine = engine
 
     def set(self, dsn: str, *, migrate: bool = False,
-            cluster_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            cluster_key: str | os.PathLike[str] | None = None) -> AuthorityBound:
         """Bind the store to the authority at ``dsn``; ``migrate`` moves the store's own decisions in first;
         ``cluster_key`` is the cluster engine key file (0600) every process of this node sequences with."""
         return self._engine.bind_authority(dsn, migrate=migrate, cluster_key=cluster_key)
 
-    def cluster_key(self, path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    def cluster_key(self, path: str | os.PathLike[str] | None) -> AuthorityShown:
         """Record the cluster engine key file in the binding (checked first; None clears it); the binding shown."""
         return self._engine.set_cluster_key(path)
 
-    def unset(self) -> dict[str, Any]:
+    def unset(self) -> AuthorityUnbound:
         """Unbind the store: it decides alone again."""
         return self._engine.unbind_authority()
 
-    def show(self) -> dict[str, Any]:
+    def show(self) -> AuthorityShown:
         """Whether the store is bound, the DSN with its password masked, and the cluster key's public id."""
         return self._engine.authority_info()
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> AuthorityStatus:
         """Reachable, schema version, replication state and this node's cache lag."""
         return self._engine.authority_check()
 
@@ -281,7 +299,7 @@ class Vault:
         commit process calls): per op a Result, a list of them, or the KeyvaultError that refused it."""
         return self.engine.checkout_for(ops)
 
-    def order(self, order_id: str) -> dict[str, Any]:
+    def order(self, order_id: str) -> Order:
         """Every key an order holds or held (serials, never keys), with its state and times, and the events."""
         return self.engine.order(order_id)
 
@@ -370,7 +388,7 @@ class Vault:
         had none. The limit is the default policy's ``card_attempts``."""
         return self.engine.unlock_card(card_number)
 
-    def locked_cards(self) -> list[dict[str, Any]]:
+    def locked_cards(self) -> list[LockedCard]:
         """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
         return self.engine.locked_cards()
 
@@ -380,11 +398,11 @@ class Vault:
         """Write buffered refused-attempt counts to the store."""
         self.engine.flush_stats()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         return self.engine.stats()
 
-    def activity(self, since: int | None = None, until: int | None = None, *, daily: bool = False) -> dict[str, Any]:
+    def activity(self, since: int | None = None, until: int | None = None, *, daily: bool = False) -> Activity:
         """Redeems and voids in [since, until) (ms since the epoch; None: open), per supplier and batch, and
         with ``daily`` per UTC day: what ``keyvault stats --since --until --daily`` prints."""
         return activity(self.engine, since, until, daily)
@@ -394,16 +412,16 @@ class Vault:
         blacklisted. Never the key. Consume it (or close it) promptly: it holds a read transaction."""
         return key_report(self.engine, batch)
 
-    def page(self, what: str, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+    def page(self, what: str, *, after: str | None = None, limit: int = 100) -> Page:
         """One page of ``batches``, ``manifests``, ``blacklist`` or ``tokens``: the items after the cursor
         ``after``, at most ``limit`` (1-1000), and ``next``, the cursor of the next page (None on the last)."""
         return page(self.engine, what, after, limit)
 
-    def trace(self, key_or_serial: str) -> dict[str, Any]:
+    def trace(self, key_or_serial: str) -> Trace:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         return self.engine.trace(key_or_serial)
 
-    def check(self, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def check(self, on_check: Callable[[CheckRow], None] | None = None) -> CheckReport:
         """Verify every part of the store and report check by check (``keyvault check``); never raises."""
         return self.engine.check(on_check)
 
@@ -443,7 +461,7 @@ class Vault:
         """
         return make_receipt(self.engine, key_or_serial)
 
-    def upgrade_receipt(self, receipt: str) -> dict[str, Any]:
+    def upgrade_receipt(self, receipt: str) -> ReceiptProof:
         """A receipt of this store with its event's inclusion proof and the signed checkpoint covering it
         (one is signed when none covers it yet): JSON that ``keyvault verify-receipt`` checks whole."""
         return upgrade_receipt(self.engine, receipt, self.engine.checkpoint)
@@ -463,7 +481,7 @@ class Vault:
         """Open a lot sealed to you: check every signature and hop, record custody, import its batch."""
         return self.engine.receive_lot(lot, recipient, manifest_out=manifest_out)
 
-    def audit(self) -> dict[str, Any]:
+    def audit(self) -> Audit:
         """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
         return self.engine.audit()
 
@@ -471,7 +489,7 @@ class Vault:
         """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""
         return self.engine.trace_bundle(key_or_serial)
 
-    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> Backup:
         """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest.
 
         The pepper is left out unless ``with_pepper`` (then a 0600 file in the backup).
@@ -481,7 +499,7 @@ class Vault:
     @staticmethod
     def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 since: str | Sequence[str] | None = None,
-                pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                pepper_file: str | os.PathLike[str] | None = None) -> Restore:
         """Restore a backup into the new store directory ``dest``, checked; what was restored.
 
         ``since`` is a checkpoint note kept from the live store (or several): a backup whose log does not

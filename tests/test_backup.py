@@ -130,7 +130,7 @@ def test_backup_holds_a_checked_manifest_the_engine_key_and_no_pepper(tmp_path: 
     assert mode(backup / "engine.key") == 0o600
     assert mode(backup) == 0o700
     doc = json.loads((backup / "backup.json").read_text())
-    assert doc == {k: v for k, v in manifest.items() if k != "path"}
+    assert doc == {k: v for k, v in manifest.to_dict().items() if k != "path"}
     assert (doc["format"], doc["batches"], doc["keys"], doc["redeemed"], doc["void"]) == \
         ("keyvault/backup/v1", 1, 60, 7, 1)
     assert doc["log_size"] == events and doc["checkpoint"]["size"] == events == newest["size"]

@@ -158,3 +158,22 @@ def test_each_layer_imports_only_downward(name: str) -> None:
         if not ok:
             wrong.append(f"line {line}: {target} {imported}".rstrip())
     assert wrong == [], f"{name} ({layer}) reaches outside its layer"
+
+
+def test_uvicorn_is_bounded_to_the_releases_whose_protocol_the_guard_subclasses() -> None:
+    """keyvault/service/protocol.py subclasses uvicorn's httptools protocol (not a public API): every place
+    that installs uvicorn names the same upper bound, and the uvicorn installed here lies within it."""
+    import re
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+
+    found = {}
+    for name in ("pyproject.toml", "requirements-dev.txt"):
+        specs = re.findall(r"uvicorn([<>=!~][^\"\s#,]*(?:,[<>=!~][^\"\s#,]*)*)", (ROOT / name).read_text())
+        assert len(specs) == 1, f"{name} names uvicorn {len(specs)} times"
+        found[name] = SpecifierSet(specs[0])
+    assert len(set(found.values())) == 1, found
+    spec = next(iter(found.values()))
+    assert any(s.operator in ("<", "<=", "~=", "==") for s in spec), f"uvicorn{spec} has no upper bound"
+    assert version("uvicorn") in spec, f"uvicorn {version('uvicorn')} is outside uvicorn{spec}"

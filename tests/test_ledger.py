@@ -139,7 +139,7 @@ def test_group_commit_batches_the_callers_that_queue_during_a_commit() -> None:
     others = [threading.Thread(target=lambda i=i: results.__setitem__(i, group.submit(i))) for i in range(1, 32)]
     for t in others:
         t.start()
-    while len(group._queue) < 31:
+    while group.waiting < 31:
         threading.Event().wait(0.001)
     release.set()
     for t in [first, *others]:
@@ -201,7 +201,7 @@ def test_group_commit_wakes_the_callers_of_a_commit_once_the_next_batch_waits_on
         threads = [threading.Thread(target=caller, args=(i,)) for i in items]
         for t in threads:
             t.start()
-        eventually(lambda: len(group._queue) >= queued, "the callers did not queue", step=0.001)
+        eventually(lambda: group.waiting >= queued, "the callers did not queue", step=0.001)
         return threads
 
     threads = start(range(0, 1), 0)  # batch 1: [0]

@@ -89,7 +89,7 @@ def snapshot(vault: Vault) -> tuple[int, str, int, list[str]]:
     """What a refused operation must leave as it was: the log, the statistics, checkpoints and custody."""
     with vault.engine.store.read() as txn:
         custody_rows = sum(1 for _ in txn.items("custody"))
-    return (vault.verify_log(), json.dumps(vault.stats(), sort_keys=True), custody_rows,
+    return (vault.verify_log(), json.dumps(vault.stats().to_dict(), sort_keys=True), custody_rows,
             sorted(b.id for b in vault.catalog().batches.values()))
 
 

@@ -124,7 +124,7 @@ def test_a_receipt_stays_evidence_of_the_redeem_after_the_key_is_blacklisted(pla
     assert platform.trace(issued.serials[7])["blacklist"]  # the key is refused for good, whatever its status
     # The receipt says what happened at redeem time, and still proves it: it is evidence, not a status.
     assert platform.receipt(issued.serials[7]) == text
-    doc = platform.upgrade_receipt(text)
+    doc = platform.upgrade_receipt(text).to_dict()
     assert fmt.open_proof(fmt.encode_proof(doc), platform.engine_identity.public_key)[0].order_id == "order-7"
 
 
@@ -132,13 +132,13 @@ def test_an_upgraded_receipt_proves_its_redeem_is_in_the_log(platform: Vault, is
     platform.redeem(issued.keys[0], "order-0001")
     platform.redeem(issued.keys[1], "order-0002")
     text = platform.receipt(issued.keys[0])
-    doc = platform.upgrade_receipt(text)
+    doc = platform.upgrade_receipt(text).to_dict()
     key = platform.engine_identity.public_key
     got, size = fmt.open_proof(fmt.encode_proof(doc), key)
     assert got.order_id == "order-0001" and size > got.index
-    assert platform.upgrade_receipt(text) == doc  # the oldest checkpoint covering it: the same proof again
+    assert platform.upgrade_receipt(text).to_dict() == doc  # the oldest checkpoint covering it: the same proof again
     # Any other event's leaf and proof, under the same checkpoint, is refused: it is not this redeem.
-    other = platform.upgrade_receipt(platform.receipt(issued.keys[1]))
+    other = platform.upgrade_receipt(platform.receipt(issued.keys[1])).to_dict()
     swapped = {**doc, "leaf": other["leaf"], "proof": other["proof"]}
     with pytest.raises(ProofError):
         fmt.open_proof(fmt.encode_proof(swapped), key)

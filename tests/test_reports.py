@@ -25,14 +25,15 @@ def test_activity_counts_redeems_and_voids_in_a_window(platform: Vault, issued: 
     platform.redeem_many([(issued.keys[0], "o-0"), (issued.keys[1], "o-1")])
     platform.void(issued.serials[2], "refund")
     doc = platform.activity(before, now_ms() + 1, daily=True)
-    assert doc["totals"] == {"redeemed": 2, "void": 1}
-    assert doc["batches"] == [{"batch": issued.batch.id, "supplier": issued.batch.supplier,
-                               "product": "POINTS-100", "redeemed": 2, "void": 1}]
+    assert (doc.totals.redeemed, doc.totals.void) == (2, 1)
+    assert doc.to_dict()["batches"] == [{"batch": issued.batch.id, "supplier": issued.batch.supplier,
+                                         "product": "POINTS-100", "redeemed": 2, "void": 1}]
     assert doc["suppliers"][0]["name"] == "Acme Games" and doc["suppliers"][0]["redeemed"] == 2
     assert sum(d["redeemed"] for d in doc["days"]) == 2 and doc["days"][-1]["batches"][0]["void"] == 1
-    assert platform.activity(now_ms() + _DAY)["totals"] == {"redeemed": 0, "void": 0}  # since: after them all
-    assert platform.activity(None, before)["totals"] == {"redeemed": 0, "void": 0}  # until: before them all
-    assert "days" not in platform.activity()
+    assert platform.activity(now_ms() + _DAY).to_dict()["totals"] == {"redeemed": 0, "void": 0}  # since: after all
+    assert platform.activity(None, before).to_dict()["totals"] == {"redeemed": 0, "void": 0}  # until: before all
+    whole = platform.activity()
+    assert whole.days is None and "days" not in whole.to_dict()
     with pytest.raises(UsageError):
         platform.activity(before, before)
 
@@ -107,8 +108,8 @@ def test_pages_walk_every_item_once(tmp_path: Path, supplier: Identity, supplier
         assert seen == expected
     manifests = supplier_store.page("manifests", limit=1000)["manifests"]
     assert len(manifests) == 7 and manifests == sorted(manifests, key=lambda m: m["manifest"])
-    assert supplier_store.page("blacklist") == {"blacklist": [], "next": None}
-    assert supplier_store.page("batches", after="ZZZZ-ZZZ") == {"batches": [], "next": None}
+    assert supplier_store.page("blacklist").to_dict() == {"blacklist": [], "next": None}
+    assert supplier_store.page("batches", after="ZZZZ-ZZZ").to_dict() == {"batches": [], "next": None}
     for bad in ({"limit": 0}, {"limit": 1001}, {"limit": True}, {"after": ""}, {"after": "x" * 201}):
         with pytest.raises(UsageError):
             supplier_store.page("batches", **bad)  # type: ignore[arg-type]

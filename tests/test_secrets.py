@@ -559,7 +559,7 @@ def test_reprs_hold_no_secret(tmp_path: Path) -> None:
                 assert not text_leaks(text, found.text), text_leaks(text, found.text)
         entries = vault.blacklist_entries()
         assert entries and all(not text_leaks(repr(e), found.text) for e in entries)
-        trace = json.dumps(vault.trace(keys[1]))
+        trace = json.dumps(vault.trace(keys[1]).to_dict())
         assert not text_leaks(trace, found.text)
 
 

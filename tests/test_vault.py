@@ -41,6 +41,10 @@ def test_public_surface_is_pinned() -> None:
         "StoreFullError", "StoreVersionError", "UsageError", "Vault", "__version__", "CustodyError", "ProofError",
         "TrustError", "PublicIdentity", "Rotation", "ThrottlePolicy", "Level", "Role", "Scope", "AuthorityError",
         "OutcomeUnknownError",
+        # the typed reports (keyvault.engine.answers)
+        "Activity", "Answer", "Audit", "AuthorityBound", "AuthorityShown", "AuthorityStatus", "AuthorityUnbound",
+        "Backup", "CheckReport", "CheckRow", "LockedCard", "Order", "Page", "ReceiptProof", "Restore", "Stats",
+        "Trace",
     ])
     for name in keyvault.__all__:
         assert hasattr(keyvault, name)

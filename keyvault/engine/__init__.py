@@ -4,10 +4,13 @@
 overlay, catalog); ``engine.py`` the operations, with ``lookup.py`` (finding
 and judging keys), ``guard.py`` (refusals and throttling), ``issuing.py``,
 ``lots.py``, ``trust.py``, ``reports.py``, ``proofs.py`` and ``checkup.py``
-(the store check) beside it; ``ledger.py``, ``eventlog.py`` and
+(the store check) beside it, and ``answers.py``, the typed reports they answer with; ``ledger.py``, ``eventlog.py`` and
 ``groupcommit.py`` are how redeems are recorded and committed.
 """
 
+from .answers import (Activity, Answer, Audit, AuthorityBound, AuthorityShown, AuthorityStatus, AuthorityUnbound,
+    ClusterKeyState, ClusterLogState,
+                      Backup, CheckReport, CheckRow, LockedCard, Order, Page, ReceiptProof, Restore, Stats, Trace)
 from .catalog import BatchInfo, BlacklistEntry, Catalog
 from .checkup import CHECKS
 from .engine import Engine
@@ -19,6 +22,7 @@ from .webhooks import EVENT_KINDS, Due, Message, Webhooks
 from .witness import (LogWitness, consistency_proof, export_tiles, newest_checkpoint, read_tile,
                       submit_checkpoint)
 
-__all__ = ["CARD_ATTEMPTS", "CHECKS", "EVENT_KINDS", "BatchInfo", "BlacklistEntry", "Catalog", "Due", "Engine",
+__all__ = ["CARD_ATTEMPTS", "CHECKS", "EVENT_KINDS", "Activity", "Answer", "Audit", "AuthorityBound", "AuthorityShown", "AuthorityStatus", "AuthorityUnbound", "ClusterKeyState", "ClusterLogState", "Backup", "CheckReport", "CheckRow", "LockedCard", "Order", "Page", "ReceiptProof", "Restore", "Stats", "Trace",
+           "BatchInfo", "BlacklistEntry", "Catalog", "Due", "Engine",
            "Grant", "LogWitness", "Message", "Policy", "Progress", "ThrottlePolicy", "Webhooks", "consistency_proof",
            "export_tiles", "newest_checkpoint", "read_cards_csv", "read_tile", "submit_checkpoint"]

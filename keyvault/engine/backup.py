@@ -46,6 +46,7 @@ from ..formats.identity import Identity, write_private_file
 from ..store import LmdbStore
 from ..store.lmdbstore import FORMAT as STORE_FORMAT
 from ..store.lmdbstore import LMDB_FORMAT
+from .answers import Backup, BackupCheckpoint, BackupManifest, Restore, SinceCheck
 from .catalog import Catalog
 from .eventlog import EventLog
 from .keyfiles import ENGINE_FILE, read_engine_key, read_pepper
@@ -59,33 +60,6 @@ _CHUNK = 1 << 20
 NO_SINCE = ("nothing proves this backup is not stale: it may predate redeems made since, and keys spent after it "
             "was taken would be valid again. Keep a checkpoint of the live store (`keyvault checkpoint --json > "
             "kept.json`, regularly) and restore with --since kept.json to have an older or forked backup refused")
-
-
-class BackupCheckpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The newest checkpoint in a backup's log."""
-
-    size: int
-    root: str
-    note: str
-
-
-class BackupManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``backup.json``: what a backup holds, checked again on every restore."""
-
-    format: str
-    created_at: str
-    store_format: str
-    lmdb: str
-    engine_public_key: str
-    batches: int
-    keys: int
-    redeemed: int
-    void: int
-    log_size: int
-    checkpoint: BackupCheckpoint | None
-    data_bytes: int
-    data_sha256: str
-    pepper: bool
 
 
 class Restored(Protocol):
@@ -224,8 +198,8 @@ def _os_error(dest: Path, exc: OSError) -> StoreError:
     return StoreError(f"cannot write {dest}: {exc.strerror}; nothing was left behind")
 
 
-def take(engine: State, dest: Path, with_pepper: bool) -> dict[str, Any]:
-    """Back the serving store up into ``dest`` (a new or empty directory); the manifest, as a dict."""
+def take(engine: State, dest: Path, with_pepper: bool) -> Backup:
+    """Back the serving store up into ``dest`` (a new or empty directory); its manifest, and where it is."""
     _check_new(dest, "back up")
     try:  # the copy's newest checkpoint is at most a moment old
         engine.store.write(lambda txn: engine.log.maybe_checkpoint(txn, now_ms(), force=True))
@@ -243,15 +217,13 @@ def take(engine: State, dest: Path, with_pepper: bool) -> dict[str, Any]:
                                   data_bytes=size, data_sha256=digest, pepper=with_pepper, **found)
         (tmp / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=1) + b"\n")
         _verify(read_manifest(tmp), tmp, read_engine_key(tmp / ENGINE_FILE), found)  # read back as a restore will
-    doc: dict[str, Any] = msgspec.to_builtins(manifest)
-    doc["path"] = str(dest)
-    return doc
+    return Backup(**msgspec.structs.asdict(manifest), path=str(dest))
 
 
 def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], opener: Callable[[Path, Path], Restored], *,
             since: str | Sequence[str] | None = None,
-            pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Restore the backup in ``src`` into the new store directory ``dest``, checked; what was restored, as a dict.
+            pepper_file: str | os.PathLike[str] | None = None) -> Restore:
+    """Restore the backup in ``src`` into the new store directory ``dest``, checked; what was restored.
 
     ``since`` is a checkpoint note kept from the live store (or several): a backup whose log does not extend
     each of them is refused (ProofError). ``pepper_file`` is the store's pepper when the backup holds none
@@ -285,8 +257,6 @@ def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], opener: C
                                  "It is older than that checkpoint or from another history, and restoring it could "
                                  "bring spent keys back: restore a newer backup of this store")
     final_pepper = target / PEPPER if pepper_file is None else Path(pepper_file)
-    doc: dict[str, Any] = {"store": str(target), "backup": str(source), "pepper_file": str(final_pepper),
-                           "manifest": msgspec.to_builtins(manifest)}
-    doc["since"] = [{"ok": check.ok, "detail": check.detail} for check in checks]
-    doc["warning"] = None if checks else NO_SINCE
-    return doc
+    return Restore(store=str(target), backup=str(source), pepper_file=str(final_pepper), manifest=manifest,
+                   since=[SinceCheck(ok=check.ok, detail=check.detail) for check in checks],
+                   warning=None if checks else NO_SINCE)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
+
 from .. import _fast
 from .. import clock
 from ..clock import iso, now_ms
@@ -57,6 +59,21 @@ from ..store.records import (
 )
 from ..vocabulary import Level, Role
 from . import checkout, issuing, ledger, lots, trust
+from .answers import (
+    Audit,
+    AuthorityBound,
+    AuthorityShown,
+    AuthorityStatus,
+    AuthorityUnbound,
+    Backup,
+    CheckReport,
+    CheckRow,
+    LockedCard,
+    Order,
+    Restore,
+    Stats,
+    Trace,
+)
 from .authority import META_KEY, Authority, LocalAuthority
 from .catalog import BatchInfo, BlacklistEntry, Catalog, blacklist_target
 from .checkup import check_store
@@ -426,9 +443,9 @@ class Engine(State):
         """Unlock an imported card locked after too many wrong passwords; False when it had none."""
         return self.guard.unlock_card(card_number)
 
-    def locked_cards(self) -> list[dict[str, Any]]:
+    def locked_cards(self) -> list[LockedCard]:
         """Imported cards given wrong passwords: number, how many, and when they locked (None: not yet)."""
-        return self.guard.locked_cards()
+        return msgspec.convert(self.guard.locked_cards(), list[LockedCard])
 
     def _redeem_in(self, txn: Txn, pairs: list[tuple[str, str]], before_fold: Callable[[], None] | None = None,
                    clients: list[str | None] | str | None = None, budgets: dict[str, Budget] | None = None
@@ -649,11 +666,12 @@ class Engine(State):
             raise NotFoundError(f"order {order!r} holds no key in this store: hold its keys first")
         return slots
 
-    def order(self, order_id: str) -> dict[str, Any]:
+    def order(self, order_id: str) -> Order:
         """Every key an order holds or held (serials, never keys): held, redeemed, released or expired, with times."""
         order = check_text(order_id, "order id", MAX_ORDER_ID)
         with self.store.read() as txn:
-            return checkout.order_report(order, checkout.order_events(txn, self.log, order), clock.now_ms())
+            report = checkout.order_report(order, checkout.order_events(txn, self.log, order), clock.now_ms())
+        return msgspec.convert(report, Order)
 
     # -- blacklist -----------------------------------------------------------------------------
 
@@ -732,36 +750,36 @@ class Engine(State):
     # -- the authority ----------------------------------------------------------------------------
 
     def bind_authority(self, dsn: str, *, migrate: bool = False,
-                       cluster_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                       cluster_key: str | os.PathLike[str] | None = None) -> AuthorityBound:
         """Bind this store to a PostgreSQL authority; ``migrate`` moves its own redeems, voids and blacklist in;
         ``cluster_key`` names the cluster engine key file this node sequences the cluster log with."""
         from .authority import remote
 
-        return remote.bind(self, remote.check_dsn(dsn), migrate, cluster_key)
+        return msgspec.convert(remote.bind(self, remote.check_dsn(dsn), migrate, cluster_key), AuthorityBound)
 
-    def set_cluster_key(self, path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    def set_cluster_key(self, path: str | os.PathLike[str] | None) -> AuthorityShown:
         """Record (None: clear) the cluster engine key file in this store's binding, checked first."""
         from .authority import remote
 
-        return remote.set_cluster_key(self, path)
+        return msgspec.convert(remote.set_cluster_key(self, path), AuthorityShown)
 
-    def unbind_authority(self) -> dict[str, Any]:
+    def unbind_authority(self) -> AuthorityUnbound:
         """Unbind this store: it decides alone again."""
         from .authority import remote
 
-        return remote.unbind(self)
+        return msgspec.convert(remote.unbind(self), AuthorityUnbound)
 
-    def authority_info(self) -> dict[str, Any]:
+    def authority_info(self) -> AuthorityShown:
         """Whether the store is bound, and to which DSN (its password masked)."""
         from .authority import remote
 
-        return remote.show(self)
+        return msgspec.convert(remote.show(self), AuthorityShown)
 
-    def authority_check(self) -> dict[str, Any]:
+    def authority_check(self) -> AuthorityStatus:
         """The authority reached: schema version, replication state, and this node's cache lag."""
         from .authority import remote
 
-        return remote.status(self)
+        return msgspec.convert(remote.status(self), AuthorityStatus)
 
     def catch_up(self) -> int:
         """Bring this node's cache up to the authority's changes (redeems, voids, blacklist); how many were read."""
@@ -866,7 +884,7 @@ class Engine(State):
         """Write buffered refused-attempt counts to the store."""
         self.guard.flush()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         """Per-supplier and per-batch counts: issued, imported, redeemed, void, blacklisted, refused."""
         self.guard.flush()
         with self.store.read() as txn:
@@ -886,7 +904,7 @@ class Engine(State):
         checkout.annotate(txn, self.pepper, cat, statuses, now)
         return cat, found, statuses[0], key_events(txn, found.serial, found.batch, overlay.get(found.serial))
 
-    def trace(self, key_or_serial: str) -> dict[str, Any]:
+    def trace(self, key_or_serial: str) -> Trace:
         """Where a key came from and what happened to it: supplier, batch, product, history."""
         with self.store.read() as txn:
             cat, found, status, indices = self._story(txn, key_or_serial)
@@ -949,9 +967,10 @@ class Engine(State):
 
         self.store.write(work)
 
-    def check(self, on_check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def check(self, on_check: Callable[[CheckRow], None] | None = None) -> CheckReport:
         """Verify every part of the store and report check by check; never raises for what it finds."""
-        return check_store(self, on_check)
+        tell = None if on_check is None else (lambda row: on_check(msgspec.convert(row, CheckRow)))
+        return msgspec.convert(check_store(self, tell), CheckReport)
 
     def verify_log(self) -> int:
         """Walk the event log: chain, tree and checkpoints; how many events. StoreCorruptError if altered."""
@@ -1004,9 +1023,9 @@ class Engine(State):
                 "hops": [{"from": h.doc["from"]["name"], "to": h.doc["to"]["name"], "transfer": h.id,
                           "ranges": [f"{a}-{b - 1}" for a, b in h.ranges]} for h in chain]}
 
-    def audit(self) -> dict[str, Any]:
+    def audit(self) -> Audit:
         """Double sales (with both signed records), withheld or forked manifests, and the event log's check."""
-        return lots.audit(self)
+        return msgspec.convert(lots.audit(self), Audit)
 
     def trace_bundle(self, key_or_serial: str) -> dict[str, Any]:
         """A self-contained proof of a key's story, checkable offline (``keyvault verify-bundle``)."""
@@ -1078,7 +1097,7 @@ class Engine(State):
 
     # -- backup and restore (the work is in backup.py) -----------------------------------------
 
-    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> dict[str, Any]:
+    def backup(self, dest: str | os.PathLike[str], *, with_pepper: bool = False) -> Backup:
         """Copy the store, while it serves, into the new or empty directory ``dest``, checked: its manifest."""
         from .backup import take
 
@@ -1087,7 +1106,7 @@ class Engine(State):
     @classmethod
     def restore(cls, src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                 since: str | Sequence[str] | None = None,
-                pepper_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                pepper_file: str | os.PathLike[str] | None = None) -> Restore:
         """Restore a backup into the new store directory ``dest``; refused if its log does not extend ``since``."""
         from .backup import restore
 

@@ -50,6 +50,12 @@ class GroupCommit(Generic[T, R]):
         self._leading = False
         self._answered: list[_Slot[T, R]] = []  # durable answers whose callers are not woken yet
 
+    @property
+    def waiting(self) -> int:
+        """How many callers are queued for the next commit (for tools and tests that time a race)."""
+        with self._lock:
+            return len(self._queue)
+
     def submit(self, item: T) -> R:
         """Queue ``item``, wait for (or lead) the commit that carries it, and return its result."""
         slot: _Slot[T, R] = _Slot(item)

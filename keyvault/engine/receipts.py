@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from ..errors import NotFoundError, ProofError, StoreCorruptError
 from ..formats import receipt as fmt
 from ..formats.events import change_of
@@ -15,6 +17,7 @@ from ..formats.keyformat import looks_like_serial, serial_text
 from ..results import Result
 from ..store import REDEEMED, Txn
 from ..store.records import OUTCOME
+from .answers import ReceiptProof
 from .lookup import find
 from .state import State
 
@@ -55,7 +58,7 @@ def make_receipt(state: State, key_or_serial: str) -> str:
     return fmt.make(fmt.Receipt(serial, at_ms, index, sid, name, order_id), state.log.engine.signing_key)
 
 
-def upgrade_receipt(state: State, text: str, checkpoint: Any) -> dict[str, Any]:
+def upgrade_receipt(state: State, text: str, checkpoint: Any) -> ReceiptProof:
     """A receipt of this store with its event's inclusion proof under the oldest checkpoint covering it.
 
     ``checkpoint`` signs one now (``Engine.checkpoint``) when none covers the event yet.
@@ -72,6 +75,6 @@ def upgrade_receipt(state: State, text: str, checkpoint: Any) -> dict[str, Any]:
                 leaf = state.log.leaf(txn, receipt.index)
                 doc = fmt.build_proof(text.strip(), leaf, state.log.inclusion(txn, receipt.index, size), note)
                 fmt.open_proof(fmt.encode_proof(doc), state.log.engine.public_key)  # this very event, or refuse
-                return doc
+                return msgspec.convert(doc, ReceiptProof)
         checkpoint()
     raise ProofError("no checkpoint covers this receipt's event yet; run `keyvault checkpoint` and try again")

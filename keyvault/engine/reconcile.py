@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+
 from .. import _fast
 from ..clock import iso
 from ..errors import NotFoundError, UsageError
@@ -18,6 +20,7 @@ from ..formats.events import change_of
 from ..formats.keyformat import batch_key, make_serial, parse_batch, serial_text
 from ..store import ACTIVE, REDEEMED, VOIDED
 from ..store.records import OUTCOME, u64, unpack_card
+from .answers import Activity, BatchView, ManifestEntry, Page
 from .state import State
 from .tokens import listing
 from .tokens import stored as stored_tokens
@@ -29,7 +32,7 @@ LISTS = ("batches", "manifests", "blacklist", "tokens")
 MAX_PAGE = 1000
 
 
-def activity(state: State, since: int | None, until: int | None, daily: bool = False) -> dict[str, Any]:
+def activity(state: State, since: int | None, until: int | None, daily: bool = False) -> Activity:
     """Redeems and voids whose events fall in [since, until) (ms; None: open), per supplier and batch,
     and with ``daily`` per UTC day: read from the event log, one event at a time."""
     if since is not None and until is not None and since >= until:
@@ -72,7 +75,7 @@ def activity(state: State, since: int | None, until: int | None, daily: bool = F
                         "batches": [{"batch": cat.batches[b].id if b in cat.batches else None, **c}
                                     for b, c in sorted(d["batches"].items())]}
                        for day, d in sorted(days.items())]
-    return doc
+    return msgspec.convert(doc, Activity)
 
 
 def key_report(state: State, batch: str) -> Iterator[dict[str, Any]]:
@@ -123,25 +126,25 @@ def _row(pepper: bytes, txn: Any, serial: int, value: bytes, change: tuple[int, 
     return row
 
 
-def _everything(state: State, what: str) -> tuple[list[dict[str, Any]], Callable[[dict[str, Any]], str]]:
+def _everything(state: State, what: str) -> tuple[list[Any], Callable[[Any], str]]:
     """Every item of a list, and the cursor of an item (the order of the list)."""
     if what == "tokens":
         with state.store.read() as txn:
-            return [dict(t) for t in listing(stored_tokens(txn))], lambda t: str(t["name"])
+            return listing(stored_tokens(txn)), lambda t: str(t["name"])
     cat = state.catalog()
     if what == "batches":
-        return [b.to_dict() for b in cat.batches.values()], lambda b: str(b["batch"])
+        return [BatchView.of(b) for b in cat.batches.values()], lambda b: b.batch
     if what == "manifests":
-        return ([{"manifest": b.manifest, "batch": b.id, "supplier": b.supplier, "supplier_name": b.supplier_name,
-                  "count": b.count, "created_at": iso(b.created_at), "added_at": iso(b.added_at)}
-                 for b in cat.batches.values()], lambda m: str(m["manifest"]))
+        return ([ManifestEntry(manifest=b.manifest, batch=b.id, supplier=b.supplier, supplier_name=b.supplier_name,
+                               count=b.count, created_at=iso(b.created_at), added_at=iso(b.added_at))
+                 for b in cat.batches.values()], lambda m: m.manifest)
     if what == "blacklist":
         entries = [*cat.suppliers_blocked.values(), *cat.batches_blocked.values(), *cat.keys_blocked.values()]
-        return [e.to_dict() for e in entries], lambda e: f"{e['level']}:{e['target']}"
+        return entries, lambda e: f"{e.level}:{e.target}"
     raise UsageError(f"there is no list named {what!r}; the lists are {', '.join(LISTS)}")
 
 
-def page(state: State, what: str, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+def page(state: State, what: str, after: str | None = None, limit: int = 100) -> Page:
     """One page of a list: ``items`` after the cursor ``after`` (in the list's order), at most ``limit``,
     and ``next``, the cursor of the next page (None on the last)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
@@ -153,4 +156,4 @@ def page(state: State, what: str, after: str | None = None, limit: int = 100) ->
     chosen = [item for item in items if after is None or cursor(item) > after][:limit + 1]
     more = len(chosen) > limit
     chosen = chosen[:limit]
-    return {what: chosen, "next": cursor(chosen[-1]) if more and chosen else None}
+    return Page(what=what, items=chosen, next=cursor(chosen[-1]) if more and chosen else None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import msgspec
+
 from ..clock import iso
 from ..formats.custody import read_transfer
 from ..formats.keyformat import batch_key, serial_index, serial_text
@@ -18,6 +20,7 @@ from ..store.records import (
     from_u64,
     u64,
 )
+from .answers import BatchView, Stats, Trace, TraceSupplier
 from .catalog import BatchInfo, Catalog
 from .ledger import Change
 
@@ -100,7 +103,7 @@ def _sum(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {name: sum(r[name] for r in rows) for name in ("redeemed", "void", "blacklisted", "active")}
 
 
-def build_stats(txn: Txn, cat: Catalog, overlay: dict[int, Change] | None = None) -> dict[str, Any]:
+def build_stats(txn: Txn, cat: Catalog, overlay: dict[int, Change] | None = None) -> Stats:
     """Totals, then one row per supplier and per batch.
 
     Every key held is counted once: ``active + redeemed + void + blacklisted == keys``. A batch that
@@ -142,7 +145,7 @@ def build_stats(txn: Txn, cat: Catalog, overlay: dict[int, Change] | None = None
         if scope.startswith("C:"):
             clients.append({"client": scope[2:], **_refused(counts), "throttled": counts.get("throttled", 0)})
     clients.sort(key=lambda c: (-c["refused_total"] - c["throttled"], c["client"]))
-    return {"totals": totals, "suppliers": suppliers, "batches": batches, "clients": clients}
+    return msgspec.convert({"totals": totals, "suppliers": suppliers, "batches": batches, "clients": clients}, Stats)
 
 
 def key_events(txn: Txn, serial: int, batch: BatchInfo, change: tuple[int, int, str, int] | None) -> list[int]:
@@ -164,7 +167,7 @@ def key_events(txn: Txn, serial: int, batch: BatchInfo, change: tuple[int, int, 
 
 
 def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: Result,
-                events: list[dict[str, Any]]) -> dict[str, Any]:
+                events: list[dict[str, Any]]) -> Trace:
     """Supplier, batch, product, current status and the history of one key, oldest event first."""
     sid = batch.supplier
     supplier = cat.suppliers.get(sid, {})
@@ -173,16 +176,11 @@ def build_trace(txn: Txn, cat: Catalog, serial: int, batch: BatchInfo, status: R
         if isinstance(event.get("expires_at"), int):  # a hold's end (checkout events)
             event["expires_at"] = iso(event["expires_at"])
     card = txn.get("upstream", u64(serial))
-    blocks = [b.to_dict() for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
-                                    cat.keys_blocked.get(serial)) if b is not None]
-    return {
-        "serial": serial_text(serial),
-        "index": serial_index(serial),
-        "card_number": card.decode() if card else None,
-        "status": status.to_dict(),
-        "supplier": {"id": sid, "name": supplier.get("name"), "prefix": supplier.get("prefix"),
-                     "public_key": supplier.get("public_key"), "first_seen": iso(supplier.get("first_seen"))},
-        "batch": batch.to_dict(),
-        "blacklist": blocks,
-        "events": events,
-    }
+    blocks = [b for b in (cat.suppliers_blocked.get(sid), cat.batches_blocked.get(batch.key),
+                          cat.keys_blocked.get(serial)) if b is not None]
+    return Trace(serial=serial_text(serial), index=serial_index(serial), card_number=card.decode() if card else None,
+                 status=status,
+                 supplier=TraceSupplier(id=sid, name=supplier.get("name"), prefix=supplier.get("prefix"),
+                                        public_key=supplier.get("public_key"),
+                                        first_seen=iso(supplier.get("first_seen"))),
+                 batch=BatchView.of(batch), blacklist=blocks, events=events)

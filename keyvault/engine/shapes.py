@@ -1,7 +1,8 @@
-"""The shapes of the JSON-ready documents the engine answers with (``--json`` prints them as they are).
+"""The shapes of the small JSON-ready documents the engine answers with (``--json`` prints them as they are).
 
 They are ``TypedDict``s: plain dicts at run time, so the CLI and the service
-write them unchanged, and typed for callers and type checkers.
+write them unchanged, and typed for callers and type checkers. The reports
+are the typed values of :mod:`keyvault.engine.answers`.
 """
 
 from __future__ import annotations

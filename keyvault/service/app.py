@@ -555,7 +555,15 @@ def _when(value: str | None, name: str) -> int | None:
 
 
 def _ok(doc: Any) -> Answer:
-    return 200, json.dumps(doc, ensure_ascii=False).encode("utf-8"), _JSON
+    """A 200 answer: ``doc`` as JSON (a typed report as its ``to_dict()``)."""
+    return 200, json.dumps(doc, ensure_ascii=False, default=_to_dict).encode("utf-8"), _JSON
+
+
+def _to_dict(value: Any) -> Any:
+    """json's fallback: the JSON form of a typed report."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 async def _off_loop(work: Callable[..., Any], *args: Any) -> Any:

@@ -136,7 +136,7 @@ def test_binding_refuses_a_store_with_decisions_of_its_own_unless_migrated(
         old.blacklist.add("key", batch.keys[2], "stolen")
         with pytest.raises(ConflictError, match="--migrate"):
             old.authority.set(authority_dsn)
-        assert old.authority.show() == {"bound": False, "authority": None}
+        assert old.authority.show().to_dict() == {"bound": False, "authority": None}
         assert pg_server.sql("SELECT count(*) FROM keyvault_keys", authority_dsn.split("dbname=")[1].split()[0]) \
             == [(0,)]
         done = old.authority.set(authority_dsn, migrate=True)
