@@ -261,7 +261,7 @@ class State:
 
     @classmethod
     def of(cls, vault: Vault, full: bool = True) -> State:
-        return cls(_head(vault), _without_counters(vault.stats()) if full else None)
+        return cls(_head(vault), _without_counters(vault.stats().to_dict()) if full else None)
 
 
 @dataclass
