@@ -332,8 +332,10 @@ def _neighbours(cursor: Any, key: bytes) -> tuple[list[tuple[bytes, bytes]], boo
         back = 0
         while back < 2 and cursor.prev():
             back += 1
-        if not back:
+        if back < 2:  # a prev() that found no record left the cursor unpositioned: step back again from the place
             cursor.set_range(key)
+            for _ in range(back):
+                cursor.prev()
         near.append(cursor.item())
         while len(near) < back + 2 and cursor.next():  # (read forward: a step forward right after a search
             near.append(cursor.item())  # that ended beside damage can fail)
@@ -355,6 +357,20 @@ def checkout_unsound_near(pepper: bytes, cursor: Any, key: bytes) -> bool:
     return not ordered or any(not checkout_sound(pepper, bytes(found), bytes(value)) for found, value in sides)
 
 
+def _unseals_as(pepper: bytes, kind: bytes, serial: int, key: bytes, value: bytes) -> bool:
+    """Whether ``value`` is the sealed checkout record of ``key`` (kind, serial, and a use's order)."""
+    try:
+        if kind == b"H":
+            unpack_holds(pepper, serial, value)
+        elif kind == b"N":
+            unpack_spent(pepper, serial, value)
+        else:
+            unpack_use(pepper, serial, key[9:].decode("utf-8"), value)
+    except (StoreCorruptError, UnicodeDecodeError):
+        return False
+    return True
+
+
 def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> bool:
     """Confirm that no checkout record is stored under ``key`` (a raw LMDB cursor over ``checkout``): a
     record whose LMDB key was damaged stays where its key sorted, beside the place it is looked for, so
@@ -370,23 +386,14 @@ def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> bool:
                                 "store from a backup")
     for found, value in sides:
         found = bytes(found)
-        if found == key:
-            mine = True  # found by the cursor, missed by the lookup: the page is damaged
-        elif len(found) != len(key) or (int.from_bytes(found, "big") ^ int.from_bytes(key, "big")).bit_count() != 1:
-            mine = False  # one flipped bit moves a key to a key one bit away: not this one
-        else:
-            try:
-                if kind == b"H":
-                    unpack_holds(pepper, serial, value)
-                elif kind == b"N":
-                    unpack_spent(pepper, serial, value)
-                else:
-                    unpack_use(pepper, serial, key[9:].decode("utf-8"), value)
-                mine = True
-            except StoreCorruptError:
-                mine = False
-        if mine:
+        if found == key or _unseals_as(pepper, kind, serial, key, value):
+            # found by the cursor but missed by the lookup, or this key's own record under a damaged key (a
+            # flipped bit of the key, or of its length): the record is there
             raise StoreCorruptError(f"the checkout record of serial {serial:#x} is stored under a damaged key: "
                                     "nothing was decided for it; run `keyvault check` and restore the store "
                                     "from a backup")
+        if not checkout_sound(pepper, found, value):
+            raise StoreCorruptError("a checkout record beside where this key's hold or use would be is damaged, so "
+                                    "its absence cannot be trusted: nothing was decided for it; run `keyvault "
+                                    "check` and restore the store from a backup")
     return not sides
