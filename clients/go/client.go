@@ -75,6 +75,7 @@ type holdRequest struct {
 	Key     string  `json:"key"`
 	OrderID string  `json:"order_id"`
 	TTL     float64 `json:"ttl"` // seconds
+	Client  string  `json:"client,omitempty"`
 }
 
 type orderRequest struct {
@@ -214,10 +215,12 @@ func (c *Client) Lift(ctx context.Context, level Level, target, reason string) (
 
 // Hold reserves key for orderID for ttl (1 s to 7 days) while its payment is pending: StatusHeld with
 // ExpiresAt, answered once the hold is on disk. A retry with the same order id gets the same answer (the first
-// expiry); another order is answered StatusHeld naming no order. Retried on 503 like a redeem.
-func (c *Client) Hold(ctx context.Context, key, orderID string, ttl time.Duration) (Result, error) {
+// expiry); another order is answered StatusHeld naming no order. Retried on 503 like a redeem. client is the
+// shopper's account or IP whose refusal budget the hold is charged to ("" for none), as on Verify and Redeem.
+func (c *Client) Hold(ctx context.Context, key, orderID string, ttl time.Duration, client string) (Result, error) {
 	var result Result
-	rid, err := c.call(ctx, "hold", holdRequest{key, orderID, ttl.Seconds()}, c.retries, &result)
+	body := holdRequest{Key: key, OrderID: orderID, TTL: ttl.Seconds(), Client: client}
+	rid, err := c.call(ctx, "hold", body, c.retries, &result)
 	result.RequestID = rid
 	return result, c.checkResult("hold", result, err)
 }

@@ -377,7 +377,7 @@ func TestRequestBodiesMatchTheServedSchemas(t *testing.T) {
 		"void":       {voidRequest{"K", "refund"}},
 		"blacklist":  {blacklistRequest{LevelSerial, "S", "fraud"}},
 		"lift":       {blacklistRequest{LevelSupplier, "S", "cleared"}},
-		"hold":       {holdRequest{"K", "SO-1", (15 * time.Minute).Seconds()}, holdRequest{"K", "SO-1", 1.5}},
+		"hold":       {holdRequest{"K", "SO-1", (15 * time.Minute).Seconds(), "acct-1"}, holdRequest{Key: "K", OrderID: "SO-1", TTL: 1.5}},
 		"confirm":    {orderRequest{"SO-1"}},
 		"release":    {orderRequest{"SO-1"}},
 	}
@@ -592,7 +592,7 @@ func TestHoldRefuseConfirmRetryAndOrder(t *testing.T) {
 	ctx := ContextWithRequestID(context.Background(), e.run+"-checkout")
 	kv := e.client(t, "redeem")
 	order := e.run + "-hold/1 x" // a '/' and a space: the lookup escapes the id
-	held := must(kv.Hold(ctx, e.keys[9], order, 15*time.Minute))
+	held := must(kv.Hold(ctx, e.keys[9], order, 15*time.Minute, ""))
 	wantStatus(t, held, StatusHeld)
 	if held.Serial != e.serials[9] || held.OrderID != order || held.RequestID != e.run+"-checkout" {
 		t.Fatalf("held: %+v", held)
@@ -601,12 +601,12 @@ func TestHoldRefuseConfirmRetryAndOrder(t *testing.T) {
 	if left := time.Until(ends); err != nil || left < 14*time.Minute || left > 15*time.Minute {
 		t.Fatalf("the hold ends at %q (%v), want in 15 minutes", held.ExpiresAt, err)
 	}
-	again := must(kv.Hold(ctx, e.keys[9], order, time.Minute))
+	again := must(kv.Hold(ctx, e.keys[9], order, time.Minute, ""))
 	wantStatus(t, again, StatusHeld)
 	if again.ExpiresAt != held.ExpiresAt {
 		t.Fatalf("a retry moved the expiry: %q, first %q", again.ExpiresAt, held.ExpiresAt)
 	}
-	other := must(kv.Hold(ctx, e.keys[9], e.run+"-hold-2", 15*time.Minute))
+	other := must(kv.Hold(ctx, e.keys[9], e.run+"-hold-2", 15*time.Minute, ""))
 	wantStatus(t, other, StatusHeld)
 	if other.OrderID != "" || other.ExpiresAt != held.ExpiresAt {
 		t.Fatalf("another order must be told held, naming no order: %+v", other)
@@ -639,11 +639,12 @@ func TestHoldRefuseConfirmRetryAndOrder(t *testing.T) {
 	var types []string
 	for _, ev := range lookup.Events {
 		types = append(types, ev.Type)
-		if ev.Serial != e.serials[9] || ev.OrderID != order || ev.AtMS <= 0 || ev.At == "" {
+		if ev.Serial != e.serials[9] || ev.OrderID != order || ev.At == "" {
 			t.Fatalf("an event: %+v", ev)
 		}
 	}
-	if !reflect.DeepEqual(types, []string{"hold", "confirm"}) || lookup.Events[0].ExpiresAt != held.ExpiresAt {
+	// a confirm redeems: its redeem is listed too
+	if !reflect.DeepEqual(types, []string{"hold", "confirm", "redeem"}) || lookup.Events[0].ExpiresAt != held.ExpiresAt {
 		t.Fatalf("events %+v", lookup.Events)
 	}
 	if _, ok := lookup.Key(e.serials[10]); ok {
@@ -652,6 +653,15 @@ func TestHoldRefuseConfirmRetryAndOrder(t *testing.T) {
 	if raw, _ := json.Marshal(lookup); strings.Contains(string(raw), e.keys[9]) {
 		t.Fatal("the lookup holds the key")
 	}
+
+	// a plain redeem (no hold) is listed too: one redeem event
+	plain := e.run + "-plain"
+	wantStatus(t, must(kv.Redeem(ctx, e.keys[13], plain, "")), StatusAccepted)
+	redeemed := must(kv.Order(ctx, plain))
+	if len(redeemed.Events) != 1 || redeemed.Events[0].Type != "redeem" || redeemed.Events[0].Serial != e.serials[13] ||
+		redeemed.Events[0].OrderID != plain || redeemed.Events[0].At == "" {
+		t.Fatalf("a plain redeem's order: %+v", redeemed)
+	}
 }
 
 func TestReleaseFreesAHeldKey(t *testing.T) {
@@ -659,7 +669,7 @@ func TestReleaseFreesAHeldKey(t *testing.T) {
 	ctx := context.Background()
 	kv := e.client(t, "redeem")
 	order := e.run + "-rel"
-	wantStatus(t, must(kv.Hold(ctx, e.keys[10], order, 10*time.Minute)), StatusHeld)
+	wantStatus(t, must(kv.Hold(ctx, e.keys[10], order, 10*time.Minute, "")), StatusHeld)
 	released := must(kv.Release(ctx, order))
 	wantStatuses(t, released, StatusReleased)
 	if released[0].Serial != e.serials[10] || released[0].OrderID != order {
@@ -668,7 +678,7 @@ func TestReleaseFreesAHeldKey(t *testing.T) {
 	wantStatuses(t, must(kv.Release(ctx, order)), StatusReleased)
 	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[10], "")), StatusValid)
 	wantStatuses(t, must(kv.Confirm(ctx, order)), StatusReleased)
-	next := must(kv.Hold(ctx, e.keys[10], order+"-2", 10*time.Minute))
+	next := must(kv.Hold(ctx, e.keys[10], order+"-2", 10*time.Minute, ""))
 	if next.Status != StatusHeld || next.OrderID != order+"-2" {
 		t.Fatalf("another order could not hold the released key: %+v", next)
 	}
@@ -691,19 +701,19 @@ func TestCheckoutRefusals(t *testing.T) {
 	_, err = kv.Order(ctx, e.run+"-never")
 	wantProblem(t, err, "not-found", 404)
 	for _, ttl := range []time.Duration{0, 500 * time.Millisecond, 7*24*time.Hour + time.Second, -time.Minute} {
-		_, err = kv.Hold(ctx, e.keys[11], e.run+"-ttl", ttl)
+		_, err = kv.Hold(ctx, e.keys[11], e.run+"-ttl", ttl, "")
 		wantProblem(t, err, "invalid-request", 422)
 	}
-	_, err = kv.Hold(ctx, e.keys[11], "  ", time.Minute)
+	_, err = kv.Hold(ctx, e.keys[11], "  ", time.Minute, "")
 	wantProblem(t, err, "invalid-request", 422)
 	_, err = kv.Order(ctx, strings.Repeat("o", 129))
 	wantProblem(t, err, "invalid-request", 422)
-	_, err = e.client(t, "verify").Hold(ctx, e.keys[11], e.run+"-ttl", time.Minute)
+	_, err = e.client(t, "verify").Hold(ctx, e.keys[11], e.run+"-ttl", time.Minute, "")
 	wantProblem(t, err, "forbidden", 403)
 	_, err = e.client(t, "verify").Order(ctx, e.run+"-ttl")
 	wantProblem(t, err, "forbidden", 403)
 	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.keys[11], "")), StatusValid)
-	wantStatus(t, must(kv.Hold(ctx, "not-a-key", e.run+"-ttl", time.Minute)), StatusMalformed)
+	wantStatus(t, must(kv.Hold(ctx, "not-a-key", e.run+"-ttl", time.Minute, "")), StatusMalformed)
 }
 
 func TestCountLimitedKey(t *testing.T) {
@@ -720,7 +730,7 @@ func TestCountLimitedKey(t *testing.T) {
 	if again := must(kv.Redeem(ctx, e.limited, e.run+"-L1", "")); again.Status != StatusAccepted || again.UsesLeft != 2 {
 		t.Fatalf("a retry answered otherwise: %+v", again)
 	}
-	wantStatus(t, must(kv.Hold(ctx, e.limited, e.run+"-L2", 10*time.Minute)), StatusHeld)
+	wantStatus(t, must(kv.Hold(ctx, e.limited, e.run+"-L2", 10*time.Minute, "")), StatusHeld)
 	if second := must(kv.Redeem(ctx, e.limited, e.run+"-L3", "")); second.Status != StatusAccepted || second.UsesLeft != 1 {
 		t.Fatalf("the second use: %+v", second)
 	}
@@ -744,9 +754,9 @@ func TestOrderMapsEveryAnsweredField(t *testing.T) {
 	ctx := context.Background()
 	kv := e.client(t, "redeem")
 	order := e.run + "-shape"
-	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute))
+	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute, ""))
 	must(kv.Release(ctx, order))
-	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute))
+	must(kv.Hold(ctx, e.keys[12], order, 5*time.Minute, ""))
 	defer kv.Release(ctx, order)
 	var raw map[string]any
 	if _, err := kv.send(ctx, "GET", strings.Replace(routes["order"].path, "{order_id}", order, 1), nil, &raw); err != nil {
@@ -899,7 +909,7 @@ func TestCheckout503IsRetriedWithTheSameOrderID(t *testing.T) {
 	ctx := ContextWithRequestID(context.Background(), "retry-hold")
 	var ids []string
 	s.onRequest = func(r *http.Request) { ids = append(ids, r.Header.Get("X-Request-Id")) }
-	wantStatus(t, must(s.client(t, opts).Hold(ctx, "K-1", "SO-H", 15*time.Minute)), StatusAccepted)
+	wantStatus(t, must(s.client(t, opts).Hold(ctx, "K-1", "SO-H", 15*time.Minute, "")), StatusAccepted)
 	got := s.requests()
 	if len(got) != 2 || !reflect.DeepEqual(ids, []string{"retry-hold", "retry-hold"}) {
 		t.Fatalf("%d tries with ids %v, want 2 with the same id", len(got), ids)

@@ -133,9 +133,8 @@ type OrderKey struct {
 // OrderEvent is one checkout event of an order, as the store's signed event log holds it.
 type OrderEvent struct {
 	Index     int64  `json:"index"` // its index in the store's log
-	Type      string `json:"type"`  // hold, confirm, use, release or expire
+	Type      string `json:"type"`  // hold, confirm, use, release, expire or redeem (each redeem, held or plain)
 	At        string `json:"at"`    // when (ISO 8601 UTC)
-	AtMS      int64  `json:"at_ms"` // the same, in Unix milliseconds
 	Serial    string `json:"serial"`
 	OrderID   string `json:"order_id"`
 	ExpiresAt string `json:"expires_at"` // a hold's end (hold and expire events)

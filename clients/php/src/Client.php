@@ -114,10 +114,11 @@ final class Client
      * Hold `$key` for `$orderId` for `$ttlSeconds` (1 to 604800) while its payment is pending: `held` with
      * `expiresAt`, answered once the hold is on disk. A retry with the same order id gets the same answer (the
      * first expiry); another order is answered `held` naming no order. Retried on 503 like a redeem.
+     * `$client` is the shopper's account or IP whose refusal budget the hold is charged to, as on verify and redeem.
      */
-    public function hold(string $key, string $orderId, int $ttlSeconds): Result
+    public function hold(string $key, string $orderId, int $ttlSeconds, ?string $client = null): Result
     {
-        return Result::fromArray($this->call('hold', Requests::hold($key, $orderId, $ttlSeconds),
+        return Result::fromArray($this->call('hold', Requests::hold($key, $orderId, $ttlSeconds, $client),
             $this->redeemRetries), $this->lastRequestId);
     }
 

@@ -6,12 +6,12 @@ namespace Keyvault;
 /** One checkout event of an order, as the store's signed event log holds it. */
 final class OrderEvent
 {
-    /** The event types. */
-    public const TYPES = ['hold', 'confirm', 'use', 'release', 'expire'];
+    /** The event types (`redeem`: each redeem of the order, held or plain). */
+    public const TYPES = ['hold', 'confirm', 'use', 'release', 'expire', 'redeem'];
 
     /** The service's field name => this class's property. */
     public const FIELDS = [
-        'index' => 'index', 'type' => 'type', 'at' => 'at', 'at_ms' => 'atMs', 'serial' => 'serial',
+        'index' => 'index', 'type' => 'type', 'at' => 'at', 'serial' => 'serial',
         'order_id' => 'orderId', 'expires_at' => 'expiresAt', 'uses_left' => 'usesLeft',
     ];
 
@@ -19,9 +19,8 @@ final class OrderEvent
         /** The event's index in the store's log (`keyvault trace` shows the same). */
         public readonly int $index,
         public readonly string $type,
-        /** When (ISO 8601 UTC), and the same in Unix milliseconds. */
+        /** When (ISO 8601 UTC). */
         public readonly string $at,
-        public readonly int $atMs,
         public readonly string $serial,
         public readonly string $orderId,
         /** A hold's end (hold and expire events). */
@@ -41,7 +40,7 @@ final class OrderEvent
         foreach (self::FIELDS as $field => $property) {
             $value = $doc[$field] ?? null;
             $optional = $field === 'expires_at' || $field === 'uses_left';
-            $wanted = in_array($field, ['index', 'at_ms', 'uses_left'], true) ? 'is_int' : 'is_string';
+            $wanted = in_array($field, ['index', 'uses_left'], true) ? 'is_int' : 'is_string';
             if (($value === null && !$optional) || ($value !== null && !$wanted($value))) {
                 throw new TransportException("the service answered an order event whose `$field` is missing or "
                     . 'has the wrong type', $requestId);

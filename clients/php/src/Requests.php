@@ -81,10 +81,10 @@ final class Requests
         return ['level' => $level, 'target' => $target, 'reason' => $reason];
     }
 
-    /** The body of a hold of `$key` for `$orderId`, lasting `$ttlSeconds` (1 to 604800). */
-    public static function hold(string $key, string $orderId, int $ttlSeconds): array
+    /** The body of a hold of `$key` for `$orderId`, lasting `$ttlSeconds` (1 to 604800), charged to `$client`. */
+    public static function hold(string $key, string $orderId, int $ttlSeconds, ?string $client = null): array
     {
-        return ['key' => $key, 'order_id' => $orderId, 'ttl' => $ttlSeconds];
+        return self::withClient(['key' => $key, 'order_id' => $orderId, 'ttl' => $ttlSeconds], $client);
     }
 
     /** The body of a confirm or a release of every key `$orderId` holds. */

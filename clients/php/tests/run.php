@@ -279,7 +279,7 @@ test('each request body the client sends has exactly the fields its served schem
         'void' => [Requests::void('K', 'refund')],
         'blacklist' => [Requests::blacklist(Level::SERIAL, 'S', 'fraud')],
         'lift' => [Requests::blacklist(Level::SUPPLIER, 'S', 'cleared')],
-        'hold' => [Requests::hold('K', 'SO-1', 900), Requests::hold('K', 'SO-1', 604800)],
+        'hold' => [Requests::hold('K', 'SO-1', 900, 'acct-1'), Requests::hold('K', 'SO-1', 604800)],
         'confirm' => [Requests::order('SO-1')],
         'release' => [Requests::order('SO-1')],
     ];
@@ -482,14 +482,17 @@ test('hold, another order refused held, confirm accepted, a retry the same, the 
     same([$held->expiresAt, $confirmed[0]->redeemedAt, null, null],
          [$entry->expiresAt, $entry->redeemedAt, $entry->releasedAt, $entry->expiredAt]);
     check($entry->heldAt !== null && $entry->heldAt <= $entry->redeemedAt, 'held, then redeemed');
-    same(['hold', 'confirm'], array_map(fn (OrderEvent $e) => $e->type, $lookup->events));
+    same(['hold', 'confirm', 'redeem'], array_map(fn (OrderEvent $e) => $e->type, $lookup->events), 'a confirm redeems');
     foreach ($lookup->events as $event) {
         same([$serials[10], $order], [$event->serial, $event->orderId]);
-        check(in_array($event->type, OrderEvent::TYPES, true) && $event->index >= 0 && $event->atMs > 0, 'an event');
+        check(in_array($event->type, OrderEvent::TYPES, true) && $event->index >= 0 && $event->at !== '', 'an event');
     }
     same($held->expiresAt, $lookup->events[0]->expiresAt);
     same(null, $lookup->key($serials[11]), 'a key the order never held');
     check(!str_contains(json_encode($lookup), $keys[10]), 'the lookup never holds the key');
+    $plain = $kv->order("$run-A");  // redeemed plainly (no hold) by the redeem test
+    same(['redeem'], array_map(fn (OrderEvent $e) => $e->type, $plain->events), 'a plain redeem is listed');
+    same([$serials[2], "$run-A"], [$plain->events[0]->serial, $plain->events[0]->orderId]);
 });
 
 test('release frees a held key; a later confirm answers released', function () use ($client, $keys, $serials, $run) {
