@@ -30,6 +30,9 @@ from keyvault import Identity, Status, StoreCorruptError, StoreVersionError, Vau
 from keyvault import _fast
 from keyvault.store.records import from_u64, u64
 
+#: Read at import: the suite's fixtures clear KEYVAULT_* variables before each test runs.
+EVERYTHING = os.environ.get("KEYVAULT_CORRUPTION_SWEEP") == "all"
+
 PAGE = 4096
 FOLD_AT = 7  # most changes of the small store are folded into card and outcome records, the last few are not
 
@@ -452,7 +455,7 @@ def test_flipped_bits_never_let_a_spent_key_through(tmp_path: Path, small: Small
     store = _compacted(small.root, tmp_path / "compacted")
     data = (store / "data.mdb").read_bytes()
     read = _read_bytes(data)
-    everything = os.environ.get("KEYVAULT_CORRUPTION_SWEEP") == "all"
+    everything = EVERYTHING
     if everything:
         flips = [(offset, bit) for offset in read for bit in range(8)]
     else:
