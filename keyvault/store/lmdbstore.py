@@ -54,7 +54,10 @@ _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb
             lmdb.BadRslotError, lmdb.BadTxnError,  # (BadTxnError: a transaction that already met damage)
             lmdb.IncompatibleError,  # a named database whose flags were damaged: keyvault never changes them
             lmdb.CursorFullError,  # a tree deeper than LMDB allows: damaged page links
-            lmdb.PageFullError)  # a page's free-space bounds damaged: found when a write adds to it
+            lmdb.PageFullError,  # a page's free-space bounds damaged: found when a write adds to it
+            lmdb.BadValsizeError,  # a write of a key or value read back from a damaged node's sizes (keyvault
+            # bounds every key and value it makes itself)
+            lmdb.BadDbiError)  # a named database's record damaged under an open handle
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
