@@ -103,6 +103,10 @@ class EventLog:
                 raise StoreCorruptError("the event log has lost its tail record: the store is damaged; run "
                                         "`keyvault audit` and restore it from a backup")
             return _ZERO, b""
+        if len(value) != 32 + 32 * size.bit_count():  # the last leaf's hash, then one hash per perfect subtree
+            raise StoreCorruptError("the event log's tail record is damaged (its frontier does not fit a log of "
+                                    f"{size} events): nothing was written; run `keyvault check` and restore the store "
+                                    "from a backup")
         return bytes(value[:32]), bytes(value[32:])
 
     def _store(self, txn: Txn, first: int, pairs: list[tuple[bytes, bytes]], hashes: bytes, frontier: bytes) -> None:
