@@ -336,7 +336,8 @@ def _read(txn: Txn, pepper: bytes, key: bytes) -> bytes | None:
     or the whole table lost)."""
     value = txn.get("checkout", key)
     if value is None:
-        if checkout_absent(pepper, txn.cursor("checkout"), key) and not _mark_sound(txn, pepper):
+        checkout_absent(pepper, txn.cursor("checkout"), key)
+        if not _mark_sound(txn, pepper):  # (a damaged table root can point at another table's page: no mark there)
             raise StoreCorruptError("the checkout table (holds and uses) has lost its mark: it was lost or replaced; "
                                     "nothing was decided; run `keyvault check` and restore the store from a backup")
     return value
