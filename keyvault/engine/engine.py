@@ -248,8 +248,9 @@ class Engine(State):
         """Flush pending statistics and close the store."""
         try:
             self.guard.flush()
-        except StoreError:
-            pass  # closing must not fail because a statistics write could not be made
+        except (StoreError, *LMDB_ERRORS):
+            pass  # closing must not fail because a statistics write could not be made (a damaged store: its error
+            # was raised by the call that met the damage)
         finally:
             self.guard.close()
             if self.follower is not None:

@@ -57,7 +57,8 @@ _CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb
             lmdb.PageFullError,  # a page's free-space bounds damaged: found when a write adds to it
             lmdb.BadValsizeError,  # a write of a key or value read back from a damaged node's sizes (keyvault
             # bounds every key and value it makes itself)
-            lmdb.BadDbiError)  # a named database's record damaged under an open handle
+            lmdb.BadDbiError,  # a named database's record damaged under an open handle
+            lmdb.InvalidParameterError)  # a commit refused over a damaged meta page (EINVAL)
 
 
 _OPEN: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles, made unusable in a child after fork()
@@ -458,7 +459,12 @@ class LmdbStore:
     def _grow(self) -> None:
         with self._gate.resizing():
             size = self._env.info()["map_size"]
-            self._env.set_mapsize(size * 2)
+            try:
+                self._env.set_mapsize(size * 2)
+            except lmdb.MemoryError:
+                raise StoreCorruptError(f"{self.path}: the store's map cannot grow to {size * 2:,} bytes (no address "
+                                        "space for it): its size in the store's header may be damaged; run "
+                                        "`keyvault check` and restore the store from a backup") from None
 
     def _adopt_map_size(self) -> None:
         with self._gate.resizing():
