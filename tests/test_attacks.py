@@ -24,7 +24,7 @@ from keyvault import Identity, KeyvaultError, Status, StoreCorruptError, Vault
 from keyvault import _fast
 from keyvault.formats.events import split_leaf
 from keyvault.store.records import from_u64, u64
-from test_integrity import Small, _build
+from test_integrity import Small, _build, _damage
 
 EVERYTHING = os.environ.get("KEYVAULT_CORRUPTION_SWEEP") == "all"
 NEVER = (Status.VALID, Status.ACCEPTED)
@@ -75,15 +75,6 @@ def _copy(src: Path, into: Path) -> Path:
     shutil.copytree(src, into)
     (into / "lock.mdb").unlink(missing_ok=True)
     return into
-
-
-def _damage(store: Path, work: Callable[[lmdb.Environment, lmdb.Transaction], None]) -> None:
-    env = lmdb.open(str(store), max_dbs=64, subdir=True)
-    try:
-        with env.begin(write=True) as txn:
-            work(env, txn)
-    finally:
-        env.close()
 
 
 def _flip(value: bytes, bit: int) -> bytes:
