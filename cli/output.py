@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from keyvault import KeyvaultError, Vault
+from keyvault.files import write_new
 from keyvault.errors import (
     CustodyError,
     IdentityError,
@@ -144,29 +145,10 @@ def handle_errors(f: F) -> F:
 
 def write_new_file(path: Path, data: bytes | Iterable[bytes], what: str = "--out") -> None:
     """Write a new file whole or not at all (never overwriting one): a synced temporary file linked into place."""
-    if path.exists():
-        raise UsageError(f"{path} already exists; choose another {what} (a file is never overwritten)")
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            for chunk in [data] if isinstance(data, bytes) else data:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(part, path)
+        write_new(path, data)
     except FileExistsError:
         raise UsageError(f"{path} already exists; choose another {what} (a file is never overwritten)") from None
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"no room on the disk to write {path}; nothing was left behind: free some "
-                                 "space and run the command again") from None
-        raise
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:

@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules every layer may use: errors, results and the small vocabularies they share.
-FOUNDATION = {"keyvault.errors", "keyvault.results", "keyvault.clock", "keyvault.fields", "keyvault.vocabulary"}
+FOUNDATION = {"keyvault.errors", "keyvault.results", "keyvault.clock", "keyvault.fields", "keyvault.vocabulary",
+              "keyvault.files"}
 #: What each layer may import besides itself and the foundation (prefixes of module names).
 ALLOWED = {
     "foundation": (),

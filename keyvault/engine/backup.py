@@ -40,9 +40,10 @@ from ..errors import (
     StoreFullError,
     UsageError,
 )
+from ..files import sync, write_new
 from ..formats.bundle import Check
 from ..formats.events import KINDS, LEAF
-from ..formats.identity import Identity, write_private_file
+from ..formats.identity import Identity
 from ..store import LmdbStore
 from ..store.lmdbstore import FORMAT as STORE_FORMAT
 from ..store.lmdbstore import LMDB_FORMAT
@@ -145,14 +146,6 @@ def _verify(manifest: BackupManifest, data_dir: Path, engine: Identity, found: d
                                     f"holds {value!r}: it was altered; use another backup")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_new(dest: Path, what: str) -> None:
     """``dest`` must be a new or empty directory in an existing one."""
     if (dest / MANIFEST).exists():
@@ -178,14 +171,14 @@ def _staged(dest: Path, what: str) -> Iterator[Path]:
     try:
         yield tmp
         for path in [*tmp.iterdir(), tmp]:
-            _fsync(path)
+            sync(path)
         os.rename(tmp, dest)  # replaces an empty directory; refuses one that filled up meanwhile
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, KeyvaultError):
             raise _os_error(dest, exc) from None
         raise
-    _fsync(dest.parent)
+    sync(dest.parent)
 
 
 def _os_error(dest: Path, exc: OSError) -> StoreError:
@@ -209,7 +202,7 @@ def take(engine: State, dest: Path, with_pepper: bool) -> Backup:
         engine.store.copy_to(tmp)
         engine.log.engine.save(tmp / ENGINE_FILE)
         if with_pepper:
-            write_private_file(tmp / PEPPER, engine.pepper.hex().encode() + b"\n")
+            write_new(tmp / PEPPER, engine.pepper.hex().encode() + b"\n", mode=0o600)
         size, digest = _sha256(tmp / DATA)
         found = _figures(tmp, engine.log.engine)  # the copy opened read-only, its whole log verified
         manifest = BackupManifest(format=FORMAT, created_at=str(iso(now_ms())), store_format=STORE_FORMAT.decode(),
@@ -240,7 +233,7 @@ def restore(src: str | os.PathLike[str], dest: str | os.PathLike[str], opener: C
         engine_key = read_engine_key(source / ENGINE_FILE)
         engine_key.save(tmp / ENGINE_FILE)
         if pepper_file is None:
-            write_private_file(tmp / PEPPER, read_pepper(source / PEPPER).hex().encode() + b"\n")
+            write_new(tmp / PEPPER, read_pepper(source / PEPPER).hex().encode() + b"\n", mode=0o600)
             pepper_path = tmp / PEPPER
         else:
             pepper_path = Path(pepper_file)

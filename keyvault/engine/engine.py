@@ -34,13 +34,14 @@ from ..errors import (
     StoreFullError,
     UsageError,
 )
+from ..files import write_new
 from ..fields import MAX_ORDER_ID, MAX_REASON, check_text
 from ..formats import bundle
 from ..formats.checkpoint import Verifier, open_note
 from ..formats.custody import parse_ranges
 from ..formats.events import parse_leaf
 from ..formats.history import encode_proof
-from ..formats.identity import Identity, PublicIdentity, Rotation, write_private_file
+from ..formats.identity import Identity, PublicIdentity, Rotation
 from ..formats.keyformat import batch_text, looks_like_serial, parse_batch
 from ..formats.manifest import read_manifest
 from ..results import Result, Status
@@ -177,7 +178,7 @@ class Engine(State):
         try:
             if made_pepper:
                 pepper = secrets.token_bytes(PEPPER_BYTES)
-                write_private_file(pepper_path, pepper.hex().encode() + b"\n")
+                write_new(pepper_path, pepper.hex().encode() + b"\n", mode=0o600)
             else:
                 pepper = read_pepper(pepper_path)
             engine = Identity.generate(ENGINE_NAME)

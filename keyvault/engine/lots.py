@@ -19,7 +19,6 @@ holder, as received (``R``): ``keyvault stats`` counts only those keys.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tempfile
@@ -35,6 +34,7 @@ from ..errors import (
     StoreFullError,
     UsageError,
 )
+from ..files import write_new
 from ..formats.custody import (
     Ranges,
     Transfer,
@@ -143,7 +143,11 @@ def send(state: State, sender: Identity, batch_ref: str, ranges: Ranges | None, 
             return hop, [], info, earlier
         _keep(state, txn, hop, batch, now)
         # The sealed lot is on disk before the transfer commits: a full disk refuses the transfer, not the file.
-        _write_file(part, seal_lot(sender, recipient.public_key, chain + [hop], manifest_bytes))
+        try:
+            write_new(part, seal_lot(sender, recipient.public_key, chain + [hop], manifest_bytes), mode=0o600)
+        except StoreFullError:
+            raise StoreFullError(f"no room on the disk to write {out.name}; nothing was sent: free some space and "
+                                 "try again") from None
         return hop, chain + [hop], info, None
 
     manifest_bytes = manifest.path.read_bytes()
@@ -232,49 +236,16 @@ def receive(state: State, lot_path: Path, recipient: Identity,
         assert info is not None
         if manifest_out is not None:
             try:
-                _write_new(manifest_out, manifest_bytes)
+                write_new(manifest_out, manifest_bytes, mode=0o600)
+            except FileExistsError:
+                raise UsageError(f"the lot was received, but {manifest_out} already exists: its manifest is in the "
+                                 "lot file, so nothing is lost") from None
             except StoreFullError as exc:
                 raise StoreFullError(f"the lot was received, but {exc}: its manifest is in the lot file, "
                                      "so nothing is lost") from None
         return info, chain
     finally:
         spool.unlink(missing_ok=True)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``path`` (0600, replaced if there) and sync it; StoreFullError, and no file, on a full disk."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"no room on the disk to write {path.name[1:].rsplit('.', 2)[0]}; nothing was "
-                                 "sent: free some space and try again") from None
-        raise
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{path} already exists; choose another file") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)  # never a half-written file
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"no room on the disk to write {path}: free some space and try again") from None
-        raise
 
 
 def audit(state: State) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Three files (docs/provenance.md):
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import nacl.signing
 
 from ..clock import now_ms
 from ..errors import BadSignatureError, IdentityError, StoreFullError
+from ..files import write_new
 from .keyformat import PREFIX_SYMBOLS, parse_prefix, prefix_text
 from .typed import decode
 
@@ -163,31 +163,14 @@ def check_private_file(path: Path, what: str) -> None:
         )
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 and write ``data``; never overwrite an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_public_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0644 and write ``data``; never overwrite an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o644)  # whatever the umask: a public file is for others to read
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _save_public(target: Path, data: bytes) -> Path:
     """Write a new 0644 file of public data, with keyvault's errors."""
     try:
-        write_public_file(target, data)
+        write_new(target, data, mode=0o644)
     except FileExistsError:
         raise IdentityError(f"{target} already exists; choose another path (a file is never overwritten)") from None
+    except StoreFullError:
+        raise
     except OSError as exc:
         raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
     return target
@@ -455,13 +438,12 @@ class Identity:
             "secret_key": base64.b64encode(bytes(self.signing_key)).decode(),
         }
         try:
-            write_private_file(target, (json.dumps(doc, indent=2) + "\n").encode())
+            write_new(target, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
         except FileExistsError:
             raise IdentityError(f"{target} already exists; choose another --out (an identity is never overwritten)") from None
+        except StoreFullError:
+            raise  # (and no file: never a half-written secret)
         except OSError as exc:
-            target.unlink(missing_ok=True)  # a half-written secret file is worse than none
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFullError(f"no room on the disk to write {target}; free some space and try again") from None
             raise IdentityError(f"cannot write {target}: {exc.strerror}") from None
         return target
 
