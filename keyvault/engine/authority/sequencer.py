@@ -503,6 +503,7 @@ class Cosigner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._conn: Any = None  # its own session for reading the newest checkpoint and the witnesses
 
     def wake(self) -> None:
         """A checkpoint was signed: submit it now."""
@@ -520,6 +521,8 @@ class Cosigner:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._thread is None or not self._thread.is_alive():
+            self._drop()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -531,16 +534,25 @@ class Cosigner:
                 self.round()
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next round tries again
                 log.info("cluster log cosigner: %s; trying again", str(exc).strip()[:200])
+        self._drop()
 
     def round(self, wait: bool = False) -> dict[str, str]:
         """Submit the newest checkpoint to every witness due (not cosigned yet, not backing off, not asked already);
         with ``wait``, wait for the answers. The last outcome per witness name."""
         if not self.sequencer.holding:
+            self._drop()
             return {}
-        with self.sequencer.authority.session() as conn:
-            newest = conn.execute("SELECT size, note, signer FROM keyvault_checkpoints "
-                                  "ORDER BY size DESC LIMIT 1").fetchone()
-            witnesses = conn.execute("SELECT public_key, name, url FROM keyvault_witnesses ORDER BY name").fetchall()
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.sequencer.authority.session()
+                self._conn.autocommit = True
+            newest = self._conn.execute("SELECT size, note, signer FROM keyvault_checkpoints "
+                                        "ORDER BY size DESC LIMIT 1").fetchone()
+            witnesses = self._conn.execute("SELECT public_key, name, url FROM keyvault_witnesses "
+                                           "ORDER BY name").fetchall()
+        except BaseException:
+            self._drop()
+            raise
         if newest is None:
             return {}
         size, note, signer = int(newest[0]), bytes(newest[1]), None if newest[2] is None else bytes(newest[2])
@@ -572,6 +584,14 @@ class Cosigner:
             for job in started:
                 job.result()
         return dict(self.outcome)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is being dropped anyway
+                pass
 
     def _submit(self, witness: cosignature.Witness, url: str, size: int, note: bytes, tree: Tree) -> None:
         key = witness.public_key
