@@ -342,9 +342,10 @@ def _stored(txn: Any) -> list[dict[str, str]]:
     return [] if raw is None else list(json.loads(bytes(raw)))
 
 
-def list_witnesses(state: State) -> list[dict[str, Any]]:
-    """The witnesses new checkpoints are submitted to: name, url, verifier key, and scope (cluster or store)."""
-    authority = _clustered(state)
+def list_witnesses(state: State, *, store_only: bool = False) -> list[dict[str, Any]]:
+    """The witnesses new checkpoints are submitted to: name, url, verifier key, and scope (cluster or store);
+    with ``store_only``, only those the store itself names (PostgreSQL is not asked)."""
+    authority = None if store_only else _clustered(state)
     if authority is not None:
         with authority.session() as conn:
             rows = conn.execute("SELECT name, public_key, url FROM keyvault_witnesses ORDER BY name").fetchall()

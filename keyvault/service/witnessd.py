@@ -125,7 +125,7 @@ class Submitter:
 
     def step(self) -> list[dict[str, Any]] | None:
         """One look: submit the newest checkpoint when it is new and no backoff runs; the outcomes, or None."""
-        named = [w for w in list_witnesses(self.vault.engine) if w["scope"] == "store"]
+        named = list_witnesses(self.vault.engine, store_only=True)  # a cluster's sequencer submits the cluster's
         if not named or time.monotonic() < self.retry_at:
             return None
         size, _ = newest_checkpoint(self.vault.engine)
