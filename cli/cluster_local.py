@@ -232,13 +232,13 @@ class LocalCluster:
         return self.status()
 
     def _spawn(self, state: dict[str, Any], kind: str, name: str, argv: list[str], port: int,
-               as_postgres: bool = False, **extra: Any) -> dict[str, Any]:
+               as_postgres: bool = False, env: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
         log = self.root / "logs" / f"{name}.log"
         if as_postgres and os.geteuid() == 0:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-                                    cwd=self.root)
+                                    cwd=self.root, env=env)
         _CHILDREN[proc.pid] = proc
         entry = {"kind": kind, "name": name, "pid": proc.pid, "started": start_time(proc.pid), "port": port,
                  "log": str(log), **extra}
@@ -441,11 +441,16 @@ class LocalCluster:
             if token is None or not has_authority:  # bound nodes share their tokens through the authority
                 token = json.loads(self._keyvault(programs, env, store, "token", "create", "--name",
                                                   f"cluster-admin-{name}", "--scope", "admin", "--json"))["token"]
+            node_env, witness = None, {}
+            if has_authority:  # each node witnesses the cluster log: the sequencer submits to the others
+                witness = self._make_witness(programs, env, state, name, store, port)
+                node_env = {**os.environ, "KEYVAULT_WITNESS_IDENTITY": witness["witness_key"],
+                            "KEYVAULT_WITNESS_LOGS": state["cluster_pub"]}
             entry = self._spawn(state, "node", name, [programs.keyvault, "--store", str(store), "serve", "--bind",
                                                       f"127.0.0.1:{port}", "--workers", str(workers)],
-                                port, url=f"http://127.0.0.1:{port}", store=str(store))
+                                port, env=node_env, url=f"http://127.0.0.1:{port}", store=str(store))
             state["nodes"].append({"name": name, "url": entry["url"], "store": str(store), "admin_token": token,
-                                   "bound": has_authority})
+                                   "bound": has_authority, **witness})
             self._save(state)
         deadline = time.monotonic() + timeout
         for node in state["nodes"]:  # serving, and holding the shared token (caught up from the authority)
@@ -470,6 +475,22 @@ class LocalCluster:
                                    f"{done.stderr.strip()}")
         public.write_text(done.stdout)
         return str(secret), str(public)
+
+    def _make_witness(self, programs: Programs, env: dict[str, str], state: dict[str, Any], name: str, store: Path,
+                      port: int) -> dict[str, str]:
+        """The node's witness identity (DIR/nodes/NAME/witness.key, 0600, its state beside it) and public file
+        (witness.pub: what `verify-bundle --witness` takes), named to the cluster at the node's witness route."""
+        secret, public = store.parent / "witness.key", store.parent / "witness.pub"
+        who = f"{state['scope']}/{name}"
+        for argv in (["witness", "init", who, "--out", str(secret)],
+                     ["identity", "show", str(secret), "--public", "--role", "witness"]):
+            done = subprocess.run([programs.keyvault, *argv], capture_output=True, text=True, env=env, timeout=120)
+            if done.returncode != 0:
+                raise ClusterError(f"`keyvault {' '.join(argv[:2])}` for {name}'s witness failed: {done.stderr.strip()}")
+        public.write_text(done.stdout)
+        url = f"http://127.0.0.1:{port}/v1/witness"
+        self._keyvault(programs, env, store, "witness", "add", url, "--witness", str(public))
+        return {"witness_key": str(secret), "witness_pub": str(public), "witness_url": url}
 
     @staticmethod
     def _healthy(url: str, token: str | None = None) -> bool:
@@ -523,7 +544,8 @@ class LocalCluster:
             "leader": leader, "sync_standby": sync,
             "synchronous_standby_names": state.get("synchronous_standby_names"),
             "nodes": [{"name": n["name"], "url": n["url"], "store": n["store"], "admin_token": n["admin_token"],
-                       "bound_to_cluster": n["bound"]} for n in state.get("nodes", [])],
+                       "bound_to_cluster": n["bound"], "witness_pub": n.get("witness_pub")}
+                      for n in state.get("nodes", [])],
             "admin_token": state["nodes"][0]["admin_token"] if state.get("nodes") else None,
             "cluster_key": state.get("cluster_key"), "cluster_pub": state.get("cluster_pub"),
             "processes": processes,

@@ -1,4 +1,4 @@
-"""``keyvault witness`` (init, serve, submit) and ``keyvault log export-tiles``: cosigned, auditable checkpoints."""
+"""``keyvault witness`` (init, serve, submit, add, list, remove) and ``keyvault log export-tiles``: cosigned, auditable checkpoints."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 import click
 
 from keyvault import Identity
-from keyvault.engine import LogWitness, export_tiles, submit_checkpoint
-from keyvault.errors import StoreExistsError
+from keyvault.engine import (LogWitness, add_witness, export_tiles, list_witnesses, remove_witness, submit_all,
+                             submit_checkpoint)
+from keyvault.errors import StoreExistsError, UsageError
 from keyvault.formats.cosignature import Witness
 from keyvault.formats.identity import PublicIdentity
 from keyvault.service.limits import Limits
@@ -95,19 +96,69 @@ def witness_serve(identity_file: Path, state_dir: Path, logs: tuple[Path, ...], 
 
 
 @witness.command("submit")
-@click.argument("url")
-@click.option("--witness", "witness_file", required=True, type=_FILE,
+@click.argument("url", required=False)
+@click.option("--witness", "witness_file", type=_FILE,
               help="The witness's public identity file: its cosignature is checked before it is kept.")
 @json_option
 @click.pass_obj
 @handle_errors
-def witness_submit(state: State, url: str, witness_file: Path, as_json: bool) -> None:
-    """Send the newest checkpoint to the witness at URL and keep its cosignature with the checkpoint."""
+def witness_submit(state: State, url: str | None, witness_file: Path | None, as_json: bool) -> None:
+    """Send the newest checkpoint to the witness at URL (or, without URL, to every witness `witness add` named)
+    and keep each cosignature with the checkpoint."""
     vault = state.vault()
+    if (url is None) != (witness_file is None):
+        raise UsageError("give a URL and its --witness file, or neither (to submit to every witness `keyvault "
+                         "witness add` named)")
     vault.checkpoint()  # a checkpoint covering every event so far
+    if url is None or witness_file is None:
+        outcomes = submit_all(vault.engine)
+        if not outcomes:
+            raise UsageError("this store names no witness: `keyvault witness add URL --witness W.pub` names one")
+        emit(as_json, {"witnesses": outcomes},
+             "\n".join(f"{o['witness']}: " + (f"cosigned at {o['size']:,} events" if o["ok"] else f"failed: {o['error']}")
+                       for o in outcomes))
+        if not all(o["ok"] for o in outcomes):
+            sys.exit(1)
+        return
     doc = submit_checkpoint(vault.engine, url, PublicIdentity.load(witness_file))
     emit(as_json, doc, f"cosigned by {doc['witness']!r} at {doc['size']:,} events (the witness had seen "
                        f"{doc['old_size']:,}):\n{doc['note'].rstrip()}")
+
+
+@witness.command("add")
+@click.argument("url")
+@click.option("--witness", "witness_file", required=True, type=_FILE,
+              help="The witness's public identity file (`keyvault identity show --public` of its identity).")
+@json_option
+@click.pass_obj
+@handle_errors
+def witness_add(state: State, url: str, witness_file: Path, as_json: bool) -> None:
+    """Submit every new checkpoint to the witness at URL: the cluster's (a store bound to an authority) or this
+    store's (`keyvault serve` submits after each checkpoint)."""
+    doc = add_witness(state.vault().engine, url, PublicIdentity.load(witness_file))
+    emit(as_json, doc, f"witness {doc['name']!r} at {doc['url']} added ({doc['scope']}): {doc['vkey']}")
+
+
+@witness.command("list")
+@json_option
+@click.pass_obj
+@handle_errors
+def witness_list(state: State, as_json: bool) -> None:
+    """The witnesses new checkpoints are submitted to."""
+    rows = list_witnesses(state.vault().engine)
+    emit(as_json, {"witnesses": rows}, "\n".join(f"{w['name']}  {w['url']}  ({w['scope']})" for w in rows)
+         or "no witness: `keyvault witness add URL --witness W.pub` names one")
+
+
+@witness.command("remove")
+@click.argument("name")
+@json_option
+@click.pass_obj
+@handle_errors
+def witness_remove(state: State, name: str, as_json: bool) -> None:
+    """Stop submitting to the witness NAME (or URL)."""
+    doc = remove_witness(state.vault().engine, name)
+    emit(as_json, doc, f"removed: {', '.join(doc['removed'])}")
 
 
 @click.group("log")

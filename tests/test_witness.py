@@ -721,3 +721,103 @@ def test_a_crash_while_persisting_leaves_the_old_or_the_new_record_and_no_cosign
         live_ok |= restarted.add_checkpoint(request(old, proof, note3)).status == 200
     assert fork_ok != live_ok
     assert live_ok == (crash_at == "dir-fsync" or not fork_ok)  # recorded size2: the fork is refused
+
+
+# -- a store names its witnesses; `keyvault serve` submits; a node's witness route ------------------------
+
+
+def _cosigned_by(note: bytes, identity: Identity) -> bool:
+    return bool(cosignature.cosigners(note, [cosignature.Witness(identity.name, identity.public_key)]))
+
+
+def test_serve_submits_each_new_checkpoint_to_the_witnesses_the_store_names(
+        tmp_path: Path, supplier: Identity, served: Served, log_store: Vault) -> None:
+    from service_support import Server
+
+    store = log_store.path
+    log_store.close()
+    w1 = Identity.load(tmp_path / "w1.json")
+    w1_pub = tmp_path / "w1.pub"
+    w1.public.save(w1_pub)
+    assert kv("--store", store, "witness", "submit").returncode != 0  # names none yet: says so
+    assert kv("--store", store, "witness", "add", "ftp://x", "--witness", w1_pub).returncode != 0
+    added = kv("--store", store, "witness", "add", served.url, "--witness", w1_pub, "--json")
+    assert added.returncode == 0 and json.loads(added.stdout)["scope"] == "store", added.stderr
+    kv("--store", store, "witness", "add", served.url, "--witness", w1_pub)  # again: still one entry
+    listed = json.loads(kv("--store", store, "witness", "list", "--json").stdout)["witnesses"]
+    assert [(w["name"], w["url"]) for w in listed] == [(w1.name, served.url)]
+    server = Server(store, tmp_path / "serve.log", workers=1).start()
+    try:
+        def newest() -> bytes:
+            return server.request("GET", "/v1/log/checkpoint").body
+
+        deadline = time.monotonic() + 60
+        while not _cosigned_by(newest(), w1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _cosigned_by(newest(), w1), (tmp_path / "serve.log").read_text()[-2000:]
+        with Vault.open(store) as vault:  # a new checkpoint while serving: submitted too
+            issue(vault, supplier, tmp_path / "more", count=3)
+            vault.checkpoint()
+            size = newest_checkpoint(vault.engine)[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (_cosigned_by(newest(), w1) and f"\n{size}\n" in newest().decode()):
+            time.sleep(0.1)
+        assert _cosigned_by(newest(), w1) and f"\n{size}\n" in newest().decode()
+        served.kill()  # the witness is down: the service goes on, the failure is logged
+        with Vault.open(store) as vault:
+            issue(vault, supplier, tmp_path / "more", count=3)
+            vault.checkpoint()
+        deadline = time.monotonic() + 60
+        while "did not cosign" not in (tmp_path / "serve.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "did not cosign" in (tmp_path / "serve.log").read_text()
+        assert server.request("GET", "/healthz").status == 200
+    finally:
+        server.stop()
+    by_hand = kv("--store", store, "witness", "submit", "--json")  # to every named witness: it is down
+    assert by_hand.returncode != 0 and json.loads(by_hand.stdout)["witnesses"][0]["ok"] is False
+    assert kv("--store", store, "witness", "remove", w1.name).returncode == 0
+    assert kv("--store", store, "witness", "remove", w1.name).returncode != 0
+    assert json.loads(kv("--store", store, "witness", "list", "--json").stdout)["witnesses"] == []
+
+
+def test_a_node_witness_answers_add_checkpoint_on_the_service(tmp_path: Path, log_store: Vault, supplier: Identity,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from service_support import Server
+
+    size, note = grow(log_store, supplier, tmp_path / "f")
+    engine_pub = tmp_path / "engine.pub"
+    log_store.engine_identity.save(engine_pub)
+    other = Vault.init(tmp_path / "other")  # a store of its own, whose log this witness does not follow
+    other.checkpoint()
+    foreign = newest_checkpoint(other.engine)[1]
+    other.close()
+    log_store.close()
+    plain = Server(tmp_path / "other", tmp_path / "plain.log", workers=1).start()
+    try:  # a node started without a witness identity is no witness
+        got = plain.request("POST", "/v1/witness/add-checkpoint", raw=request(0, [], note))
+        assert got.status == 404 and "KEYVAULT_WITNESS_IDENTITY" in json.loads(got.body)["detail"]
+    finally:
+        plain.stop()
+    who = Identity.generate("node.example/n1")
+    who.save(tmp_path / "node-witness.json")
+    monkeypatch.setenv("KEYVAULT_WITNESS_IDENTITY", str(tmp_path / "node-witness.json"))
+    monkeypatch.setenv("KEYVAULT_WITNESS_LOGS", str(engine_pub))
+    server = Server(tmp_path / "other", tmp_path / "serve.log", workers=2).start()
+    try:
+        path = "/v1/witness/add-checkpoint"
+        got = server.request("POST", path, raw=request(0, [], note))  # no token: witnesses are public
+        assert got.status == 200 and _cosigned_by(note + got.body, who)
+        again = server.request("POST", path, raw=request(0, [], note))  # a replay: the size it saw
+        assert again.status == 409 and again.body == f"{size}\n".encode()
+        assert again.headers["content-type"] == "text/x.tlog.size"
+        assert server.request("POST", path, raw=request(size, [], note)).status == 200  # the same again is fine
+        assert server.request("POST", path, raw=request(0, [], foreign)).status == 404  # a log it does not follow
+        assert server.request("POST", path, raw=b"old x\n\n" + note).status == 400
+        assert server.request("POST", path, raw=b"x" * (LogWitness.max_request + 1)).status == 413
+        assert server.request("GET", path).status == 405
+        state = json.loads((tmp_path / "node-witness.json.state" / "witness-state.json").read_text())
+        assert list(state["logs"].values())[0]["size"] == size  # durable, beside the identity, not in the store
+        assert not (tmp_path / "other" / "witness").exists()
+    finally:
+        server.stop()

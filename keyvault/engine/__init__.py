@@ -19,10 +19,11 @@ from .issuing import Progress, read_cards_csv
 from .throttling import CARD_ATTEMPTS, ThrottlePolicy
 from .tokens import Grant
 from .webhooks import EVENT_KINDS, Due, Message, Webhooks
-from .witness import (LogWitness, consistency_proof, export_tiles, newest_checkpoint, read_tile,
-                      submit_checkpoint)
+from .witness import (LogWitness, add_witness, consistency_proof, export_tiles, list_witnesses, newest_checkpoint,
+                      node_witness, read_tile, remove_witness, submit_all, submit_checkpoint)
 
 __all__ = ["CARD_ATTEMPTS", "CHECKS", "EVENT_KINDS", "Activity", "Answer", "Audit", "AuthorityBound", "AuthorityShown", "AuthorityStatus", "AuthorityUnbound", "ClusterKeyState", "ClusterLogState", "Backup", "CheckReport", "CheckRow", "LockedCard", "Order", "Page", "ReceiptProof", "Restore", "Stats", "Trace",
            "BatchInfo", "BlacklistEntry", "Catalog", "Due", "Engine",
            "Grant", "LogWitness", "Message", "Policy", "Progress", "ThrottlePolicy", "Webhooks", "consistency_proof",
-           "export_tiles", "newest_checkpoint", "read_cards_csv", "read_tile", "submit_checkpoint"]
+           "export_tiles", "newest_checkpoint", "read_cards_csv", "read_tile", "submit_checkpoint",
+           "add_witness", "list_witnesses", "node_witness", "remove_witness", "submit_all"]

@@ -14,11 +14,12 @@ import base64
 import errno
 import fcntl
 import json
+import logging
 import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,17 @@ from ..store.records import CHECKPOINT, from_u64, u64
 if TYPE_CHECKING:
     from .state import State
 
+log = logging.getLogger("keyvault.witness")
+
 STATE_FORMAT = "keyvault/witness-state/v1"
+#: Environment of `keyvault serve`: this node's witness identity file (0600); unset, the node is no witness.
+WITNESS_ENV = "KEYVAULT_WITNESS_IDENTITY"
+#: Environment: the public files of the logs this node's witness follows (the cluster's public key), os.pathsep apart.
+WITNESS_LOGS_ENV = "KEYVAULT_WITNESS_LOGS"
+#: Environment: the directory of this node's witness state (default: beside the identity file, ``FILE.state``).
+WITNESS_STATE_ENV = "KEYVAULT_WITNESS_STATE"
+#: Meta key of a single store: the witnesses it submits its checkpoints to (JSON).
+WITNESSES_META = b"witnesses"
 MAX_REQUEST = MAX_NOTE_BYTES + 4096  # an old size line, 63 proof lines and a note
 SIZE_TYPE = "text/x.tlog.size"
 
@@ -199,14 +210,7 @@ def keep_cosignatures(state: State, size: int, lines: bytes, witness: cosignatur
         if stored is None:
             raise UsageError(f"no checkpoint was signed at size {size}")
         head, note = bytes(stored[:CHECKPOINT.size]), bytes(stored[CHECKPOINT.size:])
-        text, _ = split_note(note)
-        answered = text + b"\n" + lines
-        cosignature.verify(answered, [witness], 1)  # the witness's answer verifies over this very checkpoint
-        mine = [line for line in lines.split(b"\n") if _by(line, witness)]
-        theirs = [line for line in note[len(text) + 1:].split(b"\n") if line and not _by(line, witness)]
-        combined = text + b"\n" + b"".join(line + b"\n" for line in theirs + mine[-1:])
-        if len(combined) > MAX_NOTE_BYTES:
-            raise ProofError("the checkpoint note would be too large with these cosignatures")
+        combined = cosignature.merge(note, lines, witness, MAX_NOTE_BYTES)
         if combined != note:  # one line per witness: its newest cosignature replaces an older one
             txn.put("checkpoints", u64(size), head + combined)
         return combined
@@ -215,31 +219,33 @@ def keep_cosignatures(state: State, size: int, lines: bytes, witness: cosignatur
     return result
 
 
-def _by(line: bytes, witness: cosignature.Witness) -> bool:
-    """Whether a stored signature line is a cosignature line of ``witness`` (its name and key id)."""
-    try:
-        _, found = cosignature.cosignatures(b"x\n\n" + line + b"\n")
-    except ProofError:
-        return False
-    return any((c.name, c.key_id) == (witness.name, witness.key_id) for c in found)
+def add_checkpoint_url(url: str) -> str:
+    """The add-checkpoint URL of a witness given by its base URL or the full one."""
+    base = url.rstrip("/")
+    return base if base.endswith("/add-checkpoint") else base + "/add-checkpoint"
 
 
-def submit_checkpoint(state: State, url: str, witness: PublicIdentity, *, timeout: float = 30.0) -> dict[str, Any]:
-    """Send the newest checkpoint to a witness's add-checkpoint URL with a consistency proof from the size it
-    last cosigned; keep the cosignature it returns with the checkpoint."""
-    key = cosignature.Witness(witness.name, witness.public_key)
-    size, note = newest_checkpoint(state)
-    target = url.rstrip("/") + ("" if url.rstrip("/").endswith("/add-checkpoint") else "/add-checkpoint")
-    old = 0
+class WitnessRefused(ProofError):
+    """A witness answered, and refused to cosign (the log is not a consistent extension of what it saw)."""
+
+
+def ask_witness(url: str, size: int, note: bytes, prove: Callable[[int], list[bytes]], *, old: int = 0,
+                timeout: float = 30.0) -> tuple[bytes, int]:
+    """One C2SP add-checkpoint exchange: (the witness's cosignature lines, the size it had seen).
+
+    ``prove(old)`` gives the consistency proof from ``old`` to ``size`` events. A 409 answer (the
+    witness had seen another size) is retried once more with that size; a witness that saw more
+    than ``size`` events, or refuses the proof, is WitnessRefused; an unreachable one KeyvaultError.
+    """
+    target = add_checkpoint_url(url)
+    old = old if 0 <= old <= size else 0  # a hint past this checkpoint: the witness says its size
     for _ in range(3):
-        proof = consistency_proof(state, old, size) if old else []
-        body = f"old {old}\n".encode() + tiles.encode_proof(proof).encode() + b"\n" + note
+        body = f"old {old}\n".encode() + tiles.encode_proof(prove(old) if old else []).encode() + b"\n" + note
         request = urllib.request.Request(target, data=body, method="POST",
                                          headers={"content-type": "text/plain; charset=utf-8"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the operator's URL)
-                lines = response.read(MAX_NOTE_BYTES)
-            break
+                return response.read(MAX_NOTE_BYTES), old
         except urllib.error.HTTPError as exc:
             answer = exc.read(4096).decode("utf-8", "replace").strip()
             if exc.code == 409:
@@ -248,20 +254,147 @@ def submit_checkpoint(state: State, url: str, witness: PublicIdentity, *, timeou
                 except ValueError:
                     raise KeyvaultError(f"the witness answered 409 without its size ({answer[:80]!r})") from None
                 if old > size:
-                    raise ProofError(f"the witness has cosigned {old:,} events of this log, more than the {size:,} "
-                                     "this store holds: this store was rolled back or is a fork; restore the live "
-                                     "store, never a copy") from None
+                    raise WitnessRefused(f"the witness has cosigned {old:,} events of this log, more than the "
+                                         f"{size:,} this log holds: the log was rolled back or is a fork; restore "
+                                         "the live store or database, never an older copy") from None
                 continue
-            raise KeyvaultError(f"the witness refused the checkpoint ({exc.code}): {answer[:300]}"
-                                + ("; this store's log is not a consistent extension of what it cosigned before: "
-                                   "was the store rolled back or forked?" if exc.code == 422 else "")) from None
+            raise (WitnessRefused if exc.code in (403, 404, 422) else KeyvaultError)(
+                f"the witness refused the checkpoint ({exc.code}): {answer[:300]}"
+                + ("; this log is not a consistent extension of what it cosigned before: was the store or "
+                   "database rolled back or forked?" if exc.code == 422 else "")) from None
         except (urllib.error.URLError, OSError) as exc:
             raise KeyvaultError(f"cannot reach the witness at {target}: {getattr(exc, 'reason', exc)}; check the "
-                                "URL and that `keyvault witness serve` runs there") from None
-    else:
-        raise KeyvaultError("the witness kept changing its size; try again")
+                                "URL and that the witness runs there") from None
+    raise KeyvaultError("the witness kept changing its size; try again")
+
+
+def submit_checkpoint(state: State, url: str, witness: PublicIdentity | cosignature.Witness, *,
+                      timeout: float = 30.0) -> dict[str, Any]:
+    """Send the newest checkpoint to a witness's add-checkpoint URL with a consistency proof from the size it
+    last cosigned; keep the cosignature it returns with the checkpoint."""
+    key = cosignature.Witness(witness.name, witness.public_key)
+    size, note = newest_checkpoint(state)
+    lines, old = ask_witness(url, size, note, lambda o: consistency_proof(state, o, size), timeout=timeout)
     combined = keep_cosignatures(state, size, lines, key)
     return {"size": size, "old_size": old, "witness": witness.name, "note": combined.decode("utf-8")}
+
+
+# -- the witnesses a log submits to ---------------------------------------------------------------------
+
+
+def own_witness_key() -> bytes | None:
+    """This node's witness public key, from the identity file $KEYVAULT_WITNESS_IDENTITY names (None if unset)."""
+    path = os.environ.get(WITNESS_ENV)
+    if not path:
+        return None
+    try:
+        return Identity.load(path).public_key
+    except KeyvaultError as exc:
+        log.error("this node's witness identity (%s) cannot be read: %s", WITNESS_ENV, exc)
+        return None
+
+
+def node_witness(store: str | os.PathLike[str] | None = None) -> LogWitness | None:
+    """This node's witness as the environment configures it (None without $KEYVAULT_WITNESS_IDENTITY); ``store``
+    is the serving store (its state is never kept there)."""
+    path = os.environ.get(WITNESS_ENV)
+    if not path:
+        return None
+    logs = [PublicIdentity.load(p) for p in os.environ.get(WITNESS_LOGS_ENV, "").split(os.pathsep) if p]
+    if not logs:
+        raise UsageError(f"{WITNESS_ENV} is set but {WITNESS_LOGS_ENV} names no log to witness: set it to the "
+                         "cluster's public file (DIR/cluster.pub of `keyvault cluster local up`)")
+    # Beside the identity by default, never in the store: a restored store backup must not roll the witness back.
+    state_dir = os.environ.get(WITNESS_STATE_ENV) or Path(path).with_name(Path(path).name + ".state")
+    return LogWitness(Identity.load(path), state_dir, logs)
+
+
+def _clustered(state: State) -> Any:
+    """The authority's session maker when the store is bound to a PostgreSQL authority, else None."""
+    authority = getattr(state, "authority", None)  # the Engine's: a State alone is never bound
+    return authority if getattr(authority, "remote", False) and hasattr(authority, "cluster_identity") else None
+
+
+def add_witness(state: State, url: str, witness: PublicIdentity) -> dict[str, Any]:
+    """Name a witness to submit every new checkpoint to: the cluster's (store bound to an authority) or the store's."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"a witness URL starts with http:// or https://, not {url[:80]!r}")
+    key = cosignature.Witness(witness.name, witness.public_key)
+    entry = {"name": key.name, "url": url, "vkey": key.vkey()}
+    authority = _clustered(state)
+    if authority is not None:
+        with authority.session() as conn:
+            conn.execute("INSERT INTO keyvault_witnesses (public_key, name, url, at_ms) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (public_key) DO UPDATE SET name = excluded.name, url = excluded.url",
+                         (key.public_key, key.name, url, now_ms()))
+        return {**entry, "scope": "cluster"}
+
+    def work(txn: Any) -> None:
+        kept = [w for w in _stored(txn) if w["vkey"] != entry["vkey"]]
+        txn.put("meta", WITNESSES_META, json.dumps(kept + [entry]).encode())
+
+    state.store.write(work)
+    return {**entry, "scope": "store"}
+
+
+def _stored(txn: Any) -> list[dict[str, str]]:
+    raw = txn.get("meta", WITNESSES_META)
+    return [] if raw is None else list(json.loads(bytes(raw)))
+
+
+def list_witnesses(state: State, *, store_only: bool = False) -> list[dict[str, Any]]:
+    """The witnesses new checkpoints are submitted to: name, url, verifier key, and scope (cluster or store);
+    with ``store_only``, only those the store itself names (PostgreSQL is not asked)."""
+    authority = None if store_only else _clustered(state)
+    if authority is not None:
+        with authority.session() as conn:
+            rows = conn.execute("SELECT name, public_key, url FROM keyvault_witnesses ORDER BY name").fetchall()
+        return [{"name": n, "url": u, "vkey": cosignature.Witness(n, bytes(k)).vkey(), "scope": "cluster"}
+                for n, k, u in rows]
+    with state.store.read() as txn:
+        return [{**w, "scope": "store"} for w in _stored(txn)]
+
+
+def remove_witness(state: State, name: str) -> dict[str, Any]:
+    """Stop submitting to the witness of that name (or URL); NotFound-style UsageError when none is named so."""
+    authority = _clustered(state)
+    if authority is not None:
+        with authority.session() as conn:
+            gone = conn.execute("DELETE FROM keyvault_witnesses WHERE name = %s OR url = %s RETURNING name",
+                                (name, name)).fetchall()
+        removed = [r[0] for r in gone]
+    else:
+        def work(txn: Any) -> list[str]:
+            before = _stored(txn)
+            kept = [w for w in before if name not in (w["name"], w["url"])]
+            txn.put("meta", WITNESSES_META, json.dumps(kept).encode())
+            return [w["name"] for w in before if w not in kept]
+
+        removed = state.store.write(work)
+    if not removed:
+        raise UsageError(f"no witness is named {name[:80]!r}: `keyvault witness list` shows them")
+    return {"removed": removed}
+
+
+def submit_all(state: State, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Submit the newest checkpoint to every witness this store names (not a cluster's: its sequencer does);
+    one outcome per witness, failures included (logged), never raised."""
+    with state.store.read() as txn:
+        named = _stored(txn)
+    size, note = newest_checkpoint(state) if named else (0, b"")
+    out = []
+    for entry in named:
+        witness = cosignature.Witness.from_vkey(entry["vkey"])
+        if cosignature.cosigners(note, [witness]):
+            out.append({"witness": witness.name, "url": entry["url"], "ok": True, "size": size})
+            continue  # it cosigned this very checkpoint already
+        try:
+            done = submit_checkpoint(state, entry["url"], witness, timeout=timeout)
+            out.append({"witness": witness.name, "url": entry["url"], "ok": True, "size": done["size"]})
+        except KeyvaultError as exc:
+            log.warning("witness %s did not cosign this store's checkpoint: %s", witness.name, exc)
+            out.append({"witness": witness.name, "url": entry["url"], "ok": False, "error": str(exc)})
+    return out
 
 
 # -- tiles --------------------------------------------------------------------------------------------

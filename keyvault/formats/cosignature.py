@@ -178,3 +178,40 @@ def witnessed(note: bytes, witnesses: Sequence[PublicIdentity], required: int,
         return False, str(exc)
     names = ", ".join(f"{w.name!r} at {t}" for w, t in sorted(seen, key=lambda s: s[0].name))
     return True, f"{len(seen)} distinct witnesses cosigned this checkpoint ({required} required): {names or 'none'}"
+
+
+def by(line: bytes, witness: Witness) -> bool:
+    """Whether one signature line of a note is a cosignature/v1 line of ``witness`` (its name and key id)."""
+    try:
+        _, found = cosignatures(b"x\n\n" + line + b"\n")
+    except ProofError:
+        return False
+    return any((c.name, c.key_id) == (witness.name, witness.key_id) for c in found)
+
+
+def merge(note: bytes, lines: bytes, witness: Witness, max_bytes: int) -> bytes:
+    """``note`` with ``witness``'s answer ``lines`` checked over its text and kept as that witness's one line.
+
+    ProofError when the answer does not verify over this very checkpoint, or the note would exceed
+    ``max_bytes``. An older line by the same witness is replaced; other signature lines are kept.
+    """
+    text, _ = split_note(note)
+    verify(text + b"\n" + lines, [witness], 1)
+    mine = [one for one in lines.split(b"\n") if one and by(one, witness)]
+    theirs = [one for one in note[len(text) + 1:].split(b"\n") if one and not by(one, witness)]
+    combined = text + b"\n" + b"".join(one + b"\n" for one in theirs + mine[-1:])
+    if len(combined) > max_bytes:
+        raise ProofError("the checkpoint note would be too large with this cosignature")
+    return combined
+
+
+def cosigners(note: bytes, witnesses: Sequence[Witness]) -> list[Witness]:
+    """The ``witnesses`` with a cosignature line on ``note`` that verifies (others, and bad lines, not counted)."""
+    out = []
+    for witness in witnesses:
+        try:
+            verify(note, [witness], 1)
+        except ProofError:
+            continue
+        out.append(witness)
+    return out

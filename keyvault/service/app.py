@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import Status, Vault
-from ..engine import Grant, consistency_proof, newest_checkpoint, read_tile
+from ..engine import Grant, LogWitness, consistency_proof, newest_checkpoint, node_witness, read_tile
 from ..errors import KeyvaultError, ProofError
 from ..fields import MAX_ORDER_ID, MAX_REASON
 from ..formats.answers import results_body
@@ -428,6 +428,19 @@ class Service:
             raise Problem("invalid-request", "give ?old=N (and optionally &new=M), sizes in events") from None
         return 200, encode_proof(await _off_loop(consistency_proof, self.vault.engine, old, new)).encode(), _TEXT
 
+    async def witness_add_checkpoint(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
+        """POST /v1/witness/add-checkpoint: this node's witness cosigns consistent growth (C2SP tlog-witness)."""
+        witness = _WITNESSES.get(self.options.store)
+        if witness is None:
+            witness = await _off_loop(node_witness, self.options.store)
+            if witness is None:
+                raise Problem("not-found", "this node is no witness: start it with KEYVAULT_WITNESS_IDENTITY (a "
+                                           "`keyvault witness init` file) and KEYVAULT_WITNESS_LOGS (the logs' keys)")
+            witness = _WITNESSES.setdefault(self.options.store, witness)
+        body = await self._body(scope, receive, witness.max_request)
+        answer = await _off_loop(witness.add_checkpoint, body)
+        return answer.status, answer.body, answer.content_type.encode()
+
     async def healthz(self, scope: Scope, receive: Receive, grant: Grant | None) -> Answer:
         """GET /healthz: 200 when the store answers reads."""
         self.vault.catalog()
@@ -441,6 +454,9 @@ class Service:
         """GET /v1/openapi.json."""
         return 200, self._openapi, _JSON
 
+
+#: This process's node witness per store (its state is on disk, shared by the workers under a file lock).
+_WITNESSES: dict[Path, LogWitness] = {}
 
 #: path -> {method: (handler, scope needed or None for no token)}
 ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
@@ -471,6 +487,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, str | None]]] = {
     "/v1/log/checkpoint": {"GET": (Service.log_checkpoint, None)},
     "/v1/log/tile/{path}": {"GET": (Service.log_tile, None)},
     "/v1/log/consistency": {"GET": (Service.log_consistency, None)},
+    "/v1/witness/add-checkpoint": {"POST": (Service.witness_add_checkpoint, None)},
     "/healthz": {"GET": (Service.healthz, None)},
     "/metrics": {"GET": (Service.prometheus, None)},
 }

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import KeyvaultError, UsageError
 from ..vault import Vault
-from . import commitd, delivery, logs
+from . import commitd, delivery, logs, witnessd
 from .limits import Limits
 from .workers import Workers, bind
 
@@ -104,11 +104,14 @@ def serve(store: Path, pepper_file: Path | None, host: str, port: int, workers: 
             if commits is not None:
                 commits.start()
             hooks = delivery.start(store, pepper_file) if commit_process else None  # webhooks, in this process
+            submits = witnessd.Submitter(hooks.vault).start() if hooks is not None else None  # checkpoints
             try:
                 if ready is not None:
                     ready()
                 return Workers(settings, sock, workers, limits).run()  # one worker too: restarted if it dies
             finally:
+                if submits is not None:
+                    submits.stop()
                 if hooks is not None:
                     hooks.stop()
                     hooks.vault.close()

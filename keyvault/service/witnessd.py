@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..engine import LogWitness
+from ..engine import LogWitness, list_witnesses, newest_checkpoint, submit_all
 from ..errors import KeyvaultError
 from .limits import Limits
 from .workers import bind
@@ -102,3 +104,61 @@ def serve_witness(witness: LogWitness, host: str, port: int, limits: Limits = Li
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+class Submitter:
+    """``keyvault serve``'s witness submissions for a single store: each new checkpoint goes to every witness the
+    store names (`keyvault witness add`), in a background thread, each request with a deadline; a round with a
+    failure is tried again after an exponential backoff (logged), a newer checkpoint waits for it too. A store
+    bound to a cluster names none of its own: the cluster's sequencer submits the cluster's checkpoints."""
+
+    def __init__(self, vault: Any, interval: float = 1.0, timeout: float = 10.0, max_backoff: float = 300.0) -> None:
+        self.vault = vault
+        self.interval = interval
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.done = 0  # the newest size every named witness cosigned
+        self.failures = 0
+        self.retry_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> list[dict[str, Any]] | None:
+        """One look: submit the newest checkpoint when it is new and no backoff runs; the outcomes, or None."""
+        named = list_witnesses(self.vault.engine, store_only=True)  # a cluster's sequencer submits the cluster's
+        if not named or time.monotonic() < self.retry_at:
+            return None
+        size, _ = newest_checkpoint(self.vault.engine)
+        if size <= self.done:
+            return None
+        outcomes = submit_all(self.vault.engine, timeout=self.timeout)
+        if all(o["ok"] for o in outcomes):
+            self.done, self.failures, self.retry_at = size, 0, 0.0
+        else:
+            self.failures += 1
+            pause = min(self.max_backoff, self.interval * 2 ** min(self.failures, 20))
+            self.retry_at = time.monotonic() + pause
+            log.warning("checkpoint %s: %d of %d witnesses did not cosign; next try in %.0f s", size,
+                        sum(not o["ok"] for o in outcomes), len(outcomes), pause)
+        return outcomes
+
+    def start(self) -> Submitter:
+        """Run in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="keyvault-witness-submit", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.step()
+            except KeyvaultError as exc:  # no checkpoint yet, a busy store: the next look
+                log.debug("witness submission: %s", exc)
+            except Exception:  # noqa: BLE001 - never stops the service; logged for the operator
+                log.exception("witness submission failed")
+
+    def stop(self) -> None:
+        """Stop the thread (a request under way ends at its deadline)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 5)

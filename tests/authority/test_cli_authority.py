@@ -19,7 +19,7 @@ def test_set_show_check_unset(world: World, pg_server: PgServer, authority_dsn: 
     shown = ok("--store", store, "authority", "show")
     assert "hunter2" not in shown.output and "password=***" in shown.output
     doc = one_json(ok("--store", store, "authority", "check", "--json"))
-    assert doc["reachable"] is True and doc["schema_version"] == 2 and doc["cache_lag"] == 0
+    assert doc["reachable"] is True and doc["schema_version"] == 3 and doc["cache_lag"] == 0
     assert "hunter2" not in json.dumps(doc)
     text = ok("--store", store, "authority", "check").output
     assert "the primary" in text and "hunter2" not in text

@@ -457,7 +457,7 @@ def test_a_version_1_database_is_upgraded_and_its_changes_logged(nodes: tuple[Va
         conn.execute("INSERT INTO keyvault_schema (version) VALUES (1)")
     upgraded = PostgresAuthority(authority_dsn)
     try:
-        assert upgraded.check()["schema_version"] == 2
+        assert upgraded.check()["schema_version"] == 3
         seq = Sequencer(upgraded, cluster_key)
         _drain(seq)
         seq.maybe_sign(force=True)

@@ -552,8 +552,8 @@ def cluster_bundle(engine: Any, key_or_serial: str, wait: float = 30.0) -> dict[
             pass
         about = [i for i, leaf in enumerate(copy.leaves)
                  if any(subject in subjects for subject, _ in split_leaf(leaf)[1] or [])]
-        latest_checkpoint = copy.latest()
-        if latest_checkpoint is not None and latest_checkpoint[0] > (about[-1] if about else -1):
+        latest_checkpoint = copy.latest(cover=about[-1] if about else -1)  # the most cosigned that covers them
+        if latest_checkpoint is not None:
             break
         if time.monotonic() > deadline:
             raise AuthorityError("no cluster checkpoint covers this key's events yet (is a node holding the cluster "

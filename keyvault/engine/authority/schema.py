@@ -7,7 +7,7 @@ keys; every decision is ``INSERT … ON CONFLICT DO NOTHING RETURNING`` plus a r
 from __future__ import annotations
 
 #: The layout this version writes and reads; a database at a newer version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements that bring an empty database (or one at an older version) to SCHEMA_VERSION, idempotent.
 SCHEMA = [
@@ -93,5 +93,19 @@ SCHEMA = [
         name text NOT NULL,
         public_key bytea NOT NULL,
         origin text NOT NULL)""",
-    f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING",
 ]
+
+#: Version 3: the nodes witness each other's cluster log (docs/cluster.md, "Nodes witness the cluster log").
+WITNESS_SCHEMA = [
+    # Every witness the sequencer submits each new cluster checkpoint to: a node's witness or an outside one.
+    """CREATE TABLE IF NOT EXISTS keyvault_witnesses (
+        public_key bytea PRIMARY KEY,
+        name text NOT NULL,
+        url text NOT NULL,
+        at_ms bigint NOT NULL)""",
+    # The witness key of the node whose sequencer signed a checkpoint: that node never cosigns it.
+    "ALTER TABLE keyvault_checkpoints ADD COLUMN IF NOT EXISTS signer bytea",
+]
+SCHEMA += WITNESS_SCHEMA
+SCHEMA.append(f"INSERT INTO keyvault_schema (version) VALUES ({SCHEMA_VERSION}) ON CONFLICT (version) DO NOTHING")
+

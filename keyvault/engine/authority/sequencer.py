@@ -35,13 +35,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ... import _fast
 from ...clock import now_ms
 from ...errors import AuthorityError, IdentityError, KeyvaultError, ProofError, StoreCorruptError
-from ...formats import history, merkle
-from ...formats.checkpoint import TIME_LINE, Checkpoint, Verifier, open_note, sign
+from ...formats import cosignature, history, merkle
+from ...formats.checkpoint import MAX_NOTE_BYTES, TIME_LINE, Checkpoint, Verifier, open_note, sign
 from ...formats.events import CHANGE_BODY, KINDS, LEAF, encode_links, split_leaf
 from ...formats.bundle import engine_origin
 from ...formats.identity import Identity
@@ -49,6 +50,7 @@ from ...formats.keyformat import batch_text
 from ...formats.manifest import read_manifest
 from ...store.records import dump, u64
 from ..catalog import blacklist_target
+from ..witness import WITNESS_ENV, ask_witness, own_witness_key
 
 log = logging.getLogger("keyvault.cluster_log")
 
@@ -61,6 +63,8 @@ LOGGED = ("redeem", "void", "blacklist", "lift", "manifest")
 KEY_ENV = "KEYVAULT_CLUSTER_KEY"
 #: Changes taken per batch at most.
 BATCH = 5000
+#: A mirror reads the newest this many checkpoints again each step (for the cosignatures added since).
+REREAD = 8
 
 _ZERO = bytes(32)
 
@@ -179,10 +183,17 @@ class Sequencer:
     """Numbers the cluster log while this process holds :data:`LOG_LOCK` (a background thread, or by steps)."""
 
     def __init__(self, authority: Any, key: Identity, *, take_lock: bool = True, interval: float = 0.2,
-                 every_events: int = 10_000, every_seconds: float = 10.0) -> None:
+                 every_events: int = 10_000, every_seconds: float = 10.0,
+                 own_witness: bytes | None | str = "env") -> None:
         self.authority = authority
         self.key = key
         self.origin = origin_of(key.public_key)
+        #: This node's witness key (from $KEYVAULT_WITNESS_IDENTITY unless given): recorded as the signer of the
+        #: checkpoints this process signs, so this node's witness is never counted for them.
+        self.own_witness: bytes | None = own_witness_key() if own_witness == "env" else \
+            (own_witness if isinstance(own_witness, bytes) else None)
+        #: Submits each new checkpoint to the cluster's witnesses (started with the thread; tests step it).
+        self.cosigner = Cosigner(self)
         #: False only in tests: act as sequencer without the lock (the fence must still hold).
         self.take_lock = take_lock
         self.interval = interval
@@ -426,10 +437,12 @@ class Sequencer:
             root = self.tree.root(size)
             note = sign(Checkpoint(self.origin, size, root, (f"{TIME_LINE}{at}", history.extension_line(index))),
                         self.origin, self.key.signing_key)
-            conn.execute("INSERT INTO keyvault_checkpoints (size, root, at_ms, note) VALUES (%s, %s, %s, %s) "
-                         "ON CONFLICT (size) DO UPDATE SET at_ms = excluded.at_ms, note = excluded.note "
-                         "WHERE keyvault_checkpoints.root = excluded.root", (size, root, at, note))
+            conn.execute("INSERT INTO keyvault_checkpoints (size, root, at_ms, note, signer) "
+                         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (size) DO UPDATE SET at_ms = excluded.at_ms, "
+                         "note = excluded.note, signer = excluded.signer WHERE keyvault_checkpoints.root = excluded.root",
+                         (size, root, at, note, self.own_witness))
         self._signed_at = time.monotonic()
+        self.cosigner.wake()
         return note
 
     # -- the thread ------------------------------------------------------------------------------------
@@ -438,6 +451,7 @@ class Sequencer:
         """Run in a background thread: try for the lock, and number the log while holding it."""
         self._thread = threading.Thread(target=self._run, name="keyvault-cluster-sequencer", daemon=True)
         self._thread.start()
+        self.cosigner.start()
         return self
 
     def _run(self) -> None:
@@ -459,8 +473,163 @@ class Sequencer:
     def stop(self) -> None:
         """Stop the thread and give the lock up."""
         self._stop.set()
+        self.cosigner.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+
+class Cosigner:
+    """Submits the cluster's newest checkpoint to every registered witness but the signing node's own, and keeps
+    each cosignature in the checkpoint's note in PostgreSQL (so every node's bundles carry it).
+
+    Only while its sequencer holds the log lock. Asynchronous and bounded: each witness is asked in a thread
+    of its own with a deadline (``timeout`` per request); one that fails is retried with exponential backoff
+    (to ``max_backoff`` seconds), each failure logged; nothing here is on a redeem's path.
+    """
+
+    def __init__(self, sequencer: Sequencer, *, timeout: float = 5.0, max_backoff: float = 60.0,
+                 ask: Callable[..., tuple[bytes, int]] = ask_witness) -> None:
+        self.sequencer = sequencer
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        #: The add-checkpoint exchange (tests put a witness in process here).
+        self.ask = ask
+        self.seen: dict[bytes, int] = {}  # witness key -> the size it last cosigned (a hint: it says on 409)
+        self.failures: dict[bytes, int] = {}
+        self.retry_at: dict[bytes, float] = {}
+        self.outcome: dict[str, str] = {}  # witness name -> what happened last (for tests and logs)
+        self._inflight: dict[bytes, Future[None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="keyvault-cosigner")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None  # its own session for reading the newest checkpoint and the witnesses
+
+    def wake(self) -> None:
+        """A checkpoint was signed: submit it now."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="keyvault-cluster-cosigner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread; submissions under way end at their deadline."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._thread is None or not self._thread.is_alive():
+            self._drop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)  # also the clock of the retries
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.round()
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the next round tries again
+                log.info("cluster log cosigner: %s; trying again", str(exc).strip()[:200])
+        self._drop()
+
+    def round(self, wait: bool = False) -> dict[str, str]:
+        """Submit the newest checkpoint to every witness due (not cosigned yet, not backing off, not asked already);
+        with ``wait``, wait for the answers. The last outcome per witness name."""
+        if not self.sequencer.holding:
+            self._drop()
+            return {}
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self.sequencer.authority.session()
+                self._conn.autocommit = True
+            newest = self._conn.execute("SELECT size, note, signer FROM keyvault_checkpoints "
+                                        "ORDER BY size DESC LIMIT 1").fetchone()
+            witnesses = self._conn.execute("SELECT public_key, name, url FROM keyvault_witnesses "
+                                           "ORDER BY name").fetchall()
+        except BaseException:
+            self._drop()
+            raise
+        if newest is None:
+            return {}
+        size, note, signer = int(newest[0]), bytes(newest[1]), None if newest[2] is None else bytes(newest[2])
+        tree = self.sequencer.tree
+        if tree.size < size:
+            return {}  # the sequencer is reloading the log: the next round
+        now = time.monotonic()
+        started = []
+        for public_key, name, url in witnesses:
+            public_key = bytes(public_key)
+            if public_key in (self.sequencer.own_witness, signer):
+                self.outcome[name] = "signer"  # a node never witnesses a checkpoint it signed
+                continue
+            try:
+                witness = cosignature.Witness(name, public_key)
+            except ProofError as exc:
+                self.outcome[name] = f"unusable: {exc}"
+                continue
+            if cosignature.cosigners(note, [witness]):
+                self.outcome[name] = f"cosigned {size}"
+                continue
+            running = self._inflight.get(public_key)
+            if running is not None and not running.done() or now < self.retry_at.get(public_key, 0.0):
+                continue
+            job = self._pool.submit(self._submit, witness, url, size, note, tree)
+            self._inflight[public_key] = job
+            started.append(job)
+        if wait:
+            for job in started:
+                job.result()
+        return dict(self.outcome)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - it is being dropped anyway
+                pass
+
+    def _submit(self, witness: cosignature.Witness, url: str, size: int, note: bytes, tree: Tree) -> None:
+        key = witness.public_key
+        try:
+            lines, _ = self.ask(url, size, note, lambda old: tree.consistency(old, size),
+                                old=min(self.seen.get(key, 0), size), timeout=self.timeout)
+            self._keep(size, lines, witness)
+        except KeyvaultError as exc:
+            failures = self.failures.get(key, 0) + 1
+            self.failures[key] = failures
+            pause = min(self.max_backoff, 0.5 * 2 ** min(failures, 20))
+            self.retry_at[key] = time.monotonic() + pause
+            self.outcome[witness.name] = f"failed: {exc}"
+            (log.error if isinstance(exc, ProofError) else log.warning)(
+                "cluster log: witness %s did not cosign the checkpoint at size %s (try %s): %s; next try in %.1f s",
+                witness.name, size, failures, exc, pause)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug or PostgreSQL away: logged, retried
+            self.retry_at[key] = time.monotonic() + self.max_backoff / 4
+            self.outcome[witness.name] = f"failed: {exc}"
+            log.warning("cluster log: keeping witness %s's cosignature failed: %s", witness.name, exc)
+            return
+        self.seen[key] = size
+        self.failures.pop(key, None)
+        self.retry_at.pop(key, None)
+        self.outcome[witness.name] = f"cosigned {size}"
+        log.info("cluster log: witness %s cosigned the checkpoint at size %s", witness.name, size)
+
+    def _keep(self, size: int, lines: bytes, witness: cosignature.Witness) -> None:
+        """Merge the witness's cosignature into the checkpoint's note (checked over its text) in PostgreSQL."""
+        with self.sequencer.authority.session() as conn, conn.transaction():
+            row = conn.execute("SELECT note FROM keyvault_checkpoints WHERE size = %s FOR UPDATE", (size,)).fetchone()
+            if row is None:
+                raise ProofError(f"the checkpoint at size {size} is gone from the authority")
+            note = bytes(row[0])
+            merged = cosignature.merge(note, lines, witness, MAX_NOTE_BYTES)
+            if merged != note:
+                conn.execute("UPDATE keyvault_checkpoints SET note = %s WHERE size = %s", (merged, size))
 
 
 class _Fenced(Exception):
@@ -511,7 +680,9 @@ class Mirror:
         candidate = Tree()
         candidate.hashes = self.tree.hashes + hashes
         verifier = Verifier(origin_of(self.public_key), self.public_key)
-        for size, root, note in authority.log_checkpoints(max(self.checkpoints, default=0)):
+        known = sorted(self.checkpoints)
+        # The newest few are read again: witnesses' cosignatures are added to their notes after they are signed.
+        for size, root, note in authority.log_checkpoints(known[-REREAD] - 1 if len(known) >= REREAD else 0):
             if size > candidate.size or size in self.checkpoints and self.checkpoints[size] == note:
                 continue
             checkpoint = open_note(note, origin_of(self.public_key), [verifier])
@@ -524,11 +695,17 @@ class Mirror:
         self.problem = None
         return len(hashes)
 
-    def latest(self) -> tuple[int, Checkpoint] | None:
-        """The newest checked checkpoint: (size, checkpoint), or None."""
+    def latest(self, cover: int | None = None) -> tuple[int, Checkpoint] | None:
+        """The newest checked checkpoint: (size, checkpoint), or None. With ``cover``, of the checkpoints of more
+        than ``cover`` entries, the one with the most witness cosignatures (the newest of those)."""
         if not self.checkpoints or self.public_key is None:
             return None
         size = max(self.checkpoints)
+        if cover is not None:
+            covering = [s for s in self.checkpoints if s > cover]
+            if not covering:
+                return None
+            size = max(covering, key=lambda s: (len(cosignature.cosignatures(self.checkpoints[s])[1]), s))
         origin = origin_of(self.public_key)
         return size, open_note(self.checkpoints[size], origin, [Verifier(origin, self.public_key)])
 
@@ -570,5 +747,5 @@ def change_numbers(leaves: list[bytes]) -> list[tuple[str, int | None]]:
     return out
 
 
-__all__ = ["KEY_ENV", "LOG_LOCK", "Mirror", "Sequencer", "Tree", "check_leaf", "leaf_of", "load_key",
+__all__ = ["KEY_ENV", "LOG_LOCK", "WITNESS_ENV", "Cosigner", "Mirror", "Sequencer", "Tree", "check_leaf", "leaf_of", "load_key",
            "origin_of", "verify_log"]
