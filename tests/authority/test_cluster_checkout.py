@@ -3,15 +3,22 @@ promise with two or three nodes (stores bound to one database) racing in threads
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import test_checkout as single
-from keyvault import Identity, Status, Vault
+from keyvault import Identity, NotFoundError, Status, Vault
+from keyvault.engine.authority.postgres import Checkout
+from keyvault.errors import AuthorityError, OutcomeUnknownError
+from keyvault.formats.keyformat import parse_serial as _parse_serial
 
-from conftest import Issued, issue, read_export
+from conftest import Issued, eventually, issue, read_export
+from .conftest import PgServer
 from .test_authority import node
 
 
@@ -87,3 +94,209 @@ def test_hold_on_one_node_confirm_on_another(nodes: tuple[Vault, Vault, Vault], 
     assert a.redeem(key, "order-1").status is Status.ACCEPTED
     report = c.order("order-1")
     assert [k["state"] for k in report["keys"]] == ["redeemed"]
+
+
+# -- races between nodes ---------------------------------------------------------------------------------
+
+
+def _race(calls: list[Callable[[], object]]) -> list[object]:
+    """Run the calls at once, one thread each; their answers (or the exception each raised), in order."""
+    barrier = threading.Barrier(len(calls))
+    out: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = calls[i]()
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def _rows(dsn: str, sql: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_hold_against_hold_across_nodes_one_order_wins(nodes: tuple[Vault, Vault, Vault], batch: Issued) -> None:
+    for round_ in range(4):
+        key = batch.keys[10 + round_]
+        answers = _race([lambda n=n, o=o: n.hold(key, f"r{round_}-{o}", 900)  # type: ignore[misc]
+                         for o, n in enumerate(nodes * 3)])
+        assert not [a for a in answers if isinstance(a, Exception)], answers
+        winners = [a for a in answers if a.order_id is not None]  # type: ignore[union-attr]
+        assert len(winners) == 1 and winners[0].status is Status.HELD, answers  # type: ignore[union-attr]
+        assert all(a.status is Status.HELD and a.order_id is None for a in answers if a is not winners[0])  # type: ignore[union-attr]
+        order = winners[0].order_id  # type: ignore[union-attr]
+        for n in nodes:  # a retry on any node: the same answer, the same expiry
+            assert n.hold(key, order, 60) == winners[0]
+            eventually(lambda n=n: n.verify(key).status is Status.HELD, "a node's cache never saw the hold", 15)
+
+
+def test_confirm_against_expiry_an_ended_hold_never_confirms(nodes: tuple[Vault, Vault, Vault],
+                                                             batch: Issued) -> None:
+    a, b, c = nodes
+    key = batch.keys[20]
+    held = a.hold(key, "slow", 1)
+    time.sleep(1.2)  # the hold ends by PostgreSQL's clock: no sweeper, the next decision judges it
+    (late,) = b.confirm("slow")
+    assert late.status is Status.EXPIRED_HOLD and late.expires_at == held.expires_at
+    assert c.confirm("slow") == [late]
+    assert c.order("slow")["keys"][0]["state"] == "expired"
+    assert c.hold(key, "fast", 900).holds_for("fast")
+    assert a.confirm("fast")[0].status is Status.ACCEPTED
+    assert b.confirm("slow") == [late]
+    # At the boundary: confirms on B race holds of other orders on C as a 1 s hold made on A ends. Never both;
+    # a confirm accepted was decided before the hold's end (both times are PostgreSQL's).
+    both = 0
+    for round_ in range(6):
+        key = batch.keys[21 + round_]
+        held = a.hold(key, f"edge-{round_}", 1)
+        time.sleep(0.85 + 0.05 * round_)
+        confirmed, other = _race([lambda: b.confirm(f"edge-{round_}")[0],
+                                  lambda: c.hold(key, f"thief-{round_}", 900)])
+        assert not isinstance(confirmed, Exception) and not isinstance(other, Exception)
+        took = other.holds_for(f"thief-{round_}")  # type: ignore[union-attr]
+        if confirmed.status is Status.ACCEPTED:  # type: ignore[union-attr]
+            assert not took and confirmed.redeemed_at < held.expires_at  # type: ignore[union-attr]
+        else:
+            assert confirmed.status is Status.EXPIRED_HOLD  # type: ignore[union-attr]
+        both += took and confirmed.status is Status.ACCEPTED  # type: ignore[union-attr]
+    assert both == 0
+
+
+def test_confirm_against_void_one_wins(nodes: tuple[Vault, Vault, Vault], batch: Issued) -> None:
+    a, b, c = nodes
+    outcomes = set()
+    for round_ in range(6):
+        key = batch.keys[30 + round_]
+        assert a.hold(key, f"v{round_}", 900).holds_for(f"v{round_}")
+        confirmed, voided = _race([lambda: b.confirm(f"v{round_}")[0], lambda: c.void(key, "refund")])
+        assert not isinstance(confirmed, Exception) and not isinstance(voided, Exception)
+        if voided.status is Status.VOID:  # type: ignore[union-attr]
+            assert confirmed.status is Status.VOID  # type: ignore[union-attr]
+        else:
+            assert voided.status is Status.REDEEMED and confirmed.status is Status.ACCEPTED  # type: ignore[union-attr]
+        outcomes.add(voided.status)  # type: ignore[union-attr]
+        final = a.redeem(key, f"v{round_}")  # the same answer again, on a third node
+        assert final.status is (Status.ACCEPTED if voided.status is Status.REDEEMED else Status.VOID)  # type: ignore[union-attr]
+        eventually(lambda: a.verify(key).status is final.status if final.status is Status.VOID
+                   else a.verify(key).status is Status.REDEEMED, "A's cache never learned the outcome", 15)
+
+
+def test_release_against_confirm_one_answer(nodes: tuple[Vault, Vault, Vault], batch: Issued) -> None:
+    a, b, c = nodes
+    for round_ in range(6):
+        key = batch.keys[40 + round_]
+        a.hold(key, f"rc{round_}", 900)
+        released, confirmed = _race([lambda: b.release(f"rc{round_}")[0], lambda: c.confirm(f"rc{round_}")[0]])
+        assert not isinstance(released, Exception) and not isinstance(confirmed, Exception)
+        # Whichever came first, both answer what it did: released (the key free again), or accepted (sold).
+        assert released.status is confirmed.status  # type: ignore[union-attr]
+        assert confirmed.status in (Status.RELEASED, Status.ACCEPTED)  # type: ignore[union-attr]
+        expected = Status.VALID if confirmed.status is Status.RELEASED else Status.REDEEMED  # type: ignore[union-attr]
+        eventually(lambda: a.verify(key).status is expected, "A's cache disagrees with the authority", 15)
+        assert a.confirm(f"rc{round_}") == [confirmed]
+
+
+def test_five_uses_twelve_orders_racing_on_three_nodes(nodes: tuple[Vault, Vault, Vault], passes: Issued) -> None:
+    key = passes.keys[0]
+    calls = [lambda i=i: nodes[i % 3].redeem(key, f"buyer-{i}") for i in range(12)]
+    first = _race(calls)
+    again = _race(calls)  # every order retried, on the same node, racing the others' retries
+    assert not [a for a in first + again if isinstance(a, Exception)], first + again
+    accepted = [a for a in first if a.status is Status.ACCEPTED]  # type: ignore[union-attr]
+    assert len(accepted) == 5 and sorted(a.uses_left for a in accepted) == [0, 1, 2, 3, 4]  # type: ignore[union-attr]
+    assert len({a.order_id for a in accepted}) == 5  # type: ignore[union-attr]
+    assert all(a.status is Status.EXHAUSTED for a in first if a.status is not Status.ACCEPTED)  # type: ignore[union-attr]
+    assert again == first  # a retry answers the same, uses left and time included
+    on_other = nodes[1].redeem(key, accepted[0].order_id)  # type: ignore[union-attr, arg-type]
+    assert on_other == accepted[0]  # once per (key, order), on any node
+    for n in nodes:
+        eventually(lambda n=n: n.verify(key).status is Status.EXHAUSTED, "a node never learned the last use", 15)
+    report = nodes[2].order(accepted[1].order_id)  # type: ignore[union-attr, arg-type]
+    assert report["keys"][0]["state"] == "redeemed" and report["keys"][0]["uses_left"] == accepted[1].uses_left  # type: ignore[union-attr]
+
+
+def test_a_count_limited_key_held_on_one_node_is_held_on_another(nodes: tuple[Vault, Vault, Vault],
+                                                                   passes: Issued) -> None:
+    a, b, c = nodes
+    key = passes.keys[1]
+    for i in range(4):
+        assert a.redeem(key, f"u{i}").status is Status.ACCEPTED
+    assert b.hold(key, "h", 900).holds_for("h")
+    refused = c.redeem(key, "late")
+    assert refused.status is Status.HELD and refused.uses_left == 1
+    eventually(lambda: a.verify(key).status is Status.HELD and a.verify(key).uses_left == 1,
+               "A's cache never saw the hold of the last use", 15)
+    (done,) = a.confirm("h")
+    assert done.status is Status.ACCEPTED and done.uses_left == 0
+    assert c.redeem(key, "late").status is Status.EXHAUSTED
+    assert {k["state"] for k in c.order("h")["keys"]} == {"redeemed"}
+    for n in nodes:
+        eventually(lambda n=n: n.check()["ok"], "a node's store check failed with the cluster's records", 15)
+
+
+# -- PostgreSQL failing mid-transaction ----------------------------------------------------------------------
+
+
+def test_a_failure_mid_transaction_changes_nothing(nodes: tuple[Vault, Vault, Vault], batch: Issued,
+                                                    authority_dsn: str, pg_server: PgServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = nodes
+    key, serial = batch.keys[50], batch.serials[50]
+    real = Checkout.write
+    cuts = [0]
+
+    def cut(self: Checkout, *args: object) -> list[int]:
+        numbers = real(self, *args)  # type: ignore[arg-type]
+        cuts[0] += 1  # the decisions are written; the connection dies before COMMIT
+        pg_server.sql(f"SELECT pg_terminate_backend({self.cur.connection.info.backend_pid})")
+        self.cur.execute("SELECT 1")
+        return numbers
+
+    monkeypatch.setattr(Checkout, "write", cut)
+    with pytest.raises(AuthorityError, match="nothing was changed"):
+        a.hold(key, "cut", 900)
+    assert cuts[0] == 2  # tried on a new connection once, cut again
+    monkeypatch.setattr(Checkout, "write", real)
+    number = _parse_serial(serial)
+    signed = number - (1 << 64) if number >= 1 << 63 else number
+    assert _rows(authority_dsn, f"SELECT count(*) FROM keyvault_holds WHERE serial = {signed}") == [(0,)]
+    assert _rows(authority_dsn, f"SELECT count(*) FROM keyvault_keys WHERE serial = {signed}") == [(0,)]
+    assert _rows(authority_dsn, "SELECT count(*) FROM keyvault_changes WHERE text = 'cut'") == [(0,)]
+    assert a.verify(key).status is Status.VALID
+    with pytest.raises(NotFoundError):
+        b.confirm("cut")
+    # Cut once: the second connection decides, and only its decision is there.
+    cuts[0] = 0
+
+    def once(self: Checkout, *args: object) -> list[int]:
+        if cuts[0]:
+            return real(self, *args)  # type: ignore[arg-type]
+        return cut(self, *args)
+
+    monkeypatch.setattr(Checkout, "write", once)
+    held = a.hold(key, "cut", 900)
+    monkeypatch.setattr(Checkout, "write", real)
+    assert held.holds_for("cut") and cuts[0] == 1
+    assert _rows(authority_dsn, "SELECT kind FROM keyvault_changes WHERE text = 'cut'") == [("hold",)]
+    # A COMMIT cut: the outcome is unknown, never "accepted"; the retry, on another node, has the one answer.
+    authority = b.engine.authority
+
+    def lost(conn: object) -> None:
+        pg_server.sql(f"SELECT pg_terminate_backend({conn.info.backend_pid})")  # type: ignore[attr-defined]
+
+    authority.before_commit = lost  # type: ignore[attr-defined]
+    with pytest.raises(OutcomeUnknownError, match="retry"):
+        b.confirm("cut")
+    authority.before_commit = None  # type: ignore[attr-defined]
+    (done,) = c.confirm("cut")
+    assert done.status is Status.ACCEPTED
+    assert b.confirm("cut") == [done] and a.redeem(key, "other").status is Status.REDEEMED

@@ -484,14 +484,19 @@ def checkout_ops(engine: Any, checked: list[Any], locks: Any, budgets: dict[str,
 
     def work(co: Checkout) -> tuple[list[Any], _Cart | None]:
         answers = list(out)
-        last: dict[str, dict[int, dict[str, Any]]] = {}
-        for _, kind, order, serial, detail, _ in co.events(orders) if orders else []:
-            if kind != "redeem":
-                last.setdefault(order, {})[serial] = {"type": kind, "expires_at": detail}
         wanted = dict(holding)
         plain: dict[int, checkout.Slot] = {}  # keys this node cannot find or judge: answered as they stand here
-        named = sorted({serial for keys in last.values() for serial in keys if serial not in wanted})
-        if named:
+        if wanted and orders:
+            co.lock(list(wanted))
+        while True:  # the orders' events are read once every key they name is locked: none can change meanwhile
+            last: dict[str, dict[int, dict[str, Any]]] = {}
+            for _, kind, order, serial, detail, _ in co.events(orders) if orders else []:
+                if kind != "redeem":
+                    last.setdefault(order, {})[serial] = {"type": kind, "expires_at": detail}
+            named = sorted({serial for keys in last.values() for serial in keys
+                            if serial not in wanted and serial not in plain})
+            if not named:
+                break
             with engine.store.read() as txn:
                 head = txn.head()
                 here, overlay = engine.current(txn, head), engine.ledger.sync(txn, head)
@@ -502,6 +507,7 @@ def checkout_ops(engine: Any, checked: list[Any], locks: Any, budgets: dict[str,
                         plain[serial] = checkout.Slot(serial, before, 1, 0, {}, {})
                     else:
                         wanted[serial] = before
+            co.lock(list(wanted))
         cart = _Cart(co, cat, wanted) if wanted else None
         if cart is not None:
             cart.last = last
