@@ -300,3 +300,19 @@ def test_a_failure_mid_transaction_changes_nothing(nodes: tuple[Vault, Vault, Va
     (done,) = c.confirm("cut")
     assert done.status is Status.ACCEPTED
     assert b.confirm("cut") == [done] and a.redeem(key, "other").status is Status.REDEEMED
+
+
+def test_binding_refuses_a_store_with_holds_or_uses_of_its_own(tmp_path: Path, supplier: Identity, batch: Issued,
+                                                                 passes: Issued, authority_dsn: str) -> None:
+    from keyvault.errors import ConflictError
+
+    vault = node(tmp_path / "own", supplier, batch, None)
+    try:
+        vault.import_manifest(passes.manifest)
+        assert vault.redeem(passes.keys[0], "mine").uses_left == 4
+        with pytest.raises(ConflictError, match="holds or uses"):
+            vault.authority.set(authority_dsn, migrate=True)
+        assert not vault.authority.show()["bound"]
+        assert _rows(authority_dsn, "SELECT count(*) FROM keyvault_keys") == [(0,)]
+    finally:
+        vault.close()

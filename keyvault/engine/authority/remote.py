@@ -659,6 +659,14 @@ def bind(engine: Any, dsn: str, migrate: bool, cluster_key: str | os.PathLike[st
     try:
         key_file = None if cluster_key is None else check_cluster_key(engine, authority, cluster_key)[0]
         keys, entries = own_state(engine)
+        with engine.store.read() as txn:
+            cursor = txn.cursor("checkout")
+            checkouts = [kind for kind in (b"H", b"N", b"U")
+                         if cursor.set_range(kind) and bytes(cursor.key()[:1]) == kind]
+        if checkouts:
+            raise ConflictError("this store holds holds or uses of count-limited keys of its own, which binding does "
+                                "not move: bind a store that has held and used nothing (or confirm or release its "
+                                "holds and keep its count-limited keys on it); nothing was changed")
         if (keys or entries) and not migrate:
             raise ConflictError(f"this store holds {len(keys)} redeemed or void keys and {len(entries)} blacklist "
                                 "entries of its own: bind it with --migrate to move them into the authority (in "
