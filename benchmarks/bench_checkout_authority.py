@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -32,9 +33,9 @@ def main() -> None:
         base = Path(scratch)
         stop: list[str] | None = None
         dsn = args.dsn
+        pg = Path(tempfile.mkdtemp(prefix="kvbench-pg-"))  # its own directory: the postgres user must enter it
         if dsn is None:
-            (base / "pg").mkdir()
-            dsn, stop = start_postgres(base / "pg")
+            dsn, stop = start_postgres(pg)
         try:
             supplier = Identity.generate("Bench Supplier")
             with Vault.init(base / "supplier") as store:
@@ -61,6 +62,7 @@ def main() -> None:
         finally:
             if stop is not None:
                 subprocess.run(stop, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            shutil.rmtree(pg, ignore_errors=True)
 
     def summary(times: list[float]) -> dict[str, float]:
         ordered = sorted(times)

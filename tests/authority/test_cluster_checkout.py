@@ -316,3 +316,56 @@ def test_binding_refuses_a_store_with_holds_or_uses_of_its_own(tmp_path: Path, s
         assert _rows(authority_dsn, "SELECT count(*) FROM keyvault_keys") == [(0,)]
     finally:
         vault.close()
+
+
+def test_checkout_changes_are_in_the_cluster_log_and_a_held_keys_bundle_verifies(
+        tmp_path: Path, supplier: Identity, batch: Issued, passes: Issued, authority_dsn: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import json
+
+    from keyvault.engine.authority.sequencer import Sequencer
+    from keyvault.formats import bundle
+    from keyvault.formats.events import parse_leaf
+
+    monkeypatch.setenv("KEYVAULT_AUTHORITY_FOLLOW", "0")  # the test drives the sequencer and the catch-ups
+    cluster_key = Identity.generate("cluster engine")
+    a, b = Vault.init(tmp_path / "a"), Vault.init(tmp_path / "b")
+    try:
+        for v in (a, b):
+            v.trust(supplier.public)
+            v.authority.set(authority_dsn)
+        a.import_manifest(batch.manifest)  # bound: its import event is in the cluster log
+        a.import_manifest(passes.manifest)
+        b.authority.catch_up()
+        k0, k1, k2 = batch.keys[:3]
+        assert a.hold(k0, "o1", 900).holds_for("o1")
+        assert b.confirm("o1")[0].status is Status.ACCEPTED
+        assert b.hold(k1, "o2", 900).holds_for("o2")
+        assert a.release("o2")[0].status is Status.RELEASED
+        assert a.hold(k2, "o3", 900).holds_for("o3")
+        assert b.redeem(passes.keys[0], "u1").uses_left == 4
+        seq = Sequencer(a.engine.authority, cluster_key, every_seconds=0)
+        while seq.step():
+            pass
+        seq.maybe_sign(force=True)
+        seq.release()
+        logged = [parse_leaf(leaf) for _, _, leaf, _ in a.engine.authority.log_since(0)]
+        story = [(e["type"], e.get("serial"), e.get("order_id")) for e in logged if e["type"] != "import"]
+        assert story == [("hold", batch.serials[0], "o1"), ("confirm", batch.serials[0], "o1"),
+                         ("redeem", batch.serials[0], "o1"), ("hold", batch.serials[1], "o2"),
+                         ("release", batch.serials[1], "o2"), ("hold", batch.serials[2], "o3"),
+                         ("use", passes.serials[0], "u1")]
+        assert [e["expires_at"] for e in logged if e["type"] == "hold"][0] > 0
+        assert [e["uses_left"] for e in logged if e["type"] == "use"] == [4]
+        trusted = [supplier.public, cluster_key.public_with_roles(["engine"])]
+        for n, status in ((0, "redeemed"), (1, "valid"), (2, "held")):  # made on B, whichever node decided
+            doc = b.trace_bundle(batch.serials[n])
+            checks = bundle.verify(json.dumps(doc).encode(), trusted)
+            assert all(c.ok for c in checks), [c.line() for c in checks if not c.ok]
+            assert doc["status"]["status"] == status
+            kinds = [parse_leaf(base64.b64decode(e["leaf"]))["type"] for e in doc["events"]]
+            assert kinds[0] == "import" and "hold" in kinds
+    finally:
+        a.close()
+        b.close()
