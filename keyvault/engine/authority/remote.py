@@ -298,10 +298,13 @@ def _answer(before: Result, order: str, standing: Any, row: Any, now: int) -> Re
     return Result(Status.BLACKLISTED, *base, message="refused by a blacklist entry lifted just now: retry")
 
 
-def cache(engine: Any, decided: dict[int, tuple[int, str, int]]) -> int:
+def cache(engine: Any, decided: dict[int, tuple[int, str, int]], also: Callable[[Txn], None] | None = None) -> int:
     """Record redeems and voids the authority decided in this node's store (what verify reads); how many
-    were new here. Keys the store already holds as decided are left as they are."""
+    were new here. Keys the store already holds as decided are left as they are. ``also`` writes more in the
+    same transaction."""
     def work(txn: Txn) -> tuple[list[Any], list[int]]:
+        if also is not None:
+            also(txn)
         head = txn.head()
         cat = engine.current(txn, head)
         overlay = engine.ledger.sync(txn, head)
@@ -440,10 +443,12 @@ class _Cart:
 
     def settle(self, engine: Any) -> None:
         """After COMMIT: this node's cache takes the decisions at once (its verify answers from them)."""
-        if self.redeemed:
-            cache(engine, {serial: (REDEEMED, order, self.now) for serial, order, _ in self.redeemed})
-        mirror_checkout(engine, {serial: (slot.holds, self.use_rows[serial], slot.limit)
-                                 for serial, slot in self.slots.items()})
+        keys = {serial: (slot.holds, self.use_rows[serial], slot.limit) for serial, slot in self.slots.items()}
+        if self.redeemed:  # one write: the redeems, and the holds and uses records
+            cache(engine, {serial: (REDEEMED, order, self.now) for serial, order, _ in self.redeemed},
+                  lambda txn: _put_checkout(engine, txn, _checkout_records(engine, txn, keys)))
+        else:
+            mirror_checkout(engine, keys)
 
 
 def checkout_ops(engine: Any, checked: list[Any], locks: Any, budgets: dict[str, Any],
@@ -548,49 +553,53 @@ def mirror_checkout(engine: Any, keys: dict[int, tuple[dict[str, tuple[int, int,
                                                        dict[str, tuple[int, int, int, int]], int]]) -> None:
     """Make this node's hold and use records of these keys what the authority holds (serial -> (holds, uses,
     limit)): what its verify reads for ``held`` and uses left. Written only where they differ."""
-    pepper = engine.pepper
-
-    def changes(txn: Txn) -> list[tuple[bytes, bytes | None]]:
-        cat = engine.current(txn)
-        out: list[tuple[bytes, bytes | None]] = []
-        for serial, (holds, uses, limit) in sorted(keys.items()):
-            if batch_key(serial) not in cat.batches or txn.get("cards", u64(serial)) is None:
-                continue  # not a key of this store
-            raw = txn.get("checkout", hold_key(serial))
-            try:
-                same = unpack_holds(pepper, serial, None if raw is None else bytes(raw)) == holds
-            except StoreCorruptError:
-                same = False
-            if not same:
-                out.append((hold_key(serial), pack_holds(pepper, serial, holds) if holds else None))
-            if limit == 1 or not uses:
-                continue
-            for order, (at, change, left, _) in sorted(uses.items()):
-                if txn.get("checkout", use_key(serial, order)) is None:
-                    out.append((use_key(serial, order), pack_use(pepper, serial, order, at, change, left)))
-            try:
-                counted = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
-            except StoreCorruptError:
-                counted = None
-            if counted != (len(uses), limit):
-                out.append((spent_key(serial), pack_spent(pepper, serial, len(uses), limit)))
-        return out
-
     with engine.store.read() as txn:
-        if not changes(txn):
+        if not _checkout_records(engine, txn, keys):
             return
+    engine.store.write(lambda txn: _put_checkout(engine, txn, _checkout_records(engine, txn, keys)))
 
-    def work(txn: Txn) -> None:
-        for key, value in changes(txn):
-            if value is None:
-                txn.delete("checkout", key)
-                continue
-            if txn.get("meta", CHECKOUT_MARKED) is None:  # the table's mark, with its first record
-                txn.put("checkout", CHECKOUT_MARK, checkout_mark(pepper))
-                txn.put("meta", CHECKOUT_MARKED, b"1")
-            txn.put("checkout", key, value)
 
-    engine.store.write(work)
+def _checkout_records(engine: Any, txn: Txn, keys: dict[int, tuple[dict[str, tuple[int, int, int]],
+                                                                   dict[str, tuple[int, int, int, int]], int]]
+                      ) -> list[tuple[bytes, bytes | None]]:
+    """The checkout records (key, value or None to delete) that make these keys' holds and uses the authority's."""
+    pepper = engine.pepper
+    cat = engine.current(txn)
+    out: list[tuple[bytes, bytes | None]] = []
+    for serial, (holds, uses, limit) in sorted(keys.items()):
+        if batch_key(serial) not in cat.batches or txn.get("cards", u64(serial)) is None:
+            continue  # not a key of this store
+        raw = txn.get("checkout", hold_key(serial))
+        try:
+            same = unpack_holds(pepper, serial, None if raw is None else bytes(raw)) == holds
+        except StoreCorruptError:
+            same = False
+        if not same:
+            out.append((hold_key(serial), pack_holds(pepper, serial, holds) if holds else None))
+        if limit == 1 or not uses:
+            continue
+        for order, (at, change, left, _) in sorted(uses.items()):
+            if txn.get("checkout", use_key(serial, order)) is None:
+                out.append((use_key(serial, order), pack_use(pepper, serial, order, at, change, left)))
+        try:
+            counted = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+        except StoreCorruptError:
+            counted = None
+        if counted != (len(uses), limit):
+            out.append((spent_key(serial), pack_spent(pepper, serial, len(uses), limit)))
+    return out
+
+
+def _put_checkout(engine: Any, txn: Txn, records: list[tuple[bytes, bytes | None]]) -> None:
+    """Write checkout records (None: delete), the table's mark with its first."""
+    for key, value in records:
+        if value is None:
+            txn.delete("checkout", key)
+            continue
+        if txn.get("meta", CHECKOUT_MARKED) is None:
+            txn.put("checkout", CHECKOUT_MARK, checkout_mark(engine.pepper))
+            txn.put("meta", CHECKOUT_MARKED, b"1")
+        txn.put("checkout", key, value)
 
 
 def refresh_checkout(engine: Any, serials: set[int]) -> None:
