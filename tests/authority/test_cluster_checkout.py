@@ -369,3 +369,32 @@ def test_checkout_changes_are_in_the_cluster_log_and_a_held_keys_bundle_verifies
     finally:
         a.close()
         b.close()
+
+
+def test_a_version_2_database_is_brought_to_version_3_by_the_first_node(tmp_path: Path, supplier: Identity,
+                                                                          batch: Issued, authority_dsn: str) -> None:
+    from keyvault.engine.authority.postgres import PostgresAuthority
+    from keyvault.engine.authority.schema import SCHEMA_VERSION
+
+    a = node(tmp_path / "a", supplier, batch, authority_dsn)
+    try:
+        assert a.redeem(batch.keys[0], "before").status is Status.ACCEPTED
+    finally:
+        a.close()
+    with psycopg.connect(authority_dsn) as conn:  # as the database of the version before checkout across nodes
+        conn.execute("DROP TABLE keyvault_holds, keyvault_uses")
+        conn.execute("DROP INDEX keyvault_changes_text")
+        conn.execute("ALTER TABLE keyvault_changes DROP COLUMN detail")
+        conn.execute("DELETE FROM keyvault_schema")
+        conn.execute("INSERT INTO keyvault_schema (version) VALUES (2)")
+    for _ in range(2):  # the first connection migrates; the next finds nothing to do
+        upgraded = PostgresAuthority(authority_dsn)
+        try:
+            assert upgraded.check()["schema_version"] == SCHEMA_VERSION == 3
+        finally:
+            upgraded.close()
+    with Vault.open(tmp_path / "a") as again:
+        assert again.redeem(batch.keys[0], "before").status is Status.ACCEPTED  # what it decided is kept
+        assert again.hold(batch.keys[1], "after", 900).holds_for("after")
+        assert again.order("after")["keys"][0]["state"] == "held"
+    assert _rows(authority_dsn, "SELECT version FROM keyvault_schema ORDER BY version") == [(2,), (3,)]
