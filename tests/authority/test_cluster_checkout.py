@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -398,3 +399,24 @@ def test_a_version_2_database_is_brought_to_version_3_by_the_first_node(tmp_path
         assert again.hold(batch.keys[1], "after", 900).holds_for("after")
         assert again.order("after")["keys"][0]["state"] == "held"
     assert _rows(authority_dsn, "SELECT version FROM keyvault_schema ORDER BY version") == [(2,), (3,)]
+
+
+def test_the_command_line_holds_on_one_node_and_confirms_on_another(tmp_path: Path, supplier: Identity,
+                                                                     batch: Issued, authority_dsn: str) -> None:
+    from cli_support import EXIT_REFUSED, kv, ok, one_json
+
+    for name in "abc":  # closed: the commands open them (in this process, as the tests run the CLI)
+        node(tmp_path / name, supplier, batch, authority_dsn).close()
+    a, b, c = (SimpleNamespace(path=tmp_path / name) for name in "abc")
+    key = batch.keys[55]
+    held = one_json(ok("--store", a.path, "hold", key, "--order", "cli-1", "--ttl", "15m", "--json"))
+    assert held["status"] == "held" and held["order_id"] == "cli-1"
+    other = kv("--store", c.path, "hold", key, "--order", "cli-2", "--json")
+    assert other.exit_code == EXIT_REFUSED and one_json(other)["status"] == "held"
+    done = one_json(ok("--store", b.path, "confirm", "cli-1", "--json"))
+    assert done["status"] == "accepted" and done["order_id"] == "cli-1"
+    doc = one_json(ok("--store", c.path, "trace", "--order", "cli-1", "--json"))
+    assert [k["state"] for k in doc["keys"]] == ["redeemed"] and key not in str(doc)
+    assert [e["type"] for e in doc["events"]] == ["hold", "confirm", "redeem"]
+    text = ok("--store", a.path, "trace", "--order", "cli-1").output
+    assert "1 key(s)" in text and "redeemed" in text
