@@ -13,6 +13,10 @@ its own (:data:`DEADLINE`) for a primary that hangs while its kernel still ackno
 connection's socket is shut down (never a query cancel: a cancelled wait for a synchronous standby is
 reported committed), the call fails (unknown outcome once COMMIT may have been sent) and the next call
 reconnects. There is no statement_timeout: a commit is never cut short by the server.
+
+Checkout (holds, confirms, releases, count-limited keys) is one transaction per batch over the keys' rows,
+locked (:class:`Checkout`): an active row in ``keyvault_keys`` marks a key under checkout, so a plain redeem
+or a void of it meets the same row; the rules themselves are the engine's, judged against PostgreSQL's clock.
 """
 
 from __future__ import annotations
