@@ -401,7 +401,7 @@ def authority_holdings(dsn: str, timeout: float = 60.0) -> dict[str, str]:
     while True:
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
-                rows = conn.execute("SELECT serial, text FROM keyvault_keys").fetchall()
+                rows = conn.execute("SELECT serial, text FROM keyvault_keys WHERE state <> 0").fetchall()  # 0: held
             return {serial_text(serial % (1 << 64)): str(text) for serial, text in rows}
         except psycopg.OperationalError:
             if time.monotonic() > deadline_at:

@@ -473,10 +473,6 @@ def import_in(state: State, txn: Txn, manifest: Manifest, origin: str,
         raise ConflictError(f"batch {batch_text(batch)} is already in this store from a different manifest "
                             f"(added {iso(existing.added_at)}); a batch id is never reused: ask the supplier "
                             "which manifest is genuine")
-    authority = getattr(state, "authority", None)
-    if manifest.fields.uses != 1 and authority is not None and authority.remote:
-        raise UsageError(f"batch {batch_text(batch)} has count-limited keys ({manifest.fields.uses} uses each), which "
-                         "a store bound to a PostgreSQL authority does not take yet: import it into an unbound store")
     info = BatchInfo(key=batch, supplier=sid, supplier_name=supplier["name"], product=header["product"],
                      kind=manifest.kind, origin=origin, count=manifest.count, valid_from=header["valid_from"],
                      valid_until=header["valid_until"], created_at=header["created_at"], added_at=now,

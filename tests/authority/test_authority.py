@@ -9,6 +9,7 @@ import pytest
 
 from keyvault import Identity, Status, Vault
 from keyvault.errors import AuthorityError, ConflictError, NotFoundError, OutcomeUnknownError
+from keyvault.engine.authority.schema import SCHEMA_VERSION
 
 from conftest import Issued, eventually, issue
 from .conftest import PgServer
@@ -164,7 +165,7 @@ def test_a_bound_store_reopens_bound_and_unset_unbinds(tmp_path: Path, supplier:
     with Vault.open(path) as vault:
         assert vault.authority.show()["bound"] is True
         doc = vault.authority.check()
-        assert doc["reachable"] and doc["schema_version"] == 3 and doc["in_recovery"] is False
+        assert doc["reachable"] and doc["schema_version"] == SCHEMA_VERSION and doc["in_recovery"] is False
         assert vault.redeem(batch.keys[0], "o").status is Status.ACCEPTED
         eventually(lambda: vault.authority.check()["cache_lag"] == 0, "the follower never caught up", 15)
         vault.authority.unset()

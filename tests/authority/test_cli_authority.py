@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from keyvault.engine.authority.schema import SCHEMA_VERSION
+
 from cli_support import EXIT_ERROR, World, kv, ok, one_json
 
 from .conftest import PgServer
@@ -19,7 +21,7 @@ def test_set_show_check_unset(world: World, pg_server: PgServer, authority_dsn: 
     shown = ok("--store", store, "authority", "show")
     assert "hunter2" not in shown.output and "password=***" in shown.output
     doc = one_json(ok("--store", store, "authority", "check", "--json"))
-    assert doc["reachable"] is True and doc["schema_version"] == 3 and doc["cache_lag"] == 0
+    assert doc["reachable"] is True and doc["schema_version"] == SCHEMA_VERSION and doc["cache_lag"] == 0
     assert "hunter2" not in json.dumps(doc)
     text = ok("--store", store, "authority", "check").output
     assert "the primary" in text and "hunter2" not in text

@@ -19,6 +19,7 @@ import pytest
 from keyvault import Identity, Vault
 from keyvault.engine.authority import remote
 from keyvault.engine.authority.postgres import PostgresAuthority
+from keyvault.engine.authority.schema import SCHEMA_VERSION
 from keyvault.engine.authority.sequencer import LOG_LOCK, Mirror, Sequencer, change_numbers, origin_of, verify_log
 from keyvault.errors import AuthorityError, ProofError, StoreCorruptError
 from keyvault.formats import bundle, merkle
@@ -457,7 +458,7 @@ def test_a_version_1_database_is_upgraded_and_its_changes_logged(nodes: tuple[Va
         conn.execute("INSERT INTO keyvault_schema (version) VALUES (1)")
     upgraded = PostgresAuthority(authority_dsn)
     try:
-        assert upgraded.check()["schema_version"] == 3
+        assert upgraded.check()["schema_version"] == SCHEMA_VERSION
         seq = Sequencer(upgraded, cluster_key)
         _drain(seq)
         seq.maybe_sign(force=True)

@@ -13,6 +13,10 @@ its own (:data:`DEADLINE`) for a primary that hangs while its kernel still ackno
 connection's socket is shut down (never a query cancel: a cancelled wait for a synchronous standby is
 reported committed), the call fails (unknown outcome once COMMIT may have been sent) and the next call
 reconnects. There is no statement_timeout: a commit is never cut short by the server.
+
+Checkout (holds, confirms, releases, count-limited keys) is one transaction per batch over the keys' rows,
+locked (:class:`Checkout`): an active row in ``keyvault_keys`` marks a key under checkout, so a plain redeem
+or a void of it meets the same row; the rules themselves are the engine's, judged against PostgreSQL's clock.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ...errors import AuthorityError, ConflictError, OutcomeUnknownError, UsageError
-from ...store import REDEEMED, VOIDED
+from ...store import ACTIVE, REDEEMED, VOIDED
 from .schema import SCHEMA, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -288,7 +292,8 @@ class PostgresAuthority:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's connection and watchdog are not ours to use
                 self._conn, self._pid, self._watchdog = None, os.getpid(), _Watchdog()
-            for attempt in (1, 2):
+            attempt, rolled_back = 1, 0
+            while True:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
                 conn = self._conn
@@ -306,11 +311,19 @@ class PostgresAuthority:
                         raise AuthorityError(f"the PostgreSQL authority at {self.shown} did not answer within "
                                              f"{seconds:g} s: the connection was closed before COMMIT, nothing "
                                              "was changed; retry (the next call reconnects)") from None
+                    if isinstance(exc, psycopg.errors.TransactionRollback) and rolled_back < 5:
+                        rolled_back += 1  # a deadlock between two decisions, broken by PostgreSQL: run it again
+                        try:
+                            self._watched(conn, conn.rollback, seconds)
+                            continue
+                        except psycopg.Error:
+                            pass  # the connection is gone: handled as a lost one below
                     if isinstance(exc, psycopg.OperationalError):
                         self._drop()
                         if attempt == 2:
                             raise AuthorityError(f"the PostgreSQL authority failed: {mask(str(exc)).strip()}; "
                                                  "nothing was changed: retry") from None
+                        attempt = 2
                         continue
                     try:
                         self._watched(conn, conn.rollback, seconds)
@@ -341,7 +354,6 @@ class PostgresAuthority:
                                               "standby: the outcome is not known to be durable; retry with the "
                                               "same order id")
                 return out
-        raise AssertionError("unreachable")
 
     def _ensure_schema(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7264931)")  # two nodes creating it at once: one after the other
@@ -368,18 +380,22 @@ class PostgresAuthority:
 
     # -- decisions ---------------------------------------------------------------------------------
 
-    def redeem(self, candidates: list[tuple[int, str, bytes, bytes, bytes, bool]], now: int
-               ) -> dict[int, tuple[Any, ...]]:
+    def redeem(self, candidates: list[tuple[int, str, bytes, bytes, bytes, bool]], now: int,
+               limited: set[int] | frozenset[int] = frozenset(),
+               then: Callable[[Checkout, list[int]], None] | None = None) -> dict[int, tuple[Any, ...]]:
         """Decide redeems (one per distinct serial, the first candidate's order) in one transaction.
 
         Returns each serial's standing after COMMIT: ((state, text, at ms) or None, then the key, batch and
-        supplier blacklist entries' (reason, at ms) or None).
+        supplier blacklist entries' (reason, at ms) or None). The ``limited`` serials (count-limited keys) and
+        the keys found under checkout (held, or partly used: an active row) are left to ``then``, called in the
+        same transaction with their serials, and left out of the answer.
         """
         first: dict[int, tuple[int, str, bytes, bytes, bytes, bool]] = {}
         for c in candidates:
             if c[0] not in first:
                 first[c[0]] = c
-        eligible = [c for c in first.values() if c[5]]
+        # In serial order: two batches claim their rows in the same order (no deadlock between them).
+        eligible = sorted((c for c in first.values() if c[5] and c[0] not in limited), key=lambda c: c[0])
         if eligible:  # the statement's arrays, transposed in one pass
             serials, orders, kb, bb, sb, _ = (list(column) for column in zip(*eligible))
             if max(serials) >= 1 << 63:
@@ -394,15 +410,22 @@ class PostgresAuthority:
                 for row in cur.fetchall():
                     serial = row[0] + (1 << 64) if row[0] < 0 else row[0]
                     out[serial] = ((REDEEMED, first[serial][1], now), None, None, None)
-            rest = [c for s, c in first.items() if s not in out] if len(out) < len(first) else []
+            rest = [c for s, c in first.items() if s not in out and s not in limited] \
+                if len(out) < len(first) else []
+            ruled = sorted(limited)
             if rest:
                 cur.execute(_STANDING, {"serials": [_signed(c[0]) for c in rest], "kb": [c[2] for c in rest],
                                         "bb": [c[3] for c in rest], "sb": [c[4] for c in rest]})
                 for row in cur.fetchall():
-                    out[_unsigned(row[0])] = (None if row[1] is None else (row[1], row[2], row[3]),
+                    if row[1] == ACTIVE and then is not None:  # under checkout: the rules decide it
+                        ruled.append(_unsigned(row[0]))
+                        continue
+                    out[_unsigned(row[0])] = (None if row[1] in (None, ACTIVE) else (row[1], row[2], row[3]),
                                               None if row[4] is None else (row[4], row[5]),
                                               None if row[6] is None else (row[6], row[7]),
                                               None if row[8] is None else (row[8], row[9]))
+            if ruled and then is not None:
+                then(Checkout(cur), sorted(ruled))
             return out
 
         return self._run(work)
@@ -414,12 +437,15 @@ class PostgresAuthority:
                 WITH ins AS (
                     INSERT INTO keyvault_keys (serial, state, text, at_ms, change)
                     VALUES (%(serial)s, %(state)s, %(text)s, %(now)s, nextval('keyvault_change'))
-                    ON CONFLICT (serial) DO NOTHING RETURNING change, serial, text, at_ms
+                    ON CONFLICT (serial) DO UPDATE SET state = excluded.state, text = excluded.text,
+                                                       at_ms = excluded.at_ms, change = excluded.change
+                    WHERE keyvault_keys.state = %(active)s  -- held or partly used: the void wins, it takes the row
+                    RETURNING change, serial, text, at_ms
                 ), ev AS (
                     INSERT INTO keyvault_changes (change, kind, serial, text, at_ms)
                     SELECT change, 'void', serial, text, at_ms FROM ins
                 ) SELECT count(*) FROM ins""", {"serial": _signed(serial), "state": VOIDED, "text": reason,
-                                                 "now": now})
+                                                 "now": now, "active": ACTIVE})
             if cur.fetchone()[0]:
                 cur.execute(_NOTIFY)
                 return VOIDED, reason, now
@@ -689,3 +715,142 @@ class PostgresAuthority:
             return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
 
         return self._run(work, decisive=False)
+
+    # -- checkout: holds and count-limited keys (the rules are the engine's, checkout.py) -------------------
+
+    def checkout(self, work: Callable[[Checkout], T]) -> T:
+        """``work`` over one checkout transaction (keys locked, read, decisions written), committed; its answer
+        only once COMMIT returned (a lost COMMIT is OutcomeUnknownError)."""
+        return self._run(lambda cur: work(Checkout(cur)))
+
+    def checkout_state(self, serials: list[int]) -> dict[int, tuple[dict[str, tuple[int, int, int]],
+                                                                   dict[str, tuple[int, int, int, int]]]]:
+        """What the authority holds now of these keys' checkout, read without locking: per serial its live and
+        ended holds (order -> (at, expires, change)) and uses (order -> (at, change, uses left, limit))."""
+        def work(cur: Any) -> dict[int, Any]:
+            return Checkout(cur).read(serials)
+
+        return self._run(work, decisive=False)
+
+    def order_changes(self, order: str) -> list[tuple[int, str, int, int | None, int]]:
+        """An order's redeems and checkout changes, oldest first: (change, kind, serial, detail, at ms)."""
+        def work(cur: Any) -> list[tuple[int, str, int, int | None, int]]:
+            return [(c, kind, serial, detail, at) for c, kind, _, serial, detail, at in Checkout(cur).events([order])]
+
+        return self._run(work, decisive=False)
+
+
+#: The change kinds of checkout (with ``redeem``, an order's story).
+CHECKOUT_KINDS = ("hold", "confirm", "release", "expire", "use")
+
+# PostgreSQL's clock, in ms: every checkout decision judges holds against this one clock, not the node's.
+_CLOCK = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+class Checkout:
+    """One checkout transaction on the authority: the keys' rows locked and read, then what the rules decided
+    written, with an event row per change. Time is PostgreSQL's (:attr:`now`, read once the keys are locked)."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+        self._now: int | None = None
+
+    @property
+    def now(self) -> int:
+        """PostgreSQL's clock (ms) as of this transaction's decisions."""
+        if self._now is None:
+            self.cur.execute(_CLOCK)
+            self._now = int(self.cur.fetchone()[0])
+        return self._now
+
+    def events(self, orders: list[str]) -> list[tuple[int, str, str, int, int | None, int]]:
+        """These orders' redeems and checkout changes, oldest first: (change, kind, order, serial, detail, at)."""
+        self.cur.execute("SELECT change, kind, text, serial, detail, at_ms FROM keyvault_changes "
+                         "WHERE text = ANY(%s) AND kind = ANY(%s) AND serial IS NOT NULL ORDER BY change",
+                         (orders, ["redeem", *CHECKOUT_KINDS]))
+        return [(int(r[0]), r[1], r[2], _unsigned(r[3]), None if r[4] is None else int(r[4]), int(r[5]))
+                for r in self.cur.fetchall()]
+
+    def lock(self, serials: list[int]) -> dict[int, tuple[int, str, int] | None]:
+        """Lock these keys' rows (made, active, when a key has none), in serial order: two transactions wait for
+        each other instead of deciding the same key at once. Each key's decided (state, text, at ms), or None."""
+        signed = sorted(_signed(s) for s in set(serials))
+        self.cur.execute("INSERT INTO keyvault_keys (serial, state, text, at_ms, change) "
+                         "SELECT s, %s, '', 0, 0 FROM unnest(%s::bigint[]) AS s ORDER BY s "
+                         "ON CONFLICT (serial) DO NOTHING", (ACTIVE, signed))
+        self.cur.execute("SELECT serial, state, text, at_ms FROM keyvault_keys WHERE serial = ANY(%s) "
+                         "ORDER BY serial FOR UPDATE", (signed,))
+        rows = {_unsigned(r[0]): None if r[1] == ACTIVE else (int(r[1]), str(r[2]), int(r[3]))
+                for r in self.cur.fetchall()}
+        self._now = None  # the clock is read after the locks: decisions in lock order see time move forward
+        return rows
+
+    def read(self, serials: list[int]) -> dict[int, tuple[dict[str, tuple[int, int, int]],
+                                                         dict[str, tuple[int, int, int, int]]]]:
+        """Each key's holds (order -> (at, expires, change)) and uses (order -> (at, change, uses left, limit))."""
+        signed = [_signed(s) for s in set(serials)]
+        out: dict[int, Any] = {s: ({}, {}) for s in set(serials)}
+        self.cur.execute("SELECT serial, order_id, at_ms, expires_at_ms, change FROM keyvault_holds "
+                         "WHERE serial = ANY(%s)", (signed,))
+        for r in self.cur.fetchall():
+            out[_unsigned(r[0])][0][r[1]] = (int(r[2]), int(r[3]), int(r[4]))
+        self.cur.execute("SELECT serial, order_id, at_ms, change, uses_left, uses_limit FROM keyvault_uses "
+                         "WHERE serial = ANY(%s)", (signed,))
+        for r in self.cur.fetchall():
+            out[_unsigned(r[0])][1][r[1]] = (int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+        return out
+
+    def blacklisted(self, targets: list[bytes]) -> dict[bytes, tuple[str, int]]:
+        """The blacklist entries among these targets: target -> (reason, at ms)."""
+        if not targets:
+            return {}
+        self.cur.execute("SELECT target, reason, at_ms FROM keyvault_blacklist WHERE target = ANY(%s)",
+                         (sorted(set(targets)),))
+        return {bytes(r[0]): (str(r[1]), int(r[2])) for r in self.cur.fetchall()}
+
+    def write(self, events: list[tuple[str, int, str, int | None]], holds: dict[tuple[int, str], tuple[int, int, int]
+                                                                                | None],
+              uses: list[tuple[int, str, int, int, int]], redeemed: list[tuple[int, str, int]]) -> list[int]:
+        """Write the decisions: ``events`` (kind, serial, order, detail) each with the next change number, in
+        order; ``holds`` (serial, order) -> (at, expires, its event's position) or None to remove it; ``uses``
+        (serial, order, limit, uses left, event position); ``redeemed`` (serial, order, event position): the
+        key's row becomes its redeem. The change numbers given, in the order of ``events``."""
+        if not events:
+            return []
+        cur, now = self.cur, self.now
+        cur.execute("SELECT nextval('keyvault_change') FROM generate_series(1, %s)", (len(events),))
+        numbers = sorted(int(r[0]) for r in cur.fetchall())
+        cur.execute("INSERT INTO keyvault_changes (change, kind, serial, text, at_ms, detail) "
+                    "SELECT c, k, s, o, %s, d FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], "
+                    "%s::bigint[]) AS t(c, k, s, o, d)",
+                    (now, numbers, [e[0] for e in events], [_signed(e[1]) for e in events], [e[2] for e in events],
+                     [e[3] for e in events]))
+        gone = [key for key, hold in holds.items() if hold is None]
+        if gone:
+            cur.execute("DELETE FROM keyvault_holds WHERE (serial, order_id) IN "
+                        "(SELECT * FROM unnest(%s::bigint[], %s::text[]))",
+                        ([_signed(k[0]) for k in gone], [k[1] for k in gone]))
+        made = [(key, hold) for key, hold in holds.items() if hold is not None]
+        if made:
+            cur.execute("INSERT INTO keyvault_holds (serial, order_id, at_ms, expires_at_ms, change) "
+                        "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+                        "ON CONFLICT (serial, order_id) DO UPDATE SET at_ms = excluded.at_ms, "
+                        "expires_at_ms = excluded.expires_at_ms, change = excluded.change",
+                        ([_signed(k[0]) for k, _ in made], [k[1] for k, _ in made], [h[0] for _, h in made],
+                         [h[1] for _, h in made], [numbers[h[2]] for _, h in made]))
+        if uses:  # the primary key refuses a second use by one order, whatever the rules said
+            cur.execute("INSERT INTO keyvault_uses (serial, order_id, uses_limit, uses_left, at_ms, change) "
+                        "SELECT s, o, l, u, %s, c FROM unnest(%s::bigint[], %s::text[], %s::integer[], "
+                        "%s::integer[], %s::bigint[]) AS t(s, o, l, u, c)",
+                        (now, [_signed(u[0]) for u in uses], [u[1] for u in uses], [u[2] for u in uses],
+                         [u[3] for u in uses], [numbers[u[4]] for u in uses]))
+        if redeemed:
+            cur.execute("UPDATE keyvault_keys k SET state = %s, text = r.o, at_ms = %s, change = r.c "
+                        "FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS r(s, o, c) "
+                        "WHERE k.serial = r.s AND k.state = %s",
+                        (REDEEMED, now, [_signed(r[0]) for r in redeemed], [r[1] for r in redeemed],
+                         [numbers[r[2]] for r in redeemed], ACTIVE))
+            if cur.rowcount != len(redeemed):  # the rows are locked: only a bug gets here; nothing is committed
+                raise ConflictError("a checkout redeem found its key decided already: nothing was changed; retry")
+        cur.execute(_NOTIFY)
+        return numbers

@@ -25,7 +25,7 @@ from typing import Any
 from ... import _fast
 from ...clock import iso, now_ms
 from ...errors import AuthorityError, ConflictError, IdentityError, KeyvaultError, ManifestError, NotFoundError, \
-    UsageError
+    StoreCorruptError, UsageError
 from ...formats import bundle
 from ...formats.bundle import replayed_status
 from ...formats.events import parse_leaf, split_leaf
@@ -35,18 +35,19 @@ from ...formats.keyformat import INDEX_BITS, batch_key, looks_like_serial, parse
 from ...formats.manifest import open_signed_header
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
-from ...store.records import BLACKLIST_DIGEST, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, blacklist_digest, dump, \
-    from_u64, load, u64
-from .. import trust
+from ...store.records import BLACKLIST_DIGEST, CHECKOUT_MARK, CHECKOUT_MARKED, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, \
+    blacklist_digest, checkout_mark, dump, from_u64, hold_key, load, pack_holds, pack_spent, pack_use, spent_key, u64, \
+    unpack_holds, unpack_spent, use_key
+from .. import checkout, trust
 from ..catalog import blacklist_target
-from ..guard import counter_scopes
-from ..lookup import check, find
+from ..guard import HOLD_FREE, counter_scopes
+from ..lookup import check, find, judge
 from ..lots import custody_of
 from ..proofs import commitment_proof
 from ..tokens import save as save_tokens
 from ..tokens import stored as stored_tokens
 from . import META_KEY
-from .postgres import PostgresAuthority, mask
+from .postgres import CHECKOUT_KINDS, Checkout, PostgresAuthority, mask
 from .sequencer import KEY_ENV, Mirror, Sequencer, origin_of
 
 log = logging.getLogger("keyvault.authority")
@@ -176,6 +177,7 @@ class DetachedAuthority:
                              "open it normally to redeem, void or blacklist; nothing was changed")
 
     redeem = void = blacklist = lift = check = changes_since = put_manifest = manifest_hashes = manifest = _refuse
+    checkout = checkout_state = order_changes = _refuse
     add_tokens = revoke_token = tokens = put_trust = trust_pins = _refuse
     cluster_identity = log_since = log_checkpoints = session = _refuse
 
@@ -200,6 +202,7 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
         results = engine.guard.judge_for(keys, clients, budgets, judge) if isinstance(clients, list) else \
             engine.guard.judge(keys, clients, budgets, judge)
     candidates = []
+    limited: set[int] = set()  # count-limited keys: decided by the checkout rules
     where: list[tuple[int, int]] = []  # (index in pairs, serial)
     batches: dict[int, tuple[bytes, bool]] = {}  # batch key -> (its blacklist target, in its window now)
     suppliers: dict[str | None, bytes] = {}  # supplier id -> its blacklist target
@@ -217,14 +220,40 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
                 by_supplier = suppliers[result.supplier] = LEVEL_SUPPLIER + (result.supplier or "").encode("ascii")
             candidates.append((serial, pairs[i][1], LEVEL_KEY + u64(serial), seen[0], by_supplier, seen[1]))
             where.append((i, serial))
+            if cat.uses and cat.uses.get(result.batch or "", 1) != 1:
+                limited.add(serial)
     if not candidates:
         return results
     if before_wait is not None:
         before_wait()
-    standing = engine.authority.redeem(candidates, now)
+    ruled: dict[int, Result] = {}  # answers of the keys the checkout rules decided, by index in pairs
+    carts: list[_Cart] = []
+
+    def then(co: Checkout, serials: list[int]) -> None:
+        """Held and count-limited keys, in the redeem's transaction: the checkout rules, in input order."""
+        ruled.clear()
+        carts.clear()
+        chosen = set(serials)
+        wanted: dict[int, Result] = {}
+        for i, serial in where:
+            if serial in chosen:
+                wanted.setdefault(serial, results[i])
+        cart = _Cart(co, cat, wanted)
+        for i, serial in where:
+            if serial in chosen:
+                slot = cart.slots[serial]
+                answer, spend = checkout.decide_redeem(slot, pairs[i][1], cart.now)
+                ruled[i] = cart.use(slot, pairs[i][1]) if spend else answer
+        cart.write()
+        carts.append(cart)
+
+    standing = engine.authority.redeem(candidates, now, limited, then)
     learned: dict[int, tuple[int, int, str]] = {}
     when = {now: iso(now)}  # every key decided by this call shares one time
     for i, serial in where:
+        if i in ruled:
+            results[i] = ruled[i]
+            continue
         before = results[i]
         state = standing.get(serial)
         decided = None if state is None else state[0]
@@ -237,6 +266,8 @@ def redeem(engine: Any, pairs: list[tuple[str, str]], before_wait: Callable[[], 
             learned[serial] = decided  # the cache did not know: record it so this node's verify does
     if learned:
         cache(engine, learned)
+    for cart in carts:
+        cart.settle(engine)
     return results
 
 
@@ -267,10 +298,13 @@ def _answer(before: Result, order: str, standing: Any, row: Any, now: int) -> Re
     return Result(Status.BLACKLISTED, *base, message="refused by a blacklist entry lifted just now: retry")
 
 
-def cache(engine: Any, decided: dict[int, tuple[int, str, int]]) -> int:
+def cache(engine: Any, decided: dict[int, tuple[int, str, int]], also: Callable[[Txn], None] | None = None) -> int:
     """Record redeems and voids the authority decided in this node's store (what verify reads); how many
-    were new here. Keys the store already holds as decided are left as they are."""
+    were new here. Keys the store already holds as decided are left as they are. ``also`` writes more in the
+    same transaction."""
     def work(txn: Txn) -> tuple[list[Any], list[int]]:
+        if also is not None:
+            also(txn)
         head = txn.head()
         cat = engine.current(txn, head)
         overlay = engine.ledger.sync(txn, head)
@@ -301,6 +335,298 @@ def void(engine: Any, serial: int, reason: str) -> tuple[int, str, int]:
     decided = engine.authority.void(serial, reason, now_ms())
     cache(engine, {serial: decided})
     return decided
+
+
+# -- checkout across nodes: holds and count-limited keys (docs/cluster.md) --------------------------------
+
+
+def _base(before: Result, decided: tuple[int, str, int] | None, listed: tuple[Any, Any, Any], row: Any,
+          now: int) -> Result:
+    """A locked key's status as the authority holds it (redeemed, void, blacklisted, its window), else valid."""
+    if decided is None and not any(listed) and (row[1] is None or now >= row[1]) and (row[2] is None or now < row[2]):
+        return Result(Status.VALID, *before[1:6])
+    return _answer(before, "", (decided, *listed), row, now)
+
+
+class _Cart:
+    """The checkout decisions of one authority transaction: each key's slot as PostgreSQL holds it (its row
+    locked), decided in order by checkout.py's rules against PostgreSQL's clock, and what to write at the end."""
+
+    def __init__(self, co: Checkout, cat: Any, wanted: dict[int, Result]) -> None:
+        self.co = co
+        rows = co.lock(list(wanted))
+        self.now = co.now
+        self.when = str(iso(self.now))
+        stored = co.read(list(wanted))
+        targets = {serial: (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(serial >> INDEX_BITS),
+                            LEVEL_SUPPLIER + (before.supplier or "").encode("ascii"))
+                   for serial, before in wanted.items()}
+        listed = co.blacklisted([t for three in targets.values() for t in three])
+        self.events: list[tuple[str, int, str, int | None]] = []
+        self.holds: dict[tuple[int, str], tuple[int, int, int] | None] = {}
+        self.uses: list[tuple[int, str, int, int, int]] = []
+        self.redeemed: list[tuple[int, str, int]] = []
+        #: Each order's last checkout event on each key (its own events included as they are made).
+        self.last: dict[str, dict[int, dict[str, Any]]] = {}
+        #: Each key's uses: order -> (at, change, uses left, limit); a change not yet numbered is -(position + 1).
+        self.use_rows: dict[int, dict[str, tuple[int, int, int, int]]] = {}
+        self.slots: dict[int, checkout.Slot] = {}
+        for serial, before in sorted(wanted.items()):
+            base = _base(before, rows.get(serial), tuple(listed.get(t) for t in targets[serial]),  # type: ignore[arg-type]
+                         cat.rows[serial >> INDEX_BITS], self.now)
+            holds, uses = stored[serial]
+            limit = next(iter(uses.values()))[3] if uses else cat.uses.get(before.batch or "", 1)
+            if limit == 1:
+                spent = 1 if base.status is Status.REDEEMED else 0
+                used = {base.order_id or "": (base.redeemed_at or "", None)} if spent else {}
+            else:
+                spent = limit if base.status is Status.REDEEMED else len(uses)
+                used = {order: (str(iso(u[0])), u[2]) for order, u in uses.items()}
+            slot = self.slots[serial] = checkout.Slot(serial, base, limit, spent, used, dict(holds))  # type: ignore[arg-type]
+            self.use_rows[serial] = dict(uses)
+            for order, hold in list(slot.holds.items()):  # ended: removed, each an expire event
+                if hold[1] <= self.now:
+                    del slot.holds[order]
+                    slot.ended[order] = hold[1]
+                    self.holds[(serial, order)] = None
+                    self.event("expire", serial, order, hold[1])
+
+    def event(self, kind: str, serial: int, order: str, detail: int | None = None) -> int:
+        """Add a change to write; its position."""
+        self.events.append((kind, serial, order, detail))
+        if kind != "redeem":
+            self.last.setdefault(order, {})[serial] = {"type": kind, "expires_at": detail}
+        return len(self.events) - 1
+
+    def hold(self, slot: checkout.Slot, order: str, ttl_ms: int) -> Result:
+        """Make ``order``'s hold: its answer."""
+        expires = self.now + ttl_ms
+        at = self.event("hold", slot.serial, order, expires)
+        slot.holds[order] = (self.now, expires, -at - 1)
+        self.holds[(slot.serial, order)] = (self.now, expires, at)
+        return checkout.decide_hold(slot, order, self.now)[0]  # now a retry of it: held, for this order
+
+    def use(self, slot: checkout.Slot, order: str) -> Result:
+        """Spend one use of the key for ``order`` (its hold, if any, confirmed): ``accepted``."""
+        serial = slot.serial
+        if slot.holds.pop(order, None) is not None:
+            self.holds[(serial, order)] = None
+            self.event("confirm", serial, order)
+        slot.spent += 1
+        slot.used[order] = (self.when, slot.uses_left())
+        if slot.limit != 1:
+            left = slot.limit - slot.spent
+            at = self.event("use", serial, order, left)
+            self.uses.append((serial, order, slot.limit, left, at))
+            self.use_rows[serial][order] = (self.now, -at - 1, left, slot.limit)
+        if slot.spent >= slot.limit:  # the last use: the key's row becomes its redeem, by this order
+            self.redeemed.append((serial, order, self.event("redeem", serial, order)))
+        return checkout.decide_redeem(slot, order, self.now)[0]  # the order has used it: accepted
+
+    def release(self, slot: checkout.Slot, order: str, last: dict[str, Any] | None) -> Result:
+        """Give ``order``'s hold up: ``released``; a hold that ended or was confirmed answers as confirm would."""
+        if slot.holds.pop(order, None) is not None:
+            self.holds[(slot.serial, order)] = None
+            self.event("release", slot.serial, order)
+            return checkout.decide_confirm(slot, order, self.now, {"type": "release"})[0]
+        return checkout.decide_confirm(slot, order, self.now, last)[0]
+
+    def write(self) -> None:
+        """Write the decisions (the transaction commits after); number this node's copies of them."""
+        numbers = self.co.write(self.events, self.holds, self.uses, self.redeemed)
+        for slot in self.slots.values():
+            slot.holds = {o: (h[0], h[1], numbers[-h[2] - 1] if h[2] < 0 else h[2]) for o, h in slot.holds.items()}
+        for uses in self.use_rows.values():
+            for order, u in list(uses.items()):
+                if u[1] < 0:
+                    uses[order] = (u[0], numbers[-u[1] - 1], u[2], u[3])
+
+    def settle(self, engine: Any) -> None:
+        """After COMMIT: this node's cache takes the decisions at once (its verify answers from them)."""
+        keys = {serial: (slot.holds, self.use_rows[serial], slot.limit) for serial, slot in self.slots.items()}
+        if self.redeemed:  # one write: the redeems, and the holds and uses records
+            cache(engine, {serial: (REDEEMED, order, self.now) for serial, order, _ in self.redeemed},
+                  lambda txn: _put_checkout(engine, txn, _checkout_records(engine, txn, keys)))
+        else:
+            mirror_checkout(engine, keys)
+
+
+def checkout_ops(engine: Any, checked: list[Any], locks: Any, budgets: dict[str, Any],
+                 before_wait: Callable[[], None] | None) -> list[Any]:
+    """Holds, confirms and releases (checked ops, or the error refusing each) decided by the authority in one
+    transaction, in order, with the single store's rules; each op's answer as ``Engine.checkout_for`` gives it."""
+    now = now_ms()
+    out: list[Any] = [op if isinstance(op, KeyvaultError) else None for op in checked]
+    holding: dict[int, Result] = {}
+    jobs: list[tuple[int, str, str, int, int]] = []  # (op index, action, order, serial, ttl ms)
+    with engine.store.read() as txn:
+        head = txn.head()
+        cat = engine.current(txn, head)
+        overlay = engine.ledger.sync(txn, head)
+
+        def judge_key(key: str) -> Result:
+            return check(txn, cat, engine.pepper, overlay, [key], now, locks)[0]
+
+        for i, op in enumerate(checked):
+            if isinstance(op, KeyvaultError):
+                continue
+            action, key, order, ttl_ms, client = op
+            if action != "hold":
+                jobs.append((i, action, order, 0, 0))
+                continue
+            before = engine.guard.judge_one(key, client, budgets, judge_key, HOLD_FREE)
+            if before.status not in _DECIDED or before.serial is None:
+                out[i] = before
+                continue
+            serial = _fast.parse_serial(before.serial)
+            holding.setdefault(serial, before)
+            jobs.append((i, "hold", order, serial, ttl_ms))
+    if not jobs:
+        return out
+    orders = sorted({order for _, action, order, _, _ in jobs if action != "hold"})
+    if before_wait is not None:
+        before_wait()
+
+    def work(co: Checkout) -> tuple[list[Any], _Cart | None]:
+        answers = list(out)
+        wanted = dict(holding)
+        plain: dict[int, checkout.Slot] = {}  # keys this node cannot find or judge: answered as they stand here
+        if wanted and orders:
+            co.lock(list(wanted))
+        while True:  # the orders' events are read once every key they name is locked: none can change meanwhile
+            last: dict[str, dict[int, dict[str, Any]]] = {}
+            for _, kind, order, serial, detail, _ in co.events(orders) if orders else []:
+                if kind != "redeem":
+                    last.setdefault(order, {})[serial] = {"type": kind, "expires_at": detail}
+            named = sorted({serial for keys in last.values() for serial in keys
+                            if serial not in wanted and serial not in plain})
+            if not named:
+                break
+            with engine.store.read() as txn:
+                head = txn.head()
+                here, overlay = engine.current(txn, head), engine.ledger.sync(txn, head)
+                for serial in named:
+                    found = find(txn, here, engine.pepper, serial_text(serial))
+                    before = found if isinstance(found, Result) else judge(txn, here, found, overlay, now)
+                    if isinstance(found, Result) or before.status not in _DECIDED:
+                        plain[serial] = checkout.Slot(serial, before, 1, 0, {}, {})
+                    else:
+                        wanted[serial] = before
+            co.lock(list(wanted))
+        cart = _Cart(co, cat, wanted) if wanted else None
+        if cart is not None:
+            cart.last = last
+        clock = co.now
+        for i, action, order, serial, ttl_ms in jobs:
+            if action == "hold":
+                assert cart is not None
+                slot = cart.slots[serial]
+                answer, make = checkout.decide_hold(slot, order, clock)
+                answers[i] = cart.hold(slot, order, ttl_ms) if make else answer
+                continue
+            mine = list(last.get(order, {}).items())
+            if not mine:
+                answers[i] = NotFoundError(f"order {order!r} holds no key in this cluster: hold its keys first")
+                continue
+            done = []
+            for serial, event in mine:
+                slot = plain.get(serial) or cart.slots[serial]  # type: ignore[union-attr]
+                if serial in plain or cart is None:
+                    done.append(checkout.decide_confirm(slot, order, clock, event)[0])
+                elif action == "confirm":
+                    answer, spend = checkout.decide_confirm(slot, order, clock, event)
+                    done.append(cart.use(slot, order) if spend else answer)
+                else:
+                    done.append(cart.release(slot, order, event))
+            answers[i] = done
+        if cart is not None:
+            cart.write()
+        return answers, cart
+
+    answers, cart = engine.authority.checkout(work)
+    if cart is not None:
+        cart.settle(engine)
+    return answers
+
+
+def mirror_checkout(engine: Any, keys: dict[int, tuple[dict[str, tuple[int, int, int]],
+                                                       dict[str, tuple[int, int, int, int]], int]]) -> None:
+    """Make this node's hold and use records of these keys what the authority holds (serial -> (holds, uses,
+    limit)): what its verify reads for ``held`` and uses left. Written only where they differ."""
+    with engine.store.read() as txn:
+        if not _checkout_records(engine, txn, keys):
+            return
+    engine.store.write(lambda txn: _put_checkout(engine, txn, _checkout_records(engine, txn, keys)))
+
+
+def _checkout_records(engine: Any, txn: Txn, keys: dict[int, tuple[dict[str, tuple[int, int, int]],
+                                                                   dict[str, tuple[int, int, int, int]], int]]
+                      ) -> list[tuple[bytes, bytes | None]]:
+    """The checkout records (key, value or None to delete) that make these keys' holds and uses the authority's."""
+    pepper = engine.pepper
+    cat = engine.current(txn)
+    out: list[tuple[bytes, bytes | None]] = []
+    for serial, (holds, uses, limit) in sorted(keys.items()):
+        if batch_key(serial) not in cat.batches or txn.get("cards", u64(serial)) is None:
+            continue  # not a key of this store
+        raw = txn.get("checkout", hold_key(serial))
+        try:
+            same = unpack_holds(pepper, serial, None if raw is None else bytes(raw)) == holds
+        except StoreCorruptError:
+            same = False
+        if not same:
+            out.append((hold_key(serial), pack_holds(pepper, serial, holds) if holds else None))
+        if limit == 1 or not uses:
+            continue
+        for order, (at, change, left, _) in sorted(uses.items()):
+            if txn.get("checkout", use_key(serial, order)) is None:
+                out.append((use_key(serial, order), pack_use(pepper, serial, order, at, change, left)))
+        try:
+            counted = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+        except StoreCorruptError:
+            counted = None
+        if counted != (len(uses), limit):
+            out.append((spent_key(serial), pack_spent(pepper, serial, len(uses), limit)))
+    return out
+
+
+def _put_checkout(engine: Any, txn: Txn, records: list[tuple[bytes, bytes | None]]) -> None:
+    """Write checkout records (None: delete), the table's mark with its first."""
+    for key, value in records:
+        if value is None:
+            txn.delete("checkout", key)
+            continue
+        if txn.get("meta", CHECKOUT_MARKED) is None:
+            txn.put("checkout", CHECKOUT_MARK, checkout_mark(engine.pepper))
+            txn.put("meta", CHECKOUT_MARKED, b"1")
+        txn.put("checkout", key, value)
+
+
+def refresh_checkout(engine: Any, serials: set[int]) -> None:
+    """Bring this node's hold and use records of these keys to what the authority holds now."""
+    state = engine.authority.checkout_state(sorted(serials))
+    cat = engine.catalog()
+    keys = {}
+    for serial, (holds, uses) in state.items():
+        info = cat.batches.get(batch_key(serial))
+        limit = next(iter(uses.values()))[3] if uses else (info.uses if info is not None else 1)
+        keys[serial] = (holds, uses, limit)
+    mirror_checkout(engine, keys)
+
+
+def order_events(engine: Any, order: str) -> list[dict[str, Any]]:
+    """An order's events as the authority holds them (every node's), oldest first, as ``checkout.order_report``
+    reads them: the change number is the event's index."""
+    events = []
+    for change, kind, serial, detail, at in engine.authority.order_changes(order):
+        event: dict[str, Any] = {"index": change, "type": kind, "at_ms": at, "serial": serial_text(serial),
+                                 "order_id": order}
+        if kind in ("hold", "expire"):
+            event["expires_at"] = detail
+        elif kind == "use":
+            event["uses_left"] = detail
+        events.append(event)
+    return events
 
 
 # -- binding -------------------------------------------------------------------------------------------
@@ -342,6 +668,14 @@ def bind(engine: Any, dsn: str, migrate: bool, cluster_key: str | os.PathLike[st
     try:
         key_file = None if cluster_key is None else check_cluster_key(engine, authority, cluster_key)[0]
         keys, entries = own_state(engine)
+        with engine.store.read() as txn:
+            cursor = txn.cursor("checkout")
+            checkouts = [kind for kind in (b"H", b"N", b"U")
+                         if cursor.set_range(kind) and bytes(cursor.key()[:1]) == kind]
+        if checkouts:
+            raise ConflictError("this store holds holds or uses of count-limited keys of its own, which binding does "
+                                "not move: bind a store that has held and used nothing (or confirm or release its "
+                                "holds and keep its count-limited keys on it); nothing was changed")
         if (keys or entries) and not migrate:
             raise ConflictError(f"this store holds {len(keys)} redeemed or void keys and {len(entries)} blacklist "
                                 "entries of its own: bind it with --migrate to move them into the authority (in "
@@ -752,6 +1086,9 @@ def catch_up(engine: Any, limit: int = 10_000) -> int:
         return 0
     decided: dict[int, tuple[int, str, int]] = {}
     targets: dict[bytes, tuple[str | None, str, int]] = {}
+    touched = {c[2] for c in changes if c[1] in CHECKOUT_KINDS and c[2] is not None}
+    if touched:  # holds and uses: this node's records made what the authority holds now
+        refresh_checkout(engine, touched)
     if any(c[1] == "token" for c in changes):
         sync_tokens(engine)
     if any(c[1] == "trust" for c in changes):

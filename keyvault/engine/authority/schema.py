@@ -7,7 +7,7 @@ keys; every decision is ``INSERT … ON CONFLICT DO NOTHING RETURNING`` plus a r
 from __future__ import annotations
 
 #: The layout this version writes and reads; a database at a newer version is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Statements that bring an empty database (or one at an older version) to SCHEMA_VERSION, idempotent.
 SCHEMA = [
@@ -93,9 +93,35 @@ SCHEMA = [
         name text NOT NULL,
         public_key bytea NOT NULL,
         origin text NOT NULL)""",
+    # -- version 3: checkout across nodes (docs/cluster.md, "Holds and count-limited keys") ----------------------
+    # A key under checkout (held, or a count-limited key partly used) has a keyvault_keys row of state 0 (active):
+    # the row every checkout decision about the key locks (SELECT … FOR UPDATE), and the row a plain redeem or a
+    # void of it conflicts with, so each of them waits for the other. Its last use, or a confirmed hold, turns it
+    # into the key's redeemed row with the order id; a void turns it into the void row.
+    # Live holds: several at once only for a count-limited key (one per order, at most its uses left).
+    """CREATE TABLE IF NOT EXISTS keyvault_holds (
+        serial bigint NOT NULL,
+        order_id text NOT NULL,
+        at_ms bigint NOT NULL,
+        expires_at_ms bigint NOT NULL,
+        change bigint NOT NULL,
+        PRIMARY KEY (serial, order_id))""",
+    # The uses of count-limited keys: once per (key, order), with the key's limit and the uses left after it.
+    """CREATE TABLE IF NOT EXISTS keyvault_uses (
+        serial bigint NOT NULL,
+        order_id text NOT NULL,
+        uses_limit integer NOT NULL,
+        uses_left integer NOT NULL,
+        at_ms bigint NOT NULL,
+        change bigint NOT NULL,
+        PRIMARY KEY (serial, order_id))""",
+    # A checkout change's number: a hold's or expiry's end (ms), the uses left after a use.
+    "ALTER TABLE keyvault_changes ADD COLUMN IF NOT EXISTS detail bigint",
+    # An order's keys on any node (`keyvault trace --order`): its changes by order id (a redeem's text).
+    "CREATE INDEX IF NOT EXISTS keyvault_changes_text ON keyvault_changes (text, change)",
 ]
 
-#: Version 3: the nodes witness each other's cluster log (docs/cluster.md, "Nodes witness the cluster log").
+#: Version 4: the nodes witness each other's cluster log (docs/cluster.md, "Nodes witness the cluster log").
 WITNESS_SCHEMA = [
     # Every witness the sequencer submits each new cluster checkpoint to: a node's witness or an outside one.
     """CREATE TABLE IF NOT EXISTS keyvault_witnesses (

@@ -46,10 +46,11 @@ from ...formats.checkpoint import MAX_NOTE_BYTES, TIME_LINE, Checkpoint, Verifie
 from ...formats.events import CHANGE_BODY, KINDS, LEAF, encode_links, split_leaf
 from ...formats.bundle import engine_origin
 from ...formats.identity import Identity
-from ...formats.keyformat import batch_text
+from ...formats.keyformat import batch_text, serial_text
 from ...formats.manifest import read_manifest
 from ...store.records import dump, u64
 from ..catalog import blacklist_target
+from ..checkout import order_subject
 from ..witness import WITNESS_ENV, ask_witness, own_witness_key
 
 log = logging.getLogger("keyvault.cluster_log")
@@ -58,7 +59,9 @@ log = logging.getLogger("keyvault.cluster_log")
 LOG_LOCK = 7264932
 #: The change kinds that are events of the log (a manifest put in force is its batch's import event; tokens
 #: and trust pins travel but are not logged).
-LOGGED = ("redeem", "void", "blacklist", "lift", "manifest")
+LOGGED = ("redeem", "void", "blacklist", "lift", "manifest", "hold", "confirm", "release", "expire", "use")
+#: Checkout kinds: JSON bodies naming the key and the order (and a hold's end, a use's uses left), as one store's.
+CHECKOUT = {"hold": "expires_at", "confirm": None, "release": None, "expire": "expires_at", "use": "uses_left"}
 #: Environment variable naming the cluster engine key's identity file (0600) on nodes that may sequence.
 KEY_ENV = "KEYVAULT_CLUSTER_KEY"
 #: Changes taken per batch at most.
@@ -100,13 +103,21 @@ def import_event(body: bytes) -> tuple[dict[str, Any], list[bytes]]:
     return doc, [b"B" + u64(manifest.batch), b"S" + str(supplier["id"]).encode()]
 
 
+def checkout_event(kind: str, serial: int, order: str, detail: int | None) -> tuple[dict[str, Any], list[bytes]]:
+    """A checkout change's event body and subjects (the key and the order), as one store's checkout writes them."""
+    doc: dict[str, Any] = {"serial": serial_text(serial), "order_id": order}
+    if CHECKOUT[kind] is not None:
+        doc[CHECKOUT[kind]] = detail
+    return doc, [b"K" + u64(serial), order_subject(order)]
+
+
 def subjects_of(row: tuple[Any, ...]) -> list[bytes]:
     """The subjects of a change row's event: a redeemed or void key; a blacklist entry's target; a manifest's
     batch and supplier (its row carries them, found when the batch was read)."""
     kind, serial, target = row[1], row[2], row[3]
     if kind in ("redeem", "void"):
         return [b"K" + u64(serial or 0)]
-    if kind == "manifest":
+    if kind == "manifest" or kind in CHECKOUT:
         return list(row[6][1])
     return [bytes(target or b"")]
 
@@ -119,6 +130,8 @@ def leaf_of(index: int, prev: bytes, row: tuple[Any, ...], links: list[tuple[byt
         body = CHANGE_BODY.pack(serial) + text.encode("utf-8")
     elif kind == "manifest":
         body, kind = dump(row[6][0]), "import"
+    elif kind in CHECKOUT:
+        body = dump(row[6][0])
     else:
         level, shown = blacklist_target(bytes(target))
         body = dump({"level": level, "target": shown, "reason": text})
@@ -359,11 +372,12 @@ class Sequencer:
         if (head[0], bytes(head[1]), head[2]) != (self.tree.size, self.tree.last, self.change):
             raise _Fenced(f"the log's head is at {head[0]} entries and change {head[2]}, not where this sequencer "
                           f"left it ({self.tree.size}, {self.change}): another sequencer appended")
-        rows = conn.execute("SELECT change, kind, serial, target, text, at_ms FROM keyvault_changes "
+        rows = conn.execute("SELECT change, kind, serial, target, text, at_ms, detail FROM keyvault_changes "
                             "WHERE change > %s AND change <= %s ORDER BY change LIMIT %s",
                             (self.change, horizon, BATCH)).fetchall()
         reached = horizon if len(rows) < BATCH else int(rows[-1][0])
         rows = [(r[0], r[1], _unsigned(r[2]), None if r[3] is None else bytes(r[3]), r[4], int(r[5]))
+                + ((checkout_event(r[1], _unsigned(r[2]) or 0, r[4], r[6]),) if r[1] in CHECKOUT else ())
                 for r in rows if r[1] in LOGGED]
         for n, row in enumerate(rows):
             if row[1] == "manifest":
