@@ -373,8 +373,7 @@ def test_checkout_changes_are_in_the_cluster_log_and_a_held_keys_bundle_verifies
 
 
 def test_a_version_2_database_is_brought_to_the_current_version_by_the_first_node(
-        tmp_path: Path, supplier: Identity,
-                                                                          batch: Issued, authority_dsn: str) -> None:
+        tmp_path: Path, supplier: Identity, batch: Issued, authority_dsn: str) -> None:
     from keyvault.engine.authority.postgres import PostgresAuthority
     from keyvault.engine.authority.schema import SCHEMA_VERSION
 
