@@ -244,10 +244,10 @@ def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], re
         signer = known.get((sig.name, sig.key_id))
         if signer is None:
             continue  # key ids are hints: an unknown key is ignored, never trusted
-        if signer in verified:
-            raise ProofError(f"the note carries two signature lines by {_short(sig.name)}: a key signs a note once")
         if not signer.verifies(text, sig.signature):
             raise ProofError(f"signature by {_short(sig.name)} does not verify")
+        if signer in verified:
+            raise ProofError(f"the note carries two signature lines by {_short(sig.name)}: a key signs a note once")
         verified.add(signer)
     if len(verified) < required:
         raise ProofError(f"{len(verified)} of the pinned keys signed this note; {required} needed")
