@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -588,6 +589,10 @@ def test_custody_chains_with_a_loop_are_refused(world: World) -> None:
         d = dict(copy.deepcopy(doc), custody=[base64.b64encode(h.data).decode() for h in chain])
         first_fail = refused_by_a_named_rule(verify(d, world.trusted))
         assert first_fail.name == "custody", (label, first_fail.line())
+    renamed = custody.make_transfer(acme, plat.name, plat.public_key, "AAAA-000", mid, count, first.ranges, mid,
+                                    now_ms())  # the manifest's id, another batch's name
+    d = dict(copy.deepcopy(doc), custody=[base64.b64encode(renamed.data).decode()])
+    assert refused_by_a_named_rule(verify(d, world.trusted)).name == "custody"
     with pytest.raises(custody.CustodyError, match="loop"):
         custody.check_chain(acme.public_key, mid, count, [first, back, again])
 
@@ -684,7 +689,29 @@ def test_tampered_manifests_are_refused_at_import_and_nothing_changes(world: Wor
         return pack(MAGIC, world.acme.public_key, world.acme.sign(PAYLOAD_TYPE, new_header), new_header) + body
 
     twice = header.replace(b"{", b'{"prefix":"' + b"ZZZZ" + b'",', 1)
+
+    def with_body(new_body: bytes, source_header: dict[str, Any]) -> bytes:  # the supplier signs a body of its own
+        changed = dict(source_header, body_length=len(new_body), body_sha256=hashlib.sha256(new_body).hexdigest())
+        return resigned(json.dumps(changed, sort_keys=True, separators=(",", ":")).encode())[:-len(body)] + new_body
+
+    cards = world.root / "pairs.csv"
+    cards.write_text("card_number,password\n4000123412341234,secret-pass-1\n4000123412345678,secret-pass-2\n")
+    with Vault.init(tmp_path / "pairs-store") as issuer:
+        issuer.import_cards(world.acme, "PAIRS", cards, manifest_out=tmp_path / "pairs.kvm")
+    pairs = (tmp_path / "pairs.kvm").read_bytes()
+    plength = int.from_bytes(pairs[head:head + 4], "big")
+    pheader, pbody = json.loads(pairs[head + 4:head + 4 + plength]), pairs[head + 4 + plength:]
+
+    def pair_body(new_body: bytes) -> bytes:
+        changed = dict(pheader, body_length=len(new_body), body_sha256=hashlib.sha256(new_body).hexdigest())
+        raw = json.dumps(changed, sort_keys=True, separators=(",", ":")).encode()
+        return pack(MAGIC, world.acme.public_key, world.acme.sign(PAYLOAD_TYPE, raw), raw) + new_body
+
     variants = {
+        "bytes after the last commitment": with_body(body + b"\x00", fields),
+        "a card number that is not UTF-8": pair_body(pbody[:-3] + b"\xff" + pbody[-2:]),
+        "a card number cut short": pair_body(pbody[:-1]),
+        "bytes after the last card number": pair_body(pbody + b"\x01X"),
         "a field named twice": resigned(twice),
         "merkle root with a trailing newline": resigned(header.replace(
             fields["merkle_root"].encode(), fields["merkle_root"].encode() + b"\\n")),
@@ -703,9 +730,14 @@ def test_tampered_manifests_are_refused_at_import_and_nothing_changes(world: Wor
             assert str(caught.value), label
             assert fresh.verify_log() == before, label
             assert not fresh.catalog().batches, label
-        # The genuine file imports.
-        info, new = fresh.import_manifest(world.manifests["native"])
-        assert new
+        # The genuine files import; the pair body re-signed unchanged (the variants' starting point) is that file.
+        assert fresh.import_manifest(world.manifests["native"])[1]
+    with Vault.init(tmp_path / "fresh-pairs") as fresh:
+        fresh.trust(world.acme.public)
+        assert fresh.import_manifest(tmp_path / "pairs.kvm")[1]
+        again = tmp_path / "pairs-resigned.kvm"
+        again.write_bytes(pair_body(pbody))
+        assert fresh.import_manifest(again)[1] is False
 
 
 def test_the_suite_is_large(world: World) -> None:

@@ -291,7 +291,7 @@ def _custody(ctx: _Ctx) -> Iterator[str]:
         try:
             hop = read_transfer(_unb64(encoded, f"custody hop {n}"), f"custody hop {n}")
             ctx.chain.append(hop)
-            check_chain(ctx.signed.public_key, ctx.signed.id, ctx.header.count, ctx.chain)
+            check_chain(ctx.signed.public_key, ctx.signed.id, ctx.header.count, ctx.chain, ctx.header.batch)
         except (CustodyError, BadSignatureError) as exc:
             raise ProofError(str(exc)) from None
         if not contains(hop.ranges, ctx.doc.index):
