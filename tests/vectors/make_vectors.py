@@ -489,6 +489,8 @@ def vectors() -> list[Vector]:
          BASE + ["--witness", "keys/witness.pub", "--supplier", "keys/witness.pub"])
     fail("custody-loop", "custody", "A third hop gives the keys back to Dist Co, who held them before.",
          edited(two_hops, _loop))
+    fail("hop-names-other-batch", "custody", "Acme's transfer names this manifest's id but another batch.",
+         edited(Story(hops=1), _other_batch))
     fail("manifest-field-twice", "manifest signature", "The supplier signed a header naming `prefix` twice "
          "(readers disagree on which counts).", edited(plain, _header_twice))
     fail("transfer-field-twice", "custody", "Acme signed a transfer record naming `to` twice.",
@@ -510,6 +512,13 @@ def _loop(doc: dict[str, Any]) -> None:
     back = make_transfer(PLAT, DIST.name, DIST.public_key, second.fields.batch, second.manifest, COUNT, ((0, 4),),
                          second.id, T0 + 35_000)
     doc["custody"].append(b64(back.data))
+
+
+def _other_batch(doc: dict[str, Any]) -> None:
+    hop = read_transfer(base64.b64decode(doc["custody"][0]))
+    renamed = make_transfer(ACME, DIST.name, DIST.public_key, "AAAA-000", hop.manifest, COUNT, hop.ranges,
+                            hop.previous, hop.fields.at)
+    doc["custody"][0] = b64(renamed.data)
 
 
 def _header_twice(doc: dict[str, Any]) -> None:
