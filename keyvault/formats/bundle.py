@@ -43,7 +43,6 @@ MAX_BUNDLE_BYTES = 64 << 20  # a bundle is kilobytes; refuse anything this large
 CLOCK_SKEW_MS = 5 * 60 * 1000  # a checkpoint may be dated this far after the verifier's clock, no further
 
 
-
 class BundleStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The key's status as the store judged it at the checkpoint's time; the verifier replays it."""
 
