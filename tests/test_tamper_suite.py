@@ -475,11 +475,10 @@ def test_witness_tampering_is_refused(world: World) -> None:
 
 
 def test_proofs_of_the_wrong_length_or_for_another_subject_are_refused(world: World) -> None:
-    for _ in range(5):  # two bundles under one checkpoint (a second may pass between them: sign again)
-        a, b = fresh_bundle(world, "redeemed"), fresh_bundle(world, "void")
-        if a["checkpoint"] == b["checkpoint"]:
-            break
-    assert a["checkpoint"] == b["checkpoint"]
+    a, b = fresh_bundle(world, "redeemed"), fresh_bundle(world, "void")
+    # No event between them: the same size, root and subject index (the note may be signed again, a second later).
+    assert a["checkpoint"].split("\n\n")[0].split("\n")[1:3] == b["checkpoint"].split("\n\n")[0].split("\n")[1:3]
+    assert a["checkpoint"].split("\n\n")[0].split("\n")[4] == b["checkpoint"].split("\n\n")[0].split("\n")[4]
     key = world.keys["redeemed"]
     extra = "ab" * 32
     cases: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
