@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from keyvault import Identity, MalformedKeyError
+from keyvault import Identity, KeyvaultError, MalformedKeyError
 from keyvault.engine import consistency_proof
-from keyvault.formats.bundle import MAX_BUNDLE_BYTES, Trusted, verify as verify_bundle_bytes
+from keyvault.formats.bundle import MAX_BUNDLE_BYTES, Check, Trusted, verify as verify_bundle_bytes
 from keyvault.formats.identity import PublicIdentity, Rotation, public_part
 from keyvault.formats.keyformat import key_material
 from keyvault.formats.tiles import encode_proof
@@ -237,24 +237,39 @@ def verify_bundle(bundle_file: Path, suppliers: tuple[Path, ...], engines: tuple
                   min_witnesses: int | None, as_json: bool) -> None:
     """Check a trace bundle offline with public keys only, each in its role: one PASS/FAIL line per rule.
 
-    Exit 0 only if every rule passes, 3 otherwise.
+    Exit 0 only if every rule passes, 3 if one failed (a key file refused included), 1 if the bundle file
+    cannot be read, 2 if the command line is wrong.
     """
     if not (suppliers or engines or witnesses or trusted):
         raise click.UsageError("give the keys to check with: --supplier FILE and --engine FILE (or --trust FILE)")
-    try:
-        declared = Trusted.by_declared_roles([PublicIdentity.load(p) for p in trusted])
-        keys = Trusted(suppliers=declared.suppliers + tuple(PublicIdentity.load(p) for p in suppliers),
-                       distributors=declared.distributors,
-                       engines=declared.engines + tuple(PublicIdentity.load(p) for p in engines),
-                       witnesses=declared.witnesses + tuple(PublicIdentity.load(p) for p in witnesses))
-        data = read_bounded(bundle_file, MAX_BUNDLE_BYTES, "a trace bundle")
-        material = _key_material(key)
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {exc.filename}: {exc.strerror}") from None
-    except Exception as exc:  # a KeyvaultError from a bad trust file or key
-        raise click.ClickException(str(exc)) from None
-    checks = verify_bundle_bytes(data, keys, material, max_age_ms=_duration_ms(max_age),
-                                 min_witnesses=min_witnesses)
+    max_age_ms = _duration_ms(max_age)
+    material = _key_material(key)
+    refused: list[Check] = []
+
+    def load(paths: tuple[Path, ...], option: str) -> list[PublicIdentity]:
+        found = []
+        for path in paths:
+            try:
+                found.append(PublicIdentity.load(path))
+            except KeyvaultError as exc:  # unreadable, damaged, or its roles or name edited after signing
+                refused.append(Check("trusted keys", False, f"{option} {path}: {exc}"))
+        return found
+
+    declared = Trusted.by_declared_roles(load(trusted, "--trust"))
+    keys = Trusted(suppliers=declared.suppliers + tuple(load(suppliers, "--supplier")),
+                   distributors=declared.distributors,
+                   engines=declared.engines + tuple(load(engines, "--engine")),
+                   witnesses=declared.witnesses + tuple(load(witnesses, "--witness")))
+    if refused:
+        checks = refused  # nothing is checked with keys that are not the ones meant
+    else:
+        try:
+            data = read_bounded(bundle_file, MAX_BUNDLE_BYTES, "a trace bundle")
+        except OSError as exc:
+            raise click.ClickException(f"cannot read the bundle {bundle_file}: {exc.strerror}") from None
+        except KeyvaultError as exc:  # larger than any bundle (a device like /dev/zero): read no further
+            raise click.ClickException(str(exc)) from None
+        checks = verify_bundle_bytes(data, keys, material, max_age_ms=max_age_ms, min_witnesses=min_witnesses)
     passed = all(c.ok for c in checks)
     if as_json:
         emit(True, {"ok": passed, "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}, "")
@@ -288,4 +303,4 @@ def _key_material(key: str | None) -> bytes | None:
     try:
         return key_material(key)
     except MalformedKeyError:
-        raise MalformedKeyError("--key is not a valid key (give the key itself, not its serial)") from None
+        raise click.BadParameter("not a valid key (give the key itself, not its serial)", param_hint="--key") from None

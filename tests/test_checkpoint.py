@@ -127,10 +127,12 @@ def test_cosignatures_k_of_n() -> None:
         open_note(note, ORIGIN, [LOG, WITNESS], required=3)
     with pytest.raises(ProofError, match="1 of the pinned keys signed this note; 2 needed"):
         open_note(note, ORIGIN, [LOG], required=2)
-    # The same verifier twice, or its signature twice, is still one signer.
-    twice = add_signature(sign(cp, ORIGIN, ZERO_KEY), ORIGIN, ZERO_KEY)
+    # The same verifier twice is still one signer; its signature line twice refuses the note (as Go's note.Open).
     with pytest.raises(ProofError, match="1 of the pinned keys signed this note; 2 needed"):
-        open_note(twice, ORIGIN, [LOG, LOG], required=2)
+        open_note(sign(cp, ORIGIN, ZERO_KEY), ORIGIN, [LOG, LOG], required=2)
+    twice = add_signature(sign(cp, ORIGIN, ZERO_KEY), ORIGIN, ZERO_KEY)
+    with pytest.raises(ProofError, match="two signature lines by"):
+        open_note(twice, ORIGIN, [LOG], required=1)
     with pytest.raises(ProofError, match="at least one signature"):
         open_note(note, ORIGIN, [LOG], required=0)
 

@@ -123,7 +123,7 @@ def test_index_proofs_of_presence_and_absence(updates: list[tuple[int, int]], as
         if proof.latest is not None:
             with pytest.raises(ProofError):
                 history.verify_proof(root, b"K" + u64(s + 1000), proof)
-        forged = history.IndexProof(proof.subject, None if proof.latest is not None else 7, proof.siblings)
+        forged = history.IndexProof(proof.subject, None if proof.latest is not None else 7, proof.siblings, None)
         with pytest.raises(ProofError):
             history.verify_proof(root, subject, forged)
         if proof.siblings:

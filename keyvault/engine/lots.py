@@ -205,7 +205,7 @@ def receive(state: State, lot_path: Path, recipient: Identity,
         with os.fdopen(fd, "wb") as fh:
             fh.write(manifest_bytes)
         manifest = read_manifest(spool)
-        check_chain(manifest.public_key, manifest.id, manifest.count, chain)
+        check_chain(manifest.public_key, manifest.id, manifest.count, chain, manifest.fields.batch)
 
         def work(txn: Txn) -> tuple[BatchInfo | None, Transfer | None, Transfer | None]:
             now = now_ms()

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -37,15 +36,11 @@ from .history import IndexProof, check_history
 from .identity import ROLE_NAMES, PublicIdentity, fingerprint, supplier_id
 from .keyformat import serial_text
 from .manifest import ManifestHeader, SignedHeader, open_signed_header
-from .typed import decode
+from .typed import Hex16, Hex32, Index, decode
 
 FORMAT = "keyvault/bundle/v2"
 MAX_BUNDLE_BYTES = 64 << 20  # a bundle is kilobytes; refuse anything this large unread
 CLOCK_SKEW_MS = 5 * 60 * 1000  # a checkpoint may be dated this far after the verifier's clock, no further
-
-Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-Hex16 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
-Index = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class BundleStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -83,17 +78,6 @@ class Bundle(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 _BUNDLE = msgspec.json.Decoder(Bundle)
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise _Duplicate(next(k for k in keys if keys.count(k) > 1))
-    return dict(pairs)
-
-
 def read_bundle(data: bytes) -> Bundle:
     """A bundle's JSON decoded strictly (nothing verified yet), or ProofError saying what is wrong.
 
@@ -103,13 +87,6 @@ def read_bundle(data: bytes) -> Bundle:
     fix = "make it again with `keyvault trace KEY --bundle`"
     if len(data) > MAX_BUNDLE_BYTES:
         raise ProofError(f"the trace bundle is over {MAX_BUNDLE_BYTES >> 20} MiB, so it is not one; {fix}")
-    try:
-        json.loads(data, object_pairs_hook=_no_duplicates)
-    except _Duplicate as exc:
-        raise ProofError(f"the trace bundle names field {str(exc)[:40]!r} twice in one object: a reader could "
-                         f"see either value; {fix}") from None
-    except (ValueError, RecursionError):
-        pass  # msgspec says what is wrong, below
     return decode(_BUNDLE, data, what="the trace bundle", error=ProofError, fix=fix)
 
 
@@ -313,7 +290,7 @@ def _custody(ctx: _Ctx) -> Iterator[str]:
         try:
             hop = read_transfer(_unb64(encoded, f"custody hop {n}"), f"custody hop {n}")
             ctx.chain.append(hop)
-            check_chain(ctx.signed.public_key, ctx.signed.id, ctx.header.count, ctx.chain)
+            check_chain(ctx.signed.public_key, ctx.signed.id, ctx.header.count, ctx.chain, ctx.header.batch)
         except (CustodyError, BadSignatureError) as exc:
             raise ProofError(str(exc)) from None
         if not contains(hop.ranges, ctx.doc.index):
@@ -580,7 +557,7 @@ def verify(data: bytes, trusted: Trusted | Sequence[PublicIdentity], key_materia
             if rule.fatal:
                 break
             continue
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile bundle provokes, it is refused, never raised
             checks.append(Check(rule.name, False, f"malformed input ({exc.__class__.__name__})"))
             if rule.fatal:
                 break

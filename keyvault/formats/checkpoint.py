@@ -32,6 +32,7 @@ from ..errors import ProofError
 
 MAX_NOTE_BYTES = 64 * 1024
 MAX_TREE_SIZE = 2**63 - 1
+MAX_SIGNATURES = 100  # signature lines a note may carry (as Go's note.Open)
 _ED25519 = b"\x01"  # the signed-note signature type of a plain Ed25519 signature
 _SIG_PREFIX = "\u2014 "  # em dash, space
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")  # decimal, no leading zeros, at most 19 digits
@@ -176,8 +177,11 @@ def split_note(note: bytes) -> tuple[bytes, list[_Signature]]:
         raise ProofError("the note has no signature lines")
     if not block.endswith("\n"):
         raise ProofError("the note's last signature line does not end with a newline (truncated?)")
+    lines = block[:-1].split("\n")
+    if len(lines) > MAX_SIGNATURES:
+        raise ProofError(f"the note has {len(lines)} signature lines; a note carries at most {MAX_SIGNATURES}")
     signatures = []
-    for number, line in enumerate(block[:-1].split("\n"), 1):
+    for number, line in enumerate(lines, 1):
         name, space, encoded = line[len(_SIG_PREFIX):].partition(" ")
         if not line.startswith(_SIG_PREFIX) or not space:
             raise ProofError(f"signature line {number} is not '\u2014 <name> <base64 signature>'")
@@ -225,7 +229,7 @@ def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], re
     """The checkpoint in ``note`` once ``required`` distinct ``verifiers`` signed it, else ProofError.
 
     Signatures by keys not among ``verifiers`` are ignored; a signature by a known key that
-    does not verify refuses the whole note. ``origin``, when given, must match.
+    does not verify, or a second line by a known key, refuses the whole note. ``origin``, when given, must match.
     """
     if required < 1:
         raise ProofError("at least one signature must be required to open a note")
@@ -242,6 +246,8 @@ def open_note(note: bytes, origin: str | None, verifiers: Sequence[Verifier], re
             continue  # key ids are hints: an unknown key is ignored, never trusted
         if not signer.verifies(text, sig.signature):
             raise ProofError(f"signature by {_short(sig.name)} does not verify")
+        if signer in verified:
+            raise ProofError(f"the note carries two signature lines by {_short(sig.name)}: a key signs a note once")
         verified.add(signer)
     if len(verified) < required:
         raise ProofError(f"{len(verified)} of the pinned keys signed this note; {required} needed")

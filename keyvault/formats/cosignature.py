@@ -126,7 +126,7 @@ def verify(note: bytes, witnesses: Sequence[Witness], required: int, *,
 
     Lines by keys not among ``witnesses`` are ignored; a line by a given witness that does not
     verify over this note's text (a cosignature of another checkpoint), or is dated in the
-    future, refuses the note. A witness counts once however many lines it has.
+    future, refuses the note, and so does a second line by a given witness.
     """
     if required < 0:
         raise ProofError("the number of witnesses required cannot be negative")
@@ -144,6 +144,9 @@ def verify(note: bytes, witnesses: Sequence[Witness], required: int, *,
         witness = known.get((cosig.name, cosig.key_id))
         if witness is None:
             continue  # a key id is a hint: a line by any other key is ignored, never counted
+        if witness.public_key in seen:
+            raise ProofError(f"the checkpoint carries two cosignatures by witness {witness.name!r}: a witness's "
+                             "newest cosignature replaces its older one, so a note has one line per witness")
         try:
             nacl.signing.VerifyKey(witness.public_key).verify(signed_message(text, cosig.timestamp), cosig.signature)
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
@@ -152,7 +155,7 @@ def verify(note: bytes, witnesses: Sequence[Witness], required: int, *,
         if cosig.timestamp > now + FUTURE_SLACK_SECONDS:
             raise ProofError(f"the cosignature by witness {witness.name!r} is dated {cosig.timestamp}, in the future; "
                              "check the witness's clock and this machine's")
-        seen[witness.public_key] = (witness, max(cosig.timestamp, seen.get(witness.public_key, (witness, 0))[1]))
+        seen[witness.public_key] = (witness, cosig.timestamp)
     if len(seen) < required:
         names = ", ".join(repr(w.name) for w, _ in seen.values()) or "none"
         raise ProofError(f"{len(seen)} of the {len(by_key)} given witnesses cosigned this checkpoint ({names}); "

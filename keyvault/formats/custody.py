@@ -204,13 +204,17 @@ def read_transfer(data: bytes, what: str = "transfer") -> Transfer:
     return Transfer(bytes(data), envelope.body, fields)
 
 
-def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Transfer]) -> None:
+def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Transfer],
+                batch: str | None = None) -> None:
     """Each hop spends the one before: the first the manifest, signed by its supplier; each next one
-    signed by the previous recipient, within the ranges it received. CustodyError names the broken hop."""
+    signed by the previous recipient, within the ranges it received, to a key that never held them in
+    this chain (no loop); each names the manifest's ``batch`` when it is given. CustodyError names the
+    broken hop."""
     held: Ranges = ((0, count),)
     holder, previous = supplier, manifest
+    holders = {supplier}
     for n, hop in enumerate(chain, 1):
-        if hop.manifest != manifest or hop.fields.count != count:
+        if hop.manifest != manifest or hop.fields.count != count or batch not in (None, hop.fields.batch):
             raise CustodyError(f"custody hop {n} moves keys of another batch")
         if hop.previous != previous:
             raise CustodyError(f"custody hop {n} does not spend the record before it: the chain is broken")
@@ -219,6 +223,10 @@ def check_chain(supplier: bytes, manifest: str, count: int, chain: Sequence[Tran
                                "those keys: a forged transfer")
         if not covers(held, hop.ranges):
             raise CustodyError(f"custody hop {n} moves keys its sender never received")
+        if hop.recipient in holders:
+            raise CustodyError(f"custody hop {n} gives the keys to {hop.fields.to.name!r}, who held them earlier in "
+                               "the chain: a loop (a chain names each holder once)")
+        holders.add(hop.recipient)
         holder, previous, held = hop.recipient, hop.id, hop.ranges
 
 

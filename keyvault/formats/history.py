@@ -17,12 +17,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from ..errors import ProofError
 from .checkpoint import Checkpoint
+from .typed import Hex32, HexBytes, Index
 
 EMPTY = bytes(32)
 EXTENSION = "kv1/subject-index "  # the checkpoint's extension line: this, then base64 of the root
@@ -37,10 +38,10 @@ class IndexProof(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``latest`` nor ``other``, an empty subtree is.
     """
 
-    subject: str  # hex of the subject bytes
-    latest: int | None
-    siblings: list[str]  # hex, root level first
-    other: tuple[str, int] | None = None  # (hex key, its latest index)
+    subject: HexBytes  # hex of the subject bytes
+    latest: Index | None
+    siblings: Annotated[list[Hex32], msgspec.Meta(max_length=MAX_DEPTH)]  # hex, root level first
+    other: tuple[Hex32, Index] | None  # (hex key, its latest index)
 
 
 def subject_key(subject: bytes) -> bytes:
@@ -180,6 +181,11 @@ def check_history(checkpoint: Checkpoint, subjects: Iterable[tuple[bytes, str]],
         return out + [("history-complete", False, "the checkpoint predates the subject index: nothing proves no "
                                                   "event was left out (make the bundle again: a new checkpoint "
                                                   "commits to the index)")]
+    subjects = list(subjects)
+    listed, wanted_order = [proof.subject for proof in proofs], [subject.hex() for subject, _ in subjects]
+    if listed != wanted_order and sorted(listed) == sorted(wanted_order):
+        return out + [("index-proof", False, "the index proofs are not listed in the order of their subjects: "
+                                             "the key, its batch, its supplier")]
     by_subject: dict[str, IndexProof] = {}
     for proof in proofs:
         if by_subject.setdefault(proof.subject, proof) is not proof:

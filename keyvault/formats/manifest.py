@@ -231,12 +231,12 @@ class Manifest:
         yield from self._column(self.body_offset + SEED_BYTES + self.count * record_size(self.kind), 32)
 
     def card_numbers(self) -> Iterator[str]:
-        """For a "pair" batch, each card's public card number, in index order."""
+        """For a "pair" batch, each card's public card number, in index order (checked when it was read)."""
         with open(self.path, "rb") as fh:
             fh.seek(self.body_offset + SEED_BYTES + self.count * (record_size(self.kind) + 32))
             for _ in range(self.count):
                 n = self._exact(fh, 1)[0]
-                yield self._exact(fh, n).decode("utf-8")
+                yield self._exact(fh, n).decode("utf-8", "replace")
 
     def _column(self, offset: int, size: int) -> Iterator[bytes]:
         with open(self.path, "rb") as fh:
@@ -252,6 +252,25 @@ class Manifest:
         if len(data) != n:  # the file changed under us since it was verified
             raise ManifestError(f"manifest {self.path} changed while being read; import it again")
         return data
+
+
+def _check_trailer(source: Path, fh: IO[bytes], header: ManifestHeader, body_offset: int) -> None:
+    """What follows the commitments, up to the end of the file: for a "pair" batch, ``count`` card numbers
+    (u8 length, then 1 to MAX_IMPORTED bytes of UTF-8) and nothing after them; for the other kinds, nothing."""
+    fh.seek(body_offset + SEED_BYTES + header.count * (record_size(header.kind) + 32))
+    for _ in range(header.count if header.kind == "pair" else 0):
+        size = fh.read(1)
+        number = fh.read(size[0]) if size else b""
+        try:
+            if not size or not 0 < size[0] <= MAX_IMPORTED or len(number) != size[0]:
+                raise ValueError
+            number.decode("utf-8")
+        except ValueError:
+            raise ManifestError(f"manifest {source} is signed, but its card numbers are cut short or not UTF-8: "
+                                f"{_REISSUE}") from None
+    if fh.read(1):
+        raise ManifestError(f"manifest {source} is signed, but holds bytes after its last "
+                            f"{'card number' if header.kind == 'pair' else 'commitment'}: {_REISSUE}")
 
 
 def tree_root(chunk_roots: Iterable[bytes]) -> bytes:
@@ -355,6 +374,7 @@ def _read(source: Path, fh: IO[bytes]) -> Manifest:
         raise ManifestError(f"manifest {source} is damaged: its records do not match the signed hash; "
                             "ask the supplier for a fresh copy")
     manifest = Manifest(source, header, header_bytes, opened.public_key, opened.signature, body_offset, ())
+    _check_trailer(source, fh, header, body_offset)
     roots = tuple(_fast.merkle_root(part) for part in manifest.commitments())
     if tree_root(roots).hex() != header.merkle_root:
         raise ManifestError(f"manifest {source} is signed, but its key commitments do not match its signed Merkle "

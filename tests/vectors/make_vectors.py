@@ -31,7 +31,7 @@ from keyvault.formats import merkle
 from keyvault.formats import cosignature, history
 from keyvault.formats.events import encode_links
 from keyvault.formats.checkpoint import Checkpoint, sign, split_note
-from keyvault.formats.custody import Transfer, make_transfer, read_transfer
+from keyvault.formats.custody import TRANSFER_MAGIC, TRANSFER_TYPE, Transfer, make_transfer, read_transfer
 from keyvault.formats.envelope import pack
 from keyvault.formats.identity import Identity, default_prefix, supplier_id
 from keyvault.formats.keyformat import batch_text, key_material, make_batch, prefix_text, serial_text
@@ -464,7 +464,75 @@ def vectors() -> list[Vector]:
          raw(plain.bundle()), BASE + ["--witness", "keys/witness.pub"])
     fail("checkpoint-char-changed", "checkpoint signature", "One character of the checkpoint's root changed.",
          edited(plain, lambda d: d.__setitem__("checkpoint", _change_root(d["checkpoint"]))))
+    # -- found by the tampering suite (tests/test_tamper_suite.py) ------------------------------------
+    fail("hex-trailing-newline", "bundle", "The commitment's hex followed by a newline (a lenient hex reader "
+         "skips it).", edited(plain, lambda d: d.__setitem__("commitment", d["commitment"] + "\n")))
+    fail("sibling-uppercase", "bundle", "An index proof's sibling in upper-case hex.",
+         edited(plain, lambda d: _first_sibling(d, str.upper)))
+    fail("sibling-with-space", "bundle", "An index proof's sibling with a space inside.",
+         edited(plain, lambda d: _first_sibling(d, lambda h: h[:2] + " " + h[2:])))
+    fail("index-proof-without-other", "bundle", "An index proof without its `other` field (it must be present, "
+         "null or not).", edited(plain, lambda d: d["index_proofs"][0].pop("other")))
+    fail("index-proofs-reordered", "index-proof", "The index proofs listed supplier, batch, key.",
+         edited(redeemed, lambda d: d["index_proofs"].reverse()))
+    fail("engine-signature-twice", "checkpoint signature", "The engine's signature line given twice: a key signs "
+         "a note once.",
+         edited(plain, lambda d: d.__setitem__("checkpoint", d["checkpoint"] + d["checkpoint"].split("\n\n")[1])))
+    fail("signature-lines-101", "checkpoint signature", "A note with 101 signature lines.",
+         edited(plain, lambda d: d.__setitem__("checkpoint", d["checkpoint"] + (
+             "\u2014 someone " + b64(bytes(68)) + "\n") * 100)))
+    fail("witness-cosignature-twice", "witness cosignatures", "The witness's cosignature line given twice.",
+         edited(Story(witness=True), lambda d: d.__setitem__("checkpoint", d["checkpoint"] + d["checkpoint"].split(
+             "\n\n")[1].split("\n")[1] + "\n")), BASE + ["--witness", "keys/witness.pub"])
+    fail("witness-also-supplier", "witness cosignatures", "The witness's key also given as a supplier: whoever "
+         "signs the story cannot witness it.", raw(Story(witness=True).bundle()),
+         BASE + ["--witness", "keys/witness.pub", "--supplier", "keys/witness.pub"])
+    fail("custody-loop", "custody", "A third hop gives the keys back to Dist Co, who held them before.",
+         edited(two_hops, _loop))
+    fail("hop-names-other-batch", "custody", "Acme's transfer names this manifest's id but another batch.",
+         edited(Story(hops=1), _other_batch))
+    fail("manifest-field-twice", "manifest signature", "The supplier signed a header naming `prefix` twice "
+         "(readers disagree on which counts).", edited(plain, _header_twice))
+    fail("transfer-field-twice", "custody", "Acme signed a transfer record naming `to` twice.",
+         edited(Story(hops=1), _transfer_twice))
+    fail("trusted-key-role-added", "trusted keys", "The engine's public file with the role supplier added by "
+         "editing it (its roles signature no longer verifies).", raw(plain.bundle()),
+         ["--supplier", "keys/acme.pub", "--trust", "keys/engine-role-added.pub"])
     return out
+
+
+def _first_sibling(doc: dict[str, Any], change: Callable[[str], str]) -> None:
+    proof = next(p for p in doc["index_proofs"] if any(c.isalpha() for s in p["siblings"] for c in s))
+    n = next(i for i, s in enumerate(proof["siblings"]) if change(s) != s)
+    proof["siblings"][n] = change(proof["siblings"][n])
+
+
+def _loop(doc: dict[str, Any]) -> None:
+    second = read_transfer(base64.b64decode(doc["custody"][1]))
+    back = make_transfer(PLAT, DIST.name, DIST.public_key, second.fields.batch, second.manifest, COUNT, ((0, 4),),
+                         second.id, T0 + 35_000)
+    doc["custody"].append(b64(back.data))
+
+
+def _other_batch(doc: dict[str, Any]) -> None:
+    hop = read_transfer(base64.b64decode(doc["custody"][0]))
+    renamed = make_transfer(ACME, DIST.name, DIST.public_key, "AAAA-000", hop.manifest, COUNT, hop.ranges,
+                            hop.previous, hop.fields.at)
+    doc["custody"][0] = b64(renamed.data)
+
+
+def _header_twice(doc: dict[str, Any]) -> None:
+    signed = base64.b64decode(doc["manifest"])
+    header = signed[len(MAGIC) + 32 + 64 + 4:]
+    twice = header.replace(b"{", b'{"prefix":"ZZZZ",', 1)
+    doc["manifest"] = b64(pack(MAGIC, ACME.public_key, ACME.sign(PAYLOAD_TYPE, twice), twice))
+
+
+def _transfer_twice(doc: dict[str, Any]) -> None:
+    hop = read_transfer(base64.b64decode(doc["custody"][0]))
+    twice = hop.record.replace(b"{", b'{"to":{"name":"Mallory","public_key":"' + MALLORY.public_key.hex().encode()
+                               + b'"},', 1)
+    doc["custody"][0] = b64(pack(TRANSFER_MAGIC, ACME.public_key, ACME.sign(TRANSFER_TYPE, twice), twice))
 
 
 def _not_canonical(text: str) -> str:
@@ -493,6 +561,12 @@ def write(target: Path) -> list[Path]:
         path = target / "keys" / f"{name}.pub"
         path.write_bytes(public.to_bytes())
         written.append(path)
+    # The engine's file with a role added by editing it: its roles signature no longer verifies.
+    doc = json.loads(ENGINE.public_with_roles(("engine",)).to_bytes())
+    doc["roles"] = ["engine", "supplier"]
+    path = target / "keys" / "engine-role-added.pub"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    written.append(path)
     for vector in vectors():
         (target / f"{vector.name}.bundle").write_bytes(vector.data)
         (target / f"{vector.name}.json").write_text(json.dumps(vector.spec(), indent=1, ensure_ascii=False) + "\n",

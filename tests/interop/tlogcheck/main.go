@@ -1,10 +1,13 @@
 // Command tlogcheck verifies what keyvault publishes with Go's golang.org/x/mod/sumdb/note and
 // golang.org/x/mod/sumdb/tlog: the checkpoint note (note.Open with keyvault's verifier key), each
-// witness cosignature (C2SP cosignature/v1, checked by hand: x/mod predates it), the tiles (read
+// witness cosignature (C2SP cosignature/v1: note.Open again, with a note.Verifier of type 0x04 per
+// witness, since x/mod predates cosignatures), further notes judged the same way, the tiles (read
 // through tlog.TileHashReader, which authenticates every tile against the checkpoint's root), the
 // entry bundles, and keyvault's inclusion and consistency proofs (tlog.CheckRecord, tlog.CheckTree).
 //
-// Usage: tlogcheck INPUT.json; prints one "ok ..." line per check, exits 1 on the first failure.
+// Usage: tlogcheck INPUT.json; prints one "ok ..." line per check, exits 1 on the first failure; for each
+// of the input's "notes", one line "note N: ok" (signed by the log and every witness) or "note N: refused:
+// why" (never a failure).
 package main
 
 import (
@@ -31,7 +34,8 @@ type input struct {
 		Name      string `json:"name"`
 		PublicKey []byte `json:"public_key"`
 	} `json:"witnesses"`
-	Tiles     string `json:"tiles"`
+	Notes     []string `json:"notes"`
+	Tiles     string   `json:"tiles"`
 	Inclusion []struct {
 		Index int64    `json:"index"`
 		Leaf  []byte   `json:"leaf"`
@@ -63,6 +67,30 @@ func (d tileDir) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 }
 
 func (d tileDir) SaveTiles(tiles []tlog.Tile, data [][]byte) {}
+
+// cosigner is a note.Verifier for a C2SP cosignature/v1 key (signature type 0x04): the signature is
+// u64 timestamp || Ed25519 over "cosignature/v1\ntime <timestamp>\n" || the note text.
+type cosigner struct {
+	name string
+	key  ed25519.PublicKey
+	hash uint32
+}
+
+func newCosigner(name string, key []byte) cosigner {
+	id := sha256.Sum256(append(append([]byte(name+"\n"), 0x04), key...))
+	return cosigner{name, ed25519.PublicKey(key), binary.BigEndian.Uint32(id[:4])}
+}
+
+func (c cosigner) Name() string    { return c.name }
+func (c cosigner) KeyHash() uint32 { return c.hash }
+func (c cosigner) Verify(msg, sig []byte) bool {
+	if len(sig) != 8+ed25519.SignatureSize || len(c.key) != ed25519.PublicKeySize {
+		return false
+	}
+	ts := binary.BigEndian.Uint64(sig[:8])
+	signed := append([]byte(fmt.Sprintf("cosignature/v1\ntime %d\n", ts)), msg...)
+	return ed25519.Verify(c.key, signed, sig[8:])
+}
 
 func fail(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "FAIL "+format+"\n", args...)
@@ -109,28 +137,35 @@ func main() {
 	copy(root[:], rootBytes)
 	fmt.Printf("ok note.Open: %s, %d entries\n", lines[0], size)
 
+	known := []note.Verifier{verifier}
 	for _, w := range in.Witnesses {
-		id := sha256.Sum256(append(append([]byte(w.Name+"\n"), 0x04), w.PublicKey...))
+		known = append(known, newCosigner(w.Name, w.PublicKey))
+	}
+	cosigned, err := note.Open([]byte(in.Note), note.VerifierList(known...))
+	if err != nil {
+		fail("note.Open with the witnesses' cosignature/v1 verifiers: a cosignature does not verify or is "+
+			"malformed: %v", err)
+	}
+	for _, w := range known[1:] {
 		found := false
-		for _, sig := range n.UnverifiedSigs {
-			if sig.Name != w.Name || sig.Hash != binary.BigEndian.Uint32(id[:4]) {
-				continue
-			}
-			blob, err := base64.StdEncoding.DecodeString(sig.Base64)
-			if err != nil || len(blob) != 4+8+64 {
-				fail("cosignature by %s: bad encoding", w.Name)
-			}
-			ts := binary.BigEndian.Uint64(blob[4:12])
-			msg := []byte(fmt.Sprintf("cosignature/v1\ntime %d\n%s", ts, n.Text))
-			if !ed25519.Verify(ed25519.PublicKey(w.PublicKey), msg, blob[12:]) {
-				fail("cosignature by %s does not verify", w.Name)
-			}
-			found = true
+		for _, sig := range cosigned.Sigs {
+			found = found || (sig.Name == w.Name() && sig.Hash == w.KeyHash())
 		}
 		if !found {
-			fail("no cosignature by %s", w.Name)
+			fail("no cosignature by %s", w.Name())
 		}
-		fmt.Printf("ok cosignature/v1 by %s\n", w.Name)
+		fmt.Printf("ok cosignature/v1 by %s (note.Open)\n", w.Name())
+	}
+	for i, text := range in.Notes {
+		opened, err := note.Open([]byte(text), note.VerifierList(known...))
+		if err == nil && len(opened.Sigs) != len(known) {
+			err = fmt.Errorf("signed by %d of the %d verifiers", len(opened.Sigs), len(known))
+		}
+		if err != nil {
+			fmt.Printf("note %d: refused: %v\n", i, err)
+		} else {
+			fmt.Printf("note %d: ok\n", i)
+		}
 	}
 
 	tree := tlog.Tree{N: size, Hash: root}
