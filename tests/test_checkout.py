@@ -594,3 +594,92 @@ def test_cli_trace_order_names_plain_redeems(world: object) -> None:
     assert "2 key(s)" in text and text.count("redeemed") >= 2 and keys[0] not in text
     doc = one_json(ok("--store", world.platform, "trace", "--order", "cli-1", "--json"))  # type: ignore[attr-defined]
     assert [e["type"] for e in doc["events"]] == ["redeem", "redeem"] and "at_ms" not in doc["events"][0]
+
+
+def _make_old(vault: Vault) -> list[bytes]:
+    """Make ``vault``'s store look as if its redeems were made before they were listed by order: its redeem
+    listings and the mark saying how far they were listed deleted. The listings deleted."""
+    from keyvault.engine import checkout
+
+    def work(txn) -> list[bytes]:  # type: ignore[no-untyped-def]
+        gone = [bytes(key) for key, _ in txn.items("checkout", b"R")]
+        for key in gone:
+            txn.delete("checkout", key)
+        txn.delete("meta", checkout.ORDERS_LISTED)
+        return gone
+
+    return vault.engine.store.write(work)
+
+
+def _sales(vault: Vault, keys: list[str]) -> None:
+    """Plain, batch, held and count-free redeems of orders shop-1 and shop-2 (a refused redeem in between)."""
+    assert vault.redeem(keys[0], "shop-1").status is Status.ACCEPTED
+    assert [r.status for r in vault.redeem_many([(keys[1], "shop-1"), (keys[2], "shop-2"), (keys[3], "shop-1")])
+            ] == [Status.ACCEPTED] * 3
+    assert vault.redeem(keys[0], "shop-2").status is Status.REDEEMED  # refused: lists nothing
+    vault.hold(keys[4], "shop-2", 900)
+    assert vault.confirm("shop-2")[0].status is Status.ACCEPTED
+
+
+def test_old_redeems_are_listed_by_order_once_the_store_is_opened(platform: Vault, issued: Issued) -> None:
+    """A store whose redeems were made before they were listed under their orders lists them after it is
+    opened by this version, exactly as if they had been listed when made; it is done once."""
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    before = {o: platform.order(o).to_dict() for o in ("shop-1", "shop-2")}
+    gone = _make_old(platform)
+    assert len(gone) == 5
+    with pytest.raises(NotFoundError):  # the old store: plain redeems are not found by their order
+        platform.order("shop-1")
+    assert [e["type"] for e in platform.order("shop-2")["events"]] == ["hold", "confirm"]
+    path = platform.path
+    platform.close()
+    with Vault.open(path) as vault:
+        assert {o: vault.order(o).to_dict() for o in ("shop-1", "shop-2")} == before
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            assert sorted(bytes(k) for k, _ in txn.items("checkout", b"R")) == sorted(gone)
+        assert checkout.list_old_redeems(vault.engine.store) == 0  # once: the next open reads one record
+        assert vault.check()["ok"]
+
+
+def test_listing_old_redeems_resumes_after_a_failed_step(platform: Vault, issued: Issued,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing old redeems goes a few events per transaction, each recording how far it got: a step that fails
+    (a full disk, here) leaves the steps before it done and the store opening as it is, and the next open goes on
+    from there; nothing is listed twice, and a redeem made meanwhile is listed."""
+    from keyvault.engine import checkout
+    from keyvault.errors import StoreFullError
+    from keyvault.store.records import from_u64
+
+    _sales(platform, issued.keys)
+    step = platform.order("shop-1")["events"][0]["index"] + 2  # the first step lists the first two redeems
+    gone = _make_old(platform)
+    path = platform.path
+    platform.close()
+    monkeypatch.setattr(checkout, "LIST_CHUNK", step)
+    real, seen = checkout.change_of, []
+
+    def failing(leaf: bytes):  # type: ignore[no-untyped-def]
+        seen.append(leaf)
+        if len(seen) > step + 1:  # the second step fails after reading one event
+            raise StoreFullError("no room on the disk (injected)")
+        return real(leaf)
+
+    monkeypatch.setattr(checkout, "change_of", failing)
+    with Vault.open(path) as vault:  # opens all the same
+        with vault.engine.store.read() as txn:
+            assert from_u64(txn.get("meta", checkout.ORDERS_LISTED)) == step  # the first step, nothing after
+            partial = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert len(partial) == 2 and set(partial) < set(gone)
+        monkeypatch.setattr(checkout, "change_of", real)
+        assert vault.redeem(issued.keys[9], "shop-3").status is Status.ACCEPTED  # listed by the redeem itself
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            listed = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert len(listed) == len(set(listed)) == len(gone) + 1
+        assert [k["serial"] for k in vault.order("shop-3")["keys"]] == [issued.serials[9]]
+        assert {k["serial"] for k in vault.order("shop-1")["keys"]} == {issued.serials[i] for i in (0, 1, 3)}
+        assert vault.check()["ok"]

@@ -13,23 +13,26 @@ caller's write transaction. Every hold, confirm, release, expiry and use is an e
 indexed under the key and under the order (the ``subjects`` database: ``O`` + u16 length +
 order id, then the event index), so ``order`` and ``trace`` read them back. Every redeem, held or not, is
 also listed under its order (the ``checkout`` database: ``R`` + u16 length + order id + event index,
-written with the redeem by :func:`index_redeems`), so an order's report names every key it got.
+written with the redeem by :func:`index_redeems`), so an order's report names every key it got. A store
+whose redeems predate that listing gets them listed once, from the event log, when it is first opened by
+this version (:func:`list_old_redeems`; the meta record ``orders_listed`` says how far that got).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _fast
 from ..clock import iso
-from ..errors import NotFoundError, StoreCorruptError, UsageError
+from ..errors import NotFoundError, StoreCorruptError, StoreError, UsageError
 from ..formats.events import KIND_NAMES, LEAF, change_of, split_leaf
 from ..formats.keyformat import serial_text
 from ..results import Result, Status
-from ..store import REDEEMED, Txn
+from ..store import REDEEMED, LmdbStore, Txn
 from ..store.records import (
     CHECKOUT_MARK,
     CHECKOUT_MARKED,
@@ -58,6 +61,12 @@ from .ledger import Change
 from .subjects import folded_change
 
 _LEN = struct.Struct(">H")
+log = logging.getLogger("keyvault")
+#: meta key: how far the event log's redeems are listed under their orders: absent (from event 0: a store
+#: made before redeems were listed), a u64 event index (listed up to there), or LISTED_ALL.
+ORDERS_LISTED = b"orders_listed"
+LISTED_ALL = b"all"
+LIST_CHUNK = 20_000  # events read per transaction while listing old redeems
 MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a hold lasts at most a week
 MIN_TTL_MS = 1000
 
@@ -424,6 +433,48 @@ def index_redeems(txn: Txn, changes: list[tuple[int, int, int, str]], indices: l
     transaction: every redeem, held or not, is found by its order (one sorted write for the batch)."""
     txn.put_many("checkout", sorted((order_redeem_key(order, index), b"")
                                     for (_, state, _, order), index in zip(changes, indices) if state == REDEEMED))
+
+
+def list_old_redeems(store: LmdbStore, chunk: int | None = None) -> int:
+    """List under their orders the redeems of a store made before redeems were listed (once per store):
+    the event log read in write transactions of ``chunk`` events, each recording how far it got, so a crash
+    loses nothing and the next open goes on from there. How many redeems were listed; 0 when done before."""
+    with store.read() as txn:
+        if txn.get("meta", ORDERS_LISTED) == LISTED_ALL:
+            return 0
+    chunk = chunk or LIST_CHUNK
+
+    def step(txn: Txn) -> tuple[int, bool]:
+        mark = txn.get("meta", ORDERS_LISTED)
+        if mark == LISTED_ALL:
+            return 0, True
+        start = from_u64(mark) if mark is not None and len(mark) == 8 else 0
+        size = txn.head().log_size
+        stop = min(size, start + chunk)
+        listed = []
+        for key, leaf in txn.items_from("events", u64(start)):
+            index = from_u64(key)
+            if index >= stop:
+                break
+            try:
+                change = change_of(bytes(leaf))
+            except (IndexError, ValueError, struct.error):  # a damaged event: `keyvault audit` names it
+                change = None
+            if change is not None and change[1] == REDEEMED:
+                listed.append((order_redeem_key(change[3], index), b""))
+        txn.put_many("checkout", sorted(listed))  # the same records the redeem wrote, if it did: no change
+        txn.put("meta", ORDERS_LISTED, LISTED_ALL if stop >= size else u64(stop))
+        return len(listed), stop >= size
+
+    total, done = 0, False
+    while not done:
+        try:
+            listed, done = store.write(step)
+        except StoreError as exc:  # damage or a full disk: the store opens as it is; the next open goes on
+            log.warning("listing old redeems under their orders stopped: %s", exc)
+            break
+        total += listed
+    return total
 
 
 def order_events(txn: Txn, log: EventLog, order: str) -> list[dict[str, Any]]:
