@@ -683,3 +683,39 @@ def test_listing_old_redeems_resumes_after_a_failed_step(platform: Vault, issued
         assert [k["serial"] for k in vault.order("shop-3")["keys"]] == [issued.serials[9]]
         assert {k["serial"] for k in vault.order("shop-1")["keys"]} == {issued.serials[i] for i in (0, 1, 3)}
         assert vault.check()["ok"]
+
+
+def test_a_transactions_checkout_events_link_as_if_appended_one_by_one(platform: Vault, issued: Issued,
+                                                                        clock: list[int]) -> None:
+    """The events of one checkout transaction are appended together: each must still link to the event before it
+    about its key and about its order, the ones of the same transaction included (an expiry and a new hold of one
+    key, a hold released and held again, an order's holds confirmed after them), and the log must audit clean."""
+    keys, serials = issued.keys, issued.serials
+    platform.set_checkpoint_policy(3, 3600)  # checkpoints (and the subject index) inside the batch too
+    assert platform.hold(keys[3], "D", 1).status is Status.HELD
+    clock[0] += 2000  # D's hold ended: the next transaction that reads it records its expiry
+    answers = platform.checkout_for([("hold", keys[0], "A", 900), ("hold", keys[1], "A", 900), ("confirm", "A"),
+                                     ("hold", keys[2], "B", 900), ("release", "B"), ("hold", keys[2], "C", 900),
+                                     ("hold", keys[3], "E", 900), ("hold", keys[1], "F", 900)])
+    assert [a.status if not isinstance(a, list) else [r.status for r in a] for a in answers] == [
+        Status.HELD, Status.HELD, [Status.ACCEPTED, Status.ACCEPTED], Status.HELD, [Status.RELEASED], Status.HELD,
+        Status.HELD, Status.REDEEMED]
+    events = {e["index"]: e for k in keys[:4] for e in platform.trace(k)["events"] if e["type"] in
+              ("hold", "confirm", "release", "expire", "redeem")}  # every event about these keys and their orders
+    newest: dict[str, int] = {}  # subject -> its newest event so far
+    for index in sorted(events):
+        for link in events[index]["links"]:
+            assert link["previous"] == newest.get(link["subject"]), events[index]
+            newest[link["subject"]] = index
+    assert sum(1 for s in newest if s.startswith("key ")) == 4 and sum(1 for s in newest if s.startswith("subject"))\
+        == 5  # A to E: F was refused
+    kinds = {k: [e["type"] for e in platform.trace(keys[k])["events"] if e["type"] in
+                 ("hold", "confirm", "release", "expire", "redeem")] for k in range(4)}
+    assert kinds == {0: ["hold", "confirm", "redeem"], 1: ["hold", "confirm", "redeem"],
+                     2: ["hold", "release", "hold"], 3: ["hold", "expire", "hold"]}
+    assert [e["type"] for e in platform.order("A")["events"]] == ["hold", "hold", "confirm", "confirm", "redeem",
+                                                                 "redeem"]
+    assert [e["type"] for e in platform.order("D")["events"]] == ["hold", "expire"]
+    audit = platform.audit()
+    assert audit.clean and audit.event_log.ok
+    assert platform.check()["ok"]

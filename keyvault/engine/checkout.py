@@ -219,6 +219,11 @@ class Desk:
         #: Accepted redeems by (batch id, supplier id), for the counters.
         self.counts: dict[tuple[str, str], int] = {}
         self.marked = False  # the table's mark is known to be written
+        #: Events decided and numbered but not yet appended (one append for them all: :meth:`write_events`),
+        #: from log index ``first``, and the orders they name.
+        self.events: list[tuple[str, int, dict[str, Any], list[bytes]]] = []
+        self.first = 0
+        self.orders: set[str] = set()
 
     def slot(self, serial: int, base: Result) -> Slot:
         """The key's slot; ended holds are removed (each an ``expire`` event) as it is first read."""
@@ -256,9 +261,20 @@ class Desk:
                 slot.used[order] = (str(iso(use[0])), use[2])
 
     def _event(self, kind: str, serial: int, order: str, **more: Any) -> int:
+        """Decide an event about a key and an order: its log index (appended by :meth:`write_events`)."""
+        if not self.events:
+            self.first = self.log.size(self.txn)
         doc = {"serial": serial_text(serial), "order_id": order, **more}
-        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)],
-                               self._key_change)
+        self.events.append((kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)]))
+        self.orders.add(order)
+        return self.first + len(self.events) - 1
+
+    def write_events(self, order: str | None = None) -> None:
+        """Append the events decided so far, all at once (with ``order``: only if one names it, before its
+        events are read back)."""
+        if self.events and (order is None or order in self.orders):
+            self.log.append_many(self.txn, self.first, self.events, self._key_change)
+            self.events, self.orders = [], set()
 
     def _key_change(self, txn: Txn, serial: int) -> int | None:
         """The event index of a key's committed redeem or void (the overlay's, or its folded outcome's)."""
@@ -311,7 +327,8 @@ class Desk:
                 self.txn.put("meta", CHECKOUT_MARKED, b"1")
 
     def flush(self) -> None:
-        """Write the hold records changed."""
+        """Append the events and write the hold records changed."""
+        self.write_events()
         for serial in sorted(self.dirty):
             holds = self.slots[serial].holds
             if holds:

@@ -656,6 +656,7 @@ class Engine(State):
     def _order_keys(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], order: str
                     ) -> list[tuple[checkout.Slot, dict[str, Any]]]:
         """Every key ``order`` ever held or used, as slots, with the order's last event on each."""
+        desk.write_events(order)  # an event of this order decided in this transaction is read back
         last = checkout.last_events(checkout.order_events(txn, self.log, order))
         slots = []
         for serial, event in last.items():
