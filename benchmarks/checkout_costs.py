@@ -10,6 +10,11 @@ key), ``holdconfirm`` (both, one sale), ``redeem_many`` / ``hold_many`` / ``conf
 and ``checkout_for`` with every op of the phase in batches of 100). ``--no-checkpoints``: no checkpoint is signed
 during the phase (the subject index is brought up to date per checkpoint, whenever one lands in the phase).
 
+``deliver``: webhooks. OPS keys are redeemed with an endpoint configured for redeems, its receiver in another
+process answering at once; then the delivery worker (service/delivery.py, as ``keyvault webhook run`` runs it)
+sends them all: the phase is the delivery alone, so its figures are what delivering one redeem's webhook costs
+the machine (compare with a redeem's).
+
 Run: .venv/bin/python benchmarks/checkout_costs.py MODE [OPS] [CALLERS]
 Fsyncs: strace -f -qq -e trace=fdatasync,fsync,msync,write -o /tmp/t.txt .venv/bin/python
         benchmarks/checkout_costs.py MODE OPS CALLERS, then benchmarks/checkout_costs.py --count /tmp/t.txt OPS
@@ -86,6 +91,8 @@ def main() -> None:
     if "--no-checkpoints" in sys.argv:  # the subject index's catch-up left out: it runs per checkpoint, not per op
         vault.set_checkpoint_policy(10**9, 10**6)
     orders = [f"order-{i}" for i in range(ops)]
+    if mode == "deliver":
+        return deliver(vault, keys, orders)
     if mode in ("confirm", "confirm_many"):  # held first, outside the phase
         for b in range(0, ops, 100):
             vault.checkout_for([("hold", k, o, 900) for k, o in zip(keys[b:b + 100], orders[b:b + 100])])
@@ -138,6 +145,34 @@ def main() -> None:
             f"{(io1['wchar'] - io0['wchar']) / ops:.0f} B/op by write calls, "
             f"{(io1['syscw'] - io0['syscw']) / ops:.2f} write calls/op")
     print(line, flush=True)
+    vault.close()
+
+
+def deliver(vault: Vault, keys: list[str], orders: list[str]) -> None:
+    """The ``deliver`` mode (see the module's docstring)."""
+    from keyvault.service.delivery import Delivery
+
+    helper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("webhooks_redeem.py")), "--receivers"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert helper.stdout is not None
+    fast_url = helper.stdout.readline().split()[0]
+    endpoint = vault.webhooks.add(fast_url, "redeem")["id"]
+    for b in range(0, len(keys), 1000):
+        vault.redeem_many(list(zip(keys[b:b + 1000], orders[b:b + 1000])))
+    ops = len(keys)
+    delivery = Delivery(vault, poll=0.05)
+    io0, cpu0, t0 = _io(), _cpu(), time.perf_counter()
+    _mark()
+    delivery.start()
+    while vault.webhooks.get(endpoint)["delivered"] < ops:
+        time.sleep(0.01)
+    _mark()
+    wall, cpu, io1 = time.perf_counter() - t0, _cpu() - cpu0, _io()
+    delivery.stop()
+    helper.communicate("")
+    print(f"deliver ops={ops}: cpu {cpu / ops * 1e6:.0f} us/message (this process; the receiver's apart), wall "
+          f"{wall / ops * 1e6:.0f} us/message, written {(io1['write_bytes'] - io0['write_bytes']) / ops:.0f} B/message "
+          f"to disk, {(io1['syscw'] - io0['syscw']) / ops:.2f} write calls/message", flush=True)
     vault.close()
 
 
