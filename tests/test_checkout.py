@@ -719,3 +719,47 @@ def test_a_transactions_checkout_events_link_as_if_appended_one_by_one(platform:
     audit = platform.audit()
     assert audit.clean and audit.event_log.ok
     assert platform.check()["ok"]
+
+
+def test_listing_old_redeems_killed_midway_goes_on_at_the_next_open(platform: Vault, issued: Issued) -> None:
+    """A process killed (SIGKILL) while it lists old redeems, between or inside its transactions, leaves a store that
+    opens, and the next open lists every redeem once."""
+    import signal
+    import subprocess
+    import sys
+
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    for i in range(10, 40):
+        assert platform.redeem(issued.keys[i], f"bulk-{i % 3}").status is Status.ACCEPTED
+    gone = _make_old(platform)
+    path = platform.path
+    platform.close()
+    child = subprocess.Popen([sys.executable, "-c", """
+import sys, time
+from keyvault.engine import checkout
+from keyvault import Vault
+checkout.LIST_CHUNK = 1  # one event a transaction
+real = checkout.change_of
+def slow(leaf):
+    print("read", flush=True)
+    time.sleep(0.01)
+    return real(leaf)
+checkout.change_of = slow
+Vault.open(sys.argv[1])
+print("done", flush=True)
+""", str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    for _ in range(20):  # well inside the listing: the log holds about 45 events
+        assert child.stdout.readline() == "read\n"
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed before it was done
+    child.stdout.close()
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            listed = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert sorted(listed) == sorted(gone)
+        assert len({k["serial"] for o in ("bulk-0", "bulk-1", "bulk-2") for k in vault.order(o)["keys"]}) == 30
+        assert vault.check()["ok"]
