@@ -533,10 +533,9 @@ def test_delivery_threads_run_below_the_process(platform: Vault, receiver: Recei
     before = os.getpriority(os.PRIO_PROCESS, 0)
     endpoint = platform.webhooks.add(receiver.url, "redeem", SECRET)
     delivery.start()
-    eventually(lambda: any(t.name == f"keyvault-webhook-{endpoint['id']}" for t in threading.enumerate()),
-               "the endpoint's thread started")
+    eventually(lambda: any(t.name == f"keyvault-webhook-{endpoint['id']}" and t.native_id is not None
+                           for t in threading.enumerate()), "the endpoint's thread running")
     thread = next(t for t in threading.enumerate() if t.name == f"keyvault-webhook-{endpoint['id']}")
-    assert thread.native_id is not None
     eventually(lambda: os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, before + 10),  # type: ignore[arg-type]
                "the endpoint's thread lowered")
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

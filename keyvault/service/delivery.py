@@ -37,6 +37,7 @@ from ..vault import Vault
 
 log = logging.getLogger("keyvault.webhooks")
 USER_AGENT = "keyvault-webhooks"
+_SIGNED = ("Webhook-Id", "Webhook-Timestamp", "Webhook-Signature")  # the Standard Webhooks headers sent
 
 
 def lower_priority(nice: int) -> bool:
@@ -77,7 +78,8 @@ class _Poster:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        host = parts.netloc.rpartition("@")[2]
+        name = self._host if self._host.isascii() else self._host.encode("idna").decode("ascii")
+        host = (f"[{name}]" if ":" in name else name) + (f":{parts.port}" if parts.port else "")
         self._head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
                       "Content-Type: application/json\r\n").encode("ascii", "strict")
         self._netloc = parts.netloc
@@ -98,9 +100,8 @@ class _Poster:
     def post(self, secret: str, message: Message) -> None:
         """Send one message; DeliveryFailed unless the receiver answered 2xx."""
         signed = signing.sign(secret, message.id, int(time.time()), message.body)
-        request = b"%sWebhook-Id: %s\r\nWebhook-Timestamp: %s\r\nWebhook-Signature: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            self._head, signed["webhook-id"].encode(), signed["webhook-timestamp"].encode(),
-            signed["webhook-signature"].encode(), len(message.body), message.body)
+        request = b"".join((self._head, *(f"{name}: {signed[name.lower()]}\r\n".encode() for name in _SIGNED),
+                            b"Content-Length: %d\r\n\r\n" % len(message.body), message.body))
         try:
             if self._sock is None:
                 self._sock = self._connect()
