@@ -763,3 +763,20 @@ print("done", flush=True)
         assert sorted(listed) == sorted(gone)
         assert len({k["serial"] for o in ("bulk-0", "bulk-1", "bulk-2") for k in vault.order(o)["keys"]}) == 30
         assert vault.check()["ok"]
+
+
+def test_a_damaged_listing_mark_is_never_a_place_to_start_listing_from(platform: Vault, issued: Issued) -> None:
+    """A mark of how far old redeems were listed that is neither "all" nor an event index is damage: opening the
+    store lists nothing from it and writes nothing, and the store opens."""
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    _make_old(platform)
+    platform.engine.store.write(lambda txn: txn.put("meta", checkout.ORDERS_LISTED, b"al\x01"))
+    path = platform.path
+    platform.close()
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == b"al\x01"
+            assert not list(txn.items("checkout", b"R"))
+        assert vault.verify(issued.keys[5]).status is Status.VALID

@@ -33,6 +33,7 @@ from ..formats.events import KIND_NAMES, LEAF, change_of, split_leaf
 from ..formats.keyformat import serial_text
 from ..results import Result, Status
 from ..store import REDEEMED, LmdbStore, Txn
+from ..store.lmdbstore import LMDB_ERRORS
 from ..store.records import (
     CHECKOUT_MARK,
     CHECKOUT_MARKED,
@@ -456,16 +457,20 @@ def list_old_redeems(store: LmdbStore, chunk: int | None = None) -> int:
     """List under their orders the redeems of a store made before redeems were listed (once per store):
     the event log read in write transactions of ``chunk`` events, each recording how far it got, so a crash
     loses nothing and the next open goes on from there. How many redeems were listed; 0 when done before."""
-    with store.read() as txn:
-        if txn.get("meta", ORDERS_LISTED) == LISTED_ALL:
-            return 0
+    try:
+        with store.read() as txn:
+            mark = txn.get("meta", ORDERS_LISTED)
+    except (StoreError, *LMDB_ERRORS):
+        return 0  # a store too damaged to read its meta: opening says so, or `keyvault check` does
+    if mark is not None and len(mark) != 8:  # done (or a damaged mark: never taken for a place to start from)
+        return 0
     chunk = chunk or LIST_CHUNK
 
     def step(txn: Txn) -> tuple[int, bool]:
         mark = txn.get("meta", ORDERS_LISTED)
-        if mark == LISTED_ALL:
+        if mark is not None and len(mark) != 8:
             return 0, True
-        start = from_u64(mark) if mark is not None and len(mark) == 8 else 0
+        start = from_u64(mark) if mark is not None else 0
         size = txn.head().log_size
         stop = min(size, start + chunk)
         listed = []
@@ -478,8 +483,10 @@ def list_old_redeems(store: LmdbStore, chunk: int | None = None) -> int:
             except (IndexError, ValueError, struct.error):  # a damaged event: `keyvault audit` names it
                 change = None
             if change is not None and change[1] == REDEEMED:
-                listed.append((order_redeem_key(change[3], index), b""))
-        txn.put_many("checkout", sorted(listed))  # the same records the redeem wrote, if it did: no change
+                key = order_redeem_key(change[3], index)
+                if txn.get("checkout", key) is None:  # (already listed by its redeem: left as it is)
+                    listed.append((key, b""))
+        txn.put_many("checkout", sorted(listed))
         txn.put("meta", ORDERS_LISTED, LISTED_ALL if stop >= size else u64(stop))
         return len(listed), stop >= size
 
@@ -487,7 +494,8 @@ def list_old_redeems(store: LmdbStore, chunk: int | None = None) -> int:
     while not done:
         try:
             listed, done = store.write(step)
-        except StoreError as exc:  # damage or a full disk: the store opens as it is; the next open goes on
+        except (StoreError, *LMDB_ERRORS) as exc:  # damage, a full disk: the store opens as it is; the next open
+            # goes on
             log.warning("listing old redeems under their orders stopped: %s", exc)
             break
         total += listed
