@@ -1,4 +1,5 @@
-"""keyvault's own workloads: issue, verify, verify_many, redeem (1 and 32 callers), redeem_many.
+"""keyvault's own workloads: issue, verify, verify_many, redeem (1 and 32 callers, webhooks off and on), redeem_many,
+hold then confirm.
 
 Rates are in each benchmark's extra_info ("keys_per_s"); see docs/benchmarks.md
 for the method and the figures.
@@ -188,3 +189,26 @@ def test_hold_confirm_batched(benchmark, store: BenchStore) -> None:  # type: ig
 
     benchmark.pedantic(one, setup=setup, rounds=3, iterations=1)
     _rate(benchmark, batches * size)
+
+
+def test_redeem_32_concurrent_callers_webhooks_on(benchmark, store: BenchStore) -> None:  # type: ignore[no-untyped-def]
+    """test_redeem_32_concurrent_callers with a webhook endpoint for every redeem, its receiver (answering at
+    once) in a process of its own and the delivery worker in this one, sharing its GIL: compare the two rates.
+    benchmarks/webhooks_redeem.py alternates the set-ups (and runs delivery apart, as ``keyvault serve`` does)."""
+    import subprocess
+    import sys
+
+    from keyvault.service.delivery import Delivery
+
+    helper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("webhooks_redeem.py")), "--receivers"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert helper.stdout is not None
+    endpoint = store.vault.webhooks.add(helper.stdout.readline().split()[0], "redeem")["id"]
+    delivery = Delivery(store.vault).start()
+    try:
+        test_redeem_32_concurrent_callers(benchmark, store)
+        benchmark.extra_info["delivered_by_the_end"] = store.vault.webhooks.get(endpoint)["delivered"]
+    finally:
+        delivery.stop()
+        store.vault.webhooks.remove(endpoint)
+        helper.communicate("")

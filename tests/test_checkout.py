@@ -594,3 +594,189 @@ def test_cli_trace_order_names_plain_redeems(world: object) -> None:
     assert "2 key(s)" in text and text.count("redeemed") >= 2 and keys[0] not in text
     doc = one_json(ok("--store", world.platform, "trace", "--order", "cli-1", "--json"))  # type: ignore[attr-defined]
     assert [e["type"] for e in doc["events"]] == ["redeem", "redeem"] and "at_ms" not in doc["events"][0]
+
+
+def _make_old(vault: Vault) -> list[bytes]:
+    """Make ``vault``'s store look as if its redeems were made before they were listed by order: its redeem
+    listings and the mark saying how far they were listed deleted. The listings deleted."""
+    from keyvault.engine import checkout
+
+    def work(txn) -> list[bytes]:  # type: ignore[no-untyped-def]
+        gone = [bytes(key) for key, _ in txn.items("checkout", b"R")]
+        for key in gone:
+            txn.delete("checkout", key)
+        txn.delete("meta", checkout.ORDERS_LISTED)
+        return gone
+
+    return vault.engine.store.write(work)
+
+
+def _sales(vault: Vault, keys: list[str]) -> None:
+    """Plain, batch, held and count-free redeems of orders shop-1 and shop-2 (a refused redeem in between)."""
+    assert vault.redeem(keys[0], "shop-1").status is Status.ACCEPTED
+    assert [r.status for r in vault.redeem_many([(keys[1], "shop-1"), (keys[2], "shop-2"), (keys[3], "shop-1")])
+            ] == [Status.ACCEPTED] * 3
+    assert vault.redeem(keys[0], "shop-2").status is Status.REDEEMED  # refused: lists nothing
+    vault.hold(keys[4], "shop-2", 900)
+    assert vault.confirm("shop-2")[0].status is Status.ACCEPTED
+
+
+def test_old_redeems_are_listed_by_order_once_the_store_is_opened(platform: Vault, issued: Issued) -> None:
+    """A store whose redeems were made before they were listed under their orders lists them after it is
+    opened by this version, exactly as if they had been listed when made; it is done once."""
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    before = {o: platform.order(o).to_dict() for o in ("shop-1", "shop-2")}
+    gone = _make_old(platform)
+    assert len(gone) == 5
+    with pytest.raises(NotFoundError):  # the old store: plain redeems are not found by their order
+        platform.order("shop-1")
+    assert [e["type"] for e in platform.order("shop-2")["events"]] == ["hold", "confirm"]
+    path = platform.path
+    platform.close()
+    with Vault.open(path) as vault:
+        assert {o: vault.order(o).to_dict() for o in ("shop-1", "shop-2")} == before
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            assert sorted(bytes(k) for k, _ in txn.items("checkout", b"R")) == sorted(gone)
+        assert checkout.list_old_redeems(vault.engine.store) == 0  # once: the next open reads one record
+        assert vault.check()["ok"]
+
+
+def test_listing_old_redeems_resumes_after_a_failed_step(platform: Vault, issued: Issued,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing old redeems goes a few events per transaction, each recording how far it got: a step that fails
+    (a full disk, here) leaves the steps before it done and the store opening as it is, and the next open goes on
+    from there; nothing is listed twice, and a redeem made meanwhile is listed."""
+    from keyvault.engine import checkout
+    from keyvault.errors import StoreFullError
+    from keyvault.store.records import from_u64
+
+    _sales(platform, issued.keys)
+    step = platform.order("shop-1")["events"][0]["index"] + 2  # the first step lists the first two redeems
+    gone = _make_old(platform)
+    path = platform.path
+    platform.close()
+    monkeypatch.setattr(checkout, "LIST_CHUNK", step)
+    real, seen = checkout.change_of, []
+
+    def failing(leaf: bytes):  # type: ignore[no-untyped-def]
+        seen.append(leaf)
+        if len(seen) > step + 1:  # the second step fails after reading one event
+            raise StoreFullError("no room on the disk (injected)")
+        return real(leaf)
+
+    monkeypatch.setattr(checkout, "change_of", failing)
+    with Vault.open(path) as vault:  # opens all the same
+        with vault.engine.store.read() as txn:
+            assert from_u64(txn.get("meta", checkout.ORDERS_LISTED)) == step  # the first step, nothing after
+            partial = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert len(partial) == 2 and set(partial) < set(gone)
+        monkeypatch.setattr(checkout, "change_of", real)
+        assert vault.redeem(issued.keys[9], "shop-3").status is Status.ACCEPTED  # listed by the redeem itself
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            listed = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert len(listed) == len(set(listed)) == len(gone) + 1
+        assert [k["serial"] for k in vault.order("shop-3")["keys"]] == [issued.serials[9]]
+        assert {k["serial"] for k in vault.order("shop-1")["keys"]} == {issued.serials[i] for i in (0, 1, 3)}
+        assert vault.check()["ok"]
+
+
+def test_a_transactions_checkout_events_link_as_if_appended_one_by_one(platform: Vault, issued: Issued,
+                                                                        clock: list[int]) -> None:
+    """The events of one checkout transaction are appended together: each must still link to the event before it
+    about its key and about its order, the ones of the same transaction included (an expiry and a new hold of one
+    key, a hold released and held again, an order's holds confirmed after them), and the log must audit clean."""
+    keys, serials = issued.keys, issued.serials
+    platform.set_checkpoint_policy(3, 3600)  # checkpoints (and the subject index) inside the batch too
+    assert platform.hold(keys[3], "D", 1).status is Status.HELD
+    clock[0] += 2000  # D's hold ended: the next transaction that reads it records its expiry
+    answers = platform.checkout_for([("hold", keys[0], "A", 900), ("hold", keys[1], "A", 900), ("confirm", "A"),
+                                     ("hold", keys[2], "B", 900), ("release", "B"), ("hold", keys[2], "C", 900),
+                                     ("hold", keys[3], "E", 900), ("hold", keys[1], "F", 900)])
+    assert [a.status if not isinstance(a, list) else [r.status for r in a] for a in answers] == [
+        Status.HELD, Status.HELD, [Status.ACCEPTED, Status.ACCEPTED], Status.HELD, [Status.RELEASED], Status.HELD,
+        Status.HELD, Status.REDEEMED]
+    events = {e["index"]: e for k in keys[:4] for e in platform.trace(k)["events"] if e["type"] in
+              ("hold", "confirm", "release", "expire", "redeem")}  # every event about these keys and their orders
+    newest: dict[str, int] = {}  # subject -> its newest event so far
+    for index in sorted(events):
+        for link in events[index]["links"]:
+            assert link["previous"] == newest.get(link["subject"]), events[index]
+            newest[link["subject"]] = index
+    assert sum(1 for s in newest if s.startswith("key ")) == 4 and sum(1 for s in newest if s.startswith("subject"))\
+        == 5  # A to E: F was refused
+    kinds = {k: [e["type"] for e in platform.trace(keys[k])["events"] if e["type"] in
+                 ("hold", "confirm", "release", "expire", "redeem")] for k in range(4)}
+    assert kinds == {0: ["hold", "confirm", "redeem"], 1: ["hold", "confirm", "redeem"],
+                     2: ["hold", "release", "hold"], 3: ["hold", "expire", "hold"]}
+    assert [e["type"] for e in platform.order("A")["events"]] == ["hold", "hold", "confirm", "confirm", "redeem",
+                                                                 "redeem"]
+    assert [e["type"] for e in platform.order("D")["events"]] == ["hold", "expire"]
+    audit = platform.audit()
+    assert audit.clean and audit.event_log.ok
+    assert platform.check()["ok"]
+
+
+def test_listing_old_redeems_killed_midway_goes_on_at_the_next_open(platform: Vault, issued: Issued) -> None:
+    """A process killed (SIGKILL) while it lists old redeems, between or inside its transactions, leaves a store that
+    opens, and the next open lists every redeem once."""
+    import signal
+    import subprocess
+    import sys
+
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    for i in range(10, 40):
+        assert platform.redeem(issued.keys[i], f"bulk-{i % 3}").status is Status.ACCEPTED
+    gone = _make_old(platform)
+    path = platform.path
+    platform.close()
+    child = subprocess.Popen([sys.executable, "-c", """
+import sys, time
+from keyvault.engine import checkout
+from keyvault import Vault
+checkout.LIST_CHUNK = 1  # one event a transaction
+real = checkout.change_of
+def slow(leaf):
+    print("read", flush=True)
+    time.sleep(0.01)
+    return real(leaf)
+checkout.change_of = slow
+Vault.open(sys.argv[1])
+print("done", flush=True)
+""", str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    for _ in range(20):  # well inside the listing: the log holds about 45 events
+        assert child.stdout.readline() == "read\n"
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL  # killed before it was done
+    child.stdout.close()
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL
+            listed = [bytes(k) for k, _ in txn.items("checkout", b"R")]
+        assert sorted(listed) == sorted(gone)
+        assert len({k["serial"] for o in ("bulk-0", "bulk-1", "bulk-2") for k in vault.order(o)["keys"]}) == 30
+        assert vault.check()["ok"]
+
+
+def test_a_damaged_listing_mark_is_never_a_place_to_start_listing_from(platform: Vault, issued: Issued) -> None:
+    """A mark of how far old redeems were listed that is neither "all" nor an event index is damage: opening the
+    store lists nothing from it and writes nothing, and the store opens."""
+    from keyvault.engine import checkout
+
+    _sales(platform, issued.keys)
+    _make_old(platform)
+    platform.engine.store.write(lambda txn: txn.put("meta", checkout.ORDERS_LISTED, b"al\x01"))
+    path = platform.path
+    platform.close()
+    with Vault.open(path) as vault:
+        with vault.engine.store.read() as txn:
+            assert txn.get("meta", checkout.ORDERS_LISTED) == b"al\x01"
+            assert not list(txn.items("checkout", b"R"))
+        assert vault.verify(issued.keys[5]).status is Status.VALID

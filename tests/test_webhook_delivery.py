@@ -466,3 +466,77 @@ def test_webhook_admin_routes_over_http(tmp_path: Path, world: Any, receiver: Re
         assert server.stop() == 0
     with Vault.open(world.platform) as vault:  # the CLI sees what HTTP did
         assert [e["id"] for e in vault.webhooks.list()] == [hook]
+
+
+def test_each_way_a_receiver_may_frame_its_answer_is_read_and_the_connection_kept_or_made_again(
+        platform: Vault, issued: Issued, delivery: Delivery) -> None:
+    """The worker writes each message at once and reads the answer as HTTP/1.1 allows it to come: a body by
+    length, a chunked body, no body, a body too long to read (the connection is then dropped), a receiver that
+    closes after answering. Every message arrives once, in order, signed, and none is sent twice."""
+    verifier = Webhook(SECRET)
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+               b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+               b"HTTP/1.1 204 No Content\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"x" * 200000,
+               b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"]
+    got: list[str] = []
+    connections = [0]
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            connections[0] += 1
+            with conn, conn.makefile("rb") as reader:
+                while True:
+                    try:
+                        line = reader.readline()
+                    except ConnectionError:  # the worker dropped the connection (a body it did not read)
+                        break
+                    if not line:
+                        break
+                    headers = {}
+                    while (header := reader.readline()) not in (b"\r\n", b""):
+                        name, _, value = header.decode().partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    body = reader.read(int(headers["content-length"]))
+                    verifier.verify(body, headers)
+                    answer = answers[len(got) % len(answers)]
+                    got.append(headers["webhook-id"])
+                    conn.sendall(answer)
+                    if b"close" in answer:
+                        break  # (after the long body the connection stays: reading on would be wrong)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        platform.webhooks.add(f"http://127.0.0.1:{server.getsockname()[1]}/hooks", "redeem", SECRET)
+        for i, key in enumerate(issued.keys[:12]):
+            assert platform.redeem(key, f"order-{i}").ok
+        delivery.start()
+        eventually(lambda: len(got) >= 12, "12 messages delivered")
+        time.sleep(0.2)
+        assert len(got) == len(set(got)) == 12  # once each: every answer was read as the 2xx it was
+        assert [int(i.rsplit("_", 1)[1]) for i in got] == sorted(int(i.rsplit("_", 1)[1]) for i in got)
+        assert connections[0] >= 4  # dropped after the long body and after "close", kept otherwise
+        assert connections[0] < 12
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux")
+def test_delivery_threads_run_below_the_process(platform: Vault, receiver: Receiver, delivery: Delivery) -> None:
+    """On a machine with no CPU to spare, redeems come first: each endpoint's thread is scheduled ``nice`` steps
+    below the process, and the process itself (its redeeming threads) is left as it was."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    endpoint = platform.webhooks.add(receiver.url, "redeem", SECRET)
+    delivery.start()
+    eventually(lambda: any(t.name == f"keyvault-webhook-{endpoint['id']}" and t.native_id is not None
+                           for t in threading.enumerate()), "the endpoint's thread running")
+    thread = next(t for t in threading.enumerate() if t.name == f"keyvault-webhook-{endpoint['id']}")
+    eventually(lambda: os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, before + 10),  # type: ignore[arg-type]
+               "the endpoint's thread lowered")
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

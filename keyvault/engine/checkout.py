@@ -13,23 +13,27 @@ caller's write transaction. Every hold, confirm, release, expiry and use is an e
 indexed under the key and under the order (the ``subjects`` database: ``O`` + u16 length +
 order id, then the event index), so ``order`` and ``trace`` read them back. Every redeem, held or not, is
 also listed under its order (the ``checkout`` database: ``R`` + u16 length + order id + event index,
-written with the redeem by :func:`index_redeems`), so an order's report names every key it got.
+written with the redeem by :func:`index_redeems`), so an order's report names every key it got. A store
+whose redeems predate that listing gets them listed once, from the event log, when it is first opened by
+this version (:func:`list_old_redeems`; the meta record ``orders_listed`` says how far that got).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _fast
 from ..clock import iso
-from ..errors import NotFoundError, StoreCorruptError, UsageError
+from ..errors import NotFoundError, StoreCorruptError, StoreError, UsageError
 from ..formats.events import KIND_NAMES, LEAF, change_of, split_leaf
 from ..formats.keyformat import serial_text
 from ..results import Result, Status
-from ..store import REDEEMED, Txn
+from ..store import REDEEMED, LmdbStore, Txn
+from ..store.lmdbstore import LMDB_ERRORS
 from ..store.records import (
     CHECKOUT_MARK,
     CHECKOUT_MARKED,
@@ -58,6 +62,12 @@ from .ledger import Change
 from .subjects import folded_change
 
 _LEN = struct.Struct(">H")
+log = logging.getLogger("keyvault")
+#: meta key: how far the event log's redeems are listed under their orders: absent (from event 0: a store
+#: made before redeems were listed), a u64 event index (listed up to there), or LISTED_ALL.
+ORDERS_LISTED = b"orders_listed"
+LISTED_ALL = b"all"
+LIST_CHUNK = 20_000  # events read per transaction while listing old redeems
 MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a hold lasts at most a week
 MIN_TTL_MS = 1000
 
@@ -210,6 +220,11 @@ class Desk:
         #: Accepted redeems by (batch id, supplier id), for the counters.
         self.counts: dict[tuple[str, str], int] = {}
         self.marked = False  # the table's mark is known to be written
+        #: Events decided and numbered but not yet appended (one append for them all: :meth:`write_events`),
+        #: from log index ``first``, and the orders they name.
+        self.events: list[tuple[str, int, dict[str, Any], list[bytes]]] = []
+        self.first = 0
+        self.orders: set[str] = set()
 
     def slot(self, serial: int, base: Result) -> Slot:
         """The key's slot; ended holds are removed (each an ``expire`` event) as it is first read."""
@@ -247,9 +262,20 @@ class Desk:
                 slot.used[order] = (str(iso(use[0])), use[2])
 
     def _event(self, kind: str, serial: int, order: str, **more: Any) -> int:
+        """Decide an event about a key and an order: its log index (appended by :meth:`write_events`)."""
+        if not self.events:
+            self.first = self.log.size(self.txn)
         doc = {"serial": serial_text(serial), "order_id": order, **more}
-        return self.log.append(self.txn, kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)],
-                               self._key_change)
+        self.events.append((kind, self.now, doc, [LEVEL_KEY + u64(serial), order_subject(order)]))
+        self.orders.add(order)
+        return self.first + len(self.events) - 1
+
+    def write_events(self, order: str | None = None) -> None:
+        """Append the events decided so far, all at once (with ``order``: only if one names it, before its
+        events are read back)."""
+        if self.events and (order is None or order in self.orders):
+            self.log.append_many(self.txn, self.first, self.events, self._key_change)
+            self.events, self.orders = [], set()
 
     def _key_change(self, txn: Txn, serial: int) -> int | None:
         """The event index of a key's committed redeem or void (the overlay's, or its folded outcome's)."""
@@ -302,7 +328,8 @@ class Desk:
                 self.txn.put("meta", CHECKOUT_MARKED, b"1")
 
     def flush(self) -> None:
-        """Write the hold records changed."""
+        """Append the events and write the hold records changed."""
+        self.write_events()
         for serial in sorted(self.dirty):
             holds = self.slots[serial].holds
             if holds:
@@ -424,6 +451,55 @@ def index_redeems(txn: Txn, changes: list[tuple[int, int, int, str]], indices: l
     transaction: every redeem, held or not, is found by its order (one sorted write for the batch)."""
     txn.put_many("checkout", sorted((order_redeem_key(order, index), b"")
                                     for (_, state, _, order), index in zip(changes, indices) if state == REDEEMED))
+
+
+def list_old_redeems(store: LmdbStore, chunk: int | None = None) -> int:
+    """List under their orders the redeems of a store made before redeems were listed (once per store):
+    the event log read in write transactions of ``chunk`` events, each recording how far it got, so a crash
+    loses nothing and the next open goes on from there. How many redeems were listed; 0 when done before."""
+    try:
+        with store.read() as txn:
+            mark = txn.get("meta", ORDERS_LISTED)
+    except (StoreError, *LMDB_ERRORS):
+        return 0  # a store too damaged to read its meta: opening says so, or `keyvault check` does
+    if mark is not None and len(mark) != 8:  # done (or a damaged mark: never taken for a place to start from)
+        return 0
+    chunk = chunk or LIST_CHUNK
+
+    def step(txn: Txn) -> tuple[int, bool]:
+        mark = txn.get("meta", ORDERS_LISTED)
+        if mark is not None and len(mark) != 8:
+            return 0, True
+        start = from_u64(mark) if mark is not None else 0
+        size = txn.head().log_size
+        stop = min(size, start + chunk)
+        listed = []
+        for key, leaf in txn.items_from("events", u64(start)):
+            index = from_u64(key)
+            if index >= stop:
+                break
+            try:
+                change = change_of(bytes(leaf))
+            except (IndexError, ValueError, struct.error):  # a damaged event: `keyvault audit` names it
+                change = None
+            if change is not None and change[1] == REDEEMED:
+                key = order_redeem_key(change[3], index)
+                if txn.get("checkout", key) is None:  # (already listed by its redeem: left as it is)
+                    listed.append((key, b""))
+        txn.put_many("checkout", sorted(listed))
+        txn.put("meta", ORDERS_LISTED, LISTED_ALL if stop >= size else u64(stop))
+        return len(listed), stop >= size
+
+    total, done = 0, False
+    while not done:
+        try:
+            listed, done = store.write(step)
+        except (StoreError, *LMDB_ERRORS) as exc:  # damage, a full disk: the store opens as it is; the next open
+            # goes on
+            log.warning("listing old redeems under their orders stopped: %s", exc)
+            break
+        total += listed
+    return total
 
 
 def order_events(txn: Txn, log: EventLog, order: str) -> list[dict[str, Any]]:

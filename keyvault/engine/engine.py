@@ -204,6 +204,7 @@ class Engine(State):
             txn.put("meta", b"pepper_check", pepper_check(pepper))
             txn.put("meta", b"created_at", u64(now))
             txn.put("meta", b"checkpoint_policy", Policy().to_record())
+            txn.put("meta", checkout.ORDERS_LISTED, checkout.LISTED_ALL)  # a new store lists every redeem
             made.log.append(txn, "trust", now, {"action": "engine", "name": engine.name,
                                                 "public_key": engine.public_key.hex()}, [])
             made.log.maybe_checkpoint(txn, now, force=True)
@@ -235,6 +236,7 @@ class Engine(State):
             with store.read() as txn:
                 bound = txn.get("meta", META_KEY)
             made = cls(store, pepper, engine)
+            checkout.list_old_redeems(store)  # once per store: redeems made before they were listed by order
             if bound is not None:
                 from .authority.remote import connect, follow
 
@@ -655,6 +657,7 @@ class Engine(State):
     def _order_keys(self, txn: Txn, desk: checkout.Desk, overlay: dict[int, Change], order: str
                     ) -> list[tuple[checkout.Slot, dict[str, Any]]]:
         """Every key ``order`` ever held or used, as slots, with the order's last event on each."""
+        desk.write_events(order)  # an event of this order decided in this transaction is read back
         last = checkout.last_events(checkout.order_events(txn, self.log, order))
         slots = []
         for serial, event in last.items():

@@ -76,6 +76,31 @@ class EventLog:
         self.maybe_checkpoint(txn, at_ms)
         return index
 
+    def append_many(self, txn: Txn, first: int, events: list[tuple[str, int, dict[str, Any], list[bytes]]],
+                    key_change: Callable[[Txn, int], int | None] | None = None) -> None:
+        """Append events decided together, ``(kind, at ms, doc, subjects)`` each, numbered ``first`` on (the log's
+        size, which the caller read): one chain, tree and checkpoint step for them all, as :meth:`append` each."""
+        if txn.head().log_size != first:
+            raise StoreCorruptError(f"the event log grew past event {first} while events were being numbered from "
+                                    "it: nothing was written; try again")
+        prev, frontier = self._tail(txn, first)
+        latest: dict[bytes, int] = {}  # subject -> its newest event of these (newer than any stored)
+        pairs, hashes, listed = [], [], []
+        for i, (kind, at_ms, doc, subjects) in enumerate(events):
+            index = first + i
+            links = encode_links([(s, latest[s] if s in latest else self._latest(txn, s, key_change))
+                                  for s in subjects])
+            leaf = _fast.event_leaf(index, prev, KINDS[kind], at_ms, dump(doc), links)
+            prev = merkle.leaf_hash(leaf)
+            pairs.append((u64(index), leaf))
+            hashes.append(prev)
+            for subject in subjects:
+                latest[subject] = index
+                listed.append((subject + u64(index), b""))
+        self._store(txn, first, pairs, b"".join(hashes), frontier)
+        txn.put_many("subjects", sorted(listed))
+        self.maybe_checkpoint(txn, events[-1][1])
+
     def append_changes(self, txn: Txn, changes: list[tuple[int, int, int, str]]) -> list[int]:
         """Append redeems and voids, (serial, state, at ms, text) each, in one bulk step; their indices."""
         head = txn.head()
