@@ -690,7 +690,7 @@ def test_a_transactions_checkout_events_link_as_if_appended_one_by_one(platform:
     """The events of one checkout transaction are appended together: each must still link to the event before it
     about its key and about its order, the ones of the same transaction included (an expiry and a new hold of one
     key, a hold released and held again, an order's holds confirmed after them), and the log must audit clean."""
-    keys, serials = issued.keys, issued.serials
+    keys = issued.keys
     platform.set_checkpoint_policy(3, 3600)  # checkpoints (and the subject index) inside the batch too
     assert platform.hold(keys[3], "D", 1).status is Status.HELD
     clock[0] += 2000  # D's hold ended: the next transaction that reads it records its expiry

@@ -26,7 +26,7 @@ import pytest
 from cli_support import EXIT_OK, EXIT_REFUSED, kv
 from conftest import issue
 from keyvault import Identity, Vault
-from keyvault.formats import bundle, cosignature, custody, merkle
+from keyvault.formats import bundle, cosignature, custody
 from keyvault.formats.bundle import RULES, Trusted
 from keyvault.formats.checkpoint import signature_line, split_note
 from keyvault.clock import now_ms
@@ -374,7 +374,7 @@ def note_mutations(w: World, doc: dict[str, Any]) -> Iterator[tuple[str, str, st
     yield "signature lines: 101", note + ("\u2014 someone " + base64.b64encode(bytes(68)).decode() + "\n") * 100, \
         "checkpoint signature"
     # Signed by the genuine engine key: what a verifier must still refuse.
-    size, root = int(body[1]), base64.b64decode(body[2])
+    root = base64.b64decode(body[2])
     yield "signed with its time in the future", _resign(w, note, extensions=(f"time {4 * 10**12}", *body[4:])), \
         "checkpoint age"
     yield "signed with two time lines", _resign(w, note, extensions=(body[3], body[3], *body[4:])), "checkpoint age"
