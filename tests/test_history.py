@@ -458,16 +458,26 @@ def test_a_bundle_over_a_checkpoint_without_the_index_says_completeness_is_unpro
     assert "predates the subject index" in next(c.detail for c in checks if not c.ok)
 
 
-def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]]) -> None:
+@pytest.mark.parametrize("how", ["short inner", "flipped inner", "flipped bucket", "cut bucket", "bucket swapped"])
+def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]], how: str) -> None:
     vault, b, trusted = story
-    vault.redeem(b.keys[0], "ORD-0")
+    vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:40])])  # (more subjects than one bucket holds)
     vault.checkpoint()
     assert vault.check()["ok"]
     engine = vault.engine
 
     def damage(txn: Any) -> None:
-        key, value = next((k, v) for k, v in txn.items("subjects", b"#") if v[:1] == b"N")
-        txn.put("subjects", key, b"N" + bytes(32))
+        tag = b"N" if "inner" in how else b"L"
+        key, value = next((k, bytes(v)) for k, v in txn.items("subjects", b"#") if v[:1] == tag and len(v) > 41)
+        if how == "short inner":
+            value = b"N" + bytes(32)
+        elif how.startswith("flipped"):
+            value = value[:-1] + bytes([value[-1] ^ 1])
+        elif how == "cut bucket":
+            value = value[:-40]
+        else:  # two entries in the wrong order: the same hash pairs, read otherwise
+            value = value[:1] + value[41:81] + value[1:41] + value[81:]
+        txn.put("subjects", key, value)
 
     engine.store.write(damage)
     report = vault.check()

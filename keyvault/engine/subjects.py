@@ -4,10 +4,14 @@ from subject to latest event that every checkpoint commits to (docs/provenance.m
 Links are found when an event is appended: the ``subjects`` database lists every event but
 redeems and voids under ``subject || u64 index``, and a key's redeem or void is found through its
 outcome record or the ledger overlay (a key has at most one). The tree is brought up to date only
-when a checkpoint is signed, from the links of the events appended since: its nodes live in the
-``subjects`` database under ``#`` || u8 depth || the key's first ``depth`` bits (32 bytes, the rest
-zero), as ``L`` || key || u64 latest (a leaf) or ``N`` || left hash || right hash (an inner node); ``meta/index`` holds
-the event count it covers and its root.
+when a checkpoint is signed, from the links of the events appended since. Its nodes live in the
+``subjects`` database under ``#`` || u16 depth || the key's first ``depth`` bits (32 bytes, the rest
+zero): a subtree of up to 16 subjects is stored as one bucket, ``L`` || (key || u64 latest) for each
+in key order, whose hashes are computed when it is read; a larger one as ``N`` || left hash || right
+hash. A changed subject rewrites its bucket and the inner nodes above it: about a third as many
+records, and far fewer pages, as one record per node. ``meta/index`` holds the event count the tree
+covers, its root and the layout (2: buckets; a store whose record lacks it kept one record per node
+and is rebuilt by its next checkpoint, in that checkpoint's transaction).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from ..store.records import OUTCOME, from_u64, u64
 
 _NODE = b"#"
 _META = b"index"
+_LAYOUT = 2  # the layout byte of ``meta/index``: buckets of up to _BUCKET subjects
+_BUCKET = 16  # the most subjects a bucket holds (keyvault._fast writes them)
+_ENTRY = 40  # one subject in a bucket: key || u64 latest
 
 
 def latest_listed(txn: Txn, subject: bytes, cursor: Any = None) -> int | None:
@@ -99,16 +106,32 @@ def _node_key(depth: int, key: bytes) -> bytes:
     return _NODE + depth.to_bytes(2, "big") + bytes(prefix) + bytes(32 - len(prefix))
 
 
-def _hash_of(record: bytes | None) -> bytes:
-    """The hash of the subtree a stored record (or none: an empty subtree) stands for."""
-    if record is None:
+def _damaged() -> StoreCorruptError:
+    return StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
+                             "from a backup")
+
+
+def _entries(record: bytes, depth: int, key: bytes) -> list[tuple[bytes, int]]:
+    """The (key, latest) entries of a bucket at ``depth`` on ``key``'s path: 1 to _BUCKET of them, in strictly
+    increasing key order, each on that path (else StoreCorruptError)."""
+    count, rest = divmod(len(record) - 1, _ENTRY)
+    if record[:1] != b"L" or rest or not 1 <= count <= _BUCKET:
+        raise _damaged()
+    entries = [(bytes(record[at:at + 32]), from_u64(record[at + 32:at + 40])) for at in range(1, len(record), _ENTRY)]
+    if any(_node_key(depth, found) != _node_key(depth, key) for found, _ in entries) or \
+            any(b[0] <= a[0] for a, b in zip(entries, entries[1:])):
+        raise _damaged()
+    return entries
+
+
+def _sparse(depth: int, entries: list[tuple[bytes, int]]) -> bytes:
+    """The hash of the subtree at ``depth`` holding exactly ``entries`` (sorted)."""
+    if not entries:
         return history.EMPTY
-    if record[:1] == b"L" and len(record) == 41:
-        return history.leaf_hash(bytes(record[1:33]), from_u64(record[33:41]))
-    if record[:1] == b"N" and len(record) == 65:
-        return history.node_hash(bytes(record[1:33]), bytes(record[33:65]))
-    raise StoreCorruptError("a node of the subject index is damaged: run `keyvault check` and restore the store "
-                            "from a backup")
+    if len(entries) == 1:
+        return history.leaf_hash(*entries[0])
+    mid = next((i for i, (key, _) in enumerate(entries) if history.bit(key, depth)), len(entries))
+    return history.node_hash(_sparse(depth + 1, entries[:mid]), _sparse(depth + 1, entries[mid:]))
 
 
 class SubjectIndex:
@@ -119,25 +142,28 @@ class SubjectIndex:
         value = txn.get("meta", _META)
         if value is None:
             return None
-        if len(value) != 40:
+        if len(value) not in (40, 41) or value[40:] not in (b"", bytes([_LAYOUT])):
             raise StoreCorruptError("the subject index's record is damaged: run `keyvault check`")
-        return from_u64(value[:8]), bytes(value[8:])
+        return from_u64(value[:8]), bytes(value[8:40])
 
     def catch_up(self, txn: Txn, size: int) -> bytes:
         """Bring the index up to the first ``size`` events (in the transaction signing a checkpoint); its root."""
         state = self.state(txn)
-        if state is not None and state[0] == size:
+        current = state is not None and len(txn.get("meta", _META) or b"") == 41  # (else: one record per node)
+        if state is not None and state[0] == size and current:
             return state[1]
         start = 0 if state is None else state[0]
         found = _fast.subject_latest(list(islice(txn.items_from("events", u64(start)), max(0, size - start))), size)
-        rebuild = state is None or found is None  # (None: an event written before links) the whole log is read once
+        # (None: an event written before links) the whole log is read once; so is it to bring an index kept one
+        # record per node to buckets
+        rebuild = state is None or found is None or not current
         latest = {} if found is None else found
         if rebuild:
             latest = self.scan(txn, size)
             for key, _ in list(txn.items("subjects", _NODE)):
                 txn.delete("subjects", key)
         root = self._update(txn, latest) if latest else (history.EMPTY if rebuild else state[1])  # type: ignore[index]
-        txn.put("meta", _META, u64(size) + root)
+        txn.put("meta", _META, u64(size) + root + bytes([_LAYOUT]))
         return root
 
     @staticmethod
@@ -192,15 +218,12 @@ class SubjectIndex:
 
         def walk(depth: int, key: bytes) -> bytes:
             record = txn.get("subjects", _node_key(depth, key))
-            node = _hash_of(record)
             if record is None:
-                return node
-            if record[:1] == b"L":
-                found = bytes(record[1:33])
-                if _node_key(depth, found) != _node_key(depth, key):
-                    raise StoreCorruptError(f"a leaf of the subject index sits at depth {depth} off its key's path")
-                leaves[found] = from_u64(record[33:41])
-                return node
+                return history.EMPTY
+            if record[:1] != b"N" or len(record) != 65:
+                entries = _entries(bytes(record), depth, key)
+                leaves.update(entries)
+                return _sparse(depth, entries)
             count = len(leaves)
             if depth >= history.MAX_DEPTH or record[1:] != walk(depth + 1, _with_bit(key, depth, 0)) + \
                     walk(depth + 1, _with_bit(key, depth, 1)):
@@ -209,7 +232,7 @@ class SubjectIndex:
             if len(leaves) - count < 2:
                 raise StoreCorruptError(f"an inner node of the subject index (depth {depth}) holds fewer than two "
                                         "subjects")
-            return node
+            return history.node_hash(bytes(record[1:33]), bytes(record[33:65]))
 
         if walk(0, bytes(32)) != root:
             raise StoreCorruptError("the subject index's root record does not match its tree")
@@ -226,14 +249,22 @@ class SubjectIndex:
             record = txn.get("subjects", _node_key(depth, key))
             if record is None:
                 return None, siblings, None
-            if record[:1] == b"L":
-                _hash_of(record)
-                found, latest = bytes(record[1:33]), from_u64(record[33:41])
-                return (latest, siblings, None) if found == key else (None, siblings, (found, latest))
-            _hash_of(record)
+            if record[:1] != b"N" or len(record) != 65:
+                break
             side = history.bit(key, depth)
             siblings.append(bytes(record[33:65]) if side == 0 else bytes(record[1:33]))
             depth += 1
+        entries = _entries(bytes(record), depth, key)
+        while len(entries) > 1:  # down the bucket's own subtree
+            mid = next((i for i, (found, _) in enumerate(entries) if history.bit(found, depth)), len(entries))
+            mine, other = (entries[:mid], entries[mid:]) if history.bit(key, depth) == 0 else \
+                (entries[mid:], entries[:mid])
+            siblings.append(_sparse(depth + 1, other))
+            entries, depth = mine, depth + 1
+        if not entries:
+            return None, siblings, None
+        found, latest = entries[0]
+        return (latest, siblings, None) if found == key else (None, siblings, (found, latest))
 
 
 def _with_bit(key: bytes, depth: int, value: int) -> bytes:
