@@ -33,14 +33,20 @@ def key_of(n: int) -> bytes:
     return hashlib.sha256(b"subject %d" % n).digest()
 
 
-def apply_rounds(impl, rounds: list[dict[bytes, int]]) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """Run subject_update over each round on a dict store; the store and each round's root."""
+def apply_rounds(impl, rounds: list[dict[bytes, int]], keep: int = 0) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """Run subject_update over each round on a dict store; the store and each round's root. With ``keep``, the
+    records written are kept in an overlay and stored every ``keep`` rounds (as the engine does between
+    checkpoints that do not store the tree); the rest are left in the overlay, passed on each round."""
     store: dict[bytes, bytes] = {}
+    overlay: dict[bytes, bytes] = {}
     roots = []
-    for latest in rounds:
-        root, writes = impl.subject_update(dict(latest), store.get)
+    for n, latest in enumerate(rounds):
+        root, writes = impl.subject_update(dict(latest), store.get, overlay if keep else None)
         assert writes == sorted(writes)
-        store.update(writes)
+        (overlay if keep else store).update(writes)
+        if keep and (n + 1) % keep == 0:
+            store.update(overlay)
+            overlay.clear()
         roots.append(root)
     return store, roots
 
@@ -66,13 +72,15 @@ def test_update_is_the_root_of_everything_set_so_far(rounds: list[dict[int, int]
     for latest, root in zip(as_keys, core_roots):
         everything.update(latest)
         assert root == history.root_of(everything)
+    for keep in (1, 3):  # the newer records in an overlay, read before the store: the same roots
+        assert apply_rounds(compiled_core(), as_keys, keep)[1] == apply_rounds(_pure, as_keys, keep)[1] == core_roots
 
 
 def test_each_round_writes_only_the_changed_paths() -> None:
     """A second update of one subject rewrites its bucket and the inner nodes above it, nothing else."""
     keys = {key_of(n): n for n in range(300)}
     store, _ = apply_rounds(compiled_core(), [keys])
-    root, writes = compiled_core().subject_update({key_of(7): 1000}, store.get)
+    root, writes = compiled_core().subject_update({key_of(7): 1000}, store.get, None)
     buckets = [w for w in writes if w[1][:1] == b"L"]
     assert len(buckets) == 1 and buckets[0][1] == store[buckets[0][0]].replace(key_of(7) + u64(7),
                                                                              key_of(7) + u64(1000))
@@ -123,10 +131,10 @@ def test_a_damaged_node_raises_in_both(damage: bytes, depth: int) -> None:
             return
         damage = b"L" + bytes([target[0] ^ 0x80]) + target[1:] + u64(1)
     store[found[0]] = damage
-    expected = same("subject_update", {target: 99}, store.get)
+    expected = same("subject_update", {target: 99}, store.get, None)
     assert expected is None  # both raised, the same StoreCorruptError
     with pytest.raises(StoreCorruptError, match="subject index is damaged"):
-        _pure.subject_update({target: 99}, store.get)
+        _pure.subject_update({target: 99}, store.get, None)
 
 
 def _under(node_key: bytes, key: bytes, depth: int) -> bool:
@@ -139,8 +147,10 @@ def test_a_node_read_as_another_type_gives_the_specifications_answer() -> None:
     """A record that is not bytes (a memoryview) goes to _pure in the compiled core: the same answer."""
     store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(20)}])
     views = {k: memoryview(v) for k, v in store.items()}
-    assert same("subject_update", {key_of(1): 5}, views.get) is not None
-    assert same("subject_update", [(key_of(1), 5)], store.get) is None  # not a dict: both fail alike
+    assert same("subject_update", {key_of(1): 5}, views.get, None) is not None
+    assert same("subject_update", [(key_of(1), 5)], store.get, None) is None  # not a dict: both fail alike
+    assert same("subject_update", {key_of(1): 5}, {}.get, views) is not None  # an overlay of views: the same
+    assert same("subject_update", {key_of(1): 5}, {}.get, list(store.items())) is None  # not a dict: both fail
 
 
 def leaf(index: int, subjects: list[bytes], version: int = 2) -> bytes:

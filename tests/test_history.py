@@ -28,7 +28,7 @@ from keyvault.formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from keyvault.formats.events import NO_LINK, encode_links, parse_leaf, split_leaf
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import parse_serial
-from keyvault.store.records import u64
+from keyvault.store.records import from_u64, u64
 
 HISTORY_RULES = {"history-complete", "history-order", "index-proof"}
 
@@ -179,15 +179,18 @@ def test_the_stored_index_is_the_one_the_log_implies(tmp_path_factory: pytest.Te
         note = vault.checkpoint().encode()
         engine = vault.engine
         with engine.store.read() as txn:
-            size, root = engine.log.index.state(txn)
-            assert root == history.root_of(engine.log.index.scan(txn, size))
-            engine.log.index.verify(txn)
             origin = bundle.engine_origin(vault.engine_identity.public_key)
             checkpoint = open_note(note, origin, [Verifier(origin, vault.engine_identity.public_key)])
-            assert (checkpoint.size, history.index_root(checkpoint)) == (size, root)
+            size = checkpoint.size
+            root = engine.log.index.root_at(txn, size)
+            assert root == history.root_of(engine.log.index.scan(txn, size)) == history.index_root(checkpoint)
+            stored, stored_root = engine.log.index.state(txn)
+            assert stored <= size and stored_root == history.root_of(engine.log.index.scan(txn, stored))
+            engine.log.index.verify(txn)
             for serial in b.serials:
                 subject = b"K" + u64(parse_serial(serial))
-                proof = history.IndexProof(**history.encode_proof(subject, *engine.log.index.proof(txn, subject)))
+                proof = history.IndexProof(**history.encode_proof(subject,
+                                                                  *engine.log.index.proof(txn, subject, size)))
                 assert history.verify_proof(root, subject, proof) == engine.log.index.scan(txn, size).get(
                     history.subject_key(subject))
         for n in range(8):
@@ -458,11 +461,22 @@ def test_a_bundle_over_a_checkpoint_without_the_index_says_completeness_is_unpro
     assert "predates the subject index" in next(c.detail for c in checks if not c.ok)
 
 
+@pytest.mark.parametrize("since", [False, True])
 @pytest.mark.parametrize("how", ["short inner", "flipped inner", "flipped bucket", "cut bucket", "bucket swapped"])
-def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]], how: str) -> None:
+def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]], how: str, since: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damage to the stored tree is found, also when newer checkpoints were signed from it and the events since
+    (``since``: the check then also replays them to the newest checkpoint's root)."""
     vault, b, trusted = story
+    monkeypatch.setattr(vault.engine.log.index, "PERSIST_EVENTS", 1)  # (every checkpoint stores the tree)
     vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:40])])  # (more subjects than one bucket holds)
     vault.checkpoint()
+    monkeypatch.setattr(vault.engine.log.index, "PERSIST_EVENTS", 10_000)
+    if since:
+        vault.blacklist.add("batch", b.batch.id, "lost")
+        vault.checkpoint()
+        with vault.engine.store.read() as txn:
+            assert vault.engine.log.index.state(txn)[0] < from_u64(txn.last_key("checkpoints"))
     assert vault.check()["ok"]
     engine = vault.engine
 

@@ -896,9 +896,11 @@ def _index_record(entries: list[tuple[int, int]]) -> bytes:
     return b"L" + b"".join(key.to_bytes(32, "big") + _u64(value) for key, value in entries)
 
 
-def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def subject_update(latest: dict, get: Callable[[bytes], Any],
+                   overlay: dict | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Set each subject key's latest event index ({32-byte key: index}) in the stored sparse Merkle tree:
-    (the new root, the node records to write, sorted by key). ``get(node key)`` reads a stored node record.
+    (the new root, the node records to write, sorted by key). ``get(node key)`` reads a stored node record;
+    ``overlay`` ({node key: record}), when given, holds newer records, read before ``get``.
 
     A subtree of up to _INDEX_BUCKET subjects is stored as one bucket record at its node (its hashes
     are computed when read); a larger one as an inner node keeping both children's hashes, so a side
@@ -931,7 +933,9 @@ def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, li
 
     def go(depth: int, prefix: int, lo: int, hi: int) -> bytes:
         """The new hash of the stored subtree at ``depth`` with the changes items[lo:hi] under it."""
-        record = get(where(depth, prefix))
+        record = overlay.get(where(depth, prefix)) if overlay is not None else None
+        if record is None:
+            record = get(where(depth, prefix))
         if record is not None and record[:1] == b"N" and len(record) == _INDEX_INNER:
             if lo == hi:
                 return _node(bytes(record[1:33]), bytes(record[33:65]))

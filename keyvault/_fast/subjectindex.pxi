@@ -197,7 +197,7 @@ cdef int _index_build(list levels, const _SubjectItem* items, Py_ssize_t n, unsi
     return 0
 
 
-cdef int _index_go(object get, list levels, const _SubjectItem* items, unsigned int depth,
+cdef int _index_go(object get, dict overlay, list levels, const _SubjectItem* items, unsigned int depth,
                    const unsigned char* prefix, Py_ssize_t lo, Py_ssize_t hi, unsigned char* out) except -1:
     """_pure.subject_update's ``go``: the new hash of the stored subtree at ``depth`` under ``prefix`` with the
     changes items[lo:hi] into ``out``, its changed records appended to levels[depth]; INDEX_DAMAGED for a
@@ -214,7 +214,9 @@ cdef int _index_go(object get, list levels, const _SubjectItem* items, unsigned 
     cdef int r, order
     cdef object record
     cdef bytes where = _index_where(depth, prefix)
-    record = get(where)
+    record = overlay.get(where) if overlay is not None else None
+    if record is None:
+        record = get(where)
     if record is not None:
         if not PyBytes_CheckExact(record):
             return INDEX_DAMAGED  # (not bytes: _pure reads it its own way)
@@ -228,13 +230,13 @@ cdef int _index_go(object get, list levels, const _SubjectItem* items, unsigned 
         right_prefix[depth >> 3] |= <unsigned char>(0x80 >> (depth & 7))
         mid = _items_bisect(items, right_prefix, lo, hi)
         if lo < mid:
-            r = _index_go(get, levels, items, depth + 1, prefix, lo, mid, left_hash)
+            r = _index_go(get, overlay, levels, items, depth + 1, prefix, lo, mid, left_hash)
             if r:
                 return r
         else:
             memcpy(left_hash, rec + 1, HASH_SIZE)
         if mid < hi:
-            r = _index_go(get, levels, items, depth + 1, right_prefix, mid, hi, right_hash)
+            r = _index_go(get, overlay, levels, items, depth + 1, right_prefix, mid, hi, right_hash)
             if r:
                 return r
         else:
@@ -287,7 +289,8 @@ cdef int _index_go(object get, list levels, const _SubjectItem* items, unsigned 
     return 0
 
 
-def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def subject_update(latest: dict, get: Callable[[bytes], Any],
+                   overlay: dict | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Twin of _pure.subject_update: (new root, node records to write sorted by key) for {subject key: latest}."""
     cdef Py_ssize_t n, i = 0
     cdef _SubjectItem* items
@@ -296,8 +299,8 @@ def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, li
     cdef uint64_t value
     cdef int r
     cdef list levels, writes
-    if type(latest) is not dict:
-        return _pure.subject_update(latest, get)
+    if type(latest) is not dict or (overlay is not None and type(overlay) is not dict):
+        return _pure.subject_update(latest, get, overlay)
     n = len(latest)
     items = <_SubjectItem*>PyMem_Malloc(max(n, 1) * sizeof(_SubjectItem))
     if items == NULL:
@@ -306,18 +309,18 @@ def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, li
         for key, latest_index in (<dict>latest).items():
             if not PyBytes_CheckExact(key) or PyBytes_GET_SIZE(key) != HASH_SIZE or \
                     not kv_u64_of(latest_index, &value):
-                return _pure.subject_update(latest, get)
+                return _pure.subject_update(latest, get, overlay)
             memcpy(items[i].key, PyBytes_AS_STRING(key), HASH_SIZE)
             items[i].value = value
             i += 1
         qsort(items, n, sizeof(_SubjectItem), _item_order)
         levels = [[] for _ in range(INDEX_MAX_DEPTH + 1)]
         memset(prefix, 0, HASH_SIZE)
-        r = _index_go(get, levels, items, 0, prefix, 0, n, root)
+        r = _index_go(get, overlay, levels, items, 0, prefix, 0, n, root)
     finally:
         PyMem_Free(items)
     if r:
-        return _pure.subject_update(latest, get)  # (raises: a damaged record)
+        return _pure.subject_update(latest, get, overlay)  # (raises: a damaged record)
     writes = []
     for level in levels:  # each level's records in key order, levels in depth order: sorted by key
         writes.extend(<list>level)
