@@ -636,3 +636,30 @@ def test_every_process_computes_the_signed_root_and_forgets_what_an_aborted_chec
     assert passed(check(vault.trace_bundle(b.serials[18]), trusted))
     with engine.store.read() as txn, pytest.raises(StoreError, match="sign a checkpoint"):
         index.root_at(txn, index.state(txn)[0] - 1)  # (before the stored tree: not computable from it)
+
+
+def test_a_process_that_replayed_many_events_stores_the_tree(story: tuple[Vault, Issued, list[Any]],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events since the stored tree are replayed by each process that starts: one that replayed more than a
+    quarter of PERSIST_EVENTS stores the tree at its checkpoint; one that followed them itself waits."""
+    from keyvault.engine.subjects import SubjectIndex
+
+    vault, b, trusted = story
+    log = vault.engine.log
+    monkeypatch.setattr(SubjectIndex, "PERSIST_EVENTS", 40)
+
+    def stored_and_size() -> tuple[int, int]:
+        with vault.engine.store.read() as txn:
+            return log.index.state(txn)[0], txn.head().log_size
+
+    vault.checkpoint()
+    vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:12])])
+    vault.checkpoint()
+    stored, size = stored_and_size()
+    assert size - stored >= 12  # (this process followed them: under 40, nothing stored)
+    monkeypatch.setattr(log, "index", SubjectIndex())  # a process that starts now
+    vault.blacklist.add("key", b.serials[15], "lost")
+    vault.checkpoint()
+    stored, size = stored_and_size()
+    assert stored == size
+    assert vault.check()["ok"]

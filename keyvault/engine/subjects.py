@@ -15,8 +15,9 @@ and is rebuilt by its next checkpoint, in that checkpoint's transaction).
 
 The tree is not stored at every checkpoint. Each process keeps the records changed since the
 stored size in memory (a :class:`_Pending`) and stores them all at once, at a checkpoint, when they
-cover PERSIST_EVENTS events or number PERSIST_RECORDS: most of the index's pages are then written
-once for many thousands of changes instead of once or more per checkpoint. Any process (service
+cover PERSIST_EVENTS events (a quarter of that when this process had to replay them all) or number
+PERSIST_RECORDS: most of the index's pages are then written once for many thousands of changes
+instead of once or more per checkpoint. Any process (service
 workers, the commit process, the CLI) computes the same root at any size from the stored tree and
 the events since, deterministically; a process that starts, or that finds the stored size moved or
 the events it remembers changed, replays them from the stored size. `keyvault check` replays them up
@@ -163,8 +164,9 @@ class _Pending:
 class SubjectIndex:
     """The sparse Merkle tree from subject key to latest event index, kept in the store."""
 
-    #: Store the changed records at a checkpoint once they cover this many events since the stored size...
-    PERSIST_EVENTS = 150_000
+    #: Store the changed records at a checkpoint once they cover this many events since the stored size (a
+    #: quarter of it when this process had to replay them all: the next one to start need not)...
+    PERSIST_EVENTS = 100_000
     #: ... or number this many (the memory they take: about 0.7 kB each).
     PERSIST_RECORDS = 100_000
 
@@ -187,22 +189,30 @@ class SubjectIndex:
         state = self.state(txn)
         value = txn.get("meta", _META)
         if state is not None and len(value or b"") == 41 and state[0] <= size:  # (else: one record per node)
+            with self._lock:
+                kept = self._pending
+            replayed = kept is None or kept.base != value  # (from the stored tree: this process knew none of it)
             pending = self._advance(txn, size)
             if pending is not None:
-                if pending.size - state[0] < self.PERSIST_EVENTS and len(pending.nodes) < self.PERSIST_RECORDS:
+                since = pending.size - state[0]
+                if since < (self.PERSIST_EVENTS // 4 if replayed else self.PERSIST_EVENTS) and \
+                        len(pending.nodes) < self.PERSIST_RECORDS:
                     self._keep(pending)
                     return pending.root
                 txn.put_many("subjects", sorted(pending.nodes.items()))
-                txn.put("meta", _META, u64(size) + pending.root + bytes([_LAYOUT]))
-                self._keep(None)
-                return pending.root
+                return self._stored(txn, size, pending.root)
         # The whole log is read once: a new index, one kept one record per node, or events written before links.
         latest = self.scan(txn, size)
         for key, _ in list(txn.items("subjects", _NODE)):
             txn.delete("subjects", key)
-        root = self._update(txn, latest) if latest else history.EMPTY
-        txn.put("meta", _META, u64(size) + root + bytes([_LAYOUT]))
-        self._keep(None)
+        return self._stored(txn, size, self._update(txn, latest) if latest else history.EMPTY)
+
+    def _stored(self, txn: Txn, size: int, root: bytes) -> bytes:
+        """Record the stored tree's size and root (and remember that nothing has changed since); the root."""
+        base = u64(size) + root + bytes([_LAYOUT])
+        txn.put("meta", _META, base)
+        tail = txn.get("events", u64(size - 1)) if size else None
+        self._keep(_Pending(base, size, b"" if tail is None else bytes(tail), root, {}))
         return root
 
     def root_at(self, txn: Txn, size: int) -> bytes:
