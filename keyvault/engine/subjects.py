@@ -17,10 +17,10 @@ The tree is not stored at every checkpoint. Each process keeps the records chang
 stored size in memory (a :class:`_Pending`) and stores them all at once, at a checkpoint, when they
 cover PERSIST_EVENTS events (a quarter of that when this process had to replay them all) or number
 PERSIST_RECORDS: most of the index's pages are then written once for many thousands of changes
-instead of once or more per checkpoint. Any process (service
-workers, the commit process, the CLI) computes the same root at any size from the stored tree and
-the events since, deterministically; a process that starts, or that finds the stored size moved or
-the events it remembers changed, replays them from the stored size. `keyvault check` replays them up
+instead of once or more per checkpoint. Any process (service workers, the commit process, the CLI)
+computes the same root at any size from the stored tree and the events since, deterministically; a
+process that starts, or that finds the stored size moved or the events it remembers changed,
+replays them from the stored size. `keyvault check` replays them up
 to the newest checkpoint and compares the root with the one it signed.
 """
 
