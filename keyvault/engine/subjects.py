@@ -333,14 +333,13 @@ class SubjectIndex:
 
         if walk(0, bytes(32)) != root:
             raise StoreCorruptError("the subject index's root record does not match its tree")
-        everything = txn.head().log_size
-        if size < everything:
-            self.scan(txn, everything, check_links=True)  # (the links of the events past the stored tree too)
+        last = txn.last_key("checkpoints")
+        signed = None if last is None or from_u64(last) <= size else _signed_root(txn, from_u64(last))
+        if signed is not None:
+            self.scan(txn, from_u64(last), check_links=True)  # (the links of the checkpointed events past the tree)
         if leaves != self.scan(txn, size, check_links=True):
             raise StoreCorruptError("the subject index does not name each subject's latest event in the log")
         done = f"subject index: {len(leaves):,} subjects, each at its latest event of the first {size:,}"
-        last = txn.last_key("checkpoints")
-        signed = None if last is None or from_u64(last) <= size else _signed_root(txn, from_u64(last))
         if signed is not None:
             with self._lock:
                 self._pending = None  # (replayed from the stored tree, not from what this process remembers)
