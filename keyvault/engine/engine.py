@@ -1049,7 +1049,7 @@ class Engine(State):
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
                 if (self.log.index.state(txn) or (size + 1, b""))[0] > size:
-                    continue  # (the index and the checkpoint are brought up to date together)
+                    continue  # (the index is stored at or before a checkpoint; its root there is computed from it)
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
                 serial, batch = found.serial, found.batch
                 index_proofs = [encode_proof(subject, *self.log.index.proof(txn, subject, size))
