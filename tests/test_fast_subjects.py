@@ -33,14 +33,20 @@ def key_of(n: int) -> bytes:
     return hashlib.sha256(b"subject %d" % n).digest()
 
 
-def apply_rounds(impl, rounds: list[dict[bytes, int]]) -> tuple[dict[bytes, bytes], list[bytes]]:
-    """Run subject_update over each round on a dict store; the store and each round's root."""
+def apply_rounds(impl, rounds: list[dict[bytes, int]], keep: int = 0) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """Run subject_update over each round on a dict store; the store and each round's root. With ``keep``, the
+    records written are kept in an overlay and stored every ``keep`` rounds (as the engine does between
+    checkpoints that do not store the tree); the rest are left in the overlay, passed on each round."""
     store: dict[bytes, bytes] = {}
+    overlay: dict[bytes, bytes] = {}
     roots = []
-    for latest in rounds:
-        root, writes = impl.subject_update(dict(latest), store.get)
+    for n, latest in enumerate(rounds):
+        root, writes = impl.subject_update(dict(latest), store.get, overlay if keep else None)
         assert writes == sorted(writes)
-        store.update(writes)
+        (overlay if keep else store).update(writes)
+        if keep and (n + 1) % keep == 0:
+            store.update(overlay)
+            overlay.clear()
         roots.append(root)
     return store, roots
 
@@ -66,33 +72,69 @@ def test_update_is_the_root_of_everything_set_so_far(rounds: list[dict[int, int]
     for latest, root in zip(as_keys, core_roots):
         everything.update(latest)
         assert root == history.root_of(everything)
+    for keep in (1, 3):  # the newer records in an overlay, read before the store: the same roots
+        assert apply_rounds(compiled_core(), as_keys, keep)[1] == apply_rounds(_pure, as_keys, keep)[1] == core_roots
 
 
 def test_each_round_writes_only_the_changed_paths() -> None:
-    """A second update of one subject rewrites its leaf and the inner nodes above it, nothing else."""
+    """A second update of one subject rewrites its bucket and the inner nodes above it, nothing else."""
     keys = {key_of(n): n for n in range(300)}
     store, _ = apply_rounds(compiled_core(), [keys])
-    root, writes = compiled_core().subject_update({key_of(7): 1000}, store.get)
-    leaves = [w for w in writes if w[1][:1] == b"L"]
-    assert leaves == [(leaves[0][0], b"L" + key_of(7) + u64(1000))]
+    root, writes = compiled_core().subject_update({key_of(7): 1000}, store.get, None)
+    buckets = [w for w in writes if w[1][:1] == b"L"]
+    assert len(buckets) == 1 and buckets[0][1] == store[buckets[0][0]].replace(key_of(7) + u64(7),
+                                                                             key_of(7) + u64(1000))
     assert [w[0][1:3] for w in writes] == [d.to_bytes(2, "big") for d in range(len(writes))]  # one per depth
+    assert all(w[1][:1] == b"N" for w in writes[:-1])
     assert root == history.root_of({**keys, key_of(7): 1000})
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3000), min_size=1, max_size=120), min_size=1, max_size=6))
+def test_buckets_hold_at_most_sixteen_and_inner_nodes_more(rounds: list[list[int]]) -> None:
+    """The layout both twins keep: a subtree of up to _INDEX_BUCKET subjects is one bucket (entries in key order,
+    each on its path), a larger one an inner node; nothing is stored below a bucket or an empty side."""
+    store, _ = apply_rounds(compiled_core(), [{key_of(n): n for n in r} for r in rounds])
+    everything = sorted({key_of(n) for r in rounds for n in r})
+
+    def check(depth: int, prefix: bytes, keys: list[bytes]) -> None:
+        record = store.get(b"#" + depth.to_bytes(2, "big") + prefix)
+        if not keys:
+            assert record is None
+            return
+        if len(keys) <= _pure._INDEX_BUCKET:
+            assert record is not None and record[:1] == b"L" and len(record) == 1 + 40 * len(keys)
+            assert [record[at:at + 32] for at in range(1, len(record), 40)] == keys
+            return
+        assert record is not None and record[:1] == b"N" and len(record) == 65
+        right = bytearray(prefix)
+        right[depth // 8] |= 0x80 >> depth % 8
+        check(depth + 1, prefix, [k for k in keys if not history.bit(k, depth)])
+        check(depth + 1, bytes(right), [k for k in keys if history.bit(k, depth)])
+
+    check(0, bytes(32), everything)
+    assert len(store) <= len(everything)  # (about one record per six subjects once there are many)
+
+
 @pytest.mark.parametrize("damage", [b"", b"L", b"N" + bytes(63), b"X" + bytes(64), b"L" + bytes(41),
-                                    b"N" + bytes(65)])
+                                    b"N" + bytes(65), b"L" + bytes(40) * 17, b"off path",
+                                    b"L" + b"\x01" * 40 + bytes(40)])
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_a_damaged_node_raises_in_both(damage: bytes, depth: int) -> None:
     """A stored node of the wrong tag or length on the path of a changed subject (or the root) is damage."""
-    store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(50)}])
+    store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(400)}])
     target = key_of(3)
     found = [k for k in store if k[1:3] == depth.to_bytes(2, "big") and _under(k, target, depth)]
     assert found
+    if damage == b"off path":  # a bucket whose entry is not under its node (at the root, every key is)
+        if not depth:
+            return
+        damage = b"L" + bytes([target[0] ^ 0x80]) + target[1:] + u64(1)
     store[found[0]] = damage
-    expected = same("subject_update", {target: 99}, store.get)
+    expected = same("subject_update", {target: 99}, store.get, None)
     assert expected is None  # both raised, the same StoreCorruptError
     with pytest.raises(StoreCorruptError, match="subject index is damaged"):
-        _pure.subject_update({target: 99}, store.get)
+        _pure.subject_update({target: 99}, store.get, None)
 
 
 def _under(node_key: bytes, key: bytes, depth: int) -> bool:
@@ -105,8 +147,10 @@ def test_a_node_read_as_another_type_gives_the_specifications_answer() -> None:
     """A record that is not bytes (a memoryview) goes to _pure in the compiled core: the same answer."""
     store, _ = apply_rounds(_pure, [{key_of(n): n for n in range(20)}])
     views = {k: memoryview(v) for k, v in store.items()}
-    assert same("subject_update", {key_of(1): 5}, views.get) is not None
-    assert same("subject_update", [(key_of(1), 5)], store.get) is None  # not a dict: both fail alike
+    assert same("subject_update", {key_of(1): 5}, views.get, None) is not None
+    assert same("subject_update", [(key_of(1), 5)], store.get, None) is None  # not a dict: both fail alike
+    assert same("subject_update", {key_of(1): 5}, {}.get, views) is not None  # an overlay of views: the same
+    assert same("subject_update", {key_of(1): 5}, {}.get, list(store.items())) is None  # not a dict: both fail
 
 
 def leaf(index: int, subjects: list[bytes], version: int = 2) -> bytes:

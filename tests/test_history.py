@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from conftest import Issued, issue
 from keyvault import Identity, Vault, _fast
 from keyvault._fast import _pure
-from keyvault.errors import ProofError, StoreCorruptError
+from keyvault.errors import ProofError, StoreCorruptError, StoreError
 from keyvault.formats import bundle, history
 from keyvault.formats.checkpoint import Checkpoint, Verifier, open_note, sign
 from keyvault.formats.events import NO_LINK, encode_links, parse_leaf, split_leaf
 from keyvault.formats.identity import PublicIdentity
 from keyvault.formats.keyformat import parse_serial
-from keyvault.store.records import u64
+from keyvault.store.records import from_u64, u64
 
 HISTORY_RULES = {"history-complete", "history-order", "index-proof"}
 
@@ -179,15 +179,18 @@ def test_the_stored_index_is_the_one_the_log_implies(tmp_path_factory: pytest.Te
         note = vault.checkpoint().encode()
         engine = vault.engine
         with engine.store.read() as txn:
-            size, root = engine.log.index.state(txn)
-            assert root == history.root_of(engine.log.index.scan(txn, size))
-            engine.log.index.verify(txn)
             origin = bundle.engine_origin(vault.engine_identity.public_key)
             checkpoint = open_note(note, origin, [Verifier(origin, vault.engine_identity.public_key)])
-            assert (checkpoint.size, history.index_root(checkpoint)) == (size, root)
+            size = checkpoint.size
+            root = engine.log.index.root_at(txn, size)
+            assert root == history.root_of(engine.log.index.scan(txn, size)) == history.index_root(checkpoint)
+            stored, stored_root = engine.log.index.state(txn)
+            assert stored <= size and stored_root == history.root_of(engine.log.index.scan(txn, stored))
+            engine.log.index.verify(txn)
             for serial in b.serials:
                 subject = b"K" + u64(parse_serial(serial))
-                proof = history.IndexProof(**history.encode_proof(subject, *engine.log.index.proof(txn, subject)))
+                proof = history.IndexProof(**history.encode_proof(subject,
+                                                                  *engine.log.index.proof(txn, subject, size)))
                 assert history.verify_proof(root, subject, proof) == engine.log.index.scan(txn, size).get(
                     history.subject_key(subject))
         for n in range(8):
@@ -458,16 +461,37 @@ def test_a_bundle_over_a_checkpoint_without_the_index_says_completeness_is_unpro
     assert "predates the subject index" in next(c.detail for c in checks if not c.ok)
 
 
-def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]]) -> None:
+@pytest.mark.parametrize("since", [False, True])
+@pytest.mark.parametrize("how", ["short inner", "flipped inner", "flipped bucket", "cut bucket", "bucket swapped"])
+def test_the_store_check_finds_a_damaged_index_node(story: tuple[Vault, Issued, list[Any]], how: str, since: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damage to the stored tree is found, also when newer checkpoints were signed from it and the events since
+    (``since``: the check then also replays them to the newest checkpoint's root)."""
     vault, b, trusted = story
-    vault.redeem(b.keys[0], "ORD-0")
+    monkeypatch.setattr(vault.engine.log.index, "PERSIST_EVENTS", 1)  # (every checkpoint stores the tree)
+    vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:40])])  # (more subjects than one bucket holds)
     vault.checkpoint()
+    monkeypatch.setattr(vault.engine.log.index, "PERSIST_EVENTS", 10_000)
+    if since:
+        vault.blacklist.add("batch", b.batch.id, "lost")
+        vault.checkpoint()
+        with vault.engine.store.read() as txn:
+            assert vault.engine.log.index.state(txn)[0] < from_u64(txn.last_key("checkpoints"))
     assert vault.check()["ok"]
     engine = vault.engine
 
     def damage(txn: Any) -> None:
-        key, value = next((k, v) for k, v in txn.items("subjects", b"#") if v[:1] == b"N")
-        txn.put("subjects", key, b"N" + bytes(32))
+        tag = b"N" if "inner" in how else b"L"
+        key, value = next((k, bytes(v)) for k, v in txn.items("subjects", b"#") if v[:1] == tag and len(v) > 41)
+        if how == "short inner":
+            value = b"N" + bytes(32)
+        elif how.startswith("flipped"):
+            value = value[:-1] + bytes([value[-1] ^ 1])
+        elif how == "cut bucket":
+            value = value[:-40]
+        else:  # two entries in the wrong order: the same hash pairs, read otherwise
+            value = value[:1] + value[41:81] + value[1:41] + value[81:]
+        txn.put("subjects", key, value)
 
     engine.store.write(damage)
     report = vault.check()
@@ -489,3 +513,153 @@ def test_the_store_check_finds_an_event_listed_under_the_wrong_subject(story: tu
     report = vault.check()
     assert not report["ok"]
     assert any("link" in c["detail"] for c in report["checks"] if not c["ok"]), report
+
+
+# -- the stored tree, what each process keeps in memory, and the layout of older stores --------------------
+
+
+def _old_layout(latest: dict[bytes, int], depth: int = 0, prefix: bytes = bytes(32),
+                out: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+    """The records keyvault kept before buckets: one per node (``L`` || key || u64 for a lone subject)."""
+    out = {} if out is None else out
+    where = b"#" + depth.to_bytes(2, "big") + prefix
+    if len(latest) == 1:
+        [(key, value)] = latest.items()
+        out[where] = b"L" + key + u64(value)
+        return out
+    right = bytearray(prefix)
+    right[depth // 8] |= 0x80 >> depth % 8
+    hashes = []
+    for side, at in ((0, prefix), (1, bytes(right))):
+        half = {k: v for k, v in latest.items() if history.bit(k, depth) == side}
+        if half:
+            _old_layout(half, depth + 1, at, out)
+        record = out.get(b"#" + (depth + 1).to_bytes(2, "big") + at)
+        hashes.append(history.EMPTY if not half else history.leaf_hash(record[1:33], from_u64(record[33:]))
+                      if record[:1] == b"L" else history.node_hash(record[1:33], record[33:]))
+    out[where] = b"N" + hashes[0] + hashes[1]
+    return out
+
+
+def _index_records(vault: Vault) -> dict[bytes, bytes]:
+    with vault.engine.store.read() as txn:
+        return {bytes(k): bytes(v) for k, v in txn.items("subjects", b"#")} | \
+            {b"meta": bytes(txn.get("meta", b"index") or b"")}
+
+
+def test_an_index_kept_one_record_per_node_is_read_then_rebuilt_in_buckets(
+        story: tuple[Vault, Issued, list[Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose index predates buckets: checked, proven from and signed over as it is; its next checkpoint
+    rebuilds it in buckets in that checkpoint's transaction (one that aborts leaves the old index whole)."""
+    vault, b, trusted = story
+    engine = vault.engine
+    monkeypatch.setattr(engine.log.index, "PERSIST_EVENTS", 1)
+    vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:18])])
+    vault.checkpoint()
+
+    def downgrade(txn: Any) -> None:
+        size, root = engine.log.index.state(txn)
+        latest = engine.log.index.scan(txn, size)
+        for key, _ in list(txn.items("subjects", b"#")):
+            txn.delete("subjects", key)
+        txn.put_many("subjects", sorted(_old_layout(latest).items()))
+        txn.put("meta", b"index", u64(size) + root)
+
+    engine.store.write(downgrade)
+    engine.log.index._keep(None)  # (what this process remembers is of the new layout: a new process)
+    old = _index_records(vault)
+    assert len(old[b"meta"]) == 40 and sum(v[:1] == b"N" for v in old.values()) > 10
+    report = vault.check()
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+    doc = vault.trace_bundle(b.serials[3])
+    assert passed(check(doc, trusted))
+
+    def aborted(txn: Any) -> None:
+        engine.log.index.catch_up(txn, txn.head().log_size)
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        engine.store.write(aborted)
+    assert _index_records(vault) == old
+    vault.blacklist.add("key", b.serials[19], "lost")
+    vault.checkpoint()
+    new = _index_records(vault)
+    assert len(new[b"meta"]) == 41 and len(new) < len(old)
+    with engine.store.read() as txn:
+        size, root = engine.log.index.state(txn)
+        assert size == txn.head().log_size and root == history.root_of(engine.log.index.scan(txn, size))
+    assert all(len(v) == 65 or (len(v) - 1) % 40 == 0 and len(v) <= 1 + 16 * 40 for k, v in new.items() if k != b"meta")
+    assert vault.check()["ok"]
+    assert passed(check(vault.trace_bundle(b.serials[19]), trusted))
+
+
+def test_every_process_computes_the_signed_root_and_forgets_what_an_aborted_checkpoint_left(
+        story: tuple[Vault, Issued, list[Any]]) -> None:
+    """Checkpoints between stores of the tree: another process (a fresh SubjectIndex) replays the same roots; a
+    checkpoint whose transaction aborted leaves this process remembering events that never were, which it
+    must not use once different events take their place."""
+    from keyvault.engine.subjects import SubjectIndex
+
+    vault, b, trusted = story
+    engine = vault.engine
+    index = engine.log.index
+    for n in range(3):
+        vault.redeem_many([(k, f"ORD-{n}-{i}") for i, k in enumerate(b.keys[n * 5:n * 5 + 5])])
+        note = vault.checkpoint().encode()
+        with engine.store.read() as txn:
+            size = from_u64(txn.last_key("checkpoints"))
+            stored, _ = index.state(txn)
+            assert stored < size  # (the tree is not stored at every checkpoint)
+            signed = history.index_root(open_note(note, bundle.engine_origin(vault.engine_identity.public_key),
+                                                  [Verifier(bundle.engine_origin(vault.engine_identity.public_key),
+                                                            vault.engine_identity.public_key)]))
+            assert SubjectIndex().root_at(txn, size) == index.root_at(txn, size) == signed == \
+                history.root_of(index.scan(txn, size))
+
+    def aborted(txn: Any) -> None:
+        engine.log.append(txn, "blacklist", 1, {"level": "key"}, [b"K" + u64(parse_serial(b.serials[17]))])
+        engine.log.maybe_checkpoint(txn, 2, force=True)
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        engine.store.write(aborted)
+    with engine.store.read() as txn:
+        assert index._pending is not None and index._pending.size == txn.head().log_size + 1  # (what it left)
+    vault.blacklist.add("key", b.serials[18], "lost")
+    vault.checkpoint()
+    with engine.store.read() as txn:
+        size = txn.head().log_size
+        latest = index.scan(txn, size)
+        assert history.subject_key(b"K" + u64(parse_serial(b.serials[17]))) not in latest
+        assert index.root_at(txn, size) == SubjectIndex().root_at(txn, size) == history.root_of(latest)
+    assert vault.check()["ok"]
+    assert passed(check(vault.trace_bundle(b.serials[18]), trusted))
+    with engine.store.read() as txn, pytest.raises(StoreError, match="sign a checkpoint"):
+        index.root_at(txn, index.state(txn)[0] - 1)  # (before the stored tree: not computable from it)
+
+
+def test_a_process_that_replayed_many_events_stores_the_tree(story: tuple[Vault, Issued, list[Any]],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events since the stored tree are replayed by each process that starts: one that replayed more than a
+    quarter of PERSIST_EVENTS stores the tree at its checkpoint; one that followed them itself waits."""
+    from keyvault.engine.subjects import SubjectIndex
+
+    vault, b, trusted = story
+    log = vault.engine.log
+    monkeypatch.setattr(SubjectIndex, "PERSIST_EVENTS", 40)
+
+    def stored_and_size() -> tuple[int, int]:
+        with vault.engine.store.read() as txn:
+            return log.index.state(txn)[0], txn.head().log_size
+
+    vault.checkpoint()
+    vault.redeem_many([(k, f"ORD-{n}") for n, k in enumerate(b.keys[:12])])
+    vault.checkpoint()
+    stored, size = stored_and_size()
+    assert size - stored >= 12  # (this process followed them: under 40, nothing stored)
+    monkeypatch.setattr(log, "index", SubjectIndex())  # a process that starts now
+    vault.blacklist.add("key", b.serials[15], "lost")
+    vault.checkpoint()
+    stored, size = stored_and_size()
+    assert stored == size
+    assert vault.check()["ok"]

@@ -79,8 +79,8 @@ tree_append: Callable[[int, bytes, bytes], tuple[list[tuple[bytes, bytes]], byte
 node_key: Callable[[int, int], int] = impl.node_key
 # The subject index (docs/provenance.md, "Complete histories"), brought up to date when a checkpoint is signed.
 subject_latest: Callable[[list[tuple[bytes, bytes]], int], dict[bytes, int] | None] = impl.subject_latest
-subject_update: Callable[[dict[bytes, int], Callable[[bytes], Any]], tuple[bytes, list[tuple[bytes, bytes]]]] = \
-    impl.subject_update
+subject_update: Callable[[dict[bytes, int], Callable[[bytes], Any], dict[bytes, bytes] | None],
+                         tuple[bytes, list[tuple[bytes, bytes]]]] = impl.subject_update
 
 # Constants and the named rows come from the specification, whichever module runs.
 from ._pure import (  # noqa: E402

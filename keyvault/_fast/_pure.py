@@ -806,8 +806,9 @@ def tree_append(size: int, frontier: bytes, leaf_hashes: bytes) -> tuple[list[tu
 _SUBJECT_TAG = b"kv1/subject"  # a subject's key in the index: SHA-256(kv1/subject || subject)
 _INDEX_NODE = b"#"  # a stored node's key: # || u16 depth || the subject key's first depth bits (32 bytes)
 _INDEX_MAX_DEPTH = 256
-_INDEX_LEAF = 41  # a stored leaf: L || subject key || u64 latest event index
-_INDEX_INNER = 65  # a stored inner node: N || left hash || right hash
+_INDEX_ENTRY = 40  # one subject in a stored bucket: subject key || u64 latest event index
+_INDEX_BUCKET = 16  # a subtree of up to this many subjects is stored as one bucket: L || entries, in key order
+_INDEX_INNER = 65  # a stored inner node (a subtree of more subjects): N || left hash || right hash
 
 
 def _not_a_leaf() -> Exception:
@@ -863,71 +864,94 @@ def _index_leaf_hash(key: bytes, latest: int) -> bytes:
     return _sha256(_LEAF_PREFIX + key + latest.to_bytes(8, "big"))
 
 
-def _index_hash_of(record: bytes | None) -> bytes:
-    """The hash of the subtree a stored node record (None: an empty subtree) stands for."""
-    if record is None:
+def _index_bucket(record: Any, depth: int, prefix: int) -> list[tuple[int, int]]:
+    """The (key, latest) entries of a stored bucket at ``depth`` under ``prefix`` (the subtree's first ``depth``
+    bits, as a 256-bit integer); StoreCorruptError unless it holds 1 to _INDEX_BUCKET entries, in strictly
+    increasing key order, each on the bucket's path."""
+    count, rest = divmod(len(record) - 1, _INDEX_ENTRY)
+    if record[:1] != b"L" or rest or not 1 <= count <= _INDEX_BUCKET:
+        raise _index_damaged()
+    entries = [(int.from_bytes(record[at:at + 32], "big"), int.from_bytes(record[at + 32:at + 40], "big"))
+               for at in range(1, len(record), _INDEX_ENTRY)]
+    shift = 256 - depth
+    if any(key >> shift << shift != prefix for key, _ in entries if depth) or \
+            any(b[0] <= a[0] for a, b in zip(entries, entries[1:])):
+        raise _index_damaged()
+    return entries
+
+
+def _index_sparse(depth: int, entries: list[tuple[int, int]]) -> bytes:
+    """The hash of the subtree at ``depth`` holding exactly ``entries`` (sorted): empty, one leaf, or an inner
+    node over its two halves."""
+    if not entries:
         return bytes(HASH_SIZE)
-    if record[:1] == b"L" and len(record) == _INDEX_LEAF:
-        return _index_leaf_hash(bytes(record[1:33]), int.from_bytes(record[33:41], "big"))
-    if record[:1] == b"N" and len(record) == _INDEX_INNER:
-        return _node(bytes(record[1:33]), bytes(record[33:65]))
-    raise _index_damaged()
+    if len(entries) == 1:
+        return _index_leaf_hash(entries[0][0].to_bytes(32, "big"), entries[0][1])
+    shift = 255 - depth
+    mid = next((i for i, (key, _) in enumerate(entries) if key >> shift & 1), len(entries))
+    return _node(_index_sparse(depth + 1, entries[:mid]), _index_sparse(depth + 1, entries[mid:]))
 
 
-def subject_update(latest: dict, get: Callable[[bytes], Any]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def _index_record(entries: list[tuple[int, int]]) -> bytes:
+    return b"L" + b"".join(key.to_bytes(32, "big") + _u64(value) for key, value in entries)
+
+
+def subject_update(latest: dict, get: Callable[[bytes], Any],
+                   overlay: dict | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Set each subject key's latest event index ({32-byte key: index}) in the stored sparse Merkle tree:
-    (the new root, the node records to write, sorted by key). ``get(node key)`` reads a stored node record.
+    (the new root, the node records to write, sorted by key). ``get(node key)`` reads a stored node record;
+    ``overlay`` ({node key: record}), when given, holds newer records, read before ``get``.
 
-    Only the paths to changed leaves are read and written. Keys are handled as 256-bit integers,
-    sorted: the keys under a node are a slice of them, split at the node's midpoint by bisection; a
-    leaf met on the way down travels on as ``extra``. An inner node keeps both children's hashes,
-    so a side nothing changed under is not read again; nothing is stored below a leaf or an empty
-    subtree. StoreCorruptError for a damaged node record.
+    A subtree of up to _INDEX_BUCKET subjects is stored as one bucket record at its node (its hashes
+    are computed when read); a larger one as an inner node keeping both children's hashes, so a side
+    nothing changed under is not read again. Only the paths to changed subjects are read and
+    written. Keys are handled as 256-bit integers, sorted: the keys under a node are a slice of
+    them, split at the node's midpoint by bisection. A bucket met on the way down is merged with the
+    changes under it and stored again, or split into an inner node and new buckets when it outgrows
+    _INDEX_BUCKET; nothing is stored below a bucket or an empty subtree. StoreCorruptError for a
+    damaged node record.
     """
     items = sorted((int.from_bytes(k, "big"), v) for k, v in latest.items())
     ints = [k for k, _ in items]
-    values = [v for _, v in items]
     writes: list[tuple[bytes, bytes]] = []
 
-    def go(depth: int, prefix: int, lo: int, hi: int, extra: tuple[int, int] | None, below_inner: bool) -> bytes:
-        where = _INDEX_NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
-        count = hi - lo + (extra is not None)
-        record = get(where) if below_inner else None
-        if count == 0:
-            return _index_hash_of(record)
-        inner = False
-        if record is not None:
-            if record[:1] == b"L" and len(record) == _INDEX_LEAF:
-                old = int.from_bytes(record[1:33], "big")
-                at = bisect_left(ints, old, lo, hi)
-                if not (at < hi and ints[at] == old):
-                    extra, count = (old, int.from_bytes(record[33:41], "big")), count + 1
-            elif record[:1] == b"N" and len(record) == _INDEX_INNER:
-                inner = True
-            else:
-                raise _index_damaged()
-        if not inner and count == 1:
-            key, value = (ints[lo], values[lo]) if extra is None else extra
-            raw = key.to_bytes(32, "big")
-            writes.append((where, b"L" + raw + _u64(value)))
-            return _index_leaf_hash(raw, value)
-        if depth >= _INDEX_MAX_DEPTH:
-            from ..errors import StoreCorruptError
+    def where(depth: int, prefix: int) -> bytes:
+        return _INDEX_NODE + depth.to_bytes(2, "big") + prefix.to_bytes(32, "big")
 
-            raise StoreCorruptError("two subjects share a 256-bit key in the subject index")
+    def build(depth: int, prefix: int, entries: list[tuple[int, int]]) -> bytes:
+        """Store ``entries`` (sorted, at least one) as the subtree at ``depth``: one bucket, or an inner node."""
+        if len(entries) <= _INDEX_BUCKET:
+            writes.append((where(depth, prefix), _index_record(entries)))
+            return _index_sparse(depth, entries)
         shift = 255 - depth
         right_prefix = prefix | 1 << shift
-        mid = bisect_left(ints, right_prefix, lo, hi)
-        goes_right = extra is not None and extra[0] >> shift & 1
-        left_extra, right_extra = (None, extra) if goes_right else (extra, None)
-        left = go(depth + 1, prefix, lo, mid, left_extra, inner) if lo < mid or left_extra else \
-            (bytes(record[1:33]) if inner else bytes(HASH_SIZE))
-        right = go(depth + 1, right_prefix, mid, hi, right_extra, inner) if mid < hi or right_extra else \
-            (bytes(record[33:65]) if inner else bytes(HASH_SIZE))
-        writes.append((where, b"N" + left + right))
+        mid = bisect_left(entries, (right_prefix, -1))
+        left = build(depth + 1, prefix, entries[:mid]) if mid else bytes(HASH_SIZE)
+        right = build(depth + 1, right_prefix, entries[mid:]) if mid < len(entries) else bytes(HASH_SIZE)
+        writes.append((where(depth, prefix), b"N" + left + right))
         return _node(left, right)
 
-    root = go(0, 0, 0, len(ints), None, True)
+    def go(depth: int, prefix: int, lo: int, hi: int) -> bytes:
+        """The new hash of the stored subtree at ``depth`` with the changes items[lo:hi] under it."""
+        record = overlay.get(where(depth, prefix)) if overlay is not None else None
+        if record is None:
+            record = get(where(depth, prefix))
+        if record is not None and record[:1] == b"N" and len(record) == _INDEX_INNER:
+            if lo == hi:
+                return _node(bytes(record[1:33]), bytes(record[33:65]))
+            right_prefix = prefix | 1 << (255 - depth)
+            mid = bisect_left(ints, right_prefix, lo, hi)
+            left = go(depth + 1, prefix, lo, mid) if lo < mid else bytes(record[1:33])
+            right = go(depth + 1, right_prefix, mid, hi) if mid < hi else bytes(record[33:65])
+            writes.append((where(depth, prefix), b"N" + left + right))
+            return _node(left, right)
+        merged = dict(_index_bucket(record, depth, prefix)) if record is not None else {}
+        if lo == hi:
+            return _index_sparse(depth, sorted(merged.items()))
+        merged.update(items[lo:hi])
+        return build(depth, prefix, sorted(merged.items()))
+
+    root = go(0, 0, 0, len(ints))
     writes.sort()
     return root, writes
 

@@ -1056,11 +1056,11 @@ class Engine(State):
                 _, found, status, indices = self._story(txn, key_or_serial, signed.time)
                 if indices and indices[-1] >= size:
                     continue  # another process changed this key after the checkpoint: sign again
-                if (self.log.index.state(txn) or (0, b""))[0] != size:
-                    continue  # (the index and the checkpoint are brought up to date together)
+                if (self.log.index.state(txn) or (size + 1, b""))[0] > size:
+                    continue  # (the index is stored at or before a checkpoint; its root there is computed from it)
                 events = [(i, self.log.leaf(txn, i), self.log.inclusion(txn, i, size)) for i in indices]
                 serial, batch = found.serial, found.batch
-                index_proofs = [encode_proof(subject, *self.log.index.proof(txn, subject))
+                index_proofs = [encode_proof(subject, *self.log.index.proof(txn, subject, size))
                                 for subject in (LEVEL_KEY + u64(serial), LEVEL_BATCH + u64(batch.key),
                                                 LEVEL_SUPPLIER + batch.supplier.encode())]
                 return bundle.build(**commitment_proof(txn, self.pepper, found.batch, found.serial,
