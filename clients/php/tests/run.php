@@ -346,6 +346,9 @@ test('redeem: accepted, the same order again accepted, another order redeemed', 
     same(null, $first->receipt, 'no receipt unless asked');
     $signed = $kv->redeem($keys[2], "$run-A", null, true);
     check(str_starts_with((string) $signed->receipt, 'KVR1.'), 'an accepted redeem that asked carries its receipt');
+    same($signed->receipt, $kv->receipt($serials[2]), 'receipt(serial) is the receipt the redeem carried');
+    $missing = throws(ProblemException::class, fn () => $kv->receipt($serials[13]));
+    same('urn:keyvault:problem:not-found', $missing->type, 'no receipt for a key nobody redeemed');
 });
 
 test('redeemMany: one answer per item in order, one bad key failing nothing else', function () use ($client, $keys, $serials, $run) {
