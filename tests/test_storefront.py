@@ -157,7 +157,7 @@ def _go_env(root: Path) -> dict[str, str]:
     return env
 
 
-FIELDS = ("serial", "order_id", "uses_left", "expires_at", "redeemed_at", "receipt")
+FIELDS = ("serial", "order_id", "uses_left", "expires_at", "redeemed_at", "voided_at", "receipt")
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
@@ -433,8 +433,8 @@ def _agrees(line: dict[str, Any], order: dict[str, Any] | None) -> None:
         assert entry["state"] == "released", (line, order)
     elif status == "held" and line["step"] == "race":
         assert entry["held_at"] is not None
-    elif status == "void":
-        assert entry["state"] != "redeemed", (line, order)
+    elif status == "void":  # voided while this order held it: the order says so, with the void's time
+        assert entry["state"] == "void" and entry["voided_at"] == line["voided_at"], (line, order)
 
 
 def _walk_through() -> tuple[str, str]:
@@ -499,3 +499,67 @@ def test_the_walk_through_runs(tmp_path: Path, toolchains: None) -> None:
         assert lines[7:] == ["urn:keyvault:problem:not-found"], lines
     finally:
         server.kill()
+
+
+# -- what the storefront found, pinned without the PHP and Go toolchains ----------------------------------------
+
+
+def test_an_order_says_when_its_held_key_was_voided(tmp_path: Path, platform: Vault, supplier: Identity,
+                                                   supplier_store: Vault) -> None:
+    """A key voided while an order held it is `void` in the order (with the void's time), not `held` then
+    `expired`: the order's confirm is refused `void`. A void after the hold ended leaves it `expired`."""
+    batch = issue(supplier_store, supplier, tmp_path / "files", count=3)
+    platform.import_manifest(batch.manifest)
+    assert platform.hold(batch.keys[0], "SO-V", ttl=1.5).status.value == "held"
+    voided = platform.void(batch.serials[0], "chargeback")
+    entry = platform.order("SO-V").keys[0]
+    assert (entry.state, entry.voided_at) == ("void", voided.voided_at)
+    assert [r.status.value for r in platform.confirm("SO-V")] == ["void"]
+    time.sleep(1.6)  # the hold's end passes: still void, not expired
+    assert (platform.order("SO-V").keys[0].state, platform.order("SO-V").keys[0].voided_at) == ("void",
+                                                                                             voided.voided_at)
+    assert platform.hold(batch.keys[1], "SO-E", ttl=1).status.value == "held"
+    time.sleep(1.1)
+    assert platform.void(batch.serials[1], "too late").status.value == "void"
+    assert (platform.order("SO-E").keys[0].state, platform.order("SO-E").keys[0].voided_at) == ("expired", None)
+    assert platform.hold(batch.keys[2], "SO-R", ttl=60).status.value == "held"
+    assert [r.status.value for r in platform.confirm("SO-R")] == ["accepted"]
+    assert platform.void(batch.serials[2], "refund").status.value == "redeemed"
+    assert platform.order("SO-R").keys[0].state == "redeemed"
+    assert "voided_at" not in platform.order("SO-R").to_dict()["keys"][0]
+
+
+def test_a_count_limited_use_asking_for_a_receipt_is_accepted(tmp_path: Path) -> None:
+    """Over HTTP, a count-limited key's uses before its last, asked for a receipt, are answered accepted without
+    one (they are not redeems), never a 404 after the use was spent, nor the last use's receipt; the last use
+    gets its own."""
+    supplier = Identity.generate("Acme Games")
+    with Vault.init(tmp_path / "supplier") as made:
+        passes = issue(made, supplier, tmp_path / "files", count=1, product="PASS-3", uses=3)
+    store = tmp_path / "store"
+    with Vault.init(store) as platform:
+        platform.trust(supplier.public)
+        platform.import_manifest(passes.manifest)
+    token = make_token(store, "shop", "redeem")
+    server = Server(store, tmp_path / "server.log").start()
+    try:
+        def redeem(order: str) -> dict[str, Any]:
+            reply = server.request("POST", "/v1/redeem", {"key": passes.keys[0], "order_id": order, "receipt": True},
+                                   token=token)
+            assert reply.status == 200, reply.body
+            return dict(reply.json())
+
+        first, second, last = redeem("SO-1"), redeem("SO-2"), redeem("SO-3")
+        assert [(a["status"], a["uses_left"], "receipt" in a) for a in (first, second, last)] == [
+            ("accepted", 2, False), ("accepted", 1, False), ("accepted", 0, True)]
+        again = redeem("SO-1")
+        assert (again["status"], again["uses_left"], "receipt" in again) == ("accepted", 2, False)
+        assert redeem("SO-4")["status"] == "exhausted"
+        assert redeem("SO-3")["receipt"] == last["receipt"]
+    finally:
+        server.kill()
+    engine = tmp_path / "engine.pub"
+    engine.write_text(cli(store, "identity", "show", "--public").stdout)
+    checked = subprocess.run([KEYVAULT, "verify-receipt", last["receipt"], "--engine", str(engine), "--json"],
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["order_id"] == "SO-3", checked

@@ -93,10 +93,11 @@ const (
 	OrderRedeemed OrderState = "redeemed" // confirmed (or used, for a count-limited key) at RedeemedAt
 	OrderReleased OrderState = "released" // the order gave its hold up at ReleasedAt
 	OrderExpired  OrderState = "expired"  // the hold ended at ExpiredAt without a confirm
+	OrderVoid     OrderState = "void"     // the key was voided at VoidedAt while the order held it: never confirmed
 )
 
 // AllOrderStates lists every state of a key of an order.
-var AllOrderStates = []OrderState{OrderHeld, OrderRedeemed, OrderReleased, OrderExpired}
+var AllOrderStates = []OrderState{OrderHeld, OrderRedeemed, OrderReleased, OrderExpired, OrderVoid}
 
 // Order is what an order holds or held (GET /v1/orders/{order_id}): its keys, by serial, and its events.
 type Order struct {
@@ -128,6 +129,7 @@ type OrderKey struct {
 	ReleasedAt string     `json:"released_at"`
 	ExpiredAt  string     `json:"expired_at"`
 	UsesLeft   *int       `json:"uses_left"` // a count-limited key: the uses left after this order's use; else nil
+	VoidedAt   string     `json:"voided_at"` // OrderVoid: when the key was voided
 }
 
 // OrderEvent is one checkout event of an order, as the store's signed event log holds it.

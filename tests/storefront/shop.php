@@ -28,7 +28,8 @@ function told(string $step, string $op, string $orderId, Result|string $answer, 
     if ($answer instanceof Result) {
         $line += ['status' => $answer->status, 'serial' => $answer->serial, 'order_id' => $answer->orderId,
                   'uses_left' => $answer->usesLeft, 'expires_at' => $answer->expiresAt,
-                  'redeemed_at' => $answer->redeemedAt, 'receipt' => $receipt ?? $answer->receipt,
+                  'redeemed_at' => $answer->redeemedAt, 'voided_at' => $answer->voidedAt,
+                  'receipt' => $receipt ?? $answer->receipt,
                   'has_uses_left' => $answer->usesLeft !== null];
     } else {
         $line['status'] = $answer; // a problem's short name (not-found, ...)

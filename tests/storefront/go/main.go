@@ -34,6 +34,7 @@ type line struct {
 	HasUsesLeft bool   `json:"has_uses_left"`
 	ExpiresAt   string `json:"expires_at,omitempty"`
 	RedeemedAt  string `json:"redeemed_at,omitempty"`
+	VoidedAt    string `json:"voided_at,omitempty"`
 	Receipt     string `json:"receipt,omitempty"`
 }
 
@@ -49,7 +50,7 @@ func (b *buyer) order(what string) string { return b.run + "-" + b.name + "-" + 
 func (b *buyer) told(step, op, order string, r keyvault.Result) keyvault.Result {
 	l := line{Buyer: b.name, Step: step, Op: op, Order: order, Status: string(r.Status), Serial: r.Serial,
 		OrderID: r.OrderID, UsesLeft: r.UsesLeft, HasUsesLeft: r.UsesLeft != nil, ExpiresAt: r.ExpiresAt,
-		RedeemedAt: r.RedeemedAt, Receipt: r.Receipt}
+		RedeemedAt: r.RedeemedAt, VoidedAt: r.VoidedAt, Receipt: r.Receipt}
 	b.print(l)
 	return r
 }
