@@ -1,7 +1,7 @@
 <?php
 // A storefront's webhook receiver for `php -S HOST:PORT receiver.php`, verifying Standard Webhooks signatures
 // with its own code, written from the specification (https://www.standardwebhooks.com): no keyvault code.
-// It fails as the plan file says, one line per request (`500`, `slow`: answers 200 after the sender gave up),
+// It fails as the plan file says, one line per request (`500`, `slow`: answers 204 after the sender gave up),
 // then answers 204. Every request is appended to $SF_HOOK_LOG as one JSON line: id, body, verified, answer.
 declare(strict_types=1);
 
@@ -51,9 +51,10 @@ fclose($handle);
 $body = file_get_contents('php://input');
 [$id, $why] = verify(getenv('SF_HOOK_SECRET'), getallheaders(), $body);
 $answer = $id === null ? 401 : ($action === '500' ? 500 : 204);
+// Logged on arrival: a receiver stopped while it is slow has still received the request.
+file_put_contents(getenv('SF_HOOK_LOG'), json_encode(['id' => $id, 'body' => $body, 'verified' => $id !== null,
+    'why' => $why, 'answer' => $answer, 'action' => $action], JSON_UNESCAPED_SLASHES) . "\n", FILE_APPEND | LOCK_EX);
 if ($action === 'slow') {
     sleep((int) getenv('SF_HOOK_SLOW'));
 }
-file_put_contents(getenv('SF_HOOK_LOG'), json_encode(['id' => $id, 'body' => $body, 'verified' => $id !== null,
-    'why' => $why, 'answer' => $answer, 'action' => $action], JSON_UNESCAPED_SLASHES) . "\n", FILE_APPEND | LOCK_EX);
 http_response_code($answer);
