@@ -5,6 +5,8 @@ package keyvault
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ type env struct {
 	run                    string
 	limited, limitedSerial string // a count-limited key (limitedUses orders may each redeem it once)
 	limitedUses            string
+	engine                 string // the store's engine.pub (its path)
 }
 
 func served(t *testing.T) env {
@@ -46,7 +49,7 @@ func served(t *testing.T) env {
 		unkown:  strings.Split(os.Getenv("KEYVAULT_TEST_UNKNOWN"), ","),
 		run:     fmt.Sprintf("go-%d", time.Now().UnixNano()),
 		limited: os.Getenv("KEYVAULT_TEST_LIMITED"), limitedSerial: os.Getenv("KEYVAULT_TEST_LIMITED_SERIAL"),
-		limitedUses: os.Getenv("KEYVAULT_TEST_LIMITED_USES"),
+		limitedUses: os.Getenv("KEYVAULT_TEST_LIMITED_USES"), engine: os.Getenv("KEYVAULT_TEST_ENGINE"),
 	}
 }
 
@@ -477,6 +480,34 @@ func TestRedeemRetrySameOrderAndOtherOrder(t *testing.T) {
 	}
 	if later := must(kv.Receipt(ctx, e.serials[2])); later != signed.Receipt {
 		t.Fatalf("Receipt(serial) %q is not the receipt the redeem carried, %q", later, signed.Receipt)
+	}
+	file, err := os.ReadFile(e.engine)
+	if err != nil {
+		t.Fatalf("the harness passes the store's engine.pub: %v", err)
+	}
+	engine := must(ReadEngineKey(file))
+	got := must(VerifyReceipt(signed.Receipt, engine))
+	if got.Serial != e.serials[2] || got.Batch != signed.Batch || got.OrderID != e.run+"-A" ||
+		got.RedeemedAt != first.RedeemedAt || got.SupplierID != signed.Supplier || got.SupplierName != signed.SupplierName {
+		t.Fatalf("VerifyReceipt says %+v of the redeem %+v", got, first)
+	}
+	var refused *ReceiptError
+	body := strings.TrimPrefix(signed.Receipt, "KVR1.")
+	swap := map[bool]string{true: "B", false: "A"}[body[20] == 'A']
+	flipped := "KVR1." + body[:20] + swap + body[21:]
+	for name, damaged := range map[string]string{"altered": flipped, "cut short": signed.Receipt[:60],
+		"not a receipt": "KVR2." + body, "padded": signed.Receipt + "="} {
+		if _, err := VerifyReceipt(damaged, engine); !errors.As(err, &refused) {
+			t.Fatalf("a receipt %s was not refused: %v", name, err)
+		}
+	}
+	stranger, _, _ := ed25519.GenerateKey(nil)
+	if _, err := VerifyReceipt(signed.Receipt, stranger); !errors.As(err, &refused) {
+		t.Fatalf("a receipt checked against another key was not refused: %v", err)
+	}
+	if _, err := ReadEngineKey([]byte(`{"kind": "keyvault-public-identity", "version": 1, "public_key": "` +
+		base64.StdEncoding.EncodeToString(stranger) + `", "roles": ["supplier"]}`)); !errors.As(err, &refused) {
+		t.Fatalf("a supplier's identity was taken for an engine key: %v", err)
 	}
 	var problem *ProblemError
 	if _, err := kv.Receipt(ctx, e.serials[15]); !errors.As(err, &problem) || problem.Name() != "not-found" {

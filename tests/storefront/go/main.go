@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,10 @@ type line struct {
 	RedeemedAt  string `json:"redeemed_at,omitempty"`
 	VoidedAt    string `json:"voided_at,omitempty"`
 	Receipt     string `json:"receipt,omitempty"`
+	// What the receipt says, checked offline by the Go client against the store's engine key.
+	ReceiptSerial string `json:"receipt_serial,omitempty"`
+	ReceiptOrder  string `json:"receipt_order,omitempty"`
+	ReceiptAt     string `json:"receipt_at,omitempty"`
 }
 
 type buyer struct {
@@ -43,6 +48,7 @@ type buyer struct {
 	kv, admin       *keyvault.Client
 	own, contested  []string
 	limited, shared string
+	engine          ed25519.PublicKey
 }
 
 func (b *buyer) order(what string) string { return b.run + "-" + b.name + "-" + what }
@@ -51,6 +57,10 @@ func (b *buyer) told(step, op, order string, r keyvault.Result) keyvault.Result 
 	l := line{Buyer: b.name, Step: step, Op: op, Order: order, Status: string(r.Status), Serial: r.Serial,
 		OrderID: r.OrderID, UsesLeft: r.UsesLeft, HasUsesLeft: r.UsesLeft != nil, ExpiresAt: r.ExpiresAt,
 		RedeemedAt: r.RedeemedAt, VoidedAt: r.VoidedAt, Receipt: r.Receipt}
+	if r.Receipt != "" {
+		checked := must(keyvault.VerifyReceipt(r.Receipt, b.engine))
+		l.ReceiptSerial, l.ReceiptOrder, l.ReceiptAt = checked.Serial, checked.OrderID, checked.RedeemedAt
+	}
 	b.print(l)
 	return r
 }
@@ -202,13 +212,15 @@ func main() {
 	}
 	kv := must(keyvault.New(env("SF_URL"), env("SF_TOKEN"), keyvault.WithTimeout(30*time.Second)))
 	admin := must(keyvault.New(env("SF_URL"), env("SF_ADMIN"), keyvault.WithTimeout(30*time.Second)))
+	engine := must(keyvault.ReadEngineKey(must(os.ReadFile(env("SF_ENGINE")))))
 	names := strings.Split(env("SF_BUYERS"), ",")
 	owns, limited := strings.Split(env("SF_OWN"), ";"), strings.Split(env("SF_LIMITED_OWN"), ",")
 	var wg sync.WaitGroup
 	failed := make(chan string, len(names))
 	for i, name := range names {
 		b := &buyer{name: name, run: env("SF_RUN"), kv: kv, admin: admin, own: strings.Split(owns[i], ","),
-			contested: strings.Split(env("SF_CONTESTED"), ","), limited: limited[i], shared: env("SF_LIMITED_SHARED")}
+			contested: strings.Split(env("SF_CONTESTED"), ","), limited: limited[i], shared: env("SF_LIMITED_SHARED"),
+			engine: engine}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -223,8 +235,10 @@ func main() {
 	}
 	wg.Wait()
 	close(failed)
+	code := 0
 	for f := range failed {
 		fmt.Fprintln(os.Stderr, f)
-		defer os.Exit(1)
+		code = 1
 	}
+	os.Exit(code)
 }
