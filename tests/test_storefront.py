@@ -539,6 +539,9 @@ def test_an_order_says_when_its_held_key_was_voided(tmp_path: Path, platform: Va
     entry = platform.order("SO-V").keys[0]
     assert (entry.state, entry.voided_at) == ("void", voided.voided_at)
     assert [r.status.value for r in platform.confirm("SO-V")] == ["void"]
+    shown = cli(Path(platform.path), "trace", "--order", "SO-V")
+    assert shown.returncode == 0 and f"{batch.serials[0]}  void  " in shown.stdout, shown.stdout + shown.stderr
+    assert f"voided {voided.voided_at}" in shown.stdout, shown.stdout
     time.sleep(1.6)  # the hold's end passes: still void, not expired
     assert (platform.order("SO-V").keys[0].state, platform.order("SO-V").keys[0].voided_at) == ("void",
                                                                                              voided.voided_at)
