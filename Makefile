@@ -47,13 +47,14 @@ bench: install
 test-authority: install
 	KEYVAULT_REQUIRE_POSTGRES=1 $(BIN)/pytest tests/authority -p no:cacheprovider -rA -q
 
-# The PHP and Go clients (clients/) against a real `keyvault serve` started by tests/test_clients.py.
+# The PHP and Go clients (clients/) against a real `keyvault serve` started by tests/test_clients.py, and the
+# storefront end to end (tests/test_storefront.py: PHP and Go buyers, PHP and Python webhook receivers).
 # Needs php (with curl) and go (apt-get install php-cli php-curl golang-go); missing ones fail here
 # (KEYVAULT_REQUIRE_CLIENTS=0 skips them instead, as `make test` does).
 KEYVAULT_REQUIRE_CLIENTS ?= 1
 .PHONY: test-clients
 test-clients: install
-	KEYVAULT_REQUIRE_CLIENTS=$(KEYVAULT_REQUIRE_CLIENTS) $(BIN)/pytest tests/test_clients.py -p no:cacheprovider -rA -q
+	KEYVAULT_REQUIRE_CLIENTS=$(KEYVAULT_REQUIRE_CLIENTS) $(BIN)/pytest tests/test_clients.py tests/test_storefront.py -p no:cacheprovider -rA -q
 
 # The heavy forms of the reliability tests (docs/reliability.md): SIGKILL crash loops and the
 # 32-caller race at KEYVAULT_CRASH_ITERATIONS (250 here; the normal suite runs 25), with their

@@ -103,7 +103,8 @@ def render_order(doc: dict[str, Any]) -> str:
     lines = [f"order {doc['order_id']}: {len(doc['keys'])} key(s)"]
     for k in doc["keys"]:
         times = [f"{name.removesuffix('_at')} {k[name]}" for name in ("held_at", "expires_at", "redeemed_at",
-                                                                      "released_at", "expired_at") if k.get(name)]
+                                                                      "released_at", "expired_at", "voided_at")
+                 if k.get(name)]
         lines.append(f"  {k['serial']}  {k['state']}  " + ", ".join(times))
     lines.append("  history (each event is in the store's signed, hash-chained log)")
     for e in doc["events"]:

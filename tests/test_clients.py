@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import issue
-from service_support import Server, make_token
+from service_support import Server, cli, make_token
 
 from keyvault import Identity, Vault
 from keyvault.errors import WebhookError
@@ -90,6 +90,7 @@ class Served:
             "KEYVAULT_TEST_LIMITED": self.limited[suite],
             "KEYVAULT_TEST_LIMITED_SERIAL": self.limited_serials[suite],
             "KEYVAULT_TEST_LIMITED_USES": str(LIMITED_USES),
+            "KEYVAULT_TEST_ENGINE": str(self.root / "engine.pub"),
         })
         return env
 
@@ -108,6 +109,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         platform.import_manifest(first.manifest)
         platform.import_manifest(limited.manifest)
     tokens = {scope: make_token(store, f"{scope}-client", scope) for scope in ("verify", "redeem", "admin")}
+    shown = cli(store, "identity", "show", "--public")  # the store's engine.pub: receipts are checked against it
+    assert shown.returncode == 0, shown.stderr
+    (root / "engine.pub").write_text(shown.stdout)
     server = Server(store, root / "server.log").start()
     try:
         yield Served(server, tokens, first.keys, first.serials, spare.keys, limited.keys, limited.serials, root,

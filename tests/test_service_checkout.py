@@ -170,4 +170,5 @@ def test_order_lookup_of_plain_redeems_is_typed(shop: Shop) -> None:
                   "/v1/receipts/{serial}": {"$ref": "#/components/schemas/ReceiptAnswer"}}
     schemas = doc["components"]["schemas"]
     assert set(schemas["OrderAnswer"]["required"]) == {"order_id", "keys", "events"}
-    assert set(schemas["OrderKey"]["properties"]["state"]["enum"]) == {"held", "redeemed", "released", "expired"}
+    assert set(schemas["OrderKey"]["properties"]["state"]["enum"]) == {"held", "redeemed", "released", "expired",
+                                                                         "void"}

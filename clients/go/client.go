@@ -39,6 +39,7 @@ var routes = map[string]route{
 	"order":      {"GET", "/v1/orders/{order_id}", ""},
 	"stats":      {"GET", "/v1/stats", ""},
 	"trace":      {"GET", "/v1/trace/{serial}", ""},
+	"receipt":    {"GET", "/v1/receipts/{serial}", ""},
 	"openapi":    {"GET", "/v1/openapi.json", ""},
 }
 
@@ -272,6 +273,23 @@ func (c *Client) Trace(ctx context.Context, serial string, bundle bool) (map[str
 	var doc map[string]any
 	_, err := c.send(ctx, "GET", path, nil, &doc)
 	return doc, err
+}
+
+// Receipt is the engine-signed receipt (KVR1.…) of the redeem of the key with this public serial, the same text on
+// every call: `keyvault verify-receipt` checks it offline. A key not redeemed here is a *ProblemError not-found.
+// Needs a redeem token.
+func (c *Client) Receipt(ctx context.Context, serial string) (string, error) {
+	var answer struct {
+		Serial  string `json:"serial"`
+		Receipt string `json:"receipt"`
+	}
+	path := strings.Replace(routes["receipt"].path, "{serial}", url.PathEscape(serial), 1)
+	rid, err := c.send(ctx, "GET", path, nil, &answer)
+	if err == nil && (answer.Receipt == "" || answer.Serial != serial) {
+		err = &TransportError{Op: "GET " + routes["receipt"].path, StatusCode: 200, RequestID: rid,
+			Err: errors.New("the answer is not a receipt of that serial")}
+	}
+	return answer.Receipt, err
 }
 
 // Stats returns counts per supplier and batch. Needs an admin token.

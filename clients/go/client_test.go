@@ -5,6 +5,8 @@ package keyvault
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ type env struct {
 	run                    string
 	limited, limitedSerial string // a count-limited key (limitedUses orders may each redeem it once)
 	limitedUses            string
+	engine                 string // the store's engine.pub (its path)
 }
 
 func served(t *testing.T) env {
@@ -46,7 +49,7 @@ func served(t *testing.T) env {
 		unkown:  strings.Split(os.Getenv("KEYVAULT_TEST_UNKNOWN"), ","),
 		run:     fmt.Sprintf("go-%d", time.Now().UnixNano()),
 		limited: os.Getenv("KEYVAULT_TEST_LIMITED"), limitedSerial: os.Getenv("KEYVAULT_TEST_LIMITED_SERIAL"),
-		limitedUses: os.Getenv("KEYVAULT_TEST_LIMITED_USES"),
+		limitedUses: os.Getenv("KEYVAULT_TEST_LIMITED_USES"), engine: os.Getenv("KEYVAULT_TEST_ENGINE"),
 	}
 }
 
@@ -279,7 +282,11 @@ func jsonFields(v any) map[string]reflect.Kind {
 	for i := 0; i < ty.NumField(); i++ {
 		name := strings.Split(ty.Field(i).Tag.Get("json"), ",")[0]
 		if name != "-" {
-			out[name] = ty.Field(i).Type.Kind()
+			field := ty.Field(i).Type
+			if field.Kind() == reflect.Pointer { // *int: an integer the answer may leave out
+				field = field.Elem()
+			}
+			out[name] = field.Kind()
 		}
 	}
 	return out
@@ -470,6 +477,41 @@ func TestRedeemRetrySameOrderAndOtherOrder(t *testing.T) {
 	wantStatus(t, signed, StatusAccepted)
 	if !strings.HasPrefix(signed.Receipt, "KVR1.") {
 		t.Fatalf("RedeemWithReceipt: no receipt in %+v", signed)
+	}
+	if later := must(kv.Receipt(ctx, e.serials[2])); later != signed.Receipt {
+		t.Fatalf("Receipt(serial) %q is not the receipt the redeem carried, %q", later, signed.Receipt)
+	}
+	file, err := os.ReadFile(e.engine)
+	if err != nil {
+		t.Fatalf("the harness passes the store's engine.pub: %v", err)
+	}
+	engine := must(ReadEngineKey(file))
+	got := must(VerifyReceipt(signed.Receipt, engine))
+	if got.Serial != e.serials[2] || got.Batch != signed.Batch || got.OrderID != e.run+"-A" ||
+		got.RedeemedAt != first.RedeemedAt || got.SupplierID != signed.Supplier || got.SupplierName != signed.SupplierName {
+		t.Fatalf("VerifyReceipt says %+v of the redeem %+v", got, first)
+	}
+	var refused *ReceiptError
+	body := strings.TrimPrefix(signed.Receipt, "KVR1.")
+	swap := map[bool]string{true: "B", false: "A"}[body[20] == 'A']
+	flipped := "KVR1." + body[:20] + swap + body[21:]
+	for name, damaged := range map[string]string{"altered": flipped, "cut short": signed.Receipt[:60],
+		"not a receipt": "KVR2." + body, "padded": signed.Receipt + "="} {
+		if _, err := VerifyReceipt(damaged, engine); !errors.As(err, &refused) {
+			t.Fatalf("a receipt %s was not refused: %v", name, err)
+		}
+	}
+	stranger, _, _ := ed25519.GenerateKey(nil)
+	if _, err := VerifyReceipt(signed.Receipt, stranger); !errors.As(err, &refused) {
+		t.Fatalf("a receipt checked against another key was not refused: %v", err)
+	}
+	if _, err := ReadEngineKey([]byte(`{"kind": "keyvault-public-identity", "version": 1, "public_key": "` +
+		base64.StdEncoding.EncodeToString(stranger) + `", "roles": ["supplier"]}`)); !errors.As(err, &refused) {
+		t.Fatalf("a supplier's identity was taken for an engine key: %v", err)
+	}
+	var problem *ProblemError
+	if _, err := kv.Receipt(ctx, e.serials[15]); !errors.As(err, &problem) || problem.Name() != "not-found" {
+		t.Fatalf("the receipt of a key nobody redeemed: %v, want a not-found problem", err)
 	}
 }
 
@@ -724,29 +766,44 @@ func TestCountLimitedKey(t *testing.T) {
 		t.Fatalf("the harness passes one 3-use key, got %q uses", e.limitedUses)
 	}
 	first := must(kv.Redeem(ctx, e.limited, e.run+"-L1", ""))
-	if first.Status != StatusAccepted || first.Serial != e.limitedSerial || first.UsesLeft != 2 {
+	if first.Status != StatusAccepted || first.Serial != e.limitedSerial || uses(first.UsesLeft) != 2 {
 		t.Fatalf("the first use: %+v", first)
 	}
-	if again := must(kv.Redeem(ctx, e.limited, e.run+"-L1", "")); again.Status != StatusAccepted || again.UsesLeft != 2 {
+	if again := must(kv.Redeem(ctx, e.limited, e.run+"-L1", "")); again.Status != StatusAccepted || uses(again.UsesLeft) != 2 {
 		t.Fatalf("a retry answered otherwise: %+v", again)
 	}
 	wantStatus(t, must(kv.Hold(ctx, e.limited, e.run+"-L2", 10*time.Minute, "")), StatusHeld)
-	if second := must(kv.Redeem(ctx, e.limited, e.run+"-L3", "")); second.Status != StatusAccepted || second.UsesLeft != 1 {
+	if second := must(kv.Redeem(ctx, e.limited, e.run+"-L3", "")); second.Status != StatusAccepted || uses(second.UsesLeft) != 1 {
 		t.Fatalf("the second use: %+v", second)
 	}
 	wantStatus(t, must(kv.Redeem(ctx, e.limited, e.run+"-L4", "")), StatusHeld) // the last use is held
 	confirmed := must(kv.Confirm(ctx, e.run+"-L2"))
-	if wantStatuses(t, confirmed, StatusAccepted); confirmed[0].UsesLeft != 0 {
+	if wantStatuses(t, confirmed, StatusAccepted); uses(confirmed[0].UsesLeft) != 0 {
 		t.Fatalf("the held use confirmed: %+v", confirmed[0])
 	}
-	wantStatus(t, must(kv.Redeem(ctx, e.limited, e.run+"-L4", "")), StatusExhausted)
-	wantStatus(t, must(e.client(t, "verify").Verify(ctx, e.limited, "")), StatusExhausted)
+	for _, refused := range []Result{must(kv.Redeem(ctx, e.limited, e.run+"-L4", "")),
+		must(e.client(t, "verify").Verify(ctx, e.limited, ""))} {
+		if refused.Status != StatusExhausted || uses(refused.UsesLeft) != 0 {
+			t.Fatalf("an exhausted key answered otherwise, or without its uses left (0): %+v", refused)
+		}
+	}
+	if single := must(e.client(t, "verify").Verify(ctx, e.keys[13], "")); single.UsesLeft != nil {
+		t.Fatalf("a single-use key answered uses left: %+v", single)
+	}
 	lookup := must(kv.Order(ctx, e.run+"-L3"))
 	entry, ok := lookup.Key(e.limitedSerial)
-	if !ok || entry.State != OrderRedeemed || entry.UsesLeft != 1 || entry.HeldAt != "" || len(lookup.Events) != 1 ||
-		lookup.Events[0].Type != "use" || lookup.Events[0].UsesLeft != 1 {
+	if !ok || entry.State != OrderRedeemed || uses(entry.UsesLeft) != 1 || entry.HeldAt != "" || len(lookup.Events) != 1 ||
+		lookup.Events[0].Type != "use" || uses(lookup.Events[0].UsesLeft) != 1 {
 		t.Fatalf("the order of a use: %+v", lookup)
 	}
+}
+
+// uses is a count-limited answer's uses left, -1 when the answer carries none.
+func uses(left *int) int {
+	if left == nil {
+		return -1
+	}
+	return *left
 }
 
 func TestOrderMapsEveryAnsweredField(t *testing.T) {
@@ -781,7 +838,7 @@ func TestOrderMapsEveryAnsweredField(t *testing.T) {
 			}
 		}
 		for f := range keyFields {
-			if _, ok := obj(k)[f]; !ok && f != "uses_left" {
+			if _, ok := obj(k)[f]; !ok && f != "uses_left" && f != "voided_at" {
 				t.Fatalf("OrderKey maps %q, which the service does not answer", f)
 			}
 		}

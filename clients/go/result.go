@@ -60,7 +60,7 @@ type Result struct {
 	Level        string `json:"level"`
 	Group        int    `json:"group"`
 	Message      string `json:"message"`
-	UsesLeft     int    `json:"uses_left"`  // count-limited keys: uses not yet spent (0 also when not count-limited)
+	UsesLeft     *int   `json:"uses_left"`  // count-limited keys: uses not yet spent; nil for a single-use key
 	ExpiresAt    string `json:"expires_at"` // a hold's end
 	Receipt      string `json:"receipt"`    // RedeemWithReceipt, when accepted: the engine-signed receipt (KVR1.…)
 	// RequestID is the service's id of the request that answered (its X-Request-Id), not part of the answer.
@@ -93,10 +93,11 @@ const (
 	OrderRedeemed OrderState = "redeemed" // confirmed (or used, for a count-limited key) at RedeemedAt
 	OrderReleased OrderState = "released" // the order gave its hold up at ReleasedAt
 	OrderExpired  OrderState = "expired"  // the hold ended at ExpiredAt without a confirm
+	OrderVoid     OrderState = "void"     // the key was voided at VoidedAt while the order held it: never confirmed
 )
 
 // AllOrderStates lists every state of a key of an order.
-var AllOrderStates = []OrderState{OrderHeld, OrderRedeemed, OrderReleased, OrderExpired}
+var AllOrderStates = []OrderState{OrderHeld, OrderRedeemed, OrderReleased, OrderExpired, OrderVoid}
 
 // Order is what an order holds or held (GET /v1/orders/{order_id}): its keys, by serial, and its events.
 type Order struct {
@@ -127,7 +128,8 @@ type OrderKey struct {
 	RedeemedAt string     `json:"redeemed_at"`
 	ReleasedAt string     `json:"released_at"`
 	ExpiredAt  string     `json:"expired_at"`
-	UsesLeft   int        `json:"uses_left"` // a count-limited key: the uses left after this order's use
+	UsesLeft   *int       `json:"uses_left"` // a count-limited key: the uses left after this order's use; else nil
+	VoidedAt   string     `json:"voided_at"` // OrderVoid: when the key was voided
 }
 
 // OrderEvent is one checkout event of an order, as the store's signed event log holds it.
@@ -138,5 +140,5 @@ type OrderEvent struct {
 	Serial    string `json:"serial"`
 	OrderID   string `json:"order_id"`
 	ExpiresAt string `json:"expires_at"` // a hold's end (hold and expire events)
-	UsesLeft  int    `json:"uses_left"`  // a count-limited key's uses left after this use (use events)
+	UsesLeft  *int   `json:"uses_left"`  // a count-limited key's uses left after this use (use events); else nil
 }

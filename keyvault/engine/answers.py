@@ -276,13 +276,14 @@ class OrderKey(Answer, frozen=True, kw_only=True, omit_defaults=True):
     """One key (by serial) an order holds or held, with its state and times."""
 
     serial: str
-    state: str | None  # held | redeemed | released | expired
+    state: str | None  # held | redeemed | released | expired | void
     held_at: str | None
     expires_at: str | None
     redeemed_at: str | None
     released_at: str | None
     expired_at: str | None
     uses_left: int | None = None  # a count-limited key's uses left after this order's
+    voided_at: str | None = None  # state void: when the key was voided, while the order held it
 
 
 class Order(Answer, frozen=True, kw_only=True):

@@ -672,14 +672,24 @@ class Engine(State):
         return slots
 
     def order(self, order_id: str) -> Order:
-        """Every key an order holds or held (serials, never keys): held, redeemed, released or expired, with times."""
+        """Every key an order holds or held (serials, never keys): held, redeemed, released, expired or void (voided
+        while held), with times."""
         order = check_text(order_id, "order id", MAX_ORDER_ID)
         if self.authority.remote:  # every node's holds, uses and redeems of the order, as the authority holds them
             from .authority.remote import order_events
 
             return msgspec.convert(checkout.order_report(order, order_events(self, order), clock.now_ms()), Order)
         with self.store.read() as txn:
-            report = checkout.order_report(order, checkout.order_events(txn, self.log, order), clock.now_ms())
+            now = clock.now_ms()
+            report = checkout.order_report(order, checkout.order_events(txn, self.log, order), now)
+            pending = [entry for entry in report["keys"] if entry["state"] in ("held", "expired")]
+            if pending:  # a key voided while the order held it can never be confirmed: say so
+                cat, overlay = self.current(txn), self.ledger.sync(txn, txn.head())
+                for entry in pending:
+                    found = find(txn, cat, self.pepper, entry["serial"])
+                    voided = judge(txn, cat, found, overlay, now).voided_at if isinstance(found, Found) else None
+                    if voided is not None and entry["held_at"] <= voided <= (entry["expired_at"] or voided):
+                        entry.update(state="void", voided_at=voided)
         return msgspec.convert(report, Order)
 
     # -- blacklist -----------------------------------------------------------------------------

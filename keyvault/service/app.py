@@ -252,7 +252,10 @@ class Service:
         item = (body.key, bodies.text(body.order_id, "order_id", MAX_ORDER_ID), self._client(grant, body.client))
         result = (await self._redeems.submit([item]))[0]
         self.metrics.keys("redeem", [result])
-        if body.receipt and result.status is Status.ACCEPTED and result.serial is not None:
+        # A receipt signs a key's redeem: a count-limited key's uses before its last (uses_left above 0) are
+        # not redeems, so they carry none (and must not be given the last use's, which names another order).
+        if (body.receipt and result.status is Status.ACCEPTED and result.serial is not None
+                and not result.uses_left):
             return _ok({**result.to_dict(), "receipt": await _off_loop(self.vault.receipt, result.serial)})
         return _ok(result.to_dict())
 

@@ -101,7 +101,8 @@ def document() -> dict[str, Any]:
             "reason": {"type": "string"}, "level": {"type": "string"}, "group": {"type": "integer"},
             "message": {"type": "string"},
             "receipt": {"type": "string", "description": "POST /v1/redeem with `receipt: true`, when accepted: "
-                                                         "the engine-signed receipt (KVR1.…)."},
+                                                         "the engine-signed receipt (KVR1.…); none for the uses of "
+                                                         "a count-limited key before its last (not redeems)."},
             "uses_left": {"type": "integer", "description": "Count-limited keys: uses not yet spent."},
             "expires_at": {"type": "string", "description": "A hold's end (ISO 8601 UTC)."},
         },

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 Time = Annotated[str, Meta(description="ISO 8601, UTC.")]
-KeyState = Literal["held", "redeemed", "released", "expired"]
+KeyState = Literal["held", "redeemed", "released", "expired", "void"]
 
 
 class OrderKey(Struct, forbid_unknown_fields=True):
@@ -26,6 +26,8 @@ class OrderKey(Struct, forbid_unknown_fields=True):
     expired_at: Time | None
     uses_left: Annotated[int, Meta(description="Count-limited keys: uses left after this order's use.")] | None \
         = None
+    voided_at: Annotated[str, Meta(description="State void: when the key was voided while the order held it (ISO "
+                                               "8601, UTC); a confirm of the order is refused `void`.")] | None = None
 
 
 class OrderEvent(Struct, forbid_unknown_fields=True):

@@ -172,6 +172,20 @@ final class Client
         return $this->object($this->send('GET', Requests::tracePath($serial, $bundle), null));
     }
 
+    /**
+     * The engine-signed receipt (KVR1.…) of the redeem of the key with this public serial, the same text on every
+     * call: `keyvault verify-receipt` checks it offline. A key not redeemed here: ProblemException not-found.
+     */
+    public function receipt(string $serial): string
+    {
+        $doc = $this->send('GET', Requests::receiptPath($serial), null);
+        if (!is_array($doc) || !is_string($doc['receipt'] ?? null) || ($doc['serial'] ?? null) !== $serial) {
+            throw new TransportException('the service did not answer a receipt of that serial; check the URL',
+                $this->lastRequestId);
+        }
+        return $doc['receipt'];
+    }
+
     /** Counts per supplier and batch. Needs an admin token. */
     public function stats(): array
     {

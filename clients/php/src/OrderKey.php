@@ -10,15 +10,16 @@ final class OrderKey
     public const REDEEMED = 'redeemed';   // confirmed (or used, for a count-limited key) at `redeemedAt`
     public const RELEASED = 'released';   // the order gave its hold up at `releasedAt`
     public const EXPIRED = 'expired';     // the hold ended at `expiredAt` without a confirm
+    public const VOID = 'void';           // the key was voided at `voidedAt` while the order held it: never confirmed
 
     /** Every state, in this order. */
-    public const STATES = [self::HELD, self::REDEEMED, self::RELEASED, self::EXPIRED];
+    public const STATES = [self::HELD, self::REDEEMED, self::RELEASED, self::EXPIRED, self::VOID];
 
     /** The service's field name => this class's property. */
     public const FIELDS = [
         'serial' => 'serial', 'state' => 'state', 'held_at' => 'heldAt', 'expires_at' => 'expiresAt',
         'redeemed_at' => 'redeemedAt', 'released_at' => 'releasedAt', 'expired_at' => 'expiredAt',
-        'uses_left' => 'usesLeft',
+        'uses_left' => 'usesLeft', 'voided_at' => 'voidedAt',
     ];
 
     public function __construct(
@@ -31,6 +32,8 @@ final class OrderKey
         public readonly ?string $expiredAt = null,
         /** A count-limited key: the uses left after this order's use (null otherwise). */
         public readonly ?int $usesLeft = null,
+        /** State `void`: when the key was voided while the order held it. */
+        public readonly ?string $voidedAt = null,
     ) {
     }
 

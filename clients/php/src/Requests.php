@@ -23,6 +23,7 @@ final class Requests
         'order' => ['GET', '/v1/orders/{order_id}', null],
         'stats' => ['GET', '/v1/stats', null],
         'trace' => ['GET', '/v1/trace/{serial}', null],
+        'receipt' => ['GET', '/v1/receipts/{serial}', null],
         'openapi' => ['GET', '/v1/openapi.json', null],
     ];
 
@@ -103,6 +104,12 @@ final class Requests
     public static function tracePath(string $serial, bool $bundle = false): string
     {
         return str_replace('{serial}', rawurlencode($serial), self::ROUTES['trace'][1]) . ($bundle ? '?bundle=1' : '');
+    }
+
+    /** The path of the receipt of `$serial`'s redeem (a serial only: keys never travel in URLs). */
+    public static function receiptPath(string $serial): string
+    {
+        return str_replace('{serial}', rawurlencode($serial), self::ROUTES['receipt'][1]);
     }
 
     private static function withClient(array $body, ?string $client): array

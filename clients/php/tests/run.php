@@ -346,6 +346,9 @@ test('redeem: accepted, the same order again accepted, another order redeemed', 
     same(null, $first->receipt, 'no receipt unless asked');
     $signed = $kv->redeem($keys[2], "$run-A", null, true);
     check(str_starts_with((string) $signed->receipt, 'KVR1.'), 'an accepted redeem that asked carries its receipt');
+    same($signed->receipt, $kv->receipt($serials[2]), 'receipt(serial) is the receipt the redeem carried');
+    $missing = throws(ProblemException::class, fn () => $kv->receipt($serials[13]));
+    same('urn:keyvault:problem:not-found', $missing->type, 'no receipt for a key nobody redeemed');
 });
 
 test('redeemMany: one answer per item in order, one bad key failing nothing else', function () use ($client, $keys, $serials, $run) {
@@ -560,8 +563,8 @@ test('Order, OrderKey and OrderEvent map every field the service answers', funct
     same($names(Order::FIELDS), $names($doc), 'Order::FIELDS against the answer');
     foreach ($doc['keys'] as $entry) {
         same([], array_diff(array_keys($entry), array_keys(OrderKey::FIELDS)), 'every answered key field is mapped');
-        same([], array_diff(array_keys(OrderKey::FIELDS), [...array_keys($entry), 'uses_left']),
-            'every mapped field but uses_left is always answered');
+        same([], array_diff(array_keys(OrderKey::FIELDS), [...array_keys($entry), 'uses_left', 'voided_at']),
+            'every mapped field but uses_left and voided_at is always answered');
         check(in_array($entry['state'], OrderKey::STATES, true), "a known state: {$entry['state']}");
     }
     same(['hold', 'release', 'hold'], array_column($doc['events'], 'type'));
