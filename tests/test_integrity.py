@@ -2,10 +2,12 @@
 again, whatever byte of the store was damaged.
 
 Part one damages the records on the decision path one way at a time (a card's state byte, an event's
-index, serial or kind, the head's fold mark, a truncated event) and shows each is refused. Part two
+index, serial or kind, the head's fold mark, a truncated event, hold and use records that vanished with
+their page's tail or a hidden subtree) and shows each is refused. Part two
 flips bits of the store file itself, in a worker process that opens the damaged copy as a fresh
 process would and asks verify, verify_many and redeem about every spent, void, blacklisted and active
-key: the sampled form runs always, every bit of every page when ``KEYVAULT_CORRUPTION_SWEEP=all``.
+key: the sampled form runs always, every bit of every page when ``KEYVAULT_CORRUPTION_SWEEP=all``, every
+bit of some pages or bytes when it names them (see ``SWEEP``).
 """
 
 from __future__ import annotations
@@ -616,6 +618,9 @@ def test_flipped_bits_never_let_a_spent_key_through(tmp_path: Path, small: Small
         targets = _record_bytes(store, small)
         flips = [(offset, rng.randrange(8)) for offset in targets]
         flips += [(offset, rng.randrange(8)) for offset in rng.sample(read, 1200)]
+        # every bit of the node counts of the checkout and roster leaves (a count lowered hides records)
+        flips += [(page * PAGE + at, bit) for name in ("checkout", "roster") for page in _leaves(store, data, name)
+                  for at in (12, 13) for bit in range(8)]
         flips = sorted(set(flips))
     started = time.monotonic()
     tally = _sweep(tmp_path / "sweep", store, small, flips)
@@ -635,17 +640,18 @@ def _focus(store: Path, data: bytes, spec: str) -> list[int]:
             start, end = map(int, item.split("-"))
             offsets += range(start, end)
         else:
-            env = lmdb.open(str(store), max_dbs=64, readonly=True, lock=False)
-            try:
-                with env.begin() as txn:
-                    pages = {data.find(struct.pack("<HHHH", len(v) & 0xFFFF, len(v) >> 16, 0, len(k)) + bytes(k) + bytes(v)) // PAGE
-                             for k, v in txn.cursor(db=env.open_db(item.encode(), txn=txn, create=False))}
-            finally:
-                env.close()
-            for page in sorted(pages - {-1}):
+            for page in _leaves(store, data, item):
                 print(f"focus {item}: page {page}")
                 offsets += range(page * PAGE, (page + 1) * PAGE)
     return offsets
+
+
+def _leaves(store: Path, data: bytes, name: str) -> list[int]:
+    """The leaf pages of database ``name`` in a compacted store's ``data`` (where each record's node lies)."""
+    with lmdb.open(str(store), max_dbs=64, readonly=True, lock=False) as env, env.begin() as txn:
+        nodes = [struct.pack("<HHHH", len(v) & 0xFFFF, len(v) >> 16, 0, len(k)) + bytes(k) + bytes(v)
+                 for k, v in txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False))]
+    return sorted({data.find(node) // PAGE for node in nodes} - {-1})
 
 
 def _record_bytes(store: Path, small: Small) -> list[int]:
@@ -665,6 +671,8 @@ def _record_bytes(store: Path, small: Small) -> list[int]:
             for name in (b"blacklist", b"batches", b"checkout"):  # keys and values
                 for key, value in txn.cursor(db=env.open_db(name, txn=txn)):
                     wanted += [key, value]
+            for key, _ in txn.cursor(db=env.open_db(b"roster", txn=txn)):  # its nodes (the keys are checkout's too)
+                wanted.append(struct.pack("<HHHH", 0, 0, 0, len(key)) + bytes(key))
     finally:
         env.close()
     offsets: set[int] = set()

@@ -527,7 +527,11 @@ class _Checkup:
         if self.txn.get("meta", CHECKOUT_MARKED) is not None and not marked:
             problems.add("the checkout table has lost its mark: the table (holds, uses) was lost or replaced; "
                          "restore the store from a backup")
-        listed = {bytes(key) for key, _ in self.txn.items("roster")}
+        listed: set[bytes] = set()
+        for key, value in self.txn.items("roster"):
+            listed.add(bytes(key))
+            if value:
+                problems.add(f"the roster's listing {bytes(key[:12]).hex()} carries a value (it has none)")
         for key in sorted(listed - rostered):
             problems.add(f"key {serial_text(int.from_bytes(key[1:9], 'big'))}: its {_KINDS.get(key[:1], '?')} record "
                          "is listed in the roster but missing from the checkout table (a damaged page hid it)")

@@ -332,7 +332,7 @@ def put_checkout(txn: Any, key: bytes, value: bytes) -> None:
     """Write a hold, uses or use record (``key``: H, N or U), listed in the roster, in the caller's write
     transaction."""
     txn.put("checkout", key, value)
-    txn.put("roster", key, b"")
+    txn.put("roster", key, b"", overwrite=False)  # (already listed: LMDB leaves the roster's page untouched)
 
 
 def delete_checkout(txn: Any, key: bytes) -> None:
