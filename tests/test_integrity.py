@@ -416,6 +416,41 @@ def test_a_truncated_redeem_event_is_a_store_error_not_a_struct_error(copy: Path
     assert "Traceback" not in proc.stderr and "keyvault check" in proc.stderr, proc.stderr
 
 
+def test_a_folded_redeem_event_cut_inside_its_serial_is_a_store_error(copy: Path, small: Small) -> None:
+    """Found by the full sweep: a receipt read a redeem event cut short inside its serial with a raw
+    struct.error. It is a StoreCorruptError saying to run `keyvault check`."""
+    from keyvault.formats.events import CHANGE_BODY, body_at
+
+    with Vault.open(copy) as vault, vault.engine.store.read() as txn:
+        index = vault.engine.log.size(txn) - 1
+        while True:
+            leaf = bytes(vault.engine.log.leaf(txn, index))
+            if leaf[49] == 4 and int.from_bytes(leaf[body_at(leaf):body_at(leaf) + 8], "big") == \
+                    _serial_of(small.spent[0]):
+                break
+            index -= 1
+    _damage(copy, lambda env, txn: txn.put(u64(index), leaf[:body_at(leaf) + CHANGE_BODY.size - 1],
+                                           db=env.open_db(b"events", txn=txn)))
+    with Vault.open(copy) as vault:
+        with pytest.raises(StoreCorruptError, match="keyvault check"):
+            vault.receipt(small.spent[0])
+
+
+def test_a_checkpoint_cut_short_is_a_store_error(copy: Path, small: Small) -> None:
+    """Found by the full sweep: the next event's checkpoint policy read the last checkpoint cut short with a
+    raw struct.error. A redeem is refused with a StoreCorruptError saying to run `keyvault check`."""
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        db = env.open_db(b"checkpoints", txn=txn)
+        cursor = txn.cursor(db=db)
+        assert cursor.last()
+        txn.put(cursor.key(), bytes(cursor.value())[:33], db=db)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        with pytest.raises(StoreCorruptError, match="keyvault check"):
+            vault.redeem(small.active[0], "new-order")
+
+
 def test_a_store_of_the_previous_format_is_refused_with_a_version_error(copy: Path) -> None:
     _damage(copy, lambda env, txn: txn.put(b"format", b"keyvault-store/2", db=env.open_db(b"meta", txn=txn)))
     with pytest.raises(StoreVersionError, match="keyvault-store/2"):
