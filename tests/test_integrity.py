@@ -2,10 +2,12 @@
 again, whatever byte of the store was damaged.
 
 Part one damages the records on the decision path one way at a time (a card's state byte, an event's
-index, serial or kind, the head's fold mark, a truncated event) and shows each is refused. Part two
+index, serial or kind, the head's fold mark, a truncated event, hold and use records that vanished with
+their page's tail or a hidden subtree) and shows each is refused. Part two
 flips bits of the store file itself, in a worker process that opens the damaged copy as a fresh
 process would and asks verify, verify_many and redeem about every spent, void, blacklisted and active
-key: the sampled form runs always, every bit of every page when ``KEYVAULT_CORRUPTION_SWEEP=all``.
+key: the sampled form runs always, every bit of every page when ``KEYVAULT_CORRUPTION_SWEEP=all``, every
+bit of some pages or bytes when it names them (see ``SWEEP``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from keyvault import Identity, Status, StoreCorruptError, StoreVersionError, Vau
 from keyvault import _fast
 from keyvault.store.records import from_u64, u64
 
-#: Read at import: the suite's fixtures clear KEYVAULT_* variables before each test runs.
-EVERYTHING = os.environ.get("KEYVAULT_CORRUPTION_SWEEP") == "all"
+#: Read at import: the suite's fixtures clear KEYVAULT_* variables before each test runs. ``all``: every bit;
+#: else a comma-separated focus, every bit of it: page numbers (``12``), byte ranges (``49152-49200``) or
+#: databases (``checkout``: the pages holding its records), to iterate on a few bytes in seconds.
+SWEEP = os.environ.get("KEYVAULT_CORRUPTION_SWEEP", "")
+EVERYTHING = SWEEP == "all"
 
 PAGE = 4096
 FOLD_AT = 7  # most changes of the small store are folded into card and outcome records, the last few are not
@@ -174,6 +179,153 @@ def test_a_lost_hold_record_is_found_by_confirm_and_check(copy: Path, small: Sma
         assert failed == ["checkout"]
 
 
+def _leaf_cut(store: Path, db: bytes, key: bytes) -> int:
+    """Lower the node count of the leaf page that holds ``key`` in ``db`` (in place in the file, as a flipped
+    bit of the page header would) so that ``key`` and every record after it on that page vanish from LMDB's
+    view. Returns how many records vanished."""
+    with lmdb.open(str(store), max_dbs=64, readonly=True, lock=False) as env, env.begin() as txn:
+        value = bytes(txn.get(key, db=env.open_db(db, txn=txn)))
+    node = struct.pack("<HHHH", len(value) & 0xFFFF, len(value) >> 16, 0, len(key)) + key + value
+    data = bytearray((store / "data.mdb").read_bytes())
+    assert data.count(node) == 1  # (a compacted store: no stale copy on a free page)
+    at = data.index(node)
+    base = at - at % PAGE
+    lower = struct.unpack_from("<H", data, base + 12)[0]
+    pointers = [struct.unpack_from("<H", data, base + 16 + 2 * i)[0] for i in range((lower - 16) // 2)]
+    cut = pointers.index(at - base)
+    struct.pack_into("<H", data, base + 12, 16 + 2 * cut)
+    (store / "data.mdb").write_bytes(bytes(data))
+    return len(pointers) - cut
+
+
+def _branch_cut(store: Path, db: bytes, children: int) -> int:
+    """Lower the node count of ``db``'s root (a branch page) by ``children``: its last subtrees vanish.
+    Returns how many records vanished."""
+    with lmdb.open(str(store), max_dbs=64, readonly=True, lock=False) as env, env.begin() as txn:
+        handle = env.open_db(db, txn=txn)
+        stat = txn.stat(handle)
+        keys = [bytes(k) for k in txn.cursor(db=handle).iternext(values=False)]
+    assert stat["depth"] == 2, stat
+    data = bytearray((store / "data.mdb").read_bytes())
+    # the root: the only branch page whose children are the db's leaves (found by a child's first key)
+    roots = []
+    for page in range(2, len(data) // PAGE):
+        base = page * PAGE
+        flags, lower = struct.unpack_from("<HH", data, base + 10)
+        if flags & 0x01:  # P_BRANCH
+            last = struct.unpack_from("<H", data, base + lower - 2 * children)[0]
+            ksize = struct.unpack_from("<H", data, base + last + 6)[0]
+            first_key = bytes(data[base + last + 8:base + last + 8 + ksize])
+            if first_key in keys:
+                roots.append((base, lower, first_key))
+    assert len(roots) == 1, roots
+    base, lower, first_key = roots[0]
+    struct.pack_into("<H", data, base + 12, lower - 2 * children)
+    (store / "data.mdb").write_bytes(bytes(data))
+    return len(keys) - keys.index(first_key)
+
+
+@pytest.fixture
+def compacted(tmp_path: Path, small: Small) -> Path:
+    return _compacted(small.root, tmp_path / "compacted")
+
+
+def _serial_key(kind: bytes, key: str, order: str = "") -> bytes:
+    return kind + u64(_serial_of(key)) + order.encode()
+
+
+def test_a_hold_record_vanished_with_its_page_tail_is_refused(compacted: Path, small: Small) -> None:
+    """The checkout page's node count lowered (one flipped bit of its header): the hold record and every
+    record after it vanish from LMDB's view, with no seal to fail. The roster still lists them: the held key
+    is refused as damaged, never free for another order; `keyvault check` names the lost records."""
+    assert _leaf_cut(compacted, b"checkout", _serial_key(b"H", small.held)) > 1
+    with Vault.open(compacted) as vault:
+        for result in (vault.verify(small.held), vault.verify_many([small.held] + small.active[:20])[0],
+                       vault.hold(small.held, "grab", 60), vault.redeem(small.held, "grab"),
+                       vault.redeem_many([(small.held, "grab")])[0]):
+            assert result.status is Status.DAMAGED and "keyvault check" in (result.message or ""), result
+        assert vault.verify(small.active[0]).status is Status.VALID  # not held: the rest is unharmed
+        report = vault.check()
+    failed = {c["check"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert "listed in the roster but missing from the checkout table" in failed["checkout"], failed
+
+
+def test_a_use_record_vanished_with_its_page_tail_is_not_spent_twice(compacted: Path, small: Small) -> None:
+    """The page's tail from the partly used key's use by ``use-0``: a retry of that order is refused as
+    damaged, never a second use."""
+    _leaf_cut(compacted, b"checkout", _serial_key(b"U", small.partly, "use-0"))
+    with Vault.open(compacted) as vault:
+        retry = vault.redeem(small.partly, "use-0")
+        assert retry.status is Status.DAMAGED, retry
+        assert vault.redeem_many([(small.partly, "use-0")])[0].status is Status.DAMAGED
+        assert not vault.check()["ok"]
+
+
+@pytest.mark.parametrize("record", ["hold", "uses", "use"])
+def test_a_deleted_checkout_record_is_refused(copy: Path, small: Small, record: str) -> None:
+    """Each hold, uses and use record deleted outright (its roster listing kept): refused, never believed."""
+    key = {"hold": _serial_key(b"H", small.held), "uses": _serial_key(b"N", small.partly),
+           "use": _serial_key(b"U", small.partly, "use-0")}[record]
+    _damage(copy, lambda env, txn: txn.delete(key, db=env.open_db(b"checkout", txn=txn)))
+    with Vault.open(copy) as vault:
+        if record == "hold":
+            asked = [vault.verify(small.held), vault.hold(small.held, "grab", 60), vault.redeem(small.held, "grab")]
+        elif record == "uses":
+            asked = [vault.redeem(small.partly, "use-0"), vault.verify(small.partly),
+                     vault.redeem(small.partly, "new-order")]
+        else:  # (verify reads no use record: the count of uses spent answers it)
+            asked = [vault.redeem(small.partly, "use-0"), vault.redeem_many([(small.partly, "use-0")])[0]]
+        for result in asked:
+            assert result.status is Status.DAMAGED, result
+
+
+def test_a_hidden_subtree_of_holds_is_refused(tmp_path: Path) -> None:
+    """A checkout table of many holds (a branch page over several leaves), its branch page's count lowered:
+    the last leaf's holds vanish together. Every held key stays held or is refused; none is free."""
+    supplier = Identity.generate("Acme Games")
+    with Vault.init(tmp_path / "supplier") as sup:
+        batch = issue(sup, supplier, tmp_path / "files", count=160)
+    with Vault.init(tmp_path / "platform") as plat:
+        plat.trust(supplier.public)
+        plat.import_manifest(batch.manifest)
+        for i, key in enumerate(batch.keys[:150]):
+            assert plat.hold(key, f"order-{i:03d}-" + "x" * 110, 3600).status is Status.HELD
+    store = _compacted(tmp_path / "platform", tmp_path / "compacted")
+    assert _branch_cut(store, b"checkout", 2) > 5
+    with Vault.open(store) as vault:
+        held = batch.keys[:150]
+        answers = vault.verify_many(held) + [vault.verify(k) for k in held] + \
+            vault.redeem_many([(k, f"grab-{i}") for i, k in enumerate(held)])
+        assert not [r for r in answers if r.status in (Status.VALID, Status.ACCEPTED)]
+        assert {r.status for r in answers} == {Status.HELD, Status.DAMAGED}
+        grabs = [vault.hold(k, f"grab-{i}", 60) for i, k in enumerate(held)]
+        assert not [r for r in grabs if r.status is Status.HELD and r.order_id is not None]
+        assert not vault.check()["ok"]
+
+
+def test_a_lost_roster_listing_is_found_by_check_and_changes_no_answer(compacted: Path, small: Small) -> None:
+    """The roster's page tail lost instead: every record is still found where it is; `keyvault check` reports
+    the records the roster no longer lists."""
+    _leaf_cut(compacted, b"roster", _serial_key(b"H", small.held))
+    with Vault.open(compacted) as vault:
+        assert vault.verify(small.held).status is Status.HELD
+        assert vault.redeem(small.partly, "use-0").uses_left == 1  # its own use, answered again
+        failed = {c["check"]: c["detail"] for c in vault.check()["checks"] if not c["ok"]}
+    assert "is not listed in the roster" in failed["checkout"], failed
+
+
+def test_a_store_without_a_roster_gets_one_listing_its_records(copy: Path, small: Small) -> None:
+    """A store written before the roster: opened for writing, its roster is made listing every hold and use
+    record already there (so their loss is found from then on); opened read-only, it is refused unchanged."""
+    _damage(copy, lambda env, txn: txn.drop(env.open_db(b"roster", txn=txn), delete=True))
+    with Vault.open(copy) as vault:
+        assert vault.check()["ok"]
+        with vault.engine.store.read() as txn:
+            listed = [bytes(k) for k, _ in txn.items("roster")]
+    assert _serial_key(b"H", small.held) in listed and _serial_key(b"U", small.partly, "use-0") in listed
+    assert len(listed) == 6  # the hold, two uses-spent records, three uses
+
+
 def test_a_folded_cards_state_byte_flipped_to_active_is_refused_as_damaged(copy: Path, small: Small) -> None:
     serial = _serial_of(small.spent[0])
 
@@ -262,6 +414,41 @@ def test_a_truncated_redeem_event_is_a_store_error_not_a_struct_error(copy: Path
     proc = subprocess.run([sys.executable, "-I", "-c", "from keyvault.cli.main import main; main()", "--store", str(copy),
                            "verify", small.spent[0]], capture_output=True, text=True, timeout=120, check=False)
     assert "Traceback" not in proc.stderr and "keyvault check" in proc.stderr, proc.stderr
+
+
+def test_a_folded_redeem_event_cut_inside_its_serial_is_a_store_error(copy: Path, small: Small) -> None:
+    """Found by the full sweep: a receipt read a redeem event cut short inside its serial with a raw
+    struct.error. It is a StoreCorruptError saying to run `keyvault check`."""
+    from keyvault.formats.events import CHANGE_BODY, body_at
+
+    with Vault.open(copy) as vault, vault.engine.store.read() as txn:
+        index = vault.engine.log.size(txn) - 1
+        while True:
+            leaf = bytes(vault.engine.log.leaf(txn, index))
+            if leaf[49] == 4 and int.from_bytes(leaf[body_at(leaf):body_at(leaf) + 8], "big") == \
+                    _serial_of(small.spent[0]):
+                break
+            index -= 1
+    _damage(copy, lambda env, txn: txn.put(u64(index), leaf[:body_at(leaf) + CHANGE_BODY.size - 1],
+                                           db=env.open_db(b"events", txn=txn)))
+    with Vault.open(copy) as vault:
+        with pytest.raises(StoreCorruptError, match="keyvault check"):
+            vault.receipt(small.spent[0])
+
+
+def test_a_checkpoint_cut_short_is_a_store_error(copy: Path, small: Small) -> None:
+    """Found by the full sweep: the next event's checkpoint policy read the last checkpoint cut short with a
+    raw struct.error. A redeem is refused with a StoreCorruptError saying to run `keyvault check`."""
+    def work(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        db = env.open_db(b"checkpoints", txn=txn)
+        cursor = txn.cursor(db=db)
+        assert cursor.last()
+        txn.put(cursor.key(), bytes(cursor.value())[:33], db=db)
+
+    _damage(copy, work)
+    with Vault.open(copy) as vault:
+        with pytest.raises(StoreCorruptError, match="keyvault check"):
+            vault.redeem(small.active[0], "new-order")
 
 
 def test_a_store_of_the_previous_format_is_refused_with_a_version_error(copy: Path) -> None:
@@ -458,11 +645,17 @@ def test_flipped_bits_never_let_a_spent_key_through(tmp_path: Path, small: Small
     everything = EVERYTHING
     if everything:
         flips = [(offset, bit) for offset in read for bit in range(8)]
+    elif SWEEP:
+        focus = set(_focus(store, data, SWEEP))
+        flips = [(offset, bit) for offset in read if offset in focus for bit in range(8)]
     else:
         rng = random.Random(20261203)
         targets = _record_bytes(store, small)
         flips = [(offset, rng.randrange(8)) for offset in targets]
         flips += [(offset, rng.randrange(8)) for offset in rng.sample(read, 1200)]
+        # every bit of the node counts of the checkout and roster leaves (a count lowered hides records)
+        flips += [(page * PAGE + at, bit) for name in ("checkout", "roster") for page in _leaves(store, data, name)
+                  for at in (12, 13) for bit in range(8)]
         flips = sorted(set(flips))
     started = time.monotonic()
     tally = _sweep(tmp_path / "sweep", store, small, flips)
@@ -470,6 +663,30 @@ def test_flipped_bits_never_let_a_spent_key_through(tmp_path: Path, small: Small
     if everything:
         print(f"{(len(data) - len(read)) * 8} bits in free gaps inside pages, never read by LMDB: not run")
     _assert_safe(tally, len(flips))
+
+
+def _focus(store: Path, data: bytes, spec: str) -> list[int]:
+    """The offsets a KEYVAULT_CORRUPTION_SWEEP focus names: pages, byte ranges (end excluded), databases."""
+    offsets: list[int] = []
+    for item in spec.split(","):
+        if item.isdigit():
+            offsets += range(int(item) * PAGE, (int(item) + 1) * PAGE)
+        elif "-" in item and item.replace("-", "").isdigit():
+            start, end = map(int, item.split("-"))
+            offsets += range(start, end)
+        else:
+            for page in _leaves(store, data, item):
+                print(f"focus {item}: page {page}")
+                offsets += range(page * PAGE, (page + 1) * PAGE)
+    return offsets
+
+
+def _leaves(store: Path, data: bytes, name: str) -> list[int]:
+    """The leaf pages of database ``name`` in a compacted store's ``data`` (where each record's node lies)."""
+    with lmdb.open(str(store), max_dbs=64, readonly=True, lock=False) as env, env.begin() as txn:
+        nodes = [struct.pack("<HHHH", len(v) & 0xFFFF, len(v) >> 16, 0, len(k)) + bytes(k) + bytes(v)
+                 for k, v in txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False))]
+    return sorted({data.find(node) // PAGE for node in nodes} - {-1})
 
 
 def _record_bytes(store: Path, small: Small) -> list[int]:
@@ -489,6 +706,8 @@ def _record_bytes(store: Path, small: Small) -> list[int]:
             for name in (b"blacklist", b"batches", b"checkout"):  # keys and values
                 for key, value in txn.cursor(db=env.open_db(name, txn=txn)):
                     wanted += [key, value]
+            for key, _ in txn.cursor(db=env.open_db(b"roster", txn=txn)):  # its nodes (the keys are checkout's too)
+                wanted.append(struct.pack("<HHHH", 0, 0, 0, len(key)) + bytes(key))
     finally:
         env.close()
     offsets: set[int] = set()

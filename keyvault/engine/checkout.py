@@ -39,16 +39,18 @@ from ..store.records import (
     CHECKOUT_MARKED,
     LEVEL_KEY,
     Hold,
-    checkout_absent,
     checkout_mark,
+    checkout_record,
     checkout_sound,
-    checkout_unsound_near,
+    delete_checkout,
     from_u64,
     hold_key,
     order_redeem_key,
     pack_holds,
     pack_spent,
     pack_use,
+    put_checkout,
+    roster_differs,
     spent_key,
     u64,
     unpack_holds,
@@ -252,8 +254,8 @@ class Desk:
         """Learn whether ``order`` used this count-limited key already (single-use keys know it from the ledger)."""
         if slot.limit != 1 and order not in slot.used:
             try:
-                use = unpack_use(self.pepper, slot.serial, order, _read(self.txn, self.pepper,
-                                                                        use_key(slot.serial, order)))
+                use = unpack_use(self.pepper, slot.serial, order, checkout_record(self.txn,
+                                                                                  use_key(slot.serial, order)))
             except StoreCorruptError:
                 slot.base, slot.limit, slot.holds = damaged(slot.base), 1, {}
                 self.dirty.discard(slot.serial)
@@ -302,9 +304,8 @@ class Desk:
             self._mark()
             left = slot.limit - slot.spent
             index = self._event("use", serial, order, uses_left=left)
-            self.txn.put("checkout", use_key(serial, order), pack_use(self.pepper, serial, order, self.now, index,
-                                                                      left))
-            self.txn.put("checkout", spent_key(serial), pack_spent(self.pepper, serial, slot.spent, slot.limit))
+            put_checkout(self.txn, use_key(serial, order), pack_use(self.pepper, serial, order, self.now, index, left))
+            put_checkout(self.txn, spent_key(serial), pack_spent(self.pepper, serial, slot.spent, slot.limit))
         if slot.spent >= slot.limit:  # the last use: an ordinary redeem, which the hot path sees (and counts)
             self.changes.append((serial, REDEEMED, self.now, order))
             scope = (slot.base.batch or "", slot.base.supplier or "")
@@ -334,40 +335,19 @@ class Desk:
             holds = self.slots[serial].holds
             if holds:
                 self._mark()
-                self.txn.put("checkout", hold_key(serial), pack_holds(self.pepper, serial, holds))
+                put_checkout(self.txn, hold_key(serial), pack_holds(self.pepper, serial, holds))
             else:
-                self.txn.delete("checkout", hold_key(serial))
+                delete_checkout(self.txn, hold_key(serial))
 
 
 def any_holds(txn: Txn, pepper: bytes | None = None) -> bool:
-    """Whether the store holds any hold record (one cursor step); with ``pepper``, True also when the
-    records where the first hold would be are damaged (a hold whose key was damaged is not missed)."""
+    """Whether the store holds any hold record (one cursor step); True also when the roster lists one the
+    checkout table lost (each key's own read then finds the damage). (``pepper``: unused, kept for callers.)"""
     cursor = txn.cursor("checkout")
     if cursor.set_range(b"H") and bytes(cursor.key()[:1]) == b"H":
         return True
-    if pepper is not None:  # a damaged record where the first hold would be: each key's own read looks
-        return checkout_unsound_near(pepper, cursor, b"H") or not _mark_sound(txn, pepper)
-    return False
-
-
-def _mark_sound(txn: Txn, pepper: bytes) -> bool:
-    """Whether the checkout table still has the mark meta says it was given (True: never given one)."""
-    if txn.get("meta", CHECKOUT_MARKED) is None:
-        return True
-    value = txn.get("checkout", CHECKOUT_MARK)
-    return value is not None and _fast.tags_equal(bytes(value), checkout_mark(pepper))
-
-
-def _read(txn: Txn, pepper: bytes, key: bytes) -> bytes | None:
-    """A checkout record, or None when there is none (StoreCorruptError when one may have been moved off it,
-    or the whole table lost)."""
-    value = txn.get("checkout", key)
-    if value is None:
-        checkout_absent(pepper, txn.cursor("checkout"), key)
-        if not _mark_sound(txn, pepper):  # (a damaged table root can point at another table's page: no mark there)
-            raise StoreCorruptError("the checkout table (holds and uses) has lost its mark: it was lost or replaced; "
-                                    "nothing was decided; run `keyvault check` and restore the store from a backup")
-    return value
+    roster = txn.cursor("roster")
+    return bool(roster.set_range(b"H")) and bytes(roster.key()[:1]) == b"H"
 
 
 def annotate(txn: Txn, pepper: bytes, cat: Catalog, results: list[Result], now: int,
@@ -405,26 +385,18 @@ def damaged(base: Result) -> Result:
 
 
 def hold_index(txn: Txn, pepper: bytes, most: int = 256) -> dict[int, bytes] | None:
-    """Every hold record by serial, read once for a call of many keys: the records from the table's start to
-    the first one past the holds, each sound under its own key and in order, so a key missing here has no
-    hold (a hold under a damaged key would be one of them, unsound or out of order). None when there are
-    more than ``most`` holds, or damage: then each key's own lookup decides (and finds the damage)."""
+    """Every hold record by serial, read once for a call of many keys: each sound under its own key, and
+    exactly the holds the roster lists, so a key missing here has no hold. None when there are more than
+    ``most`` holds, or damage: then each key's own lookup decides (and finds the damage)."""
     index: dict[int, bytes] = {}
-    last = b""
-    seen = 0
-    for key, value in txn.items_from("checkout", b""):
+    keys: list[bytes] = []
+    for key, value in txn.items("checkout", b"H"):
         key = bytes(key)
-        seen += 1
-        if key <= last or not checkout_sound(pepper, key, value):
+        if len(index) >= most or not checkout_sound(pepper, key, value):
             return None
-        last = key
-        if key[:1] > b"H":
-            return index
-        if key[:1] == b"H":
-            if len(index) >= most:
-                return None
-            index[from_u64(key[1:9])] = bytes(value)
-    return index if seen or _mark_sound(txn, pepper) else None
+        index[from_u64(key[1:9])] = bytes(value)
+        keys.append(key)
+    return None if roster_differs(txn, b"H", keys) else index
 
 
 def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result,
@@ -432,14 +404,14 @@ def read_slot(txn: Txn, pepper: bytes, cat: Catalog, serial: int, base: Result,
     """A key's slot as stored (ended holds kept: judge against the clock); StoreCorruptError when damaged.
     ``index``: the call's :func:`hold_index`, if it has one."""
     limit = cat.uses.get(base.batch or "", 1)
-    raw = index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))
+    raw = index.get(serial) if index is not None else checkout_record(txn, hold_key(serial))
     holds = unpack_holds(pepper, serial, raw)
     if limit == 1:
         spent = 1 if base.status is Status.REDEEMED else 0
     else:
         # Once used, the sealed uses record says the limit (the batch record is not sealed); a key the
         # ledger says redeemed has spent its last use, whatever any count says.
-        stored = unpack_spent(pepper, serial, _read(txn, pepper, spent_key(serial)))
+        stored = unpack_spent(pepper, serial, checkout_record(txn, spent_key(serial)))
         spent, limit = stored if stored is not None else (0, limit)
         if base.status is Status.REDEEMED:
             spent = max(spent, limit)
@@ -603,7 +575,7 @@ def redeem_checkout(log: EventLog, pepper: bytes, txn: Txn, cat: Catalog, result
             if not holds or result.status is Status.REDEEMED:
                 continue  # an ordinary single-use key: accept_redeems decides it
             try:
-                if (index.get(serial) if index is not None else _read(txn, pepper, hold_key(serial))) is None:
+                if (index.get(serial) if index is not None else checkout_record(txn, hold_key(serial))) is None:
                     continue
             except StoreCorruptError:
                 results[i] = damaged(result)

@@ -476,6 +476,7 @@ class _Checkup:
         used: Counter[int] = Counter()
         redeems = 0
         marked = False
+        rostered: set[bytes] = set()
         for key, value in self.txn.items("checkout"):
             if bytes(key) == CHECKOUT_MARK:
                 marked = checkout_sound(pepper, key, value)
@@ -497,6 +498,7 @@ class _Checkup:
             if kind not in (b"H", b"N", b"U") or len(rest) < 8:
                 problems.add(f"a checkout record's key is malformed ({bytes(key[:12]).hex()})")
                 continue
+            rostered.add(bytes(key))
             serial = from_u64(rest[:8])
             where = f"key {serial_text(serial)}"
             batch = self.batches.get(batch_key(serial))
@@ -525,13 +527,26 @@ class _Checkup:
         if self.txn.get("meta", CHECKOUT_MARKED) is not None and not marked:
             problems.add("the checkout table has lost its mark: the table (holds, uses) was lost or replaced; "
                          "restore the store from a backup")
+        listed: set[bytes] = set()
+        for key, value in self.txn.items("roster"):
+            listed.add(bytes(key))
+            if value:
+                problems.add(f"the roster's listing {bytes(key[:12]).hex()} carries a value (it has none)")
+        for key in sorted(listed - rostered):
+            problems.add(f"key {serial_text(int.from_bytes(key[1:9], 'big'))}: its {_KINDS.get(key[:1], '?')} record "
+                         "is listed in the roster but missing from the checkout table (a damaged page hid it)")
+        for key in sorted(rostered - listed):
+            problems.add(f"key {serial_text(int.from_bytes(key[1:9], 'big'))}: its {_KINDS.get(key[:1], '?')} record "
+                         "is not listed in the roster (a damaged page of the roster, or a record written around "
+                         "keyvault)")
         for serial in set(spent) | set(used):
             if spent.get(serial, 0) != used[serial]:
                 problems.add(f"key {serial_text(serial)}: {spent.get(serial, 0)} uses counted but {used[serial]} "
                              "use records")
         self.counts["holds"] = holds
         self.counts["uses"] = sum(used.values())
-        return (f"{holds:,} held keys, {sum(used.values()):,} uses of count-limited keys, each record sealed; "
+        return (f"{holds:,} held keys, {sum(used.values()):,} uses of count-limited keys, each record sealed and "
+                f"listed in the roster; "
                 f"{redeems:,} redeems listed under their orders")
 
     def outcomes(self, problems: _Problems) -> str:
@@ -878,6 +893,9 @@ class _Commitments:
         if not self.seed:
             self._fail("its wrapped commitment seed is missing")
         return self.keys
+
+
+_KINDS = {b"H": "hold", b"N": "uses", b"U": "use"}
 
 
 #: The checks, in the order they run.

@@ -207,6 +207,9 @@ class EventLog:
         last = txn.last_key("checkpoints")
         last_size = from_u64(last) if last is not None else 0
         stored = txn.get("checkpoints", last) if last is not None else None
+        if stored is not None and len(stored) < CHECKPOINT.size:
+            raise StoreCorruptError(f"the checkpoint of log size {last_size} is cut short: the store is damaged; run "
+                                    "`keyvault check` and restore the store from a backup")
         at, signed_root = CHECKPOINT.unpack_from(stored or bytes(CHECKPOINT.size))
         if last is not None and last_size == size and not (force and now_ms - at >= 1000
                                                            and not cosignatures(bytes(stored[CHECKPOINT.size:]))[1]):

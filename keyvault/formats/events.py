@@ -121,5 +121,8 @@ def change_of(leaf: bytes) -> tuple[int, int, int, str] | None:
         return None
     at_ms = int.from_bytes(leaf[LEAF.size - 8:LEAF.size], "big")
     at = LEAF.size if leaf[:9] == b"kv1/event" else body_at(leaf)
+    if len(leaf) < at + CHANGE_BODY.size:
+        raise StoreCorruptError("a redeem or void event of the log is cut short: the event log is damaged; run "
+                                "`keyvault check` and restore the store from a backup")
     serial = CHANGE_BODY.unpack_from(leaf, at)[0]
     return serial, state, at_ms, bytes(leaf[at + CHANGE_BODY.size:]).decode("utf-8", "replace")

@@ -40,9 +40,10 @@ T = TypeVar("T")
 FORMAT = b"keyvault-store/3"
 DATABASES = ("meta", "cards", "outcomes", "locators", "upstream", "batches", "commitments", "manifests", "suppliers",
              "prefixes", "trust", "custody", "blacklist", "events", "tree", "checkpoints", "subjects", "counters",
-             "checkout")
-#: Databases a store made by an earlier keyvault may lack: made when it is first opened for writing.
-ADDED_LATER = ("checkout",)
+             "checkout", "roster")
+#: Databases a store made by an earlier keyvault may lack: made when it is first opened for writing (the
+#: roster lists the checkout records already there).
+ADDED_LATER = ("checkout", "roster")
 INITIAL_MAP_SIZE = 256 << 20
 MAX_READERS = 1024  # fixed by the first opener; web workers x threads need more than the default 126
 # LMDB 0.9's lock file for MAX_READERS (64-bit): a 192-byte MDB_txninfo that holds the first 64-byte reader slot, then
@@ -315,15 +316,20 @@ class LmdbStore:
                     raise StoreVersionError(f"{path} was written by LMDB {written}, whose on-disk format differs from "
                                             f"LMDB {LMDB_FORMAT} used here: export it with the keyvault that wrote it")
                 missing = [name for name in DATABASES if txn.get(name.encode()) is None]
-            later = [name for name in missing if name in ADDED_LATER]
-            if later and not readonly:  # a store of an earlier keyvault: its new databases start empty
+            later = [name for name in missing if name in ADDED_LATER and not readonly]
+            missing = [name for name in missing if name not in later]
+            if missing:  # (before anything is written: a damaged store is left as it was)
+                raise StoreVersionError(f"{path} lacks the {missing[0]!r} database: it is damaged or "
+                                        "from another keyvault version; restore it from a backup")
+            if later:  # a store of an earlier keyvault: its new databases start empty
                 with env.begin(write=True) as txn:
                     for name in later:
                         env.open_db(name.encode(), txn=txn, create=True)
-                missing = [name for name in missing if name not in later]
-            if missing:
-                raise StoreVersionError(f"{path} lacks the {missing[0]!r} database: it is damaged or "
-                                        "from another keyvault version; restore it from a backup")
+                    if "roster" in later:
+                        checkout, roster = (env.open_db(name, txn=txn) for name in (b"checkout", b"roster"))
+                        for key in txn.cursor(db=checkout).iternext(values=False):
+                            if bytes(key[:1]) in records.ROSTERED:
+                                txn.put(key, b"", db=roster)
             # Handles opened inside a read transaction die with it: let py-lmdb open them in its own.
             dbs = {name: env.open_db(name.encode(), create=False) for name in DATABASES}
         except (*_CORRUPT, lmdb.Error) as exc:  # the environment opened: what fails while checking it is damage

@@ -26,10 +26,16 @@
 |             | U + serial (u64) + order id  | one use: at ms, event index (u64 each), uses left (u32), the order id; seal |
 |             | R + u16 length + order id + index (u64) | empty: a redeem event of the order (every redeem, held or not) |
 |             | NUL + "mark"                 | the table's mark (a seal), written with its first record; meta/checkout says so |
+| roster      | the key of each H, N and U record of checkout | empty: which hold and use records exist (below) |
 
 A card's, an outcome's and a checkout record's seal is BLAKE2b-128 keyed with the pepper (personalisation ``kv1/seal``) over
 a kind byte (``c``, ``o``; ``h``, ``n``, ``u`` for checkout records), the serial (u64) and the record before the seal (``_fast.seal``): damage,
-or a record moved to another serial, is refused, and it cannot be forged without the pepper. The head
+or a record moved to another serial, is refused, and it cannot be forged without the pepper. A seal cannot
+vouch for a record that is simply gone (a page's node count lowered, a branch page that hides a subtree,
+a key damaged so that the record sorts elsewhere): so every hold, uses and use record is also listed in
+``roster``, written and deleted with it in the same transaction, and a record is taken to be absent only
+when both tables say so (:func:`checkout_record`). One damaged page is in one table: it can hide a
+record, or its listing, never both. The head
 ends with an 8-byte BLAKE2b checksum of its three numbers (personalisation ``kv1/head``).
 """
 
@@ -319,82 +325,37 @@ def checkout_sound(pepper: bytes, key: bytes, value: bytes) -> bool:
     return True
 
 
-def _neighbours(cursor: Any, key: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """The records on both sides of where ``key`` is (or would be) in a raw LMDB cursor's table, and whether
-    the two records beyond each of them sort in order.
-
-    LMDB finds a key by binary search: one damaged key that sorts out of place misleads searches for other
-    keys too, and such a search ends beside it. So a key that is not found is absent only if neither
-    neighbour is its own record moved and the records around the place sort in order.
-    """
-    near: list[tuple[bytes, bytes]] = []
-    if cursor.set_range(key):
-        back = 0
-        while back < 2 and cursor.prev():
-            back += 1
-        if back < 2:  # a prev() that found no record left the cursor unpositioned: step back again from the place
-            cursor.set_range(key)
-            for _ in range(back):
-                cursor.prev()
-        near.append(cursor.item())
-        while len(near) < back + 2 and cursor.next():  # (read forward: a step forward right after a search
-            near.append(cursor.item())  # that ended beside damage can fail)
-        sides = near[max(0, back - 1):back + 1]
-    elif cursor.last():
-        near.append(cursor.item())
-        if cursor.prev():
-            near.insert(0, cursor.item())
-        sides = near[-1:]
-    else:
-        sides = []
-    ordered = all(bytes(a[0]) < bytes(b[0]) for a, b in zip(near, near[1:]))
-    return sides, ordered
+ROSTERED = (b"H", b"N", b"U")  # the checkout records listed in ``roster``: every one a decision reads
 
 
-def checkout_unsound_near(pepper: bytes, cursor: Any, key: bytes) -> bool:
-    """Whether a record beside where ``key`` would be is not sound under its own key, or out of order."""
-    sides, ordered = _neighbours(cursor, key)
-    return not ordered or any(not checkout_sound(pepper, bytes(found), bytes(value)) for found, value in sides)
+def put_checkout(txn: Any, key: bytes, value: bytes) -> None:
+    """Write a hold, uses or use record (``key``: H, N or U), listed in the roster, in the caller's write
+    transaction."""
+    txn.put("checkout", key, value)
+    txn.put("roster", key, b"", overwrite=False)  # (already listed: LMDB leaves the roster's page untouched)
 
 
-def _unseals_as(pepper: bytes, kind: bytes, serial: int, key: bytes, value: bytes) -> bool:
-    """Whether ``value`` is the sealed checkout record of ``key`` (kind, serial, and a use's order)."""
-    try:
-        if kind == b"H":
-            unpack_holds(pepper, serial, value)
-        elif kind == b"N":
-            unpack_spent(pepper, serial, value)
-        else:
-            unpack_use(pepper, serial, key[9:].decode("utf-8"), value)
-    except (StoreCorruptError, UnicodeDecodeError):
-        return False
-    return True
+def delete_checkout(txn: Any, key: bytes) -> None:
+    """Delete a hold, uses or use record, and its listing in the roster."""
+    txn.delete("checkout", key)
+    txn.delete("roster", key)
 
 
-def checkout_absent(pepper: bytes, cursor: Any, key: bytes) -> bool:
-    """Confirm that no checkout record is stored under ``key`` (a raw LMDB cursor over ``checkout``): a
-    record whose LMDB key was damaged stays where its key sorted, beside the place it is looked for, so
-    neither neighbour of that place may be this key's own record (its seal binds it to this serial, a use
-    also to its order). StoreCorruptError when one is: the record is there, under a damaged key. Returns
-    whether the table looked empty (then only its mark tells an empty table from a lost one)."""
-    key = bytes(key)
-    kind, serial = key[:1], from_u64(key[1:9])
-    sides, ordered = _neighbours(cursor, key)
-    if not ordered:
-        raise StoreCorruptError("the checkout records beside where a key's hold or use would be are out of order "
-                                "(a damaged key): nothing was decided for it; run `keyvault check` and restore the "
-                                "store from a backup")
-    for found, value in sides:
-        found = bytes(found)
-        if found == key or _unseals_as(pepper, kind, serial, key, value):
-            # found by the cursor but missed by the lookup, or this key's own record under a damaged key (a
-            # flipped bit of the key, or of its length): the record is there
-            raise StoreCorruptError(f"the checkout record of serial {serial:#x} is stored under a damaged key: "
-                                    "nothing was decided for it; run `keyvault check` and restore the store "
-                                    "from a backup")
-        near = min(9, len(found))  # a record of this kind and serial, as far as its key goes (a flipped key
-        if found[:near] == key[:near] and not checkout_sound(pepper, found, value):  # length cuts or extends it)
-            raise StoreCorruptError(f"a checkout record of serial {serial:#x} is damaged beside where this one "
-                                    "would be, so its absence cannot be trusted: nothing was decided for it; run "
-                                    "`keyvault check` and restore the store from a backup")
-    return not sides
+def checkout_record(txn: Any, key: bytes) -> bytes | None:
+    """A hold, uses or use record; None only when neither ``checkout`` nor ``roster`` has it. StoreCorruptError
+    when the roster lists a record the checkout table lost (a damaged page hid it, or its key)."""
+    value = txn.get("checkout", key)
+    if value is None and txn.get("roster", key) is not None:
+        raise StoreCorruptError(f"the {_KINDS.get(bytes(key[:1]), 'checkout')} record of serial "
+                                f"{int.from_bytes(bytes(key[1:9]), 'big'):#x} is listed in the roster but missing from the "
+                                "checkout table (a damaged page hid it): nothing was decided for it; run `keyvault check` "
+                                "and restore the store from a backup")
+    return value
+
+
+_KINDS = {b"H": "hold", b"N": "uses", b"U": "use"}
+
+
+def roster_differs(txn: Any, kind: bytes, keys: list[bytes]) -> bool:
+    """Whether the roster's keys of ``kind`` (H, N or U) are not exactly ``keys``, in key order."""
+    return [bytes(key) for key, _ in txn.items("roster", kind)] != keys
