@@ -39,6 +39,7 @@ end
 
 -- Counters: globals of each thread's state, read back by done() through thread:get().
 sent, answered, non2xx, unexpected, exhausted = 0, 0, 0, 0, 0
+held, confirmed = 0, 0 -- holdconfirm.lua: holds answered `held`, confirms answered `accepted`
 first_problem, other_status = "", ""
 
 -- How many times `needle` occurs in `body` (plain text, no patterns).
@@ -123,12 +124,12 @@ function M.done(summary, latency, requests)
       p50 = latency:percentile(50), p90 = latency:percentile(90),
       p99 = latency:percentile(99), p999 = latency:percentile(99.9),
     },
-    sent = 0, answered = 0, non2xx = 0, unexpected = 0, exhausted = 0,
+    sent = 0, answered = 0, non2xx = 0, unexpected = 0, exhausted = 0, held = 0, confirmed = 0,
     first_problem = "", other_status = "", per_thread = {},
   }
   for i, thread in ipairs(threads) do
     local mine = {}
-    for _, name in ipairs({ "sent", "answered", "non2xx", "unexpected", "exhausted" }) do
+    for _, name in ipairs({ "sent", "answered", "non2xx", "unexpected", "exhausted", "held", "confirmed" }) do
       mine[name] = thread:get(name) or 0
       out[name] = out[name] + mine[name]
     end

@@ -16,6 +16,9 @@ untimed warm-up with the same script:
   verify_one    POST /v1/verify, one random valid key a request, --connections
   verify_many   POST /v1/verify, 1,000 random valid keys a request, --many-connections
   redeem        POST /v1/redeem, durable, each request a distinct unredeemed key, --connections
+  hold_confirm  a purchase: POST /v1/hold of a distinct unredeemed key for a new order, then, once
+                held, POST /v1/confirm of that order, --connections (redeems take the first half of
+                the keys, purchases the second)
 
 Every answer is checked (wrk's Lua response hook): a non-2xx answer, a result other than
 "valid" (verify) or "accepted" (redeem), a socket error or a timeout fails the run, as does a
@@ -62,6 +65,7 @@ VERIFY_VS_TRIVIAL = 0.70
 MANY_KEYS_PER_SECOND = 1_000_000
 REDEEM_PER_SECOND = 10_000
 REDEEM_P99_MS = 25.0
+HOLD_CONFIRM_COST = 1.5  # a purchase (hold, then confirm) against one redeem, both at full load
 
 
 class BenchError(Exception):
@@ -82,7 +86,7 @@ class Scenario:
     server: str  # "trivial" or "keyvault"
     script: str  # under benchmarks/service/
     connections: int
-    keys_per_request: int = 1
+    keys_per_request: float = 1  # hold_confirm: 0.5 (two requests a key), so keys/s counts purchases
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -295,8 +299,14 @@ def check_redeems(store: Path, keys_file: Path, redeem_runs: list[dict[str, Any]
 
     recorded = cli_json(["--store", str(store), "stats", "--json"])["totals"]["redeemed"]
     sent_ranges = [(t["first"], t["first"] + t["sent"]) for run in redeem_runs for t in run["per_thread"].values()]
-    accepted = sum(run["answered"] - run["non2xx"] - run["unexpected"] for run in redeem_runs)
-    unanswered = sum(run["sent"] - run["answered"] for run in redeem_runs)
+    # A redeem run: each request a key, accepted or not answered. A purchase run: each key held (or the hold not
+    # answered), then confirmed (or the confirm not sent or not answered before wrk stopped: still held).
+    plain = [run for run in redeem_runs if not run.get("held")]
+    bought = [run for run in redeem_runs if run.get("held")]
+    accepted = sum(run["answered"] - run["non2xx"] - run["unexpected"] for run in plain) + \
+        sum(run["confirmed"] for run in bought)
+    unanswered = sum(run["sent"] - run["answered"] for run in plain) + \
+        sum(run["sent"] - run["confirmed"] for run in bought)
     keys = read_keys(keys_file)
     statuses: Counter[str] = Counter()
     outside = 0
@@ -309,7 +319,8 @@ def check_redeems(store: Path, keys_file: Path, redeem_runs: list[dict[str, Any]
                     outside += 1
     found = statuses.get("redeemed", 0)
     ok = (recorded == found and outside == 0 and accepted <= found <= accepted + unanswered
-          and set(statuses) <= {"valid", "redeemed"})
+          and set(statuses) <= {"valid", "redeemed", "held"}
+          and statuses.get("held", 0) <= sum(run["sent"] - run["confirmed"] for run in bought))
     return {"ok": ok, "stats_redeemed": recorded, "keys_redeemed": found, "answered_accepted": accepted,
             "sent_unanswered": unanswered, "redeemed_outside_sent": outside, "statuses": dict(statuses)}
 
@@ -374,6 +385,14 @@ def targets(runs: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]
         add(f"redeem p99 <= {REDEEM_P99_MS:g} ms", p99, f"{p99:.2f} ms", p99 <= REDEEM_P99_MS)
     else:
         add(f"redeem, 64 conns, >= {REDEEM_PER_SECOND:,} req/s", None, "not run", None)
+    bought = runs.get("hold_confirm")
+    if redeem and bought and bought["keys_per_second"]:
+        cost = redeem["keys_per_second"] / bought["keys_per_second"]
+        add(f"hold + confirm <= {HOLD_CONFIRM_COST:g}x a redeem's cost", cost,
+            f"{cost:.2f}x ({bought['keys_per_second']:,.0f} purchases/s, {redeem['keys_per_second']:,.0f} redeems/s)",
+            cost <= HOLD_CONFIRM_COST)
+    else:
+        add(f"hold + confirm <= {HOLD_CONFIRM_COST:g}x a redeem's cost", None, "not run", None)
     rows = [["target", "measured", "met"]]
     rows += [[c["target"], c["text"], {True: "yes", False: "NO", None: "-"}[c["met"]]] for c in checks]
     return table(rows), checks
@@ -430,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         Scenario("verify_many", "verify, 1,000 keys a request", "keyvault", "verify_many.lua",
                  args.many_connections, 1000),
         Scenario("redeem", "redeem, durable, one key a request", "keyvault", "redeem.lua", args.connections),
+        Scenario("hold_confirm", "hold, then confirm once held (keys/s: purchases)", "keyvault", "holdconfirm.lua",
+                 args.connections, 0.5),
     ]
     import keyvault
     from keyvault import _fast
@@ -458,7 +479,10 @@ def main(argv: list[str] | None = None) -> int:
         env = {"KVB_KEYS": str(keys_file), "KVB_TOKEN": token, "KVB_BATCH": "1000"}
         out = workdir / "wrk-result.json"
         redeem_runs: list[dict[str, Any]] = []
-        warm_keys = args.keys // REDEEM_WARMUP_SHARE
+        # Redeems take the first half of the keys, purchases the second: each its warm-up, then its measured run.
+        half = args.keys // 2
+        warm_keys = half // REDEEM_WARMUP_SHARE
+        ranges = {"hold_confirm": (half, half + warm_keys, args.keys)}
         for kind in ("trivial", "keyvault"):
             server = (start_trivial(workdir, args.workers, args.access_log) if kind == "trivial"
                       else start_keyvault(store, workdir, args.workers, args.access_log))
@@ -467,19 +491,23 @@ def main(argv: list[str] | None = None) -> int:
             for s in (s for s in scenarios if s.server == kind):
                 run_id = f"b{time.time_ns() // 1_000_000}"
                 if args.warmup:
-                    warm_env = {**env, "KVB_RUN": run_id + "w", "KVB_FIRST": "0", "KVB_LAST": str(warm_keys)}
+                    low, middle, high = ranges.get(s.name, (0, warm_keys, half))
+                    warm_env = {**env, "KVB_RUN": run_id + "w", "KVB_FIRST": str(low), "KVB_LAST": str(middle)}
                     warm = run_wrk(args.wrk, s, server, args.warmup, args.threads, warm_env, out)
                     failures += problems(f"{s.name} (warm-up)", warm)
-                    if s.name == "redeem":
+                    if s.name in ("redeem", "hold_confirm"):
                         redeem_runs.append(warm)
                 log(f"[{kind}] {s.name}: {s.connections} connections, {args.duration:g} s")
                 if s.name == "redeem":
                     time.sleep(METRICS_SECONDS)  # the workers save their metrics every second
                     commits0 = server.commit_totals()
-                run_env = {**env, "KVB_RUN": run_id, "KVB_FIRST": str(warm_keys), "KVB_LAST": str(args.keys)}
+                low, middle, high = ranges.get(s.name, (0, warm_keys, half))
+                run_env = {**env, "KVB_RUN": run_id, "KVB_FIRST": str(middle), "KVB_LAST": str(high)}
                 r = run_wrk(args.wrk, s, server, args.duration, args.threads, run_env, out)
                 runs[s.name] = r
                 failures += problems(s.name, r)
+                if s.name == "hold_confirm":
+                    redeem_runs.append(r)
                 if s.name == "redeem":
                     redeem_runs.append(r)
                     time.sleep(METRICS_SECONDS)
