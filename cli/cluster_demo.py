@@ -61,7 +61,7 @@ def newest_checkpoint(dsn: str) -> tuple[int, bytes] | None:
 
 
 #: The changes the cluster log holds an event of (docs/cluster.md, "The cluster event log").
-LOGGED_KINDS = ["redeem", "void", "blacklist", "lift", "manifest"]
+LOGGED_KINDS = ["redeem", "void", "blacklist", "lift", "manifest", "hold", "confirm", "release", "expire", "use"]
 
 
 def wait_for_checkpoint(dsn: str, above: int, timeout: float = 60.0, whole: bool = True) -> tuple[int, bytes] | None:

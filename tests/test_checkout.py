@@ -749,13 +749,18 @@ def slow(leaf):
 checkout.change_of = slow
 Vault.open(sys.argv[1])
 print("done", flush=True)
-""", str(path)], stdout=subprocess.PIPE, text=True)
+""", str(path)], stdout=subprocess.PIPE, text=True, cwd=path.parent)  # (not the source tree: the installed keyvault)
     assert child.stdout is not None
-    for _ in range(20):  # well inside the listing: the log holds about 45 events
-        assert child.stdout.readline() == "read\n"
-    child.send_signal(signal.SIGKILL)
-    assert child.wait() == -signal.SIGKILL  # killed before it was done
-    child.stdout.close()
+    try:
+        for _ in range(20):  # well inside the listing: the log holds about 45 events
+            assert child.stdout.readline() == "read\n"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL  # killed before it was done
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
     with Vault.open(path) as vault:
         with vault.engine.store.read() as txn:
             assert txn.get("meta", checkout.ORDERS_LISTED) == checkout.LISTED_ALL

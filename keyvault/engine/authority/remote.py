@@ -36,8 +36,8 @@ from ...formats.manifest import open_signed_header
 from ...results import Result, Status
 from ...store import ACTIVE, REDEEMED, VOIDED, Txn
 from ...store.records import BLACKLIST_DIGEST, CHECKOUT_MARK, CHECKOUT_MARKED, LEVEL_BATCH, LEVEL_KEY, LEVEL_SUPPLIER, \
-    blacklist_digest, checkout_mark, dump, from_u64, hold_key, load, pack_holds, pack_spent, pack_use, spent_key, u64, \
-    unpack_holds, unpack_spent, use_key
+    blacklist_digest, checkout_mark, checkout_record, delete_checkout, dump, from_u64, hold_key, load, pack_holds, pack_spent, pack_use, put_checkout, spent_key, \
+    u64, unpack_holds, unpack_spent, use_key
 from .. import checkout, trust
 from ..catalog import blacklist_target
 from ..guard import HOLD_FREE, counter_scopes
@@ -569,8 +569,8 @@ def _checkout_records(engine: Any, txn: Txn, keys: dict[int, tuple[dict[str, tup
     for serial, (holds, uses, limit) in sorted(keys.items()):
         if batch_key(serial) not in cat.batches or txn.get("cards", u64(serial)) is None:
             continue  # not a key of this store
-        raw = txn.get("checkout", hold_key(serial))
         try:
+            raw = checkout_record(txn, hold_key(serial))
             same = unpack_holds(pepper, serial, None if raw is None else bytes(raw)) == holds
         except StoreCorruptError:
             same = False
@@ -579,10 +579,10 @@ def _checkout_records(engine: Any, txn: Txn, keys: dict[int, tuple[dict[str, tup
         if limit == 1 or not uses:
             continue
         for order, (at, change, left, _) in sorted(uses.items()):
-            if txn.get("checkout", use_key(serial, order)) is None:
+            if txn.get("checkout", use_key(serial, order)) is None:  # (a lost one is written again)
                 out.append((use_key(serial, order), pack_use(pepper, serial, order, at, change, left)))
         try:
-            counted = unpack_spent(pepper, serial, txn.get("checkout", spent_key(serial)))
+            counted = unpack_spent(pepper, serial, checkout_record(txn, spent_key(serial)))
         except StoreCorruptError:
             counted = None
         if counted != (len(uses), limit):
@@ -594,12 +594,12 @@ def _put_checkout(engine: Any, txn: Txn, records: list[tuple[bytes, bytes | None
     """Write checkout records (None: delete), the table's mark with its first."""
     for key, value in records:
         if value is None:
-            txn.delete("checkout", key)
+            delete_checkout(txn, key)
             continue
         if txn.get("meta", CHECKOUT_MARKED) is None:
             txn.put("checkout", CHECKOUT_MARK, checkout_mark(engine.pepper))
             txn.put("meta", CHECKOUT_MARKED, b"1")
-        txn.put("checkout", key, value)
+        put_checkout(txn, key, value)  # (listed in the roster, as one store's own are)
 
 
 def refresh_checkout(engine: Any, serials: set[int]) -> None:
