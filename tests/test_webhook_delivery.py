@@ -414,7 +414,11 @@ def test_webhook_admin_routes_over_http(tmp_path: Path, world: Any, receiver: Re
         assert given.status == 200 and "secret" not in given.json() and SECRET not in given.body.decode()
         second = given.json()["id"]
 
-        before = call("GET", "/v1/webhooks").json()
+        def settings() -> list[dict[str, object]]:  # what a request could change: not the replay's delivery progress
+            return [{k: v for k, v in endpoint.items() if k in ("id", "url", "events", "paused", "epoch", "created_at")}
+                    for endpoint in call("GET", "/v1/webhooks").json()["endpoints"]]
+
+        before = settings()
         bad: list[tuple[str, str, object, int]] = [
             ("POST", "/v1/webhooks", {"url": "ftp://example.com/x", "events": ["redeem"]}, 422),
             ("POST", "/v1/webhooks", {"url": "https://user:pw@example.com/x", "events": ["redeem"]}, 422),
@@ -442,7 +446,7 @@ def test_webhook_admin_routes_over_http(tmp_path: Path, world: Any, receiver: Re
             assert reply.status == status, (method, path, body, reply.body)
             assert reply.headers["content-type"] == "application/problem+json", reply.body
             assert "KV2F-Q7RM" not in reply.body.decode() and "hunter2" not in reply.body.decode()
-        assert call("GET", "/v1/webhooks").json() == before  # nothing changed
+        assert settings() == before  # nothing changed
 
         for method, path, body in [("GET", "/v1/webhooks", None), ("GET", "/v1/webhooks/stats", None),
                                    ("POST", "/v1/webhooks", {"url": receiver.url, "events": ["redeem"]}),
@@ -450,7 +454,7 @@ def test_webhook_admin_routes_over_http(tmp_path: Path, world: Any, receiver: Re
                                    ("DELETE", f"/v1/webhooks/{hook}", None)]:
             assert call(method, path, body, token=shop).status == 403
             assert server.request(method, path, body).status == 401
-        assert call("GET", "/v1/webhooks").json() == before
+        assert settings() == before
 
         removed = call("DELETE", f"/v1/webhooks/{second}")
         assert removed.status == 200 and removed.json()["id"] == second and "secret" not in removed.json()
