@@ -37,6 +37,30 @@ function M.key(i)
   return M.data:sub(at + 1, at + M.WIDTH - 1)
 end
 
+-- This thread's share of keys KVB_FIRST .. KVB_LAST-1: one contiguous range per wrk thread, used in order.
+function M.init_range()
+  M.load_keys()
+  local low = tonumber(M.env("KVB_FIRST"))
+  local high = math.min(tonumber(M.env("KVB_LAST")), M.count)
+  local share = math.floor((high - low) / thread_count)
+  first = low + thread_id * share -- a global: done() reports it
+  M.next_key, M.stop_key = first, first + share
+end
+
+-- The next unused key of this thread and a new order id (RUN-<thread>-<n>), or nil once the range is used
+-- up: the thread then stops (counted in `exhausted`: run.py fails the run).
+function M.next_order(run)
+  if M.next_key >= M.stop_key then
+    exhausted = 1
+    wrk.thread:stop()
+    return nil
+  end
+  sent = sent + 1
+  local key = M.key(M.next_key)
+  M.next_key = M.next_key + 1
+  return key, run .. "-" .. thread_id .. "-" .. sent
+end
+
 -- Counters: globals of each thread's state, read back by done() through thread:get().
 sent, answered, non2xx, unexpected, exhausted = 0, 0, 0, 0, 0
 held, confirmed = 0, 0 -- holdconfirm.lua: holds answered `held`, confirms answered `accepted`

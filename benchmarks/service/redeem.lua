@@ -9,27 +9,14 @@ setup = kv.setup
 done = kv.done
 
 local run = kv.env("KVB_RUN")
-local next_key, stop_key
-
-function init(args)
-  kv.load_keys()
-  local low = tonumber(kv.env("KVB_FIRST"))
-  local high = math.min(tonumber(kv.env("KVB_LAST")), kv.count)
-  local share = math.floor((high - low) / thread_count)
-  first = low + thread_id * share -- a global: done() reports it
-  next_key, stop_key = first, first + share
-end
+init = kv.init_range
 
 function request()
-  if next_key >= stop_key then
-    exhausted = 1
-    wrk.thread:stop()
+  local key, order = kv.next_order(run)
+  if key == nil then
     return wrk.format("GET", "/healthz", {}, nil)
   end
-  sent = sent + 1
-  local body = '{"key": "' .. kv.key(next_key) .. '", "order_id": "' .. run .. "-" .. thread_id .. "-" .. sent
-    .. '", "client": "bench"}'
-  next_key = next_key + 1
+  local body = '{"key": "' .. key .. '", "order_id": "' .. order .. '", "client": "bench"}'
   return wrk.format(nil, "/v1/redeem", nil, body)
 end
 
